@@ -1,0 +1,320 @@
+"""Message buffers: Python buffers and mpi4py buffer specs as byte layouts."""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Tuple
+
+import numpy as _np
+
+__all__ = ["Layout", "Buffer", "send_buffer", "recv_buffer", "raw_view"]
+
+
+class Layout:
+    """Where a message's bytes live: ``addr`` plus a byte-level strided shape.
+
+    The message is the C-order stream of the bytes of this (possibly strided)
+    array, cut to the window ``[lo, hi)``. After collapsing, the last dimension
+    is the contiguous run; a layout of one dimension is a single contiguous range.
+    """
+
+    __slots__ = ("addr", "shape", "strides", "lo", "hi")
+
+    def __init__(self, addr: int, shape: Tuple[int, ...], strides: Tuple[int, ...],
+                 lo: int = 0, hi: Optional[int] = None) -> None:
+        self.addr = addr
+        self.shape = shape
+        self.strides = strides
+        self.lo = lo
+        self.hi = _prod(shape) if hi is None else hi
+
+    @classmethod
+    def contiguous(cls, addr: int, nbytes: int) -> "Layout":
+        return cls(addr, (nbytes,), (1,))
+
+    @classmethod
+    def of_array(cls, arr: _np.ndarray) -> "Layout":
+        """The layout of *arr*'s elements in C order (memory order if contiguous)."""
+        addr = arr.__array_interface__["data"][0]
+        if arr.flags.c_contiguous or arr.flags.f_contiguous:
+            return cls.contiguous(addr, arr.nbytes)
+        return cls(addr, *_collapse(arr.shape + (arr.itemsize,), arr.strides + (1,)))
+
+    @property
+    def nbytes(self) -> int:
+        return self.hi - self.lo
+
+    @property
+    def contiguous_run(self) -> bool:
+        """True when the window is one contiguous byte range."""
+        return len(self.shape) == 1
+
+    @property
+    def run(self) -> int:
+        """Bytes in each contiguous run."""
+        return self.shape[-1]
+
+    def window(self, lo: int, hi: int) -> "Layout":
+        """The sub-stream ``[lo, hi)`` of this layout's window."""
+        if self.contiguous_run:
+            return Layout.contiguous(self.addr + self.lo + lo, hi - lo)
+        return Layout(self.addr, self.shape, self.strides, self.lo + lo, self.lo + hi)
+
+    def segments(self) -> _np.ndarray:
+        """(address, length) rows of the window's contiguous runs, in stream order."""
+        if self.contiguous_run:
+            return _np.array([[self.addr + self.lo, self.nbytes]], dtype=_np.uint64)
+        run = self.shape[-1]
+        offs = _np.zeros(1, dtype=_np.int64)
+        for n, s in zip(self.shape[:-1], self.strides[:-1]):
+            offs = (offs[:, None] + _np.arange(n, dtype=_np.int64) * s).ravel()
+        first, last = self.lo // run, -(-self.hi // run)
+        offs = offs[first:last] + self.addr
+        segs = _np.empty((len(offs), 2), dtype=_np.uint64)
+        segs[:, 0] = offs.astype(_np.uint64)
+        segs[:, 1] = run
+        if len(segs):
+            cut = self.lo - first * run
+            segs[0, 0] += _np.uint64(cut)
+            segs[0, 1] -= _np.uint64(cut)
+            segs[-1, 1] -= _np.uint64(last * run - self.hi)
+        return segs
+
+    def encode(self) -> Tuple[int, ...]:
+        """Flat integers for the wire: addr, lo, hi, ndim, shape..., strides..."""
+        return (self.addr, self.lo, self.hi, len(self.shape), *self.shape, *self.strides)
+
+    @classmethod
+    def decode(cls, ints) -> "Layout":
+        addr, lo, hi, ndim = ints[:4]
+        shape = tuple(ints[4 : 4 + ndim])
+        strides = tuple(ints[4 + ndim : 4 + 2 * ndim])
+        return cls(addr, shape, strides, lo, hi)
+
+    def __repr__(self) -> str:
+        return (f"Layout(addr={self.addr:#x}, shape={self.shape}, strides={self.strides}, "
+                f"window=[{self.lo}, {self.hi}))")
+
+
+def _prod(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _collapse(shape, strides):
+    """Drop unit dimensions and merge dimensions that are contiguous in each other."""
+    dims = [(n, s) for n, s in zip(shape, strides) if n != 1]
+    if not dims or any(n == 0 for n, _ in dims):
+        return (0,) if any(n == 0 for n in shape) else (1,), (1,)
+    out = [dims[-1]]
+    for n, s in reversed(dims[:-1]):
+        m, t = out[0]
+        if s == m * t:
+            out[0] = (n * m, t)
+        else:
+            out.insert(0, (n, s))
+    if out[-1][1] != 1:  # last axis must be the contiguous run
+        out.append((1, 1))
+    return tuple(n for n, _ in out), tuple(s for _, s in out)
+
+
+class _RawArray:
+    """Exposes raw memory to numpy through the array interface, keeping *owner* alive."""
+
+    __slots__ = ("__array_interface__", "owner")
+
+    def __init__(self, addr, shape, strides, readonly, owner):
+        self.owner = owner
+        self.__array_interface__ = {
+            "version": 3, "typestr": "|u1", "data": (addr, readonly),
+            "shape": shape, "strides": strides,
+        }
+
+
+def raw_view(layout: Layout, owner: Any, readonly: bool = False) -> _np.ndarray:
+    """A uint8 numpy view of *layout*'s full byte array (not cut to the window)."""
+    return _np.asarray(_RawArray(layout.addr, layout.shape, layout.strides, readonly, owner))
+
+
+class Buffer:
+    """A parsed message buffer: its array, its byte layout and its element type."""
+
+    __slots__ = ("obj", "array", "layout", "nbytes", "readonly", "esize", "whole")
+
+    def __init__(self, obj, array: _np.ndarray, layout: Layout, esize: int,
+                 whole: bool = True) -> None:
+        self.obj = obj            # what the user passed, kept alive with the request
+        self.array = array
+        self.layout = layout
+        self.nbytes = layout.nbytes
+        self.readonly = not array.flags.writeable
+        self.esize = esize
+        self.whole = whole        # the message is all of *array*
+
+    @property
+    def contiguous(self) -> bool:
+        return self.layout.contiguous_run
+
+    def flat(self) -> _np.ndarray:
+        """The message bytes as a 1-D uint8 view (contiguous buffers only)."""
+        lay = self.layout
+        return raw_view(Layout.contiguous(lay.addr + lay.lo, lay.nbytes), self.array,
+                        self.readonly)
+
+    def tobytes(self) -> bytes:
+        """A packed copy of the message bytes, in stream order."""
+        lay = self.layout
+        if lay.contiguous_run:
+            if self.whole:
+                return self.array.tobytes(order="A")
+            return self.flat().tobytes()
+        full = raw_view(lay, self.array, True)
+        if lay.lo == 0 and lay.hi == full.size:
+            return full.tobytes()
+        return full.reshape(-1)[lay.lo : lay.hi].tobytes()
+
+    def scatter(self, data) -> None:
+        """Write *data* (at most ``nbytes`` bytes) to the start of the message stream."""
+        n = len(data)
+        if n == 0:
+            return
+        lay = self.layout
+        if lay.contiguous_run:
+            if self.whole and self.array.flags.c_contiguous:
+                try:
+                    memoryview(self.array).cast("B")[:n] = data
+                    return
+                except (TypeError, ValueError):  # formats memoryview cannot cast
+                    pass
+            src = _np.frombuffer(data, dtype=_np.uint8)
+            raw_view(Layout.contiguous(lay.addr + lay.lo, n), self.array)[...] = src
+            return
+        src = _np.frombuffer(data, dtype=_np.uint8)
+        full = raw_view(lay, self.array)
+        if lay.lo == 0 and n == full.size:
+            full[...] = src.reshape(full.shape)
+            return
+        # A partial or windowed fill of a strided buffer: write run by run.
+        from . import _cma
+        import os
+        _cma.readv(os.getpid(), lay.window(0, n).segments(),
+                   [(src.__array_interface__["data"][0], n)])
+
+
+# --------------------------------------------------------------------------------------
+# Parsing mpi4py-style buffer specs
+
+def _as_array(obj) -> _np.ndarray:
+    if isinstance(obj, _np.ndarray):
+        return obj
+    try:
+        mv = memoryview(obj)
+    except TypeError:
+        raise TypeError("message: expecting buffer or list/tuple") from None
+    try:
+        return _np.asarray(mv)
+    except (ValueError, TypeError, NotImplementedError):
+        if not mv.contiguous:
+            raise BufferError("buffer is neither contiguous nor a numpy-readable view") from None
+        return _np.frombuffer(mv.cast("B"), dtype=_np.uint8)
+
+
+def _datatype_size(dt) -> Tuple[int, int, int]:
+    """(size, lower bound, extent) of an mpi4py Datatype or a type code."""
+    if isinstance(dt, str):
+        size = _np.dtype(dt).itemsize
+        return size, 0, size
+    get_size = getattr(dt, "Get_size", None)
+    if get_size is None:
+        raise TypeError(f"message: expecting a datatype, got {type(dt).__name__}")
+    lb, extent = dt.Get_extent()
+    return get_size(), lb, extent
+
+
+def _parse(spec) -> Tuple[Any, Optional[int], int, Any]:
+    """Split a spec into (buffer, count or None, displacement, datatype or None)."""
+    if not isinstance(spec, (list, tuple)):
+        return spec, None, 0, None
+    if not 1 <= len(spec) <= 4:
+        raise ValueError(f"message: expecting 1 to 4 items, got {len(spec)}")
+    buf, rest = spec[0], list(spec[1:])
+    datatype = None
+    if rest and not isinstance(rest[-1], (int, tuple, list)) and not _is_int(rest[-1]):
+        datatype = rest.pop()
+    count, displ = None, 0
+    if len(rest) == 1:
+        if isinstance(rest[0], (tuple, list)):
+            if len(rest[0]) != 2:
+                raise ValueError("message: expecting (count, displacement)")
+            count, displ = rest[0]
+        else:
+            count = rest[0]
+    elif len(rest) == 2:
+        count, displ = rest
+    elif rest:
+        raise ValueError("message: expecting [data, (count, displ), datatype]")
+    if count is not None:
+        count = _index(count, "count")
+    displ = _index(displ, "displacement")
+    return buf, count, displ, datatype
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, (int, _np.integer)) and not isinstance(x, bool)
+
+
+def _index(x, what: str) -> int:
+    if not _is_int(x):
+        raise TypeError(f"message: {what} must be an integer, got {type(x).__name__}")
+    x = int(x)
+    if x < 0:
+        raise ValueError(f"message: negative {what} {x}")
+    return x
+
+
+def _buffer(spec, writable: bool) -> Buffer:
+    obj, count, displ, datatype = _parse(spec)
+    if obj is None:
+        raise TypeError("message: expecting buffer or list/tuple")
+    arr = _as_array(obj)
+    if writable and not arr.flags.writeable:
+        raise BufferError("Object is not writable.")
+    contig = arr.flags.c_contiguous or arr.flags.f_contiguous
+    if datatype is None:
+        esize, lb, extent = arr.itemsize, 0, arr.itemsize
+    else:
+        esize, lb, extent = _datatype_size(datatype)
+        if lb != 0 or extent != esize:
+            raise TypeError("message: datatypes with holes or a lower bound are not "
+                            "supported; pass a contiguous view instead")
+        if not contig and esize != arr.itemsize:
+            raise BufferError("message: a strided buffer needs a datatype of its own item size")
+    layout = Layout.of_array(arr)
+    total = layout.nbytes
+    if esize == 0:
+        avail = 0
+    elif total % esize:
+        raise ValueError(f"message: cannot infer count, buffer length {total} is not a "
+                         f"multiple of datatype extent {esize}")
+    else:
+        avail = total // esize
+    if count is None:
+        count = avail - displ if displ <= avail else -1
+    if count < 0 or displ + count > avail:
+        raise ValueError(f"message: count {count} at displacement {displ} exceeds the "
+                         f"buffer's {avail} elements")
+    whole = not displ and count == avail
+    if not whole:
+        layout = layout.window(displ * esize, (displ + count) * esize)
+    return Buffer(obj, arr, layout, esize, whole)
+
+
+def send_buffer(spec) -> Buffer:
+    """Parse a send-side buffer spec (read-only buffers such as bytes are fine)."""
+    return _buffer(spec, writable=False)
+
+
+def recv_buffer(spec) -> Buffer:
+    """Parse a receive-side buffer spec; refuses read-only buffers with ``BufferError``."""
+    return _buffer(spec, writable=True)

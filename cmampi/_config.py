@@ -1,0 +1,60 @@
+"""Configuration: every ``CMAMPI_*`` environment variable is read here, once."""
+
+from __future__ import annotations
+
+import os as _os
+from dataclasses import dataclass
+
+__all__ = ["Config", "config"]
+
+
+def _size(name: str, default: int) -> int:
+    raw = _os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    text = raw.strip().lower()
+    scale = 1
+    for suffix, mult in (("kib", 1 << 10), ("mib", 1 << 20), ("k", 1 << 10), ("m", 1 << 20)):
+        if text.endswith(suffix):
+            text, scale = text[: -len(suffix)], mult
+            break
+    try:
+        value = int(text) * scale
+    except ValueError:
+        raise ValueError(f"{name}={raw!r}: expected a byte count such as 16384 or 16k") from None
+    if value < 0:
+        raise ValueError(f"{name}={raw!r}: must not be negative")
+    return value
+
+
+def _choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = _os.environ.get(name, "").strip().lower() or default
+    if value not in choices:
+        raise ValueError(f"{name}={value!r}: expected one of {', '.join(choices)}")
+    return value
+
+
+@dataclass(frozen=True)
+class Config:
+    """Settings read from the environment (see the README's configuration table)."""
+
+    #: Messages of at most this many bytes travel inline with their header.
+    eager_limit: int
+    #: Payload bytes per pulled piece when a strided transfer is staged through cache.
+    chunk: int
+    #: ``cma`` (pull with process_vm_readv) or ``copy`` (payload through the channel).
+    transport: str
+    #: ``auto``, ``mpi`` or ``socket``.
+    channel: str
+
+    @classmethod
+    def from_environ(cls) -> "Config":
+        return cls(
+            eager_limit=_size("CMAMPI_EAGER_LIMIT", 32 << 10),
+            chunk=max(_size("CMAMPI_CHUNK", 512 << 10), 4096),
+            transport=_choice("CMAMPI_TRANSPORT", "cma", ("cma", "copy")),
+            channel=_choice("CMAMPI_CHANNEL", "auto", ("auto", "mpi", "socket")),
+        )
+
+
+config = Config.from_environ()

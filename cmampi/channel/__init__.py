@@ -1,0 +1,1 @@
+"""Rendezvous channels: how ranks exchange headers, descriptors and acks."""

@@ -1,0 +1,115 @@
+"""The MPI channel: control traffic over hidden duplicates of an mpi4py communicator."""
+
+from __future__ import annotations
+
+import os as _os
+import socket as _socket
+from typing import List, Optional, Sequence, Tuple
+
+from mpi4py import MPI as _MPI
+
+__all__ = ["MPIChannel"]
+
+_BYTE = _MPI.BYTE
+
+
+class MPIChannel:
+    """Two private spaces over duplicates of *comm*.
+
+    The *user* space carries cmampi's messages matched by the user's
+    ``(source, tag)``; the *side* space carries acks and out-of-band payloads,
+    keyed by a transfer id, so no user receive can ever match them. Both are
+    duplicates, so nothing here matches traffic on *comm* itself.
+    Construction is collective over *comm*.
+    """
+
+    def __init__(self, comm: _MPI.Intracomm, node: Optional[str] = None) -> None:
+        self.comm = comm
+        self.user = comm.Dup()
+        self.side = comm.Dup()
+        self.rank = comm.Get_rank()
+        self.size = comm.Get_size()
+        tag_ub = comm.Get_attr(_MPI.TAG_UB) or 32767
+        self.tag_ub = int(tag_ub)
+        #: transfer ids live in [0, xid_limit) so that 2*xid+1 is a valid tag
+        self.xid_limit = (self.tag_ub - 1) // 2
+        # Locality: ranks sharing memory, as MPI sees it, unless overridden.
+        shared = comm.Split_type(_MPI.COMM_TYPE_SHARED, key=self.rank)
+        try:
+            local_id = shared.allreduce(self.rank, op=_MPI.MIN)
+        finally:
+            shared.Free()
+        key = node if node is not None else f"{_socket.gethostname()}#{local_id}"
+        info = comm.allgather((_os.getpid(), key))
+        self.pids: List[int] = [pid for pid, _ in info]
+        self.nodes: List[str] = [k for _, k in info]
+        self.status = _MPI.Status()
+
+    # -- user space --------------------------------------------------------------------
+    def send(self, data, dest: int, tag: int) -> None:
+        self.user.Send([data, _BYTE], dest, tag)
+
+    def isend(self, data, dest: int, tag: int) -> _MPI.Request:
+        return self.user.Isend([data, _BYTE], dest, tag)
+
+    def recv(self, buf, source: int, tag: int) -> Tuple[int, int, int]:
+        """Blocking receive into *buf*: (source, tag, nbytes)."""
+        st = self.status
+        self.user.Recv([buf, _BYTE], source, tag, st)
+        return st.Get_source(), st.Get_tag(), st.Get_count(_BYTE)
+
+    def irecv(self, buf, source: int, tag: int) -> _MPI.Request:
+        return self.user.Irecv([buf, _BYTE], source, tag)
+
+    def take_any(self) -> Optional[Tuple[int, int, bytes]]:
+        """Receive the oldest arrived user-space message, if any: (source, tag, data)."""
+        st = self.status
+        msg = self.user.Improbe(_MPI.ANY_SOURCE, _MPI.ANY_TAG, st)
+        if msg is None:
+            return None
+        data = bytearray(st.Get_count(_BYTE))
+        src, tag = st.Get_source(), st.Get_tag()
+        msg.Recv([data, _BYTE])
+        return src, tag, data
+
+    def probe_any(self) -> None:
+        """Block until some user-space message has arrived."""
+        self.user.Probe(_MPI.ANY_SOURCE, _MPI.ANY_TAG)
+
+    # -- side space --------------------------------------------------------------------
+    def send_ack(self, code: int, dest: int, xid: int) -> _MPI.Request:
+        return self.side.Isend([bytes((code,)), _BYTE], dest, 2 * xid)
+
+    def irecv_ack(self, buf, source: int, xid: int) -> _MPI.Request:
+        return self.side.Irecv([buf, _BYTE], source, 2 * xid)
+
+    def isend_payload(self, data, dest: int, xid: int) -> _MPI.Request:
+        return self.side.Isend([data, _BYTE], dest, 2 * xid + 1)
+
+    def irecv_payload(self, buf, source: int, xid: int) -> _MPI.Request:
+        return self.side.Irecv([buf, _BYTE], source, 2 * xid + 1)
+
+    # -- completion --------------------------------------------------------------------
+    def waitany(self, handles: Sequence[_MPI.Request]) -> Tuple[int, Tuple[int, int, int]]:
+        st = self.status
+        i = _MPI.Request.Waitany(handles, st)
+        return i, (st.Get_source(), st.Get_tag(), st.Get_count(_BYTE))
+
+    def test(self, handle: _MPI.Request) -> Optional[Tuple[int, int, int]]:
+        st = self.status
+        if handle.Test(st):
+            return st.Get_source(), st.Get_tag(), st.Get_count(_BYTE)
+        return None
+
+    def wait_cancelled(self, handle: _MPI.Request) -> Optional[Tuple[int, int, int]]:
+        """Complete a cancelled handle: None if the cancel won, else its message info."""
+        st = self.status
+        handle.Wait(st)
+        if st.Is_cancelled():
+            return None
+        return st.Get_source(), st.Get_tag(), st.Get_count(_BYTE)
+
+    def free(self) -> None:
+        for c in (self.user, self.side):
+            if c != _MPI.COMM_NULL:
+                c.Free()

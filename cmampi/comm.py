@@ -1,0 +1,397 @@
+"""``Intracomm``: an mpi4py intracommunicator whose point-to-point traffic is single-copy."""
+
+from __future__ import annotations
+
+import pickle as _pickle
+from typing import Any, List, Optional
+
+from ._buffers import recv_buffer, send_buffer
+from ._config import config as _config
+from . import p2p as _p2p
+from .request import Message, Prequest, Request
+
+__all__ = ["Intracomm", "default_engine"]
+
+_default_engine: Optional[_p2p.Engine] = None
+
+# mpi4py methods that return a new intracommunicator, which we wrap in turn.
+_DERIVING = (
+    "Dup", "Dup_with_info", "Clone", "Split", "Split_type", "Create", "Create_group",
+    "Create_from_group", "Create_cart", "Create_graph", "Create_dist_graph",
+    "Create_dist_graph_adjacent",
+)
+
+
+def default_engine() -> _p2p.Engine:
+    """The engine of the first communicator wrapped (used for foreign requests)."""
+    if _default_engine is None:
+        raise RuntimeError("cmampi: no communicator has been created yet")
+    return _default_engine
+
+
+def _is_int(x) -> bool:
+    return hasattr(x, "__index__") and not isinstance(x, bool)
+
+
+class Intracomm:
+    """Wraps an mpi4py intracommunicator; point-to-point runs over cmampi.
+
+    Construction is collective over *comm*: it duplicates it twice (a user space
+    and a side space for cmampi's own messages) and exchanges process ids, so
+    nothing sent through the wrapper can match traffic on *comm* itself, and
+    the reverse. Every method cmampi does not implement is delegated to *comm*,
+    and communicators derived from a wrapped one (``Dup``, ``Split``, ...) are
+    wrapped too.
+    """
+
+    def __init__(self, comm: Any = None) -> None:
+        global _default_engine
+        if isinstance(comm, Intracomm):
+            self._comm, self._engine = comm._comm, comm._engine
+            return
+        from mpi4py import MPI as names
+        from .channel.mpi import MPIChannel
+
+        if comm is None:
+            comm = names.COMM_WORLD
+        if not isinstance(comm, names.Intracomm) or comm == names.COMM_NULL:
+            raise TypeError(f"cmampi.Intracomm wraps an mpi4py Intracomm, got {comm!r}")
+        self._comm = comm
+        self._engine = _p2p.Engine(MPIChannel(comm), names, _config)
+        if _default_engine is None:
+            _default_engine = self._engine
+
+    # -- delegation ----------------------------------------------------------------------
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        attr = getattr(self._comm, name)
+        if name in _DERIVING:
+            def derive(*args, **kwargs):
+                out = attr(*args, **kwargs)
+                names = self._engine.names
+                if isinstance(out, names.Intracomm) and out != names.COMM_NULL:
+                    return Intracomm(out)
+                return out
+            derive.__doc__ = attr.__doc__
+            return derive
+        return attr
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Intracomm):
+            return self._comm == other._comm
+        return self._comm == other
+
+    def __hash__(self) -> int:
+        return hash(self._comm)
+
+    def __repr__(self) -> str:
+        return f"<cmampi.Intracomm wrapping {self._comm!r}>"
+
+    @property
+    def comm(self) -> Any:
+        """The wrapped mpi4py communicator."""
+        return self._comm
+
+    # -- basic queries -------------------------------------------------------------------
+    def Get_rank(self) -> int:
+        """Return the rank of this process in the communicator."""
+        return self._engine.rank
+
+    def Get_size(self) -> int:
+        """Return the number of processes in the communicator."""
+        return self._engine.size
+
+    @property
+    def rank(self) -> int:
+        """Rank of this process."""
+        return self._engine.rank
+
+    @property
+    def size(self) -> int:
+        """Number of processes."""
+        return self._engine.size
+
+    def Free(self) -> None:
+        """Free the communicator (and cmampi's private duplicates of it)."""
+        self._engine.ch.free()
+        self._comm.Free()
+
+    # -- argument checks -----------------------------------------------------------------
+    def _err(self, errclass: int) -> BaseException:
+        return self._engine.names.Exception(errclass)
+
+    def _dest(self, dest) -> int:
+        if not _is_int(dest):
+            raise TypeError("an integer is required")
+        dest = int(dest)
+        names = self._engine.names
+        if dest != names.PROC_NULL and not 0 <= dest < self._engine.size:
+            raise self._err(names.ERR_RANK)
+        return dest
+
+    def _source(self, source) -> int:
+        if not _is_int(source):
+            raise TypeError("an integer is required")
+        source = int(source)
+        names = self._engine.names
+        if source not in (names.PROC_NULL, names.ANY_SOURCE) and \
+                not 0 <= source < self._engine.size:
+            raise self._err(names.ERR_RANK)
+        return source
+
+    def _tag(self, tag, receiving: bool) -> int:
+        if not _is_int(tag):
+            raise TypeError("an integer is required")
+        tag = int(tag)
+        names = self._engine.names
+        if receiving and tag == names.ANY_TAG:
+            return tag
+        if not 0 <= tag <= self._engine.ch.tag_ub:
+            raise self._err(names.ERR_TAG)
+        return tag
+
+    def _null_status(self, status) -> None:
+        if status is not None:
+            names = self._engine.names
+            _p2p._fill(status, names.PROC_NULL, names.ANY_TAG, 0, None, names)
+
+    def _null_request(self, finish=None) -> Request:
+        op = _p2p.Op(self._engine)
+        names = self._engine.names
+        op.source, op.tag = names.PROC_NULL, names.ANY_TAG
+        op.finish()
+        if finish is not None:
+            op.decode = finish
+        return Request(op)
+
+    # -- blocking point-to-point ---------------------------------------------------------
+    def Send(self, buf, dest: int, tag: int = 0) -> None:
+        """Blocking send."""
+        dest, tag = self._dest(dest), self._tag(tag, False)
+        if dest == self._engine.names.PROC_NULL:
+            return
+        self._engine.send(buf, dest, tag)
+
+    def Ssend(self, buf, dest: int, tag: int = 0) -> None:
+        """Blocking send in synchronous mode."""
+        self.Issend(buf, dest, tag).Wait()
+
+    def Bsend(self, buf, dest: int, tag: int = 0) -> None:
+        """Blocking send in buffered mode: returns once *buf* may be reused."""
+        self.Ibsend(buf, dest, tag).Wait()
+
+    def Rsend(self, buf, dest: int, tag: int = 0) -> None:
+        """Blocking send in ready mode."""
+        self.Send(buf, dest, tag)
+
+    def Recv(self, buf, source: int = -2, tag: int = -1, status=None) -> None:
+        """Blocking receive."""
+        source, tag = self._source(source), self._tag(tag, True)
+        if source == self._engine.names.PROC_NULL:
+            self._null_status(status)
+            return
+        self._engine.recv(buf, source, tag, status)
+
+    def Sendrecv(self, sendbuf, dest: int, sendtag: int = 0, recvbuf=None,
+                 source: int = -2, recvtag: int = -1, status=None) -> None:
+        """Send and receive a message."""
+        self.Isendrecv(sendbuf, dest, sendtag, recvbuf, source, recvtag).Wait(status)
+
+    def Sendrecv_replace(self, buf, dest: int, sendtag: int = 0, source: int = -2,
+                         recvtag: int = -1, status=None) -> None:
+        """Send and receive a message, using a single buffer."""
+        self.Isendrecv_replace(buf, dest, sendtag, source, recvtag).Wait(status)
+
+    # -- nonblocking point-to-point ------------------------------------------------------
+    def _isend(self, buf, dest, tag, sync: bool, copy: bool = False) -> Request:
+        dest, tag = self._dest(dest), self._tag(tag, False)
+        parsed = send_buffer(buf)
+        if dest == self._engine.names.PROC_NULL:
+            return self._null_request()
+        if copy:  # buffered mode: the message leaves from a private copy
+            parsed = send_buffer(bytearray(parsed.tobytes()))
+        return Request(self._engine.isend(parsed, dest, tag, sync))
+
+    def Isend(self, buf, dest: int, tag: int = 0) -> Request:
+        """Nonblocking send."""
+        return self._isend(buf, dest, tag, False)
+
+    def Issend(self, buf, dest: int, tag: int = 0) -> Request:
+        """Nonblocking send in synchronous mode."""
+        return self._isend(buf, dest, tag, True)
+
+    def Ibsend(self, buf, dest: int, tag: int = 0) -> Request:
+        """Nonblocking send in buffered mode."""
+        return self._isend(buf, dest, tag, False, copy=True)
+
+    def Irsend(self, buf, dest: int, tag: int = 0) -> Request:
+        """Nonblocking send in ready mode."""
+        return self._isend(buf, dest, tag, False)
+
+    def Irecv(self, buf, source: int = -2, tag: int = -1) -> Request:
+        """Nonblocking receive."""
+        source, tag = self._source(source), self._tag(tag, True)
+        parsed = recv_buffer(buf)
+        if source == self._engine.names.PROC_NULL:
+            return self._null_request()
+        return Request(self._engine.irecv(parsed, source, tag))
+
+    def Isendrecv(self, sendbuf, dest: int, sendtag: int = 0, recvbuf=None,
+                  source: int = -2, recvtag: int = -1) -> Request:
+        """Nonblocking send and receive."""
+        if recvbuf is None:
+            recvbuf = bytearray(0)
+        rreq = self.Irecv(recvbuf, source, recvtag)
+        sreq = self.Isend(sendbuf, dest, sendtag)
+        return Request(rreq._op, sreq._ops())
+
+    def Isendrecv_replace(self, buf, dest: int, sendtag: int = 0, source: int = -2,
+                          recvtag: int = -1) -> Request:
+        """Nonblocking send and receive, using a single buffer."""
+        copy = bytearray(send_buffer(buf).tobytes())
+        rreq = self.Irecv(buf, source, recvtag)
+        sreq = self.Isend(copy, dest, sendtag)
+        return Request(rreq._op, sreq._ops())
+
+    # -- persistent requests -------------------------------------------------------------
+    def _persistent(self, start) -> Prequest:
+        return Prequest(start)
+
+    def Send_init(self, buf, dest: int, tag: int = 0) -> Prequest:
+        """Create a persistent request for a standard send."""
+        self._dest(dest), self._tag(tag, False), send_buffer(buf)
+        return Prequest(lambda: self.Isend(buf, dest, tag))
+
+    def Ssend_init(self, buf, dest: int, tag: int = 0) -> Prequest:
+        """Create a persistent request for a synchronous send."""
+        self._dest(dest), self._tag(tag, False), send_buffer(buf)
+        return Prequest(lambda: self.Issend(buf, dest, tag))
+
+    def Bsend_init(self, buf, dest: int, tag: int = 0) -> Prequest:
+        """Create a persistent request for a buffered send."""
+        self._dest(dest), self._tag(tag, False), send_buffer(buf)
+        return Prequest(lambda: self.Ibsend(buf, dest, tag))
+
+    def Rsend_init(self, buf, dest: int, tag: int = 0) -> Prequest:
+        """Create a persistent request for a ready send."""
+        self._dest(dest), self._tag(tag, False), send_buffer(buf)
+        return Prequest(lambda: self.Irsend(buf, dest, tag))
+
+    def Recv_init(self, buf, source: int = -2, tag: int = -1) -> Prequest:
+        """Create a persistent request for a receive."""
+        self._source(source), self._tag(tag, True), recv_buffer(buf)
+        return Prequest(lambda: self.Irecv(buf, source, tag))
+
+    # -- probing -------------------------------------------------------------------------
+    def _probe_status(self, hit, status) -> None:
+        if status is not None:
+            src, tag, n = hit
+            _p2p._fill(status, src, tag, n, None, self._engine.names)
+
+    def Probe(self, source: int = -2, tag: int = -1, status=None) -> bool:
+        """Blocking test for a message."""
+        source, tag = self._source(source), self._tag(tag, True)
+        if source == self._engine.names.PROC_NULL:
+            self._null_status(status)
+            return True
+        self._probe_status(self._engine.probe(source, tag), status)
+        return True
+
+    def Iprobe(self, source: int = -2, tag: int = -1, status=None) -> bool:
+        """Nonblocking test for a message."""
+        source, tag = self._source(source), self._tag(tag, True)
+        if source == self._engine.names.PROC_NULL:
+            self._null_status(status)
+            return True
+        hit = self._engine.iprobe(source, tag)
+        if hit is None:
+            return False
+        self._probe_status(hit, status)
+        return True
+
+    def _mprobe(self, source, tag, status, block: bool) -> Optional[Message]:
+        source, tag = self._source(source), self._tag(tag, True)
+        names = self._engine.names
+        if source == names.PROC_NULL:
+            self._null_status(status)
+            return Message(self._engine, (names.PROC_NULL, names.ANY_TAG, b"\x01"))
+        hit = self._engine.mprobe(source, tag, block)
+        if hit is None:
+            return None
+        src, tg, data = hit
+        self._probe_status((src, tg, _p2p._payload_size(data)), status)
+        return Message(self._engine, hit)
+
+    def Mprobe(self, source: int = -2, tag: int = -1, status=None) -> Message:
+        """Blocking test for a matched message."""
+        return self._mprobe(source, tag, status, True)
+
+    def Improbe(self, source: int = -2, tag: int = -1, status=None) -> Optional[Message]:
+        """Nonblocking test for a matched message."""
+        return self._mprobe(source, tag, status, False)
+
+    # -- Python objects (pickled in band) -------------------------------------------------
+    def _dumps(self, obj) -> bytes:
+        return _pickle.dumps(obj, _pickle.HIGHEST_PROTOCOL)
+
+    def send(self, obj: Any, dest: int, tag: int = 0) -> None:
+        """Send a message."""
+        self.Send(self._dumps(obj), dest, tag)
+
+    def ssend(self, obj: Any, dest: int, tag: int = 0) -> None:
+        """Send a message in synchronous mode."""
+        self.Ssend(self._dumps(obj), dest, tag)
+
+    def bsend(self, obj: Any, dest: int, tag: int = 0) -> None:
+        """Send a message in buffered mode."""
+        self.Send(self._dumps(obj), dest, tag)
+
+    def isend(self, obj: Any, dest: int, tag: int = 0) -> Request:
+        """Nonblocking send."""
+        return self.Isend(self._dumps(obj), dest, tag)
+
+    def issend(self, obj: Any, dest: int, tag: int = 0) -> Request:
+        """Nonblocking send in synchronous mode."""
+        return self.Issend(self._dumps(obj), dest, tag)
+
+    def ibsend(self, obj: Any, dest: int, tag: int = 0) -> Request:
+        """Nonblocking send in buffered mode."""
+        return self.Isend(self._dumps(obj), dest, tag)
+
+    def _irecv_obj(self, source, tag) -> Request:
+        source, tag = self._source(source), self._tag(tag, True)
+        if source == self._engine.names.PROC_NULL:
+            return self._null_request(lambda op: None)
+        op = self._engine.irecv(None, source, tag)
+        op.decode = _loads
+        return Request(op)
+
+    def recv(self, buf=None, source: int = -2, tag: int = -1, status=None) -> Any:
+        """Receive a message."""
+        return self._irecv_obj(source, tag).wait(status)
+
+    def irecv(self, buf=None, source: int = -2, tag: int = -1) -> Request:
+        """Nonblocking receive."""
+        return self._irecv_obj(source, tag)
+
+    def sendrecv(self, sendobj: Any, dest: int, sendtag: int = 0, recvbuf=None,
+                 source: int = -2, recvtag: int = -1, status=None) -> Any:
+        """Send and receive a message."""
+        rreq = self._irecv_obj(source, recvtag)
+        sreq = self.isend(sendobj, dest, sendtag)
+        result = rreq.wait(status)
+        sreq.Wait()
+        return result
+
+    def probe(self, source: int = -2, tag: int = -1, status=None) -> bool:
+        """Blocking test for a message."""
+        return self.Probe(source, tag, status)
+
+    def iprobe(self, source: int = -2, tag: int = -1, status=None) -> bool:
+        """Nonblocking test for a message."""
+        return self.Iprobe(source, tag, status)
+
+
+def _loads(op) -> Any:
+    return _pickle.loads(op.buf.array) if op.buf is not None and op.nbytes else None

@@ -1,0 +1,310 @@
+"""Requests and matched messages, with mpi4py's method names and signatures."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, List, Optional, Sequence, Tuple
+
+from . import p2p as _p2p
+
+__all__ = ["Request", "Prequest", "Message"]
+
+
+def _op_of(req) -> Optional[_p2p.Op]:
+    """Our op for *req*; a request of the wrapped library joins our waits as-is."""
+    if isinstance(req, Request):
+        return req._op
+    if req is None or not req:
+        return None
+    return _p2p.ForeignOp(_foreign_engine(), req)
+
+
+def _foreign_engine():
+    from .comm import default_engine
+
+    return default_engine()
+
+
+def _empty_status(status) -> None:
+    """Fill *status* as MPI does for a null or inactive request."""
+    if status is not None:
+        names = _foreign_engine().names
+        _p2p._fill(status, names.ANY_SOURCE, names.ANY_TAG, 0, None, names)
+
+
+class Request:
+    """A nonblocking operation; completes through ``Wait``/``Test`` and friends.
+
+    Once it has completed, a request is null (``bool(req)`` is false), as in
+    mpi4py, and waiting on it again returns at once with an empty status.
+    """
+
+    __slots__ = ("_op", "_parts", "__weakref__")
+
+    def __init__(self, op: Optional[_p2p.Op] = None, parts: Sequence[_p2p.Op] = ()) -> None:
+        self._op = op
+        #: further ops completing together with ``_op`` (e.g. the send of a Sendrecv)
+        self._parts = list(parts)
+
+    def __bool__(self) -> bool:
+        return self._op is not None
+
+    def __repr__(self) -> str:
+        state = "null" if self._op is None else ("done" if self._done() else "active")
+        return f"<cmampi.Request {state}>"
+
+    # -- internals -------------------------------------------------------------------------
+    def _ops(self) -> List[_p2p.Op]:
+        return [op for op in [self._op, *self._parts] if op is not None]
+
+    def _done(self) -> bool:
+        return all(op.done for op in self._ops())
+
+    def _complete(self, status=None) -> None:
+        op, parts = self._op, self._parts
+        self._op, self._parts = None, []
+        for extra in parts:
+            extra.engine.complete(extra)
+        op.engine.complete(op, status)
+
+    # -- completion ------------------------------------------------------------------------
+    def Wait(self, status=None) -> bool:
+        """Wait for the request to complete."""
+        if self._op is None:
+            _empty_status(status)
+            return True
+        _p2p.wait_all(self._ops())
+        self._complete(status)
+        return True
+
+    def Test(self, status=None) -> bool:
+        """Test for the completion of the request."""
+        if self._op is None:
+            _empty_status(status)
+            return True
+        if all([_p2p.test(op) for op in self._ops()]):
+            self._complete(status)
+            return True
+        return False
+
+    def Get_status(self, status=None) -> bool:
+        """Non-destructive test for the completion of the request."""
+        if self._op is None:
+            _empty_status(status)
+            return True
+        if all([_p2p.test(op) for op in self._ops()]):
+            if status is not None:
+                op = self._op
+                names = op.engine.names
+                _p2p._fill(status, op.source, op.tag, op.nbytes, op.error, names, op.cancelled)
+            return True
+        return False
+
+    def Cancel(self) -> None:
+        """Cancel the request (a receive that has not matched yet)."""
+        if self._op is not None:
+            self._op.engine.cancel(self._op)
+
+    def Free(self) -> None:
+        """Free the request once its operation completes (it still completes)."""
+        if self._op is not None:
+            ops = self._ops()
+            self._op, self._parts = None, []
+            _p2p.wait_all(ops)
+
+    # -- on many requests -------------------------------------------------------------------
+    @classmethod
+    def Waitall(cls, requests: Sequence[Any], statuses: Optional[List[Any]] = None) -> bool:
+        """Wait for all requests to complete."""
+        ops = []
+        for req in requests:
+            if isinstance(req, Request):
+                ops.extend(req._ops())
+            else:
+                op = _op_of(req)
+                if op is not None:
+                    ops.append(op)
+        _p2p.wait_all(ops)
+        errors = []
+        for i, req in enumerate(requests):
+            st = statuses[i] if statuses is not None and i < len(statuses) else None
+            try:
+                _finish(req, st)
+            except BaseException as exc:  # complete every request before raising
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+        return True
+
+    @classmethod
+    def Testall(cls, requests: Sequence[Any], statuses: Optional[List[Any]] = None) -> bool:
+        """Test for the completion of all requests."""
+        _p2p.progress()
+        if not all(_test_quiet(req) for req in requests):
+            return False
+        cls.Waitall(requests, statuses)
+        return True
+
+    @classmethod
+    def Waitany(cls, requests: Sequence[Any], status=None) -> int:
+        """Wait for any one request to complete; its index, or ``UNDEFINED``."""
+        live = [(i, req) for i, req in enumerate(requests) if req]
+        if not live:
+            _empty_status(status)
+            return _undefined()
+        while True:
+            for i, req in live:
+                if _test_quiet(req):
+                    _finish(req, status)
+                    return i
+            _wait_any_of([req for _, req in live])
+
+    @classmethod
+    def Testany(cls, requests: Sequence[Any], status=None) -> Tuple[int, bool]:
+        """Test for the completion of any one request: (index, flag)."""
+        live = [(i, req) for i, req in enumerate(requests) if req]
+        if not live:
+            _empty_status(status)
+            return _undefined(), True
+        _p2p.progress()
+        for i, req in live:
+            if _test_quiet(req):
+                _finish(req, status)
+                return i, True
+        return _undefined(), False
+
+    @classmethod
+    def Waitsome(cls, requests: Sequence[Any], statuses: Optional[List[Any]] = None):
+        """Wait for some requests to complete: their indices, or None if all are null."""
+        live = [(i, req) for i, req in enumerate(requests) if req]
+        if not live:
+            return None
+        while True:
+            done = cls.Testsome(requests, statuses)
+            if done:
+                return done
+            _wait_any_of([req for _, req in live])
+
+    @classmethod
+    def Testsome(cls, requests: Sequence[Any], statuses: Optional[List[Any]] = None):
+        """Test for some completed requests: their indices (maybe empty), or None."""
+        live = [(i, req) for i, req in enumerate(requests) if req]
+        if not live:
+            return None
+        _p2p.progress()
+        done = [i for i, req in live if _test_quiet(req)]
+        for k, i in enumerate(done):
+            st = statuses[k] if statuses is not None and k < len(statuses) else None
+            _finish(requests[i], st)
+        return done
+
+    # Python-object flavour (mpi4py's lowercase names).
+    def wait(self, status=None):
+        """Wait for completion; the received object, if any."""
+        op = self._op
+        self.Wait(status)
+        return getattr(op, "result", None) if op is not None else None
+
+    def test(self, status=None):
+        """Test for completion: (flag, received object or None)."""
+        op = self._op
+        if self.Test(status):
+            return True, getattr(op, "result", None) if op is not None else None
+        return False, None
+
+
+def _undefined() -> int:
+    return _foreign_engine().names.UNDEFINED
+
+
+def _test_quiet(req) -> bool:
+    if isinstance(req, Request):
+        return req._op is None or all([_p2p.test(op) for op in req._ops()])
+    return bool(req.Get_status()) if req else True
+
+
+def _finish(req, status) -> None:
+    if isinstance(req, Request):
+        if req._op is None:
+            _empty_status(status)
+        else:
+            req._complete(status)
+    elif req:
+        req.Wait(status)
+    else:
+        _empty_status(status)
+
+
+def _wait_any_of(requests) -> None:
+    ops = []
+    for req in requests:
+        if isinstance(req, Request):
+            ops.extend(op for op in req._ops() if not op.done)
+        else:
+            op = _op_of(req)
+            if op is not None:
+                ops.append(op)
+    if ops:
+        _p2p.wait_any(ops)
+
+
+class Prequest(Request):
+    """A persistent request: ``Start`` launches the operation again each time."""
+
+    __slots__ = ("_start",)
+
+    def __init__(self, start: Callable[[], Request]) -> None:
+        super().__init__(None)
+        self._start = start
+
+    def __bool__(self) -> bool:
+        return self._start is not None
+
+    def Start(self) -> None:
+        """Start the persistent operation."""
+        if self._op is not None:
+            raise RuntimeError("cmampi: persistent request started while active")
+        inner = self._start()
+        self._op, self._parts = inner._op, inner._parts
+
+    @classmethod
+    def Startall(cls, requests: Sequence["Prequest"]) -> None:
+        """Start a collection of persistent requests."""
+        for req in requests:
+            req.Start()
+
+    def Wait(self, status=None) -> bool:
+        if self._op is None:        # inactive: returns at once
+            _empty_status(status)
+            return True
+        return super().Wait(status)
+
+    def Free(self) -> None:
+        super().Free()
+        self._start = None
+
+
+class Message:
+    """A message matched by ``Mprobe``/``Improbe``, received with ``Recv``/``Irecv``."""
+
+    __slots__ = ("_engine", "_hit")
+
+    def __init__(self, engine, hit) -> None:
+        self._engine = engine
+        self._hit = hit          # (source, tag, data) taken from the engine's stash
+
+    def __bool__(self) -> bool:
+        return self._hit is not None
+
+    def Recv(self, buf, status=None) -> None:
+        """Blocking receive of this matched message."""
+        self.Irecv(buf).Wait(status)
+
+    def Irecv(self, buf) -> Request:
+        """Nonblocking receive of this matched message."""
+        if self._hit is None:
+            raise ValueError("cmampi: message already received")
+        from ._buffers import recv_buffer
+
+        rbuf = recv_buffer(buf) if buf is not None else None
+        hit, self._hit = self._hit, None
+        return Request(self._engine.irecv_matched(rbuf, hit))

@@ -1,0 +1,452 @@
+"""Point-to-point: the same tests against plain mpi4py and cmampi (differential)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cmampi._config import config
+
+pytestmark = pytest.mark.mpi(min_size=2)
+
+LIMIT = config.eager_limit
+SIZES = [0, 1, 7, 1023, LIMIT - 1, LIMIT, LIMIT + 1, 3 * LIMIT + 5, 1 << 20]
+DTYPES = ["b1", "i1", "u1", "i2", "u2", "i4", "u4", "i8", "u8", "f2", "f4", "f8", "c8", "c16"]
+
+
+def pattern(n: int, dtype="u1", seed: int = 0) -> np.ndarray:
+    """Deterministic, position-dependent content, so misplaced bytes are caught."""
+    rng = np.random.default_rng(seed)
+    raw = rng.integers(0, 256, size=n * np.dtype(dtype).itemsize, dtype=np.uint8)
+    return raw.view(dtype)
+
+
+# -- sizes and types ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n", SIZES)
+def test_sizes(comm, n):
+    rank = comm.Get_rank()
+    if rank == 0:
+        comm.Send(pattern(n, seed=n), 1, tag=3)
+    elif rank == 1:
+        buf = np.zeros(n, np.uint8)
+        comm.Recv(buf, 0, 3)
+        assert np.array_equal(buf, pattern(n, seed=n))
+
+
+def test_fifty_mib(comm):
+    rank = comm.Get_rank()
+    n = 50 << 20
+    if rank == 0:
+        a = np.arange(n // 8, dtype=np.int64)
+        comm.Send(a, 1, 1)
+    elif rank == 1:
+        b = np.empty(n // 8, np.int64)
+        comm.Recv(b, 0, 1)
+        assert b[0] == 0 and b[-1] == n // 8 - 1 and np.array_equal(b, np.arange(n // 8))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(), (3,), (5, 7), (2, 3, 4096)])
+def test_dtypes_shapes(comm, dtype, shape):
+    rank = comm.Get_rank()
+    n = int(np.prod(shape))
+    src = pattern(n, dtype, seed=len(shape)).reshape(shape)
+    if rank == 0:
+        comm.Send(src, 1, 5)
+    elif rank == 1:
+        dst = np.zeros(shape, dtype)
+        comm.Recv(dst, 0, 5)
+        assert dst.tobytes() == src.tobytes()
+
+
+@pytest.mark.parametrize("n", [100, LIMIT + 8])
+def test_fortran_order_is_memory_order(comm, n):
+    """Fortran-contiguous buffers travel in memory order, as in mpi4py."""
+    rank = comm.Get_rank()
+    src = np.asfortranarray(np.arange(n * 4, dtype=np.float64).reshape(n, 4))
+    if rank == 0:
+        comm.Send(src, 1, 2)
+    elif rank == 1:
+        dst = np.zeros(n * 4)
+        comm.Recv(dst, 0, 2)
+        assert np.array_equal(dst, src.ravel(order="F"))
+
+
+@pytest.mark.parametrize("spec", ["bytes", "bytearray", "memoryview", "array", "typed"])
+def test_buffer_kinds(comm, spec, MPI):
+    import array
+
+    rank = comm.Get_rank()
+    data = bytes(range(256)) * 300  # above the eager limit
+    if rank == 0:
+        send = {"bytes": data, "bytearray": bytearray(data), "memoryview": memoryview(data),
+                "array": array.array("B", data), "typed": [data, MPI.BYTE]}[spec]
+        comm.Send(send, 1, 0)
+    elif rank == 1:
+        out = bytearray(len(data))
+        recv = {"array": array.array("B", bytes(len(data))),
+                "typed": [out, len(data), MPI.BYTE]}.get(spec, out)
+        comm.Recv(recv, 0, 0)
+        got = bytes(recv) if spec == "array" else bytes(out)
+        assert got == data
+
+
+@pytest.mark.parametrize("n", [64, 4 * LIMIT])
+def test_count_and_displacement(comm, MPI, n):
+    rank = comm.Get_rank()
+    if rank == 0:
+        a = np.arange(n, dtype=np.float64)
+        comm.Send([a, (n // 2, n // 4), MPI.DOUBLE], 1, 9)
+    elif rank == 1:
+        b = np.full(n, -1.0)
+        comm.Recv([b, (n // 2, 10), MPI.DOUBLE], 0, 9)
+        assert np.array_equal(b[10 : 10 + n // 2], np.arange(n // 4, n // 4 + n // 2))
+        assert (b[:10] == -1).all() and (b[10 + n // 2 :] == -1).all()
+
+
+# -- status, matching, ordering ---------------------------------------------------------------
+
+@pytest.mark.parametrize("n", [10, LIMIT])
+def test_any_source_status(comm, MPI, n):
+    rank, size = comm.Get_rank(), comm.Get_size()
+    if rank != 0:
+        comm.Send(np.full(n * rank, rank, np.float64), 0, tag=100 + rank)
+    else:
+        seen = set()
+        for _ in range(size - 1):
+            st = MPI.Status()
+            buf = np.zeros(n * size)
+            comm.Recv(buf, MPI.ANY_SOURCE, MPI.ANY_TAG, st)
+            src = st.Get_source()
+            assert st.Get_tag() == 100 + src
+            assert st.Get_count(MPI.DOUBLE) == n * src
+            assert st.Get_count() == 8 * n * src
+            assert (buf[: n * src] == src).all() and (buf[n * src :] == 0).all()
+            seen.add(src)
+        assert seen == set(range(1, size))
+
+
+def test_non_overtaking_mixed_sizes(comm, MPI):
+    """Small (inline) and large (pulled) messages with one tag arrive in send order."""
+    rank = comm.Get_rank()
+    sizes = [8, 3 * LIMIT, 16, 5 * LIMIT, 1, 0, 2 * LIMIT, 9] * 3
+    if rank == 0:
+        reqs = [comm.Isend(np.full(max(n, 1), i, np.int32)[:n], 1, 4) for i, n in enumerate(sizes)]
+        MPI.Request.Waitall(reqs)
+    elif rank == 1:
+        for i, n in enumerate(sizes):
+            buf = np.full(max(n, 1), -1, np.int32)
+            st = MPI.Status()
+            comm.Recv(buf, MPI.ANY_SOURCE, 4, st)
+            assert st.Get_count(MPI.INT) == n
+            assert (buf[:n] == i).all()
+
+
+def test_tags_select(comm, MPI):
+    rank = comm.Get_rank()
+    if rank == 0:
+        bufs = [np.full(LIMIT + tag, tag, np.uint8) for tag in (1, 2, 3)]
+        MPI.Request.Waitall([comm.Isend(b, 1, tag) for tag, b in zip((1, 2, 3), bufs)])
+    elif rank == 1:
+        for tag in (3, 1, 2):
+            buf = np.zeros(LIMIT + 3, np.uint8)
+            st = MPI.Status()
+            comm.Recv(buf, 0, tag, st)
+            assert st.Get_tag() == tag and (buf[: LIMIT + tag] == tag).all()
+
+
+def test_proc_null(comm, MPI):
+    st = MPI.Status()
+    buf = np.ones(4)
+    comm.Send(buf, MPI.PROC_NULL)
+    comm.Recv(buf, MPI.PROC_NULL, 0, st)
+    assert st.Get_source() == MPI.PROC_NULL and st.Get_tag() == MPI.ANY_TAG
+    assert st.Get_count() == 0 and (buf == 1).all()
+    req = comm.Irecv(buf, MPI.PROC_NULL)
+    req.Wait()
+
+
+# -- truncation -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n", [40, 4 * LIMIT])
+def test_truncation(comm, MPI, n):
+    rank = comm.Get_rank()
+    if rank == 0:
+        comm.Send(np.ones(n, np.uint8), 1, 6)
+        comm.Send(np.arange(4, dtype=np.uint8), 1, 6)
+    elif rank == 1:
+        base = np.full(n, 7, np.uint8)
+        view = base[8:16]
+        with pytest.raises(MPI.Exception) as info:
+            comm.Recv(view, 0, 6)
+        assert info.value.Get_error_class() == MPI.ERR_TRUNCATE
+        assert (base[:8] == 7).all() and (base[16:] == 7).all()  # nothing written outside
+        after = np.zeros(4, np.uint8)
+        comm.Recv(after, 0, 6)  # the communicator keeps working
+        assert list(after) == [0, 1, 2, 3]
+
+
+# -- nonblocking ----------------------------------------------------------------------------
+
+def test_nonblocking_storm(comm, MPI):
+    rank, size = comm.Get_rank(), comm.Get_size()
+    rng = np.random.default_rng(1234)  # same on every rank: everyone knows all sizes
+    counts = rng.integers(0, 4 * LIMIT, size=(size, size, 12))
+    recvs, sends, bufs = [], [], []
+    for src in range(size):
+        if src == rank:
+            continue
+        for k, n in enumerate(counts[src, rank]):
+            b = np.empty(int(n), np.uint8)
+            bufs.append((src, k, b))
+            recvs.append(comm.Irecv(b, src, k))
+    for dst in range(size):
+        if dst == rank:
+            continue
+        for k, n in enumerate(counts[rank, dst]):
+            sends.append(comm.Isend(pattern(int(n), seed=rank * 1000 + dst * 50 + k), dst, k))
+    MPI.Request.Waitall(recvs + sends)
+    for src, k, b in bufs:
+        assert np.array_equal(b, pattern(b.size, seed=src * 1000 + rank * 50 + k))
+
+
+def test_exchange_large_without_deadlock(comm, MPI):
+    """Both ranks post Irecv, then a blocking large Send: must not deadlock."""
+    rank = comm.Get_rank()
+    if rank > 1:
+        return
+    peer = 1 - rank
+    n = 8 * LIMIT
+    b = np.zeros(n, np.uint8)
+    r = comm.Irecv(b, peer, 0)
+    comm.Send(np.full(n, rank + 1, np.uint8), peer, 0)
+    r.Wait()
+    assert (b == peer + 1).all()
+
+
+def test_test_and_waitany(comm, MPI):
+    rank = comm.Get_rank()
+    if rank == 0:
+        comm.Barrier()
+        for tag in (2, 1):
+            comm.Send(np.full(LIMIT * 2, tag, np.uint8), 1, tag)
+    else:
+        bufs = [np.zeros(LIMIT * 2, np.uint8) for _ in range(2)]
+        reqs = [comm.Irecv(bufs[0], 0, 1), comm.Irecv(bufs[1], 0, 2)] if rank == 1 else []
+        if rank == 1:
+            assert not reqs[0].Test() and not reqs[1].Test()
+        comm.Barrier()
+        if rank == 1:
+            st = MPI.Status()
+            idx = MPI.Request.Waitany(reqs, st)
+            assert idx == 1 and st.Get_tag() == 2
+            assert MPI.Request.Waitany(reqs) == 0
+            assert MPI.Request.Waitany(reqs) == MPI.UNDEFINED
+            assert (bufs[0] == 1).all() and (bufs[1] == 2).all()
+
+
+def test_testall_testsome_waitsome(comm, MPI):
+    rank = comm.Get_rank()
+    if rank > 1:
+        return
+    peer = 1 - rank
+    bufs = [np.zeros(n, np.uint8) for n in (5, LIMIT * 3)]
+    reqs = [comm.Irecv(b, peer, i) for i, b in enumerate(bufs)]
+    sends = [comm.Isend(np.full(b.size, 9, np.uint8), peer, i) for i, b in enumerate(bufs)]
+    done = []
+    while len(done) < 2:
+        got = MPI.Request.Waitsome(reqs)
+        done += got
+    assert sorted(done) == [0, 1]
+    while not MPI.Request.Testall(sends):
+        pass
+    assert all((b == 9).all() for b in bufs)
+    assert MPI.Request.Testsome(reqs) is None or MPI.Request.Testsome(reqs) == []
+
+
+def test_synchronous_send_waits_for_match(comm, MPI):
+    rank = comm.Get_rank()
+    for n in (8, 3 * LIMIT):
+        if rank == 0:
+            req = comm.Issend(np.ones(n, np.uint8), 1, 1)
+            assert not req.Test()
+            comm.Barrier()
+            req.Wait()
+        elif rank == 1:
+            comm.Barrier()
+            comm.Recv(np.zeros(n, np.uint8), 0, 1)
+        else:
+            comm.Barrier()
+    if rank == 0:
+        comm.Ssend(np.ones(3), 1, 2)
+    elif rank == 1:
+        comm.Recv(np.zeros(3), 0, 2)
+
+
+def test_cancel_unmatched_receive(comm, MPI):
+    req = comm.Irecv(np.zeros(4), MPI.ANY_SOURCE, 999)
+    req.Cancel()
+    st = MPI.Status()
+    req.Wait(st)
+    assert st.Is_cancelled()
+
+
+def test_persistent(comm, MPI):
+    rank = comm.Get_rank()
+    if rank > 1:
+        return
+    peer = 1 - rank
+    out = np.zeros(2 * LIMIT, np.int64)
+    inb = np.zeros(2 * LIMIT, np.int64)
+    sreq = comm.Send_init(out, peer, 3)
+    rreq = comm.Recv_init(inb, peer, 3)
+    for it in range(4):
+        out[:] = it * 10 + rank
+        MPI.Prequest.Startall([rreq, sreq])
+        MPI.Prequest.Waitall([rreq, sreq])
+        assert (inb == it * 10 + peer).all()
+    sreq.Free()
+    rreq.Free()
+
+
+# -- combined send/receive --------------------------------------------------------------------
+
+@pytest.mark.parametrize("n", [16, 4 * LIMIT])
+def test_sendrecv_ring(comm, MPI, n):
+    rank, size = comm.Get_rank(), comm.Get_size()
+    right, left = (rank + 1) % size, (rank - 1) % size
+    out = np.full(n, rank, np.int16)
+    got = np.zeros(n, np.int16)
+    st = MPI.Status()
+    comm.Sendrecv(out, right, 7, got, left, 7, st)
+    assert (got == left).all() and st.Get_source() == left
+
+
+@pytest.mark.parametrize("n", [16, 4 * LIMIT])
+def test_sendrecv_replace(comm, MPI, n):
+    rank, size = comm.Get_rank(), comm.Get_size()
+    right, left = (rank + 1) % size, (rank - 1) % size
+    buf = np.full(n, rank, np.int32)
+    comm.Sendrecv_replace(buf, right, 1, left, 1)
+    assert (buf == left).all()
+
+
+# -- probing -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n", [3, 3 * LIMIT])
+def test_probe_then_receive(comm, MPI, n):
+    rank = comm.Get_rank()
+    if rank == 0:
+        bufs = [np.arange(n, dtype=np.float32), np.arange(2, dtype=np.float32)]
+        MPI.Request.Waitall([comm.Isend(bufs[0], 1, 11), comm.Isend(bufs[1], 1, 12)])
+    elif rank == 1:
+        st = MPI.Status()
+        comm.Probe(0, 12, st)  # the later message, skipping the first
+        assert st.Get_tag() == 12 and st.Get_count(MPI.FLOAT) == 2
+        st2 = MPI.Status()
+        assert comm.Iprobe(MPI.ANY_SOURCE, MPI.ANY_TAG, st2)
+        assert st2.Get_tag() == 11 and st2.Get_count(MPI.FLOAT) == n
+        a = np.zeros(n, np.float32)
+        comm.Recv(a, 0, MPI.ANY_TAG)  # must be the first message (non-overtaking)
+        b = np.zeros(2, np.float32)
+        comm.Recv(b, 0, 12)
+        assert np.array_equal(a, np.arange(n, dtype=np.float32)) and list(b) == [0, 1]
+    assert not comm.Iprobe(MPI.ANY_SOURCE, 12345)
+
+
+def test_mprobe(comm, MPI):
+    rank = comm.Get_rank()
+    if rank == 0:
+        bufs = [np.arange(3 * LIMIT, dtype=np.uint8), np.arange(5, dtype=np.uint8)]
+        MPI.Request.Waitall([comm.Isend(bufs[0], 1, 21), comm.Isend(bufs[1], 1, 22)])
+    elif rank == 1:
+        st = MPI.Status()
+        m = comm.Mprobe(0, 22, st)
+        assert st.Get_count() == 5
+        m2 = None
+        while m2 is None:
+            m2 = comm.Improbe(0, 21)
+        b = np.zeros(5, np.uint8)
+        m.Recv(b)
+        a = np.zeros(3 * LIMIT, np.uint8)
+        m2.Irecv(a).Wait()
+        assert list(b) == list(range(5)) and np.array_equal(a, np.arange(3 * LIMIT, dtype=np.uint8))
+
+
+# -- interplay with delegated calls -------------------------------------------------------------
+
+def test_collectives_interleaved(comm, MPI):
+    rank, size = comm.Get_rank(), comm.Get_size()
+    right, left = (rank + 1) % size, (rank - 1) % size
+    big = np.full(4 * LIMIT, rank, np.uint8)
+    got = np.zeros(4 * LIMIT, np.uint8)
+    r = comm.Irecv(got, left, 0)
+    s = comm.Isend(big, right, 0)
+    x = np.array([rank], dtype=np.int64)
+    tot = np.zeros(1, np.int64)
+    comm.Allreduce(x, tot, op=MPI.SUM)
+    assert tot[0] == size * (size - 1) // 2
+    MPI.Request.Waitall([r, s])
+    assert (got == left).all()
+
+
+def test_derived_communicators(comm, MPI):
+    rank, size = comm.Get_rank(), comm.Get_size()
+    sub = comm.Split(rank % 2, rank)
+    dup = comm.Dup()
+    local = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    for c in (sub, dup, local):
+        r, s = c.Get_rank(), c.Get_size()
+        if s > 1:
+            out = np.full(3 * LIMIT, r, np.uint8)
+            inb = np.zeros_like(out)
+            c.Sendrecv(out, (r + 1) % s, 0, inb, (r - 1) % s, 0)
+            assert (inb == (r - 1) % s).all()
+        c.Free()
+    assert size == comm.Get_size()
+
+
+# -- bad input ---------------------------------------------------------------------------------
+
+def test_bad_arguments(comm, MPI):
+    size = comm.Get_size()
+    buf = np.zeros(4)
+    with pytest.raises(MPI.Exception) as e:
+        comm.Send(buf, size)
+    assert e.value.Get_error_class() == MPI.ERR_RANK
+    with pytest.raises(MPI.Exception) as e:
+        comm.Send(buf, 0, -5)
+    assert e.value.Get_error_class() == MPI.ERR_TAG
+    with pytest.raises(MPI.Exception) as e:
+        comm.Irecv(buf, -7, 0)
+    assert e.value.Get_error_class() == MPI.ERR_RANK
+    with pytest.raises(TypeError):
+        comm.Send(42, 0)
+    with pytest.raises(TypeError):
+        comm.Send(buf, "x")
+    with pytest.raises(BufferError):
+        comm.Recv(b"read-only", 0)
+    with pytest.raises(ValueError):
+        comm.Send([np.zeros(3, np.int8), MPI.DOUBLE], 0)
+    # still usable
+    rank = comm.Get_rank()
+    comm.Sendrecv(np.full(3, rank, np.float64), (rank + 1) % size, 0, buf[:3], (rank - 1) % size, 0)
+    assert (buf[:3] == (rank - 1) % size).all()
+
+
+# -- Python objects ------------------------------------------------------------------------------
+
+def test_objects_roundtrip(comm, MPI):
+    rank = comm.Get_rank()
+    obj = {"a": np.arange(LIMIT, dtype=np.float64), "b": [1, "two", (3.0,)], "c": None}
+    if rank == 0:
+        comm.send(obj, 1, 5)
+        req = comm.isend(rank, 1, 6)
+        req.wait()
+    elif rank == 1:
+        st = MPI.Status()
+        got = comm.recv(None, 0, 5, st)
+        assert st.Get_source() == 0 and st.Get_tag() == 5
+        assert np.array_equal(got["a"], obj["a"]) and got["b"] == obj["b"] and got["c"] is None
+        assert comm.irecv(source=0, tag=6).wait() == 0
