@@ -35,6 +35,13 @@ def _addr(arr: _np.ndarray) -> int:
     return arr.__array_interface__["data"][0]
 
 
+def _prod(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
 def _row_bytes(lay: Layout) -> int:
     n = 1
     for d in lay.shape[1:]:
@@ -98,11 +105,19 @@ def _widen(a: _np.ndarray) -> _np.ndarray:
 
 
 def _sparse(lay: Layout) -> bool:
-    """True for a fine-grained layout whose row spans are mostly gaps."""
+    """True for a fine-grained layout whose span is mostly gaps.
+
+    Pieces of rows are read span and all: both one row's span (rows may
+    interleave) and the whole layout's span (rows may lie far apart) must stay
+    within ``MAX_SPAN_RATIO`` times their payload.
+    """
     if lay.contiguous_run or lay.run >= COARSE_RUN:
         return False
     lo, hi = _extent(_rows(lay, 0, 1))
-    return hi - lo > MAX_SPAN_RATIO * _row_bytes(lay)
+    if hi - lo > MAX_SPAN_RATIO * _row_bytes(lay):
+        return True
+    lo, hi = _extent(lay)
+    return hi - lo > MAX_SPAN_RATIO * _prod(lay.shape)
 
 
 def pull(pid: int, remote: Layout, local: Layout, owner, chunk: int) -> None:

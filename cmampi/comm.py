@@ -147,7 +147,7 @@ class Intracomm:
         names = self._engine.names
         if receiving and tag == names.ANY_TAG:
             return tag
-        if not 0 <= tag <= self._engine.ch.tag_ub:
+        if not 0 <= tag <= self._engine.tag_ub:
             raise self._err(names.ERR_TAG)
         return tag
 
@@ -168,10 +168,13 @@ class Intracomm:
     # -- blocking point-to-point ---------------------------------------------------------
     def Send(self, buf, dest: int, tag: int = 0) -> None:
         """Blocking send."""
-        dest, tag = self._dest(dest), self._tag(tag, False)
-        if dest == self._engine.names.PROC_NULL:
-            return
-        self._engine.send(buf, dest, tag)
+        e = self._engine
+        if not (type(dest) is int and 0 <= dest < e.size and type(tag) is int
+                and 0 <= tag <= e.tag_ub):
+            dest, tag = self._dest(dest), self._tag(tag, False)
+            if dest == e.names.PROC_NULL:
+                return
+        e.send(buf, dest, tag)
 
     def Ssend(self, buf, dest: int, tag: int = 0) -> None:
         """Blocking send in synchronous mode."""
@@ -187,11 +190,14 @@ class Intracomm:
 
     def Recv(self, buf, source: int = -2, tag: int = -1, status=None) -> None:
         """Blocking receive."""
-        source, tag = self._source(source), self._tag(tag, True)
-        if source == self._engine.names.PROC_NULL:
-            self._null_status(status)
-            return
-        self._engine.recv(buf, source, tag, status)
+        e = self._engine
+        if not (type(source) is int and 0 <= source < e.size and type(tag) is int
+                and 0 <= tag <= e.tag_ub):
+            source, tag = self._source(source), self._tag(tag, True)
+            if source == e.names.PROC_NULL:
+                self._null_status(status)
+                return
+        e.recv(buf, source, tag, status)
 
     def Sendrecv(self, sendbuf, dest: int, sendtag: int = 0, recvbuf=None,
                  source: int = -2, recvtag: int = -1, status=None) -> None:

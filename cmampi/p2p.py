@@ -128,6 +128,7 @@ class Engine:
         self.chunk = config.chunk
         self.rank = channel.rank
         self.size = channel.size
+        self.tag_ub = channel.tag_ub
         self.stage_size = self.limit + _wire.CTRL_MAX
         self.stage = bytearray(self.stage_size)
         self.stage_mv = memoryview(self.stage)
