@@ -142,27 +142,46 @@ def raw_view(layout: Layout, owner: Any, readonly: bool = False) -> _np.ndarray:
 class Buffer:
     """A parsed message buffer: its array, its byte layout and its element type."""
 
-    __slots__ = ("obj", "array", "layout", "nbytes", "readonly", "esize", "whole")
+    __slots__ = ("obj", "array", "_layout", "nbytes", "esize", "whole")
 
-    def __init__(self, obj, array: _np.ndarray, layout: Layout, esize: int,
-                 whole: bool = True) -> None:
+    def __init__(self, obj, array: _np.ndarray, layout: Optional[Layout], esize: int,
+                 whole: bool = True, nbytes: Optional[int] = None) -> None:
         self.obj = obj            # what the user passed, kept alive with the request
         self.array = array
-        self.layout = layout
-        self.nbytes = layout.nbytes
-        self.readonly = not array.flags.writeable
+        self._layout = layout     # None: a whole C-contiguous array, laid out on demand
+        self.nbytes = layout.nbytes if layout is not None else nbytes
         self.esize = esize
         self.whole = whole        # the message is all of *array*
 
     @property
+    def layout(self) -> Layout:
+        if self._layout is None:
+            self._layout = Layout.contiguous(address(self.array), self.nbytes)
+        return self._layout
+
+    @property
+    def readonly(self) -> bool:
+        return not self.array.flags.writeable
+
+    @property
     def contiguous(self) -> bool:
-        return self.layout.contiguous_run
+        return self._layout is None or self._layout.contiguous_run
 
     def flat(self) -> _np.ndarray:
         """The message bytes as a 1-D uint8 view (contiguous buffers only)."""
         lay = self.layout
         return raw_view(Layout.contiguous(lay.addr + lay.lo, lay.nbytes), self.array,
                         self.readonly)
+
+    def wire(self):
+        """A contiguous object holding exactly the message bytes, for the channel.
+
+        The user's own memory when the message is contiguous (a receive can
+        land there directly); a packed copy for a strided send.
+        """
+        if self.contiguous:
+            return self.array if self.whole else self.flat()
+        return self.tobytes()
 
     def tobytes(self) -> bytes:
         """A packed copy of the message bytes, in stream order."""
@@ -220,12 +239,12 @@ def address(arr: _np.ndarray) -> int:
 
 def quick_buffer(spec, writable: bool) -> Optional[Buffer]:
     """The common case, parsed fast: a whole C-contiguous numpy array; else None."""
-    if type(spec) is not _np.ndarray:
+    if type(spec) is not _np.ndarray or spec.dtype.kind in "OMm":
         return None
     flags = spec.flags
     if not flags.c_contiguous or (writable and not flags.writeable):
         return None
-    return Buffer(spec, spec, Layout.contiguous(address(spec), spec.nbytes), spec.itemsize)
+    return Buffer(spec, spec, None, spec.itemsize, True, spec.nbytes)
 
 
 def _as_array(obj) -> _np.ndarray:
@@ -301,6 +320,10 @@ def _buffer(spec, writable: bool) -> Buffer:
     if obj is None:
         raise TypeError("message: expecting buffer or list/tuple")
     arr = _as_array(obj)
+    if arr.dtype.kind == "O":
+        raise TypeError("message: arrays of Python objects have no raw bytes to send")
+    if arr.dtype.kind in "Mm":  # no buffer export for datetimes: move their int64s
+        arr = arr.view(_np.int64)
     if writable and not arr.flags.writeable:
         raise BufferError("Object is not writable.")
     contig = arr.flags.c_contiguous or arr.flags.f_contiguous

@@ -141,6 +141,11 @@ def _reach(ends: _np.ndarray, lo: int) -> int:
 
 
 def _transfer(fn, pid: int, local: Segments, remote: Segments) -> int:
+    if type(local) is list and type(remote) is list and len(local) == 1 and len(remote) == 1:
+        (laddr, ln), (raddr, rn) = local[0], remote[0]
+        if ln == rn:  # one range each side: no arrays to build
+            _transfer_one(fn, pid, laddr, raddr, ln)
+            return ln
     loc = as_segments(local)
     rem = as_segments(remote)
     lend = _np.cumsum(loc[:, 1], dtype=_np.uint64)

@@ -38,8 +38,14 @@ def _choice(name: str, default: str, choices: tuple[str, ...]) -> str:
 class Config:
     """Settings read from the environment (see the README's configuration table)."""
 
-    #: Messages of at most this many bytes travel inline with their header.
+    #: Messages of at most this many bytes travel inline, with no header.
     eager_limit: int
+    #: From this size on, payloads to a CMA peer are pulled; below it they follow
+    #: the header through the channel.
+    cma_min: int
+    #: From this size on, a sender blocked in ``Send`` copies part of the payload
+    #: itself (``process_vm_writev``) while the receiver pulls the rest.
+    coop_min: int
     #: Payload bytes per pulled piece when a strided transfer is staged through cache.
     chunk: int
     #: ``cma`` (pull with process_vm_readv) or ``copy`` (payload through the channel).
@@ -50,8 +56,10 @@ class Config:
     @classmethod
     def from_environ(cls) -> "Config":
         return cls(
-            eager_limit=_size("CMAMPI_EAGER_LIMIT", 32 << 10),
-            chunk=max(_size("CMAMPI_CHUNK", 512 << 10), 4096),
+            eager_limit=_size("CMAMPI_EAGER_LIMIT", 4 << 10),
+            cma_min=_size("CMAMPI_CMA_MIN", 1 << 20),
+            coop_min=_size("CMAMPI_COOP_MIN", 1 << 20),
+            chunk=max(_size("CMAMPI_CHUNK", 2 << 20), 4096),
             transport=_choice("CMAMPI_TRANSPORT", "cma", ("cma", "copy")),
             channel=_choice("CMAMPI_CHANNEL", "auto", ("auto", "mpi", "socket")),
         )

@@ -1,4 +1,12 @@
-"""Wire formats of cmampi's control messages (headers, descriptors, acks)."""
+"""Wire formats of cmampi's messages: raw payloads, control headers, acks.
+
+In the user space most messages are the payload itself, with no header, so the
+receiver lets the channel write them straight into the user's buffer. Lengths
+in a narrow band, ``(eager_limit, eager_limit + CTRL_MAX]``, are reserved for
+control messages (a header padded into the band), so a message's length alone
+tells the two apart; a payload whose length falls in the band travels as a
+control message plus a side payload instead.
+"""
 
 from __future__ import annotations
 
@@ -8,69 +16,91 @@ from typing import Tuple
 from ._buffers import Layout
 
 __all__ = [
-    "EAGER", "EAGER_SYNC", "PULL", "SIDE",
-    "ACK_OK", "ACK_TRUNCATED", "ACK_FAILED",
-    "CTRL_MAX", "eager", "pull", "side", "kind_of", "parse_pull", "parse_side",
-    "parse_sync",
+    "PULL", "SIDE", "F_SYNC", "F_HELP",
+    "ACK_OK", "ACK_TRUNCATED", "ACK_FAILED", "ACK_HELP",
+    "CTRL_MAX", "control", "is_control", "pull", "side", "parse_pull", "parse_side",
+    "help_request", "parse_help", "payload_size", "REPLY_MAX",
 ]
 
-# Every message in the user's matching space starts with a one-byte kind.
-EAGER = 1       # payload follows inline
-EAGER_SYNC = 2  # payload follows inline; the receiver acks (synchronous mode)
-PULL = 3        # a descriptor follows; the receiver pulls with CMA, then acks
-SIDE = 4        # the payload follows as a separate message in the side space
+PULL = 1        # a descriptor: the receiver pulls the payload with CMA, then acks
+SIDE = 2        # the payload follows in the side space
 
-# One-byte acks, sent receiver -> sender in the side space.
+F_SYNC = 1      # the sender waits for the receiver to match (synchronous mode)
+F_HELP = 2      # the sender is blocked waiting and can push part of the payload
+
+# Receiver -> sender replies in the side space (tag 2 * xid).
 ACK_OK = 0
 ACK_TRUNCATED = 1
 ACK_FAILED = 2
+ACK_HELP = 3    # followed by a layout: please write your bytes [lo, hi) there
 
-_SYNC = _struct.Struct("<BxxxI")         # kind, xid
-_PULL = _struct.Struct("<BxxxIQqqqq")   # kind, xid, nbytes, addr, lo, hi, ndim
-_SIDE = _struct.Struct("<BxxxIQ")        # kind, xid, nbytes
-_INT = _struct.Struct("<q")
+_HEAD = _struct.Struct("<BBxxIQ")        # kind, flags, xid, nbytes
+_LAYOUT = _struct.Struct("<qqqq")        # addr, lo, hi, ndim (then 2*ndim dims)
+_HELP = _struct.Struct("<BxxxxxxxQQQ")   # ACK_HELP, lo, hi, address of byte lo
 
-SYNC_SIZE = _SYNC.size
-#: Bytes a control message can need beyond an eager payload (32 dimensions of layout).
-CTRL_MAX = _PULL.size + 64 * _INT.size
-
-
-def eager(payload) -> bytes:
-    return b"\x01" + payload
+#: Most bytes a control message's meaningful part takes (layouts of 32 dimensions).
+CTRL_MAX = _HEAD.size + _LAYOUT.size + 64 * 8
 
 
-def sync(xid: int) -> bytes:
-    """Header of a synchronous eager message; the payload follows it."""
-    return _SYNC.pack(EAGER_SYNC, xid)
-
-
-def pull(xid: int, layout: Layout) -> bytes:
+def _layout(layout: Layout) -> bytes:
     enc = layout.encode()
-    dims = enc[4:]
-    return _PULL.pack(PULL, xid, layout.nbytes, *enc[:4]) + _struct.pack(
-        f"<{len(dims)}q", *dims)
+    return _LAYOUT.pack(*enc[:4]) + _struct.pack(f"<{len(enc) - 4}q", *enc[4:])
 
 
-def side(xid: int, nbytes: int) -> bytes:
-    return _SIDE.pack(SIDE, xid, nbytes)
+def _parse_layout(buf, offset: int) -> Layout:
+    addr, lo, hi, ndim = _LAYOUT.unpack_from(buf, offset)
+    dims = _struct.unpack_from(f"<{2 * ndim}q", buf, offset + _LAYOUT.size)
+    return Layout.decode((addr, lo, hi, ndim) + dims)
 
 
-def kind_of(buf) -> int:
-    return buf[0]
+def control(head: bytes, limit: int) -> bytearray:
+    """*head* padded into the control band, so it cannot be taken for a payload."""
+    out = bytearray(max(len(head), limit + 1))
+    out[: len(head)] = head
+    return out
 
 
-def parse_sync(buf) -> int:
-    return _SYNC.unpack_from(buf)[1]
+def is_control(count: int, limit: int) -> bool:
+    """True when a user-space message of *count* bytes is a control message."""
+    return limit < count <= limit + CTRL_MAX
 
 
-def parse_pull(buf) -> Tuple[int, int, Layout]:
-    """(xid, nbytes, remote layout) of a PULL descriptor."""
-    _, xid, nbytes, addr, lo, hi, ndim = _PULL.unpack_from(buf)
-    dims = _struct.unpack_from(f"<{2 * ndim}q", buf, _PULL.size)
-    return xid, nbytes, Layout.decode((addr, lo, hi, ndim) + dims)
+def pull(xid: int, flags: int, layout: Layout) -> bytes:
+    return _HEAD.pack(PULL, flags, xid, layout.nbytes) + _layout(layout)
 
 
-def parse_side(buf) -> Tuple[int, int]:
-    """(xid, nbytes) of a SIDE header."""
-    _, xid, nbytes = _SIDE.unpack_from(buf)
-    return xid, nbytes
+def side(xid: int, flags: int, nbytes: int) -> bytes:
+    return _HEAD.pack(SIDE, flags, xid, nbytes)
+
+
+def parse_pull(buf) -> Tuple[int, int, int, Layout]:
+    """(flags, xid, nbytes, remote layout) of a PULL descriptor."""
+    _, flags, xid, nbytes = _HEAD.unpack_from(buf)
+    return flags, xid, nbytes, _parse_layout(buf, _HEAD.size)
+
+
+def parse_side(buf) -> Tuple[int, int, int]:
+    """(flags, xid, nbytes) of a SIDE header."""
+    _, flags, xid, nbytes = _HEAD.unpack_from(buf)
+    return flags, xid, nbytes
+
+
+#: Size of the buffer a sender posts for the receiver's reply.
+REPLY_MAX = _HELP.size
+
+
+def help_request(lo: int, hi: int, addr: int) -> bytes:
+    """Receiver -> sender: write your stream bytes [lo, hi) to our address *addr*."""
+    return _HELP.pack(ACK_HELP, lo, hi, addr)
+
+
+def parse_help(buf) -> Tuple[int, int, int]:
+    """(lo, hi, addr) of a help request."""
+    return _HELP.unpack_from(buf)[1:]
+
+
+def payload_size(msg, limit: int) -> int:
+    """Payload bytes a user-space message carries (raw or control)."""
+    if not is_control(len(msg), limit):
+        return len(msg)
+    return _HEAD.unpack_from(msg)[3]

@@ -7,6 +7,7 @@ from typing import Any, List, Optional
 
 from ._buffers import recv_buffer, send_buffer
 from ._config import config as _config
+from . import _wire
 from . import p2p as _p2p
 from .request import Message, Prequest, Request
 
@@ -211,9 +212,12 @@ class Intracomm:
 
     # -- nonblocking point-to-point ------------------------------------------------------
     def _isend(self, buf, dest, tag, sync: bool, copy: bool = False) -> Request:
-        dest, tag = self._dest(dest), self._tag(tag, False)
+        e = self._engine
+        if not (type(dest) is int and 0 <= dest < e.size and type(tag) is int
+                and 0 <= tag <= e.tag_ub):
+            dest, tag = self._dest(dest), self._tag(tag, False)
         parsed = send_buffer(buf)
-        if dest == self._engine.names.PROC_NULL:
+        if dest == e.names.PROC_NULL:
             return self._null_request()
         if copy:  # buffered mode: the message leaves from a private copy
             parsed = send_buffer(bytearray(parsed.tobytes()))
@@ -237,7 +241,10 @@ class Intracomm:
 
     def Irecv(self, buf, source: int = -2, tag: int = -1) -> Request:
         """Nonblocking receive."""
-        source, tag = self._source(source), self._tag(tag, True)
+        e = self._engine
+        if not (type(source) is int and 0 <= source < e.size and type(tag) is int
+                and 0 <= tag <= e.tag_ub):
+            source, tag = self._source(source), self._tag(tag, True)
         parsed = recv_buffer(buf)
         if source == self._engine.names.PROC_NULL:
             return self._null_request()
@@ -321,12 +328,12 @@ class Intracomm:
         names = self._engine.names
         if source == names.PROC_NULL:
             self._null_status(status)
-            return Message(self._engine, (names.PROC_NULL, names.ANY_TAG, b"\x01"))
+            return Message(self._engine, (names.PROC_NULL, names.ANY_TAG, b""))
         hit = self._engine.mprobe(source, tag, block)
         if hit is None:
             return None
         src, tg, data = hit
-        self._probe_status((src, tg, _p2p._payload_size(data)), status)
+        self._probe_status((src, tg, _wire.payload_size(data, self._engine.limit)), status)
         return Message(self._engine, hit)
 
     def Mprobe(self, source: int = -2, tag: int = -1, status=None) -> Message:
@@ -341,29 +348,44 @@ class Intracomm:
     def _dumps(self, obj) -> bytes:
         return _pickle.dumps(obj, _pickle.HIGHEST_PROTOCOL)
 
+    def _send_obj(self, obj, dest, tag, sync: bool, wait: bool) -> Optional[Request]:
+        e = self._engine
+        dest, tag = self._dest(dest), self._tag(tag, False)
+        data = send_buffer(self._dumps(obj))
+        if dest == e.names.PROC_NULL:
+            return None if wait else self._null_request()
+        if wait and not sync:
+            e.send(data.obj, dest, tag, announce=True)
+            return None
+        req = Request(e.isend(data, dest, tag, sync, wait, announce=True))
+        if wait:
+            req.Wait()
+            return None
+        return req
+
     def send(self, obj: Any, dest: int, tag: int = 0) -> None:
         """Send a message."""
-        self.Send(self._dumps(obj), dest, tag)
+        self._send_obj(obj, dest, tag, False, True)
 
     def ssend(self, obj: Any, dest: int, tag: int = 0) -> None:
         """Send a message in synchronous mode."""
-        self.Ssend(self._dumps(obj), dest, tag)
+        self._send_obj(obj, dest, tag, True, True)
 
     def bsend(self, obj: Any, dest: int, tag: int = 0) -> None:
         """Send a message in buffered mode."""
-        self.Send(self._dumps(obj), dest, tag)
+        self._send_obj(obj, dest, tag, False, True)
 
     def isend(self, obj: Any, dest: int, tag: int = 0) -> Request:
         """Nonblocking send."""
-        return self.Isend(self._dumps(obj), dest, tag)
+        return self._send_obj(obj, dest, tag, False, False)
 
     def issend(self, obj: Any, dest: int, tag: int = 0) -> Request:
         """Nonblocking send in synchronous mode."""
-        return self.Issend(self._dumps(obj), dest, tag)
+        return self._send_obj(obj, dest, tag, True, False)
 
     def ibsend(self, obj: Any, dest: int, tag: int = 0) -> Request:
         """Nonblocking send in buffered mode."""
-        return self.Isend(self._dumps(obj), dest, tag)
+        return self._send_obj(obj, dest, tag, False, False)
 
     def _irecv_obj(self, source, tag) -> Request:
         source, tag = self._source(source), self._tag(tag, True)

@@ -1,31 +1,47 @@
-"""Point-to-point protocol: eager messages inline, large ones by descriptor and CMA pull.
+"""Point-to-point protocol: raw eager messages, side payloads, and CMA pulls.
 
-The engine is channel-agnostic: it needs a channel (see ``channel/mpi.py``) that
-offers a user matching space, a side space for acks and payloads, and completion
-of the handles it returns. Payloads above the eager limit never cross the channel
-when the peer is CMA-reachable: the receiver pulls them straight from the
-sender's buffer and acks, and only then does the send complete.
+Messages below ``cma_min`` bytes are sent as themselves: the channel moves
+them into the receive buffer (small ones inline; MPI libraries copy larger
+ones once with their own CMA). From ``cma_min`` on, or whenever a header is
+needed, a control message (see ``_wire``) takes the message's place in the
+same stream, so matching and ordering apply to every kind alike:
+
+* PULL: the receiver copies the payload out of the sender's memory with
+  ``process_vm_readv`` and replies; the send completes on that reply. When the
+  sender is blocked waiting anyway, the receiver may ask it to push the tail of
+  the payload itself (``process_vm_writev``) while it pulls the head: two
+  cores copy at once;
+* SIDE: the payload follows in the side space, straight into the receive
+  buffer (peers without CMA, lengths in the control band, synchronous mode).
+
+The engine is channel-agnostic: it needs a channel (see ``channel/mpi.py``)
+with a user matching space, a side space, and completion of its handles.
 """
 
 from __future__ import annotations
 
 import collections as _collections
 import os as _os
-from typing import Any, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
-import numpy as _np
+import numpy as np
 
-from . import _pull, _wire
+from . import _cma, _pull, _wire
 from ._buffers import Buffer, recv_buffer, send_buffer
 
-__all__ = ["Engine", "Op", "SendOp", "RecvOp", "ForeignOp", "wait_any", "wait_all", "test"]
+__all__ = ["Engine", "Op", "SendOp", "PullSendOp", "RecvOp", "ForeignOp",
+           "progress", "test", "wait_any", "wait_all"]
 
 _sched_yield = getattr(_os, "sched_yield", lambda: None)
 
-#: Posted receives of every communicator that still wait for their message. A
-#: blocking call must keep all of them moving: a peer blocked on one of them
-#: (waiting for our pull and ack) may be what the call itself is waiting for.
-_PENDING: List["RecvOp"] = []
+#: Receives of every communicator that wait on a channel handle. A blocking call
+#: keeps all of them moving: a peer may be blocked on one of them (waiting for
+#: our pull and reply), and that peer may be what the call itself waits for.
+_PENDING: Dict["RecvOp", None] = {}   # insertion-ordered set
+
+#: Share of a cooperative copy the receiver keeps: it starts while the sender is
+#: still receiving the request, so it takes a little more than half.
+_RECV_SHARE = 0.55
 
 
 class Op:
@@ -52,22 +68,20 @@ class Op:
     def finish(self, error: Optional[BaseException] = None) -> None:
         self.handle = None
         self.done = True
-        self.error = error
+        if error is not None and self.error is None:
+            self.error = error
 
 
 class SendOp(Op):
-    """A send: done once every channel handle it posted has completed."""
+    """A send that is done once each of its channel handles has completed."""
 
-    __slots__ = ("handles", "keep", "ackbuf")
+    __slots__ = ("handles", "keep")
 
-    def __init__(self, engine: "Engine", handles: List[Any], keep: Any, ackbuf=None) -> None:
+    def __init__(self, engine: "Engine", handles: List[Any], keep: Any) -> None:
         super().__init__(engine)
         self.handles = handles
-        self.keep = keep           # the user's buffer (or packed copy) until completion
-        self.ackbuf = ackbuf
-        self.handle = handles[0] if handles else None
-        if not handles:
-            self.finish()
+        self.keep = keep           # what the channel reads from, until completion
+        self.handle = handles[0]
 
     def advance(self, info) -> None:
         self.handles.pop(0)
@@ -78,28 +92,81 @@ class SendOp(Op):
             self.finish()
 
 
-class RecvOp(Op):
-    """A receive: matched message -> copy or pull (+ ack) or side payload -> done."""
+class PullSendOp(Op):
+    """A send whose payload the receiver pulls; done on the receiver's reply.
 
-    __slots__ = ("buf", "stage", "sideinfo")
+    If the receiver asks for help, we copy the tail of the payload into its
+    buffer, tell it so, and still wait for its reply that it has stopped
+    reading our buffer.
+    """
+
+    __slots__ = ("buf", "dest", "xid", "reply", "helped")
+
+    def __init__(self, engine: "Engine", buf: Buffer, dest: int, xid: int) -> None:
+        super().__init__(engine)
+        self.buf = buf             # the user's buffer stays alive until the reply
+        self.dest = dest
+        self.xid = xid
+        self.reply = bytearray(_wire.REPLY_MAX)
+        self.helped = None         # None: not asked; else the code we sent back
+        self.handle = engine.ch.irecv_reply(self.reply, dest, xid)
+
+    def advance(self, info) -> None:
+        code = self.reply[0]
+        if code != _wire.ACK_HELP:
+            if self.helped == _wire.ACK_FAILED:
+                # Our copy failed: the receiver copies the tail and replies again.
+                self.helped = _wire.ACK_OK
+                self.handle = self.engine.ch.irecv_reply(self.reply, self.dest, self.xid)
+                return
+            self.buf = None
+            self.finish()
+            return
+        ch = self.engine.ch
+        lo, hi, addr = _wire.parse_help(self.reply)
+        self.handle = ch.irecv_reply(self.reply, self.dest, self.xid)
+        self.helped = _wire.ACK_OK
+        try:
+            _cma.writev(ch.pids[self.dest], [(self.buf.layout.addr + lo, hi - lo)],
+                        [(addr, hi - lo)])
+        except OSError:
+            self.helped = _wire.ACK_FAILED
+        ch.send_payload(bytes((self.helped,)), self.dest, self.xid)
+
+
+class RecvOp(Op):
+    """A receive: matched message -> in place, copied, pulled or side payload -> done."""
+
+    __slots__ = ("buf", "stage", "inplace", "then")
 
     def __init__(self, engine: "Engine", buf: Optional[Buffer]) -> None:
         super().__init__(engine)
         self.buf = buf
         self.stage = None
-        self.sideinfo = None
+        self.inplace = False   # the channel receives straight into the user's buffer
+        self.then = None       # what to do when the current handle completes
+
+    def wait_on(self, handle, then) -> None:
+        self.handle, self.then = handle, then
+        _PENDING[self] = None
+
+    def finish(self, error: Optional[BaseException] = None) -> None:
+        super().finish(error)
+        self.then = None
+        _PENDING.pop(self, None)
 
     def advance(self, info) -> None:
-        source, tag, count = info
-        if self.sideinfo is not None:  # the out-of-band payload has arrived
-            tmp, nbytes = self.sideinfo
-            self.sideinfo = None
-            err = None
-            if tmp is not None:
-                err = self.engine.place(self.buf, memoryview(tmp), nbytes, self.source)
-            self.finish(err)
+        then, self.then = self.then, None
+        then(info)
+
+    def arrived(self, info) -> None:
+        source, tag, count, err = info
+        if err is not None:  # a payload larger than anything it could fit into
+            self.source, self.tag, self.nbytes = source, tag, count
+            self.finish(self.engine.truncated())
             return
-        self.engine.deliver(self, memoryview(self.stage)[:count], source, tag)
+        msg = self.buf.flat() if self.inplace else self.stage
+        self.engine.deliver(self, memoryview(msg)[:count], source, tag)
         self.stage = None
 
 
@@ -114,8 +181,8 @@ class ForeignOp(Op):
         self.handle = request
 
     def advance(self, info) -> None:
-        self.source, self.tag, self.nbytes = info
-        self.finish()
+        self.source, self.tag, self.nbytes, err = info
+        self.finish(err)
 
 
 class Engine:
@@ -125,89 +192,117 @@ class Engine:
         self.ch = channel
         self.names = names
         self.limit = config.eager_limit
+        self.band = self.limit + _wire.CTRL_MAX   # lengths (limit, band] are control
+        self.cma_min = max(config.cma_min, self.band + 1)
+        self.coop_min = config.coop_min
         self.chunk = config.chunk
         self.rank = channel.rank
         self.size = channel.size
         self.tag_ub = channel.tag_ub
-        self.stage_size = self.limit + _wire.CTRL_MAX
+        self.stage_size = self.band
         self.stage = bytearray(self.stage_size)
-        self.stage_mv = memoryview(self.stage)
-        self.pending = _PENDING
         self.stash: _collections.deque = _collections.deque()  # drained by probes
         self._xid = 0
         self.cma = [channel.nodes[p] == channel.nodes[self.rank] and config.transport == "cma"
                     for p in range(self.size)]
 
-    # -- helpers -------------------------------------------------------------------------
     def next_xid(self) -> int:
         self._xid = (self._xid + 1) % self.ch.xid_limit
         return self._xid
 
-    def truncated(self, nbytes: int, cap: int) -> BaseException:
-        exc = self.names.Exception(self.names.ERR_TRUNCATE)
-        return exc
+    def truncated(self) -> BaseException:
+        return self.names.Exception(self.names.ERR_TRUNCATE)
 
     # -- sending -------------------------------------------------------------------------
-    def send(self, spec, dest: int, tag: int) -> None:
-        """Blocking standard-mode send."""
-        if type(spec) is _np.ndarray and spec.flags.c_contiguous and spec.nbytes <= self.limit:
-            self.ch.send(_wire.eager(spec.tobytes()), dest, tag)
+    def send(self, spec, dest: int, tag: int, announce: bool = False) -> None:
+        """Blocking standard-mode send (see `isend` for *announce*)."""
+        if _plain(spec) and spec.nbytes <= self.limit:
+            self.ch.send(spec, dest, tag)
             return
         buf = send_buffer(spec)
-        if buf.nbytes <= self.limit:
-            self.ch.send(_wire.eager(buf.tobytes()), dest, tag)
+        if self._raw(buf.nbytes, dest, announce):
+            self.ch.send(buf.wire(), dest, tag)
             return
-        wait_any([self.isend(buf, dest, tag, False)])
+        wait_any([self.isend(buf, dest, tag, False, True, announce)])
 
-    def isend(self, buf: Buffer, dest: int, tag: int, sync: bool) -> SendOp:
-        """Start a send of a parsed buffer; *sync* asks for synchronous mode."""
+    def _raw(self, n: int, dest: int, announce: bool) -> bool:
+        """Whether an *n*-byte message to *dest* travels as itself."""
+        if n <= self.limit:
+            return True
+        return not announce and n > self.band and (n < self.cma_min or not self.cma[dest])
+
+    def isend(self, buf: Buffer, dest: int, tag: int, sync: bool, blocked: bool = False,
+              announce: bool = False) -> Op:
+        """Start a send of a parsed buffer.
+
+        *sync* asks for synchronous mode; *blocked* says the caller will wait for
+        completion right away, so it can help copy; *announce* sends any payload
+        above the eager limit behind a control message, for receivers that size
+        their buffer from the message (Python objects).
+        """
         ch = self.ch
         n = buf.nbytes
-        if n <= self.limit:
-            data = buf.tobytes()
-            if not sync:
-                return SendOp(self, [ch.isend(_wire.eager(data), dest, tag)], None)
-            xid = self.next_xid()
-            ackbuf = bytearray(1)
-            ack = ch.irecv_ack(ackbuf, dest, xid)
-            h = ch.isend(_wire.sync(xid) + data, dest, tag)
-            return SendOp(self, [h, ack], data, ackbuf)
+        if not sync and self._raw(n, dest, announce):
+            data = buf.wire()
+            return SendOp(self, [ch.isend(data, dest, tag)], data)
         xid = self.next_xid()
-        ackbuf = bytearray(1)
-        if self.cma[dest]:
-            # The ack is posted before the descriptor leaves, so the receiver's ack
-            # always finds a posted receive and never waits on us.
-            ack = ch.irecv_ack(ackbuf, dest, xid)
-            h = ch.isend(_wire.pull(xid, buf.layout), dest, tag)
-            return SendOp(self, [h, ack], buf, ackbuf)
-        # No CMA to this peer: the payload follows through the side space. The
-        # receiver acks on matching, which gives synchronous mode for free.
-        data = buf.flat() if buf.contiguous else buf.tobytes()
-        ack = ch.irecv_ack(ackbuf, dest, xid)
-        handles = [ch.isend(_wire.side(xid, n), dest, tag),
-                   ch.isend_payload(data, dest, xid), ack]
-        return SendOp(self, handles, (buf, data), ackbuf)
+        if self.cma[dest] and n >= self.cma_min:
+            flags = _wire.F_SYNC if sync else 0
+            if blocked and n >= self.coop_min and buf.contiguous:
+                flags |= _wire.F_HELP
+            op = PullSendOp(self, buf, dest, xid)
+            # A descriptor is small: the channel buffers it, so sending it
+            # blocking returns at once.
+            ch.send(_wire.control(_wire.pull(xid, flags, buf.layout), self.limit), dest, tag)
+            return op
+        # The payload follows through the side space, straight into the receive
+        # buffer. In synchronous mode the receiver replies once it has matched.
+        data = buf.wire()
+        head = _wire.control(_wire.side(xid, _wire.F_SYNC if sync else 0, n), self.limit)
+        handles = [ch.isend(head, dest, tag), ch.isend_payload(data, dest, xid)]
+        if sync:
+            handles.append(ch.irecv_reply(bytearray(1), dest, xid))
+        return SendOp(self, handles, (head, data))
 
     # -- receiving -----------------------------------------------------------------------
     def recv(self, spec, source: int, tag: int, status=None) -> None:
         """Blocking receive."""
-        buf = recv_buffer(spec)
-        if not _PENDING and not self.stash:
-            # Nothing else needs progress: block inside the channel.
-            src, tg, count = self.ch.recv(self.stage, source, tag)
-            if self.stage[0] == _wire.EAGER:
-                n = count - 1
-                err = self.place(buf, self.stage_mv[1:count], n, src)
+        if _PENDING or self.stash:
+            op = self.irecv(recv_buffer(spec), source, tag)
+            wait_any([op])
+            self.complete(op, status)
+            return
+        # Nothing else needs progress: block inside the channel. A matched probe
+        # tells the size first, so a payload lands straight in place.
+        ch = self.ch
+        plain = _plain(spec) and spec.flags.writeable
+        buf = None if plain else recv_buffer(spec)  # bad buffers fail before blocking
+        handle, (src, tg, count) = ch.mprobe(source, tag)
+        if not self.limit < count <= self.band:
+            if plain and count <= spec.nbytes:
+                ch.mrecv(handle, spec)
                 if status is not None:
-                    _fill(status, src, tg, n, err, self.names)
-                if err is not None:
-                    raise err
+                    _fill(status, src, tg, count, None, self.names)
                 return
-            op = RecvOp(self, buf)
-            self.deliver(op, self.stage_mv[:count], src, tg)
-        else:
-            op = self.irecv(buf, source, tag)
-        wait_any([op])
+            if buf is None:
+                buf = recv_buffer(spec)
+            if buf.contiguous and count <= buf.nbytes:
+                ch.mrecv(handle, buf.wire())
+                err = None
+            else:  # strided, or truncated: take it whole, then place what fits
+                tmp = self.stage if count <= self.stage_size else bytearray(count)
+                ch.mrecv(handle, tmp)
+                err = self.place(buf, memoryview(tmp)[:count])
+            if status is not None:
+                _fill(status, src, tg, count, err, self.names)
+            if err is not None:
+                raise err
+            return
+        ch.mrecv(handle, self.stage)
+        op = RecvOp(self, buf if buf is not None else recv_buffer(spec))
+        self.deliver(op, memoryview(self.stage)[:count], src, tg)
+        if not op.done:
+            wait_any([op])
         self.complete(op, status)
 
     def irecv(self, buf: Optional[Buffer], source: int, tag: int) -> RecvOp:
@@ -217,9 +312,18 @@ class Engine:
             src, tg, data = hit
             self.deliver(op, memoryview(data), src, tg)
             return op
-        op.stage = bytearray(self.stage_size)
-        op.handle = self.ch.irecv(op.stage, source, tag)
-        self.pending.append(op)
+        if buf is not None and buf.contiguous and buf.nbytes >= self.stage_size:
+            # Any control message fits: let the channel write straight into it.
+            op.inplace = True
+            target = buf.wire()
+        else:
+            # Payloads longer than this buffer would be truncated anyway; a
+            # strided buffer takes its payload here first.
+            size = self.stage_size
+            if buf is not None and not buf.contiguous:
+                size = max(size, buf.nbytes)
+            target = op.stage = bytearray(size)
+        op.wait_on(self.ch.irecv(target, source, tag), op.arrived)
         return op
 
     def irecv_matched(self, buf: Optional[Buffer], hit) -> RecvOp:
@@ -229,72 +333,98 @@ class Engine:
         self.deliver(op, memoryview(data), src, tg)
         return op
 
-    def mprobe(self, source: int, tag: int, block: bool):
-        """Take the first matching message out of the stream, or None (non-blocking)."""
-        hit = self.probe(source, tag) if block else self.iprobe(source, tag)
-        return None if hit is None else self.take(source, tag)
-
-    def take(self, source: int, tag: int):
-        """Remove and return the first stashed message matching (source, tag)."""
-        if not self.stash:
-            return None
-        anys, anyt = self.names.ANY_SOURCE, self.names.ANY_TAG
-        for i, (src, tg, data) in enumerate(self.stash):
-            if (source == anys or source == src) and (tag == anyt or tag == tg):
-                del self.stash[i]
-                return src, tg, data
-        return None
-
     def deliver(self, op: RecvOp, msg: memoryview, source: int, tag: int) -> None:
-        """Act on a matched message: copy it, pull it, or wait for its side payload."""
-        if op in self.pending:
-            self.pending.remove(op)
+        """Act on a matched message: place it, pull it, or wait for its payload."""
         op.source, op.tag = source, tag
+        count = len(msg)
+        if not self.limit < count <= self.band:
+            op.nbytes = count
+            if op.buf is None:
+                op.buf = recv_buffer(bytearray(count))
+            op.finish(None if op.inplace else self.place(op.buf, msg))
+            return
         kind = msg[0]
-        buf = op.buf
-        if buf is None:  # a receive without a buffer: sized by the message itself
-            buf = op.buf = recv_buffer(bytearray(_payload_size(msg)))
-        if kind == _wire.EAGER or kind == _wire.EAGER_SYNC:
-            start = 1
-            if kind == _wire.EAGER_SYNC:
-                start = _wire.SYNC_SIZE
-                self.ch.send_ack(_wire.ACK_OK, source, _wire.parse_sync(msg)).Wait()
-            n = len(msg) - start
-            op.nbytes = n
-            op.finish(self.place(buf, msg[start:], n, source))
-        elif kind == _wire.PULL:
-            xid, n, layout = _wire.parse_pull(msg)
-            op.nbytes = n
-            err = None
-            code = _wire.ACK_OK
-            if n > buf.nbytes:
-                err, code = self.truncated(n, buf.nbytes), _wire.ACK_TRUNCATED
-            else:
-                try:
-                    _pull.pull(self.ch.pids[source], layout, buf.layout, buf.array, self.chunk)
-                except OSError as exc:
-                    err, code = exc, _wire.ACK_FAILED
-            self.ch.send_ack(code, source, xid).Wait()
-            op.finish(err)
+        if kind == _wire.PULL:
+            self._pull(op, msg, source)
         elif kind == _wire.SIDE:
-            xid, n = _wire.parse_side(msg)
-            op.nbytes = n
-            self.ch.send_ack(_wire.ACK_OK, source, xid).Wait()
-            if buf.contiguous and n <= buf.nbytes:
-                target, tmp = buf.flat()[:n], None
-            else:
-                target = tmp = bytearray(n)
-            op.sideinfo = (tmp, n)
-            op.handle = self.ch.irecv_payload(target, source, xid)
+            self._side(op, msg, source)
         else:
             op.finish(RuntimeError(f"cmampi: unknown message kind {kind} from rank {source}"))
 
-    def place(self, buf: Optional[Buffer], data: memoryview, n: int, source: int):
-        """Copy an inline payload into the receive buffer; return the error, if any."""
+    def _pull(self, op: RecvOp, msg, source: int) -> None:
+        ch = self.ch
+        flags, xid, n, remote = _wire.parse_pull(msg)
+        op.nbytes = n
+        if op.buf is None:
+            op.buf = recv_buffer(bytearray(n))
+        buf = op.buf
         if n > buf.nbytes:
-            return self.truncated(n, buf.nbytes)
-        if n:
-            buf.scatter(data[:n])
+            ch.send_reply(bytes((_wire.ACK_TRUNCATED,)), source, xid)
+            op.finish(self.truncated())
+            return
+        pid = ch.pids[source]
+        if flags & _wire.F_HELP and buf.contiguous and remote.contiguous_run:
+            # Cooperative copy: the sender writes the tail while we read the head.
+            mid = min(n, (int(n * _RECV_SHARE) + 4095) & ~4095)
+            local = buf.layout
+            done = bytearray(1)
+            op.wait_on(ch.irecv_payload(done, source, xid),
+                       lambda info: self._help_done(op, done, pid, remote, mid, xid))
+            ch.send_reply(_wire.help_request(mid, n, local.addr + local.lo + mid), source, xid)
+            code = _wire.ACK_OK
+            try:
+                _pull.pull(pid, remote.window(0, mid), local, buf.array, self.chunk)
+            except OSError as exc:
+                op.error, code = exc, _wire.ACK_FAILED
+            # Our reads are over: the sender may return once its own copy is done.
+            ch.send_reply(bytes((code,)), source, xid)
+            return
+        code, err = _wire.ACK_OK, None
+        try:
+            _pull.pull(pid, remote, buf.layout, buf.array, self.chunk)
+        except OSError as exc:
+            code, err = _wire.ACK_FAILED, exc
+        ch.send_reply(bytes((code,)), source, xid)
+        op.finish(err)
+
+    def _help_done(self, op: RecvOp, done, pid: int, remote, mid: int, xid: int) -> None:
+        """The sender has finished (or failed) its part of a cooperative copy."""
+        err = op.error
+        if done[0] != _wire.ACK_OK:
+            # The sender is still waiting for a second reply: copy its part now.
+            if err is None:
+                buf = op.buf
+                try:
+                    _pull.pull(pid, remote.window(mid, op.nbytes),
+                               buf.layout.window(mid, op.nbytes), buf.array, self.chunk)
+                except OSError as exc:
+                    err = exc
+            self.ch.send_reply(bytes((_wire.ACK_OK,)), op.source, xid)
+        op.error = None
+        op.finish(err)
+
+    def _side(self, op: RecvOp, msg, source: int) -> None:
+        flags, xid, n = _wire.parse_side(msg)
+        op.nbytes = n
+        if op.buf is None:
+            op.buf = recv_buffer(bytearray(n))
+        buf = op.buf
+        if flags & _wire.F_SYNC:
+            self.ch.send_reply(bytes((_wire.ACK_OK,)), source, xid)
+        if buf.contiguous and n <= buf.nbytes:
+            op.wait_on(self.ch.irecv_payload(buf.wire(), source, xid),
+                       lambda info: op.finish())
+            return
+        tmp = bytearray(n)  # strided, or truncated: the payload must still be drained
+        op.wait_on(self.ch.irecv_payload(tmp, source, xid),
+                   lambda info: op.finish(self.place(buf, memoryview(tmp))))
+
+    def place(self, buf: Buffer, data: memoryview):
+        """Copy a payload into the receive buffer; return the error, if any."""
+        if len(data) > buf.nbytes:
+            return self.truncated()
+        if len(data):
+            buf.scatter(data)
         return None
 
     def complete(self, op: Op, status=None) -> None:
@@ -308,7 +438,18 @@ class Engine:
             err, op.error = op.error, None
             raise err
 
-    # -- probing -------------------------------------------------------------------------
+    # -- matching and probing ------------------------------------------------------------
+    def take(self, source: int, tag: int):
+        """Remove and return the first stashed message matching (source, tag)."""
+        if not self.stash:
+            return None
+        anys, anyt = self.names.ANY_SOURCE, self.names.ANY_TAG
+        for i, (src, tg, data) in enumerate(self.stash):
+            if (source == anys or source == src) and (tag == anyt or tag == tg):
+                del self.stash[i]
+                return src, tg, data
+        return None
+
     def drain(self) -> None:
         """Move every arrived user-space message into the stash, keeping arrival order.
 
@@ -326,7 +467,7 @@ class Engine:
         anys, anyt = self.names.ANY_SOURCE, self.names.ANY_TAG
         for src, tg, data in self.stash:
             if (source == anys or source == src) and (tag == anyt or tag == tg):
-                return src, tg, _payload_size(data)
+                return src, tg, _wire.payload_size(data, self.limit)
         return None
 
     def iprobe(self, source: int, tag: int):
@@ -344,32 +485,36 @@ class Engine:
             else:
                 self.ch.probe_any()
 
-    # -- progress ------------------------------------------------------------------------
-    def progress(self) -> None:
-        progress()
-
-    def test(self, op: Op) -> bool:
-        return test(op)
-
-    def wait(self, op: Op) -> None:
-        wait_any([op])
+    def mprobe(self, source: int, tag: int, block: bool):
+        """Take the first matching message out of the stream, or None (non-blocking)."""
+        hit = self.probe(source, tag) if block else self.iprobe(source, tag)
+        return None if hit is None else self.take(source, tag)
 
     def cancel(self, op: Op) -> None:
         """Cancel a posted receive that has not matched yet (sends cannot be cancelled)."""
-        if isinstance(op, RecvOp) and op in self.pending and op.handle is not None:
+        if isinstance(op, RecvOp) and op.then == op.arrived and op.handle is not None:
             h = op.handle
             h.Cancel()
             info = self.ch.wait_cancelled(h)
             if info is None:        # cancelled before anything matched
-                self.pending.remove(op)
                 op.cancelled = True
                 op.finish()
             else:                   # matched meanwhile: complete it normally
                 op.advance(info)
 
 
+# -- progress ----------------------------------------------------------------------------
+
+_ndarray = np.ndarray
+
+
+def _plain(spec) -> bool:
+    """A whole C-contiguous numpy array of plain data: the channel takes it as is."""
+    return type(spec) is _ndarray and spec.flags.c_contiguous and spec.dtype.kind not in "OMm"
+
+
 def progress() -> None:
-    """Advance every posted receive whose message has arrived."""
+    """Advance every posted receive whose handle has completed."""
     for op in list(_PENDING):
         h = op.handle
         if h is not None:
@@ -421,14 +566,3 @@ def _fill(status, source, tag, nbytes, err, names, cancelled=False) -> None:
     status.Set_elements(names.BYTE, nbytes)
     status.Set_cancelled(cancelled)
     status.Set_error(getattr(err, "error_class", names.ERR_OTHER) if err is not None else 0)
-
-
-def _payload_size(msg) -> int:
-    kind = msg[0]
-    if kind == _wire.EAGER:
-        return len(msg) - 1
-    if kind == _wire.EAGER_SYNC:
-        return len(msg) - _wire.SYNC_SIZE
-    if kind == _wire.PULL:
-        return _wire.parse_pull(msg)[1]
-    return _wire.parse_side(msg)[1]

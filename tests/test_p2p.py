@@ -10,7 +10,8 @@ from cmampi._config import config
 pytestmark = pytest.mark.mpi(min_size=2)
 
 LIMIT = config.eager_limit
-SIZES = [0, 1, 7, 1023, LIMIT - 1, LIMIT, LIMIT + 1, 3 * LIMIT + 5, 1 << 20]
+SIZES = [0, 1, 7, 1023, LIMIT - 1, LIMIT, LIMIT + 1, 3 * LIMIT + 5, config.cma_min - 1,
+         config.cma_min, config.coop_min - 1, config.coop_min, 3 * config.coop_min + 17]
 DTYPES = ["b1", "i1", "u1", "i2", "u2", "i4", "u4", "i8", "u8", "f2", "f4", "f8", "c8", "c16"]
 
 

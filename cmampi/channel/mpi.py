@@ -61,6 +61,18 @@ class MPIChannel:
     def irecv(self, buf, source: int, tag: int) -> _MPI.Request:
         return self.user.Irecv([buf, _BYTE], source, tag)
 
+    def mprobe(self, source: int, tag: int):
+        """Block until a message matches; take it out of the stream unreceived.
+
+        Returns (handle, (source, tag, nbytes)); receive it with `mrecv`.
+        """
+        st = self.status
+        msg = self.user.Mprobe(source, tag, st)
+        return msg, (st.Get_source(), st.Get_tag(), st.Get_count(_BYTE))
+
+    def mrecv(self, handle, buf) -> None:
+        handle.Recv([buf, _BYTE])
+
     def take_any(self) -> Optional[Tuple[int, int, bytes]]:
         """Receive the oldest arrived user-space message, if any: (source, tag, data)."""
         st = self.status
@@ -76,12 +88,17 @@ class MPIChannel:
         """Block until some user-space message has arrived."""
         self.user.Probe(_MPI.ANY_SOURCE, _MPI.ANY_TAG)
 
-    # -- side space --------------------------------------------------------------------
-    def send_ack(self, code: int, dest: int, xid: int) -> _MPI.Request:
-        return self.side.Isend([bytes((code,)), _BYTE], dest, 2 * xid)
+    # -- side space: replies (receiver -> sender) on 2*xid, payloads on 2*xid + 1 --------
+    def send_reply(self, data, dest: int, xid: int) -> None:
+        # The sender posted its receive for this before announcing the transfer,
+        # so this send never waits for the sender to act.
+        self.side.Send([data, _BYTE], dest, 2 * xid)
 
-    def irecv_ack(self, buf, source: int, xid: int) -> _MPI.Request:
+    def irecv_reply(self, buf, source: int, xid: int) -> _MPI.Request:
         return self.side.Irecv([buf, _BYTE], source, 2 * xid)
+
+    def send_payload(self, data, dest: int, xid: int) -> None:
+        self.side.Send([data, _BYTE], dest, 2 * xid + 1)
 
     def isend_payload(self, data, dest: int, xid: int) -> _MPI.Request:
         return self.side.Isend([data, _BYTE], dest, 2 * xid + 1)
@@ -90,24 +107,37 @@ class MPIChannel:
         return self.side.Irecv([buf, _BYTE], source, 2 * xid + 1)
 
     # -- completion --------------------------------------------------------------------
-    def waitany(self, handles: Sequence[_MPI.Request]) -> Tuple[int, Tuple[int, int, int]]:
+    # Completion info is (source, tag, nbytes, error): a receive into a buffer too
+    # small for its message completes with MPI's truncation error, not an exception.
+    def waitany(self, handles: Sequence[_MPI.Request]) -> Tuple[int, tuple]:
         st = self.status
-        i = _MPI.Request.Waitany(handles, st)
-        return i, (st.Get_source(), st.Get_tag(), st.Get_count(_BYTE))
+        try:
+            i = _MPI.Request.Waitany(handles, st)
+        except _MPI.Exception as exc:
+            # The failed request has been completed and nulled: find it.
+            i = next(k for k, h in enumerate(handles) if not h)
+            return i, (st.Get_source(), st.Get_tag(), st.Get_count(_BYTE), exc)
+        return i, (st.Get_source(), st.Get_tag(), st.Get_count(_BYTE), None)
 
-    def test(self, handle: _MPI.Request) -> Optional[Tuple[int, int, int]]:
+    def test(self, handle: _MPI.Request) -> Optional[tuple]:
         st = self.status
-        if handle.Test(st):
-            return st.Get_source(), st.Get_tag(), st.Get_count(_BYTE)
-        return None
+        try:
+            if not handle.Test(st):
+                return None
+        except _MPI.Exception as exc:
+            return st.Get_source(), st.Get_tag(), st.Get_count(_BYTE), exc
+        return st.Get_source(), st.Get_tag(), st.Get_count(_BYTE), None
 
     def wait_cancelled(self, handle: _MPI.Request) -> Optional[Tuple[int, int, int]]:
         """Complete a cancelled handle: None if the cancel won, else its message info."""
         st = self.status
-        handle.Wait(st)
+        try:
+            handle.Wait(st)
+        except _MPI.Exception as exc:
+            return st.Get_source(), st.Get_tag(), st.Get_count(_BYTE), exc
         if st.Is_cancelled():
             return None
-        return st.Get_source(), st.Get_tag(), st.Get_count(_BYTE)
+        return st.Get_source(), st.Get_tag(), st.Get_count(_BYTE), None
 
     def free(self) -> None:
         for c in (self.user, self.side):
