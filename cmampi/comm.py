@@ -17,10 +17,18 @@ _default_engine: Optional[_p2p.Engine] = None
 
 # mpi4py methods that return a new intracommunicator, which we wrap in turn.
 _DERIVING = (
-    "Dup", "Dup_with_info", "Clone", "Split", "Split_type", "Create", "Create_group",
+    "Dup_with_info", "Create", "Create_group",
     "Create_from_group", "Create_cart", "Create_graph", "Create_dist_graph",
     "Create_dist_graph_adjacent",
 )
+
+
+def _new_engine(channel, names) -> _p2p.Engine:
+    global _default_engine
+    engine = _p2p.Engine(channel, names, _config)
+    if _default_engine is None:
+        _default_engine = engine
+    return engine
 
 
 def default_engine() -> _p2p.Engine:
@@ -46,7 +54,6 @@ class Intracomm:
     """
 
     def __init__(self, comm: Any = None) -> None:
-        global _default_engine
         if isinstance(comm, Intracomm):
             self._comm, self._engine = comm._comm, comm._engine
             return
@@ -58,14 +65,23 @@ class Intracomm:
         if not isinstance(comm, names.Intracomm) or comm == names.COMM_NULL:
             raise TypeError(f"cmampi.Intracomm wraps an mpi4py Intracomm, got {comm!r}")
         self._comm = comm
-        self._engine = _p2p.Engine(MPIChannel(comm), names, _config)
-        if _default_engine is None:
-            _default_engine = self._engine
+        self._engine = _new_engine(MPIChannel(comm), names)
+
+    @classmethod
+    def _from_channel(cls, channel) -> "Intracomm":
+        """A communicator over a channel that needs no MPI (the socket channel)."""
+        self = cls.__new__(cls)
+        self._comm = None
+        self._engine = _new_engine(channel, channel.names)
+        return self
 
     # -- delegation ----------------------------------------------------------------------
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
             raise AttributeError(name)
+        if self._comm is None:
+            raise AttributeError(
+                f"cmampi.Intracomm.{name} is not available on the socket channel (no MPI)")
         attr = getattr(self._comm, name)
         if name in _DERIVING:
             def derive(*args, **kwargs):
@@ -80,19 +96,89 @@ class Intracomm:
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Intracomm):
+            if self._comm is None:
+                return self._engine is other._engine
             return self._comm == other._comm
-        return self._comm == other
+        return self._comm is not None and self._comm == other
 
     def __hash__(self) -> int:
-        return hash(self._comm)
+        return hash(self._comm) if self._comm is not None else id(self._engine)
 
     def __repr__(self) -> str:
+        if self._comm is None:
+            return f"<cmampi.Intracomm rank {self.rank} of {self.size}, socket channel>"
         return f"<cmampi.Intracomm wrapping {self._comm!r}>"
 
     @property
     def comm(self) -> Any:
-        """The wrapped mpi4py communicator."""
+        """The wrapped mpi4py communicator (None on the socket channel)."""
         return self._comm
+
+    # -- communicator management without MPI ------------------------------------------------
+    def Dup(self, info=None) -> "Intracomm":
+        """Duplicate the communicator."""
+        if self._comm is not None:
+            return Intracomm(self._comm.Dup() if info is None else self._comm.Dup(info))
+        return Intracomm._from_channel(self._engine.ch.dup())
+
+    def Clone(self) -> "Intracomm":
+        """Clone the communicator (same as ``Dup``)."""
+        return Intracomm(self._comm.Clone()) if self._comm is not None else self.Dup()
+
+    def Split(self, color: int = 0, key: int = 0) -> "Intracomm":
+        """Split the communicator by *color*, ordering ranks by *key*."""
+        if self._comm is not None:
+            out = self._comm.Split(color, key)
+            return Intracomm(out) if out != self._engine.names.COMM_NULL else out
+        ch = self._engine.ch.split(color, key)
+        return Intracomm._from_channel(ch) if ch is not None else None
+
+    def Split_type(self, split_type: int, key: int = 0, info=None) -> "Intracomm":
+        """Split the communicator by type (``COMM_TYPE_SHARED``: ranks sharing memory)."""
+        names = self._engine.names
+        if self._comm is not None:
+            args = (split_type, key) if info is None else (split_type, key, info)
+            out = self._comm.Split_type(*args)
+            return Intracomm(out) if out != names.COMM_NULL else out
+        if split_type == names.UNDEFINED:
+            return self.Split(names.UNDEFINED, key)
+        nodes = self._engine.ch.nodes
+        return self.Split(sorted(set(nodes)).index(nodes[self.rank]), key)
+
+    def Barrier(self) -> None:
+        """Barrier synchronization."""
+        if self._comm is not None:
+            self._comm.Barrier()
+        else:
+            self._engine.ch.barrier()
+
+    def barrier(self) -> None:
+        """Barrier synchronization."""
+        self.Barrier()
+
+    def Abort(self, errorcode: int = 0) -> None:
+        """Terminate the job: every rank (the launcher ends the others)."""
+        if self._comm is not None:
+            self._comm.Abort(errorcode)
+        import os
+        import sys
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(errorcode or 1)
+
+    def Is_inter(self) -> bool:
+        return False
+
+    def Is_intra(self) -> bool:
+        return True
+
+    @property
+    def is_inter(self) -> bool:
+        return False
+
+    @property
+    def is_intra(self) -> bool:
+        return True
 
     # -- basic queries -------------------------------------------------------------------
     def Get_rank(self) -> int:
@@ -116,7 +202,8 @@ class Intracomm:
     def Free(self) -> None:
         """Free the communicator (and cmampi's private duplicates of it)."""
         self._engine.ch.free()
-        self._comm.Free()
+        if self._comm is not None:
+            self._comm.Free()
 
     # -- argument checks -----------------------------------------------------------------
     def _err(self, errclass: int) -> BaseException:

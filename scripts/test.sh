@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Set up (.venv, MPICH, mpi4py, pytest) and run the whole test suite:
-# serial tests, then the multi-rank tests under mpiexec -n 2 and -n 3.
+# Set up (.venv, MPICH, mpi4py, pytest) and run the whole test suite: serial
+# tests; multi-rank tests under mpiexec -n 2 and -n 3 (MPI channel); the same
+# tests under cmampi's own launcher with -n 2 and -n 3 (socket channel), with
+# mpi4py blocked so those runs prove cmampi needs no MPI.
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 export MPIEXEC_TIMEOUT="${MPIEXEC_TIMEOUT:-600}"
 PYTEST=(python -m pytest -q -p no:cacheprovider)
@@ -8,7 +10,12 @@ PYTEST=(python -m pytest -q -p no:cacheprovider)
 echo "== serial tests"
 "${PYTEST[@]}" tests
 for n in 2 3; do
-    echo "== mpiexec -n $n"
+    echo "== mpiexec -n $n (MPI channel)"
     mpiexec -n "$n" "${PYTEST[@]}" --with-mpi -m mpi tests
+done
+for n in 2 3; do
+    echo "== python -m cmampi -n $n (socket channel, mpi4py blocked)"
+    PYTHONPATH="$ROOT/tests/no_mpi4py" python -m cmampi -n "$n" --timeout 600 \
+        -m pytest -q -p no:cacheprovider -p no:pytest_mpi -m mpi tests
 done
 echo "== all test runs passed"

@@ -377,7 +377,7 @@ def test_mprobe(comm, MPI):
 
 # -- interplay with delegated calls -------------------------------------------------------------
 
-def test_collectives_interleaved(comm, MPI):
+def test_collectives_interleaved(comm, MPI, needs_mpi):
     rank, size = comm.Get_rank(), comm.Get_size()
     right, left = (rank + 1) % size, (rank - 1) % size
     big = np.full(4 * LIMIT, rank, np.uint8)

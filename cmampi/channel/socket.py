@@ -1,0 +1,665 @@
+"""The socket channel: control traffic over Unix sockets between the ranks of one job.
+
+One ``Hub`` per process holds a connection to every other rank (set up at
+start, all to all) and does the matching that MPI does for the MPI channel:
+posted receives in posting order, unexpected messages in arrival order, per
+communicator context. ``SocketChannel`` is one communicator's view of the hub.
+Payloads above the eager limit never cross the sockets when CMA is allowed:
+only their descriptors do.
+"""
+
+from __future__ import annotations
+
+import collections as _collections
+import errno as _errno
+import os as _os
+import pickle as _pickle
+import select as _select
+import socket as _socket
+import struct as _struct
+import time as _time
+from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple
+
+import numpy as _np
+
+from .. import _names
+
+__all__ = ["Hub", "SocketChannel", "hub_from_environ", "PeerFailed"]
+
+# Frame header: space, context id, tag (or key), payload length.
+_FRAME = _struct.Struct("<B3xIiQ")
+_HELLO = _struct.Struct("<32sI")          # job token, rank of the connecting side
+USER, SIDE, SYS = 0, 1, 2
+_READ_CHUNK = 1 << 16
+_DIRECT = 1 << 15    # payload bytes still missing from which we read straight into place
+_CONNECT_TIMEOUT = 60.0
+
+
+class PeerFailed(_names.Exception):
+    """A peer rank exited or its connection broke."""
+
+    def __init__(self, rank: int, why: str = "") -> None:
+        super().__init__(_names.ERR_PROC_FAILED, f"rank {rank} is gone{': ' + why if why else ''}")
+        self.rank = rank
+
+
+def _bytes_view(obj) -> memoryview:
+    """A writable flat byte view of a contiguous buffer (C or Fortran order)."""
+    try:
+        return memoryview(obj).cast("B")
+    except TypeError:
+        return memoryview(_np.asarray(obj).reshape(-1, order="A").view(_np.uint8))
+
+
+class Handle:
+    """A channel-level operation: a posted receive or a queued send."""
+
+    __slots__ = ("done", "info", "target", "source", "tag", "ctx", "space", "cancelled")
+
+    def __init__(self, space: int = USER, ctx: int = 0, source: int = 0, tag: int = 0,
+                 target=None) -> None:
+        self.done = False
+        self.info = None          # (source, tag, nbytes, error) once done
+        self.target = target
+        self.source = source      # world rank, or ANY_SOURCE
+        self.tag = tag
+        self.ctx = ctx
+        self.space = space
+        self.cancelled = False
+
+    def __bool__(self) -> bool:
+        return not self.done
+
+    def complete(self, info) -> None:
+        self.info = info
+        self.done = True
+        self.target = None
+
+    def Cancel(self) -> None:
+        """Mark for cancellation; the channel removes it if it has not matched."""
+        self.cancelled = True
+
+
+class _Conn:
+    """One connection: a socket, its outgoing queue and its frame parser."""
+
+    __slots__ = ("sock", "rank", "pid", "out", "rbuf", "rmv", "rlo", "rhi", "cur", "dead",
+                 "polling_out")
+
+    def __init__(self, sock: _socket.socket, rank: int, pid: int) -> None:
+        self.sock = sock
+        self.rank = rank
+        self.pid = pid
+        self.out: Deque[list] = _collections.deque()   # [memoryviews, handle]
+        self.rbuf = bytearray(_READ_CHUNK)
+        self.rmv = memoryview(self.rbuf)
+        self.rlo = self.rhi = 0
+        self.cur = None          # payload being filled: [dest view, filled, header info]
+        self.dead: Optional[str] = None
+        self.polling_out = False
+
+
+class Hub:
+    """All connections of this process, and the matching over them."""
+
+    def __init__(self, rank: int, size: int, directory: Optional[str], token: bytes,
+                 expected_pids: Optional[List[int]] = None) -> None:
+        self.rank = rank
+        self.size = size
+        self.pids: List[int] = [0] * size
+        self.pids[rank] = _os.getpid()
+        self.conns: List[Optional[_Conn]] = [None] * size
+        self.posted: Dict[int, List[Handle]] = _collections.defaultdict(list)
+        self.unexpected: Dict[int, Deque[tuple]] = _collections.defaultdict(_collections.deque)
+        self.side_posted: Dict[tuple, Handle] = {}
+        self.side_unexpected: Dict[tuple, Deque[bytes]] = _collections.defaultdict(
+            _collections.deque)
+        self.next_ctx = 1
+        self.poller = _select.poll()
+        self.by_fd: Dict[int, _Conn] = {}
+        if size > 1:
+            self._connect_all(directory, token, expected_pids)
+
+    # -- set-up ---------------------------------------------------------------------------
+    def _connect_all(self, directory: str, token: bytes, expected: Optional[List[int]]):
+        """Listen, connect to every higher rank, accept every lower one.
+
+        A peer proves itself three ways: the kernel's SO_PEERCRED uid must be
+        ours, its pid must be the launcher's rank pid (when known), and it must
+        present the job's token.
+        """
+        path = _os.path.join(directory, f"rank-{self.rank}.sock")
+        lsock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        lsock.bind(path)
+        lsock.listen(self.size)
+        deadline = _time.monotonic() + _CONNECT_TIMEOUT
+        for peer in range(self.rank + 1, self.size):
+            sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+            ppath = _os.path.join(directory, f"rank-{peer}.sock")
+            while True:
+                try:
+                    sock.connect(ppath)
+                    break
+                except (FileNotFoundError, ConnectionRefusedError):
+                    if _time.monotonic() > deadline:
+                        raise TimeoutError(f"cmampi: rank {peer} never listened at {ppath}")
+                    _time.sleep(0.002)
+            sock.sendall(_HELLO.pack(token, self.rank))
+            pid = self._check_peer(sock, peer, expected)
+            if _recv_exact(sock, 1) != b"\x01":
+                raise PermissionError(f"cmampi: rank {peer} refused our connection")
+            self._add(sock, peer, pid)
+        pending = self.rank
+        lsock.settimeout(max(0.1, deadline - _time.monotonic()))
+        while pending:
+            sock, _ = lsock.accept()
+            sock.settimeout(10)
+            try:
+                tok, peer = _HELLO.unpack(_recv_exact(sock, _HELLO.size))
+                if tok != token or not 0 <= peer < self.rank or self.conns[peer] is not None:
+                    raise PermissionError("bad token or rank in handshake")
+                pid = self._check_peer(sock, peer, expected)
+            except (PermissionError, OSError, _struct.error):
+                sock.close()        # a stranger: refuse it, keep waiting for the ranks
+                continue
+            sock.sendall(b"\x01")
+            self._add(sock, peer, pid)
+            pending -= 1
+        lsock.close()
+        _os.unlink(path)
+
+    def _check_peer(self, sock: _socket.socket, peer: int, expected) -> int:
+        cred = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, _struct.calcsize("3i"))
+        pid, uid, _gid = _struct.unpack("3i", cred)
+        if uid != _os.getuid():
+            raise PermissionError(f"cmampi: peer claiming rank {peer} runs as uid {uid}")
+        if expected is not None and expected[peer] != pid:
+            raise PermissionError(f"cmampi: pid {pid} is not rank {peer} of this job")
+        return pid
+
+    def _add(self, sock: _socket.socket, peer: int, pid: int) -> None:
+        sock.setblocking(False)
+        conn = _Conn(sock, peer, pid)
+        self.conns[peer] = conn
+        self.pids[peer] = pid
+        self.by_fd[sock.fileno()] = conn
+        self.poller.register(sock.fileno(), _select.POLLIN)
+
+    # -- sending --------------------------------------------------------------------------
+    def post_send(self, dest: int, space: int, ctx: int, tag: int, data) -> Handle:
+        """Queue a frame to world rank *dest*; the handle completes once it is written."""
+        h = Handle(space, ctx)
+        view = _bytes_view(data) if data is not None else memoryview(b"")
+        n = len(view)
+        if dest == self.rank:   # to ourselves: a copy goes straight to matching
+            self._arrive(self.rank, space, ctx, tag, bytes(view))
+            h.complete((dest, tag, n, None))
+            return h
+        conn = self.conns[dest]
+        if conn.dead:
+            raise PeerFailed(dest, conn.dead)
+        head = _FRAME.pack(space, ctx, tag, n)
+        conn.out.append([[memoryview(head), view] if n else [memoryview(head)], h, n])
+        if len(conn.out) == 1:
+            self._flush(conn)
+        if conn.out and not conn.polling_out:
+            conn.polling_out = True
+            self.poller.modify(conn.sock.fileno(), _select.POLLIN | _select.POLLOUT)
+        return h
+
+    def _flush(self, conn: _Conn) -> None:
+        while conn.out:
+            item = conn.out[0]
+            parts, h, n = item
+            try:
+                sent = conn.sock.sendmsg(parts)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self._lost(conn, exc.strerror or str(exc))
+                return
+            while sent and parts:
+                k = len(parts[0])
+                if sent >= k:
+                    sent -= k
+                    parts.pop(0)
+                else:
+                    parts[0] = parts[0][sent:]
+                    sent = 0
+            if parts:
+                return
+            conn.out.popleft()
+            h.complete((self.rank, 0, n, None))
+        if conn.polling_out:
+            conn.polling_out = False
+            self.poller.modify(conn.sock.fileno(), _select.POLLIN)
+
+    # -- receiving ------------------------------------------------------------------------
+    def post_recv(self, ctx: int, source: int, tag: int, target) -> Handle:
+        """Post a user-space receive (world source or ANY_SOURCE)."""
+        h = Handle(USER, ctx, source, tag, _bytes_view(target))
+        q = self.unexpected[ctx]
+        for i, (src, tg, data) in enumerate(q):
+            if _matches(h, src, tg):
+                del q[i]
+                self._fill(h, src, tg, memoryview(data))
+                return h
+        self.posted[ctx].append(h)
+        if source != _names.ANY_SOURCE and source != self.rank and self.conns[source].dead:
+            self.posted[ctx].remove(h)
+            h.complete((source, tag, 0, PeerFailed(source, self.conns[source].dead)))
+        return h
+
+    def post_side(self, ctx: int, source: int, key: int, target) -> Handle:
+        """Post a side-space receive for exactly (source, key)."""
+        h = Handle(SIDE, ctx, source, key, _bytes_view(target))
+        q = self.side_unexpected.get((ctx, source, key))
+        if q:
+            data = q.popleft()
+            self._fill(h, source, key, memoryview(data))
+            return h
+        conn = self.conns[source]
+        if conn is not None and conn.dead:
+            h.complete((source, key, 0, PeerFailed(source, conn.dead)))
+            return h
+        self.side_posted[(ctx, source, key)] = h
+        return h
+
+    def _fill(self, h: Handle, src: int, tag: int, data: memoryview) -> None:
+        n = len(data)
+        err = None
+        if n > len(h.target):
+            err = _names.Exception(_names.ERR_TRUNCATE)
+            n = len(h.target)
+        h.target[:n] = data[:n]
+        h.complete((src, tag, len(data), err))
+
+    def _match(self, src: int, space: int, ctx: int, tag: int) -> Optional[Handle]:
+        if space == USER:
+            posted = self.posted.get(ctx)
+            if posted:
+                for i, h in enumerate(posted):
+                    if _matches(h, src, tag):
+                        del posted[i]
+                        return h
+            return None
+        if space == SIDE:
+            return self.side_posted.pop((ctx, src, tag), None)
+        return None
+
+    def _arrive(self, src: int, space: int, ctx: int, tag: int, data: bytes) -> None:
+        """A whole message from ourselves: match it or keep it."""
+        h = self._match(src, space, ctx, tag)
+        if h is not None:
+            self._fill(h, src, tag, memoryview(data))
+        else:
+            self._keep(src, space, ctx, tag, data)
+
+    def _keep(self, src: int, space: int, ctx: int, tag: int, data) -> None:
+        """Store a message no receive was waiting for."""
+        if space == USER:
+            self.unexpected[ctx].append((src, tag, data))
+        elif space == SYS:
+            self.side_unexpected[(ctx, src, -1 - tag)].append(data)
+        else:
+            self.side_unexpected[(ctx, src, tag)].append(data)
+
+    def _pump(self, conn: _Conn) -> None:
+        """Read and dispatch everything this connection has for us now."""
+        sock = conn.sock
+        while True:
+            cur = conn.cur
+            if cur is not None:
+                dest, filled, info = cur
+                need = len(dest) - filled
+                have = conn.rhi - conn.rlo
+                if have:
+                    k = min(have, need)
+                    dest[filled : filled + k] = conn.rmv[conn.rlo : conn.rlo + k]
+                    conn.rlo += k
+                    filled += k
+                    need -= k
+                if need >= _DIRECT:
+                    try:
+                        got = sock.recv_into(dest[filled:], need)
+                    except (BlockingIOError, InterruptedError):
+                        cur[1] = filled
+                        return
+                    except OSError as exc:
+                        self._lost(conn, exc.strerror or str(exc))
+                        return
+                    if got == 0:
+                        self._lost(conn, "connection closed")
+                        return
+                    filled += got
+                    need -= got
+                cur[1] = filled
+                if need == 0:
+                    conn.cur = None
+                    self._payload_done(conn.rank, dest, info)
+                    continue
+            elif conn.rhi - conn.rlo >= _FRAME.size:
+                space, ctx, tag, n = _FRAME.unpack_from(conn.rbuf, conn.rlo)
+                conn.rlo += _FRAME.size
+                h = self._match(conn.rank, space, ctx, tag)
+                if h is not None and n <= len(h.target):
+                    dest = h.target[:n]
+                else:
+                    dest = memoryview(bytearray(n))
+                conn.cur = [dest, 0, (space, ctx, tag, n, h)]
+                continue
+            # Need more bytes: compact the buffer and read.
+            if conn.rlo:
+                left = conn.rhi - conn.rlo
+                conn.rmv[:left] = conn.rmv[conn.rlo : conn.rhi]
+                conn.rlo, conn.rhi = 0, left
+            try:
+                got = sock.recv_into(conn.rmv[conn.rhi :])
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self._lost(conn, exc.strerror or str(exc))
+                return
+            if got == 0:
+                self._lost(conn, "connection closed")
+                return
+            conn.rhi += got
+
+    def _payload_done(self, src: int, dest: memoryview, info) -> None:
+        space, ctx, tag, n, h = info
+        if h is None:
+            self._keep(src, space, ctx, tag, dest.obj)
+        elif dest.obj is h.target.obj or n <= len(h.target):
+            if dest.obj is not h.target.obj:
+                h.target[:n] = dest
+            h.complete((src, tag, n, None))
+        else:
+            self._fill(h, src, tag, dest)
+
+    def _lost(self, conn: _Conn, why: str) -> None:
+        """A peer is gone: fail everything that can only be completed by it."""
+        if conn.dead:
+            return
+        conn.dead = why
+        try:
+            self.poller.unregister(conn.sock.fileno())
+        except (KeyError, ValueError, OSError):
+            pass
+        err = PeerFailed(conn.rank, why)
+        for posted in self.posted.values():
+            for h in [h for h in posted if h.source == conn.rank]:
+                posted.remove(h)
+                h.complete((conn.rank, h.tag, 0, err))
+        for key in [k for k in self.side_posted if k[1] == conn.rank]:
+            h = self.side_posted.pop(key)
+            h.complete((conn.rank, h.tag, 0, err))
+        for _parts, h, _n in conn.out:
+            h.complete((conn.rank, 0, 0, err))
+        conn.out.clear()
+        conn.cur = None
+
+    # -- progress -------------------------------------------------------------------------
+    def progress(self, timeout: Optional[float] = 0) -> None:
+        """Move bytes: wait up to *timeout* seconds (None: until something happens)."""
+        ms = -1 if timeout is None else int(timeout * 1000)
+        if not self.by_fd:
+            return
+        try:
+            events = self.poller.poll(ms)
+        except InterruptedError:
+            return
+        for fd, ev in events:
+            conn = self.by_fd[fd]
+            if conn.dead:
+                continue
+            if ev & _select.POLLOUT:
+                self._flush(conn)
+            if ev & (_select.POLLIN | _select.POLLHUP | _select.POLLERR):
+                self._pump(conn)
+
+    def wait(self, done) -> None:
+        """Progress, blocking in poll, until ``done()`` is true."""
+        while not done():
+            if all(c is None or c.dead for c in self.conns):
+                raise RuntimeError("cmampi: deadlock: waiting for a message that no live "
+                                   "rank can send")
+            self.progress(None)
+
+    def close(self) -> None:
+        for conn in self.conns:
+            if conn is not None:
+                try:
+                    conn.sock.close()
+                except OSError:
+                    pass
+
+    # -- system messages (communicator management) ---------------------------------------
+    def sys_allgather(self, ctx: int, group: Sequence[int], seq: int, obj: Any) -> List[Any]:
+        """Every member's *obj*, in group order (pickled over the SYS space)."""
+        data = _pickle.dumps(obj)
+        handles = [self.post_send(r, SYS, ctx, seq, data) for r in group if r != self.rank]
+        out = []
+        for r in group:
+            if r == self.rank:
+                out.append(obj)
+                continue
+            key = (ctx, r, -1 - seq)
+            self.wait(lambda: bool(self.side_unexpected.get(key))
+                      or self._dead(r))
+            if not self.side_unexpected.get(key):
+                raise PeerFailed(r, self.conns[r].dead)
+            out.append(_pickle.loads(self.side_unexpected[key].popleft()))
+        self.wait(lambda: all(h.done for h in handles))
+        return out
+
+    def _dead(self, r: int) -> bool:
+        conn = self.conns[r]
+        return conn is not None and conn.dead is not None
+
+
+def _matches(h: Handle, src: int, tag: int) -> bool:
+    return (h.source == _names.ANY_SOURCE or h.source == src) and \
+        (h.tag == _names.ANY_TAG or h.tag == tag)
+
+
+def _recv_exact(sock: _socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        got = sock.recv(n - len(buf))
+        if not got:
+            raise ConnectionError("peer closed during the handshake")
+        buf += got
+    return bytes(buf)
+
+
+def hub_from_environ() -> Hub:
+    """The hub of a rank started by ``python -m cmampi`` (or a world of one)."""
+    env = _os.environ
+    if "CMAMPI_RANK" not in env:
+        return Hub(0, 1, None, b"")
+    rank, size = int(env["CMAMPI_RANK"]), int(env["CMAMPI_SIZE"])
+    directory = env["CMAMPI_DIR"]
+    token = bytes.fromhex(env["CMAMPI_TOKEN"]).ljust(32, b"\0")[:32]
+    expected = None
+    pids_file = _os.path.join(directory, "pids")
+    deadline = _time.monotonic() + _CONNECT_TIMEOUT
+    while size > 1:
+        try:
+            with open(pids_file) as f:
+                expected = [int(x) for x in f.read().split()]
+            if len(expected) == size:
+                break
+        except FileNotFoundError:
+            pass
+        if _time.monotonic() > deadline:
+            raise TimeoutError("cmampi: the launcher never published the rank pids")
+        _time.sleep(0.002)
+    return Hub(rank, size, directory, token, expected)
+
+
+class SocketChannel:
+    """One communicator over the hub: a context id and a group of world ranks."""
+
+    names = _names
+
+    def __init__(self, hub: Hub, ctx: int, group: List[int]) -> None:
+        self.hub = hub
+        self.ctx = ctx
+        self.group = group                     # local rank -> world rank
+        self.local = {w: i for i, w in enumerate(group)}
+        self.rank = self.local[hub.rank]
+        self.size = len(group)
+        self.pids = [hub.pids[w] for w in group]
+        node = _os.environ.get("CMAMPI_NODE", "local")
+        self.nodes = [node] * self.size
+        self.tag_ub = _names.TAG_UB
+        self.xid_limit = (self.tag_ub - 1) // 2
+        self._seq = 0
+
+    # -- rank translation -----------------------------------------------------------------
+    def _w(self, r: int) -> int:
+        return r if r == _names.ANY_SOURCE else self.group[r]
+
+    def _info(self, h: Handle):
+        src, tag, n, err = h.info
+        return (self.local.get(src, src), tag, n, err)
+
+    # -- user space -----------------------------------------------------------------------
+    def send(self, data, dest: int, tag: int) -> None:
+        h = self.hub.post_send(self.group[dest], USER, self.ctx, tag, data)
+        if not h.done:
+            self.hub.wait(lambda: h.done)
+        if h.info[3] is not None:
+            raise h.info[3]
+
+    def isend(self, data, dest: int, tag: int) -> Handle:
+        return self.hub.post_send(self.group[dest], USER, self.ctx, tag, data)
+
+    def recv(self, buf, source: int, tag: int):
+        h = self.irecv(buf, source, tag)
+        self.hub.wait(lambda: h.done)
+        src, tg, n, err = self._info(h)
+        if err is not None:
+            raise err
+        return src, tg, n
+
+    def irecv(self, buf, source: int, tag: int) -> Handle:
+        return self.hub.post_recv(self.ctx, self._w(source), tag, buf)
+
+    def _find(self, source: int, tag: int):
+        q = self.hub.unexpected[self.ctx]
+        ws = self._w(source)
+        for i, (src, tg, data) in enumerate(q):
+            if (ws == _names.ANY_SOURCE or ws == src) and (tag == _names.ANY_TAG or tag == tg):
+                return i
+        return None
+
+    def mprobe(self, source: int, tag: int):
+        """Block until a message matches; take it out of the stream unreceived."""
+        hub = self.hub
+        hub.progress(0)
+        i = self._find(source, tag)
+        if i is None:
+            ws = self._w(source)
+            hub.wait(lambda: self._find(source, tag) is not None
+                     or (ws != _names.ANY_SOURCE and hub._dead(ws)))
+            i = self._find(source, tag)
+            if i is None:
+                raise PeerFailed(source, hub.conns[self._w(source)].dead)
+        q = hub.unexpected[self.ctx]
+        src, tg, data = q[i]
+        del q[i]
+        return data, (self.local[src], tg, len(data))
+
+    def mrecv(self, handle, buf) -> None:
+        view = _bytes_view(buf)
+        view[: len(handle)] = handle
+
+    def take_any(self):
+        self.hub.progress(0)
+        q = self.hub.unexpected[self.ctx]
+        if not q:
+            return None
+        src, tag, data = q.popleft()
+        return self.local[src], tag, data
+
+    def probe_any(self) -> None:
+        hub = self.hub
+        hub.wait(lambda: bool(hub.unexpected[self.ctx]))
+
+    # -- side space -----------------------------------------------------------------------
+    def send_reply(self, data, dest: int, xid: int) -> None:
+        self.send_side(data, dest, 2 * xid)
+
+    def irecv_reply(self, buf, source: int, xid: int) -> Handle:
+        return self.hub.post_side(self.ctx, self.group[source], 2 * xid, buf)
+
+    def send_payload(self, data, dest: int, xid: int) -> None:
+        self.send_side(data, dest, 2 * xid + 1)
+
+    def isend_payload(self, data, dest: int, xid: int) -> Handle:
+        return self.hub.post_send(self.group[dest], SIDE, self.ctx, 2 * xid + 1, data)
+
+    def irecv_payload(self, buf, source: int, xid: int) -> Handle:
+        return self.hub.post_side(self.ctx, self.group[source], 2 * xid + 1, buf)
+
+    def send_side(self, data, dest: int, key: int) -> None:
+        h = self.hub.post_send(self.group[dest], SIDE, self.ctx, key, data)
+        if not h.done:
+            self.hub.wait(lambda: h.done)
+
+    # -- completion -----------------------------------------------------------------------
+    def waitany(self, handles: Sequence[Handle]):
+        hub = self.hub
+        while True:
+            for i, h in enumerate(handles):
+                if h.done:
+                    return i, self._info(h)
+            hub.progress(None)
+
+    def test(self, handle: Handle):
+        if not handle.done:
+            self.hub.progress(0)
+        return self._info(handle) if handle.done else None
+
+    def wait_cancelled(self, handle: Handle):
+        """Complete a cancelled handle: None if the cancel won, else its message info."""
+        if not handle.done:
+            posted = self.hub.posted.get(handle.ctx, [])
+            if handle in posted:
+                posted.remove(handle)
+                handle.complete((_names.ANY_SOURCE, _names.ANY_TAG, 0, None))
+                return None
+            self.hub.wait(lambda: handle.done)
+        return self._info(handle)
+
+    # -- communicators --------------------------------------------------------------------
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def allgather(self, obj: Any) -> List[Any]:
+        """Every rank's *obj* (small, pickled), in rank order; collective."""
+        return self.hub.sys_allgather(self.ctx, self.group, self._next_seq(), obj)
+
+    def barrier(self) -> None:
+        self.allgather(None)
+
+    def dup(self) -> "SocketChannel":
+        ctx = max(self.allgather(self.hub.next_ctx))
+        self.hub.next_ctx = ctx + 1
+        return SocketChannel(self.hub, ctx, list(self.group))
+
+    def split(self, color: int, key: int) -> Optional["SocketChannel"]:
+        entries = self.allgather((color, key, self.hub.next_ctx))
+        base = max(e[2] for e in entries)
+        colors = sorted({e[0] for e in entries if e[0] != _names.UNDEFINED and e[0] >= 0})
+        self.hub.next_ctx = base + len(colors) + 1
+        if color == _names.UNDEFINED or color < 0:
+            return None
+        members = sorted((e[1], r) for r, e in enumerate(entries) if e[0] == color)
+        group = [self.group[r] for _, r in members]
+        return SocketChannel(self.hub, base + colors.index(color), group)
+
+    def free(self) -> None:
+        pass
