@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import os as _os
 from dataclasses import dataclass
+from typing import Optional
 
-__all__ = ["Config", "config"]
+__all__ = ["Config", "config", "CMA_MIN_DEFAULTS"]
+
+#: Where pulling starts by default, per channel: MPI libraries copy mid-sized
+#: payloads once themselves; through a socket a payload is copied twice.
+CMA_MIN_DEFAULTS = {"mpi": 1 << 20, "socket": 32 << 10}
 
 
-def _size(name: str, default: int) -> int:
+def _size(name: str, default: Optional[int]) -> Optional[int]:
     raw = _os.environ.get(name)
     if raw is None or raw == "":
         return default
@@ -40,9 +45,10 @@ class Config:
 
     #: Messages of at most this many bytes travel inline, with no header.
     eager_limit: int
-    #: From this size on, payloads to a CMA peer are pulled; below it they follow
-    #: the header through the channel.
-    cma_min: int
+    #: From this size on, payloads to a CMA peer are pulled; below it they travel
+    #: through the channel. None: the channel's own default (MPI libraries copy
+    #: once themselves, so pulling pays off later there than over sockets).
+    cma_min: Optional[int]
     #: From this size on, a sender blocked in ``Send`` copies part of the payload
     #: itself (``process_vm_writev``) while the receiver pulls the rest.
     coop_min: int
@@ -57,7 +63,7 @@ class Config:
     def from_environ(cls) -> "Config":
         return cls(
             eager_limit=_size("CMAMPI_EAGER_LIMIT", 4 << 10),
-            cma_min=_size("CMAMPI_CMA_MIN", 1 << 20),
+            cma_min=_size("CMAMPI_CMA_MIN", None),
             coop_min=_size("CMAMPI_COOP_MIN", 1 << 20),
             chunk=max(_size("CMAMPI_CHUNK", 2 << 20), 4096),
             transport=_choice("CMAMPI_TRANSPORT", "cma", ("cma", "copy")),

@@ -193,7 +193,8 @@ class Engine:
         self.names = names
         self.limit = config.eager_limit
         self.band = self.limit + _wire.CTRL_MAX   # lengths (limit, band] are control
-        self.cma_min = max(config.cma_min, self.band + 1)
+        cma_min = config.cma_min if config.cma_min is not None else channel.cma_min
+        self.cma_min = max(cma_min, self.band + 1)
         self.coop_min = config.coop_min
         self.chunk = config.chunk
         self.rank = channel.rank

@@ -5,13 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cmampi._config import config
+from cmampi._config import CMA_MIN_DEFAULTS, config
 
 pytestmark = pytest.mark.mpi(min_size=2)
 
 LIMIT = config.eager_limit
-SIZES = [0, 1, 7, 1023, LIMIT - 1, LIMIT, LIMIT + 1, 3 * LIMIT + 5, config.cma_min - 1,
-         config.cma_min, config.coop_min - 1, config.coop_min, 3 * config.coop_min + 17]
+# Around every protocol switch: eager limit, control band, each channel's pull
+# threshold, cooperative copy.
+SIZES = sorted({0, 1, 7, 1023, LIMIT - 1, LIMIT, LIMIT + 1, LIMIT + 300, 3 * LIMIT + 5,
+                config.coop_min - 1, config.coop_min, 3 * config.coop_min + 17}
+               | {m + d for m in CMA_MIN_DEFAULTS.values() for d in (-1, 0, 1)})
 DTYPES = ["b1", "i1", "u1", "i2", "u2", "i4", "u4", "i8", "u8", "f2", "f4", "f8", "c8", "c16"]
 
 

@@ -8,6 +8,8 @@ from typing import List, Optional, Sequence, Tuple
 
 from mpi4py import MPI as _MPI
 
+from .._config import CMA_MIN_DEFAULTS
+
 __all__ = ["MPIChannel"]
 
 _BYTE = _MPI.BYTE
@@ -22,6 +24,8 @@ class MPIChannel:
     duplicates, so nothing here matches traffic on *comm* itself.
     Construction is collective over *comm*.
     """
+
+    cma_min = CMA_MIN_DEFAULTS["mpi"]
 
     def __init__(self, comm: _MPI.Intracomm, node: Optional[str] = None) -> None:
         self.comm = comm

@@ -23,6 +23,7 @@ from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple
 import numpy as _np
 
 from .. import _names
+from .._config import CMA_MIN_DEFAULTS
 
 __all__ = ["Hub", "SocketChannel", "hub_from_environ", "PeerFailed"]
 
@@ -33,6 +34,8 @@ USER, SIDE, SYS = 0, 1, 2
 _READ_CHUNK = 1 << 16
 _DIRECT = 1 << 15    # payload bytes still missing from which we read straight into place
 _CONNECT_TIMEOUT = 60.0
+_SPINS = 200         # non-blocking polls before a wait sleeps in poll()
+_sched_yield = getattr(_os, "sched_yield", lambda: None)
 
 
 class PeerFailed(_names.Exception):
@@ -307,6 +310,7 @@ class Hub:
     def _pump(self, conn: _Conn) -> None:
         """Read and dispatch everything this connection has for us now."""
         sock = conn.sock
+        drained = False      # a read came back short: the socket is (very likely) empty
         while True:
             cur = conn.cur
             if cur is not None:
@@ -349,6 +353,8 @@ class Hub:
                 conn.cur = [dest, 0, (space, ctx, tag, n, h)]
                 continue
             # Need more bytes: compact the buffer and read.
+            if drained:
+                return
             if conn.rlo:
                 left = conn.rhi - conn.rlo
                 conn.rmv[:left] = conn.rmv[conn.rlo : conn.rhi]
@@ -363,6 +369,7 @@ class Hub:
             if got == 0:
                 self._lost(conn, "connection closed")
                 return
+            drained = conn.rhi + got < len(conn.rbuf)
             conn.rhi += got
 
     def _payload_done(self, src: int, dest: memoryview, info) -> None:
@@ -418,8 +425,19 @@ class Hub:
                 self._pump(conn)
 
     def wait(self, done) -> None:
-        """Progress, blocking in poll, until ``done()`` is true."""
+        """Progress until ``done()`` is true: poll briefly, then sleep in poll.
+
+        Polling first saves the wake-up of a sleeping process (tens of µs) when
+        the answer is already on its way; yielding while polling keeps
+        oversubscribed ranks moving.
+        """
+        spins = 0
         while not done():
+            if spins < _SPINS:
+                spins += 1
+                self.progress(0)
+                _sched_yield()
+                continue
             if all(c is None or c.dead for c in self.conns):
                 raise RuntimeError("cmampi: deadlock: waiting for a message that no live "
                                    "rank can send")
@@ -501,6 +519,7 @@ class SocketChannel:
     """One communicator over the hub: a context id and a group of world ranks."""
 
     names = _names
+    cma_min = CMA_MIN_DEFAULTS["socket"]
 
     def __init__(self, hub: Hub, ctx: int, group: List[int]) -> None:
         self.hub = hub
@@ -610,12 +629,18 @@ class SocketChannel:
 
     # -- completion -----------------------------------------------------------------------
     def waitany(self, handles: Sequence[Handle]):
-        hub = self.hub
-        while True:
+        done = None
+
+        def any_done() -> bool:
+            nonlocal done
             for i, h in enumerate(handles):
                 if h.done:
-                    return i, self._info(h)
-            hub.progress(None)
+                    done = i
+                    return True
+            return False
+
+        self.hub.wait(any_done)
+        return done, self._info(handles[done])
 
     def test(self, handle: Handle):
         if not handle.done:
