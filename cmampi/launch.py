@@ -1,0 +1,423 @@
+"""The launcher: ``python -m cmampi -n N prog.py [args]`` starts N ranks on the socket channel.
+
+Modelled on ``mpiexec``: every rank runs the current Python on the same program,
+with ``CMAMPI_RANK``/``CMAMPI_SIZE`` and a private rendezvous directory in its
+environment; output is forwarded line by line; the first rank to fail, a
+forwarded ``SIGINT``/``SIGTERM``/``SIGHUP`` or the timeout ends the whole job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import BinaryIO, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+
+__all__ = ["main", "run", "rank_environ", "EXIT_USAGE", "EXIT_TIMEOUT"]
+
+#: Exit code for bad command lines (as argparse).
+EXIT_USAGE = 2
+#: Exit code when ``--timeout`` ends the job (as coreutils ``timeout``).
+EXIT_TIMEOUT = 124
+#: Signals the launcher forwards to the ranks before ending the job.
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+# Launcher options that take a value, so the program is the first word after them.
+_VALUE_OPTIONS = frozenset({"-n", "-np", "--timeout"})
+# Most bytes forwarded as one piece: longer lines are cut (and may interleave).
+_MAX_LINE = 1 << 20
+# Longest wait for the forwarders to drain the ranks' pipes once all ranks are gone.
+_DRAIN = 5.0
+# Longest wait for a rank to be reaped after SIGKILL.
+_REAP = 5.0
+
+
+class _Command(NamedTuple):
+    size: int
+    argv: List[str]
+    tag_output: bool
+    timeout: Optional[float]
+
+
+# -- command line -------------------------------------------------------------------------
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of ranks >= 1, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return value
+
+
+def _parser(prog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog,
+        usage=f"{prog} -n N [--tag-output] [--timeout SECONDS] (prog.py | -m module) [args ...]",
+        description="Start N ranks of this Python on PROG with the cmampi socket channel.",
+        epilog="Everything after the program (or -m module) is passed to it untouched. "
+        "Python block-buffers the output of the ranks, as it goes to a pipe: set "
+        "PYTHONUNBUFFERED=1 to see it as it is printed.",
+        allow_abbrev=False,
+    )
+    p.add_argument("-n", "-np", dest="size", metavar="N", type=_positive_int, required=True,
+                   help="number of ranks")
+    p.add_argument("--tag-output", action="store_true",
+                   help="prefix every line the ranks print with '[rank] '")
+    p.add_argument("--timeout", metavar="SECONDS", type=_positive_float,
+                   help=f"end the job (exit code {EXIT_TIMEOUT}) if it runs longer")
+    p.add_argument("-m", dest="module", metavar="module", help="run library module as a script")
+    p.add_argument("program", nargs="?", help="the Python program every rank runs")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="its arguments")
+    return p
+
+
+def _split(argv: Sequence[str]) -> Tuple[List[str], Optional[str], List[str]]:
+    """Cut *argv* into (launcher options, module, rank command).
+
+    The launcher's options end at the first word that is not one of them or
+    their value, at ``--``, or after ``-m module``; the rest is never parsed.
+    """
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            return list(argv[:i]), None, list(argv[i + 1:])
+        if arg == "-m" and i + 1 < len(argv):
+            return list(argv[:i]), argv[i + 1], list(argv[i + 2:])
+        if arg.startswith("-m") and not arg.startswith("--") and len(arg) > 2:
+            return list(argv[:i]), arg[2:], list(argv[i + 1:])
+        if arg == "-" or not arg.startswith("-"):
+            return list(argv[:i]), None, list(argv[i:])
+        i += 2 if arg in _VALUE_OPTIONS else 1
+    return list(argv), None, []
+
+
+def _parse(argv: Sequence[str], prog: str) -> _Command:
+    """The job *argv* asks for; ``SystemExit`` (after a message) if it is not one."""
+    parser = _parser(prog)
+    options, module, rest = _split(argv)
+    ns = parser.parse_args(options)
+    if module is not None:
+        return _Command(ns.size, [sys.executable, "-m", module, *rest], ns.tag_output, ns.timeout)
+    if not rest:
+        parser.error("missing the program to run (prog.py or -m module)")
+    program, args = rest[0], rest[1:]
+    if not os.path.exists(program):
+        parser.error(f"can't open file {program!r}: no such file or directory")
+    return _Command(ns.size, [sys.executable, program, *args], ns.tag_output, ns.timeout)
+
+
+def _prog_name() -> str:
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return "python -m cmampi" if name in ("", "__main__.py", "-c") else name
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of ``python -m cmampi`` and ``cmampi-run``: the job's exit code."""
+    try:
+        cmd = _parse(sys.argv[1:] if argv is None else argv, _prog_name())
+    except SystemExit as exc:  # argparse: usage errors and --help
+        return exc.code if isinstance(exc.code, int) else (EXIT_USAGE if exc.code else 0)
+    return run(cmd.argv, cmd.size, tag_output=cmd.tag_output, timeout=cmd.timeout)
+
+
+# -- the job ------------------------------------------------------------------------------
+def rank_environ(base: Mapping[str, str], rank: int, size: int, directory: str,
+                 token: str) -> Dict[str, str]:
+    """The environment of *rank*: *base* plus the socket channel's ``CMAMPI_*`` variables."""
+    env = dict(base)
+    env.update(
+        CMAMPI_CHANNEL="socket",
+        CMAMPI_RANK=str(rank),
+        CMAMPI_SIZE=str(size),
+        CMAMPI_DIR=directory,
+        CMAMPI_TOKEN=token,
+        CMAMPI_LAUNCHER_PID=str(os.getpid()),
+    )
+    return env
+
+
+def _write_atomic(path: str, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+class _Sink:
+    """One of the launcher's output streams, shared by the forwarders one whole piece at a time."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self.stream = stream
+        self.lock = threading.Lock()
+
+    def write(self, data: bytes) -> None:
+        with self.lock:
+            try:
+                self.stream.write(data)
+                self.stream.flush()
+            except (OSError, ValueError):  # closed or broken: the output is lost, not the job
+                pass
+
+    def say(self, message: str) -> None:
+        self.write(f"cmampi: {message}\n".encode(errors="replace"))
+
+
+def _forward(pipe: BinaryIO, sink: _Sink, prefix: bytes) -> None:
+    """Copy *pipe* to *sink* line by line, each line prefixed with *prefix*, until EOF."""
+    at_start = True
+    with pipe:
+        while True:
+            try:
+                piece = pipe.readline(_MAX_LINE)
+            except (OSError, ValueError):
+                return
+            if not piece:
+                if prefix and not at_start:
+                    sink.write(b"\n")
+                return
+            sink.write(prefix + piece if at_start else piece)
+            at_start = piece.endswith(b"\n")
+
+
+def _binary(stream) -> BinaryIO:
+    try:
+        stream.flush()
+    except (AttributeError, OSError, ValueError):
+        pass
+    return getattr(stream, "buffer", stream)
+
+
+class _Job:
+    """Ranks started by one ``run``; only these pids are ever signalled."""
+
+    def __init__(self, tag_output: bool, out: _Sink, err: _Sink, grace: float) -> None:
+        self.tag_output = tag_output
+        self.out, self.err = out, err
+        self.grace = grace
+        self.procs: List[subprocess.Popen] = []
+        self.forwarders: List[threading.Thread] = []
+        self.signals: List[int] = []  # appended to by the signal handlers
+        self.sel = selectors.DefaultSelector()
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+        self.sel.register(self.wake_r, selectors.EVENT_READ)
+        self._saved: Dict[int, object] = {}
+        self._saved_wakeup: Optional[int] = None
+
+    # -- signals --------------------------------------------------------------------------
+    def install_handlers(self) -> None:
+        """Catch the forwarded signals (those not ignored) and wake up on SIGCHLD.
+
+        Only possible in the main thread; elsewhere the job polls and signals
+        reach whoever handles them.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            return
+        self._saved_wakeup = signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
+        for signum in (*FORWARDED, signal.SIGCHLD):
+            previous = signal.getsignal(signum)
+            if previous == signal.SIG_IGN and signum != signal.SIGCHLD:
+                continue  # e.g. nohup: stay immune, like the ranks will be
+            self._saved[signum] = previous
+            signal.signal(signum, self._on_signal)
+
+    def restore_handlers(self) -> None:
+        for signum, previous in self._saved.items():
+            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+        self._saved.clear()
+        if self._saved_wakeup is not None:
+            signal.set_wakeup_fd(self._saved_wakeup)
+            self._saved_wakeup = None
+
+    def _on_signal(self, signum: int, frame) -> None:
+        if signum != signal.SIGCHLD:
+            self.signals.append(signum)
+
+    # -- ranks ----------------------------------------------------------------------------
+    def start(self, argv: Sequence[str], env: Mapping[str, str]) -> int:
+        """Start the next rank: its pid."""
+        rank = len(self.procs)
+        proc = subprocess.Popen(
+            list(argv), env=env, stdin=None if rank == 0 else subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+        self.procs.append(proc)
+        prefix = f"[{rank}] ".encode() if self.tag_output else b""
+        for pipe, sink in ((proc.stdout, self.out), (proc.stderr, self.err)):
+            t = threading.Thread(target=_forward, args=(pipe, sink, prefix),
+                                 name=f"cmampi-forward-{rank}", daemon=True)
+            t.start()
+            self.forwarders.append(t)
+        return proc.pid
+
+    def alive(self) -> List[subprocess.Popen]:
+        """Ranks not yet exited (polling reaps the others)."""
+        return [p for p in self.procs if p.poll() is None]
+
+    def failed(self) -> Optional[Tuple[int, subprocess.Popen]]:
+        """The first rank that exited with a non-zero status, if any."""
+        for rank, p in enumerate(self.procs):
+            if p.poll() not in (None, 0):
+                return rank, p
+        return None
+
+    def sleep(self, seconds: Optional[float]) -> None:
+        """Wait at most *seconds* for a rank to exit or a signal to arrive."""
+        if self._saved_wakeup is None:  # no SIGCHLD wake-ups: poll
+            seconds = 0.05 if seconds is None else min(seconds, 0.05)
+        if self.sel.select(None if seconds is None else max(seconds, 0.0)):
+            try:
+                while os.read(self.wake_r, 512):
+                    pass
+            except BlockingIOError:
+                pass
+
+    def send(self, signum: int) -> None:
+        for p in self.alive():  # unreaped, so the pid is still this rank's
+            try:
+                p.send_signal(signum)
+            except ProcessLookupError:
+                pass
+
+    def end(self, signum: int = signal.SIGTERM) -> None:
+        """Send *signum* to the ranks still running; SIGKILL those left after the grace period.
+
+        Another forwarded signal arriving meanwhile kills them at once.
+        """
+        self.send(signum)
+        deadline = time.monotonic() + self.grace
+        pending = len(self.signals)
+        while self.alive():
+            left = deadline - time.monotonic()
+            if left <= 0 or len(self.signals) > pending:
+                break
+            self.sleep(left)
+        if self.alive():
+            self.send(signal.SIGKILL)
+        for p in self.procs:
+            try:
+                p.wait(_REAP)
+            except subprocess.TimeoutExpired:
+                self.err.say(f"rank pid {p.pid} survives SIGKILL; giving up on it")
+
+    def drain(self) -> None:
+        """Let the forwarders copy what the ranks left in their pipes."""
+        deadline = time.monotonic() + _DRAIN
+        for t in self.forwarders:
+            t.join(max(deadline - time.monotonic(), 0.0))
+
+    def close(self) -> None:
+        self.sel.close()
+        os.close(self.wake_r)
+        os.close(self.wake_w)
+
+
+def run(argv: Sequence[str], size: int, *, tag_output: bool = False,
+        timeout: Optional[float] = None, grace: float = 2.0,
+        env: Optional[Mapping[str, str]] = None,
+        stdout: Optional[BinaryIO] = None, stderr: Optional[BinaryIO] = None) -> int:
+    """Run *size* ranks of the command *argv* as one job; its exit code.
+
+    0 if every rank exits 0; else the first failing rank's code (128 + signal
+    number if a signal killed it), 128 + signum after forwarding a signal the
+    launcher received, or ``EXIT_TIMEOUT`` after *timeout* seconds. A job that
+    ends early is ended for every rank: SIGTERM, then SIGKILL after *grace*
+    seconds. The rendezvous directory is removed whatever happens.
+    """
+    if size < 1:
+        raise ValueError(f"size must be >= 1, got {size}")
+    out = _Sink(stdout if stdout is not None else _binary(sys.stdout))
+    err = _Sink(stderr if stderr is not None else _binary(sys.stderr))
+    job = _Job(tag_output, out, err, grace)
+    job.install_handlers()
+    directory: Optional[str] = None
+    try:
+        started = time.monotonic()
+        try:
+            directory = tempfile.mkdtemp(prefix="cmampi-")
+            token = secrets.token_hex(16)
+            base = os.environ if env is None else env
+            for rank in range(size):
+                if job.signals:
+                    break
+                job.start(argv, rank_environ(base, rank, size, directory, token))
+            else:
+                pids = "".join(f"{p.pid}\n" for p in job.procs)
+                _write_atomic(os.path.join(directory, "pids"), pids)
+        except OSError as exc:
+            what = f"rank {len(job.procs)}" if len(job.procs) < size else "the job"
+            err.say(f"cannot start {what} ({' '.join(argv)}): {exc}")
+            job.end()
+            return 1
+        deadline = None if timeout is None else started + timeout
+        code = _supervise(job, deadline, timeout)
+        job.drain()
+        return code
+    finally:
+        try:
+            if job.alive():  # only on an unexpected error: never leave ranks behind
+                job.end(signal.SIGKILL)
+        finally:
+            job.restore_handlers()
+            job.close()
+            if directory is not None:
+                shutil.rmtree(directory, ignore_errors=True)
+
+
+def _supervise(job: _Job, deadline: Optional[float], timeout: Optional[float]) -> int:
+    """Wait for the ranks; end the job on the first failure, signal or the timeout."""
+    while True:
+        if job.signals:
+            signum = job.signals[0]
+            job.err.say(f"received {_signal_name(signum)}; forwarding it to the ranks")
+            job.end(signum)
+            return 128 + signum
+        failed = job.failed()
+        if failed is not None:
+            rank, p = failed
+            code = p.returncode
+            how = (f"exited with code {code}" if code > 0
+                   else f"was killed by signal {-code} ({_signal_name(-code)})")
+            job.err.say(f"rank {rank} (pid {p.pid}) {how}; terminating the other ranks")
+            job.end()
+            return code if code > 0 else 128 - code
+        if not job.alive():
+            return 0
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            job.err.say(f"job exceeded the timeout of {timeout:g} s; terminating the ranks")
+            job.end()
+            return EXIT_TIMEOUT
+        job.sleep(left)
