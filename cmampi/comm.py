@@ -9,7 +9,7 @@ from ._buffers import recv_buffer, send_buffer
 from ._config import config as _config
 from . import _wire
 from . import p2p as _p2p
-from .request import Message, Prequest, Request
+from .request import Message, PartitionedRequest, Prequest, Request
 
 __all__ = ["Intracomm", "default_engine"]
 
@@ -382,6 +382,18 @@ class Intracomm:
         """Create a persistent request for a receive."""
         self._source(source), self._tag(tag, True), recv_buffer(buf)
         return Prequest(lambda: self.Irecv(buf, source, tag))
+
+    def Psend_init(self, buf, partitions: int, dest: int, tag: int = 0,
+                   info=None) -> PartitionedRequest:
+        """Create a partitioned send (the message leaves whole once all are ready)."""
+        self._dest(dest), self._tag(tag, False), send_buffer(buf)
+        return PartitionedRequest(lambda: self.Isend(buf, dest, tag), partitions, True)
+
+    def Precv_init(self, buf, partitions: int, source: int = -2, tag: int = -1,
+                   info=None) -> PartitionedRequest:
+        """Create a partitioned receive."""
+        self._source(source), self._tag(tag, True), recv_buffer(buf)
+        return PartitionedRequest(lambda: self.Irecv(buf, source, tag), partitions, False)
 
     # -- probing -------------------------------------------------------------------------
     def _probe_status(self, hit, status) -> None:

@@ -6,7 +6,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from . import p2p as _p2p
 
-__all__ = ["Request", "Prequest", "Message"]
+__all__ = ["Request", "Prequest", "PartitionedRequest", "Message"]
 
 
 def _op_of(req) -> Optional[_p2p.Op]:
@@ -281,6 +281,72 @@ class Prequest(Request):
     def Free(self) -> None:
         super().Free()
         self._start = None
+
+
+class PartitionedRequest(Prequest):
+    """A partitioned send or receive (``Psend_init``/``Precv_init``).
+
+    The message travels whole: a send starts once every partition is ready, and
+    a receive's partitions all arrive together when the message does, which
+    MPI allows. Either side may be matched by any cmampi send or receive.
+    """
+
+    __slots__ = ("_partitions", "_ready", "_sending", "_pending_start")
+
+    def __init__(self, start: Callable[[], Request], partitions: int, sending: bool) -> None:
+        super().__init__(start)
+        if partitions < 1:
+            raise ValueError(f"partitions must be >= 1, got {partitions}")
+        self._partitions = partitions
+        self._ready = set()
+        self._sending = sending
+        self._pending_start = False
+
+    def Start(self) -> None:
+        """Start the operation (a send leaves once all partitions are ready)."""
+        if self._op is not None or self._pending_start:
+            raise RuntimeError("cmampi: partitioned request started while active")
+        self._ready.clear()
+        if self._sending:
+            self._pending_start = True
+        else:
+            super().Start()
+
+    def _check(self, partition: int) -> None:
+        if not 0 <= partition < self._partitions:
+            raise ValueError(f"partition {partition} not in [0, {self._partitions})")
+
+    def Pready(self, partition: int) -> None:
+        """Mark a send partition ready."""
+        self.Pready_list([partition])
+
+    def Pready_range(self, partition_low: int, partition_high: int) -> None:
+        """Mark send partitions ``partition_low..partition_high`` ready."""
+        self.Pready_list(range(partition_low, partition_high + 1))
+
+    def Pready_list(self, partitions: Sequence[int]) -> None:
+        """Mark a list of send partitions ready."""
+        if not self._sending or not self._pending_start:
+            raise RuntimeError("cmampi: Pready on a request that is not an active send")
+        for p in partitions:
+            self._check(p)
+            self._ready.add(p)
+        if len(self._ready) == self._partitions:
+            self._pending_start = False
+            super().Start()
+
+    def Parrived(self, partition: int) -> bool:
+        """Whether a receive partition has arrived."""
+        self._check(partition)
+        if self._sending:
+            raise RuntimeError("cmampi: Parrived on a send request")
+        return self._op is None or all([_p2p.test(op) for op in self._ops()])
+
+    def Wait(self, status=None) -> bool:
+        if self._pending_start:
+            raise RuntimeError("cmampi: waiting on a partitioned send before all "
+                               "partitions are ready")
+        return super().Wait(status)
 
 
 class Message:

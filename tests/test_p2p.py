@@ -314,6 +314,35 @@ def test_persistent(comm, MPI):
     rreq.Free()
 
 
+def test_partitioned_interoperates(cmcomm, MPI):
+    """A partitioned send is matched by a plain receive, and a plain send by a
+    partitioned receive."""
+    rank = cmcomm.Get_rank()
+    if rank > 1:
+        return
+    peer = 1 - rank
+    n = 4 * LIMIT
+    got = np.zeros(n, np.int32)
+    if rank == 0:
+        out = np.arange(n, dtype=np.int32)
+        req = cmcomm.Psend_init(out, 4, peer, 8)
+        req.Start()
+        req.Pready_list([3, 1, 0])
+        assert not req._op  # a partition is missing: nothing has left yet
+        req.Pready_range(2, 2)
+        req.Wait()
+        req.Free()
+        preq = cmcomm.Precv_init(got, 2, peer, 9)
+        preq.Start()
+        preq.Wait()
+        assert preq.Parrived(0) and preq.Parrived(1) and (got == 5).all()
+        preq.Free()
+    else:
+        cmcomm.Recv(got, peer, 8)
+        assert np.array_equal(got, np.arange(n, dtype=np.int32))
+        cmcomm.Send(np.full(n, 5, np.int32), peer, 9)
+
+
 # -- combined send/receive --------------------------------------------------------------------
 
 @pytest.mark.parametrize("n", [16, 4 * LIMIT])

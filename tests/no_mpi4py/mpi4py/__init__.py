@@ -1,2 +1,3 @@
 """Stands in for mpi4py in socket-channel test runs, proving cmampi does not need it."""
-raise ImportError("mpi4py is blocked in this test run (cmampi must work without it)")
+raise ModuleNotFoundError("mpi4py is blocked in this test run (cmampi must work without it)",
+                          name="mpi4py")
