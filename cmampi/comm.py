@@ -8,6 +8,7 @@ from typing import Any, List, Optional
 from ._buffers import recv_buffer, send_buffer
 from ._config import config as _config
 from . import _wire
+from . import coll as _coll_mod
 from . import p2p as _p2p
 from .request import Message, PartitionedRequest, Prequest, Request
 
@@ -145,16 +146,93 @@ class Intracomm:
         nodes = self._engine.ch.nodes
         return self.Split(sorted(set(nodes)).index(nodes[self.rank]), key)
 
+    # -- collectives ------------------------------------------------------------------------
+    @property
+    def _coll(self) -> _coll_mod.Collectives:
+        """The collectives, over a private duplicate made on first use (collective)."""
+        coll = self._engine.coll
+        if coll is None:
+            if self._comm is not None:
+                from .channel.mpi import MPIChannel
+
+                channel = MPIChannel(self._comm)
+            else:
+                channel = self._engine.ch.dup()
+            coll = self._engine.coll = _coll_mod.Collectives(
+                _p2p.Engine(channel, self._engine.names, _config))
+        return coll
+
+    def _op(self, op):
+        return self._engine.names.SUM if op is None else op
+
     def Barrier(self) -> None:
         """Barrier synchronization."""
-        if self._comm is not None:
-            self._comm.Barrier()
-        else:
-            self._engine.ch.barrier()
+        self._coll.barrier()
 
     def barrier(self) -> None:
         """Barrier synchronization."""
         self.Barrier()
+
+    def Bcast(self, buf, root: int = 0) -> None:
+        """Broadcast data from one process to all other processes."""
+        _coll_mod.bcast(self._coll, buf, root)
+
+    def Gather(self, sendbuf, recvbuf, root: int = 0) -> None:
+        """Gather data to one process from all other processes."""
+        _coll_mod.gather(self._coll, sendbuf, recvbuf, root)
+
+    def Gatherv(self, sendbuf, recvbuf, root: int = 0) -> None:
+        """Gather Vector."""
+        _coll_mod.gather(self._coll, sendbuf, recvbuf, root, vector_spec=True)
+
+    def Scatter(self, sendbuf, recvbuf, root: int = 0) -> None:
+        """Scatter data from one process to all other processes."""
+        _coll_mod.scatter(self._coll, sendbuf, recvbuf, root)
+
+    def Scatterv(self, sendbuf, recvbuf, root: int = 0) -> None:
+        """Scatter Vector."""
+        _coll_mod.scatter(self._coll, sendbuf, recvbuf, root, vector_spec=True)
+
+    def Allgather(self, sendbuf, recvbuf) -> None:
+        """Gather to All."""
+        _coll_mod.allgather(self._coll, sendbuf, recvbuf)
+
+    def Allgatherv(self, sendbuf, recvbuf) -> None:
+        """Gather to All Vector."""
+        _coll_mod.allgather(self._coll, sendbuf, recvbuf, vector_spec=True)
+
+    def Alltoall(self, sendbuf, recvbuf) -> None:
+        """All to All Scatter/Gather."""
+        _coll_mod.alltoall(self._coll, sendbuf, recvbuf)
+
+    def Alltoallv(self, sendbuf, recvbuf) -> None:
+        """All to All Scatter/Gather Vector."""
+        _coll_mod.alltoall(self._coll, sendbuf, recvbuf, vector_spec=True)
+
+    def Reduce(self, sendbuf, recvbuf, op=None, root: int = 0) -> None:
+        """Reduce to Root."""
+        _coll_mod.reduce_family(self._coll, "reduce", sendbuf, recvbuf, self._op(op), root)
+
+    def Allreduce(self, sendbuf, recvbuf, op=None) -> None:
+        """Reduce to All."""
+        _coll_mod.reduce_family(self._coll, "allreduce", sendbuf, recvbuf, self._op(op))
+
+    def Reduce_scatter_block(self, sendbuf, recvbuf, op=None) -> None:
+        """Reduce-Scatter Block (regular, non-vector version)."""
+        _coll_mod.reduce_family(self._coll, "rsb", sendbuf, recvbuf, self._op(op))
+
+    def Reduce_scatter(self, sendbuf, recvbuf, recvcounts=None, op=None) -> None:
+        """Reduce-Scatter (vector version)."""
+        _coll_mod.reduce_family(self._coll, "rs", sendbuf, recvbuf, self._op(op),
+                                recvcounts=recvcounts)
+
+    def Scan(self, sendbuf, recvbuf, op=None) -> None:
+        """Inclusive Scan."""
+        _coll_mod.reduce_family(self._coll, "scan", sendbuf, recvbuf, self._op(op))
+
+    def Exscan(self, sendbuf, recvbuf, op=None) -> None:
+        """Exclusive Scan."""
+        _coll_mod.reduce_family(self._coll, "exscan", sendbuf, recvbuf, self._op(op))
 
     def Abort(self, errorcode: int = 0) -> None:
         """Terminate the job: every rank (the launcher ends the others)."""

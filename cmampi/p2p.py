@@ -203,6 +203,7 @@ class Engine:
         self.stage_size = self.band
         self.stage = bytearray(self.stage_size)
         self.stash: _collections.deque = _collections.deque()  # drained by probes
+        self.coll = None    # the communicator's collectives, made on first use
         self._xid = 0
         self.cma = [channel.nodes[p] == channel.nodes[self.rank] and config.transport == "cma"
                     for p in range(self.size)]

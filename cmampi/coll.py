@@ -1,0 +1,611 @@
+"""Collectives on descriptors and CMA pulls/pushes, with errors agreed by every rank.
+
+Every collective starts with one exchange: each rank sends every other rank a
+small record (its error, if any, its sizes and dtype, and either its data —
+small messages — or the layouts of its buffers). After it, every rank knows
+the same things, so all raise the same error, or all take the same path:
+
+* inline: the data came with the exchange; each rank computes its result;
+* CMA: ranks copy straight between each other's buffers (a rank pulls what it
+  reads, or pushes what it owns), reductions are split so that every rank
+  reduces one slice in cache-sized pieces, and a closing barrier keeps every
+  buffer alive and unchanged until nobody touches it any more.
+"""
+
+from __future__ import annotations
+
+import pickle as _pickle
+from typing import Any, List, Optional, Sequence
+
+import numpy as _np
+
+from . import _cma, ops as _ops
+from . import p2p as _p2p
+from ._buffers import recv_buffer, send_buffer
+
+__all__ = ["Collectives", "INLINE_MAX"]
+
+#: Per-rank payloads up to this size travel inside the exchange itself.
+INLINE_MAX = 16 << 10
+#: Bytes reduced per piece: pulled into cache, combined, written out.
+PIECE = 256 << 10
+_TAG_X, _TAG_SYNC = 1, 2
+
+
+class CollectiveError(Exception):
+    pass
+
+
+def _contig(arr: Optional[_np.ndarray]) -> Optional[_np.ndarray]:
+    return None if arr is None else _np.ascontiguousarray(arr)
+
+
+class Collectives:
+    """The collectives of one communicator, over a private channel of their own."""
+
+    def __init__(self, engine: _p2p.Engine) -> None:
+        self.e = engine
+        self.names = engine.names
+        self.rank = engine.rank
+        self.size = engine.size
+        self.pids = engine.ch.pids
+        self.all_cma = all(engine.cma)
+        self._scratch = _np.empty(PIECE, dtype=_np.uint8)
+
+    # -- the exchange and the closing barrier ----------------------------------------------
+    def exchange(self, record: Any) -> List[Any]:
+        """Every rank's *record*, in rank order (an allgather of small objects)."""
+        e, me, n = self.e, self.rank, self.size
+        if n == 1:
+            return [record]
+        data = send_buffer(_pickle.dumps(record, _pickle.HIGHEST_PROTOCOL))
+        ops = [e.irecv(None, src, _TAG_X) for src in range(n) if src != me]
+        ops += [e.isend(data, dst, _TAG_X, False, announce=True) for dst in range(n) if dst != me]
+        _p2p.wait_all(ops)
+        out, k = [], 0
+        for src in range(n):
+            if src == me:
+                out.append(record)
+            else:
+                op = ops[k]
+                k += 1
+                e.complete(op)
+                out.append(_pickle.loads(op.buf.array))
+        return out
+
+    def barrier(self) -> None:
+        """Dissemination barrier: log2(size) rounds of empty messages."""
+        e, me, n = self.e, self.rank, self.size
+        step = 1
+        empty = _np.empty(0, _np.uint8)
+        while step < n:
+            r = e.irecv(recv_buffer(empty), (me - step) % n, _TAG_SYNC)
+            s = e.isend(send_buffer(empty), (me + step) % n, _TAG_SYNC, False)
+            _p2p.wait_all([r, s])
+            e.complete(r)
+            step *= 2
+
+    def agree(self, error: Optional[BaseException], info: Any, payload=None,
+              inline: bool = False) -> List[Any]:
+        """Exchange (error, info, payload); raise the first error any rank had."""
+        text = None if error is None else f"{type(error).__name__}: {error}"
+        records = self.exchange((text, info, payload if inline else None))
+        for r, (err, _, _) in enumerate(records):
+            if err is not None:
+                if error is not None:
+                    raise error
+                raise self._error(f"rank {r}: {err}")
+        return records
+
+    def _error(self, text: str) -> BaseException:
+        exc = self.names.Exception(self.names.ERR_OTHER)
+        exc.args = (f"cmampi collective failed on another rank: {text}",)
+        return exc
+
+    def mismatch(self, what: str) -> BaseException:
+        exc = self.names.Exception(self.names.ERR_ARG)
+        exc.args = (f"cmampi collective: {what}",)
+        return exc
+
+    # -- copies between ranks --------------------------------------------------------------
+    def pull(self, src: int, raddr: int, dst: _np.ndarray) -> None:
+        """Copy ``dst.nbytes`` bytes at *raddr* in rank *src* into contiguous *dst*."""
+        n = dst.nbytes
+        if not n:
+            return
+        laddr = dst.__array_interface__["data"][0]
+        if src == self.rank:
+            _cma.read_into(self.pids[src], laddr, raddr, n)
+        else:
+            _cma.read_into(self.pids[src], laddr, raddr, n)
+
+    def push(self, dst: int, src: _np.ndarray, raddr: int) -> None:
+        """Copy contiguous *src* to *raddr* in rank *dst*."""
+        n = src.nbytes
+        if n:
+            _cma.writev(self.pids[dst], [(src.__array_interface__["data"][0], n)], [(raddr, n)])
+
+
+def addr(arr: Optional[_np.ndarray]) -> int:
+    return 0 if arr is None or arr.nbytes == 0 else arr.__array_interface__["data"][0]
+
+
+# -- buffers as flat typed arrays ------------------------------------------------------------
+
+class Flat:
+    """A message buffer as a flat, typed, contiguous array (a temporary for a
+    strided receive buffer, written back by ``finish``)."""
+
+    __slots__ = ("array", "_back")
+
+    def __init__(self, array: _np.ndarray, back: Optional[_np.ndarray] = None) -> None:
+        self.array = array
+        self._back = back
+
+    def finish(self) -> None:
+        if self._back is not None:
+            self._back[...] = self.array.reshape(self._back.shape)
+
+
+def _dtype_of(buf, datatype) -> _np.dtype:
+    if datatype is None:
+        return buf.array.dtype
+    code = datatype if isinstance(datatype, str) else datatype.tocode()
+    return _np.dtype(code)
+
+
+def flat(spec, writable: bool) -> Flat:
+    """*spec* (a buffer or mpi4py spec) as a `Flat`."""
+    buf = recv_buffer(spec) if writable else send_buffer(spec)
+    datatype = spec[-1] if isinstance(spec, (list, tuple)) and len(spec) > 1 and \
+        not isinstance(spec[-1], (int, tuple, list)) else None
+    dtype = _dtype_of(buf, datatype)
+    if buf.contiguous:
+        raw = buf.flat()
+        return Flat(raw.view(dtype) if raw.size else _np.empty(0, dtype))
+    arr = buf.array
+    if writable:
+        tmp = _np.empty(arr.size, dtype=arr.dtype)
+        return Flat(tmp.view(dtype), arr)
+    return Flat(_np.ascontiguousarray(arr).reshape(-1).view(dtype))
+
+
+def vector(spec, size: int, writable: bool):
+    """A vector spec ``[buf, counts, displs, datatype]`` (and mpi4py's shorter
+    forms) as (Flat, counts, displs) in elements."""
+    if not isinstance(spec, (list, tuple)) or len(spec) < 2:
+        raise ValueError("expecting [buffer, counts, displacements, datatype]")
+    items = list(spec)
+    buf = items.pop(0)
+    datatype = None
+    if items and not isinstance(items[-1], (list, tuple, int, _np.ndarray)) and \
+            items[-1] is not None:
+        datatype = items.pop()
+    counts = displs = None
+    if len(items) == 1:
+        if isinstance(items[0], tuple) and len(items[0]) == 2 and \
+                not isinstance(items[0][0], int):
+            counts, displs = items[0]
+        else:
+            counts = items[0]
+    elif len(items) == 2:
+        counts, displs = items
+    if counts is None:
+        raise ValueError("vector buffer spec needs counts")
+    if isinstance(counts, int):
+        counts = [counts] * size
+    counts = [int(c) for c in counts]
+    if len(counts) != size:
+        raise ValueError(f"expecting {size} counts, got {len(counts)}")
+    if displs is None:
+        displs = list(_np.concatenate([[0], _np.cumsum(counts)[:-1]]).astype(int))
+    displs = [int(d) for d in displs]
+    if len(displs) != size:
+        raise ValueError(f"expecting {size} displacements, got {len(displs)}")
+    f = flat([buf, datatype] if datatype is not None else buf, writable)
+    for c, d in zip(counts, displs):
+        if c < 0 or d < 0 or d + c > f.array.size:
+            raise ValueError(f"count {c} at displacement {d} exceeds the buffer's "
+                             f"{f.array.size} elements")
+    return f, counts, displs
+
+
+# -- algorithms -------------------------------------------------------------------------------
+
+def _payload(c: Collectives, arr: Optional[_np.ndarray]) -> Optional[bytes]:
+    """The bytes to send inline, or None when peers will copy them with CMA."""
+    if arr is None:
+        return None
+    if arr.nbytes <= INLINE_MAX or not c.all_cma:
+        return arr.tobytes()
+    return None
+
+
+def _from(payload: bytes, dtype) -> _np.ndarray:
+    return _np.frombuffer(payload, dtype=dtype)
+
+
+def _guard(fn):
+    """Run *fn*; return (result, None) or (None, the exception)."""
+    try:
+        return fn(), None
+    except (TypeError, ValueError, BufferError) as exc:
+        return None, exc
+
+
+def _check_root(c: Collectives, root) -> None:
+    if not isinstance(root, int) or not 0 <= root < c.size:
+        raise c.names.Exception(c.names.ERR_ROOT)
+
+
+def barrier(c: Collectives) -> None:
+    c.barrier()
+
+
+def bcast(c: Collectives, spec, root: int) -> None:
+    _check_root(c, root)
+    f, err = _guard(lambda: flat(spec, True))
+    a = f.array if f else None
+    me = c.rank
+    info = None if a is None else (a.nbytes, addr(a))
+    records = c.agree(err, info, _payload(c, a) if me == root else None, inline=me == root)
+    nbytes = [r[1][0] for r in records]
+    if len(set(nbytes)) != 1:
+        raise c.mismatch(f"Bcast buffer sizes differ across ranks: {nbytes}")
+    _, (n, raddr), payload = records[root]
+    if payload is not None:
+        if me != root:
+            a.view(_np.uint8)[...] = _np.frombuffer(payload, _np.uint8)
+            f.finish()
+        return
+    if me != root:
+        view = a.view(_np.uint8)
+        if c.size == 2:
+            # The root, idle otherwise, writes the second half while we read the first.
+            half = (n // 2) & ~4095
+            c.pull(root, raddr, view[:half])
+            c.barrier()       # the root's half has landed too
+        else:
+            c.pull(root, raddr, view)
+            c.barrier()
+        f.finish()
+        return
+    if c.size == 2:
+        half = (n // 2) & ~4095
+        peer = 1 - root
+        c.push(peer, a.view(_np.uint8)[half:], records[peer][1][1] + half)
+    c.barrier()
+
+
+def gather(c: Collectives, sendspec, recvspec, root: int, counts=None, displs=None,
+           vector_spec: bool = False) -> None:
+    """Gather (and Gatherv when *vector_spec*): ranks push their block into the root."""
+    _check_root(c, root)
+    names, me, size = c.names, c.rank, c.size
+    in_place = sendspec is names.IN_PLACE
+
+    def parse():
+        recv = None
+        cnts = dsps = None
+        if me == root:
+            if vector_spec:
+                recv, cnts, dsps = vector(recvspec, size, True)
+            else:
+                recv = flat(recvspec, True)
+        send = None if in_place else flat(sendspec, False)
+        return send, recv, cnts, dsps
+
+    got, err = _guard(parse)
+    send, recv, cnts, dsps = got if got else (None, None, None, None)
+    if in_place and me == root and recv is not None:
+        k = recv.array.size // size if cnts is None else cnts[me]
+        sarr = recv.array[(dsps[me] if dsps else me * k):][:k]
+    else:
+        sarr = send.array if send is not None else None
+    info = None
+    if err is None:
+        info = (sarr.size, sarr.dtype.str, addr(sarr),
+                None if recv is None else (recv.array.size, addr(recv.array), cnts, dsps))
+    records = c.agree(err, info, _payload(c, sarr), inline=True)
+    rinfo = records[root][1][3]
+    rsize, raddr, cnts, dsps = rinfo
+    dtype = _np.dtype(records[root][1][1])
+    if cnts is None:
+        k = records[root][1][0]
+        cnts, dsps = [k] * size, [r * k for r in range(size)]
+    sizes = [r[1][0] for r in records]
+    if sizes != list(cnts) or any(r[1][1] != dtype.str for r in records):
+        raise c.mismatch(f"Gather blocks differ from the root's: sent {sizes}, expected {cnts}")
+    isz = dtype.itemsize
+    any_cma = any(r[2] is None for r in records)
+    if me == root:
+        out = recv.array
+        for r, (_, info_r, payload) in enumerate(records):
+            if r == me:
+                if not in_place:
+                    out[dsps[r] : dsps[r] + cnts[r]] = sarr
+            elif payload is not None:
+                out[dsps[r] : dsps[r] + cnts[r]] = _from(payload, dtype)
+    elif records[me][2] is None:
+        c.push(root, sarr, raddr + dsps[me] * isz)
+    if any_cma:
+        c.barrier()
+    if me == root:
+        recv.finish()
+
+
+def scatter(c: Collectives, sendspec, recvspec, root: int, vector_spec: bool = False) -> None:
+    """Scatter (and Scatterv): ranks pull their block from the root."""
+    _check_root(c, root)
+    names, me, size = c.names, c.rank, c.size
+    in_place = recvspec is names.IN_PLACE
+
+    def parse():
+        send = cnts = dsps = None
+        if me == root:
+            if vector_spec:
+                send, cnts, dsps = vector(sendspec, size, False)
+            else:
+                send = flat(sendspec, False)
+        recv = None if in_place else flat(recvspec, True)
+        return send, recv, cnts, dsps
+
+    got, err = _guard(parse)
+    send, recv, cnts, dsps = got if got else (None, None, None, None)
+    info = None
+    if err is None:
+        rarr = recv.array if recv is not None else None
+        info = (None if rarr is None else rarr.size, None if rarr is None else rarr.dtype.str,
+                None if send is None else (send.array.size, send.array.dtype.str,
+                                           addr(send.array), cnts, dsps))
+    payload = _payload(c, send.array) if send is not None else None
+    records = c.agree(err, info, payload, inline=me == root)
+    ssize, sdtype, saddr, cnts, dsps = records[root][1][2]
+    dtype = _np.dtype(sdtype)
+    if cnts is None:
+        k = ssize // size
+        cnts, dsps = [k] * size, [r * k for r in range(size)]
+    for r, rec in enumerate(records):
+        if rec[1][0] is not None and rec[1][0] < cnts[r]:
+            raise c.mismatch(f"Scatter: rank {r} can hold {rec[1][0]} elements, "
+                             f"the root sends it {cnts[r]}")
+    if me == root and in_place:
+        pass
+    elif records[root][2] is not None:
+        src = _from(records[root][2], dtype)
+        recv.array[: cnts[me]] = src[dsps[me] : dsps[me] + cnts[me]]
+    elif me == root:
+        recv.array[: cnts[me]] = send.array[dsps[me] : dsps[me] + cnts[me]]
+    else:
+        c.pull(root, saddr + dsps[me] * dtype.itemsize, recv.array[: cnts[me]])
+    if records[root][2] is None:
+        c.barrier()
+    if recv is not None:
+        recv.finish()
+
+
+def allgather(c: Collectives, sendspec, recvspec, vector_spec: bool = False) -> None:
+    """Allgather (and Allgatherv): every rank pushes its block to every other."""
+    names, me, size = c.names, c.rank, c.size
+    in_place = sendspec is names.IN_PLACE
+
+    def parse():
+        if vector_spec:
+            recv, cnts, dsps = vector(recvspec, size, True)
+        else:
+            recv = flat(recvspec, True)
+            k = recv.array.size // size
+            cnts, dsps = [k] * size, [r * k for r in range(size)]
+        if in_place:
+            send = recv.array[dsps[me] : dsps[me] + cnts[me]]
+        else:
+            send = flat(sendspec, False).array
+        return recv, send, cnts, dsps
+
+    got, err = _guard(parse)
+    recv, send, cnts, dsps = got if got else (None, None, None, None)
+    info = None if err else (send.size, send.dtype.str, addr(recv.array), dsps)
+    records = c.agree(err, info, _payload(c, send), inline=True)
+    sizes = [r[1][0] for r in records]
+    if sizes != list(cnts) or len({r[1][1] for r in records}) != 1:
+        raise c.mismatch(f"Allgather blocks {sizes} differ from the expected {cnts}")
+    out = recv.array
+    isz = out.dtype.itemsize
+    if not in_place:
+        out[dsps[me] : dsps[me] + cnts[me]] = send
+    for r, (_, info_r, payload) in enumerate(records):
+        if r != me and payload is not None:
+            out[dsps[r] : dsps[r] + cnts[r]] = _from(payload, out.dtype)
+    if records[me][2] is None:
+        for r in range(size):
+            if r != me:
+                c.push(r, send, records[r][1][2] + records[r][1][3][me] * isz)
+    if any(rec[2] is None for rec in records):
+        c.barrier()
+    recv.finish()
+
+
+def alltoall(c: Collectives, sendspec, recvspec, vector_spec: bool = False) -> None:
+    """Alltoall (and Alltoallv): block j of my send buffer goes to rank j."""
+    names, me, size = c.names, c.rank, c.size
+    in_place = sendspec is names.IN_PLACE
+
+    def parse():
+        if vector_spec:
+            recv, rc, rd = vector(recvspec, size, True)
+            if in_place:
+                send, sc, sd = Flat(recv.array.copy()), rc, rd
+            else:
+                send, sc, sd = vector(sendspec, size, False)
+        else:
+            recv = flat(recvspec, True)
+            k = recv.array.size // size
+            rc, rd = [k] * size, [r * k for r in range(size)]
+            send = Flat(recv.array.copy()) if in_place else flat(sendspec, False)
+            ks = send.array.size // size
+            sc, sd = [ks] * size, [r * ks for r in range(size)]
+        return recv, send, rc, rd, sc, sd
+
+    got, err = _guard(parse)
+    recv, send, rc, rd, sc, sd = got if got else (None,) * 6
+    info = None if err else (send.array.dtype.str, addr(recv.array), rc, rd, sc, sd)
+    records = c.agree(err, info, _payload(c, send.array) if send else None, inline=True)
+    for r, rec in enumerate(records):
+        if rec[1][4][me] != rc[r]:
+            raise c.mismatch(f"Alltoall: rank {r} sends {rec[1][4][me]} elements to rank "
+                             f"{me}, which expects {rc[r]}")
+    out = recv.array
+    isz = out.dtype.itemsize
+    out[rd[me] : rd[me] + rc[me]] = send.array[sd[me] : sd[me] + sc[me]]
+    for r, (_, info_r, payload) in enumerate(records):
+        if r != me and payload is not None:
+            src = _from(payload, out.dtype)
+            out[rd[r] : rd[r] + rc[r]] = src[info_r[5][me] : info_r[5][me] + rc[r]]
+    if records[me][2] is None:
+        for r in range(size):
+            if r != me:
+                raddr, rdr = records[r][1][1], records[r][1][3]
+                c.push(r, send.array[sd[r] : sd[r] + sc[r]], raddr + rdr[me] * isz)
+    if any(rec[2] is None for rec in records):
+        c.barrier()
+    recv.finish()
+
+
+# -- reductions -------------------------------------------------------------------------------
+
+def _fold(combine, parts: Sequence[_np.ndarray], out: _np.ndarray) -> None:
+    """out = parts[0] op parts[1] op ... op parts[-1], evaluated right to left so
+    that non-commutative ops keep rank order."""
+    _np.copyto(out, parts[-1])
+    for x in reversed(parts[:-1]):
+        combine(x, out)
+
+
+def _split(n: int, size: int) -> List[int]:
+    """Slice bounds giving each rank a nearly equal share of *n* elements."""
+    base, extra = divmod(n, size)
+    bounds = [0]
+    for r in range(size):
+        bounds.append(bounds[-1] + base + (1 if r < extra else 0))
+    return bounds
+
+
+def reduce_family(c: Collectives, kind: str, sendspec, recvspec, op, root: int = 0,
+                  recvcounts=None) -> None:
+    """Allreduce, Reduce, Reduce_scatter(_block), Scan and Exscan."""
+    names, me, size = c.names, c.rank, c.size
+    in_place = sendspec is names.IN_PLACE
+    if kind == "reduce":
+        _check_root(c, root)
+
+    def parse():
+        recv = None
+        if kind != "reduce" or me == root:
+            recv = flat(recvspec, True)
+        if in_place:
+            if recv is None:
+                raise ValueError("IN_PLACE is only valid at the root")
+            x = recv.array.copy() if kind in ("rsb", "rs", "scan", "exscan") else recv.array
+        else:
+            x = flat(sendspec, False).array
+        combine = _ops.combiner(op, x.dtype)
+        if x.size:
+            probe = x[:1].copy()
+            combine(x[:1], probe)   # undefined op/dtype pairs fail here, before any copy
+        return recv, x, combine
+
+    got, err = _guard(parse)
+    recv, x, combine = got if got else (None, None, None)
+    info = None
+    if err is None:
+        info = (x.size, x.dtype.str, addr(x), None if recv is None else recv.array.size,
+                None if recv is None else addr(recv.array))
+    records = c.agree(err, info, _payload(c, x), inline=True)
+    sizes = [r[1][0] for r in records]
+    dtypes = {r[1][1] for r in records}
+    if len(set(sizes)) != 1 or len(dtypes) != 1:
+        raise c.mismatch(f"reduction inputs differ across ranks: sizes {sizes}, "
+                         f"dtypes {sorted(dtypes)}")
+    n = sizes[0]
+    # What each rank produces: [lo, hi) of the input vector.
+    if kind in ("allreduce", "reduce", "scan", "exscan"):
+        mine = (0, n)
+        if recv is not None and recv.array.size < n:
+            raise c.mismatch(f"receive buffer holds {recv.array.size} elements, need {n}")
+    else:
+        counts = recvcounts
+        if kind == "rsb":
+            if n % size:
+                raise c.mismatch(f"Reduce_scatter_block: {n} elements do not split in {size}")
+            counts = [n // size] * size
+        elif counts is None:
+            counts = [r[1][3] for r in records]
+        counts = [int(k) for k in counts]
+        if len(counts) != size or sum(counts) != n:
+            raise c.mismatch(f"Reduce_scatter counts {counts} do not add up to {n}")
+        offs = [0]
+        for k in counts:
+            offs.append(offs[-1] + k)
+        mine = (offs[me], offs[me + 1])
+        if recv.array.size < counts[me]:
+            raise c.mismatch(f"receive buffer holds {recv.array.size} elements, "
+                             f"need {counts[me]}")
+    ranks = {"scan": range(me + 1), "exscan": range(me)}.get(kind, range(size))
+    if all(rec[2] is not None for rec in records):
+        # Everything came inline: compute our part locally.
+        lo, hi = mine
+        if kind == "exscan" and me == 0:
+            return
+        if kind == "reduce" and me != root:
+            return
+        parts = [_from(records[s][2], x.dtype)[lo:hi] for s in ranks]
+        out = recv.array[: hi - lo]
+        _fold(combine, parts, out)
+        recv.finish()
+        return
+    _reduce_cma(c, kind, records, x, recv, combine, mine, list(ranks), root)
+    c.barrier()
+    if recv is not None:
+        recv.finish()
+
+
+def _reduce_cma(c: Collectives, kind, records, x, recv, combine, mine, ranks, root) -> None:
+    me, size = c.rank, c.size
+    dtype = x.dtype
+    isz = dtype.itemsize
+    per = max(1, PIECE // isz)
+    if kind in ("allreduce", "reduce"):
+        # Every rank reduces one slice and sends the result where it belongs.
+        bounds = _split(x.size, size)
+        lo, hi = bounds[me], bounds[me + 1]
+        targets = [r for r in range(size) if r != me] if kind == "allreduce" else \
+            ([root] if root != me else [])
+        keep = kind == "allreduce" or me == root
+    else:
+        lo, hi = mine
+        targets, keep = [], True
+        if kind == "exscan" and me == 0:
+            return
+    acc_buf = _np.empty(per, dtype=dtype)
+    tmp_buf = _np.empty(per, dtype=dtype)
+    out_base = recv.array if recv is not None else None
+    for o in range(lo, hi, per):
+        e = min(o + per, hi)
+        m = e - o
+        acc, tmp = acc_buf[:m], tmp_buf[:m]
+        last = ranks[-1]
+        if last == me:
+            _np.copyto(acc, x[o:e])
+        else:
+            c.pull(last, records[last][1][2] + o * isz, acc)
+        for s in reversed(ranks[:-1]):
+            if s == me:
+                combine(x[o:e], acc)
+            else:
+                c.pull(s, records[s][1][2] + o * isz, tmp)
+                combine(tmp, acc)
+        if keep:
+            dst = o if kind in ("allreduce", "reduce", "scan", "exscan") else o - lo
+            out_base[dst : dst + m] = acc
+        for t in targets:
+            c.push(t, acc, records[t][1][4] + o * isz)

@@ -1,0 +1,94 @@
+"""Reduction operations: how an op combines two numpy arrays, checked per dtype."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as _np
+
+__all__ = ["combiner", "is_commutative"]
+
+# The numpy function of each predefined op, and the dtype kinds MPI defines it for
+# (b: bool, i: signed, u: unsigned, f: float, c: complex).
+_PREDEFINED = {
+    "SUM": (_np.add, "iufc"),
+    "PROD": (_np.multiply, "iufc"),
+    "MAX": (_np.maximum, "iuf"),
+    "MIN": (_np.minimum, "iuf"),
+    "LAND": (_np.logical_and, "biu"),
+    "LOR": (_np.logical_or, "biu"),
+    "LXOR": (_np.logical_xor, "biu"),
+    "BAND": (_np.bitwise_and, "biu"),
+    "BOR": (_np.bitwise_or, "biu"),
+    "BXOR": (_np.bitwise_xor, "biu"),
+}
+
+Combine = Callable[[_np.ndarray, _np.ndarray], None]
+
+
+def _name(op) -> str:
+    """The predefined name of *op* ('SUM', ...), or '' for a user op."""
+    name = getattr(op, "name", None)
+    if isinstance(name, str) and getattr(op, "userfn", None) is None:
+        return name
+    try:  # mpi4py's predefined ops compare equal to the module constants
+        from mpi4py import MPI
+    except ImportError:
+        return ""
+    for cand in list(_PREDEFINED) + ["MAXLOC", "MINLOC", "REPLACE", "NO_OP"]:
+        if op == getattr(MPI, cand):
+            return cand
+    return ""
+
+
+def is_commutative(op) -> bool:
+    fn = getattr(op, "Is_commutative", None)
+    return bool(fn()) if fn is not None else True
+
+
+def _logical(ufunc):
+    def combine(x, inout):
+        inout[...] = ufunc(x, inout)
+    return combine
+
+
+def _loc(better):
+    """MAXLOC/MINLOC on a structured pair (value, index): ties keep the lower index."""
+    def combine(x, inout):
+        vx, vy = x[x.dtype.names[0]], inout[inout.dtype.names[0]]
+        ix, iy = x[x.dtype.names[1]], inout[inout.dtype.names[1]]
+        take = better(vx, vy) | ((vx == vy) & (ix < iy))
+        inout[take] = x[take]
+    return combine
+
+
+def combiner(op, dtype: _np.dtype) -> Combine:
+    """``f(x, inout)``: ``inout = x op inout``, elementwise, for arrays of *dtype*.
+
+    Raises ``TypeError`` when MPI leaves *op* undefined for *dtype* (bitwise
+    operations on floats, say).
+    """
+    dtype = _np.dtype(dtype)
+    name = _name(op)
+    if name in _PREDEFINED:
+        ufunc, kinds = _PREDEFINED[name]
+        if dtype.kind not in kinds:
+            raise TypeError(f"MPI.{name} is not defined for {dtype}")
+        if name in ("LAND", "LOR", "LXOR"):
+            return _logical(ufunc)
+        return lambda x, inout: ufunc(x, inout, out=inout)
+    if name in ("MAXLOC", "MINLOC"):
+        if dtype.names is None or len(dtype.names) != 2:
+            raise TypeError(f"MPI.{name} needs (value, index) pairs, got {dtype}")
+        return _loc(_np.greater if name == "MAXLOC" else _np.less)
+    if name == "REPLACE":
+        return lambda x, inout: _np.copyto(inout, x)
+    if name == "NO_OP":
+        return lambda x, inout: None
+    userfn = getattr(op, "userfn", None)
+    if userfn is not None:           # cmampi's own Op.Create
+        return lambda x, inout: userfn(x, inout, None)
+    local = getattr(op, "Reduce_local", None)
+    if local is not None:            # an mpi4py op: let MPI apply it
+        return lambda x, inout: local(x, inout)
+    raise TypeError(f"not a reduction operation: {op!r}")
