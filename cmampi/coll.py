@@ -21,7 +21,7 @@ import numpy as _np
 
 from . import _cma, ops as _ops
 from . import p2p as _p2p
-from ._buffers import recv_buffer, send_buffer
+from ._buffers import address as _address, recv_buffer, send_buffer
 
 __all__ = ["Collectives", "INLINE_MAX"]
 
@@ -32,12 +32,11 @@ PIECE = 256 << 10
 _TAG_X, _TAG_SYNC = 1, 2
 
 
-class CollectiveError(Exception):
-    pass
-
-
-def _contig(arr: Optional[_np.ndarray]) -> Optional[_np.ndarray]:
-    return None if arr is None else _np.ascontiguousarray(arr)
+def _noted(exc: BaseException, note: str) -> BaseException:
+    """*exc* (of the type mpi4py raises) with an explanation attached."""
+    if hasattr(exc, "add_note"):
+        exc.add_note(note)
+    return exc
 
 
 class Collectives:
@@ -58,20 +57,17 @@ class Collectives:
         e, me, n = self.e, self.rank, self.size
         if n == 1:
             return [record]
-        data = send_buffer(_pickle.dumps(record, _pickle.HIGHEST_PROTOCOL))
-        ops = [e.irecv(None, src, _TAG_X) for src in range(n) if src != me]
-        ops += [e.isend(data, dst, _TAG_X, False, announce=True) for dst in range(n) if dst != me]
-        _p2p.wait_all(ops)
-        out, k = [], 0
-        for src in range(n):
-            if src == me:
-                out.append(record)
-            else:
-                op = ops[k]
-                k += 1
-                e.complete(op)
-                out.append(_pickle.loads(op.buf.array))
-        return out
+        data = send_buffer(_np.frombuffer(_pickle.dumps(record, _pickle.HIGHEST_PROTOCOL),
+                                          _np.uint8))
+        peers = [r for r in range(n) if r != me]
+        recvs = [e.irecv(None, src, _TAG_X) for src in peers]
+        sends = [e.isend(data, dst, _TAG_X, False, announce=True) for dst in peers]
+        _p2p.wait_all(recvs + sends)
+        out = {me: record}
+        for src, op in zip(peers, recvs):
+            e.complete(op)
+            out[src] = _pickle.loads(op.buf.array)
+        return [out[r] for r in range(n)]
 
     def barrier(self) -> None:
         """Dissemination barrier: log2(size) rounds of empty messages."""
@@ -88,24 +84,25 @@ class Collectives:
     def agree(self, error: Optional[BaseException], info: Any, payload=None,
               inline: bool = False) -> List[Any]:
         """Exchange (error, info, payload); raise the first error any rank had."""
-        text = None if error is None else f"{type(error).__name__}: {error}"
-        records = self.exchange((text, info, payload if inline else None))
-        for r, (err, _, _) in enumerate(records):
-            if err is not None:
+        err = None
+        if error is not None:
+            err = (getattr(error, "error_class", self.names.ERR_OTHER),
+                   f"{type(error).__name__}: {error}")
+        records = self.exchange((err, info, payload if inline else None))
+        for r, (rec_err, _, _) in enumerate(records):
+            if rec_err is not None:
                 if error is not None:
                     raise error
-                raise self._error(f"rank {r}: {err}")
+                raise self._error(*rec_err, rank=r)
         return records
 
-    def _error(self, text: str) -> BaseException:
-        exc = self.names.Exception(self.names.ERR_OTHER)
-        exc.args = (f"cmampi collective failed on another rank: {text}",)
-        return exc
+    def _error(self, errclass: int, text: str, rank: int) -> BaseException:
+        """The error another rank raised, raised here with the same error class."""
+        return _noted(self.names.Exception(errclass),
+                      f"cmampi collective failed on rank {rank}: {text}")
 
     def mismatch(self, what: str) -> BaseException:
-        exc = self.names.Exception(self.names.ERR_ARG)
-        exc.args = (f"cmampi collective: {what}",)
-        return exc
+        return _noted(self.names.Exception(self.names.ERR_ARG), f"cmampi collective: {what}")
 
     # -- copies between ranks --------------------------------------------------------------
     def pull(self, src: int, raddr: int, dst: _np.ndarray) -> None:
@@ -113,21 +110,17 @@ class Collectives:
         n = dst.nbytes
         if not n:
             return
-        laddr = dst.__array_interface__["data"][0]
-        if src == self.rank:
-            _cma.read_into(self.pids[src], laddr, raddr, n)
-        else:
-            _cma.read_into(self.pids[src], laddr, raddr, n)
+        _cma.read_into(self.pids[src], _address(dst), raddr, n)
 
     def push(self, dst: int, src: _np.ndarray, raddr: int) -> None:
         """Copy contiguous *src* to *raddr* in rank *dst*."""
         n = src.nbytes
         if n:
-            _cma.writev(self.pids[dst], [(src.__array_interface__["data"][0], n)], [(raddr, n)])
+            _cma.writev(self.pids[dst], [(_address(src), n)], [(raddr, n)])
 
 
 def addr(arr: Optional[_np.ndarray]) -> int:
-    return 0 if arr is None or arr.nbytes == 0 else arr.__array_interface__["data"][0]
+    return 0 if arr is None or arr.nbytes == 0 else _address(arr)
 
 
 # -- buffers as flat typed arrays ------------------------------------------------------------
@@ -156,6 +149,9 @@ def _dtype_of(buf, datatype) -> _np.dtype:
 
 def flat(spec, writable: bool) -> Flat:
     """*spec* (a buffer or mpi4py spec) as a `Flat`."""
+    if type(spec) is _np.ndarray and spec.flags.c_contiguous and spec.dtype.kind not in "OMm" \
+            and (spec.flags.writeable or not writable):
+        return Flat(spec.reshape(-1))
     buf = recv_buffer(spec) if writable else send_buffer(spec)
     datatype = spec[-1] if isinstance(spec, (list, tuple)) and len(spec) > 1 and \
         not isinstance(spec[-1], (int, tuple, list)) else None
@@ -226,10 +222,11 @@ def _from(payload: bytes, dtype) -> _np.ndarray:
 
 
 def _guard(fn):
-    """Run *fn*; return (result, None) or (None, the exception)."""
+    """Run *fn*; return (result, None) or (None, the exception), so that a bad
+    argument on one rank becomes an error on every rank instead of a hang."""
     try:
         return fn(), None
-    except (TypeError, ValueError, BufferError) as exc:
+    except Exception as exc:  # noqa: BLE001 - re-raised on every rank by agree()
         return None, exc
 
 
@@ -508,7 +505,10 @@ def reduce_family(c: Collectives, kind: str, sendspec, recvspec, op, root: int =
             x = recv.array.copy() if kind in ("rsb", "rs", "scan", "exscan") else recv.array
         else:
             x = flat(sendspec, False).array
-        combine = _ops.combiner(op, x.dtype)
+        try:
+            combine = _ops.combiner(op, x.dtype)
+        except TypeError as exc:
+            raise _noted(names.Exception(names.ERR_OP), f"cmampi: {exc}") from None
         if x.size:
             probe = x[:1].copy()
             combine(x[:1], probe)   # undefined op/dtype pairs fail here, before any copy

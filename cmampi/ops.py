@@ -26,6 +26,11 @@ _PREDEFINED = {
 Combine = Callable[[_np.ndarray, _np.ndarray], None]
 
 
+_NAMES = list(_PREDEFINED) + ["MAXLOC", "MINLOC", "REPLACE", "NO_OP"]
+#: Combiners already built, by (id(op), dtype); the op is kept so its id stays its own.
+_CACHE: dict = {}
+
+
 def _name(op) -> str:
     """The predefined name of *op* ('SUM', ...), or '' for a user op."""
     name = getattr(op, "name", None)
@@ -35,7 +40,7 @@ def _name(op) -> str:
         from mpi4py import MPI
     except ImportError:
         return ""
-    for cand in list(_PREDEFINED) + ["MAXLOC", "MINLOC", "REPLACE", "NO_OP"]:
+    for cand in _NAMES:
         if op == getattr(MPI, cand):
             return cand
     return ""
@@ -68,7 +73,16 @@ def combiner(op, dtype: _np.dtype) -> Combine:
     Raises ``TypeError`` when MPI leaves *op* undefined for *dtype* (bitwise
     operations on floats, say).
     """
-    dtype = _np.dtype(dtype)
+    key = (id(op), dtype)
+    hit = _CACHE.get(key)
+    if hit is not None and hit[0] is op:
+        return hit[1]
+    fn = _combiner(op, _np.dtype(dtype))
+    _CACHE[key] = (op, fn)
+    return fn
+
+
+def _combiner(op, dtype: _np.dtype) -> Combine:
     name = _name(op)
     if name in _PREDEFINED:
         ufunc, kinds = _PREDEFINED[name]
