@@ -15,6 +15,7 @@ the same things, so all raise the same error, or all take the same path:
 from __future__ import annotations
 
 import pickle as _pickle
+import struct as _struct
 from typing import Any, List, Optional, Sequence
 
 import numpy as _np
@@ -29,6 +30,9 @@ __all__ = ["Collectives", "INLINE_MAX"]
 INLINE_MAX = 16 << 10
 #: Bytes reduced per piece: pulled into cache, combined, written out.
 PIECE = 256 << 10
+#: Largest first message of a record in the exchange (longer ones continue).
+RECORD_MAX = INLINE_MAX + 4096
+_LEN = _struct.Struct("<Q")
 _TAG_X, _TAG_SYNC = 1, 2
 
 
@@ -49,36 +53,51 @@ class Collectives:
         self.size = engine.size
         self.pids = engine.ch.pids
         self.all_cma = all(engine.cma)
-        self._scratch = _np.empty(PIECE, dtype=_np.uint8)
+        self._stages = [bytearray(RECORD_MAX) for _ in range(self.size - 1)]
+        self._empty = bytearray(0)
 
     # -- the exchange and the closing barrier ----------------------------------------------
     def exchange(self, record: Any) -> List[Any]:
-        """Every rank's *record*, in rank order (an allgather of small objects)."""
-        e, me, n = self.e, self.rank, self.size
+        """Every rank's *record*, in rank order (an allgather of small objects).
+
+        Records go straight through the private channel: one message to each
+        peer, received into a buffer posted in advance; a record too large for
+        it continues in a second message.
+        """
+        me, n = self.rank, self.size
         if n == 1:
             return [record]
-        data = send_buffer(_np.frombuffer(_pickle.dumps(record, _pickle.HIGHEST_PROTOCOL),
-                                          _np.uint8))
+        ch = self.e.ch
+        data = _pickle.dumps(record, _pickle.HIGHEST_PROTOCOL)
+        head = _LEN.pack(len(data)) + data[: RECORD_MAX - _LEN.size]
         peers = [r for r in range(n) if r != me]
-        recvs = [e.irecv(None, src, _TAG_X) for src in peers]
-        sends = [e.isend(data, dst, _TAG_X, False, announce=True) for dst in peers]
-        _p2p.wait_all(recvs + sends)
+        recvs = [ch.irecv(self._stages[k], src, _TAG_X) for k, src in enumerate(peers)]
+        sends = [ch.isend(head, dst, _TAG_X) for dst in peers]
+        rest = data[RECORD_MAX - _LEN.size:]
+        if rest:
+            sends += [ch.isend(rest, dst, _TAG_X) for dst in peers]
+        infos = _p2p.wait_handles(ch, recvs + sends)
         out = {me: record}
-        for src, op in zip(peers, recvs):
-            e.complete(op)
-            out[src] = _pickle.loads(op.buf.array)
+        for k, src in enumerate(peers):
+            stage = self._stages[k]
+            total = _LEN.unpack_from(stage)[0]
+            first = infos[k][2] - _LEN.size
+            if total > first:   # the record continues in a second message
+                more = bytearray(total - first)
+                _p2p.wait_handles(ch, [ch.irecv(more, src, _TAG_X)])
+                out[src] = _pickle.loads(bytes(stage[_LEN.size : _LEN.size + first]) + more)
+            else:
+                out[src] = _pickle.loads(memoryview(stage)[_LEN.size : _LEN.size + total])
         return [out[r] for r in range(n)]
 
     def barrier(self) -> None:
         """Dissemination barrier: log2(size) rounds of empty messages."""
-        e, me, n = self.e, self.rank, self.size
+        me, n = self.rank, self.size
+        ch = self.e.ch
         step = 1
-        empty = _np.empty(0, _np.uint8)
         while step < n:
-            r = e.irecv(recv_buffer(empty), (me - step) % n, _TAG_SYNC)
-            s = e.isend(send_buffer(empty), (me + step) % n, _TAG_SYNC, False)
-            _p2p.wait_all([r, s])
-            e.complete(r)
+            _p2p.wait_handles(ch, [ch.irecv(self._empty, (me - step) % n, _TAG_SYNC),
+                                   ch.isend(self._empty, (me + step) % n, _TAG_SYNC)])
             step *= 2
 
     def agree(self, error: Optional[BaseException], info: Any, payload=None,

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import collections as _collections
 import os as _os
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -30,7 +30,7 @@ from . import _cma, _pull, _wire
 from ._buffers import Buffer, recv_buffer, send_buffer
 
 __all__ = ["Engine", "Op", "SendOp", "PullSendOp", "RecvOp", "ForeignOp",
-           "progress", "test", "wait_any", "wait_all"]
+           "progress", "test", "wait_any", "wait_all", "wait_handles"]
 
 _sched_yield = getattr(_os, "sched_yield", lambda: None)
 
@@ -553,6 +553,21 @@ def wait_any(ops) -> None:
             raise RuntimeError("cmampi: waiting on requests that can never complete")
         i, info = owners[0].engine.ch.waitany(handles)
         owners[i].advance(info)
+
+
+def wait_handles(ch, handles: Sequence[Any]) -> List[Any]:
+    """Wait for raw channel *handles*, progressing every posted receive meanwhile;
+    their completion infos, in order."""
+    infos: List[Any] = [None] * len(handles)
+    left = list(range(len(handles)))
+    while left:
+        owners = [op for op in _PENDING if op.handle is not None]
+        i, info = ch.waitany([handles[k] for k in left] + [op.handle for op in owners])
+        if i < len(left):
+            infos[left.pop(i)] = info
+        else:
+            owners[i - len(left)].advance(info)
+    return infos
 
 
 def wait_all(ops) -> None:
