@@ -34,6 +34,7 @@ USER, SIDE, SYS = 0, 1, 2
 _READ_CHUNK = 1 << 16
 _DIRECT = 1 << 15    # payload bytes still missing from which we read straight into place
 _CONNECT_TIMEOUT = 60.0
+_HELLO_TIMEOUT = 2.0
 _SPINS = 200         # non-blocking polls before a wait sleeps in poll()
 _sched_yield = getattr(_os, "sched_yield", lambda: None)
 
@@ -134,6 +135,13 @@ class Hub:
         path = _os.path.join(directory, f"rank-{self.rank}.sock")
         lsock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         lsock.bind(path)
+        try:
+            self._handshakes(lsock, directory, token, expected)
+        finally:
+            lsock.close()
+            _os.unlink(path)
+
+    def _handshakes(self, lsock, directory: str, token: bytes, expected) -> None:
         lsock.listen(self.size)
         deadline = _time.monotonic() + _CONNECT_TIMEOUT
         for peer in range(self.rank + 1, self.size):
@@ -156,7 +164,7 @@ class Hub:
         lsock.settimeout(max(0.1, deadline - _time.monotonic()))
         while pending:
             sock, _ = lsock.accept()
-            sock.settimeout(10)
+            sock.settimeout(_HELLO_TIMEOUT)   # a silent stranger cannot hold us up
             try:
                 tok, peer = _HELLO.unpack(_recv_exact(sock, _HELLO.size))
                 if tok != token or not 0 <= peer < self.rank or self.conns[peer] is not None:
@@ -168,8 +176,6 @@ class Hub:
             sock.sendall(b"\x01")
             self._add(sock, peer, pid)
             pending -= 1
-        lsock.close()
-        _os.unlink(path)
 
     def _check_peer(self, sock: _socket.socket, peer: int, expected) -> int:
         cred = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, _struct.calcsize("3i"))
@@ -375,7 +381,8 @@ class Hub:
     def _payload_done(self, src: int, dest: memoryview, info) -> None:
         space, ctx, tag, n, h = info
         if h is None:
-            self._keep(src, space, ctx, tag, dest.obj)
+            # A receive may have been posted while the payload was streaming in.
+            self._arrive(src, space, ctx, tag, dest.obj)
         elif dest.obj is h.target.obj or n <= len(h.target):
             if dest.obj is not h.target.obj:
                 h.target[:n] = dest
