@@ -179,8 +179,8 @@ def flat(spec, writable: bool) -> Flat:
         raw = buf.flat()
         return Flat(raw.view(dtype) if raw.size else _np.empty(0, dtype))
     arr = buf.array
-    if writable:
-        tmp = _np.empty(arr.size, dtype=arr.dtype)
+    if writable:  # a copy of the current contents: collectives may read them too
+        tmp = _np.ascontiguousarray(arr).reshape(-1)
         return Flat(tmp.view(dtype), arr)
     return Flat(_np.ascontiguousarray(arr).reshape(-1).view(dtype))
 
@@ -332,6 +332,9 @@ def gather(c: Collectives, sendspec, recvspec, root: int, counts=None, displs=No
     sizes = [r[1][0] for r in records]
     if sizes != list(cnts) or any(r[1][1] != dtype.str for r in records):
         raise c.mismatch(f"Gather blocks differ from the root's: sent {sizes}, expected {cnts}")
+    if max(d + k for d, k in zip(dsps, cnts)) > rsize:
+        raise c.mismatch(f"Gather: the root's receive buffer holds {rsize} elements, "
+                         f"the blocks need {max(d + k for d, k in zip(dsps, cnts))}")
     isz = dtype.itemsize
     any_cma = any(r[2] is None for r in records)
     if me == root:
@@ -420,11 +423,15 @@ def allgather(c: Collectives, sendspec, recvspec, vector_spec: bool = False) -> 
 
     got, err = _guard(parse)
     recv, send, cnts, dsps = got if got else (None, None, None, None)
-    info = None if err else (send.size, send.dtype.str, addr(recv.array), dsps)
+    info = None if err else (send.size, send.dtype.str, addr(recv.array), dsps, cnts)
     records = c.agree(err, info, _payload(c, send), inline=True)
+    # Judge from the records alone, so that every rank reaches the same verdict.
     sizes = [r[1][0] for r in records]
-    if sizes != list(cnts) or len({r[1][1] for r in records}) != 1:
-        raise c.mismatch(f"Allgather blocks {sizes} differ from the expected {cnts}")
+    layouts = {(tuple(r[1][4]), tuple(r[1][3])) for r in records}
+    if len(layouts) != 1 or sizes != list(records[0][1][4]) or \
+            len({r[1][1] for r in records}) != 1:
+        raise c.mismatch(f"Allgather: blocks {sizes} do not fit the receive layouts "
+                         f"{sorted(layouts)}")
     out = recv.array
     isz = out.dtype.itemsize
     if not in_place:
@@ -466,10 +473,11 @@ def alltoall(c: Collectives, sendspec, recvspec, vector_spec: bool = False) -> N
     recv, send, rc, rd, sc, sd = got if got else (None,) * 6
     info = None if err else (send.array.dtype.str, addr(recv.array), rc, rd, sc, sd)
     records = c.agree(err, info, _payload(c, send.array) if send else None, inline=True)
-    for r, rec in enumerate(records):
-        if rec[1][4][me] != rc[r]:
-            raise c.mismatch(f"Alltoall: rank {r} sends {rec[1][4][me]} elements to rank "
-                             f"{me}, which expects {rc[r]}")
+    for r, rec in enumerate(records):        # every pair, on every rank
+        for j in range(size):
+            if rec[1][4][j] != records[j][1][2][r] or rec[1][0] != records[j][1][0]:
+                raise c.mismatch(f"Alltoall: rank {r} sends {rec[1][4][j]} elements to rank "
+                                 f"{j}, which expects {records[j][1][2][r]}")
     out = recv.array
     isz = out.dtype.itemsize
     out[rd[me] : rd[me] + rc[me]] = send.array[sd[me] : sd[me] + sc[me]]
@@ -549,8 +557,10 @@ def reduce_family(c: Collectives, kind: str, sendspec, recvspec, op, root: int =
     # What each rank produces: [lo, hi) of the input vector.
     if kind in ("allreduce", "reduce", "scan", "exscan"):
         mine = (0, n)
-        if recv is not None and recv.array.size < n:
-            raise c.mismatch(f"receive buffer holds {recv.array.size} elements, need {n}")
+        for r, rec in enumerate(records):   # every rank checks every rank's buffer
+            if rec[1][3] is not None and rec[1][3] < n:
+                raise c.mismatch(f"rank {r}'s receive buffer holds {rec[1][3]} elements, "
+                                 f"need {n}")
     else:
         counts = recvcounts
         if kind == "rsb":
@@ -566,9 +576,10 @@ def reduce_family(c: Collectives, kind: str, sendspec, recvspec, op, root: int =
         for k in counts:
             offs.append(offs[-1] + k)
         mine = (offs[me], offs[me + 1])
-        if recv.array.size < counts[me]:
-            raise c.mismatch(f"receive buffer holds {recv.array.size} elements, "
-                             f"need {counts[me]}")
+        for r, rec in enumerate(records):
+            if rec[1][3] < counts[r]:
+                raise c.mismatch(f"rank {r}'s receive buffer holds {rec[1][3]} elements, "
+                                 f"need {counts[r]}")
     ranks = {"scan": range(me + 1), "exscan": range(me)}.get(kind, range(size))
     if all(rec[2] is not None for rec in records):
         # Everything came inline: compute our part locally.

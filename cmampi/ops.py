@@ -18,9 +18,9 @@ _PREDEFINED = {
     "LAND": (_np.logical_and, "biu"),
     "LOR": (_np.logical_or, "biu"),
     "LXOR": (_np.logical_xor, "biu"),
-    "BAND": (_np.bitwise_and, "biu"),
-    "BOR": (_np.bitwise_or, "biu"),
-    "BXOR": (_np.bitwise_xor, "biu"),
+    "BAND": (_np.bitwise_and, "iu"),
+    "BOR": (_np.bitwise_or, "iu"),
+    "BXOR": (_np.bitwise_xor, "iu"),
 }
 
 Combine = Callable[[_np.ndarray, _np.ndarray], None]

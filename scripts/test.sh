@@ -18,4 +18,8 @@ for n in 2 3; do
     PYTHONPATH="$ROOT/tests/no_mpi4py" python -m cmampi -n "$n" --timeout 600 \
         -m pytest -q -p no:cacheprovider -p no:pytest_mpi -m mpi tests
 done
+echo "== collectives at 4 ranks (oversubscribed), both channels"
+mpiexec -n 4 "${PYTEST[@]}" --with-mpi -m mpi tests/test_coll.py
+PYTHONPATH="$ROOT/tests/no_mpi4py" python -m cmampi -n 4 --timeout 600 \
+    -m pytest -q -p no:cacheprovider -p no:pytest_mpi -m mpi tests/test_coll.py
 echo "== all test runs passed"
