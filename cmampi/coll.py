@@ -593,13 +593,14 @@ def reduce_family(c: Collectives, kind: str, sendspec, recvspec, op, root: int =
         _fold(combine, parts, out)
         recv.finish()
         return
-    _reduce_cma(c, kind, records, x, recv, combine, mine, list(ranks), root)
+    _reduce_cma(c, kind, records, x, recv, combine, mine, list(ranks), root, op)
     c.barrier()
     if recv is not None:
         recv.finish()
 
 
-def _reduce_cma(c: Collectives, kind, records, x, recv, combine, mine, ranks, root) -> None:
+def _reduce_cma(c: Collectives, kind, records, x, recv, combine, mine, ranks, root,
+                op) -> None:
     me, size = c.rank, c.size
     dtype = x.dtype
     isz = dtype.itemsize
@@ -619,23 +620,33 @@ def _reduce_cma(c: Collectives, kind, records, x, recv, combine, mine, ranks, ro
     acc_buf = _np.empty(per, dtype=dtype)
     tmp_buf = _np.empty(per, dtype=dtype)
     out_base = recv.array if recv is not None else None
+    shift = lo if kind in ("rsb", "rs") else 0
+    fused = _ops.combiner_out(op, dtype) if len(ranks) == 2 and me in ranks and keep else None
     for o in range(lo, hi, per):
         e = min(o + per, hi)
         m = e - o
         acc, tmp = acc_buf[:m], tmp_buf[:m]
-        last = ranks[-1]
-        if last == me:
-            _np.copyto(acc, x[o:e])
+        if fused is not None:
+            # Two inputs, one ours: pull the other and combine straight into the
+            # result, while the pulled piece is still in cache.
+            other = ranks[0] if ranks[1] == me else ranks[1]
+            c.pull(other, records[other][1][2] + o * isz, tmp)
+            acc = out_base[o - shift : e - shift]
+            a, b = (tmp, x[o:e]) if other < me else (x[o:e], tmp)
+            fused(a, b, acc)
         else:
-            c.pull(last, records[last][1][2] + o * isz, acc)
-        for s in reversed(ranks[:-1]):
-            if s == me:
-                combine(x[o:e], acc)
+            last = ranks[-1]
+            if last == me:
+                _np.copyto(acc, x[o:e])
             else:
-                c.pull(s, records[s][1][2] + o * isz, tmp)
-                combine(tmp, acc)
-        if keep:
-            dst = o if kind in ("allreduce", "reduce", "scan", "exscan") else o - lo
-            out_base[dst : dst + m] = acc
+                c.pull(last, records[last][1][2] + o * isz, acc)
+            for s in reversed(ranks[:-1]):
+                if s == me:
+                    combine(x[o:e], acc)
+                else:
+                    c.pull(s, records[s][1][2] + o * isz, tmp)
+                    combine(tmp, acc)
+            if keep:
+                out_base[o - shift : e - shift] = acc
         for t in targets:
             c.push(t, acc, records[t][1][4] + o * isz)

@@ -6,7 +6,7 @@ from typing import Callable
 
 import numpy as _np
 
-__all__ = ["combiner", "is_commutative"]
+__all__ = ["combiner", "combiner_out", "is_commutative"]
 
 # The numpy function of each predefined op, and the dtype kinds MPI defines it for
 # (b: bool, i: signed, u: unsigned, f: float, c: complex).
@@ -65,6 +65,17 @@ def _loc(better):
         take = better(vx, vy) | ((vx == vy) & (ix < iy))
         inout[take] = x[take]
     return combine
+
+
+def combiner_out(op, dtype: _np.dtype):
+    """``f(a, b, out)`` writing ``a op b`` to *out* in one pass, for the
+    predefined arithmetic and bitwise ops; None for the others."""
+    name = _name(op)
+    if name in _PREDEFINED and name not in ("LAND", "LOR", "LXOR"):
+        ufunc, kinds = _PREDEFINED[name]
+        if _np.dtype(dtype).kind in kinds:
+            return lambda a, b, out: ufunc(a, b, out=out)
+    return None
 
 
 def combiner(op, dtype: _np.dtype) -> Combine:
