@@ -212,6 +212,8 @@ def machine_info(MPI: Any) -> Dict[str, Any]:
         "cmampi": cmampi.__version__,
         "eager_limit": config.eager_limit,
         "transport": config.transport,
+        "cma_min": MPI.COMM_WORLD._engine.cma_min,
+        "coop_min": config.coop_min,
     }
 
 
@@ -460,10 +462,11 @@ def render_table(info: Dict[str, Any], rounds: int, part1: List[Result],
         "",
     ]
     out += markdown_table(["size"] + cols, [_row(r, r.case) for r in part1])
-    large = ("pulled by the receiver with process_vm_readv" if info["transport"] == "cma"
+    large = ("pulled by the receiver with process_vm_readv, the sender copying part "
+             f"itself from {format_size(info['coop_min'])} on" if info["transport"] == "cma"
              else "copied through a separate MPI payload message")
-    out += ["", f"cmampi sends messages of at most {format_size(info['eager_limit'])} inline "
-                f"through MPI (eager); larger ones are {large} "
+    out += ["", f"cmampi sends messages below {format_size(info['cma_min'])} as themselves "
+                f"through MPI; from {format_size(info['cma_min'])} on they are {large} "
                 f"({info['transport']} transport). Iterations per round are calibrated "
                 f"to ~{ROUND_TARGET_S * 1e3:.0f} ms a round (at least {MIN_ITERS}); per-round "
                 f"min/max and iteration counts: --format csv or json."]
