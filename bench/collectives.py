@@ -24,18 +24,11 @@ from typing import Callable, Dict, List
 
 import numpy as np
 
+from benchlib import parse_sizes
 from cmampi import MPI
 
 COLLECTIVES = ["Allreduce", "Reduce", "Bcast", "Gather", "Allgather", "Scatter", "Alltoall",
                "Reduce_scatter_block", "Scan", "Barrier"]
-
-
-def parse_size(text: str) -> int:
-    text = text.strip().lower()
-    for suffix, mult in (("k", 1 << 10), ("m", 1 << 20), ("g", 1 << 30)):
-        if text.endswith(suffix):
-            return int(text[:-1]) * mult
-    return int(text)
 
 
 def calls(comm, nbytes: int, name: str):
@@ -88,7 +81,7 @@ def main(argv=None) -> int:
         return 2
     raw = comm.comm
     rank = comm.Get_rank()
-    sizes = [parse_size(s) for s in args.sizes.split(",")]
+    sizes = parse_sizes(args.sizes)
     rows: List[dict] = []
     for name in args.only.split(","):
         for nbytes in sizes if name != "Barrier" else [0]:

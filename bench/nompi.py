@@ -60,6 +60,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from benchlib import (DataError, format_size, markdown_table, parse_sizes, pattern,
+                      poison_ends, positive_int)
+
 #: Message sizes (bytes), unless ``--sizes`` says otherwise.
 DEFAULT_SIZES: Tuple[int, ...] = (8, 1 << 10, 64 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20)
 DEFAULT_ROUNDS = 5
@@ -82,48 +85,12 @@ CTRL_TAG = 18
 JOB_IMPLS = {"socket": ("pipe", "cmampi"), "mpi": ("cmampi",)}
 #: Grace period between SIGTERM and SIGKILL when a job is ended.
 GRACE_S = 5.0
-UNITS = {"": 1, "b": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20,
-         "g": 1 << 30, "gib": 1 << 30}
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.abspath(__file__)
 
 
-class DataError(RuntimeError):
-    """An implementation delivered wrong data."""
-
-
 # --------------------------------------------------------------------------------------
 # Command line
-
-def parse_size(text: str) -> int:
-    """'8', '1k', '16KiB', '1m', '64MiB' -> bytes (binary units)."""
-    t = text.strip().lower()
-    digits = t.rstrip("abcdefghijklmnopqrstuvwxyz ")
-    unit = t[len(digits):].strip()
-    if not digits.isdigit() or unit not in UNITS:
-        raise argparse.ArgumentTypeError(f"bad size {text!r}: expected e.g. 8, 1k, 16KiB, 4m")
-    value = int(digits) * UNITS[unit]
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"bad size {text!r}: must be at least 1 byte")
-    return value
-
-
-def parse_sizes(text: str) -> List[int]:
-    """A comma-separated list of sizes, deduplicated and sorted."""
-    items = [s for s in text.split(",") if s.strip()]
-    if not items:
-        raise argparse.ArgumentTypeError("--sizes: expected a comma-separated list")
-    return sorted({parse_size(s) for s in items})
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def positive_float(text: str) -> float:
@@ -163,23 +130,6 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 
 # --------------------------------------------------------------------------------------
 # Helpers shared by the workers
-
-def format_size(n: int) -> str:
-    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= scale and n % scale == 0:
-            return f"{n // scale} {unit}"
-    return f"{n} B"
-
-
-def pattern(nbytes: int) -> np.ndarray:
-    """Deterministic pseudo-random bytes, identical on both ranks."""
-    return np.random.default_rng(nbytes).integers(0, 256, nbytes, dtype=np.uint8)
-
-
-def poison_ends(rbuf: np.ndarray, expected: np.ndarray) -> None:
-    """Make the first and last received byte wrong, so a stale buffer cannot pass."""
-    rbuf[0] = expected[0] ^ 0xFF
-    rbuf[-1] = expected[-1] ^ 0xFF
 
 
 def check_ends(impl: str, rank: int, got: Any, expected: np.ndarray) -> None:
@@ -562,19 +512,6 @@ def _gbps(x: Optional[Dict[str, Any]]) -> str:
 
 def _ratio(x: Optional[float]) -> str:
     return "-" if x is None else f"{x:.2f}"
-
-
-def markdown_table(header: List[str], rows: List[List[str]]) -> List[str]:
-    """A pipe table, aligned for the terminal and valid Markdown (first column left)."""
-    widths = [max(len(x) for x in col) for col in zip(header, *rows)]
-
-    def line(cells: List[str]) -> str:
-        out = [cells[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(cells[1:], widths[1:])]
-        return "| " + " | ".join(out) + " |"
-
-    dashes = ["-" * (widths[0] + 2)] + ["-" * (w + 1) + ":" for w in widths[1:]]
-    rule = "|" + "|".join(dashes) + "|"
-    return [line(header), rule] + [line(r) for r in rows]
 
 
 def render_table(info: Dict[str, Any], rounds: int, rows: List[Dict[str, Any]]) -> str:

@@ -59,6 +59,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from benchlib import (DataError, format_size, markdown_table, parse_sizes, pattern,
+                      poison_ends, positive_int)
+
 #: Message sizes of Part 1 (bytes), unless ``--sizes`` says otherwise.
 DEFAULT_SIZES: Tuple[int, ...] = (
     8, 1 << 10, 16 << 10, 32 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20,
@@ -81,12 +84,6 @@ TAG = 17
 STRIDED_N = 4096
 SENTINEL = -1.0
 STRIDED_CASE = f"{STRIDED_N}x{STRIDED_N} float64, A[:, ::2] -> B[:, ::2]"
-UNITS = {"": 1, "b": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20,
-         "g": 1 << 30, "gib": 1 << 30}
-
-
-class DataError(RuntimeError):
-    """An implementation delivered wrong data."""
 
 
 # --------------------------------------------------------------------------------------
@@ -138,37 +135,6 @@ class _Parser(argparse.ArgumentParser):
             super()._print_message(message, file)
 
 
-def parse_size(text: str) -> int:
-    """'8', '1k', '16KiB', '1m', '64MiB' -> bytes (binary units)."""
-    t = text.strip().lower()
-    digits = t.rstrip("abcdefghijklmnopqrstuvwxyz ")
-    unit = t[len(digits):].strip()
-    if not digits.isdigit() or unit not in UNITS:
-        raise argparse.ArgumentTypeError(f"bad size {text!r}: expected e.g. 8, 1k, 16KiB, 4m")
-    value = int(digits) * UNITS[unit]
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"bad size {text!r}: must be at least 1 byte")
-    return value
-
-
-def parse_sizes(text: str) -> List[int]:
-    """A comma-separated list of sizes, deduplicated and sorted."""
-    items = [s for s in text.split(",") if s.strip()]
-    if not items:
-        raise argparse.ArgumentTypeError("--sizes: expected a comma-separated list")
-    return sorted({parse_size(s) for s in items})
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def parse_args(argv: Optional[Sequence[str]], silent: bool) -> argparse.Namespace:
     p = _Parser(description="Ping-pong benchmark: cmampi vs plain mpi4py "
                             "(run with mpiexec -n 2).", silent=silent)
@@ -189,12 +155,6 @@ def parse_args(argv: Optional[Sequence[str]], silent: bool) -> argparse.Namespac
 
 # --------------------------------------------------------------------------------------
 # Helpers
-
-def format_size(n: int) -> str:
-    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= scale and n % scale == 0:
-            return f"{n // scale} {unit}"
-    return f"{n} B"
 
 
 def machine_info(MPI: Any) -> Dict[str, Any]:
@@ -242,10 +202,6 @@ def calibrate(raw: Any, run_both: Callable[[int], float]) -> int:
 # --------------------------------------------------------------------------------------
 # Part 1: contiguous ping-pong
 
-def pattern(nbytes: int) -> np.ndarray:
-    """Deterministic pseudo-random bytes, identical on both ranks."""
-    return np.random.default_rng(nbytes).integers(0, 256, nbytes, dtype=np.uint8)
-
 
 def pingpong(c: Any, rank: int, sbuf: np.ndarray, rbuf: np.ndarray, iters: int) -> float:
     """*iters* round trips over communicator *c*; rank 1 echoes what it received."""
@@ -260,12 +216,6 @@ def pingpong(c: Any, rank: int, sbuf: np.ndarray, rbuf: np.ndarray, iters: int) 
             recv(rbuf, 0, TAG)
             send(rbuf, 0, TAG)
     return time.perf_counter() - t0
-
-
-def poison_ends(rbuf: np.ndarray, expected: np.ndarray) -> None:
-    """Make the first and last received byte wrong, so a stale buffer cannot pass."""
-    rbuf[0] = expected[0] ^ 0xFF
-    rbuf[-1] = expected[-1] ^ 0xFF
 
 
 def check_ends(impl: str, rank: int, rbuf: np.ndarray, expected: np.ndarray) -> None:
@@ -432,19 +382,6 @@ def _gbps(x: float) -> str:
 def _row(r: Result, first: str) -> List[str]:
     return [first, _num(r.median("mpi4py") * 1e6), _gbps(r.gbps("mpi4py")),
             _num(r.median("cmampi") * 1e6), _gbps(r.gbps("cmampi")), _num(r.ratio)]
-
-
-def markdown_table(header: List[str], rows: List[List[str]]) -> List[str]:
-    """A pipe table, aligned for the terminal and valid Markdown (first column left)."""
-    widths = [max(len(x) for x in col) for col in zip(header, *rows)]
-
-    def line(cells: List[str]) -> str:
-        out = [cells[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(cells[1:], widths[1:])]
-        return "| " + " | ".join(out) + " |"
-
-    dashes = ["-" * (widths[0] + 2)] + ["-" * (w + 1) + ":" for w in widths[1:]]
-    rule = "|" + "|".join(dashes) + "|"
-    return [line(header), rule] + [line(r) for r in rows]
 
 
 def render_table(info: Dict[str, Any], rounds: int, part1: List[Result],

@@ -10,7 +10,7 @@ collective over ``COMM_WORLD``.
 
 from ._channels import world as _world
 from .comm import Intracomm
-from .request import Message, Prequest, Request
+from .request import Message, Prequest, Request  # noqa: F401 - the namespace
 
 _base, COMM_WORLD, COMM_SELF = _world(Intracomm)
 CHANNEL = "mpi" if COMM_WORLD.comm is not None else "socket"

@@ -22,7 +22,7 @@ def choose() -> str:
     if "CMAMPI_RANK" in _os.environ:
         return "socket"
     try:
-        from mpi4py import MPI  # noqa: F401
+        from mpi4py import MPI  # noqa: F401 - can MPI be loaded?
     except (ImportError, RuntimeError):
         return "socket"
     return "mpi"

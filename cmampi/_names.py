@@ -139,6 +139,7 @@ _DATATYPES = {
 for _name, _code in _DATATYPES.items():
     globals()[_name] = Datatype(_name, _code)
 DATATYPE_NULL = Datatype("DATATYPE_NULL", "")
+_BYTE: Datatype = globals()["BYTE"]
 
 
 class Status:
@@ -172,7 +173,7 @@ class Status:
         self.error = error
 
     def Get_count(self, datatype: Datatype = None) -> int:
-        size = (datatype or BYTE).Get_size()  # noqa: F821 - defined above via globals()
+        size = (datatype or _BYTE).Get_size()
         if size == 0:
             return 0 if self.count == 0 else UNDEFINED
         q, r = divmod(self.count, size)
@@ -181,7 +182,7 @@ class Status:
     Get_elements = Get_count
 
     def Set_elements(self, datatype: Datatype, count: int) -> None:
-        self.count = count * (datatype or BYTE).Get_size()  # noqa: F821
+        self.count = count * (datatype or _BYTE).Get_size()
 
     def Is_cancelled(self) -> bool:
         return self.cancelled

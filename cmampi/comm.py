@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pickle as _pickle
-from typing import Any, List, Optional
+from typing import Any, Optional
 
 from ._buffers import recv_buffer, send_buffer
 from ._config import config as _config

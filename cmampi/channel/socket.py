@@ -11,14 +11,13 @@ only their descriptors do.
 from __future__ import annotations
 
 import collections as _collections
-import errno as _errno
 import os as _os
 import pickle as _pickle
 import select as _select
 import socket as _socket
 import struct as _struct
 import time as _time
-from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Deque, Dict, List, Optional, Sequence
 
 import numpy as _np
 
@@ -315,7 +314,6 @@ class Hub:
 
     def _pump(self, conn: _Conn) -> None:
         """Read and dispatch everything this connection has for us now."""
-        sock = conn.sock
         drained = False      # a read came back short: the socket is (very likely) empty
         while True:
             cur = conn.cur
@@ -330,16 +328,9 @@ class Hub:
                     filled += k
                     need -= k
                 if need >= _DIRECT:
-                    try:
-                        got = sock.recv_into(dest[filled:], need)
-                    except (BlockingIOError, InterruptedError):
+                    got = self._read(conn, dest[filled:])
+                    if not got:
                         cur[1] = filled
-                        return
-                    except OSError as exc:
-                        self._lost(conn, exc.strerror or str(exc))
-                        return
-                    if got == 0:
-                        self._lost(conn, "connection closed")
                         return
                     filled += got
                     need -= got
@@ -365,18 +356,24 @@ class Hub:
                 left = conn.rhi - conn.rlo
                 conn.rmv[:left] = conn.rmv[conn.rlo : conn.rhi]
                 conn.rlo, conn.rhi = 0, left
-            try:
-                got = sock.recv_into(conn.rmv[conn.rhi :])
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                self._lost(conn, exc.strerror or str(exc))
-                return
-            if got == 0:
-                self._lost(conn, "connection closed")
+            got = self._read(conn, conn.rmv[conn.rhi :])
+            if not got:
                 return
             drained = conn.rhi + got < len(conn.rbuf)
             conn.rhi += got
+
+    def _read(self, conn: _Conn, view: memoryview) -> int:
+        """Bytes read into *view*: 0 when nothing is there now, or the peer is lost."""
+        try:
+            got = conn.sock.recv_into(view)
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except OSError as exc:
+            self._lost(conn, exc.strerror or str(exc))
+            return 0
+        if got == 0:
+            self._lost(conn, "connection closed")
+        return got
 
     def _payload_done(self, src: int, dest: memoryview, info) -> None:
         space, ctx, tag, n, h = info
