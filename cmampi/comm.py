@@ -9,6 +9,7 @@ from ._buffers import recv_buffer, send_buffer
 from ._config import config as _config
 from . import _wire
 from . import coll as _coll_mod
+from . import objects as _objects
 from . import p2p as _p2p
 from .request import Message, PartitionedRequest, Prequest, Request
 
@@ -528,13 +529,10 @@ class Intracomm:
     def _send_obj(self, obj, dest, tag, sync: bool, wait: bool) -> Optional[Request]:
         e = self._engine
         dest, tag = self._dest(dest), self._tag(tag, False)
-        data = send_buffer(self._dumps(obj))
         if dest == e.names.PROC_NULL:
+            self._dumps(obj)    # an unpicklable object fails here too
             return None if wait else self._null_request()
-        if wait and not sync:
-            e.send(data.obj, dest, tag, announce=True)
-            return None
-        req = Request(e.isend(data, dest, tag, sync, wait, announce=True))
+        req = Request(_objects.isend(e, obj, dest, tag, sync, wait))
         if wait:
             req.Wait()
             return None
@@ -569,7 +567,7 @@ class Intracomm:
         if source == self._engine.names.PROC_NULL:
             return self._null_request(lambda op: None)
         op = self._engine.irecv(None, source, tag)
-        op.decode = _loads
+        op.decode = _objects.loads
         return Request(op)
 
     def recv(self, buf=None, source: int = -2, tag: int = -1, status=None) -> Any:
@@ -596,7 +594,3 @@ class Intracomm:
     def iprobe(self, source: int = -2, tag: int = -1, status=None) -> bool:
         """Nonblocking test for a message."""
         return self.Iprobe(source, tag, status)
-
-
-def _loads(op) -> Any:
-    return _pickle.loads(op.buf.array) if op.buf is not None and op.nbytes else None
