@@ -303,7 +303,7 @@ def size_case(comm: Any, rank: int, pipe: Optional[PipePeer], nbytes: int,
 def worker_info(MPI: Any, channel: str) -> Dict[str, Any]:
     from cmampi._config import config
     info: Dict[str, Any] = {"channel": MPI.CHANNEL, "eager_limit": config.eager_limit,
-                            "transport": config.transport, "pid0": os.getpid()}
+                            "transport": config.transport}
     if channel == "mpi":
         import mpi4py
         info["mpi"] = " ".join(MPI.Get_library_version().splitlines()[0].split())
@@ -633,7 +633,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print("nompi.py: --worker needs --result", file=sys.stderr)
             return 2
         return worker(args)
-    return drive(args)
+    try:
+        return drive(args)
+    except KeyboardInterrupt:        # the running job was ended by run_job
+        print("nompi.py: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -587,6 +587,56 @@ class Intracomm:
         sreq.Wait()
         return result
 
+    # Lowercase collectives: mpi4py's own on the MPI channel, cmampi's exchange
+    # on the socket channel.
+    def _objcoll(self, kind: str, obj, root: int = 0, op=None):
+        if self._comm is not None:
+            fn = getattr(self._comm, kind)
+            if kind in ("bcast", "scatter", "gather"):
+                return fn(obj, root)
+            if kind == "reduce":
+                return fn(obj, self._op(op), root)
+            if kind in ("allreduce", "scan", "exscan"):
+                return fn(obj, self._op(op))
+            return fn(obj)
+        return _objects.collective(self._coll, kind, obj, root, self._op(op))
+
+    def bcast(self, obj: Any, root: int = 0) -> Any:
+        """Broadcast."""
+        return self._objcoll("bcast", obj, root)
+
+    def gather(self, sendobj: Any, root: int = 0):
+        """Gather."""
+        return self._objcoll("gather", sendobj, root)
+
+    def scatter(self, sendobj, root: int = 0) -> Any:
+        """Scatter."""
+        return self._objcoll("scatter", sendobj, root)
+
+    def allgather(self, sendobj: Any):
+        """Gather to All."""
+        return self._objcoll("allgather", sendobj)
+
+    def alltoall(self, sendobj):
+        """All to All Scatter/Gather."""
+        return self._objcoll("alltoall", sendobj)
+
+    def reduce(self, sendobj: Any, op=None, root: int = 0):
+        """Reduce to Root."""
+        return self._objcoll("reduce", sendobj, root, op)
+
+    def allreduce(self, sendobj: Any, op=None) -> Any:
+        """Reduce to All."""
+        return self._objcoll("allreduce", sendobj, op=op)
+
+    def scan(self, sendobj: Any, op=None) -> Any:
+        """Inclusive Scan."""
+        return self._objcoll("scan", sendobj, op=op)
+
+    def exscan(self, sendobj: Any, op=None) -> Any:
+        """Exclusive Scan."""
+        return self._objcoll("exscan", sendobj, op=op)
+
     def probe(self, source: int = -2, tag: int = -1, status=None) -> bool:
         """Blocking test for a message."""
         return self.Probe(source, tag, status)

@@ -91,3 +91,61 @@ def loads(op: _p2p.Op) -> Any:
         # The sender holds its buffers until this reply, whatever happened here.
         engine.ch.send_reply(bytes((code,)), op.source, obj.xid)
     return _pickle.loads(obj.stream, buffers=buffers)
+
+
+# -- object collectives (over the collectives' exchange) ------------------------------------
+
+def _fold(op, items: List[Any]) -> Any:
+    """items[0] op items[1] op ... in rank order, as mpi4py's reductions do."""
+    result = items[0]
+    for item in items[1:]:
+        result = op(result, item)
+    return result
+
+
+def collective(coll, kind: str, obj: Any, root: int = 0, op=None) -> Any:
+    """mpi4py's lowercase collectives on pickled objects, via one exchange.
+
+    Every rank gets every rank's contribution, so each rank computes its own
+    result; a failure to pickle on any rank is raised on every rank.
+    """
+    me, size = coll.rank, coll.size
+    if kind in ("bcast", "scatter", "gather", "reduce") and not (
+            isinstance(root, int) and 0 <= root < size):
+        raise coll.names.Exception(coll.names.ERR_ROOT)
+    mine = obj
+    err = None
+    if kind == "bcast" or kind == "scatter":
+        mine = obj if me == root else None
+    if kind in ("scatter", "alltoall") and mine is not None:
+        try:
+            mine = list(mine)
+            if len(mine) != size:
+                raise ValueError(f"expecting {size} items, got {len(mine)}")
+        except (TypeError, ValueError) as exc:
+            err, mine = exc, None
+    try:
+        data = _pickle.dumps(mine, _pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:  # noqa: BLE001 - raised on every rank by agree()
+        err, data = exc, None
+    records = coll.agree(err, None, data, inline=True)
+    items = [_pickle.loads(r[2]) for r in records]
+    if kind == "bcast":
+        return items[root]
+    if kind == "scatter":
+        return items[root][me]
+    if kind == "gather":
+        return items if me == root else None
+    if kind == "allgather":
+        return items
+    if kind == "alltoall":
+        return [items[r][me] for r in range(size)]
+    if kind == "allreduce":
+        return _fold(op, items)
+    if kind == "reduce":
+        return _fold(op, items) if me == root else None
+    if kind == "scan":
+        return _fold(op, items[: me + 1])
+    if kind == "exscan":
+        return _fold(op, items[:me]) if me else None
+    raise ValueError(kind)

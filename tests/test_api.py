@@ -19,6 +19,11 @@ COMM_METHODS = [
     "Dup", "Split", "Barrier", "Abort",
     "send", "ssend", "bsend", "isend", "issend", "ibsend", "recv", "irecv", "sendrecv",
     "probe", "iprobe", "barrier",
+    "Bcast", "Gather", "Gatherv", "Scatter", "Scatterv", "Allgather", "Allgatherv",
+    "Alltoall", "Alltoallv", "Reduce", "Allreduce", "Reduce_scatter_block",
+    "Reduce_scatter", "Scan", "Exscan", "Psend_init", "Precv_init",
+    "bcast", "gather", "scatter", "allgather", "alltoall", "reduce", "allreduce",
+    "scan", "exscan",
 ]
 REQUEST_METHODS = ["Wait", "Test", "Get_status", "Cancel", "Free", "Waitall", "Testall",
                    "Waitany", "Testany", "Waitsome", "Testsome", "wait", "test"]

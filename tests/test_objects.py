@@ -78,3 +78,24 @@ def test_unpicklable_fails_on_the_sender(comm, MPI):
         comm.send("after", 1, 1)
     elif rank == 1:
         assert comm.recv(source=0, tag=1) == "after"   # not left hanging, nothing stray
+
+
+def test_object_collectives(comm, MPI):
+    rank, size = comm.Get_rank(), comm.Get_size()
+    root = size - 1
+    assert comm.bcast({"r": root, "a": np.arange(3)} if rank == root else None, root)["r"] == root
+    got = comm.gather((rank, "x" * rank), root)
+    assert got == ([(r, "x" * r) for r in range(size)] if rank == root else None)
+    assert comm.scatter([r * 10 for r in range(size)] if rank == 0 else None, 0) == rank * 10
+    assert comm.allgather(rank) == list(range(size))
+    assert comm.alltoall([(rank, d) for d in range(size)]) == [(s, rank) for s in range(size)]
+    total = sum(range(size))
+    assert comm.allreduce(rank) == total
+    assert comm.allreduce([rank]) == list(range(size))          # SUM of lists concatenates
+    assert comm.allreduce(rank, op=MPI.MAX) == size - 1
+    assert comm.reduce(rank, root=root) == (total if rank == root else None)
+    assert comm.scan(rank) == sum(range(rank + 1))
+    ex = comm.exscan(rank)
+    if rank > 0:
+        assert ex == sum(range(rank))
+    assert comm.allreduce(np.full(3, rank), op=lambda a, b: a + b).tolist() == [total] * 3
