@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
-from typing import List
+import time
+from typing import Any, List
 
 import numpy as np
 
-__all__ = ["UNITS", "DataError", "format_size", "markdown_table", "parse_size", "parse_sizes",
-           "pattern", "poison_ends", "positive_int"]
+__all__ = ["UNITS", "TAG", "DataError", "format_size", "markdown_table", "parse_size",
+           "parse_sizes", "pattern", "pingpong", "poison_ends", "positive_int"]
+
+#: Tag of the ping-pong messages.
+TAG = 17
 
 
 UNITS = {"": 1, "b": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20,
@@ -79,3 +83,18 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
+
+
+def pingpong(comm: Any, rank: int, sbuf: np.ndarray, rbuf: np.ndarray, iters: int) -> float:
+    """*iters* round trips over *comm* between ranks 0 and 1; rank 1 echoes what it got."""
+    send, recv = comm.Send, comm.Recv
+    t0 = time.perf_counter()
+    if rank == 0:
+        for _ in range(iters):
+            send(sbuf, 1, TAG)
+            recv(rbuf, 1, TAG)
+    else:
+        for _ in range(iters):
+            recv(rbuf, 0, TAG)
+            send(rbuf, 0, TAG)
+    return time.perf_counter() - t0

@@ -61,7 +61,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from benchlib import (DataError, format_size, markdown_table, parse_sizes, pattern,
-                      poison_ends, positive_int)
+                      pingpong, poison_ends, positive_int)
 
 #: Message sizes (bytes), unless ``--sizes`` says otherwise.
 DEFAULT_SIZES: Tuple[int, ...] = (8, 1 << 10, 64 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20)
@@ -78,7 +78,6 @@ CALIBRATION_S = 0.01
 CALIBRATION_TRIALS = 3
 #: Untimed iterations per implementation before calibration.
 WARMUP_ITERS = 3
-TAG = 17
 #: Tag of the driver-to-follower control messages (iteration counts, decisions).
 CTRL_TAG = 18
 #: Implementations each job measures, in the order every round runs them.
@@ -227,19 +226,6 @@ class PipePeer:
 # --------------------------------------------------------------------------------------
 # Worker: one rank of a 2-rank job
 
-def pingpong(comm: Any, rank: int, sbuf: np.ndarray, rbuf: np.ndarray, iters: int) -> float:
-    """*iters* round trips with cmampi; rank 1 echoes what it received."""
-    send, recv = comm.Send, comm.Recv
-    t0 = time.perf_counter()
-    if rank == 0:
-        for _ in range(iters):
-            send(sbuf, 1, TAG)
-            recv(rbuf, 1, TAG)
-    else:
-        for _ in range(iters):
-            recv(rbuf, 0, TAG)
-            send(rbuf, 0, TAG)
-    return time.perf_counter() - t0
 
 
 def size_case(comm: Any, rank: int, pipe: Optional[PipePeer], nbytes: int,

@@ -60,7 +60,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from benchlib import (DataError, format_size, markdown_table, parse_sizes, pattern,
-                      poison_ends, positive_int)
+                      TAG, pingpong, poison_ends, positive_int)
 
 #: Message sizes of Part 1 (bytes), unless ``--sizes`` says otherwise.
 DEFAULT_SIZES: Tuple[int, ...] = (
@@ -79,7 +79,6 @@ CALIBRATION_TRIALS = 3
 WARMUP_ITERS = 3
 #: Implementations in the order each round runs them.
 IMPLS: Tuple[str, ...] = ("mpi4py", "cmampi")
-TAG = 17
 #: Part 2: order of the square float64 matrix and the value of the untouched columns.
 STRIDED_N = 4096
 SENTINEL = -1.0
@@ -203,19 +202,6 @@ def calibrate(raw: Any, run_both: Callable[[int], float]) -> int:
 # Part 1: contiguous ping-pong
 
 
-def pingpong(c: Any, rank: int, sbuf: np.ndarray, rbuf: np.ndarray, iters: int) -> float:
-    """*iters* round trips over communicator *c*; rank 1 echoes what it received."""
-    send, recv = c.Send, c.Recv
-    t0 = time.perf_counter()
-    if rank == 0:
-        for _ in range(iters):
-            send(sbuf, 1, TAG)
-            recv(rbuf, 1, TAG)
-    else:
-        for _ in range(iters):
-            recv(rbuf, 0, TAG)
-            send(rbuf, 0, TAG)
-    return time.perf_counter() - t0
 
 
 def check_ends(impl: str, rank: int, rbuf: np.ndarray, expected: np.ndarray) -> None:
