@@ -18,6 +18,7 @@ __all__ = [
     "writev",
     "read_into",
     "probe",
+    "pid_namespace",
     "oserror",
 ]
 
@@ -198,6 +199,15 @@ def writev(pid: int, local: Segments, remote: Segments) -> int:
 def read_into(pid: int, laddr: int, raddr: int, nbytes: int) -> None:
     """Copy *nbytes* contiguous bytes from *raddr* in *pid* to our *laddr*."""
     _transfer_one(_require(_readv), pid, laddr, raddr, nbytes)
+
+
+def pid_namespace():
+    """An identity of this process's pid namespace (pids only mean something inside it)."""
+    try:
+        st = _os.stat("/proc/self/ns/pid")
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
 
 
 def probe(pid: int) -> None:

@@ -74,20 +74,25 @@ class Collectives:
         recvs = [ch.irecv(self._stages[k], src, _TAG_X) for k, src in enumerate(peers)]
         sends = [ch.isend(head, dst, _TAG_X) for dst in peers]
         rest = data[RECORD_MAX - _LEN.size:]
-        if rest:
-            sends += [ch.isend(rest, dst, _TAG_X) for dst in peers]
+        # A long record's remainder may need the peer's receive posted before its
+        # send completes: wait for it only together with our own second receives.
+        more_sends = [ch.isend(rest, dst, _TAG_X) for dst in peers] if rest else []
         infos = _p2p.wait_handles(ch, recvs + sends)
         out = {me: record}
+        second, parts = [], {}
         for k, src in enumerate(peers):
             stage = self._stages[k]
             total = _LEN.unpack_from(stage)[0]
             first = infos[k][2] - _LEN.size
             if total > first:   # the record continues in a second message
                 more = bytearray(total - first)
-                _p2p.wait_handles(ch, [ch.irecv(more, src, _TAG_X)])
-                out[src] = _pickle.loads(bytes(stage[_LEN.size : _LEN.size + first]) + more)
+                second.append(ch.irecv(more, src, _TAG_X))
+                parts[src] = (bytes(stage[_LEN.size : _LEN.size + first]), more)
             else:
                 out[src] = _pickle.loads(memoryview(stage)[_LEN.size : _LEN.size + total])
+        _p2p.wait_handles(ch, second + more_sends)
+        for src, (head_part, more) in parts.items():
+            out[src] = _pickle.loads(head_part + more)
         return [out[r] for r in range(n)]
 
     def barrier(self) -> None:

@@ -206,8 +206,24 @@ class Engine:
         self.stash: _collections.deque = _collections.deque()  # drained by probes
         self.coll = None    # the communicator's collectives, made on first use
         self._xid = 0
-        self.cma = [channel.nodes[p] == channel.nodes[self.rank] and config.transport == "cma"
-                    for p in range(self.size)]
+        self.cma = [self._cma_ok(p, config) for p in range(self.size)]
+
+    def _cma_ok(self, peer: int, config) -> bool:
+        """Whether payloads from *peer* can be pulled: same node, same pid namespace,
+        and the kernel actually lets us read it (probed, never assumed)."""
+        ch = self.ch
+        if config.transport != "cma" or ch.nodes[peer] != ch.nodes[self.rank]:
+            return False
+        if ch.pidns[peer] != ch.pidns[self.rank]:
+            _warn_once(f"rank {peer} runs in another pid namespace")
+            return False
+        try:
+            _cma.probe(ch.pids[peer])
+        except OSError as exc:
+            _warn_once(f"cross-memory access to rank {peer} (pid {ch.pids[peer]}) was "
+                       f"refused: {exc}")
+            return False
+        return True
 
     def next_xid(self) -> int:
         self._xid = (self._xid + 1) % self.ch.xid_limit
@@ -507,6 +523,22 @@ class Engine:
 
 
 # -- progress ----------------------------------------------------------------------------
+
+_warned = False
+
+
+def _warn_once(why: str) -> None:
+    """One warning per process: CMA is off for some peer, payloads are copied instead."""
+    global _warned
+    if not _warned:
+        _warned = True
+        import warnings
+
+        warnings.warn(f"cmampi: {why}; payloads to and from such ranks are copied "
+                      "through the channel instead (results are the same, only slower). "
+                      "Set CMAMPI_TRANSPORT=copy to choose this explicitly.",
+                      RuntimeWarning, stacklevel=3)
+
 
 _ndarray = np.ndarray
 

@@ -22,4 +22,8 @@ echo "== collectives at 4 ranks (oversubscribed), both channels"
 mpiexec -n 4 "${PYTEST[@]}" --with-mpi -m mpi tests/test_coll.py
 PYTHONPATH="$ROOT/tests/no_mpi4py" python -m cmampi -n 4 --timeout 600 \
     -m pytest -q -p no:cacheprovider -p no:pytest_mpi -m mpi tests/test_coll.py
+echo "== copy transport (payloads through the channel, as where CMA is refused)"
+CMAMPI_TRANSPORT=copy mpiexec -n 2 "${PYTEST[@]}" --with-mpi -m mpi tests
+CMAMPI_TRANSPORT=copy PYTHONPATH="$ROOT/tests/no_mpi4py" python -m cmampi -n 2 --timeout 600 \
+    -m pytest -q -p no:cacheprovider -p no:pytest_mpi -m mpi tests
 echo "== all test runs passed"

@@ -8,6 +8,7 @@ from typing import List, Optional, Sequence, Tuple
 
 from mpi4py import MPI as _MPI
 
+from .._cma import pid_namespace
 from .._config import CMA_MIN_DEFAULTS
 
 __all__ = ["MPIChannel"]
@@ -44,9 +45,11 @@ class MPIChannel:
         finally:
             shared.Free()
         key = node if node is not None else f"{_socket.gethostname()}#{local_id}"
-        info = comm.allgather((_os.getpid(), key))
-        self.pids: List[int] = [pid for pid, _ in info]
-        self.nodes: List[str] = [k for _, k in info]
+        info = comm.allgather((_os.getpid(), key, pid_namespace()))
+        self.pids: List[int] = [pid for pid, _, _ in info]
+        self.nodes: List[str] = [k for _, k, _ in info]
+        #: A peer's pid is only usable for CMA inside the same pid namespace.
+        self.pidns = [ns for _, _, ns in info]
         self.status = _MPI.Status()
 
     # -- user space --------------------------------------------------------------------

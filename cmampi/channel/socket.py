@@ -535,6 +535,8 @@ class SocketChannel:
         self.pids = [hub.pids[w] for w in group]
         node = _os.environ.get("CMAMPI_NODE", "local")
         self.nodes = [node] * self.size
+        # SO_PEERCRED reports peers' pids as our namespace sees them.
+        self.pidns = [None] * self.size
         self.tag_ub = _names.TAG_UB
         self.xid_limit = (self.tag_ub - 1) // 2
         self._seq = 0
