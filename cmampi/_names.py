@@ -277,8 +277,6 @@ BOTTOM = None
 REQUEST_NULL = None
 COMM_NULL = None
 
-_T0 = _time.perf_counter()
-
 
 def Wtime() -> float:
     """Elapsed wall-clock time in seconds."""

@@ -279,23 +279,17 @@ def bcast(c: Collectives, spec, root: int) -> None:
             a.view(_np.uint8)[...] = _np.frombuffer(payload, _np.uint8)
             f.finish()
         return
+    # Between two ranks the root, idle otherwise, writes the second half while
+    # the peer reads the first; with more ranks every peer reads it all.
+    half = (n // 2) & ~4095 if c.size == 2 else n
     if me != root:
-        view = a.view(_np.uint8)
-        if c.size == 2:
-            # The root, idle otherwise, writes the second half while we read the first.
-            half = (n // 2) & ~4095
-            c.pull(root, raddr, view[:half])
-            c.barrier()       # the root's half has landed too
-        else:
-            c.pull(root, raddr, view)
-            c.barrier()
-        f.finish()
-        return
-    if c.size == 2:
-        half = (n // 2) & ~4095
+        c.pull(root, raddr, a.view(_np.uint8)[:half])
+    elif c.size == 2:
         peer = 1 - root
         c.push(peer, a.view(_np.uint8)[half:], records[peer][1][1] + half)
-    c.barrier()
+    c.barrier()               # every copy into every buffer has landed
+    if me != root:
+        f.finish()
 
 
 def gather(c: Collectives, sendspec, recvspec, root: int, counts=None, displs=None,

@@ -434,9 +434,6 @@ class Intracomm:
         return Request(rreq._op, sreq._ops())
 
     # -- persistent requests -------------------------------------------------------------
-    def _persistent(self, start) -> Prequest:
-        return Prequest(start)
-
     def Send_init(self, buf, dest: int, tag: int = 0) -> Prequest:
         """Create a persistent request for a standard send."""
         self._dest(dest), self._tag(tag, False), send_buffer(buf)
