@@ -265,7 +265,10 @@ def _as_array(obj) -> _np.ndarray:
 def _datatype_size(dt) -> Tuple[int, int, int]:
     """(size, lower bound, extent) of an mpi4py Datatype or a type code."""
     if isinstance(dt, str):
-        size = _np.dtype(dt).itemsize
+        try:
+            size = _np.dtype(dt).itemsize
+        except TypeError:   # mpi4py's error for a type code it cannot map
+            raise KeyError(f"cannot map {dt!r} to MPI datatype") from None
         return size, 0, size
     get_size = getattr(dt, "Get_size", None)
     if get_size is None:

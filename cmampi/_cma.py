@@ -1,11 +1,17 @@
-"""Cross Memory Attach: the only module that calls process_vm_readv/process_vm_writev."""
+"""Cross Memory Attach: the only module that calls process_vm_readv/process_vm_writev.
+
+It also holds the process-level calls CMA depends on: Yama's ``PR_SET_PTRACER``,
+the namespaces a pid belongs to, and pidfds (`Peer`), so that a read through a
+pid can never return another process's memory after the peer has exited.
+"""
 
 from __future__ import annotations
 
 import ctypes as _ctypes
 import errno as _errno
 import os as _os
-from typing import Sequence, Tuple, Union
+import select as _select
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import numpy as _np
 
@@ -19,7 +25,14 @@ __all__ = [
     "read_into",
     "probe",
     "pid_namespace",
+    "user_namespace",
     "oserror",
+    "Peer",
+    "hold",
+    "release",
+    "ptrace_scope",
+    "ptracer_plan",
+    "set_ptracer_any",
 ]
 
 #: Most iovecs the kernel takes per side in one call (UIO_MAXIOV).
@@ -53,13 +66,18 @@ try:
 except AttributeError:  # pragma: no cover - libc without the wrappers
     _readv = _writev = None
 
+_libc.prctl.argtypes = [_ctypes.c_int] + [_ctypes.c_ulong] * 4
+_libc.prctl.restype = _ctypes.c_int
+
+#: prctl option with which a process names who may ptrace it under Yama (b"Yama").
+PR_SET_PTRACER = 0x59616D61
+#: ... any process at all (subject to the usual same-user and dumpable checks).
+PR_SET_PTRACER_ANY = _ctypes.c_ulong(-1).value
+_YAMA_SCOPE = "/proc/sys/kernel/yama/ptrace_scope"
+_CAP_SYS_PTRACE = 19
+_COPY_FIX = "set CMAMPI_TRANSPORT=copy to use the copy path without trying CMA"
+
 _HINTS = {
-    _errno.EPERM: (
-        "the kernel refused cross-memory access to pid {pid}: ranks must run as the "
-        "same user, and Yama's /proc/sys/kernel/yama/ptrace_scope must be 0 (or the "
-        "peer must allow us with prctl(PR_SET_PTRACER)); set CMAMPI_TRANSPORT=copy "
-        "to use the copy path instead"
-    ),
     _errno.ESRCH: "no process with pid {pid}: the peer has exited",
     _errno.EFAULT: "an address range is not mapped in pid {pid} or in this process",
     _errno.ENOSYS: (
@@ -71,13 +89,73 @@ _HINTS = {
 }
 
 
+def _error(err: int, hint: Optional[str]) -> OSError:
+    """``OSError(err, ...)``, which picks the subclass (``PermissionError``, ...)."""
+    msg = _os.strerror(err)
+    return OSError(err, f"{msg}: {hint}" if hint else msg)
+
+
 def oserror(err: int, pid: int) -> OSError:
     """The ``OSError`` subclass for *err*, with a hint about what it means for CMA."""
+    if err == _errno.EPERM:
+        return _error(err, f"the kernel refused cross-memory access to pid {pid}: "
+                           f"{_why_refused(pid)}; {_COPY_FIX}")
     hint = _HINTS.get(err)
-    msg = _os.strerror(err)
-    if hint:
-        msg = f"{msg}: {hint.format(pid=pid)}"
-    return OSError(err, msg)
+    return _error(err, hint.format(pid=pid) if hint else None)
+
+
+def _status(pid: Union[int, str]) -> Dict[str, str]:
+    """The fields of ``/proc/<pid>/status`` (readable by anyone), or {} if it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+    except OSError:
+        return {}
+
+
+def _dump_owner(pid: int) -> Optional[int]:
+    """Who owns the files of ``/proc/<pid>``: its effective uid if it is dumpable,
+    root (of its user namespace) if not."""
+    try:
+        return _os.stat(f"/proc/{pid}/status").st_uid
+    except OSError:
+        return None
+
+
+def _why_refused(pid: int) -> str:
+    """Which of the kernel's ptrace rules (PTRACE_MODE_ATTACH_REALCREDS) refuses us *pid*.
+
+    Without CAP_SYS_PTRACE we need the peer's real, effective and saved uids
+    (and gids) to be our real uid (and gid), and the peer to be dumpable; then
+    Yama may still say no.
+    """
+    peer = _status(pid)
+    capable = int(_status("self").get("CapEff", "0"), 16) >> _CAP_SYS_PTRACE & 1
+    uids = peer.get("Uid", "").split()[:3]
+    gids = peer.get("Gid", "").split()[:3]
+    if len(uids) == 3 and len(gids) == 3 and not capable:
+        for kind, ids, ours in (("uid", uids, _os.getuid()), ("gid", gids, _os.getgid())):
+            if any(int(i) != ours for i in ids):
+                return (f"it runs as {kind} {'/'.join(ids)} and we as {kind} {ours}, and only "
+                        "the same user and group (or a process with CAP_SYS_PTRACE) may read "
+                        "another's memory")
+        if _dump_owner(pid) not in (None, int(uids[1])):
+            return ("it is not dumpable (it changed its user or group ids, e.g. with setuid, "
+                    "or called prctl(PR_SET_DUMPABLE, 0)), and only CAP_SYS_PTRACE may read "
+                    "a process that is not; it may call prctl(PR_SET_DUMPABLE, 1)")
+    scope = ptrace_scope()
+    if scope == 1:
+        return ("Yama's ptrace_scope is 1 and the peer did not name us with "
+                "prctl(PR_SET_PTRACER) (cmampi does so at start-up unless "
+                "CMAMPI_SET_PTRACER=0); or set /proc/sys/kernel/yama/ptrace_scope to 0")
+    if scope == 2:
+        return ("Yama's ptrace_scope is 2 (admin-only attach): only CAP_SYS_PTRACE may read "
+                "a peer; an administrator can set /proc/sys/kernel/yama/ptrace_scope to 1 or 0")
+    if scope is not None and scope >= 3:
+        return (f"Yama's ptrace_scope is {scope} (no attach): nobody may read another "
+                "process until the next reboot")
+    return ("same user, dumpable peer and Yama's ptrace_scope allow it, so a security "
+            "module, seccomp or the container's policy refuses ptrace access")
 
 
 def as_segments(segs: Segments) -> _np.ndarray:
@@ -124,8 +202,10 @@ def _transfer_one(fn, pid: int, laddr: int, raddr: int, nbytes: int) -> None:
 
 def _window(segs: _np.ndarray, ends: _np.ndarray, lo: int, hi: int) -> _np.ndarray:
     """The rows of *segs* covering stream bytes [lo, hi), trimmed at both ends."""
-    i = int(_np.searchsorted(ends, lo, side="right"))
-    j = int(_np.searchsorted(ends, hi, side="left"))
+    # uint64 keys: a Python int would make numpy convert all of *ends* on every
+    # call, and a transfer of n segments quadratic in n.
+    i = int(_np.searchsorted(ends, _np.uint64(lo), side="right"))
+    j = int(_np.searchsorted(ends, _np.uint64(hi), side="left"))
     win = segs[i : j + 1].copy()
     start_i = int(ends[i] - segs[i, 1])
     cut = lo - start_i
@@ -137,7 +217,7 @@ def _window(segs: _np.ndarray, ends: _np.ndarray, lo: int, hi: int) -> _np.ndarr
 
 def _reach(ends: _np.ndarray, lo: int) -> int:
     """Stream offset reached by at most IOV_MAX segments starting at offset *lo*."""
-    i = int(_np.searchsorted(ends, lo, side="right"))
+    i = int(_np.searchsorted(ends, _np.uint64(lo), side="right"))
     return int(ends[min(i + IOV_MAX - 1, len(ends) - 1)])
 
 
@@ -179,6 +259,31 @@ def _require(fn):
     return fn
 
 
+def _checked(pid: int, before: bool, fn, *args):
+    """``fn(*args)``, guarded by the pidfd of *pid* if one is held (see `Peer`).
+
+    After a read, the peer still running means it ran throughout, so the bytes
+    are its own; a write is checked before too, as it cannot be undone. (A write
+    can still race an exit between that check and the call: the pid would have
+    to be reaped and handed out again within microseconds, which the kernel's
+    cyclic allocator does only after every other free pid, unless a privileged
+    process asks for that pid (``ns_last_pid``, ``clone3``). Only a pidfd-taking
+    process_vm_writev, not in Linux yet, would close that window.)
+    """
+    peer = _held.get(pid)
+    if peer is None:
+        return fn(*args)
+    if before:
+        peer.check()
+    try:
+        out = fn(*args)
+    except OSError:
+        peer.check()    # an exited peer explains the failure better (ESRCH, EFAULT)
+        raise
+    peer.check()
+    return out
+
+
 def readv(pid: int, local: Segments, remote: Segments) -> int:
     """Copy the bytes of *remote* segments in process *pid* into our *local* segments.
 
@@ -186,36 +291,42 @@ def readv(pid: int, local: Segments, remote: Segments) -> int:
     Any number of segments and any total size are accepted: calls are batched by
     ``IOV_MAX`` and ``MAX_RW_COUNT`` and partial transfers are resumed. Returns the
     number of bytes copied; raises ``OSError`` (``PermissionError``,
-    ``ProcessLookupError``, ...) on failure, never a silent short read.
+    ``ProcessLookupError``, ...) on failure, never a silent short read. While a
+    `Peer` for *pid* is held, a peer that has exited raises ``ProcessLookupError``.
     """
-    return _transfer(_require(_readv), pid, local, remote)
+    return _checked(pid, False, _transfer, _require(_readv), pid, local, remote)
 
 
 def writev(pid: int, local: Segments, remote: Segments) -> int:
     """Copy our *local* segments into *remote* segments of process *pid* (see `readv`)."""
-    return _transfer(_require(_writev), pid, local, remote)
+    return _checked(pid, True, _transfer, _require(_writev), pid, local, remote)
 
 
 def read_into(pid: int, laddr: int, raddr: int, nbytes: int) -> None:
     """Copy *nbytes* contiguous bytes from *raddr* in *pid* to our *laddr*."""
-    _transfer_one(_require(_readv), pid, laddr, raddr, nbytes)
+    _checked(pid, False, _transfer_one, _require(_readv), pid, laddr, raddr, nbytes)
 
 
-def pid_namespace():
-    """An identity of this process's pid namespace (pids only mean something inside it)."""
+def _namespace(kind: str, pid: Union[int, str]):
     try:
-        st = _os.stat("/proc/self/ns/pid")
+        st = _os.stat(f"/proc/{pid}/ns/{kind}")
     except OSError:
         return None
     return (st.st_dev, st.st_ino)
 
 
-def probe(pid: int) -> None:
-    """Check that the kernel lets us read *pid*'s memory; raise the refusal if not.
+def pid_namespace():
+    """An identity of this process's pid namespace (pids only mean something inside it)."""
+    return _namespace("pid", "self")
 
-    The permission check comes before any address check, so a one-byte read at
-    address 0 fails with EFAULT exactly when access is allowed.
-    """
+
+def user_namespace(pid: Union[int, str] = "self"):
+    """An identity of the user namespace of *pid* (default: ours), or None if the
+    kernel does not show it to us (only to processes that may ptrace-read *pid*)."""
+    return _namespace("user", pid)
+
+
+def _probe(pid: int) -> None:
     fn = _require(_readv)
     buf = _ctypes.create_string_buffer(1)
     iov = _iovec_pair((_ctypes.addressof(buf), 1), (0, 1))
@@ -224,3 +335,166 @@ def probe(pid: int) -> None:
     err = _ctypes.get_errno() if n < 0 else 0
     if err != _errno.EFAULT:
         raise oserror(err or _errno.EIO, pid)
+
+
+def probe(pid: int) -> None:
+    """Check that the kernel lets us read *pid*'s memory; raise the refusal if not.
+
+    The permission check comes before any address check, so a one-byte read at
+    address 0 fails with EFAULT exactly when access is allowed.
+    """
+    _checked(pid, False, _probe, pid)
+
+
+# -- pidfds: a pid that cannot come to name another process ------------------------------
+
+class Peer:
+    """A peer process held by a pidfd, so that reading it through its pid is safe.
+
+    A pid is only a number: once its process has exited and been reaped, the
+    kernel may give it to a new process, and ``process_vm_readv`` would copy
+    that process's memory. A pidfd refers to one process for good and polls
+    readable once it has exited. While a ``Peer`` is held (`hold`), every
+    `readv`, `read_into`, `writev` and `probe` of its pid checks it after the
+    copy (writes also before): a peer still running after the read ran
+    throughout it, so the bytes are its own; otherwise they are not delivered
+    and ``ProcessLookupError`` is raised. One ``poll`` per call.
+
+    Kernels older than 5.3 have no pidfds: a descriptor of ``/proc/<pid>``
+    serves instead, which sees the process once it has been reaped (only then
+    can its pid be reused). *rank* names the peer in error messages.
+    """
+
+    pid = 0
+    rank: Optional[int] = None
+    fd = -1
+    refs = 0
+    _poll = None
+
+    def __init__(self, pid: int, rank: Optional[int] = None) -> None:
+        self.pid = pid
+        self.rank = rank
+        try:
+            self.fd = _os.pidfd_open(pid)
+        except AttributeError:      # Python built without it: as an old kernel
+            self.fd = _open_proc(pid)
+        except OSError as exc:
+            if exc.errno != _errno.ENOSYS:
+                raise oserror(exc.errno, pid) from None
+            self.fd = _open_proc(pid)
+        else:
+            self._poll = _select.poll()
+            self._poll.register(self.fd, _select.POLLIN)
+
+    def alive(self) -> bool:
+        """Whether the process is still running (pidfd) or not yet reaped (/proc)."""
+        if self.fd < 0:
+            return False
+        if self._poll is not None:
+            return not self._poll.poll(0)
+        try:
+            _os.stat("stat", dir_fd=self.fd)
+        except OSError:
+            return False
+        return True
+
+    def check(self) -> None:
+        """Raise ``ProcessLookupError`` unless the process is still there."""
+        if not self.alive():
+            who = f"rank {self.rank} (pid {self.pid})" if self.rank is not None \
+                else f"pid {self.pid}"
+            raise _error(_errno.ESRCH, f"{who} has exited: what was copied may belong to "
+                         "another process that reused its pid, and was not delivered")
+
+    def close(self) -> None:
+        """Close the pidfd (idempotent); the peer then counts as gone."""
+        fd, self.fd, self._poll = self.fd, -1, None
+        if fd >= 0:
+            _os.close(fd)
+
+    def __enter__(self) -> "Peer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except OSError:
+            pass
+
+    def __repr__(self) -> str:
+        state = "closed" if self.fd < 0 else ("running" if self.alive() else "exited")
+        return f"<cmampi._cma.Peer pid {self.pid}, {state}>"
+
+
+def _open_proc(pid: int) -> int:
+    try:
+        return _os.open(f"/proc/{pid}", _os.O_RDONLY | _os.O_DIRECTORY | _os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise oserror(_errno.ESRCH, pid) from None
+
+
+#: The held peers by pid: every copy to or from one of them is checked.
+_held: Dict[int, Peer] = {}
+
+
+def hold(pid: int, rank: Optional[int] = None) -> Peer:
+    """Hold a pidfd for *pid* (shared by every holder) until `release`."""
+    peer = _held.get(pid)
+    if peer is None:
+        peer = _held[pid] = Peer(pid, rank)
+    peer.refs += 1
+    return peer
+
+
+def release(peer: Peer) -> None:
+    """Drop one hold of *peer*; the last one closes its pidfd."""
+    peer.refs -= 1
+    if peer.refs <= 0:
+        if _held.get(peer.pid) is peer:
+            del _held[peer.pid]
+        peer.close()
+
+
+# -- Yama -----------------------------------------------------------------------------------
+
+def ptrace_scope() -> Optional[int]:
+    """Yama's ``ptrace_scope`` (0 classic, 1 restricted, 2 admin-only, 3 none), or
+    None where Yama is not enabled."""
+    try:
+        with open(_YAMA_SCOPE) as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
+
+
+def ptracer_plan(scope: Optional[int], enabled: bool) -> str:
+    """What to do at start-up so that peers may read us, given Yama's *scope*.
+
+    ``"none"``: nothing restricts peers beyond the classic rules (no Yama, or 0);
+    ``"set"``: scope 1 only lets ancestors attach, so call `set_ptracer_any`;
+    ``"off"``: that call was switched off (``CMAMPI_SET_PTRACER=0``);
+    ``"blocked"``: scope 2 or 3, which no call of ours can lift (the probes fail
+    and the warning says so).
+    """
+    if not scope:
+        return "none"
+    if scope == 1:
+        return "set" if enabled else "off"
+    return "blocked"
+
+
+def set_ptracer_any() -> None:
+    """``prctl(PR_SET_PTRACER, PR_SET_PTRACER_ANY)``: under Yama scope 1, let any
+    process (of the same user, the classic rules still apply) read our memory.
+
+    Yama names at most one ptracer pid per process, and a rank has several
+    peers, so ANY is the only choice (Open MPI and UCX do the same). Without
+    Yama the kernel answers ``EINVAL``.
+    """
+    if _libc.prctl(PR_SET_PTRACER, PR_SET_PTRACER_ANY, 0, 0, 0) != 0:
+        err = _ctypes.get_errno()
+        raise _error(err, "Yama is not enabled in this kernel" if err == _errno.EINVAL
+                     else "prctl(PR_SET_PTRACER) failed")

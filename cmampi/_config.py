@@ -39,6 +39,17 @@ def _choice(name: str, default: str, choices: tuple[str, ...]) -> str:
     return value
 
 
+def _flag(name: str, default: bool) -> bool:
+    value = _os.environ.get(name, "").strip().lower()
+    if not value:
+        return default
+    if value in ("1", "yes", "true", "on"):
+        return True
+    if value in ("0", "no", "false", "off"):
+        return False
+    raise ValueError(f"{name}={value!r}: expected 1 or 0")
+
+
 @dataclass(frozen=True)
 class Config:
     """Settings read from the environment (see the README's configuration table)."""
@@ -58,6 +69,12 @@ class Config:
     transport: str
     #: ``auto``, ``mpi`` or ``socket``.
     channel: str
+    #: Where Yama's ptrace_scope is 1, call ``prctl(PR_SET_PTRACER, ANY)`` at start-up
+    #: so that the job's peers may read this process.
+    set_ptracer: bool = True
+    #: The node this rank claims to be on (MPI channel): ranks with different
+    #: values never use CMA between them. None: as ``Split_type(COMM_TYPE_SHARED)`` says.
+    node: Optional[str] = None
 
     @classmethod
     def from_environ(cls) -> "Config":
@@ -68,6 +85,8 @@ class Config:
             chunk=max(_size("CMAMPI_CHUNK", 2 << 20), 4096),
             transport=_choice("CMAMPI_TRANSPORT", "cma", ("cma", "copy")),
             channel=_choice("CMAMPI_CHANNEL", "auto", ("auto", "mpi", "socket")),
+            set_ptracer=_flag("CMAMPI_SET_PTRACER", True),
+            node=_os.environ.get("CMAMPI_NODE") or None,
         )
 
 

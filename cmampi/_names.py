@@ -140,6 +140,17 @@ for _name, _code in _DATATYPES.items():
     globals()[_name] = Datatype(_name, _code)
 DATATYPE_NULL = Datatype("DATATYPE_NULL", "")
 _BYTE: Datatype = globals()["BYTE"]
+# The datatype mpi4py would pick for a numpy dtype (its type map), for user ops.
+_BY_DTYPE = {}
+for _name in ("DOUBLE", "FLOAT", "LONG", "INT", "SHORT", "SIGNED_CHAR", "UNSIGNED_LONG",
+              "UNSIGNED", "UNSIGNED_SHORT", "UNSIGNED_CHAR", "C_BOOL", "LONG_DOUBLE",
+              "C_FLOAT_COMPLEX", "C_DOUBLE_COMPLEX", "C_LONG_DOUBLE_COMPLEX", "FLOAT16"):
+    _BY_DTYPE.setdefault(_np.dtype(_DATATYPES[_name]), globals()[_name])
+
+
+def datatype_of(dtype) -> Datatype:
+    """The predefined datatype of numpy *dtype* (``DATATYPE_NULL`` if none)."""
+    return _BY_DTYPE.get(_np.dtype(dtype), DATATYPE_NULL)
 
 
 class Status:
@@ -303,8 +314,21 @@ def Is_initialized() -> bool:
     return True
 
 
+_finalized = False
+
+
+def Init() -> None:
+    """Nothing to do: the launcher has connected the ranks already."""
+
+
+def Finalize() -> None:
+    """Mark the job finalized (the connections close when the process exits)."""
+    global _finalized
+    _finalized = True
+
+
 def Is_finalized() -> bool:
-    return False
+    return _finalized
 
 
 def Query_thread() -> int:

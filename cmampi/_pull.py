@@ -15,9 +15,14 @@ __all__ = ["pull", "COARSE_RUN"]
 #: Runs at least this long travel as iovecs; shorter runs are staged through cache,
 #: because the kernel pins the remote pages once per remote iovec.
 COARSE_RUN = 2048
-#: Read a remote row span (gaps included) only while it is at most this many times
-#: the payload; sparser views go run by run.
+#: Read a remote row span (gaps included) while it is at most this many times
+#: the payload, or while its gaps are cheap next to the iovecs they save: one
+#: segment costs about a microsecond (a page walk and pin), in which memory
+#: streams several KiB. Sparser views go run by run.
 MAX_SPAN_RATIO = 4
+GAP_PER_SEGMENT = 4096
+#: Most bytes one staged piece may span in the sender's memory, gaps included.
+MAX_PIECE_SPAN = 8 << 20
 
 _local = _threading.local()
 
@@ -113,11 +118,14 @@ def _sparse(lay: Layout) -> bool:
     """
     if lay.contiguous_run or lay.run >= COARSE_RUN:
         return False
-    lo, hi = _extent(_rows(lay, 0, 1))
-    if hi - lo > MAX_SPAN_RATIO * _row_bytes(lay):
-        return True
+    return _gappy(_rows(lay, 0, 1)) or _gappy(lay)
+
+
+def _gappy(lay: Layout) -> bool:
+    """Whether reading *lay*'s whole span costs more than reading it run by run."""
     lo, hi = _extent(lay)
-    return hi - lo > MAX_SPAN_RATIO * _prod(lay.shape)
+    payload = _prod(lay.shape)
+    return hi - lo > max(MAX_SPAN_RATIO * payload, GAP_PER_SEGMENT * (payload // lay.run))
 
 
 def pull(pid: int, remote: Layout, local: Layout, owner, chunk: int) -> None:
@@ -145,7 +153,10 @@ def pull(pid: int, remote: Layout, local: Layout, owner, chunk: int) -> None:
         return
     # Fine-grained on at least one side: move row-aligned pieces through a buffer
     # that stays in cache, so each byte crosses memory once on each side.
-    per = max(1, chunk // step) * step
+    steps = chunk // step
+    if rfine:   # bound the sender's span one piece reads, gaps included
+        steps = min(steps, MAX_PIECE_SPAN // (abs(remote.strides[0]) * (step // rstep)))
+    per = max(1, steps) * step
     bulk = n - n % step
     stage = _scratch("stage", min(per, bulk))
     for o in range(0, bulk, per):

@@ -33,7 +33,7 @@ PIECE = 256 << 10
 #: Largest first message of a record in the exchange (longer ones continue).
 RECORD_MAX = INLINE_MAX + 4096
 _LEN = _struct.Struct("<Q")
-_TAG_X, _TAG_SYNC = 1, 2
+_TAG_X, _TAG_SYNC, _TAG_P, _TAG_ACK = 1, 2, 3, 4
 
 
 def _noted(exc: BaseException, note: str) -> BaseException:
@@ -52,9 +52,14 @@ class Collectives:
         self.rank = engine.rank
         self.size = engine.size
         self.pids = engine.ch.pids
-        self.all_cma = all(engine.cma)
+        self.all_cma = engine.all_cma    # the same on every rank
         self._stages = [bytearray(RECORD_MAX) for _ in range(self.size - 1)]
         self._empty = bytearray(0)
+        # A channel that can tell failed ranks fails every collective they were in,
+        # on every survivor: none waits on another that has given up on it.
+        mark = getattr(engine.ch, "collective", None)
+        if mark is not None:
+            mark()
 
     # -- the exchange and the closing barrier ----------------------------------------------
     def exchange(self, record: Any) -> List[Any]:
@@ -105,6 +110,40 @@ class Collectives:
                                    ch.isend(self._empty, (me + step) % n, _TAG_SYNC)])
             step *= 2
 
+    # -- records between two ranks, and acknowledgements -------------------------------
+    def isend_record(self, record: Any, dest: int) -> list:
+        """Start sending *record* to *dest*; the handles to wait on."""
+        ch = self.e.ch
+        data = _pickle.dumps(record, _pickle.HIGHEST_PROTOCOL)
+        cut = RECORD_MAX - _LEN.size
+        handles = [ch.isend(_LEN.pack(len(data)) + data[:cut], dest, _TAG_P)]
+        if len(data) > cut:
+            handles.append(ch.isend(data[cut:], dest, _TAG_P))
+        return handles
+
+    def recv_record(self, source: int) -> Any:
+        """The record *source* sent with `isend_record`."""
+        ch = self.e.ch
+        stage = self._stages[0]
+        info = _p2p.wait_handles(ch, [ch.irecv(stage, source, _TAG_P)])[0]
+        total = _LEN.unpack_from(stage)[0]
+        first = info[2] - _LEN.size
+        if total <= first:
+            return _pickle.loads(memoryview(stage)[_LEN.size : _LEN.size + total])
+        head = bytes(stage[_LEN.size : _LEN.size + first])
+        more = bytearray(total - first)
+        _p2p.wait_handles(ch, [ch.irecv(more, source, _TAG_P)])
+        return _pickle.loads(head + more)
+
+    def ack(self, dest: int) -> None:
+        """Tell *dest* we no longer read its memory."""
+        self.e.ch.send(self._empty, dest, _TAG_ACK)
+
+    def wait_acks(self, sources: Sequence[int]) -> None:
+        """Wait until every rank in *sources* has sent its `ack`."""
+        ch = self.e.ch
+        _p2p.wait_handles(ch, [ch.irecv(self._empty, s, _TAG_ACK) for s in sources])
+
     def agree(self, error: Optional[BaseException], info: Any, payload=None,
               inline: bool = False) -> List[Any]:
         """Exchange (error, info, payload); raise the first error any rank had."""
@@ -125,8 +164,9 @@ class Collectives:
         return _noted(self.names.Exception(errclass),
                       f"cmampi collective failed on rank {rank}: {text}")
 
-    def mismatch(self, what: str) -> BaseException:
-        return _noted(self.names.Exception(self.names.ERR_ARG), f"cmampi collective: {what}")
+    def mismatch(self, what: str, errclass: Optional[int] = None) -> BaseException:
+        errclass = self.names.ERR_ARG if errclass is None else errclass
+        return _noted(self.names.Exception(errclass), f"cmampi collective: {what}")
 
     # -- copies between ranks --------------------------------------------------------------
     def pull(self, src: int, raddr: int, dst: _np.ndarray) -> None:
@@ -255,8 +295,18 @@ def _guard(fn):
 
 
 def _check_root(c: Collectives, root) -> None:
-    if not isinstance(root, int) or not 0 <= root < c.size:
+    if not hasattr(root, "__index__") or isinstance(root, bool):
+        raise TypeError("an integer is required")   # floats too: mpi4py would truncate
+    if not 0 <= root < c.size:
         raise c.names.Exception(c.names.ERR_ROOT)
+
+
+def _per_rank(n: int, size: int) -> int:
+    """Elements per rank of a buffer of *n* shared by *size* ranks (checked as mpi4py does)."""
+    if n % size:
+        raise ValueError(f"message: cannot infer count, number of entries {n} is not a "
+                         f"multiple of required number {size}")
+    return n // size
 
 
 def barrier(c: Collectives) -> None:
@@ -307,6 +357,7 @@ def gather(c: Collectives, sendspec, recvspec, root: int, counts=None, displs=No
                 recv, cnts, dsps = vector(recvspec, size, True)
             else:
                 recv = flat(recvspec, True)
+                _per_rank(recv.array.size, size)
         send = None if in_place else flat(sendspec, False)
         return send, recv, cnts, dsps
 
@@ -330,10 +381,14 @@ def gather(c: Collectives, sendspec, recvspec, root: int, counts=None, displs=No
         cnts, dsps = [k] * size, [r * k for r in range(size)]
     sizes = [r[1][0] for r in records]
     if sizes != list(cnts) or any(r[1][1] != dtype.str for r in records):
-        raise c.mismatch(f"Gather blocks differ from the root's: sent {sizes}, expected {cnts}")
+        # A block longer than its slot at the root: MPI's truncation error.
+        longer = any(s > k for s, k in zip(sizes, cnts))
+        raise c.mismatch(f"Gather blocks differ from the root's: sent {sizes}, expected {cnts}",
+                         names.ERR_TRUNCATE if longer else None)
     if max(d + k for d, k in zip(dsps, cnts)) > rsize:
         raise c.mismatch(f"Gather: the root's receive buffer holds {rsize} elements, "
-                         f"the blocks need {max(d + k for d, k in zip(dsps, cnts))}")
+                         f"the blocks need {max(d + k for d, k in zip(dsps, cnts))}",
+                         names.ERR_TRUNCATE)
     isz = dtype.itemsize
     any_cma = any(r[2] is None for r in records)
     if me == root:
@@ -365,6 +420,7 @@ def scatter(c: Collectives, sendspec, recvspec, root: int, vector_spec: bool = F
                 send, cnts, dsps = vector(sendspec, size, False)
             else:
                 send = flat(sendspec, False)
+                _per_rank(send.array.size, size)
         recv = None if in_place else flat(recvspec, True)
         return send, recv, cnts, dsps
 
@@ -384,9 +440,12 @@ def scatter(c: Collectives, sendspec, recvspec, root: int, vector_spec: bool = F
         k = ssize // size
         cnts, dsps = [k] * size, [r * k for r in range(size)]
     for r, rec in enumerate(records):
-        if rec[1][0] is not None and rec[1][0] < cnts[r]:
-            raise c.mismatch(f"Scatter: rank {r} can hold {rec[1][0]} elements, "
-                             f"the root sends it {cnts[r]}")
+        if rec[1][0] is not None and rec[1][0] != cnts[r]:
+            # Shorter: MPI's truncation; longer: the signatures differ (erroneous, and
+            # with 3 ranks or more MPICH then delivers the wrong elements).
+            raise c.mismatch(f"Scatter: rank {r} receives {rec[1][0]} elements, "
+                             f"the root sends it {cnts[r]}",
+                             names.ERR_TRUNCATE if rec[1][0] < cnts[r] else None)
     if me == root and in_place:
         pass
     elif records[root][2] is not None:
@@ -412,7 +471,7 @@ def allgather(c: Collectives, sendspec, recvspec, vector_spec: bool = False) -> 
             recv, cnts, dsps = vector(recvspec, size, True)
         else:
             recv = flat(recvspec, True)
-            k = recv.array.size // size
+            k = _per_rank(recv.array.size, size)
             cnts, dsps = [k] * size, [r * k for r in range(size)]
         if in_place:
             send = recv.array[dsps[me] : dsps[me] + cnts[me]]
@@ -461,10 +520,10 @@ def alltoall(c: Collectives, sendspec, recvspec, vector_spec: bool = False) -> N
                 send, sc, sd = vector(sendspec, size, False)
         else:
             recv = flat(recvspec, True)
-            k = recv.array.size // size
+            k = _per_rank(recv.array.size, size)
             rc, rd = [k] * size, [r * k for r in range(size)]
             send = Flat(recv.array.copy()) if in_place else flat(sendspec, False)
-            ks = send.array.size // size
+            ks = _per_rank(send.array.size, size)
             sc, sd = [ks] * size, [r * ks for r in range(size)]
         return recv, send, rc, rd, sc, sd
 
@@ -531,9 +590,19 @@ def reduce_family(c: Collectives, kind: str, sendspec, recvspec, op, root: int =
             x = recv.array.copy() if kind in ("rsb", "rs", "scan", "exscan") else recv.array
         else:
             x = flat(sendspec, False).array
+        if kind == "rsb":
+            _per_rank(x.size, size)
+        elif kind == "rs" and recvcounts is not None:
+            if len(recvcounts) != size:
+                raise ValueError(f"expecting {size} items, got {len(recvcounts)}")
+            if sum(recvcounts) != x.size:
+                raise ValueError(f"mismatch in send count {x.size} and sum(counts) "
+                                 f"{sum(recvcounts)}")
         try:
             combine = _ops.combiner(op, x.dtype)
         except TypeError as exc:
+            if not isinstance(op, names.Op):
+                raise   # not an operation at all: mpi4py's TypeError
             raise _noted(names.Exception(names.ERR_OP), f"cmampi: {exc}") from None
         if x.size:
             probe = x[:1].copy()

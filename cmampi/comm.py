@@ -9,6 +9,8 @@ from ._buffers import recv_buffer, send_buffer
 from ._config import config as _config
 from . import _wire
 from . import coll as _coll_mod
+from . import native as _native
+from . import objcoll as _objcoll
 from . import objects as _objects
 from . import p2p as _p2p
 from .request import Message, PartitionedRequest, Prequest, Request
@@ -42,6 +44,19 @@ def default_engine() -> _p2p.Engine:
 
 def _is_int(x) -> bool:
     return hasattr(x, "__index__") and not isinstance(x, bool)
+
+
+class _Freed:
+    """The engine of a freed communicator: any use raises ERR_COMM, as mpi4py's
+    ``COMM_NULL`` does (and does on the socket channel, where nothing else would)."""
+
+    __slots__ = ("names",)
+
+    def __init__(self, names) -> None:
+        self.names = names
+
+    def __getattr__(self, name: str):
+        raise self.names.Exception(self.names.ERR_COMM)
 
 
 class Intracomm:
@@ -107,6 +122,8 @@ class Intracomm:
         return hash(self._comm) if self._comm is not None else id(self._engine)
 
     def __repr__(self) -> str:
+        if isinstance(self._engine, _Freed):
+            return "<cmampi.Intracomm (freed)>"
         if self._comm is None:
             return f"<cmampi.Intracomm rank {self.rank} of {self.size}, socket channel>"
         return f"<cmampi.Intracomm wrapping {self._comm!r}>"
@@ -129,6 +146,8 @@ class Intracomm:
 
     def Split(self, color: int = 0, key: int = 0) -> "Intracomm":
         """Split the communicator by *color*, ordering ranks by *key*."""
+        if not (_is_int(color) and _is_int(key)):   # floats too: mpi4py would truncate
+            raise TypeError("an integer is required")
         if self._comm is not None:
             out = self._comm.Split(color, key)
             return Intracomm(out) if out != self._engine.names.COMM_NULL else out
@@ -138,12 +157,13 @@ class Intracomm:
     def Split_type(self, split_type: int, key: int = 0, info=None) -> "Intracomm":
         """Split the communicator by type (``COMM_TYPE_SHARED``: ranks sharing memory)."""
         names = self._engine.names
-        if self._comm is not None:
+        if self._comm is not None and split_type != names.COMM_TYPE_SHARED:
             args = (split_type, key) if info is None else (split_type, key, info)
             out = self._comm.Split_type(*args)
             return Intracomm(out) if out != names.COMM_NULL else out
         if split_type == names.UNDEFINED:
             return self.Split(names.UNDEFINED, key)
+        # Sharing memory is what cmampi's locality says (which CMAMPI_NODE overrides).
         nodes = self._engine.ch.nodes
         return self.Split(sorted(set(nodes)).index(nodes[self.rank]), key)
 
@@ -163,11 +183,19 @@ class Intracomm:
                 _p2p.Engine(channel, self._engine.names, _config))
         return coll
 
+    @property
+    def _across_nodes(self) -> bool:
+        """Whether the ranks span several nodes (MPI channel): then collectives are
+        the MPI library's own, which knows the network; cmampi's need one node."""
+        return self._comm is not None and len(set(self._engine.ch.nodes)) > 1
+
     def _op(self, op):
         return self._engine.names.SUM if op is None else op
 
     def Barrier(self) -> None:
         """Barrier synchronization."""
+        if self._comm is not None:     # MPI's own barrier is the fastest there is
+            return self._comm.Barrier()
         self._coll.barrier()
 
     def barrier(self) -> None:
@@ -176,63 +204,113 @@ class Intracomm:
 
     def Bcast(self, buf, root: int = 0) -> None:
         """Broadcast data from one process to all other processes."""
+        if self._across_nodes:
+            return self._comm.Bcast(buf, root)
+        if self._comm is not None and _native.run(self, "Bcast", buf, None, root):
+            return None
         _coll_mod.bcast(self._coll, buf, root)
 
     def Gather(self, sendbuf, recvbuf, root: int = 0) -> None:
         """Gather data to one process from all other processes."""
+        if self._across_nodes:
+            return self._comm.Gather(sendbuf, recvbuf, root)
+        if self._comm is not None and _native.run(self, "Gather", sendbuf, recvbuf, root):
+            return None
         _coll_mod.gather(self._coll, sendbuf, recvbuf, root)
 
     def Gatherv(self, sendbuf, recvbuf, root: int = 0) -> None:
         """Gather Vector."""
+        if self._across_nodes:
+            return self._comm.Gatherv(sendbuf, recvbuf, root)
         _coll_mod.gather(self._coll, sendbuf, recvbuf, root, vector_spec=True)
 
     def Scatter(self, sendbuf, recvbuf, root: int = 0) -> None:
         """Scatter data from one process to all other processes."""
+        if self._across_nodes:
+            return self._comm.Scatter(sendbuf, recvbuf, root)
+        if self._comm is not None and _native.run(self, "Scatter", sendbuf, recvbuf, root):
+            return None
         _coll_mod.scatter(self._coll, sendbuf, recvbuf, root)
 
     def Scatterv(self, sendbuf, recvbuf, root: int = 0) -> None:
         """Scatter Vector."""
+        if self._across_nodes:
+            return self._comm.Scatterv(sendbuf, recvbuf, root)
         _coll_mod.scatter(self._coll, sendbuf, recvbuf, root, vector_spec=True)
 
     def Allgather(self, sendbuf, recvbuf) -> None:
         """Gather to All."""
+        if self._across_nodes:
+            return self._comm.Allgather(sendbuf, recvbuf)
+        if self._comm is not None and _native.run(self, "Allgather", sendbuf, recvbuf):
+            return None
         _coll_mod.allgather(self._coll, sendbuf, recvbuf)
 
     def Allgatherv(self, sendbuf, recvbuf) -> None:
         """Gather to All Vector."""
+        if self._across_nodes:
+            return self._comm.Allgatherv(sendbuf, recvbuf)
         _coll_mod.allgather(self._coll, sendbuf, recvbuf, vector_spec=True)
 
     def Alltoall(self, sendbuf, recvbuf) -> None:
         """All to All Scatter/Gather."""
+        if self._across_nodes:
+            return self._comm.Alltoall(sendbuf, recvbuf)
+        if self._comm is not None and _native.run(self, "Alltoall", sendbuf, recvbuf):
+            return None
         _coll_mod.alltoall(self._coll, sendbuf, recvbuf)
 
     def Alltoallv(self, sendbuf, recvbuf) -> None:
         """All to All Scatter/Gather Vector."""
+        if self._across_nodes:
+            return self._comm.Alltoallv(sendbuf, recvbuf)
         _coll_mod.alltoall(self._coll, sendbuf, recvbuf, vector_spec=True)
 
     def Reduce(self, sendbuf, recvbuf, op=None, root: int = 0) -> None:
         """Reduce to Root."""
+        if self._across_nodes:
+            return self._comm.Reduce(sendbuf, recvbuf, self._op(op), root)
+        if self._comm is not None and _native.run(self, "Reduce", sendbuf, recvbuf, root, self._op(op)):
+            return None
         _coll_mod.reduce_family(self._coll, "reduce", sendbuf, recvbuf, self._op(op), root)
 
     def Allreduce(self, sendbuf, recvbuf, op=None) -> None:
         """Reduce to All."""
+        if self._across_nodes:
+            return self._comm.Allreduce(sendbuf, recvbuf, self._op(op))
+        if self._comm is not None and _native.run(self, "Allreduce", sendbuf, recvbuf, op=self._op(op)):
+            return None
         _coll_mod.reduce_family(self._coll, "allreduce", sendbuf, recvbuf, self._op(op))
 
     def Reduce_scatter_block(self, sendbuf, recvbuf, op=None) -> None:
         """Reduce-Scatter Block (regular, non-vector version)."""
+        if self._across_nodes:
+            return self._comm.Reduce_scatter_block(sendbuf, recvbuf, self._op(op))
+        if self._comm is not None and _native.run(self, "Reduce_scatter_block", sendbuf, recvbuf, op=self._op(op)):
+            return None
         _coll_mod.reduce_family(self._coll, "rsb", sendbuf, recvbuf, self._op(op))
 
     def Reduce_scatter(self, sendbuf, recvbuf, recvcounts=None, op=None) -> None:
         """Reduce-Scatter (vector version)."""
+        if self._across_nodes:
+            return self._comm.Reduce_scatter(sendbuf, recvbuf, recvcounts, self._op(op))
         _coll_mod.reduce_family(self._coll, "rs", sendbuf, recvbuf, self._op(op),
                                 recvcounts=recvcounts)
 
     def Scan(self, sendbuf, recvbuf, op=None) -> None:
         """Inclusive Scan."""
+        if self._across_nodes:
+            return self._comm.Scan(sendbuf, recvbuf, self._op(op))
+        if self._comm is not None and _native.run(self, "Scan", sendbuf, recvbuf, op=self._op(op)):
+            return None
         _coll_mod.reduce_family(self._coll, "scan", sendbuf, recvbuf, self._op(op))
 
     def Exscan(self, sendbuf, recvbuf, op=None) -> None:
         """Exclusive Scan."""
+        if self._across_nodes:
+            return self._comm.Exscan(sendbuf, recvbuf, self._op(op))
+        if self._comm is not None and _native.run(self, "Exscan", sendbuf, recvbuf, op=self._op(op)):
+            return None
         _coll_mod.reduce_family(self._coll, "exscan", sendbuf, recvbuf, self._op(op))
 
     def Abort(self, errorcode: int = 0) -> None:
@@ -268,6 +346,24 @@ class Intracomm:
         """Return the number of processes in the communicator."""
         return self._engine.size
 
+    def transport(self, rank: int) -> str:
+        """How large payloads travel between this process and *rank* (cmampi only).
+
+        ``"cma"``: pulled single-copy in both directions; ``"copy"``: through the
+        channel, because cross-memory access is refused or switched off (the
+        start-up warning says why); ``"network"``: *rank* is on another node, so
+        through the MPI library; ``"self"``: this process.
+        """
+        e = self._engine
+        rank = self._dest(rank)
+        if rank == e.names.PROC_NULL:
+            raise self._err(e.names.ERR_RANK)
+        if rank == e.rank:
+            return "self"
+        if e.ch.nodes[rank] != e.ch.nodes[e.rank]:
+            return "network"
+        return "cma" if e.cma[rank] and e.can_read[rank] else "copy"
+
     @property
     def rank(self) -> int:
         """Rank of this process."""
@@ -280,9 +376,11 @@ class Intracomm:
 
     def Free(self) -> None:
         """Free the communicator (and cmampi's private duplicates of it)."""
-        self._engine.ch.free()
+        engine = self._engine
+        engine.free()
         if self._comm is not None:
             self._comm.Free()
+        self._engine = _Freed(engine.names)
 
     # -- argument checks -----------------------------------------------------------------
     def _err(self, errclass: int) -> BaseException:
@@ -358,6 +456,10 @@ class Intracomm:
     def Recv(self, buf, source: int = -2, tag: int = -1, status=None) -> None:
         """Blocking receive."""
         e = self._engine
+        if status is not None and not isinstance(status, e.names.Status):
+            # Refused before the message is taken, as mpi4py does.
+            raise TypeError("Argument 'status' has incorrect type (expected Status, "
+                            f"got {type(status).__name__})")
         if not (type(source) is int and 0 <= source < e.size and type(tag) is int
                 and 0 <= tag <= e.tag_ub):
             source, tag = self._source(source), self._tag(tag, True)
@@ -382,9 +484,9 @@ class Intracomm:
         if not (type(dest) is int and 0 <= dest < e.size and type(tag) is int
                 and 0 <= tag <= e.tag_ub):
             dest, tag = self._dest(dest), self._tag(tag, False)
-        parsed = send_buffer(buf)
-        if dest == e.names.PROC_NULL:
+        if dest == e.names.PROC_NULL:     # as in mpi4py, the buffer is not looked at
             return self._null_request()
+        parsed = send_buffer(buf)
         if copy:  # buffered mode: the message leaves from a private copy
             parsed = send_buffer(bytearray(parsed.tobytes()))
         return Request(self._engine.isend(parsed, dest, tag, sync))
@@ -411,16 +513,20 @@ class Intracomm:
         if not (type(source) is int and 0 <= source < e.size and type(tag) is int
                 and 0 <= tag <= e.tag_ub):
             source, tag = self._source(source), self._tag(tag, True)
-        parsed = recv_buffer(buf)
-        if source == self._engine.names.PROC_NULL:
+        if source == e.names.PROC_NULL:   # as in mpi4py, the buffer is not looked at
             return self._null_request()
-        return Request(self._engine.irecv(parsed, source, tag))
+        return Request(e.irecv(recv_buffer(buf), source, tag))
 
     def Isendrecv(self, sendbuf, dest: int, sendtag: int = 0, recvbuf=None,
                   source: int = -2, recvtag: int = -1) -> Request:
         """Nonblocking send and receive."""
         if recvbuf is None:
             recvbuf = bytearray(0)
+        # Check the send's arguments before the receive is posted: a receive left
+        # behind by a failed call would take a later message.
+        if self._dest(dest) != self._engine.names.PROC_NULL:
+            send_buffer(sendbuf)
+        self._tag(sendtag, False)
         rreq = self.Irecv(recvbuf, source, recvtag)
         sreq = self.Isend(sendbuf, dest, sendtag)
         return Request(rreq._op, sreq._ops())
@@ -428,6 +534,7 @@ class Intracomm:
     def Isendrecv_replace(self, buf, dest: int, sendtag: int = 0, source: int = -2,
                           recvtag: int = -1) -> Request:
         """Nonblocking send and receive, using a single buffer."""
+        self._dest(dest), self._tag(sendtag, False)   # before the receive is posted
         copy = bytearray(send_buffer(buf).tobytes())
         rreq = self.Irecv(buf, source, recvtag)
         sreq = self.Isend(copy, dest, sendtag)
@@ -578,25 +685,20 @@ class Intracomm:
     def sendrecv(self, sendobj: Any, dest: int, sendtag: int = 0, recvbuf=None,
                  source: int = -2, recvtag: int = -1, status=None) -> Any:
         """Send and receive a message."""
+        sreq = self.isend(sendobj, dest, sendtag)   # an unpicklable object fails first
         rreq = self._irecv_obj(source, recvtag)
-        sreq = self.isend(sendobj, dest, sendtag)
         result = rreq.wait(status)
         sreq.Wait()
         return result
 
-    # Lowercase collectives: mpi4py's own on the MPI channel, cmampi's exchange
-    # on the socket channel.
+    # Lowercase collectives: cmampi's own on every channel, large buffers out of band.
     def _objcoll(self, kind: str, obj, root: int = 0, op=None):
-        if self._comm is not None:
+        if self._across_nodes:
             fn = getattr(self._comm, kind)
-            if kind in ("bcast", "scatter", "gather"):
-                return fn(obj, root)
-            if kind == "reduce":
-                return fn(obj, self._op(op), root)
-            if kind in ("allreduce", "scan", "exscan"):
-                return fn(obj, self._op(op))
-            return fn(obj)
-        return _objects.collective(self._coll, kind, obj, root, self._op(op))
+            if _objcoll.KINDS[kind]:
+                return fn(obj, self._op(op), root) if kind == "reduce" else fn(obj, root)
+            return fn(obj) if kind in ("allgather", "alltoall") else fn(obj, self._op(op))
+        return _objcoll.collective(self._coll, kind, obj, root, self._op(op))
 
     def bcast(self, obj: Any, root: int = 0) -> Any:
         """Broadcast."""
@@ -641,3 +743,11 @@ class Intracomm:
     def iprobe(self, source: int = -2, tag: int = -1, status=None) -> bool:
         """Nonblocking test for a message."""
         return self.Iprobe(source, tag, status)
+
+    def mprobe(self, source: int = -2, tag: int = -1, status=None) -> Message:
+        """Blocking test for a matched message."""
+        return self.Mprobe(source, tag, status)
+
+    def improbe(self, source: int = -2, tag: int = -1, status=None) -> Optional[Message]:
+        """Nonblocking test for a matched message."""
+        return self.Improbe(source, tag, status)

@@ -4,6 +4,11 @@ Modelled on ``mpiexec``: every rank runs the current Python on the same program,
 with ``CMAMPI_RANK``/``CMAMPI_SIZE`` and a private rendezvous directory in its
 environment; output is forwarded line by line; the first rank to fail, a
 forwarded ``SIGINT``/``SIGTERM``/``SIGHUP`` or the timeout ends the whole job.
+
+When a rank fails (killed by a signal, or a non-zero exit), the launcher says
+which one, how and with which pid, then gives the others a grace period to
+notice (their operations with it fail) and print their own errors before it
+ends them; the job's exit code is that rank's, as with ``mpiexec``.
 """
 
 from __future__ import annotations
@@ -21,17 +26,19 @@ import threading
 import time
 from typing import BinaryIO, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
-__all__ = ["main", "run", "rank_environ", "EXIT_USAGE", "EXIT_TIMEOUT"]
+__all__ = ["main", "run", "rank_environ", "EXIT_USAGE", "EXIT_TIMEOUT", "GRACE"]
 
 #: Exit code for bad command lines (as argparse).
 EXIT_USAGE = 2
 #: Exit code when ``--timeout`` ends the job (as coreutils ``timeout``).
 EXIT_TIMEOUT = 124
+#: Default seconds the ranks get to exit on their own, at each step of ending a job.
+GRACE = 2.0
 #: Signals the launcher forwards to the ranks before ending the job.
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 # Launcher options that take a value, so the program is the first word after them.
-_VALUE_OPTIONS = frozenset({"-n", "-np", "--timeout"})
+_VALUE_OPTIONS = frozenset({"-n", "-np", "--timeout", "--grace"})
 # Most bytes forwarded as one piece: longer lines are cut (and may interleave).
 _MAX_LINE = 1 << 20
 # Longest wait for the forwarders to drain the ranks' pipes once all ranks are gone.
@@ -45,6 +52,7 @@ class _Command(NamedTuple):
     argv: List[str]
     tag_output: bool
     timeout: Optional[float]
+    grace: float
 
 
 # -- command line -------------------------------------------------------------------------
@@ -71,7 +79,8 @@ def _positive_float(text: str) -> float:
 def _parser(prog: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog,
-        usage=f"{prog} -n N [--tag-output] [--timeout SECONDS] (prog.py | -m module) [args ...]",
+        usage=f"{prog} -n N [--tag-output] [--timeout SECONDS] [--grace SECONDS] "
+        "(prog.py | -m module) [args ...]",
         description="Start N ranks of this Python on PROG with the cmampi socket channel.",
         epilog="Everything after the program (or -m module) is passed to it untouched. "
         "Python block-buffers the output of the ranks, as it goes to a pipe: set "
@@ -84,6 +93,9 @@ def _parser(prog: str) -> argparse.ArgumentParser:
                    help="prefix every line the ranks print with '[rank] '")
     p.add_argument("--timeout", metavar="SECONDS", type=_positive_float,
                    help=f"end the job (exit code {EXIT_TIMEOUT}) if it runs longer")
+    p.add_argument("--grace", metavar="SECONDS", type=_positive_float, default=GRACE,
+                   help="once a rank has failed, how long the others get to report and exit "
+                   "before SIGTERM, and from SIGTERM to SIGKILL (default: %(default)g)")
     p.add_argument("-m", dest="module", metavar="module", help="run library module as a script")
     p.add_argument("program", nargs="?", help="the Python program every rank runs")
     p.add_argument("args", nargs=argparse.REMAINDER, help="its arguments")
@@ -117,13 +129,15 @@ def _parse(argv: Sequence[str], prog: str) -> _Command:
     options, module, rest = _split(argv)
     ns = parser.parse_args(options)
     if module is not None:
-        return _Command(ns.size, [sys.executable, "-m", module, *rest], ns.tag_output, ns.timeout)
+        return _Command(ns.size, [sys.executable, "-m", module, *rest], ns.tag_output,
+                        ns.timeout, ns.grace)
     if not rest:
         parser.error("missing the program to run (prog.py or -m module)")
     program, args = rest[0], rest[1:]
     if not os.path.exists(program):
         parser.error(f"can't open file {program!r}: no such file or directory")
-    return _Command(ns.size, [sys.executable, program, *args], ns.tag_output, ns.timeout)
+    return _Command(ns.size, [sys.executable, program, *args], ns.tag_output, ns.timeout,
+                    ns.grace)
 
 
 def _prog_name() -> str:
@@ -137,7 +151,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         cmd = _parse(sys.argv[1:] if argv is None else argv, _prog_name())
     except SystemExit as exc:  # argparse: usage errors and --help
         return exc.code if isinstance(exc.code, int) else (EXIT_USAGE if exc.code else 0)
-    return run(cmd.argv, cmd.size, tag_output=cmd.tag_output, timeout=cmd.timeout)
+    return run(cmd.argv, cmd.size, tag_output=cmd.tag_output, timeout=cmd.timeout,
+               grace=cmd.grace)
 
 
 # -- the job ------------------------------------------------------------------------------
@@ -226,6 +241,7 @@ class _Job:
         self.out, self.err = out, err
         self.grace = grace
         self.procs: List[subprocess.Popen] = []
+        self.exited: List[int] = []  # ranks, in the order their exits were seen
         self.forwarders: List[threading.Thread] = []
         self.signals: List[int] = []  # appended to by the signal handlers
         self.sel = selectors.DefaultSelector()
@@ -283,15 +299,35 @@ class _Job:
         return proc.pid
 
     def alive(self) -> List[subprocess.Popen]:
-        """Ranks not yet exited (polling reaps the others)."""
-        return [p for p in self.procs if p.poll() is None]
+        """Ranks not yet exited (reaping the others)."""
+        self._reap()
+        return [p for p in self.procs if p.returncode is None]
+
+    def _reap(self) -> None:
+        seen = set(self.exited)
+        new = [r for r, p in enumerate(self.procs) if r not in seen and p.poll() is not None]
+        # Exits seen together: a rank killed by a signal most likely went first
+        # (its peers fail because it is gone), then ranks that failed.
+        new.sort(key=lambda r: (self.procs[r].returncode >= 0, self.procs[r].returncode == 0))
+        self.exited.extend(new)
 
     def failed(self) -> Optional[Tuple[int, subprocess.Popen]]:
-        """The first rank that exited with a non-zero status, if any."""
-        for rank, p in enumerate(self.procs):
-            if p.poll() not in (None, 0):
-                return rank, p
+        """The first rank seen to exit with a non-zero status, if any."""
+        self._reap()
+        for rank in self.exited:
+            if self.procs[rank].returncode != 0:
+                return rank, self.procs[rank]
         return None
+
+    def settle(self, seconds: float) -> None:
+        """Give the ranks up to *seconds* to exit on their own (a signal cuts it short)."""
+        deadline = time.monotonic() + seconds
+        pending = len(self.signals)
+        while self.alive() and len(self.signals) == pending:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self.sleep(left)
 
     def sleep(self, seconds: Optional[float]) -> None:
         """Wait at most *seconds* for a rank to exit or a signal to arrive."""
@@ -345,7 +381,7 @@ class _Job:
 
 
 def run(argv: Sequence[str], size: int, *, tag_output: bool = False,
-        timeout: Optional[float] = None, grace: float = 2.0,
+        timeout: Optional[float] = None, grace: float = GRACE,
         env: Optional[Mapping[str, str]] = None,
         stdout: Optional[BinaryIO] = None, stderr: Optional[BinaryIO] = None) -> int:
     """Run *size* ranks of the command *argv* as one job; its exit code.
@@ -354,7 +390,9 @@ def run(argv: Sequence[str], size: int, *, tag_output: bool = False,
     number if a signal killed it), 128 + signum after forwarding a signal the
     launcher received, or ``EXIT_TIMEOUT`` after *timeout* seconds. A job that
     ends early is ended for every rank: SIGTERM, then SIGKILL after *grace*
-    seconds. The rendezvous directory is removed whatever happens.
+    seconds; after a rank's failure the others first get *grace* seconds to
+    notice it, report and exit by themselves. The rendezvous directory is
+    removed whatever happens.
     """
     if size < 1:
         raise ValueError(f"size must be >= 1, got {size}")
@@ -409,8 +447,10 @@ def _supervise(job: _Job, deadline: Optional[float], timeout: Optional[float]) -
             rank, p = failed
             code = p.returncode
             how = (f"exited with code {code}" if code > 0
-                   else f"was killed by signal {-code} ({_signal_name(-code)})")
+                   else f"was killed by {_signal_name(-code)} (signal {-code})")
             job.err.say(f"rank {rank} (pid {p.pid}) {how}; terminating the other ranks")
+            # The others' operations with it fail at once: let them say so themselves.
+            job.settle(job.grace)
             job.end()
             return code if code > 0 else 128 - code
         if not job.alive():

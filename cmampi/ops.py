@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import sys as _sys
 from typing import Callable
 
 import numpy as _np
 
-__all__ = ["combiner", "combiner_out", "is_commutative"]
+__all__ = ["combiner", "combiner_out", "is_commutative", "predefined_name"]
 
 # The numpy function of each predefined op, and the dtype kinds MPI defines it for
 # (b: bool, i: signed, u: unsigned, f: float, c: complex).
@@ -31,14 +32,12 @@ _NAMES = list(_PREDEFINED) + ["MAXLOC", "MINLOC", "REPLACE", "NO_OP"]
 _CACHE: dict = {}
 
 
-def _name(op) -> str:
+def predefined_name(op) -> str:
     """The predefined name of *op* ('SUM', ...), or '' for a user op."""
-    name = getattr(op, "name", None)
-    if isinstance(name, str) and getattr(op, "userfn", None) is None:
-        return name
-    try:  # mpi4py's predefined ops compare equal to the module constants
-        from mpi4py import MPI
-    except ImportError:
+    if hasattr(op, "userfn"):        # cmampi's own ops
+        return op.name if op.userfn is None else ""
+    MPI = _sys.modules.get("mpi4py.MPI")   # an op of mpi4py's: it is imported already
+    if MPI is None:
         return ""
     for cand in _NAMES:
         if op == getattr(MPI, cand):
@@ -70,7 +69,7 @@ def _loc(better):
 def combiner_out(op, dtype: _np.dtype):
     """``f(a, b, out)`` writing ``a op b`` to *out* in one pass, for the
     predefined arithmetic and bitwise ops; None for the others."""
-    name = _name(op)
+    name = predefined_name(op)
     if name in _PREDEFINED and name not in ("LAND", "LOR", "LXOR"):
         ufunc, kinds = _PREDEFINED[name]
         if _np.dtype(dtype).kind in kinds:
@@ -94,7 +93,7 @@ def combiner(op, dtype: _np.dtype) -> Combine:
 
 
 def _combiner(op, dtype: _np.dtype) -> Combine:
-    name = _name(op)
+    name = predefined_name(op)
     if name in _PREDEFINED:
         ufunc, kinds = _PREDEFINED[name]
         if dtype.kind not in kinds:
@@ -112,7 +111,10 @@ def _combiner(op, dtype: _np.dtype) -> Combine:
         return lambda x, inout: None
     userfn = getattr(op, "userfn", None)
     if userfn is not None:           # cmampi's own Op.Create
-        return lambda x, inout: userfn(x, inout, None)
+        from ._names import datatype_of
+
+        datatype = datatype_of(dtype)
+        return lambda x, inout: userfn(x, inout, datatype)
     local = getattr(op, "Reduce_local", None)
     if local is not None:            # an mpi4py op: let MPI apply it
         return lambda x, inout: local(x, inout)

@@ -27,7 +27,8 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from . import _cma, _pull, _wire
-from ._buffers import Buffer, recv_buffer, send_buffer
+from ._buffers import Buffer, address, recv_buffer, send_buffer
+from ._config import config as _config
 
 __all__ = ["Engine", "Op", "SendOp", "PullSendOp", "RecvOp", "ForeignOp",
            "progress", "test", "wait_any", "wait_all", "wait_handles"]
@@ -85,6 +86,10 @@ class SendOp(Op):
         self.handle = handles[0]
 
     def advance(self, info) -> None:
+        if info[3] is not None:   # the channel failed it: the receiver is gone
+            self.handles, self.keep = [], None
+            self.finish(info[3])
+            return
         self.handles.pop(0)
         if self.handles:
             self.handle = self.handles[0]
@@ -113,8 +118,14 @@ class PullSendOp(Op):
         self.handle = engine.ch.irecv_reply(self.reply, dest, xid)
 
     def advance(self, info) -> None:
+        if info[3] is not None:   # no reply will come: the receiver is gone
+            self.buf = None
+            self.finish(info[3])
+            return
         code = self.reply[0]
         if code != _wire.ACK_HELP:
+            if code == _wire.ACK_FAILED and self.error is None:
+                self.error = self.engine.unread(self.dest)
             if self.helped == _wire.ACK_FAILED:
                 # Our copy failed: the receiver copies the tail and replies again.
                 self.helped = _wire.ACK_OK
@@ -155,18 +166,31 @@ class RecvOp(Op):
         super().finish(error)
         self.then = None
         _PENDING.pop(self, None)
+        self.engine.landing.pop(self, None)
 
     def advance(self, info) -> None:
         then, self.then = self.then, None
+        if info[3] is not None and then != self.arrived:
+            self.finish(info[3])  # a reply or payload that cannot come: the sender is gone
+            return
         then(info)
 
     def arrived(self, info) -> None:
         source, tag, count, err = info
-        if err is not None:  # a payload larger than anything it could fit into
+        if err is not None:  # a payload larger than anything it could fit into, or no sender
             self.source, self.tag, self.nbytes = source, tag, count
-            self.finish(self.engine.truncated())
+            names = self.engine.names
+            truncated = getattr(err, "error_class", names.ERR_TRUNCATE) == names.ERR_TRUNCATE
+            self.finish(self.engine.truncated() if truncated else err)
             return
+        self.engine.landing.pop(self, None)
         msg = self.buf.flat() if self.inplace else self.stage
+        if self.inplace and self.engine.limit < count <= self.engine.band:
+            # A control message landed in the user's buffer: take it out and
+            # put back what it covered.
+            ctrl = msg[:count].tobytes()
+            msg[:count] = np.frombuffer(self.stage, np.uint8, count)
+            msg = ctrl
         self.engine.deliver(self, memoryview(msg)[:count], source, tag)
         self.stage = None
 
@@ -204,26 +228,69 @@ class Engine:
         self.stage_size = self.band
         self.stage = bytearray(self.stage_size)
         self.stash: _collections.deque = _collections.deque()  # drained by probes
+        #: Receives the channel writes straight into the user's buffer, until arrival.
+        self.landing: Dict["RecvOp", None] = {}
         self.coll = None    # the communicator's collectives, made on first use
         self._xid = 0
-        self.cma = [self._cma_ok(p, config) for p in range(self.size)]
+        #: Held pidfds of the peers we may read (see `_cma.Peer`), closed by `free`.
+        self.peers: Dict[int, _cma.Peer] = {}
+        _allow_peers(config)
+        refusals = [self._cma_ok(p, config) for p in range(self.size)]
+        #: We may read (and write) rank p's memory: pulls we issue, pushes that help.
+        self.can_read = [why is None for why in refusals]
+        # The receiver pulls, so sends to p may be pulled only if p may read us:
+        # every rank learns who may read whom (a collective, as construction is).
+        # Per pair: None, may read; True, refused (and warned); False, not meant to.
+        mine = [None if why is None else bool(why) for why in refusals]
+        seen = channel.allgather(mine) if self.size > 1 else [mine]
+        #: Payloads to rank p are pulled by p (else they travel through the channel).
+        self.cma = [seen[p][self.rank] is None for p in range(self.size)]
+        #: Every rank may read every other: collectives copy between any two ranks.
+        self.all_cma = all(x is None for row in seen for x in row)
+        why = next((w for w in refusals if w), None) or next(
+            (f"rank {p} was refused access to this process's memory (its own warning "
+             "says why)" for p in range(self.size) if seen[p][self.rank] is True), None)
+        if why:
+            _warn_once(why)
 
-    def _cma_ok(self, peer: int, config) -> bool:
-        """Whether payloads from *peer* can be pulled: same node, same pid namespace,
-        and the kernel actually lets us read it (probed, never assumed)."""
+    def _cma_ok(self, peer: int, config) -> Optional[str]:
+        """None if we may read *peer*'s memory: same node, same pid and user
+        namespaces, a pidfd held, and the kernel actually lets us (probed, never
+        assumed). Otherwise why not ("" when CMA is not meant to be used)."""
         ch = self.ch
         if config.transport != "cma" or ch.nodes[peer] != ch.nodes[self.rank]:
-            return False
+            return ""
+        if peer == self.rank:
+            return None
         if ch.pidns[peer] != ch.pidns[self.rank]:
-            _warn_once(f"rank {peer} runs in another pid namespace")
-            return False
+            return f"rank {peer} runs in another pid namespace"
+        mine, theirs = ch.userns[self.rank], ch.userns[peer]
+        if mine is not None and theirs is not None and mine != theirs:
+            return (f"rank {peer} runs in another user namespace (uids and capabilities "
+                    "mean different things there)")
+        pid = ch.pids[peer]
         try:
-            _cma.probe(ch.pids[peer])
+            held = _cma.hold(pid, peer)
         except OSError as exc:
-            _warn_once(f"cross-memory access to rank {peer} (pid {ch.pids[peer]}) was "
-                       f"refused: {exc}")
-            return False
-        return True
+            return (f"no pidfd for rank {peer} (pid {pid}), needed so that a read can never "
+                    f"reach another process that reuses its pid: {exc}")
+        try:
+            _cma.probe(pid)
+        except OSError as exc:
+            _cma.release(held)
+            return f"cross-memory access to rank {peer} (pid {pid}) was refused: {exc}"
+        self.peers[peer] = held
+        return None
+
+    def free(self) -> None:
+        """Close the peers' pidfds and free the channel (and the collectives' own)."""
+        peers, self.peers = self.peers, {}
+        for held in peers.values():
+            _cma.release(held)
+        coll, self.coll = self.coll, None
+        if coll is not None:
+            coll.e.free()
+        self.ch.free()
 
     def next_xid(self) -> int:
         self._xid = (self._xid + 1) % self.ch.xid_limit
@@ -231,6 +298,14 @@ class Engine:
 
     def truncated(self) -> BaseException:
         return self.names.Exception(self.names.ERR_TRUNCATE)
+
+    def unread(self, dest: int) -> BaseException:
+        """The error of a send whose receiver could not read it from our memory."""
+        exc = self.names.Exception(self.names.ERR_OTHER)
+        if hasattr(exc, "add_note"):   # Python 3.11
+            exc.add_note(f"cmampi: rank {dest} could not read the message from this "
+                         f"process (pid {_os.getpid()}): it raised the error; see its output")
+        return exc
 
     # -- sending -------------------------------------------------------------------------
     def send(self, spec, dest: int, tag: int, announce: bool = False) -> None:
@@ -242,7 +317,9 @@ class Engine:
         if self._raw(buf.nbytes, dest, announce):
             self.ch.send(buf.wire(), dest, tag)
             return
-        wait_any([self.isend(buf, dest, tag, False, True, announce)])
+        op = self.isend(buf, dest, tag, False, True, announce)
+        wait_any([op])
+        self.complete(op)
 
     def _raw(self, n: int, dest: int, announce: bool) -> bool:
         """Whether an *n*-byte message to *dest* travels as itself."""
@@ -267,7 +344,8 @@ class Engine:
         xid = self.next_xid()
         if self.cma[dest] and n >= self.cma_min:
             flags = _wire.F_SYNC if sync else 0
-            if blocked and n >= self.coop_min and buf.contiguous:
+            # Helping means writing into the receiver: only if we may.
+            if blocked and n >= self.coop_min and buf.contiguous and self.can_read[dest]:
                 flags |= _wire.F_HELP
             op = PullSendOp(self, buf, dest, xid)
             # A descriptor is small: the channel buffers it, so sending it
@@ -331,19 +409,41 @@ class Engine:
             src, tg, data = hit
             self.deliver(op, memoryview(data), src, tg)
             return op
-        if buf is not None and buf.contiguous and buf.nbytes >= self.stage_size:
+        if buf is not None and buf.contiguous and buf.nbytes >= self.stage_size \
+                and not self._shares_landing(buf):
             # Any control message fits: let the channel write straight into it.
+            # Keep the bytes one would cover: only the message's own bytes may
+            # change (MPI 3.1, 3.2.4), and a synchronous one's payload can be
+            # shorter than its control message.
             op.inplace = True
             target = buf.wire()
+            op.stage = buf.flat()[:self.band].tobytes()
+            self.landing[op] = None
         else:
             # Payloads longer than this buffer would be truncated anyway; a
-            # strided buffer takes its payload here first.
+            # strided buffer (or one another pending receive lands in) takes
+            # its payload here first.
             size = self.stage_size
-            if buf is not None and not buf.contiguous:
+            if buf is not None and (not buf.contiguous or buf.nbytes >= size):
                 size = max(size, buf.nbytes)
             target = op.stage = bytearray(size)
         op.wait_on(self.ch.irecv(target, source, tag), op.arrived)
         return op
+
+    def _shares_landing(self, buf: Buffer) -> bool:
+        """Whether a pending in-place receive lands in part of *buf*. Pending
+        receives into one buffer are erroneous in MPI, but MPI libraries let
+        them be; here the later one lands in a stage of its own, so that no
+        control message is overwritten before it is read."""
+        if not self.landing:
+            return False
+        lo = address(buf.flat())
+        hi = lo + buf.nbytes
+        for other in self.landing:
+            olo = address(other.buf.flat())
+            if olo < hi and lo < olo + other.buf.nbytes:
+                return True
+        return False
 
     def irecv_matched(self, buf: Optional[Buffer], hit) -> RecvOp:
         """Receive a message already taken from the stash (a matched probe)."""
@@ -418,7 +518,8 @@ class Engine:
                                buf.layout.window(mid, op.nbytes), buf.array, self.chunk)
                 except OSError as exc:
                     err = exc
-            self.ch.send_reply(bytes((_wire.ACK_OK,)), op.source, xid)
+            self.ch.send_reply(bytes((_wire.ACK_OK if err is None else _wire.ACK_FAILED,)),
+                               op.source, xid)
         op.error = None
         op.finish(err)
 
@@ -500,9 +601,10 @@ class Engine:
             if hit is not None:
                 return hit
             if _PENDING:
+                self.ch.probe_any(source, False)   # raises if *source* is gone
                 _sched_yield()
             else:
-                self.ch.probe_any()
+                self.ch.probe_any(source)
 
     def mprobe(self, source: int, tag: int, block: bool):
         """Take the first matching message out of the stream, or None (non-blocking)."""
@@ -525,6 +627,7 @@ class Engine:
 # -- progress ----------------------------------------------------------------------------
 
 _warned = False
+_ptracer_pid = 0
 
 
 def _warn_once(why: str) -> None:
@@ -534,10 +637,32 @@ def _warn_once(why: str) -> None:
         _warned = True
         import warnings
 
-        warnings.warn(f"cmampi: {why}; payloads to and from such ranks are copied "
-                      "through the channel instead (results are the same, only slower). "
-                      "Set CMAMPI_TRANSPORT=copy to choose this explicitly.",
+        fix = "" if "CMAMPI_TRANSPORT=copy" in why else \
+            " Set CMAMPI_TRANSPORT=copy to choose this explicitly."
+        warnings.warn(f"cmampi: {why}; payloads that cannot be pulled are copied through "
+                      f"the channel instead (results are the same, only slower).{fix}",
                       RuntimeWarning, stacklevel=3)
+
+
+def _allow_peers(config) -> None:
+    """Under Yama's ptrace_scope 1, let the job's peers read this process.
+
+    Once per process (a forked child must ask again: Yama's exception does not
+    cross fork). Called when this module is imported too, so it comes before
+    any channel handshake: no peer can probe us before we have allowed it.
+    """
+    global _ptracer_pid
+    if _ptracer_pid == _os.getpid():
+        return
+    _ptracer_pid = _os.getpid()
+    if _cma.ptracer_plan(_cma.ptrace_scope(), config.set_ptracer) == "set":
+        try:
+            _cma.set_ptracer_any()
+        except OSError:
+            pass    # our peers' probes are refused, and their warnings say why
+
+
+_allow_peers(_config)
 
 
 _ndarray = np.ndarray
@@ -590,13 +715,16 @@ def wait_any(ops) -> None:
 
 def wait_handles(ch, handles: Sequence[Any]) -> List[Any]:
     """Wait for raw channel *handles*, progressing every posted receive meanwhile;
-    their completion infos, in order."""
+    their completion infos, in order. A handle the channel failed (its peer is
+    gone) raises its error at once."""
     infos: List[Any] = [None] * len(handles)
     left = list(range(len(handles)))
     while left:
         owners = [op for op in _PENDING if op.handle is not None]
         i, info = ch.waitany([handles[k] for k in left] + [op.handle for op in owners])
         if i < len(left):
+            if info[3] is not None:
+                raise info[3]
             infos[left.pop(i)] = info
         else:
             owners[i - len(left)].advance(info)

@@ -13,9 +13,31 @@ def _op_of(req) -> Optional[_p2p.Op]:
     """Our op for *req*; a request of the wrapped library joins our waits as-is."""
     if isinstance(req, Request):
         return req._op
-    if req is None or not req:
+    if req is None:
         return None
-    return _p2p.ForeignOp(_foreign_engine(), req)
+    engine = _foreign_engine()
+    foreign = getattr(engine.names, "Request", None)
+    if foreign is None or not isinstance(req, foreign):
+        raise TypeError(f"Cannot convert {type(req).__name__} to Request")
+    if not req:
+        return None
+    return _p2p.ForeignOp(engine, req)
+
+
+def _invalid() -> BaseException:
+    """mpi4py's error for a request that is null (freed or completed)."""
+    names = _foreign_engine().names
+    return names.Exception(names.ERR_REQUEST)
+
+
+#: Operations of freed requests still in flight, kept (with their buffers) until done.
+_DETACHED: List[_p2p.Op] = []
+
+
+def _detach(ops: Sequence[_p2p.Op]) -> None:
+    """Let *ops* finish on their own: freeing a request must not wait for its peer,
+    which may itself be waiting for us."""
+    _DETACHED[:] = [op for op in [*_DETACHED, *ops] if not _p2p.test(op)]
 
 
 def _foreign_engine():
@@ -101,15 +123,18 @@ class Request:
 
     def Cancel(self) -> None:
         """Cancel the request (a receive that has not matched yet)."""
+        if not self:
+            raise _invalid()
         if self._op is not None:
             self._op.engine.cancel(self._op)
 
     def Free(self) -> None:
-        """Free the request once its operation completes (it still completes)."""
-        if self._op is not None:
-            ops = self._ops()
-            self._op, self._parts = None, []
-            _p2p.wait_all(ops)
+        """Free the request; an operation still in flight completes on its own."""
+        if not self:
+            raise _invalid()
+        ops = self._ops()
+        self._op, self._parts = None, []
+        _detach(ops)
 
     # -- on many requests -------------------------------------------------------------------
     @classmethod
@@ -261,8 +286,8 @@ class Prequest(Request):
 
     def Start(self) -> None:
         """Start the persistent operation."""
-        if self._op is not None:
-            raise RuntimeError("cmampi: persistent request started while active")
+        if self._start is None or self._op is not None:
+            raise _invalid()        # freed, or started again before it completed
         inner = self._start()
         self._op, self._parts = inner._op, inner._parts
 
@@ -367,10 +392,30 @@ class Message:
 
     def Irecv(self, buf) -> Request:
         """Nonblocking receive of this matched message."""
-        if self._hit is None:
-            raise ValueError("cmampi: message already received")
         from ._buffers import recv_buffer
 
+        self._check()
         rbuf = recv_buffer(buf) if buf is not None else None
+        return Request(self._take(rbuf))
+
+    def recv(self, status=None) -> Any:
+        """Blocking receive of this matched message, as a Python object."""
+        return self.irecv().wait(status)
+
+    def irecv(self) -> Request:
+        """Nonblocking receive of this matched message, as a Python object."""
+        from .objects import loads
+
+        self._check()
+        op = self._take(None)
+        op.decode = loads
+        return Request(op)
+
+    def _check(self) -> None:
+        if self._hit is None:       # received already: a null message, as in mpi4py
+            names = self._engine.names
+            raise names.Exception(names.ERR_REQUEST)
+
+    def _take(self, rbuf) -> _p2p.RecvOp:
         hit, self._hit = self._hit, None
-        return Request(self._engine.irecv_matched(rbuf, hit))
+        return self._engine.irecv_matched(rbuf, hit)

@@ -22,6 +22,12 @@ echo "== collectives at 4 ranks (oversubscribed), both channels"
 mpiexec -n 4 "${PYTEST[@]}" --with-mpi -m mpi tests/test_coll.py
 PYTHONPATH="$ROOT/tests/no_mpi4py" python -m cmampi -n 4 --timeout 600 \
     -m pytest -q -p no:cacheprovider -p no:pytest_mpi -m mpi tests/test_coll.py
+echo "== stress at 4 ranks (oversubscribed), both channels, with CMA and with the copy transport"
+for transport in cma copy; do
+    CMAMPI_TRANSPORT=$transport mpiexec -n 4 "${PYTEST[@]}" --with-mpi -m mpi tests/test_stress.py
+    CMAMPI_TRANSPORT=$transport PYTHONPATH="$ROOT/tests/no_mpi4py" python -m cmampi -n 4 \
+        --timeout 600 -m pytest -q -p no:cacheprovider -p no:pytest_mpi -m mpi tests/test_stress.py
+done
 echo "== copy transport (payloads through the channel, as where CMA is refused)"
 CMAMPI_TRANSPORT=copy mpiexec -n 2 "${PYTEST[@]}" --with-mpi -m mpi tests
 CMAMPI_TRANSPORT=copy PYTHONPATH="$ROOT/tests/no_mpi4py" python -m cmampi -n 2 --timeout 600 \

@@ -73,3 +73,19 @@ def test_choose(env, blocked, expect):
                          text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == expect
+
+
+@pytest.mark.mpi(min_size=2)
+def test_transport_per_peer(cmcomm):
+    """Every pair on one node pulls with CMA, unless the copy transport is forced."""
+    import os
+
+    from cmampi import MPI
+
+    want = "copy" if os.environ.get("CMAMPI_TRANSPORT") == "copy" else "cma"
+    rank = cmcomm.Get_rank()
+    for peer in range(cmcomm.Get_size()):
+        assert cmcomm.transport(peer) == ("self" if peer == rank else want)
+    for bad in (MPI.PROC_NULL, cmcomm.Get_size(), -5):
+        with pytest.raises(MPI.Exception):
+            cmcomm.transport(bad)

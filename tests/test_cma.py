@@ -571,8 +571,7 @@ def test_oserror_maps_errno_to_subclass(err, cls):
 def test_oserror_hints():
     eperm = _cma.oserror(errno.EPERM, 4242)
     assert isinstance(eperm, PermissionError)
-    assert "ptrace_scope" in str(eperm) and "4242" in str(eperm)
-    assert "CMAMPI_TRANSPORT=copy" in str(eperm)
+    assert "4242" in str(eperm) and "CMAMPI_TRANSPORT=copy" in str(eperm)
     enosys = _cma.oserror(errno.ENOSYS, 1)
     assert enosys.errno == errno.ENOSYS and "CMAMPI_TRANSPORT=copy" in str(enosys)
     eio = _cma.oserror(errno.EIO, 1)  # no hint: just the system's message
@@ -604,9 +603,7 @@ def test_other_user_gets_permission_error():
     t, s = target.ctypes.data, scratch.ctypes.data
 
     def attempt():
-        os.setgroups([])
-        os.setresgid(65534, 65534, 65534)
-        os.setresuid(65534, 65534, 65534)
+        _become_nobody(False)
         tries = {
             "probe": lambda: _cma.probe(parent),
             "read_into": lambda: _cma.read_into(parent, s, t, 16),
@@ -619,10 +616,296 @@ def test_other_user_gets_permission_error():
                 fn()
                 out[name] = None
             except OSError as e:
-                out[name] = (type(e).__name__, e.errno, "ptrace_scope" in str(e))
+                out[name] = (type(e).__name__, e.errno,
+                             "runs as uid 0/0/0 and we as uid 65534" in str(e)
+                             and "CMAMPI_TRANSPORT=copy" in str(e))
         return out
 
     got = run_in_child(attempt)
     assert got == {name: ("PermissionError", errno.EPERM, True)
                    for name in ("probe", "read_into", "readv", "writev")}
     assert np.array_equal(target, np.arange(16, dtype=np.uint8))
+
+
+def _become_nobody(dumpable: bool) -> None:
+    """Drop to uid/gid 65534 (which leaves the process non-dumpable) and set dumpable."""
+    os.setgroups([])
+    os.setresgid(65534, 65534, 65534)
+    os.setresuid(65534, 65534, 65534)
+    assert _libc.prctl(PR_SET_DUMPABLE, int(dumpable), 0, 0, 0) == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to another user")
+@pytest.mark.parametrize("dumpable", [False, True])
+def test_same_user_non_dumpable_peer_is_refused(dumpable):
+    """Two processes of one user: the kernel refuses access to the non-dumpable one
+    (as after setuid), and the message says so; a dumpable one can be read."""
+    def attempt():
+        r, w = os.pipe()
+        ready_r, ready_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:                       # the peer: nobody, dumpable or not
+            try:
+                _become_nobody(dumpable)
+                os.close(w)
+                os.write(ready_w, b"x")
+                os.read(r, 1)              # until our parent is done
+            finally:
+                os._exit(0)
+        os.close(r)
+        try:
+            _become_nobody(True)
+            _read_exact(ready_r, 1, TIMEOUT)   # the peer has its final identity
+            try:
+                _cma.probe(pid)
+                return None
+            except OSError as e:
+                return type(e).__name__, e.errno, str(e)
+        finally:
+            os.close(w)
+            os.waitpid(pid, 0)
+
+    got = run_in_child(attempt)
+    if dumpable:
+        assert got is None
+    else:
+        kind, err, text = got
+        assert (kind, err) == ("PermissionError", errno.EPERM)
+        assert "not dumpable" in text and "CMAMPI_TRANSPORT=copy" in text
+
+
+@pytest.mark.parametrize("scope,expect", [
+    (1, "prctl(PR_SET_PTRACER)"), (2, "admin-only"), (3, "until the next reboot"),
+    (None, "security module"), (0, "security module"),
+])
+def test_refusal_explained_by_yama_scope(monkeypatch, scope, expect):
+    """Same user, dumpable peer: what is left to blame is Yama, or a security module."""
+    me = str(os.getuid())
+    gid = str(os.getgid())
+    status = {"Uid": f"{me}\t{me}\t{me}\t{me}", "Gid": f"{gid}\t{gid}\t{gid}\t{gid}",
+              "CapEff": "0"}
+    monkeypatch.setattr(_cma, "_status", lambda pid: status)
+    monkeypatch.setattr(_cma, "_dump_owner", lambda pid: int(me))
+    monkeypatch.setattr(_cma, "ptrace_scope", lambda: scope)
+    text = str(_cma.oserror(errno.EPERM, 77))
+    assert expect in text and "pid 77" in text and "CMAMPI_TRANSPORT=copy" in text
+    if scope:
+        assert "ptrace_scope" in text
+
+
+def test_refusal_explained_by_group(monkeypatch):
+    me, gid = os.getuid(), os.getgid()
+    status = {"Uid": f"{me}\t{me}\t{me}\t{me}", "Gid": f"{gid}\t{gid + 1}\t{gid}\t{gid}",
+              "CapEff": "0"}
+    monkeypatch.setattr(_cma, "_status", lambda pid: status)
+    text = str(_cma.oserror(errno.EPERM, 77))
+    assert f"it runs as gid {gid}/{gid + 1}/{gid} and we as gid {gid}" in text
+
+
+# -- Yama: PR_SET_PTRACER --------------------------------------------------------------------
+
+PR_SET_DUMPABLE = 4
+_libc.prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
+
+
+@pytest.mark.parametrize("scope,enabled,plan", [
+    (None, True, "none"), (0, True, "none"), (0, False, "none"),
+    (1, True, "set"), (1, False, "off"),
+    (2, True, "blocked"), (3, True, "blocked"), (2, False, "blocked"),
+])
+def test_ptracer_plan(scope, enabled, plan):
+    assert _cma.ptracer_plan(scope, enabled) == plan
+
+
+def test_ptrace_scope_reads_yama():
+    path = "/proc/sys/kernel/yama/ptrace_scope"
+    want = int(open(path).read()) if os.path.exists(path) else None
+    assert _cma.ptrace_scope() == want
+
+
+def test_set_ptracer_any_maps_errno():
+    """Without Yama the kernel answers EINVAL, raised as OSError naming the cause;
+    with Yama the call succeeds (in a child, so that this process is left as it was)."""
+    def attempt():
+        try:
+            _cma.set_ptracer_any()
+            return None
+        except OSError as e:
+            return type(e).__name__, e.errno, e.strerror
+
+    got = run_in_child(attempt)
+    if _cma.ptrace_scope() is None:
+        assert got == ("OSError", errno.EINVAL,
+                       f"{os.strerror(errno.EINVAL)}: Yama is not enabled in this kernel")
+    else:
+        assert got is None
+
+
+# -- namespaces ------------------------------------------------------------------------------
+
+def test_user_namespace_of_self_and_child(spawn):
+    kid = spawn(lambda: {})
+    ours = _cma.user_namespace()
+    assert ours is not None and ours == _cma.user_namespace(os.getpid())
+    assert _cma.user_namespace(kid.pid) == ours
+    assert _cma.user_namespace(999999999) is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to another user")
+def test_user_namespace_hidden_from_who_may_not_read():
+    """The kernel shows a process's namespaces only to those who may ptrace-read it."""
+    parent = os.getpid()
+
+    def attempt():
+        _become_nobody(True)
+        return _cma.user_namespace(parent), _cma.user_namespace()
+
+    theirs, ours = run_in_child(attempt)
+    assert theirs is None and ours == _cma.user_namespace()
+
+
+# -- pidfds: an exited peer is never read through its pid ------------------------------------
+
+def _exited_child() -> int:
+    """The pid of a child that has exited and been reaped (its pid is free again)."""
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+    return pid
+
+
+def test_peer_reports_exit_and_pulls_raise(spawn):
+    src = pattern(4096, seed=31)
+    kid = spawn(lambda: {"a": src.copy()})
+    peer = _cma.hold(kid.pid, rank=3)
+    try:
+        assert peer.alive() and "running" in repr(peer)
+        out = np.zeros(4096, np.uint8)
+        _cma.read_into(kid.pid, out.ctypes.data, kid.addr["a"], 4096)   # checked, fine
+        assert np.array_equal(out, src)
+        assert kid.close() == 0
+        assert not peer.alive() and "exited" in repr(peer)
+        calls = {
+            "check": peer.check,
+            "read_into": lambda: _cma.read_into(kid.pid, out.ctypes.data, kid.addr["a"], 16),
+            "readv": lambda: _cma.readv(kid.pid, [(out.ctypes.data, 16)],
+                                        [(kid.addr["a"], 16)]),
+            "writev": lambda: _cma.writev(kid.pid, [(out.ctypes.data, 16)],
+                                          [(kid.addr["a"], 16)]),
+            "probe": lambda: _cma.probe(kid.pid),
+        }
+        for name, call in calls.items():
+            with pytest.raises(ProcessLookupError) as exc:
+                call()
+            assert exc.value.errno == errno.ESRCH, name
+            assert f"rank 3 (pid {kid.pid}) has exited" in str(exc.value), name
+            assert "reused its pid" in str(exc.value), name
+    finally:
+        _cma.release(peer)
+    assert peer.fd == -1 and kid.pid not in _cma._held
+
+
+def test_peer_exit_is_seen_before_it_is_reaped(spawn):
+    """A pidfd signals exit at once; the zombie still holds its pid, but we stop anyway."""
+    kid = spawn(lambda: {})
+    with _cma.Peer(kid.pid) as peer:
+        _send(kid._cmd, ("exit",))
+        deadline = time.monotonic() + TIMEOUT
+        while peer.alive() and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert not peer.alive()
+        assert os.waitpid(kid.pid, os.WNOHANG)[0] == kid.pid   # it was still a zombie
+        kid.exitcode = 0
+        os.close(kid._cmd)
+        os.close(kid._res)
+    assert peer.fd == -1 and not peer.alive() and "closed" in repr(peer)
+
+
+def test_holds_are_shared_and_counted(spawn):
+    kid = spawn(lambda: {})
+    a = _cma.hold(kid.pid, 1)
+    b = _cma.hold(kid.pid, 2)
+    assert a is b and a.refs == 2 and _cma._held[kid.pid] is a
+    _cma.release(a)
+    assert a.fd >= 0 and _cma._held[kid.pid] is a
+    _cma.release(b)
+    assert a.fd == -1 and kid.pid not in _cma._held
+
+
+def test_hold_of_a_gone_pid_raises():
+    with pytest.raises(ProcessLookupError):
+        _cma.hold(_exited_child())
+
+
+def test_proc_descriptor_stands_in_for_pidfd(spawn, monkeypatch):
+    """Kernels before 5.3 have no pidfd_open: /proc/<pid> then tells once it is reaped."""
+    def enosys(pid):
+        raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
+
+    monkeypatch.setattr(os, "pidfd_open", enosys)
+    kid = spawn(lambda: {})
+    peer = _cma.hold(kid.pid, 0)
+    try:
+        assert peer._poll is None and peer.alive()
+        assert kid.close() == 0
+        with pytest.raises(ProcessLookupError):
+            peer.check()
+    finally:
+        _cma.release(peer)
+
+
+def _filled(buf: np.ndarray, fill: int):
+    """A child's make(): *buf* (allocated before the fork, so at the same address
+    in every child) filled with *fill*."""
+    def make():
+        buf[:] = fill
+        return {"a": buf}
+    return make
+
+
+def _child_at_pid(want: int, make, tries: int = 20):
+    """A Child running at pid *want* (free again), made by setting the kernel's
+    last pid just below it."""
+    for _ in range(tries):
+        with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+            f.write(str(want - 1))
+        kid = Child(make)
+        if kid.pid == want:
+            return kid
+        kid.close()                    # another process took it first: again
+    pytest.skip(f"could not get pid {want} back within {tries} tries")
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not os.access("/proc/sys/kernel/ns_last_pid", os.W_OK),
+                    reason="needs to set /proc/sys/kernel/ns_last_pid")
+def test_reused_pid_is_caught():
+    """A genuine pid reuse: the peer exits, a stranger gets its pid. A raw read
+    copies the stranger's memory; through the held peer it is refused, and a
+    write never reaches the stranger."""
+    buf = np.zeros(4096, np.uint8)
+    first = Child(_filled(buf, 0xAA))
+    pid, addr = first.pid, buf.ctypes.data
+    peer = _cma.hold(pid, 1)
+    stranger = None
+    try:
+        assert first.close() == 0
+        stranger = _child_at_pid(pid, _filled(buf, 0xBB))
+        out = np.zeros(4096, np.uint8)
+        _cma._transfer_one(_cma._readv, pid, out.ctypes.data, addr, 4096)   # unguarded
+        assert (out == 0xBB).all()
+        out[:] = 0
+        with pytest.raises(ProcessLookupError, match=f"rank 1 \\(pid {pid}\\) has exited"):
+            _cma.read_into(pid, out.ctypes.data, addr, 4096)
+        with pytest.raises(ProcessLookupError):
+            _cma.readv(pid, [(out.ctypes.data, 4096)], [(addr, 2048), (addr + 2048, 2048)])
+        with pytest.raises(ProcessLookupError):
+            _cma.probe(pid)
+        src = np.full(4096, 0xCC, np.uint8)
+        with pytest.raises(ProcessLookupError):
+            _cma.writev(pid, [(src.ctypes.data, 4096)], [(addr, 4096)])
+        assert stranger.call("sha", "a") == _sha(np.full(4096, 0xBB, np.uint8))
+    finally:
+        _cma.release(peer)
+        if stranger is not None:
+            assert stranger.close() == 0

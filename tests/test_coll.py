@@ -581,6 +581,27 @@ def test_commutative_user_op(comm, MPI, n):
         op.Free()
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.int32, np.complex128])
+def test_user_op_gets_the_datatype(comm, MPI, dtype):
+    """A user function is called with a datatype of the buffer's type, as mpi4py does."""
+    seen = []
+
+    def add(inbuf, inoutbuf, datatype):
+        seen.append(datatype.Get_size())
+        a = np.frombuffer(inbuf, dtype) if not isinstance(inbuf, np.ndarray) else inbuf
+        b = np.frombuffer(inoutbuf, dtype) if not isinstance(inoutbuf, np.ndarray) else inoutbuf
+        b += a
+
+    op = MPI.Op.Create(add, commute=True)
+    try:
+        out = np.zeros(5, dtype)
+        comm.Allreduce(np.ones(5, dtype), out, op)
+        assert (out == comm.Get_size()).all()
+        assert all(n == np.dtype(dtype).itemsize for n in seen)
+    finally:
+        op.Free()
+
+
 def test_noncommutative_rank_order(comm, MPI):
     """The affine op really is order-sensitive: one map per rank, rank order only."""
     rank, size = comm.Get_rank(), comm.Get_size()
@@ -915,3 +936,35 @@ def test_short_receive_buffer_on_one_rank(cmcomm, n, short):
     works_after(cmcomm, MPI)
     if me_short:
         assert (guard[n - 1 :] == SENTINEL).all(), "written past the receive buffer"
+
+
+def test_small_collectives_use_the_mpi_library(cmcomm, MPI, monkeypatch):
+    """On the MPI channel, small well-formed collectives are the MPI library's own
+    (after one agreement); large, strided or mismatched ones are cmampi's, on every
+    rank alike, so a mismatch still raises everywhere."""
+    if MPI.CHANNEL != "mpi":
+        pytest.skip("the MPI channel only")
+    from cmampi import native
+
+    taken = []
+    real = native.run
+    monkeypatch.setattr(native, "run", lambda *a, **k: taken.append(real(*a, **k)) or taken[-1])
+    rank, size = cmcomm.Get_rank(), cmcomm.Get_size()
+    out = np.zeros(16)
+    cmcomm.Allreduce(np.full(16, 1.0), out, op=MPI.SUM)
+    assert (out == size).all() and taken[-1] is True
+    big = np.zeros(1 << 17)
+    cmcomm.Allreduce(np.ones(1 << 17), big, op=MPI.SUM)
+    assert (big == size).all() and taken[-1] is False
+    strided = np.zeros(32)
+    cmcomm.Allreduce(np.ones(32)[::2], strided[::2], op=MPI.SUM)
+    assert (strided[::2] == size).all() and taken[-1] is False
+    with pytest.raises(MPI.Exception):
+        n = 10 if rank == 0 else 12
+        cmcomm.Allreduce(np.ones(n), np.zeros(n), op=MPI.SUM)
+    assert taken[-1] is False
+    with pytest.raises(MPI.Exception):
+        cmcomm.Allreduce(np.ones(4), np.zeros(4), op=MPI.BAND)   # undefined for float64
+    buf = np.arange(8.0) if rank == 0 else np.zeros(8)
+    cmcomm.Bcast(buf, root=0)
+    assert (buf == np.arange(8.0)).all() and taken[-1] is True

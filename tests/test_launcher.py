@@ -225,6 +225,7 @@ def test_module(tmp_path):
     (["-n", "2", "--bogus"], "--bogus"),
     (["-n", "2", "--timeout", "0"], "--timeout"),
     (["-n", "2", "--timeout", "soon"], "--timeout"),
+    (["-n", "2", "--grace", "-1"], "--grace"),
 ])
 def test_bad_options(tmp_path, args, message):
     marker = tmp_path / "started"
@@ -290,6 +291,33 @@ def test_rank_killed_by_signal(tmp_path):
     assert gone(int((tmp_path / "pid-0").read_text()))
 
 
+def test_others_get_a_grace_period(tmp_path):
+    """After a failure the other ranks may still report and exit by themselves:
+    rank 0 notices rank 1's death, takes a moment, and is not terminated."""
+    prog = program(tmp_path, helpers=True, body="""
+        import signal
+        if rank == "1":
+            while not os.path.exists(os.path.join(out, "pid-0")):
+                time.sleep(0.01)
+            report("pid-1", str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGKILL)
+        signal.signal(signal.SIGTERM, lambda *a: (report("terminated", ""), sys.exit(1)))
+        report("pid-" + rank, str(os.getpid()))
+        while not os.path.exists(os.path.join(out, "pid-1")):
+            time.sleep(0.01)
+        while os.path.exists("/proc/" + open(os.path.join(out, "pid-1")).read()):
+            time.sleep(0.01)   # reaped: the launcher knows
+        time.sleep(0.5)
+        print("rank 0: my own report", flush=True)
+    """)
+    res = launch("-n", 2, "--grace", 5, prog, tmp_path)
+    pid1 = (tmp_path / "pid-1").read_text()
+    assert res.returncode == 128 + signal.SIGKILL
+    assert f"cmampi: rank 1 (pid {pid1}) was killed by SIGKILL" in res.stderr
+    assert "rank 0: my own report" in res.stdout
+    assert not (tmp_path / "terminated").exists()
+
+
 def test_stubborn_rank_is_killed(tmp_path):
     prog = program(tmp_path, helpers=True, body="""
         import signal
@@ -302,9 +330,10 @@ def test_stubborn_rank_is_killed(tmp_path):
         time.sleep(60)
     """)
     t0 = time.monotonic()
-    res = launch("-n", 2, prog, tmp_path)
+    res = launch("-n", 2, "--grace", 1, prog, tmp_path)
     assert res.returncode == 5
-    assert 1.5 < time.monotonic() - t0 < 10  # SIGTERM ignored: SIGKILL after the grace period
+    # A grace period to exit, SIGTERM (ignored), another, then SIGKILL.
+    assert 2 <= time.monotonic() - t0 < 10
     assert gone(int((tmp_path / "pid-0").read_text()))
 
 

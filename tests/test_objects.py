@@ -99,3 +99,112 @@ def test_object_collectives(comm, MPI):
     if rank > 0:
         assert ex == sum(range(rank))
     assert comm.allreduce(np.full(3, rank), op=lambda a, b: a + b).tolist() == [total] * 3
+
+
+def big(rank: int, n: int = 3 * OOB_MIN) -> dict:
+    """An object whose large array travels out of band, tagged by its rank."""
+    return {"rank": rank, "a": np.full(n // 8, float(rank)),
+            "strided": np.arange(4 * OOB_MIN // 8, dtype=np.float64)[::4] + rank,
+            "long_list": list(range(3000)) + [rank]}      # a stream longer than 16 KiB
+
+
+def check_big(obj: dict, rank: int) -> None:
+    assert obj["rank"] == rank and (obj["a"] == rank).all()
+    assert obj["a"].flags.writeable and obj["strided"][1] == 4 + rank
+    assert obj["long_list"][-1] == rank
+
+
+def test_object_collectives_large(comm, MPI):
+    rank, size = comm.Get_rank(), comm.Get_size()
+    root = 1 % size
+    mine = big(rank)
+    check_big(comm.bcast(mine if rank == root else None, root), root)
+    got = comm.gather(mine, root)
+    if rank == root:
+        for r, obj in enumerate(got):
+            check_big(obj, r)
+    else:
+        assert got is None
+    check_big(comm.scatter([big(r) for r in range(size)] if rank == root else None, root), rank)
+    for r, obj in enumerate(comm.allgather(mine)):
+        check_big(obj, r)
+    got = comm.alltoall([big(rank * size + d) for d in range(size)])
+    for s, obj in enumerate(got):
+        check_big(obj, s * size + rank)
+    total = sum(range(size))
+    arr = np.full(OOB_MIN, float(rank))        # 512 KiB: out of band
+    assert (comm.allreduce(arr, op=MPI.SUM) == total).all()
+    red = comm.reduce(arr, op=MPI.SUM, root=root)
+    assert red is None if rank != root else (red == total).all()
+    assert (comm.scan(arr) == sum(range(rank + 1))).all()
+    ex = comm.exscan(arr)
+    if rank > 0:
+        assert (ex == sum(range(rank))).all()
+    # The sender's objects are untouched, and results are independent of them.
+    check_big(mine, rank)
+    mine["a"][:] = -1
+    assert (comm.allgather(None) == [None] * size)
+
+
+def test_bcast_result_is_independent(comm, MPI):
+    rank = comm.Get_rank()
+    obj = {"a": np.arange(OOB_MIN, dtype=np.int64)}
+    got = comm.bcast(obj if rank == 0 else None, 0)
+    got["a"][:] = -1                        # the root's copy is its own, too
+    assert rank != 0 or (obj["a"] == np.arange(OOB_MIN)).all()
+    comm.barrier()
+
+
+def test_bcast_64mib_dict(comm, MPI):
+    """The issue's case: a dict holding a 64 MiB array, broadcast; also > 50 MiB objects."""
+    rank = comm.Get_rank()
+    n = 64 << 20
+    obj = {"name": "w", "w": np.arange(n // 8, dtype=np.float64)} if rank == 0 else None
+    got = comm.bcast(obj, 0)
+    assert got["name"] == "w" and got["w"].nbytes == n
+    assert got["w"][0] == 0 and got["w"][-1] == n // 8 - 1 and got["w"][12345] == 12345
+
+
+def test_collective_pickling_error_reaches_every_rank(cmcomm, MPI):
+    """A pickling error on the root is raised on every rank; nobody hangs (mpi4py
+    would raise on the root only and leave the others waiting)."""
+    rank = cmcomm.Get_rank()
+    with pytest.raises(Exception):
+        cmcomm.bcast((lambda: 0) if rank == 0 else None, 0)
+    with pytest.raises(Exception):
+        cmcomm.allgather(threading_lock() if rank == cmcomm.Get_size() - 1 else rank)
+    assert cmcomm.allgather(rank) == list(range(cmcomm.Get_size()))
+
+
+def threading_lock():
+    import threading
+
+    return threading.Lock()
+
+
+def test_scatter_wrong_length(cmcomm, MPI):
+    size = cmcomm.Get_size()
+    with pytest.raises(Exception):
+        cmcomm.scatter(list(range(size + 1)) if cmcomm.Get_rank() == 0 else None, 0)
+    assert cmcomm.scatter(list(range(size)) if cmcomm.Get_rank() == 0 else None, 0) == \
+        cmcomm.Get_rank()
+
+
+def test_object_mprobe(comm, MPI):
+    rank, size = comm.Get_rank(), comm.Get_size()
+    if rank == 0:
+        comm.send({"small": 1}, 1, 5)
+        comm.send(big(0), 1, 6)
+    elif rank == 1:
+        st = MPI.Status()
+        msg = comm.mprobe(source=0, tag=6, status=st)    # matches the later message first
+        assert st.Get_source() == 0 and st.Get_tag() == 6
+        check_big(msg.recv(), 0)
+        msg = None
+        while msg is None:
+            msg = comm.improbe(0, 5)
+        assert msg.irecv().wait() == {"small": 1}
+    nothing = comm.improbe(MPI.ANY_SOURCE, 77)
+    assert nothing is None
+    null = comm.mprobe(MPI.PROC_NULL)
+    assert null.recv() is None

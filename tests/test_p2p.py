@@ -483,3 +483,20 @@ def test_objects_roundtrip(comm, MPI):
         assert st.Get_source() == 0 and st.Get_tag() == 5
         assert np.array_equal(got["a"], obj["a"]) and got["b"] == obj["b"] and got["c"] is None
         assert comm.irecv(source=0, tag=6).wait() == 0
+
+
+@pytest.mark.parametrize("n", [6000, 100_000, 3 << 20])
+def test_pending_receives_sharing_a_buffer(comm, MPI, n):
+    """Erroneous in MPI, yet common in bandwidth tests (and tolerated by MPI
+    libraries): several pending receives into one buffer. Each must complete,
+    and the buffer ends up holding one of the (identical) messages."""
+    rank = comm.Get_rank()
+    window = 8
+    if rank == 0:
+        data = np.arange(n, dtype=np.uint8)
+        MPI.Request.Waitall([comm.Isend(data, 1, 21) for _ in range(window)])
+    elif rank == 1:
+        buf = np.zeros(n, np.uint8)
+        MPI.Request.Waitall([comm.Irecv(buf, 0, 21) for _ in range(window)])
+        assert (buf == np.arange(n, dtype=np.uint8)).all()
+    comm.Barrier()

@@ -8,8 +8,8 @@ from typing import List, Optional, Sequence, Tuple
 
 from mpi4py import MPI as _MPI
 
-from .._cma import pid_namespace
-from .._config import CMA_MIN_DEFAULTS
+from .._cma import pid_namespace, user_namespace
+from .._config import CMA_MIN_DEFAULTS, config as _config
 
 __all__ = ["MPIChannel"]
 
@@ -44,13 +44,20 @@ class MPIChannel:
             local_id = shared.allreduce(self.rank, op=_MPI.MIN)
         finally:
             shared.Free()
+        node = node if node is not None else _config.node
         key = node if node is not None else f"{_socket.gethostname()}#{local_id}"
-        info = comm.allgather((_os.getpid(), key, pid_namespace()))
-        self.pids: List[int] = [pid for pid, _, _ in info]
-        self.nodes: List[str] = [k for _, k, _ in info]
+        info = comm.allgather((_os.getpid(), key, pid_namespace(), user_namespace()))
+        self.pids: List[int] = [pid for pid, _, _, _ in info]
+        self.nodes: List[str] = [k for _, k, _, _ in info]
         #: A peer's pid is only usable for CMA inside the same pid namespace.
-        self.pidns = [ns for _, _, ns in info]
+        self.pidns = [ns for _, _, ns, _ in info]
+        #: CMA is only used inside one user namespace.
+        self.userns = [ns for _, _, _, ns in info]
         self.status = _MPI.Status()
+
+    def allgather(self, obj):
+        """Every rank's *obj* (small, pickled), in rank order; collective."""
+        return self.side.allgather(obj)
 
     # -- user space --------------------------------------------------------------------
     def send(self, data, dest: int, tag: int) -> None:
@@ -91,9 +98,13 @@ class MPIChannel:
         msg.Recv([data, _BYTE])
         return src, tag, data
 
-    def probe_any(self) -> None:
-        """Block until some user-space message has arrived."""
-        self.user.Probe(_MPI.ANY_SOURCE, _MPI.ANY_TAG)
+    def probe_any(self, source: int = _MPI.ANY_SOURCE, block: bool = True) -> None:
+        """Block until some user-space message has arrived (no-op unless *block*).
+
+        *source* is for channels that can tell a dead peer; MPI cannot.
+        """
+        if block:
+            self.user.Probe(_MPI.ANY_SOURCE, _MPI.ANY_TAG)
 
     # -- side space: replies (receiver -> sender) on 2*xid, payloads on 2*xid + 1 --------
     def send_reply(self, data, dest: int, xid: int) -> None:

@@ -6,6 +6,27 @@ posted receives in posting order, unexpected messages in arrival order, per
 communicator context. ``SocketChannel`` is one communicator's view of the hub.
 Payloads above the eager limit never cross the sockets when CMA is allowed:
 only their descriptors do.
+
+A peer's death is noticed by its socket (end of file, reset) and, where the
+kernel has them, by a pidfd (which also covers sockets kept open by a forked
+child). From then on every operation that needs that peer fails with
+``PeerFailed`` (error class ``ERR_PROC_FAILED``) instead of waiting:
+
+* receives and probes from it, sends to it, and replies it was to send;
+* everything on a collective context it belongs to (see
+  `SocketChannel.collective`), so that no survivor waits on another survivor
+  that has given up on the collective;
+* unless it said goodbye (see below): an ``ANY_SOURCE`` receive or probe on a
+  communicator it belongs to, when no message that has already arrived
+  matches. This is ULFM's ``MPI_ERR_PROC_FAILED_PENDING``: the message
+  awaited may have been the dead rank's, and nothing here can tell; there is
+  no way to acknowledge the failure, so it holds for the rest of the job.
+
+Traffic between surviving ranks with a named source keeps working. A rank of
+the launcher that ends in good order (its interpreter exits without an
+uncaught exception) says goodbye to every peer first: its leaving then fails
+only what needs it by name, and ``ANY_SOURCE`` receives go on waiting for the
+others.
 """
 
 from __future__ import annotations
@@ -17,11 +38,12 @@ import select as _select
 import socket as _socket
 import struct as _struct
 import time as _time
-from typing import Any, Deque, Dict, List, Optional, Sequence
+from typing import Any, Deque, Dict, List, Optional, Sequence, Set
 
 import numpy as _np
 
 from .. import _names
+from .._cma import user_namespace
 from .._config import CMA_MIN_DEFAULTS
 
 __all__ = ["Hub", "SocketChannel", "hub_from_environ", "PeerFailed"]
@@ -29,7 +51,7 @@ __all__ = ["Hub", "SocketChannel", "hub_from_environ", "PeerFailed"]
 # Frame header: space, context id, tag (or key), payload length.
 _FRAME = _struct.Struct("<B3xIiQ")
 _HELLO = _struct.Struct("<32sI")          # job token, rank of the connecting side
-USER, SIDE, SYS = 0, 1, 2
+USER, SIDE, SYS, BYE = 0, 1, 2, 3
 _READ_CHUNK = 1 << 16
 _DIRECT = 1 << 15    # payload bytes still missing from which we read straight into place
 _CONNECT_TIMEOUT = 60.0
@@ -39,11 +61,16 @@ _sched_yield = getattr(_os, "sched_yield", lambda: None)
 
 
 class PeerFailed(_names.Exception):
-    """A peer rank exited or its connection broke."""
+    """A peer rank exited or its connection broke (error class ``ERR_PROC_FAILED``).
 
-    def __init__(self, rank: int, why: str = "") -> None:
-        super().__init__(_names.ERR_PROC_FAILED, f"rank {rank} is gone{': ' + why if why else ''}")
+    ``rank`` is the peer's rank in the job (``COMM_WORLD``), ``pid`` its process id.
+    """
+
+    def __init__(self, rank: int, why: str = "", pid: Optional[int] = None) -> None:
+        who = f"rank {rank}" if not pid else f"rank {rank} (pid {pid})"
+        super().__init__(_names.ERR_PROC_FAILED, f"{who} is gone{': ' + why if why else ''}")
         self.rank = rank
+        self.pid = pid
 
 
 def _bytes_view(obj) -> memoryview:
@@ -86,19 +113,21 @@ class Handle:
 class _Conn:
     """One connection: a socket, its outgoing queue and its frame parser."""
 
-    __slots__ = ("sock", "rank", "pid", "out", "rbuf", "rmv", "rlo", "rhi", "cur", "dead",
-                 "polling_out")
+    __slots__ = ("sock", "rank", "pid", "pidfd", "out", "rbuf", "rmv", "rlo", "rhi", "cur",
+                 "dead", "finished", "polling_out")
 
     def __init__(self, sock: _socket.socket, rank: int, pid: int) -> None:
         self.sock = sock
         self.rank = rank
         self.pid = pid
+        self.pidfd = -1          # readable once the peer process has exited
         self.out: Deque[list] = _collections.deque()   # [memoryviews, handle]
         self.rbuf = bytearray(_READ_CHUNK)
         self.rmv = memoryview(self.rbuf)
         self.rlo = self.rhi = 0
         self.cur = None          # payload being filled: [dest view, filled, header info]
         self.dead: Optional[str] = None
+        self.finished = False    # it said goodbye: its leaving is no failure
         self.polling_out = False
 
 
@@ -118,6 +147,14 @@ class Hub:
         self.side_unexpected: Dict[tuple, Deque[bytes]] = _collections.defaultdict(
             _collections.deque)
         self.next_ctx = 1
+        #: world ranks of each context's communicator, and the collective contexts
+        self.groups: Dict[int, Sequence[int]] = {}
+        self.collectives: Set[int] = set()
+        #: world ranks gone (in the order noticed), and those of them that failed
+        #: (left without a goodbye)
+        self.gone: List[int] = []
+        self.failed: List[int] = []
+        self.crashed = False     # an uncaught exception: leave without a goodbye
         self.poller = _select.poll()
         self.by_fd: Dict[int, _Conn] = {}
         if size > 1:
@@ -192,6 +229,53 @@ class Hub:
         self.pids[peer] = pid
         self.by_fd[sock.fileno()] = conn
         self.poller.register(sock.fileno(), _select.POLLIN)
+        try:
+            conn.pidfd = _os.pidfd_open(pid)
+        except (AttributeError, OSError):   # old kernel or Python: the socket alone tells
+            return
+        self.by_fd[conn.pidfd] = conn
+        self.poller.register(conn.pidfd, _select.POLLIN)
+
+    # -- failures -------------------------------------------------------------------------
+    def failure(self, rank: int) -> PeerFailed:
+        """The error for an operation that needs world rank *rank*, which is gone."""
+        return PeerFailed(rank, self.conns[rank].dead, self.pids[rank])
+
+    def dead_member(self, ctx: int, failed: bool = True) -> Optional[int]:
+        """The first member of context *ctx* found failed (or just gone), if any."""
+        ranks = self.failed if failed else self.gone
+        if ranks:
+            group = self.groups.get(ctx, ())
+            for r in ranks:
+                if r in group:
+                    return r
+        return None
+
+    def _broken(self, ctx: int) -> Optional[int]:
+        """A member gone from *ctx* if it is a collective context: it can no longer be used."""
+        return self.dead_member(ctx, False) if ctx in self.collectives else None
+
+    def goodbye(self, timeout: float = 1.0) -> None:
+        """Tell every peer that this rank ends in good order (at interpreter exit).
+
+        Sends still queued go first, as the goodbye follows them; a peer that
+        reads nothing for *timeout* seconds misses it, and sees a failure.
+        """
+        if self.crashed or _os.getpid() != self.pids[self.rank]:   # or a forked child's exit
+            return
+        handles = []
+        for r, conn in enumerate(self.conns):
+            if conn is not None and not conn.dead:
+                try:
+                    handles.append(self.post_send(r, BYE, 0, 0, None))
+                except PeerFailed:
+                    pass
+        deadline = _time.monotonic() + timeout
+        while not all(h.done for h in handles):
+            left = deadline - _time.monotonic()
+            if left <= 0:
+                return
+            self.progress(left)
 
     # -- sending --------------------------------------------------------------------------
     def post_send(self, dest: int, space: int, ctx: int, tag: int, data) -> Handle:
@@ -205,7 +289,10 @@ class Hub:
             return h
         conn = self.conns[dest]
         if conn.dead:
-            raise PeerFailed(dest, conn.dead)
+            raise self.failure(dest)
+        dead = self._broken(ctx)
+        if dead is not None:
+            raise self.failure(dead)
         head = _FRAME.pack(space, ctx, tag, n)
         conn.out.append([[memoryview(head), view] if n else [memoryview(head)], h, n])
         if len(conn.out) == 1:
@@ -224,7 +311,9 @@ class Hub:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                self._lost(conn, exc.strerror or str(exc))
+                # Take what the peer sent before it went: that is still ours.
+                self._pump(conn)
+                self._lost(conn, _why(exc))
                 return
             while sent and parts:
                 k = len(parts[0])
@@ -252,10 +341,16 @@ class Hub:
                 del q[i]
                 self._fill(h, src, tg, memoryview(data))
                 return h
+        if source == _names.ANY_SOURCE:
+            dead = self.dead_member(ctx)
+        elif source != self.rank and self.conns[source].dead:
+            dead = source
+        else:
+            dead = self._broken(ctx)
+        if dead is not None:
+            h.complete((dead, tag, 0, self.failure(dead)))
+            return h
         self.posted[ctx].append(h)
-        if source != _names.ANY_SOURCE and source != self.rank and self.conns[source].dead:
-            self.posted[ctx].remove(h)
-            h.complete((source, tag, 0, PeerFailed(source, self.conns[source].dead)))
         return h
 
     def post_side(self, ctx: int, source: int, key: int, target) -> Handle:
@@ -267,8 +362,9 @@ class Hub:
             self._fill(h, source, key, memoryview(data))
             return h
         conn = self.conns[source]
-        if conn is not None and conn.dead:
-            h.complete((source, key, 0, PeerFailed(source, conn.dead)))
+        dead = source if conn is not None and conn.dead else self._broken(ctx)
+        if dead is not None:
+            h.complete((dead, key, 0, self.failure(dead)))
             return h
         self.side_posted[(ctx, source, key)] = h
         return h
@@ -309,6 +405,8 @@ class Hub:
             self.unexpected[ctx].append((src, tag, data))
         elif space == SYS:
             self.side_unexpected[(ctx, src, -1 - tag)].append(data)
+        elif space == BYE:
+            self.conns[src].finished = True
         else:
             self.side_unexpected[(ctx, src, tag)].append(data)
 
@@ -369,10 +467,10 @@ class Hub:
         except (BlockingIOError, InterruptedError):
             return 0
         except OSError as exc:
-            self._lost(conn, exc.strerror or str(exc))
+            self._lost(conn, _why(exc))
             return 0
         if got == 0:
-            self._lost(conn, "connection closed")
+            self._lost(conn, "its connection closed (it exited or was killed)")
         return got
 
     def _payload_done(self, src: int, dest: memoryview, info) -> None:
@@ -388,26 +486,45 @@ class Hub:
             self._fill(h, src, tag, dest)
 
     def _lost(self, conn: _Conn, why: str) -> None:
-        """A peer is gone: fail everything that can only be completed by it."""
+        """A peer is gone: fail everything that can no longer complete (see the module)."""
         if conn.dead:
             return
+        dead = conn.rank
+        self.gone.append(dead)
+        if conn.finished:
+            why = "it has ended in good order"
+        else:
+            self.failed.append(dead)
         conn.dead = why
-        try:
-            self.poller.unregister(conn.sock.fileno())
-        except (KeyError, ValueError, OSError):
-            pass
-        err = PeerFailed(conn.rank, why)
-        for posted in self.posted.values():
-            for h in [h for h in posted if h.source == conn.rank]:
+        for fd in (conn.sock.fileno(), conn.pidfd):
+            if fd >= 0:
+                try:
+                    self.poller.unregister(fd)
+                except (KeyError, ValueError, OSError):
+                    pass
+        err = self.failure(dead)
+        gone = {ctx for ctx, group in self.groups.items() if dead in group}
+        for ctx, posted in self.posted.items():
+            member = ctx in gone
+            every = member and ctx in self.collectives
+            anys = _names.ANY_SOURCE if member and not conn.finished else dead
+            for h in [h for h in posted if every or h.source == dead or h.source == anys]:
                 posted.remove(h)
-                h.complete((conn.rank, h.tag, 0, err))
-        for key in [k for k in self.side_posted if k[1] == conn.rank]:
+                h.complete((dead, h.tag, 0, err))
+        for key in [k for k in self.side_posted
+                    if k[1] == dead or (k[0] in gone and k[0] in self.collectives)]:
             h = self.side_posted.pop(key)
-            h.complete((conn.rank, h.tag, 0, err))
+            h.complete((dead, h.tag, 0, err))
         for _parts, h, _n in conn.out:
-            h.complete((conn.rank, 0, 0, err))
+            h.complete((dead, 0, 0, err))
         conn.out.clear()
         conn.cur = None
+
+    def _exited(self, conn: _Conn) -> None:
+        """The peer's pidfd fired: take what it sent before dying, then fail the rest."""
+        if not conn.dead:
+            self._pump(conn)
+        self._lost(conn, "its process exited")
 
     # -- progress -------------------------------------------------------------------------
     def progress(self, timeout: Optional[float] = 0) -> None:
@@ -422,6 +539,9 @@ class Hub:
         for fd, ev in events:
             conn = self.by_fd[fd]
             if conn.dead:
+                continue
+            if fd == conn.pidfd:
+                self._exited(conn)
                 continue
             if ev & _select.POLLOUT:
                 self._flush(conn)
@@ -443,6 +563,8 @@ class Hub:
                 _sched_yield()
                 continue
             if all(c is None or c.dead for c in self.conns):
+                if self.failed:
+                    raise self.failure(self.failed[0])
                 raise RuntimeError("cmampi: deadlock: waiting for a message that no live "
                                    "rank can send")
             self.progress(None)
@@ -452,6 +574,9 @@ class Hub:
             if conn is not None:
                 try:
                     conn.sock.close()
+                    if conn.pidfd >= 0:
+                        _os.close(conn.pidfd)
+                        conn.pidfd = -1
                 except OSError:
                     pass
 
@@ -469,7 +594,7 @@ class Hub:
             self.wait(lambda: bool(self.side_unexpected.get(key))
                       or self._dead(r))
             if not self.side_unexpected.get(key):
-                raise PeerFailed(r, self.conns[r].dead)
+                raise self.failure(r)
             out.append(_pickle.loads(self.side_unexpected[key].popleft()))
         self.wait(lambda: all(h.done for h in handles))
         return out
@@ -477,6 +602,13 @@ class Hub:
     def _dead(self, r: int) -> bool:
         conn = self.conns[r]
         return conn is not None and conn.dead is not None
+
+
+def _why(exc: OSError) -> str:
+    """How a connection broke, for `PeerFailed`."""
+    if isinstance(exc, (ConnectionResetError, BrokenPipeError)):
+        return f"its connection broke ({exc.strerror}: it exited or was killed)"
+    return exc.strerror or str(exc)
 
 
 def _matches(h: Handle, src: int, tag: int) -> bool:
@@ -516,7 +648,25 @@ def hub_from_environ() -> Hub:
         if _time.monotonic() > deadline:
             raise TimeoutError("cmampi: the launcher never published the rank pids")
         _time.sleep(0.002)
-    return Hub(rank, size, directory, token, expected)
+    hub = Hub(rank, size, directory, token, expected)
+    if size > 1:
+        _say_goodbye_at_exit(hub)
+    return hub
+
+
+def _say_goodbye_at_exit(hub: Hub) -> None:
+    """Have *hub* say goodbye when the interpreter exits, unless an exception ends it."""
+    import atexit
+    import sys
+
+    previous = sys.excepthook
+
+    def excepthook(*args) -> None:
+        hub.crashed = True
+        previous(*args)
+
+    sys.excepthook = excepthook
+    atexit.register(hub.goodbye)
 
 
 class SocketChannel:
@@ -533,13 +683,30 @@ class SocketChannel:
         self.rank = self.local[hub.rank]
         self.size = len(group)
         self.pids = [hub.pids[w] for w in group]
-        node = _os.environ.get("CMAMPI_NODE", "local")
-        self.nodes = [node] * self.size
+        self.nodes = ["local"] * self.size     # Unix sockets: one node, always
         # SO_PEERCRED reports peers' pids as our namespace sees them.
         self.pidns = [None] * self.size
+        # As the kernel shows it, to those who may ptrace-read the peer (else None).
+        self.userns = [user_namespace(pid) for pid in self.pids]
         self.tag_ub = _names.TAG_UB
         self.xid_limit = (self.tag_ub - 1) // 2
         self._seq = 0
+        hub.groups[ctx] = tuple(group)
+
+    def collective(self) -> None:
+        """Make this a context for collectives only: once a member has failed, every
+        operation on it fails, as every collective needs every member."""
+        self.hub.collectives.add(self.ctx)
+
+    def _gone(self, source: int) -> Optional[int]:
+        """The dead world rank that keeps a message from *source* (or ANY_SOURCE) from coming."""
+        hub = self.hub
+        if source == _names.ANY_SOURCE:
+            return hub.dead_member(self.ctx)
+        w = self.group[source]
+        if hub._dead(w):
+            return w
+        return hub._broken(self.ctx)
 
     # -- rank translation -----------------------------------------------------------------
     def _w(self, r: int) -> int:
@@ -585,12 +752,11 @@ class SocketChannel:
         hub.progress(0)
         i = self._find(source, tag)
         if i is None:
-            ws = self._w(source)
             hub.wait(lambda: self._find(source, tag) is not None
-                     or (ws != _names.ANY_SOURCE and hub._dead(ws)))
+                     or self._gone(source) is not None)
             i = self._find(source, tag)
             if i is None:
-                raise PeerFailed(source, hub.conns[self._w(source)].dead)
+                raise hub.failure(self._gone(source))
         q = hub.unexpected[self.ctx]
         src, tg, data = q[i]
         del q[i]
@@ -608,9 +774,19 @@ class SocketChannel:
         src, tag, data = q.popleft()
         return self.local[src], tag, data
 
-    def probe_any(self) -> None:
+    def probe_any(self, source: int = _names.ANY_SOURCE, block: bool = True) -> None:
+        """Wait until some user-space message has arrived (not at all unless *block*);
+        raise if none has and *source* (a rank, or ANY_SOURCE) can no longer send one."""
         hub = self.hub
-        hub.wait(lambda: bool(hub.unexpected[self.ctx]))
+        q = hub.unexpected[self.ctx]
+        if block:
+            hub.wait(lambda: bool(q) or self._gone(source) is not None)
+        else:
+            hub.progress(0)
+        if not q:
+            dead = self._gone(source)
+            if dead is not None:
+                raise hub.failure(dead)
 
     # -- side space -----------------------------------------------------------------------
     def send_reply(self, data, dest: int, xid: int) -> None:
@@ -629,7 +805,12 @@ class SocketChannel:
         return self.hub.post_side(self.ctx, self.group[source], 2 * xid + 1, buf)
 
     def send_side(self, data, dest: int, key: int) -> None:
-        h = self.hub.post_send(self.group[dest], SIDE, self.ctx, key, data)
+        # Side messages answer a peer or continue what it waits for: a dead peer
+        # needs none, and whatever we wait for from it fails on its own.
+        try:
+            h = self.hub.post_send(self.group[dest], SIDE, self.ctx, key, data)
+        except PeerFailed:
+            return
         if not h.done:
             self.hub.wait(lambda: h.done)
 

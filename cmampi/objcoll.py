@@ -1,0 +1,209 @@
+"""mpi4py's lowercase collectives on Python objects, large buffers pulled single-copy.
+
+Every rank pickles its contribution (one object, or one per destination for
+``scatter`` and ``alltoall``) with `objects.Packed`, keeping large buffers out
+of band, and the ranks exchange small records: the pickle stream itself when it
+is short, else its address, plus the addresses of the out-of-band buffers.
+Each rank then pulls exactly the objects its result needs, straight into fresh
+arrays; a closing barrier, only when anything was left out of band, keeps
+every owner's memory alive until all readers are done. A pickling error on any
+rank is raised on every rank; nobody is left waiting.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, List, Optional, Sequence
+
+import numpy as _np
+
+from . import _cma
+from . import p2p as _p2p
+from ._buffers import address
+from .objects import Packed, pull_object
+
+__all__ = ["collective", "KINDS"]
+
+#: Pickle streams up to this size travel inside the records; longer ones are pulled.
+STREAM_INLINE = 16 << 10
+
+#: The collectives, and whether they take a root.
+KINDS = {"bcast": True, "scatter": True, "gather": True, "reduce": True,
+         "allgather": False, "alltoall": False, "allreduce": False, "scan": False,
+         "exscan": False}
+
+
+def _record(p: Packed, oob: bool) -> tuple:
+    """(inline stream or None, stream length, stream address, buffer spots)."""
+    n = len(p.stream)
+    if not oob or n <= STREAM_INLINE:
+        return (p.stream, n, 0, p.spots())
+    return (None, n, address(_np.frombuffer(p.stream, _np.uint8)), p.spots())
+
+
+def _remote(record: Optional[Sequence[tuple]]) -> bool:
+    """Whether a rank's records leave anything in its memory for others to pull."""
+    return bool(record) and any(r[0] is None or r[3] for r in record)
+
+
+def _fold(op: Callable[[Any, Any], Any], items: List[Any]) -> Any:
+    """items[0] op items[1] op ... in rank order, as mpi4py's reductions do."""
+    result = items[0]
+    for item in items[1:]:
+        result = op(result, item)
+    return result
+
+
+def _contribution(kind: str, obj: Any, me: int, root: int, size: int) -> Optional[list]:
+    """The objects this rank sends: one, one per rank, or none."""
+    if kind in ("bcast", "scatter") and me != root:
+        return None
+    if kind in ("scatter", "alltoall"):
+        if obj is None and kind == "scatter":
+            raise TypeError("scatter: the root's object must be a sequence of size items")
+        items = list(obj)
+        if len(items) != size:
+            raise ValueError(f"{kind}: expecting {size} items, got {len(items)}")
+        return items
+    return [obj]
+
+
+def _load(coll, rank: int, record: tuple) -> Any:
+    """The object *record* describes, pulled from *rank*."""
+    inline, n, saddr, spots = record
+    pid = coll.pids[rank]
+    stream = inline
+    if stream is None:
+        stream = bytearray(n)
+        _cma.read_into(pid, address(_np.frombuffer(stream, _np.uint8)), saddr, n)
+    return pull_object(pid, stream, spots)
+
+
+def _error_record(coll, err: Optional[BaseException]):
+    if err is None:
+        return None
+    return (getattr(err, "error_class", coll.names.ERR_OTHER), f"{type(err).__name__}: {err}")
+
+
+def collective(coll, kind: str, obj: Any, root: int = 0,
+               op: Optional[Callable[[Any, Any], Any]] = None) -> Any:
+    """Run the lowercase collective *kind* on *coll* (a `coll.Collectives`)."""
+    me, size = coll.rank, coll.size
+    if KINDS[kind] and not (isinstance(root, int) and 0 <= root < size):
+        raise coll.names.Exception(coll.names.ERR_ROOT)
+    oob = coll.all_cma
+    packs: Optional[List[Packed]] = None
+    err = None
+    try:
+        items = _contribution(kind, obj, me, root, size)
+        if items is not None:
+            packs = [Packed(x, oob) for x in items]
+    except Exception as exc:  # noqa: BLE001 - raised on every rank that needs the result
+        err = exc
+    mine = None if packs is None else [_record(p, oob) for p in packs]
+    if kind in ("bcast", "scatter"):
+        got = [_from_root(coll, kind, err, packs, mine, root)]
+    elif kind in ("gather", "reduce"):
+        got = _to_root(coll, err, packs, mine, root)
+    else:
+        got = _among_all(coll, kind, err, packs, mine)
+    return _result(kind, got, me, root, op)
+
+
+def _from_root(coll, kind: str, err, packs, mine, root: int) -> Any:
+    """bcast and scatter: the root sends each rank its record; readers ack."""
+    me = coll.rank
+    if me != root:
+        err_rec, record = coll.recv_record(root)
+        if err_rec is not None:
+            raise coll._error(*err_rec, rank=root)
+        try:
+            return _load(coll, root, record)
+        finally:
+            if _remote([record]):
+                coll.ack(root)
+    others = [r for r in range(coll.size) if r != root]
+    err_rec = _error_record(coll, err)
+    pick = (lambda r: None) if mine is None else (
+        (lambda r: mine[0]) if kind == "bcast" else (lambda r: mine[r]))
+    handles = []
+    for r in others:
+        handles += coll.isend_record((err_rec, pick(r)), r)
+    _p2p.wait_handles(coll.e.ch, handles)
+    if err is not None:
+        raise err
+    readers = [r for r in others if _remote([pick(r)])]
+    try:
+        return packs[0 if kind == "bcast" else me].copy()
+    finally:
+        coll.wait_acks(readers)     # our buffers stay put until they are read
+
+
+def _to_root(coll, err, packs, mine, root: int) -> List[Any]:
+    """gather and reduce: every rank sends the root its record; the root acks."""
+    me = coll.rank
+    err_rec = _error_record(coll, err)
+    if me != root:
+        _p2p.wait_handles(coll.e.ch, coll.isend_record((err_rec, mine), root))
+        if err is not None:
+            raise err
+        if _remote(mine):
+            coll.wait_acks([root])
+        return []
+    records = {r: coll.recv_record(r) for r in range(coll.size) if r != root}
+    got = []
+    try:
+        if err is not None:
+            raise err
+        for r in range(coll.size):
+            if r == me:
+                got.append(packs[0].copy())
+                continue
+            rec_err, rec = records[r]
+            if rec_err is not None:
+                raise coll._error(*rec_err, rank=r)
+            got.append(_load(coll, r, rec[0]))
+    finally:
+        for r, (_, rec) in records.items():
+            if _remote(rec):
+                coll.ack(r)
+    return got
+
+
+def _among_all(coll, kind: str, err, packs, mine) -> List[Any]:
+    """allgather, alltoall, allreduce, scan, exscan: one exchange of records,
+    then each rank pulls what it needs; a barrier closes it if anything was pulled."""
+    me = coll.rank
+    records = [r[1] for r in coll.agree(err, mine)]
+    got = []
+    try:
+        for r, i in _needed(kind, me, coll.size):
+            got.append(packs[i].copy() if r == me else _load(coll, r, records[r][i]))
+    finally:
+        if any(_remote(rec) for rec in records):
+            coll.barrier()      # owners keep their buffers until everyone has pulled
+    return got
+
+
+def _needed(kind: str, me: int, size: int) -> List[tuple]:
+    """(rank, item index) of every object this rank's result is made of."""
+    if kind in ("allgather", "allreduce"):
+        return [(r, 0) for r in range(size)]
+    if kind == "alltoall":
+        return [(r, me) for r in range(size)]
+    if kind == "scan":
+        return [(r, 0) for r in range(me + 1)]
+    if kind == "exscan":
+        return [(r, 0) for r in range(me)]
+    raise ValueError(kind)
+
+
+def _result(kind: str, got: List[Any], me: int, root: int, op) -> Any:
+    if kind in ("bcast", "scatter"):
+        return got[0]
+    if kind in ("gather", "reduce") and me != root:
+        return None
+    if kind in ("gather", "allgather", "alltoall"):
+        return got
+    if kind == "exscan" and me == 0:
+        return None
+    return _fold(op, got)
