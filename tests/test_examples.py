@@ -1,4 +1,10 @@
-"""Every example runs as written, under mpiexec and under cmampi's launcher."""
+"""Every example runs as written, under mpiexec and under cmampi's launcher.
+
+Each example checks its own result and fails (non-zero exit) when it is
+wrong. Under the launcher every example also runs with mpi4py blocked
+(``tests/no_mpi4py`` first on ``PYTHONPATH``): programs written with
+``from cmampi import MPI`` need no MPI there.
+"""
 
 from __future__ import annotations
 
@@ -10,25 +16,41 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NO_MPI4PY = os.path.join(ROOT, "tests", "no_mpi4py")
 EXAMPLES = sorted(f for f in os.listdir(os.path.join(ROOT, "examples")) if f.endswith(".py"))
 MPIEXEC = shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or shutil.which("mpiexec")
 
 
-def _env():
+def _env(*paths: str) -> dict:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
-    for key in ("CMAMPI_RANK", "CMAMPI_SIZE", "CMAMPI_DIR", "CMAMPI_TOKEN"):
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [*paths, ROOT, env.get("PYTHONPATH")]))
+    for key in ("CMAMPI_RANK", "CMAMPI_SIZE", "CMAMPI_DIR", "CMAMPI_TOKEN", "CMAMPI_CHANNEL"):
         env.pop(key, None)
     return env
 
 
+def _run(cmd, env) -> str:
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.strip(), "the example printed nothing"
+    return out.stdout
+
+
+def _launch(example: str, env) -> str:
+    return _run([sys.executable, "-m", "cmampi", "-n", "3", "--timeout", "120",
+                 os.path.join(ROOT, "examples", example)], env)
+
+
 @pytest.mark.parametrize("example", EXAMPLES)
 def test_example_under_launcher(example):
-    out = subprocess.run([sys.executable, "-m", "cmampi", "-n", "3", "--timeout", "120",
-                          os.path.join(ROOT, "examples", example)],
-                         env=_env(), capture_output=True, text=True, timeout=180)
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert out.stdout.strip()
+    _launch(example, _env())
+
+
+@pytest.mark.parametrize("example", EXAMPLES)
+def test_example_under_launcher_without_mpi4py(example):
+    out = _launch(example, _env(NO_MPI4PY))
+    if example == "no_mpi.py":
+        assert "socket channel" in out and "mpi4py imported: False" in out, out
 
 
 @pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec")
@@ -36,8 +58,15 @@ def test_example_under_launcher(example):
 def test_example_under_mpiexec(example):
     env = _env()
     env.setdefault("MPIEXEC_TIMEOUT", "120")
-    out = subprocess.run([MPIEXEC, "-n", "2", sys.executable,
-                          os.path.join(ROOT, "examples", example)],
-                         env=env, capture_output=True, text=True, timeout=180)
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert out.stdout.strip()
+    out = _run([MPIEXEC, "-n", "2", sys.executable, os.path.join(ROOT, "examples", example)],
+               env)
+    if example == "no_mpi.py":
+        assert "mpi channel" in out, out
+
+
+def test_no_mpi4py_stand_in_blocks_mpi4py():
+    """The blocked runs above prove something only if the stand-in really blocks."""
+    code = "import mpi4py"
+    out = subprocess.run([sys.executable, "-c", code], env=_env(NO_MPI4PY),
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "ModuleNotFoundError" in out.stderr, out.stderr
