@@ -37,12 +37,19 @@ def predefined_name(op) -> str:
     if hasattr(op, "userfn"):        # cmampi's own ops
         return op.name if op.userfn is None else ""
     MPI = _sys.modules.get("mpi4py.MPI")   # an op of mpi4py's: it is imported already
-    if MPI is None:
+    if MPI is None or not isinstance(op, MPI.Op):
         return ""
-    for cand in _NAMES:
-        if op == getattr(MPI, cand):
-            return cand
-    return ""
+    handle = op.py2f()
+    name = _MPI_NAMES.get(handle)
+    if name is None:
+        name = next((c for c in _NAMES if op == getattr(MPI, c)), "")
+        if name:        # predefined handles are constants; user ops' may be reused
+            _MPI_NAMES[handle] = name
+    return name
+
+
+#: mpi4py's predefined ops by Fortran handle.
+_MPI_NAMES: dict = {}
 
 
 def is_commutative(op) -> bool:

@@ -231,6 +231,7 @@ class Engine:
         #: Receives the channel writes straight into the user's buffer, until arrival.
         self.landing: Dict["RecvOp", None] = {}
         self.coll = None    # the communicator's collectives, made on first use
+        self.native = None  # the MPI channel's agreement on native collectives (native.py)
         self._xid = 0
         #: Held pidfds of the peers we may read (see `_cma.Peer`), closed by `free`.
         self.peers: Dict[int, _cma.Peer] = {}
