@@ -75,6 +75,8 @@ class Config:
     #: The node this rank claims to be on (MPI channel): ranks with different
     #: values never use CMA between them. None: as ``Split_type(COMM_TYPE_SHARED)`` says.
     node: Optional[str] = None
+    #: Bytes of large receive buffers kept mapped for reuse once dropped (objects).
+    pool: int = 256 << 20
 
     @classmethod
     def from_environ(cls) -> "Config":
@@ -87,6 +89,7 @@ class Config:
             channel=_choice("CMAMPI_CHANNEL", "auto", ("auto", "mpi", "socket")),
             set_ptracer=_flag("CMAMPI_SET_PTRACER", True),
             node=_os.environ.get("CMAMPI_NODE") or None,
+            pool=_size("CMAMPI_POOL", 256 << 20),
         )
 
 

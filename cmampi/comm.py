@@ -387,6 +387,8 @@ class Intracomm:
         return self._engine.names.Exception(errclass)
 
     def _dest(self, dest) -> int:
+        if type(dest) is int and 0 <= dest < self._engine.size:
+            return dest
         if not _is_int(dest):
             raise TypeError("an integer is required")
         dest = int(dest)
@@ -396,6 +398,8 @@ class Intracomm:
         return dest
 
     def _source(self, source) -> int:
+        if type(source) is int and 0 <= source < self._engine.size:
+            return source
         if not _is_int(source):
             raise TypeError("an integer is required")
         source = int(source)
@@ -406,6 +410,8 @@ class Intracomm:
         return source
 
     def _tag(self, tag, receiving: bool) -> int:
+        if type(tag) is int and 0 <= tag <= self._engine.tag_ub:
+            return tag
         if not _is_int(tag):
             raise TypeError("an integer is required")
         tag = int(tag)
@@ -636,6 +642,9 @@ class Intracomm:
         if dest == e.names.PROC_NULL:
             self._dumps(obj)    # an unpicklable object fails here too
             return None if wait else self._null_request()
+        if wait and not sync:
+            _objects.send(e, obj, dest, tag)
+            return None
         req = Request(_objects.isend(e, obj, dest, tag, sync, wait))
         if wait:
             req.Wait()
@@ -676,7 +685,10 @@ class Intracomm:
 
     def recv(self, buf=None, source: int = -2, tag: int = -1, status=None) -> Any:
         """Receive a message."""
-        return self._irecv_obj(source, tag).wait(status)
+        source, tag = self._source(source), self._tag(tag, True)
+        if source == self._engine.names.PROC_NULL:
+            return self._null_request(lambda op: None).wait(status)
+        return _objects.recv(self._engine, source, tag, status)
 
     def irecv(self, buf=None, source: int = -2, tag: int = -1) -> Request:
         """Nonblocking receive."""

@@ -15,11 +15,11 @@ from typing import Any, List, Sequence, Tuple
 
 import numpy as _np
 
-from . import _cma, _wire
+from . import _cma, _memory, _wire
 from . import p2p as _p2p
 from ._buffers import address, send_buffer
 
-__all__ = ["OOB_MIN", "Packed", "isend", "loads", "pull_object"]
+__all__ = ["OOB_MIN", "Packed", "isend", "loads", "pull_object", "recv", "send"]
 
 #: Buffers from this size on travel out of band.
 OOB_MIN = 64 << 10
@@ -67,7 +67,7 @@ def pull_object(pid: int, stream, spots: Sequence[Spot]) -> Any:
     """Unpickle *stream*, pulling its out-of-band buffers from process *pid*."""
     buffers = []
     for addr, n in spots:
-        arr = _np.empty(n, dtype=_np.uint8)   # large: numpy asks for huge pages
+        arr = _memory.empty(n)
         if n:
             _cma.read_into(pid, address(arr), addr, n)
         buffers.append(arr)
@@ -90,10 +90,25 @@ class _OutOfBand:
         return (_OutOfBand, (self.stream, self.buffers, self.xid))
 
 
+def send(engine: _p2p.Engine, obj: Any, dest: int, tag: int) -> None:
+    """Blocking standard-mode send of *obj*: a short pickle goes out as itself."""
+    packed = Packed(obj, engine.cma[dest])
+    if not packed.views and len(packed.stream) <= engine.limit:
+        engine.ch.send(packed.stream, dest, tag)
+        return
+    op = _start(engine, packed, dest, tag, False, True)
+    _p2p.wait_any([op])
+    engine.complete(op)
+
+
 def isend(engine: _p2p.Engine, obj: Any, dest: int, tag: int, sync: bool,
           blocked: bool) -> _p2p.Op:
     """Start sending *obj*; the op completes once the receiver has its buffers."""
-    packed = Packed(obj, engine.cma[dest])
+    return _start(engine, Packed(obj, engine.cma[dest]), dest, tag, sync, blocked)
+
+
+def _start(engine: _p2p.Engine, packed: Packed, dest: int, tag: int, sync: bool,
+           blocked: bool) -> _p2p.Op:
     if not packed.views:
         return engine.isend(send_buffer(_np.frombuffer(packed.stream, _np.uint8)), dest, tag,
                             sync, blocked, announce=True)
@@ -133,20 +148,35 @@ class _Both(_p2p.Op):
         self._step()
 
 
+def recv(engine: _p2p.Engine, source: int, tag: int, status=None) -> Any:
+    """Blocking receive of an object."""
+    got = engine.recv_sized(source, tag, status)
+    if isinstance(got, _p2p.Op):
+        got.decode = loads
+        engine.complete(got, status)
+        return got.result
+    data, src = got
+    return _object(engine, data, src) if data else None
+
+
 def loads(op: _p2p.Op) -> Any:
     """The object a finished receive holds, pulling its out-of-band buffers."""
     if op.buf is None or not op.nbytes:
         return None
-    obj = _pickle.loads(op.buf.array)
+    return _object(op.engine, op.buf.array, op.source)
+
+
+def _object(engine: _p2p.Engine, data, source: int) -> Any:
+    """Unpickle a received message, pulling its out-of-band buffers from *source*."""
+    obj = _pickle.loads(data)
     if not isinstance(obj, _OutOfBand):
         return obj
-    engine = op.engine
     code = _wire.ACK_OK
     try:
-        return pull_object(engine.ch.pids[op.source], obj.stream, obj.buffers)
+        return pull_object(engine.ch.pids[source], obj.stream, obj.buffers)
     except BaseException:
         code = _wire.ACK_FAILED
         raise
     finally:
         # The sender holds its buffers until this reply, whatever happened here.
-        engine.ch.send_reply(bytes((code,)), op.source, obj.xid)
+        engine.ch.send_reply(bytes((code,)), source, obj.xid)

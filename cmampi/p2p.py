@@ -403,6 +403,31 @@ class Engine:
             wait_any([op])
         self.complete(op, status)
 
+    def recv_sized(self, source: int, tag: int, status=None):
+        """Blocking receive into new memory the size of the message (objects).
+
+        A message that is its own payload comes back as (bytearray, source), with
+        *status* filled; any other as a RecvOp that has finished or is pending,
+        to be waited on and completed by the caller.
+        """
+        if _PENDING or self.stash:
+            op = self.irecv(None, source, tag)
+        else:
+            ch = self.ch
+            handle, (src, tg, count) = ch.mprobe(source, tag)
+            if not self.limit < count <= self.band:
+                data = bytearray(count)
+                ch.mrecv(handle, data)
+                if status is not None:
+                    _fill(status, src, tg, count, None, self.names)
+                return data, src
+            ch.mrecv(handle, self.stage)
+            op = RecvOp(self, None)
+            self.deliver(op, memoryview(self.stage)[:count], src, tg)
+        if not op.done:
+            wait_any([op])
+        return op
+
     def irecv(self, buf: Optional[Buffer], source: int, tag: int) -> RecvOp:
         op = RecvOp(self, buf)
         hit = self.take(source, tag)
@@ -701,16 +726,15 @@ def wait_any(ops) -> None:
         for op in ops:
             if op.done:
                 return
-        owners: List[Op] = []
-        handles = []
+        live: Dict[Op, None] = {}      # in order, each once
         for group in (ops, _PENDING):
             for op in group:
-                if op.handle is not None and op not in owners:
-                    owners.append(op)
-                    handles.append(op.handle)
-        if not handles:
+                if op.handle is not None:
+                    live[op] = None
+        if not live:
             raise RuntimeError("cmampi: waiting on requests that can never complete")
-        i, info = owners[0].engine.ch.waitany(handles)
+        owners = list(live)
+        i, info = owners[0].engine.ch.waitany([op.handle for op in owners])
         owners[i].advance(info)
 
 
