@@ -10,7 +10,7 @@ __all__ = ["Config", "config", "CMA_MIN_DEFAULTS"]
 
 #: Where pulling starts by default, per channel: MPI libraries copy mid-sized
 #: payloads once themselves; through a socket a payload is copied twice.
-CMA_MIN_DEFAULTS = {"mpi": 1 << 20, "socket": 32 << 10}
+CMA_MIN_DEFAULTS = {"mpi": 1 << 20, "socket": 512 << 10}
 
 
 def _size(name: str, default: Optional[int]) -> Optional[int]:

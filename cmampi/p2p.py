@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import collections as _collections
 import os as _os
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -229,7 +229,7 @@ class Engine:
         self.stage = bytearray(self.stage_size)
         self.stash: _collections.deque = _collections.deque()  # drained by probes
         #: Receives the channel writes straight into the user's buffer, until arrival.
-        self.landing: Dict["RecvOp", None] = {}
+        self.landing: Dict["RecvOp", Tuple[int, int]] = {}
         self.coll = None    # the communicator's collectives, made on first use
         self.native = None  # the MPI channel's agreement on native collectives (native.py)
         self._xid = 0
@@ -435,8 +435,9 @@ class Engine:
             src, tg, data = hit
             self.deliver(op, memoryview(data), src, tg)
             return op
+        span = None
         if buf is not None and buf.contiguous and buf.nbytes >= self.stage_size \
-                and not self._shares_landing(buf):
+                and not self._shares_landing(span := _span(buf)):
             # Any control message fits: let the channel write straight into it.
             # Keep the bytes one would cover: only the message's own bytes may
             # change (MPI 3.1, 3.2.4), and a synchronous one's payload can be
@@ -444,7 +445,7 @@ class Engine:
             op.inplace = True
             target = buf.wire()
             op.stage = buf.flat()[:self.band].tobytes()
-            self.landing[op] = None
+            self.landing[op] = span
         else:
             # Payloads longer than this buffer would be truncated anyway; a
             # strided buffer (or one another pending receive lands in) takes
@@ -456,18 +457,14 @@ class Engine:
         op.wait_on(self.ch.irecv(target, source, tag), op.arrived)
         return op
 
-    def _shares_landing(self, buf: Buffer) -> bool:
-        """Whether a pending in-place receive lands in part of *buf*. Pending
+    def _shares_landing(self, span: Tuple[int, int]) -> bool:
+        """Whether a pending in-place receive lands in part of *span*. Pending
         receives into one buffer are erroneous in MPI, but MPI libraries let
         them be; here the later one lands in a stage of its own, so that no
         control message is overwritten before it is read."""
-        if not self.landing:
-            return False
-        lo = address(buf.flat())
-        hi = lo + buf.nbytes
-        for other in self.landing:
-            olo = address(other.buf.flat())
-            if olo < hi and lo < olo + other.buf.nbytes:
+        lo, hi = span
+        for olo, ohi in self.landing.values():
+            if olo < hi and lo < ohi:
                 return True
         return False
 
@@ -692,6 +689,14 @@ _allow_peers(_config)
 
 
 _ndarray = np.ndarray
+
+
+def _span(buf: Buffer) -> Tuple[int, int]:
+    """The address range of a contiguous buffer."""
+    arr = buf.array
+    lo = address(arr) if type(arr) is _ndarray and arr.flags.c_contiguous else \
+        address(buf.flat())
+    return lo, lo + buf.nbytes
 
 
 def _plain(spec) -> bool:
