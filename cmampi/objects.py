@@ -79,15 +79,16 @@ def pull_object(pid: int, stream, spots: Sequence[Spot]) -> Any:
 class _OutOfBand:
     """What travels when a point-to-point object has out-of-band buffers."""
 
-    __slots__ = ("stream", "buffers", "xid")
+    __slots__ = ("stream", "buffers", "xid", "helps")
 
-    def __init__(self, stream: bytes, buffers: List[Spot], xid: int) -> None:
+    def __init__(self, stream: bytes, buffers: List[Spot], xid: int, helps: bool) -> None:
         self.stream = stream
         self.buffers = buffers      # (address, nbytes) in the sender
         self.xid = xid
+        self.helps = helps          # the sender waits, and may write into the receiver
 
     def __reduce__(self):
-        return (_OutOfBand, (self.stream, self.buffers, self.xid))
+        return (_OutOfBand, (self.stream, self.buffers, self.xid, self.helps))
 
 
 def send(engine: _p2p.Engine, obj: Any, dest: int, tag: int) -> None:
@@ -113,9 +114,10 @@ def _start(engine: _p2p.Engine, packed: Packed, dest: int, tag: int, sync: bool,
         return engine.isend(send_buffer(_np.frombuffer(packed.stream, _np.uint8)), dest, tag,
                             sync, blocked, announce=True)
     xid = engine.next_xid()
-    op = _p2p.PullSendOp(engine, packed, dest, xid)   # posts the reply receive
-    head = _pickle.dumps(_OutOfBand(packed.stream, packed.spots(), xid),
-                         _pickle.HIGHEST_PROTOCOL)
+    op = _p2p.PullSendOp(engine, packed, dest, xid, base=0)   # posts the reply receive
+    spots = packed.spots()
+    helps = blocked and engine.can_read[dest] and max(n for _, n in spots) >= engine.coop_min
+    head = _pickle.dumps(_OutOfBand(packed.stream, spots, xid, helps), _pickle.HIGHEST_PROTOCOL)
     # Started, not waited for: a head above the eager limit completes only once
     # the receiver matches it, and an isend must not wait for that.
     sent = engine.isend(send_buffer(_np.frombuffer(head, _np.uint8)), dest, tag, False,
@@ -171,6 +173,8 @@ def _object(engine: _p2p.Engine, data, source: int) -> Any:
     obj = _pickle.loads(data)
     if not isinstance(obj, _OutOfBand):
         return obj
+    if obj.helps:
+        return _pull_helped(engine, source, obj)
     code = _wire.ACK_OK
     try:
         return pull_object(engine.ch.pids[source], obj.stream, obj.buffers)
@@ -180,3 +184,39 @@ def _object(engine: _p2p.Engine, data, source: int) -> Any:
     finally:
         # The sender holds its buffers until this reply, whatever happened here.
         engine.ch.send_reply(bytes((code,)), source, obj.xid)
+
+
+def _pull_helped(engine: _p2p.Engine, source: int, obj: _OutOfBand) -> Any:
+    """Pull an object's buffers while its blocked sender writes the tail of the
+    largest one into our copy: two cores copy at once (as for buffers)."""
+    ch, xid = engine.ch, obj.xid
+    pid = ch.pids[source]
+    arrays = [_memory.empty(n) for _, n in obj.buffers]
+    big = max(range(len(arrays)), key=lambda i: obj.buffers[i][1])
+    saddr, n = obj.buffers[big]
+    mid = min(n, (int(n * _p2p.RECV_SHARE) + 4095) & ~4095)
+    done = bytearray(1)
+    notice = ch.irecv_payload(done, source, xid)
+    ch.send_reply(_wire.help_request(saddr + mid, saddr + n, address(arrays[big]) + mid),
+                  source, xid)
+    code, err = _wire.ACK_OK, None
+    try:
+        for i, ((addr, m), arr) in enumerate(zip(obj.buffers, arrays)):
+            k = mid if i == big else m
+            if k:
+                _cma.read_into(pid, address(arr), addr, k)
+    except OSError as exc:
+        code, err = _wire.ACK_FAILED, exc
+    ch.send_reply(bytes((code,)), source, xid)      # our reads are over
+    _p2p.wait_handles(ch, [notice])
+    if done[0] != _wire.ACK_OK:
+        # The sender could not write its part, and waits for a second reply.
+        if err is None:
+            try:
+                _cma.read_into(pid, address(arrays[big]) + mid, saddr + mid, n - mid)
+            except OSError as exc:
+                err = exc
+        ch.send_reply(bytes((_wire.ACK_OK if err is None else _wire.ACK_FAILED,)), source, xid)
+    if err is not None:
+        raise err
+    return _pickle.loads(obj.stream, buffers=arrays)

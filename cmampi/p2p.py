@@ -43,7 +43,7 @@ _PENDING: Dict["RecvOp", None] = {}   # insertion-ordered set
 #: Share of a cooperative copy the receiver keeps. It starts earlier (the sender
 #: first has to receive the request), but measured here its process_vm_readv ran
 #: slower than the sender's process_vm_writev, so the two balance near half.
-_RECV_SHARE = 0.5
+RECV_SHARE = 0.5
 
 
 class Op:
@@ -106,11 +106,15 @@ class PullSendOp(Op):
     reading our buffer.
     """
 
-    __slots__ = ("buf", "dest", "xid", "reply", "helped")
+    __slots__ = ("buf", "dest", "xid", "reply", "helped", "base")
 
-    def __init__(self, engine: "Engine", buf: Buffer, dest: int, xid: int) -> None:
+    def __init__(self, engine: "Engine", buf: Buffer, dest: int, xid: int,
+                 base: Optional[int] = None) -> None:
         super().__init__(engine)
         self.buf = buf             # the user's buffer stays alive until the reply
+        #: what help requests' offsets count from: the buffer's start, or (objects,
+        #: whose requests name absolute addresses) 0
+        self.base = base
         self.dest = dest
         self.xid = xid
         self.reply = bytearray(_wire.REPLY_MAX)
@@ -138,9 +142,9 @@ class PullSendOp(Op):
         lo, hi, addr = _wire.parse_help(self.reply)
         self.handle = ch.irecv_reply(self.reply, self.dest, self.xid)
         self.helped = _wire.ACK_OK
+        base = self.base if self.base is not None else self.buf.layout.addr
         try:
-            _cma.writev(ch.pids[self.dest], [(self.buf.layout.addr + lo, hi - lo)],
-                        [(addr, hi - lo)])
+            _cma.writev(ch.pids[self.dest], [(base + lo, hi - lo)], [(addr, hi - lo)])
         except OSError:
             self.helped = _wire.ACK_FAILED
         ch.send_payload(bytes((self.helped,)), self.dest, self.xid)
@@ -507,7 +511,7 @@ class Engine:
         pid = ch.pids[source]
         if flags & _wire.F_HELP and buf.contiguous and remote.contiguous_run:
             # Cooperative copy: the sender writes the tail while we read the head.
-            mid = min(n, (int(n * _RECV_SHARE) + 4095) & ~4095)
+            mid = min(n, (int(n * RECV_SHARE) + 4095) & ~4095)
             local = buf.layout
             done = bytearray(1)
             op.wait_on(ch.irecv_payload(done, source, xid),

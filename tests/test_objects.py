@@ -208,3 +208,28 @@ def test_object_mprobe(comm, MPI):
     assert nothing is None
     null = comm.mprobe(MPI.PROC_NULL)
     assert null.recv() is None
+
+
+@pytest.mark.parametrize("method", ["send", "ssend", "isend"])
+def test_large_buffers_copied_by_both_sides(comm, MPI, method):
+    """A sender blocked in send/ssend writes part of the largest buffer itself
+    while the receiver pulls the rest (and the other buffers); isend does not."""
+    rank = comm.Get_rank()
+    obj = {"big": np.arange(5 << 17, dtype=np.float64),            # 5 MiB
+           "mid": np.full(3 << 16, 7, np.int32),                    # 768 KiB
+           "odd": np.arange((1 << 20) + 3, dtype=np.uint8),
+           "strided": np.arange(1 << 18, dtype=np.float64)[::2]}
+    if rank == 0:
+        if method == "isend":
+            comm.isend(obj, 1, 8).wait()
+        else:
+            getattr(comm, method)(obj, 1, 8)
+        obj["big"][:] = -1          # ours again once the send returns
+    elif rank == 1:
+        got = comm.recv(source=0, tag=8)
+        assert same(got, {"big": np.arange(5 << 17, dtype=np.float64),
+                          "mid": np.full(3 << 16, 7, np.int32),
+                          "odd": np.arange((1 << 20) + 3, dtype=np.uint8),
+                          "strided": np.arange(1 << 18, dtype=np.float64)[::2]})
+        assert got["big"].flags.writeable
+    comm.Barrier()
