@@ -187,7 +187,18 @@ class Intracomm:
     def _across_nodes(self) -> bool:
         """Whether the ranks span several nodes (MPI channel): then collectives are
         the MPI library's own, which knows the network; cmampi's need one node."""
-        return self._comm is not None and len(set(self._engine.ch.nodes)) > 1
+        return self._comm is not None and self._engine.multinode
+
+    def _by_mpi(self, kind: str, send, recv=None, root: int = 0, op=None,
+                recvcounts=None) -> bool:
+        """Whether the MPI library has run collective *kind*: always across nodes;
+        on one node when every rank agrees the call is small and well formed."""
+        if self._comm is None:
+            return False
+        if self._across_nodes:
+            _native.call(self._comm, kind, send, recv, root, op, recvcounts)
+            return True
+        return kind in _native.NATIVE_MAX and _native.run(self, kind, send, recv, root, op)
 
     def _op(self, op):
         return self._engine.names.SUM if op is None else op
@@ -204,114 +215,85 @@ class Intracomm:
 
     def Bcast(self, buf, root: int = 0) -> None:
         """Broadcast data from one process to all other processes."""
-        if self._across_nodes:
-            return self._comm.Bcast(buf, root)
-        if self._comm is not None and _native.run(self, "Bcast", buf, None, root):
-            return None
-        _coll_mod.bcast(self._coll, buf, root)
+        if not self._by_mpi("Bcast", buf, root=root):
+            _coll_mod.bcast(self._coll, buf, root)
 
     def Gather(self, sendbuf, recvbuf, root: int = 0) -> None:
         """Gather data to one process from all other processes."""
-        if self._across_nodes:
-            return self._comm.Gather(sendbuf, recvbuf, root)
-        if self._comm is not None and _native.run(self, "Gather", sendbuf, recvbuf, root):
-            return None
-        _coll_mod.gather(self._coll, sendbuf, recvbuf, root)
+        if not self._by_mpi("Gather", sendbuf, recvbuf, root):
+            _coll_mod.gather(self._coll, sendbuf, recvbuf, root)
 
     def Gatherv(self, sendbuf, recvbuf, root: int = 0) -> None:
         """Gather Vector."""
-        if self._across_nodes:
-            return self._comm.Gatherv(sendbuf, recvbuf, root)
-        _coll_mod.gather(self._coll, sendbuf, recvbuf, root, vector_spec=True)
+        if not self._by_mpi("Gatherv", sendbuf, recvbuf, root):
+            _coll_mod.gather(self._coll, sendbuf, recvbuf, root, vector_spec=True)
 
     def Scatter(self, sendbuf, recvbuf, root: int = 0) -> None:
         """Scatter data from one process to all other processes."""
-        if self._across_nodes:
-            return self._comm.Scatter(sendbuf, recvbuf, root)
-        if self._comm is not None and _native.run(self, "Scatter", sendbuf, recvbuf, root):
-            return None
-        _coll_mod.scatter(self._coll, sendbuf, recvbuf, root)
+        if not self._by_mpi("Scatter", sendbuf, recvbuf, root):
+            _coll_mod.scatter(self._coll, sendbuf, recvbuf, root)
 
     def Scatterv(self, sendbuf, recvbuf, root: int = 0) -> None:
         """Scatter Vector."""
-        if self._across_nodes:
-            return self._comm.Scatterv(sendbuf, recvbuf, root)
-        _coll_mod.scatter(self._coll, sendbuf, recvbuf, root, vector_spec=True)
+        if not self._by_mpi("Scatterv", sendbuf, recvbuf, root):
+            _coll_mod.scatter(self._coll, sendbuf, recvbuf, root, vector_spec=True)
 
     def Allgather(self, sendbuf, recvbuf) -> None:
         """Gather to All."""
-        if self._across_nodes:
-            return self._comm.Allgather(sendbuf, recvbuf)
-        if self._comm is not None and _native.run(self, "Allgather", sendbuf, recvbuf):
-            return None
-        _coll_mod.allgather(self._coll, sendbuf, recvbuf)
+        if not self._by_mpi("Allgather", sendbuf, recvbuf):
+            _coll_mod.allgather(self._coll, sendbuf, recvbuf)
 
     def Allgatherv(self, sendbuf, recvbuf) -> None:
         """Gather to All Vector."""
-        if self._across_nodes:
-            return self._comm.Allgatherv(sendbuf, recvbuf)
-        _coll_mod.allgather(self._coll, sendbuf, recvbuf, vector_spec=True)
+        if not self._by_mpi("Allgatherv", sendbuf, recvbuf):
+            _coll_mod.allgather(self._coll, sendbuf, recvbuf, vector_spec=True)
 
     def Alltoall(self, sendbuf, recvbuf) -> None:
         """All to All Scatter/Gather."""
-        if self._across_nodes:
-            return self._comm.Alltoall(sendbuf, recvbuf)
-        if self._comm is not None and _native.run(self, "Alltoall", sendbuf, recvbuf):
-            return None
-        _coll_mod.alltoall(self._coll, sendbuf, recvbuf)
+        if not self._by_mpi("Alltoall", sendbuf, recvbuf):
+            _coll_mod.alltoall(self._coll, sendbuf, recvbuf)
 
     def Alltoallv(self, sendbuf, recvbuf) -> None:
         """All to All Scatter/Gather Vector."""
-        if self._across_nodes:
-            return self._comm.Alltoallv(sendbuf, recvbuf)
-        _coll_mod.alltoall(self._coll, sendbuf, recvbuf, vector_spec=True)
+        if not self._by_mpi("Alltoallv", sendbuf, recvbuf):
+            _coll_mod.alltoall(self._coll, sendbuf, recvbuf, vector_spec=True)
 
     def Reduce(self, sendbuf, recvbuf, op=None, root: int = 0) -> None:
         """Reduce to Root."""
-        if self._across_nodes:
-            return self._comm.Reduce(sendbuf, recvbuf, self._op(op), root)
-        if self._comm is not None and _native.run(self, "Reduce", sendbuf, recvbuf, root, self._op(op)):
-            return None
-        _coll_mod.reduce_family(self._coll, "reduce", sendbuf, recvbuf, self._op(op), root)
+        op = self._op(op)
+        if not self._by_mpi("Reduce", sendbuf, recvbuf, root, op):
+            _coll_mod.reduce_family(self._coll, "reduce", sendbuf, recvbuf, op, root)
 
     def Allreduce(self, sendbuf, recvbuf, op=None) -> None:
         """Reduce to All."""
-        if self._across_nodes:
-            return self._comm.Allreduce(sendbuf, recvbuf, self._op(op))
-        if self._comm is not None and _native.run(self, "Allreduce", sendbuf, recvbuf, op=self._op(op)):
-            return None
-        _coll_mod.reduce_family(self._coll, "allreduce", sendbuf, recvbuf, self._op(op))
+        op = self._op(op)
+        if not self._by_mpi("Allreduce", sendbuf, recvbuf, op=op):
+            _coll_mod.reduce_family(self._coll, "allreduce", sendbuf, recvbuf, op)
 
     def Reduce_scatter_block(self, sendbuf, recvbuf, op=None) -> None:
         """Reduce-Scatter Block (regular, non-vector version)."""
-        if self._across_nodes:
-            return self._comm.Reduce_scatter_block(sendbuf, recvbuf, self._op(op))
-        if self._comm is not None and _native.run(self, "Reduce_scatter_block", sendbuf, recvbuf, op=self._op(op)):
-            return None
-        _coll_mod.reduce_family(self._coll, "rsb", sendbuf, recvbuf, self._op(op))
+        op = self._op(op)
+        if not self._by_mpi("Reduce_scatter_block", sendbuf, recvbuf, op=op):
+            _coll_mod.reduce_family(self._coll, "rsb", sendbuf, recvbuf, op)
 
     def Reduce_scatter(self, sendbuf, recvbuf, recvcounts=None, op=None) -> None:
         """Reduce-Scatter (vector version)."""
-        if self._across_nodes:
-            return self._comm.Reduce_scatter(sendbuf, recvbuf, recvcounts, self._op(op))
-        _coll_mod.reduce_family(self._coll, "rs", sendbuf, recvbuf, self._op(op),
-                                recvcounts=recvcounts)
+        op = self._op(op)
+        if not self._by_mpi("Reduce_scatter", sendbuf, recvbuf, op=op, recvcounts=recvcounts):
+            _coll_mod.reduce_family(self._coll, "rs", sendbuf, recvbuf, op,
+                                    recvcounts=recvcounts)
 
     def Scan(self, sendbuf, recvbuf, op=None) -> None:
         """Inclusive Scan."""
-        if self._across_nodes:
-            return self._comm.Scan(sendbuf, recvbuf, self._op(op))
-        if self._comm is not None and _native.run(self, "Scan", sendbuf, recvbuf, op=self._op(op)):
-            return None
-        _coll_mod.reduce_family(self._coll, "scan", sendbuf, recvbuf, self._op(op))
+        op = self._op(op)
+        if not self._by_mpi("Scan", sendbuf, recvbuf, op=op):
+            _coll_mod.reduce_family(self._coll, "scan", sendbuf, recvbuf, op)
 
     def Exscan(self, sendbuf, recvbuf, op=None) -> None:
         """Exclusive Scan."""
-        if self._across_nodes:
-            return self._comm.Exscan(sendbuf, recvbuf, self._op(op))
-        if self._comm is not None and _native.run(self, "Exscan", sendbuf, recvbuf, op=self._op(op)):
-            return None
-        _coll_mod.reduce_family(self._coll, "exscan", sendbuf, recvbuf, self._op(op))
+        op = self._op(op)
+        if not self._by_mpi("Exscan", sendbuf, recvbuf, op=op):
+            _coll_mod.reduce_family(self._coll, "exscan", sendbuf, recvbuf, op)
 
     def Abort(self, errorcode: int = 0) -> None:
         """Terminate the job: every rank (the launcher ends the others)."""

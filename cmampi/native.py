@@ -22,7 +22,7 @@ import numpy as _np
 
 from . import ops as _ops
 
-__all__ = ["NATIVE_MAX", "run"]
+__all__ = ["NATIVE_MAX", "call", "run"]
 
 #: Bytes per rank up to which the MPI library's collective is used (measured
 #: crossovers on 2 ranks, MPICH; see the README's results).
@@ -181,18 +181,26 @@ def run(comm, kind: str, send=None, recv=None, root: int = 0, op=None) -> bool:
     if _inline_bytes(kind, head[2], size) <= INLINE:
         _finish_inline(agreement, kind, send, recv, int(root), head[2])
         return True
-    raw = agreement.raw
-    if kind == "Bcast":
-        raw.Bcast(send, root)
-    elif kind in ("Gather", "Scatter"):
-        getattr(raw, kind)(send, recv, root)
-    elif kind == "Reduce":
-        raw.Reduce(send, recv, op, root)
-    elif kind in ("Allgather", "Alltoall"):
-        getattr(raw, kind)(send, recv)
-    else:
-        getattr(raw, kind)(send, recv, op)
+    call(agreement.raw, kind, send, recv, root, op)
     return True
+
+
+def call(raw, kind: str, send, recv, root: int = 0, op=None, recvcounts=None) -> None:
+    """Collective *kind* (``"Bcast"``, ``"Gatherv"``, ...) of mpi4py communicator *raw*,
+    its arguments in mpi4py's order."""
+    fn = getattr(raw, kind)
+    if kind == "Bcast":
+        fn(send, root)
+    elif kind in ("Gather", "Gatherv", "Scatter", "Scatterv"):
+        fn(send, recv, root)
+    elif kind == "Reduce":
+        fn(send, recv, op, root)
+    elif kind == "Reduce_scatter":
+        fn(send, recv, recvcounts, op)
+    elif kind in ("Allgather", "Allgatherv", "Alltoall", "Alltoallv"):
+        fn(send, recv)
+    else:
+        fn(send, recv, op)
 
 
 def _finish_inline(a: _Agreement, kind: str, send, recv, root: int, nbytes: int) -> None:

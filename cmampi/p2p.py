@@ -236,6 +236,8 @@ class Engine:
         self.landing: Dict["RecvOp", Tuple[int, int]] = {}
         self.coll = None    # the communicator's collectives, made on first use
         self.native = None  # the MPI channel's agreement on native collectives (native.py)
+        #: The ranks span several nodes (then collectives are the MPI library's).
+        self.multinode = len(set(channel.nodes)) > 1
         self._xid = 0
         #: Held pidfds of the peers we may read (see `_cma.Peer`), closed by `free`.
         self.peers: Dict[int, _cma.Peer] = {}
