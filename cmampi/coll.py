@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import pickle as _pickle
 import struct as _struct
-from typing import Any, List, Optional, Sequence
+from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as _np
 
@@ -24,7 +24,7 @@ from . import _cma, ops as _ops
 from . import p2p as _p2p
 from ._buffers import address as _address, recv_buffer, send_buffer
 
-__all__ = ["Collectives", "INLINE_MAX"]
+__all__ = ["Collectives", "INLINE_MAX", "frame"]
 
 #: Per-rank payloads up to this size travel inside the exchange itself.
 INLINE_MAX = 16 << 10
@@ -34,6 +34,21 @@ PIECE = 256 << 10
 RECORD_MAX = INLINE_MAX + 4096
 _LEN = _struct.Struct("<Q")
 _TAG_X, _TAG_SYNC, _TAG_P, _TAG_ACK = 1, 2, 3, 4
+
+
+def frame(record: Any) -> Tuple[bytes, bytes]:
+    """*record* pickled for the wire: a first message (its length, then up to
+    `RECORD_MAX` bytes of it) and the rest (empty when it all fits)."""
+    data = _pickle.dumps(record, _pickle.HIGHEST_PROTOCOL)
+    cut = RECORD_MAX - _LEN.size
+    return _LEN.pack(len(data)) + data[:cut], data[cut:]
+
+
+def _first_part(stage, count: int) -> Tuple[memoryview, int]:
+    """What a received first message of *count* bytes holds of its record, and the
+    record's whole length."""
+    total = _LEN.unpack_from(stage)[0]
+    return memoryview(stage)[_LEN.size : _LEN.size + min(total, count - _LEN.size)], total
 
 
 def _noted(exc: BaseException, note: str) -> BaseException:
@@ -73,12 +88,10 @@ class Collectives:
         if n == 1:
             return [record]
         ch = self.e.ch
-        data = _pickle.dumps(record, _pickle.HIGHEST_PROTOCOL)
-        head = _LEN.pack(len(data)) + data[: RECORD_MAX - _LEN.size]
+        head, rest = frame(record)
         peers = [r for r in range(n) if r != me]
         recvs = [ch.irecv(self._stages[k], src, _TAG_X) for k, src in enumerate(peers)]
         sends = [ch.isend(head, dst, _TAG_X) for dst in peers]
-        rest = data[RECORD_MAX - _LEN.size:]
         # A long record's remainder may need the peer's receive posted before its
         # send completes: wait for it only together with our own second receives.
         more_sends = [ch.isend(rest, dst, _TAG_X) for dst in peers] if rest else []
@@ -86,15 +99,13 @@ class Collectives:
         out = {me: record}
         second, parts = [], {}
         for k, src in enumerate(peers):
-            stage = self._stages[k]
-            total = _LEN.unpack_from(stage)[0]
-            first = infos[k][2] - _LEN.size
-            if total > first:   # the record continues in a second message
-                more = bytearray(total - first)
+            part, total = _first_part(self._stages[k], infos[k][2])
+            if len(part) < total:   # the record continues in a second message
+                more = bytearray(total - len(part))
                 second.append(ch.irecv(more, src, _TAG_X))
-                parts[src] = (bytes(stage[_LEN.size : _LEN.size + first]), more)
+                parts[src] = (bytes(part), more)
             else:
-                out[src] = _pickle.loads(memoryview(stage)[_LEN.size : _LEN.size + total])
+                out[src] = _pickle.loads(part)
         _p2p.wait_handles(ch, second + more_sends)
         for src, (head_part, more) in parts.items():
             out[src] = _pickle.loads(head_part + more)
@@ -111,14 +122,13 @@ class Collectives:
             step *= 2
 
     # -- records between two ranks, and acknowledgements -------------------------------
-    def isend_record(self, record: Any, dest: int) -> list:
-        """Start sending *record* to *dest*; the handles to wait on."""
+    def isend_record(self, framed: Tuple[bytes, bytes], dest: int) -> list:
+        """Start sending a record (as `frame` made it) to *dest*; the handles to wait on."""
         ch = self.e.ch
-        data = _pickle.dumps(record, _pickle.HIGHEST_PROTOCOL)
-        cut = RECORD_MAX - _LEN.size
-        handles = [ch.isend(_LEN.pack(len(data)) + data[:cut], dest, _TAG_P)]
-        if len(data) > cut:
-            handles.append(ch.isend(data[cut:], dest, _TAG_P))
+        head, rest = framed
+        handles = [ch.isend(head, dest, _TAG_P)]
+        if rest:
+            handles.append(ch.isend(rest, dest, _TAG_P))
         return handles
 
     def recv_record(self, source: int) -> Any:
@@ -126,12 +136,11 @@ class Collectives:
         ch = self.e.ch
         stage = self._stages[0]
         info = _p2p.wait_handles(ch, [ch.irecv(stage, source, _TAG_P)])[0]
-        total = _LEN.unpack_from(stage)[0]
-        first = info[2] - _LEN.size
-        if total <= first:
-            return _pickle.loads(memoryview(stage)[_LEN.size : _LEN.size + total])
-        head = bytes(stage[_LEN.size : _LEN.size + first])
-        more = bytearray(total - first)
+        part, total = _first_part(stage, info[2])
+        if len(part) == total:
+            return _pickle.loads(part)
+        head = bytes(part)
+        more = bytearray(total - len(head))
         _p2p.wait_handles(ch, [ch.irecv(more, source, _TAG_P)])
         return _pickle.loads(head + more)
 
@@ -147,19 +156,23 @@ class Collectives:
     def agree(self, error: Optional[BaseException], info: Any, payload=None,
               inline: bool = False) -> List[Any]:
         """Exchange (error, info, payload); raise the first error any rank had."""
-        err = None
-        if error is not None:
-            err = (getattr(error, "error_class", self.names.ERR_OTHER),
-                   f"{type(error).__name__}: {error}")
-        records = self.exchange((err, info, payload if inline else None))
+        records = self.exchange((self.error_record(error), info,
+                                 payload if inline else None))
         for r, (rec_err, _, _) in enumerate(records):
             if rec_err is not None:
                 if error is not None:
                     raise error
-                raise self._error(*rec_err, rank=r)
+                raise self.remote_error(*rec_err, rank=r)
         return records
 
-    def _error(self, errclass: int, text: str, rank: int) -> BaseException:
+    def error_record(self, error: Optional[BaseException]) -> Optional[Tuple[int, str]]:
+        """What travels of a local error: (error class, text); None for no error."""
+        if error is None:
+            return None
+        return (getattr(error, "error_class", self.names.ERR_OTHER),
+                f"{type(error).__name__}: {error}")
+
+    def remote_error(self, errclass: int, text: str, rank: int) -> BaseException:
         """The error another rank raised, raised here with the same error class."""
         return _noted(self.names.Exception(errclass),
                       f"cmampi collective failed on rank {rank}: {text}")

@@ -17,6 +17,7 @@ from typing import Any, Callable, List, Optional, Sequence
 import numpy as _np
 
 from . import _cma
+from . import coll as _coll
 from . import p2p as _p2p
 from ._buffers import address
 from .objects import Packed, pull_object
@@ -78,12 +79,6 @@ def _load(coll, rank: int, record: tuple) -> Any:
     return pull_object(pid, stream, spots)
 
 
-def _error_record(coll, err: Optional[BaseException]):
-    if err is None:
-        return None
-    return (getattr(err, "error_class", coll.names.ERR_OTHER), f"{type(err).__name__}: {err}")
-
-
 def collective(coll, kind: str, obj: Any, root: int = 0,
                op: Optional[Callable[[Any, Any], Any]] = None) -> Any:
     """Run the lowercase collective *kind* on *coll* (a `coll.Collectives`)."""
@@ -115,19 +110,24 @@ def _from_root(coll, kind: str, err, packs, mine, root: int) -> Any:
     if me != root:
         err_rec, record = coll.recv_record(root)
         if err_rec is not None:
-            raise coll._error(*err_rec, rank=root)
+            raise coll.remote_error(*err_rec, rank=root)
         try:
             return _load(coll, root, record)
         finally:
             if _remote([record]):
                 coll.ack(root)
     others = [r for r in range(coll.size) if r != root]
-    err_rec = _error_record(coll, err)
+    err_rec = coll.error_record(err)
     pick = (lambda r: None) if mine is None else (
         (lambda r: mine[0]) if kind == "bcast" else (lambda r: mine[r]))
     handles = []
-    for r in others:
-        handles += coll.isend_record((err_rec, pick(r)), r)
+    if kind == "bcast" or mine is None:     # one record for everyone: pickled once
+        framed = _coll.frame((err_rec, pick(root)))
+        for r in others:
+            handles += coll.isend_record(framed, r)
+    else:
+        for r in others:
+            handles += coll.isend_record(_coll.frame((err_rec, pick(r))), r)
     _p2p.wait_handles(coll.e.ch, handles)
     if err is not None:
         raise err
@@ -141,9 +141,9 @@ def _from_root(coll, kind: str, err, packs, mine, root: int) -> Any:
 def _to_root(coll, err, packs, mine, root: int) -> List[Any]:
     """gather and reduce: every rank sends the root its record; the root acks."""
     me = coll.rank
-    err_rec = _error_record(coll, err)
+    err_rec = coll.error_record(err)
     if me != root:
-        _p2p.wait_handles(coll.e.ch, coll.isend_record((err_rec, mine), root))
+        _p2p.wait_handles(coll.e.ch, coll.isend_record(_coll.frame((err_rec, mine)), root))
         if err is not None:
             raise err
         if _remote(mine):
@@ -160,7 +160,7 @@ def _to_root(coll, err, packs, mine, root: int) -> List[Any]:
                 continue
             rec_err, rec = records[r]
             if rec_err is not None:
-                raise coll._error(*rec_err, rank=r)
+                raise coll.remote_error(*rec_err, rank=r)
             got.append(_load(coll, r, rec[0]))
     finally:
         for r, (_, rec) in records.items():
