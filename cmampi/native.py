@@ -56,7 +56,8 @@ def _op_code(op, dtype: _np.dtype) -> int:
     return _OPS.index(name) + 1
 
 
-def _signature(kind: str, size: int, me: int, send, recv, root: int, op, in_place) -> Optional[tuple]:
+def _signature(kind: str, size: int, me: int, send, recv, root: int, op,
+               in_place) -> Optional[tuple]:
     """(bytes per rank, dtype, op) if this rank's arguments suit MPI as they are."""
     if kind in ("Bcast",):
         if not _plain(send, True):

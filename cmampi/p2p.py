@@ -402,12 +402,17 @@ class Engine:
             if err is not None:
                 raise err
             return
-        ch.mrecv(handle, self.stage)
-        op = RecvOp(self, buf if buf is not None else recv_buffer(spec))
-        self.deliver(op, memoryview(self.stage)[:count], src, tg)
+        op = self._control(handle, buf if buf is not None else recv_buffer(spec), src, tg, count)
+        self.complete(op, status)
+
+    def _control(self, handle, buf: Optional[Buffer], src: int, tag: int, count: int) -> RecvOp:
+        """Receive a matched control message and see its transfer through."""
+        self.ch.mrecv(handle, self.stage)
+        op = RecvOp(self, buf)
+        self.deliver(op, memoryview(self.stage)[:count], src, tag)
         if not op.done:
             wait_any([op])
-        self.complete(op, status)
+        return op
 
     def recv_sized(self, source: int, tag: int, status=None):
         """Blocking receive into new memory the size of the message (objects).
@@ -418,21 +423,18 @@ class Engine:
         """
         if _PENDING or self.stash:
             op = self.irecv(None, source, tag)
-        else:
-            ch = self.ch
-            handle, (src, tg, count) = ch.mprobe(source, tag)
-            if not self.limit < count <= self.band:
-                data = bytearray(count)
-                ch.mrecv(handle, data)
-                if status is not None:
-                    _fill(status, src, tg, count, None, self.names)
-                return data, src
-            ch.mrecv(handle, self.stage)
-            op = RecvOp(self, None)
-            self.deliver(op, memoryview(self.stage)[:count], src, tg)
-        if not op.done:
-            wait_any([op])
-        return op
+            if not op.done:
+                wait_any([op])
+            return op
+        ch = self.ch
+        handle, (src, tg, count) = ch.mprobe(source, tag)
+        if self.limit < count <= self.band:
+            return self._control(handle, None, src, tg, count)
+        data = bytearray(count)
+        ch.mrecv(handle, data)
+        if status is not None:
+            _fill(status, src, tg, count, None, self.names)
+        return data, src
 
     def irecv(self, buf: Optional[Buffer], source: int, tag: int) -> RecvOp:
         op = RecvOp(self, buf)
