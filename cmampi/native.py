@@ -150,8 +150,6 @@ _INLINE_KINDS = {"Bcast": 0, "Gather": 1, "Allgather": 1, "Alltoall": 1, "Scatte
 
 def _inline_bytes(kind: str, nbytes: int, size: int) -> int:
     """Bytes a rank contributes to the agreement for *kind* (its whole send buffer)."""
-    if kind not in _INLINE_KINDS:
-        return INLINE + 1
     return size * nbytes if kind == "Scatter" else nbytes
 
 
@@ -179,7 +177,7 @@ def run(comm, kind: str, send=None, recv=None, root: int = 0, op=None) -> bool:
             data = send
     if not agreement.agree(head, data) or head[2] > NATIVE_MAX[kind]:
         return False
-    if _inline_bytes(kind, head[2], size) <= INLINE:
+    if kind in _INLINE_KINDS and _inline_bytes(kind, head[2], size) <= INLINE:
         _finish_inline(agreement, kind, send, recv, int(root), head[2])
         return True
     call(agreement.raw, kind, send, recv, root, op)
