@@ -6,6 +6,10 @@ in a narrow band, ``(eager_limit, eager_limit + CTRL_MAX]``, are reserved for
 control messages (a header padded into the band), so a message's length alone
 tells the two apart; a payload whose length falls in the band travels as a
 control message plus a side payload instead.
+
+A control message is also a valid pickle, which loads as a `Control` holding
+its header: a receive that expects a Python object can let the channel receive
+and unpickle in one call and still recognise a control message by its type.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from ._buffers import Layout
 __all__ = [
     "PULL", "SIDE", "F_SYNC", "F_HELP",
     "ACK_OK", "ACK_TRUNCATED", "ACK_FAILED", "ACK_HELP",
-    "CTRL_MAX", "control", "is_control", "pull", "side", "parse_pull", "parse_side",
+    "AT", "CTRL_MAX", "Control", "control", "header", "is_control", "kind", "pull", "side", "parse_pull", "parse_side",
     "help_request", "parse_help", "payload_size", "REPLY_MAX",
 ]
 
@@ -38,8 +42,29 @@ _HEAD = _struct.Struct("<BBxxIQ")        # kind, flags, xid, nbytes
 _LAYOUT = _struct.Struct("<qqqq")        # addr, lo, hi, ndim (then 2*ndim dims)
 _HELP = _struct.Struct("<BxxxxxxxQQQ")   # ACK_HELP, lo, hi, address of byte lo
 
+
+
+class Control:
+    """A control message received where a Python object was expected."""
+
+    __slots__ = ("head",)
+
+    def __init__(self, head: bytes) -> None:
+        self.head = head        # the header (and its padding): what `header` returns
+
+
+# A control message is the pickle of ``Control(header + padding)``:
+# PROTO 5, the global (SHORT_BINUNICODE x2, STACK_GLOBAL), BINBYTES8 <length>
+# <header + padding>, then TUPLE1 REDUCE STOP.
+_PICKLE_GLOBAL = b"".join(b"\x8c" + bytes((len(s),)) + s
+                          for s in (__name__.encode(), Control.__name__.encode()))
+_PICKLE_HEAD = b"\x80\x05" + _PICKLE_GLOBAL + b"\x93\x8e"
+_PICKLE_TAIL = b"\x85R."
+#: Offset of the header in a control message.
+AT = len(_PICKLE_HEAD) + 8
+
 #: Most bytes a control message's meaningful part takes (layouts of 32 dimensions).
-CTRL_MAX = _HEAD.size + _LAYOUT.size + 64 * 8
+CTRL_MAX = AT + _HEAD.size + _LAYOUT.size + 64 * 8 + len(_PICKLE_TAIL)
 
 
 def _layout(layout: Layout) -> bytes:
@@ -54,10 +79,19 @@ def _parse_layout(buf, offset: int) -> Layout:
 
 
 def control(head: bytes, limit: int) -> bytearray:
-    """*head* padded into the control band, so it cannot be taken for a payload."""
-    out = bytearray(max(len(head), limit + 1))
-    out[: len(head)] = head
+    """The control message of header *head*: padded into the control band, so
+    it cannot be taken for a payload, and framed as a pickle of `Control`."""
+    n = max(AT + len(head) + len(_PICKLE_TAIL), limit + 1)
+    out = bytearray(n)
+    out[:AT] = _PICKLE_HEAD + _struct.pack("<Q", n - AT - len(_PICKLE_TAIL))
+    out[AT : AT + len(head)] = head
+    out[n - len(_PICKLE_TAIL):] = _PICKLE_TAIL
     return out
+
+
+def header(msg):
+    """The header of control message *msg* (what `parse_pull` and `parse_side` read)."""
+    return msg[AT:]
 
 
 def is_control(count: int, limit: int) -> bool:
@@ -73,14 +107,19 @@ def side(xid: int, flags: int, nbytes: int) -> bytes:
     return _HEAD.pack(SIDE, flags, xid, nbytes)
 
 
+def kind(head) -> int:
+    """PULL or SIDE: the kind of a control message's header."""
+    return head[0]
+
+
 def parse_pull(buf) -> Tuple[int, int, int, Layout]:
-    """(flags, xid, nbytes, remote layout) of a PULL descriptor."""
+    """(flags, xid, nbytes, remote layout) of a PULL descriptor's header."""
     _, flags, xid, nbytes = _HEAD.unpack_from(buf)
     return flags, xid, nbytes, _parse_layout(buf, _HEAD.size)
 
 
 def parse_side(buf) -> Tuple[int, int, int]:
-    """(flags, xid, nbytes) of a SIDE header."""
+    """(flags, xid, nbytes) of a SIDE descriptor's header."""
     _, flags, xid, nbytes = _HEAD.unpack_from(buf)
     return flags, xid, nbytes
 
@@ -103,4 +142,4 @@ def payload_size(msg, limit: int) -> int:
     """Payload bytes a user-space message carries (raw or control)."""
     if not is_control(len(msg), limit):
         return len(msg)
-    return _HEAD.unpack_from(msg)[3]
+    return _HEAD.unpack_from(msg, AT)[3]

@@ -27,6 +27,49 @@ _DERIVING = (
 )
 
 
+class _Delegated:
+    """An attribute of mpi4py's Intracomm that cmampi does not define: the
+    wrapped communicator's own (a derived intracommunicator comes back wrapped).
+
+    Class attributes rather than ``__getattr__``: a class with ``__getattr__``
+    makes every attribute lookup on its instances slower, ``send`` included.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, comm: Optional["Intracomm"], owner=None) -> Any:
+        if comm is None:
+            return self
+        if comm._comm is None:
+            raise AttributeError(f"cmampi.Intracomm.{self.name} is not available on the "
+                                 f"socket channel (no MPI)")
+        attr = getattr(comm._comm, self.name)
+        if self.name not in _DERIVING:
+            return attr
+
+        def derive(*args, **kwargs):
+            out = attr(*args, **kwargs)
+            names = comm._engine.names
+            if isinstance(out, names.Intracomm) and out != names.COMM_NULL:
+                return Intracomm(out)
+            return out
+        derive.__doc__ = attr.__doc__
+        return derive
+
+
+def _delegate(MPI) -> None:
+    """Give `Intracomm` every public attribute of mpi4py's intracommunicators
+    (topologies' too) that it lacks; once, with mpi4py's *MPI* module."""
+    if "_delegated" in Intracomm.__dict__:
+        return
+    Intracomm._delegated = True
+    for cls in ("Intracomm", "Topocomm", "Cartcomm", "Graphcomm", "Distgraphcomm"):
+        for name in dir(getattr(MPI, cls, object)):
+            if not name.startswith("_") and not hasattr(Intracomm, name):
+                setattr(Intracomm, name, _Delegated(name))
+
+
 def _new_engine(channel, names) -> _p2p.Engine:
     global _default_engine
     engine = _p2p.Engine(channel, names, _config)
@@ -81,6 +124,7 @@ class Intracomm:
             comm = names.COMM_WORLD
         if not isinstance(comm, names.Intracomm) or comm == names.COMM_NULL:
             raise TypeError(f"cmampi.Intracomm wraps an mpi4py Intracomm, got {comm!r}")
+        _delegate(names)
         self._comm = comm
         self._engine = _new_engine(MPIChannel(comm), names)
 
@@ -91,25 +135,6 @@ class Intracomm:
         self._comm = None
         self._engine = _new_engine(channel, channel.names)
         return self
-
-    # -- delegation ----------------------------------------------------------------------
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        if self._comm is None:
-            raise AttributeError(
-                f"cmampi.Intracomm.{name} is not available on the socket channel (no MPI)")
-        attr = getattr(self._comm, name)
-        if name in _DERIVING:
-            def derive(*args, **kwargs):
-                out = attr(*args, **kwargs)
-                names = self._engine.names
-                if isinstance(out, names.Intracomm) and out != names.COMM_NULL:
-                    return Intracomm(out)
-                return out
-            derive.__doc__ = attr.__doc__
-            return derive
-        return attr
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Intracomm):
@@ -407,7 +432,7 @@ class Intracomm:
     def _null_status(self, status) -> None:
         if status is not None:
             names = self._engine.names
-            _p2p._fill(status, names.PROC_NULL, names.ANY_TAG, 0, None, names)
+            _p2p.fill_status(status, names.PROC_NULL, names.ANY_TAG, 0, None, names)
 
     def _null_request(self, finish=None) -> Request:
         op = _p2p.Op(self._engine)
@@ -570,7 +595,7 @@ class Intracomm:
     def _probe_status(self, hit, status) -> None:
         if status is not None:
             src, tag, n = hit
-            _p2p._fill(status, src, tag, n, None, self._engine.names)
+            _p2p.fill_status(status, src, tag, n, None, self._engine.names)
 
     def Probe(self, source: int = -2, tag: int = -1, status=None) -> bool:
         """Blocking test for a message."""
@@ -635,6 +660,11 @@ class Intracomm:
 
     def send(self, obj: Any, dest: int, tag: int = 0) -> None:
         """Send a message."""
+        e = self._engine
+        if type(dest) is int and type(tag) is int and 0 <= dest < e.size \
+                and 0 <= tag <= e.tag_ub:       # the common case, checked at once
+            _objects.send(e, obj, dest, tag)
+            return
         self._send_obj(obj, dest, tag, False, True)
 
     def ssend(self, obj: Any, dest: int, tag: int = 0) -> None:
@@ -667,6 +697,11 @@ class Intracomm:
 
     def recv(self, buf=None, source: int = -2, tag: int = -1, status=None) -> Any:
         """Receive a message."""
+        e = self._engine
+        if type(source) is int and type(tag) is int \
+                and (0 <= source < e.size or source == e.any_source) \
+                and (0 <= tag <= e.tag_ub or tag == e.any_tag):   # the common case
+            return _objects.recv(e, source, tag, status)
         source, tag = self._source(source), self._tag(tag, True)
         if source == self._engine.names.PROC_NULL:
             return self._null_request(lambda op: None).wait(status)

@@ -91,13 +91,31 @@ class _OutOfBand:
         return (_OutOfBand, (self.stream, self.buffers, self.xid, self.helps))
 
 
+class _TooBig(Exception):
+    """A buffer worth sending out of band: stop pickling in band."""
+
+
+def _in_band(pb: _pickle.PickleBuffer) -> bool:
+    """Keep a buffer in the stream, unless it is one to leave out of band."""
+    try:
+        if pb.raw().nbytes < OOB_MIN:
+            return True
+    except BufferError:              # not contiguous: stays in the stream
+        return True
+    raise _TooBig
+
+
 def send(engine: _p2p.Engine, obj: Any, dest: int, tag: int) -> None:
     """Blocking standard-mode send of *obj*: a short pickle goes out as itself."""
-    packed = Packed(obj, engine.cma[dest])
-    if not packed.views and len(packed.stream) <= engine.limit:
-        engine.ch.send(packed.stream, dest, tag)
+    oob = engine.cma[dest]
+    try:
+        stream = _pickle.dumps(obj, 5, buffer_callback=_in_band if oob else None)
+    except _TooBig:
+        stream = None
+    if stream is not None and len(stream) <= engine.limit:
+        engine.ch.send(stream, dest, tag)
         return
-    op = _start(engine, packed, dest, tag, False, True)
+    op = _start(engine, Packed(obj, oob), dest, tag, False, True)
     _p2p.wait_any([op])
     engine.complete(op)
 
@@ -152,26 +170,42 @@ class _Both(_p2p.Op):
 
 def recv(engine: _p2p.Engine, source: int, tag: int, status=None) -> Any:
     """Blocking receive of an object."""
-    got = engine.recv_sized(source, tag, status)
-    if isinstance(got, _p2p.Op):
-        got.decode = loads
-        engine.complete(got, status)
-        return got.result
-    data, src = got
-    return _object(engine, data, src) if data else None
+    if not engine.idle():           # other receives need progress while this waits
+        op = engine.irecv(None, source, tag)
+        if not op.done:
+            _p2p.wait_any([op])
+        op.decode = loads
+        engine.complete(op, status)
+        return op.result
+    # The channel receives and unpickles in one call; a control message loads
+    # as what it is.
+    ch = engine.ch
+    obj = ch.recv_object(source, tag)
+    cls = type(obj)
+    if cls is _wire.Control:
+        src, tg, _ = ch.last()
+        op = engine.control(obj.head, None, src, tg)
+        op.decode = loads
+        engine.complete(op, status)
+        return op.result
+    if status is not None:
+        src, tg, count = ch.last()
+        _p2p.fill_status(status, src, tg, count, None, engine.names)
+    if cls is _OutOfBand:
+        return _unpacked(engine, obj, ch.last()[0])
+    return obj
 
 
 def loads(op: _p2p.Op) -> Any:
     """The object a finished receive holds, pulling its out-of-band buffers."""
     if op.buf is None or not op.nbytes:
         return None
-    return _object(op.engine, op.buf.array, op.source)
+    return _unpacked(op.engine, _pickle.loads(op.buf.array), op.source)
 
 
-def _object(engine: _p2p.Engine, data, source: int) -> Any:
-    """Unpickle a received message, pulling its out-of-band buffers from *source*."""
-    obj = _pickle.loads(data)
-    if not isinstance(obj, _OutOfBand):
+def _unpacked(engine: _p2p.Engine, obj: Any, source: int) -> Any:
+    """A received object itself, its out-of-band buffers pulled from *source*."""
+    if type(obj) is not _OutOfBand:
         return obj
     if obj.helps:
         return _pull_helped(engine, source, obj)

@@ -31,7 +31,7 @@ from ._buffers import Buffer, address, recv_buffer, send_buffer
 from ._config import config as _config
 
 __all__ = ["Engine", "Op", "SendOp", "PullSendOp", "RecvOp", "ForeignOp",
-           "progress", "test", "wait_any", "wait_all", "wait_handles"]
+           "fill_status", "progress", "test", "wait_any", "wait_all", "wait_handles"]
 
 _sched_yield = getattr(_os, "sched_yield", lambda: None)
 
@@ -229,6 +229,7 @@ class Engine:
         self.rank = channel.rank
         self.size = channel.size
         self.tag_ub = channel.tag_ub
+        self.any_source, self.any_tag = names.ANY_SOURCE, names.ANY_TAG
         self.stage_size = self.band
         self.stage = bytearray(self.stage_size)
         self.stash: _collections.deque = _collections.deque()  # drained by probes
@@ -386,7 +387,7 @@ class Engine:
             if plain and count <= spec.nbytes:
                 ch.mrecv(handle, spec)
                 if status is not None:
-                    _fill(status, src, tg, count, None, self.names)
+                    fill_status(status, src, tg, count, None, self.names)
                 return
             if buf is None:
                 buf = recv_buffer(spec)
@@ -398,7 +399,7 @@ class Engine:
                 ch.mrecv(handle, tmp)
                 err = self.place(buf, memoryview(tmp)[:count])
             if status is not None:
-                _fill(status, src, tg, count, err, self.names)
+                fill_status(status, src, tg, count, err, self.names)
             if err is not None:
                 raise err
             return
@@ -408,33 +409,22 @@ class Engine:
     def _control(self, handle, buf: Optional[Buffer], src: int, tag: int, count: int) -> RecvOp:
         """Receive a matched control message and see its transfer through."""
         self.ch.mrecv(handle, self.stage)
+        return self.control(_wire.header(memoryview(self.stage)[:count]), buf, src, tag)
+
+    def control(self, head, buf: Optional[Buffer], src: int, tag: int) -> RecvOp:
+        """See the transfer of a matched control message through, from its
+        header: into *buf*, or (None) new memory the size of the message."""
         op = RecvOp(self, buf)
-        self.deliver(op, memoryview(self.stage)[:count], src, tag)
+        op.source, op.tag = src, tag
+        self.act(op, head)
         if not op.done:
             wait_any([op])
         return op
 
-    def recv_sized(self, source: int, tag: int, status=None):
-        """Blocking receive into new memory the size of the message (objects).
-
-        A message that is its own payload comes back as (bytearray, source), with
-        *status* filled; any other as a RecvOp that has finished or is pending,
-        to be waited on and completed by the caller.
-        """
-        if _PENDING or self.stash:
-            op = self.irecv(None, source, tag)
-            if not op.done:
-                wait_any([op])
-            return op
-        ch = self.ch
-        handle, (src, tg, count) = ch.mprobe(source, tag)
-        if self.limit < count <= self.band:
-            return self._control(handle, None, src, tg, count)
-        data = bytearray(count)
-        ch.mrecv(handle, data)
-        if status is not None:
-            _fill(status, src, tg, count, None, self.names)
-        return data, src
+    def idle(self) -> bool:
+        """Whether no receive waits for progress and nothing is stashed: a blocking
+        receive may then block inside the channel."""
+        return not (_PENDING or self.stash)
 
     def irecv(self, buf: Optional[Buffer], source: int, tag: int) -> RecvOp:
         op = RecvOp(self, buf)
@@ -493,13 +483,17 @@ class Engine:
                 op.buf = recv_buffer(bytearray(count))
             op.finish(None if op.inplace else self.place(op.buf, msg))
             return
-        kind = msg[0]
+        self.act(op, _wire.header(msg))
+
+    def act(self, op: RecvOp, head) -> None:
+        """Act on the header of a matched control message: pull, or await the payload."""
+        kind = _wire.kind(head)
         if kind == _wire.PULL:
-            self._pull(op, msg, source)
+            self._pull(op, head, op.source)
         elif kind == _wire.SIDE:
-            self._side(op, msg, source)
+            self._side(op, head, op.source)
         else:
-            op.finish(RuntimeError(f"cmampi: unknown message kind {kind} from rank {source}"))
+            op.finish(RuntimeError(f"cmampi: unknown message kind {kind} from rank {op.source}"))
 
     def _pull(self, op: RecvOp, msg, source: int) -> None:
         ch = self.ch
@@ -584,7 +578,7 @@ class Engine:
             decode, op.decode = op.decode, None
             op.result = decode(op)
         if status is not None:
-            _fill(status, op.source, op.tag, op.nbytes, op.error, self.names, op.cancelled)
+            fill_status(status, op.source, op.tag, op.nbytes, op.error, self.names, op.cancelled)
         if op.error is not None:
             err, op.error = op.error, None
             raise err
@@ -776,7 +770,7 @@ def wait_all(ops) -> None:
         todo = [op for op in todo if not op.done]
 
 
-def _fill(status, source, tag, nbytes, err, names, cancelled=False) -> None:
+def fill_status(status, source, tag, nbytes, err, names, cancelled=False) -> None:
     status.Set_source(source)
     status.Set_tag(tag)
     status.Set_elements(names.BYTE, nbytes)

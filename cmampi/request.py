@@ -50,7 +50,7 @@ def _empty_status(status) -> None:
     """Fill *status* as MPI does for a null or inactive request."""
     if status is not None:
         names = _foreign_engine().names
-        _p2p._fill(status, names.ANY_SOURCE, names.ANY_TAG, 0, None, names)
+        _p2p.fill_status(status, names.ANY_SOURCE, names.ANY_TAG, 0, None, names)
 
 
 class Request:
@@ -117,7 +117,7 @@ class Request:
             if status is not None:
                 op = self._op
                 names = op.engine.names
-                _p2p._fill(status, op.source, op.tag, op.nbytes, op.error, names, op.cancelled)
+                _p2p.fill_status(status, op.source, op.tag, op.nbytes, op.error, names, op.cancelled)
             return True
         return False
 

@@ -89,3 +89,27 @@ def test_transport_per_peer(cmcomm):
     for bad in (MPI.PROC_NULL, cmcomm.Get_size(), -5):
         with pytest.raises(MPI.Exception):
             cmcomm.transport(bad)
+
+
+def test_control_messages_load_as_control():
+    """A control message is a pickle of `Control`: an object receive that lets the
+    channel unpickle still recognises it, and its header parses the same."""
+    import pickle
+
+    from cmampi import _wire
+    from cmampi._buffers import send_buffer
+
+    layout = send_buffer(bytearray(1000)).layout
+    for limit in (0, 100, 4096):
+        msg = _wire.control(_wire.pull(7, _wire.F_SYNC, layout), limit)
+        assert _wire.is_control(len(msg), limit) and len(msg) == max(limit + 1, len(msg))
+        got = pickle.loads(msg)
+        assert type(got) is _wire.Control
+        for head in (_wire.header(memoryview(msg)), got.head):
+            assert _wire.kind(head) == _wire.PULL
+            flags, xid, nbytes, remote = _wire.parse_pull(head)
+            assert (flags, xid, nbytes) == (_wire.F_SYNC, 7, 1000)
+            assert remote.nbytes == 1000
+        assert _wire.payload_size(msg, limit) == 1000
+        side = pickle.loads(_wire.control(_wire.side(3, 0, 55), limit))
+        assert _wire.parse_side(side.head) == (0, 3, 55)

@@ -233,3 +233,57 @@ def test_large_buffers_copied_by_both_sides(comm, MPI, method):
                           "strided": np.arange(1 << 18, dtype=np.float64)[::2]})
         assert got["big"].flags.writeable
     comm.Barrier()
+
+
+def _stream_of(nbytes: int) -> bytes:
+    """A bytes object whose protocol-5 pickle is exactly *nbytes* long."""
+    n = nbytes
+    while True:
+        obj = b"o" * max(n, 0)
+        extra = len(pickle.dumps(obj, 5)) - nbytes
+        if extra == 0:
+            return obj
+        n -= extra
+
+
+def _boundary_sizes():
+    from cmampi._config import config
+    from cmampi._wire import CTRL_MAX
+
+    limit = config.eager_limit
+    band = limit + CTRL_MAX
+    return sorted({16, limit - 1, limit, limit + 1, limit + 40, band - 1, band, band + 1,
+                   2 * band, OOB_MIN - 1, OOB_MIN + 64, 3 * OOB_MIN})
+
+
+@pytest.mark.parametrize("how", ["recv", "recv_status", "any_source", "irecv", "busy"])
+def test_pickles_at_every_protocol_boundary(comm, MPI, how):
+    """Object messages whose pickles are eager, in the control band, or above it
+    arrive intact however they are received (blocking, with status, from any
+    source, nonblocking, or while another receive is pending)."""
+    rank = comm.Get_rank()
+    sizes = _boundary_sizes()
+    if rank == 0:
+        for i, n in enumerate(sizes):
+            comm.send(_stream_of(n), 1, 100 + i)
+            comm.send(("tail", i), 1, 100 + i)
+        comm.recv(source=1, tag=99)
+    elif rank == 1:
+        pending = comm.irecv(bytearray(64), source=1, tag=98) if how == "busy" else None
+        for i, n in enumerate(sizes):
+            for want in (_stream_of(n), ("tail", i)):
+                st = MPI.Status()
+                if how == "irecv":
+                    got = comm.irecv(bytearray(4 * OOB_MIN), source=0, tag=100 + i).wait(st)
+                elif how == "any_source":
+                    got = comm.recv(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=st)
+                else:
+                    got = comm.recv(source=0, tag=100 + i,
+                                    status=None if how == "recv" else st)
+                assert got == want, (n, how)
+                if how != "recv":
+                    assert (st.Get_source(), st.Get_tag()) == (0, 100 + i)
+        if pending is not None:
+            comm.send(None, 1, 98)
+            assert pending.wait() is None
+        comm.send("done", 0, 99)

@@ -87,6 +87,16 @@ class MPIChannel:
     def mrecv(self, handle, buf) -> None:
         handle.Recv([buf, _BYTE])
 
+    def recv_object(self, source: int, tag: int) -> object:
+        """Blocking receive of a message, unpickled (an empty one is None); its
+        (source, tag, nbytes) are `last`'s. mpi4py receives and unpickles in one call."""
+        return self.user.recv(None, source, tag, self.status)
+
+    def last(self) -> Tuple[int, int, int]:
+        """(source, tag, nbytes) of the message `recv_object` returned last."""
+        st = self.status
+        return st.Get_source(), st.Get_tag(), st.Get_count(_BYTE)
+
     def take_any(self) -> Optional[Tuple[int, int, bytes]]:
         """Receive the oldest arrived user-space message, if any: (source, tag, data)."""
         st = self.status

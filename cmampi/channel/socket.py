@@ -691,6 +691,7 @@ class SocketChannel:
         self.tag_ub = _names.TAG_UB
         self.xid_limit = (self.tag_ub - 1) // 2
         self._seq = 0
+        self._last = (0, 0, 0)                 # what `last` returns
         hub.groups[ctx] = tuple(group)
 
     def collective(self) -> None:
@@ -765,6 +766,16 @@ class SocketChannel:
     def mrecv(self, handle, buf) -> None:
         view = _bytes_view(buf)
         view[: len(handle)] = handle
+
+    def recv_object(self, source: int, tag: int):
+        """Blocking receive of a message, unpickled (an empty one is None); its
+        (source, tag, nbytes) are `last`'s."""
+        data, self._last = self.mprobe(source, tag)
+        return _pickle.loads(data) if len(data) else None
+
+    def last(self):
+        """(source, tag, nbytes) of the message `recv_object` returned last."""
+        return self._last
 
     def take_any(self):
         self.hub.progress(0)
