@@ -208,22 +208,20 @@ class Intracomm:
                 _p2p.Engine(channel, self._engine.names, _config))
         return coll
 
-    @property
-    def _across_nodes(self) -> bool:
-        """Whether the ranks span several nodes (MPI channel): then collectives are
-        the MPI library's own, which knows the network; cmampi's need one node."""
-        return self._comm is not None and self._engine.multinode
-
     def _by_mpi(self, kind: str, send, recv=None, root: int = 0, op=None,
                 recvcounts=None) -> bool:
         """Whether the MPI library has run collective *kind*: always across nodes;
         on one node when every rank agrees the call is small and well formed."""
-        if self._comm is None:
-            return False
-        if self._across_nodes:
-            _native.call(self._comm, kind, send, recv, root, op, recvcounts)
-            return True
-        return kind in _native.NATIVE_MAX and _native.run(self, kind, send, recv, root, op)
+        engine = self._engine
+        agreement = engine.native
+        if agreement is None:
+            if self._comm is None:
+                return False
+            if engine.multinode:    # the MPI library knows the network; cmampi, one node
+                _native.call(self._comm, kind, send, recv, root, op, recvcounts)
+                return True
+            agreement = engine.native = _native.Agreement(self._comm, engine.names)
+        return kind in _native.NATIVE_MAX and _native.run(agreement, kind, send, recv, root, op)
 
     def _op(self, op):
         return self._engine.names.SUM if op is None else op
@@ -722,7 +720,7 @@ class Intracomm:
 
     # Lowercase collectives: cmampi's own on every channel, large buffers out of band.
     def _objcoll(self, kind: str, obj, root: int = 0, op=None):
-        if self._across_nodes:
+        if self._comm is not None and self._engine.multinode:   # the MPI library's
             fn = getattr(self._comm, kind)
             if _objcoll.KINDS[kind]:
                 return fn(obj, self._op(op), root) if kind == "reduce" else fn(obj, root)

@@ -15,6 +15,7 @@ same error everywhere instead of leaving ranks hanging.
 from __future__ import annotations
 
 import struct as _struct
+from itertools import repeat as _repeat
 import zlib as _zlib
 from typing import Any, Optional
 
@@ -22,7 +23,7 @@ import numpy as _np
 
 from . import ops as _ops
 
-__all__ = ["NATIVE_MAX", "call", "run"]
+__all__ = ["NATIVE_MAX", "Agreement", "call", "run"]
 
 #: Bytes per rank up to which the MPI library's collective is used (measured
 #: crossovers on 2 ranks, MPICH; see the README's results).
@@ -31,21 +32,46 @@ NATIVE_MAX = {
     "Alltoall": 1 << 20, "Reduce": 1 << 20, "Allreduce": 64 << 10, "Scan": 64 << 10,
     "Exscan": 64 << 10, "Reduce_scatter_block": 1 << 20,
 }
-_KIND_ID = {k: i + 1 for i, k in enumerate(NATIVE_MAX)}
 _UFUNCS = {"SUM": _np.add, "PROD": _np.multiply, "MAX": _np.maximum, "MIN": _np.minimum,
            "LAND": _np.logical_and, "LOR": _np.logical_or, "LXOR": _np.logical_xor,
            "BAND": _np.bitwise_and, "BOR": _np.bitwise_or, "BXOR": _np.bitwise_xor}
 _OPS = tuple(_UFUNCS)
 
 
-def _plain(a: Any, writable: bool) -> bool:
-    """A whole C-contiguous numpy array of a number type: what MPI takes as is."""
-    return (type(a) is _np.ndarray and a.flags.c_contiguous and a.dtype.kind in "biufc"
-            and a.dtype.fields is None and (a.flags.writeable or not writable))
+_DTYPE_CODES: dict = {}
+
+
+def _dtype_code(dtype: _np.dtype) -> int:
+    """A nonzero code naming a number dtype (bool, ints, floats, complex); 0 for others."""
+    code = _DTYPE_CODES.get(dtype)
+    if code is None:
+        code = 0
+        if dtype.kind in "biufc" and dtype.fields is None:
+            code = _zlib.crc32(dtype.str.encode()) or 1
+        _DTYPE_CODES[dtype] = code
+    return code
+
+
+def _plain(a: Any, writable: bool) -> int:
+    """The dtype code of a whole C-contiguous numpy array of numbers, which MPI
+    takes as it is (and which is writable, if asked); 0 for anything else."""
+    if type(a) is not _np.ndarray:
+        return 0
+    flags = a.flags
+    if not flags.c_contiguous or (writable and not flags.writeable):
+        return 0
+    return _dtype_code(a.dtype)
+
+
+#: Codes of predefined ops valid for a dtype, by (id(op), dtype): (op, code).
+_OP_CODES: dict = {}
 
 
 def _op_code(op, dtype: _np.dtype) -> int:
     """A predefined op valid for *dtype*, as a number; 0 if not (cmampi's path decides)."""
+    hit = _OP_CODES.get((id(op), dtype))
+    if hit is not None and hit[0] is op:
+        return hit[1]
     name = _ops.predefined_name(op)
     if name not in _OPS:
         return 0
@@ -53,53 +79,79 @@ def _op_code(op, dtype: _np.dtype) -> int:
         _ops.combiner(op, dtype)
     except TypeError:
         return 0
-    return _OPS.index(name) + 1
-
-
-def _signature(kind: str, size: int, me: int, send, recv, root: int, op,
-               in_place) -> Optional[tuple]:
-    """(bytes per rank, dtype, op) if this rank's arguments suit MPI as they are."""
-    if kind in ("Bcast",):
-        if not _plain(send, True):
-            return None
-        return send.nbytes, send.dtype, 0
-    rooted = kind in ("Gather", "Scatter", "Reduce")
-    at_root = not rooted or me == root
-    if send is in_place:
-        code = _op_code(op, recv.dtype) if kind == "Allreduce" and _plain(recv, True) else 0
-        return (recv.nbytes, recv.dtype, code) if code else None
-    if kind == "Scatter":
-        if not _plain(recv, True) or (at_root and not (
-                _plain(send, False) and send.dtype == recv.dtype
-                and send.nbytes == size * recv.nbytes)):
-            return None
-        return recv.nbytes, recv.dtype, 0
-    if not _plain(send, False):
-        return None
-    if at_root or kind != "Gather" and kind != "Reduce":
-        if not _plain(recv, True) or recv.dtype != send.dtype:
-            return None
-        want = {"Gather": size * send.nbytes, "Allgather": size * send.nbytes,
-                "Reduce_scatter_block": send.nbytes // size}.get(kind, send.nbytes)
-        if recv.nbytes != want or (kind in ("Alltoall", "Reduce_scatter_block")
-                                   and send.nbytes % size):
-            return None
-    code = 0
-    if kind in ("Reduce", "Allreduce", "Scan", "Exscan", "Reduce_scatter_block"):
-        code = _op_code(op, send.dtype)
-        if not code:
-            return None
-    return send.nbytes, send.dtype, code
-
-
-_DTYPE_CODES: dict = {}
-
-
-def _dtype_code(dtype: _np.dtype) -> int:
-    code = _DTYPE_CODES.get(dtype)
-    if code is None:
-        code = _DTYPE_CODES[dtype] = _zlib.crc32(dtype.str.encode())
+    code = _OPS.index(name) + 1
+    _OP_CODES[(id(op), dtype)] = (op, code)     # predefined ops live for good
     return code
+
+
+# Signatures: (bytes per rank, dtype code, op code) when this rank's arguments
+# suit MPI as they are, else None. *size*, *me*: the communicator's.
+
+def _bcast(size, me, send, recv, root, op, in_place):
+    code = _plain(send, True)
+    return (send.nbytes, code, 0) if code else None
+
+
+def _gather(size, me, send, recv, root, op, in_place):
+    code = _plain(send, False)
+    if not code or me == root and (_plain(recv, True) != code
+                                   or recv.nbytes != size * send.nbytes):
+        return None
+    return send.nbytes, code, 0
+
+
+def _scatter(size, me, send, recv, root, op, in_place):
+    code = _plain(recv, True)
+    if not code or me == root and (_plain(send, False) != code
+                                   or send.nbytes != size * recv.nbytes):
+        return None
+    return recv.nbytes, code, 0
+
+
+def _allgather(size, me, send, recv, root, op, in_place):
+    code = _plain(send, False)
+    if not code or _plain(recv, True) != code or recv.nbytes != size * send.nbytes:
+        return None
+    return send.nbytes, code, 0
+
+
+def _alltoall(size, me, send, recv, root, op, in_place):
+    code = _plain(send, False)
+    if not code or _plain(recv, True) != code or recv.nbytes != send.nbytes \
+            or send.nbytes % size:
+        return None
+    return send.nbytes, code, 0
+
+
+def _reduce(size, me, send, recv, root, op, in_place):
+    code = _plain(send, False)
+    if not code or me == root and (_plain(recv, True) != code or recv.nbytes != send.nbytes):
+        return None
+    opc = _op_code(op, send.dtype)
+    return (send.nbytes, code, opc) if opc else None
+
+
+def _allreduce(size, me, send, recv, root, op, in_place):
+    if send is in_place:
+        code = _plain(recv, True)
+        opc = code and _op_code(op, recv.dtype)
+        return (recv.nbytes, code, opc) if opc else None
+    return _reduce(size, me, send, recv, me, op, in_place)
+
+
+def _scan(size, me, send, recv, root, op, in_place):
+    return None if send is in_place else _reduce(size, me, send, recv, me, op, in_place)
+
+
+def _reduce_scatter_block(size, me, send, recv, root, op, in_place):
+    code = _plain(send, False)
+    if not code or send is in_place or _plain(recv, True) != code \
+            or send.nbytes % size or recv.nbytes != send.nbytes // size:
+        return None
+    opc = _op_code(op, send.dtype)
+    return (send.nbytes, code, opc) if opc else None
+
+
 
 
 #: Payload bytes per rank that travel inside the agreement itself: up to this,
@@ -109,11 +161,12 @@ _HEADER = _struct.Struct("<5q")
 _HEAD = _HEADER.size
 
 
-class _Agreement:
+class Agreement:
     """Per communicator: one ``MPI_Allgather`` of a header (five integers) and up
     to `INLINE` bytes of payload per rank."""
 
-    __slots__ = ("raw", "size", "rank", "in_place", "mine", "every", "view", "row")
+    __slots__ = ("raw", "size", "rank", "in_place", "mine", "mine_view", "every",
+                 "row", "starts", "_rows")
 
     def __init__(self, raw, names) -> None:
         self.raw = raw
@@ -121,66 +174,61 @@ class _Agreement:
         self.in_place = names.IN_PLACE
         self.row = _HEAD + INLINE
         self.mine = bytearray(self.row)
+        self.mine_view = memoryview(self.mine)
         self.every = bytearray(self.size * self.row)
-        self.view = memoryview(self.every)
+        self.starts = range(0, len(self.every), self.row)
+        self._rows: dict = {}
 
-    def agree(self, head, data) -> bool:
-        """Gather every rank's *head* (and *data*, bytes this rank sends, if it fits);
-        whether all heads are equal with a first item of 1."""
-        mine = self.mine
-        _HEADER.pack_into(mine, 0, *head)
-        if data is not None and data.nbytes <= INLINE:
-            mine[_HEAD : _HEAD + data.nbytes] = memoryview(data).cast("B")
-        self.raw.Allgather(mine, self.every)
-        view, row = self.view, self.row
-        first = view[:_HEAD]
-        return head[0] == 1 and all(view[i : i + _HEAD] == first
-                                    for i in range(row, len(view), row))
+    def agree(self, head: tuple, data) -> bool:
+        """Gather every rank's *head* (and *data*, an array this rank sends, if it
+        fits); whether all heads are equal with a first item of 1."""
+        packed = _HEADER.pack(*head)
+        self.mine[:_HEAD] = packed
+        if data is not None and 0 < data.nbytes <= INLINE:
+            self.mine_view[_HEAD : _HEAD + data.nbytes] = memoryview(data).cast("B")
+        every = self.every
+        self.raw.Allgather(self.mine, every)
+        return head[0] == 1 and all(map(every.startswith, _repeat(packed), self.starts))
 
-    def raw_data(self, rank: int, nbytes: int) -> memoryview:
-        """The payload bytes *rank* sent in the agreement."""
-        at = rank * self.row + _HEAD
-        return self.view[at : at + nbytes]
-
-
-#: Collectives whose small payloads ride in the agreement (reductions do not:
-#: the MPI library reduces a few elements faster than numpy is called).
-_INLINE_KINDS = {"Bcast": 0, "Gather": 1, "Allgather": 1, "Alltoall": 1, "Scatter": 0}
-
-
-def _inline_bytes(kind: str, nbytes: int, size: int) -> int:
-    """Bytes a rank contributes to the agreement for *kind* (its whole send buffer)."""
-    return size * nbytes if kind == "Scatter" else nbytes
+    def rows(self, dtype: _np.dtype, count: int) -> list:
+        """Every rank's payload as *count* items of *dtype*: [all ranks' (a 2-d
+        array), rank 0's, rank 1's, ...], views into the gathered bytes."""
+        key = (dtype, count)
+        rows = self._rows.get(key)
+        if rows is None:
+            both = _np.ndarray((self.size, count), dtype, self.every, _HEAD,
+                               (self.row, dtype.itemsize))
+            rows = self._rows[key] = [both, *both]
+        return rows
 
 
-def run(comm, kind: str, send=None, recv=None, root: int = 0, op=None) -> bool:
+def run(a: "Agreement", kind: str, send=None, recv=None, root: int = 0, op=None) -> bool:
     """Run collective *kind* with the MPI library if every rank agrees it should;
     False if cmampi's own path must run it (on every rank alike)."""
-    engine = comm._engine
-    agreement = engine.native
-    if agreement is None:
-        agreement = engine.native = _Agreement(comm._comm, engine.names)
-    size, me = agreement.size, agreement.rank
+    signature, kind_id, sends, finish = _KINDS[kind]
     sig = None
-    if hasattr(root, "__index__") and not isinstance(root, bool) and 0 <= root < size:
+    if type(root) is not int and hasattr(root, "__index__") and not isinstance(root, bool):
+        root = int(root)
+    if type(root) is int and 0 <= root < a.size:
         try:
-            sig = _signature(kind, size, me, send, recv, int(root), op, agreement.in_place)
+            sig = signature(a.size, a.rank, send, recv, root, op, a.in_place)
         except (TypeError, ValueError, AttributeError):
             sig = None
     data = None
     if sig is None:
         head = (0, 0, 0, 0, 0)
     else:
-        nbytes, dtype, code = sig
-        head = (1, _KIND_ID[kind], nbytes, _dtype_code(dtype), code * 1000 + int(root))
-        if kind in _INLINE_KINDS and (me == root or _INLINE_KINDS[kind]):
-            data = send
-    if not agreement.agree(head, data) or head[2] > NATIVE_MAX[kind]:
+        nbytes, code, opc = sig
+        head = (1, kind_id, nbytes, code, opc * 1000 + root)
+        if sends == _EVERY or a.rank == root:
+            data = recv if send is a.in_place else send
+    if not a.agree(head, data) or head[2] > NATIVE_MAX[kind]:
         return False
-    if kind in _INLINE_KINDS and _inline_bytes(kind, head[2], size) <= INLINE:
-        _finish_inline(agreement, kind, send, recv, int(root), head[2])
-        return True
-    call(agreement.raw, kind, send, recv, root, op)
+    # Agreed by all: the payloads fit in the agreement (a Scatter's root sends size x).
+    if (head[2] * a.size if kind == "Scatter" else head[2]) <= INLINE:
+        finish(a, send, recv, root, head[2], _UFUNCS[_OPS[opc - 1]] if opc else None)
+    else:
+        call(a.raw, kind, send, recv, root, op)
     return True
 
 
@@ -202,29 +250,95 @@ def call(raw, kind: str, send, recv, root: int = 0, op=None, recvcounts=None) ->
         fn(send, recv, op)
 
 
-def _finish_inline(a: _Agreement, kind: str, send, recv, root: int, nbytes: int) -> None:
-    """Copy this rank's result out of the payloads gathered in the agreement."""
-    size, me = a.size, a.rank
-    if kind == "Bcast":
-        if me != root and nbytes:
-            memoryview(send).cast("B")[:] = a.raw_data(root, nbytes)
+# -- results from the payloads gathered in the agreement --------------------------------
+
+def _flat(a: _np.ndarray) -> _np.ndarray:
+    return a if a.ndim == 1 else a.reshape(-1)
+
+
+def _bcast_done(a: Agreement, send, recv, root: int, nbytes: int, ufunc) -> None:
+    if a.rank != root and nbytes:
+        _flat(send)[...] = a.rows(send.dtype, send.size)[1 + root]
+
+
+def _scatter_done(a: Agreement, send, recv, root: int, nbytes: int, ufunc) -> None:
+    if nbytes:
+        every = a.rows(recv.dtype, recv.size * a.size)[1 + root]
+        _flat(recv)[...] = every[a.rank * recv.size : (a.rank + 1) * recv.size]
+
+
+def _gather_done(a: Agreement, send, recv, root: int, nbytes: int, ufunc) -> None:
+    if a.rank == root and nbytes:
+        recv.reshape(a.size, send.size)[...] = a.rows(send.dtype, send.size)[0]
+
+
+def _allgather_done(a: Agreement, send, recv, root: int, nbytes: int, ufunc) -> None:
+    _gather_done(a, send, recv, a.rank, nbytes, ufunc)
+
+
+def _alltoall_done(a: Agreement, send, recv, root: int, nbytes: int, ufunc) -> None:
+    if nbytes:
+        per = send.size // a.size
+        both = a.rows(send.dtype, send.size)[0]
+        recv.reshape(a.size, per)[...] = both[:, a.rank * per : (a.rank + 1) * per]
+
+
+def _reduced(a: Agreement, ranks: range, out: _np.ndarray, ufunc, lo: int = 0,
+             hi: Optional[int] = None) -> None:
+    """*out* = the items [lo, hi) of the payloads of *ranks* reduced in rank order,
+    as every rank does alike (so an Allreduce gives every rank the very same bits)."""
+    rows = a.rows(out.dtype, len(out) if hi is None else len(out) * a.size)
+    first = rows[1 + ranks[0]][lo:hi]
+    if len(ranks) == 1:      # one operand is the result as it is (LAND of 5 stays 5)
+        out[...] = first
         return
-    if kind == "Scatter":
-        if nbytes:
-            memoryview(recv).cast("B")[:] = a.raw_data(root, size * nbytes)[
-                me * nbytes : (me + 1) * nbytes]
-        return
-    if kind in ("Gather", "Allgather"):
-        if (kind == "Allgather" or me == root) and nbytes:
-            out = memoryview(recv).cast("B")
-            for r in range(size):
-                out[r * nbytes : (r + 1) * nbytes] = a.raw_data(r, nbytes)
-        return
-    if kind == "Alltoall":
-        per = nbytes // size
-        if per:
-            out = memoryview(recv).cast("B")
-            for r in range(size):
-                out[r * per : (r + 1) * per] = a.raw_data(r, nbytes)[me * per : (me + 1) * per]
-        return
-    raise ValueError(kind)
+    ufunc(first, rows[1 + ranks[1]][lo:hi], out=out)
+    for r in ranks[2:]:
+        ufunc(out, rows[1 + r][lo:hi], out=out)
+
+
+def _reduce_done(a: Agreement, send, recv, root: int, nbytes: int, ufunc) -> None:
+    if a.rank == root and nbytes:
+        _reduced(a, range(a.size), _flat(recv), ufunc)
+
+
+def _allreduce_done(a: Agreement, send, recv, root: int, nbytes: int, ufunc) -> None:
+    if nbytes:
+        _reduced(a, range(a.size), _flat(recv), ufunc)
+
+
+def _scan_done(a: Agreement, send, recv, root: int, nbytes: int, ufunc) -> None:
+    if nbytes:
+        _reduced(a, range(a.rank + 1), _flat(recv), ufunc)
+
+
+def _exscan_done(a: Agreement, send, recv, root: int, nbytes: int, ufunc) -> None:
+    if nbytes and a.rank:
+        _reduced(a, range(a.rank), _flat(recv), ufunc)
+
+
+def _reduce_scatter_block_done(a: Agreement, send, recv, root: int, nbytes: int,
+                               ufunc) -> None:
+    if nbytes:
+        out = _flat(recv)
+        _reduced(a, range(a.size), out, ufunc, a.rank * out.size, (a.rank + 1) * out.size)
+
+
+# Whose payloads ride in the agreement: the root's, or every rank's.
+_ROOT, _EVERY = 1, 2
+
+#: Per collective: signature, id, whose payloads ride in the agreement, and what
+#: finishes it from them.
+_KINDS = {
+    "Bcast": (_bcast, 1, _ROOT, _bcast_done),
+    "Gather": (_gather, 2, _EVERY, _gather_done),
+    "Scatter": (_scatter, 3, _ROOT, _scatter_done),
+    "Allgather": (_allgather, 4, _EVERY, _allgather_done),
+    "Alltoall": (_alltoall, 5, _EVERY, _alltoall_done),
+    "Reduce": (_reduce, 6, _EVERY, _reduce_done),
+    "Allreduce": (_allreduce, 7, _EVERY, _allreduce_done),
+    "Scan": (_scan, 8, _EVERY, _scan_done),
+    "Exscan": (_scan, 9, _EVERY, _exscan_done),
+    "Reduce_scatter_block": (_reduce_scatter_block, 10, _EVERY, _reduce_scatter_block_done),
+}
+assert _KINDS.keys() == NATIVE_MAX.keys()

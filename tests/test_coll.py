@@ -968,3 +968,50 @@ def test_small_collectives_use_the_mpi_library(cmcomm, MPI, monkeypatch):
     buf = np.arange(8.0) if rank == 0 else np.zeros(8)
     cmcomm.Bcast(buf, root=0)
     assert (buf == np.arange(8.0)).all() and taken[-1] is True
+
+
+@pytest.mark.parametrize("dtype", ["i4", "f8", "c16", "?"])
+def test_small_reductions_ride_in_the_agreement(cmcomm, MPI, monkeypatch, dtype):
+    """Small reductions are reduced from the payloads gathered in the agreement,
+    in rank order, by every rank alike: the results are those of numpy."""
+    if MPI.CHANNEL != "mpi":
+        pytest.skip("the MPI channel only")
+    from cmampi import native
+
+    taken = []
+    real = native.run
+    monkeypatch.setattr(native, "run", lambda *a, **k: taken.append(real(*a, **k)) or taken[-1])
+    rank, size = cmcomm.Get_rank(), cmcomm.Get_size()
+    op, fold = (MPI.LXOR, np.logical_xor) if dtype == "?" else (MPI.SUM, np.add)
+    n = 3 * size
+    parts = [(np.arange(n) % (r + 2) == 0).astype(dtype) if dtype == "?"
+             else (np.arange(n) * (r + 1) - r).astype(dtype) for r in range(size)]
+
+    def folded(ps):
+        acc = ps[0].copy()
+        for p in ps[1:]:
+            acc = fold(acc, p).astype(acc.dtype)
+        return acc
+
+    mine = parts[rank].reshape(size, 3)       # 2-d buffers work too
+    out = np.zeros((size, 3), dtype)
+    cmcomm.Allreduce(mine, out, op)
+    assert np.array_equal(out.ravel(), folded(parts))
+    out[...] = parts[rank].reshape(size, 3)
+    cmcomm.Allreduce(MPI.IN_PLACE, out, op)
+    assert np.array_equal(out.ravel(), folded(parts))
+    root = size - 1
+    out = np.zeros(n, dtype)
+    cmcomm.Reduce(parts[rank], out if rank == root else None, op, root)
+    if rank == root:
+        assert np.array_equal(out, folded(parts))
+    cmcomm.Scan(parts[rank], out, op)
+    assert np.array_equal(out, folded(parts[: rank + 1]))
+    out[...] = 7
+    cmcomm.Exscan(parts[rank], out, op)
+    if rank:
+        assert np.array_equal(out, folded(parts[:rank]))
+    block = np.zeros(3, dtype)
+    cmcomm.Reduce_scatter_block(parts[rank], block, op)
+    assert np.array_equal(block, folded(parts)[rank * 3 : (rank + 1) * 3])
+    assert taken == [True] * 6
