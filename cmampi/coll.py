@@ -29,7 +29,7 @@ __all__ = ["Collectives", "INLINE_MAX", "frame"]
 #: Per-rank payloads up to this size travel inside the exchange itself.
 INLINE_MAX = 16 << 10
 #: Bytes reduced per piece: pulled into cache, combined, written out.
-PIECE = 256 << 10
+PIECE = 512 << 10
 #: Largest first message of a record in the exchange (longer ones continue).
 RECORD_MAX = INLINE_MAX + 4096
 _LEN = _struct.Struct("<Q")

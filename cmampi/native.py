@@ -28,8 +28,8 @@ __all__ = ["NATIVE_MAX", "Agreement", "call", "run"]
 #: Bytes per rank up to which the MPI library's collective is used (measured
 #: crossovers on 2 ranks, MPICH; see the README's results).
 NATIVE_MAX = {
-    "Bcast": 1 << 20, "Gather": 1 << 20, "Scatter": 256 << 10, "Allgather": 64 << 10,
-    "Alltoall": 1 << 20, "Reduce": 1 << 20, "Allreduce": 64 << 10, "Scan": 64 << 10,
+    "Bcast": 4 << 20, "Gather": 2 << 20, "Scatter": 256 << 10, "Allgather": 64 << 10,
+    "Alltoall": 1 << 20, "Reduce": 2 << 20, "Allreduce": 4 << 20, "Scan": 64 << 10,
     "Exscan": 64 << 10, "Reduce_scatter_block": 1 << 20,
 }
 _UFUNCS = {"SUM": _np.add, "PROD": _np.multiply, "MAX": _np.maximum, "MIN": _np.minimum,

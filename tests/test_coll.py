@@ -953,8 +953,9 @@ def test_small_collectives_use_the_mpi_library(cmcomm, MPI, monkeypatch):
     out = np.zeros(16)
     cmcomm.Allreduce(np.full(16, 1.0), out, op=MPI.SUM)
     assert (out == size).all() and taken[-1] is True
-    big = np.zeros(1 << 17)
-    cmcomm.Allreduce(np.ones(1 << 17), big, op=MPI.SUM)
+    n = native.NATIVE_MAX["Allreduce"] // 8 + 8
+    big = np.zeros(n)
+    cmcomm.Allreduce(np.ones(n), big, op=MPI.SUM)
     assert (big == size).all() and taken[-1] is False
     strided = np.zeros(32)
     cmcomm.Allreduce(np.ones(32)[::2], strided[::2], op=MPI.SUM)
