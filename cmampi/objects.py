@@ -22,7 +22,7 @@ from ._buffers import address, send_buffer
 __all__ = ["OOB_MIN", "Packed", "isend", "loads", "pull_object", "recv", "send"]
 
 #: Buffers from this size on travel out of band.
-OOB_MIN = 64 << 10
+OOB_MIN = 128 << 10
 
 #: Where a buffer lives in its owner: (address, nbytes).
 Spot = Tuple[int, int]
@@ -54,6 +54,13 @@ class Packed:
 
         self.stream = _pickle.dumps(obj, 5, buffer_callback=keep_out)
         self.views = views
+
+    @classmethod
+    def pickled(cls, stream: bytes) -> "Packed":
+        """An object pickled already, with nothing out of band."""
+        self = cls.__new__(cls)
+        self.stream, self.views = stream, []
+        return self
 
     def spots(self) -> List[Spot]:
         return [(address(_np.frombuffer(v, _np.uint8)), v.nbytes) for v in self.views]
@@ -115,7 +122,8 @@ def send(engine: _p2p.Engine, obj: Any, dest: int, tag: int) -> None:
     if stream is not None and len(stream) <= engine.limit:
         engine.ch.send(stream, dest, tag)
         return
-    op = _start(engine, Packed(obj, oob), dest, tag, False, True)
+    packed = Packed.pickled(stream) if stream is not None else Packed(obj, oob)
+    op = _start(engine, packed, dest, tag, False, True)
     _p2p.wait_any([op])
     engine.complete(op)
 
