@@ -46,7 +46,9 @@ def machine_info(ctx: Context) -> Dict[str, Any]:
     if ctx.raw is not None:
         import mpi4py
 
-        info["mpi"] = " ".join(ctx.MPI.Get_library_version().splitlines()[0].split())
+        # Open MPI's string ends in a NUL byte, which would make the report binary.
+        version = ctx.MPI.Get_library_version().replace("\x00", "")
+        info["mpi"] = " ".join(version.splitlines()[0].split())
         info["mpi4py"] = mpi4py.__version__
     return info
 
