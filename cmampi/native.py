@@ -1,22 +1,23 @@
 """Small collectives on the MPI channel: the MPI library's own, after one agreement.
 
-Below a few hundred KiB an MPI library's shared-memory collectives beat
-anything built from pulls driven by Python. So on the MPI channel every
-uppercase collective first agrees, in one ``MPI_Allgather`` of five integers,
-on a signature of its arguments: the operation, root, bytes per rank, dtype,
-op, and whether each rank's arguments are well formed and simple (whole
-C-contiguous numpy arrays of matching sizes). Where every rank agrees and the
-message is small, the wrapped communicator runs the collective. Anything else
--- large messages, strided or vector buffers, mismatched sizes, a bad argument
-on any rank -- takes cmampi's own path, on every rank alike, which raises the
-same error everywhere instead of leaving ranks hanging.
+Up to a few MiB an MPI library's shared-memory collectives beat anything built
+from pulls driven by Python. So on the MPI channel every uppercase collective
+first agrees, in one ``MPI_Allgather`` of five integers, on a signature of its
+arguments: the operation, root, bytes per rank, dtype, op, and whether each
+rank's arguments are well formed and simple (whole C-contiguous numpy arrays
+of matching sizes). Where every rank agrees and the message is small, the
+wrapped communicator runs the collective; up to `INLINE` bytes per rank the
+payloads travel in the agreement itself, which is then the whole collective.
+Anything else -- large messages, strided or vector buffers, mismatched sizes,
+a bad argument on any rank -- takes cmampi's own path, on every rank alike,
+which raises the same error everywhere instead of leaving ranks hanging.
 """
 
 from __future__ import annotations
 
 import struct as _struct
-from itertools import repeat as _repeat
 import zlib as _zlib
+from itertools import repeat as _repeat
 from typing import Any, Optional
 
 import numpy as _np
@@ -152,8 +153,6 @@ def _reduce_scatter_block(size, me, send, recv, root, op, in_place):
     return (send.nbytes, code, opc) if opc else None
 
 
-
-
 #: Payload bytes per rank that travel inside the agreement itself: up to this,
 #: a collective is that one ``MPI_Allgather`` and a little numpy.
 INLINE = 1024
@@ -226,6 +225,7 @@ def run(a: "Agreement", kind: str, send=None, recv=None, root: int = 0, op=None)
         return False
     # Agreed by all: the payloads fit in the agreement (a Scatter's root sends size x).
     if (head[2] * a.size if kind == "Scatter" else head[2]) <= INLINE:
+        opc = head[4] // 1000
         finish(a, send, recv, root, head[2], _UFUNCS[_OPS[opc - 1]] if opc else None)
     else:
         call(a.raw, kind, send, recv, root, op)
