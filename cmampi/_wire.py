@@ -23,7 +23,8 @@ __all__ = [
     "PULL", "SIDE", "F_SYNC", "F_HELP",
     "ACK_OK", "ACK_TRUNCATED", "ACK_FAILED", "ACK_HELP",
     "AT", "CTRL_MAX", "Control", "control", "header", "is_control", "kind", "pull", "side", "parse_pull", "parse_side",
-    "help_request", "parse_help", "payload_size", "REPLY_MAX",
+    "help_request", "parse_help", "HELPED_SIZE", "helped", "parse_helped",
+    "payload_size", "REPLY_MAX",
 ]
 
 PULL = 1        # a descriptor: the receiver pulls the payload with CMA, then acks
@@ -41,6 +42,7 @@ ACK_HELP = 3    # followed by a layout: please write your bytes [lo, hi) there
 _HEAD = _struct.Struct("<BBxxIQ")        # kind, flags, xid, nbytes
 _LAYOUT = _struct.Struct("<qqqq")        # addr, lo, hi, ndim (then 2*ndim dims)
 _HELP = _struct.Struct("<BxxxxxxxQQQ")   # ACK_HELP, lo, hi, address of byte lo
+_HELPED = _struct.Struct("<Bxxxxxxxd")   # the helper's code, seconds its copy took
 
 
 
@@ -136,6 +138,20 @@ def help_request(lo: int, hi: int, addr: int) -> bytes:
 def parse_help(buf) -> Tuple[int, int, int]:
     """(lo, hi, addr) of a help request."""
     return _HELP.unpack_from(buf)[1:]
+
+
+#: Size of the notice a helping sender sends once its part of the copy is over.
+HELPED_SIZE = _HELPED.size
+
+
+def helped(code: int, seconds: float) -> bytes:
+    """Sender -> receiver: our part is written (ACK_OK) or not; it took *seconds*."""
+    return _HELPED.pack(code, seconds)
+
+
+def parse_helped(buf) -> Tuple[int, float]:
+    """(code, seconds) of a helper's notice."""
+    return _HELPED.unpack_from(buf)
 
 
 def payload_size(msg, limit: int) -> int:

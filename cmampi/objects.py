@@ -11,6 +11,7 @@ CMA, travel in band.
 from __future__ import annotations
 
 import pickle as _pickle
+import time as _time
 from typing import Any, List, Sequence, Tuple
 
 import numpy as _np
@@ -236,22 +237,27 @@ def _pull_helped(engine: _p2p.Engine, source: int, obj: _OutOfBand) -> Any:
     arrays = [_memory.empty(n) for _, n in obj.buffers]
     big = max(range(len(arrays)), key=lambda i: obj.buffers[i][1])
     saddr, n = obj.buffers[big]
-    mid = min(n, (int(n * _p2p.RECV_SHARE) + 4095) & ~4095)
-    done = bytearray(1)
+    mid = _p2p.SHARE.split(n)
+    done = bytearray(_wire.HELPED_SIZE)
     notice = ch.irecv_payload(done, source, xid)
     ch.send_reply(_wire.help_request(saddr + mid, saddr + n, address(arrays[big]) + mid),
                   source, xid)
     code, err = _wire.ACK_OK, None
+    t0 = _time.perf_counter()
     try:
+        _cma.read_into(pid, address(arrays[big]), saddr, mid)
+        took = _time.perf_counter() - t0
         for i, ((addr, m), arr) in enumerate(zip(obj.buffers, arrays)):
-            k = mid if i == big else m
-            if k:
-                _cma.read_into(pid, address(arr), addr, k)
+            if i != big and m:
+                _cma.read_into(pid, address(arr), addr, m)
     except OSError as exc:
         code, err = _wire.ACK_FAILED, exc
     ch.send_reply(bytes((code,)), source, xid)      # our reads are over
     _p2p.wait_handles(ch, [notice])
-    if done[0] != _wire.ACK_OK:
+    helper_code, their_seconds = _wire.parse_helped(done)
+    if helper_code == _wire.ACK_OK and err is None:
+        _p2p.SHARE.learn(mid, took, n - mid, their_seconds)
+    if helper_code != _wire.ACK_OK:
         # The sender could not write its part, and waits for a second reply.
         if err is None:
             try:

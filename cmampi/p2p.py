@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections as _collections
 import os as _os
+import time as _time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -40,10 +41,37 @@ _sched_yield = getattr(_os, "sched_yield", lambda: None)
 #: our pull and reply), and that peer may be what the call itself waits for.
 _PENDING: Dict["RecvOp", None] = {}   # insertion-ordered set
 
-#: Share of a cooperative copy the receiver keeps. It starts earlier (the sender
-#: first has to receive the request), but measured here its process_vm_readv ran
-#: slower than the sender's process_vm_writev, so the two balance near half.
-RECV_SHARE = 0.5
+class CopyShare:
+    """The receiver's share of a cooperative copy, learned from the copies so far.
+
+    Each side times its own part and the sender reports its time with its
+    notice; the next split gives each side bytes in proportion to the rate it
+    had, so that both finish together. The rates differ, and not always the same
+    way: process_vm_writev (the sender's part) often runs slower than
+    process_vm_readv here, and a sender that was asleep starts late.
+    """
+
+    LOW, HIGH = 0.25, 0.85   # bounds, so that each side keeps a part to time
+    KEEP = 0.7               # weight of the past against the last copy
+
+    def __init__(self, value: float = 0.5) -> None:
+        self.value = value
+
+    def split(self, n: int) -> int:
+        """Bytes of an *n*-byte copy the receiver takes: a whole number of pages."""
+        return min(n, (int(n * self.value) + 4095) & ~4095)
+
+    def learn(self, mine: int, my_seconds: float, theirs: int, their_seconds: float) -> None:
+        """Account for a copy: *mine* bytes took us *my_seconds*, *theirs* the sender."""
+        if min(mine, theirs) <= 0 or min(my_seconds, their_seconds) <= 0:
+            return
+        rate, their_rate = mine / my_seconds, theirs / their_seconds
+        value = self.KEEP * self.value + (1 - self.KEEP) * rate / (rate + their_rate)
+        self.value = min(self.HIGH, max(self.LOW, value))
+
+
+#: How this process splits the cooperative copies it receives.
+SHARE = CopyShare()
 
 
 class Op:
@@ -143,11 +171,13 @@ class PullSendOp(Op):
         self.handle = ch.irecv_reply(self.reply, self.dest, self.xid)
         self.helped = _wire.ACK_OK
         base = self.base if self.base is not None else self.buf.layout.addr
+        t0 = _time.perf_counter()
         try:
             _cma.writev(ch.pids[self.dest], [(base + lo, hi - lo)], [(addr, hi - lo)])
         except OSError:
             self.helped = _wire.ACK_FAILED
-        ch.send_payload(bytes((self.helped,)), self.dest, self.xid)
+        ch.send_payload(_wire.helped(self.helped, _time.perf_counter() - t0),
+                        self.dest, self.xid)
 
 
 class RecvOp(Op):
@@ -509,17 +539,20 @@ class Engine:
         pid = ch.pids[source]
         if flags & _wire.F_HELP and buf.contiguous and remote.contiguous_run:
             # Cooperative copy: the sender writes the tail while we read the head.
-            mid = min(n, (int(n * RECV_SHARE) + 4095) & ~4095)
+            mid = SHARE.split(n)
             local = buf.layout
-            done = bytearray(1)
+            done = bytearray(_wire.HELPED_SIZE)
+            took = [0.0]
             op.wait_on(ch.irecv_payload(done, source, xid),
-                       lambda info: self._help_done(op, done, pid, remote, mid, xid))
+                       lambda info: self._help_done(op, done, pid, remote, mid, xid, took[0]))
             ch.send_reply(_wire.help_request(mid, n, local.addr + local.lo + mid), source, xid)
             code = _wire.ACK_OK
+            t0 = _time.perf_counter()
             try:
                 _pull.pull(pid, remote.window(0, mid), local, buf.array, self.chunk)
             except OSError as exc:
                 op.error, code = exc, _wire.ACK_FAILED
+            took[0] = _time.perf_counter() - t0
             # Our reads are over: the sender may return once its own copy is done.
             ch.send_reply(bytes((code,)), source, xid)
             return
@@ -531,10 +564,14 @@ class Engine:
         ch.send_reply(bytes((code,)), source, xid)
         op.finish(err)
 
-    def _help_done(self, op: RecvOp, done, pid: int, remote, mid: int, xid: int) -> None:
+    def _help_done(self, op: RecvOp, done, pid: int, remote, mid: int, xid: int,
+                   took: float) -> None:
         """The sender has finished (or failed) its part of a cooperative copy."""
         err = op.error
-        if done[0] != _wire.ACK_OK:
+        code, their_seconds = _wire.parse_helped(done)
+        if code == _wire.ACK_OK and err is None:
+            SHARE.learn(mid, took, op.nbytes - mid, their_seconds)
+        if code != _wire.ACK_OK:
             # The sender is still waiting for a second reply: copy its part now.
             if err is None:
                 buf = op.buf

@@ -3,7 +3,9 @@
 CMA on our own pid is allowed, so ``pull(os.getpid(), ...)`` exercises every
 strategy (one contiguous read, iovec lists, row-aligned staging through cache)
 without a second process. Results are checked against numpy, and guard bytes
-around and between the destination elements must stay untouched.
+around and between the destination elements must stay untouched. How a
+cooperative copy is split between receiver and sender (``p2p.CopyShare``) is
+checked here too.
 """
 
 from __future__ import annotations
@@ -321,3 +323,27 @@ def test_nothing_to_pull_touches_nothing(strategy):
     g, fn = local_view("step2_cols")
     check([remote_view("step2_cols"), (0, 9), "d"], g, fn, None, 4096)
     assert strategy == {"read_into": 0, "readv": 0, "staged": 0}
+
+
+def test_copy_share_follows_the_faster_side():
+    """The receiver's share of a cooperative copy moves toward whichever side
+    copied faster, stays within its bounds, and ignores copies it cannot time."""
+    from cmampi.p2p import CopyShare
+
+    share = CopyShare(0.5)
+    for _ in range(30):                    # the sender writes at half our speed
+        share.learn(1 << 20, 1.0, 1 << 20, 2.0)
+    assert abs(share.value - 2 / 3) < 0.01
+    for _ in range(30):                    # now the sender is far faster
+        share.learn(1 << 20, 100.0, 1 << 20, 1.0)
+    assert share.value == CopyShare.LOW
+    before = share.value
+    share.learn(1 << 20, 0.0, 1 << 20, 1.0)
+    share.learn(0, 1.0, 1 << 20, 1.0)
+    assert share.value == before
+    n = 10 << 20
+    for value in (CopyShare.LOW, 0.5, CopyShare.HIGH):
+        share.value = value
+        mid = share.split(n)
+        assert mid % 4096 == 0 and 0 < mid < n and abs(mid - n * value) <= 4096
+    assert CopyShare(0.5).split(100) == 100    # a page or less: all ours
