@@ -42,7 +42,7 @@ ACK_HELP = 3    # followed by a layout: please write your bytes [lo, hi) there
 _HEAD = _struct.Struct("<BBxxIQ")        # kind, flags, xid, nbytes
 _LAYOUT = _struct.Struct("<qqqq")        # addr, lo, hi, ndim (then 2*ndim dims)
 _HELP = _struct.Struct("<BxxxxxxxQQQ")   # ACK_HELP, lo, hi, address of byte lo
-_HELPED = _struct.Struct("<Bxxxxxxxd")   # the helper's code, seconds its copy took
+_HELPED = _struct.Struct("<Bxxxxxxxd")   # the helper's code, when its copy ended
 
 
 
@@ -144,13 +144,14 @@ def parse_help(buf) -> Tuple[int, int, int]:
 HELPED_SIZE = _HELPED.size
 
 
-def helped(code: int, seconds: float) -> bytes:
-    """Sender -> receiver: our part is written (ACK_OK) or not; it took *seconds*."""
-    return _HELPED.pack(code, seconds)
+def helped(code: int, ended: float) -> bytes:
+    """Sender -> receiver: our part is written (ACK_OK) or not; the copy ended
+    at *ended* (CLOCK_MONOTONIC seconds, which every process on a host shares)."""
+    return _HELPED.pack(code, ended)
 
 
 def parse_helped(buf) -> Tuple[int, float]:
-    """(code, seconds) of a helper's notice."""
+    """(code, ended) of a helper's notice."""
     return _HELPED.unpack_from(buf)
 
 

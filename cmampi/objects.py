@@ -11,7 +11,6 @@ CMA, travel in band.
 from __future__ import annotations
 
 import pickle as _pickle
-import time as _time
 from typing import Any, List, Sequence, Tuple
 
 import numpy as _np
@@ -240,13 +239,13 @@ def _pull_helped(engine: _p2p.Engine, source: int, obj: _OutOfBand) -> Any:
     mid = _p2p.SHARE.split(n)
     done = bytearray(_wire.HELPED_SIZE)
     notice = ch.irecv_payload(done, source, xid)
+    asked = _p2p.now()
     ch.send_reply(_wire.help_request(saddr + mid, saddr + n, address(arrays[big]) + mid),
                   source, xid)
     code, err = _wire.ACK_OK, None
-    t0 = _time.perf_counter()
     try:
         _cma.read_into(pid, address(arrays[big]), saddr, mid)
-        took = _time.perf_counter() - t0
+        pulled = _p2p.now()
         for i, ((addr, m), arr) in enumerate(zip(obj.buffers, arrays)):
             if i != big and m:
                 _cma.read_into(pid, address(arr), addr, m)
@@ -254,9 +253,9 @@ def _pull_helped(engine: _p2p.Engine, source: int, obj: _OutOfBand) -> Any:
         code, err = _wire.ACK_FAILED, exc
     ch.send_reply(bytes((code,)), source, xid)      # our reads are over
     _p2p.wait_handles(ch, [notice])
-    helper_code, their_seconds = _wire.parse_helped(done)
+    helper_code, ended = _wire.parse_helped(done)
     if helper_code == _wire.ACK_OK and err is None:
-        _p2p.SHARE.learn(mid, took, n - mid, their_seconds)
+        _p2p.SHARE.learn(mid, pulled - asked, n - mid, ended - asked)
     if helper_code != _wire.ACK_OK:
         # The sender could not write its part, and waits for a second reply.
         if err is None:

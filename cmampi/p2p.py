@@ -31,10 +31,16 @@ from . import _cma, _pull, _wire
 from ._buffers import Buffer, address, recv_buffer, send_buffer
 from ._config import config as _config
 
-__all__ = ["Engine", "Op", "SendOp", "PullSendOp", "RecvOp", "ForeignOp",
-           "fill_status", "progress", "test", "wait_any", "wait_all", "wait_handles"]
+__all__ = ["CopyShare", "Engine", "Op", "SendOp", "PullSendOp", "RecvOp", "ForeignOp",
+           "SHARE", "fill_status", "now", "progress", "test", "wait_any", "wait_all",
+           "wait_handles"]
 
 _sched_yield = getattr(_os, "sched_yield", lambda: None)
+
+
+def now() -> float:
+    """CLOCK_MONOTONIC seconds: the same clock in every process of a host."""
+    return _time.clock_gettime(_time.CLOCK_MONOTONIC)
 
 #: Receives of every communicator that wait on a channel handle. A blocking call
 #: keeps all of them moving: a peer may be blocked on one of them (waiting for
@@ -44,11 +50,13 @@ _PENDING: Dict["RecvOp", None] = {}   # insertion-ordered set
 class CopyShare:
     """The receiver's share of a cooperative copy, learned from the copies so far.
 
-    Each side times its own part and the sender reports its time with its
-    notice; the next split gives each side bytes in proportion to the rate it
-    had, so that both finish together. The rates differ, and not always the same
-    way: process_vm_writev (the sender's part) often runs slower than
-    process_vm_readv here, and a sender that was asleep starts late.
+    The receiver times each side from the moment it asks for help: its own
+    part until its pull ends, the sender's until the moment the sender reports
+    its copy ended (CLOCK_MONOTONIC, shared by every process on a host), so a
+    sender that wakes late counts as slow. The next split gives each side bytes
+    in proportion to the rate it had, so that both finish together. Which side
+    is faster differs: process_vm_writev (the sender's part) often runs slower
+    than process_vm_readv here, and a sleeping sender starts late.
     """
 
     LOW, HIGH = 0.25, 0.85   # bounds, so that each side keeps a part to time
@@ -171,13 +179,11 @@ class PullSendOp(Op):
         self.handle = ch.irecv_reply(self.reply, self.dest, self.xid)
         self.helped = _wire.ACK_OK
         base = self.base if self.base is not None else self.buf.layout.addr
-        t0 = _time.perf_counter()
         try:
             _cma.writev(ch.pids[self.dest], [(base + lo, hi - lo)], [(addr, hi - lo)])
         except OSError:
             self.helped = _wire.ACK_FAILED
-        ch.send_payload(_wire.helped(self.helped, _time.perf_counter() - t0),
-                        self.dest, self.xid)
+        ch.send_payload(_wire.helped(self.helped, now()), self.dest, self.xid)
 
 
 class RecvOp(Op):
@@ -542,17 +548,16 @@ class Engine:
             mid = SHARE.split(n)
             local = buf.layout
             done = bytearray(_wire.HELPED_SIZE)
-            took = [0.0]
+            times = [now(), 0.0]     # asked for help; our pull ended
             op.wait_on(ch.irecv_payload(done, source, xid),
-                       lambda info: self._help_done(op, done, pid, remote, mid, xid, took[0]))
+                       lambda info: self._help_done(op, done, pid, remote, mid, xid, times))
             ch.send_reply(_wire.help_request(mid, n, local.addr + local.lo + mid), source, xid)
             code = _wire.ACK_OK
-            t0 = _time.perf_counter()
             try:
                 _pull.pull(pid, remote.window(0, mid), local, buf.array, self.chunk)
             except OSError as exc:
                 op.error, code = exc, _wire.ACK_FAILED
-            took[0] = _time.perf_counter() - t0
+            times[1] = now()
             # Our reads are over: the sender may return once its own copy is done.
             ch.send_reply(bytes((code,)), source, xid)
             return
@@ -565,12 +570,13 @@ class Engine:
         op.finish(err)
 
     def _help_done(self, op: RecvOp, done, pid: int, remote, mid: int, xid: int,
-                   took: float) -> None:
+                   times: List[float]) -> None:
         """The sender has finished (or failed) its part of a cooperative copy."""
         err = op.error
-        code, their_seconds = _wire.parse_helped(done)
+        code, ended = _wire.parse_helped(done)
         if code == _wire.ACK_OK and err is None:
-            SHARE.learn(mid, took, op.nbytes - mid, their_seconds)
+            asked, pulled = times
+            SHARE.learn(mid, pulled - asked, op.nbytes - mid, ended - asked)
         if code != _wire.ACK_OK:
             # The sender is still waiting for a second reply: copy its part now.
             if err is None:
