@@ -209,20 +209,30 @@ class _Sink:
 
 
 def _forward(pipe: BinaryIO, sink: _Sink, prefix: bytes) -> None:
-    """Copy *pipe* to *sink* line by line, each line prefixed with *prefix*, until EOF."""
+    """Copy *pipe* to *sink* line by line, each line prefixed with *prefix*, until EOF.
+
+    With a prefix, a last line without its newline gets one, in the same write
+    (so no other rank's line lands between them).
+    """
     at_start = True
+    held = b""      # a tagged piece without its newline: EOF or more of the line follows
     with pipe:
         while True:
             try:
                 piece = pipe.readline(_MAX_LINE)
             except (OSError, ValueError):
-                return
+                piece = b""
             if not piece:
-                if prefix and not at_start:
-                    sink.write(b"\n")
+                if held:
+                    sink.write(held + b"\n")
                 return
-            sink.write(prefix + piece if at_start else piece)
+            out = held + (prefix + piece if at_start else piece)
+            held = b""
             at_start = piece.endswith(b"\n")
+            if at_start or not prefix or len(out) >= _MAX_LINE:   # (a long line goes on)
+                sink.write(out)
+            else:
+                held = out
 
 
 def _binary(stream) -> BinaryIO:

@@ -401,3 +401,31 @@ def test_signal_with_default_handlers(tmp_path):
             proc.wait()
     assert proc.returncode == 128 + signal.SIGTERM
     assert all(gone(pid) for pid in pids)
+
+
+def test_tag_output_writes_whole_lines():
+    """Each forwarded write is one whole tagged line: a last line without its
+    newline gets one in the same write, so another rank's line cannot land
+    between them (the forwarders of all ranks share one output)."""
+    import io
+
+    from cmampi.launch import _MAX_LINE, _forward
+
+    class Recorder:
+        def __init__(self):
+            self.writes = []
+
+        def write(self, data):
+            self.writes.append(data)
+
+    sink = Recorder()
+    _forward(io.BufferedReader(io.BytesIO(b"one\ntwo\nno newline")), sink, b"[3] ")
+    assert sink.writes == [b"[3] one\n", b"[3] two\n", b"[3] no newline\n"]
+    sink = Recorder()                     # untagged output passes through as it is
+    _forward(io.BufferedReader(io.BytesIO(b"a\nb")), sink, b"")
+    assert b"".join(sink.writes) == b"a\nb"
+    sink = Recorder()                     # a line longer than the cap is not held whole
+    long = b"x" * (_MAX_LINE + 10)
+    _forward(io.BufferedReader(io.BytesIO(long + b"\n")), sink, b"[0] ")
+    assert b"".join(sink.writes) == b"[0] " + long + b"\n"
+    assert all(len(w) <= _MAX_LINE + 4 for w in sink.writes)
