@@ -93,40 +93,40 @@ def _bcast(size, me, send, recv, root, op, in_place):
     return (send.nbytes, code, 0) if code else None
 
 
+def _holds(whole, writable: bool, code: int, nbytes: int) -> bool:
+    """Whether *whole* is a plain array (writable, if asked) of dtype *code*
+    holding exactly *nbytes*."""
+    return _plain(whole, writable) == code and whole.nbytes == nbytes
+
+
 def _gather(size, me, send, recv, root, op, in_place):
     code = _plain(send, False)
-    if not code or me == root and (_plain(recv, True) != code
-                                   or recv.nbytes != size * send.nbytes):
+    if not code or me == root and not _holds(recv, True, code, size * send.nbytes):
         return None
     return send.nbytes, code, 0
 
 
 def _scatter(size, me, send, recv, root, op, in_place):
     code = _plain(recv, True)
-    if not code or me == root and (_plain(send, False) != code
-                                   or send.nbytes != size * recv.nbytes):
+    if not code or me == root and not _holds(send, False, code, size * recv.nbytes):
         return None
     return recv.nbytes, code, 0
 
 
 def _allgather(size, me, send, recv, root, op, in_place):
-    code = _plain(send, False)
-    if not code or _plain(recv, True) != code or recv.nbytes != size * send.nbytes:
-        return None
-    return send.nbytes, code, 0
+    return _gather(size, me, send, recv, me, op, in_place)
 
 
 def _alltoall(size, me, send, recv, root, op, in_place):
     code = _plain(send, False)
-    if not code or _plain(recv, True) != code or recv.nbytes != send.nbytes \
-            or send.nbytes % size:
+    if not code or not _holds(recv, True, code, send.nbytes) or send.nbytes % size:
         return None
     return send.nbytes, code, 0
 
 
 def _reduce(size, me, send, recv, root, op, in_place):
     code = _plain(send, False)
-    if not code or me == root and (_plain(recv, True) != code or recv.nbytes != send.nbytes):
+    if not code or me == root and not _holds(recv, True, code, send.nbytes):
         return None
     opc = _op_code(op, send.dtype)
     return (send.nbytes, code, opc) if opc else None
@@ -146,8 +146,8 @@ def _scan(size, me, send, recv, root, op, in_place):
 
 def _reduce_scatter_block(size, me, send, recv, root, op, in_place):
     code = _plain(send, False)
-    if not code or send is in_place or _plain(recv, True) != code \
-            or send.nbytes % size or recv.nbytes != send.nbytes // size:
+    if not code or send is in_place or send.nbytes % size \
+            or not _holds(recv, True, code, send.nbytes // size):
         return None
     opc = _op_code(op, send.dtype)
     return (send.nbytes, code, opc) if opc else None

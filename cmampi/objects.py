@@ -11,7 +11,7 @@ CMA, travel in band.
 from __future__ import annotations
 
 import pickle as _pickle
-from typing import Any, List, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as _np
 
@@ -41,13 +41,8 @@ class Packed:
         views: List[memoryview] = []
 
         def keep_out(pb: _pickle.PickleBuffer) -> bool:
-            if not oob:
-                return True
-            try:
-                raw = pb.raw()
-            except BufferError:          # not contiguous: stays in the stream
-                return True
-            if raw.nbytes < OOB_MIN:
+            raw = _out_of_band(pb) if oob else None
+            if raw is None:
                 return True
             views.append(raw)
             return False
@@ -68,6 +63,16 @@ class Packed:
     def copy(self) -> Any:
         """An independent copy of the object, from its own pickle."""
         return _pickle.loads(self.stream, buffers=[_np.array(v) for v in self.views])
+
+
+def _out_of_band(pb: _pickle.PickleBuffer) -> Optional[memoryview]:
+    """The bytes of a buffer worth leaving out of band; None for one that stays
+    in the stream (small, or not contiguous)."""
+    try:
+        raw = pb.raw()
+    except BufferError:
+        return None
+    return raw if raw.nbytes >= OOB_MIN else None
 
 
 def pull_object(pid: int, stream, spots: Sequence[Spot]) -> Any:
@@ -104,10 +109,7 @@ class _TooBig(Exception):
 
 def _in_band(pb: _pickle.PickleBuffer) -> bool:
     """Keep a buffer in the stream, unless it is one to leave out of band."""
-    try:
-        if pb.raw().nbytes < OOB_MIN:
-            return True
-    except BufferError:              # not contiguous: stays in the stream
+    if _out_of_band(pb) is None:
         return True
     raise _TooBig
 
@@ -182,26 +184,27 @@ def recv(engine: _p2p.Engine, source: int, tag: int, status=None) -> Any:
         op = engine.irecv(None, source, tag)
         if not op.done:
             _p2p.wait_any([op])
-        op.decode = loads
-        engine.complete(op, status)
-        return op.result
+        return _completed(engine, op, status)
     # The channel receives and unpickles in one call; a control message loads
     # as what it is.
     ch = engine.ch
     obj = ch.recv_object(source, tag)
     cls = type(obj)
+    if cls is not _wire.Control and cls is not _OutOfBand and status is None:
+        return obj                  # the common case: nothing more to learn
+    src, tg, count = ch.last()
     if cls is _wire.Control:
-        src, tg, _ = ch.last()
-        op = engine.control(obj.head, None, src, tg)
-        op.decode = loads
-        engine.complete(op, status)
-        return op.result
+        return _completed(engine, engine.control(obj.head, None, src, tg), status)
     if status is not None:
-        src, tg, count = ch.last()
         _p2p.fill_status(status, src, tg, count, None, engine.names)
-    if cls is _OutOfBand:
-        return _unpacked(engine, obj, ch.last()[0])
-    return obj
+    return _unpacked(engine, obj, src)
+
+
+def _completed(engine: _p2p.Engine, op: _p2p.Op, status) -> Any:
+    """The object of a finished receive op, *status* filled."""
+    op.decode = loads
+    engine.complete(op, status)
+    return op.result
 
 
 def loads(op: _p2p.Op) -> Any:

@@ -408,7 +408,7 @@ class Engine:
     # -- receiving -----------------------------------------------------------------------
     def recv(self, spec, source: int, tag: int, status=None) -> None:
         """Blocking receive."""
-        if _PENDING or self.stash:
+        if not self.idle():
             op = self.irecv(recv_buffer(spec), source, tag)
             wait_any([op])
             self.complete(op, status)

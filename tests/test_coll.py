@@ -938,7 +938,18 @@ def test_short_receive_buffer_on_one_rank(cmcomm, n, short):
         assert (guard[n - 1 :] == SENTINEL).all(), "written past the receive buffer"
 
 
-def test_small_collectives_use_the_mpi_library(cmcomm, MPI, monkeypatch):
+@pytest.fixture
+def native_runs(monkeypatch):
+    """What each ``native.run`` returned (True: the MPI library ran the collective)."""
+    from cmampi import native
+
+    taken = []
+    real = native.run
+    monkeypatch.setattr(native, "run", lambda *a, **k: taken.append(real(*a, **k)) or taken[-1])
+    return taken
+
+
+def test_small_collectives_use_the_mpi_library(cmcomm, MPI, native_runs):
     """On the MPI channel, small well-formed collectives are the MPI library's own
     (after one agreement); large, strided or mismatched ones are cmampi's, on every
     rank alike, so a mismatch still raises everywhere."""
@@ -946,9 +957,7 @@ def test_small_collectives_use_the_mpi_library(cmcomm, MPI, monkeypatch):
         pytest.skip("the MPI channel only")
     from cmampi import native
 
-    taken = []
-    real = native.run
-    monkeypatch.setattr(native, "run", lambda *a, **k: taken.append(real(*a, **k)) or taken[-1])
+    taken = native_runs
     rank, size = cmcomm.Get_rank(), cmcomm.Get_size()
     out = np.zeros(16)
     cmcomm.Allreduce(np.full(16, 1.0), out, op=MPI.SUM)
@@ -972,16 +981,12 @@ def test_small_collectives_use_the_mpi_library(cmcomm, MPI, monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", ["i4", "f8", "c16", "?"])
-def test_small_reductions_ride_in_the_agreement(cmcomm, MPI, monkeypatch, dtype):
+def test_small_reductions_ride_in_the_agreement(cmcomm, MPI, native_runs, dtype):
     """Small reductions are reduced from the payloads gathered in the agreement,
     in rank order, by every rank alike: the results are those of numpy."""
     if MPI.CHANNEL != "mpi":
         pytest.skip("the MPI channel only")
-    from cmampi import native
-
-    taken = []
-    real = native.run
-    monkeypatch.setattr(native, "run", lambda *a, **k: taken.append(real(*a, **k)) or taken[-1])
+    taken = native_runs
     rank, size = cmcomm.Get_rank(), cmcomm.Get_size()
     op, fold = (MPI.LXOR, np.logical_xor) if dtype == "?" else (MPI.SUM, np.add)
     n = 3 * size
