@@ -940,12 +940,13 @@ def test_short_receive_buffer_on_one_rank(cmcomm, n, short):
 
 @pytest.fixture
 def native_runs(monkeypatch):
-    """What each ``native.run`` returned (True: the MPI library ran the collective)."""
-    from cmampi import native
+    """Whether the MPI library ran each collective (what ``Intracomm._by_mpi`` returned)."""
+    from cmampi.comm import Intracomm
 
     taken = []
-    real = native.run
-    monkeypatch.setattr(native, "run", lambda *a, **k: taken.append(real(*a, **k)) or taken[-1])
+    real = Intracomm._by_mpi
+    monkeypatch.setattr(Intracomm, "_by_mpi",
+                        lambda *a, **k: taken.append(real(*a, **k)) or taken[-1])
     return taken
 
 
@@ -1021,3 +1022,50 @@ def test_small_reductions_ride_in_the_agreement(cmcomm, MPI, native_runs, dtype)
     cmcomm.Reduce_scatter_block(parts[rank], block, op)
     assert np.array_equal(block, folded(parts)[rank * 3 : (rank + 1) * 3])
     assert taken == [True] * 6
+
+
+def test_a_small_collective_rerun_follows_its_arguments(cmcomm, MPI, native_runs):
+    """A call made like the last one of its kind reuses its plan; an array whose
+    shape, dtype, contiguity or writability changed in place, or another root or
+    op, is signed again, so results stay right and mismatches still raise
+    everywhere."""
+    if MPI.CHANNEL != "mpi":
+        pytest.skip("the MPI channel only")
+    taken = native_runs
+    rank, size = cmcomm.Get_rank(), cmcomm.Get_size()
+    for root in (0, size - 1, 0):
+        buf = np.arange(8.0) + root if rank == root else np.zeros(8)
+        for _ in range(2):
+            cmcomm.Bcast(buf, root)
+            assert np.array_equal(buf, np.arange(8.0) + root)
+    buf.shape = (2, 4)                      # same memory, another shape
+    cmcomm.Bcast(buf, 0)
+    assert np.array_equal(buf.ravel(), np.arange(8.0))
+    buf.dtype = np.int64                    # same bytes, another dtype
+    buf[...] = np.arange(8).reshape(2, 4) * (rank == 0)
+    cmcomm.Bcast(buf, 0)
+    assert np.array_equal(buf.ravel(), np.arange(8))
+    assert taken == [True] * 8
+
+    mine, out = np.full(4, rank + 1.0), np.zeros(4)
+    for op, want in ((MPI.SUM, size * (size + 1) / 2), (MPI.MAX, size), (MPI.SUM, None)):
+        cmcomm.Allreduce(mine, out, op)
+        assert (out == (want or size * (size + 1) / 2)).all()
+    whole = np.zeros(4 * size)
+    gathered = whole[::2][: 2 * size]       # not contiguous, but of the same shape
+    cmcomm.Allgather(mine[:2], whole[: 2 * size])
+    cmcomm.Allgather(mine[:2], gathered)
+    assert np.array_equal(gathered, np.repeat(np.arange(1.0, size + 1), 2))
+    assert taken[-2:] == [True, False]
+
+    out = np.zeros(4)
+    if rank == size - 1:
+        out.flags.writeable = False         # only here: an error on every rank
+    with pytest.raises((MPI.Exception, BufferError, ValueError)):
+        cmcomm.Allreduce(mine, out, MPI.SUM)
+    odd = np.full(4, 1.0)
+    if rank == 0:
+        odd.dtype = np.int64                # one rank's dtype changed in place
+    with pytest.raises(MPI.Exception):
+        cmcomm.Allreduce(odd, np.zeros(4), MPI.SUM)
+    works_after(cmcomm, MPI)
