@@ -73,6 +73,11 @@ def _parser() -> _argparse.ArgumentParser:
     window = _argparse.ArgumentParser(add_help=False)
     window.add_argument("--window", type=positive_int, default=bandwidth.WINDOW, metavar="N",
                         help=f"bandwidth: messages in flight (default: {bandwidth.WINDOW})")
+    beside = _argparse.ArgumentParser(add_help=False)
+    beside.add_argument("--socket", action="store_true",
+                        help="pingpong, bandwidth under mpiexec: also time cmampi over its "
+                             "socket channel, set up beside the MPI one in the same processes "
+                             "(column 'socket'; socket/cmampi > 1: the socket channel is slower)")
     only = _argparse.ArgumentParser(add_help=False)
     only.add_argument("--only", type=_collectives, metavar="LIST",
                       help="collectives: which ones (default: "
@@ -82,13 +87,13 @@ def _parser() -> _argparse.ArgumentParser:
         prog=PROG, description=__doc__.split("\n\n")[1].replace("\n", " ").replace("``", ""),
         epilog="Ratios are the alternative's time / cmampi's time: above 1, cmampi is faster.")
     sub = p.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
-    for name, parents in (("pingpong", [strided]), ("bandwidth", [window]),
+    for name, parents in (("pingpong", [strided, beside]), ("bandwidth", [window, beside]),
                           ("collectives", [only]), ("objects", []),
-                          ("all", [strided, window, only])):
+                          ("all", [strided, window, beside, only])):
         doc = "every benchmark in turn" if name == "all" else \
             BENCHMARKS[name].__doc__.splitlines()[0].replace("``", "")
         sp = sub.add_parser(name, parents=[common, *parents], help=doc, description=doc)
-        sp.set_defaults(skip_strided=False, window=bandwidth.WINDOW, only=None)
+        sp.set_defaults(skip_strided=False, window=bandwidth.WINDOW, only=None, socket=False)
     return p
 
 
@@ -190,10 +195,21 @@ def _context(args: _argparse.Namespace, MPI: Any, p2p: bool) -> Context:
     pipe = connect(comm) if raw is None and p2p else None
     comms: Dict[str, Any] = {"mpi4py": raw} if raw is not None else \
         {"pipe": PipeComm(pipe) if pipe is not None else None}
+    if args.socket:
+        comms["socket"] = _socket_beside(raw)
     comms[CMAMPI] = comm
     if args.quick and not args.sizes:
         args.sizes = list(QUICK_SIZES)
     return Context(MPI, comm, raw, pipe, comms, args, _timing(args))
+
+
+def _socket_beside(raw: Any) -> Any:
+    """cmampi over a socket channel among the ranks of mpi4py communicator *raw*."""
+    from ..channel.socket import SocketChannel, hub_beside
+    from ..comm import Intracomm
+
+    hub = hub_beside(raw)
+    return Intracomm._from_channel(SocketChannel(hub, 0, list(range(hub.size))))
 
 
 def _run(ctx: Context, names: List[str]) -> List[Result]:
@@ -234,6 +250,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             need = "at least 2 ranks" if not p2p else "exactly 2 ranks"
             print(f"{PROG} {args.command}: needs {need}, got {size} (run it under "
                   f"mpiexec -n 2 or python -m cmampi -n 2)", file=_sys.stderr)
+        return 2
+    if args.socket and comm.comm is None:
+        if rank == 0:
+            print(f"{PROG} {args.command}: --socket sets the socket channel beside the MPI "
+                  f"one: run it under mpiexec (here the socket channel is cmampi's own)",
+                  file=_sys.stderr)
         return 2
     ctx: Optional[Context] = None
     try:

@@ -46,7 +46,7 @@ from .. import _names
 from .._cma import user_namespace
 from .._config import CMA_MIN_DEFAULTS
 
-__all__ = ["Hub", "SocketChannel", "hub_from_environ", "PeerFailed"]
+__all__ = ["Hub", "SocketChannel", "hub_beside", "hub_from_environ", "PeerFailed"]
 
 # Frame header: space, context id, tag (or key), payload length.
 _FRAME = _struct.Struct("<B3xIiQ")
@@ -651,6 +651,33 @@ def hub_from_environ() -> Hub:
     hub = Hub(rank, size, directory, token, expected)
     if size > 1:
         _say_goodbye_at_exit(hub)
+    return hub
+
+
+def hub_beside(raw) -> Hub:
+    """A hub among the ranks of mpi4py communicator *raw* (collective), so the
+    socket channel can be measured beside the MPI one in the same processes.
+
+    Rank 0 makes the private rendezvous directory and the token and sends them
+    through *raw*; every rank's pid comes from *raw* too, as the launcher's pid
+    file would give it. The directory is gone when this returns.
+    """
+    import shutil
+    import tempfile
+
+    rank, size = raw.Get_rank(), raw.Get_size()
+    directory = token = None
+    if rank == 0:
+        directory, token = tempfile.mkdtemp(prefix="cmampi-"), _os.urandom(32)
+    try:
+        directory, token = raw.bcast((directory, token), root=0)
+        pids = raw.allgather(_os.getpid())
+        hub = Hub(rank, size, directory, token, pids)
+        raw.Barrier()                      # everyone is connected
+    finally:
+        if rank == 0:
+            shutil.rmtree(directory, ignore_errors=True)
+    _say_goodbye_at_exit(hub)
     return hub
 
 
