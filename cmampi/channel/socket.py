@@ -56,7 +56,7 @@ _READ_CHUNK = 1 << 16
 _DIRECT = 1 << 15    # payload bytes still missing from which we read straight into place
 _CONNECT_TIMEOUT = 60.0
 _HELLO_TIMEOUT = 2.0
-_SPINS = 200         # non-blocking polls before a wait sleeps in poll()
+_SPIN_SECONDS = 5e-4  # a wait polls without blocking this long, then sleeps in poll()
 _sched_yield = getattr(_os, "sched_yield", lambda: None)
 
 
@@ -154,7 +154,11 @@ class Hub:
         #: (left without a goodbye)
         self.gone: List[int] = []
         self.failed: List[int] = []
+        self.losses = 0          # peers lost so far: a waiter checks liveness when it moves
         self.crashed = False     # an uncaught exception: leave without a goodbye
+        #: More ranks than CPUs we may run on: a spinning wait yields the CPU.
+        self.crowded = size > len(_os.sched_getaffinity(0)) \
+            if hasattr(_os, "sched_getaffinity") else True
         self.poller = _select.poll()
         self.by_fd: Dict[int, _Conn] = {}
         if size > 1:
@@ -293,8 +297,20 @@ class Hub:
         dead = self._broken(ctx)
         if dead is not None:
             raise self.failure(dead)
-        head = _FRAME.pack(space, ctx, tag, n)
-        conn.out.append([[memoryview(head), view] if n else [memoryview(head)], h, n])
+        parts = [_FRAME.pack(space, ctx, tag, n), view] if n else [_FRAME.pack(space, ctx, tag, n)]
+        if not conn.out:     # nothing queued before it: try to write it all now
+            try:
+                sent = conn.sock.sendmsg(parts)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                sent = -1    # _flush meets the error again and handles it
+            if sent == _FRAME.size + n:
+                h.complete((self.rank, 0, n, None))
+                return h
+            if sent > 0:
+                _consume(parts, sent)
+        conn.out.append([parts, h, n])
         if len(conn.out) == 1:
             self._flush(conn)
         if conn.out and not conn.polling_out:
@@ -315,14 +331,7 @@ class Hub:
                 self._pump(conn)
                 self._lost(conn, _why(exc))
                 return
-            while sent and parts:
-                k = len(parts[0])
-                if sent >= k:
-                    sent -= k
-                    parts.pop(0)
-                else:
-                    parts[0] = parts[0][sent:]
-                    sent = 0
+            _consume(parts, sent)
             if parts:
                 return
             conn.out.popleft()
@@ -439,8 +448,19 @@ class Hub:
                     continue
             elif conn.rhi - conn.rlo >= _FRAME.size:
                 space, ctx, tag, n = _FRAME.unpack_from(conn.rbuf, conn.rlo)
-                conn.rlo += _FRAME.size
+                lo = conn.rlo = conn.rlo + _FRAME.size
                 h = self._match(conn.rank, space, ctx, tag)
+                if conn.rhi - lo >= n:      # all of it is here already
+                    conn.rlo = lo + n
+                    data = conn.rmv[lo : lo + n]
+                    if h is None:
+                        self._keep(conn.rank, space, ctx, tag, bytearray(data))
+                    elif n <= len(h.target):
+                        h.target[:n] = data
+                        h.complete((conn.rank, tag, n, None))
+                    else:
+                        self._fill(h, conn.rank, tag, data)
+                    continue
                 if h is not None and n <= len(h.target):
                     dest = h.target[:n]
                 else:
@@ -491,6 +511,7 @@ class Hub:
             return
         dead = conn.rank
         self.gone.append(dead)
+        self.losses += 1
         if conn.finished:
             why = "it has ended in good order"
         else:
@@ -552,15 +573,17 @@ class Hub:
         """Progress until ``done()`` is true: poll briefly, then sleep in poll.
 
         Polling first saves the wake-up of a sleeping process (tens of µs) when
-        the answer is already on its way; yielding while polling keeps
-        oversubscribed ranks moving.
+        the answer is already on its way; with more ranks than CPUs, yielding
+        while polling keeps the other ranks moving.
         """
-        spins = 0
+        if done():
+            return
+        until = _time.monotonic() + _SPIN_SECONDS
         while not done():
-            if spins < _SPINS:
-                spins += 1
+            if _time.monotonic() < until:
                 self.progress(0)
-                _sched_yield()
+                if self.crowded:
+                    _sched_yield()
                 continue
             if all(c is None or c.dead for c in self.conns):
                 if self.failed:
@@ -609,6 +632,18 @@ def _why(exc: OSError) -> str:
     if isinstance(exc, (ConnectionResetError, BrokenPipeError)):
         return f"its connection broke ({exc.strerror}: it exited or was killed)"
     return exc.strerror or str(exc)
+
+
+def _consume(parts: list, sent: int) -> None:
+    """Drop the first *sent* bytes from *parts* (bytes and memoryviews), in place."""
+    while sent and parts:
+        k = len(parts[0])
+        if sent >= k:
+            sent -= k
+            parts.pop(0)
+        else:
+            parts[0] = memoryview(parts[0])[sent:]
+            sent = 0
 
 
 def _matches(h: Handle, src: int, tag: int) -> bool:
@@ -768,6 +803,8 @@ class SocketChannel:
 
     def _find(self, source: int, tag: int):
         q = self.hub.unexpected[self.ctx]
+        if not q:
+            return None
         ws = self._w(source)
         for i, (src, tg, data) in enumerate(q):
             if (ws == _names.ANY_SOURCE or ws == src) and (tag == _names.ANY_TAG or tag == tg):
@@ -780,8 +817,10 @@ class SocketChannel:
         hub.progress(0)
         i = self._find(source, tag)
         if i is None:
-            hub.wait(lambda: self._find(source, tag) is not None
-                     or self._gone(source) is not None)
+            if self._gone(source) is None:   # liveness changes only when a peer is lost
+                losses = hub.losses
+                hub.wait(lambda: self._find(source, tag) is not None
+                         or hub.losses != losses and self._gone(source) is not None)
             i = self._find(source, tag)
             if i is None:
                 raise hub.failure(self._gone(source))
