@@ -239,7 +239,7 @@ def _pull_helped(engine: _p2p.Engine, source: int, obj: _OutOfBand) -> Any:
     arrays = [_memory.empty(n) for _, n in obj.buffers]
     big = max(range(len(arrays)), key=lambda i: obj.buffers[i][1])
     saddr, n = obj.buffers[big]
-    mid = _p2p.SHARE.split(n)
+    mid = engine.share.split(n)
     done = bytearray(_wire.HELPED_SIZE)
     notice = ch.irecv_payload(done, source, xid)
     asked = _p2p.now()
@@ -258,7 +258,7 @@ def _pull_helped(engine: _p2p.Engine, source: int, obj: _OutOfBand) -> Any:
     _p2p.wait_handles(ch, [notice])
     helper_code, ended = _wire.parse_helped(done)
     if helper_code == _wire.ACK_OK and err is None:
-        _p2p.SHARE.learn(mid, pulled - asked, n - mid, ended - asked)
+        engine.share.learn(mid, pulled - asked, n - mid, ended - asked)
     if helper_code != _wire.ACK_OK:
         # The sender could not write its part, and waits for a second reply.
         if err is None:

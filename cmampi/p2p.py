@@ -32,7 +32,7 @@ from ._buffers import Buffer, address, recv_buffer, send_buffer
 from ._config import config as _config
 
 __all__ = ["CopyShare", "Engine", "Op", "SendOp", "PullSendOp", "RecvOp", "ForeignOp",
-           "SHARE", "fill_status", "now", "progress", "test", "wait_any", "wait_all",
+           "SHARES", "fill_status", "now", "progress", "test", "wait_any", "wait_all",
            "wait_handles"]
 
 _sched_yield = getattr(_os, "sched_yield", lambda: None)
@@ -78,8 +78,9 @@ class CopyShare:
         self.value = min(self.HIGH, max(self.LOW, value))
 
 
-#: How this process splits the cooperative copies it receives.
-SHARE = CopyShare()
+#: How this process splits the cooperative copies it receives, per kind of
+#: channel: the sender's reaction time, which the split absorbs, depends on it.
+SHARES: Dict[str, CopyShare] = {}
 
 
 class Op:
@@ -262,6 +263,7 @@ class Engine:
         self.cma_min = max(cma_min, self.band + 1)
         self.coop_min = config.coop_min
         self.chunk = config.chunk
+        self.share = SHARES.setdefault(type(channel).__name__, CopyShare())
         self.rank = channel.rank
         self.size = channel.size
         self.tag_ub = channel.tag_ub
@@ -545,7 +547,7 @@ class Engine:
         pid = ch.pids[source]
         if flags & _wire.F_HELP and buf.contiguous and remote.contiguous_run:
             # Cooperative copy: the sender writes the tail while we read the head.
-            mid = SHARE.split(n)
+            mid = self.share.split(n)
             local = buf.layout
             done = bytearray(_wire.HELPED_SIZE)
             times = [now(), 0.0]     # asked for help; our pull ended
@@ -576,7 +578,7 @@ class Engine:
         code, ended = _wire.parse_helped(done)
         if code == _wire.ACK_OK and err is None:
             asked, pulled = times
-            SHARE.learn(mid, pulled - asked, op.nbytes - mid, ended - asked)
+            self.share.learn(mid, pulled - asked, op.nbytes - mid, ended - asked)
         if code != _wire.ACK_OK:
             # The sender is still waiting for a second reply: copy its part now.
             if err is None:
