@@ -83,6 +83,26 @@ def test_all_quick_under_launcher_json(tmp_path):
         assert png.read_bytes()[:8] == PNG_MAGIC
 
 
+@pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec")
+def test_socket_channel_beside_the_mpi_one():
+    """--socket: cmampi over sockets, set up among the mpiexec job's ranks, runs in
+    the same processes as the MPI channel, checked results and a ratio of its own."""
+    cmd = [MPIEXEC, "-n", "2", sys.executable, "-m", "cmampi.bench", "pingpong", "--quick",
+           "--socket", "--skip-strided", "--format", "json"]
+    doc = json.loads(_run(cmd, _env()).stdout)
+    assert doc["machine"]["channel"] == "mpi"
+    assert [r["case"] for r in doc["results"]] == ["8 B", "1 MiB"]
+    for r in doc["results"]:
+        assert r["socket"]["median_us"] > 0 and r["socket"]["ratio"] > 0
+        assert r["mpi4py"]["ratio"] > 0
+
+
+def test_socket_option_needs_mpiexec():
+    out = _run([sys.executable, "-m", "cmampi", "-n", "2", "--timeout", "120", "-m",
+                "cmampi.bench", "bandwidth", "--quick", "--socket"], _env(NO_MPI4PY), code=2)
+    assert "--socket" in out.stderr and "mpiexec" in out.stderr
+
+
 def test_csv_one_row_per_implementation():
     """A one-case collectives run, CSV on stdout (socket channel: the cheapest start)."""
     out = _run([sys.executable, "-m", "cmampi", "-n", "2", "--timeout", "120", "-m",
