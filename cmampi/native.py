@@ -235,9 +235,9 @@ def run(a: Agreement, kind: str, send=None, recv=None, root: int = 0, op=None) -
             load = _loader(_np.ndarray(data.shape, data.dtype, a.mine, _HEAD), data is recv)
         finish = finisher(a, send, recv, root, _UFUNCS[_OPS[opc - 1]] if opc else None) \
             or _nothing
-    fast = a.fast[kind] = _fast(a, send, recv, root, op, packed, load, finish,
-                                0 if kind == "Bcast" else 1)
-    return fast(send, recv, root, op)
+    a.fast[kind], body = _fast(a, send, recv, root, op, packed, load, finish,
+                               0 if kind == "Bcast" else 1)
+    return body(send, recv)     # not through the guard, which may be stricter
 
 
 #: A stand-in for an argument that is not an array and may be anything.
@@ -253,11 +253,11 @@ def _looks(x, in_place) -> tuple:
 
 
 def _fast(a: Agreement, send, recv, root: int, op, packed: bytes, load, finish,
-          writes: int):
-    """The run of calls made like this one: their arguments have the same types,
-    shapes and dtypes, arrays are still C-contiguous, the one written (0: send,
-    1: recv) still writable, and root and op are the same. For any other call it
-    returns None, and the call takes the full path."""
+          writes: int) -> tuple:
+    """(fast, body): *body* runs this call; *fast* runs calls made like it, whose
+    arguments have the same types, shapes and dtypes, arrays still C-contiguous,
+    the one written (0: send, 1: recv) still writable, and the same root and op.
+    For any other call *fast* returns None, and the call takes the full path."""
     s_type, s_shape, s_what = _looks(send, a.in_place)
     r_type, r_shape, r_what = _looks(recv, a.in_place)
     writes_send = finish is not _nothing and writes == 0
@@ -284,6 +284,9 @@ def _fast(a: Agreement, send, recv, root: int, op, packed: bytes, load, finish,
                 return None
         elif r_what is not _ANY and recv is not r_what:
             return None
+        return body(send, recv)
+
+    def body(send, recv):
         load(send, recv)
         if a.packed is not packed:
             mine[:_HEAD] = a.packed = packed
@@ -293,7 +296,7 @@ def _fast(a: Agreement, send, recv, root: int, op, packed: bytes, load, finish,
                 return False
         finish(send, recv)
         return True
-    return fast
+    return fast, body
 
 
 def call(raw, kind: str, send, recv, root: int = 0, op=None, recvcounts=None) -> None:

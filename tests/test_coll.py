@@ -1069,3 +1069,24 @@ def test_a_small_collective_rerun_follows_its_arguments(cmcomm, MPI, native_runs
     with pytest.raises(MPI.Exception):
         cmcomm.Allreduce(odd, np.zeros(4), MPI.SUM)
     works_after(cmcomm, MPI)
+
+
+def test_arguments_a_rank_ignores_never_keep_it_out_of_the_agreement(cmcomm, MPI):
+    """A non-root's receive buffer is ignored by Gather and Reduce (as in mpi4py),
+    whatever it is: read-only or strided, small or large, it must not keep that
+    rank from a collective the others run."""
+    rank, size = cmcomm.Get_rank(), cmcomm.Get_size()
+    for n in (4, 1024):        # payloads in the agreement, and beside it
+        ignored = np.zeros(2 * n * size)[::2]
+        frozen = np.zeros(n)
+        frozen.flags.writeable = False
+        for _ in range(2):
+            out = np.zeros(n * size) if rank == 0 else ignored
+            cmcomm.Gather(np.full(n, float(rank)), out, root=0)
+            if rank == 0:
+                assert np.array_equal(out, np.repeat(np.arange(size, dtype=float), n))
+            total = np.zeros(n) if rank == 0 else frozen
+            cmcomm.Reduce(np.full(n, rank + 1.0), total, MPI.SUM, root=0)
+            if rank == 0:
+                assert (total == size * (size + 1) / 2).all()
+    works_after(cmcomm, MPI)
