@@ -77,6 +77,9 @@ class Config:
     node: Optional[str] = None
     #: Bytes of large receive buffers kept mapped for reuse once dropped (objects).
     pool: int = 256 << 20
+    #: Socket channel: frames between ranks travel through shared-memory rings
+    #: (where the processor allows), the sockets carry doorbells and hang-ups.
+    rings: bool = True
 
     @classmethod
     def from_environ(cls) -> "Config":
@@ -90,6 +93,7 @@ class Config:
             set_ptracer=_flag("CMAMPI_SET_PTRACER", True),
             node=_os.environ.get("CMAMPI_NODE") or None,
             pool=_size("CMAMPI_POOL", 256 << 20),
+            rings=_flag("CMAMPI_RINGS", True),
         )
 
 

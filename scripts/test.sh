@@ -32,4 +32,9 @@ echo "== copy transport (payloads through the channel, as where CMA is refused)"
 CMAMPI_TRANSPORT=copy mpiexec -n 2 "${PYTEST[@]}" --with-mpi -m mpi tests
 CMAMPI_TRANSPORT=copy PYTHONPATH="$ROOT/tests/no_mpi4py" python -m cmampi -n 2 --timeout 600 \
     -m pytest -q -p no:cacheprovider -p no:pytest_mpi -m mpi tests
+echo "== socket channel without shared-memory rings (every frame through the sockets)"
+CMAMPI_RINGS=0 PYTHONPATH="$ROOT/tests/no_mpi4py" python -m cmampi -n 2 --timeout 600 \
+    -m pytest -q -p no:cacheprovider -p no:pytest_mpi -m mpi tests
+CMAMPI_RINGS=0 PYTHONPATH="$ROOT/tests/no_mpi4py" python -m cmampi -n 4 --timeout 600 \
+    -m pytest -q -p no:cacheprovider -p no:pytest_mpi -m mpi tests/test_stress.py
 echo "== all test runs passed"

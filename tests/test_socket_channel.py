@@ -31,6 +31,7 @@ import traceback
 import numpy as np
 import pytest
 
+from cmampi.channel import _ring
 from cmampi.channel.socket import Hub, PeerFailed, SocketChannel
 
 HELLO = struct.Struct("<32sI")     # what a connecting rank sends: job token, its rank
@@ -534,51 +535,64 @@ def test_listening_sockets_removed_after_setup(procs, rdv):
 
 
 # -- found on the way: a receive posted while its message is arriving --------------------
-def _stream_sender(link, directory: str, token: bytes, space: str):
+def _stream_sender(link, directory: str, token: bytes, space: str, rings: bool):
     pids = link.expect("go")
-    hub = Hub(0, 2, directory, token, pids)
+    hub = Hub(0, 2, directory, token, pids, rings=rings)
     ch = SocketChannel(hub, 0, [0, 1])
-    data = np.full(1 << 20, 5, np.uint8)
+    data = np.full(3 << 20, 5, np.uint8)      # more than a socket or a ring takes at once
     h = ch.isend(data, 1, 8) if space == "user" else ch.isend_payload(data, 1, 3)
+    link.send("queued")
+    link.expect("drain")           # until then the rest stays queued here
     hub.wait(lambda: h.done)
     link.send("sent")
     link.expect("continue")        # stay alive: our exit would fail rank 1's receive
     hub.close()
 
 
-def _stream_receiver(link, directory: str, token: bytes, space: str):
+def _stream_receiver(link, directory: str, token: bytes, space: str, rings: bool):
     pids = link.expect("go")
-    hub = Hub(1, 2, directory, token, pids)
+    hub = Hub(1, 2, directory, token, pids, rings=rings)
     ch = SocketChannel(hub, 0, [0, 1])
+    link.expect("queued")
     deadline = time.monotonic() + 5
     while hub.conns[0].cur is None and time.monotonic() < deadline:
         hub.progress(0.01)         # until the header is in and the payload is not
     arriving = hub.conns[0].cur is not None
-    buf = np.zeros(1 << 20, np.uint8)
+    buf = np.zeros(3 << 20, np.uint8)
     h = ch.irecv(buf, 0, 8) if space == "user" else ch.irecv_payload(buf, 0, 3)
-    deadline = time.monotonic() + 3
+    link.send("posted")
+    deadline = time.monotonic() + 5
     while not h.done and time.monotonic() < deadline:
         hub.progress(0.05)
     kept = [(s, t, len(d)) for s, t, d in hub.unexpected[0]] + \
         [(k, len(q[0])) for k, q in hub.side_unexpected.items() if q]
     return {"arriving": arriving, "done": h.done, "ok": bool((buf == 5).all()),
-            "kept as unexpected": kept}
+            "kept as unexpected": kept, "ringed": len(hub.ringed)}
 
 
+@pytest.mark.parametrize("rings", [False, True], ids=["socket", "rings"])
 @pytest.mark.parametrize("space", ["user", "side"])
-def test_recv_posted_while_its_message_is_arriving(procs, rdv, space):
-    """Rank 0 sends 1 MiB; rank 1 has read the frame header (nothing matched it,
+def test_recv_posted_while_its_message_is_arriving(procs, rdv, space, rings):
+    """Rank 0 sends 3 MiB; rank 1 has read the frame header (nothing matched it,
     so the payload goes to a temporary buffer) but not the whole payload when it
-    posts the matching receive. The receive must get the message."""
+    posts the matching receive. The receive must get the message, whether frames
+    travel through the socket or through shared-memory rings."""
+    if rings and not _ring.supported():
+        pytest.skip("no shared-memory rings on this machine")
     token = os.urandom(32)
-    r0 = procs.fork(_stream_sender, rdv, token, space, name="rank 0")
-    r1 = procs.fork(_stream_receiver, rdv, token, space, name="rank 1")
+    r0 = procs.fork(_stream_sender, rdv, token, space, rings, name="rank 0")
+    r1 = procs.fork(_stream_receiver, rdv, token, space, rings, name="rank 1")
     pids = [r0.pid, r1.pid]
     for k in (r1, r0):
         k.send("go", pids)
+    r0.expect("queued")
+    r1.send("queued")
+    r1.expect("posted")
+    r0.send("drain")
     out = r1.result()
     r0.expect("sent")
     r0.send("continue")
     r0.result()
+    assert out["ringed"] == (1 if rings else 0), out
     assert out["arriving"], "set-up: the payload should still have been arriving"
     assert out["done"] and out["ok"], out

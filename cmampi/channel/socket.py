@@ -44,7 +44,8 @@ import numpy as _np
 
 from .. import _names
 from .._cma import user_namespace
-from .._config import CMA_MIN_DEFAULTS
+from .._config import CMA_MIN_DEFAULTS, config as _config
+from . import _ring
 
 __all__ = ["Hub", "SocketChannel", "hub_beside", "hub_from_environ", "PeerFailed"]
 
@@ -56,6 +57,7 @@ _READ_CHUNK = 1 << 16
 _DIRECT = 1 << 15    # payload bytes still missing from which we read straight into place
 _CONNECT_TIMEOUT = 60.0
 _HELLO_TIMEOUT = 2.0
+_RING_HEAD, _RING_TAIL = _ring.HEAD, _ring.TAIL
 _SPIN_SECONDS = 5e-4  # a wait polls without blocking this long, then sleeps in poll()
 _sched_yield = getattr(_os, "sched_yield", lambda: None)
 
@@ -114,7 +116,7 @@ class _Conn:
     """One connection: a socket, its outgoing queue and its frame parser."""
 
     __slots__ = ("sock", "rank", "pid", "pidfd", "out", "rbuf", "rmv", "rlo", "rhi", "cur",
-                 "dead", "finished", "polling_out")
+                 "dead", "finished", "polling_out", "rx", "tx")
 
     def __init__(self, sock: _socket.socket, rank: int, pid: int) -> None:
         self.sock = sock
@@ -129,13 +131,17 @@ class _Conn:
         self.dead: Optional[str] = None
         self.finished = False    # it said goodbye: its leaving is no failure
         self.polling_out = False
+        #: The shared-memory rings frames travel through (None: the socket itself).
+        self.rx: Optional[_ring.Ring] = None
+        self.tx: Optional[_ring.Ring] = None
 
 
 class Hub:
     """All connections of this process, and the matching over them."""
 
     def __init__(self, rank: int, size: int, directory: Optional[str], token: bytes,
-                 expected_pids: Optional[List[int]] = None) -> None:
+                 expected_pids: Optional[List[int]] = None,
+                 rings: Optional[bool] = None) -> None:
         self.rank = rank
         self.size = size
         self.pids: List[int] = [0] * size
@@ -161,6 +167,13 @@ class Hub:
             if hasattr(_os, "sched_getaffinity") else True
         self.poller = _select.poll()
         self.by_fd: Dict[int, _Conn] = {}
+        #: Whether frames may travel through shared-memory rings (both sides must agree).
+        self.use_rings = (_config.rings if rings is None else rings) and _ring.supported()
+        #: Live connections whose frames travel through rings; those of them with
+        #: frames waiting for room in their ring.
+        self.ringed: tuple = ()
+        self.waiting_room: Set[_Conn] = set()
+        self._spins = 0
         if size > 1:
             self._connect_all(directory, token, expected_pids)
 
@@ -199,7 +212,7 @@ class Hub:
             pid = self._check_peer(sock, peer, expected)
             if _recv_exact(sock, 1) != b"\x01":
                 raise PermissionError(f"cmampi: rank {peer} refused our connection")
-            self._add(sock, peer, pid)
+            self._add(sock, peer, pid, *self._swap_rings(sock))
         pending = self.rank
         lsock.settimeout(max(0.1, deadline - _time.monotonic()))
         while pending:
@@ -214,7 +227,7 @@ class Hub:
                 sock.close()        # a stranger: refuse it, keep waiting for the ranks
                 continue
             sock.sendall(b"\x01")
-            self._add(sock, peer, pid)
+            self._add(sock, peer, pid, *self._swap_rings(sock))
             pending -= 1
 
     def _check_peer(self, sock: _socket.socket, peer: int, expected) -> int:
@@ -226,9 +239,30 @@ class Hub:
             raise PermissionError(f"cmampi: pid {pid} is not rank {peer} of this job")
         return pid
 
-    def _add(self, sock: _socket.socket, peer: int, pid: int) -> None:
+    def _swap_rings(self, sock: _socket.socket) -> tuple:
+        """(rx, tx) rings with the peer just verified on *sock*, or (None, None):
+        each side makes the ring it reads and passes its memfd over the socket."""
+        fd = _ring.Ring.create() if self.use_rings else -1
+        theirs: List[int] = []
+        try:
+            _socket.send_fds(sock, [b"R" if fd >= 0 else b"-"], [fd] if fd >= 0 else [])
+            msg, theirs, _flags, _addr = _socket.recv_fds(sock, 1, 1)
+            if msg == b"R" and len(theirs) == 1 and fd >= 0:
+                return _ring.Ring(fd), _ring.Ring(theirs[0])
+            if msg not in (b"R", b"-"):
+                raise ConnectionError("cmampi: a peer left during the handshake")
+            return None, None
+        finally:
+            for f in [fd, *theirs]:
+                if f >= 0:
+                    _os.close(f)
+
+    def _add(self, sock: _socket.socket, peer: int, pid: int, rx=None, tx=None) -> None:
         sock.setblocking(False)
         conn = _Conn(sock, peer, pid)
+        conn.rx, conn.tx = rx, tx
+        if rx is not None:
+            self.ringed += (conn,)
         self.conns[peer] = conn
         self.pids[peer] = pid
         self.by_fd[sock.fileno()] = conn
@@ -300,7 +334,7 @@ class Hub:
         parts = [_FRAME.pack(space, ctx, tag, n), view] if n else [_FRAME.pack(space, ctx, tag, n)]
         if not conn.out:     # nothing queued before it: try to write it all now
             try:
-                sent = conn.sock.sendmsg(parts)
+                sent = self._write(conn, parts)
             except (BlockingIOError, InterruptedError):
                 sent = 0
             except OSError:
@@ -313,17 +347,54 @@ class Hub:
         conn.out.append([parts, h, n])
         if len(conn.out) == 1:
             self._flush(conn)
-        if conn.out and not conn.polling_out:
+        if conn.out:
+            self._want_room(conn)
+        return h
+
+    def send_now(self, dest: int, space: int, ctx: int, tag: int, data) -> bool:
+        """Write a frame to world rank *dest* at once if nothing is queued before it
+        and it fits; whether it did (else `post_send` queues it, or raises)."""
+        conn = self.conns[dest] if dest != self.rank else None
+        if conn is None or conn.tx is None or conn.out or conn.dead \
+                or self._broken(ctx) is not None:
+            return False
+        view = _bytes_view(data)
+        n = len(view)
+        parts = [_FRAME.pack(space, ctx, tag, n), view] if n else [_FRAME.pack(space, ctx, tag, 0)]
+        tx = conn.tx
+        if tx.capacity - tx.available() < _FRAME.size + n:
+            return False
+        self._write(conn, parts)
+        return True
+
+    def _write(self, conn: _Conn, parts: list) -> int:
+        """Write what fits of *parts* now (its ring, else its socket); the bytes written."""
+        tx = conn.tx
+        if tx is None:
+            return conn.sock.sendmsg(parts)
+        sent = tx.write(parts)
+        if sent and tx.asleep():
+            try:
+                conn.sock.send(b"\0")      # the doorbell
+            except OSError:             # full of doorbells already, or the peer is gone
+                pass
+        return sent
+
+    def _want_room(self, conn: _Conn) -> None:
+        """Flush *conn*'s queue when it can take more: on POLLOUT (socket) or at
+        every progress (ring)."""
+        if conn.tx is not None:
+            self.waiting_room.add(conn)
+        elif not conn.polling_out:
             conn.polling_out = True
             self.poller.modify(conn.sock.fileno(), _select.POLLIN | _select.POLLOUT)
-        return h
 
     def _flush(self, conn: _Conn) -> None:
         while conn.out:
             item = conn.out[0]
             parts, h, n = item
             try:
-                sent = conn.sock.sendmsg(parts)
+                sent = self._write(conn, parts)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
@@ -336,6 +407,7 @@ class Hub:
                 return
             conn.out.popleft()
             h.complete((self.rank, 0, n, None))
+        self.waiting_room.discard(conn)
         if conn.polling_out:
             conn.polling_out = False
             self.poller.modify(conn.sock.fileno(), _select.POLLIN)
@@ -482,6 +554,8 @@ class Hub:
 
     def _read(self, conn: _Conn, view: memoryview) -> int:
         """Bytes read into *view*: 0 when nothing is there now, or the peer is lost."""
+        if conn.rx is not None:
+            return conn.rx.read_into(view)
         try:
             got = conn.sock.recv_into(view)
         except (BlockingIOError, InterruptedError):
@@ -512,6 +586,8 @@ class Hub:
         dead = conn.rank
         self.gone.append(dead)
         self.losses += 1
+        self.ringed = tuple(c for c in self.ringed if c is not conn)
+        self.waiting_room.discard(conn)
         if conn.finished:
             why = "it has ended in good order"
         else:
@@ -548,13 +624,32 @@ class Hub:
         self._lost(conn, "its process exited")
 
     # -- progress -------------------------------------------------------------------------
-    def progress(self, timeout: Optional[float] = 0) -> None:
-        """Move bytes: wait up to *timeout* seconds (None: until something happens)."""
-        ms = -1 if timeout is None else int(timeout * 1000)
+    def progress(self, timeout: Optional[float] = 0, spinning: bool = False) -> None:
+        """Move bytes: wait up to *timeout* seconds (None: until something happens).
+
+        Rings are looked at on every call; the kernel (sockets, pidfds) too, but
+        only on every 16th call of a *spinning* wait.
+        """
+        for conn in self.ringed:
+            words = conn.rx.words
+            if words[_RING_HEAD] != words[_RING_TAIL]:
+                self._pump(conn)
+        if self.waiting_room:
+            for conn in list(self.waiting_room):
+                self._flush(conn)
+        ringed = self.ringed
+        if spinning and ringed:
+            self._spins += 1
+            if self._spins & 15:
+                return
         if not self.by_fd:
             return
+        ms = -1 if timeout is None else int(timeout * 1000)
         try:
-            events = self.poller.poll(ms)
+            if ms != 0 and ringed:
+                events = self._sleep(ringed, ms)
+            else:
+                events = self.poller.poll(ms)
         except InterruptedError:
             return
         for fd, ev in events:
@@ -567,7 +662,41 @@ class Hub:
             if ev & _select.POLLOUT:
                 self._flush(conn)
             if ev & (_select.POLLIN | _select.POLLHUP | _select.POLLERR):
-                self._pump(conn)
+                if conn.rx is not None:
+                    self._doorbell(conn)
+                else:
+                    self._pump(conn)
+
+    def _sleep(self, ringed: tuple, ms: int) -> list:
+        """Poll the kernel for up to *ms* ms (-1: no limit) with the rings' readers
+        asleep, so writers ring their doorbells; a doorbell both sides missed
+        (see `_ring`) costs at most ``_ring.RECHECK``."""
+        for conn in ringed:
+            conn.rx.sleep(True)
+        try:
+            if any(conn.rx.available() for conn in ringed):
+                ms = 0
+            else:
+                bound = max(1, int(_ring.RECHECK * 1000))
+                ms = bound if ms < 0 else min(ms, bound)
+            return self.poller.poll(ms)
+        finally:
+            for conn in ringed:
+                conn.rx.sleep(False)
+
+    def _doorbell(self, conn: _Conn) -> None:
+        """A ringed connection's socket is readable: doorbells, or its end."""
+        try:
+            got = conn.sock.recv(4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._pump(conn)        # what it wrote before it went is still ours
+            self._lost(conn, _why(exc))
+            return
+        self._pump(conn)
+        if not got:
+            self._lost(conn, "its connection closed (it exited or was killed)")
 
     def wait(self, done) -> None:
         """Progress until ``done()`` is true: poll briefly, then sleep in poll.
@@ -581,7 +710,7 @@ class Hub:
         until = _time.monotonic() + _SPIN_SECONDS
         while not done():
             if _time.monotonic() < until:
-                self.progress(0)
+                self.progress(0, True)
                 if self.crowded:
                     _sched_yield()
                 continue
@@ -595,6 +724,10 @@ class Hub:
     def close(self) -> None:
         for conn in self.conns:
             if conn is not None:
+                for ring in (conn.rx, conn.tx):
+                    if ring is not None:
+                        ring.close()
+                conn.rx = conn.tx = None
                 try:
                     conn.sock.close()
                     if conn.pidfd >= 0:
@@ -781,6 +914,8 @@ class SocketChannel:
 
     # -- user space -----------------------------------------------------------------------
     def send(self, data, dest: int, tag: int) -> None:
+        if self.hub.send_now(self.group[dest], USER, self.ctx, tag, data):
+            return
         h = self.hub.post_send(self.group[dest], USER, self.ctx, tag, data)
         if not h.done:
             self.hub.wait(lambda: h.done)
@@ -814,8 +949,10 @@ class SocketChannel:
     def mprobe(self, source: int, tag: int):
         """Block until a message matches; take it out of the stream unreceived."""
         hub = self.hub
-        hub.progress(0)
         i = self._find(source, tag)
+        if i is None:
+            hub.progress(0)
+            i = self._find(source, tag)
         if i is None:
             if self._gone(source) is None:   # liveness changes only when a peer is lost
                 losses = hub.losses
@@ -884,6 +1021,8 @@ class SocketChannel:
     def send_side(self, data, dest: int, key: int) -> None:
         # Side messages answer a peer or continue what it waits for: a dead peer
         # needs none, and whatever we wait for from it fails on its own.
+        if self.hub.send_now(self.group[dest], SIDE, self.ctx, key, data):
+            return
         try:
             h = self.hub.post_send(self.group[dest], SIDE, self.ctx, key, data)
         except PeerFailed:

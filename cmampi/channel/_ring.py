@@ -1,0 +1,142 @@
+"""A one-way byte stream between two processes of a host, in shared memory.
+
+The socket channel's frames between two ranks travel through a pair of these
+rings instead of the Unix socket: a frame is a copy into shared memory and an
+index store, where the socket costs two system calls and a wake-up. The
+socket stays for what only the kernel can tell: a doorbell byte when the
+reader sleeps in ``poll()``, and the connection's end.
+
+Layout (one ``memfd`` mapping): the writer's *head* on the first cache line,
+the reader's *tail* on the second, the reader's *asleep* flag on the third,
+then *capacity* bytes of data. Head and tail count bytes since the start and
+only grow; each is an aligned 8-byte word stored and loaded whole. The writer
+copies data and then stores its head; the reader loads the head and then
+reads data, and stores its tail once it has. This relies on the processor
+keeping stores in order and loads in order (x86-64 does), so rings are only
+used where `supported` says so.
+
+A reader about to sleep sets *asleep* and looks once more; a writer that
+stored a head looks at *asleep* and rings the doorbell. Without a fence
+between the two steps both can miss each other, so a sleeping reader also
+wakes on its own within `RECHECK` seconds.
+"""
+
+from __future__ import annotations
+
+import mmap as _mmap
+import os as _os
+import platform as _platform
+from typing import Sequence
+
+__all__ = ["Ring", "CAPACITY", "HEAD", "RECHECK", "TAIL", "supported"]
+
+#: Data bytes per ring (per direction and pair of ranks).
+CAPACITY = 1 << 20
+#: Longest a sleeping reader can miss a doorbell, in seconds.
+RECHECK = 0.002
+_LINE = 64
+_DATA = 3 * _LINE
+#: Indexes of the head, tail and asleep words among the ring's 8-byte words.
+HEAD, TAIL, ASLEEP = 0, _LINE // 8, 2 * _LINE // 8
+
+
+def supported() -> bool:
+    """Whether rings can be used here: Linux memfds, and a processor that keeps
+    stores and loads in order (x86-64)."""
+    return hasattr(_os, "memfd_create") and _platform.machine() in ("x86_64", "AMD64")
+
+
+class Ring:
+    """One direction of a pair: this process either writes it or reads it."""
+
+    __slots__ = ("map", "words", "data", "capacity", "mask")
+
+    def __init__(self, fd: int) -> None:
+        size = _os.fstat(fd).st_size
+        self.map = _mmap.mmap(fd, size)
+        self.capacity = size - _DATA
+        self.mask = self.capacity - 1
+        #: the 8-byte words before the data (see HEAD, TAIL, ASLEEP)
+        self.words = memoryview(self.map)[:_DATA].cast("Q")
+        self.data = memoryview(self.map)[_DATA:]
+
+    @staticmethod
+    def create(capacity: int = CAPACITY) -> int:
+        """A new, zeroed ring's file descriptor (*capacity*: a power of two)."""
+        if capacity & (capacity - 1):
+            raise ValueError(f"ring capacity {capacity} is not a power of two")
+        fd = _os.memfd_create("cmampi-ring", getattr(_os, "MFD_CLOEXEC", 0))
+        try:
+            _os.ftruncate(fd, _DATA + capacity)
+        except OSError:
+            _os.close(fd)
+            raise
+        return fd
+
+    def close(self) -> None:
+        self.words.release()
+        self.data.release()
+        self.map.close()
+
+    # -- the writer ------------------------------------------------------------------------
+    def write(self, parts: Sequence) -> int:
+        """Copy as much of *parts* (bytes-like) as fits; the bytes written."""
+        words = self.words
+        start = head = words[HEAD]
+        room = self.capacity - (head - words[TAIL])
+        data, cap = self.data, self.capacity
+        for part in parts:
+            n = len(part)
+            if not n:
+                continue
+            k = n if n <= room else room
+            if not k:
+                break
+            at = head & self.mask
+            if k == n and at + n <= cap:
+                data[at : at + n] = part
+            else:
+                part = memoryview(part)
+                first = min(k, cap - at)
+                data[at : at + first] = part[:first]
+                data[: k - first] = part[first:k]
+            head += k
+            room -= k
+            if k < n:
+                break
+        if head != start:
+            words[HEAD] = head
+        return head - start
+
+    def asleep(self) -> bool:
+        """Whether the reader has said it sleeps (then ring the doorbell)."""
+        return self.words[ASLEEP] != 0
+
+    # -- the reader ------------------------------------------------------------------------
+    def available(self) -> int:
+        """Bytes written and not yet read."""
+        words = self.words
+        return words[HEAD] - words[TAIL]
+
+    def read_into(self, view: memoryview) -> int:
+        """Copy up to ``len(view)`` bytes into *view*; the bytes read (0: none now)."""
+        words = self.words
+        tail = words[TAIL]
+        k = words[HEAD] - tail
+        if k <= 0:
+            return 0
+        if k > len(view):
+            k = len(view)
+        at = tail & self.mask
+        first = self.capacity - at
+        if k <= first:
+            view[:k] = self.data[at : at + k]
+        else:
+            view[:first] = self.data[at:]
+            view[first:k] = self.data[: k - first]
+        words[TAIL] = tail + k
+        return k
+
+    def sleep(self, asleep: bool) -> None:
+        """Say whether this reader sleeps (and wants a doorbell for new bytes)."""
+        self.words[ASLEEP] = 1 if asleep else 0
