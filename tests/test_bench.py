@@ -84,11 +84,12 @@ def test_all_quick_under_launcher_json(tmp_path):
 
 
 @pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec")
-def test_socket_channel_beside_the_mpi_one():
+@pytest.mark.parametrize("bench", ["pingpong", "bandwidth"])
+def test_socket_channel_beside_the_mpi_one(bench):
     """--socket: cmampi over sockets, set up among the mpiexec job's ranks, runs in
     the same processes as the MPI channel, checked results and a ratio of its own."""
-    cmd = [MPIEXEC, "-n", "2", sys.executable, "-m", "cmampi.bench", "pingpong", "--quick",
-           "--socket", "--skip-strided", "--format", "json"]
+    cmd = [MPIEXEC, "-n", "2", sys.executable, "-m", "cmampi.bench", bench, "--quick",
+           "--socket", "--format", "json"] + (["--skip-strided"] if bench == "pingpong" else [])
     doc = json.loads(_run(cmd, _env()).stdout)
     assert doc["machine"]["channel"] == "mpi"
     assert [r["case"] for r in doc["results"]] == ["8 B", "1 MiB"]

@@ -51,7 +51,7 @@ def stream(comm: Any, waitall: Callable[[Any], Any], rank: int, sbuf: Any,
 
 def _waitall(ctx: Context, name: str, c: Any) -> Callable[[Any], Any]:
     """Each implementation completes its requests with its own ``Waitall``."""
-    if name == CMAMPI:
+    if name in (CMAMPI, "socket"):      # cmampi's requests, on either channel
         return ctx.MPI.Request.Waitall
     if name == "mpi4py":
         from mpi4py import MPI
