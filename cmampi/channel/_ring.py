@@ -28,10 +28,13 @@ import os as _os
 import platform as _platform
 from typing import Sequence
 
-__all__ = ["Ring", "CAPACITY", "HEAD", "RECHECK", "TAIL", "supported"]
+__all__ = ["Ring", "BUDGET", "CAPACITY", "HEAD", "RECHECK", "TAIL", "capacity_for", "supported"]
 
-#: Data bytes per ring (per direction and pair of ranks).
+#: Data bytes per ring (per direction and pair of ranks), at most.
 CAPACITY = 1 << 20
+#: Bytes of the rings one process reads, at most (large jobs get smaller rings).
+BUDGET = 32 << 20
+_SMALLEST = 64 << 10
 #: Longest a sleeping reader can miss a doorbell, in seconds.
 RECHECK = 0.002
 _LINE = 64
@@ -46,6 +49,16 @@ def supported() -> bool:
     return hasattr(_os, "memfd_create") and _platform.machine() in ("x86_64", "AMD64")
 
 
+def capacity_for(ranks: int) -> int:
+    """Ring capacity in a job of *ranks*: `CAPACITY`, or less so that the rings a
+    process reads stay within `BUDGET` (never below 64 KiB; frames longer than
+    a ring still pass, in pieces)."""
+    cap = CAPACITY
+    while cap > _SMALLEST and cap * max(1, ranks - 1) > BUDGET:
+        cap //= 2
+    return cap
+
+
 class Ring:
     """One direction of a pair: this process either writes it or reads it."""
 
@@ -53,7 +66,8 @@ class Ring:
 
     def __init__(self, fd: int) -> None:
         size = _os.fstat(fd).st_size
-        self.map = _mmap.mmap(fd, size)
+        # Populated: the first pass through the ring takes no page faults.
+        self.map = _mmap.mmap(fd, size, _mmap.MAP_SHARED | getattr(_mmap, "MAP_POPULATE", 0))
         self.capacity = size - _DATA
         self.mask = self.capacity - 1
         #: the 8-byte words before the data (see HEAD, TAIL, ASLEEP)

@@ -242,7 +242,7 @@ class Hub:
     def _swap_rings(self, sock: _socket.socket) -> tuple:
         """(rx, tx) rings with the peer just verified on *sock*, or (None, None):
         each side makes the ring it reads and passes its memfd over the socket."""
-        fd = _ring.Ring.create() if self.use_rings else -1
+        fd = _ring.Ring.create(_ring.capacity_for(self.size)) if self.use_rings else -1
         theirs: List[int] = []
         try:
             _socket.send_fds(sock, [b"R" if fd >= 0 else b"-"], [fd] if fd >= 0 else [])
