@@ -552,6 +552,44 @@ class Hub:
             drained = conn.rhi + got < len(conn.rbuf)
             conn.rhi += got
 
+    def _pump_ring(self, conn: _Conn) -> None:
+        """Dispatch the whole frames waiting in *conn*'s ring straight from the
+        shared memory; anything else (a frame in pieces, or around the ring's
+        end, or a stream under way) goes the general way, `_pump`."""
+        if conn.cur is not None or conn.rhi != conn.rlo:
+            self._pump(conn)
+            return
+        rx = conn.rx
+        words, data, mask, cap = rx.words, rx.data, rx.mask, rx.capacity
+        src, size = conn.rank, _FRAME.size
+        while True:
+            tail = words[_RING_TAIL]
+            avail = words[_RING_HEAD] - tail
+            if avail < size:
+                if avail:
+                    self._pump(conn)
+                return
+            at = tail & mask
+            if at + size > cap:
+                self._pump(conn)
+                return
+            space, ctx, tag, n = _FRAME.unpack_from(data, at)
+            at += size
+            if avail < size + n or at + n > cap:
+                self._pump(conn)
+                return
+            payload = data[at : at + n]
+            h = self._match(src, space, ctx, tag)
+            if h is None:
+                self._keep(src, space, ctx, tag, bytearray(payload))
+            elif n <= len(h.target):
+                h.target[:n] = payload
+                h.complete((src, tag, n, None))
+            else:
+                self._fill(h, src, tag, payload)
+            payload.release()
+            words[_RING_TAIL] = tail + size + n
+
     def _read(self, conn: _Conn, view: memoryview) -> int:
         """Bytes read into *view*: 0 when nothing is there now, or the peer is lost."""
         if conn.rx is not None:
@@ -620,7 +658,10 @@ class Hub:
     def _exited(self, conn: _Conn) -> None:
         """The peer's pidfd fired: take what it sent before dying, then fail the rest."""
         if not conn.dead:
-            self._pump(conn)
+            if conn.rx is not None:
+                self._pump_ring(conn)
+            else:
+                self._pump(conn)
         self._lost(conn, "its process exited")
 
     # -- progress -------------------------------------------------------------------------
@@ -633,7 +674,7 @@ class Hub:
         for conn in self.ringed:
             words = conn.rx.words
             if words[_RING_HEAD] != words[_RING_TAIL]:
-                self._pump(conn)
+                self._pump_ring(conn)
         if self.waiting_room:
             for conn in list(self.waiting_room):
                 self._flush(conn)
@@ -691,10 +732,10 @@ class Hub:
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
-            self._pump(conn)        # what it wrote before it went is still ours
+            self._pump_ring(conn)   # what it wrote before it went is still ours
             self._lost(conn, _why(exc))
             return
-        self._pump(conn)
+        self._pump_ring(conn)
         if not got:
             self._lost(conn, "its connection closed (it exited or was killed)")
 
