@@ -328,7 +328,7 @@ def barrier(c: Collectives) -> None:
 
 def bcast(c: Collectives, spec, root: int) -> None:
     _check_root(c, root)
-    f, err = _guard(lambda: flat(spec, True))
+    f, err = _guard(lambda: flat(spec, c.rank != root))   # the root's buffer is only read
     a = f.array if f else None
     me = c.rank
     info = None if a is None else (a.nbytes, addr(a))

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import struct as _struct
 import zlib as _zlib
-from typing import Any
+from typing import Any, Optional
 
 import numpy as _np
 
@@ -90,7 +90,7 @@ def _op_code(op, dtype: _np.dtype) -> int:
 # suit MPI as they are, else None. *size*, *me*: the communicator's.
 
 def _bcast(size, me, send, recv, root, op, in_place):
-    code = _plain(send, True)
+    code = _plain(send, me != root)     # the root's buffer is only read
     return (send.nbytes, code, 0) if code else None
 
 
@@ -206,8 +206,8 @@ class Agreement:
 def run(a: Agreement, kind: str, send=None, recv=None, root: int = 0, op=None) -> bool:
     """Run collective *kind* with the MPI library if every rank agrees it should;
     False if cmampi's own path must run it (on every rank alike). This is the full
-    path, which signs the call and keeps its fast run in ``a.fast[kind]``: the
-    caller tries that first."""
+    path, which signs the call and, if the MPI library runs it, keeps its fast
+    run in ``a.fast[kind]``: the caller tries that first."""
     signature, kind_id, sends, finisher = _KINDS[kind]
     if type(root) is not int and hasattr(root, "__index__") and not isinstance(root, bool):
         root = int(root)
@@ -232,12 +232,23 @@ def run(a: Agreement, kind: str, send=None, recv=None, root: int = 0, op=None) -
     elif nbytes:
         data = recv if send is a.in_place else send
         if sends == _EVERY or a.rank == root:
-            load = _loader(_np.ndarray(data.shape, data.dtype, a.mine, _HEAD), data is recv)
+            load = _loader(_np.ndarray(data.shape, data.dtype, a.mine, _HEAD),
+                           send is a.in_place)
         finish = finisher(a, send, recv, root, _UFUNCS[_OPS[opc - 1]] if opc else None) \
             or _nothing
     a.fast[kind], body = _fast(a, send, recv, root, op, packed, load, finish,
-                               0 if kind == "Bcast" else 1)
+                               _written(kind, a.rank, root))
     return body(send, recv)     # not through the guard, which may be stricter
+
+
+def _written(kind: str, me: int, root: int) -> Optional[int]:
+    """Which argument of *kind* this rank receives into, as its signature checks
+    it (0: send, 1: recv, None: neither)."""
+    if kind == "Bcast":
+        return None if me == root else 0
+    if kind in ("Gather", "Reduce") and me != root:
+        return None
+    return 1
 
 
 #: A stand-in for an argument that is not an array and may be anything.
@@ -253,15 +264,16 @@ def _looks(x, in_place) -> tuple:
 
 
 def _fast(a: Agreement, send, recv, root: int, op, packed: bytes, load, finish,
-          writes: int) -> tuple:
+          writes: Optional[int]) -> tuple:
     """(fast, body): *body* runs this call; *fast* runs calls made like it, whose
     arguments have the same types, shapes and dtypes, arrays still C-contiguous,
-    the one written (0: send, 1: recv) still writable, and the same root and op.
-    For any other call *fast* returns None, and the call takes the full path."""
+    the one this rank receives into (*writes*: 0 send, 1 recv) still writable,
+    and the same root and op. For any other call *fast* returns None,
+    and the call takes the full path."""
     s_type, s_shape, s_what = _looks(send, a.in_place)
     r_type, r_shape, r_what = _looks(recv, a.in_place)
-    writes_send = finish is not _nothing and writes == 0
-    writes_recv = finish is not _nothing and writes == 1
+    # As the signature does, whether or not this rank's finish writes it.
+    writes_send, writes_recv = writes == 0, writes == 1
     allgather, mine, every, starts = a.raw.Allgather, a.mine, a.every, a.starts
 
     def fast(send, recv, root_, op_):
@@ -328,7 +340,7 @@ def _calling(raw, kind: str, root: int, op):
 
 
 def _nothing(send, recv) -> None:
-    """This rank sends no payload (or an empty one)."""
+    """No payload to load, or no result to make, on this rank."""
 
 
 def _loader(view: _np.ndarray, from_recv: bool):

@@ -1090,3 +1090,28 @@ def test_arguments_a_rank_ignores_never_keep_it_out_of_the_agreement(cmcomm, MPI
             if rank == 0:
                 assert (total == size * (size + 1) / 2).all()
     works_after(cmcomm, MPI)
+
+
+@pytest.mark.parametrize("n", [4, (4 << 20) // 8 + 8], ids=["small", "large"])
+def test_bcast_reads_a_read_only_root_buffer(comm, MPI, n):
+    """The root's Bcast buffer is only read, so it may be read-only (as in mpi4py);
+    a second call, made like the first, takes the same way."""
+    rank, root = comm.Get_rank(), comm.Get_size() - 1
+    for _ in range(2):
+        buf = np.arange(n, dtype=np.float64) if rank == root else np.zeros(n)
+        if rank == root:
+            buf.flags.writeable = False
+        comm.Bcast(buf, root=root)
+        assert np.array_equal(buf, np.arange(n, dtype=np.float64))
+
+
+def test_a_plan_made_by_an_aliased_call_loads_the_send_buffer(cmcomm, MPI):
+    """A first Allreduce whose send and receive buffers are one array (erroneous
+    in MPI, harmless here) must not leave a plan that reduces the receive buffer
+    of later, correct calls."""
+    rank, size = cmcomm.Get_rank(), cmcomm.Get_size()
+    x = np.full(4, rank + 1.0)
+    cmcomm.Allreduce(x, x, MPI.SUM)
+    send, recv = np.full(4, 7.0), np.zeros(4)
+    cmcomm.Allreduce(send, recv, MPI.SUM)
+    assert (recv == 7.0 * size).all()
