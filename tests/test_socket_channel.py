@@ -453,8 +453,9 @@ def test_foreign_uid_is_refused_even_with_the_right_pid(procs, rdv):
 
 
 # -- 5. a peer dies ----------------------------------------------------------------------
-def _survivor(link, directory: str, token: bytes, pending_recv: bool):
-    """Rank 1 of 2: optionally post a receive from rank 0, then outlive it."""
+def _survivor(link, directory: str, token: bytes, pending_recv: bool, tries: int = 2):
+    """Rank 1 of 2: optionally post a receive from rank 0, then outlive it; then
+    send to it up to *tries* times (with progress between the sends if 2)."""
     pids = link.expect("go")
     hub = Hub(1, 2, directory, token, pids)
     ch = SocketChannel(hub, 0, [0, 1])
@@ -472,7 +473,7 @@ def _survivor(link, directory: str, token: bytes, pending_recv: bool):
     else:
         link.expect("killed")
     attempts = []
-    for _ in range(2):     # the first send may only discover the death
+    for _ in range(tries):     # the first send may only discover the death
         try:
             ch.send(np.ones(4, np.int64), 0, 4)
             attempts.append(("sent", None))
@@ -482,7 +483,8 @@ def _survivor(link, directory: str, token: bytes, pending_recv: bool):
         except BaseException as exc:   # anything else is a wrong answer: report it
             attempts.append((type(exc).__name__, str(exc)))
             break
-        hub.progress(0)
+        if tries == 2:
+            hub.progress(0)
     out["send"] = attempts
     # A receive posted once the death is known fails at once.
     h2 = ch.irecv(np.zeros(1, np.int64), 0, 5)
@@ -514,6 +516,27 @@ def test_killed_peer_fails_its_operations(procs, rdv, pending_recv):
     assert out["send"][-1] == ("PeerFailed", 0), out["send"]
     assert len(out["send"]) <= 2
     assert out["late_recv"] == (True, True)
+    assert r1.join(5) == 0
+
+
+def test_sends_alone_find_a_killed_peer(procs, rdv):
+    """Sends to a killed peer, with nothing else in between, raise within a few:
+    frames into a shared-memory ring say nothing of the reader's end, so the
+    sender asks the kernel every 16th send."""
+    token = os.urandom(32)
+    r0 = procs.fork(_rank, 0, 2, rdv, token, hold=True, name="rank 0")
+    r1 = procs.fork(_survivor, rdv, token, False, 40, name="rank 1")
+    pids = [r0.pid, r1.pid]
+    for k in (r1, r0):
+        k.send("go", pids)
+    r0.expect("built")
+    r1.expect("built")
+    r0.kill()
+    assert r0.join(1) == -signal.SIGKILL
+    r1.send("killed")
+    out = r1.result(10)
+    assert out["send"][-1] == ("PeerFailed", 0), out["send"]
+    assert len(out["send"]) <= 17
     assert r1.join(5) == 0
 
 

@@ -37,8 +37,9 @@ CAPACITY = 256 << 10
 #: Bytes of the rings one process reads, at most (large jobs get smaller rings).
 BUDGET = 16 << 20
 _SMALLEST = 64 << 10
-#: Longest a sleeping reader can miss a doorbell, in seconds.
-RECHECK = 0.002
+#: Longest a sleeping reader can miss a doorbell, in seconds (the race in the
+#: module's text is a matter of nanoseconds: this bound is seldom paid).
+RECHECK = 0.02
 _LINE = 64
 _DATA = 3 * _LINE
 #: Indexes of the head, tail and asleep words among the ring's 8-byte words.
@@ -92,7 +93,10 @@ class Ring:
     def close(self) -> None:
         self.words.release()
         self.data.release()
-        self.map.close()
+        try:
+            self.map.close()
+        except BufferError:     # a view of the data is still alive: the GC unmaps it
+            pass
 
     # -- the writer ------------------------------------------------------------------------
     def write(self, parts: Sequence) -> int:
@@ -123,6 +127,11 @@ class Ring:
         if head != start:
             words[HEAD] = head
         return head - start
+
+    def room(self) -> int:
+        """Bytes that can be written now."""
+        words = self.words
+        return self.capacity - (words[HEAD] - words[TAIL])
 
     def asleep(self) -> bool:
         """Whether the reader has said it sleeps (then ring the doorbell)."""

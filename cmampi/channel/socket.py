@@ -58,6 +58,8 @@ _DIRECT = 1 << 15    # payload bytes still missing from which we read straight i
 _CONNECT_TIMEOUT = 60.0
 _HELLO_TIMEOUT = 2.0
 _RING_HEAD, _RING_TAIL = _ring.HEAD, _ring.TAIL
+_NOSIGNAL = getattr(_socket, "MSG_NOSIGNAL", 0)   # a gone peer is an error, not SIGPIPE
+_LOOK_EVERY = 16     # spins (and ring sends) between two looks at the kernel
 _SPIN_SECONDS = 5e-4  # a wait polls without blocking this long, then sleeps in poll()
 _sched_yield = getattr(_os, "sched_yield", lambda: None)
 
@@ -173,7 +175,7 @@ class Hub:
         #: frames waiting for room in their ring.
         self.ringed: tuple = ()
         self.waiting_room: Set[_Conn] = set()
-        self._spins = 0
+        self._spins = self._sends = 0
         if size > 1:
             self._connect_all(directory, token, expected_pids)
 
@@ -227,6 +229,7 @@ class Hub:
                 sock.close()        # a stranger: refuse it, keep waiting for the ranks
                 continue
             sock.sendall(b"\x01")
+            sock.settimeout(max(0.1, deadline - _time.monotonic()))   # a rank: it may be slow
             self._add(sock, peer, pid, *self._swap_rings(sock))
             pending -= 1
 
@@ -246,11 +249,15 @@ class Hub:
         theirs: List[int] = []
         try:
             _socket.send_fds(sock, [b"R" if fd >= 0 else b"-"], [fd] if fd >= 0 else [])
-            msg, theirs, _flags, _addr = _socket.recv_fds(sock, 1, 1)
-            if msg == b"R" and len(theirs) == 1 and fd >= 0:
-                return _ring.Ring(fd), _ring.Ring(theirs[0])
+            msg, theirs, flags, _addr = _socket.recv_fds(sock, 1, 1)
             if msg not in (b"R", b"-"):
                 raise ConnectionError("cmampi: a peer left during the handshake")
+            if msg == b"R" and (len(theirs) != 1 or flags & _socket.MSG_CTRUNC):
+                # The peer uses rings now, and we cannot read its: no way on.
+                raise OSError("cmampi: a peer's shared-memory ring did not arrive "
+                              "(out of file descriptors?)")
+            if msg == b"R" and fd >= 0:
+                return _ring.Ring(fd), _ring.Ring(theirs[0])
             return None, None
         finally:
             for f in [fd, *theirs]:
@@ -355,14 +362,20 @@ class Hub:
         """Write a frame to world rank *dest* at once if nothing is queued before it
         and it fits; whether it did (else `post_send` queues it, or raises)."""
         conn = self.conns[dest] if dest != self.rank else None
-        if conn is None or conn.tx is None or conn.out or conn.dead \
-                or self._broken(ctx) is not None:
+        if conn is None or conn.tx is None or conn.out or conn.dead:
+            return False
+        self._sends += 1
+        if not self._sends % _LOOK_EVERY:   # rings say nothing of a peer's end: ask
+            self.progress(0)
+            if conn.dead:
+                return False
+        if self._broken(ctx) is not None:
             return False
         view = _bytes_view(data)
         n = len(view)
         parts = [_FRAME.pack(space, ctx, tag, n), view] if n else [_FRAME.pack(space, ctx, tag, 0)]
         tx = conn.tx
-        if tx.capacity - tx.available() < _FRAME.size + n:
+        if tx.room() < _FRAME.size + n:
             return False
         self._write(conn, parts)
         return True
@@ -371,11 +384,11 @@ class Hub:
         """Write what fits of *parts* now (its ring, else its socket); the bytes written."""
         tx = conn.tx
         if tx is None:
-            return conn.sock.sendmsg(parts)
+            return conn.sock.sendmsg(parts, (), _NOSIGNAL)
         sent = tx.write(parts)
         if sent and tx.asleep():
             try:
-                conn.sock.send(b"\0")      # the doorbell
+                conn.sock.send(b"\0", _NOSIGNAL)      # the doorbell
             except OSError:             # full of doorbells already, or the peer is gone
                 pass
         return sent
@@ -524,14 +537,7 @@ class Hub:
                 h = self._match(conn.rank, space, ctx, tag)
                 if conn.rhi - lo >= n:      # all of it is here already
                     conn.rlo = lo + n
-                    data = conn.rmv[lo : lo + n]
-                    if h is None:
-                        self._keep(conn.rank, space, ctx, tag, bytearray(data))
-                    elif n <= len(h.target):
-                        h.target[:n] = data
-                        h.complete((conn.rank, tag, n, None))
-                    else:
-                        self._fill(h, conn.rank, tag, data)
+                    self._hand(h, conn.rank, space, ctx, tag, conn.rmv[lo : lo + n])
                     continue
                 if h is not None and n <= len(h.target):
                     dest = h.target[:n]
@@ -579,16 +585,23 @@ class Hub:
                 self._pump(conn)
                 return
             payload = data[at : at + n]
-            h = self._match(src, space, ctx, tag)
-            if h is None:
-                self._keep(src, space, ctx, tag, bytearray(payload))
-            elif n <= len(h.target):
-                h.target[:n] = payload
-                h.complete((src, tag, n, None))
-            else:
-                self._fill(h, src, tag, payload)
-            payload.release()
-            words[_RING_TAIL] = tail + size + n
+            try:
+                self._hand(self._match(src, space, ctx, tag), src, space, ctx, tag, payload)
+            finally:    # taken, even if handing it on failed: never delivered twice
+                payload.release()
+                words[_RING_TAIL] = tail + size + n
+
+    def _hand(self, h: Optional[Handle], src: int, space: int, ctx: int, tag: int,
+              data: memoryview) -> None:
+        """A whole message, in a buffer that is about to be reused: into the receive
+        *h* it matched (None: kept, as a copy)."""
+        if h is None:
+            self._keep(src, space, ctx, tag, bytearray(data))
+        elif len(data) <= len(h.target):
+            h.target[: len(data)] = data
+            h.complete((src, tag, len(data), None))
+        else:
+            self._fill(h, src, tag, data)
 
     def _read(self, conn: _Conn, view: memoryview) -> int:
         """Bytes read into *view*: 0 when nothing is there now, or the peer is lost."""
@@ -626,6 +639,7 @@ class Hub:
         self.losses += 1
         self.ringed = tuple(c for c in self.ringed if c is not conn)
         self.waiting_room.discard(conn)
+        self._unmap(conn)       # what it wrote has been taken
         if conn.finished:
             why = "it has ended in good order"
         else:
@@ -669,7 +683,8 @@ class Hub:
         """Move bytes: wait up to *timeout* seconds (None: until something happens).
 
         Rings are looked at on every call; the kernel (sockets, pidfds) too, but
-        only on every 16th call of a *spinning* wait.
+        only on every 16th call of a *spinning* wait. With rings, a call that may
+        block returns within ``_ring.RECHECK`` (1 ms while a ring is full).
         """
         for conn in self.ringed:
             words = conn.rx.words
@@ -681,7 +696,7 @@ class Hub:
         ringed = self.ringed
         if spinning and ringed:
             self._spins += 1
-            if self._spins & 15:
+            if self._spins % _LOOK_EVERY:
                 return
         if not self.by_fd:
             return
@@ -709,16 +724,17 @@ class Hub:
                     self._pump(conn)
 
     def _sleep(self, ringed: tuple, ms: int) -> list:
-        """Poll the kernel for up to *ms* ms (-1: no limit) with the rings' readers
-        asleep, so writers ring their doorbells; a doorbell both sides missed
-        (see `_ring`) costs at most ``_ring.RECHECK``."""
+        """Poll the kernel for up to *ms* ms (-1: as long as the rings allow) with
+        the rings' readers asleep, so writers ring their doorbells. A doorbell
+        both sides missed (see `_ring`) costs at most ``_ring.RECHECK``; a full
+        ring of ours, whose reader rings nothing back, is tried every 1 ms."""
         for conn in ringed:
             conn.rx.sleep(True)
         try:
             if any(conn.rx.available() for conn in ringed):
                 ms = 0
             else:
-                bound = max(1, int(_ring.RECHECK * 1000))
+                bound = 1 if self.waiting_room else max(1, int(_ring.RECHECK * 1000))
                 ms = bound if ms < 0 else min(ms, bound)
             return self.poller.poll(ms)
         finally:
@@ -762,13 +778,18 @@ class Hub:
                                    "rank can send")
             self.progress(None)
 
+    def _unmap(self, conn: _Conn) -> None:
+        for ring in (conn.rx, conn.tx):
+            if ring is not None:
+                ring.close()
+        conn.rx = conn.tx = None
+
     def close(self) -> None:
+        self.ringed = ()
+        self.waiting_room.clear()
         for conn in self.conns:
             if conn is not None:
-                for ring in (conn.rx, conn.tx):
-                    if ring is not None:
-                        ring.close()
-                conn.rx = conn.tx = None
+                self._unmap(conn)
                 try:
                     conn.sock.close()
                     if conn.pidfd >= 0:
