@@ -686,10 +686,12 @@ class Hub:
         only on every 16th call of a *spinning* wait. With rings, a call that may
         block returns within ``_ring.RECHECK`` (1 ms while a ring is full).
         """
+        moved = False
         for conn in self.ringed:
             words = conn.rx.words
             if words[_RING_HEAD] != words[_RING_TAIL]:
                 self._pump_ring(conn)
+                moved = True
         if self.waiting_room:
             for conn in list(self.waiting_room):
                 self._flush(conn)
@@ -700,7 +702,8 @@ class Hub:
                 return
         if not self.by_fd:
             return
-        ms = -1 if timeout is None else int(timeout * 1000)
+        # Frames taken from a ring may be what the caller waits for: look, not sleep.
+        ms = 0 if moved else -1 if timeout is None else int(timeout * 1000)
         try:
             if ms != 0 and ringed:
                 events = self._sleep(ringed, ms)
