@@ -659,3 +659,42 @@ def test_a_wait_that_took_frames_from_a_ring_does_not_sleep(procs):
     hub.conns = [None, None]
     a.close()
     b.close()
+
+
+@pytest.mark.skipif(not _ring.supported(), reason="no shared-memory rings on this machine")
+def test_a_writer_waiting_for_room_is_rung_when_room_is_freed(procs):
+    """A writer whose ring is full sleeps saying so; the reader that takes frames
+    from that ring rings the writer's doorbell."""
+    from cmampi.channel.socket import USER, _FRAME, _Conn
+
+    writer, reader = Hub(0, 1, None, b""), Hub(0, 1, None, b"")
+    a, b = socket.socketpair()
+    b.setblocking(False)
+    fd = _ring.Ring.create(1 << 16)
+    w_conn, r_conn = _Conn(a, 1, os.getpid()), _Conn(b, 0, os.getpid())
+    w_conn.tx, r_conn.rx = _ring.Ring(fd), _ring.Ring(fd)
+    os.close(fd)
+    seen = []
+
+    class Poller:
+        def poll(self, ms):
+            seen.append((ms, w_conn.tx.words[_ring.WAITING]))
+            return []
+
+    writer.poller = Poller()
+    writer.conns, writer.by_fd = [None, w_conn], {a.fileno(): w_conn}
+    h = writer.post_send(1, USER, 0, 5, np.zeros(100_000, np.uint8))   # more than fits
+    assert not h.done and w_conn in writer.waiting_room
+    writer.progress(None)
+    assert seen and seen[-1][0] > 0 and seen[-1][1] == 1, seen   # asleep, waiting
+    assert not w_conn.tx.words[_ring.WAITING]
+    w_conn.tx.wait_for_room(True)         # as while it sleeps
+    reader.conns, reader.ringed = [r_conn, None], (r_conn,)
+    reader._pump_ring(r_conn)             # takes the frame's first part: frees room
+    a.settimeout(2.0)
+    assert a.recv(16) == b"\0", "the writer's doorbell"
+    assert not w_conn.tx.words[_ring.WAITING]
+    for hub in (writer, reader):
+        hub.ringed, hub.waiting_room, hub.conns = (), set(), [None, None]
+    a.close()
+    b.close()

@@ -8,7 +8,8 @@ reader sleeps in ``poll()``, and the connection's end.
 
 Layout (one ``memfd`` mapping): the writer's *head* on the first cache line,
 the reader's *tail* on the second, the reader's *asleep* flag on the third,
-then *capacity* bytes of data. Head and tail count bytes since the start and
+the writer's *waiting* flag (for room) on the fourth, then *capacity* bytes of
+data. Head and tail count bytes since the start and
 only grow; each is an aligned 8-byte word stored and loaded whole. The writer
 copies data and then stores its head; the reader loads the head and then
 reads data, and stores its tail once it has. This relies on the processor
@@ -16,9 +17,11 @@ keeping stores in order and loads in order (x86-64 does), so rings are only
 used where `supported` says so.
 
 A reader about to sleep sets *asleep* and looks once more; a writer that
-stored a head looks at *asleep* and rings the doorbell. Without a fence
-between the two steps both can miss each other, so a sleeping reader also
-wakes on its own within `RECHECK` seconds.
+stored a head looks at *asleep* and rings the doorbell. A writer that sleeps
+while its ring is full sets *waiting* likewise, and a reader that frees room
+rings the writer's doorbell. Without a fence between the two steps both sides
+can miss each other, so a sleeper also wakes on its own within `RECHECK`
+seconds.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ import os as _os
 import platform as _platform
 from typing import Sequence
 
-__all__ = ["Ring", "BUDGET", "CAPACITY", "HEAD", "RECHECK", "TAIL", "capacity_for", "supported"]
+__all__ = ["Ring", "BUDGET", "CAPACITY", "HEAD", "RECHECK", "TAIL", "capacity_for",
+           "supported"]
 
 #: Data bytes per ring (per direction and pair of ranks), at most. Measured on
 #: 2 ranks: 256 KiB rings, which stay in cache, move 256 KiB and 512 KiB frames
@@ -41,9 +45,9 @@ _SMALLEST = 64 << 10
 #: module's text is a matter of nanoseconds: this bound is seldom paid).
 RECHECK = 0.02
 _LINE = 64
-_DATA = 3 * _LINE
-#: Indexes of the head, tail and asleep words among the ring's 8-byte words.
-HEAD, TAIL, ASLEEP = 0, _LINE // 8, 2 * _LINE // 8
+_DATA = 4 * _LINE
+#: Indexes of the head, tail, asleep and waiting words among the ring's 8-byte words.
+HEAD, TAIL, ASLEEP, WAITING = 0, _LINE // 8, 2 * _LINE // 8, 3 * _LINE // 8
 
 
 def supported() -> bool:
@@ -137,6 +141,10 @@ class Ring:
         """Whether the reader has said it sleeps (then ring the doorbell)."""
         return self.words[ASLEEP] != 0
 
+    def wait_for_room(self, waiting: bool) -> None:
+        """Say whether this writer sleeps until the reader frees room."""
+        self.words[WAITING] = 1 if waiting else 0
+
     # -- the reader ------------------------------------------------------------------------
     def available(self) -> int:
         """Bytes written and not yet read."""
@@ -165,3 +173,7 @@ class Ring:
     def sleep(self, asleep: bool) -> None:
         """Say whether this reader sleeps (and wants a doorbell for new bytes)."""
         self.words[ASLEEP] = 1 if asleep else 0
+
+    def writer_waits(self) -> bool:
+        """Whether the writer sleeps until room is freed (then ring its doorbell)."""
+        return self.words[WAITING] != 0

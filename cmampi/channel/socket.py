@@ -387,11 +387,16 @@ class Hub:
             return conn.sock.sendmsg(parts, (), _NOSIGNAL)
         sent = tx.write(parts)
         if sent and tx.asleep():
-            try:
-                conn.sock.send(b"\0", _NOSIGNAL)      # the doorbell
-            except OSError:             # full of doorbells already, or the peer is gone
-                pass
+            self._ring_doorbell(conn)
         return sent
+
+    @staticmethod
+    def _ring_doorbell(conn: _Conn) -> None:
+        """Wake the peer on *conn*, which sleeps in poll()."""
+        try:
+            conn.sock.send(b"\0", _NOSIGNAL)
+        except OSError:             # full of doorbells already, or the peer is gone
+            pass
 
     def _want_room(self, conn: _Conn) -> None:
         """Flush *conn*'s queue when it can take more: on POLLOUT (socket) or at
@@ -559,6 +564,15 @@ class Hub:
             conn.rhi += got
 
     def _pump_ring(self, conn: _Conn) -> None:
+        """Take what *conn*'s ring holds; ring the writer's doorbell if it sleeps
+        until room is freed."""
+        self._take_ring(conn)
+        rx = conn.rx
+        if rx is not None and rx.writer_waits():
+            rx.words[_ring.WAITING] = 0      # one doorbell is enough
+            self._ring_doorbell(conn)
+
+    def _take_ring(self, conn: _Conn) -> None:
         """Dispatch the whole frames waiting in *conn*'s ring straight from the
         shared memory; anything else (a frame in pieces, or around the ring's
         end, or a stream under way) goes the general way, `_pump`."""
@@ -684,7 +698,7 @@ class Hub:
 
         Rings are looked at on every call; the kernel (sockets, pidfds) too, but
         only on every 16th call of a *spinning* wait. With rings, a call that may
-        block returns within ``_ring.RECHECK`` (1 ms while a ring is full).
+        block returns within ``_ring.RECHECK``.
         """
         moved = False
         for conn in self.ringed:
@@ -705,7 +719,7 @@ class Hub:
         # Frames taken from a ring may be what the caller waits for: look, not sleep.
         ms = 0 if moved else -1 if timeout is None else int(timeout * 1000)
         try:
-            if ms != 0 and ringed:
+            if ms != 0 and (ringed or self.waiting_room):
                 events = self._sleep(ringed, ms)
             else:
                 events = self.poller.poll(ms)
@@ -728,21 +742,28 @@ class Hub:
 
     def _sleep(self, ringed: tuple, ms: int) -> list:
         """Poll the kernel for up to *ms* ms (-1: as long as the rings allow) with
-        the rings' readers asleep, so writers ring their doorbells. A doorbell
-        both sides missed (see `_ring`) costs at most ``_ring.RECHECK``; a full
-        ring of ours, whose reader rings nothing back, is tried every 1 ms."""
+        the rings' readers asleep and the writers of full rings waiting, so the
+        other sides ring doorbells; a doorbell both sides missed (see `_ring`)
+        costs at most ``_ring.RECHECK``."""
+        full = [conn for conn in self.waiting_room if conn.tx is not None]
         for conn in ringed:
             conn.rx.sleep(True)
+        for conn in full:
+            conn.tx.wait_for_room(True)
         try:
-            if any(conn.rx.available() for conn in ringed):
+            if any(conn.rx.available() for conn in ringed) or \
+                    any(conn.tx.room() for conn in full):
                 ms = 0
             else:
-                bound = 1 if self.waiting_room else max(1, int(_ring.RECHECK * 1000))
+                bound = max(1, int(_ring.RECHECK * 1000))
                 ms = bound if ms < 0 else min(ms, bound)
             return self.poller.poll(ms)
         finally:
             for conn in ringed:
                 conn.rx.sleep(False)
+            for conn in full:
+                if conn.tx is not None:
+                    conn.tx.wait_for_room(False)
 
     def _doorbell(self, conn: _Conn) -> None:
         """A ringed connection's socket is readable: doorbells, or its end."""
