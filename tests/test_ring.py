@@ -94,8 +94,8 @@ def test_sleep_flag_and_capacity():
 
 
 def test_large_jobs_get_smaller_rings():
-    assert _ring.capacity_for(2) == _ring.capacity_for(65) == _ring.CAPACITY
-    for ranks in (66, 200, 5000):
+    assert _ring.capacity_for(2) == _ring.capacity_for(33) == _ring.CAPACITY
+    for ranks in (34, 200, 5000):
         cap = _ring.capacity_for(ranks)
         assert cap & (cap - 1) == 0 and cap >= 64 << 10
         assert cap * (ranks - 1) <= _ring.BUDGET or cap == 64 << 10

@@ -407,28 +407,32 @@ class Hub:
             conn.polling_out = True
             self.poller.modify(conn.sock.fileno(), _select.POLLIN | _select.POLLOUT)
 
-    def _flush(self, conn: _Conn) -> None:
+    def _flush(self, conn: _Conn) -> bool:
+        """Write what *conn*'s queue can take now; whether anything was written."""
+        wrote = False
         while conn.out:
             item = conn.out[0]
             parts, h, n = item
             try:
                 sent = self._write(conn, parts)
             except (BlockingIOError, InterruptedError):
-                return
+                return wrote
             except OSError as exc:
                 # Take what the peer sent before it went: that is still ours.
                 self._pump(conn)
                 self._lost(conn, _why(exc))
-                return
+                return wrote
+            wrote = wrote or sent > 0
             _consume(parts, sent)
             if parts:
-                return
+                return wrote
             conn.out.popleft()
             h.complete((self.rank, 0, n, None))
         self.waiting_room.discard(conn)
         if conn.polling_out:
             conn.polling_out = False
             self.poller.modify(conn.sock.fileno(), _select.POLLIN)
+        return wrote
 
     # -- receiving ------------------------------------------------------------------------
     def post_recv(self, ctx: int, source: int, tag: int, target) -> Handle:
@@ -693,8 +697,9 @@ class Hub:
         self._lost(conn, "its process exited")
 
     # -- progress -------------------------------------------------------------------------
-    def progress(self, timeout: Optional[float] = 0, spinning: bool = False) -> None:
-        """Move bytes: wait up to *timeout* seconds (None: until something happens).
+    def progress(self, timeout: Optional[float] = 0, spinning: bool = False) -> bool:
+        """Move bytes: wait up to *timeout* seconds (None: until something happens);
+        whether frames moved through a ring.
 
         Rings are looked at on every call; the kernel (sockets, pidfds) too, but
         only on every 16th call of a *spinning* wait. With rings, a call that may
@@ -708,14 +713,14 @@ class Hub:
                 moved = True
         if self.waiting_room:
             for conn in list(self.waiting_room):
-                self._flush(conn)
+                moved = self._flush(conn) or moved
         ringed = self.ringed
         if spinning and ringed:
             self._spins += 1
             if self._spins % _LOOK_EVERY:
-                return
+                return moved
         if not self.by_fd:
-            return
+            return moved
         # Frames taken from a ring may be what the caller waits for: look, not sleep.
         ms = 0 if moved else -1 if timeout is None else int(timeout * 1000)
         try:
@@ -724,7 +729,7 @@ class Hub:
             else:
                 events = self.poller.poll(ms)
         except InterruptedError:
-            return
+            return moved
         for fd, ev in events:
             conn = self.by_fd[fd]
             if conn.dead:
@@ -739,6 +744,7 @@ class Hub:
                     self._doorbell(conn)
                 else:
                     self._pump(conn)
+        return moved
 
     def _sleep(self, ringed: tuple, ms: int) -> list:
         """Poll the kernel for up to *ms* ms (-1: as long as the rings allow) with
@@ -780,18 +786,20 @@ class Hub:
             self._lost(conn, "its connection closed (it exited or was killed)")
 
     def wait(self, done) -> None:
-        """Progress until ``done()`` is true: poll briefly, then sleep in poll.
+        """Progress until ``done()`` is true: poll, then sleep in poll once nothing
+        has moved through a ring for ``_SPIN_SECONDS``.
 
-        Polling first saves the wake-up of a sleeping process (tens of µs) when
-        the answer is already on its way; with more ranks than CPUs, yielding
-        while polling keeps the other ranks moving.
+        Polling first saves the wake-up of a sleeping process (tens to hundreds
+        of µs here) when the answer is already on its way; with more ranks than
+        CPUs, yielding while polling keeps the other ranks moving.
         """
         if done():
             return
         until = _time.monotonic() + _SPIN_SECONDS
         while not done():
             if _time.monotonic() < until:
-                self.progress(0, True)
+                if self.progress(0, True):      # frames move: spin on, not sleep
+                    until = _time.monotonic() + _SPIN_SECONDS
                 if self.crowded:
                     _sched_yield()
                 continue
