@@ -15,7 +15,7 @@ from ._report import machine_line
 
 __all__ = ["available", "plot"]
 
-_COLORS = {"cmampi": "C0", "mpi4py": "C1", "pkl5": "C2", "pipe": "C3"}
+_COLORS = {"cmampi": "C0", "mpi4py": "C1", "pkl5": "C2", "pipe": "C3", "socket": "C4"}
 _TITLES = {"contiguous": "ping-pong, contiguous", "stream": "streaming bandwidth",
            "array": "objects: numpy arrays"}
 #: Benchmarks drawn as bandwidth (the others as time per operation).
