@@ -475,7 +475,7 @@ def scatter(c: Collectives, sendspec, recvspec, root: int, vector_spec: bool = F
 
 
 def allgather(c: Collectives, sendspec, recvspec, vector_spec: bool = False) -> None:
-    """Allgather (and Allgatherv): every rank pulls every other rank's block."""
+    """Allgather (and Allgatherv): every rank pushes its block to every other."""
     names, me, size = c.names, c.rank, c.size
     in_place = sendspec is names.IN_PLACE
 
@@ -494,7 +494,7 @@ def allgather(c: Collectives, sendspec, recvspec, vector_spec: bool = False) -> 
 
     got, err = _guard(parse)
     recv, send, cnts, dsps = got if got else (None, None, None, None)
-    info = None if err else (send.size, send.dtype.str, addr(send), dsps, cnts)
+    info = None if err else (send.size, send.dtype.str, addr(recv.array), dsps, cnts)
     records = c.agree(err, info, _payload(c, send), inline=True)
     # Judge from the records alone, so that every rank reaches the same verdict.
     sizes = [r[1][0] for r in records]
@@ -504,15 +504,16 @@ def allgather(c: Collectives, sendspec, recvspec, vector_spec: bool = False) -> 
         raise c.mismatch(f"Allgather: blocks {sizes} do not fit the receive layouts "
                          f"{sorted(layouts)}")
     out = recv.array
+    isz = out.dtype.itemsize
     if not in_place:
         out[dsps[me] : dsps[me] + cnts[me]] = send
-    for k in range(1, size):     # from the next rank on: not all from one at once
-        r = (me + k) % size
-        payload = records[r][2]
-        if payload is not None:
+    for r, (_, info_r, payload) in enumerate(records):
+        if r != me and payload is not None:
             out[dsps[r] : dsps[r] + cnts[r]] = _from(payload, out.dtype)
-        else:       # each rank reads what it needs: no one waits on a writer
-            c.pull(r, records[r][1][2], out[dsps[r] : dsps[r] + cnts[r]])
+    if records[me][2] is None:
+        for r in range(size):
+            if r != me:
+                c.push(r, send, records[r][1][2] + records[r][1][3][me] * isz)
     if any(rec[2] is None for rec in records):
         c.barrier()
     recv.finish()
