@@ -567,14 +567,19 @@ class Hub:
             drained = conn.rhi + got < len(conn.rbuf)
             conn.rhi += got
 
-    def _pump_ring(self, conn: _Conn) -> None:
+    def _pump_ring(self, conn: _Conn) -> bool:
         """Take what *conn*'s ring holds; ring the writer's doorbell if it sleeps
-        until room is freed."""
-        self._take_ring(conn)
+        until room is freed. Whether anything was taken."""
         rx = conn.rx
-        if rx is not None and rx.writer_waits():
-            rx.words[_ring.WAITING] = 0      # one doorbell is enough
-            self._ring_doorbell(conn)
+        tail = rx.words[_RING_TAIL]
+        try:
+            self._take_ring(conn)
+        finally:
+            rx = conn.rx
+            if rx is not None and rx.writer_waits():
+                rx.words[_ring.WAITING] = 0      # one doorbell is enough
+                self._ring_doorbell(conn)
+        return rx is not None and rx.words[_RING_TAIL] != tail
 
     def _take_ring(self, conn: _Conn) -> None:
         """Dispatch the whole frames waiting in *conn*'s ring straight from the
@@ -736,12 +741,13 @@ class Hub:
                 continue
             if fd == conn.pidfd:
                 self._exited(conn)
+                moved = True
                 continue
             if ev & _select.POLLOUT:
                 self._flush(conn)
             if ev & (_select.POLLIN | _select.POLLHUP | _select.POLLERR):
                 if conn.rx is not None:
-                    self._doorbell(conn)
+                    moved = self._doorbell(conn) or moved
                 else:
                     self._pump(conn)
         return moved
@@ -771,19 +777,22 @@ class Hub:
                 if conn.tx is not None:
                     conn.tx.wait_for_room(False)
 
-    def _doorbell(self, conn: _Conn) -> None:
-        """A ringed connection's socket is readable: doorbells, or its end."""
+    def _doorbell(self, conn: _Conn) -> bool:
+        """A ringed connection's socket is readable: doorbells, or its end.
+        Whether anything moved (frames taken, or the peer found gone)."""
         try:
             got = conn.sock.recv(4096)
         except (BlockingIOError, InterruptedError):
-            return
+            return False
         except OSError as exc:
             self._pump_ring(conn)   # what it wrote before it went is still ours
             self._lost(conn, _why(exc))
-            return
-        self._pump_ring(conn)
+            return True
+        moved = self._pump_ring(conn)
         if not got:
             self._lost(conn, "its connection closed (it exited or was killed)")
+            return True
+        return moved
 
     def wait(self, done) -> None:
         """Progress until ``done()`` is true: poll, then sleep in poll once nothing
@@ -808,7 +817,8 @@ class Hub:
                     raise self.failure(self.failed[0])
                 raise RuntimeError("cmampi: deadlock: waiting for a message that no live "
                                    "rank can send")
-            self.progress(None)
+            if self.progress(None):     # woken with frames: spin again before sleeping
+                until = _time.monotonic() + _SPIN_SECONDS
 
     def _unmap(self, conn: _Conn) -> None:
         for ring in (conn.rx, conn.tx):
@@ -819,8 +829,15 @@ class Hub:
     def close(self) -> None:
         self.ringed = ()
         self.waiting_room.clear()
+        for fd in list(self.by_fd):
+            try:
+                self.poller.unregister(fd)
+            except (KeyError, ValueError, OSError):
+                pass
+        self.by_fd.clear()
         for conn in self.conns:
             if conn is not None:
+                conn.dead = conn.dead or "this rank closed its connections"
                 self._unmap(conn)
                 try:
                     conn.sock.close()
