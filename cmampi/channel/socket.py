@@ -338,7 +338,7 @@ class Hub:
         dead = self._broken(ctx)
         if dead is not None:
             raise self.failure(dead)
-        parts = [_FRAME.pack(space, ctx, tag, n), view] if n else [_FRAME.pack(space, ctx, tag, n)]
+        parts = _frame(space, ctx, tag, view)
         if not conn.out:     # nothing queued before it: try to write it all now
             try:
                 sent = self._write(conn, parts)
@@ -372,12 +372,9 @@ class Hub:
         if self._broken(ctx) is not None:
             return False
         view = _bytes_view(data)
-        n = len(view)
-        parts = [_FRAME.pack(space, ctx, tag, n), view] if n else [_FRAME.pack(space, ctx, tag, 0)]
-        tx = conn.tx
-        if tx.room() < _FRAME.size + n:
+        if conn.tx.room() < _FRAME.size + len(view):
             return False
-        self._write(conn, parts)
+        self._write(conn, _frame(space, ctx, tag, view))
         return True
 
     def _write(self, conn: _Conn, parts: list) -> int:
@@ -714,8 +711,7 @@ class Hub:
         for conn in self.ringed:
             words = conn.rx.words
             if words[_RING_HEAD] != words[_RING_TAIL]:
-                self._pump_ring(conn)
-                moved = True
+                moved = self._pump_ring(conn) or moved
         if self.waiting_room:
             for conn in list(self.waiting_room):
                 moved = self._flush(conn) or moved
@@ -876,6 +872,12 @@ def _why(exc: OSError) -> str:
     if isinstance(exc, (ConnectionResetError, BrokenPipeError)):
         return f"its connection broke ({exc.strerror}: it exited or was killed)"
     return exc.strerror or str(exc)
+
+
+def _frame(space: int, ctx: int, tag: int, view: memoryview) -> list:
+    """The parts of a frame carrying *view*: its header, then the payload if any."""
+    head = _FRAME.pack(space, ctx, tag, len(view))
+    return [head, view] if len(view) else [head]
 
 
 def _consume(parts: list, sent: int) -> None:
