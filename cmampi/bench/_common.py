@@ -10,7 +10,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as _np
 
-__all__ = ["TAG", "CMAMPI", "DataError", "Case", "Context", "Result", "Timing",
+__all__ = ["TAG", "CMAMPI", "SOCKET", "OURS", "DataError", "Case", "Context", "Result", "Timing",
            "check_array", "format_size", "parse_size", "parse_sizes", "pattern",
            "poison_ends", "positive_int"]
 
@@ -18,6 +18,10 @@ __all__ = ["TAG", "CMAMPI", "DataError", "Case", "Context", "Result", "Timing",
 TAG = 17
 #: The implementation every other one is compared with.
 CMAMPI = "cmampi"
+#: cmampi over its socket channel, beside the MPI one (``--socket``).
+SOCKET = "socket"
+#: The columns that are cmampi, on either channel: they move views as they are.
+OURS = (CMAMPI, SOCKET)
 
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20,
           "g": 1 << 30, "gib": 1 << 30}

@@ -14,7 +14,7 @@ from typing import Any, Callable, List, Sequence
 
 import numpy as _np
 
-from ._common import CMAMPI, TAG, Case, Context, Result, check_array, format_size, pattern, \
+from ._common import OURS, TAG, Case, Context, Result, check_array, format_size, pattern, \
     poison_ends
 from ._timing import Impl, measure
 
@@ -51,7 +51,7 @@ def stream(comm: Any, waitall: Callable[[Any], Any], rank: int, sbuf: Any,
 
 def _waitall(ctx: Context, name: str, c: Any) -> Callable[[Any], Any]:
     """Each implementation completes its requests with its own ``Waitall``."""
-    if name in (CMAMPI, "socket"):      # cmampi's requests, on either channel
+    if name in OURS:      # cmampi's requests, on either channel
         return ctx.MPI.Request.Waitall
     if name == "mpi4py":
         from mpi4py import MPI

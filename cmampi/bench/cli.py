@@ -17,7 +17,7 @@ import traceback as _traceback
 from typing import Any, Dict, List, Optional, Sequence
 
 from . import bandwidth, collectives, objects, pingpong
-from ._common import CMAMPI, Context, Result, Timing, parse_sizes, positive_int
+from ._common import CMAMPI, SOCKET, Context, Result, Timing, parse_sizes, positive_int
 from ._pipe import PipeComm, connect
 from ._report import emit, machine_info, render
 from .plot import available, plot
@@ -196,7 +196,7 @@ def _context(args: _argparse.Namespace, MPI: Any, p2p: bool) -> Context:
     comms: Dict[str, Any] = {"mpi4py": raw} if raw is not None else \
         {"pipe": PipeComm(pipe) if pipe is not None else None}
     if args.socket:
-        comms["socket"] = _socket_beside(raw)
+        comms[SOCKET] = _socket_beside(raw)
     comms[CMAMPI] = comm
     if args.quick and not args.sizes:
         args.sizes = list(QUICK_SIZES)
