@@ -99,3 +99,28 @@ def test_large_jobs_get_smaller_rings():
         cap = _ring.capacity_for(ranks)
         assert cap & (cap - 1) == 0 and cap >= 64 << 10
         assert cap * (ranks - 1) <= _ring.BUDGET or cap == 64 << 10
+
+
+def test_put_writes_a_frame_whole_or_not_at_all():
+    """`put` (a header and a payload) is all or nothing, across the wrap too;
+    the reader sees exactly the frames that were put."""
+    writer, reader = _pair(4096)
+    rng = random.Random(11)
+    sent, got = bytearray(), bytearray()
+    out = memoryview(bytearray(4096))
+    for _ in range(5000):
+        head = rng.randbytes(24)
+        payload = rng.choice([b"", rng.randbytes(rng.randrange(1, 5000)),
+                              bytearray(rng.randbytes(rng.randrange(1, 300)))])
+        before = reader.available()
+        fits = 4096 - before >= len(head) + len(payload)
+        assert writer.put(head, payload) is fits
+        assert reader.available() == before + (len(head) + len(payload) if fits else 0)
+        if fits:
+            sent += head + payload
+        got += out[: reader.read_into(out[: rng.randrange(1, 4096)])]
+    while reader.available():
+        got += out[: reader.read_into(out)]
+    assert got == sent and len(sent) > 10 * 4096
+    writer.close()
+    reader.close()

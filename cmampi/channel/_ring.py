@@ -31,8 +31,8 @@ import os as _os
 import platform as _platform
 from typing import Sequence
 
-__all__ = ["Ring", "BUDGET", "CAPACITY", "HEAD", "RECHECK", "TAIL", "capacity_for",
-           "supported"]
+__all__ = ["Ring", "ASLEEP", "BUDGET", "CAPACITY", "HEAD", "RECHECK", "TAIL", "WAITING",
+           "capacity_for", "supported"]
 
 #: Data bytes per ring (per direction and pair of ranks), at most. Measured on
 #: 2 ranks, rings of 256 KiB, 512 KiB, 1 MiB and 2 MiB interleaved in one job:
@@ -132,6 +132,26 @@ class Ring:
         if head != start:
             words[HEAD] = head
         return head - start
+
+    def put(self, head: bytes, payload) -> bool:
+        """Write *head* then *payload* (bytes-like, flat) whole if they fit; whether
+        they did. Nothing is written otherwise."""
+        words = self.words
+        start = words[HEAD]
+        k = len(head)
+        end = k + len(payload)
+        if self.capacity - (start - words[TAIL]) < end:
+            return False
+        at = start & self.mask
+        if at + end > self.capacity:       # around the end: the general way
+            self.write((head, payload))
+            return True
+        data = self.data
+        data[at : at + k] = head
+        if end > k:
+            data[at + k : at + end] = payload
+        words[HEAD] = start + end
+        return True
 
     def room(self) -> int:
         """Bytes that can be written now."""

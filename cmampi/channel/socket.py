@@ -51,15 +51,21 @@ __all__ = ["Hub", "SocketChannel", "hub_beside", "hub_from_environ", "PeerFailed
 
 # Frame header: space, context id, tag (or key), payload length.
 _FRAME = _struct.Struct("<B3xIiQ")
+_FRAME_SIZE, _FRAME_UNPACK = _FRAME.size, _FRAME.unpack_from
 _HELLO = _struct.Struct("<32sI")          # job token, rank of the connecting side
 USER, SIDE, SYS, BYE = 0, 1, 2, 3
 _READ_CHUNK = 1 << 16
 _DIRECT = 1 << 15    # payload bytes still missing from which we read straight into place
 _CONNECT_TIMEOUT = 60.0
 _HELLO_TIMEOUT = 2.0
-_RING_HEAD, _RING_TAIL = _ring.HEAD, _ring.TAIL
+_RING_HEAD, _RING_TAIL, _RING_ASLEEP, _RING_WAITING = \
+    _ring.HEAD, _ring.TAIL, _ring.ASLEEP, _ring.WAITING
+_FLAT = (bytes, bytearray)      # taken as they are: flat bytes already
 _NOSIGNAL = getattr(_socket, "MSG_NOSIGNAL", 0)   # a gone peer is an error, not SIGPIPE
-_LOOK_EVERY = 16     # spins (and ring sends) between two looks at the kernel
+_LOOK_EVERY = 16     # ring sends between two looks at the kernel
+#: A spinning wait looks at the kernel (pidfds, sockets) this often, in seconds:
+#: a poll() costs about a microsecond, as much as a few turns of the spin.
+_LOOK_SECONDS = 2e-4
 _SPIN_SECONDS = 5e-4  # a wait polls without blocking this long, then sleeps in poll()
 _sched_yield = getattr(_os, "sched_yield", lambda: None)
 
@@ -175,7 +181,8 @@ class Hub:
         #: frames waiting for room in their ring.
         self.ringed: tuple = ()
         self.waiting_room: Set[_Conn] = set()
-        self._spins = self._sends = 0
+        self._sends = 0
+        self._look_at = 0.0      # when a spinning wait next looks at the kernel
         if size > 1:
             self._connect_all(directory, token, expected_pids)
 
@@ -361,20 +368,24 @@ class Hub:
     def send_now(self, dest: int, space: int, ctx: int, tag: int, data) -> bool:
         """Write a frame to world rank *dest* at once if nothing is queued before it
         and it fits; whether it did (else `post_send` queues it, or raises)."""
-        conn = self.conns[dest] if dest != self.rank else None
-        if conn is None or conn.tx is None or conn.out or conn.dead:
+        conn = self.conns[dest]     # None for ourselves
+        if conn is None or conn.out or conn.dead:
+            return False
+        tx = conn.tx
+        if tx is None:
             return False
         self._sends += 1
         if not self._sends % _LOOK_EVERY:   # rings say nothing of a peer's end: ask
             self.progress(0)
             if conn.dead:
                 return False
-        if self._broken(ctx) is not None:
+        if ctx in self.collectives and self._broken(ctx) is not None:
             return False
-        view = _bytes_view(data)
-        if conn.tx.room() < _FRAME.size + len(view):
+        view = data if type(data) in _FLAT else _bytes_view(data)
+        if not tx.put(_FRAME.pack(space, ctx, tag, len(view)), view):
             return False
-        self._write(conn, _frame(space, ctx, tag, view))
+        if tx.words[_RING_ASLEEP]:
+            self._ring_doorbell(conn)
         return True
 
     def _write(self, conn: _Conn, parts: list) -> int:
@@ -566,50 +577,46 @@ class Hub:
 
     def _pump_ring(self, conn: _Conn) -> bool:
         """Take what *conn*'s ring holds; ring the writer's doorbell if it sleeps
-        until room is freed. Whether anything was taken."""
-        rx = conn.rx
-        tail = rx.words[_RING_TAIL]
-        try:
-            self._take_ring(conn)
-        finally:
-            rx = conn.rx
-            if rx is not None and rx.writer_waits():
-                rx.words[_ring.WAITING] = 0      # one doorbell is enough
-                self._ring_doorbell(conn)
-        return rx is not None and rx.words[_RING_TAIL] != tail
+        until room is freed. Whether anything was taken.
 
-    def _take_ring(self, conn: _Conn) -> None:
-        """Dispatch the whole frames waiting in *conn*'s ring straight from the
-        shared memory; anything else (a frame in pieces, or around the ring's
-        end, or a stream under way) goes the general way, `_pump`."""
-        if conn.cur is not None or conn.rhi != conn.rlo:
-            self._pump(conn)
-            return
+        Whole frames are handed on straight from the shared memory; anything
+        else (a frame in pieces, or around the ring's end, or a stream under
+        way) goes the general way, `_pump`.
+        """
         rx = conn.rx
-        words, data, mask, cap = rx.words, rx.data, rx.mask, rx.capacity
-        src, size = conn.rank, _FRAME.size
-        while True:
-            tail = words[_RING_TAIL]
-            avail = words[_RING_HEAD] - tail
-            if avail < size:
-                if avail:
-                    self._pump(conn)
-                return
-            at = tail & mask
-            if at + size > cap:
+        words = rx.words
+        start = words[_RING_TAIL]
+        try:
+            if conn.cur is not None or conn.rhi != conn.rlo:
                 self._pump(conn)
-                return
-            space, ctx, tag, n = _FRAME.unpack_from(data, at)
-            at += size
-            if avail < size + n or at + n > cap:
-                self._pump(conn)
-                return
-            payload = data[at : at + n]
-            try:
-                self._hand(self._match(src, space, ctx, tag), src, space, ctx, tag, payload)
-            finally:    # taken, even if handing it on failed: never delivered twice
-                payload.release()
-                words[_RING_TAIL] = tail + size + n
+            else:
+                data, mask, cap = rx.data, rx.mask, rx.capacity
+                src, size, tail = conn.rank, _FRAME_SIZE, start
+                while True:
+                    avail = words[_RING_HEAD] - tail
+                    at = tail & mask
+                    if avail < size or at + size > cap:
+                        if avail:
+                            self._pump(conn)
+                        break
+                    space, ctx, tag, n = _FRAME_UNPACK(data, at)
+                    at += size
+                    if avail < size + n or at + n > cap:
+                        self._pump(conn)
+                        break
+                    payload = data[at : at + n]
+                    try:
+                        self._hand(self._match(src, space, ctx, tag), src, space, ctx, tag,
+                                   payload)
+                    finally:    # taken, even if handing it on failed: never delivered twice
+                        payload.release()
+                        tail += size + n
+                        words[_RING_TAIL] = tail
+        finally:
+            if conn.rx is not None and words[_RING_WAITING]:
+                words[_RING_WAITING] = 0      # one doorbell is enough
+                self._ring_doorbell(conn)
+        return conn.rx is not None and words[_RING_TAIL] != start
 
     def _hand(self, h: Optional[Handle], src: int, space: int, ctx: int, tag: int,
               data: memoryview) -> None:
@@ -699,13 +706,29 @@ class Hub:
         self._lost(conn, "its process exited")
 
     # -- progress -------------------------------------------------------------------------
-    def progress(self, timeout: Optional[float] = 0, spinning: bool = False) -> bool:
-        """Move bytes: wait up to *timeout* seconds (None: until something happens);
-        whether frames moved through a ring.
+    def _spin(self, now: float) -> bool:
+        """One turn of a spinning wait at monotonic time *now*: the rings and the
+        queues of full rings, and the kernel once every ``_LOOK_SECONDS`` (on
+        every turn without rings). Whether frames moved through a ring."""
+        if now >= self._look_at or not self.ringed:
+            self._look_at = now + _LOOK_SECONDS
+            return self.progress(0)
+        moved = False
+        for conn in self.ringed:
+            words = conn.rx.words
+            if words[_RING_HEAD] != words[_RING_TAIL]:
+                moved = self._pump_ring(conn) or moved
+        if self.waiting_room:
+            for conn in list(self.waiting_room):
+                moved = self._flush(conn) or moved
+        return moved
 
-        Rings are looked at on every call; the kernel (sockets, pidfds) too, but
-        only on every 16th call of a *spinning* wait. With rings, a call that may
-        block returns within ``_ring.RECHECK``.
+    def progress(self, timeout: Optional[float] = 0) -> bool:
+        """Move bytes: wait up to *timeout* seconds (None: until something happens);
+        whether frames moved through a ring (or a peer was found gone).
+
+        Rings are looked at first, then the kernel (sockets, pidfds). With rings,
+        a call that may block returns within ``_ring.RECHECK``.
         """
         moved = False
         for conn in self.ringed:
@@ -716,10 +739,6 @@ class Hub:
             for conn in list(self.waiting_room):
                 moved = self._flush(conn) or moved
         ringed = self.ringed
-        if spinning and ringed:
-            self._spins += 1
-            if self._spins % _LOOK_EVERY:
-                return moved
         if not self.by_fd:
             return moved
         # Frames taken from a ring may be what the caller waits for: look, not sleep.
@@ -800,11 +819,17 @@ class Hub:
         """
         if done():
             return
-        until = _time.monotonic() + _SPIN_SECONDS
+        mono = _time.monotonic
+        now = mono()
+        until = now + _SPIN_SECONDS
+        # A wait that ends within _LOOK_SECONDS never asks the kernel: frames it
+        # waits for come through the rings, and a peer's end can wait that long.
+        self._look_at = max(self._look_at, now + _LOOK_SECONDS)
         while not done():
-            if _time.monotonic() < until:
-                if self.progress(0, True):      # frames move: spin on, not sleep
-                    until = _time.monotonic() + _SPIN_SECONDS
+            now = mono()
+            if now < until:
+                if self._spin(now):      # frames move: spin on, not sleep
+                    until = now + _SPIN_SECONDS
                 if self.crowded:
                     _sched_yield()
                 continue
