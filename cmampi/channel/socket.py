@@ -707,12 +707,17 @@ class Hub:
 
     # -- progress -------------------------------------------------------------------------
     def _spin(self, now: float) -> bool:
-        """One turn of a spinning wait at monotonic time *now*: the rings and the
-        queues of full rings, and the kernel once every ``_LOOK_SECONDS`` (on
-        every turn without rings). Whether frames moved through a ring."""
+        """One turn of a spinning wait at monotonic time *now*: the rings, and the
+        kernel once every ``_LOOK_SECONDS`` (on every turn without rings).
+        Whether frames moved through a ring."""
         if now >= self._look_at or not self.ringed:
             self._look_at = now + _LOOK_SECONDS
             return self.progress(0)
+        return self._rings()
+
+    def _rings(self) -> bool:
+        """Take what the rings hold and write what full rings can take now;
+        whether frames moved."""
         moved = False
         for conn in self.ringed:
             words = conn.rx.words
@@ -723,6 +728,11 @@ class Hub:
                 moved = self._flush(conn) or moved
         return moved
 
+    def poke(self) -> bool:
+        """Progress without blocking, as a turn of a spinning wait does: the rings
+        now, the kernel only once every ``_LOOK_SECONDS``. Whether frames moved."""
+        return self._spin(_time.monotonic())
+
     def progress(self, timeout: Optional[float] = 0) -> bool:
         """Move bytes: wait up to *timeout* seconds (None: until something happens);
         whether frames moved through a ring (or a peer was found gone).
@@ -730,14 +740,7 @@ class Hub:
         Rings are looked at first, then the kernel (sockets, pidfds). With rings,
         a call that may block returns within ``_ring.RECHECK``.
         """
-        moved = False
-        for conn in self.ringed:
-            words = conn.rx.words
-            if words[_RING_HEAD] != words[_RING_TAIL]:
-                moved = self._pump_ring(conn) or moved
-        if self.waiting_room:
-            for conn in list(self.waiting_room):
-                moved = self._flush(conn) or moved
+        moved = self._rings()
         ringed = self.ringed
         if not self.by_fd:
             return moved
@@ -817,7 +820,7 @@ class Hub:
         of µs here) when the answer is already on its way; with more ranks than
         CPUs, yielding while polling keeps the other ranks moving.
         """
-        if done():
+        if done() or self._rings() and done():    # what it waits for may be in a ring
             return
         mono = _time.monotonic
         now = mono()
@@ -1089,7 +1092,7 @@ class SocketChannel:
         hub = self.hub
         i = self._find(source, tag)
         if i is None:
-            hub.progress(0)
+            hub.poke()
             i = self._find(source, tag)
         if i is None:
             if self._gone(source) is None:   # liveness changes only when a peer is lost
@@ -1119,7 +1122,7 @@ class SocketChannel:
         return self._last
 
     def take_any(self):
-        self.hub.progress(0)
+        self.hub.poke()
         q = self.hub.unexpected[self.ctx]
         if not q:
             return None
@@ -1134,7 +1137,7 @@ class SocketChannel:
         if block:
             hub.wait(lambda: bool(q) or self._gone(source) is not None)
         else:
-            hub.progress(0)
+            hub.poke()
         if not q:
             dead = self._gone(source)
             if dead is not None:
@@ -1185,7 +1188,7 @@ class SocketChannel:
 
     def test(self, handle: Handle):
         if not handle.done:
-            self.hub.progress(0)
+            self.hub.poke()
         return self._info(handle) if handle.done else None
 
     def wait_cancelled(self, handle: Handle):
