@@ -662,6 +662,56 @@ def test_a_wait_that_took_frames_from_a_ring_does_not_sleep(procs):
 
 
 @pytest.mark.skipif(not _ring.supported(), reason="no shared-memory rings on this machine")
+def test_a_spinning_wait_asks_the_kernel_only_now_and_then(procs):
+    """With rings, a wait whose frames are there takes them without a system call,
+    and a spinning wait polls the kernel (pidfds, sockets) about once every
+    _LOOK_SECONDS, not on every turn; a nonblocking poke likewise."""
+    from cmampi.channel.socket import _FRAME, _LOOK_SECONDS, _SPIN_SECONDS, USER, _Conn
+
+    hub = Hub(0, 1, None, b"")
+    a, b = socket.socketpair()
+    fd = _ring.Ring.create(1 << 16)
+    tx, rx = _ring.Ring(fd), _ring.Ring(fd)
+    os.close(fd)
+    conn = _Conn(a, 1, os.getpid())
+    conn.rx = rx
+    hub.conns = [None, conn]
+    hub.ringed = (conn,)
+    hub.by_fd[a.fileno()] = conn
+    calls = []
+
+    class Poller:
+        def poll(self, ms):
+            calls.append(ms)
+            return []
+
+    hub.poller = Poller()
+    tx.write([_FRAME.pack(USER, 0, 5, 3), b"abc"])
+    hub.wait(lambda: bool(hub.unexpected[0]))
+    assert calls == [] and bytes(hub.unexpected[0].popleft()[2]) == b"abc"
+    hub.poke()                  # the kernel's first look: it was never asked
+    looks = len(calls)
+    tx.write([_FRAME.pack(USER, 0, 6, 1), b"z"])
+    assert hub.poke() and len(calls) == looks and hub.unexpected[0]
+    del calls[:]
+    spin = min(4 * _LOOK_SECONDS, 0.8 * _SPIN_SECONDS)      # within the spinning phase
+    turns = [0]
+    end = time.monotonic() + spin
+
+    def done():
+        turns[0] += 1
+        return time.monotonic() > end
+
+    hub.wait(done)
+    assert 1 <= len(calls) <= spin / _LOOK_SECONDS + 1, calls
+    assert set(calls) == {0} and turns[0] > 10 * len(calls)
+    hub.ringed = ()
+    hub.conns = [None, None]
+    a.close()
+    b.close()
+
+
+@pytest.mark.skipif(not _ring.supported(), reason="no shared-memory rings on this machine")
 def test_a_writer_waiting_for_room_is_rung_when_room_is_freed(procs):
     """A writer whose ring is full sleeps saying so; the reader that takes frames
     from that ring rings the writer's doorbell."""
