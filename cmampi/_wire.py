@@ -69,15 +69,22 @@ AT = len(_PICKLE_HEAD) + 8
 CTRL_MAX = AT + _HEAD.size + _LAYOUT.size + 64 * 8 + len(_PICKLE_TAIL)
 
 
+#: The struct of a layout of each number of dimensions: its head, then the dims.
+_LAYOUTS = [_struct.Struct(f"<qqqq{2 * ndim}q") for ndim in range(33)]
+
+
+def _layout_struct(ndim: int) -> _struct.Struct:
+    return _LAYOUTS[ndim] if ndim < len(_LAYOUTS) else _struct.Struct(f"<qqqq{2 * ndim}q")
+
+
 def _layout(layout: Layout) -> bytes:
     enc = layout.encode()
-    return _LAYOUT.pack(*enc[:4]) + _struct.pack(f"<{len(enc) - 4}q", *enc[4:])
+    return _layout_struct(enc[3]).pack(*enc)
 
 
 def _parse_layout(buf, offset: int) -> Layout:
-    addr, lo, hi, ndim = _LAYOUT.unpack_from(buf, offset)
-    dims = _struct.unpack_from(f"<{2 * ndim}q", buf, offset + _LAYOUT.size)
-    return Layout.decode((addr, lo, hi, ndim) + dims)
+    ndim = _LAYOUT.unpack_from(buf, offset)[3]
+    return Layout.decode(_layout_struct(ndim).unpack_from(buf, offset))
 
 
 def control(head: bytes, limit: int) -> bytearray:

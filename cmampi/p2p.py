@@ -549,11 +549,13 @@ class Engine:
             # Cooperative copy: the sender writes the tail while we read the head.
             mid = self.share.split(n)
             local = buf.layout
-            done = bytearray(_wire.HELPED_SIZE)
             times = [now(), 0.0]     # asked for help; our pull ended
+            # Ask first: the sender's part starts a message sooner. Its notice
+            # may come before we post the receive for it; the channel keeps it.
+            ch.send_reply(_wire.help_request(mid, n, local.addr + local.lo + mid), source, xid)
+            done = bytearray(_wire.HELPED_SIZE)
             op.wait_on(ch.irecv_payload(done, source, xid),
                        lambda info: self._help_done(op, done, pid, remote, mid, xid, times))
-            ch.send_reply(_wire.help_request(mid, n, local.addr + local.lo + mid), source, xid)
             code = _wire.ACK_OK
             try:
                 _pull.pull(pid, remote.window(0, mid), local, buf.array, self.chunk)
