@@ -393,11 +393,11 @@ class Engine:
             # Helping means writing into the receiver: only if we may.
             if blocked and n >= self.coop_min and buf.contiguous and self.can_read[dest]:
                 flags |= _wire.F_HELP
-            op = PullSendOp(self, buf, dest, xid)
             # A descriptor is small: the channel buffers it, so sending it
-            # blocking returns at once.
+            # blocking returns at once. It goes first: the receiver's reply,
+            # which the op posts a receive for, waits in the channel if early.
             ch.send(_wire.control(_wire.pull(xid, flags, buf.layout), self.limit), dest, tag)
-            return op
+            return PullSendOp(self, buf, dest, xid)
         # The payload follows through the side space, straight into the receive
         # buffer. In synchronous mode the receiver replies once it has matched.
         data = buf.wire()
