@@ -111,13 +111,16 @@ def test_put_writes_a_frame_whole_or_not_at_all():
     for _ in range(5000):
         head = rng.randbytes(24)
         payload = rng.choice([b"", rng.randbytes(rng.randrange(1, 5000)),
-                              bytearray(rng.randbytes(rng.randrange(1, 300)))])
+                              bytearray(rng.randbytes(rng.randrange(1, 300))),
+                              # as the channel passes numpy data: a flat byte view
+                              memoryview(bytearray(rng.randbytes(8 * rng.randrange(1, 200))))
+                              .cast("d").cast("B")])
         before = reader.available()
         fits = 4096 - before >= len(head) + len(payload)
         assert writer.put(head, payload) is fits
         assert reader.available() == before + (len(head) + len(payload) if fits else 0)
         if fits:
-            sent += head + payload
+            sent += head + bytes(payload)
         got += out[: reader.read_into(out[: rng.randrange(1, 4096)])]
     while reader.available():
         got += out[: reader.read_into(out)]

@@ -661,12 +661,10 @@ def test_a_wait_that_took_frames_from_a_ring_does_not_sleep(procs):
     b.close()
 
 
-@pytest.mark.skipif(not _ring.supported(), reason="no shared-memory rings on this machine")
-def test_a_spinning_wait_asks_the_kernel_only_now_and_then(procs):
-    """With rings, a wait whose frames are there takes them without a system call,
-    and a spinning wait polls the kernel (pidfds, sockets) about once every
-    _LOOK_SECONDS, not on every turn; a nonblocking poke likewise."""
-    from cmampi.channel.socket import _FRAME, _LOOK_SECONDS, _SPIN_SECONDS, USER, _Conn
+def _ringed_hub():
+    """A hub of rank 0 whose peer 1 writes frames into a ring (``tx``), and a
+    poller that records its timeouts instead of asking the kernel."""
+    from cmampi.channel.socket import _Conn
 
     hub = Hub(0, 1, None, b"")
     a, b = socket.socketpair()
@@ -686,6 +684,28 @@ def test_a_spinning_wait_asks_the_kernel_only_now_and_then(procs):
             return []
 
     hub.poller = Poller()
+
+    def done():
+        hub.ringed = ()
+        hub.conns = [None, None]
+        a.close()
+        b.close()
+
+    return hub, tx, calls, done
+
+
+@pytest.mark.skipif(not _ring.supported(), reason="no shared-memory rings on this machine")
+def test_a_spinning_wait_asks_the_kernel_only_now_and_then(monkeypatch):
+    """With rings, a wait whose frames are there takes them without a system call,
+    and a spinning wait polls the kernel once per _LOOK_SECONDS, not on every
+    turn; a nonblocking poke likewise."""
+    from cmampi.channel import socket as sockmod
+    from cmampi.channel.socket import _FRAME, USER
+
+    look = 0.05     # long next to any stall between two lines, short next to the spin
+    monkeypatch.setattr(sockmod, "_LOOK_SECONDS", look)
+    monkeypatch.setattr(sockmod, "_SPIN_SECONDS", 10.0)      # no sleeping here
+    hub, tx, calls, close = _ringed_hub()
     tx.write([_FRAME.pack(USER, 0, 5, 3), b"abc"])
     hub.wait(lambda: bool(hub.unexpected[0]))
     assert calls == [] and bytes(hub.unexpected[0].popleft()[2]) == b"abc"
@@ -694,28 +714,62 @@ def test_a_spinning_wait_asks_the_kernel_only_now_and_then(procs):
     tx.write([_FRAME.pack(USER, 0, 6, 1), b"z"])
     assert hub.poke() and len(calls) == looks and hub.unexpected[0]
     del calls[:]
-    spin = min(4 * _LOOK_SECONDS, 0.8 * _SPIN_SECONDS)      # within the spinning phase
+    spin = 4 * look
     turns = [0]
     end = time.monotonic() + spin
 
-    def done():
+    def spun():
         turns[0] += 1
         return time.monotonic() > end
 
-    hub.wait(done)
-    assert 1 <= len(calls) <= spin / _LOOK_SECONDS + 1, calls
-    assert set(calls) == {0} and turns[0] > 10 * len(calls)
-    hub.ringed = ()
-    hub.conns = [None, None]
-    a.close()
-    b.close()
+    hub.wait(spun)
+    assert 3 <= len(calls) <= 5 and set(calls) == {0}, calls
+    assert turns[0] > 10 * len(calls)
+    # A peer whose frames come through its socket (no rings on its side) is
+    # read on every turn.
+    hub.unringed = 1
+    del calls[:]
+    hub.poke()
+    hub.poke()
+    assert calls == [0, 0]
+    hub.unringed = 0
+    close()
+
+
+@pytest.mark.skipif(not _ring.supported(), reason="no shared-memory rings on this machine")
+def test_quick_waits_do_not_keep_the_kernel_from_being_asked(monkeypatch):
+    """A loop of nonblocking tests and waits that each end at once, frames
+    arriving all the while, still asks the kernel (a peer's end, the sockets)
+    once per _LOOK_SECONDS: a wait does not put the next look off."""
+    from cmampi.channel import socket as sockmod
+    from cmampi.channel.socket import _FRAME, USER
+
+    look = 0.005
+    monkeypatch.setattr(sockmod, "_LOOK_SECONDS", look)
+    hub, tx, calls, close = _ringed_hub()
+    end = time.monotonic() + 20 * look
+    while time.monotonic() < end:
+        hub.poke()                                   # as Test() does
+        asked = [0]
+
+        def arrived():                               # the frame lands as the wait spins
+            asked[0] += 1
+            if asked[0] == 3:
+                tx.write([_FRAME.pack(USER, 0, 7, 1), b"q"])
+            return bool(hub.unexpected[0])
+
+        hub.wait(arrived)                            # as a receive does
+        hub.unexpected[0].popleft()
+        time.sleep(look / 20)
+    assert len(calls) >= 10, calls
+    close()
 
 
 @pytest.mark.skipif(not _ring.supported(), reason="no shared-memory rings on this machine")
 def test_a_writer_waiting_for_room_is_rung_when_room_is_freed(procs):
     """A writer whose ring is full sleeps saying so; the reader that takes frames
     from that ring rings the writer's doorbell."""
-    from cmampi.channel.socket import USER, _FRAME, _Conn
+    from cmampi.channel.socket import USER, _Conn
 
     writer, reader = Hub(0, 1, None, b""), Hub(0, 1, None, b"")
     a, b = socket.socketpair()

@@ -118,8 +118,11 @@ class MPIChannel:
 
     # -- side space: replies (receiver -> sender) on 2*xid, payloads on 2*xid + 1 --------
     def send_reply(self, data, dest: int, xid: int) -> None:
-        # The sender posted its receive for this before announcing the transfer,
-        # so this send never waits for the sender to act.
+        # Small: MPI sends it eagerly. Where it waits to be matched, the sender
+        # posts its receive for it as soon as its send of the descriptor
+        # returns, which needs nothing more from us. (Likewise the helper's
+        # notice, `send_payload`, for which we post a receive once our help
+        # request is sent.)
         self.side.Send([data, _BYTE], dest, 2 * xid)
 
     def irecv_reply(self, buf, source: int, xid: int) -> _MPI.Request:

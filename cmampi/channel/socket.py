@@ -181,6 +181,7 @@ class Hub:
         #: frames waiting for room in their ring.
         self.ringed: tuple = ()
         self.waiting_room: Set[_Conn] = set()
+        self.unringed = 0        # live connections whose frames come through the socket
         self._sends = 0
         self._look_at = 0.0      # when a spinning wait next looks at the kernel
         if size > 1:
@@ -277,6 +278,8 @@ class Hub:
         conn.rx, conn.tx = rx, tx
         if rx is not None:
             self.ringed += (conn,)
+        else:
+            self.unringed += 1
         self.conns[peer] = conn
         self.pids[peer] = pid
         self.by_fd[sock.fileno()] = conn
@@ -664,7 +667,10 @@ class Hub:
         dead = conn.rank
         self.gone.append(dead)
         self.losses += 1
-        self.ringed = tuple(c for c in self.ringed if c is not conn)
+        if conn in self.ringed:
+            self.ringed = tuple(c for c in self.ringed if c is not conn)
+        else:
+            self.unringed -= 1
         self.waiting_room.discard(conn)
         self._unmap(conn)       # what it wrote has been taken
         if conn.finished:
@@ -708,9 +714,10 @@ class Hub:
     # -- progress -------------------------------------------------------------------------
     def _spin(self, now: float) -> bool:
         """One turn of a spinning wait at monotonic time *now*: the rings, and the
-        kernel once every ``_LOOK_SECONDS`` (on every turn without rings).
+        kernel once ``_LOOK_SECONDS`` have passed since it was last asked (on
+        every turn if any peer's frames come through its socket).
         Whether frames moved through a ring."""
-        if now >= self._look_at or not self.ringed:
+        if now >= self._look_at or self.unringed or not self.ringed:
             self._look_at = now + _LOOK_SECONDS
             return self.progress(0)
         return self._rings()
@@ -823,11 +830,7 @@ class Hub:
         if done() or self._rings() and done():    # what it waits for may be in a ring
             return
         mono = _time.monotonic
-        now = mono()
-        until = now + _SPIN_SECONDS
-        # A wait that ends within _LOOK_SECONDS never asks the kernel: frames it
-        # waits for come through the rings, and a peer's end can wait that long.
-        self._look_at = max(self._look_at, now + _LOOK_SECONDS)
+        until = mono() + _SPIN_SECONDS
         while not done():
             now = mono()
             if now < until:
@@ -852,6 +855,7 @@ class Hub:
 
     def close(self) -> None:
         self.ringed = ()
+        self.unringed = 0
         self.waiting_room.clear()
         for fd in list(self.by_fd):
             try:
