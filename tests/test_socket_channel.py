@@ -621,49 +621,10 @@ def test_recv_posted_while_its_message_is_arriving(procs, rdv, space, rings):
     assert out["done"] and out["ok"], out
 
 
-@pytest.mark.skipif(not _ring.supported(), reason="no shared-memory rings on this machine")
-def test_a_wait_that_took_frames_from_a_ring_does_not_sleep(procs):
-    """progress(None) that finds frames in a ring hands them on and returns at
-    once (polling the kernel with no timeout): the frame may be what the caller
-    waits for. A wait that found nothing sleeps with the rings' readers asleep."""
-    from cmampi.channel.socket import USER, _FRAME, _Conn
-
-    hub = Hub(0, 1, None, b"")
-    a, b = socket.socketpair()
-    fd = _ring.Ring.create(1 << 16)
-    tx, rx = _ring.Ring(fd), _ring.Ring(fd)
-    os.close(fd)
-    conn = _Conn(a, 1, os.getpid())
-    conn.rx = rx
-    hub.conns = [None, conn]
-    hub.ringed = (conn,)
-    hub.by_fd[a.fileno()] = conn
-
-    class Poller:
-        def __init__(self):
-            self.calls = []
-
-        def poll(self, ms):
-            self.calls.append((ms, tx.asleep()))
-            return []
-
-    hub.poller = Poller()
-    tx.write([_FRAME.pack(USER, 0, 5, 3), b"abc"])
-    hub.progress(None)
-    assert hub.poller.calls == [(0, False)]
-    assert [(s, t, bytes(d)) for s, t, d in hub.unexpected[0]] == [(1, 5, b"abc")]
-    hub.progress(None)          # nothing left: now it sleeps, bounded, asleep
-    assert hub.poller.calls[1][0] > 0 and hub.poller.calls[1][1] is True
-    assert not tx.asleep()
-    hub.ringed = ()
-    hub.conns = [None, None]
-    a.close()
-    b.close()
-
-
-def _ringed_hub():
-    """A hub of rank 0 whose peer 1 writes frames into a ring (``tx``), and a
-    poller that records its timeouts instead of asking the kernel."""
+def _ringed_hub(record=lambda ms, tx: ms):
+    """A hub of rank 0 whose peer 1 writes frames into a ring (``tx``), a poller
+    that records ``record(timeout, tx)`` instead of asking the kernel, and the
+    list of what it recorded; then a function that takes it all down."""
     from cmampi.channel.socket import _Conn
 
     hub = Hub(0, 1, None, b"")
@@ -680,7 +641,7 @@ def _ringed_hub():
 
     class Poller:
         def poll(self, ms):
-            calls.append(ms)
+            calls.append(record(ms, tx))
             return []
 
     hub.poller = Poller()
@@ -692,6 +653,24 @@ def _ringed_hub():
         b.close()
 
     return hub, tx, calls, done
+
+
+@pytest.mark.skipif(not _ring.supported(), reason="no shared-memory rings on this machine")
+def test_a_wait_that_took_frames_from_a_ring_does_not_sleep(procs):
+    """progress(None) that finds frames in a ring hands them on and returns at
+    once (polling the kernel with no timeout): the frame may be what the caller
+    waits for. A wait that found nothing sleeps with the rings' readers asleep."""
+    from cmampi.channel.socket import USER, _FRAME
+
+    hub, tx, calls, close = _ringed_hub(lambda ms, tx: (ms, tx.asleep()))
+    tx.write([_FRAME.pack(USER, 0, 5, 3), b"abc"])
+    hub.progress(None)
+    assert calls == [(0, False)]
+    assert [(s, t, bytes(d)) for s, t, d in hub.unexpected[0]] == [(1, 5, b"abc")]
+    hub.progress(None)          # nothing left: now it sleeps, bounded, asleep
+    assert calls[1][0] > 0 and calls[1][1] is True
+    assert not tx.asleep()
+    close()
 
 
 @pytest.mark.skipif(not _ring.supported(), reason="no shared-memory rings on this machine")
