@@ -1,24 +1,28 @@
 """Drop-in namespace for ``mpi4py.MPI``: change the import line, keep the program.
 
-``COMM_WORLD`` and ``COMM_SELF`` are cmampi communicators; ``Request``,
-``Prequest`` and ``Message`` are cmampi's. Every other name (constants,
-datatypes, ``Status``, ``Wtime``, ``Exception``, ops, ...) comes from mpi4py on
-the MPI channel, and from cmampi's own table (``_names``) on the socket
-channel, where mpi4py need not be installed. Importing this module is
-collective over ``COMM_WORLD``.
+On the MPI channel this module holds every name of mpi4py's ``MPI`` module,
+with cmampi's communicator, request and message classes in place of mpi4py's
+(``Intracomm``, ``Cartcomm``, ``Graphcomm``, ``Distgraphcomm``, ``Request``,
+``Prequest``, ``Message``): subclasses of them, so a program or library that
+checks types or takes handles sees mpi4py's. ``COMM_WORLD`` and ``COMM_SELF``
+are cmampi communicators over the world's and self's handles. On the socket
+channel the names come from cmampi's own table (``_names``), and mpi4py need not
+be installed. Importing this module is collective over ``COMM_WORLD``.
 """
 
-from ._channels import world as _world
-from .comm import Intracomm
-from .request import Message, Prequest, Request  # noqa: F401 - the namespace
+from ._channels import choose as _choose, names as _names_in_use, world as _world
 
-_base, COMM_WORLD, COMM_SELF = _world(Intracomm)
-CHANNEL = "mpi" if COMM_WORLD.comm is not None else "socket"
+_base = _names_in_use()
+globals().update({k: v for k, v in vars(_base).items()
+                  if not k.startswith("__") or k == "__pyx_capi__"})
+from .request import Message, Prequest, Request  # noqa: E402
 
+CHANNEL = _choose()
+if CHANNEL == "mpi":
+    #: mpi4py's own module, for cmampi where ``mpi4py.MPI`` names this one (cmampi.run).
+    _real_mpi4py = _base
+    from .mpicomm import Cartcomm, Distgraphcomm, Graphcomm, Intracomm  # noqa: E402,F401
+else:
+    from .socketcomm import Intracomm  # noqa: E402
 
-def __getattr__(name: str):
-    return getattr(_base, name)
-
-
-def __dir__():
-    return sorted(set(globals()) | set(dir(_base)))
+COMM_WORLD, COMM_SELF = _world(Intracomm)

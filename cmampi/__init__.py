@@ -2,22 +2,28 @@
 
 Payloads above the eager limit are pulled by the receiver straight out of the
 sender's memory with Linux Cross Memory Attach (``process_vm_readv``).
+``from cmampi import MPI`` is a drop-in for ``from mpi4py import MPI``;
+``python -m cmampi.run prog.py`` runs an unmodified mpi4py program on cmampi.
 """
 
 from __future__ import annotations
 
-from .comm import Intracomm
-from .request import Message, Prequest, Request
-
-__all__ = ["Intracomm", "Request", "Prequest", "Message", "MPI", "COMM_WORLD", "COMM_SELF"]
+__all__ = ["Intracomm", "Request", "Prequest", "Message", "MPI", "COMM_WORLD", "COMM_SELF",
+           "accelerate"]
 __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    # Wrapping the world communicator is collective: only on first use.
-    if name in ("MPI", "COMM_WORLD", "COMM_SELF"):
+    # Loading the MPI namespace is collective (it attaches the world): on first use.
+    if name in __all__:
         import importlib
 
         mod = importlib.import_module(".MPI", __name__)
-        return mod if name == "MPI" else getattr(mod, name)
+        if name == "MPI":
+            return mod
+        if name == "accelerate":
+            from .mpicomm import accelerate
+
+            return accelerate
+        return getattr(mod, name)
     raise AttributeError(f"module 'cmampi' has no attribute {name!r}")

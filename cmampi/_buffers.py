@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Optional, Tuple
 
 import ctypes as _ctypes
+import operator as _operator
 
 import numpy as _np
 
@@ -253,13 +254,28 @@ def _as_array(obj) -> _np.ndarray:
     try:
         mv = memoryview(obj)
     except TypeError:
-        raise TypeError("message: expecting buffer or list/tuple") from None
+        return _foreign_array(obj)
     try:
         return _np.asarray(mv)
     except (ValueError, TypeError, NotImplementedError):
         if not mv.contiguous:
             raise BufferError("buffer is neither contiguous nor a numpy-readable view") from None
         return _np.frombuffer(mv.cast("B"), dtype=_np.uint8)
+
+
+def _foreign_array(obj) -> _np.ndarray:
+    """The bytes of a DLPack or CUDA-array-interface object in host memory, as
+    mpi4py reads them (its ``buffer`` does), or numpy's DLPack import without MPI."""
+    from ._channels import names
+
+    mpi_buffer = getattr(names(), "buffer", None)
+    if mpi_buffer is not None and (hasattr(obj, "__dlpack__") or
+                                   hasattr(obj, "__cuda_array_interface__")):
+        mem = mpi_buffer(obj)
+        return _np.frombuffer(mem, _np.uint8) if len(mem) else _np.empty(0, _np.uint8)
+    if hasattr(obj, "__dlpack__"):
+        return _np.from_dlpack(obj)
+    raise TypeError("message: expecting buffer or list/tuple")
 
 
 def _datatype_size(dt) -> Tuple[int, int, int]:
@@ -277,50 +293,62 @@ def _datatype_size(dt) -> Tuple[int, int, int]:
     return get_size(), lb, extent
 
 
-def _parse(spec) -> Tuple[Any, Optional[int], int, Any]:
-    """Split a spec into (buffer, count or None, displacement, datatype or None)."""
+def _is_datatype(x) -> bool:
+    """A datatype where mpi4py expects one: an MPI datatype or a type code string."""
+    return isinstance(x, str) or hasattr(x, "Get_extent")
+
+
+def _parse(spec) -> Tuple[Any, Any, Any, Any]:
+    """Split a spec into (buffer, count, displacement, datatype), each None if not
+    given, by mpi4py's rules: ``buf``, ``[buf, datatype]``, ``[buf, count]``,
+    ``[buf, (count, displ)]``, ``[buf, count, datatype]``,
+    ``[buf, (count, displ), datatype]``, ``[buf, count, displ, datatype]``."""
     if not isinstance(spec, (list, tuple)):
-        return spec, None, 0, None
-    if not 1 <= len(spec) <= 4:
-        raise ValueError(f"message: expecting 1 to 4 items, got {len(spec)}")
-    buf, rest = spec[0], list(spec[1:])
-    datatype = None
-    if rest and not isinstance(rest[-1], (int, tuple, list)) and not _is_int(rest[-1]):
-        datatype = rest.pop()
-    count, displ = None, 0
-    if len(rest) == 1:
-        if isinstance(rest[0], (tuple, list)):
-            if len(rest[0]) != 2:
-                raise ValueError("message: expecting (count, displacement)")
-            count, displ = rest[0]
-        else:
-            count = rest[0]
-    elif len(rest) == 2:
-        count, displ = rest
-    elif rest:
-        raise ValueError("message: expecting [data, (count, displ), datatype]")
-    if count is not None:
-        count = _index(count, "count")
-    displ = _index(displ, "displacement")
+        return spec, None, None, None
+    count = displ = datatype = None
+    n = len(spec)
+    if n == 2:
+        buf, count = spec
+        if _is_datatype(count):
+            count, datatype = None, count
+        elif isinstance(count, (tuple, list)):
+            count, displ = count
+    elif n == 3:
+        buf, count, datatype = spec
+        if isinstance(count, (tuple, list)):
+            count, displ = count
+    elif n == 4:
+        buf, count, displ, datatype = spec
+    else:
+        raise ValueError("message: expecting 2 to 4 items")
     return buf, count, displ, datatype
 
 
-def _is_int(x) -> bool:
-    return isinstance(x, (int, _np.integer)) and not isinstance(x, bool)
+def _index(x) -> int:
+    """*x* as mpi4py reads a count or displacement (``__index__``, as ``operator.index``)."""
+    if type(x) is int:
+        return x
+    try:
+        return _operator.index(x)
+    except TypeError:
+        raise TypeError(f"'{type(x).__name__}' object cannot be interpreted as an "
+                        "integer") from None
 
 
-def _index(x, what: str) -> int:
-    if not _is_int(x):
-        raise TypeError(f"message: {what} must be an integer, got {type(x).__name__}")
-    x = int(x)
-    if x < 0:
-        raise ValueError(f"message: negative {what} {x}")
-    return x
+_EMPTY = _np.empty(0, _np.uint8)
 
 
 def _buffer(spec, writable: bool) -> Buffer:
     obj, count, displ, datatype = _parse(spec)
-    if obj is None:
+    if obj is None or (obj is not spec and _is_bottom(obj)):
+        # No buffer (BOTTOM): an empty message, which needs an explicit datatype.
+        if isinstance(spec, (list, tuple)):
+            if datatype is None:
+                raise TypeError("message: buffer is None, an explicit datatype is required")
+            _datatype_size(datatype)
+            if count is not None and _index(count) > 0:
+                raise ValueError(f"message: buffer is None but count is {_index(count)}")
+            return Buffer(None, _EMPTY, None, 1, True, 0)
         raise TypeError("message: expecting buffer or list/tuple")
     arr = _as_array(obj)
     if arr.dtype.kind == "O":
@@ -341,22 +369,48 @@ def _buffer(spec, writable: bool) -> Buffer:
             raise BufferError("message: a strided buffer needs a datatype of its own item size")
     layout = Layout.of_array(arr)
     total = layout.nbytes
-    if esize == 0:
-        avail = 0
-    elif total % esize:
-        raise ValueError(f"message: cannot infer count, buffer length {total} is not a "
-                         f"multiple of datatype extent {esize}")
+    offset = 0
+    if displ is not None:
+        displ = _index(displ)
+        if displ < 0:
+            raise ValueError(f"message: negative displacement {displ}")
+        if displ > 0:
+            if esize <= 0:
+                raise ValueError("message: cannot handle displacement, datatype extent "
+                                 f"{esize} (lb:0, ub:{esize})")
+            if displ * esize > total:
+                raise ValueError(f"message: displacement {displ} out of bounds, number of "
+                                 f"datatype entries {total // esize}")
+            offset = displ * esize
+    if count is not None:
+        count = _index(count)
+        if count < 0:
+            raise ValueError(f"message: negative count {count}")
+        if offset + count * esize > total:
+            raise ValueError(f"message: count {count} at displacement {displ or 0} exceeds "
+                             f"the buffer's {total // max(esize, 1)} entries")
+    elif total - offset > 0:
+        if esize <= 0:
+            raise ValueError(f"message: cannot infer count, datatype extent {esize} "
+                             f"(lb:0, ub:{esize})")
+        if (total - offset) % esize:
+            raise ValueError(f"message: cannot infer count, buffer length {total - offset} "
+                             f"is not a multiple of datatype extent {esize} "
+                             f"(lb:0, ub:{esize})")
+        count = (total - offset) // esize
     else:
-        avail = total // esize
-    if count is None:
-        count = avail - displ if displ <= avail else -1
-    if count < 0 or displ + count > avail:
-        raise ValueError(f"message: count {count} at displacement {displ} exceeds the "
-                         f"buffer's {avail} elements")
-    whole = not displ and count == avail
+        count = 0
+    whole = not offset and count * esize == total
     if not whole:
-        layout = layout.window(displ * esize, (displ + count) * esize)
+        layout = layout.window(offset, offset + count * esize)
     return Buffer(obj, arr, layout, esize, whole)
+
+
+def _is_bottom(obj) -> bool:
+    """mpi4py's ``BOTTOM`` (no buffer: the datatype's absolute addresses)."""
+    from ._channels import names
+
+    return obj is getattr(names(), "BOTTOM", None)
 
 
 def send_buffer(spec) -> Buffer:

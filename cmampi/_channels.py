@@ -1,13 +1,32 @@
-"""Which channel a job uses: MPI under mpiexec, sockets under cmampi's launcher."""
+"""Which channel a job uses (MPI under mpiexec, sockets under cmampi's launcher),
+and the one place cmampi reaches the real ``mpi4py.MPI`` module."""
 
 from __future__ import annotations
 
 import os as _os
-from typing import Any, Tuple
+import sys as _sys
+from types import ModuleType
+from typing import Any, Optional, Tuple
 
 from ._config import config
 
-__all__ = ["choose", "world"]
+__all__ = ["choose", "real_mpi", "names", "world"]
+
+_real: Optional[ModuleType] = None
+
+
+def real_mpi() -> ModuleType:
+    """mpi4py's own ``MPI`` module, even once ``mpi4py.MPI`` names cmampi's namespace
+    (``python -m cmampi.run``): cmampi's channel and delegated calls need the real one."""
+    global _real
+    if _real is None:
+        loaded = _sys.modules.get("mpi4py.MPI")
+        _real = getattr(loaded, "_real_mpi4py", None)   # already redirected
+        if _real is None:
+            from mpi4py import MPI
+
+            _real = MPI
+    return _real
 
 
 def choose() -> str:
@@ -22,23 +41,34 @@ def choose() -> str:
     if "CMAMPI_RANK" in _os.environ:
         return "socket"
     try:
-        from mpi4py import MPI  # noqa: F401 - can MPI be loaded?
+        real_mpi()
     except (ImportError, RuntimeError):
         return "socket"
     return "mpi"
 
 
-def world(intracomm) -> Tuple[Any, Any, Any]:
-    """(names module, COMM_WORLD, COMM_SELF) for this process's channel."""
+def names() -> Any:
+    """The module whose constants this process's MPI uses: mpi4py's on the MPI
+    channel, cmampi's own table on the socket channel (MPICH's values)."""
     if choose() == "mpi":
-        from mpi4py import MPI
-
-        return MPI, intracomm(MPI.COMM_WORLD), intracomm(MPI.COMM_SELF)
+        return real_mpi()
     from . import _names
+
+    return _names
+
+
+def world(intracomm) -> Tuple[Any, Any]:
+    """(COMM_WORLD, COMM_SELF) for this process's channel, as *intracomm* objects;
+    collective over the world."""
+    if choose() == "mpi":
+        from .mpicomm import attach
+
+        MPI = real_mpi()
+        return attach(intracomm(MPI.COMM_WORLD)), attach(intracomm(MPI.COMM_SELF))
     from .channel.socket import SocketChannel, hub_from_environ
 
     hub = hub_from_environ()
     world_ = intracomm._from_channel(SocketChannel(hub, 0, list(range(hub.size))))
     # COMM_SELF's context only has to be unique in this process.
     self_ = intracomm._from_channel(SocketChannel(hub, 2**31 + hub.rank, [hub.rank]))
-    return _names, world_, self_
+    return world_, self_

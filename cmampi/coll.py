@@ -600,12 +600,13 @@ def reduce_family(c: Collectives, kind: str, sendspec, recvspec, op, root: int =
         if in_place:
             if recv is None:
                 raise ValueError("IN_PLACE is only valid at the root")
-            x = recv.array.copy() if kind in ("rsb", "rs", "scan", "exscan") else recv.array
+            copied = ("reduce_scatter_block", "reduce_scatter", "scan", "exscan")
+            x = recv.array.copy() if kind in copied else recv.array
         else:
             x = flat(sendspec, False).array
-        if kind == "rsb":
+        if kind == "reduce_scatter_block":
             _per_rank(x.size, size)
-        elif kind == "rs" and recvcounts is not None:
+        elif kind == "reduce_scatter" and recvcounts is not None:
             if len(recvcounts) != size:
                 raise ValueError(f"expecting {size} items, got {len(recvcounts)}")
             if sum(recvcounts) != x.size:
@@ -644,7 +645,7 @@ def reduce_family(c: Collectives, kind: str, sendspec, recvspec, op, root: int =
                                  f"need {n}")
     else:
         counts = recvcounts
-        if kind == "rsb":
+        if kind == "reduce_scatter_block":
             if n % size:
                 raise c.mismatch(f"Reduce_scatter_block: {n} elements do not split in {size}")
             counts = [n // size] * size
@@ -701,7 +702,7 @@ def _reduce_cma(c: Collectives, kind, records, x, recv, combine, mine, ranks, ro
     acc_buf = _np.empty(per, dtype=dtype)
     tmp_buf = _np.empty(per, dtype=dtype)
     out_base = recv.array if recv is not None else None
-    shift = lo if kind in ("rsb", "rs") else 0
+    shift = lo if kind in ("reduce_scatter_block", "reduce_scatter") else 0
     fused = _ops.combiner_out(op, dtype) if len(ranks) == 2 and me in ranks and keep else None
     for o in range(lo, hi, per):
         e = min(o + per, hi)

@@ -32,8 +32,8 @@ from ._buffers import Buffer, address, recv_buffer, send_buffer
 from ._config import config as _config
 
 __all__ = ["CopyShare", "Engine", "Op", "SendOp", "PullSendOp", "RecvOp", "ForeignOp",
-           "SHARES", "fill_status", "now", "progress", "test", "wait_any", "wait_all",
-           "wait_handles"]
+           "SHARES", "default_engine", "detach", "fill_status", "now", "progress", "test",
+           "wait_any", "wait_all", "wait_handles"]
 
 _sched_yield = getattr(_os, "sched_yield", lambda: None)
 
@@ -46,6 +46,11 @@ def now() -> float:
 #: keeps all of them moving: a peer may be blocked on one of them (waiting for
 #: our pull and reply), and that peer may be what the call itself waits for.
 _PENDING: Dict["RecvOp", None] = {}   # insertion-ordered set
+#: Operations whose requests were freed or dropped in flight: kept alive (with the
+#: memory the channel may still write to) and advanced by `progress` until done.
+_DETACHED: List["Op"] = []
+#: The first engine made: it completes requests of the MPI library's own.
+_DEFAULT: List["Engine"] = []
 
 class CopyShare:
     """The receiver's share of a cooperative copy, learned from the copies so far.
@@ -264,6 +269,8 @@ class Engine:
         self.coop_min = config.coop_min
         self.chunk = config.chunk
         self.share = SHARES.setdefault(type(channel).__name__, CopyShare())
+        if not _DEFAULT:
+            _DEFAULT.append(self)
         self.rank = channel.rank
         self.size = channel.size
         self.tag_ub = channel.tag_ub
@@ -753,14 +760,40 @@ def _plain(spec) -> bool:
     return type(spec) is _ndarray and spec.flags.c_contiguous and spec.dtype.kind not in "OMm"
 
 
+def default_engine() -> Engine:
+    """An engine to complete requests of the MPI library's own with."""
+    if not _DEFAULT:
+        raise RuntimeError("cmampi: no communicator has been created yet")
+    return _DEFAULT[0]
+
+
+def detach(ops: Sequence[Op]) -> None:
+    """Let *ops* finish on their own (their request was freed or dropped): kept
+    alive until done, so the channel never writes into freed memory, and
+    advanced by `progress`. Safe to call from a finalizer: it only records."""
+    _DETACHED.extend(op for op in ops if not op.done)
+
+
+def _advance_detached() -> None:
+    for op in list(_DETACHED):
+        while not op.done and op.handle is not None and op not in _PENDING:
+            info = op.engine.ch.test(op.handle)
+            if info is None:
+                break
+            op.advance(info)
+    _DETACHED[:] = [op for op in _DETACHED if not op.done]
+
+
 def progress() -> None:
-    """Advance every posted receive whose handle has completed."""
+    """Advance every posted receive whose handle has completed (and detached ops)."""
     for op in list(_PENDING):
         h = op.handle
         if h is not None:
             info = op.engine.ch.test(h)
             if info is not None:
                 op.advance(info)
+    if _DETACHED:
+        _advance_detached()
 
 
 def test(op: Op) -> bool:

@@ -1,78 +1,100 @@
-"""Requests and matched messages, with mpi4py's method names and signatures."""
+"""Requests and matched messages, with mpi4py's classes, names and signatures.
+
+On the MPI channel `Request`, `Prequest` and `Message` subclass mpi4py's, so
+they pass wherever mpi4py's do. A cmampi request carries a protocol operation
+(`p2p.Op`); its MPI handle stays null. Lists may mix cmampi's requests with
+mpi4py's own (a delegated ``Ibcast``, say): the class methods complete both.
+"""
 
 from __future__ import annotations
 
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
+from ._channels import names as _names_in_use
 from . import p2p as _p2p
 
-__all__ = ["Request", "Prequest", "PartitionedRequest", "Message"]
+__all__ = ["Request", "Prequest", "PartitionedRequest", "Message", "new_request"]
+
+_NAMES = _names_in_use()
+#: mpi4py's classes on the MPI channel; nothing on the socket channel.
+_REAL_REQUEST: Any = getattr(_NAMES, "Request", None)
+if not isinstance(_REAL_REQUEST, type):
+    _REAL_REQUEST = None
+_REAL_PREQUEST: Any = getattr(_NAMES, "Prequest", None) if _REAL_REQUEST else None
+_REAL_MESSAGE: Any = getattr(_NAMES, "Message", None) if _REAL_REQUEST else None
 
 
-def _op_of(req) -> Optional[_p2p.Op]:
-    """Our op for *req*; a request of the wrapped library joins our waits as-is."""
-    if isinstance(req, Request):
-        return req._op
-    if req is None:
-        return None
-    engine = _foreign_engine()
-    foreign = getattr(engine.names, "Request", None)
-    if foreign is None or not isinstance(req, foreign):
-        raise TypeError(f"Cannot convert {type(req).__name__} to Request")
-    if not req:
-        return None
-    return _p2p.ForeignOp(engine, req)
+def _real_active(req) -> bool:
+    """Whether *req* holds a live MPI handle (an mpi4py request, or ours holding one)."""
+    return _REAL_REQUEST is not None and isinstance(req, _REAL_REQUEST) and \
+        _REAL_REQUEST.__bool__(req)
+
+
+def _active(req) -> bool:
+    """Whether *req* has an operation to complete (a persistent request at rest has not)."""
+    if isinstance(req, Request) and req._op is not None:
+        return True
+    return _real_active(req)
 
 
 def _invalid() -> BaseException:
     """mpi4py's error for a request that is null (freed or completed)."""
-    names = _foreign_engine().names
-    return names.Exception(names.ERR_REQUEST)
-
-
-#: Operations of freed requests still in flight, kept (with their buffers) until done.
-_DETACHED: List[_p2p.Op] = []
-
-
-def _detach(ops: Sequence[_p2p.Op]) -> None:
-    """Let *ops* finish on their own: freeing a request must not wait for its peer,
-    which may itself be waiting for us."""
-    _DETACHED[:] = [op for op in [*_DETACHED, *ops] if not _p2p.test(op)]
-
-
-def _foreign_engine():
-    from .comm import default_engine
-
-    return default_engine()
+    return _NAMES.Exception(_NAMES.ERR_REQUEST)
 
 
 def _empty_status(status) -> None:
     """Fill *status* as MPI does for a null or inactive request."""
     if status is not None:
-        names = _foreign_engine().names
-        _p2p.fill_status(status, names.ANY_SOURCE, names.ANY_TAG, 0, None, names)
+        _p2p.fill_status(status, _NAMES.ANY_SOURCE, _NAMES.ANY_TAG, 0, None, _NAMES)
 
 
-class Request:
-    """A nonblocking operation; completes through ``Wait``/``Test`` and friends.
+def _status_at(statuses, i: int):
+    return statuses[i] if statuses is not None and i < len(statuses) else None
 
-    Once it has completed, a request is null (``bool(req)`` is false), as in
-    mpi4py, and waiting on it again returns at once with an empty status.
+
+class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ())):  # type: ignore[misc]
+    """
+    A nonblocking operation; completes through ``Wait``/``Test`` and friends.
+
+    Once it has completed, a request is null (``bool(req)`` is false,
+    ``req == REQUEST_NULL``), as in mpi4py, and waiting on it again returns at
+    once with an empty status.
     """
 
-    __slots__ = ("_op", "_parts", "__weakref__")
+    __slots__ = ("_op", "_parts") if _REAL_REQUEST else ("_op", "_parts", "__weakref__")
 
-    def __init__(self, op: Optional[_p2p.Op] = None, parts: Sequence[_p2p.Op] = ()) -> None:
-        self._op = op
-        #: further ops completing together with ``_op`` (e.g. the send of a Sendrecv)
-        self._parts = list(parts)
+    def __init__(self, request: Optional["Request"] = None) -> None:
+        self._op, self._parts = None, []
+        if isinstance(request, Request):
+            self._op, self._parts = request._op, list(request._parts)
 
     def __bool__(self) -> bool:
-        return self._op is not None
+        return self._op is not None or _real_active(self)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Request) and (self._op is not None or other._op is not None):
+            return self._op is other._op
+        if self._op is not None:
+            return False
+        if _REAL_REQUEST is not None and isinstance(other, _REAL_REQUEST):
+            return _REAL_REQUEST.__eq__(self, other)
+        return other is None and _REAL_REQUEST is None   # socket channel: REQUEST_NULL
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    __hash__ = object.__hash__
 
     def __repr__(self) -> str:
-        state = "null" if self._op is None else ("done" if self._done() else "active")
+        state = "null" if not self else ("done" if self._done() else "active")
         return f"<cmampi.Request {state}>"
+
+    def __del__(self) -> None:
+        # A request dropped while its operation is in flight: the operation goes on
+        # by itself, keeping the memory the channel may still write to.
+        op = getattr(self, "_op", None)
+        if op is not None and not op.done:
+            _p2p.detach(self._ops())
 
     # -- internals -------------------------------------------------------------------------
     def _ops(self) -> List[_p2p.Op]:
@@ -81,17 +103,22 @@ class Request:
     def _done(self) -> bool:
         return all(op.done for op in self._ops())
 
-    def _complete(self, status=None) -> None:
+    def _complete(self, status=None) -> Any:
+        """Take the finished operation out of the request: its status, its error
+        raised, its object (lowercase receives) returned."""
         op, parts = self._op, self._parts
         self._op, self._parts = None, []
         for extra in parts:
             extra.engine.complete(extra)
         op.engine.complete(op, status)
+        return op.result
 
     # -- completion ------------------------------------------------------------------------
     def Wait(self, status=None) -> bool:
-        """Wait for the request to complete."""
+        """Wait for a send or receive to complete."""
         if self._op is None:
+            if _real_active(self):
+                return _REAL_REQUEST.Wait(self, status)
             _empty_status(status)
             return True
         _p2p.wait_all(self._ops())
@@ -99,8 +126,10 @@ class Request:
         return True
 
     def Test(self, status=None) -> bool:
-        """Test for the completion of the request."""
+        """Test for the completion of a send or receive."""
         if self._op is None:
+            if _real_active(self):
+                return _REAL_REQUEST.Test(self, status)
             _empty_status(status)
             return True
         if all([_p2p.test(op) for op in self._ops()]):
@@ -109,203 +138,407 @@ class Request:
         return False
 
     def Get_status(self, status=None) -> bool:
-        """Non-destructive test for the completion of the request."""
-        if self._op is None:
+        """Non-destructive test for the completion of a request."""
+        op = self._op
+        if op is None:
+            if _real_active(self):
+                return _REAL_REQUEST.Get_status(self, status)
             _empty_status(status)
             return True
-        if all([_p2p.test(op) for op in self._ops()]):
+        if all([_p2p.test(o) for o in self._ops()]):
             if status is not None:
-                op = self._op
-                names = op.engine.names
-                _p2p.fill_status(status, op.source, op.tag, op.nbytes, op.error, names, op.cancelled)
+                _p2p.fill_status(status, op.source, op.tag, op.nbytes, op.error, op.engine.names,
+                                 op.cancelled)
             return True
         return False
 
     def Cancel(self) -> None:
-        """Cancel the request (a receive that has not matched yet)."""
-        if not self:
+        """Cancel a request (a receive that has not matched yet)."""
+        if self._op is None:
+            if _real_active(self):
+                return _REAL_REQUEST.Cancel(self)
             raise _invalid()
-        if self._op is not None:
-            self._op.engine.cancel(self._op)
+        self._op.engine.cancel(self._op)
+        return None
 
     def Free(self) -> None:
-        """Free the request; an operation still in flight completes on its own."""
-        if not self:
+        """Free a communication request; an operation in flight completes on its own."""
+        if self._op is None:
+            if _real_active(self):
+                return _REAL_REQUEST.Free(self)
             raise _invalid()
         ops = self._ops()
         self._op, self._parts = None, []
-        _detach(ops)
+        _p2p.detach(ops)
+        return None
+
+    # Python-object flavour (mpi4py's lowercase names).
+    def wait(self, status=None) -> Any:
+        """Wait for a send or receive to complete; the received object, if any."""
+        if self._op is None:
+            if _real_active(self):
+                return _REAL_REQUEST.wait(self, status)
+            _empty_status(status)
+            return None
+        _p2p.wait_all(self._ops())
+        return self._complete(status)
+
+    def test(self, status=None) -> Tuple[bool, Any]:
+        """Test for the completion of a send or receive: (flag, object or None)."""
+        if self._op is None:
+            if _real_active(self):
+                return _REAL_REQUEST.test(self, status)
+            _empty_status(status)
+            return True, None
+        if all([_p2p.test(op) for op in self._ops()]):
+            return True, self._complete(status)
+        return False, None
+
+    def get_status(self, status=None) -> bool:
+        """Non-destructive test for the completion of a request."""
+        return self.Get_status(status)
+
+    def cancel(self) -> None:
+        """Cancel a request."""
+        self.Cancel()
+
+    def free(self) -> None:
+        """Free a communication request."""
+        if self:
+            self.Free()
+
+    # -- handles ------------------------------------------------------------------------------
+    @classmethod
+    def fromhandle(cls, handle: int) -> "Request":
+        """fromhandle(handle)
+
+        Create object from MPI handle.
+        """
+        return cls(_REAL_BASE(cls).fromhandle(handle))
+
+    @classmethod
+    def fromint(cls, arg: int) -> "Request":
+        """fromint(arg)
+
+        Create object from integer handle.
+        """
+        return cls(_REAL_BASE(cls).fromint(arg))
+
+    @classmethod
+    def f2py(cls, arg: int) -> "Request":
+        """f2py(arg)
+
+        Create object from Fortran handle.
+        """
+        return cls(_REAL_BASE(cls).f2py(arg))
 
     # -- on many requests -------------------------------------------------------------------
     @classmethod
     def Waitall(cls, requests: Sequence[Any], statuses: Optional[List[Any]] = None) -> bool:
-        """Wait for all requests to complete."""
-        ops = []
-        for req in requests:
-            if isinstance(req, Request):
-                ops.extend(req._ops())
-            else:
-                op = _op_of(req)
-                if op is not None:
-                    ops.append(op)
-        _p2p.wait_all(ops)
-        errors = []
-        for i, req in enumerate(requests):
-            st = statuses[i] if statuses is not None and i < len(statuses) else None
-            try:
-                _finish(req, st)
-            except BaseException as exc:  # complete every request before raising
-                errors.append(exc)
-        if errors:
-            raise errors[0]
+        """Waitall(requests, statuses=None)
+
+        Wait for all previously initiated requests to complete.
+        """
+        _wait_all(requests)
+        _finish_all(requests, statuses, range(len(requests)))
         return True
 
     @classmethod
     def Testall(cls, requests: Sequence[Any], statuses: Optional[List[Any]] = None) -> bool:
-        """Test for the completion of all requests."""
+        """Testall(requests, statuses=None)
+
+        Test for completion of all previously initiated requests.
+        """
         _p2p.progress()
-        if not all(_test_quiet(req) for req in requests):
+        if not all([_test_quiet(req) for req in requests]):
             return False
-        cls.Waitall(requests, statuses)
+        _finish_all(requests, statuses, range(len(requests)))
         return True
 
     @classmethod
     def Waitany(cls, requests: Sequence[Any], status=None) -> int:
-        """Wait for any one request to complete; its index, or ``UNDEFINED``."""
-        live = [(i, req) for i, req in enumerate(requests) if req]
-        if not live:
-            _empty_status(status)
-            return _undefined()
-        while True:
-            for i, req in live:
-                if _test_quiet(req):
-                    _finish(req, status)
-                    return i
-            _wait_any_of([req for _, req in live])
+        """Waitany(requests, status=None)
+
+        Wait for any previously initiated request to complete; its index or ``UNDEFINED``.
+        """
+        return _wait_any_index(requests, status)[0]
 
     @classmethod
     def Testany(cls, requests: Sequence[Any], status=None) -> Tuple[int, bool]:
-        """Test for the completion of any one request: (index, flag)."""
-        live = [(i, req) for i, req in enumerate(requests) if req]
-        if not live:
-            _empty_status(status)
-            return _undefined(), True
-        _p2p.progress()
-        for i, req in live:
-            if _test_quiet(req):
-                _finish(req, status)
-                return i, True
-        return _undefined(), False
+        """Testany(requests, status=None)
+
+        Test for completion of any previously initiated request: (index, flag).
+        """
+        index, flag, _ = _test_any_index(requests, status)
+        return index, flag
 
     @classmethod
-    def Waitsome(cls, requests: Sequence[Any], statuses: Optional[List[Any]] = None):
-        """Wait for some requests to complete: their indices, or None if all are null."""
-        live = [(i, req) for i, req in enumerate(requests) if req]
-        if not live:
-            return None
-        while True:
-            done = cls.Testsome(requests, statuses)
-            if done:
-                return done
-            _wait_any_of([req for _, req in live])
+    def Waitsome(cls, requests: Sequence[Any],
+                 statuses: Optional[List[Any]] = None) -> Optional[List[int]]:
+        """Waitsome(requests, statuses=None)
+
+        Wait for some previously initiated requests to complete: their indices,
+        or None if all are null.
+        """
+        return _some(requests, statuses, True)[0]
 
     @classmethod
-    def Testsome(cls, requests: Sequence[Any], statuses: Optional[List[Any]] = None):
-        """Test for some completed requests: their indices (maybe empty), or None."""
-        live = [(i, req) for i, req in enumerate(requests) if req]
-        if not live:
-            return None
+    def Testsome(cls, requests: Sequence[Any],
+                 statuses: Optional[List[Any]] = None) -> Optional[List[int]]:
+        """Testsome(requests, statuses=None)
+
+        Test for completion of some previously initiated requests: their indices
+        (maybe empty), or None if all are null.
+        """
+        return _some(requests, statuses, False)[0]
+
+    @classmethod
+    def waitall(cls, requests: Sequence[Any], statuses: Optional[List[Any]] = None) -> List[Any]:
+        """waitall(requests, statuses=None)
+
+        Wait for all previously initiated requests to complete; their objects.
+        """
+        _wait_all(requests)
+        return _finish_all(requests, statuses, range(len(requests)))
+
+    @classmethod
+    def testall(cls, requests: Sequence[Any],
+                statuses: Optional[List[Any]] = None) -> Tuple[bool, Optional[List[Any]]]:
+        """testall(requests, statuses=None)
+
+        Test for completion of all previously initiated requests: (flag, objects).
+        """
         _p2p.progress()
-        done = [i for i, req in live if _test_quiet(req)]
-        for k, i in enumerate(done):
-            st = statuses[k] if statuses is not None and k < len(statuses) else None
-            _finish(requests[i], st)
-        return done
+        if not all([_test_quiet(req) for req in requests]):
+            return False, None
+        return True, _finish_all(requests, statuses, range(len(requests)))
 
-    # Python-object flavour (mpi4py's lowercase names).
-    def wait(self, status=None):
-        """Wait for completion; the received object, if any."""
-        op = self._op
-        self.Wait(status)
-        return getattr(op, "result", None) if op is not None else None
+    @classmethod
+    def waitany(cls, requests: Sequence[Any], status=None) -> Tuple[int, Any]:
+        """waitany(requests, status=None)
 
-    def test(self, status=None):
-        """Test for completion: (flag, received object or None)."""
-        op = self._op
-        if self.Test(status):
-            return True, getattr(op, "result", None) if op is not None else None
-        return False, None
+        Wait for any previously initiated request to complete: (index, object).
+        """
+        return _wait_any_index(requests, status)
+
+    @classmethod
+    def testany(cls, requests: Sequence[Any], status=None) -> Tuple[int, bool, Any]:
+        """testany(requests, status=None)
+
+        Test for completion of any previously initiated request: (index, flag, object).
+        """
+        return _test_any_index(requests, status)
+
+    @classmethod
+    def waitsome(cls, requests: Sequence[Any], statuses: Optional[List[Any]] = None
+                 ) -> Tuple[Optional[List[int]], Optional[List[Any]]]:
+        """waitsome(requests, statuses=None)
+
+        Wait for some previously initiated requests to complete: (indices, objects).
+        """
+        return _some(requests, statuses, True)
+
+    @classmethod
+    def testsome(cls, requests: Sequence[Any], statuses: Optional[List[Any]] = None
+                 ) -> Tuple[Optional[List[int]], Optional[List[Any]]]:
+        """testsome(requests, statuses=None)
+
+        Test for completion of some previously initiated requests: (indices, objects).
+        """
+        return _some(requests, statuses, False)
 
 
-def _undefined() -> int:
-    return _foreign_engine().names.UNDEFINED
+def _REAL_BASE(cls: type) -> Any:
+    """The mpi4py class *cls* stands in for."""
+    for base in cls.__mro__:
+        if base.__module__.startswith("mpi4py"):
+            return base
+    raise TypeError(f"{cls.__name__}: no MPI handles on the socket channel")
+
+
+def new_request(op: Optional[_p2p.Op], parts: Sequence[_p2p.Op] = ()) -> Request:
+    """A request carrying *op* (and *parts*, completing with it: a Sendrecv's send)."""
+    req = Request.__new__(Request)
+    req._op = op
+    req._parts = list(parts)
+    return req
+
+
+# -- the class methods' work, for lists mixing cmampi's requests and mpi4py's -----------------
+
+def _op_of(req) -> Optional[_p2p.Op]:
+    """The op to wait on for a request of mpi4py's own (None when it is null)."""
+    if req is None or not _real_active(req):
+        if req is None or (_REAL_REQUEST is not None and isinstance(req, _REAL_REQUEST)):
+            return None
+        raise TypeError(f"Cannot convert {type(req).__name__} to Request")
+    return _p2p.ForeignOp(_p2p.default_engine(), req)
+
+
+def _live_ops(req) -> List[_p2p.Op]:
+    if isinstance(req, Request) and req._op is not None:
+        return [op for op in req._ops() if not op.done]
+    op = _op_of(req)
+    return [] if op is None else [op]
+
+
+def _wait_all(requests: Sequence[Any]) -> None:
+    ops: List[_p2p.Op] = []
+    for req in requests:
+        ops.extend(_live_ops(req))
+    _p2p.wait_all(ops)
 
 
 def _test_quiet(req) -> bool:
-    if isinstance(req, Request):
-        return req._op is None or all([_p2p.test(op) for op in req._ops()])
-    return bool(req.Get_status()) if req else True
+    """Whether *req* is complete (or null), without completing it."""
+    if isinstance(req, Request) and req._op is not None:
+        return all([_p2p.test(op) for op in req._ops()])
+    if _real_active(req):
+        return bool(_REAL_REQUEST.Get_status(req))
+    return True
 
 
-def _finish(req, status) -> None:
-    if isinstance(req, Request):
-        if req._op is None:
-            _empty_status(status)
-        else:
-            req._complete(status)
-    elif req:
-        req.Wait(status)
-    else:
+def _finish(req, status) -> Any:
+    """Complete a request known to be done (or null); its object, if any."""
+    if isinstance(req, Request) and req._op is not None:
+        return req._complete(status)
+    if _real_active(req):
+        return _REAL_REQUEST.wait(req, status)
+    _empty_status(status)
+    return None
+
+
+def _finish_all(requests: Sequence[Any], statuses, indices) -> List[Any]:
+    """Complete every request of *indices*, even when one raises; their objects."""
+    results, errors = [], []
+    for k, i in enumerate(indices):
+        try:
+            results.append(_finish(requests[i], _status_at(statuses, k)))
+        except BaseException as exc:  # complete every request before raising
+            results.append(None)
+            errors.append(exc)
+    if errors:
+        raise errors[0]
+    return results
+
+
+def _wait_any_index(requests: Sequence[Any], status) -> Tuple[int, Any]:
+    live = [(i, req) for i, req in enumerate(requests) if _active(req)]
+    if not live:
         _empty_status(status)
+        return _NAMES.UNDEFINED, None
+    while True:
+        for i, req in live:
+            if _test_quiet(req):
+                return i, _finish(req, status)
+        ops: List[_p2p.Op] = []
+        for _, req in live:
+            ops.extend(_live_ops(req))
+        if ops:
+            _p2p.wait_any(ops)
 
 
-def _wait_any_of(requests) -> None:
-    ops = []
-    for req in requests:
-        if isinstance(req, Request):
-            ops.extend(op for op in req._ops() if not op.done)
-        else:
-            op = _op_of(req)
-            if op is not None:
-                ops.append(op)
-    if ops:
-        _p2p.wait_any(ops)
+def _test_any_index(requests: Sequence[Any], status) -> Tuple[int, bool, Any]:
+    live = [(i, req) for i, req in enumerate(requests) if _active(req)]
+    if not live:
+        _empty_status(status)
+        return _NAMES.UNDEFINED, True, None
+    _p2p.progress()
+    for i, req in live:
+        if _test_quiet(req):
+            return i, True, _finish(req, status)
+    return _NAMES.UNDEFINED, False, None
 
 
-class Prequest(Request):
-    """A persistent request: ``Start`` launches the operation again each time."""
+def _some(requests: Sequence[Any], statuses, block: bool):
+    """(indices, objects) of the requests done now, waiting for one if *block*;
+    (None, None) when every request is null."""
+    live = [(i, req) for i, req in enumerate(requests) if _active(req)]
+    if not live:
+        return None, None
+    while True:
+        _p2p.progress()
+        done = [i for i, req in live if _test_quiet(req)]
+        if done or not block:
+            return done, _finish_all(requests, statuses, done)
+        ops: List[_p2p.Op] = []
+        for _, req in live:
+            ops.extend(_live_ops(req))
+        if ops:
+            _p2p.wait_any(ops)
+
+
+class Prequest(Request, *((_REAL_PREQUEST,) if _REAL_PREQUEST else ())):  # type: ignore[misc]
+    """
+    A persistent request: ``Start`` launches the operation again each time.
+    """
 
     __slots__ = ("_start",)
 
-    def __init__(self, start: Callable[[], Request]) -> None:
-        super().__init__(None)
-        self._start = start
-
-    def __bool__(self) -> bool:
-        return self._start is not None
-
-    def Start(self) -> None:
-        """Start the persistent operation."""
-        if self._start is None or self._op is not None:
-            raise _invalid()        # freed, or started again before it completed
-        inner = self._start()
-        self._op, self._parts = inner._op, inner._parts
+    def __init__(self, request: Optional[Request] = None) -> None:
+        super().__init__(request)
+        self._start = request._start if isinstance(request, Prequest) else None
 
     @classmethod
-    def Startall(cls, requests: Sequence["Prequest"]) -> None:
-        """Start a collection of persistent requests."""
+    def _starting(cls, start: Callable[[], Request]) -> "Prequest":
+        """A persistent request whose ``Start`` calls *start* (a nonblocking call)."""
+        req = Request.__new__(cls)    # mpi4py's Request makes the object
+        req._op, req._parts, req._start = None, [], start
+        return req
+
+    def __bool__(self) -> bool:
+        return self._start is not None or _real_active(self)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Prequest) and (self._start is not None or
+                                            other._start is not None):
+            return self._start is other._start
+        if self._start is not None:
+            return False
+        return Request.__eq__(self, other)
+
+    __hash__ = object.__hash__
+
+    def Start(self) -> None:
+        """Initiate a communication with a persistent request."""
+        if self._start is None:
+            if _real_active(self):
+                return _REAL_PREQUEST.Start(self)
+            raise _invalid()
+        if self._op is not None:
+            raise _invalid()        # started again before it completed
+        inner = self._start()
+        self._op, self._parts = inner._op, inner._parts
+        inner._op, inner._parts = None, []
+        return None
+
+    @classmethod
+    def Startall(cls, requests: List["Prequest"]) -> None:
+        """Startall(requests)
+
+        Start a collection of persistent requests.
+        """
         for req in requests:
-            req.Start()
+            if isinstance(req, Prequest):
+                req.Start()
+            else:
+                _REAL_PREQUEST.Start(req)
 
     def Wait(self, status=None) -> bool:
-        if self._op is None:        # inactive: returns at once
+        """Wait for a send or receive to complete (an inactive one returns at once)."""
+        if self._op is None and self._start is not None:
             _empty_status(status)
             return True
         return super().Wait(status)
 
     def Free(self) -> None:
-        super().Free()
+        """Free a persistent request."""
+        if self._start is None:
+            return super().Free()
+        if self._op is not None:
+            super().Free()
         self._start = None
+        return None
 
 
 class PartitionedRequest(Prequest):
@@ -318,14 +551,17 @@ class PartitionedRequest(Prequest):
 
     __slots__ = ("_partitions", "_ready", "_sending", "_pending_start")
 
-    def __init__(self, start: Callable[[], Request], partitions: int, sending: bool) -> None:
-        super().__init__(start)
+    @classmethod
+    def _partitioned(cls, start: Callable[[], Request], partitions: int,
+                     sending: bool) -> "PartitionedRequest":
         if partitions < 1:
             raise ValueError(f"partitions must be >= 1, got {partitions}")
-        self._partitions = partitions
-        self._ready = set()
-        self._sending = sending
-        self._pending_start = False
+        req = cls._starting(start)
+        req._partitions = partitions
+        req._ready = set()
+        req._sending = sending
+        req._pending_start = False
+        return req
 
     def Start(self) -> None:
         """Start the operation (a send leaves once all partitions are ready)."""
@@ -342,15 +578,15 @@ class PartitionedRequest(Prequest):
             raise ValueError(f"partition {partition} not in [0, {self._partitions})")
 
     def Pready(self, partition: int) -> None:
-        """Mark a send partition ready."""
+        """Mark a given partition as ready."""
         self.Pready_list([partition])
 
     def Pready_range(self, partition_low: int, partition_high: int) -> None:
-        """Mark send partitions ``partition_low..partition_high`` ready."""
+        """Mark a range of partitions as ready."""
         self.Pready_list(range(partition_low, partition_high + 1))
 
     def Pready_list(self, partitions: Sequence[int]) -> None:
-        """Mark a list of send partitions ready."""
+        """Mark a sequence of partitions as ready."""
         if not self._sending or not self._pending_start:
             raise RuntimeError("cmampi: Pready on a request that is not an active send")
         for p in partitions:
@@ -361,60 +597,135 @@ class PartitionedRequest(Prequest):
             super().Start()
 
     def Parrived(self, partition: int) -> bool:
-        """Whether a receive partition has arrived."""
+        """Test partial completion of a partitioned receive operation."""
         self._check(partition)
         if self._sending:
             raise RuntimeError("cmampi: Parrived on a send request")
         return self._op is None or all([_p2p.test(op) for op in self._ops()])
 
     def Wait(self, status=None) -> bool:
+        """Wait for the operation to complete."""
         if self._pending_start:
             raise RuntimeError("cmampi: waiting on a partitioned send before all "
                                "partitions are ready")
         return super().Wait(status)
 
 
-class Message:
-    """A message matched by ``Mprobe``/``Improbe``, received with ``Recv``/``Irecv``."""
+_MESSAGE_BASES = (_REAL_MESSAGE,) if _REAL_MESSAGE else ()
 
-    __slots__ = ("_engine", "_hit")
 
-    def __init__(self, engine, hit) -> None:
-        self._engine = engine
-        self._hit = hit          # (source, tag, data) taken from the engine's stash
+class Message(*_MESSAGE_BASES):  # type: ignore[misc]
+    """
+    A message matched by ``Mprobe``/``Improbe``, received with ``Recv``/``Irecv``.
+    """
+
+    __slots__ = ("_engine", "_hit") if _REAL_MESSAGE else ("_engine", "_hit", "__weakref__")
+
+    def __init__(self, message: Optional["Message"] = None) -> None:
+        self._engine = self._hit = None
+        if isinstance(message, Message):
+            self._engine, self._hit = message._engine, message._hit
+
+    fromhandle = classmethod(Request.fromhandle.__func__)  # type: ignore[attr-defined]
+    fromint = classmethod(Request.fromint.__func__)  # type: ignore[attr-defined]
+    f2py = classmethod(Request.f2py.__func__)  # type: ignore[attr-defined]
+
+    @classmethod
+    def _matched(cls, engine, hit) -> "Message":
+        msg = cls.__new__(cls)
+        msg._engine, msg._hit = engine, hit   # (source, tag, data) out of the engine's stash
+        return msg
 
     def __bool__(self) -> bool:
-        return self._hit is not None
+        return self._hit is not None or (_REAL_MESSAGE is not None and
+                                         _REAL_MESSAGE.__bool__(self))
 
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Message) and (self._hit is not None or other._hit is not None):
+            return self is other
+        if self._hit is not None:
+            return False
+        if _REAL_MESSAGE is not None and isinstance(other, _REAL_MESSAGE):
+            return _REAL_MESSAGE.__eq__(self, other)
+        return other is None and _REAL_MESSAGE is None
+
+    __hash__ = object.__hash__
+
+    # -- matching (class methods, as in mpi4py) --------------------------------------------
+    @classmethod
+    def Probe(cls, comm, source: int = _NAMES.ANY_SOURCE, tag: int = _NAMES.ANY_TAG,
+              status=None) -> "Message":
+        """Probe(comm, source=ANY_SOURCE, tag=ANY_TAG, status=None)
+
+        Blocking test for a matched message.
+        """
+        return comm.Mprobe(source, tag, status)
+
+    @classmethod
+    def Iprobe(cls, comm, source: int = _NAMES.ANY_SOURCE, tag: int = _NAMES.ANY_TAG,
+               status=None) -> Optional["Message"]:
+        """Iprobe(comm, source=ANY_SOURCE, tag=ANY_TAG, status=None)
+
+        Nonblocking test for a matched message.
+        """
+        return comm.Improbe(source, tag, status)
+
+    @classmethod
+    def probe(cls, comm, source: int = _NAMES.ANY_SOURCE, tag: int = _NAMES.ANY_TAG,
+              status=None) -> "Message":
+        """probe(comm, source=ANY_SOURCE, tag=ANY_TAG, status=None)
+
+        Blocking test for a matched message.
+        """
+        return comm.mprobe(source, tag, status)
+
+    @classmethod
+    def iprobe(cls, comm, source: int = _NAMES.ANY_SOURCE, tag: int = _NAMES.ANY_TAG,
+               status=None) -> Optional["Message"]:
+        """iprobe(comm, source=ANY_SOURCE, tag=ANY_TAG, status=None)
+
+        Nonblocking test for a matched message.
+        """
+        return comm.improbe(source, tag, status)
+
+    # -- receiving -------------------------------------------------------------------------
     def Recv(self, buf, status=None) -> None:
-        """Blocking receive of this matched message."""
+        """Blocking receive of matched message."""
+        if self._hit is None and _REAL_MESSAGE is not None:
+            return _REAL_MESSAGE.Recv(self, buf, status)
         self.Irecv(buf).Wait(status)
+        return None
 
     def Irecv(self, buf) -> Request:
-        """Nonblocking receive of this matched message."""
+        """Nonblocking receive of matched message."""
+        if self._hit is None and _REAL_MESSAGE is not None:
+            return _REAL_MESSAGE.Irecv(self, buf)
         from ._buffers import recv_buffer
 
         self._check()
         rbuf = recv_buffer(buf) if buf is not None else None
-        return Request(self._take(rbuf))
+        return new_request(self._take(rbuf))
 
     def recv(self, status=None) -> Any:
-        """Blocking receive of this matched message, as a Python object."""
+        """Blocking receive of matched message, as a Python object."""
+        if self._hit is None and _REAL_MESSAGE is not None:
+            return _REAL_MESSAGE.recv(self, status)
         return self.irecv().wait(status)
 
     def irecv(self) -> Request:
-        """Nonblocking receive of this matched message, as a Python object."""
+        """Nonblocking receive of matched message, as a Python object."""
+        if self._hit is None and _REAL_MESSAGE is not None:
+            return _REAL_MESSAGE.irecv(self)
         from .objects import loads
 
         self._check()
         op = self._take(None)
         op.decode = loads
-        return Request(op)
+        return new_request(op)
 
     def _check(self) -> None:
         if self._hit is None:       # received already: a null message, as in mpi4py
-            names = self._engine.names
-            raise names.Exception(names.ERR_REQUEST)
+            raise _NAMES.Exception(_NAMES.ERR_REQUEST)
 
     def _take(self, rbuf) -> _p2p.RecvOp:
         hit, self._hit = self._hit, None

@@ -940,12 +940,12 @@ def test_short_receive_buffer_on_one_rank(cmcomm, n, short):
 
 @pytest.fixture
 def native_runs(monkeypatch):
-    """Whether the MPI library ran each collective (what ``Intracomm._by_mpi`` returned)."""
-    from cmampi.comm import Intracomm
+    """Whether the MPI library ran each collective (what ``Communicator._by_mpi`` returned)."""
+    from cmampi.comm import Communicator
 
     taken = []
-    real = Intracomm._by_mpi
-    monkeypatch.setattr(Intracomm, "_by_mpi",
+    real = Communicator._by_mpi
+    monkeypatch.setattr(Communicator, "_by_mpi",
                         lambda *a, **k: taken.append(real(*a, **k)) or taken[-1])
     return taken
 

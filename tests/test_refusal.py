@@ -362,7 +362,9 @@ def job(mode: str, out: str) -> None:
         rank, barrier, SUM = hub.rank, ch.barrier, _names.SUM
 
         def make():
-            return cmampi.Intracomm._from_channel(ch)
+            from cmampi.socketcomm import Intracomm
+
+            return Intracomm._from_channel(ch)
     else:
         from mpi4py import MPI
 
@@ -370,7 +372,7 @@ def job(mode: str, out: str) -> None:
         rank, barrier, SUM = world.Get_rank(), world.Barrier, MPI.SUM
 
         def make():
-            return cmampi.Intracomm(world)
+            return cmampi.accelerate(world)
 
     if mode == "both" or rank == 1:
         _drop(dumpable=False)

@@ -191,7 +191,7 @@ class Progress:
 # -- run -----------------------------------------------------------------------------------
 def _context(args: _argparse.Namespace, MPI: Any, p2p: bool) -> Context:
     comm = MPI.COMM_WORLD
-    raw = comm.comm
+    raw = _plain_world(MPI)
     pipe = connect(comm) if raw is None and p2p else None
     comms: Dict[str, Any] = {"mpi4py": raw} if raw is not None else \
         {"pipe": PipeComm(pipe) if pipe is not None else None}
@@ -203,10 +203,19 @@ def _context(args: _argparse.Namespace, MPI: Any, p2p: bool) -> Context:
     return Context(MPI, comm, raw, pipe, comms, args, _timing(args))
 
 
+def _plain_world(MPI: Any) -> Any:
+    """mpi4py's own world communicator, to compare with (None on the socket channel)."""
+    if MPI.CHANNEL != "mpi":
+        return None
+    from .._channels import real_mpi
+
+    return real_mpi().COMM_WORLD
+
+
 def _socket_beside(raw: Any) -> Any:
     """cmampi over a socket channel among the ranks of mpi4py communicator *raw*."""
     from ..channel.socket import SocketChannel, hub_beside
-    from ..comm import Intracomm
+    from ..socketcomm import Intracomm
 
     hub = hub_beside(raw)
     return Intracomm._from_channel(SocketChannel(hub, 0, list(range(hub.size))))
@@ -251,7 +260,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"{PROG} {args.command}: needs {need}, got {size} (run it under "
                   f"mpiexec -n 2 or python -m cmampi -n 2)", file=_sys.stderr)
         return 2
-    if args.socket and comm.comm is None:
+    if args.socket and MPI.CHANNEL != "mpi":
         if rank == 0:
             print(f"{PROG} {args.command}: --socket sets the socket channel beside the MPI "
                   f"one: run it under mpiexec (here the socket channel is cmampi's own)",

@@ -6,10 +6,11 @@ import os as _os
 import socket as _socket
 from typing import List, Optional, Sequence, Tuple
 
-from mpi4py import MPI as _MPI
-
+from .._channels import real_mpi
 from .._cma import pid_namespace, user_namespace
 from .._config import CMA_MIN_DEFAULTS, config as _config
+
+_MPI = real_mpi()
 
 __all__ = ["MPIChannel"]
 
@@ -29,7 +30,9 @@ class MPIChannel:
     cma_min = CMA_MIN_DEFAULTS["mpi"]
 
     def __init__(self, comm: _MPI.Intracomm, node: Optional[str] = None) -> None:
-        self.comm = comm
+        #: mpi4py's own view of *comm* (a cmampi communicator's methods would recurse)
+        self.comm = comm = _MPI.Intracomm(comm)
+        self.node = node
         self.user = comm.Dup()
         self.side = comm.Dup()
         self.rank = comm.Get_rank()
@@ -54,6 +57,10 @@ class MPIChannel:
         #: CMA is only used inside one user namespace.
         self.userns = [ns for _, _, _, ns in info]
         self.status = _MPI.Status()
+
+    def dup(self) -> "MPIChannel":
+        """A channel over new duplicates of the same communicator; collective."""
+        return MPIChannel(self.comm, self.node)
 
     def allgather(self, obj):
         """Every rank's *obj* (small, pickled), in rank order; collective."""

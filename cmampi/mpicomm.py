@@ -1,0 +1,187 @@
+"""cmampi's communicators on the MPI channel: mpi4py's classes, with cmampi in front.
+
+Each class subclasses its mpi4py counterpart (``Intracomm``, ``Cartcomm``,
+``Graphcomm``, ``Distgraphcomm``) and shares its handle, so a cmampi
+communicator passes wherever mpi4py's does (``isinstance``, C-level consumers,
+``Win.Create``, ``File.Open``, ``pkl5``) and every method cmampi does not define
+is mpi4py's own. The engine serving a handle is kept here, by handle: every
+Python object of that handle (``Intracomm(comm)``, a subclass's ``__new__``)
+finds it. Engines are attached where communicators are made, which is
+collective: to the world at start-up and to every communicator derived from
+an attached one (``Dup``, ``Split``, ``Create_cart``, ...). A handle without one
+(``Idup``'s, or one made by mpi4py alone) is left to mpi4py on every call.
+"""
+
+from __future__ import annotations
+
+import functools as _functools
+from typing import Any, Dict, Optional
+
+from ._channels import real_mpi as _real_mpi
+from ._config import config as _config
+from .comm import Communicator, INFO_NULL
+from . import p2p as _p2p
+
+__all__ = ["Intracomm", "Cartcomm", "Graphcomm", "Distgraphcomm", "attach", "accelerate"]
+
+_MPI = _real_mpi()
+
+#: The engine of each attached handle.
+_ENGINES: Dict[int, _p2p.Engine] = {}
+
+
+class _EngineOf:
+    """``comm._engine``: the engine of the object's handle, looked up once per object
+    (then an instance attribute: a plain dictionary lookup on the hot path)."""
+
+    def __get__(self, comm: Any, owner: Any = None) -> Optional[_p2p.Engine]:
+        if comm is None:
+            return self     # type: ignore[return-value]
+        engine = _ENGINES.get(comm.handle)
+        comm.__dict__["_engine"] = engine
+        return engine
+
+
+def attach(comm: Any) -> Any:
+    """Give *comm*'s handle an engine, unless it has one; collective over *comm*."""
+    handle = comm.handle
+    if handle not in _ENGINES and comm != _MPI.COMM_NULL:
+        from .channel.mpi import MPIChannel
+
+        _ENGINES[handle] = _p2p.Engine(MPIChannel(comm), _MPI, _config)
+    comm.__dict__.pop("_engine", None)
+    return comm
+
+
+def accelerate(comm: Any) -> "Intracomm":
+    """A cmampi communicator over mpi4py communicator *comm* (same handle, same
+    ranks), its point-to-point traffic single-copy; collective over *comm*."""
+    if not isinstance(comm, _MPI.Intracomm) or comm == _MPI.COMM_NULL:
+        raise TypeError(f"cmampi.accelerate takes an mpi4py Intracomm, got {comm!r}")
+    return attach(_ours(comm))
+
+
+def _ours(comm: Any) -> Any:
+    """*comm* as an object of cmampi's class of its kind (the same object if it is)."""
+    if isinstance(comm, Communicator):
+        return comm
+    for real, cls in _KINDS:
+        if isinstance(comm, real):
+            return cls(comm)
+    return comm
+
+
+def _derived(comm: Any) -> Any:
+    """A communicator mpi4py derived from one of ours, as ours, with an engine."""
+    if not isinstance(comm, _MPI.Intracomm) or comm == _MPI.COMM_NULL:
+        return comm
+    return attach(_ours(comm))
+
+
+def _deriving(name: str, base: type):
+    """Method *name* of mpi4py's *base*, its result made ours (signature kept)."""
+    real = getattr(base, name)
+
+    @_functools.wraps(real)
+    def method(self, *args, **kwargs):
+        return _derived(real(self, *args, **kwargs))
+    return method
+
+
+class _MPICommunicator(Communicator):
+    """What cmampi's MPI-channel communicators add to mpi4py's: the engine, and
+    derived communicators that are cmampi's too."""
+
+    _engine = _EngineOf()
+
+    def _plain(self) -> Any:
+        e = self._engine
+        return e.ch.comm if e is not None else _MPI.Intracomm(self)
+
+    def __repr__(self) -> str:
+        where = "cmampi" if self._engine is not None else "the MPI library"
+        return f"<{type(self).__module__}.{type(self).__name__} {self.handle:#x}, via {where}>"
+
+    def Dup(self, info=None) -> Any:
+        """Duplicate the communicator."""
+        return _derived(_MPI.Intracomm.Dup(self, info))
+
+    Clone = _deriving("Clone", _MPI.Intracomm)
+    Dup_with_info = _deriving("Dup_with_info", _MPI.Intracomm)
+    Create = _deriving("Create", _MPI.Intracomm)
+    Create_group = _deriving("Create_group", _MPI.Intracomm)
+    Create_cart = _deriving("Create_cart", _MPI.Intracomm)
+    Create_graph = _deriving("Create_graph", _MPI.Intracomm)
+    Create_dist_graph = _deriving("Create_dist_graph", _MPI.Intracomm)
+    Create_dist_graph_adjacent = _deriving("Create_dist_graph_adjacent", _MPI.Intracomm)
+
+    @classmethod
+    def Create_from_group(cls, group, stringtag: str = "org.mpi4py", info=INFO_NULL,
+                          errhandler=None) -> Any:
+        """Create_from_group(group, stringtag='org.mpi4py', info=INFO_NULL, errhandler=None)
+
+        Create communicator from group.
+        """
+        return _derived(_MPI.Intracomm.Create_from_group(group, stringtag, info, errhandler))
+
+    def Split(self, color: int = 0, key: int = 0) -> Any:
+        """Split communicator by color and key."""
+        return _derived(_MPI.Intracomm.Split(self, color, key))
+
+    def Split_type(self, split_type: int, key: int = 0, info=INFO_NULL) -> Any:
+        """Split communicator by split type."""
+        e = self._engine
+        if e is not None and split_type == _MPI.COMM_TYPE_SHARED and _config.node is not None:
+            # Sharing memory is what cmampi's locality says (CMAMPI_NODE overrides it).
+            nodes = e.ch.nodes
+            return self.Split(sorted(set(nodes)).index(nodes[e.rank]), key)
+        return _derived(_MPI.Intracomm.Split_type(self, split_type, key, info))
+
+    def Free(self) -> None:
+        """Free a communicator (and cmampi's private duplicates of it)."""
+        handle, engine = self.handle, self._engine
+        _MPI.Comm.Free(self)
+        self.__dict__.pop("_engine", None)
+        if engine is not None:
+            _ENGINES.pop(handle, None)
+            engine.free()
+
+    def Disconnect(self) -> None:
+        """Disconnect from a communicator (and free cmampi's duplicates of it)."""
+        handle, engine = self.handle, self._engine
+        _MPI.Comm.Disconnect(self)
+        self.__dict__.pop("_engine", None)
+        if engine is not None:
+            _ENGINES.pop(handle, None)
+            engine.free()
+
+
+class Intracomm(_MPICommunicator, _MPI.Intracomm):
+    """
+    An mpi4py intracommunicator whose point-to-point traffic is single-copy.
+    """
+
+
+class Cartcomm(_MPICommunicator, _MPI.Cartcomm):
+    """
+    An mpi4py Cartesian communicator whose point-to-point traffic is single-copy.
+    """
+
+    Sub = _deriving("Sub", _MPI.Cartcomm)
+
+
+class Graphcomm(_MPICommunicator, _MPI.Graphcomm):
+    """
+    An mpi4py graph communicator whose point-to-point traffic is single-copy.
+    """
+
+
+class Distgraphcomm(_MPICommunicator, _MPI.Distgraphcomm):
+    """
+    An mpi4py distributed-graph communicator whose point-to-point traffic is single-copy.
+    """
+
+
+#: mpi4py's classes and ours, most derived first.
+_KINDS = ((_MPI.Cartcomm, Cartcomm), (_MPI.Graphcomm, Graphcomm),
+          (_MPI.Distgraphcomm, Distgraphcomm), (_MPI.Intracomm, Intracomm))

@@ -1,0 +1,97 @@
+"""One rank of a conformance run: mpi4py's own test modules, each test's outcome recorded.
+
+Run under ``mpiexec`` (plain, or through ``python -m cmampi.run`` so that the
+modules' ``from mpi4py import MPI`` gets cmampi)::
+
+    rank.py TESTDIR OUTDIR SECONDS MODULE [MODULE ...]
+
+Each rank appends one JSON line per test to ``OUTDIR/rank<R>.jsonl`` as the
+test ends, so a run that dies leaves what it finished. A test that runs past
+SECONDS prints every thread's stack of this rank and ends the process (then
+mpiexec ends the others), rather than hang.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import json
+import os
+import sys
+import unittest
+
+
+class Recorder(unittest.TestResult):
+    """Writes each test's outcome (ok, fail, error, skip, xfail, xpass) as it ends."""
+
+    def __init__(self, out, seconds: float) -> None:
+        super().__init__()
+        self.out = out
+        self.seconds = seconds
+        self.outcome: dict = {}
+
+    def _set(self, test, outcome: str, detail: str = "") -> None:
+        key = test.id()
+        worse = {"ok": 0, "skip": 1, "xfail": 1, "xpass": 2, "fail": 3, "error": 4}
+        old = self.outcome.get(key)
+        if old is None or worse[outcome] > worse[old[0]]:
+            self.outcome[key] = (outcome, detail[-2000:])
+
+    def startTest(self, test) -> None:
+        super().startTest(test)
+        self.out.write(json.dumps({"start": test.id()}) + "\n")
+        self.out.flush()
+        faulthandler.dump_traceback_later(self.seconds, exit=True)
+
+    def stopTest(self, test) -> None:
+        faulthandler.cancel_dump_traceback_later()
+        outcome, detail = self.outcome.pop(test.id(), ("ok", ""))
+        self.out.write(json.dumps({"test": test.id(), "outcome": outcome,
+                                   "detail": detail}) + "\n")
+        self.out.flush()
+        super().stopTest(test)
+
+    def addSuccess(self, test) -> None:
+        self._set(test, "ok")
+
+    def addFailure(self, test, err) -> None:
+        super().addFailure(test, err)
+        self._set(test, "fail", self.failures[-1][1])
+
+    def addError(self, test, err) -> None:
+        super().addError(test, err)
+        self._set(test, "error", self.errors[-1][1])
+
+    def addSkip(self, test, reason) -> None:
+        self._set(test, "skip", reason)
+
+    def addExpectedFailure(self, test, err) -> None:
+        self._set(test, "xfail")
+
+    def addUnexpectedSuccess(self, test) -> None:
+        self._set(test, "xpass")
+
+    def addSubTest(self, test, subtest, err) -> None:
+        if err is not None:
+            super().addSubTest(test, subtest, err)
+            failed = issubclass(err[0], test.failureException)
+            self._set(test, "fail" if failed else "error",
+                      f"{subtest}: {self._exc_info_to_string(err, test)}")
+
+
+def main(argv) -> int:
+    testdir, outdir, seconds, modules = argv[0], argv[1], float(argv[2]), argv[3:]
+    sys.path.insert(0, testdir)
+    sys.dont_write_bytecode = True
+    from mpi4py import MPI
+
+    rank = MPI.COMM_WORLD.Get_rank()
+    loader = unittest.TestLoader()
+    with open(os.path.join(outdir, f"rank{rank}.jsonl"), "a", encoding="utf-8") as out:
+        result = Recorder(out, seconds)
+        for name in modules:
+            loader.loadTestsFromName(name).run(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
