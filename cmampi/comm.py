@@ -11,6 +11,7 @@ Defaults are the named constants of the MPI library in use.
 from __future__ import annotations
 
 import pickle as _pickle
+import warnings as _warnings
 from typing import Any, Optional
 
 from ._buffers import recv_buffer, send_buffer
@@ -621,6 +622,8 @@ class Communicator:
         e = self._engine
         if e is None:
             return super().recv(buf, source, tag, status)
+        if buf is not None:
+            _warnings.warn("the 'buf' argument is deprecated", UserWarning, stacklevel=2)
         if type(source) is int and type(tag) is int \
                 and (0 <= source < e.size or source == e.any_source) \
                 and (0 <= tag <= e.tag_ub or tag == e.any_tag):   # the common case
@@ -657,7 +660,16 @@ class Communicator:
             if _objcoll.KINDS[kind]:
                 return fn(obj, op, root) if kind == "reduce" else fn(obj, root)
             return fn(obj) if kind in ("allgather", "alltoall") else fn(obj, op)
-        return _objcoll.collective(self._coll, kind, obj, root, op)
+        coll = self._coll       # made first: making it takes mpi4py's locks
+        lock = self._lock(kind)
+        if lock is None:
+            return _objcoll.collective(coll, kind, obj, root, op)
+        with lock:      # as mpi4py: one lowercase collective of a kind at a time
+            return _objcoll.collective(coll, kind, obj, root, op)
+
+    def _lock(self, kind: str) -> Any:
+        """mpi4py's lock of this communicator for *kind* (None without MPI)."""
+        return None
 
     def bcast(self, obj: Any, root: int = 0) -> Any:
         """Broadcast."""

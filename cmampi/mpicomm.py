@@ -14,6 +14,7 @@ an attached one (``Dup``, ``Split``, ``Create_cart``, ...). A handle without one
 
 from __future__ import annotations
 
+import copyreg as _copyreg
 import functools as _functools
 from typing import Any, Dict, Optional
 
@@ -98,6 +99,22 @@ class _MPICommunicator(Communicator):
         e = self._engine
         return e.ch.comm if e is not None else _MPI.Intracomm(self)
 
+    def __reduce__(self) -> Any:
+        # The world and self travel by name: cmampi's, which the receiver resolves
+        # to its own (mpi4py's names would give mpi4py's objects).
+        from . import MPI as namespace
+
+        for name in ("COMM_WORLD", "COMM_SELF"):
+            constant = getattr(namespace, name)
+            if self is constant:
+                return name
+            if self == constant:
+                return (_copyreg.__newobj__, (type(self), constant))
+        return super().__reduce__()
+
+    def _lock(self, kind: str) -> Any:
+        return _MPI._comm_lock(self, kind)
+
     def __repr__(self) -> str:
         where = "cmampi" if self._engine is not None else "the MPI library"
         return f"<{type(self).__module__}.{type(self).__name__} {self.handle:#x}, via {where}>"
@@ -161,11 +178,15 @@ class Intracomm(_MPICommunicator, _MPI.Intracomm):
     An mpi4py intracommunicator whose point-to-point traffic is single-copy.
     """
 
+    __module__ = "cmampi.MPI"   # where pickle and repr find it
+
 
 class Cartcomm(_MPICommunicator, _MPI.Cartcomm):
     """
     An mpi4py Cartesian communicator whose point-to-point traffic is single-copy.
     """
+
+    __module__ = "cmampi.MPI"   # where pickle and repr find it
 
     Sub = _deriving("Sub", _MPI.Cartcomm)
 
@@ -175,11 +196,15 @@ class Graphcomm(_MPICommunicator, _MPI.Graphcomm):
     An mpi4py graph communicator whose point-to-point traffic is single-copy.
     """
 
+    __module__ = "cmampi.MPI"   # where pickle and repr find it
+
 
 class Distgraphcomm(_MPICommunicator, _MPI.Distgraphcomm):
     """
     An mpi4py distributed-graph communicator whose point-to-point traffic is single-copy.
     """
+
+    __module__ = "cmampi.MPI"   # where pickle and repr find it
 
 
 #: mpi4py's classes and ours, most derived first.

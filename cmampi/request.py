@@ -49,7 +49,13 @@ def _empty_status(status) -> None:
 
 
 def _status_at(statuses, i: int):
-    return statuses[i] if statuses is not None and i < len(statuses) else None
+    """The status for the *i*-th completion: a list given grows to fit, as in mpi4py."""
+    if statuses is None:
+        return None
+    if isinstance(statuses, list):
+        while len(statuses) <= i:
+            statuses.append(_NAMES.Status())
+    return statuses[i] if i < len(statuses) else None
 
 
 class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ())):  # type: ignore[misc]
@@ -61,7 +67,17 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ())):  # type: ignore[mis
     once with an empty status.
     """
 
-    __slots__ = ("_op", "_parts") if _REAL_REQUEST else ("_op", "_parts", "__weakref__")
+    __module__ = "cmampi.MPI"   # where pickle and repr find it
+
+    # Class-level defaults, not slots: however an object is made (mpi4py's
+    # fromhandle, unpickling), it is a valid null request.
+    _op: Optional[_p2p.Op] = None
+    _parts: Sequence[_p2p.Op] = ()
+
+    if _REAL_REQUEST is not None:
+        def __new__(cls, request: Optional[Any] = None) -> Any:
+            # mpi4py's Request makes the object (a subclass's __new__ comes here too)
+            return _REAL_REQUEST.__new__(cls, request)
 
     def __init__(self, request: Optional["Request"] = None) -> None:
         self._op, self._parts = None, []
@@ -89,10 +105,15 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ())):  # type: ignore[mis
         state = "null" if not self else ("done" if self._done() else "active")
         return f"<cmampi.Request {state}>"
 
+    def __reduce__(self) -> Any:
+        if self._op is not None:
+            raise ValueError(f"cannot serialize {type(self).__name__} in flight")
+        return super().__reduce__()
+
     def __del__(self) -> None:
         # A request dropped while its operation is in flight: the operation goes on
         # by itself, keeping the memory the channel may still write to.
-        op = getattr(self, "_op", None)
+        op = self._op
         if op is not None and not op.done:
             _p2p.detach(self._ops())
 
@@ -473,7 +494,9 @@ class Prequest(Request, *((_REAL_PREQUEST,) if _REAL_PREQUEST else ())):  # type
     A persistent request: ``Start`` launches the operation again each time.
     """
 
-    __slots__ = ("_start",)
+    __module__ = "cmampi.MPI"   # where pickle and repr find it
+
+    _start: Optional[Callable[[], Request]] = None
 
     def __init__(self, request: Optional[Request] = None) -> None:
         super().__init__(request)
@@ -482,7 +505,7 @@ class Prequest(Request, *((_REAL_PREQUEST,) if _REAL_PREQUEST else ())):  # type
     @classmethod
     def _starting(cls, start: Callable[[], Request]) -> "Prequest":
         """A persistent request whose ``Start`` calls *start* (a nonblocking call)."""
-        req = Request.__new__(cls)    # mpi4py's Request makes the object
+        req = Request.__new__(cls)
         req._op, req._parts, req._start = None, [], start
         return req
 
@@ -549,7 +572,9 @@ class PartitionedRequest(Prequest):
     MPI allows. Either side may be matched by any cmampi send or receive.
     """
 
-    __slots__ = ("_partitions", "_ready", "_sending", "_pending_start")
+    _partitions = 1
+    _sending = False
+    _pending_start = False
 
     @classmethod
     def _partitioned(cls, start: Callable[[], Request], partitions: int,
@@ -619,7 +644,10 @@ class Message(*_MESSAGE_BASES):  # type: ignore[misc]
     A message matched by ``Mprobe``/``Improbe``, received with ``Recv``/``Irecv``.
     """
 
-    __slots__ = ("_engine", "_hit") if _REAL_MESSAGE else ("_engine", "_hit", "__weakref__")
+    __module__ = "cmampi.MPI"   # where pickle and repr find it
+
+    _engine: Any = None
+    _hit: Any = None    # (source, tag, data) taken out of the engine's stash
 
     def __init__(self, message: Optional["Message"] = None) -> None:
         self._engine = self._hit = None
@@ -635,6 +663,11 @@ class Message(*_MESSAGE_BASES):  # type: ignore[misc]
         msg = cls.__new__(cls)
         msg._engine, msg._hit = engine, hit   # (source, tag, data) out of the engine's stash
         return msg
+
+    def __reduce__(self) -> Any:
+        if self._hit is not None:
+            raise ValueError(f"cannot serialize a matched {type(self).__name__}")
+        return super().__reduce__()
 
     def __bool__(self) -> bool:
         return self._hit is not None or (_REAL_MESSAGE is not None and
