@@ -47,6 +47,15 @@ def as_int(x) -> int:
     raise TypeError("an integer is required")
 
 
+def _buffered(op: _p2p.Op) -> _p2p.Op:
+    """A buffered-mode send's op: complete now, as MPI's ``Bsend`` is once it has
+    copied the message; *op* (which sends from cmampi's own copy) goes on by itself."""
+    _p2p.detach([op])
+    done = _p2p.Op(op.engine)
+    done.finish()
+    return done
+
+
 class _Freed:
     """The engine of a communicator freed on the socket channel: any use raises
     ERR_COMM, as mpi4py's ``COMM_NULL`` does."""
@@ -337,7 +346,8 @@ class Communicator:
             method = "Issend" if sync else "Ibsend" if copy else "Isend"
             self._tag(tag, False)
             return self._null_request(method, buf, dest, tag)
-        return new_request(self._isend_op(buf, dest, tag, sync, copy))
+        op = self._isend_op(buf, dest, tag, sync, copy)
+        return new_request(_buffered(op) if copy else op)
 
     def _irecv_op(self, buf, source, tag) -> _p2p.Op:
         """The op of a nonblocking receive (a finished one for ``PROC_NULL``)."""
@@ -551,7 +561,8 @@ class Communicator:
         return self.Improbe(source, tag, status)
 
     # -- Python objects ------------------------------------------------------------------
-    def _send_obj(self, obj, dest, tag, sync: bool, wait: bool) -> Optional[Request]:
+    def _send_obj(self, obj, dest, tag, sync: bool, wait: bool,
+                  buffered: bool = False) -> Optional[Request]:
         e = self._engine
         dest, tag = self._dest(dest), self._tag(tag, False)
         if dest == e.names.PROC_NULL:
@@ -561,7 +572,8 @@ class Communicator:
         if wait and not sync:
             _objects.send(e, obj, dest, tag)
             return None
-        req = new_request(_objects.isend(e, obj, dest, tag, sync, wait))
+        op = _objects.isend(e, obj, dest, tag, sync, wait)
+        req = new_request(_buffered(op) if buffered else op)
         if wait:
             req.Wait()
             return None
@@ -588,7 +600,8 @@ class Communicator:
         """Send a message in buffered mode."""
         if self._engine is None:
             return super().bsend(obj, dest, tag)
-        return self._send_obj(obj, dest, tag, False, True)
+        self._send_obj(obj, dest, tag, False, False, buffered=True)
+        return None
 
     def isend(self, obj: Any, dest: int, tag: int = 0) -> Request:
         """Nonblocking send."""
@@ -606,7 +619,7 @@ class Communicator:
         """Nonblocking send in buffered mode."""
         if self._engine is None:
             return super().ibsend(obj, dest, tag)
-        return self._send_obj(obj, dest, tag, False, False)
+        return self._send_obj(obj, dest, tag, False, False, buffered=True)
 
     def _irecv_obj(self, source, tag) -> Request:
         source, tag = self._source(source), self._tag(tag, True)

@@ -59,11 +59,9 @@ def _contribution(kind: str, obj: Any, me: int, root: int, size: int) -> Optiona
     if kind in ("bcast", "scatter") and me != root:
         return None
     if kind in ("scatter", "alltoall"):
-        if obj is None and kind == "scatter":
-            raise TypeError("scatter: the root's object must be a sequence of size items")
-        items = list(obj)
+        items = [None] * size if obj is None else list(obj)   # as mpi4py
         if len(items) != size:
-            raise ValueError(f"{kind}: expecting {size} items, got {len(items)}")
+            raise ValueError(f"expecting {size} items, got {len(items)}")
         return items
     return [obj]
 

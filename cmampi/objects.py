@@ -57,6 +57,12 @@ class Packed:
         self.stream, self.views = stream, []
         return self
 
+    def snapshot(self) -> "Packed":
+        """The object as it is now: its out-of-band buffers copied (one copy each,
+        still pulled single-copy by the receiver), so later changes do not travel."""
+        self.views = [memoryview(_np.array(_np.frombuffer(v, _np.uint8))) for v in self.views]
+        return self
+
     def spots(self) -> List[Spot]:
         return [(address(_np.frombuffer(v, _np.uint8)), v.nbytes) for v in self.views]
 
@@ -132,8 +138,12 @@ def send(engine: _p2p.Engine, obj: Any, dest: int, tag: int) -> None:
 
 def isend(engine: _p2p.Engine, obj: Any, dest: int, tag: int, sync: bool,
           blocked: bool) -> _p2p.Op:
-    """Start sending *obj*; the op completes once the receiver has its buffers."""
-    return _start(engine, Packed(obj, engine.cma[dest]), dest, tag, sync, blocked)
+    """Start sending *obj* as it is now (as mpi4py, which pickles it at once); the
+    op completes once the receiver has its buffers."""
+    packed = Packed(obj, engine.cma[dest])
+    if not blocked:
+        packed.snapshot()
+    return _start(engine, packed, dest, tag, sync, blocked)
 
 
 def _start(engine: _p2p.Engine, packed: Packed, dest: int, tag: int, sync: bool,

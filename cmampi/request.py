@@ -314,6 +314,79 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ())):  # type: ignore[mis
         return _some(requests, statuses, False)[0]
 
     @classmethod
+    def Get_status_all(cls, requests: Sequence[Any],
+                       statuses: Optional[List[Any]] = None) -> bool:
+        """Get_status_all(requests, statuses=None)
+
+        Non-destructive test for the completion of all requests.
+        """
+        _p2p.progress()
+        if not all([_test_quiet(req) for req in requests]):
+            return False
+        for i, req in enumerate(requests):
+            _peek_status(req, _status_at(statuses, i))
+        return True
+
+    @classmethod
+    def Get_status_any(cls, requests: Sequence[Any], status=None) -> Tuple[int, bool]:
+        """Get_status_any(requests, status=None)
+
+        Non-destructive test for the completion of any requests.
+        """
+        live = [(i, req) for i, req in enumerate(requests) if _active(req)]
+        if not live:
+            _empty_status(status)
+            return _NAMES.UNDEFINED, True
+        _p2p.progress()
+        for i, req in live:
+            if _test_quiet(req):
+                _peek_status(req, status)
+                return i, True
+        return _NAMES.UNDEFINED, False
+
+    @classmethod
+    def Get_status_some(cls, requests: Sequence[Any],
+                        statuses: Optional[List[Any]] = None) -> Optional[List[int]]:
+        """Get_status_some(requests, statuses=None)
+
+        Non-destructive test for completion of some requests.
+        """
+        live = [(i, req) for i, req in enumerate(requests) if _active(req)]
+        if not live:
+            return None
+        _p2p.progress()
+        done = [i for i, req in live if _test_quiet(req)]
+        for k, i in enumerate(done):
+            _peek_status(requests[i], _status_at(statuses, k))
+        return done
+
+    @classmethod
+    def get_status_all(cls, requests: Sequence[Any],
+                       statuses: Optional[List[Any]] = None) -> bool:
+        """get_status_all(requests, statuses=None)
+
+        Non-destructive test for the completion of all requests.
+        """
+        return cls.Get_status_all(requests, statuses)
+
+    @classmethod
+    def get_status_any(cls, requests: Sequence[Any], status=None) -> Tuple[int, bool]:
+        """get_status_any(requests, status=None)
+
+        Non-destructive test for the completion of any requests.
+        """
+        return cls.Get_status_any(requests, status)
+
+    @classmethod
+    def get_status_some(cls, requests: Sequence[Any],
+                        statuses: Optional[List[Any]] = None) -> Optional[List[int]]:
+        """get_status_some(requests, statuses=None)
+
+        Non-destructive test for completion of some requests.
+        """
+        return cls.Get_status_some(requests, statuses)
+
+    @classmethod
     def waitall(cls, requests: Sequence[Any], statuses: Optional[List[Any]] = None) -> List[Any]:
         """waitall(requests, statuses=None)
 
@@ -417,6 +490,16 @@ def _test_quiet(req) -> bool:
     if _real_active(req):
         return bool(_REAL_REQUEST.Get_status(req))
     return True
+
+
+def _peek_status(req, status) -> None:
+    """Fill *status* from a request known to be done, leaving it as it is."""
+    if status is not None:
+        if isinstance(req, Request) or not _real_active(req):
+            Request.Get_status(req, status) if isinstance(req, Request) else \
+                _empty_status(status)
+        else:
+            _REAL_REQUEST.Get_status(req, status)
 
 
 def _finish(req, status) -> Any:
