@@ -10,7 +10,9 @@ Defaults are the named constants of the MPI library in use.
 
 from __future__ import annotations
 
+import os as _os
 import pickle as _pickle
+import time as _time
 import warnings as _warnings
 from typing import Any, Optional
 
@@ -26,6 +28,8 @@ from . import p2p as _p2p
 from .request import Message, PartitionedRequest, Prequest, Request, new_request
 
 __all__ = ["Communicator"]
+
+_sched_yield = getattr(_os, "sched_yield", lambda: None)
 
 _NAMES = _names_in_use()
 ANY_SOURCE = _NAMES.ANY_SOURCE
@@ -489,59 +493,82 @@ class Communicator:
             src, tag, n = hit
             _p2p.fill_status(status, src, tag, n, None, self._engine.names)
 
+    # Probes look in cmampi's matching space, then in the MPI library's own on this
+    # handle: code calling mpi4py's base-class methods directly (``MPI.Comm.Send(comm,
+    # ...)``, as ``mpi4py.util.pkl5`` does) sends there.
+    def _look(self, source: int, tag: int, status, matched: bool) -> Any:
+        """One nonblocking look: a hit of the engine's (matched: taken out of its
+        stream), an mpi4py Message or True from the MPI library, or None."""
+        e = self._engine
+        hit = e.mprobe(source, tag, False) if matched else e.iprobe(source, tag)
+        if hit is not None:
+            if matched:
+                src, tg, data = hit
+                self._probe_status((src, tg, _wire.payload_size(data, e.limit)), status)
+            else:
+                self._probe_status(hit, status)
+            return hit
+        plain = self._plain()
+        if plain is None:
+            return None
+        if matched:
+            return plain.Improbe(source, tag, status)
+        return True if plain.Iprobe(source, tag, status) else None
+
+    def _probe(self, source, tag, status, matched: bool, block: bool) -> Any:
+        source, tag = self._source(source), self._tag(tag, True)
+        if source == self._engine.names.PROC_NULL:
+            plain = self._plain()
+            if matched and plain is not None:
+                return Message(plain.Mprobe(source, tag, status))   # MESSAGE_NO_PROC
+            self._null_status(status)
+            if matched:
+                names = self._engine.names
+                return Message._matched(self._engine, (names.PROC_NULL, names.ANY_TAG, b""))
+            return True
+        if block and self._plain() is None:     # nothing to watch beside the engine
+            hit = self._engine.probe(source, tag)
+            if not matched:
+                self._probe_status(hit, status)
+                return True
+        spins = 0
+        while True:
+            found = self._look(source, tag, status, matched)
+            if found is not None or not block:
+                break
+            spins += 1
+            _sched_yield() if spins < 1000 else _time.sleep(20e-6)
+        if found is None or found is True:
+            return found
+        if matched:
+            return Message._matched(self._engine, found) if type(found) is tuple \
+                else Message(found)
+        return True
+
     def Probe(self, source: int = ANY_SOURCE, tag: int = ANY_TAG, status=None) -> bool:
         """Blocking test for a message."""
         if self._engine is None:
             return super().Probe(source, tag, status)
-        source, tag = self._source(source), self._tag(tag, True)
-        if source == self._engine.names.PROC_NULL:
-            self._null_status(status)
-            return True
-        self._probe_status(self._engine.probe(source, tag), status)
-        return True
+        return self._probe(source, tag, status, False, True)
 
     def Iprobe(self, source: int = ANY_SOURCE, tag: int = ANY_TAG, status=None) -> bool:
         """Nonblocking test for a message."""
         if self._engine is None:
             return super().Iprobe(source, tag, status)
-        source, tag = self._source(source), self._tag(tag, True)
-        if source == self._engine.names.PROC_NULL:
-            self._null_status(status)
-            return True
-        hit = self._engine.iprobe(source, tag)
-        if hit is None:
-            return False
-        self._probe_status(hit, status)
-        return True
-
-    def _mprobe(self, source, tag, status, block: bool) -> Optional[Message]:
-        source, tag = self._source(source), self._tag(tag, True)
-        names = self._engine.names
-        if source == names.PROC_NULL:
-            plain = self._plain()
-            if plain is not None:
-                return Message(plain.Mprobe(source, tag, status))   # MESSAGE_NO_PROC
-            self._null_status(status)
-            return Message._matched(self._engine, (names.PROC_NULL, names.ANY_TAG, b""))
-        hit = self._engine.mprobe(source, tag, block)
-        if hit is None:
-            return None
-        src, tg, data = hit
-        self._probe_status((src, tg, _wire.payload_size(data, self._engine.limit)), status)
-        return Message._matched(self._engine, hit)
+        return bool(self._probe(source, tag, status, False, False))
 
     def Mprobe(self, source: int = ANY_SOURCE, tag: int = ANY_TAG, status=None) -> Message:
         """Blocking test for a matched message."""
         if self._engine is None:
             return super().Mprobe(source, tag, status)
-        return self._mprobe(source, tag, status, True)
+        return self._probe(source, tag, status, True, True)
 
     def Improbe(self, source: int = ANY_SOURCE, tag: int = ANY_TAG,
                 status=None) -> Optional[Message]:
         """Nonblocking test for a matched message."""
         if self._engine is None:
             return super().Improbe(source, tag, status)
-        return self._mprobe(source, tag, status, False)
+        return self._probe(source, tag, status, True, False)
 
     def probe(self, source: int = ANY_SOURCE, tag: int = ANY_TAG, status=None) -> bool:
         """Blocking test for a message."""

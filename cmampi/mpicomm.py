@@ -20,6 +20,7 @@ from typing import Any, Dict, Optional
 
 from ._channels import real_mpi as _real_mpi
 from ._config import config as _config
+from ._standin import StandIn
 from .comm import Communicator, INFO_NULL
 from . import p2p as _p2p
 
@@ -173,38 +174,42 @@ class _MPICommunicator(Communicator):
             engine.free()
 
 
-class Intracomm(_MPICommunicator, _MPI.Intracomm):
+class Intracomm(_MPICommunicator, _MPI.Intracomm, metaclass=StandIn):
     """
     An mpi4py intracommunicator whose point-to-point traffic is single-copy.
     """
 
     __module__ = "cmampi.MPI"   # where pickle and repr find it
+    _stand_in = True     # isinstance(x, MPI.Intracomm) holds for mpi4py's own too
 
 
-class Cartcomm(_MPICommunicator, _MPI.Cartcomm):
+class Cartcomm(_MPICommunicator, _MPI.Cartcomm, metaclass=StandIn):
     """
     An mpi4py Cartesian communicator whose point-to-point traffic is single-copy.
     """
 
     __module__ = "cmampi.MPI"   # where pickle and repr find it
+    _stand_in = True     # isinstance(x, MPI.Cartcomm) holds for mpi4py's own too
 
     Sub = _deriving("Sub", _MPI.Cartcomm)
 
 
-class Graphcomm(_MPICommunicator, _MPI.Graphcomm):
+class Graphcomm(_MPICommunicator, _MPI.Graphcomm, metaclass=StandIn):
     """
     An mpi4py graph communicator whose point-to-point traffic is single-copy.
     """
 
     __module__ = "cmampi.MPI"   # where pickle and repr find it
+    _stand_in = True     # isinstance(x, MPI.Graphcomm) holds for mpi4py's own too
 
 
-class Distgraphcomm(_MPICommunicator, _MPI.Distgraphcomm):
+class Distgraphcomm(_MPICommunicator, _MPI.Distgraphcomm, metaclass=StandIn):
     """
     An mpi4py distributed-graph communicator whose point-to-point traffic is single-copy.
     """
 
     __module__ = "cmampi.MPI"   # where pickle and repr find it
+    _stand_in = True     # isinstance(x, MPI.Distgraphcomm) holds for mpi4py's own too
 
 
 #: mpi4py's classes and ours, most derived first.

@@ -8,10 +8,11 @@ mpi4py's own (a delegated ``Ibcast``, say): the class methods complete both.
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ._channels import names as _names_in_use
 from . import p2p as _p2p
+from ._standin import StandIn, is_ours
 
 __all__ = ["Request", "Prequest", "PartitionedRequest", "Message", "new_request"]
 
@@ -32,7 +33,7 @@ def _real_active(req) -> bool:
 
 def _active(req) -> bool:
     """Whether *req* has an operation to complete (a persistent request at rest has not)."""
-    if isinstance(req, Request) and req._op is not None:
+    if is_ours(Request, req) and req._op is not None:
         return True
     return _real_active(req)
 
@@ -58,7 +59,7 @@ def _status_at(statuses, i: int):
     return statuses[i] if i < len(statuses) else None
 
 
-class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ())):  # type: ignore[misc]
+class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ()), metaclass=StandIn):  # type: ignore[misc]
     """
     A nonblocking operation; completes through ``Wait``/``Test`` and friends.
 
@@ -68,6 +69,7 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ())):  # type: ignore[mis
     """
 
     __module__ = "cmampi.MPI"   # where pickle and repr find it
+    _stand_in = True     # isinstance(x, MPI.Request) holds for mpi4py's own too
 
     # Class-level defaults, not slots: however an object is made (mpi4py's
     # fromhandle, unpickling), it is a valid null request.
@@ -81,14 +83,18 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ())):  # type: ignore[mis
 
     def __init__(self, request: Optional["Request"] = None) -> None:
         self._op, self._parts = None, []
-        if isinstance(request, Request):
+        if is_ours(Request, request):
             self._op, self._parts = request._op, list(request._parts)
 
     def __bool__(self) -> bool:
         return self._op is not None or _real_active(self)
 
     def __eq__(self, other: object) -> bool:
-        if isinstance(other, Request) and (self._op is not None or other._op is not None):
+        if not is_ours(Request, other) and not (
+                _REAL_REQUEST is not None and isinstance(other, _REAL_REQUEST)) and \
+                other is not None:
+            return NotImplemented
+        if is_ours(Request, other) and (self._op is not None or other._op is not None):
             return self._op is other._op
         if self._op is not None:
             return False
@@ -97,7 +103,8 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ())):  # type: ignore[mis
         return other is None and _REAL_REQUEST is None   # socket channel: REQUEST_NULL
 
     def __ne__(self, other: object) -> bool:
-        return not self == other
+        equal = self.__eq__(other)
+        return equal if equal is NotImplemented else not equal
 
     __hash__ = object.__hash__
 
@@ -137,7 +144,7 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ())):  # type: ignore[mis
     # -- completion ------------------------------------------------------------------------
     def Wait(self, status=None) -> bool:
         """Wait for a send or receive to complete."""
-        if self._op is None:
+        if getattr(self, "_op", None) is None:   # mpi4py's own too
             if _real_active(self):
                 return _REAL_REQUEST.Wait(self, status)
             _empty_status(status)
@@ -148,7 +155,7 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ())):  # type: ignore[mis
 
     def Test(self, status=None) -> bool:
         """Test for the completion of a send or receive."""
-        if self._op is None:
+        if getattr(self, "_op", None) is None:   # mpi4py's own too
             if _real_active(self):
                 return _REAL_REQUEST.Test(self, status)
             _empty_status(status)
@@ -160,7 +167,7 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ())):  # type: ignore[mis
 
     def Get_status(self, status=None) -> bool:
         """Non-destructive test for the completion of a request."""
-        op = self._op
+        op = getattr(self, "_op", None)
         if op is None:
             if _real_active(self):
                 return _REAL_REQUEST.Get_status(self, status)
@@ -175,7 +182,7 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ())):  # type: ignore[mis
 
     def Cancel(self) -> None:
         """Cancel a request (a receive that has not matched yet)."""
-        if self._op is None:
+        if getattr(self, "_op", None) is None:   # mpi4py's own too
             if _real_active(self):
                 return _REAL_REQUEST.Cancel(self)
             raise _invalid()
@@ -184,7 +191,7 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ())):  # type: ignore[mis
 
     def Free(self) -> None:
         """Free a communication request; an operation in flight completes on its own."""
-        if self._op is None:
+        if getattr(self, "_op", None) is None:   # mpi4py's own too
             if _real_active(self):
                 return _REAL_REQUEST.Free(self)
             raise _invalid()
@@ -196,7 +203,7 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ())):  # type: ignore[mis
     # Python-object flavour (mpi4py's lowercase names).
     def wait(self, status=None) -> Any:
         """Wait for a send or receive to complete; the received object, if any."""
-        if self._op is None:
+        if getattr(self, "_op", None) is None:   # mpi4py's own too
             if _real_active(self):
                 return _REAL_REQUEST.wait(self, status)
             _empty_status(status)
@@ -206,7 +213,7 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ())):  # type: ignore[mis
 
     def test(self, status=None) -> Tuple[bool, Any]:
         """Test for the completion of a send or receive: (flag, object or None)."""
-        if self._op is None:
+        if getattr(self, "_op", None) is None:   # mpi4py's own too
             if _real_active(self):
                 return _REAL_REQUEST.test(self, status)
             _empty_status(status)
@@ -460,17 +467,25 @@ def new_request(op: Optional[_p2p.Op], parts: Sequence[_p2p.Op] = ()) -> Request
 
 # -- the class methods' work, for lists mixing cmampi's requests and mpi4py's -----------------
 
+#: The ops through which cmampi's waits completed requests of mpi4py's own, by the
+#: request's id, until `_finish` takes their status (the MPI handle is null by then).
+_FOREIGN: Dict[int, _p2p.ForeignOp] = {}
+
+
 def _op_of(req) -> Optional[_p2p.Op]:
     """The op to wait on for a request of mpi4py's own (None when it is null)."""
     if req is None or not _real_active(req):
         if req is None or (_REAL_REQUEST is not None and isinstance(req, _REAL_REQUEST)):
             return None
         raise TypeError(f"Cannot convert {type(req).__name__} to Request")
-    return _p2p.ForeignOp(_p2p.default_engine(), req)
+    op = _FOREIGN.get(id(req))
+    if op is None or op.request is not req:
+        op = _FOREIGN[id(req)] = _p2p.ForeignOp(_p2p.default_engine(), req)
+    return op
 
 
 def _live_ops(req) -> List[_p2p.Op]:
-    if isinstance(req, Request) and req._op is not None:
+    if is_ours(Request, req) and req._op is not None:
         return [op for op in req._ops() if not op.done]
     op = _op_of(req)
     return [] if op is None else [op]
@@ -485,7 +500,7 @@ def _wait_all(requests: Sequence[Any]) -> None:
 
 def _test_quiet(req) -> bool:
     """Whether *req* is complete (or null), without completing it."""
-    if isinstance(req, Request) and req._op is not None:
+    if is_ours(Request, req) and req._op is not None:
         return all([_p2p.test(op) for op in req._ops()])
     if _real_active(req):
         return bool(_REAL_REQUEST.Get_status(req))
@@ -495,8 +510,8 @@ def _test_quiet(req) -> bool:
 def _peek_status(req, status) -> None:
     """Fill *status* from a request known to be done, leaving it as it is."""
     if status is not None:
-        if isinstance(req, Request) or not _real_active(req):
-            Request.Get_status(req, status) if isinstance(req, Request) else \
+        if is_ours(Request, req) or not _real_active(req):
+            Request.Get_status(req, status) if is_ours(Request, req) else \
                 _empty_status(status)
         else:
             _REAL_REQUEST.Get_status(req, status)
@@ -504,10 +519,15 @@ def _peek_status(req, status) -> None:
 
 def _finish(req, status) -> Any:
     """Complete a request known to be done (or null); its object, if any."""
-    if isinstance(req, Request) and req._op is not None:
+    if is_ours(Request, req) and req._op is not None:
         return req._complete(status)
     if _real_active(req):
+        _FOREIGN.pop(id(req), None)
         return _REAL_REQUEST.wait(req, status)
+    op = _FOREIGN.pop(id(req), None)
+    if op is not None and op.request is req:     # completed by one of our waits
+        op.engine.complete(op, status)
+        return None
     _empty_status(status)
     return None
 
@@ -578,12 +598,13 @@ class Prequest(Request, *((_REAL_PREQUEST,) if _REAL_PREQUEST else ())):  # type
     """
 
     __module__ = "cmampi.MPI"   # where pickle and repr find it
+    _stand_in = True     # isinstance(x, MPI.Prequest) holds for mpi4py's own too
 
     _start: Optional[Callable[[], Request]] = None
 
     def __init__(self, request: Optional[Request] = None) -> None:
         super().__init__(request)
-        self._start = request._start if isinstance(request, Prequest) else None
+        self._start = request._start if is_ours(Prequest, request) else None
 
     @classmethod
     def _starting(cls, start: Callable[[], Request]) -> "Prequest":
@@ -596,7 +617,7 @@ class Prequest(Request, *((_REAL_PREQUEST,) if _REAL_PREQUEST else ())):  # type
         return self._start is not None or _real_active(self)
 
     def __eq__(self, other: object) -> bool:
-        if isinstance(other, Prequest) and (self._start is not None or
+        if is_ours(Prequest, other) and (self._start is not None or
                                             other._start is not None):
             return self._start is other._start
         if self._start is not None:
@@ -625,7 +646,7 @@ class Prequest(Request, *((_REAL_PREQUEST,) if _REAL_PREQUEST else ())):  # type
         Start a collection of persistent requests.
         """
         for req in requests:
-            if isinstance(req, Prequest):
+            if is_ours(Prequest, req):
                 req.Start()
             else:
                 _REAL_PREQUEST.Start(req)
@@ -722,19 +743,20 @@ class PartitionedRequest(Prequest):
 _MESSAGE_BASES = (_REAL_MESSAGE,) if _REAL_MESSAGE else ()
 
 
-class Message(*_MESSAGE_BASES):  # type: ignore[misc]
+class Message(*_MESSAGE_BASES, metaclass=StandIn):  # type: ignore[misc]
     """
     A message matched by ``Mprobe``/``Improbe``, received with ``Recv``/``Irecv``.
     """
 
     __module__ = "cmampi.MPI"   # where pickle and repr find it
+    _stand_in = True     # isinstance(x, MPI.Message) holds for mpi4py's own too
 
     _engine: Any = None
     _hit: Any = None    # (source, tag, data) taken out of the engine's stash
 
     def __init__(self, message: Optional["Message"] = None) -> None:
         self._engine = self._hit = None
-        if isinstance(message, Message):
+        if is_ours(Message, message):
             self._engine, self._hit = message._engine, message._hit
 
     fromhandle = classmethod(Request.fromhandle.__func__)  # type: ignore[attr-defined]
@@ -757,8 +779,12 @@ class Message(*_MESSAGE_BASES):  # type: ignore[misc]
                                          _REAL_MESSAGE.__bool__(self))
 
     def __eq__(self, other: object) -> bool:
-        if isinstance(other, Message) and (self._hit is not None or other._hit is not None):
-            return self is other
+        if not is_ours(Message, other) and not (
+                _REAL_MESSAGE is not None and isinstance(other, _REAL_MESSAGE)) and \
+                other is not None:
+            return NotImplemented
+        if is_ours(Message, other) and (self._hit is not None or other._hit is not None):
+            return self._hit is other._hit
         if self._hit is not None:
             return False
         if _REAL_MESSAGE is not None and isinstance(other, _REAL_MESSAGE):
@@ -807,14 +833,14 @@ class Message(*_MESSAGE_BASES):  # type: ignore[misc]
     # -- receiving -------------------------------------------------------------------------
     def Recv(self, buf, status=None) -> None:
         """Blocking receive of matched message."""
-        if self._hit is None and _REAL_MESSAGE is not None:
+        if getattr(self, "_hit", None) is None and _REAL_MESSAGE is not None:
             return _REAL_MESSAGE.Recv(self, buf, status)
         self.Irecv(buf).Wait(status)
         return None
 
     def Irecv(self, buf) -> Request:
         """Nonblocking receive of matched message."""
-        if self._hit is None and _REAL_MESSAGE is not None:
+        if getattr(self, "_hit", None) is None and _REAL_MESSAGE is not None:
             return _REAL_MESSAGE.Irecv(self, buf)
         from ._buffers import recv_buffer
 
@@ -824,13 +850,13 @@ class Message(*_MESSAGE_BASES):  # type: ignore[misc]
 
     def recv(self, status=None) -> Any:
         """Blocking receive of matched message, as a Python object."""
-        if self._hit is None and _REAL_MESSAGE is not None:
+        if getattr(self, "_hit", None) is None and _REAL_MESSAGE is not None:
             return _REAL_MESSAGE.recv(self, status)
         return self.irecv().wait(status)
 
     def irecv(self) -> Request:
         """Nonblocking receive of matched message, as a Python object."""
-        if self._hit is None and _REAL_MESSAGE is not None:
+        if getattr(self, "_hit", None) is None and _REAL_MESSAGE is not None:
             return _REAL_MESSAGE.irecv(self)
         from .objects import loads
 
