@@ -21,7 +21,7 @@ CHANNEL = _choose()
 if CHANNEL == "mpi":
     #: mpi4py's own module, for cmampi where ``mpi4py.MPI`` names this one (cmampi.run).
     _real_mpi4py = _base
-    from .mpicomm import Cartcomm, Distgraphcomm, Graphcomm, Intracomm  # noqa: E402,F401
+    from .mpicomm import Cartcomm, Comm, Distgraphcomm, Graphcomm, Intracomm  # noqa: E402,F401
 else:
     from .socketcomm import Intracomm  # noqa: E402
 

@@ -244,43 +244,70 @@ def flat(spec, writable: bool) -> Flat:
 
 
 def vector(spec, size: int, writable: bool):
-    """A vector spec ``[buf, counts, displs, datatype]`` (and mpi4py's shorter
-    forms) as (Flat, counts, displs) in elements."""
-    if not isinstance(spec, (list, tuple)) or len(spec) < 2:
-        raise ValueError("expecting [buffer, counts, displacements, datatype]")
-    items = list(spec)
-    buf = items.pop(0)
-    datatype = None
-    if items and not isinstance(items[-1], (list, tuple, int, _np.ndarray)) and \
-            items[-1] is not None:
-        datatype = items.pop()
-    counts = displs = None
-    if len(items) == 1:
-        if isinstance(items[0], tuple) and len(items[0]) == 2 and \
-                not isinstance(items[0][0], int):
-            counts, displs = items[0]
+    """A vector spec as (Flat, counts, displs) in elements, by mpi4py's rules:
+    ``[buf, counts, displs, datatype]``, ``[buf, (counts, displs), datatype]``,
+    ``[buf, counts, datatype]``, ``[buf, datatype]``, ``[buf, counts]`` or
+    ``[buf, (counts, displs)]``; counts None: the buffer split evenly, an int: that
+    many each; displs None: packed, an int: that stride."""
+    counts = displs = datatype = None
+    if isinstance(spec, (list, tuple)):
+        if len(spec) == 2:
+            buf, counts = spec
+            if _is_datatype(counts):
+                counts, datatype = None, counts
+            elif isinstance(counts, tuple):
+                counts, displs = counts
+        elif len(spec) == 3:
+            buf, counts, datatype = spec
+            if isinstance(counts, tuple):
+                counts, displs = counts
+        elif len(spec) == 4:
+            buf, counts, displs, datatype = spec
         else:
-            counts = items[0]
-    elif len(items) == 2:
-        counts, displs = items
+            raise ValueError("message: expecting 2 to 4 items")
+    else:
+        buf = spec
+    if buf is None:
+        f = Flat(_np.empty(0, _np.dtype(_dtype_of_datatype(datatype))))
+    else:
+        f = flat([buf, datatype] if datatype is not None else buf, writable)
     if counts is None:
-        raise ValueError("vector buffer spec needs counts")
-    if isinstance(counts, int):
-        counts = [counts] * size
-    counts = [int(c) for c in counts]
+        total = f.array.size
+        counts = [total // size + (total % size > i) for i in range(size)]
+    elif isinstance(counts, (int, _np.integer)):
+        counts = [int(counts)] * size
+    else:
+        counts = [int(c) for c in counts]
     if len(counts) != size:
-        raise ValueError(f"expecting {size} counts, got {len(counts)}")
+        raise ValueError(f"expecting {size} items, got {len(counts)}")
     if displs is None:
-        displs = list(_np.concatenate([[0], _np.cumsum(counts)[:-1]]).astype(int))
-    displs = [int(d) for d in displs]
+        displs = [sum(counts[:i]) for i in range(size)]
+    elif isinstance(displs, (int, _np.integer)):
+        displs = [int(displs) * i for i in range(size)]
+    else:
+        displs = [int(d) for d in displs]
     if len(displs) != size:
-        raise ValueError(f"expecting {size} displacements, got {len(displs)}")
-    f = flat([buf, datatype] if datatype is not None else buf, writable)
+        raise ValueError(f"expecting {size} items, got {len(displs)}")
     for c, d in zip(counts, displs):
-        if c < 0 or d < 0 or d + c > f.array.size:
+        if c < 0 or d < 0 or (c and d + c > f.array.size):
             raise ValueError(f"count {c} at displacement {d} exceeds the buffer's "
                              f"{f.array.size} elements")
     return f, counts, displs
+
+
+def _is_datatype(x) -> bool:
+    return isinstance(x, str) or hasattr(x, "Get_extent")
+
+
+def _dtype_of_datatype(datatype) -> str:
+    """The numpy type of an MPI datatype or type code (bytes for anything else)."""
+    if isinstance(datatype, str):
+        return datatype
+    code = getattr(datatype, "tocode", None)
+    try:
+        return code() if code is not None else "B"
+    except (ValueError, KeyError):
+        return "B"
 
 
 # -- algorithms -------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from ._standin import StandIn
 from .comm import Communicator, INFO_NULL
 from . import p2p as _p2p
 
-__all__ = ["Intracomm", "Cartcomm", "Graphcomm", "Distgraphcomm", "attach", "accelerate"]
+__all__ = ["Comm", "Intracomm", "Cartcomm", "Graphcomm", "Distgraphcomm", "attach", "accelerate"]
 
 _MPI = _real_mpi()
 
@@ -90,7 +90,50 @@ def _deriving(name: str, base: type):
     return method
 
 
-class _MPICommunicator(Communicator):
+def _from_handle(cls: type, make: str, arg: int) -> Any:
+    """mpi4py's class method *make* (``fromhandle``, ...) with the result made ours."""
+    real = next(b for b in cls.__mro__ if b.__module__.startswith("mpi4py"))
+    return _ours(getattr(real, make)(arg))
+
+
+class _Handles:
+    """Communicators from handles are cmampi's, of their kind (``Comm.fromint``)."""
+
+    @classmethod
+    def fromhandle(cls, handle: int) -> Any:
+        """fromhandle(handle)
+
+        Create object from MPI handle.
+        """
+        return _from_handle(cls, "fromhandle", handle)
+
+    @classmethod
+    def fromint(cls, arg: int) -> Any:
+        """fromint(arg)
+
+        Create object from integer handle.
+        """
+        return _from_handle(cls, "fromint", arg)
+
+    @classmethod
+    def f2py(cls, arg: int) -> Any:
+        """f2py(arg)
+
+        Create object from Fortran handle.
+        """
+        return _from_handle(cls, "f2py", arg)
+
+
+class Comm(_Handles, _MPI.Comm, metaclass=StandIn):
+    """
+    Communication context.
+    """
+
+    __module__ = "cmampi.MPI"   # where pickle and repr find it
+    _stand_in = True     # isinstance(x, MPI.Comm) holds for mpi4py's own too
+
+
+class _MPICommunicator(_Handles, Communicator):
     """What cmampi's MPI-channel communicators add to mpi4py's: the engine, and
     derived communicators that are cmampi's too."""
 
@@ -161,6 +204,19 @@ class _MPICommunicator(Communicator):
         _MPI.Comm.Free(self)
         self.__dict__.pop("_engine", None)
         if engine is not None:
+            _ENGINES.pop(handle, None)
+            engine.free()
+
+    def free(self) -> None:
+        """Call ``Free`` if not null or predefined."""
+        from . import MPI as namespace
+
+        if self is namespace.COMM_WORLD or self is namespace.COMM_SELF:
+            return      # constants, as mpi4py's own are
+        handle, engine = self.handle, self._engine
+        _MPI.Comm.free(self)
+        if engine is not None and self.handle != handle:
+            self.__dict__.pop("_engine", None)
             _ENGINES.pop(handle, None)
             engine.free()
 
