@@ -15,15 +15,13 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str):
     # Loading the MPI namespace is collective (it attaches the world): on first use.
+    if name == "accelerate":        # attaches only the communicator it is given
+        from .mpicomm import accelerate
+
+        return accelerate
     if name in __all__:
         import importlib
 
         mod = importlib.import_module(".MPI", __name__)
-        if name == "MPI":
-            return mod
-        if name == "accelerate":
-            from .mpicomm import accelerate
-
-            return accelerate
-        return getattr(mod, name)
+        return mod if name == "MPI" else getattr(mod, name)
     raise AttributeError(f"module 'cmampi' has no attribute {name!r}")

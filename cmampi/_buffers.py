@@ -287,8 +287,8 @@ def _datatype_size(dt) -> Tuple[int, int, int]:
             raise KeyError(f"cannot map {dt!r} to MPI datatype") from None
         return size, 0, size
     get_size = getattr(dt, "Get_size", None)
-    if get_size is None:
-        raise TypeError(f"message: expecting a datatype, got {type(dt).__name__}")
+    if get_size is None:    # mpi4py looks anything else up in its type table
+        raise KeyError(f"cannot map {dt!r} to MPI datatype")
     lb, extent = dt.Get_extent()
     return get_size(), lb, extent
 

@@ -15,6 +15,7 @@ an attached one (``Dup``, ``Split``, ``Create_cart``, ...). A handle without one
 from __future__ import annotations
 
 import copyreg as _copyreg
+import sys as _sys
 import functools as _functools
 from typing import Any, Dict, Optional
 
@@ -108,7 +109,7 @@ class _Handles:
         return _from_handle(cls, "fromhandle", handle)
 
     @classmethod
-    def fromint(cls, arg: int) -> Any:
+    def fromint(cls, arg: int, /) -> Any:
         """fromint(arg)
 
         Create object from integer handle.
@@ -209,9 +210,8 @@ class _MPICommunicator(_Handles, Communicator):
 
     def free(self) -> None:
         """Call ``Free`` if not null or predefined."""
-        from . import MPI as namespace
-
-        if self is namespace.COMM_WORLD or self is namespace.COMM_SELF:
+        namespace = _sys.modules.get(f"{__package__}.MPI")
+        if namespace is not None and self in (namespace.COMM_WORLD, namespace.COMM_SELF):
             return      # constants, as mpi4py's own are
         handle, engine = self.handle, self._engine
         _MPI.Comm.free(self)

@@ -245,7 +245,7 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ()), metaclass=StandIn): 
         return cls(_REAL_BASE(cls).fromhandle(handle))
 
     @classmethod
-    def fromint(cls, arg: int) -> "Request":
+    def fromint(cls, arg: int, /) -> "Request":
         """fromint(arg)
 
         Create object from integer handle.

@@ -140,7 +140,19 @@ def test_datatype_spec_sets_element_size():
     buf = send_buffer([bytearray(16), "d"])
     assert (buf.esize, buf.nbytes) == (8, 16)
     assert send_buffer((a, "d")).tobytes() == a.tobytes()
-    assert send_buffer([a]).tobytes() == a.tobytes()
+    with pytest.raises(ValueError, match="expecting 2 to 4 items"):    # as mpi4py
+        send_buffer([a])
+
+
+def test_no_buffer_is_an_empty_message_of_an_explicit_datatype():
+    """mpi4py's ``[None, datatype]`` (or BOTTOM): nothing to send; a count above
+    zero, or no datatype, is refused as mpi4py refuses it."""
+    assert send_buffer([None, "B"]).nbytes == 0
+    assert send_buffer([None, 0, "i"]).nbytes == 0
+    with pytest.raises(ValueError, match="buffer is None but count is 3"):
+        send_buffer([None, 3, "B"])
+    with pytest.raises(TypeError):
+        send_buffer(None)
 
 
 class FakeDatatype:
@@ -170,7 +182,7 @@ def _spec_forms(v, count, displ):
     """Every spec form that selects the window (count, displ) of *v*."""
     code = v.dtype.char
     forms = [[v, (count, displ)], [v, [count, displ]], [v, (count, displ), code],
-             [v, count, displ, code], [v, np.int64(count), np.int32(displ)]]
+             [v, count, displ, code], [v, (np.int64(count), np.int32(displ))]]
     if displ == 0:
         forms += [[v, count], [v, count, code]]
     return forms
@@ -374,10 +386,16 @@ def test_bad_specs_raise_value_error(parse, spec):
 
 
 def test_bad_counts_raise_type_error():
+    """What mpi4py refuses with TypeError; what it takes (a bool count, a None
+    displacement) is taken."""
     a = np.zeros(10)
-    for spec in ([a, True], [a, 1.0], [a, (1.0, 0)], [a, (1, None)], [a, 2, "d", "d"]):
+    for spec in ([a, 1.0], [a, (1.0, 0)], [a, 2, "d", "d"]):
         with pytest.raises(TypeError):
             send_buffer(spec)
+    assert send_buffer([a, True]).nbytes == 8
+    assert send_buffer([a, (1, None)]).nbytes == 8
+    with pytest.raises(KeyError, match="cannot map"):     # a count where the datatype goes
+        send_buffer([a, 3, np.int32(1)])
 
 
 def test_strided_buffer_needs_its_own_item_size():

@@ -371,8 +371,10 @@ def job(mode: str, out: str) -> None:
         world = MPI.COMM_WORLD.Dup()
         rank, barrier, SUM = world.Get_rank(), world.Barrier, MPI.SUM
 
+        accelerate = cmampi.accelerate    # imported before privileges drop
+
         def make():
-            return cmampi.accelerate(world)
+            return accelerate(world)
 
     if mode == "both" or rank == 1:
         _drop(dumpable=False)
