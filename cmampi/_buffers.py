@@ -240,7 +240,10 @@ def address(arr: _np.ndarray) -> int:
 
 def quick_buffer(spec, writable: bool) -> Optional[Buffer]:
     """The common case, parsed fast: a whole C-contiguous numpy array; else None."""
-    if type(spec) is not _np.ndarray or spec.dtype.kind in "OMm":
+    if type(spec) is not _np.ndarray:
+        return None
+    dtype = spec.dtype
+    if dtype.kind in "OMm" or not dtype.isnative:
         return None
     flags = spec.flags
     if not flags.c_contiguous or (writable and not flags.writeable):
@@ -272,7 +275,14 @@ def _foreign_array(obj) -> _np.ndarray:
     if mpi_buffer is not None and (hasattr(obj, "__dlpack__") or
                                    hasattr(obj, "__cuda_array_interface__")):
         mem = mpi_buffer(obj)
-        return _np.frombuffer(mem, _np.uint8) if len(mem) else _np.empty(0, _np.uint8)
+        cai = getattr(obj, "__cuda_array_interface__", None)
+        try:
+            dtype = _np.dtype(cai["typestr"]) if cai is not None else _np.dtype(_np.uint8)
+        except TypeError:
+            raise BufferError(f"format string {cai['typestr']!r} not understood") from None
+        if not dtype.isnative:
+            raise BufferError(f"format string {dtype.str!r} with non-native byte order")
+        return _np.frombuffer(mem, dtype) if len(mem) else _np.empty(0, dtype)
     if hasattr(obj, "__dlpack__"):
         return _np.from_dlpack(obj)
     raise TypeError("message: expecting buffer or list/tuple")
@@ -280,15 +290,25 @@ def _foreign_array(obj) -> _np.ndarray:
 
 def _datatype_size(dt) -> Tuple[int, int, int]:
     """(size, lower bound, extent) of an mpi4py Datatype or a type code."""
+    from ._channels import names
+
     if isinstance(dt, str):
-        try:
-            size = _np.dtype(dt).itemsize
-        except TypeError:   # mpi4py's error for a type code it cannot map
-            raise KeyError(f"cannot map {dt!r} to MPI datatype") from None
-        return size, 0, size
+        table = getattr(names(), "_typedict", None)     # mpi4py's type codes
+        if table is not None:
+            if dt not in table:
+                raise KeyError(f"cannot map {dt!r} to MPI datatype")
+            dt = table[dt]
+        else:
+            try:
+                size = _np.dtype(dt).itemsize
+            except TypeError:   # mpi4py's error for a type code it cannot map
+                raise KeyError(f"cannot map {dt!r} to MPI datatype") from None
+            return size, 0, size
     get_size = getattr(dt, "Get_size", None)
     if get_size is None:    # mpi4py looks anything else up in its type table
         raise KeyError(f"cannot map {dt!r} to MPI datatype")
+    if dt == getattr(names(), "DATATYPE_NULL", None):
+        return 0, 0, 0      # nothing can be counted in it: see the callers' errors
     lb, extent = dt.Get_extent()
     return get_size(), lb, extent
 
@@ -359,9 +379,13 @@ def _buffer(spec, writable: bool) -> Buffer:
         raise BufferError("Object is not writable.")
     contig = arr.flags.c_contiguous or arr.flags.f_contiguous
     if datatype is None:
+        if not arr.dtype.isnative:
+            raise BufferError(f"format string {arr.dtype.str!r} with non-native byte order")
         esize, lb, extent = arr.itemsize, 0, arr.itemsize
     else:
         esize, lb, extent = _datatype_size(datatype)
+        if extent <= 0:     # nothing can be counted in it: mpi4py's ValueErrors below
+            esize = lb = extent = 0
         if lb != 0 or extent != esize:
             raise TypeError("message: datatypes with holes or a lower bound are not "
                             "supported; pass a contiguous view instead")

@@ -14,6 +14,8 @@ the same things, so all raise the same error, or all take the same path:
 
 from __future__ import annotations
 
+import operator as _operator
+
 import pickle as _pickle
 import struct as _struct
 from typing import Any, List, Optional, Sequence, Tuple
@@ -274,18 +276,18 @@ def vector(spec, size: int, writable: bool):
     if counts is None:
         total = f.array.size
         counts = [total // size + (total % size > i) for i in range(size)]
-    elif isinstance(counts, (int, _np.integer)):
-        counts = [int(counts)] * size
+    elif _integral(counts):
+        counts = [_operator.index(counts)] * size
     else:
-        counts = [int(c) for c in counts]
+        counts = [_operator.index(c) for c in counts]   # floats refused, as mpi4py
     if len(counts) != size:
         raise ValueError(f"expecting {size} items, got {len(counts)}")
     if displs is None:
         displs = [sum(counts[:i]) for i in range(size)]
-    elif isinstance(displs, (int, _np.integer)):
-        displs = [int(displs) * i for i in range(size)]
+    elif _integral(displs):
+        displs = [_operator.index(displs) * i for i in range(size)]
     else:
-        displs = [int(d) for d in displs]
+        displs = [_operator.index(d) for d in displs]
     if len(displs) != size:
         raise ValueError(f"expecting {size} items, got {len(displs)}")
     for c, d in zip(counts, displs):
@@ -293,6 +295,13 @@ def vector(spec, size: int, writable: bool):
             raise ValueError(f"count {c} at displacement {d} exceeds the buffer's "
                              f"{f.array.size} elements")
     return f, counts, displs
+
+
+def _integral(x) -> bool:
+    """An integer where mpi4py takes one for every rank (a 0-d array too)."""
+    if isinstance(x, _np.ndarray):
+        return x.ndim == 0
+    return hasattr(type(x), "__index__")
 
 
 def _is_datatype(x) -> bool:
@@ -336,7 +345,7 @@ def _guard(fn):
 
 def _check_root(c: Collectives, root) -> None:
     if not hasattr(root, "__index__") or isinstance(root, bool):
-        raise TypeError("an integer is required")   # floats too: mpi4py would truncate
+        raise TypeError("an integer is required")   # the API layer has made floats ints
     if not 0 <= root < c.size:
         raise c.names.Exception(c.names.ERR_ROOT)
 

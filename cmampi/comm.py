@@ -126,26 +126,31 @@ class Communicator:
 
     def Bcast(self, buf, root: int = 0) -> None:
         """Broadcast data from one process to all other processes."""
+        root = root if type(root) is int else as_int(root)
         if not self._by_mpi("Bcast", buf, root=root):
             _coll_mod.bcast(self._coll, buf, root)
 
     def Gather(self, sendbuf, recvbuf, root: int = 0) -> None:
         """Gather data to one process from all other processes."""
+        root = root if type(root) is int else as_int(root)
         if not self._by_mpi("Gather", sendbuf, recvbuf, root):
             _coll_mod.gather(self._coll, sendbuf, recvbuf, root)
 
     def Gatherv(self, sendbuf, recvbuf, root: int = 0) -> None:
         """Gather Vector."""
+        root = root if type(root) is int else as_int(root)
         if not self._by_mpi("Gatherv", sendbuf, recvbuf, root):
             _coll_mod.gather(self._coll, sendbuf, recvbuf, root, vector_spec=True)
 
     def Scatter(self, sendbuf, recvbuf, root: int = 0) -> None:
         """Scatter data from one process to all other processes."""
+        root = root if type(root) is int else as_int(root)
         if not self._by_mpi("Scatter", sendbuf, recvbuf, root):
             _coll_mod.scatter(self._coll, sendbuf, recvbuf, root)
 
     def Scatterv(self, sendbuf, recvbuf, root: int = 0) -> None:
         """Scatter Vector."""
+        root = root if type(root) is int else as_int(root)
         if not self._by_mpi("Scatterv", sendbuf, recvbuf, root):
             _coll_mod.scatter(self._coll, sendbuf, recvbuf, root, vector_spec=True)
 
@@ -171,6 +176,7 @@ class Communicator:
 
     def Reduce(self, sendbuf, recvbuf, op=SUM, root: int = 0) -> None:
         """Reduce to Root."""
+        root = root if type(root) is int else as_int(root)
         if not self._by_mpi("Reduce", sendbuf, recvbuf, root, op):
             _coll_mod.reduce_family(self._coll, "reduce", sendbuf, recvbuf, op, root)
 
@@ -693,6 +699,7 @@ class Communicator:
 
     # Lowercase collectives: cmampi's own on one node, large buffers out of band.
     def _objcoll(self, kind: str, obj, root: int = 0, op=SUM):
+        root = root if type(root) is int else as_int(root)
         e = self._engine
         plain = self._plain()
         if e is None or (plain is not None and e.multinode):   # the MPI library's

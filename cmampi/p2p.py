@@ -757,7 +757,8 @@ def _span(buf: Buffer) -> Tuple[int, int]:
 
 def _plain(spec) -> bool:
     """A whole C-contiguous numpy array of plain data: the channel takes it as is."""
-    return type(spec) is _ndarray and spec.flags.c_contiguous and spec.dtype.kind not in "OMm"
+    return type(spec) is _ndarray and spec.flags.c_contiguous and \
+        spec.dtype.kind not in "OMm" and spec.dtype.isnative
 
 
 def default_engine() -> Engine:

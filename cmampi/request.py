@@ -305,8 +305,9 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ()), metaclass=StandIn): 
                  statuses: Optional[List[Any]] = None) -> Optional[List[int]]:
         """Waitsome(requests, statuses=None)
 
-        Wait for some previously initiated requests to complete: their indices,
-        or None if all are null.
+        Wait for some previously initiated requests to complete.
+
+        Returns their indices, or None if all are null.
         """
         return _some(requests, statuses, True)[0]
 
@@ -315,8 +316,9 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ()), metaclass=StandIn): 
                  statuses: Optional[List[Any]] = None) -> Optional[List[int]]:
         """Testsome(requests, statuses=None)
 
-        Test for completion of some previously initiated requests: their indices
-        (maybe empty), or None if all are null.
+        Test for completion of some previously initiated requests.
+
+        Returns their indices (maybe empty), or None if all are null.
         """
         return _some(requests, statuses, False)[0]
 

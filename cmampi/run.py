@@ -30,8 +30,12 @@ def redirect() -> ModuleType:
 
     from ._channels import real_mpi
 
-    real_mpi()          # cmampi's own hold on the real module, before it is replaced
+    real = real_mpi()   # cmampi's own hold on the real module, before it is replaced
     from . import MPI as ours
+
+    # Where tools look for the MPI library (mpi4py's --mpi-library, ctypes.CDLL):
+    # mpi4py's extension module, which cmampi's namespace stands for.
+    ours.__file__ = real.__file__
 
     _sys.modules["mpi4py.MPI"] = ours
     mpi4py.MPI = ours   # type: ignore[attr-defined]
