@@ -277,7 +277,7 @@ def _foreign_array(obj) -> _np.ndarray:
         mem = mpi_buffer(obj)
         cai = getattr(obj, "__cuda_array_interface__", None)
         try:
-            dtype = _np.dtype(cai["typestr"]) if cai is not None else _np.dtype(_np.uint8)
+            dtype = _np.dtype(cai["typestr"]) if cai is not None else _dlpack_dtype(obj)
         except TypeError:
             raise BufferError(f"format string {cai['typestr']!r} not understood") from None
         if not dtype.isnative:
@@ -286,6 +286,39 @@ def _foreign_array(obj) -> _np.ndarray:
     if hasattr(obj, "__dlpack__"):
         return _np.from_dlpack(obj)
     raise TypeError("message: expecting buffer or list/tuple")
+
+
+class _DLDataType(_ctypes.Structure):
+    _fields_ = [("code", _ctypes.c_uint8), ("bits", _ctypes.c_uint8),
+                ("lanes", _ctypes.c_uint16)]
+
+
+class _DLTensor(_ctypes.Structure):
+    _fields_ = [("data", _ctypes.c_void_p), ("device_type", _ctypes.c_int32),
+                ("device_id", _ctypes.c_int32), ("ndim", _ctypes.c_int32),
+                ("dtype", _DLDataType)]
+
+
+_capsule_pointer = _ctypes.pythonapi.PyCapsule_GetPointer
+_capsule_pointer.restype = _ctypes.c_void_p
+_capsule_pointer.argtypes = [_ctypes.py_object, _ctypes.c_char_p]
+#: DLPack's type codes (int, uint, float, complex, bool) as numpy's kinds.
+_DL_KINDS = {0: "i", 1: "u", 2: "f", 5: "c", 6: "b"}
+
+
+def _dlpack_dtype(obj) -> _np.dtype:
+    """The element type of a legacy (unversioned) DLPack tensor, read from its
+    header; bytes if it cannot be told. The capsule is left unconsumed: its own
+    destructor releases the tensor."""
+    try:
+        capsule = obj.__dlpack__()
+        head = _DLTensor.from_address(_capsule_pointer(capsule, b"dltensor"))
+        kind = _DL_KINDS[head.dtype.code]
+        if head.dtype.lanes != 1:
+            raise KeyError(head.dtype.lanes)
+        return _np.dtype(f"{kind}{head.dtype.bits // 8}")
+    except (TypeError, ValueError, KeyError, AttributeError):
+        return _np.dtype(_np.uint8)
 
 
 def _datatype_size(dt) -> Tuple[int, int, int]:

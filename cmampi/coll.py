@@ -24,7 +24,7 @@ import numpy as _np
 
 from . import _cma, ops as _ops
 from . import p2p as _p2p
-from ._buffers import address as _address, recv_buffer, send_buffer
+from ._buffers import _parse as _parse_spec, address as _address, recv_buffer, send_buffer
 
 __all__ = ["Collectives", "INLINE_MAX", "frame"]
 
@@ -226,11 +226,18 @@ def _dtype_of(buf, datatype) -> _np.dtype:
     return _np.dtype(code)
 
 
-def flat(spec, writable: bool) -> Flat:
-    """*spec* (a buffer or mpi4py spec) as a `Flat`."""
+def flat(spec, writable: bool, blocks: int = 1) -> Flat:
+    """*spec* (a buffer or mpi4py spec) as a `Flat`. With *blocks*, a count in the
+    spec counts each of that many blocks, as in mpi4py (``Gather``'s receive
+    ``[buf, n, type]`` is n per rank)."""
     if type(spec) is _np.ndarray and spec.flags.c_contiguous and spec.dtype.kind not in "OMm" \
             and (spec.flags.writeable or not writable):
         return Flat(spec.reshape(-1))
+    if blocks > 1 and isinstance(spec, (list, tuple)):
+        buf, count, displ, datatype = _parse_spec(spec)
+        if count is not None:
+            window = (_operator.index(count) * blocks, 0 if displ is None else displ)
+            spec = [buf, window] if datatype is None else [buf, window, datatype]
     buf = recv_buffer(spec) if writable else send_buffer(spec)
     datatype = spec[-1] if isinstance(spec, (list, tuple)) and len(spec) > 1 and \
         not isinstance(spec[-1], (int, tuple, list)) else None
@@ -396,7 +403,8 @@ def gather(c: Collectives, sendspec, recvspec, root: int, counts=None, displs=No
     """Gather (and Gatherv when *vector_spec*): ranks push their block into the root."""
     _check_root(c, root)
     names, me, size = c.names, c.rank, c.size
-    in_place = sendspec is names.IN_PLACE
+    # A root sending None sends in place, as with mpi4py.
+    in_place = sendspec is names.IN_PLACE or (sendspec is None and me == root)
 
     def parse():
         recv = None
@@ -405,7 +413,7 @@ def gather(c: Collectives, sendspec, recvspec, root: int, counts=None, displs=No
             if vector_spec:
                 recv, cnts, dsps = vector(recvspec, size, True)
             else:
-                recv = flat(recvspec, True)
+                recv = flat(recvspec, True, size)
                 _per_rank(recv.array.size, size)
         send = None if in_place else flat(sendspec, False)
         return send, recv, cnts, dsps
@@ -460,7 +468,7 @@ def scatter(c: Collectives, sendspec, recvspec, root: int, vector_spec: bool = F
     """Scatter (and Scatterv): ranks pull their block from the root."""
     _check_root(c, root)
     names, me, size = c.names, c.rank, c.size
-    in_place = recvspec is names.IN_PLACE
+    in_place = recvspec is names.IN_PLACE or (recvspec is None and me == root)
 
     def parse():
         send = cnts = dsps = None
@@ -468,7 +476,7 @@ def scatter(c: Collectives, sendspec, recvspec, root: int, vector_spec: bool = F
             if vector_spec:
                 send, cnts, dsps = vector(sendspec, size, False)
             else:
-                send = flat(sendspec, False)
+                send = flat(sendspec, False, size)
                 _per_rank(send.array.size, size)
         recv = None if in_place else flat(recvspec, True)
         return send, recv, cnts, dsps
@@ -513,13 +521,13 @@ def scatter(c: Collectives, sendspec, recvspec, root: int, vector_spec: bool = F
 def allgather(c: Collectives, sendspec, recvspec, vector_spec: bool = False) -> None:
     """Allgather (and Allgatherv): every rank pushes its block to every other."""
     names, me, size = c.names, c.rank, c.size
-    in_place = sendspec is names.IN_PLACE
+    in_place = sendspec is names.IN_PLACE or sendspec is None
 
     def parse():
         if vector_spec:
             recv, cnts, dsps = vector(recvspec, size, True)
         else:
-            recv = flat(recvspec, True)
+            recv = flat(recvspec, True, size)
             k = _per_rank(recv.array.size, size)
             cnts, dsps = [k] * size, [r * k for r in range(size)]
         if in_place:
@@ -568,10 +576,10 @@ def alltoall(c: Collectives, sendspec, recvspec, vector_spec: bool = False) -> N
             else:
                 send, sc, sd = vector(sendspec, size, False)
         else:
-            recv = flat(recvspec, True)
+            recv = flat(recvspec, True, size)
             k = _per_rank(recv.array.size, size)
             rc, rd = [k] * size, [r * k for r in range(size)]
-            send = Flat(recv.array.copy()) if in_place else flat(sendspec, False)
+            send = Flat(recv.array.copy()) if in_place else flat(sendspec, False, size)
             ks = _per_rank(send.array.size, size)
             sc, sd = [ks] * size, [r * ks for r in range(size)]
         return recv, send, rc, rd, sc, sd
