@@ -648,6 +648,14 @@ def reduce_family(c: Collectives, kind: str, sendspec, recvspec, op, root: int =
             x = recv.array.copy() if kind in copied else recv.array
         else:
             x = flat(sendspec, False).array
+            if recv is not None:        # checked locally, as mpi4py does
+                if recv.array.dtype != x.dtype:
+                    raise ValueError("mismatch in send and receive MPI datatypes")
+                want = {"reduce_scatter_block": x.size // max(size, 1),
+                        "reduce_scatter": None}.get(kind, x.size)
+                if want is not None and recv.array.size != want:
+                    raise ValueError(f"mismatch in send count {x.size} and receive "
+                                     f"count {recv.array.size}")
         if kind == "reduce_scatter_block":
             _per_rank(x.size, size)
         elif kind == "reduce_scatter" and recvcounts is not None:
@@ -656,6 +664,9 @@ def reduce_family(c: Collectives, kind: str, sendspec, recvspec, op, root: int =
             if sum(recvcounts) != x.size:
                 raise ValueError(f"mismatch in send count {x.size} and sum(counts) "
                                  f"{sum(recvcounts)}")
+            if recv is not None and not in_place and recv.array.size != recvcounts[me]:
+                raise ValueError(f"mismatch in receive count {recv.array.size} and "
+                                 f"counts[{me}] {recvcounts[me]}")
         try:
             combine = _ops.combiner(op, x.dtype)
         except TypeError as exc:

@@ -605,6 +605,8 @@ class Prequest(Request, *((_REAL_PREQUEST,) if _REAL_PREQUEST else ())):  # type
     _start: Optional[Callable[[], Request]] = None
 
     def __init__(self, request: Optional[Request] = None) -> None:
+        if _real_active(request) and not isinstance(request, _REAL_PREQUEST):
+            raise TypeError(f"Cannot convert {type(request).__name__} to Prequest")
         super().__init__(request)
         self._start = request._start if is_ours(Prequest, request) else None
 

