@@ -2,7 +2,9 @@
 # Set up (.venv, MPICH, mpi4py, pytest) and run the whole test suite: serial
 # tests; multi-rank tests under mpiexec -n 2 and -n 3 (MPI channel); the same
 # tests under cmampi's own launcher with -n 2 and -n 3 (socket channel), with
-# mpi4py blocked so those runs prove cmampi needs no MPI.
+# mpi4py blocked so those runs prove cmampi needs no MPI; mpi4py's own test
+# suite on cmampi (tests/conformance); then all of it that needs MPI again
+# under Open MPI (scripts/test-openmpi.sh).
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 export MPIEXEC_TIMEOUT="${MPIEXEC_TIMEOUT:-600}"
 PYTEST=(python -m pytest -q -p no:cacheprovider)
@@ -37,4 +39,8 @@ CMAMPI_RINGS=0 PYTHONPATH="$ROOT/tests/no_mpi4py" python -m cmampi -n 2 --timeou
     -m pytest -q -p no:cacheprovider -p no:pytest_mpi -m mpi tests
 CMAMPI_RINGS=0 PYTHONPATH="$ROOT/tests/no_mpi4py" python -m cmampi -n 4 --timeout 600 \
     -m pytest -q -p no:cacheprovider -p no:pytest_mpi -m mpi tests/test_stress.py
+echo "== mpi4py's own test suite, plain and through python -m cmampi.run, 1/2/3 ranks (conformance gate)"
+python tests/conformance/gate.py --sizes 1,2,3
+echo "== Open MPI (.venv-openmpi): the multi-rank suite and the conformance gate"
+bash scripts/test-openmpi.sh
 echo "== all test runs passed"
