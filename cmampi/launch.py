@@ -80,7 +80,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog,
         usage=f"{prog} -n N [--tag-output] [--timeout SECONDS] [--grace SECONDS] "
-        "(prog.py | -m module) [args ...]",
+        "[--mpi4py] (prog.py | -m module) [args ...]",
         description="Start N ranks of this Python on PROG with the cmampi socket channel.",
         epilog="Everything after the program (or -m module) is passed to it untouched. "
         "Python block-buffers the output of the ranks, as it goes to a pipe: set "
@@ -96,6 +96,9 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--grace", metavar="SECONDS", type=_positive_float, default=GRACE,
                    help="once a rank has failed, how long the others get to report and exit "
                    "before SIGTERM, and from SIGTERM to SIGKILL (default: %(default)g)")
+    p.add_argument("--mpi4py", action="store_true",
+                   help="run the program through python -m cmampi.run: its 'from mpi4py "
+                   "import MPI' (and its libraries') gets cmampi, mpi4py need not be installed")
     p.add_argument("-m", dest="module", metavar="module", help="run library module as a script")
     p.add_argument("program", nargs="?", help="the Python program every rank runs")
     p.add_argument("args", nargs=argparse.REMAINDER, help="its arguments")
@@ -128,15 +131,16 @@ def _parse(argv: Sequence[str], prog: str) -> _Command:
     parser = _parser(prog)
     options, module, rest = _split(argv)
     ns = parser.parse_args(options)
+    python = [sys.executable, "-m", "cmampi.run"] if ns.mpi4py else [sys.executable]
     if module is not None:
-        return _Command(ns.size, [sys.executable, "-m", module, *rest], ns.tag_output,
+        return _Command(ns.size, [*python, "-m", module, *rest], ns.tag_output,
                         ns.timeout, ns.grace)
     if not rest:
         parser.error("missing the program to run (prog.py or -m module)")
     program, args = rest[0], rest[1:]
     if not os.path.exists(program):
         parser.error(f"can't open file {program!r}: no such file or directory")
-    return _Command(ns.size, [sys.executable, program, *args], ns.tag_output, ns.timeout,
+    return _Command(ns.size, [*python, program, *args], ns.tag_output, ns.timeout,
                     ns.grace)
 
 

@@ -5,7 +5,9 @@ library's it imports (``mpi4py.util.pkl5``, ``mpi4py.futures``, h5py, ...),
 gets cmampi's namespace (`cmampi.MPI`); cmampi itself keeps the real module.
 The command line is ``python -m mpi4py``'s: ``pyfile``, ``-m mod``, ``-c cmd``
 or ``-``, then the program's arguments, and ``--rc key=value`` options; an
-unhandled exception aborts the job, as there. Run each rank under ``mpiexec``::
+unhandled exception aborts the job, as there. Run each rank under ``mpiexec``,
+or under cmampi's own launcher (``python -m cmampi -n 4 --mpi4py prog.py``),
+where mpi4py need not be installed::
 
     mpiexec -n 4 python -m cmampi.run prog.py args
 """
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import sys as _sys
 from types import ModuleType
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 __all__ = ["redirect", "main"]
 
@@ -24,26 +26,64 @@ def redirect() -> ModuleType:
 
     Collective over the world (cmampi's namespace attaches it), and to be called
     before the program imports ``mpi4py.MPI``: a module that already holds the
-    real one keeps it.
+    real one keeps it. On the socket channel an ``mpi4py`` package is made up
+    where none is installed.
     """
-    import mpi4py
+    from ._channels import choose, real_mpi
 
-    from ._channels import real_mpi
-
-    real = real_mpi()   # cmampi's own hold on the real module, before it is replaced
+    real = real_mpi() if choose() == "mpi" else None   # cmampi's own hold on it
     from . import MPI as ours
 
-    # Where tools look for the MPI library (mpi4py's --mpi-library, ctypes.CDLL):
-    # mpi4py's extension module, which cmampi's namespace stands for.
-    ours.__file__ = real.__file__
-
+    try:
+        import mpi4py
+    except ImportError:
+        mpi4py = ModuleType("mpi4py", "cmampi standing in for mpi4py (no MPI library)")
+        mpi4py.__path__ = []    # type: ignore[attr-defined]
+        _sys.modules["mpi4py"] = mpi4py
+    if real is not None:
+        # Where tools look for the MPI library (mpi4py's --mpi-library,
+        # ctypes.CDLL): mpi4py's extension module, which cmampi stands for.
+        ours.__file__ = real.__file__
     _sys.modules["mpi4py.MPI"] = ours
     mpi4py.MPI = ours   # type: ignore[attr-defined]
     return ours
 
 
+def _run_command_line(args: List[str]) -> None:
+    """``pyfile | -m mod | -c cmd | -`` and the program's arguments, as mpi4py runs
+    them (for the socket channel, where mpi4py's own runner may be missing)."""
+    import os
+    import runpy
+
+    _sys.argv[:] = args
+    if args[0] == "-":
+        code = compile(_sys.stdin.read(), "<stdin>", "exec")
+        exec(code, {"__name__": "__main__"})   # noqa: S102 - the user's program
+    elif args[0] == "-c":
+        command = _sys.argv.pop(1)
+        exec(compile(command, "<string>", "exec"), {"__name__": "__main__"})  # noqa: S102
+    elif args[0] == "-m":
+        del _sys.argv[0]
+        runpy.run_module(_sys.argv[0], run_name="__main__", alter_sys=True)
+    else:
+        _sys.path[0] = os.path.realpath(os.path.dirname(_sys.argv[0]))
+        runpy.run_path(_sys.argv[0], run_name="__main__")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """``python -m mpi4py``, with ``mpi4py.MPI`` served by cmampi."""
+    if argv is not None:
+        _sys.argv[1:] = list(argv)
+    from ._channels import choose
+
+    if choose() != "mpi":
+        args = _sys.argv[1:]
+        if not args or (args[0] in ("-m", "-c") and len(args) < 2):
+            raise SystemExit("usage: python -m cmampi.run (prog.py | -m mod | -c cmd | -) "
+                             "[arg ...]")
+        redirect()
+        _run_command_line(args)
+        return
     import mpi4py.run as _run
 
     run_command_line = _run.run_command_line
@@ -53,8 +93,6 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         return run_command_line(args)
 
     _run.run_command_line = redirected
-    if argv is not None:
-        _sys.argv[1:] = list(argv)
     _run.main()
 
 

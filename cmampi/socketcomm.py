@@ -14,8 +14,11 @@ __all__ = ["Intracomm"]
 
 
 class Intracomm(Communicator):
-    """An intracommunicator over cmampi's socket channel (jobs started by
-    ``python -m cmampi``): mpi4py's methods, single-copy traffic, no MPI."""
+    """
+    An intracommunicator over cmampi's socket channel (no MPI library).
+    """
+
+    __module__ = "cmampi.MPI"   # where pickle and repr find it
 
     def __init__(self, comm: Optional["Intracomm"] = None) -> None:
         if comm is None:

@@ -1,0 +1,108 @@
+"""``python -m cmampi.run``: unmodified mpi4py programs, and the libraries they import, on cmampi."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+NO_MPI4PY = REPO / "tests" / "no_mpi4py"
+LIMIT = 120
+
+# An mpi4py program that knows nothing of cmampi: it checks, from inside, that it
+# got cmampi's namespace, and that mpi4py's own pure-Python library (pkl5) did too.
+PROGRAM = """
+    import sys
+    import numpy as np
+    from mpi4py import MPI
+    import mpi4py
+
+    comm = MPI.COMM_WORLD
+    rank, size = comm.Get_rank(), comm.Get_size()
+    assert type(comm).__module__ == "cmampi.MPI", type(comm)
+    assert mpi4py.MPI is MPI and isinstance(comm, MPI.Intracomm)
+    peer = (rank + 1) % size
+    out, got = np.full(1 << 18, float(rank)), np.empty(1 << 18)
+    comm.Sendrecv(out, peer, 3, got, (rank - 1) % size, 3)
+    assert (got == (rank - 1) % size).all()
+    assert comm.allreduce(rank) == size * (size - 1) // 2
+    if MPI.CHANNEL == "mpi":
+        from mpi4py.util import pkl5
+        pcomm = pkl5.Intracomm(comm)
+        assert pcomm.sendrecv({"r": rank}, peer, 4, None, (rank - 1) % size, 4) == \\
+            {"r": (rank - 1) % size}
+        assert type(comm.Create_cart([size])).__name__ == "Cartcomm"
+    print(f"rank {rank} ok {' '.join(sys.argv[1:])}", flush=True)
+"""
+
+
+def _mpiexec() -> str:
+    found = shutil.which("mpiexec", path=os.path.dirname(sys.executable))
+    if found is None:
+        pytest.skip("no mpiexec next to this Python")
+    return found
+
+
+def _env(**extra) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    env.update(extra)
+    return env
+
+
+def _write(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "prog.py"
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+def _oversubscribe(mpiexec: str) -> list:
+    """Open MPI's mpiexec needs to be told that 2 ranks may share 1-2 cores."""
+    out = subprocess.run([mpiexec, "--version"], capture_output=True, text=True).stdout
+    return ["--oversubscribe"] if "Open MPI" in out or "OpenRTE" in out else []
+
+
+def test_an_unmodified_program_runs_on_cmampi_under_mpiexec(tmp_path):
+    mpiexec = _mpiexec()
+    prog = _write(tmp_path, PROGRAM)
+    cmd = [mpiexec, *_oversubscribe(mpiexec), "-n", "2", sys.executable, "-m", "cmampi.run"]
+    done = subprocess.run([*cmd, str(prog), "a", "b"], env=_env(), capture_output=True,
+                          text=True, timeout=LIMIT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert sorted(done.stdout.split("\n"))[-2:] == ["rank 0 ok a b", "rank 1 ok a b"]
+    # -c and -m as python -m mpi4py takes them
+    done = subprocess.run([*cmd, "-c", "from mpi4py import MPI; print(type(MPI.COMM_WORLD))"],
+                          env=_env(), capture_output=True, text=True, timeout=LIMIT)
+    assert done.returncode == 0 and done.stdout.count("cmampi.MPI.Intracomm") == 2, done.stderr
+
+
+def test_an_unhandled_exception_aborts_the_job(tmp_path):
+    """As with python -m mpi4py: one rank's exception ends every rank, not a hang."""
+    mpiexec = _mpiexec()
+    prog = _write(tmp_path, """
+        from mpi4py import MPI
+        if MPI.COMM_WORLD.Get_rank() == 0:
+            raise SystemExit(3)
+        MPI.COMM_WORLD.recv(source=0)    # never sent: only the abort ends this rank
+    """)
+    done = subprocess.run([mpiexec, *_oversubscribe(mpiexec), "-n", "2", sys.executable,
+                           "-m", "cmampi.run", str(prog)], env=_env(), capture_output=True,
+                          text=True, timeout=LIMIT)
+    assert done.returncode != 0
+
+
+def test_the_launcher_serves_mpi4py_without_mpi(tmp_path):
+    """``python -m cmampi -n 2 --mpi4py prog.py``: the same program on the socket
+    channel, mpi4py not even importable."""
+    prog = _write(tmp_path, PROGRAM)
+    env = _env(PYTHONPATH=os.pathsep.join([str(NO_MPI4PY), str(REPO)]))
+    done = subprocess.run([sys.executable, "-m", "cmampi", "-n", "2", "--mpi4py", str(prog), "x"],
+                          env=env, capture_output=True, text=True, timeout=LIMIT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert sorted(done.stdout.split("\n"))[-2:] == ["rank 0 ok x", "rank 1 ok x"]
