@@ -162,6 +162,29 @@ INLINE = 2048
 _HEADER = _struct.Struct("<5q")
 _HEAD = _HEADER.size
 _REFUSED = _HEADER.pack(0, 0, 0, 0, 0)
+#: A rank whose arguments only the MPI library can run (a datatype with holes):
+#: if any rank says so, every rank runs the call with the MPI library.
+_MPI_ONLY = _HEADER.pack(2, 0, 0, 0, 0)
+
+
+def _only_mpi_can(spec) -> bool:
+    """Whether *spec* names a datatype cmampi's collectives cannot lay out (holes,
+    a lower bound) but the MPI library can."""
+    if not isinstance(spec, (list, tuple)) or not spec:
+        return False
+    datatype = spec[-1]
+    get_extent = getattr(datatype, "Get_extent", None)
+    if get_extent is None:
+        return False
+    try:
+        lb, extent = get_extent()
+        return lb != 0 or extent != datatype.Get_size()
+    except Exception:   # noqa: BLE001 - a null datatype: the MPI library's to refuse
+        return False
+
+
+def _any_mpi_only(every, starts) -> bool:
+    return any(every.startswith(_MPI_ONLY, start) for start in starts)
 
 
 class Agreement:
@@ -217,13 +240,20 @@ def run(a: Agreement, kind: str, send=None, recv=None, root: int = 0, op=None) -
             sig = signature(a.size, a.rank, send, recv, root, op, a.in_place)
         except (TypeError, ValueError, AttributeError):
             sig = None
+    natively = _calling(a.raw, kind, root, op)
     if sig is None:
-        a.agree(_REFUSED)
+        a.agree(_MPI_ONLY if _only_mpi_can(send) or _only_mpi_can(recv) else _REFUSED)
+        if _any_mpi_only(a.every, a.starts):
+            natively(send, recv)
+            return True
         return False
     nbytes, code, opc = sig
     packed = _HEADER.pack(1, kind_id, nbytes, code, opc * 1000 + root)
     if nbytes > NATIVE_MAX[kind]:
         a.agree(packed)
+        if _any_mpi_only(a.every, a.starts):
+            natively(send, recv)
+            return True
         return False
     load = finish = _nothing
     # Payloads ride in the agreement when they fit (a Scatter's root sends size x).
@@ -237,7 +267,7 @@ def run(a: Agreement, kind: str, send=None, recv=None, root: int = 0, op=None) -
         finish = finisher(a, send, recv, root, _UFUNCS[_OPS[opc - 1]] if opc else None) \
             or _nothing
     a.fast[kind], body = _fast(a, send, recv, root, op, packed, load, finish,
-                               _written(kind, a.rank, root))
+                               _written(kind, a.rank, root), natively)
     return body(send, recv)     # not through the guard, which may be stricter
 
 
@@ -264,7 +294,7 @@ def _looks(x, in_place) -> tuple:
 
 
 def _fast(a: Agreement, send, recv, root: int, op, packed: bytes, load, finish,
-          writes: Optional[int]) -> tuple:
+          writes: Optional[int], natively) -> tuple:
     """(fast, body): *body* runs this call; *fast* runs calls made like it, whose
     arguments have the same types, shapes and dtypes, arrays still C-contiguous,
     the one this rank receives into (*writes*: 0 send, 1 recv) still writable,
@@ -308,6 +338,9 @@ def _fast(a: Agreement, send, recv, root: int, op, packed: bytes, load, finish,
         allgather(mine, every)
         for start in starts:
             if not every.startswith(packed, start):
+                if _any_mpi_only(every, starts):
+                    natively(send, recv)
+                    return True
                 return False
         finish(send, recv)
         return True
