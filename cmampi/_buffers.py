@@ -302,6 +302,9 @@ class _DLTensor(_ctypes.Structure):
 _capsule_pointer = _ctypes.pythonapi.PyCapsule_GetPointer
 _capsule_pointer.restype = _ctypes.c_void_p
 _capsule_pointer.argtypes = [_ctypes.py_object, _ctypes.c_char_p]
+_capsule_name = _ctypes.pythonapi.PyCapsule_GetName
+_capsule_name.restype = _ctypes.c_char_p
+_capsule_name.argtypes = [_ctypes.py_object]
 #: DLPack's type codes (int, uint, float, complex, bool) as numpy's kinds.
 _DL_KINDS = {0: "i", 1: "u", 2: "f", 5: "c", 6: "b"}
 
@@ -311,12 +314,18 @@ def _dlpack_dtype(obj) -> _np.dtype:
     header; bytes if it cannot be told. The capsule is left unconsumed: its own
     destructor releases the tensor."""
     try:
-        capsule = obj.__dlpack__()
-        head = _DLTensor.from_address(_capsule_pointer(capsule, b"dltensor"))
-        kind = _DL_KINDS[head.dtype.code]
-        if head.dtype.lanes != 1:
-            raise KeyError(head.dtype.lanes)
-        return _np.dtype(f"{kind}{head.dtype.bits // 8}")
+        device = obj.__dlpack_device__()[0] if hasattr(obj, "__dlpack_device__") else 1
+        capsule = obj.__dlpack__(stream=None if device == 1 else -1)   # 1: kDLCPU
+        name = _capsule_name(capsule)
+        # A versioned tensor's DLTensor follows its version, context, deleter and flags.
+        skip = 32 if name == b"dltensor_versioned" else 0
+        head = _DLTensor.from_address(_capsule_pointer(capsule, name) + skip)
+        kind, size, lanes = _DL_KINDS[head.dtype.code], head.dtype.bits // 8, head.dtype.lanes
+        if kind == "f" and lanes == 2:      # a complex number as two float lanes
+            kind, size, lanes = "c", 2 * size, 1
+        if lanes != 1:
+            raise KeyError(lanes)
+        return _np.dtype(f"{kind}{size}")
     except (TypeError, ValueError, KeyError, AttributeError):
         return _np.dtype(_np.uint8)
 
