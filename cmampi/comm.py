@@ -294,8 +294,12 @@ class Communicator:
                 and 0 <= tag <= e.tag_ub):
             dest, tag = self._dest(dest), self._tag(tag, False)
             if dest == e.names.PROC_NULL:
-                return
+                plain = self._plain()
+                if plain is not None:   # the MPI library's own (a revoked comm fails)
+                    plain.Send(buf, dest, tag)
+                return None
         e.send(buf, dest, tag)
+        return None
 
     def Ssend(self, buf, dest: int, tag: int = 0) -> None:
         """Blocking send in synchronous mode."""
@@ -322,9 +326,14 @@ class Communicator:
                 and 0 <= tag <= e.tag_ub):
             source, tag = self._source(source), self._tag(tag, True)
             if source == e.names.PROC_NULL:
-                self._null_status(status)
-                return
+                plain = self._plain()
+                if plain is not None:
+                    plain.Recv(buf, source, tag, status)
+                else:
+                    self._null_status(status)
+                return None
         e.recv(buf, source, tag, status)
+        return None
 
     def Sendrecv(self, sendbuf, dest: int, sendtag: int = 0, recvbuf=None,
                  source: int = ANY_SOURCE, recvtag: int = ANY_TAG, status=None) -> None:
@@ -525,8 +534,9 @@ class Communicator:
         source, tag = self._source(source), self._tag(tag, True)
         if source == self._engine.names.PROC_NULL:
             plain = self._plain()
-            if matched and plain is not None:
-                return Message(plain.Mprobe(source, tag, status))   # MESSAGE_NO_PROC
+            if plain is not None:       # the MPI library's own answer
+                return Message(plain.Mprobe(source, tag, status)) if matched \
+                    else plain.Iprobe(source, tag, status)
             self._null_status(status)
             if matched:
                 names = self._engine.names
