@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 # with a pulled array), then plenty of allocation: with the reply buffers freed
 # under a posted receive, the debug allocator sees the program's objects
 # overwritten, or the process dies in the garbage collector.
-PROGRAM = """
+PROGRAM = r"""
     import gc
     import numpy as np
     from cmampi import MPI
