@@ -66,4 +66,4 @@ def test_dropped_requests_under_the_debug_allocator(tmp_path):
     out = subprocess.run([mpiexec, "-n", "2", sys.executable, str(prog)], env=env,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert sorted(out.stdout.split()) == ["0", "1", "ok", "ok"]
+    assert out.stdout.count("ok") == 2, out.stdout    # each rank's last line
