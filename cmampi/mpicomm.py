@@ -211,8 +211,9 @@ class _MPICommunicator(_Handles, Communicator):
     def free(self) -> None:
         """Call ``Free`` if not null or predefined."""
         namespace = _sys.modules.get(f"{__package__}.MPI")
-        if namespace is not None and self in (namespace.COMM_WORLD, namespace.COMM_SELF):
-            return      # constants, as mpi4py's own are
+        if namespace is not None and (self is namespace.COMM_WORLD or
+                                      self is namespace.COMM_SELF):
+            return      # constants, as mpi4py's own are (a copy of one is not)
         handle, engine = self.handle, self._engine
         _MPI.Comm.free(self)
         if engine is not None and self.handle != handle:
