@@ -216,8 +216,11 @@ class _MPICommunicator(_Handles, Communicator):
             return      # constants, as mpi4py's own are (a copy of one is not)
         handle, engine = self.handle, self._engine
         _MPI.Comm.free(self)
-        if engine is not None and self.handle != handle:
-            self.__dict__.pop("_engine", None)
+        self.__dict__.pop("_engine", None)
+        # A copy of a predefined communicator is only nulled: the handle, and the
+        # engine serving it, live on.
+        predefined = handle in (_MPI.COMM_WORLD.handle, _MPI.COMM_SELF.handle)
+        if engine is not None and self.handle != handle and not predefined:
             _ENGINES.pop(handle, None)
             engine.free()
 

@@ -119,3 +119,20 @@ def test_pkl5_takes_a_cmampi_communicator():
 
     comm = pkl5.Intracomm(CM.COMM_WORLD)
     assert comm.allreduce(1) == comm.Get_size()
+
+
+def test_freeing_a_copy_of_a_predefined_communicator_keeps_it_working():
+    """mpi4py's ``free()`` nulls a copy of COMM_SELF, and COMM_SELF (with cmampi's
+    engine for its handle) goes on working; the namespace's own object is a constant."""
+    import numpy as np
+
+    copy = type(CM.COMM_SELF)(CM.COMM_SELF)
+    copy.free()
+    assert not copy
+    CM.COMM_SELF.free()
+    assert CM.COMM_SELF and CM.COMM_SELF._engine is not None
+    got = np.zeros(3)
+    req = CM.COMM_SELF.Isend(np.arange(3.0), 0, 5)
+    CM.COMM_SELF.Recv(got, 0, 5)
+    req.Wait()
+    assert (got == np.arange(3.0)).all()
