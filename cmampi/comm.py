@@ -361,6 +361,9 @@ class Communicator:
 
     def _isend(self, buf, dest, tag, sync: bool, copy: bool = False) -> Request:
         e = self._engine
+        if type(dest) is int and 0 <= dest < e.size:    # the common case: a rank
+            op = self._isend_op(buf, dest, tag, sync, copy)
+            return new_request(_buffered(op) if copy else op)
         if dest == e.names.PROC_NULL and self._plain() is not None:
             method = "Issend" if sync else "Ibsend" if copy else "Isend"
             self._tag(tag, False)

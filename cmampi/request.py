@@ -451,6 +451,9 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ()), metaclass=StandIn): 
         return _some(requests, statuses, False)
 
 
+_new = _REAL_REQUEST.__new__ if _REAL_REQUEST is not None else object.__new__
+
+
 def _REAL_BASE(cls: type) -> Any:
     """The mpi4py class *cls* stands in for."""
     for base in cls.__mro__:
@@ -461,7 +464,7 @@ def _REAL_BASE(cls: type) -> Any:
 
 def new_request(op: Optional[_p2p.Op], parts: Sequence[_p2p.Op] = ()) -> Request:
     """A request carrying *op* (and *parts*, completing with it: a Sendrecv's send)."""
-    req = Request.__new__(Request)
+    req = _new(Request)      # mpi4py's allocator itself: no Python-level __new__ call
     req._op = op
     req._parts = list(parts)
     return req
