@@ -15,7 +15,7 @@ from ._channels import choose as _choose, names as _names_in_use, world as _worl
 _base = _names_in_use()
 globals().update({k: v for k, v in vars(_base).items()
                   if not k.startswith("__") or k == "__pyx_capi__"})
-from .request import Message, Prequest, Request  # noqa: E402
+from .request import Message, Prequest, Request  # noqa: E402,F401 - the namespace
 
 CHANNEL = _choose()
 if CHANNEL == "mpi":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os as _os
 import sys as _sys
-from typing import Any, Optional
+from typing import Optional
 
 from ._config import config as _config
 from .comm import Communicator, _Freed

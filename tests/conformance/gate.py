@@ -24,14 +24,13 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 from typing import Dict, List, Tuple
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 RANK = HERE / "rank.py"
-OUTCOMES = ("ok", "fail", "error", "skip", "xfail", "xpass", "hang")
 _WORSE = {o: i for i, o in enumerate(("ok", "xfail", "skip", "xpass", "fail", "error", "hang"))}
 
 
