@@ -199,14 +199,19 @@ class _MPICommunicator(_Handles, Communicator):
             return self.Split(sorted(set(nodes)).index(nodes[e.rank]), key)
         return _derived(_MPI.Intracomm.Split_type(self, split_type, key, info))
 
-    def Free(self) -> None:
-        """Free a communicator (and cmampi's private duplicates of it)."""
+    def _release(self, primitive) -> None:
+        """Run mpi4py's *primitive* (``Free``, ``Disconnect``), then free the engine of
+        the handle it released."""
         handle, engine = self.handle, self._engine
-        _MPI.Comm.Free(self)
+        primitive(self)
         self.__dict__.pop("_engine", None)
         if engine is not None:
             _ENGINES.pop(handle, None)
             engine.free()
+
+    def Free(self) -> None:
+        """Free a communicator (and cmampi's private duplicates of it)."""
+        self._release(_MPI.Comm.Free)
 
     def free(self) -> None:
         """Call ``Free`` if not null or predefined."""
@@ -226,12 +231,7 @@ class _MPICommunicator(_Handles, Communicator):
 
     def Disconnect(self) -> None:
         """Disconnect from a communicator (and free cmampi's duplicates of it)."""
-        handle, engine = self.handle, self._engine
-        _MPI.Comm.Disconnect(self)
-        self.__dict__.pop("_engine", None)
-        if engine is not None:
-            _ENGINES.pop(handle, None)
-            engine.free()
+        self._release(_MPI.Comm.Disconnect)
 
 
 class Intracomm(_MPICommunicator, _MPI.Intracomm, metaclass=StandIn):
