@@ -38,17 +38,25 @@ SUM = _NAMES.SUM
 INFO_NULL = getattr(_NAMES, "INFO_NULL", None)
 
 
+_INT_MIN, _INT_MAX = -(2**31), 2**31 - 1   # a C int: what mpi4py converts ranks and tags to
+
+
 def as_int(x) -> int:
-    """*x* as the int mpi4py would pass to MPI (floats truncate, as they do there)."""
+    """*x* as the C int mpi4py would pass to MPI (floats truncate, as they do there;
+    a value a C int cannot hold raises ``OverflowError``, as there)."""
     if type(x) is int:
-        return x
-    try:
-        return x.__index__()
-    except AttributeError:
-        if isinstance(x, (float, bool)) or (hasattr(type(x), "__int__") and not
-                                            isinstance(x, (str, bytes))):
-            return int(x)
-    raise TypeError("an integer is required")
+        value = x
+    else:
+        try:
+            value = x.__index__()
+        except AttributeError:
+            if not (isinstance(x, (float, bool)) or (hasattr(type(x), "__int__") and not
+                                                     isinstance(x, (str, bytes)))):
+                raise TypeError("an integer is required") from None
+            value = int(x)
+    if not _INT_MIN <= value <= _INT_MAX:
+        raise OverflowError("value too large to convert to int")
+    return value
 
 
 def _buffered(op: _p2p.Op) -> _p2p.Op:

@@ -446,9 +446,9 @@ def _folding(a: Agreement, ranks: range, out: _np.ndarray, ufunc, skip: int = 0)
     first, second, rest = operands[0], operands[1], operands[2:]
 
     def finish(send, recv):
-        ufunc(first, second, recv)
+        ufunc(first, second, out=recv)
         for x in rest:
-            ufunc(recv, x, recv)
+            ufunc(recv, x, out=recv)
     return finish
 
 

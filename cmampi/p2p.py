@@ -148,11 +148,14 @@ class PullSendOp(Op):
     reading our buffer.
     """
 
-    __slots__ = ("buf", "dest", "xid", "reply", "helped", "base")
+    __slots__ = ("buf", "dest", "xid", "reply", "helped", "base", "notice")
 
     def __init__(self, engine: "Engine", buf: Buffer, dest: int, xid: int,
-                 base: Optional[int] = None) -> None:
+                 base: Optional[int] = None, notice: Optional[tuple] = None) -> None:
         super().__init__(engine)
+        #: (channel handle, bytes) of the descriptor's send, if it was sent without
+        #: blocking: completed once the reply shows the receiver has it
+        self.notice = notice
         self.buf = buf             # the user's buffer stays alive until the reply
         #: what help requests' offsets count from: the buffer's start, or (objects,
         #: whose requests name absolute addresses) 0
@@ -178,6 +181,9 @@ class PullSendOp(Op):
                 self.handle = self.engine.ch.irecv_reply(self.reply, self.dest, self.xid)
                 return
             self.buf = None
+            if self.notice is not None:
+                self.engine.ch.waitany([self.notice[0]])
+                self.notice = None
             self.finish()
             return
         ch = self.engine.ch
@@ -400,11 +406,12 @@ class Engine:
             # Helping means writing into the receiver: only if we may.
             if blocked and n >= self.coop_min and buf.contiguous and self.can_read[dest]:
                 flags |= _wire.F_HELP
-            # A descriptor is small: the channel buffers it, so sending it
-            # blocking returns at once. It goes first: the receiver's reply,
-            # which the op posts a receive for, waits in the channel if early.
-            ch.send(_wire.control(_wire.pull(xid, flags, buf.layout), self.limit), dest, tag)
-            return PullSendOp(self, buf, dest, xid)
+            # The descriptor goes first, without blocking: the MPI library may
+            # hold a message just above its eager limit until it is matched
+            # (Open MPI does), and both ranks may be sending. The receiver's
+            # reply, which the op posts a receive for, waits in the channel if early.
+            notice = _wire.control(_wire.pull(xid, flags, buf.layout), self.limit)
+            return PullSendOp(self, buf, dest, xid, notice=(ch.isend(notice, dest, tag), notice))
         # The payload follows through the side space, straight into the receive
         # buffer. In synchronous mode the receiver replies once it has matched.
         data = buf.wire()

@@ -277,7 +277,6 @@ LOCAL = {
     "Scatter-root-minus-1": ("ERR_ROOT", lambda a: a.c.Scatter(np.zeros(4 * a.size), a.g(4), -1)),
     # tags
     "Send-ANY_TAG": ("ERR_TAG", lambda a: a.c.Send(a.buf, 0, a.MPI.ANY_TAG)),
-    "Send-TAG_UB+1": ("ERR_TAG", lambda a: a.c.Send(a.buf, 0, tag_ub(a.c, a.MPI) + 1)),
     "Irecv-tag-minus-3": ("ERR_TAG", lambda a: a.c.Irecv(a.g(4), 0, -3)),
     "Iprobe-tag-minus-5": ("ERR_TAG", lambda a: a.c.Iprobe(0, -5)),
     "Sendrecv-sendtag-minus-3": ("ERR_TAG", lambda a: a.c.Sendrecv(
@@ -311,6 +310,21 @@ LOCAL = {
 def test_local_error(comm, MPI, case):
     expected, call = LOCAL[case]
     run_local(comm, MPI, expected, call)
+
+
+def test_tag_past_tag_ub(comm, MPI):
+    """``TAG_UB + 1``: ERR_TAG where a C int holds it (MPICH), else the
+    ``OverflowError`` of the conversion (Open MPI's bound is the largest int)."""
+    bound = tag_ub(comm, MPI)
+    expected = "ERR_TAG" if bound + 1 < 2**31 else OverflowError
+    run_local(comm, MPI, expected, lambda a: a.c.Send(a.buf, 0, bound + 1))
+
+
+@pytest.mark.parametrize("value", [2**31, -(2**31) - 1, 2**40])
+def test_int_arguments_beyond_c_int(comm, MPI, value):
+    """Ranks and tags are C ints, in mpi4py and in cmampi alike."""
+    run_local(comm, MPI, OverflowError, lambda a: a.c.Send(a.buf, value, 0))
+    run_local(comm, MPI, OverflowError, lambda a: a.c.Irecv(a.g(4), 0, value))
 
 
 def test_float_ranks_truncate_as_in_mpi4py(comm, MPI):
@@ -387,7 +401,7 @@ TRUNCATING = ["Recv", "Irecv", "Sendrecv", "Mprobe"]
 
 @pytest.mark.parametrize("n", [10, LARGE])
 @pytest.mark.parametrize("how", TRUNCATING)
-def test_truncated_receive(comm, MPI, how, n):
+def test_truncated_receive(comm, MPI, how, n, open_mpi_reference):
     """n + 2 elements into n: ERR_TRUNCATE on the receiver, nothing written outside."""
     rank = comm.Get_rank()
     g = Guards()
@@ -408,11 +422,21 @@ def test_truncated_receive(comm, MPI, how, n):
                 comm.Irecv(buf, 0, 3).Wait()
             else:
                 comm.Mprobe(0, 3).Recv(buf)
-    g.check()
+    try:
+        g.check()
+        damage = None
+    except AssertionError as exc:
+        damage = exc
     works_after(comm, MPI)
+    if damage is not None and open_mpi_reference and n == LARGE:
+        pytest.xfail("Open MPI writes a truncated large message past the receive buffer")
+    if damage is not None:
+        raise damage
 
 
-def test_message_received_twice(comm, MPI):
+def test_message_received_twice(comm, MPI, open_mpi_reference):
+    if open_mpi_reference:
+        pytest.skip("Open MPI aborts the job: MPI_Mrecv of MPI_MESSAGE_NULL is fatal there")
     rank = comm.Get_rank()
     if rank == 0:
         comm.Send(np.ones(4), 1, 6)
@@ -774,7 +798,7 @@ def _clean_env(socket: bool):
 
 
 def test_after_finalize(cmcomm, MPI):
-    """MPI channel: MPICH ends the process (as with plain mpi4py), nothing hangs.
+    """MPI channel: the MPI library ends the process (as with plain mpi4py), nothing hangs.
     Socket channel: Finalize exists and Is_finalized() then says so."""
     if cmcomm.Get_rank() == 0:
         socket = MPI.CHANNEL == "socket"
@@ -786,5 +810,5 @@ def test_after_finalize(cmcomm, MPI):
             assert proc.returncode == 0, out
         else:
             assert proc.returncode != 0 and "still running" not in out, out
-            assert "finaliz" in proc.stderr, out
+            assert "finaliz" in proc.stderr.lower(), out
     works_after(cmcomm, MPI)

@@ -174,7 +174,10 @@ def test_proc_null(comm, MPI):
 # -- truncation -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("n", [40, 4 * LIMIT])
-def test_truncation(comm, MPI, n):
+def test_truncation(comm, MPI, n, open_mpi_reference):
+    if open_mpi_reference and n > 4096:
+        pytest.skip("Open MPI writes a truncated large message past the receive buffer "
+                    "(this process's heap)")
     rank = comm.Get_rank()
     if rank == 0:
         comm.Send(np.ones(n, np.uint8), 1, 6)
