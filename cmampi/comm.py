@@ -679,7 +679,7 @@ class Communicator:
         source, tag = self._source(source), self._tag(tag, True)
         if source == self._engine.names.PROC_NULL:
             return self._null_request("irecv", None, source, tag, finish=lambda op: None)
-        op = self._engine.irecv(None, source, tag)
+        op = self._engine.irecv(None, source, tag, _objects.landed)
         op.decode = _objects.loads
         return new_request(op)
 

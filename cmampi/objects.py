@@ -81,15 +81,20 @@ def _out_of_band(pb: _pickle.PickleBuffer) -> Optional[memoryview]:
     return raw if raw.nbytes >= OOB_MIN else None
 
 
-def pull_object(pid: int, stream, spots: Sequence[Spot]) -> Any:
-    """Unpickle *stream*, pulling its out-of-band buffers from process *pid*."""
+def pull_buffers(pid: int, spots: Sequence[Spot]) -> List[_np.ndarray]:
+    """Out-of-band buffers pulled from process *pid*, in order."""
     buffers = []
     for addr, n in spots:
         arr = _memory.empty(n)
         if n:
             _cma.read_into(pid, address(arr), addr, n)
         buffers.append(arr)
-    return _pickle.loads(stream, buffers=buffers)
+    return buffers
+
+
+def pull_object(pid: int, stream, spots: Sequence[Spot]) -> Any:
+    """Unpickle *stream*, pulling its out-of-band buffers from process *pid*."""
+    return _pickle.loads(stream, buffers=pull_buffers(pid, spots))
 
 
 # -- point to point ------------------------------------------------------------------------
@@ -107,6 +112,28 @@ class _OutOfBand:
 
     def __reduce__(self):
         return (_OutOfBand, (self.stream, self.buffers, self.xid, self.helps))
+
+
+#: Where a pickle of protocol 5 starts after its first frame's header, and what an
+#: `_OutOfBand` record has there (its class): how a receive tells one without unpickling.
+_FRAMED = 11
+_MARK = (lambda p: p[_FRAMED : p.index(b"_OutOfBand") + len(b"_OutOfBand")])(
+    _pickle.dumps(_OutOfBand(b"", [], 0, False), 5))
+
+
+def _is_out_of_band(data) -> bool:
+    return bytes(data[_FRAMED : _FRAMED + len(_MARK)]) == _MARK
+
+
+class _Pulled:
+    """An object's stream and the out-of-band buffers pulled for it on arrival
+    (or the error of the pull), until the receiver asks for the object."""
+
+    __slots__ = ("stream", "buffers", "error")
+
+    def __init__(self, stream: bytes, buffers: List[_np.ndarray],
+                 error: Optional[BaseException]) -> None:
+        self.stream, self.buffers, self.error = stream, buffers, error
 
 
 class _TooBig(Exception):
@@ -155,7 +182,7 @@ def _start(engine: _p2p.Engine, packed: Packed, dest: int, tag: int, sync: bool,
     op = _p2p.PullSendOp(engine, packed, dest, xid, base=0)   # posts the reply receive
     spots = packed.spots()
     helps = blocked and engine.can_read[dest] and max(n for _, n in spots) >= engine.coop_min
-    head = _pickle.dumps(_OutOfBand(packed.stream, spots, xid, helps), _pickle.HIGHEST_PROTOCOL)
+    head = _pickle.dumps(_OutOfBand(packed.stream, spots, xid, helps), 5)   # see _MARK
     # Started, not waited for: a head above the eager limit completes only once
     # the receiver matches it, and an isend must not wait for that.
     sent = engine.isend(send_buffer(_np.frombuffer(head, _np.uint8)), dest, tag, False,
@@ -191,7 +218,7 @@ class _Both(_p2p.Op):
 def recv(engine: _p2p.Engine, source: int, tag: int, status=None) -> Any:
     """Blocking receive of an object."""
     if not engine.idle():           # other receives need progress while this waits
-        op = engine.irecv(None, source, tag)
+        op = engine.irecv(None, source, tag, landed)
         if not op.done:
             _p2p.wait_any([op])
         return _completed(engine, op, status)
@@ -217,28 +244,51 @@ def _completed(engine: _p2p.Engine, op: _p2p.Op, status) -> Any:
     return op.result
 
 
+def landed(op: _p2p.RecvOp) -> None:
+    """On arrival of an object receive's message (in progress, whether or not
+    anyone waits): pull its out-of-band buffers now and free the sender, which
+    waits for that. The object itself is unpickled by `loads`, when asked for."""
+    if op.buf is None or not op.nbytes or not _is_out_of_band(op.buf.array):
+        return
+    head = _pickle.loads(op.buf.array)    # cmampi's own record: its stream stays bytes
+    op.result = _fetched(op.engine, head, op.source)
+
+
+def _fetched(engine: _p2p.Engine, head: _OutOfBand, source: int) -> _Pulled:
+    """Pull the buffers *head* names from *source*, then reply to the sender: it
+    holds its buffers until that reply, whatever happened here."""
+    code, buffers, error = _wire.ACK_OK, [], None
+    try:
+        buffers = pull_buffers(engine.ch.pids[source], head.buffers)
+    except OSError as exc:
+        code, error = _wire.ACK_FAILED, exc
+    engine.ch.send_reply(bytes((code,)), source, head.xid)
+    return _Pulled(head.stream, buffers, error)
+
+
 def loads(op: _p2p.Op) -> Any:
-    """The object a finished receive holds, pulling its out-of-band buffers."""
+    """The object a finished receive holds (its out-of-band buffers pulled on arrival)."""
+    if type(op.result) is _Pulled:
+        pulled, op.result = op.result, None
+        if pulled.error is not None:
+            raise pulled.error
+        return _pickle.loads(pulled.stream, buffers=pulled.buffers)
     if op.buf is None or not op.nbytes:
         return None
     return _unpacked(op.engine, _pickle.loads(op.buf.array), op.source)
 
 
 def _unpacked(engine: _p2p.Engine, obj: Any, source: int) -> Any:
-    """A received object itself, its out-of-band buffers pulled from *source*."""
+    """A received object itself, its out-of-band buffers pulled from *source*. Only
+    a failed pull is the sender's business: unpickling comes after the reply."""
     if type(obj) is not _OutOfBand:
         return obj
     if obj.helps:
         return _pull_helped(engine, source, obj)
-    code = _wire.ACK_OK
-    try:
-        return pull_object(engine.ch.pids[source], obj.stream, obj.buffers)
-    except BaseException:
-        code = _wire.ACK_FAILED
-        raise
-    finally:
-        # The sender holds its buffers until this reply, whatever happened here.
-        engine.ch.send_reply(bytes((code,)), source, obj.xid)
+    pulled = _fetched(engine, obj, source)
+    if pulled.error is not None:
+        raise pulled.error
+    return _pickle.loads(pulled.stream, buffers=pulled.buffers)
 
 
 def _pull_helped(engine: _p2p.Engine, source: int, obj: _OutOfBand) -> Any:

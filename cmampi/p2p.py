@@ -23,7 +23,7 @@ from __future__ import annotations
 import collections as _collections
 import os as _os
 import time as _time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -201,14 +201,18 @@ class PullSendOp(Op):
 class RecvOp(Op):
     """A receive: matched message -> in place, copied, pulled or side payload -> done."""
 
-    __slots__ = ("buf", "stage", "inplace", "then")
+    __slots__ = ("buf", "stage", "inplace", "then", "landed")
 
-    def __init__(self, engine: "Engine", buf: Optional[Buffer]) -> None:
+    def __init__(self, engine: "Engine", buf: Optional[Buffer],
+                 landed: Optional[Callable[["RecvOp"], None]] = None) -> None:
         super().__init__(engine)
         self.buf = buf
         self.stage = None
         self.inplace = False   # the channel receives straight into the user's buffer
         self.then = None       # what to do when the current handle completes
+        #: run in progress once the message is in, whether or not anyone waits
+        #: (objects pull their out-of-band buffers there: their sender waits on it)
+        self.landed = landed
 
     def wait_on(self, handle, then) -> None:
         self.handle, self.then = handle, then
@@ -219,6 +223,9 @@ class RecvOp(Op):
         self.then = None
         _PENDING.pop(self, None)
         self.engine.landing.pop(self, None)
+        landed, self.landed = self.landed, None
+        if landed is not None and self.error is None:
+            landed(self)
 
     def advance(self, info) -> None:
         then, self.then = self.then, None
@@ -478,8 +485,10 @@ class Engine:
         receive may then block inside the channel."""
         return not (_PENDING or self.stash)
 
-    def irecv(self, buf: Optional[Buffer], source: int, tag: int) -> RecvOp:
-        op = RecvOp(self, buf)
+    def irecv(self, buf: Optional[Buffer], source: int, tag: int,
+              landed: Optional[Callable[[RecvOp], None]] = None) -> RecvOp:
+        """Post a receive; *landed* runs once its message is in (see `RecvOp`)."""
+        op = RecvOp(self, buf, landed)
         hit = self.take(source, tag)
         if hit is not None:
             src, tg, data = hit
@@ -518,9 +527,10 @@ class Engine:
                 return True
         return False
 
-    def irecv_matched(self, buf: Optional[Buffer], hit) -> RecvOp:
+    def irecv_matched(self, buf: Optional[Buffer], hit,
+                      landed: Optional[Callable[[RecvOp], None]] = None) -> RecvOp:
         """Receive a message already taken from the stash (a matched probe)."""
-        op = RecvOp(self, buf)
+        op = RecvOp(self, buf, landed)
         src, tg, data = hit
         self.deliver(op, memoryview(data), src, tg)
         return op

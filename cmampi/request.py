@@ -865,10 +865,10 @@ class Message(*_MESSAGE_BASES, metaclass=StandIn):  # type: ignore[misc]
         """Nonblocking receive of matched message, as a Python object."""
         if self._library_owns():
             return _REAL_MESSAGE.irecv(self)
-        from .objects import loads
+        from .objects import landed, loads
 
         self._check()
-        op = self._take(None)
+        op = self._take(None, landed)
         op.decode = loads
         return new_request(op)
 
@@ -886,6 +886,6 @@ class Message(*_MESSAGE_BASES, metaclass=StandIn):  # type: ignore[misc]
         if self._hit is None:       # received already: a null message, as in mpi4py
             raise _NAMES.Exception(_NAMES.ERR_REQUEST)
 
-    def _take(self, rbuf) -> _p2p.RecvOp:
+    def _take(self, rbuf, landed=None) -> _p2p.RecvOp:
         hit, self._hit = self._hit, None
-        return self._engine.irecv_matched(rbuf, hit)
+        return self._engine.irecv_matched(rbuf, hit, landed)

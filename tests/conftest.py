@@ -9,9 +9,16 @@ honoured here instead of by pytest-mpi.
 
 from __future__ import annotations
 
+import faulthandler
 import os
+import signal
+import sys
 
 import pytest
+
+#: Seconds a test may run before the watchdog calls it hung (a module's own
+#: ``WATCHDOG`` overrides it).
+WATCHDOG = 120
 
 LAUNCHED = "CMAMPI_RANK" in os.environ
 
@@ -30,6 +37,39 @@ def pytest_collection_modifyitems(config, items):
         callspec = getattr(item, "callspec", None)
         if callspec is not None and callspec.params.get("comm") == "mpi4py":
             item.add_marker(pytest.mark.skip(reason="no MPI under the cmampi launcher"))
+
+
+def _stderr_fd(config) -> int:
+    """The real stderr (pytest's capture redirects fd 2 while a test runs)."""
+    try:
+        from _pytest.faulthandler import fault_handler_stderr_fd_key
+
+        return config.stash[fault_handler_stderr_fd_key]
+    except (ImportError, KeyError):
+        return sys.__stderr__.fileno()
+
+
+@pytest.fixture(autouse=True)
+def watchdog(request):
+    """A hung test fails instead of stalling the job: SIGALRM interrupts a rank
+    blocked in Python with an exception pytest reports; after 20 s more,
+    faulthandler prints the stacks of a rank stuck in C (an MPI wait) and ends
+    it, which ends the job (mpiexec and cmampi's launcher both end the rest)."""
+    seconds = getattr(request.module, "WATCHDOG", WATCHDOG)
+    name = request.node.nodeid
+
+    def expired(signum, frame):
+        raise TimeoutError(f"{name}: still running after {seconds} s (hang?)")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    faulthandler.dump_traceback_later(seconds + 20, exit=True, file=_stderr_fd(request.config))
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.fixture(params=["mpi4py", "cmampi"])

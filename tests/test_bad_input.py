@@ -97,7 +97,6 @@ right sum, and after a barrier no message is left unreceived.
 from __future__ import annotations
 
 import contextlib
-import faulthandler
 import os
 import pickle
 import subprocess
@@ -114,21 +113,7 @@ SENTINEL = -123.0
 PAD = 8
 #: Past every channel's pull threshold: the truncated payload is pulled, not copied.
 LARGE = (1 << 20) // 8 + 64
-WATCHDOG = 60
-
-
-@pytest.fixture(autouse=True)
-def watchdog(request):
-    """A hang becomes a stack dump and the end of the job, not a silent timeout."""
-    try:  # the real stderr: pytest's capture redirects fd 2 while a test runs
-        from _pytest.faulthandler import fault_handler_stderr_fd_key
-
-        fd = request.config.stash[fault_handler_stderr_fd_key]
-    except (ImportError, KeyError):
-        fd = sys.__stderr__.fileno()
-    faulthandler.dump_traceback_later(WATCHDOG, exit=True, file=fd)
-    yield
-    faulthandler.cancel_dump_traceback_later()
+WATCHDOG = 60   # seconds before the watchdog (conftest.py) calls a test hung
 
 
 # -- helpers ------------------------------------------------------------------------------------

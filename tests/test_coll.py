@@ -14,9 +14,6 @@ behaviour in MPI) run on cmampi only (the ``cmcomm`` fixture).
 
 from __future__ import annotations
 
-import faulthandler
-import signal
-import sys
 
 import numpy as np
 import pytest
@@ -45,41 +42,8 @@ DEFINED = [(op, dt) for op in OPS for dt in DTYPES if np.dtype(dt).kind in KINDS
 UNDEFINED = [(op, dt) for op in OPS for dt in DTYPES if np.dtype(dt).kind not in KINDS[op]]
 
 
-# -- a watchdog: a hung collective becomes a failure, not a silent job timeout ---------------
-
+#: Seconds before the watchdog (conftest.py) calls a test hung.
 WATCHDOG = 30
-
-
-def _stderr_fd(config):
-    """The real stderr (pytest's capture redirects fd 2 while a test runs)."""
-    try:
-        from _pytest.faulthandler import fault_handler_stderr_fd_key
-
-        return config.stash[fault_handler_stderr_fd_key]
-    except (ImportError, KeyError):
-        return sys.__stderr__.fileno()
-
-
-@pytest.fixture(autouse=True)
-def watchdog(request):
-    """A hung collective: SIGALRM interrupts a rank blocked in Python (socket channel)
-    with an exception pytest reports; faulthandler dumps the stacks of a rank stuck in
-    C (MPI waits) and ends it, which ends the job."""
-    fd = _stderr_fd(request.config)
-    name = request.node.nodeid
-
-    def expired(signum, frame):
-        raise TimeoutError(f"{name}: still running after {WATCHDOG} s (hang?)")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(WATCHDOG)
-    faulthandler.dump_traceback_later(WATCHDOG + 20, exit=True, file=fd)
-    try:
-        yield
-    finally:
-        faulthandler.cancel_dump_traceback_later()
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 # -- data every rank can regenerate ---------------------------------------------------------

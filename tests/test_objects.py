@@ -287,3 +287,55 @@ def test_pickles_at_every_protocol_boundary(comm, MPI, how):
             comm.send(None, 1, 98)
             assert pending.wait() is None
         comm.send("done", 0, 99)
+
+
+@pytest.mark.parametrize("nbytes", [8, 64 << 10, OOB_MIN, 8 * OOB_MIN])
+def test_bidirectional_object_windows(comm, MPI, nbytes):
+    """Both ranks post 16 ``irecv`` then 16 ``isend`` of an array and wait for
+    their sends first: a send completes without its receiver waiting (the
+    out-of-band pull happens in progress, not in the receiver's wait)."""
+    rank = comm.Get_rank()
+    if rank > 1:
+        return
+    peer = 1 - rank
+    arr = np.full(nbytes // 8, float(rank))
+    recvs = [comm.irecv(bytearray(2 * nbytes + 4096), peer, 10) for _ in range(16)]
+    sends = [comm.isend(arr, peer, 10) for _ in range(16)]
+    MPI.Request.Waitall(sends)
+    got = MPI.Request.waitall(recvs)
+    assert all(g.shape == arr.shape and (g == peer).all() for g in got)
+
+
+def test_dropped_irecv_still_receives(comm, MPI):
+    """A receive request dropped unwaited still takes its message (MPI's rule for
+    a freed request): the sender of a large object completes, and later
+    messages match later receives."""
+    rank = comm.Get_rank()
+    if rank == 0:
+        comm.send({"a": np.ones(OOB_MIN)}, 1, 3)
+        comm.send("after", 1, 4)
+    elif rank == 1:
+        buf = bytearray(16 * OOB_MIN)   # mpi4py receives into it: it must outlive the message
+        comm.irecv(buf, source=0, tag=3)    # the request dropped at once
+        assert comm.recv(source=0, tag=4) == "after"
+        assert not comm.Iprobe(0, 3)
+
+
+class _Unloadable:
+    """Pickles fine; fails to unpickle (on the receiver)."""
+
+    def __reduce__(self):
+        return (int, ("not a number",))
+
+
+def test_failed_unpickle_is_the_receivers_error(comm, MPI):
+    """An object that cannot be unpickled fails the receive only: the sender of
+    its large buffers completes without error."""
+    rank = comm.Get_rank()
+    if rank == 0:
+        req = comm.isend([_Unloadable(), np.ones(OOB_MIN)], 1, 6)
+        req.wait()
+    elif rank == 1:
+        with pytest.raises(ValueError):
+            comm.recv(source=0, tag=6)
+    comm.Barrier()
