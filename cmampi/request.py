@@ -840,14 +840,14 @@ class Message(*_MESSAGE_BASES, metaclass=StandIn):  # type: ignore[misc]
     # -- receiving -------------------------------------------------------------------------
     def Recv(self, buf, status=None) -> None:
         """Blocking receive of matched message."""
-        if self._library_owns():
+        if _library_owns(self):
             return _REAL_MESSAGE.Recv(self, buf, status)
         self.Irecv(buf).Wait(status)
         return None
 
     def Irecv(self, buf) -> Request:
         """Nonblocking receive of matched message."""
-        if self._library_owns():
+        if _library_owns(self):
             return _REAL_MESSAGE.Irecv(self, buf)
         from ._buffers import recv_buffer
 
@@ -857,13 +857,13 @@ class Message(*_MESSAGE_BASES, metaclass=StandIn):  # type: ignore[misc]
 
     def recv(self, status=None) -> Any:
         """Blocking receive of matched message, as a Python object."""
-        if self._library_owns():
+        if _library_owns(self):
             return _REAL_MESSAGE.recv(self, status)
         return self.irecv().wait(status)
 
     def irecv(self) -> Request:
         """Nonblocking receive of matched message, as a Python object."""
-        if self._library_owns():
+        if _library_owns(self):
             return _REAL_MESSAGE.irecv(self)
         from .objects import landed, loads
 
@@ -872,16 +872,6 @@ class Message(*_MESSAGE_BASES, metaclass=StandIn):  # type: ignore[misc]
         op.decode = loads
         return new_request(op)
 
-    def _library_owns(self) -> bool:
-        """Whether mpi4py's own message serves the call (one cmampi did not match).
-        A null message raises ``ERR_REQUEST`` here, as MPICH reports it: Open MPI
-        would abort the job."""
-        if self._hit is not None or _REAL_MESSAGE is None:
-            return False
-        if not _REAL_MESSAGE.__bool__(self):
-            raise _NAMES.Exception(_NAMES.ERR_REQUEST)
-        return True
-
     def _check(self) -> None:
         if self._hit is None:       # received already: a null message, as in mpi4py
             raise _NAMES.Exception(_NAMES.ERR_REQUEST)
@@ -889,3 +879,15 @@ class Message(*_MESSAGE_BASES, metaclass=StandIn):  # type: ignore[misc]
     def _take(self, rbuf, landed=None) -> _p2p.RecvOp:
         hit, self._hit = self._hit, None
         return self._engine.irecv_matched(rbuf, hit, landed)
+
+
+def _library_owns(msg) -> bool:
+    """Whether mpi4py's own message serves a call on *msg* (one cmampi did not
+    match; mpi4py's own ``Message`` objects, as ``mpi4py.util.pkl5`` passes to
+    ``MPI.Message.Recv``, included). A null message raises ``ERR_REQUEST`` here,
+    as MPICH reports it: Open MPI would abort the job."""
+    if getattr(msg, "_hit", None) is not None or _REAL_MESSAGE is None:
+        return False
+    if not _REAL_MESSAGE.__bool__(msg):
+        raise _NAMES.Exception(_NAMES.ERR_REQUEST)
+    return True
