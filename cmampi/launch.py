@@ -14,6 +14,7 @@ ends them; the job's exit code is that rank's, as with ``mpiexec``.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import secrets
 import selectors
@@ -247,6 +248,19 @@ def _binary(stream) -> BinaryIO:
     return getattr(stream, "buffer", stream)
 
 
+#: Run first in each rank's process, then replaced by the program itself (same pid):
+#: asks the kernel to SIGKILL the rank when the launcher dies (PR_SET_PDEATHSIG,
+#: which survives exec), and exits at once if the launcher is already gone. A
+#: launcher killed with SIGKILL cannot end its ranks itself.
+_ORPHAN_GUARD = """\
+import ctypes, os, sys
+ctypes.CDLL(None, use_errno=True).prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG, SIGKILL
+if os.getppid() != int(sys.argv[1]):
+    os._exit(137)
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
 class _Job:
     """Ranks started by one ``run``; only these pids are ever signalled."""
 
@@ -297,10 +311,17 @@ class _Job:
 
     # -- ranks ----------------------------------------------------------------------------
     def start(self, argv: Sequence[str], env: Mapping[str, str]) -> int:
-        """Start the next rank: its pid."""
+        """Start the next rank: its pid. The rank is killed if the launcher dies,
+        however it dies (see `_ORPHAN_GUARD`)."""
         rank = len(self.procs)
+        program = shutil.which(argv[0], path=env.get("PATH")) if os.sep not in argv[0] \
+            else argv[0]
+        if program is None or not os.path.isfile(program):
+            raise FileNotFoundError(errno.ENOENT, "no such program", argv[0])
+        guarded = [sys.executable, "-S", "-c", _ORPHAN_GUARD, str(os.getpid()), program,
+                   *argv[1:]]
         proc = subprocess.Popen(
-            list(argv), env=env, stdin=None if rank == 0 else subprocess.DEVNULL,
+            guarded, env=env, stdin=None if rank == 0 else subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )
         self.procs.append(proc)

@@ -291,6 +291,27 @@ def test_rank_killed_by_signal(tmp_path):
     assert gone(int((tmp_path / "pid-0").read_text()))
 
 
+def test_ranks_die_with_a_killed_launcher(tmp_path):
+    """``kill -9`` of the launcher (it can end nothing itself) still ends its
+    ranks within seconds, busy or sleeping."""
+    prog = program(tmp_path, helpers=True, body="""
+        report("pid-" + rank, str(os.getpid()))
+        if rank == "0":
+            while True:
+                pass
+        time.sleep(120)
+    """)
+    launcher = start("-n", 2, prog, tmp_path)
+    try:
+        pids = [int(wait_for(tmp_path / f"pid-{r}")) for r in range(2)]
+        launcher.kill()
+        launcher.wait(10)
+        assert all(gone(pid, 10.0) for pid in pids), "a rank outlived its launcher"
+    finally:
+        launcher.kill()
+        launcher.communicate()
+
+
 def test_others_get_a_grace_period(tmp_path):
     """After a failure the other ranks may still report and exit by themselves:
     rank 0 notices rank 1's death, takes a moment, and is not terminated."""
