@@ -18,7 +18,7 @@ import operator as _operator
 
 import pickle as _pickle
 import struct as _struct
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as _np
 
@@ -156,16 +156,21 @@ class Collectives:
         _p2p.wait_handles(ch, [ch.irecv(self._empty, s, _TAG_ACK) for s in sources])
 
     def agree(self, error: Optional[BaseException], info: Any, payload=None,
-              inline: bool = False) -> List[Any]:
-        """Exchange (error, info, payload); raise the first error any rank had."""
+              inline: bool = False, call: Optional["Call"] = None) -> List[Any]:
+        """Exchange (error, info, payload, call); raise the first error any rank
+        had, then, on every rank alike, a mismatch of the calls themselves
+        (another collective, root or op on some rank)."""
         records = self.exchange((self.error_record(error), info,
-                                 payload if inline else None))
-        for r, (rec_err, _, _) in enumerate(records):
-            if rec_err is not None:
+                                 payload if inline else None, call))
+        for r, rec in enumerate(records):
+            if rec[0] is not None:
                 if error is not None:
                     raise error
-                raise self.remote_error(*rec_err, rank=r)
-        return records
+                raise self.remote_error(*rec[0], rank=r)
+        calls = [rec[3] for rec in records]
+        if any(other != call for other in calls):
+            raise self.mismatch(*_disagreement(calls, self.names))
+        return [rec[:3] for rec in records]
 
     def error_record(self, error: Optional[BaseException]) -> Optional[Tuple[int, str]]:
         """What travels of a local error: (error class, text); None for no error."""
@@ -351,10 +356,43 @@ def _guard(fn):
 
 
 def _check_root(c: Collectives, root) -> None:
+    """Raise for a bad root (called under `_guard`: every rank then raises)."""
     if not hasattr(root, "__index__") or isinstance(root, bool):
         raise TypeError("an integer is required")   # the API layer has made floats ints
     if not 0 <= root < c.size:
         raise c.names.Exception(c.names.ERR_ROOT)
+
+
+class Call(NamedTuple):
+    """What every rank's call of a collective must have alike."""
+
+    kind: str
+    root: Optional[int] = None
+    op: Optional[str] = None      # a predefined op's name; "" for a user op
+
+
+def _call(kind: str, root=None, op=None) -> Call:
+    return Call(kind, root if isinstance(root, int) else None,
+                None if op is None else _ops.predefined_name(op))
+
+
+def _disagreement(calls: Sequence[Optional[Call]], names) -> Tuple[str, int]:
+    """The message and error class of ranks calling different collectives."""
+    def said(r: int, c: Optional[Call]) -> str:
+        text = f"rank {r}: {c.kind if c else '?'}"
+        if c is not None and c.root is not None:
+            text += f" root {c.root}"
+        if c is not None and c.op is not None:
+            text += f" op {c.op or 'user'}"
+        return text
+
+    listed = ", ".join(said(r, c) for r, c in enumerate(calls))
+    kinds = {c.kind if c else None for c in calls}
+    if len(kinds) > 1:
+        return f"ranks call different collectives ({listed})", names.ERR_OTHER
+    if len({c.root for c in calls}) > 1:
+        return f"ranks name different roots ({listed})", names.ERR_ROOT
+    return f"ranks name different ops ({listed})", names.ERR_OP
 
 
 def _per_rank(n: int, size: int) -> int:
@@ -370,12 +408,16 @@ def barrier(c: Collectives) -> None:
 
 
 def bcast(c: Collectives, spec, root: int) -> None:
-    _check_root(c, root)
-    f, err = _guard(lambda: flat(spec, c.rank != root))   # the root's buffer is only read
+    def parse():
+        _check_root(c, root)
+        return flat(spec, c.rank != root)     # the root's buffer is only read
+
+    f, err = _guard(parse)
     a = f.array if f else None
     me = c.rank
     info = None if a is None else (a.nbytes, addr(a))
-    records = c.agree(err, info, _payload(c, a) if me == root else None, inline=me == root)
+    records = c.agree(err, info, _payload(c, a) if me == root else None, inline=me == root,
+                      call=_call("bcast", root))
     nbytes = [r[1][0] for r in records]
     if len(set(nbytes)) != 1:
         raise c.mismatch(f"Bcast buffer sizes differ across ranks: {nbytes}")
@@ -401,12 +443,14 @@ def bcast(c: Collectives, spec, root: int) -> None:
 def gather(c: Collectives, sendspec, recvspec, root: int, counts=None, displs=None,
            vector_spec: bool = False) -> None:
     """Gather (and Gatherv when *vector_spec*): ranks push their block into the root."""
-    _check_root(c, root)
     names, me, size = c.names, c.rank, c.size
     # A root sending None sends in place, as with mpi4py.
     in_place = sendspec is names.IN_PLACE or (sendspec is None and me == root)
 
     def parse():
+        _check_root(c, root)
+        if in_place and me != root:
+            raise ValueError("IN_PLACE is only valid at the root")
         recv = None
         cnts = dsps = None
         if me == root:
@@ -429,7 +473,8 @@ def gather(c: Collectives, sendspec, recvspec, root: int, counts=None, displs=No
     if err is None:
         info = (sarr.size, sarr.dtype.str, addr(sarr),
                 None if recv is None else (recv.array.size, addr(recv.array), cnts, dsps))
-    records = c.agree(err, info, _payload(c, sarr), inline=True)
+    records = c.agree(err, info, _payload(c, sarr), inline=True,
+                      call=_call("gatherv" if vector_spec else "gather", root))
     rinfo = records[root][1][3]
     rsize, raddr, cnts, dsps = rinfo
     dtype = _np.dtype(records[root][1][1])
@@ -466,11 +511,13 @@ def gather(c: Collectives, sendspec, recvspec, root: int, counts=None, displs=No
 
 def scatter(c: Collectives, sendspec, recvspec, root: int, vector_spec: bool = False) -> None:
     """Scatter (and Scatterv): ranks pull their block from the root."""
-    _check_root(c, root)
     names, me, size = c.names, c.rank, c.size
     in_place = recvspec is names.IN_PLACE or (recvspec is None and me == root)
 
     def parse():
+        _check_root(c, root)
+        if in_place and me != root:
+            raise ValueError("IN_PLACE is only valid at the root")
         send = cnts = dsps = None
         if me == root:
             if vector_spec:
@@ -490,7 +537,8 @@ def scatter(c: Collectives, sendspec, recvspec, root: int, vector_spec: bool = F
                 None if send is None else (send.array.size, send.array.dtype.str,
                                            addr(send.array), cnts, dsps))
     payload = _payload(c, send.array) if send is not None else None
-    records = c.agree(err, info, payload, inline=me == root)
+    records = c.agree(err, info, payload, inline=me == root,
+                      call=_call("scatterv" if vector_spec else "scatter", root))
     ssize, sdtype, saddr, cnts, dsps = records[root][1][2]
     dtype = _np.dtype(sdtype)
     if cnts is None:
@@ -539,7 +587,8 @@ def allgather(c: Collectives, sendspec, recvspec, vector_spec: bool = False) -> 
     got, err = _guard(parse)
     recv, send, cnts, dsps = got if got else (None, None, None, None)
     info = None if err else (send.size, send.dtype.str, addr(recv.array), dsps, cnts)
-    records = c.agree(err, info, _payload(c, send), inline=True)
+    records = c.agree(err, info, _payload(c, send), inline=True,
+                      call=_call("allgatherv" if vector_spec else "allgather"))
     # Judge from the records alone, so that every rank reaches the same verdict.
     sizes = [r[1][0] for r in records]
     layouts = {(tuple(r[1][4]), tuple(r[1][3])) for r in records}
@@ -587,7 +636,8 @@ def alltoall(c: Collectives, sendspec, recvspec, vector_spec: bool = False) -> N
     got, err = _guard(parse)
     recv, send, rc, rd, sc, sd = got if got else (None,) * 6
     info = None if err else (send.array.dtype.str, addr(recv.array), rc, rd, sc, sd)
-    records = c.agree(err, info, _payload(c, send.array) if send else None, inline=True)
+    records = c.agree(err, info, _payload(c, send.array) if send else None, inline=True,
+                      call=_call("alltoallv" if vector_spec else "alltoall"))
     for r, rec in enumerate(records):        # every pair, on every rank
         for j in range(size):
             if rec[1][4][j] != records[j][1][2][r] or rec[1][0] != records[j][1][0]:
@@ -634,10 +684,10 @@ def reduce_family(c: Collectives, kind: str, sendspec, recvspec, op, root: int =
     """Allreduce, Reduce, Reduce_scatter(_block), Scan and Exscan."""
     names, me, size = c.names, c.rank, c.size
     in_place = sendspec is names.IN_PLACE
-    if kind == "reduce":
-        _check_root(c, root)
 
     def parse():
+        if kind == "reduce":
+            _check_root(c, root)
         recv = None
         if kind != "reduce" or me == root:
             recv = flat(recvspec, True)
@@ -684,7 +734,8 @@ def reduce_family(c: Collectives, kind: str, sendspec, recvspec, op, root: int =
     if err is None:
         info = (x.size, x.dtype.str, addr(x), None if recv is None else recv.array.size,
                 None if recv is None else addr(recv.array))
-    records = c.agree(err, info, _payload(c, x), inline=True)
+    records = c.agree(err, info, _payload(c, x), inline=True,
+                      call=_call(kind, root if kind == "reduce" else None, op))
     sizes = [r[1][0] for r in records]
     dtypes = {r[1][1] for r in records}
     if len(set(sizes)) != 1 or len(dtypes) != 1:
