@@ -47,14 +47,22 @@ def choose() -> str:
     return "mpi"
 
 
+_names_in_use: Optional[Any] = None
+
+
 def names() -> Any:
     """The module whose constants this process's MPI uses: mpi4py's on the MPI
-    channel, cmampi's own table on the socket channel (MPICH's values)."""
-    if choose() == "mpi":
-        return real_mpi()
-    from . import _names
+    channel, cmampi's own table on the socket channel (MPICH's values). Decided
+    once per process, as the channel is (buffer parsing asks on every call)."""
+    global _names_in_use
+    if _names_in_use is None:
+        if choose() == "mpi":
+            _names_in_use = real_mpi()
+        else:
+            from . import _names
 
-    return _names
+            _names_in_use = _names
+    return _names_in_use
 
 
 def world(intracomm) -> Tuple[Any, Any]:

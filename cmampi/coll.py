@@ -213,11 +213,14 @@ class Flat:
     """A message buffer as a flat, typed, contiguous array (a temporary for a
     strided receive buffer, written back by ``finish``)."""
 
-    __slots__ = ("array", "_back")
+    __slots__ = ("array", "_back", "copied")
 
-    def __init__(self, array: _np.ndarray, back: Optional[_np.ndarray] = None) -> None:
+    def __init__(self, array: _np.ndarray, back: Optional[_np.ndarray] = None,
+                 copied: bool = False) -> None:
         self.array = array
         self._back = back
+        #: *array* is a contiguous copy of a strided buffer (not its memory)
+        self.copied = copied or back is not None
 
     def finish(self) -> None:
         if self._back is not None:
@@ -254,7 +257,7 @@ def flat(spec, writable: bool, blocks: int = 1) -> Flat:
     if writable:  # a copy of the current contents: collectives may read them too
         tmp = _np.ascontiguousarray(arr).reshape(-1)
         return Flat(tmp.view(dtype), arr)
-    return Flat(_np.ascontiguousarray(arr).reshape(-1).view(dtype))
+    return Flat(_np.ascontiguousarray(arr).reshape(-1).view(dtype), copied=True)
 
 
 def vector(spec, size: int, writable: bool):

@@ -16,6 +16,8 @@ import time as _time
 import warnings as _warnings
 from typing import Any, Optional
 
+import numpy as _np
+
 from ._buffers import recv_buffer, send_buffer
 from ._channels import names as _names_in_use
 from ._config import config as _config
@@ -115,6 +117,9 @@ class Communicator:
         if engine is None:
             _native.call(self._plain(), kind, send, recv, root, op, recvcounts)
             return True
+        if type(send) is not _np.ndarray or type(recv) is not _np.ndarray:
+            send, recv = _native.arrays(kind, send, recv, root, engine.size, engine.rank,
+                                        engine.names.IN_PLACE)
         agreement = engine.native
         if agreement is not None:
             fast = agreement.fast.get(kind)     # a call made like the last of its kind

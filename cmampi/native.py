@@ -347,6 +347,50 @@ def _fast(a: Agreement, send, recv, root: int, op, packed: bytes, load, finish,
     return fast, body
 
 
+#: Per collective: (send's blocks, recv's blocks) in a spec's count (a Gather's
+#: receive ``[buf, n, type]`` holds n per rank), and which rank reads each
+#: argument ("root": only the root, "all": every rank).
+_ARGS = {
+    "Bcast": ((1, "all"), None), "Gather": ((1, "all"), ("size", "root")),
+    "Scatter": (("size", "root"), (1, "all")), "Allgather": ((1, "all"), ("size", "all")),
+    "Alltoall": (("size", "all"), ("size", "all")), "Reduce": ((1, "all"), (1, "root")),
+    "Allreduce": ((1, "all"), (1, "all")), "Scan": ((1, "all"), (1, "all")),
+    "Exscan": ((1, "all"), (1, "all")), "Reduce_scatter_block": (("size", "all"), (1, "all")),
+}
+
+
+def arrays(kind: str, send, recv, root, size: int, me: int, in_place) -> tuple:
+    """*send* and *recv* of collective *kind* as numpy arrays over the same memory
+    where they are buffer specs (``[buf, n, MPI.INT]``, ``array.array``,
+    ``bytearray``, ``mmap``) of contiguous memory, so that they take the same
+    path as bare arrays; anything else (None, ``IN_PLACE``, strided or vector
+    layouts, bad specs) as it was, for the full path to judge."""
+    spec = _ARGS.get(kind)
+    if spec is None:
+        return send, recv
+    out = []
+    for arg, how, writable in ((send, spec[0], kind == "Bcast" and me != root),
+                               (recv, spec[1], True)):
+        if how is None or type(arg) is _np.ndarray or arg is None or arg is in_place \
+                or (how[1] == "root" and me != root):
+            out.append(arg)
+            continue
+        out.append(_array_of(arg, writable, size if how[0] == "size" else 1))
+    return out[0], out[1]
+
+
+def _array_of(spec, writable: bool, blocks: int):
+    from .coll import flat     # coll is the full path, which imports nothing of ours
+
+    try:
+        f = flat(spec, writable, blocks)
+    except Exception:   # noqa: BLE001 - a bad spec: the full path raises it on every rank
+        return spec
+    if f.copied:        # not the user's memory: the full path keeps the layout
+        return spec
+    return f.array
+
+
 def call(raw, kind: str, send, recv, root: int = 0, op=None, recvcounts=None) -> None:
     """Collective *kind* (``"Bcast"``, ``"Gatherv"``, ...) of mpi4py communicator *raw*,
     its arguments in mpi4py's order."""

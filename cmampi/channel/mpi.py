@@ -54,6 +54,11 @@ class MPIChannel:
         self.nodes: List[str] = [k for _, k, _, _ in info]
         #: A peer's pid is only usable for CMA inside the same pid namespace.
         self.pidns = [ns for _, _, ns, _ in info]
+        #: More ranks on this node than cores we may run on: a wait that spins in
+        #: the MPI library holds a core the rank it waits for needs, for a whole
+        #: time slice. Waits then poll and yield instead (see `waitany`).
+        local = self.nodes.count(self.nodes[self.rank])
+        self.oversubscribed = local > len(_os.sched_getaffinity(0))
         #: CMA is only used inside one user namespace.
         self.userns = [ns for _, _, _, ns in info]
         self.status = _MPI.Status()
@@ -150,7 +155,10 @@ class MPIChannel:
     def waitany(self, handles: Sequence[_MPI.Request]) -> Tuple[int, tuple]:
         st = self.status
         try:
-            i = _MPI.Request.Waitany(handles, st)
+            if self.oversubscribed:
+                i = _yielding_waitany(handles, st)
+            else:
+                i = _MPI.Request.Waitany(handles, st)
         except _MPI.Exception as exc:
             # The failed request has been completed and nulled: find it.
             i = next(k for k, h in enumerate(handles) if not h)
@@ -181,3 +189,13 @@ class MPIChannel:
         for c in (self.user, self.side):
             if c != _MPI.COMM_NULL:
                 c.Free()
+
+
+def _yielding_waitany(handles: Sequence[_MPI.Request], status: _MPI.Status) -> int:
+    """``MPI_Waitany`` that gives the core away between polls."""
+    testany, yield_ = _MPI.Request.Testany, _os.sched_yield
+    while True:
+        i, done = testany(handles, status)
+        if done:
+            return i
+        yield_()
