@@ -496,6 +496,19 @@ def _live_ops(req) -> List[_p2p.Op]:
     return [] if op is None else [op]
 
 
+def _ops_to_wait_on(live: Sequence[Tuple[int, Any]]) -> List[_p2p.Op]:
+    """The ops of *live* requests still running; none if one of ours has finished
+    meanwhile (testing a later request progresses an earlier one): the caller
+    tests again rather than wait on the others alone."""
+    ops: List[_p2p.Op] = []
+    for _, req in live:
+        mine = _live_ops(req)
+        if not mine and is_ours(Request, req) and req._op is not None:
+            return []
+        ops.extend(mine)
+    return ops
+
+
 def _wait_all(requests: Sequence[Any]) -> None:
     ops: List[_p2p.Op] = []
     for req in requests:
@@ -560,9 +573,7 @@ def _wait_any_index(requests: Sequence[Any], status) -> Tuple[int, Any]:
         for i, req in live:
             if _test_quiet(req):
                 return i, _finish(req, status)
-        ops: List[_p2p.Op] = []
-        for _, req in live:
-            ops.extend(_live_ops(req))
+        ops = _ops_to_wait_on(live)
         if ops:
             _p2p.wait_any(ops)
 
@@ -590,9 +601,7 @@ def _some(requests: Sequence[Any], statuses, block: bool):
         done = [i for i, req in live if _test_quiet(req)]
         if done or not block:
             return done, _finish_all(requests, statuses, done)
-        ops: List[_p2p.Op] = []
-        for _, req in live:
-            ops.extend(_live_ops(req))
+        ops = _ops_to_wait_on(live)
         if ops:
             _p2p.wait_any(ops)
 

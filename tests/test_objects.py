@@ -339,3 +339,22 @@ def test_failed_unpickle_is_the_receivers_error(comm, MPI):
         with pytest.raises(ValueError):
             comm.recv(source=0, tag=6)
     comm.Barrier()
+
+
+def test_waitany_when_testing_one_request_completes_another(comm, MPI):
+    """``waitany`` tests its requests in turn, and testing one progresses the
+    others: a request completed that way is returned, not waited past (mpi4py's
+    ``testIRecvAndSend`` pattern, which hung once in a few hundred rounds)."""
+    rank, size = comm.Get_rank(), comm.Get_size()
+    messages = [None, True, 7, 3.14, "abc"]
+    for _ in range(200):
+        for smess in messages:
+            req = comm.irecv(None, (rank - 1) % size, 0)
+            comm.send(smess, (rank + 1) % size, 0)
+            assert req.wait() == smess
+        for smess in messages:
+            reqs = [comm.irecv(None, rank, tag) for tag in (1, 2, 3)]
+            for i in range(3):
+                comm.send(smess, rank, i + 1)
+                assert MPI.Request.waitany(reqs) == (i, smess)
+            assert MPI.Request.waitany(reqs) == (MPI.UNDEFINED, None)
