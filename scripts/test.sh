@@ -3,8 +3,8 @@
 # tests; multi-rank tests under mpiexec -n 2 and -n 3 (MPI channel); the same
 # tests under cmampi's own launcher with -n 2 and -n 3 (socket channel), with
 # mpi4py blocked so those runs prove cmampi needs no MPI; mpi4py's own test
-# suite on cmampi (tests/conformance). The same under Open MPI is
-# scripts/test-openmpi.sh, not yet part of this command (see the README).
+# suite on cmampi (tests/conformance); then the same under Open MPI
+# (scripts/test-openmpi.sh, its own .venv-openmpi).
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 export MPIEXEC_TIMEOUT="${MPIEXEC_TIMEOUT:-600}"
 PYTEST=(python -m pytest -q -p no:cacheprovider)
@@ -41,4 +41,5 @@ CMAMPI_RINGS=0 PYTHONPATH="$ROOT/tests/no_mpi4py" python -m cmampi -n 4 --timeou
     -m pytest -q -p no:cacheprovider -p no:pytest_mpi -m mpi tests/test_stress.py
 echo "== mpi4py's own test suite, plain and through python -m cmampi.run, 1/2/3 ranks (conformance gate)"
 python tests/conformance/gate.py --sizes 1,2,3
+bash "$ROOT/scripts/test-openmpi.sh"
 echo "== all test runs passed"
