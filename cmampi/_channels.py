@@ -76,7 +76,9 @@ def world(intracomm) -> Tuple[Any, Any]:
     from .channel.socket import SocketChannel, hub_from_environ
 
     hub = hub_from_environ()
-    world_ = intracomm._from_channel(SocketChannel(hub, 0, list(range(hub.size))))
+    world_ = intracomm._from_channel(SocketChannel(hub, 0, list(range(hub.size))),
+                                     "MPI_COMM_WORLD")
     # COMM_SELF's context only has to be unique in this process.
-    self_ = intracomm._from_channel(SocketChannel(hub, 2**31 + hub.rank, [hub.rank]))
+    self_ = intracomm._from_channel(SocketChannel(hub, 2**31 + hub.rank, [hub.rank]),
+                                    "MPI_COMM_SELF")
     return world_, self_

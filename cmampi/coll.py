@@ -24,6 +24,7 @@ import numpy as _np
 
 from . import _cma, ops as _ops
 from . import p2p as _p2p
+from ._channels import names as _names
 from ._buffers import _parse as _parse_spec, address as _address, recv_buffer, send_buffer
 
 __all__ = ["Collectives", "INLINE_MAX", "frame"]
@@ -241,6 +242,8 @@ def flat(spec, writable: bool, blocks: int = 1) -> Flat:
     if type(spec) is _np.ndarray and spec.flags.c_contiguous and spec.dtype.kind not in "OMm" \
             and (spec.flags.writeable or not writable):
         return Flat(spec.reshape(-1))
+    if spec is _names().IN_PLACE:    # where it means nothing: an empty buffer, as in mpi4py
+        return Flat(_np.empty(0, _np.uint8))
     if blocks > 1 and isinstance(spec, (list, tuple)):
         buf, count, displ, datatype = _parse_spec(spec)
         if count is not None:

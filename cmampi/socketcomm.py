@@ -7,7 +7,9 @@ import sys as _sys
 from typing import Optional
 
 from ._config import config as _config
+from .coll import _TAG_SYNC
 from .comm import Communicator, _Freed
+from .request import Request, new_request
 from . import p2p as _p2p
 
 __all__ = ["Intracomm"]
@@ -28,12 +30,19 @@ class Intracomm(Communicator):
         if not isinstance(comm, Intracomm):
             raise TypeError(f"expected a cmampi Intracomm, got {comm!r}")
         self._engine = comm._engine
+        self._name = comm._name
+        self._predefined = False
+
+    _name = ""
+    _predefined = False
 
     @classmethod
-    def _from_channel(cls, channel) -> "Intracomm":
-        """A communicator over *channel*."""
+    def _from_channel(cls, channel, predefined: str = "") -> "Intracomm":
+        """A communicator over *channel* (*predefined*: ``COMM_WORLD``'s or
+        ``COMM_SELF``'s name, for those two)."""
         self = cls.__new__(cls)
         self._engine = _p2p.Engine(channel, channel.names, _config)
+        self._name, self._predefined = predefined, bool(predefined)
         return self
 
     def __eq__(self, other: object) -> bool:
@@ -74,6 +83,8 @@ class Intracomm(Communicator):
     def Free(self) -> None:
         """Free the communicator (and cmampi's private duplicates of it)."""
         engine = self._engine
+        if self._predefined:    # as MPI: COMM_WORLD and COMM_SELF cannot be freed
+            raise engine.names.Exception(engine.names.ERR_COMM)
         engine.free()
         self._engine = _Freed(engine.names)
 
@@ -84,6 +95,27 @@ class Intracomm(Communicator):
     def barrier(self) -> None:
         """Barrier synchronization."""
         self.Barrier()
+
+    def Ibarrier(self) -> Request:
+        """Nonblocking Barrier."""
+        return new_request(_BarrierOp(self._coll.e))    # the collectives' private space
+
+    # -- names and attributes ---------------------------------------------------------------
+    def Get_name(self) -> str:
+        """Get the print name for this communicator."""
+        return self._name
+
+    def Set_name(self, name: str) -> None:
+        """Set the print name for this communicator."""
+        self._name = str(name)
+
+    def Get_attr(self, keyval: int):
+        """Retrieve attribute value by key: ``TAG_UB`` (the largest tag) is the one
+        attribute the socket channel has; any other key has no value (None)."""
+        names = self._engine.names
+        if keyval == names.TAG_UB:
+            return self._engine.tag_ub
+        return None
 
     def Abort(self, errorcode: int = 0) -> None:
         """Terminate the job: every rank (the launcher ends the others)."""
@@ -127,3 +159,36 @@ class Intracomm(Communicator):
     def size(self) -> int:
         """Number of processes."""
         return self._engine.size
+
+
+class _BarrierOp(_p2p.Op):
+    """A nonblocking dissemination barrier: log2(size) rounds of empty messages
+    on the collectives' own tag, each round started when the last has ended."""
+
+    __slots__ = ("step", "handles", "empty")
+
+    def __init__(self, engine: _p2p.Engine) -> None:
+        super().__init__(engine)
+        self.step, self.handles, self.empty = 1, [], bytearray(0)
+        self._round()
+
+    def _round(self) -> None:
+        e = self.engine
+        if self.step >= e.size:
+            self.finish()
+            return
+        ch, me, step = e.ch, e.rank, self.step
+        self.handles = [ch.irecv(self.empty, (me - step) % e.size, _TAG_SYNC),
+                        ch.isend(self.empty, (me + step) % e.size, _TAG_SYNC)]
+        self.handle = self.handles[0]
+
+    def advance(self, info) -> None:
+        if info[3] is not None:     # a rank of the barrier is gone
+            self.finish(info[3])
+            return
+        self.handles.pop(0)
+        if self.handles:
+            self.handle = self.handles[0]
+            return
+        self.step *= 2
+        self._round()

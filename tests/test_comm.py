@@ -1,0 +1,59 @@
+"""Communicator management and queries, alike on mpi4py, cmampi's MPI channel
+and cmampi's socket channel."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+pytestmark = pytest.mark.mpi(min_size=1)
+
+
+def test_predefined_communicators_cannot_be_freed(comm, MPI):
+    for predefined in (MPI.COMM_WORLD, MPI.COMM_SELF):
+        with pytest.raises(MPI.Exception) as info:
+            predefined.Free()
+        assert info.value.Get_error_class() == MPI.ERR_COMM
+    MPI.COMM_WORLD.Barrier()        # still there
+    assert MPI.COMM_SELF.Get_size() == 1
+
+
+def test_names(comm, MPI):
+    assert MPI.COMM_WORLD.Get_name() == "MPI_COMM_WORLD"
+    assert MPI.COMM_SELF.Get_name() == "MPI_COMM_SELF"
+    assert comm.Get_name() == ""    # a duplicate has no name of its own
+    comm.Set_name("solver")
+    assert comm.Get_name() == "solver"
+
+
+def test_tag_ub_attribute(comm, MPI):
+    """``Get_attr(TAG_UB)`` is the largest tag, and that tag works."""
+    ub = comm.Get_attr(MPI.TAG_UB)
+    assert isinstance(ub, int) and ub >= 32767
+    rank = comm.Get_rank()
+    got = comm.sendrecv(rank, rank, ub, source=rank, recvtag=ub)
+    assert got == rank
+
+
+def test_ibarrier(comm, MPI):
+    """No rank's Ibarrier completes before every rank has called it."""
+    rank = comm.Get_rank()
+    if rank == 0:
+        time.sleep(0.2)
+    started = time.monotonic()
+    req = comm.Ibarrier()
+    while not req.Test():
+        time.sleep(0.001)
+    if rank != 0 and comm.Get_size() > 1:
+        assert time.monotonic() - started > 0.1
+    req = comm.Ibarrier()
+    req.Wait()
+    assert req == MPI.REQUEST_NULL
+
+
+def test_in_place_where_it_means_nothing(comm, MPI):
+    """``IN_PLACE`` as Bcast's buffer is an empty message. (``Allreduce(IN_PLACE,
+    IN_PLACE)`` is MPICH's empty message and Open MPI's ``ERR_ARG``: not tested.)"""
+    comm.Bcast(MPI.IN_PLACE, 0)
+    comm.Barrier()
