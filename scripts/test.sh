@@ -30,6 +30,12 @@ for transport in cma copy; do
     CMAMPI_TRANSPORT=$transport PYTHONPATH="$ROOT/tests/no_mpi4py" python -m cmampi -n 4 \
         --timeout 600 -m pytest -q -p no:cacheprovider -p no:pytest_mpi -m mpi tests/test_stress.py
 done
+echo "== a shorter stress under Python's debug allocator (writes into freed memory fail), both channels"
+PYTHONMALLOC=debug CMAMPI_TEST_STRESS_MESSAGES=3000 mpiexec -n 4 "${PYTEST[@]}" --with-mpi -m mpi \
+    tests/test_stress.py
+PYTHONMALLOC=debug CMAMPI_TEST_STRESS_MESSAGES=3000 PYTHONPATH="$ROOT/tests/no_mpi4py" \
+    python -m cmampi -n 4 --timeout 600 -m pytest -q -p no:cacheprovider -p no:pytest_mpi -m mpi \
+    tests/test_stress.py
 echo "== copy transport (payloads through the channel, as where CMA is refused)"
 CMAMPI_TRANSPORT=copy mpiexec -n 2 "${PYTEST[@]}" --with-mpi -m mpi tests
 CMAMPI_TRANSPORT=copy PYTHONPATH="$ROOT/tests/no_mpi4py" python -m cmampi -n 2 --timeout 600 \

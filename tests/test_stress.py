@@ -21,7 +21,8 @@ from soak import Soak  # noqa: E402
 pytestmark = pytest.mark.mpi(min_size=4)
 
 SEED = 20240607
-MESSAGES = 20_000
+#: The test command also runs a shorter storm under Python's debug allocator.
+MESSAGES = int(os.environ.get("CMAMPI_TEST_STRESS_MESSAGES", 20_000))
 
 
 def test_stress(cmcomm, MPI, capfd):
