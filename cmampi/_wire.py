@@ -22,7 +22,8 @@ from ._buffers import Layout
 __all__ = [
     "PULL", "SIDE", "F_SYNC", "F_HELP",
     "ACK_OK", "ACK_TRUNCATED", "ACK_FAILED", "ACK_HELP",
-    "AT", "CTRL_MAX", "Control", "control", "header", "is_control", "kind", "pull", "side", "parse_pull", "parse_side",
+    "AT", "CTRL_MAX", "Control", "control", "header", "is_control", "kind", "pull", "side",
+    "parse_pull", "parse_side",
     "help_request", "parse_help", "HELPED_SIZE", "helped", "parse_helped",
     "payload_size", "REPLY_MAX",
 ]

@@ -9,6 +9,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 export MPIEXEC_TIMEOUT="${MPIEXEC_TIMEOUT:-600}"
 PYTEST=(python -m pytest -q -p no:cacheprovider)
 
+echo "== lint (ruff, pyproject.toml's rules)"
+ruff check cmampi tests bench examples
 echo "== serial tests"
 "${PYTEST[@]}" tests
 for n in 2 3; do

@@ -703,7 +703,7 @@ def test_strided_in_place(cmcomm, coll, n):
 
 @pytest.mark.parametrize("n", [7, 1 << 15])
 def test_strided_bcast_2d(cmcomm, n):
-    rank, size = cmcomm.Get_rank(), cmcomm.Get_size()
+    rank = cmcomm.Get_rank()
     full = block(4 * n, 21, n).reshape(n, 4)
     buf = full.copy() if rank == 0 else np.full((n, 4), SENTINEL)
     cmcomm.Bcast(buf[:, 1::2], 0)

@@ -191,7 +191,7 @@ def test_scatter_wrong_length(cmcomm, MPI):
 
 
 def test_object_mprobe(comm, MPI):
-    rank, size = comm.Get_rank(), comm.Get_size()
+    rank = comm.Get_rank()
     if rank == 0:
         comm.send({"small": 1}, 1, 5)
         comm.send(big(0), 1, 6)

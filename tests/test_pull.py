@@ -262,7 +262,8 @@ def test_incommensurate_rows_fall_back_to_iovecs(strategy):
     """Rows of 1024 and 1021 items: a piece of whole rows on both sides exceeds 4 chunks."""
     src = source((3, 2050))[:, :2048:2]      # 3 rows of 1024
     g = Guarded((4, 2044))
-    fn = lambda a: a[:, :2042:2]             # 4 rows of 1021 >= 3072 items
+    def fn(a):
+        return a[:, :2042:2]                 # 4 rows of 1021 >= 3072 items
     check(src, g, fn, None, 4096)
     assert strategy == {"read_into": 0, "readv": 1, "staged": 0}
 
@@ -314,7 +315,8 @@ def test_partial_fill_with_unaligned_tail(strategy, chunk):
     """Rows of 6 into rows of 8 items: 60 items = 2 staged pieces of 24 + a 12-item tail."""
     src = source((10, 13))[:, :12:2]        # 10 rows of 6
     g = Guarded((10, 17))
-    fn = lambda a: a[:, :16:2]              # 10 rows of 8
+    def fn(a):
+        return a[:, :16:2]                  # 10 rows of 8
     check(src, g, fn, None, chunk)
     assert strategy["staged"] >= 1 and strategy["readv"] >= 1
 

@@ -1,4 +1,5 @@
-"""``python -m cmampi.run``: unmodified mpi4py programs, and the libraries they import, on cmampi."""
+"""``python -m cmampi.run``: unmodified mpi4py programs, and the libraries they
+import, on cmampi."""
 
 from __future__ import annotations
 
