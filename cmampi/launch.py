@@ -257,7 +257,11 @@ import ctypes, os, sys
 ctypes.CDLL(None, use_errno=True).prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG, SIGKILL
 if os.getppid() != int(sys.argv[1]):
     os._exit(137)
-os.execv(sys.argv[2], sys.argv[2:])
+try:
+    os.execv(sys.argv[2], sys.argv[2:])
+except OSError as exc:
+    sys.stderr.write(f"cmampi: cannot run {sys.argv[2]}: {exc.strerror}\\n")
+    os._exit(127)
 """
 
 
@@ -318,6 +322,8 @@ class _Job:
             else argv[0]
         if program is None or not os.path.isfile(program):
             raise FileNotFoundError(errno.ENOENT, "no such program", argv[0])
+        if not os.access(program, os.X_OK):
+            raise PermissionError(errno.EACCES, "not executable", program)
         guarded = [sys.executable, "-S", "-c", _ORPHAN_GUARD, str(os.getpid()), program,
                    *argv[1:]]
         proc = subprocess.Popen(

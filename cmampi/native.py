@@ -366,8 +366,8 @@ def arrays(kind: str, send, recv, root, size: int, me: int, in_place) -> tuple:
     path as bare arrays; anything else (None, ``IN_PLACE``, strided or vector
     layouts, bad specs) as it was, for the full path to judge."""
     spec = _ARGS.get(kind)
-    if spec is None:
-        return send, recv
+    if spec is None or (kind == "Reduce_scatter_block" and send is in_place):
+        return send, recv       # (in place, its receive spec counts every rank's block)
     out = []
     for arg, how, writable in ((send, spec[0], kind == "Bcast" and me != root),
                                (recv, spec[1], True)):

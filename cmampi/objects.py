@@ -260,9 +260,11 @@ def _fetched(engine: _p2p.Engine, head: _OutOfBand, source: int) -> _Pulled:
     code, buffers, error = _wire.ACK_OK, [], None
     try:
         buffers = pull_buffers(engine.ch.pids[source], head.buffers)
-    except OSError as exc:
+    except BaseException as exc:    # noqa: BLE001 - any failure: the sender must hear of it
         code, error = _wire.ACK_FAILED, exc
     engine.ch.send_reply(bytes((code,)), source, head.xid)
+    if error is not None and not isinstance(error, Exception):
+        raise error                 # KeyboardInterrupt and the like: now, once replied
     return _Pulled(head.stream, buffers, error)
 
 

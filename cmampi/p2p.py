@@ -802,6 +802,16 @@ def _advance_detached() -> None:
     _DETACHED[:] = [op for op in _DETACHED if not op.done]
 
 
+def progressed(op: Op) -> None:
+    """Let every wait and test advance *op* (a posted receive, a nonblocking
+    collective) until it finishes, whoever waits."""
+    _PENDING[op] = None
+
+
+def not_progressed(op: Op) -> None:
+    _PENDING.pop(op, None)
+
+
 def progress() -> None:
     """Advance every posted receive whose handle has completed (and detached ops)."""
     for op in list(_PENDING):

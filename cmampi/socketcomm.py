@@ -7,7 +7,6 @@ import sys as _sys
 from typing import Optional
 
 from ._config import config as _config
-from .coll import _TAG_SYNC
 from .comm import Communicator, _Freed
 from .request import Request, new_request
 from . import p2p as _p2p
@@ -30,10 +29,8 @@ class Intracomm(Communicator):
         if not isinstance(comm, Intracomm):
             raise TypeError(f"expected a cmampi Intracomm, got {comm!r}")
         self._engine = comm._engine
-        self._name = comm._name
-        self._predefined = False
+        self._predefined = comm._predefined     # the same communicator, by another object
 
-    _name = ""
     _predefined = False
 
     @classmethod
@@ -42,7 +39,8 @@ class Intracomm(Communicator):
         ``COMM_SELF``'s name, for those two)."""
         self = cls.__new__(cls)
         self._engine = _p2p.Engine(channel, channel.names, _config)
-        self._name, self._predefined = predefined, bool(predefined)
+        self._engine.comm_name = predefined     # kept by the engine, which copies share
+        self._predefined = bool(predefined)
         return self
 
     def __eq__(self, other: object) -> bool:
@@ -98,16 +96,19 @@ class Intracomm(Communicator):
 
     def Ibarrier(self) -> Request:
         """Nonblocking Barrier."""
-        return new_request(_BarrierOp(self._coll.e))    # the collectives' private space
+        coll = self._coll       # the collectives' private space (made on first use)
+        seq = getattr(coll, "ibarriers", 0)
+        coll.ibarriers = seq + 1    # the same on every rank: collectives are called in order
+        return new_request(_BarrierOp(coll.e, _TAG_IBARRIER + seq % _IBARRIER_TAGS))
 
     # -- names and attributes ---------------------------------------------------------------
     def Get_name(self) -> str:
         """Get the print name for this communicator."""
-        return self._name
+        return getattr(self._engine, "comm_name", "")
 
     def Set_name(self, name: str) -> None:
         """Set the print name for this communicator."""
-        self._name = str(name)
+        self._engine.comm_name = str(name)
 
     def Get_attr(self, keyval: int):
         """Retrieve attribute value by key: ``TAG_UB`` (the largest tag) is the one
@@ -161,16 +162,26 @@ class Intracomm(Communicator):
         return self._engine.size
 
 
+#: Tags of Ibarriers on the collectives' private space: one per barrier in
+#: flight (a sequence number), apart from the blocking collectives' own tags.
+_TAG_IBARRIER, _IBARRIER_TAGS = 1 << 10, 1 << 20
+
+
 class _BarrierOp(_p2p.Op):
     """A nonblocking dissemination barrier: log2(size) rounds of empty messages
-    on the collectives' own tag, each round started when the last has ended."""
+    on a tag of its own, each round started when the last has ended, advanced
+    by any wait or test (it is a pending op, as a posted receive is)."""
 
-    __slots__ = ("step", "handles", "empty")
+    __slots__ = ("step", "handles", "empty", "tag")
 
-    def __init__(self, engine: _p2p.Engine) -> None:
+    def __init__(self, engine: _p2p.Engine, tag: int) -> None:
         super().__init__(engine)
-        self.step, self.handles, self.empty = 1, [], bytearray(0)
+        self.step, self.handles, self.empty, self.tag = 1, [], bytearray(0), tag
         self._round()
+
+    def finish(self, error=None) -> None:
+        super().finish(error)
+        _p2p.not_progressed(self)
 
     def _round(self) -> None:
         e = self.engine
@@ -178,9 +189,10 @@ class _BarrierOp(_p2p.Op):
             self.finish()
             return
         ch, me, step = e.ch, e.rank, self.step
-        self.handles = [ch.irecv(self.empty, (me - step) % e.size, _TAG_SYNC),
-                        ch.isend(self.empty, (me + step) % e.size, _TAG_SYNC)]
+        self.handles = [ch.irecv(self.empty, (me - step) % e.size, self.tag),
+                        ch.isend(self.empty, (me + step) % e.size, self.tag)]
         self.handle = self.handles[0]
+        _p2p.progressed(self)
 
     def advance(self, info) -> None:
         if info[3] is not None:     # a rank of the barrier is gone

@@ -57,3 +57,24 @@ def test_in_place_where_it_means_nothing(comm, MPI):
     IN_PLACE)`` is MPICH's empty message and Open MPI's ``ERR_ARG``: not tested.)"""
     comm.Bcast(MPI.IN_PLACE, 0)
     comm.Barrier()
+
+
+def test_ibarrier_progresses_while_the_rank_waits_elsewhere(comm, MPI):
+    """A pending Ibarrier moves on while its rank is blocked in another call
+    (MPI's progress rule): rank 1 waits for its barrier before it sends what
+    rank 0 is blocked receiving."""
+    rank = comm.Get_rank()
+    req = comm.Ibarrier()
+    if rank == 0 and comm.Get_size() > 1:
+        assert comm.recv(source=1, tag=7) == "go"
+        req.Wait()
+    elif rank == 1:
+        req.Wait()
+        comm.send("go", 0, 7)
+    else:
+        req.Wait()
+
+
+def test_two_ibarriers_in_flight(comm, MPI):
+    first, second = comm.Ibarrier(), comm.Ibarrier()
+    MPI.Request.Waitall([second, first])
