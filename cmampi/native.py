@@ -24,6 +24,7 @@ from typing import Any, Optional
 import numpy as _np
 
 from . import ops as _ops
+from .coll import flat
 
 __all__ = ["NATIVE_MAX", "Agreement", "call", "run"]
 
@@ -380,8 +381,6 @@ def arrays(kind: str, send, recv, root, size: int, me: int, in_place) -> tuple:
 
 
 def _array_of(spec, writable: bool, blocks: int):
-    from .coll import flat     # coll is the full path, which imports nothing of ours
-
     try:
         f = flat(spec, writable, blocks)
     except Exception:   # noqa: BLE001 - a bad spec: the full path raises it on every rank

@@ -135,6 +135,12 @@ class _Pulled:
                  error: Optional[BaseException]) -> None:
         self.stream, self.buffers, self.error = stream, buffers, error
 
+    def load(self) -> Any:
+        """The object, or the pull's error raised."""
+        if self.error is not None:
+            raise self.error
+        return _pickle.loads(self.stream, buffers=self.buffers)
+
 
 class _TooBig(Exception):
     """A buffer worth sending out of band: stop pickling in band."""
@@ -272,9 +278,7 @@ def loads(op: _p2p.Op) -> Any:
     """The object a finished receive holds (its out-of-band buffers pulled on arrival)."""
     if type(op.result) is _Pulled:
         pulled, op.result = op.result, None
-        if pulled.error is not None:
-            raise pulled.error
-        return _pickle.loads(pulled.stream, buffers=pulled.buffers)
+        return pulled.load()
     if op.buf is None or not op.nbytes:
         return None
     return _unpacked(op.engine, _pickle.loads(op.buf.array), op.source)
@@ -287,10 +291,7 @@ def _unpacked(engine: _p2p.Engine, obj: Any, source: int) -> Any:
         return obj
     if obj.helps:
         return _pull_helped(engine, source, obj)
-    pulled = _fetched(engine, obj, source)
-    if pulled.error is not None:
-        raise pulled.error
-    return _pickle.loads(pulled.stream, buffers=pulled.buffers)
+    return _fetched(engine, obj, source).load()
 
 
 def _pull_helped(engine: _p2p.Engine, source: int, obj: _OutOfBand) -> Any:

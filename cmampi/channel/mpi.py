@@ -49,20 +49,20 @@ class MPIChannel:
             shared.Free()
         node = node if node is not None else _config.node
         key = node if node is not None else f"{_socket.gethostname()}#{local_id}"
-        info = comm.allgather((_os.getpid(), key, pid_namespace(), user_namespace()))
-        cores = comm.allgather(sorted(_os.sched_getaffinity(0)))
-        self.pids: List[int] = [pid for pid, _, _, _ in info]
-        self.nodes: List[str] = [k for _, k, _, _ in info]
+        info = comm.allgather((_os.getpid(), key, pid_namespace(), user_namespace(),
+                               sorted(_os.sched_getaffinity(0))))
+        self.pids: List[int] = [rec[0] for rec in info]
+        self.nodes: List[str] = [rec[1] for rec in info]
         #: A peer's pid is only usable for CMA inside the same pid namespace.
-        self.pidns = [ns for _, _, ns, _ in info]
+        self.pidns = [rec[2] for rec in info]
         #: More ranks on this node than cores we may run on: a wait that spins in
         #: the MPI library holds a core the rank it waits for needs, for a whole
         #: time slice. Waits then poll and yield instead (see `waitany`).
         here = [r for r, k in enumerate(self.nodes) if k == self.nodes[self.rank]]
-        usable = set().union(*(cores[r] for r in here))    # a rank may be bound to one
+        usable = set().union(*(info[r][4] for r in here))    # a rank may be bound to one
         self.oversubscribed = len(here) > len(usable)
         #: CMA is only used inside one user namespace.
-        self.userns = [ns for _, _, _, ns in info]
+        self.userns = [rec[3] for rec in info]
         self.status = _MPI.Status()
 
     def dup(self) -> "MPIChannel":
