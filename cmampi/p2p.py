@@ -308,9 +308,17 @@ class Engine:
         # every rank learns who may read whom (a collective, as construction is).
         # Per pair: None, may read; True, refused (and warned); False, not meant to.
         mine = [None if why is None else bool(why) for why in refusals]
-        seen = channel.allgather(mine) if self.size > 1 else [mine]
+        both = channel.allgather((mine, self.cma_min)) if self.size > 1 else \
+            [(mine, self.cma_min)]
+        seen = [row for row, _ in both]
         #: Payloads to rank p are pulled by p (else they travel through the channel).
         self.cma = [seen[p][self.rank] is None for p in range(self.size)]
+        #: The longest message rank p sends as itself (the rest are pulled or
+        #: announced): what a receive from p must have room for, beside its buffer.
+        self.raw_max = [cma_min - 1 if seen[self.rank][p] is None else None
+                        for p, (_, cma_min) in enumerate(both)]
+        known = [n for n in self.raw_max if n is not None]
+        self.raw_max_any = max(known) if len(known) == self.size else None
         #: Every rank may read every other: collectives copy between any two ranks.
         self.all_cma = all(x is None for row in seen for x in row)
         why = next((w for w in refusals if w), None) or next(
@@ -506,13 +514,17 @@ class Engine:
             op.stage = buf.flat()[:self.band].tobytes()
             self.landing[op] = span
         else:
-            # Payloads longer than this buffer would be truncated anyway; a
-            # strided buffer (or one another pending receive lands in) takes
-            # its payload here first.
+            # A strided buffer (or one another pending receive lands in) takes
+            # its message here first: room for the longest the source may send
+            # as itself (anything longer is pulled or announced), and no more
+            # than the buffer (a longer one would be truncated anyway).
             size = self.stage_size
             if buf is not None and (not buf.contiguous or buf.nbytes >= size):
-                size = max(size, buf.nbytes)
-            target = op.stage = bytearray(size)
+                raw_max = self.raw_max_any if source == self.any_source else \
+                    self.raw_max[source] if 0 <= source < self.size else None
+                size = max(size, buf.nbytes if raw_max is None else min(buf.nbytes, raw_max))
+            # Not zero-filled: only the bytes the channel writes are read.
+            target = op.stage = np.empty(size, np.uint8)
         op.wait_on(self.ch.irecv(target, source, tag), op.arrived)
         return op
 
@@ -814,6 +826,7 @@ def not_progressed(op: Op) -> None:
 
 def progress() -> None:
     """Advance every posted receive whose handle has completed (and detached ops)."""
+    _ROUNDS[0] += 1
     for op in list(_PENDING):
         h = op.handle
         if h is not None:
@@ -827,6 +840,7 @@ def progress() -> None:
 def test(op: Op) -> bool:
     """Progress everything; True once *op* is done."""
     progress()
+    _ROUNDS[0] += 1
     while not op.done and op.handle is not None and op not in _PENDING:
         info = op.engine.ch.test(op.handle)
         if info is None:
@@ -837,26 +851,48 @@ def test(op: Op) -> bool:
 
 def wait_any(ops) -> None:
     """Block until at least one of *ops* is done, progressing every posted receive."""
+    while not any(op.done for op in ops):
+        _advance_some(ops)
+
+
+#: Counts the rounds of advancing: a round that sees it change knows that
+#: handles may have moved under it (an op advanced by a nested wait or test).
+_ROUNDS = [0]
+
+
+def _advance_some(ops) -> None:
+    """Block until a handle of *ops* or of a posted receive completes; advance its
+    op, and every other op whose handle has completed meanwhile (one pass over
+    the same list: a window of requests costs one list, not one per request)."""
+    live: Dict[Op, None] = {}      # in order, each once
+    for group in (ops, _PENDING):
+        for op in group:
+            if op.handle is not None:
+                live[op] = None
+    if not live:
+        raise RuntimeError("cmampi: waiting on requests that can never complete")
+    owners = list(live)
+    ch = owners[0].engine.ch
+    handles = [op.handle for op in owners]
+    i, info = ch.waitany(handles)
     while True:
-        for op in ops:
-            if op.done:
-                return
-        live: Dict[Op, None] = {}      # in order, each once
-        for group in (ops, _PENDING):
-            for op in group:
-                if op.handle is not None:
-                    live[op] = None
-        if not live:
-            raise RuntimeError("cmampi: waiting on requests that can never complete")
-        owners = list(live)
-        i, info = owners[0].engine.ch.waitany([op.handle for op in owners])
+        _ROUNDS[0] += 1
+        rounds = _ROUNDS[0]
+        handles[i] = ch.null_handle
         owners[i].advance(info)
+        if _ROUNDS[0] != rounds:
+            return
+        hit = ch.testany(handles)
+        if hit is None:
+            return
+        i, info = hit
 
 
 def wait_handles(ch, handles: Sequence[Any]) -> List[Any]:
     """Wait for raw channel *handles*, progressing every posted receive meanwhile;
     their completion infos, in order. A handle the channel failed (its peer is
     gone) raises its error at once."""
+    _ROUNDS[0] += 1
     infos: List[Any] = [None] * len(handles)
     left = list(range(len(handles)))
     while left:
@@ -872,9 +908,10 @@ def wait_handles(ch, handles: Sequence[Any]) -> List[Any]:
 
 
 def wait_all(ops) -> None:
+    """Block until every op of *ops* is done, progressing every posted receive."""
     todo = [op for op in ops if not op.done]
     while todo:
-        wait_any(todo)
+        _advance_some(todo)
         todo = [op for op in todo if not op.done]
 
 

@@ -488,18 +488,27 @@ def test_objects_roundtrip(comm, MPI):
         assert comm.irecv(source=0, tag=6).wait() == 0
 
 
-@pytest.mark.parametrize("n", [6000, 100_000, 3 << 20])
-def test_pending_receives_sharing_a_buffer(comm, MPI, n):
+#: Message sizes either side of the first pulled one, on each channel.
+_PULL_EDGES = sorted({n + d for n in CMA_MIN_DEFAULTS.values() for d in (-1, 0)})
+
+
+@pytest.mark.parametrize("n", [6000, 100_000, 3 << 20, *_PULL_EDGES])
+@pytest.mark.parametrize("spare", [0, 4096])
+def test_pending_receives_sharing_a_buffer(comm, MPI, n, spare):
     """Erroneous in MPI, yet common in bandwidth tests (and tolerated by MPI
-    libraries): several pending receives into one buffer. Each must complete,
-    and the buffer ends up holding one of the (identical) messages."""
+    libraries): several pending receives into one buffer (*spare* bytes longer
+    than the messages). Each must complete, and the buffer ends up holding one
+    of the (identical) messages, its spare bytes untouched."""
     rank = comm.Get_rank()
     window = 8
     if rank == 0:
         data = np.arange(n, dtype=np.uint8)
         MPI.Request.Waitall([comm.Isend(data, 1, 21) for _ in range(window)])
     elif rank == 1:
-        buf = np.zeros(n, np.uint8)
-        MPI.Request.Waitall([comm.Irecv(buf, 0, 21) for _ in range(window)])
-        assert (buf == np.arange(n, dtype=np.uint8)).all()
+        buf = np.full(n + spare, 7, np.uint8)
+        statuses = [MPI.Status() for _ in range(window)]
+        MPI.Request.Waitall([comm.Irecv(buf, 0, 21) for _ in range(window)], statuses)
+        assert (buf[:n] == np.arange(n, dtype=np.uint8)).all()
+        assert (buf[n:] == 7).all()
+        assert [st.Get_count(MPI.BYTE) for st in statuses] == [n] * window
     comm.Barrier()

@@ -167,6 +167,23 @@ class MPIChannel:
             return i, (st.Get_source(), st.Get_tag(), st.Get_count(_BYTE), exc)
         return i, (st.Get_source(), st.Get_tag(), st.Get_count(_BYTE), None)
 
+    #: Stands in a handle list for a handle already taken: MPI skips it.
+    null_handle = _MPI.REQUEST_NULL
+
+    def testany(self, handles: Sequence[_MPI.Request]) -> Optional[Tuple[int, tuple]]:
+        """(index, info) of a completed handle of *handles*, without blocking; or
+        None. Taken handles must have been replaced by `null_handle`."""
+        st = self.status
+        try:
+            i, done = _MPI.Request.Testany(handles, st)
+        except _MPI.Exception as exc:
+            # The failed request has been completed and nulled in place.
+            i = next(k for k, h in enumerate(handles) if not h and h is not _MPI.REQUEST_NULL)
+            return i, (st.Get_source(), st.Get_tag(), st.Get_count(_BYTE), exc)
+        if not done or i < 0:   # MPI_UNDEFINED: every handle is null
+            return None
+        return i, (st.Get_source(), st.Get_tag(), st.Get_count(_BYTE), None)
+
     def test(self, handle: _MPI.Request) -> Optional[tuple]:
         st = self.status
         try:

@@ -1195,6 +1195,17 @@ class SocketChannel:
             self.hub.poke()
         return self._info(handle) if handle.done else None
 
+    #: Stands in a handle list for a handle already taken: never completes.
+    null_handle = Handle()
+
+    def testany(self, handles: Sequence[Handle]):
+        """(index, info) of a completed handle of *handles*, without blocking; or None."""
+        self.hub.poke()
+        for i, h in enumerate(handles):
+            if h.done:
+                return i, self._info(h)
+        return None
+
     def wait_cancelled(self, handle: Handle):
         """Complete a cancelled handle: None if the cancel won, else its message info."""
         if not handle.done:
