@@ -17,7 +17,8 @@ from ._common import CMAMPI, Context, Result, format_size
 __all__ = ["emit", "machine_info", "machine_line", "markdown_table", "render"]
 
 #: Columns per implementation, by benchmark.
-_METRICS = {"pingpong": ("us", "GB/s"), "bandwidth": ("us", "GB/s"), "collectives": ("us",),
+_METRICS = {"pingpong": ("us", "GB/s"), "bandwidth": ("us", "GB/s"), "patterns": ("us", "GB/s"),
+            "collectives": ("us",),
             "objects": ("us", "flt")}
 
 
@@ -87,12 +88,13 @@ def _cell(r: Result, impl: str, metric: str) -> str:
 def _table(bench: str, results: List[Result]) -> List[str]:
     impls = results[0].impls
     alts = [i for i in impls if i != CMAMPI]
-    first = ["collective", "size"] if bench == "collectives" else ["case"]
+    by_op = {"collectives": "collective", "patterns": "pattern"}
+    first = [by_op[bench], "size"] if bench in by_op else ["case"]
     header = first + [f"{i} {m}" for i in impls for m in _METRICS[bench]] + \
         [f"{a}/{CMAMPI}" for a in alts]
     rows = []
     for r in results:
-        cells = [r.op, r.case] if bench == "collectives" else [r.case]
+        cells = [r.op, r.case] if bench in by_op else [r.case]
         cells += [_cell(r, i, m) for i in impls for m in _METRICS[bench]]
         rows.append(cells + [f"{r.ratio(a):.2f}" for a in alts])
     return markdown_table(header, rows)

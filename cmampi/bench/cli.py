@@ -16,7 +16,7 @@ import time as _time
 import traceback as _traceback
 from typing import Any, Dict, List, Optional, Sequence
 
-from . import bandwidth, collectives, objects, pingpong
+from . import bandwidth, collectives, objects, patterns, pingpong
 from ._common import CMAMPI, SOCKET, Context, Result, Timing, parse_sizes, positive_int
 from ._pipe import PipeComm, connect
 from ._report import emit, machine_info, render
@@ -25,8 +25,8 @@ from .plot import available, plot
 __all__ = ["main", "parse_args", "BENCHMARKS"]
 
 #: Subcommands, in the order ``all`` runs them.
-BENCHMARKS = {"pingpong": pingpong, "bandwidth": bandwidth, "collectives": collectives,
-              "objects": objects}
+BENCHMARKS = {"pingpong": pingpong, "bandwidth": bandwidth, "patterns": patterns,
+              "collectives": collectives, "objects": objects}
 PROG = "python -m cmampi.bench"
 #: --quick: sizes (unless --sizes), rounds (unless --rounds), fixed iterations per
 #: block (unless --reps): no calibration, few synchronisations.
@@ -88,7 +88,7 @@ def _parser() -> _argparse.ArgumentParser:
         epilog="Ratios are the alternative's time / cmampi's time: above 1, cmampi is faster.")
     sub = p.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
     for name, parents in (("pingpong", [strided, beside]), ("bandwidth", [window, beside]),
-                          ("collectives", [only]), ("objects", []),
+                          ("patterns", []), ("collectives", [only]), ("objects", []),
                           ("all", [strided, window, beside, only])):
         doc = "every benchmark in turn" if name == "all" else \
             BENCHMARKS[name].__doc__.splitlines()[0].replace("``", "")

@@ -19,7 +19,7 @@ _COLORS = {"cmampi": "C0", "mpi4py": "C1", "pkl5": "C2", "pipe": "C3", "socket":
 _TITLES = {"contiguous": "ping-pong, contiguous", "stream": "streaming bandwidth",
            "array": "objects: numpy arrays"}
 #: Benchmarks drawn as bandwidth (the others as time per operation).
-_BANDWIDTH = ("pingpong", "bandwidth")
+_BANDWIDTH = ("pingpong", "bandwidth", "patterns")
 
 
 def available() -> Optional[str]:

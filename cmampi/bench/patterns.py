@@ -1,0 +1,200 @@
+"""Call patterns of real programs: buffer specs, ``bytearray``/``mmap`` buffers, windows.
+
+Ping-pong (one-way time = round trip / 2) with the buffer forms programs pass:
+``[numpy array, n, MPI.BYTE]``, a bare ``bytearray`` and ``[mmap, n, MPI.BYTE]``
+(the bare numpy array is ``pingpong``'s row). Windows: rank 0 posts 64
+``Isend`` of one buffer, rank 1 64 ``Irecv`` into one buffer (as benchmark
+programs do), ``Waitall``, then a 4-byte ack (time per message = window time /
+64); and both directions at once: each rank posts 64 ``Irecv`` and 64 ``Isend``
+and waits for all 128 (time per message pair = window time / 64). Each
+implementation completes its requests with its own ``Request.Waitall``.
+"""
+
+from __future__ import annotations
+
+import mmap as _mmap
+import time as _time
+from typing import Any, Callable, List
+
+import numpy as _np
+
+from ._common import OURS, TAG, Case, Context, DataError, Result, format_size, pattern
+from ._timing import Impl, measure
+
+__all__ = ["DEFAULT_SIZES", "FORMS", "WINDOW", "plan", "describe"]
+
+DEFAULT_SIZES = (8, 64 << 10, 1 << 20, 4 << 20)
+#: Requests in flight per window, per direction.
+WINDOW = 64
+#: Buffer forms of the ping-pong rows: name -> (make a buffer of n bytes, its spec).
+FORMS = ("spec", "bytearray", "mmap")
+
+
+def _namespace(name: str, ctx: Context) -> Any:
+    """The MPI namespace whose datatypes and requests *name*'s communicator takes."""
+    if name in OURS:
+        return ctx.MPI
+    from mpi4py import MPI
+
+    return MPI
+
+
+class _Buffers:
+    """A send and a receive buffer of one form, their specs, and the received bytes."""
+
+    def __init__(self, form: str, nbytes: int, MPI: Any) -> None:
+        self.form, self.nbytes = form, nbytes
+        self.expected = pattern(nbytes)
+        self.send_mem, self.recv_mem = self._make(), self._make()
+        self._bytes(self.send_mem)[:] = self.expected
+        self.send, self.recv = self._spec(self.send_mem, MPI), self._spec(self.recv_mem, MPI)
+
+    def _make(self) -> Any:
+        if self.form == "bytearray":
+            return bytearray(self.nbytes)
+        if self.form == "mmap":
+            return _mmap.mmap(-1, self.nbytes)
+        return _np.zeros(self.nbytes, _np.uint8)
+
+    def _spec(self, mem: Any, MPI: Any) -> Any:
+        return [mem, self.nbytes, MPI.BYTE] if self.form in ("spec", "mmap") else mem
+
+    def _bytes(self, mem: Any) -> _np.ndarray:
+        return _np.frombuffer(mem, _np.uint8, self.nbytes)
+
+    def received(self) -> _np.ndarray:
+        return self._bytes(self.recv_mem)
+
+
+def _check(where: str, got: _np.ndarray, expected: _np.ndarray) -> None:
+    if not _np.array_equal(got, expected):
+        bad = _np.flatnonzero(got != expected)
+        raise DataError(f"{where}: {bad.size} of {got.size} bytes wrong, the first at "
+                        f"{bad[0]}: {got[bad[0]]}, expected {expected[bad[0]]}")
+
+
+# -- ping-pong of buffer forms ---------------------------------------------------------------
+def _pingpong(ctx: Context, form: str, nbytes: int) -> Result:
+    rank = ctx.rank
+
+    def impl(name: str, c: Any) -> Impl:
+        b = _Buffers(form, nbytes, _namespace(name, ctx))
+        where = f"{name}, {format_size(nbytes)} ping-pong of {form}, rank {rank}"
+
+        def run(iters: int) -> float:
+            send, recv, sbuf, rbuf = c.Send, c.Recv, b.send, b.recv
+            t0 = _time.perf_counter()
+            if rank == 0:
+                for _ in range(iters):
+                    send(sbuf, 1, TAG)
+                    recv(rbuf, 1, TAG)
+            else:
+                for _ in range(iters):
+                    recv(rbuf, 0, TAG)
+                    send(sbuf, 0, TAG)
+            return _time.perf_counter() - t0
+
+        def verify() -> None:
+            b.received()[:] = 0
+            run(1)
+            _check(where, b.received(), b.expected)
+
+        return Impl(name, run, verify)
+
+    return measure(ctx, [impl(n, c) for n, c in _comms(ctx).items()], per_iter=2,
+                   bench="patterns", op=f"pingpong {form}", case=format_size(nbytes),
+                   nbytes=nbytes, sized=True)
+
+
+# -- windows -----------------------------------------------------------------------------------
+def _stream(ctx: Context, nbytes: int) -> Result:
+    rank = ctx.rank
+
+    def impl(name: str, c: Any) -> Impl:
+        MPI = _namespace(name, ctx)
+        b = _Buffers("numpy", nbytes, MPI)
+        ack = bytearray(4)
+        waitall = MPI.Request.Waitall
+        where = f"{name}, {format_size(nbytes)} stream of {WINDOW} into one buffer, rank {rank}"
+
+        def run(iters: int) -> float:
+            isend, irecv, sbuf, rbuf = c.Isend, c.Irecv, b.send, b.recv
+            t0 = _time.perf_counter()
+            if rank == 0:
+                for _ in range(iters):
+                    waitall([isend(sbuf, 1, TAG) for _ in range(WINDOW)])
+                    c.Recv(ack, 1, TAG + 1)
+            else:
+                for _ in range(iters):
+                    waitall([irecv(rbuf, 0, TAG) for _ in range(WINDOW)])
+                    c.Send(ack, 0, TAG + 1)
+            return _time.perf_counter() - t0
+
+        def verify() -> None:
+            b.received()[:] = 0
+            run(1)
+            if rank == 1:
+                _check(where, b.received(), b.expected)
+
+        return Impl(name, run, verify)
+
+    return measure(ctx, [impl(n, c) for n, c in _comms(ctx).items()], per_iter=WINDOW,
+                   bench="patterns", op=f"stream {WINDOW} x one buffer",
+                   case=format_size(nbytes), nbytes=nbytes, sized=True)
+
+
+def _bidirectional(ctx: Context, nbytes: int) -> Result:
+    rank = ctx.rank
+    peer = 1 - rank
+
+    def impl(name: str, c: Any) -> Impl:
+        MPI = _namespace(name, ctx)
+        b = _Buffers("numpy", nbytes, MPI)
+        waitall = MPI.Request.Waitall
+        where = f"{name}, {format_size(nbytes)} bidirectional window, rank {rank}"
+
+        def run(iters: int) -> float:
+            isend, irecv, sbuf, rbuf = c.Isend, c.Irecv, b.send, b.recv
+            t0 = _time.perf_counter()
+            for _ in range(iters):
+                reqs = [irecv(rbuf, peer, TAG) for _ in range(WINDOW)]
+                reqs += [isend(sbuf, peer, TAG) for _ in range(WINDOW)]
+                waitall(reqs)
+            return _time.perf_counter() - t0
+
+        def verify() -> None:
+            b.received()[:] = 0
+            run(1)
+            _check(where, b.received(), b.expected)
+
+        return Impl(name, run, verify)
+
+    return measure(ctx, [impl(n, c) for n, c in _comms(ctx).items()], per_iter=WINDOW,
+                   bench="patterns", op=f"bidirectional {WINDOW}+{WINDOW}",
+                   case=format_size(nbytes), nbytes=nbytes, sized=True)
+
+
+def _comms(ctx: Context) -> dict:
+    """The implementations with nonblocking calls and MPI buffer specs (not a Connection)."""
+    return {name: c for name, c in ctx.comms.items() if c is not None and name != "pipe"}
+
+
+def plan(ctx: Context) -> List[Case]:
+    sizes = ctx.sizes(DEFAULT_SIZES)
+    cases: List[Case] = []
+    run: Callable[[Context, int], Result]
+    for form in FORMS:
+        cases += [Case(f"patterns pingpong {form} {format_size(n)}",
+                       lambda f=form, n=n: _pingpong(ctx, f, n)) for n in sizes]
+    for label, run in (("stream", _stream), ("bidirectional", _bidirectional)):
+        cases += [Case(f"patterns {label} {format_size(n)}", lambda r=run, n=n: r(ctx, n))
+                  for n in sizes]
+    return cases
+
+
+def describe(ctx: Context) -> str:
+    return ("Users' call patterns between 2 ranks: ping-pong of [numpy, n, MPI.BYTE] specs, "
+            f"bytearrays and [mmap, n, MPI.BYTE] specs; a stream of {WINDOW} Isend of one "
+            f"buffer into {WINDOW} Irecv of one buffer, then a 4-byte ack (per message); "
+            f"both directions at once, {WINDOW} Irecv + {WINDOW} Isend per rank (per message "
+            "pair). The alternative: plain mpi4py (on the socket channel cmampi runs alone).")
