@@ -80,6 +80,10 @@ class Config:
     #: Socket channel: frames between ranks travel through shared-memory rings
     #: (where the processor allows), the sockets carry doorbells and hang-ups.
     rings: bool = True
+    #: MPI channel: every collective first agrees on every rank's arguments
+    #: (mismatches raise on every rank). Off: small collectives go straight to
+    #: the MPI library, whose own checks act, and only large ones agree.
+    check_collectives: bool = False
 
     @classmethod
     def from_environ(cls) -> "Config":
@@ -94,6 +98,7 @@ class Config:
             node=_os.environ.get("CMAMPI_NODE") or None,
             pool=_size("CMAMPI_POOL", 256 << 20),
             rings=_flag("CMAMPI_RINGS", True),
+            check_collectives=_flag("CMAMPI_CHECK_COLLECTIVES", False),
         )
 
 

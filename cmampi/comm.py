@@ -83,6 +83,11 @@ class _Freed:
         raise self.names.Exception(self.names.ERR_COMM)
 
 
+#: Bytes per rank up to which a collective of contiguous arrays goes straight to
+#: the MPI library (`Communicator._small`).
+_SMALL = _native.NATIVE_MAX
+
+
 class Communicator:
     """Point-to-point, object and collective methods over cmampi's engine.
 
@@ -117,6 +122,19 @@ class Communicator:
         if engine is None:
             _native.call(self._plain(), kind, send, recv, root, op, recvcounts)
             return True
+        if not engine.checked and kind in _native.NATIVE_MAX \
+                and not engine.multinode:
+            # Small ones go straight to the MPI library, as with mpi4py; large
+            # ones (cmampi's own) agree first, every rank alike.
+            plain = engine.small = self._plain()
+            if plain is not None:
+                x, per = _native.telling(kind, send, recv, engine.names.IN_PLACE)
+                nbytes = _native.block_bytes(x, per, engine.size)
+                dtype = _native.spec_dtype(x)
+                if nbytes is not None and nbytes <= _native.NATIVE_MAX[kind] \
+                        and dtype is not None and _native.simple(dtype, op):
+                    _native.direct(plain, kind, send, recv, root, op, engine.rank)
+                    return True
         if type(send) is not _np.ndarray or type(recv) is not _np.ndarray:
             send, recv = _native.arrays(kind, send, recv, root, engine.size, engine.rank,
                                         engine.names.IN_PLACE)
@@ -137,14 +155,36 @@ class Communicator:
             agreement = engine.native = _native.Agreement(plain, engine.names)
         return kind in _native.NATIVE_MAX and _native.run(agreement, kind, send, recv, root, op)
 
+    def _small(self, send, recv, limit: int, op=None) -> Any:
+        """The MPI library's communicator if it runs this collective as it comes:
+        small, unchecked across ranks (`Engine.small`), *send* (*recv*: None, or
+        a contiguous array too) a contiguous array of numbers of at most *limit*
+        bytes, *op* None or predefined for them. Else None: `_by_mpi` decides."""
+        engine = self._engine
+        small = engine.small if engine is not None else None
+        if small is None or type(send) is not _np.ndarray or send.nbytes > limit \
+                or not send.flags.c_contiguous:
+            return None
+        if recv is not None and (type(recv) is not _np.ndarray or not recv.flags.c_contiguous):
+            return None
+        return small if _native.simple(send.dtype, op) else None
+
     def Bcast(self, buf, root: int = 0) -> None:
         """Broadcast data from one process to all other processes."""
+        small = self._small(buf, None, _SMALL["Bcast"])
+        if small is not None:
+            small.Bcast(buf, root)
+            return
         root = root if type(root) is int else as_int(root)
         if not self._by_mpi("Bcast", buf, root=root):
             _coll_mod.bcast(self._coll, buf, root)
 
     def Gather(self, sendbuf, recvbuf, root: int = 0) -> None:
         """Gather data to one process from all other processes."""
+        small = self._small(sendbuf, recvbuf, _SMALL["Gather"])
+        if small is not None:
+            small.Gather(sendbuf, recvbuf, root)
+            return
         root = root if type(root) is int else as_int(root)
         if not self._by_mpi("Gather", sendbuf, recvbuf, root):
             _coll_mod.gather(self._coll, sendbuf, recvbuf, root)
@@ -157,6 +197,10 @@ class Communicator:
 
     def Scatter(self, sendbuf, recvbuf, root: int = 0) -> None:
         """Scatter data from one process to all other processes."""
+        small = self._small(recvbuf, sendbuf, _SMALL["Scatter"])
+        if small is not None:
+            small.Scatter(sendbuf, recvbuf, root)
+            return
         root = root if type(root) is int else as_int(root)
         if not self._by_mpi("Scatter", sendbuf, recvbuf, root):
             _coll_mod.scatter(self._coll, sendbuf, recvbuf, root)
@@ -169,6 +213,10 @@ class Communicator:
 
     def Allgather(self, sendbuf, recvbuf) -> None:
         """Gather to All."""
+        small = self._small(sendbuf, recvbuf, _SMALL["Allgather"])
+        if small is not None:
+            small.Allgather(sendbuf, recvbuf)
+            return
         if not self._by_mpi("Allgather", sendbuf, recvbuf):
             _coll_mod.allgather(self._coll, sendbuf, recvbuf)
 
@@ -179,6 +227,10 @@ class Communicator:
 
     def Alltoall(self, sendbuf, recvbuf) -> None:
         """All to All Scatter/Gather."""
+        small = self._small(sendbuf, recvbuf, _SMALL["Alltoall"])
+        if small is not None:
+            small.Alltoall(sendbuf, recvbuf)
+            return
         if not self._by_mpi("Alltoall", sendbuf, recvbuf):
             _coll_mod.alltoall(self._coll, sendbuf, recvbuf)
 
@@ -189,17 +241,29 @@ class Communicator:
 
     def Reduce(self, sendbuf, recvbuf, op=SUM, root: int = 0) -> None:
         """Reduce to Root."""
+        small = self._small(sendbuf, recvbuf, _SMALL["Reduce"], op)
+        if small is not None:
+            small.Reduce(sendbuf, recvbuf, op, root)
+            return
         root = root if type(root) is int else as_int(root)
         if not self._by_mpi("Reduce", sendbuf, recvbuf, root, op):
             _coll_mod.reduce_family(self._coll, "reduce", sendbuf, recvbuf, op, root)
 
     def Allreduce(self, sendbuf, recvbuf, op=SUM) -> None:
         """Reduce to All."""
+        small = self._small(sendbuf, recvbuf, _SMALL["Allreduce"], op)
+        if small is not None:
+            small.Allreduce(sendbuf, recvbuf, op)
+            return
         if not self._by_mpi("Allreduce", sendbuf, recvbuf, op=op):
             _coll_mod.reduce_family(self._coll, "allreduce", sendbuf, recvbuf, op)
 
     def Reduce_scatter_block(self, sendbuf, recvbuf, op=SUM) -> None:
         """Reduce-Scatter Block (regular, non-vector version)."""
+        small = self._small(sendbuf, recvbuf, _SMALL["Reduce_scatter_block"], op)
+        if small is not None:
+            small.Reduce_scatter_block(sendbuf, recvbuf, op)
+            return
         if not self._by_mpi("Reduce_scatter_block", sendbuf, recvbuf, op=op):
             _coll_mod.reduce_family(self._coll, "reduce_scatter_block", sendbuf, recvbuf, op)
 
@@ -211,11 +275,19 @@ class Communicator:
 
     def Scan(self, sendbuf, recvbuf, op=SUM) -> None:
         """Inclusive Scan."""
+        small = self._small(sendbuf, recvbuf, _SMALL["Scan"], op)
+        if small is not None:
+            small.Scan(sendbuf, recvbuf, op)
+            return
         if not self._by_mpi("Scan", sendbuf, recvbuf, op=op):
             _coll_mod.reduce_family(self._coll, "scan", sendbuf, recvbuf, op)
 
     def Exscan(self, sendbuf, recvbuf, op=SUM) -> None:
         """Exclusive Scan."""
+        small = self._small(sendbuf, recvbuf, _SMALL["Exscan"], op)
+        if small is not None:
+            small.Exscan(sendbuf, recvbuf, op)
+            return
         if not self._by_mpi("Exscan", sendbuf, recvbuf, op=op):
             _coll_mod.reduce_family(self._coll, "exscan", sendbuf, recvbuf, op)
 

@@ -17,16 +17,19 @@ which raises the same error everywhere instead of leaving ranks hanging.
 
 from __future__ import annotations
 
+import operator as _operator
 import struct as _struct
 import zlib as _zlib
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 import numpy as _np
 
 from . import ops as _ops
+from ._buffers import _datatype_size, _parse, send_buffer
 from .coll import flat
 
-__all__ = ["NATIVE_MAX", "Agreement", "call", "run"]
+__all__ = ["NATIVE_MAX", "Agreement", "block_bytes", "call", "direct", "run", "simple",
+           "spec_dtype", "telling"]
 
 #: Bytes per rank up to which the MPI library's collective is used (measured
 #: crossovers on 2 ranks, MPICH; see the README's results).
@@ -406,6 +409,97 @@ def call(raw, kind: str, send, recv, root: int = 0, op=None, recvcounts=None) ->
         fn(send, recv)
     else:
         fn(send, recv, op)
+
+
+# -- straight to the MPI library (collectives not checked across ranks) ----------------
+
+#: Per collective: which argument sizes a rank's block, and (for ``IN_PLACE``) the
+#: other one: (argument, divisor). The sizes are those `run`'s signatures compare
+#: with `NATIVE_MAX`, and every rank of a correct program computes the same one
+#: (type signatures match), whatever the layouts of its buffers.
+_SIZED_BY = {
+    "Bcast": ((0, 1), (0, 1)), "Gather": ((0, 1), (1, "size")),
+    "Scatter": ((1, 1), (0, "size")), "Allgather": ((0, 1), (1, "size")),
+    "Alltoall": ((1, 1), (1, 1)), "Reduce": ((0, 1), (1, 1)), "Allreduce": ((0, 1), (1, 1)),
+    "Scan": ((0, 1), (1, 1)), "Exscan": ((0, 1), (1, 1)),
+    "Reduce_scatter_block": ((0, 1), (1, 1)),
+}
+
+
+def telling(kind: str, send, recv, in_place) -> Tuple[Any, Any]:
+    """(the argument that tells a rank's part of collective *kind* on this rank,
+    its divisor: 1 or ``"size"``), as `_SIZED_BY` says."""
+    plain, other = _SIZED_BY[kind]
+    which, per = other if (recv if kind == "Scatter" else send) is in_place else plain
+    return (recv if which else send), per
+
+
+def block_bytes(x, per, size: int) -> Optional[int]:
+    """The bytes of a rank's part of a collective (the measure `NATIVE_MAX`
+    bounds) from *x* and *per*, as `telling` gives them; None if *x* is not a
+    buffer or spec at all (then every rank agrees first, which raises)."""
+    if type(x) is _np.ndarray:
+        n, counted = x.nbytes, False
+    else:
+        n, counted = _bytes_of(x)
+        if n is None:
+            return None
+    # A spec's own count counts one rank's block (mpi4py's rule for collectives).
+    return n // size if per == "size" and not counted else n
+
+
+def _bytes_of(x) -> Tuple[Optional[int], bool]:
+    """(bytes of data, whether a spec's count gave them) of buffer or spec *x*:
+    a ``[buffer, count, datatype]`` spec, any buffer cmampi takes; None if none."""
+    try:
+        if isinstance(x, (list, tuple)):
+            _, count, _, datatype = _parse(x)
+            if count is not None and datatype is not None:
+                return _operator.index(count) * _datatype_size(datatype)[0], True
+        return send_buffer(x).nbytes, False
+    except Exception:   # noqa: BLE001 - not a buffer: the agreement raises it everywhere
+        return None, False
+
+
+def simple(dtype: _np.dtype, op) -> bool:
+    """Whether the MPI library runs a collective on *dtype* (a number type) with
+    *op* (None, or a predefined op defined for it) as cmampi would: the same on
+    every rank of a correct program, so every rank takes the same path."""
+    return bool(_dtype_code(dtype)) and (op is None or bool(_op_code(op, dtype)))
+
+
+def spec_dtype(x) -> Optional[_np.dtype]:
+    """The element type of buffer or spec *x* (its datatype's, if it names one);
+    None if it has none that numpy knows (a derived datatype, not a buffer)."""
+    if type(x) is _np.ndarray:
+        return x.dtype
+    try:
+        _, _, _, datatype = _parse(x)
+        if datatype is not None:
+            return _np.dtype(datatype if isinstance(datatype, str) else datatype.tocode())
+        return send_buffer(x).array.dtype
+    except Exception:   # noqa: BLE001 - no dtype: the agreement decides
+        return None
+
+
+def direct(raw, kind: str, send, recv, root: int, op, me: int) -> None:
+    """Collective *kind* by the MPI library on *raw*, as mpi4py runs it, but for
+    numpy views that are not contiguous (cmampi takes them): those go through a
+    contiguous copy, and the one this rank receives into is written back."""
+    back = None
+    if type(send) is _np.ndarray and not (send.flags.c_contiguous or send.flags.f_contiguous):
+        copy = _np.ascontiguousarray(send)
+        if _written(kind, me, root) == 0:
+            back = (send, copy)
+        send = copy
+    if type(recv) is _np.ndarray and not (recv.flags.c_contiguous or recv.flags.f_contiguous):
+        copy = _np.ascontiguousarray(recv)    # in place, the call reads it too
+        if _written(kind, me, root) == 1:
+            back = (recv, copy)
+        recv = copy
+    call(raw, kind, send, recv, root, op)
+    if back is not None:
+        back[0][...] = back[1]
 
 
 # -- payloads in, results out ---------------------------------------------------------

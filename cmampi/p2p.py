@@ -295,6 +295,11 @@ class Engine:
         self.landing: Dict["RecvOp", Tuple[int, int]] = {}
         self.coll = None    # the communicator's collectives, made on first use
         self.native = None  # the MPI channel's agreement on native collectives (native.py)
+        #: Collectives agree on every rank's arguments first (``CMAMPI_CHECK_COLLECTIVES``).
+        self.checked = config.check_collectives
+        #: The MPI library's communicator that runs small collectives as they come
+        #: (MPI channel, one node, not `checked`); set on the first collective.
+        self.small = None
         #: The ranks span several nodes (then collectives are the MPI library's).
         self.multinode = len(set(channel.nodes)) > 1
         self._xid = 0

@@ -100,12 +100,28 @@ def cmcomm():
 
 
 @pytest.fixture
+def checked():
+    """A fresh cmampi communicator whose collectives agree on every rank's
+    arguments first, as under ``CMAMPI_CHECK_COLLECTIVES=1``: a mismatch raises
+    on every rank."""
+    from cmampi import MPI
+
+    c = MPI.COMM_WORLD.Dup()
+    if c._engine is not None:
+        c._engine.checked = True
+    yield c
+    c.Barrier()
+    c.Free()
+
+
+@pytest.fixture
 def MPI(request):
     """The namespace a program would import with the communicator under test:
     ``cmampi.MPI`` for cmampi (its own ``Request``), ``mpi4py.MPI`` otherwise."""
     callspec = getattr(request.node, "callspec", None)
     impl = callspec.params.get("comm", "cmampi") if callspec else "cmampi"
-    if impl == "mpi4py" and "cmcomm" not in request.fixturenames:
+    if impl == "mpi4py" and "cmcomm" not in request.fixturenames \
+            and "checked" not in request.fixturenames:
         from mpi4py import MPI
 
         return MPI

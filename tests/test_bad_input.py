@@ -3,9 +3,11 @@ buffer, leaves no rank waiting and no message or posted receive behind.
 
 D: differential, the same assertions against plain mpi4py and cmampi (``comm``).
 C: cmampi only (``cmcomm``), where mpi4py itself reads or writes past the buffer,
-   accepts the input silently, or leaves peers waiting in a collective; the
-   expectation is then what mpi4py raises on the rank that sees the error, and
-   ``MPI.Exception`` on its peers (cmampi agrees on collective errors).
+   or accepts the input silently; and (``checked``: collectives checked across
+   ranks, ``CMAMPI_CHECK_COLLECTIVES=1``) where mpi4py leaves peers waiting in a
+   collective: the expectation is then what mpi4py raises on the rank that sees
+   the error, and ``MPI.Exception`` on its peers. Unchecked, small collectives
+   are the MPI library's (as with mpi4py) and large ones still agree.
 
 | kind | bad input | expected |
 |---|---|---|
@@ -657,13 +659,13 @@ def test_freed_communicator(comm, MPI, call):
 # mpi4py raises on the rank with the bad argument and leaves its peers inside the
 # collective (or returns them early): the communicator is out of step afterwards.
 
-def test_bcast_readonly_on_nonroots(cmcomm, MPI):
-    a = Args(cmcomm, MPI)
+def test_bcast_readonly_on_nonroots(checked, MPI):
+    a = Args(checked, MPI)
     buf = np.arange(4.0) if a.rank == 0 else readonly_bytes(4)
     with raises(MPI, BufferError) if a.rank else pytest.raises(MPI.Exception):
-        cmcomm.Bcast(buf, 0)
+        checked.Bcast(buf, 0)
     assert (buf == (np.arange(4.0) if a.rank == 0 else 0)).all()
-    works_after(cmcomm, MPI)
+    works_after(checked, MPI)
 
 
 ONE_RANK = {
@@ -682,9 +684,9 @@ ONE_RANK = {
 
 
 @pytest.mark.parametrize("case", list(ONE_RANK))
-def test_error_on_one_rank(cmcomm, MPI, case):
+def test_error_on_one_rank(checked, MPI, case):
     bad_rank, local, call = ONE_RANK[case]
-    a = Args(cmcomm, MPI)
+    a = Args(checked, MPI)
     if a.rank == bad_rank:
         with raises(MPI, local):
             call(a)
@@ -692,40 +694,40 @@ def test_error_on_one_rank(cmcomm, MPI, case):
         with pytest.raises(MPI.Exception):
             call(a)
     a.g.check()
-    works_after(cmcomm, MPI)
+    works_after(checked, MPI)
 
 
-def test_gather_root_blocks_too_short(cmcomm, MPI):
+def test_gather_root_blocks_too_short(checked, MPI):
     """Root slots of 3, blocks of 4: mpi4py raises ERR_TRUNCATE at the root (alone)."""
-    a = Args(cmcomm, MPI)
+    a = Args(checked, MPI)
     with raises(MPI, "ERR_TRUNCATE"):
-        cmcomm.Gather(np.ones(4), a.g(3 * a.size) if a.rank == 0 else None, 0)
+        checked.Gather(np.ones(4), a.g(3 * a.size) if a.rank == 0 else None, 0)
     a.g.check()
-    works_after(cmcomm, MPI)
+    works_after(checked, MPI)
 
 
-def test_scatter_receive_too_short(cmcomm, MPI):
+def test_scatter_receive_too_short(checked, MPI):
     """The last rank holds 3 of its 4 elements: ERR_TRUNCATE (there, as in mpi4py, and
     on every other rank)."""
-    a = Args(cmcomm, MPI)
+    a = Args(checked, MPI)
     last = a.rank == a.size - 1
     with raises(MPI, "ERR_TRUNCATE"):
-        cmcomm.Scatter(np.ones(4 * a.size) if a.rank == 0 else None, a.g(3 if last else 4), 0)
+        checked.Scatter(np.ones(4 * a.size) if a.rank == 0 else None, a.g(3 if last else 4), 0)
     a.g.check()
-    works_after(cmcomm, MPI)
+    works_after(checked, MPI)
 
 
-def test_scatter_send_smaller_than_receive(cmcomm, MPI):
+def test_scatter_send_smaller_than_receive(checked, MPI):
     """Root blocks of 3 into receive buffers of 4: the signatures differ (erroneous;
     MPICH accepts it with 2 ranks and delivers the wrong elements with 3). cmampi
     refuses it on every rank before anything is written."""
-    a = Args(cmcomm, MPI)
+    a = Args(checked, MPI)
     recv = a.g(4)
     with raises(MPI, "ERR_ARG"):
-        cmcomm.Scatter(np.arange(3.0 * a.size) if a.rank == 0 else None, recv, 0)
+        checked.Scatter(np.arange(3.0 * a.size) if a.rank == 0 else None, recv, 0)
     assert (recv == SENTINEL).all()
     a.g.check()
-    works_after(cmcomm, MPI)
+    works_after(checked, MPI)
 
 
 # == sizes or dtypes that differ across ranks (erroneous in MPI; cmampi detects them) =============
@@ -749,33 +751,58 @@ MISMATCHED = {
 }
 # The calls themselves differ: another op, root or collective on some rank, small
 # (the MPI library's path) and large (cmampi's).
-for _n in (4, LARGE):
-    MISMATCHED.update({
-        f"Allreduce-SUM-vs-MAX-{_n}": lambda a, n=_n: a.c.Allreduce(
+def calls_that_differ(n: int) -> dict:
+    """Mismatched calls of *n* float64 per rank (or per block)."""
+    return {
+        f"Allreduce-SUM-vs-MAX-{n}": lambda a: a.c.Allreduce(
             np.ones(n), a.g(n), a.MPI.SUM if a.rank == 0 else a.MPI.MAX),
-        f"Reduce-SUM-vs-PROD-{_n}": lambda a, n=_n: a.c.Reduce(
+        f"Reduce-SUM-vs-PROD-{n}": lambda a: a.c.Reduce(
             np.ones(n), a.g(n) if a.rank == 0 else None,
             a.MPI.SUM if a.rank == 0 else a.MPI.PROD, 0),
-        f"Bcast-root-is-own-rank-{_n}": lambda a, n=_n: a.c.Bcast(a.g(n), a.rank),
-        f"Bcast-root-out-of-range-on-0-{_n}": lambda a, n=_n: a.c.Bcast(
+        f"Bcast-root-is-own-rank-{n}": lambda a: a.c.Bcast(a.g(n), a.rank),
+        f"Bcast-root-out-of-range-on-0-{n}": lambda a: a.c.Bcast(
             a.g(n), a.size + 3 if a.rank == 0 else 0),
-        f"Gather-vs-Allgather-{_n}": lambda a, n=_n: a.c.Gather(
+        f"Gather-vs-Allgather-{n}": lambda a: a.c.Gather(
             np.ones(n), a.g(n * a.size), 0) if a.rank == 0 else a.c.Allgather(
             np.ones(n), a.g(n * a.size)),
-        f"Gather-IN_PLACE-off-root-{_n}": lambda a, n=_n: a.c.Gather(
+        f"Gather-IN_PLACE-off-root-{n}": lambda a: a.c.Gather(
             a.MPI.IN_PLACE, a.g(n * a.size) if a.rank == 0 else None, 0),
-        f"Scatter-root-differs-{_n}": lambda a, n=_n: a.c.Scatter(
+        f"Scatter-root-differs-{n}": lambda a: a.c.Scatter(
             np.ones(n * a.size), a.g(n), a.rank % 2),
-    })
+    }
+
+
+for _n in (4, LARGE):
+    MISMATCHED.update(calls_that_differ(_n))
+#: Larger than any collective the MPI library runs unchecked (`native.NATIVE_MAX`).
+HUGE = (4 << 20) // 8 + 64
+UNCHECKED = {
+    "Allreduce-huge-vs-larger": lambda a: a.c.Allreduce(
+        np.ones(HUGE + (a.rank > 0)), a.g(HUGE + (a.rank > 0)), a.MPI.SUM),
+    "Bcast-huge-sizes": lambda a: a.c.Bcast(np.ones(HUGE + 6) if a.rank == 0 else
+                                            a.g(HUGE + 5), 0),
+    **calls_that_differ(HUGE),
+}
 
 
 @pytest.mark.parametrize("case", list(MISMATCHED))
-def test_mismatched_collective(cmcomm, MPI, case):
+def test_mismatched_collective(checked, MPI, case):
     """Every rank raises (MPI.Exception, or the local error of the rank whose own
     arguments are wrong), nothing is written, and the communicator works on."""
-    a = Args(cmcomm, MPI)
+    a = Args(checked, MPI)
     with pytest.raises((MPI.Exception, ValueError)):
         MISMATCHED[case](a)
+    a.g.check()
+    works_after(checked, MPI)
+
+
+@pytest.mark.parametrize("case", list(UNCHECKED))
+def test_mismatched_large_collective_unchecked(cmcomm, MPI, case):
+    """Unchecked, a large collective (cmampi's own path) still agrees first:
+    every rank raises, nothing is written, and the communicator works on."""
+    a = Args(cmcomm, MPI)
+    with pytest.raises((MPI.Exception, ValueError)):
+        UNCHECKED[case](a)
     a.g.check()
     works_after(cmcomm, MPI)
 

@@ -796,13 +796,14 @@ def test_maxloc_minloc(cmcomm, op, n):
         assert out.tobytes() == expect.tobytes()
 
 
-# == cmampi only: erroneous programs raise on every rank, and the communicator survives =====
+# == cmampi only, collectives checked across ranks: erroneous programs raise on every rank, ===
+# and the communicator survives (unchecked, small ones are the MPI library's, as with mpi4py)
 
-def works_after(cmcomm, MPI) -> None:
-    rank, size = cmcomm.Get_rank(), cmcomm.Get_size()
+def works_after(checked, MPI) -> None:
+    rank, size = checked.Get_rank(), checked.Get_size()
     for n in (5, 1 << 15):
         recv = np.zeros(n)
-        cmcomm.Allreduce(np.full(n, rank + 1.0), recv, MPI.SUM)
+        checked.Allreduce(np.full(n, rank + 1.0), recv, MPI.SUM)
         assert (recv == size * (size + 1) // 2).all()
 
 
@@ -816,32 +817,32 @@ MISMATCH = {
 
 
 @pytest.mark.parametrize("case", list(MISMATCH))
-def test_allreduce_size_mismatch(cmcomm, case):
+def test_allreduce_size_mismatch(checked, case):
     from cmampi import MPI
 
-    rank, size = cmcomm.Get_rank(), cmcomm.Get_size()
+    rank, size = checked.Get_rank(), checked.Get_size()
     n = MISMATCH[case](rank, size)
     with pytest.raises(MPI.Exception):
-        cmcomm.Allreduce(np.ones(n), np.zeros(n), MPI.SUM)
-    works_after(cmcomm, MPI)
+        checked.Allreduce(np.ones(n), np.zeros(n), MPI.SUM)
+    works_after(checked, MPI)
 
 
 @pytest.mark.parametrize("case", ["small", "large", "mixed-paths"])
-def test_other_size_mismatches(cmcomm, case):
+def test_other_size_mismatches(checked, case):
     from cmampi import MPI
 
-    rank, size = cmcomm.Get_rank(), cmcomm.Get_size()
+    rank, size = checked.Get_rank(), checked.Get_size()
     n = MISMATCH[case](rank, size)
     with pytest.raises(MPI.Exception):
-        cmcomm.Bcast(np.ones(n), 0)
+        checked.Bcast(np.ones(n), 0)
     with pytest.raises(MPI.Exception):
-        cmcomm.Allgather(np.ones(n), np.zeros(size * n))
+        checked.Allgather(np.ones(n), np.zeros(size * n))
     with pytest.raises(MPI.Exception):
-        cmcomm.Scan(np.ones(n), np.zeros(n), MPI.SUM)
+        checked.Scan(np.ones(n), np.zeros(n), MPI.SUM)
     with pytest.raises(MPI.Exception):   # dtypes differ: the last rank reduces float32
         dt = np.float32 if rank == size - 1 else np.float64
-        cmcomm.Allreduce(np.ones(n, dt), np.zeros(n, dt), MPI.SUM)
-    works_after(cmcomm, MPI)
+        checked.Allreduce(np.ones(n, dt), np.zeros(n, dt), MPI.SUM)
+    works_after(checked, MPI)
 
 
 LOCAL_ERRORS = ["Bcast", "Allreduce", "Reduce", "Gather", "Scatter", "Allgather", "Alltoall",
@@ -850,12 +851,12 @@ LOCAL_ERRORS = ["Bcast", "Allreduce", "Reduce", "Gather", "Scatter", "Allgather"
 
 @pytest.mark.parametrize("coll", LOCAL_ERRORS)
 @pytest.mark.parametrize("n", [7, 1 << 15])
-def test_error_on_one_rank_raises_everywhere(cmcomm, coll, n):
+def test_error_on_one_rank_raises_everywhere(checked, coll, n):
     """The last rank's receive buffer is read-only: it raises its own error, every
     other rank learns of it and raises MPI.Exception, nobody hangs."""
     from cmampi import MPI
 
-    rank, size = cmcomm.Get_rank(), cmcomm.Get_size()
+    rank, size = checked.Get_rank(), checked.Get_size()
     last = rank == size - 1
 
     def rbuf(k):
@@ -866,39 +867,39 @@ def test_error_on_one_rank_raises_everywhere(cmcomm, coll, n):
 
     send = np.ones(size * n)
     calls = {
-        "Bcast": lambda: cmcomm.Bcast(send if rank == 0 else rbuf(size * n), 0),
-        "Allreduce": lambda: cmcomm.Allreduce(send, rbuf(size * n), MPI.SUM),
-        "Reduce": lambda: cmcomm.Reduce(send, rbuf(size * n) if last else None, MPI.SUM,
+        "Bcast": lambda: checked.Bcast(send if rank == 0 else rbuf(size * n), 0),
+        "Allreduce": lambda: checked.Allreduce(send, rbuf(size * n), MPI.SUM),
+        "Reduce": lambda: checked.Reduce(send, rbuf(size * n) if last else None, MPI.SUM,
                                         size - 1),
-        "Gather": lambda: cmcomm.Gather(send[:n], rbuf(size * n) if last else None, size - 1),
-        "Scatter": lambda: cmcomm.Scatter(send if rank == 0 else None, rbuf(n), 0),
-        "Allgather": lambda: cmcomm.Allgather(send[:n], rbuf(size * n)),
-        "Alltoall": lambda: cmcomm.Alltoall(send, rbuf(size * n)),
-        "Reduce_scatter_block": lambda: cmcomm.Reduce_scatter_block(send, rbuf(n), MPI.SUM),
-        "Scan": lambda: cmcomm.Scan(send, rbuf(size * n), MPI.SUM),
+        "Gather": lambda: checked.Gather(send[:n], rbuf(size * n) if last else None, size - 1),
+        "Scatter": lambda: checked.Scatter(send if rank == 0 else None, rbuf(n), 0),
+        "Allgather": lambda: checked.Allgather(send[:n], rbuf(size * n)),
+        "Alltoall": lambda: checked.Alltoall(send, rbuf(size * n)),
+        "Reduce_scatter_block": lambda: checked.Reduce_scatter_block(send, rbuf(n), MPI.SUM),
+        "Scan": lambda: checked.Scan(send, rbuf(size * n), MPI.SUM),
     }
     with pytest.raises((MPI.Exception, BufferError, ValueError, TypeError)) as e:
         calls[coll]()
     if not last:
         assert isinstance(e.value, MPI.Exception)
-    works_after(cmcomm, MPI)
+    works_after(checked, MPI)
 
 
 @pytest.mark.parametrize("short", ["first", "last"])
 @pytest.mark.parametrize("n", [7, 1 << 15])
-def test_short_receive_buffer_on_one_rank(cmcomm, n, short):
+def test_short_receive_buffer_on_one_rank(checked, n, short):
     """Allreduce where one rank's receive buffer is one element short: every rank
     raises (not just the short one: there mpi4py's local ValueError, elsewhere
     MPI.Exception), and nothing is written past the short buffer."""
     from cmampi import MPI
 
-    rank, size = cmcomm.Get_rank(), cmcomm.Get_size()
+    rank, size = checked.Get_rank(), checked.Get_size()
     me_short = rank == root_of(short, size)
     guard = np.full(n + 64, SENTINEL)
     recv = guard[: n - 1] if me_short else np.zeros(n)
     with pytest.raises(ValueError if me_short else MPI.Exception):
-        cmcomm.Allreduce(np.ones(n), recv, MPI.SUM)
-    works_after(cmcomm, MPI)
+        checked.Allreduce(np.ones(n), recv, MPI.SUM)
+    works_after(checked, MPI)
     if me_short:
         assert (guard[n - 1 :] == SENTINEL).all(), "written past the receive buffer"
 
@@ -915,7 +916,7 @@ def native_runs(monkeypatch):
     return taken
 
 
-def test_small_collectives_use_the_mpi_library(cmcomm, MPI, native_runs):
+def test_small_collectives_use_the_mpi_library(checked, MPI, native_runs):
     """On the MPI channel, small well-formed collectives are the MPI library's own
     (after one agreement); large, strided or mismatched ones are cmampi's, on every
     rank alike, so a mismatch still raises everywhere."""
@@ -924,36 +925,68 @@ def test_small_collectives_use_the_mpi_library(cmcomm, MPI, native_runs):
     from cmampi import native
 
     taken = native_runs
-    rank, size = cmcomm.Get_rank(), cmcomm.Get_size()
+    rank, size = checked.Get_rank(), checked.Get_size()
     out = np.zeros(16)
-    cmcomm.Allreduce(np.full(16, 1.0), out, op=MPI.SUM)
+    checked.Allreduce(np.full(16, 1.0), out, op=MPI.SUM)
     assert (out == size).all() and taken[-1] is True
     n = native.NATIVE_MAX["Allreduce"] // 8 + 8
     big = np.zeros(n)
-    cmcomm.Allreduce(np.ones(n), big, op=MPI.SUM)
+    checked.Allreduce(np.ones(n), big, op=MPI.SUM)
     assert (big == size).all() and taken[-1] is False
     strided = np.zeros(32)
-    cmcomm.Allreduce(np.ones(32)[::2], strided[::2], op=MPI.SUM)
+    checked.Allreduce(np.ones(32)[::2], strided[::2], op=MPI.SUM)
     assert (strided[::2] == size).all() and taken[-1] is False
     with pytest.raises(MPI.Exception):
         n = 10 if rank == 0 else 12
-        cmcomm.Allreduce(np.ones(n), np.zeros(n), op=MPI.SUM)
+        checked.Allreduce(np.ones(n), np.zeros(n), op=MPI.SUM)
     assert taken[-1] is False
     with pytest.raises(MPI.Exception):
-        cmcomm.Allreduce(np.ones(4), np.zeros(4), op=MPI.BAND)   # undefined for float64
+        checked.Allreduce(np.ones(4), np.zeros(4), op=MPI.BAND)   # undefined for float64
     buf = np.arange(8.0) if rank == 0 else np.zeros(8)
-    cmcomm.Bcast(buf, root=0)
+    checked.Bcast(buf, root=0)
     assert (buf == np.arange(8.0)).all() and taken[-1] is True
 
 
+def test_unchecked_small_collectives_skip_the_agreement(cmcomm, MPI, monkeypatch):
+    """Unchecked (the default), small collectives of numbers go straight to the MPI
+    library, whatever the buffer form (arrays, specs, strided views through a
+    copy); large ones, structured dtypes and user ops agree first."""
+    if MPI.CHANNEL != "mpi":
+        pytest.skip("the MPI channel only")
+    from cmampi import native
+
+    agreed = []
+    real = native.run
+    monkeypatch.setattr(native, "run", lambda *a, **k: agreed.append(a[1]) or real(*a, **k))
+    rank, size = cmcomm.Get_rank(), cmcomm.Get_size()
+    out = np.zeros(16)
+    cmcomm.Allreduce(np.full(16, 1.0), out, op=MPI.SUM)
+    buf = bytearray(8) if rank else bytearray(b"abcdefgh")
+    cmcomm.Bcast([buf, 8, MPI.BYTE], root=0)
+    col = np.zeros((4, 3))
+    cmcomm.Allreduce(np.ones((4, 3))[:, 1], col[:, 1], op=MPI.SUM)
+    whole = np.zeros(2 * size)
+    cmcomm.Gather(np.full(2, rank + 1.0), whole if rank == 0 else None, 0)
+    assert agreed == [] and (out == size).all() and bytes(buf) == b"abcdefgh"
+    assert (col[:, 1] == size).all() and (col[:, [0, 2]] == 0).all()
+    assert rank or (whole == np.repeat(np.arange(1.0, size + 1), 2)).all()
+    n = native.NATIVE_MAX["Allreduce"] // 8 + 8
+    big = np.zeros(n)
+    cmcomm.Allreduce(np.ones(n), big, op=MPI.SUM)
+    assert (big == size).all() and agreed == ["Allreduce"]
+    pairs_ = np.zeros(3, [("v", "f8"), ("i", "i4")])
+    cmcomm.Allreduce(pairs_.copy(), pairs_, op=MPI.MAXLOC)
+    assert agreed == ["Allreduce", "Allreduce"]
+
+
 @pytest.mark.parametrize("dtype", ["i4", "f8", "c16", "?"])
-def test_small_reductions_ride_in_the_agreement(cmcomm, MPI, native_runs, dtype):
+def test_small_reductions_ride_in_the_agreement(checked, MPI, native_runs, dtype):
     """Small reductions are reduced from the payloads gathered in the agreement,
     in rank order, by every rank alike: the results are those of numpy."""
     if MPI.CHANNEL != "mpi":
         pytest.skip("the MPI channel only")
     taken = native_runs
-    rank, size = cmcomm.Get_rank(), cmcomm.Get_size()
+    rank, size = checked.Get_rank(), checked.Get_size()
     op, fold = (MPI.LXOR, np.logical_xor) if dtype == "?" else (MPI.SUM, np.add)
     n = 3 * size
     parts = [(np.arange(n) % (r + 2) == 0).astype(dtype) if dtype == "?"
@@ -967,29 +1000,29 @@ def test_small_reductions_ride_in_the_agreement(cmcomm, MPI, native_runs, dtype)
 
     mine = parts[rank].reshape(size, 3)       # 2-d buffers work too
     out = np.zeros((size, 3), dtype)
-    cmcomm.Allreduce(mine, out, op)
+    checked.Allreduce(mine, out, op)
     assert np.array_equal(out.ravel(), folded(parts))
     out[...] = parts[rank].reshape(size, 3)
-    cmcomm.Allreduce(MPI.IN_PLACE, out, op)
+    checked.Allreduce(MPI.IN_PLACE, out, op)
     assert np.array_equal(out.ravel(), folded(parts))
     root = size - 1
     out = np.zeros(n, dtype)
-    cmcomm.Reduce(parts[rank], out if rank == root else None, op, root)
+    checked.Reduce(parts[rank], out if rank == root else None, op, root)
     if rank == root:
         assert np.array_equal(out, folded(parts))
-    cmcomm.Scan(parts[rank], out, op)
+    checked.Scan(parts[rank], out, op)
     assert np.array_equal(out, folded(parts[: rank + 1]))
     out[...] = 7
-    cmcomm.Exscan(parts[rank], out, op)
+    checked.Exscan(parts[rank], out, op)
     if rank:
         assert np.array_equal(out, folded(parts[:rank]))
     block = np.zeros(3, dtype)
-    cmcomm.Reduce_scatter_block(parts[rank], block, op)
+    checked.Reduce_scatter_block(parts[rank], block, op)
     assert np.array_equal(block, folded(parts)[rank * 3 : (rank + 1) * 3])
     assert taken == [True] * 6
 
 
-def test_a_small_collective_rerun_follows_its_arguments(cmcomm, MPI, native_runs):
+def test_a_small_collective_rerun_follows_its_arguments(checked, MPI, native_runs):
     """A call made like the last one of its kind reuses its plan; an array whose
     shape, dtype, contiguity or writability changed in place, or another root or
     op, is signed again, so results stay right and mismatches still raise
@@ -997,29 +1030,29 @@ def test_a_small_collective_rerun_follows_its_arguments(cmcomm, MPI, native_runs
     if MPI.CHANNEL != "mpi":
         pytest.skip("the MPI channel only")
     taken = native_runs
-    rank, size = cmcomm.Get_rank(), cmcomm.Get_size()
+    rank, size = checked.Get_rank(), checked.Get_size()
     for root in (0, size - 1, 0):
         buf = np.arange(8.0) + root if rank == root else np.zeros(8)
         for _ in range(2):
-            cmcomm.Bcast(buf, root)
+            checked.Bcast(buf, root)
             assert np.array_equal(buf, np.arange(8.0) + root)
     buf.shape = (2, 4)                      # same memory, another shape
-    cmcomm.Bcast(buf, 0)
+    checked.Bcast(buf, 0)
     assert np.array_equal(buf.ravel(), np.arange(8.0))
     buf.dtype = np.int64                    # same bytes, another dtype
     buf[...] = np.arange(8).reshape(2, 4) * (rank == 0)
-    cmcomm.Bcast(buf, 0)
+    checked.Bcast(buf, 0)
     assert np.array_equal(buf.ravel(), np.arange(8))
     assert taken == [True] * 8
 
     mine, out = np.full(4, rank + 1.0), np.zeros(4)
     for op, want in ((MPI.SUM, size * (size + 1) / 2), (MPI.MAX, size), (MPI.SUM, None)):
-        cmcomm.Allreduce(mine, out, op)
+        checked.Allreduce(mine, out, op)
         assert (out == (want or size * (size + 1) / 2)).all()
     whole = np.zeros(4 * size)
     gathered = whole[::2][: 2 * size]       # not contiguous, but of the same shape
-    cmcomm.Allgather(mine[:2], whole[: 2 * size])
-    cmcomm.Allgather(mine[:2], gathered)
+    checked.Allgather(mine[:2], whole[: 2 * size])
+    checked.Allgather(mine[:2], gathered)
     assert np.array_equal(gathered, np.repeat(np.arange(1.0, size + 1), 2))
     assert taken[-2:] == [True, False]
 
@@ -1027,36 +1060,36 @@ def test_a_small_collective_rerun_follows_its_arguments(cmcomm, MPI, native_runs
     if rank == size - 1:
         out.flags.writeable = False         # only here: an error on every rank
     with pytest.raises((MPI.Exception, BufferError, ValueError)):
-        cmcomm.Allreduce(mine, out, MPI.SUM)
+        checked.Allreduce(mine, out, MPI.SUM)
     odd = np.full(4, 1.0)
     if rank == 0:
         odd.dtype = np.int64                # one rank's dtype changed in place
     # There send and receive types differ: mpi4py's local ValueError; elsewhere the
     # mismatch across ranks.
     with pytest.raises(ValueError if rank == 0 else MPI.Exception):
-        cmcomm.Allreduce(odd, np.zeros(4), MPI.SUM)
-    works_after(cmcomm, MPI)
+        checked.Allreduce(odd, np.zeros(4), MPI.SUM)
+    works_after(checked, MPI)
 
 
-def test_arguments_a_rank_ignores_never_keep_it_out_of_the_agreement(cmcomm, MPI):
+def test_arguments_a_rank_ignores_never_keep_it_out_of_the_agreement(checked, MPI):
     """A non-root's receive buffer is ignored by Gather and Reduce (as in mpi4py),
     whatever it is: read-only or strided, small or large, it must not keep that
     rank from a collective the others run."""
-    rank, size = cmcomm.Get_rank(), cmcomm.Get_size()
+    rank, size = checked.Get_rank(), checked.Get_size()
     for n in (4, 1024):        # payloads in the agreement, and beside it
         ignored = np.zeros(2 * n * size)[::2]
         frozen = np.zeros(n)
         frozen.flags.writeable = False
         for _ in range(2):
             out = np.zeros(n * size) if rank == 0 else ignored
-            cmcomm.Gather(np.full(n, float(rank)), out, root=0)
+            checked.Gather(np.full(n, float(rank)), out, root=0)
             if rank == 0:
                 assert np.array_equal(out, np.repeat(np.arange(size, dtype=float), n))
             total = np.zeros(n) if rank == 0 else frozen
-            cmcomm.Reduce(np.full(n, rank + 1.0), total, MPI.SUM, root=0)
+            checked.Reduce(np.full(n, rank + 1.0), total, MPI.SUM, root=0)
             if rank == 0:
                 assert (total == size * (size + 1) / 2).all()
-    works_after(cmcomm, MPI)
+    works_after(checked, MPI)
 
 
 @pytest.mark.parametrize("n", [4, (4 << 20) // 8 + 8], ids=["small", "large"])
@@ -1072,13 +1105,13 @@ def test_bcast_reads_a_read_only_root_buffer(comm, MPI, n):
         assert np.array_equal(buf, np.arange(n, dtype=np.float64))
 
 
-def test_a_plan_made_by_an_aliased_call_loads_the_send_buffer(cmcomm, MPI):
+def test_a_plan_made_by_an_aliased_call_loads_the_send_buffer(checked, MPI):
     """A first Allreduce whose send and receive buffers are one array (erroneous
     in MPI, harmless here) must not leave a plan that reduces the receive buffer
     of later, correct calls."""
-    rank, size = cmcomm.Get_rank(), cmcomm.Get_size()
+    rank, size = checked.Get_rank(), checked.Get_size()
     x = np.full(4, rank + 1.0)
-    cmcomm.Allreduce(x, x, MPI.SUM)
+    checked.Allreduce(x, x, MPI.SUM)
     send, recv = np.full(4, 7.0), np.zeros(4)
-    cmcomm.Allreduce(send, recv, MPI.SUM)
+    checked.Allreduce(send, recv, MPI.SUM)
     assert (recv == 7.0 * size).all()

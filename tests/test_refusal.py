@@ -109,8 +109,10 @@ class FakeChannel:
         self.freed = False
 
     def allgather(self, obj):
-        self.sent = obj
-        return [obj, self.peer_row]
+        """The start-up allgather: (who may read whom, the pull threshold) per rank."""
+        row, cma_min = obj
+        self.sent = row
+        return [obj, (self.peer_row, cma_min)]
 
     def free(self) -> None:
         self.freed = True
