@@ -83,9 +83,12 @@ class _Freed:
         raise self.names.Exception(self.names.ERR_COMM)
 
 
-#: Bytes per rank up to which a collective of contiguous arrays goes straight to
-#: the MPI library (`Communicator._small`).
+#: Bytes per rank up to which a collective of arrays goes straight to the MPI
+#: library (`Communicator._small`).
 _SMALL = _native.NATIVE_MAX
+#: What mpi4py raises for an array it cannot pass to MPI as it is (strided,
+#: structured), while converting the arguments, before any data moves.
+_REFUSED = (BufferError, KeyError)
 
 
 class Communicator:
@@ -155,26 +158,27 @@ class Communicator:
             agreement = engine.native = _native.Agreement(plain, engine.names)
         return kind in _native.NATIVE_MAX and _native.run(agreement, kind, send, recv, root, op)
 
-    def _small(self, send, recv, limit: int, op=None) -> Any:
-        """The MPI library's communicator if it runs this collective as it comes:
-        small, unchecked across ranks (`Engine.small`), *send* (*recv*: None, or
-        a contiguous array too) a contiguous array of numbers of at most *limit*
-        bytes, *op* None or predefined for them. Else None: `_by_mpi` decides."""
+    def _small(self, send, recv, limit: int) -> Any:
+        """The MPI library's communicator if it may run this collective as it
+        comes: unchecked across ranks (`Engine.small`), *send* an array of at
+        most *limit* bytes, *recv* None or an array. The caller falls back to
+        `_by_mpi` where mpi4py refuses the arrays (`_REFUSED`: not contiguous,
+        not numbers), before anything moves. Else None: `_by_mpi` decides."""
         engine = self._engine
         small = engine.small if engine is not None else None
         if small is None or type(send) is not _np.ndarray or send.nbytes > limit \
-                or not send.flags.c_contiguous:
+                or recv is not None and type(recv) is not _np.ndarray:
             return None
-        if recv is not None and (type(recv) is not _np.ndarray or not recv.flags.c_contiguous):
-            return None
-        return small if _native.simple(send.dtype, op) else None
+        return small
 
     def Bcast(self, buf, root: int = 0) -> None:
         """Broadcast data from one process to all other processes."""
         small = self._small(buf, None, _SMALL["Bcast"])
         if small is not None:
-            small.Bcast(buf, root)
-            return
+            try:
+                return small.Bcast(buf, root)
+            except _REFUSED:    # buffers mpi4py cannot take: cmampi's path judges
+                pass
         root = root if type(root) is int else as_int(root)
         if not self._by_mpi("Bcast", buf, root=root):
             _coll_mod.bcast(self._coll, buf, root)
@@ -183,8 +187,10 @@ class Communicator:
         """Gather data to one process from all other processes."""
         small = self._small(sendbuf, recvbuf, _SMALL["Gather"])
         if small is not None:
-            small.Gather(sendbuf, recvbuf, root)
-            return
+            try:
+                return small.Gather(sendbuf, recvbuf, root)
+            except _REFUSED:    # buffers mpi4py cannot take: cmampi's path judges
+                pass
         root = root if type(root) is int else as_int(root)
         if not self._by_mpi("Gather", sendbuf, recvbuf, root):
             _coll_mod.gather(self._coll, sendbuf, recvbuf, root)
@@ -199,8 +205,10 @@ class Communicator:
         """Scatter data from one process to all other processes."""
         small = self._small(recvbuf, sendbuf, _SMALL["Scatter"])
         if small is not None:
-            small.Scatter(sendbuf, recvbuf, root)
-            return
+            try:
+                return small.Scatter(sendbuf, recvbuf, root)
+            except _REFUSED:    # buffers mpi4py cannot take: cmampi's path judges
+                pass
         root = root if type(root) is int else as_int(root)
         if not self._by_mpi("Scatter", sendbuf, recvbuf, root):
             _coll_mod.scatter(self._coll, sendbuf, recvbuf, root)
@@ -215,8 +223,10 @@ class Communicator:
         """Gather to All."""
         small = self._small(sendbuf, recvbuf, _SMALL["Allgather"])
         if small is not None:
-            small.Allgather(sendbuf, recvbuf)
-            return
+            try:
+                return small.Allgather(sendbuf, recvbuf)
+            except _REFUSED:    # buffers mpi4py cannot take: cmampi's path judges
+                pass
         if not self._by_mpi("Allgather", sendbuf, recvbuf):
             _coll_mod.allgather(self._coll, sendbuf, recvbuf)
 
@@ -229,8 +239,10 @@ class Communicator:
         """All to All Scatter/Gather."""
         small = self._small(sendbuf, recvbuf, _SMALL["Alltoall"])
         if small is not None:
-            small.Alltoall(sendbuf, recvbuf)
-            return
+            try:
+                return small.Alltoall(sendbuf, recvbuf)
+            except _REFUSED:    # buffers mpi4py cannot take: cmampi's path judges
+                pass
         if not self._by_mpi("Alltoall", sendbuf, recvbuf):
             _coll_mod.alltoall(self._coll, sendbuf, recvbuf)
 
@@ -241,29 +253,35 @@ class Communicator:
 
     def Reduce(self, sendbuf, recvbuf, op=SUM, root: int = 0) -> None:
         """Reduce to Root."""
-        small = self._small(sendbuf, recvbuf, _SMALL["Reduce"], op)
+        small = self._small(sendbuf, recvbuf, _SMALL["Reduce"])
         if small is not None:
-            small.Reduce(sendbuf, recvbuf, op, root)
-            return
+            try:
+                return small.Reduce(sendbuf, recvbuf, op, root)
+            except _REFUSED:    # buffers mpi4py cannot take: cmampi's path judges
+                pass
         root = root if type(root) is int else as_int(root)
         if not self._by_mpi("Reduce", sendbuf, recvbuf, root, op):
             _coll_mod.reduce_family(self._coll, "reduce", sendbuf, recvbuf, op, root)
 
     def Allreduce(self, sendbuf, recvbuf, op=SUM) -> None:
         """Reduce to All."""
-        small = self._small(sendbuf, recvbuf, _SMALL["Allreduce"], op)
+        small = self._small(sendbuf, recvbuf, _SMALL["Allreduce"])
         if small is not None:
-            small.Allreduce(sendbuf, recvbuf, op)
-            return
+            try:
+                return small.Allreduce(sendbuf, recvbuf, op)
+            except _REFUSED:    # buffers mpi4py cannot take: cmampi's path judges
+                pass
         if not self._by_mpi("Allreduce", sendbuf, recvbuf, op=op):
             _coll_mod.reduce_family(self._coll, "allreduce", sendbuf, recvbuf, op)
 
     def Reduce_scatter_block(self, sendbuf, recvbuf, op=SUM) -> None:
         """Reduce-Scatter Block (regular, non-vector version)."""
-        small = self._small(sendbuf, recvbuf, _SMALL["Reduce_scatter_block"], op)
+        small = self._small(sendbuf, recvbuf, _SMALL["Reduce_scatter_block"])
         if small is not None:
-            small.Reduce_scatter_block(sendbuf, recvbuf, op)
-            return
+            try:
+                return small.Reduce_scatter_block(sendbuf, recvbuf, op)
+            except _REFUSED:    # buffers mpi4py cannot take: cmampi's path judges
+                pass
         if not self._by_mpi("Reduce_scatter_block", sendbuf, recvbuf, op=op):
             _coll_mod.reduce_family(self._coll, "reduce_scatter_block", sendbuf, recvbuf, op)
 
@@ -275,19 +293,23 @@ class Communicator:
 
     def Scan(self, sendbuf, recvbuf, op=SUM) -> None:
         """Inclusive Scan."""
-        small = self._small(sendbuf, recvbuf, _SMALL["Scan"], op)
+        small = self._small(sendbuf, recvbuf, _SMALL["Scan"])
         if small is not None:
-            small.Scan(sendbuf, recvbuf, op)
-            return
+            try:
+                return small.Scan(sendbuf, recvbuf, op)
+            except _REFUSED:    # buffers mpi4py cannot take: cmampi's path judges
+                pass
         if not self._by_mpi("Scan", sendbuf, recvbuf, op=op):
             _coll_mod.reduce_family(self._coll, "scan", sendbuf, recvbuf, op)
 
     def Exscan(self, sendbuf, recvbuf, op=SUM) -> None:
         """Exclusive Scan."""
-        small = self._small(sendbuf, recvbuf, _SMALL["Exscan"], op)
+        small = self._small(sendbuf, recvbuf, _SMALL["Exscan"])
         if small is not None:
-            small.Exscan(sendbuf, recvbuf, op)
-            return
+            try:
+                return small.Exscan(sendbuf, recvbuf, op)
+            except _REFUSED:    # buffers mpi4py cannot take: cmampi's path judges
+                pass
         if not self._by_mpi("Exscan", sendbuf, recvbuf, op=op):
             _coll_mod.reduce_family(self._coll, "exscan", sendbuf, recvbuf, op)
 
