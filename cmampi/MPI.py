@@ -15,7 +15,7 @@ from ._channels import choose as _choose, names as _names_in_use, world as _worl
 _base = _names_in_use()
 globals().update({k: v for k, v in vars(_base).items()
                   if not k.startswith("__") or k == "__pyx_capi__"})
-from .request import Message, Prequest, Request  # noqa: E402,F401 - the namespace
+from .request import NO_PROC_HIT as _NO_PROC_HIT, Message, Prequest, Request  # noqa: E402,F401
 
 CHANNEL = _choose()
 if CHANNEL == "mpi":
@@ -23,6 +23,12 @@ if CHANNEL == "mpi":
     _real_mpi4py = _base
     from .mpicomm import Cartcomm, Comm, Distgraphcomm, Graphcomm, Intracomm  # noqa: E402,F401
 else:
-    from .socketcomm import Intracomm  # noqa: E402
+    from .socketcomm import Intracomm, _comm_lock_table  # noqa: E402,F401
 
 COMM_WORLD, COMM_SELF = _world(Intracomm)
+if CHANNEL != "mpi":
+    # The null objects mpi4py has, as objects of cmampi's classes (they pickle by name).
+    REQUEST_NULL = Request()
+    MESSAGE_NULL = Message()
+    MESSAGE_NO_PROC = Message._matched(COMM_SELF._engine, _NO_PROC_HIT)
+    MESSAGE_NO_PROC._permanent = True

@@ -6,6 +6,8 @@ from typing import Any, Optional, Tuple
 
 import ctypes as _ctypes
 import operator as _operator
+import sys as _sys
+import warnings as _warnings
 
 import numpy as _np
 
@@ -272,7 +274,7 @@ def _foreign_array(obj) -> _np.ndarray:
     from ._channels import names
 
     mpi_buffer = getattr(names(), "buffer", None)
-    if mpi_buffer is not None and (hasattr(obj, "__dlpack__") or
+    if getattr(mpi_buffer, "__module__", "").startswith("mpi4py") and (hasattr(obj, "__dlpack__") or
                                    hasattr(obj, "__cuda_array_interface__")):
         mem = mpi_buffer(obj)
         cai = getattr(obj, "__cuda_array_interface__", None)
@@ -284,8 +286,113 @@ def _foreign_array(obj) -> _np.ndarray:
             raise BufferError(f"format string {dtype.str!r} with non-native byte order")
         return _np.frombuffer(mem, dtype) if len(mem) else _np.empty(0, dtype)
     if hasattr(obj, "__dlpack__"):
-        return _np.from_dlpack(obj)
+        return _dlpack_array(obj)
+    cai = getattr(obj, "__cuda_array_interface__", None)
+    if cai is not None:
+        return _interface_array(cai, obj)
     raise TypeError("message: expecting buffer or list/tuple")
+
+
+class _Owner:
+    """Keeps what lends an array's memory alive for as long as the array is."""
+
+    __slots__ = ("lender", "__array_interface__")
+
+    def __init__(self, lender, interface: dict) -> None:
+        self.lender = lender
+        self.__array_interface__ = interface
+
+
+def _view(lender, address: int, shape, dtype: _np.dtype, strides, readonly: bool
+          ) -> _np.ndarray:
+    """An array over *address* (no copy), keeping *lender* alive while it lives."""
+    if not all(shape):
+        return _np.empty(shape, dtype)
+    return _np.asarray(_Owner(lender, {"version": 3, "shape": tuple(shape),
+                                       "typestr": dtype.str, "data": (address, readonly),
+                                       "strides": tuple(strides) if strides else None}))
+
+
+#: DLPack devices whose memory this process can address: CPU, CUDA host.
+_HOST_DEVICES = (1, 3)
+
+
+def _dlpack_array(obj) -> _np.ndarray:
+    """The memory of a host DLPack tensor as an array (as mpi4py's ``buffer``
+    reads it, without MPI). The capsule stays unconsumed and alive with the
+    array: its own destructor releases the tensor."""
+    device = obj.__dlpack_device__()[0] if hasattr(obj, "__dlpack_device__") else 1
+    if device not in _HOST_DEVICES:
+        raise BufferError(f"DLPack device {device} is not host memory")
+    capsule = obj.__dlpack__(stream=None)
+    name = _capsule_name(capsule)
+    skip = 32 if name == b"dltensor_versioned" else 0
+    t = _DLTensor.from_address(_capsule_pointer(capsule, name) + skip)
+    dtype = _dlpack_dtype(obj)
+    shape = [t.shape[i] for i in range(t.ndim)]
+    strides = [t.strides[i] * dtype.itemsize for i in range(t.ndim)] if t.strides else None
+    readonly = bool(skip) and bool(_ctypes.c_uint64.from_address(
+        _capsule_pointer(capsule, name) + 24).value & 1)     # DLPACK_FLAG_BITMASK_READ_ONLY
+    return _view(capsule, (t.data or 0) + t.byte_offset, shape, dtype, strides, readonly)
+
+
+def _cai_contiguous(shape, strides, itemsize: int, order: str) -> bool:
+    dims = range(len(shape)) if order == "F" else range(len(shape) - 1, -1, -1)
+    size = itemsize
+    for i in dims:
+        if shape[i] > 1 and size != strides[i]:
+            return False
+        size *= shape[i]
+    return True
+
+
+def _interface_array(cai: dict, obj) -> _np.ndarray:
+    """The memory a ``__cuda_array_interface__`` describes, taken as host memory,
+    checked and read as mpi4py does (its ``asbuffer``): a contiguous run of
+    ``size * itemsize`` bytes, typed when the type string maps to a C type."""
+    data, typestr, shape = cai["data"], cai["typestr"], cai["shape"]
+    strides, descr, mask = cai.get("strides"), cai.get("descr"), cai.get("mask")
+    if not isinstance(typestr, str):
+        raise TypeError(f"typestr: expected str, got {type(typestr).__name__}")
+    if not isinstance(shape, tuple) or (strides is not None and not isinstance(strides, tuple)):
+        raise TypeError("shape and strides: expected tuples")
+    if descr is not None and not isinstance(descr, list):
+        raise TypeError(f"descr: expected list, got {type(descr).__name__}")
+    address, readonly = data
+    size = 1
+    for n in shape:
+        size *= _operator.index(n)
+    itemsize = int(typestr[2:])
+    order = typestr[:1]
+    if order in "<>" and order != ("<" if _sys.byteorder == "little" else ">"):
+        raise BufferError(f"__cuda_array_interface__: typestr {typestr!r} "
+                          "with non-native byte order")
+    if order not in "<>|":
+        raise BufferError(f"__cuda_array_interface__: typestr {typestr!r} "
+                          "with unrecognized byte order")
+    if mask is not None:
+        raise BufferError("__cuda_array_interface__: cannot handle masked arrays")
+    if size < 0:
+        raise BufferError(f"__cuda_array_interface__: buffer with negative size "
+                          f"(shape:{shape}, size:{size})")
+    if strides is not None and not _cai_contiguous(shape, strides, itemsize, "C") and \
+            not _cai_contiguous(shape, strides, itemsize, "F"):
+        raise BufferError(f"__cuda_array_interface__: buffer is not contiguous "
+                          f"(shape:{shape}, strides:{strides}, itemsize:{itemsize})")
+    if descr is not None and (len(descr) != 1 or descr[0] != ("", typestr)):
+        _warnings.warn("__cuda_array_interface__: ignoring 'descr' key", RuntimeWarning,
+                       stacklevel=2)
+    kind = typestr[1:2]
+    dtype = _np.dtype(_np.uint8)
+    if kind in "biufc" and itemsize > 0:
+        try:
+            dtype = _np.dtype(f"{kind}{itemsize}")
+        except TypeError:
+            pass
+    if dtype.itemsize != itemsize:
+        return _view(obj, address or 0, (size * itemsize,), _np.dtype(_np.uint8), None,
+                     bool(readonly))
+    return _view(obj, address or 0, (size,), dtype, None, bool(readonly))
 
 
 class _DLDataType(_ctypes.Structure):
@@ -296,7 +403,9 @@ class _DLDataType(_ctypes.Structure):
 class _DLTensor(_ctypes.Structure):
     _fields_ = [("data", _ctypes.c_void_p), ("device_type", _ctypes.c_int32),
                 ("device_id", _ctypes.c_int32), ("ndim", _ctypes.c_int32),
-                ("dtype", _DLDataType)]
+                ("dtype", _DLDataType), ("shape", _ctypes.POINTER(_ctypes.c_int64)),
+                ("strides", _ctypes.POINTER(_ctypes.c_int64)),
+                ("byte_offset", _ctypes.c_uint64)]
 
 
 _capsule_pointer = _ctypes.pythonapi.PyCapsule_GetPointer

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import array as _array
 import operator as _operator
+import pickle as _pickle
 import socket as _socket
 import time as _time
 from typing import Any, Callable, Optional
@@ -17,6 +19,8 @@ ROOT = -3
 UNDEFINED = -32766
 TAG_UB = 2**31 - 1
 COMM_TYPE_SHARED = 1
+APPNUM = 0x64400001
+KEYVAL_INVALID = 0x24000000
 THREAD_SINGLE, THREAD_FUNNELED, THREAD_SERIALIZED, THREAD_MULTIPLE = 0, 1, 2, 3
 IDENT, CONGRUENT, SIMILAR, UNEQUAL = 0, 1, 2, 3
 
@@ -148,22 +152,76 @@ for _name in ("DOUBLE", "FLOAT", "LONG", "INT", "SHORT", "SIGNED_CHAR", "UNSIGNE
     _BY_DTYPE.setdefault(_np.dtype(_DATATYPES[_name]), globals()[_name])
 
 
+# mpi4py's type codes (``Datatype.fromcode``), to the datatype each names.
+_BY_CODE = {
+    "c": "CHAR", "b": "SIGNED_CHAR", "h": "SHORT", "i": "INT", "l": "LONG", "q": "LONG_LONG",
+    "B": "UNSIGNED_CHAR", "H": "UNSIGNED_SHORT", "I": "UNSIGNED", "L": "UNSIGNED_LONG",
+    "Q": "UNSIGNED_LONG_LONG", "f": "FLOAT", "d": "DOUBLE", "g": "LONG_DOUBLE",
+    "?": "C_BOOL", "F": "C_FLOAT_COMPLEX", "D": "C_DOUBLE_COMPLEX",
+    "G": "C_LONG_DOUBLE_COMPLEX", "e": "FLOAT16", "i1": "INT8_T", "i2": "INT16_T",
+    "i4": "INT32_T", "i8": "INT64_T", "u1": "UINT8_T", "u2": "UINT16_T", "u4": "UINT32_T",
+    "u8": "UINT64_T", "f2": "FLOAT16", "f4": "FLOAT", "f8": "DOUBLE", "b1": "C_BOOL",
+    "c8": "C_FLOAT_COMPLEX", "c16": "C_DOUBLE_COMPLEX",
+}
+
+
+def _fromcode(code: str) -> Datatype:
+    """The predefined datatype of a type code (``'i'``, ``'f8'``, ...)."""
+    name = _BY_CODE.get(code) if isinstance(code, str) else None
+    if name is None:
+        raise ValueError(f"cannot map code {code!r} to MPI datatype")
+    return globals()[name]
+
+
+Datatype.fromcode = staticmethod(_fromcode)
+
 def datatype_of(dtype) -> Datatype:
     """The predefined datatype of numpy *dtype* (``DATATYPE_NULL`` if none)."""
     return _BY_DTYPE.get(_np.dtype(dtype), DATATYPE_NULL)
 
 
 class Status:
-    """The source, tag, size and error of a received message."""
+    """The source, tag, size and error of a received message.
 
-    __slots__ = ("source", "tag", "error", "count", "cancelled")
+    The fields live in an array laid out as MPICH's ``MPI_Status`` (count low
+    word, count high bits and the cancelled flag, source, tag, error), which
+    ``tomemory`` exposes, as mpi4py's does.
+    """
+
+    __slots__ = ("_mem",)
 
     def __init__(self, status: Optional["Status"] = None) -> None:
-        self.source, self.tag, self.error, self.count, self.cancelled = (
-            ANY_SOURCE, ANY_TAG, SUCCESS, 0, False)
-        if status is not None:
-            self.source, self.tag, self.error = status.source, status.tag, status.error
-            self.count, self.cancelled = status.count, status.cancelled
+        if status is not None and not isinstance(status, Status):
+            raise TypeError(f"expected a Status, not {type(status).__name__}")
+        self._mem = _array.array("i", [0, 0, ANY_SOURCE, ANY_TAG, SUCCESS]
+                                 if status is None else status._mem)
+
+    source = property(lambda self: self._mem[2], lambda self, v: self._set(2, v))
+    tag = property(lambda self: self._mem[3], lambda self, v: self._set(3, v))
+    error = property(lambda self: self._mem[4], lambda self, v: self._set(4, v))
+
+    def _set(self, field: int, value: int) -> None:
+        self._mem[field] = _operator.index(value)
+
+    @property
+    def count(self) -> int:
+        """The message's size in bytes."""
+        return (self._mem[0] & 0xFFFFFFFF) | ((self._mem[1] >> 1) << 32)
+
+    @count.setter
+    def count(self, n: int) -> None:
+        n = _operator.index(n)
+        low = n & 0xFFFFFFFF
+        self._mem[0] = low - (1 << 32) if low >= 1 << 31 else low
+        self._mem[1] = ((n >> 32) << 1) | (self._mem[1] & 1)
+
+    @property
+    def cancelled(self) -> bool:
+        return bool(self._mem[1] & 1)
+
+    @cancelled.setter
+    def cancelled(self, flag: bool) -> None:
+        self._mem[1] = (self._mem[1] & ~1) | bool(flag)
 
     def Get_source(self) -> int:
         return self.source
@@ -199,83 +257,221 @@ class Status:
         return self.cancelled
 
     def Set_cancelled(self, flag: bool) -> None:
-        self.cancelled = bool(flag)
+        self.cancelled = flag
+
+    def tomemory(self) -> memoryview:
+        """The status's fields as writable memory (``MPI_Status``'s layout)."""
+        return memoryview(self._mem)
+
+    def __reduce__(self):
+        return (_status_from, (list(self._mem),))
 
     def __repr__(self) -> str:
         return f"<cmampi.MPI.Status source={self.source} tag={self.tag} count={self.count}>"
+
+
+def _status_from(fields) -> Status:
+    status = Status()
+    status._mem[:] = _array.array("i", fields)
+    return status
+
+
+#: How many user ops may exist at once: mpi4py's limit (its C trampolines), kept so
+#: programs see the same ``RuntimeError`` on either channel.
+_MAX_USER_OPS = 32
+#: The functions of live user ops, by handle.
+_USER_OPS: dict = {}
+_OP_NULL_HANDLE, _USER_OP_BASE = 0x18000000, -0x68000000   # MPICH's (0x98000000 signed)
 
 
 class Op:
     """A reduction operation: a predefined one, or a user function via ``Op.Create``.
 
     Calling an op on two values combines them as mpi4py's lowercase reductions
-    do (``SUM`` of lists concatenates, of arrays adds).
+    do (``SUM`` of lists concatenates, of arrays adds); a user op is called as
+    ``function(x, y, None)``. Ops compare equal when they name the same
+    operation (``Op(SUM) == SUM``), as handles do in mpi4py.
     """
 
-    __slots__ = ("name", "pyfunc", "ufunc", "commute", "userfn")
+    __slots__ = ("name", "pyfunc", "commute", "userfn", "handle", "_owned")
 
-    def __init__(self, name: str, pyfunc: Optional[Callable[[Any, Any], Any]],
-                 ufunc=None, commute: bool = True, userfn=None) -> None:
-        self.name = name
-        self.pyfunc = pyfunc
-        self.ufunc = ufunc
-        self.commute = commute
-        self.userfn = userfn
+    def __init__(self, op: Optional["Op"] = None) -> None:
+        if op is None:
+            op = OP_NULL
+        elif not isinstance(op, Op):
+            raise TypeError(f"expected an Op, not {type(op).__name__}")
+        self._copy(op)
+
+    def _copy(self, op: "Op") -> None:
+        self.name, self.pyfunc, self.commute = op.name, op.pyfunc, op.commute
+        self.userfn, self.handle, self._owned = op.userfn, op.handle, op._owned
+
+    @classmethod
+    def _predefined(cls, name: str, handle: int, pyfunc, commute: bool = True) -> "Op":
+        self = cls.__new__(cls)
+        self.name, self.pyfunc, self.commute = name, pyfunc, commute
+        self.userfn, self.handle, self._owned = None, handle, False
+        return self
 
     @classmethod
     def Create(cls, function: Callable, commute: bool = False) -> "Op":
-        """A user op: ``function(inbuf, inoutbuf, datatype)`` updates *inoutbuf*."""
-        def py(x, y):
-            out = _np.array(y, copy=True)
-            function(_np.asarray(x), out, None)
-            return out
-        return cls("user", py, None, bool(commute), function)
+        """Create a user-defined operation: ``function(inbuf, inoutbuf, datatype)``
+        updates *inoutbuf* (datatype None for Python objects)."""
+        if not callable(function):
+            raise TypeError("expecting a callable")
+        if len(_USER_OPS) >= _MAX_USER_OPS:
+            raise RuntimeError("cannot create too many user-defined reduction operations")
+        handle = next(_USER_OP_BASE + i for i in range(_MAX_USER_OPS)
+                      if _USER_OP_BASE + i not in _USER_OPS)
+        _USER_OPS[handle] = function
+        self = cls.__new__(cls)
+        self.name, self.pyfunc, self.commute = "user", None, bool(commute)
+        self.userfn, self.handle, self._owned = function, handle, True
+        return self
+
+    def Free(self) -> None:
+        """Free a user-defined operation (a predefined one cannot be freed)."""
+        if self.userfn is None:
+            raise Exception(ERR_OP, "Cannot free permanent MPI_Op")
+        _USER_OPS.pop(self.handle, None)
+        self._copy(OP_NULL)
 
     def Is_commutative(self) -> bool:
+        """Query reduction operations for their commutativity."""
         return self.commute
 
     is_commutative = property(Is_commutative)
 
     @property
     def is_predefined(self) -> bool:
+        """Is a predefined operation."""
         return self.userfn is None
 
-    def Free(self) -> None:
-        pass
+    def Reduce_local(self, inbuf, inoutbuf) -> None:
+        """Apply a reduction operation to local data: ``inoutbuf = inbuf op inoutbuf``."""
+        from . import coll as _coll, ops as _ops
+
+        from ._buffers import recv_buffer, send_buffer
+
+        nin, nout = send_buffer(inbuf).layout.nbytes, recv_buffer(inoutbuf).layout.nbytes
+        if nin != nout:
+            raise ValueError(f"mismatch in inbuf size {nin} and inoutbuf size {nout}")
+        x, inout = _coll.flat(inbuf, False), _coll.flat(inoutbuf, True)
+        if self.userfn is not None:
+            datatype = inoutbuf[-1] if isinstance(inoutbuf, (list, tuple)) and \
+                isinstance(inoutbuf[-1], Datatype) else datatype_of(inout.array.dtype)
+            self.userfn(x.array, inout.array, datatype)
+        elif not self:
+            raise Exception(ERR_OP)
+        else:
+            _ops.combiner(self, inout.array.dtype)(x.array, inout.array)
+        inout.finish()
+
+    def toint(self) -> int:
+        """Translate object to integer."""
+        return self.handle
+
+    py2f = toint
+
+    @classmethod
+    def fromint(cls, arg: int, /) -> "Op":
+        """Translate integer to object."""
+        arg = _operator.index(arg)
+        for op in _PREDEFINED_OPS:
+            if op.handle == arg:
+                return cls(op)
+        function = _USER_OPS.get(arg)
+        if function is None:
+            raise Exception(ERR_OP)
+        self = cls.__new__(cls)
+        self.name, self.pyfunc, self.commute = "user", None, True
+        self.userfn, self.handle, self._owned = function, arg, False
+        return self
+
+    f2py = fromint
 
     def __call__(self, x, y):
-        return self.pyfunc(x, y)
+        if self.pyfunc is not None:
+            return self.pyfunc(x, y)
+        if self.userfn is not None:
+            return self.userfn(x, y, None)
+        raise ValueError("cannot call user-defined operation")
+
+    def __bool__(self) -> bool:
+        return self.handle != _OP_NULL_HANDLE
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Op):
+            return NotImplemented
+        return self.handle == other.handle
+
+    def __ne__(self, other: object) -> bool:
+        if not isinstance(other, Op):
+            return NotImplemented
+        return self.handle != other.handle
+
+    __hash__ = object.__hash__
+
+    def __reduce__(self):
+        if self.userfn is None:
+            if globals().get(self.name) is self:
+                return self.name
+            return (Op, (globals()[self.name],))
+        if not self._owned:     # a handle from fromint: its function is not its own
+            raise ValueError("cannot pickle user-defined reduction operation")
+        return (Op.Create, (self.userfn, self.commute))
 
     def __repr__(self) -> str:
         return f"<cmampi.MPI.Op {self.name}>"
 
 
-def _loc(better):
-    def pick(a, b):
-        (va, ia), (vb, ib) = a, b
-        if va == vb:
-            return (va, min(ia, ib))
-        return a if better(va, vb) else b
-    return pick
+def _max(x, y):
+    if isinstance(x, _np.ndarray):
+        return _np.maximum(x, y)
+    return y if y > x else x
 
 
-SUM = Op("SUM", _operator.add, _np.add)
-PROD = Op("PROD", _operator.mul, _np.multiply)
-MAX = Op("MAX", lambda a, b: _np.maximum(a, b) if isinstance(a, _np.ndarray) else max(a, b),
-         _np.maximum)
-MIN = Op("MIN", lambda a, b: _np.minimum(a, b) if isinstance(a, _np.ndarray) else min(a, b),
-         _np.minimum)
-LAND = Op("LAND", lambda a, b: a and b, _np.logical_and)
-LOR = Op("LOR", lambda a, b: a or b, _np.logical_or)
-LXOR = Op("LXOR", lambda a, b: bool(a) != bool(b), _np.logical_xor)
-BAND = Op("BAND", _operator.and_, _np.bitwise_and)
-BOR = Op("BOR", _operator.or_, _np.bitwise_or)
-BXOR = Op("BXOR", _operator.xor, _np.bitwise_xor)
-MAXLOC = Op("MAXLOC", _loc(_operator.gt))
-MINLOC = Op("MINLOC", _loc(_operator.lt))
-REPLACE = Op("REPLACE", lambda a, b: b, None, False)
-NO_OP = Op("NO_OP", lambda a, b: a, None, False)
-OP_NULL = Op("OP_NULL", None)
+def _min(x, y):
+    if isinstance(x, _np.ndarray):
+        return _np.minimum(x, y)
+    return y if y < x else x
+
+
+def _maxloc(x, y):
+    (u, i), (v, j) = x, y
+    if u > v:
+        return u, i
+    if v > u or j < i:
+        return v, j
+    return u, i
+
+
+def _minloc(x, y):
+    (u, i), (v, j) = x, y
+    if u < v:
+        return u, i
+    if v < u or j < i:
+        return v, j
+    return u, i
+
+
+OP_NULL = Op._predefined("OP_NULL", _OP_NULL_HANDLE, None)
+MAX = Op._predefined("MAX", 0x58000001, _max)
+MIN = Op._predefined("MIN", 0x58000002, _min)
+SUM = Op._predefined("SUM", 0x58000003, _operator.add)
+PROD = Op._predefined("PROD", 0x58000004, _operator.mul)
+LAND = Op._predefined("LAND", 0x58000005, lambda x, y: x and y)
+BAND = Op._predefined("BAND", 0x58000006, _operator.and_)
+LOR = Op._predefined("LOR", 0x58000007, lambda x, y: x or y)
+BOR = Op._predefined("BOR", 0x58000008, _operator.or_)
+LXOR = Op._predefined("LXOR", 0x58000009, lambda x, y: (x and not y) or (y and not x))
+BXOR = Op._predefined("BXOR", 0x5800000a, _operator.xor)
+MINLOC = Op._predefined("MINLOC", 0x5800000b, _minloc)
+MAXLOC = Op._predefined("MAXLOC", 0x5800000c, _maxloc)
+REPLACE = Op._predefined("REPLACE", 0x5800000d, lambda x, y: y, False)
+NO_OP = Op._predefined("NO_OP", 0x5800000e, lambda x, y: x, False)
+_PREDEFINED_OPS = (OP_NULL, MAX, MIN, SUM, PROD, LAND, BAND, LOR, BOR, LXOR, BXOR,
+                   MINLOC, MAXLOC, REPLACE, NO_OP)
 
 
 class _InPlace:
@@ -285,8 +481,149 @@ class _InPlace:
 
 IN_PLACE = _InPlace()
 BOTTOM = None
-REQUEST_NULL = None
 COMM_NULL = None
+
+
+BSEND_OVERHEAD = 96     # MPICH's: the room Attach_buffer's users add per message
+GRAPH, CART, DIST_GRAPH = 1, 2, 3
+
+
+def _bytes_of(obj) -> _np.ndarray:
+    """The memory of buffer-like *obj* as a flat array of bytes (a view)."""
+    from ._buffers import _as_array
+
+    arr = _as_array(obj)
+    if not (arr.flags.c_contiguous or arr.flags.f_contiguous):
+        raise BufferError("buffer is not contiguous")
+    return arr.reshape(-1, order="A").view(_np.uint8)
+
+
+class buffer(_np.ndarray):  # noqa: N801 - the name mpi4py uses
+    """Memory as a flat array of bytes, as mpi4py's ``MPI.buffer``: what
+    ``Alloc_mem`` returns, or a view of any buffer-like object (DLPack and
+    CUDA-array-interface objects in host memory included)."""
+
+    def __new__(cls, buf=None) -> "buffer":
+        mem = _np.empty(0, _np.uint8) if buf is None else _bytes_of(buf)
+        self = mem.view(cls)
+        self._obj = buf
+        return self
+
+    def __array_finalize__(self, obj) -> None:
+        self._obj = getattr(obj, "_obj", None)
+
+    @staticmethod
+    def allocate(nbytes: int, clear: bool = False) -> "buffer":
+        """Buffer allocation."""
+        nbytes = _operator.index(nbytes)
+        if nbytes < 0:
+            raise ValueError("expecting non-negative size")
+        mem = (_np.zeros if clear else _np.empty)(nbytes, _np.uint8).view(buffer)
+        mem._obj = None
+        return mem
+
+    @staticmethod
+    def frombuffer(obj, readonly: bool = False) -> "buffer":
+        """Buffer from buffer-like object."""
+        mem = buffer(obj)
+        if readonly:
+            mem.flags.writeable = False
+        return mem
+
+    @staticmethod
+    def fromaddress(address: int, nbytes: int, readonly: bool = False) -> "buffer":
+        """Buffer from address and size in bytes."""
+        import ctypes
+
+        address, nbytes = _operator.index(address), _operator.index(nbytes)
+        if nbytes < 0:
+            raise ValueError("expecting non-negative buffer length")
+        if address == 0 and nbytes > 0:
+            raise ValueError("expecting non-NULL address")
+        raw = (ctypes.c_char * nbytes).from_address(address) if nbytes else bytearray()
+        mem = _np.frombuffer(raw, _np.uint8).view(buffer)
+        mem.flags.writeable = not readonly
+        mem._obj = None
+        return mem
+
+    @property
+    def address(self) -> int:
+        """Buffer address."""
+        return self.__array_interface__["data"][0] if self.size else 0
+
+    @property
+    def obj(self):
+        """The underlying object."""
+        return self._obj
+
+    @property
+    def readonly(self) -> bool:
+        """Buffer is read-only."""
+        return not self.flags.writeable
+
+    @property
+    def format(self) -> str:
+        """Format of each element: bytes."""
+        return "B"
+
+    def cast(self, format: str, shape=None) -> memoryview:  # noqa: A002 - mpi4py's name
+        """Cast to a memoryview with new format or shape."""
+        mv = memoryview(self)
+        return mv.cast(format) if shape is None else mv.cast(format, shape)
+
+    def tobytes(self, order=None) -> bytes:
+        """Return the data in the buffer as a byte string."""
+        return _np.ndarray.tobytes(self)
+
+    def toreadonly(self) -> "buffer":
+        """Return a readonly version of the buffer object."""
+        mem = self.view(buffer)
+        mem.flags.writeable = False
+        return mem
+
+    def release(self) -> None:
+        """Release the underlying buffer exposed by the buffer object."""
+        self._obj = None
+
+
+memory = buffer
+
+
+def Alloc_mem(size: int, info=None) -> buffer:
+    """Allocate memory for message passing and remote memory access."""
+    return buffer.allocate(size)
+
+
+def Free_mem(mem: buffer) -> None:
+    """Free memory allocated with `Alloc_mem`."""
+    mem.release()
+
+
+_attached: list = []
+
+
+def Attach_buffer(buf) -> None:
+    """Attach a user-provided buffer for sending in buffered mode. cmampi's
+    buffered sends copy the message into memory of their own, so the buffer only
+    has to be there, as MPI requires."""
+    if _attached:
+        raise Exception(ERR_BUFFER, "a buffer is attached already")
+    _attached.append(buffer(buf))
+
+
+def Detach_buffer() -> buffer:
+    """Remove an existing attached buffer (the one attached, as mpi4py returns it)."""
+    return _attached.pop() if _attached else buffer()
+
+
+def Get_address(location) -> int:
+    """Get the address of a location in memory."""
+    if location is BOTTOM:
+        return 0
+    from ._buffers import _as_array, address
+
+    arr = _as_array(location)
+    return address(arr) if arr.nbytes else arr.__array_interface__["data"][0]
 
 
 def Wtime() -> float:
@@ -304,6 +641,13 @@ def Get_processor_name() -> str:
 
 def Get_version():
     return (4, 1)
+
+
+def get_vendor():
+    """The MPI implementation's name and version: cmampi's own, with no MPI library."""
+    from . import __version__
+
+    return "cmampi", tuple(int(x) for x in __version__.split(".")[:3] if x.isdigit())
 
 
 def Get_library_version() -> str:
@@ -333,3 +677,40 @@ def Is_finalized() -> bool:
 
 def Query_thread() -> int:
     return THREAD_SERIALIZED
+
+
+class Pickle:
+    """How the lowercase calls turn objects into bytes: ``dumps``/``loads``
+    (``pickle``'s by default, with ``protocol``), as mpi4py's ``MPI.Pickle``."""
+
+    def __init__(self, dumps: Optional[Callable] = None, loads: Optional[Callable] = None,
+                 protocol: Optional[int] = None, threshold: Optional[int] = None) -> None:
+        self._dumps = dumps if dumps is not None else _pickle.dumps
+        self._loads = loads if loads is not None else _pickle.loads
+        if protocol is None:
+            protocol = _pickle.HIGHEST_PROTOCOL if dumps is None else None
+        self.PROTOCOL = protocol
+        self.THRESHOLD = 256 << 10 if threshold is None else threshold
+
+    def dumps(self, obj: Any) -> bytes:
+        """*obj* as bytes."""
+        if self.PROTOCOL is None:
+            return self._dumps(obj)
+        return self._dumps(obj, self.PROTOCOL)
+
+    def loads(self, data) -> Any:
+        """The object *data* holds."""
+        return self._loads(data)
+
+    def dumps_oob(self, obj: Any):
+        """*obj* as bytes and a list of out-of-band buffers (protocol 5)."""
+        buffers: list = []
+        data = _pickle.dumps(obj, 5, buffer_callback=buffers.append)
+        return data, [b.raw() for b in buffers]
+
+    def loads_oob(self, data, buffers) -> Any:
+        """The object *data* and its out-of-band *buffers* hold."""
+        return _pickle.loads(data, buffers=buffers)
+
+
+pickle = Pickle()

@@ -27,7 +27,8 @@ from . import native as _native
 from . import objcoll as _objcoll
 from . import objects as _objects
 from . import p2p as _p2p
-from .request import Message, PartitionedRequest, Prequest, Request, new_request
+from .request import NO_PROC_HIT as _NO_PROC_HIT, Message, PartitionedRequest, Prequest, \
+    Request, new_request
 
 __all__ = ["Communicator"]
 
@@ -649,8 +650,7 @@ class Communicator:
                     else plain.Iprobe(source, tag, status)
             self._null_status(status)
             if matched:
-                names = self._engine.names
-                return Message._matched(self._engine, (names.PROC_NULL, names.ANY_TAG, b""))
+                return Message._matched(self._engine, _NO_PROC_HIT)
             return True
         if block and self._plain() is None:     # nothing to watch beside the engine
             hit = self._engine.probe(source, tag)

@@ -75,6 +75,7 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ()), metaclass=StandIn): 
     # fromhandle, unpickling), it is a valid null request.
     _op: Optional[_p2p.Op] = None
     _parts: Sequence[_p2p.Op] = ()
+    _start: Optional[Callable[[], "Request"]] = None
 
     if _REAL_REQUEST is not None:
         def __new__(cls, request: Optional[Any] = None) -> Any:
@@ -85,9 +86,13 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ()), metaclass=StandIn): 
         self._op, self._parts = None, []
         if is_ours(Request, request):
             self._op, self._parts = request._op, list(request._parts)
+            if _REAL_REQUEST is None and request._start is not None:
+                self._start = request._start    # the same handle, as in mpi4py
+        elif request is not None and _REAL_REQUEST is None:
+            raise TypeError(f"expected a Request, not {type(request).__name__}")
 
     def __bool__(self) -> bool:
-        return self._op is not None or _real_active(self)
+        return self._op is not None or self._start is not None or _real_active(self)
 
     def __eq__(self, other: object) -> bool:
         if not is_ours(Request, other) and not (
@@ -100,6 +105,8 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ()), metaclass=StandIn): 
             return False
         if _REAL_REQUEST is not None and isinstance(other, _REAL_REQUEST):
             return _REAL_REQUEST.__eq__(self, other)
+        if _REAL_REQUEST is None and is_ours(Request, other):   # socket channel
+            return self._start is other._start
         return other is None and _REAL_REQUEST is None   # socket channel: REQUEST_NULL
 
     def __ne__(self, other: object) -> bool:
@@ -115,6 +122,12 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ()), metaclass=StandIn): 
     def __reduce__(self) -> Any:
         if self._op is not None:
             raise ValueError(f"cannot serialize {type(self).__name__} in flight")
+        if _REAL_REQUEST is None:       # socket channel: null requests, by name
+            if self._start is not None:
+                raise ValueError(f"cannot serialize an active {type(self).__name__}")
+            from . import MPI
+
+            return "REQUEST_NULL" if self is MPI.REQUEST_NULL else (type(self), ())
         return super().__reduce__()
 
     def __del__(self) -> None:
@@ -259,6 +272,36 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ()), metaclass=StandIn): 
         Create object from Fortran handle.
         """
         return cls(_REAL_BASE(cls).f2py(arg))
+
+    if _REAL_REQUEST is None:
+        # The socket channel's handles: an int naming the operation (or persistent
+        # request) for as long as a request object holds it; 0 is REQUEST_NULL's.
+        @property
+        def handle(self) -> int:
+            """Handle (an int naming the request; ``REQUEST_NULL``'s is 0)."""
+            key = self._op if self._op is not None else self._start
+            if key is None:
+                return 0
+            _HANDLES[id(key)] = self
+            return id(key)
+
+        def toint(self) -> int:
+            """Translate object to integer."""
+            return self.handle
+
+        py2f = toint
+
+        @classmethod
+        def fromhandle(cls, handle: int) -> "Request":
+            """Create object from MPI handle."""
+            if handle == 0:
+                return cls()
+            owner = _HANDLES.get(handle)
+            if owner is None or owner.handle != handle:
+                raise ValueError(f"not a live request handle: {handle}")
+            return cls(owner)
+
+        fromint = f2py = fromhandle
 
     # -- on many requests -------------------------------------------------------------------
     @classmethod
@@ -472,6 +515,9 @@ def new_request(op: Optional[_p2p.Op], parts: Sequence[_p2p.Op] = ()) -> Request
 
 # -- the class methods' work, for lists mixing cmampi's requests and mpi4py's -----------------
 
+#: Socket channel: the request objects that last showed each handle (weakly).
+_HANDLES: Any = __import__("weakref").WeakValueDictionary()
+
 #: The ops through which cmampi's waits completed requests of mpi4py's own, by the
 #: request's id, until `_finish` takes their status (the MPI handle is null by then).
 _FOREIGN: Dict[int, _p2p.ForeignOp] = {}
@@ -479,6 +525,8 @@ _FOREIGN: Dict[int, _p2p.ForeignOp] = {}
 
 def _op_of(req) -> Optional[_p2p.Op]:
     """The op to wait on for a request of mpi4py's own (None when it is null)."""
+    if is_ours(Request, req) and req._op is None:     # a null (or inactive) one of ours
+        return None
     if req is None or not _real_active(req):
         if req is None or (_REAL_REQUEST is not None and isinstance(req, _REAL_REQUEST)):
             return None
@@ -620,7 +668,7 @@ class Prequest(Request, *((_REAL_PREQUEST,) if _REAL_PREQUEST else ())):  # type
         if _real_active(request) and not isinstance(request, _REAL_PREQUEST):
             raise TypeError(f"Cannot convert {type(request).__name__} to Prequest")
         super().__init__(request)
-        self._start = request._start if is_ours(Prequest, request) else None
+        self._start = request._start if is_ours(Request, request) else None
 
     @classmethod
     def _starting(cls, start: Callable[[], Request]) -> "Prequest":
@@ -633,6 +681,8 @@ class Prequest(Request, *((_REAL_PREQUEST,) if _REAL_PREQUEST else ())):  # type
         return self._start is not None or _real_active(self)
 
     def __eq__(self, other: object) -> bool:
+        if _REAL_REQUEST is None:   # socket channel: the same handle
+            return Request.__eq__(self, other)
         if is_ours(Prequest, other) and (self._start is not None or
                                             other._start is not None):
             return self._start is other._start
@@ -757,6 +807,8 @@ class PartitionedRequest(Prequest):
 
 
 _MESSAGE_BASES = (_REAL_MESSAGE,) if _REAL_MESSAGE else ()
+#: What a matched probe of ``PROC_NULL`` matches (socket channel): ``MESSAGE_NO_PROC``.
+NO_PROC_HIT = (_NAMES.PROC_NULL, _NAMES.ANY_TAG, b"")
 
 
 class Message(*_MESSAGE_BASES, metaclass=StandIn):  # type: ignore[misc]
@@ -770,10 +822,14 @@ class Message(*_MESSAGE_BASES, metaclass=StandIn):  # type: ignore[misc]
     _engine: Any = None
     _hit: Any = None    # (source, tag, data) taken out of the engine's stash
 
+    _permanent = False  # MESSAGE_NO_PROC itself: receiving leaves it as it is
+
     def __init__(self, message: Optional["Message"] = None) -> None:
         self._engine = self._hit = None
         if is_ours(Message, message):
             self._engine, self._hit = message._engine, message._hit
+        elif message is not None and _REAL_MESSAGE is None:
+            raise TypeError(f"expected a Message, not {type(message).__name__}")
 
     fromhandle = classmethod(Request.fromhandle.__func__)  # type: ignore[attr-defined]
     fromint = classmethod(Request.fromint.__func__)  # type: ignore[attr-defined]
@@ -786,6 +842,16 @@ class Message(*_MESSAGE_BASES, metaclass=StandIn):  # type: ignore[misc]
         return msg
 
     def __reduce__(self) -> Any:
+        if _REAL_MESSAGE is None:       # socket channel: the null and no-proc messages
+            from . import MPI
+
+            for name in ("MESSAGE_NULL", "MESSAGE_NO_PROC"):
+                if self is getattr(MPI, name):
+                    return name
+            if self._hit is None:
+                return (type(self), ())
+            if self._hit is NO_PROC_HIT:
+                return (type(self), (MPI.MESSAGE_NO_PROC,))
         if self._hit is not None:
             raise ValueError(f"cannot serialize a matched {type(self).__name__}")
         return super().__reduce__()
@@ -805,6 +871,8 @@ class Message(*_MESSAGE_BASES, metaclass=StandIn):  # type: ignore[misc]
             return False
         if _REAL_MESSAGE is not None and isinstance(other, _REAL_MESSAGE):
             return _REAL_MESSAGE.__eq__(self, other)
+        if _REAL_MESSAGE is None and is_ours(Message, other):  # socket channel: both null
+            return True
         return other is None and _REAL_MESSAGE is None
 
     __hash__ = object.__hash__
@@ -886,7 +954,9 @@ class Message(*_MESSAGE_BASES, metaclass=StandIn):  # type: ignore[misc]
             raise _NAMES.Exception(_NAMES.ERR_REQUEST)
 
     def _take(self, rbuf, landed=None) -> _p2p.RecvOp:
-        hit, self._hit = self._hit, None
+        hit = self._hit
+        if not self._permanent:
+            self._hit = None
         return self._engine.irecv_matched(rbuf, hit, landed)
 
 

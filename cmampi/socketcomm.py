@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import inspect as _inspect
 import os as _os
 import sys as _sys
+import threading as _threading
 from typing import Optional
 
 from ._config import config as _config
 from .comm import Communicator, _Freed
-from .request import Request, new_request
+from .request import Prequest, Request, new_request
 from . import p2p as _p2p
 
 __all__ = ["Intracomm"]
@@ -101,6 +103,57 @@ class Intracomm(Communicator):
         coll.ibarriers = seq + 1    # the same on every rank: collectives are called in order
         return new_request(_BarrierOp(coll.e, _TAG_IBARRIER + seq % _IBARRIER_TAGS))
 
+    def _lock(self, kind: str):
+        """The lock of this communicator for lowercase collective *kind*: one such
+        call at a time per communicator, as mpi4py's (made on first use)."""
+        table = _comm_lock_table(self)
+        lock = table.get(kind)
+        if lock is None:
+            lock = table[kind] = _threading.Lock()
+        return lock
+
+    def Alltoallw(self, sendbuf, recvbuf) -> None:
+        """All to All Scatter/Gather, general: per-rank counts, byte displacements
+        and datatypes. Sent point-to-point on the collectives' private space."""
+        e = self._engine
+        names = e.names
+        rmem, rcounts, rdispls, rtypes = _w_spec(recvbuf, e.size, True)
+        if sendbuf is names.IN_PLACE:
+            smem, scounts, sdispls, stypes = rmem.copy(), rcounts, rdispls, rtypes
+        else:
+            smem, scounts, sdispls, stypes = _w_spec(sendbuf, e.size, False)
+        private = Intracomm.__new__(Intracomm)
+        private._engine = self._coll.e
+        tag = private._engine.tag_ub    # a tag of its own beside the blocking collectives'
+        requests = []
+        for peer in range(e.size):
+            lo, n = rdispls[peer], rcounts[peer] * rtypes[peer].Get_size()
+            requests.append(private.Irecv(rmem[lo:lo + n], peer, tag))
+        for peer in range(e.size):
+            lo, n = sdispls[peer], scounts[peer] * stypes[peer].Get_size()
+            requests.append(private.Isend(smem[lo:lo + n], peer, tag))
+        Request.Waitall(requests)
+
+    # Process topologies: not on the socket channel. NotImplementedError is what
+    # mpi4py raises for what the MPI library in use does not provide.
+    def Create_cart(self, dims, periods=None, reorder: bool = False):
+        """Create cartesian communicator (not on the socket channel)."""
+        raise NotImplementedError("process topologies: not on cmampi's socket channel")
+
+    def Create_graph(self, index, edges, reorder: bool = False):
+        """Create graph communicator (not on the socket channel)."""
+        raise NotImplementedError("process topologies: not on cmampi's socket channel")
+
+    def Create_dist_graph_adjacent(self, sources, destinations, sourceweights=None,
+                                   destweights=None, info=None, reorder: bool = False):
+        """Create distributed graph communicator (not on the socket channel)."""
+        raise NotImplementedError("process topologies: not on cmampi's socket channel")
+
+    def Create_dist_graph(self, sources, degrees, destinations, weights=None, info=None,
+                          reorder: bool = False):
+        """Create distributed graph communicator (not on the socket channel)."""
+        raise NotImplementedError("process topologies: not on cmampi's socket channel")
+
     # -- names and attributes ---------------------------------------------------------------
     def Get_name(self) -> str:
         """Get the print name for this communicator."""
@@ -162,6 +215,105 @@ class Intracomm(Communicator):
         return self._engine.size
 
 
+# -- nonblocking and persistent collectives ---------------------------------------------------
+#
+# The socket channel's collectives are blocking algorithms, so ``Ibcast`` and the
+# others run the collective when called and return a completed request, and a
+# persistent collective (``Bcast_init``) runs it at each ``Start``. The buffers are
+# read and written when MPI allows (at the call, at ``Start``); what differs from an
+# MPI library is progress: the call returns when the collective has ended on this
+# rank, so a program must not make a rank's entry into the collective wait for a
+# point-to-point message sent only after another rank's entry. (``Ibarrier`` and
+# ``Barrier_init`` are truly nonblocking.)
+
+_COLLECTIVES = ("Bcast", "Gather", "Gatherv", "Scatter", "Scatterv", "Allgather",
+                "Allgatherv", "Alltoall", "Alltoallv", "Reduce", "Allreduce",
+                "Reduce_scatter_block", "Reduce_scatter", "Scan", "Exscan", "Alltoallw")
+
+
+def _w_spec(spec, size: int, writable: bool):
+    """An Alltoallw message ``[buf, (counts, displs), datatypes]`` or ``[buf, counts,
+    displs, datatypes]`` as (bytes of buf, counts, byte displacements, datatypes),
+    each segment checked to lie in the buffer."""
+    from ._names import Datatype, _bytes_of
+
+    if not isinstance(spec, (list, tuple)) or len(spec) not in (3, 4):
+        raise ValueError("message: expecting a list or tuple of 3 or 4 items")
+    if len(spec) == 3:
+        buf, (counts, displs), types = spec
+    else:
+        buf, counts, displs, types = spec
+    mem = _bytes_of(buf)
+    if writable and not mem.flags.writeable:
+        raise BufferError("Object is not writable.")
+    if isinstance(types, Datatype):
+        types = [types] * size
+    counts, displs, types = list(counts), list(displs), list(types)
+    if not len(counts) == len(displs) == len(types) == size:
+        raise ValueError(f"message: expecting {size} counts, displacements and datatypes")
+    for c, d, t in zip(counts, displs, types):
+        if c < 0 or d < 0 or (c and d + c * t.Get_size() > mem.size):
+            raise ValueError(f"message: {c} items of {t!r} at byte {d} exceed the buffer")
+    return mem, counts, displs, types
+
+
+def _completed(comm: Intracomm) -> Request:
+    op = _p2p.Op(comm._engine)
+    op.finish()
+    return new_request(op)
+
+
+def _make_nonblocking(name: str):
+    blocking = getattr(Intracomm, name)
+
+    def method(self, *args, **kwargs) -> Request:
+        blocking(self, *args, **kwargs)
+        return _completed(self)
+
+    method.__name__ = method.__qualname__ = "I" + name.lower()[0] + name[1:]
+    method.__doc__ = f"Nonblocking {name} (run when called: see above)."
+    method.__signature__ = _inspect.signature(blocking).replace(return_annotation=Request)
+    return method
+
+
+def _make_persistent(name: str):
+    blocking = getattr(Intracomm, name)
+    signature = _inspect.signature(blocking)
+
+    def method(self, *args, **kwargs) -> Prequest:
+        bound = _inspect.signature(init).bind(self, *args, **kwargs)
+        bound.arguments.pop("info", None)
+        args_, kwargs_ = bound.args[1:], bound.kwargs
+
+        def start() -> Request:
+            blocking(self, *args_, **kwargs_)
+            return _completed(self)
+        return Prequest._starting(start)
+
+    init = method
+    method.__name__ = method.__qualname__ = name + "_init"
+    method.__doc__ = f"Persistent {name} (run at each Start)."
+    info = _inspect.Parameter("info", _inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None)
+    method.__signature__ = signature.replace(
+        parameters=[*signature.parameters.values(), info], return_annotation=Prequest)
+    return method
+
+
+for _name in _COLLECTIVES:
+    _nb = _make_nonblocking(_name)
+    setattr(Intracomm, _nb.__name__, _nb)
+    _pr = _make_persistent(_name)
+    setattr(Intracomm, _pr.__name__, _pr)
+
+
+def _barrier_init(self, info=None) -> Prequest:
+    """Persistent Barrier."""
+    return Prequest._starting(self.Ibarrier)
+
+
+Intracomm.Barrier_init = _barrier_init
+
+
 #: Tags of Ibarriers on the collectives' private space: one per barrier in
 #: flight (a sequence number), apart from the blocking collectives' own tags.
 _TAG_IBARRIER, _IBARRIER_TAGS = 1 << 10, 1 << 20
@@ -204,3 +356,12 @@ class _BarrierOp(_p2p.Op):
             return
         self.step *= 2
         self._round()
+
+
+def _comm_lock_table(comm: Intracomm) -> dict:
+    """The locks of *comm*'s lowercase collectives, by kind (mpi4py's table)."""
+    engine = comm._engine
+    table = getattr(engine, "locks", None)
+    if table is None:
+        table = engine.locks = {}
+    return table

@@ -9,7 +9,9 @@ under ``mpiexec``: plainly, and through ``python -m cmampi.run`` (``--socket``:
 through ``python -m cmampi --mpi4py``, the socket channel, instead of plain
 mpi4py alone). A test that passes on plain mpi4py must pass on cmampi: a new
 failure, error, skip or hang is a regression, unless ``expected.txt`` beside this
-file names it with its reason. Prints a table per module; exits 1 on any
+file names it with its reason. On the socket channel, the tests (or classes, or
+modules) ``socket-skips.txt`` names are skipped, each with its reason: they need
+what only an MPI library has. Prints a table per module; exits 1 on any
 regression. A rank stuck in a test prints its stack and the run goes on with
 the next module.
 """
@@ -26,11 +28,14 @@ import tarfile
 import tempfile
 from collections import Counter
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 RANK = HERE / "rank.py"
+SOCKET_SKIPS = HERE / "socket-skips.txt"
+sys.path.insert(0, str(HERE))
+from rank import read_reasons, reason_for  # noqa: E402
 _WORSE = {o: i for i, o in enumerate(("ok", "xfail", "skip", "xpass", "fail", "error", "hang"))}
 
 
@@ -55,15 +60,7 @@ def fetch_tests(version: str) -> Path:
 
 def expected_failures() -> Dict[str, str]:
     """Tests allowed to differ on cmampi: ``test id: reason`` lines of expected.txt."""
-    path = HERE / "expected.txt"
-    out = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            line = line.strip()
-            if line and not line.startswith("#"):
-                test, _, reason = line.partition(":")
-                out[test.strip()] = reason.strip()
-    return out
+    return read_reasons(str(HERE / "expected.txt"))
 
 
 def _read(outdir: Path) -> Tuple[Dict[str, Tuple[str, str]], List[str]]:
@@ -88,15 +85,16 @@ def _read(outdir: Path) -> Tuple[Dict[str, Tuple[str, str]], List[str]]:
 
 
 def run(launch: List[str], testdir: Path, modules: List[str], seconds: float,
-        retry: bool = True) -> Dict[str, Tuple[str, str]]:
+        retry: bool = True, env: Optional[Dict[str, str]] = None
+        ) -> Dict[str, Tuple[str, str]]:
     """Each test's outcome over the ranks of *launch* (a command prefix). A module
     that hangs is run once more on its own: if it passes then, its tests count as
     passed, and the hang is reported (``FLAKY``), not hidden."""
-    results = _run_once(launch, testdir, modules, seconds)
+    results = _run_once(launch, testdir, modules, seconds, env)
     if retry:
         hung = sorted({t.split(".")[0] for t, (o, _) in results.items() if o == "hang"})
         for module in hung:
-            again = _run_once(launch, testdir, [module], seconds)
+            again = _run_once(launch, testdir, [module], seconds, env)
             if not any(o in ("fail", "error", "hang") for o, _ in again.values()):
                 stuck = [t for t, (o, _) in results.items() if o == "hang"]
                 print(f"FLAKY: {module} hung in {', '.join(stuck)} "
@@ -106,15 +104,15 @@ def run(launch: List[str], testdir: Path, modules: List[str], seconds: float,
     return results
 
 
-def _run_once(launch: List[str], testdir: Path, modules: List[str], seconds: float
-              ) -> Dict[str, Tuple[str, str]]:
+def _run_once(launch: List[str], testdir: Path, modules: List[str], seconds: float,
+              env: Optional[Dict[str, str]] = None) -> Dict[str, Tuple[str, str]]:
     results: Dict[str, Tuple[str, str]] = {}
     todo = list(modules)
     while todo:
         with tempfile.TemporaryDirectory() as tmp:
             cmd = launch + [str(RANK), str(testdir), tmp, str(seconds), *todo]
             proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                  text=True, errors="replace",
+                                  text=True, errors="replace", env=env,
                                   timeout=seconds * 4 + 60 * len(todo))
             got, unfinished = _read(Path(tmp))
         results.update(got)
@@ -153,7 +151,7 @@ def regressions(plain, ours, allowed) -> List[str]:
     out = []
     for test, (outcome, _) in plain.items():
         mine = ours.get(test, ("missing", ""))[0]
-        if test in allowed or mine == outcome:
+        if reason_for(test, allowed) is not None or mine == outcome:
             continue
         if outcome in ("ok", "xfail") and mine not in ("ok", "xfail"):
             out.append(test)
@@ -169,6 +167,9 @@ def main(argv=None) -> int:
     p.add_argument("--exclude", nargs="*", default=[], help="modules not to run")
     p.add_argument("--mpiexec", default=os.environ.get("MPIEXEC", "mpiexec"))
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per test")
+    p.add_argument("--socket", action="store_true",
+                   help="run cmampi on its socket channel (python -m cmampi --mpi4py, with "
+                   "mpi4py blocked) instead of through mpiexec")
     args = p.parse_args(argv)
     import mpi4py
 
@@ -178,10 +179,21 @@ def main(argv=None) -> int:
     sizes = [int(n) for n in args.sizes.split(",")]
     allowed = expected_failures()
     plain, ours, bad = {}, {}, {}
+    env = None
+    if args.socket:
+        allowed.update(read_reasons(str(SOCKET_SKIPS)))
+        env = dict(os.environ, CMAMPI_CONFORMANCE_SKIP=str(SOCKET_SKIPS),
+                   PYTHONPATH=os.pathsep.join(filter(None, [
+                       str(ROOT / "tests" / "no_mpi4py"), os.environ.get("PYTHONPATH")])))
     for n in sizes:
         launch = shlex.split(args.mpiexec) + ["-n", str(n), sys.executable]
         plain[n] = run(launch, testdir, modules, args.timeout)
-        ours[n] = run(launch + ["-m", "cmampi.run"], testdir, modules, args.timeout)
+        if args.socket:
+            mine = [sys.executable, "-m", "cmampi", "-n", str(n), "--timeout",
+                    str(int(args.timeout * 4 + 60 * len(modules))), "--mpi4py"]
+        else:
+            mine = launch + ["-m", "cmampi.run"]
+        ours[n] = run(mine, testdir, modules, args.timeout, env=env)
         bad[n] = regressions(plain[n], ours[n], allowed)
     print(table(sizes, plain, ours, modules))
     failed = False
@@ -191,8 +203,12 @@ def main(argv=None) -> int:
             outcome, detail = ours[n].get(test, ("missing", ""))
             print(f"\n== regression at {n} ranks: {test}: {outcome}\n{detail}")
     total = sum(len(ours[n]) for n in sizes)
+    channel = "cmampi's socket channel" if args.socket else "cmampi"
+    skipped = sum(1 for n in sizes for t, (o, _) in ours[n].items()
+                  if o == "skip" and reason_for(t, allowed) is not None)
     print(f"\nconformance: {sum(len(b) for b in bad.values())} regressions in {total} "
-          f"test runs on cmampi ({', '.join(map(str, sizes))} ranks)")
+          f"test runs on {channel} ({', '.join(map(str, sizes))} ranks; "
+          f"{skipped} skipped or allowed by the lists beside gate.py)")
     return 1 if failed else 0
 
 

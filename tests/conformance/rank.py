@@ -5,6 +5,10 @@ modules' ``from mpi4py import MPI`` gets cmampi)::
 
     rank.py TESTDIR OUTDIR SECONDS MODULE [MODULE ...]
 
+With ``CMAMPI_CONFORMANCE_SKIP`` naming a file of ``test id: reason`` lines,
+those tests (a line may name a class or module: every test under it) are
+skipped with their reason instead of run.
+
 Each rank appends one JSON line per test to ``OUTDIR/rank<R>.jsonl`` as the
 test ends, so a run that dies leaves what it finished. A test that runs past
 SECONDS prints every thread's stack of this rank and ends the process (then
@@ -78,6 +82,40 @@ class Recorder(unittest.TestResult):
                       f"{subtest}: {self._exc_info_to_string(err, test)}")
 
 
+def read_reasons(path: str) -> dict:
+    """``{test id or prefix: reason}`` from a file of ``id: reason`` lines."""
+    out = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if line and not line.startswith("#"):
+                test, _, reason = line.partition(":")
+                out[test.strip()] = reason.strip()
+    return out
+
+
+def reason_for(test_id: str, skips: dict):
+    """The reason *skips* gives for *test_id*, or for its class or module; else None."""
+    parts = test_id.split(".")
+    for i in range(len(parts), 0, -1):
+        reason = skips.get(".".join(parts[:i]))
+        if reason is not None:
+            return reason
+    return None
+
+
+def skip_listed(suite, skips: dict) -> None:
+    """Mark the tests of *suite* that *skips* names as skipped, with the reason."""
+    for test in suite:
+        if isinstance(test, unittest.TestSuite):
+            skip_listed(test, skips)
+            continue
+        reason = reason_for(test.id(), skips)
+        if reason is not None:
+            method = getattr(test, test._testMethodName)
+            setattr(test, test._testMethodName, unittest.skip(reason)(method))
+
+
 def main(argv) -> int:
     testdir, outdir, seconds, modules = argv[0], argv[1], float(argv[2]), argv[3:]
     sys.path.insert(0, testdir)
@@ -86,10 +124,14 @@ def main(argv) -> int:
 
     rank = MPI.COMM_WORLD.Get_rank()
     loader = unittest.TestLoader()
+    skip_file = os.environ.get("CMAMPI_CONFORMANCE_SKIP")
+    skips = read_reasons(skip_file) if skip_file else {}
     with open(os.path.join(outdir, f"rank{rank}.jsonl"), "a", encoding="utf-8") as out:
         result = Recorder(out, seconds)
         for name in modules:
-            loader.loadTestsFromName(name).run(result)
+            suite = loader.loadTestsFromName(name)
+            skip_listed(suite, skips)
+            suite.run(result)
     return 0
 
 
