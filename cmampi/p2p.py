@@ -290,6 +290,8 @@ class Engine:
         self.any_source, self.any_tag = names.ANY_SOURCE, names.ANY_TAG
         self.stage_size = self.band
         self.stage = bytearray(self.stage_size)
+        #: Sizes the simplest spec forms, where the channel takes them as they are.
+        self.counted = Counted(names) if hasattr(channel, "send_counted") else None
         self.stash: _collections.deque = _collections.deque()  # drained by probes
         #: Receives the channel writes straight into the user's buffer, until arrival.
         self.landing: Dict["RecvOp", Tuple[int, int]] = {}
@@ -392,6 +394,10 @@ class Engine:
         if _plain(spec) and spec.nbytes <= self.limit:
             self.ch.send(spec, dest, tag)
             return
+        hit = self.counted(spec, False) if self.counted is not None else None
+        if hit is not None and self._raw(hit[1], dest, announce):
+            self.ch.send_counted(hit[0], hit[1], dest, tag)
+            return
         buf = send_buffer(spec)
         if self._raw(buf.nbytes, dest, announce):
             self.ch.send(buf.wire(), dest, tag)
@@ -453,11 +459,18 @@ class Engine:
         # tells the size first, so a payload lands straight in place.
         ch = self.ch
         plain = _plain(spec) and spec.flags.writeable
-        buf = None if plain else recv_buffer(spec)  # bad buffers fail before blocking
+        hit = None if plain or self.counted is None else self.counted(spec, True)
+        # Bad buffers fail before blocking.
+        buf = None if plain or hit is not None else recv_buffer(spec)
         handle, (src, tg, count) = ch.mprobe(source, tag)
         if not self.limit < count <= self.band:
             if plain and count <= spec.nbytes:
                 ch.mrecv(handle, spec)
+                if status is not None:
+                    fill_status(status, src, tg, count, None, self.names)
+                return
+            if hit is not None and count <= hit[1]:
+                ch.mrecv_counted(handle, hit[0], hit[1])
                 if status is not None:
                     fill_status(status, src, tg, count, None, self.names)
                 return
@@ -793,6 +806,49 @@ def _plain(spec) -> bool:
     """A whole C-contiguous numpy array of plain data: the channel takes it as is."""
     return type(spec) is _ndarray and spec.flags.c_contiguous and \
         spec.dtype.kind not in "OMm" and spec.dtype.isnative
+
+
+class Counted:
+    """The simplest message forms, sized without parsing: ``[buffer, count,
+    datatype]`` of a predefined datatype without holes over contiguous memory
+    (any buffer: numpy, ``bytearray``, ``mmap``, ``array.array``), ``bytearray``
+    and ``bytes``. For channels that take (buffer, bytes) as they are."""
+
+    def __init__(self, names) -> None:
+        sizes = {}
+        for name in dir(names):
+            dt = getattr(names, name)
+            if type(dt) is getattr(names, "Datatype", None):
+                try:
+                    if dt.is_predefined and dt.Get_extent() == (0, dt.Get_size()) > (0, 0):
+                        sizes[id(dt)] = (dt, dt.Get_size())
+                except Exception:   # noqa: BLE001 - a datatype the library lacks
+                    pass
+        #: id -> (the predefined datatype, kept alive so that its id stays its own, size)
+        self.sizes = sizes
+
+    def __call__(self, spec, writable: bool) -> Optional[Tuple[Any, int]]:
+        """(buffer, bytes) of *spec* in one of the simplest forms, checked as
+        mpi4py would accept it (fits, writable if asked); else None."""
+        t = type(spec)
+        if t is bytearray:
+            return spec, len(spec)
+        if t is bytes:
+            return (None if writable else (spec, len(spec)))
+        if (t is not list and t is not tuple) or len(spec) != 3:
+            return None
+        buf, count, datatype = spec
+        hit = self.sizes.get(id(datatype))
+        if hit is None or hit[0] is not datatype or type(count) is not int or count < 0:
+            return None
+        try:
+            mem = memoryview(buf)
+        except TypeError:
+            return None
+        nbytes = count * hit[1]
+        if not mem.c_contiguous or nbytes > mem.nbytes or (writable and mem.readonly):
+            return None
+        return buf, nbytes
 
 
 def default_engine() -> Engine:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import array
+import mmap
+
 import numpy as np
 import pytest
 
@@ -511,4 +514,71 @@ def test_pending_receives_sharing_a_buffer(comm, MPI, n, spare):
         assert (buf[:n] == np.arange(n, dtype=np.uint8)).all()
         assert (buf[n:] == 7).all()
         assert [st.Get_count(MPI.BYTE) for st in statuses] == [n] * window
+    comm.Barrier()
+
+
+def _form(MPI, form: str, data: np.ndarray, writable: bool):
+    """*data*'s bytes in a buffer form programs pass; and a view to read it back."""
+    n = data.nbytes
+    if form == "bytearray":
+        b = bytearray(data.tobytes())
+        return b, np.frombuffer(b, np.uint8)
+    if form == "bytes":
+        return data.tobytes(), data
+    if form == "mmap-spec":
+        m = mmap.mmap(-1, max(n, 1))
+        m[:n] = data.tobytes()
+        return [m, n, MPI.BYTE], np.frombuffer(m, np.uint8)[:n]
+    if form == "array-spec":
+        a = array.array("d", data.view(np.float64).tolist())
+        return [a, n // 8, MPI.DOUBLE], np.frombuffer(a, np.uint8)
+    a = data.copy()
+    return [a, n, MPI.BYTE], a
+
+
+SPEC_FORMS = ["bytearray", "bytes", "numpy-spec", "mmap-spec", "array-spec"]
+
+
+@pytest.mark.parametrize("form", SPEC_FORMS)
+@pytest.mark.parametrize("n", [0, 8, LIMIT, LIMIT + 8, 100_000, 2 << 20])
+def test_buffer_forms(comm, MPI, form, n):
+    """Each buffer form programs pass, sent and received as it is, any size."""
+    rank = comm.Get_rank()
+    data = pattern(n)
+    if rank == 0:
+        spec, _ = _form(MPI, form, data, False)
+        comm.Send(spec, 1, 31)
+    elif rank == 1:
+        spec, view = _form(MPI, "bytearray" if form == "bytes" else form,
+                           np.zeros(n, np.uint8), True)
+        st = MPI.Status()
+        comm.Recv(spec, 0, 31, st)
+        assert st.Get_count(MPI.BYTE) == n and (view == data).all()
+    comm.Barrier()
+
+
+@pytest.mark.parametrize("form", ["bytearray", "numpy-spec", "mmap-spec"])
+def test_buffer_form_bad_receives_keep_the_message(cmcomm, MPI, form):
+    """A spec counting past its buffer (mpi4py lets MPI write past it), or a
+    read-only one, raises before the message is taken; a receive too short
+    raises ERR_TRUNCATE and writes nothing past it. The next receive gets the
+    next message."""
+    comm = cmcomm
+    rank = comm.Get_rank()
+    if rank == 0:
+        comm.Send(pattern(64), 1, 32)
+        comm.Send(pattern(64), 1, 32)
+    elif rank == 1:
+        with pytest.raises(ValueError):
+            comm.Recv([bytearray(64), 65, MPI.BYTE], 0, 32)
+        with pytest.raises(BufferError):
+            comm.Recv([bytes(64), 64, MPI.BYTE], 0, 32)
+        spec, view = _form(MPI, form, np.zeros(64, np.uint8), True)
+        comm.Recv(spec, 0, 32)
+        assert (view == pattern(64)).all()
+        whole = np.full(64, 7, np.uint8)
+        with pytest.raises(MPI.Exception) as e:
+            comm.Recv([whole, 48, MPI.BYTE], 0, 32)
+        assert e.value.Get_error_class() == MPI.ERR_TRUNCATE
+        assert (whole[48:] == 7).all()
     comm.Barrier()

@@ -101,6 +101,14 @@ class MPIChannel:
     def mrecv(self, handle, buf) -> None:
         handle.Recv([buf, _BYTE])
 
+    # The first *nbytes* of buffer *buf*, as they are: the MPI library reads the
+    # buffer itself (a ``bytearray``, ``mmap``, array of a spec), with no parsing here.
+    def send_counted(self, buf, nbytes: int, dest: int, tag: int) -> None:
+        self.user.Send([buf, nbytes, _BYTE], dest, tag)
+
+    def mrecv_counted(self, handle, buf, nbytes: int) -> None:
+        handle.Recv([buf, nbytes, _BYTE])
+
     def recv_object(self, source: int, tag: int) -> object:
         """Blocking receive of a message, unpickled (an empty one is None); its
         (source, tag, nbytes) are `last`'s. mpi4py receives and unpickles in one call."""
