@@ -1,6 +1,6 @@
 """The memory-traffic floor of a 2-rank Allreduce/Reduce on this machine.
 
-``python bench/memory_floor.py [--sizes 16m,64m] [--piece 256k]``
+``python bench/memory_floor.py [--sizes 16m,64m] [--piece 512k]``
 
 Two processes, started together, each do the work one rank of cmampi's
 slice-parallel Allreduce must do, with no communication at all: for its half of
@@ -65,7 +65,7 @@ def floor(nbytes: int, piece: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="4m,16m,64m", help="vector sizes in bytes (float64)")
-    ap.add_argument("--piece", default="256k", help="bytes per piece (cmampi's PIECE)")
+    ap.add_argument("--piece", default="512k", help="bytes per piece (cmampi._tuning.PIECE)")
     args = ap.parse_args()
     piece = _size(args.piece)
     print("| size | floor ms |")

@@ -8,9 +8,7 @@ from typing import Optional
 
 __all__ = ["Config", "config", "CMA_MIN_DEFAULTS"]
 
-#: Where pulling starts by default, per channel: MPI libraries copy mid-sized
-#: payloads once themselves; through a socket a payload is copied twice.
-CMA_MIN_DEFAULTS = {"mpi": 1 << 20, "socket": 512 << 10}
+from ._tuning import CHUNK, CMA_MIN_DEFAULTS, COOP_MIN, EAGER_LIMIT
 
 
 def _size(name: str, default: Optional[int]) -> Optional[int]:
@@ -88,10 +86,10 @@ class Config:
     @classmethod
     def from_environ(cls) -> "Config":
         return cls(
-            eager_limit=_size("CMAMPI_EAGER_LIMIT", 4 << 10),
+            eager_limit=_size("CMAMPI_EAGER_LIMIT", EAGER_LIMIT),
             cma_min=_size("CMAMPI_CMA_MIN", None),
-            coop_min=_size("CMAMPI_COOP_MIN", 1 << 20),
-            chunk=max(_size("CMAMPI_CHUNK", 2 << 20), 4096),
+            coop_min=_size("CMAMPI_COOP_MIN", COOP_MIN),
+            chunk=max(_size("CMAMPI_CHUNK", CHUNK), 4096),
             transport=_choice("CMAMPI_TRANSPORT", "cma", ("cma", "copy")),
             channel=_choice("CMAMPI_CHANNEL", "auto", ("auto", "mpi", "socket")),
             set_ptracer=_flag("CMAMPI_SET_PTRACER", True),

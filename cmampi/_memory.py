@@ -20,11 +20,10 @@ from typing import Dict, List
 import numpy as _np
 
 from ._config import config as _config
+from ._tuning import POOL_MIN
 
 __all__ = ["POOL_MIN", "empty", "pooled_bytes"]
 
-#: Smaller buffers come from numpy's allocator (malloc reuses freed blocks).
-POOL_MIN = 4 << 20
 _ROUND = 2 << 20      # one huge page
 
 _free: Dict[int, List[_mmap.mmap]] = {}

@@ -9,12 +9,10 @@ import numpy as _np
 
 from . import _cma
 from ._buffers import Layout, raw_view
+from ._tuning import COARSE_RUN
 
 __all__ = ["pull", "COARSE_RUN"]
 
-#: Runs at least this long travel as iovecs; shorter runs are staged through cache,
-#: because the kernel pins the remote pages once per remote iovec.
-COARSE_RUN = 2048
 #: Read a remote row span (gaps included) while it is at most this many times
 #: the payload, or while its gaps are cheap next to the iovecs they save: one
 #: segment costs about a microsecond (a page walk and pin), in which memory

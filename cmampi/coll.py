@@ -26,13 +26,10 @@ from . import _cma, ops as _ops
 from . import p2p as _p2p
 from ._channels import names as _names
 from ._buffers import _parse as _parse_spec, address as _address, recv_buffer, send_buffer
+from ._tuning import COLL_INLINE_MAX as INLINE_MAX, PIECE
 
 __all__ = ["Collectives", "INLINE_MAX", "frame"]
 
-#: Per-rank payloads up to this size travel inside the exchange itself.
-INLINE_MAX = 16 << 10
-#: Bytes reduced per piece: pulled into cache, combined, written out.
-PIECE = 512 << 10
 #: Largest first message of a record in the exchange (longer ones continue).
 RECORD_MAX = INLINE_MAX + 4096
 _LEN = _struct.Struct("<Q")

@@ -25,19 +25,13 @@ from typing import Any, Optional, Tuple
 import numpy as _np
 
 from . import ops as _ops
+from ._tuning import AGREED_INLINE as INLINE, NATIVE_MAX
 from ._buffers import _datatype_size, _parse, send_buffer
 from .coll import flat
 
 __all__ = ["NATIVE_MAX", "Agreement", "block_bytes", "call", "direct", "run", "simple",
            "spec_dtype", "telling"]
 
-#: Bytes per rank up to which the MPI library's collective is used (measured
-#: crossovers on 2 ranks, MPICH; see the README's results).
-NATIVE_MAX = {
-    "Bcast": 4 << 20, "Gather": 2 << 20, "Scatter": 256 << 10, "Allgather": 64 << 10,
-    "Alltoall": 1 << 20, "Reduce": 2 << 20, "Allreduce": 4 << 20, "Scan": 64 << 10,
-    "Exscan": 64 << 10, "Reduce_scatter_block": 1 << 20,
-}
 _UFUNCS = {"SUM": _np.add, "PROD": _np.multiply, "MAX": _np.maximum, "MIN": _np.minimum,
            "LAND": _np.logical_and, "LOR": _np.logical_or, "LXOR": _np.logical_xor,
            "BAND": _np.bitwise_and, "BOR": _np.bitwise_or, "BXOR": _np.bitwise_xor}
@@ -158,11 +152,8 @@ def _reduce_scatter_block(size, me, send, recv, root, op, in_place):
     return (send.nbytes, code, opc) if opc else None
 
 
-#: Payload bytes per rank that travel inside the agreement itself: up to this,
-#: a collective is that one ``MPI_Allgather`` and a little numpy. Measured on 2
-#: ranks (MPICH): a 2 KiB row costs 0.3-0.5 us more per call than a 1 KiB one,
-#: and lets a 1 KiB Scatter or Alltoall ride too, which saves a second collective.
-INLINE = 2048
+# Payload bytes per rank up to `INLINE` travel inside the agreement itself: such
+# a checked collective is that one ``MPI_Allgather`` and a little numpy.
 _HEADER = _struct.Struct("<5q")
 _HEAD = _HEADER.size
 _REFUSED = _HEADER.pack(0, 0, 0, 0, 0)

@@ -21,11 +21,10 @@ from . import coll as _coll
 from . import p2p as _p2p
 from ._buffers import address
 from .objects import Packed, pull_object
+from ._tuning import STREAM_INLINE
 
 __all__ = ["collective", "KINDS"]
 
-#: Pickle streams up to this size travel inside the records; longer ones are pulled.
-STREAM_INLINE = 16 << 10
 
 #: The collectives, and whether they take a root.
 KINDS = {"bcast": True, "scatter": True, "gather": True, "reduce": True,

@@ -18,11 +18,9 @@ import numpy as _np
 from . import _cma, _memory, _wire
 from . import p2p as _p2p
 from ._buffers import address, send_buffer
+from ._tuning import OOB_MIN
 
 __all__ = ["OOB_MIN", "Packed", "isend", "loads", "pull_object", "recv", "send"]
-
-#: Buffers from this size on travel out of band.
-OOB_MIN = 128 << 10
 
 #: Where a buffer lives in its owner: (address, nbytes).
 Spot = Tuple[int, int]

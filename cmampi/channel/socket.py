@@ -42,7 +42,7 @@ from typing import Any, Deque, Dict, List, Optional, Sequence, Set
 
 import numpy as _np
 
-from .. import _names
+from .. import _names, _tuning
 from .._cma import user_namespace
 from .._config import CMA_MIN_DEFAULTS, config as _config
 from . import _ring
@@ -63,10 +63,8 @@ _RING_HEAD, _RING_TAIL, _RING_ASLEEP, _RING_WAITING = \
 _FLAT = (bytes, bytearray)      # taken as they are: flat bytes already
 _NOSIGNAL = getattr(_socket, "MSG_NOSIGNAL", 0)   # a gone peer is an error, not SIGPIPE
 _LOOK_EVERY = 16     # ring sends between two looks at the kernel
-#: A spinning wait looks at the kernel (pidfds, sockets) this often, in seconds:
-#: a poll() costs about a microsecond, as much as a few turns of the spin.
-_LOOK_SECONDS = 2e-4
-_SPIN_SECONDS = 5e-4  # a wait polls without blocking this long, then sleeps in poll()
+_LOOK_SECONDS = _tuning.LOOK_SECONDS
+_SPIN_SECONDS = _tuning.SPIN_SECONDS
 _sched_yield = getattr(_os, "sched_yield", lambda: None)
 
 

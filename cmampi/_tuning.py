@@ -1,0 +1,64 @@
+"""Every size and time threshold of cmampi's protocols, in one place, with why.
+
+The environment settings (``CMAMPI_*``, see `_config`) are the ones users tune;
+these are the measured crossovers and buffer sizes behind them. Each module
+imports what it uses from here, so a change here is the whole change.
+"""
+
+from __future__ import annotations
+
+__all__ = ["CMA_MIN_DEFAULTS", "EAGER_LIMIT", "COOP_MIN", "CHUNK", "NATIVE_MAX", "AGREED_INLINE",
+           "COLL_INLINE_MAX", "PIECE", "OOB_MIN", "STREAM_INLINE", "COARSE_RUN", "POOL_MIN",
+           "SPIN_SECONDS", "LOOK_SECONDS"]
+
+# -- point to point ----------------------------------------------------------------------------
+#: Messages up to this size travel as themselves, with no header (``CMAMPI_EAGER_LIMIT``).
+EAGER_LIMIT = 4 << 10
+#: From this size on payloads are pulled with CMA, per channel (``CMAMPI_CMA_MIN``):
+#: MPI libraries copy once with their own CMA below it; over sockets a message
+#: costs two copies through the ring, so pulling pays off sooner.
+CMA_MIN_DEFAULTS = {"mpi": 1 << 20, "socket": 512 << 10}
+#: From this size on a sender blocked in ``Send`` writes part of the payload itself
+#: while the receiver pulls the rest (``CMAMPI_COOP_MIN``).
+COOP_MIN = 1 << 20
+#: Payload bytes per pulled piece of a strided transfer staged through cache
+#: (``CMAMPI_CHUNK``).
+CHUNK = 2 << 20
+#: Runs of a strided layout at least this long travel as iovecs; shorter ones are
+#: staged through cache, because the kernel pins the remote pages once per iovec.
+COARSE_RUN = 2048
+
+# -- collectives -------------------------------------------------------------------------------
+#: Bytes per rank up to which a collective of numbers runs in the MPI library
+#: (MPI channel): its shared-memory collectives beat pulls driven by Python there.
+#: Measured crossovers on 2 ranks, MPICH (see the README's results).
+NATIVE_MAX = {
+    "Bcast": 4 << 20, "Gather": 2 << 20, "Scatter": 256 << 10, "Allgather": 64 << 10,
+    "Alltoall": 1 << 20, "Reduce": 2 << 20, "Allreduce": 4 << 20, "Scan": 64 << 10,
+    "Exscan": 64 << 10, "Reduce_scatter_block": 1 << 20,
+}
+#: Payload bytes per rank that ride in the agreement of a checked collective
+#: (``CMAMPI_CHECK_COLLECTIVES=1``): a 2 KiB row costs 0.3-0.5 us more per call
+#: than a 1 KiB one, and lets a 1 KiB Scatter or Alltoall ride too.
+AGREED_INLINE = 2048
+#: cmampi's own collectives: per-rank payloads up to this size travel inside
+#: the exchange of descriptors itself.
+COLL_INLINE_MAX = 16 << 10
+#: Bytes a reduction pulls into cache, combines and writes out per piece.
+PIECE = 512 << 10
+
+# -- objects -----------------------------------------------------------------------------------
+#: Contiguous buffers of a pickled object from this size on travel out of band (pulled).
+OOB_MIN = 128 << 10
+#: Pickle streams of object collectives up to this size travel inside the records.
+STREAM_INLINE = 16 << 10
+#: Receive buffers from this size on are anonymous mappings, kept for reuse
+#: (``CMAMPI_POOL`` bytes of them); smaller ones come from numpy's allocator.
+POOL_MIN = 4 << 20
+
+# -- socket channel ----------------------------------------------------------------------------
+#: A wait polls the rings without blocking this long, then sleeps in ``poll()``.
+SPIN_SECONDS = 5e-4
+#: A spinning wait looks at the kernel (pidfds, sockets) this often: a ``poll()``
+#: costs about a microsecond, as much as a few turns of the spin.
+LOOK_SECONDS = 2e-4
