@@ -19,3 +19,6 @@ fi
 "$VENV/bin/python" -m pip install --quiet -e "$ROOT[$MPI_LIB,test,plot]"
 export PATH="$VENV/bin:$PATH"
 cd "$ROOT"
+
+# A heading in the test log, with the time of day (where the minutes go).
+section() { echo "== $* ($(date +%T))"; }

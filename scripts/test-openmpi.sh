@@ -6,12 +6,12 @@ CMAMPI_MPI=openmpi source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 export MPIEXEC_TIMEOUT="${MPIEXEC_TIMEOUT:-600}"
 MPIEXEC=(mpiexec --oversubscribe)
 for n in 2 3; do
-    echo "== Open MPI: mpiexec -n $n (MPI channel)"
+    section "Open MPI: mpiexec -n $n (MPI channel)"
     timeout 900 "${MPIEXEC[@]}" -n "$n" python -m pytest -q -p no:cacheprovider --with-mpi \
         -m mpi tests
 done
-echo "== Open MPI: stress and collectives at 4 ranks (oversubscribed)"
+section "Open MPI: stress and collectives at 4 ranks (oversubscribed)"
 timeout 900 "${MPIEXEC[@]}" -n 4 python -m pytest -q -p no:cacheprovider --with-mpi -m mpi \
     tests/test_stress.py tests/test_coll.py
-echo "== Open MPI: mpi4py's test suite, plain and through python -m cmampi.run"
+section "Open MPI: mpi4py's test suite, plain and through python -m cmampi.run"
 python tests/conformance/gate.py --sizes 1,2,3 --mpiexec "${MPIEXEC[*]}"
