@@ -33,7 +33,15 @@ carries rank 0's decision to stop.
    with blocking ``Recv``, some after a ``Probe`` that sizes the buffer;
 3. ring: ``Sendrecv`` with a random shift, twice;
 4. objects: dicts of numpy arrays (C, Fortran or strided; in band and out of
-   band) sent with ``isend``/``issend``, received with ``recv`` or ``irecv``.
+   band) sent with ``isend``/``issend``, received with ``recv`` or ``irecv``;
+5. windows, as benchmark programs post them: every rank sends to a peer a
+   window of 1-64 ``Isend`` of one buffer while receiving a window from
+   another with as many ``Irecv`` into one buffer (both directions at once),
+   plus one fire-and-forget ``Isend`` whose request is dropped at once (the
+   message is drained afterwards by a matched probe and its receive) and one
+   object; everything posted is completed by one ``Waitall`` of the mixed
+   list (buffer and object requests), after a small ``Allreduce`` made while
+   it is all in flight.
 
 No phase can deadlock under MPI semantics: a blocking send only ever targets a
 receive posted before any send of its phase, and blocking receives only wait
@@ -73,6 +81,7 @@ DTYPES = ("u1", "i1", "u2", "i2", "u4", "i4", "u8", "i8", "f2", "f4", "f8", "c8"
 #: 32767 is the smallest TAG_UB MPI allows.
 TAGS = (0, 1, 2, 3, 5, 8, 13, 32767)
 RING_TAG = 100
+WINDOW_TAG, DROPPED_TAG, WINDOW_OBJECT_TAG = 200, 201, 202
 SENTINEL = 0xA5
 _STAMP = struct.Struct("<IQ")
 _MASK = (1 << 64) - 1
@@ -305,7 +314,7 @@ class Soak:
         self.strided, self.dtypes = strided, tuple(dtypes)
         self.content = Content(seed, max_size)
         self.marks = boundary_sizes(max_size)
-        self.phases = [comm.Dup() for _ in range(4)]
+        self.phases = [comm.Dup() for _ in range(5)]
         self.stats = Stats()
         self.rounds = 0
         self.elapsed = 0.0
@@ -382,9 +391,17 @@ class Soak:
             shift = 1 + int(rng.integers(self.size - 1)) if self.size > 1 else 0
             ring.append([draw(src, (src + shift) % self.size, RING_TAG + step, "Sendrecv",
                               self.max_size) for src in range(self.size)])
-        total = len(storm) + len(blocking) + len(objects) + sum(len(s) for s in ring)
+        windows = []     # (window of Isend of one buffer, its repeat count, dropped Isend)
+        shift = 1 + int(rng.integers(self.size - 1)) if self.size > 1 else 0
+        for src in range(self.size):
+            dst = (src + shift) % self.size
+            window = draw(src, dst, WINDOW_TAG, "Isend", self.max_size)
+            dropped = draw(src, dst, DROPPED_TAG, "Isend", self.max_size)
+            windows.append((window, int(rng.integers(1, 65)), dropped))
+        total = len(storm) + len(blocking) + len(objects) + sum(len(s) for s in ring) + \
+            sum(k + 2 for _, k, _ in windows)
         return {"storm": storm, "blocking": blocking, "ring": ring, "objects": objects,
-                "total": total}
+                "windows": windows, "total": total}
 
     def receives(self, rng, incoming: List[Msg]) -> Tuple[List[RecvSpec], Dict]:
         """Receives for *incoming* in posting order, and its streams.
@@ -619,6 +636,54 @@ class Soak:
                 self.check_object(msg, obj, streams)
         MPI.Request.Waitall(reqs)
 
+    def windows(self, rng, windows: List[Tuple[Msg, int, Msg]]) -> None:
+        comm, MPI = self.phases[4], self.MPI
+        out = next(w for w in windows if w[0].src == self.rank)
+        inc = next(w for w in windows if w[0].dst == self.rank)
+        (msg, k, dropped), (imsg, ik, idropped) = out, inc
+        # One receive buffer for the whole window, one send buffer sent k times.
+        buf = RecvBuf.plain(imsg.nbytes)
+        reqs = [comm.Irecv(buf.view, imsg.src, imsg.tag) for _ in range(ik)]
+        obj_req = comm.irecv(None, imsg.src, WINDOW_OBJECT_TAG) if self.channel else None
+        view = self._send_view(rng, msg)
+        reqs += [comm.Isend(view, msg.dst, msg.tag) for _ in range(k)]
+        keep = self._send_view(rng, dropped)
+        comm.Isend(keep, dropped.dst, dropped.tag)     # its request dropped at once
+        small = {"src": self.rank, "mid": msg.mid}
+        reqs.append(comm.isend(small, msg.dst, WINDOW_OBJECT_TAG))
+        if obj_req is not None:
+            reqs.append(obj_req)
+        total = np.zeros(1, np.int64)
+        comm.Allreduce(np.array([k], np.int64), total, op=MPI.SUM)   # all in flight
+        if total[0] != sum(w[1] for w in windows):
+            self.error(f"windows: Allreduce in flight gave {total[0]}")
+        statuses = [MPI.Status() for _ in reqs]
+        results = MPI.Request.waitall(reqs, statuses)    # lowercase: the object comes back
+        for _ in range(k + 1):
+            self._sent(msg)
+        self._sent(dropped)
+        for i in range(ik):
+            spec = RecvSpec(imsg.src, imsg.tag, imsg, imsg.nbytes)
+            self.check_recv("windows", spec, buf, statuses[i], {(imsg.src, imsg.tag): [imsg]},
+                            {})
+        if obj_req is None:     # plain mpi4py: its irecv needs a buffer as large as the pickle
+            got = comm.recv(None, imsg.src, WINDOW_OBJECT_TAG)
+        else:
+            got = results[-1]
+        self.stats.received += 1
+        if got != {"src": imsg.src, "mid": imsg.mid}:
+            self.error(f"windows: object from {imsg.src} came back as {got!r:.80}")
+        # The dropped send's message, drained by a matched probe.
+        st = MPI.Status()
+        message = comm.Mprobe(idropped.src, idropped.tag, st)
+        rbuf = RecvBuf.plain(st.Get_count(MPI.BYTE))
+        message.Recv(rbuf.view, st)
+        self.check_recv("windows (dropped request)", RecvSpec(idropped.src, idropped.tag,
+                        idropped, idropped.nbytes), rbuf, st,
+                        {(idropped.src, idropped.tag): [idropped]}, {})
+        comm.Barrier()      # the dropped send's buffer may go once it has been received
+        del keep
+
     def check_object(self, msg: Msg, obj: Any, streams) -> None:
         self.stats.received += 1
         what = f"objects: object {msg.mid:#x} {msg.src}->{msg.dst} tag {msg.tag}"
@@ -644,7 +709,7 @@ class Soak:
         """Run round *r*; the number of messages it planned over all ranks."""
         plan = self.plan(r)
         rng = np.random.default_rng([self.seed, r, 1 + self.rank])
-        for name in ("storm", "blocking", "ring", "objects"):
+        for name in ("storm", "blocking", "ring", "objects", "windows"):
             try:
                 getattr(self, name)(rng, plan[name])
             except Exception as exc:  # noqa: BLE001 - recorded, the run goes on
