@@ -72,9 +72,7 @@ class Collectives:
         self._empty = bytearray(0)
         # A channel that can tell failed ranks fails every collective they were in,
         # on every survivor: none waits on another that has given up on it.
-        mark = getattr(engine.ch, "collective", None)
-        if mark is not None:
-            mark()
+        engine.ch.collective()
 
     # -- the exchange and the closing barrier ----------------------------------------------
     def exchange(self, record: Any) -> List[Any]:

@@ -30,6 +30,7 @@ import numpy as np
 from . import _cma, _pull, _wire
 from ._buffers import Buffer, address, recv_buffer, send_buffer
 from ._config import config as _config
+from .channel import Channel
 
 __all__ = ["CopyShare", "Engine", "Op", "SendOp", "PullSendOp", "RecvOp", "ForeignOp",
            "SHARES", "default_engine", "detach", "fill_status", "now", "progress", "test",
@@ -272,7 +273,7 @@ class ForeignOp(Op):
 class Engine:
     """Matching, protocols and progress for one communicator over one channel."""
 
-    def __init__(self, channel, names, config) -> None:
+    def __init__(self, channel: Channel, names, config) -> None:
         self.ch = channel
         self.names = names
         self.limit = config.eager_limit

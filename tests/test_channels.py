@@ -113,3 +113,22 @@ def test_control_messages_load_as_control():
         assert _wire.payload_size(msg, limit) == 1000
         side = pickle.loads(_wire.control(_wire.side(3, 0, 55), limit))
         assert _wire.parse_side(side.head) == (0, 3, 55)
+
+
+@pytest.mark.mpi(min_size=1)
+def test_the_channel_in_use_keeps_the_contract(cmcomm):
+    """Every member of `cmampi.channel.Channel` is there, with the contract's
+    parameters, on the channel this run uses (MPI under mpiexec, sockets under
+    the launcher)."""
+    import inspect
+
+    from cmampi.channel import Channel
+
+    ch = cmcomm._engine.ch
+    assert isinstance(ch, Channel)
+    for name, member in vars(Channel).items():
+        if name.startswith("_") or not callable(member):
+            continue
+        want = list(inspect.signature(member).parameters)
+        got = list(inspect.signature(getattr(type(ch), name)).parameters)
+        assert got[:len(want)] == want, f"{type(ch).__name__}.{name}{got} != {want}"

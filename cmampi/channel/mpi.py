@@ -212,6 +212,9 @@ class MPIChannel:
             return None
         return st.Get_source(), st.Get_tag(), st.Get_count(_BYTE), None
 
+    def collective(self) -> None:
+        """Nothing to mark: the MPI library ends the job when a rank fails."""
+
     def free(self) -> None:
         for c in (self.user, self.side):
             if c != _MPI.COMM_NULL:
