@@ -99,7 +99,6 @@ right sum, and after a barrier no message is left unreceived.
 from __future__ import annotations
 
 import contextlib
-import os
 import pickle
 import subprocess
 import sys
@@ -108,6 +107,8 @@ import time
 
 import numpy as np
 import pytest
+
+from jobenv import NO_MPI4PY, job_env
 
 pytestmark = pytest.mark.mpi(min_size=2)
 
@@ -821,14 +822,9 @@ if MPI.CHANNEL == "mpi":
 
 
 def _clean_env(socket: bool):
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PMI_", "PMIX_", "HYDI_", "HYDRA_", "MPIR_", "MPICH_", "CMAMPI_"))}
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    paths = [root] + ([os.path.join(root, "tests", "no_mpi4py")] if socket else [])
-    env["PYTHONPATH"] = os.pathsep.join(paths + [env.get("PYTHONPATH", "")])
     if socket:
-        env["CMAMPI_CHANNEL"] = "socket"
-    return env
+        return job_env(NO_MPI4PY, settings=False, CMAMPI_CHANNEL="socket")
+    return job_env(settings=False)
 
 
 def test_after_finalize(cmcomm, MPI):

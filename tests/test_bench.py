@@ -12,9 +12,7 @@ import sys
 import pytest
 
 from cmampi.bench import cli, plot
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NO_MPI4PY = os.path.join(ROOT, "tests", "no_mpi4py")
+from jobenv import NO_MPI4PY, job_env
 MPIEXEC = shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or shutil.which("mpiexec")
 HAVE_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 BENCHES = ["pingpong", "bandwidth", "patterns", "collectives", "objects"]
@@ -22,14 +20,9 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 #: Variables of an enclosing job, which must not leak into the jobs a test starts.
-_JOB_VARS = ("CMAMPI_RANK", "CMAMPI_SIZE", "CMAMPI_DIR", "CMAMPI_TOKEN", "CMAMPI_CHANNEL")
-
-
-def _env(*paths: str) -> dict:
-    """This environment for a new job: *paths* and the checkout first on PYTHONPATH."""
-    env = {k: v for k, v in os.environ.items() if k not in _JOB_VARS}
-    env["PYTHONPATH"] = os.pathsep.join([*paths, ROOT, *os.environ.get("PYTHONPATH", "").split(
-        os.pathsep)]).rstrip(os.pathsep)
+def _env(*paths) -> dict:
+    """A new job's environment (see `jobenv`), its mpiexec bounded in time."""
+    env = job_env(*paths)
     env.setdefault("MPIEXEC_TIMEOUT", "120")
     return env
 

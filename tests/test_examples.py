@@ -15,18 +15,12 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NO_MPI4PY = os.path.join(ROOT, "tests", "no_mpi4py")
+from jobenv import NO_MPI4PY, ROOT, job_env
 EXAMPLES = sorted(f for f in os.listdir(os.path.join(ROOT, "examples")) if f.endswith(".py"))
 MPIEXEC = shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or shutil.which("mpiexec")
 
 
-def _env(*paths: str) -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [*paths, ROOT, env.get("PYTHONPATH")]))
-    for key in ("CMAMPI_RANK", "CMAMPI_SIZE", "CMAMPI_DIR", "CMAMPI_TOKEN", "CMAMPI_CHANNEL"):
-        env.pop(key, None)
-    return env
+_env = job_env
 
 
 def _run(cmd, env) -> str:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from jobenv import job_env
 LIMIT = 60           # seconds a job may take before the test gives up on it
 DEADLINE = 2.0       # seconds from a death to the survivors' errors
 MPIEXEC = shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or shutil.which("mpiexec")
@@ -237,12 +237,7 @@ report(f"rank-{rank}", res)
 
 
 def _env() -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
-    for name in list(env):
-        if name.startswith("CMAMPI_"):   # a job of our own, with the default settings
-            del env[name]
-    return env
+    return job_env(settings=False)   # a job of our own, with the default settings
 
 
 def _job(tmp_path: Path, size: int, *args) -> subprocess.CompletedProcess:

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from jobenv import job_env
+
 LIMIT = 20  # seconds any launcher may take in these tests
 
 
 def _env(*paths) -> dict:
-    env = dict(os.environ)
+    env = job_env(*paths)
     env.pop("PYTHONUNBUFFERED", None)
-    env["PYTHONPATH"] = os.pathsep.join([*map(str, paths), str(REPO), env.get("PYTHONPATH", "")])
     return env
 
 

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-NO_MPI4PY = REPO / "tests" / "no_mpi4py"
+from jobenv import NO_MPI4PY, ROOT as REPO, job_env
 LIMIT = 120
 
 # An mpi4py program that knows nothing of cmampi: it checks, from inside, that it
@@ -52,11 +51,7 @@ def _mpiexec() -> str:
     return found
 
 
-def _env(**extra) -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
-    env.update(extra)
-    return env
+_env = job_env
 
 
 def _results(tmp_path: Path) -> dict:
