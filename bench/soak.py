@@ -776,7 +776,7 @@ def _report(soak: Soak, totals: Dict[str, Any], label: str) -> List[str]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from benchlib import parse_size
+    from cmampi.bench._common import parse_size
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=180.0, help="run time (default 180)")

@@ -404,10 +404,6 @@ def _per_rank(n: int, size: int) -> int:
     return n // size
 
 
-def barrier(c: Collectives) -> None:
-    c.barrier()
-
-
 def bcast(c: Collectives, spec, root: int) -> None:
     def parse():
         _check_root(c, root)
@@ -441,8 +437,7 @@ def bcast(c: Collectives, spec, root: int) -> None:
         f.finish()
 
 
-def gather(c: Collectives, sendspec, recvspec, root: int, counts=None, displs=None,
-           vector_spec: bool = False) -> None:
+def gather(c: Collectives, sendspec, recvspec, root: int, vector_spec: bool = False) -> None:
     """Gather (and Gatherv when *vector_spec*): ranks push their block into the root."""
     names, me, size = c.names, c.rank, c.size
     # A root sending None sends in place, as with mpi4py.

@@ -7,7 +7,7 @@ from typing import Callable
 
 import numpy as _np
 
-__all__ = ["combiner", "combiner_out", "is_commutative", "predefined_name"]
+__all__ = ["combiner", "combiner_out", "predefined_name"]
 
 # The numpy function of each predefined op, and the dtype kinds MPI defines it for
 # (b: bool, i: signed, u: unsigned, f: float, c: complex).
@@ -50,11 +50,6 @@ def predefined_name(op) -> str:
 
 #: mpi4py's predefined ops by Fortran handle.
 _MPI_NAMES: dict = {}
-
-
-def is_commutative(op) -> bool:
-    fn = getattr(op, "Is_commutative", None)
-    return bool(fn()) if fn is not None else True
 
 
 def _logical(ufunc):

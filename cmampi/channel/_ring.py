@@ -195,6 +195,3 @@ class Ring:
         """Say whether this reader sleeps (and wants a doorbell for new bytes)."""
         self.words[ASLEEP] = 1 if asleep else 0
 
-    def writer_waits(self) -> bool:
-        """Whether the writer sleeps until room is freed (then ring its doorbell)."""
-        return self.words[WAITING] != 0
