@@ -421,7 +421,10 @@ def telling(kind: str, send, recv, in_place) -> Tuple[Any, Any]:
     """(the argument that tells a rank's part of collective *kind* on this rank,
     its divisor: 1 or ``"size"``), as `_SIZED_BY` says."""
     plain, other = _SIZED_BY[kind]
-    which, per = other if (recv if kind == "Scatter" else send) is in_place else plain
+    # None where a buffer may be IN_PLACE means IN_PLACE, as in mpi4py (a
+    # root's Gather(None, recv), Scatter(send, None)).
+    maybe = recv if kind == "Scatter" else send
+    which, per = other if maybe is in_place or maybe is None else plain
     return (recv if which else send), per
 
 

@@ -14,6 +14,8 @@ behaviour in MPI) run on cmampi only (the ``cmcomm`` fixture).
 
 from __future__ import annotations
 
+import array
+
 
 import numpy as np
 import pytest
@@ -1115,3 +1117,25 @@ def test_a_plan_made_by_an_aliased_call_loads_the_send_buffer(checked, MPI):
     send, recv = np.full(4, 7.0), np.zeros(4)
     checked.Allreduce(send, recv, MPI.SUM)
     assert (recv == 7.0 * size).all()
+
+
+@pytest.mark.parametrize("form", ["numpy", "array"])
+def test_root_none_is_in_place(comm, MPI, form):
+    """A root's Gather(None, recv) and Scatter(send, None) are in place, as in
+    mpi4py, whatever buffer form the other ranks pass."""
+    rank, size = comm.Get_rank(), comm.Get_size()
+
+    def buf(values):
+        return np.array(values, "d") if form == "numpy" else array.array("d", values)
+
+    full = buf([r + 1.0 for r in range(size)] * 2)
+    if rank == 0:
+        full[0:2] = buf([1.0, 1.0])
+        comm.Gather(None, [full, 2, MPI.DOUBLE], 0)
+        assert list(full) == [float(1 + r) for r in range(size) for _ in range(2)]
+        comm.Scatter([full, 2, MPI.DOUBLE], None, 0)
+    else:
+        comm.Gather(buf([rank + 1.0] * 2), None, 0)
+        got = buf([0.0, 0.0])
+        comm.Scatter(None, got, 0)
+        assert list(got) == [rank + 1.0] * 2
