@@ -24,10 +24,14 @@ if CHANNEL == "mpi":
     from .mpicomm import Cartcomm, Comm, Distgraphcomm, Graphcomm, Intracomm  # noqa: E402,F401
 else:
     from .socketcomm import Intracomm, _comm_lock_table  # noqa: E402,F401
+    from .grequest import Grequest  # noqa: E402,F401
+    from .sockettopo import (Cartcomm, Compute_dims, Distgraphcomm,  # noqa: E402,F401
+                             Graphcomm, Topocomm, null_comm as _null_comm)
 
 COMM_WORLD, COMM_SELF = _world(Intracomm)
 if CHANNEL != "mpi":
     # The null objects mpi4py has, as objects of cmampi's classes (they pickle by name).
+    COMM_NULL = _null_comm()
     REQUEST_NULL = Request()
     MESSAGE_NULL = Message()
     MESSAGE_NO_PROC = Message._matched(COMM_SELF._engine, _NO_PROC_HIT)

@@ -11,7 +11,8 @@ import warnings as _warnings
 
 import numpy as _np
 
-__all__ = ["Layout", "Buffer", "send_buffer", "recv_buffer", "raw_view", "address"]
+__all__ = ["Layout", "Buffer", "send_buffer", "recv_buffer", "raw_view", "address",
+           "memory_kind", "HOST_KINDS"]
 
 
 class Layout:
@@ -269,8 +270,10 @@ def _as_array(obj) -> _np.ndarray:
 
 
 def _foreign_array(obj) -> _np.ndarray:
-    """The bytes of a DLPack or CUDA-array-interface object in host memory, as
-    mpi4py reads them (its ``buffer`` does), or numpy's DLPack import without MPI."""
+    """The memory of a DLPack or CUDA-array-interface object, as mpi4py reads it
+    (its ``buffer``): through mpi4py itself on the MPI channel, else by the same
+    rules in Python. Any device's memory is taken as an address, as mpi4py hands
+    it to MPI: a device pointer is only usable where the memory is host-visible."""
     from ._channels import names
 
     mpi_buffer = getattr(names(), "buffer", None)
@@ -285,12 +288,38 @@ def _foreign_array(obj) -> _np.ndarray:
         if not dtype.isnative:
             raise BufferError(f"format string {dtype.str!r} with non-native byte order")
         return _np.frombuffer(mem, dtype) if len(mem) else _np.empty(0, dtype)
-    if hasattr(obj, "__dlpack__"):
+    if _is_dlpack(obj):
         return _dlpack_array(obj)
     cai = getattr(obj, "__cuda_array_interface__", None)
     if cai is not None:
         return _interface_array(cai, obj)
     raise TypeError("message: expecting buffer or list/tuple")
+
+
+def _is_dlpack(obj) -> bool:
+    """mpi4py takes an object as DLPack when it has both DLPack methods."""
+    return hasattr(obj, "__dlpack__") and hasattr(obj, "__dlpack_device__")
+
+
+#: DLPack device types (``__dlpack_device__()[0]``) mpi4py names.
+_kDLCPU, _kDLCUDA = 1, 2
+#: Kinds of memory the CPU can read (mpi4py's ``check_cpu_accessible``): 0 for the
+#: buffer protocol, then DLPack's CPU, CUDA host, ROCm host and CUDA managed memory.
+HOST_KINDS = frozenset((0, _kDLCPU, 3, 11, 13))
+
+
+def memory_kind(obj) -> int:
+    """Where buffer-like *obj*'s memory lives, as mpi4py's ``buffer`` records it:
+    0 for the buffer protocol, else a DLPack device type (``kDLCUDA`` for the
+    CUDA array interface)."""
+    try:
+        memoryview(obj).release()
+        return 0
+    except TypeError:
+        pass
+    if _is_dlpack(obj):
+        return _operator.index(obj.__dlpack_device__()[0])
+    return _kDLCUDA if hasattr(obj, "__cuda_array_interface__") else 0
 
 
 class _Owner:
@@ -313,30 +342,76 @@ def _view(lender, address: int, shape, dtype: _np.dtype, strides, readonly: bool
                                        "strides": tuple(strides) if strides else None}))
 
 
-#: DLPack devices whose memory this process can address: CPU, CUDA host.
-_HOST_DEVICES = (1, 3)
-
-
 def _dlpack_array(obj) -> _np.ndarray:
-    """The memory of a host DLPack tensor as an array (as mpi4py's ``buffer``
-    reads it, without MPI). The capsule stays unconsumed and alive with the
-    array: its own destructor releases the tensor."""
-    device = obj.__dlpack_device__()[0] if hasattr(obj, "__dlpack_device__") else 1
-    if device not in _HOST_DEVICES:
-        raise BufferError(f"DLPack device {device} is not host memory")
-    capsule = obj.__dlpack__(stream=None)
-    name = _capsule_name(capsule)
-    skip = 32 if name == b"dltensor_versioned" else 0
-    t = _DLTensor.from_address(_capsule_pointer(capsule, name) + skip)
-    dtype = _dlpack_dtype(obj)
-    shape = [t.shape[i] for i in range(t.ndim)]
-    strides = [t.strides[i] * dtype.itemsize for i in range(t.ndim)] if t.strides else None
-    readonly = bool(skip) and bool(_ctypes.c_uint64.from_address(
-        _capsule_pointer(capsule, name) + 24).value & 1)     # DLPACK_FLAG_BITMASK_READ_ONLY
-    return _view(capsule, (t.data or 0) + t.byte_offset, shape, dtype, strides, readonly)
+    """The memory of a DLPack tensor as a flat array, read and checked as mpi4py's
+    ``buffer`` does (its ``Py_GetDLPackBuffer``), with the same exceptions. The
+    capsule stays unconsumed and alive with the array: its own destructor
+    releases the tensor."""
+    device_type, device_id = obj.__dlpack_device__()
+    device_type, _ = _operator.index(device_type), _operator.index(device_id)
+    if device_type < 0:
+        raise OverflowError("can't convert negative value to unsigned int")
+    try:    # DLPack 1.0 and later
+        if device_type == _kDLCPU:
+            capsule = obj.__dlpack__(max_version=(1, 0), copy=False)
+        else:
+            capsule = obj.__dlpack__(stream=-1, max_version=(1, 0), copy=False)
+        name = b"dltensor_versioned"
+    except TypeError:   # DLPack 0.x
+        capsule = obj.__dlpack__() if device_type == _kDLCPU else obj.__dlpack__(stream=-1)
+        name = b"dltensor"
+    if not _capsule_valid(capsule, name):
+        raise BufferError("dlpack: invalid capsule object")
+    pointer = _capsule_pointer(capsule, name)
+    readonly = False
+    if name == b"dltensor_versioned":
+        managed = _DLManagedTensorVersioned.from_address(pointer)
+        if managed.version.major < 1:
+            raise BufferError("dlpack: unexpected version")
+        readonly = bool(managed.flags & _DLPACK_FLAG_BITMASK_READ_ONLY)
+        t = managed.dl_tensor
+    else:
+        t = _DLTensor.from_address(pointer)    # a DLManagedTensor starts with it
+    ndim = t.ndim
+    if ndim < 0:
+        raise BufferError("dlpack: number of dimensions is negative")
+    if ndim > 0 and not t.shape:
+        raise BufferError("dlpack: shape is NULL")
+    shape = t.shape[:ndim] if ndim else []
+    if any(n < 0 for n in shape):
+        raise BufferError("dlpack: shape item is negative")
+    strides = t.strides[:ndim] if t.strides and ndim else None
+    if strides is not None and any(s < 0 for s in strides):
+        raise BufferError("dlpack: strides item is negative")
+    if strides is not None and not _contiguous(shape, strides, 1, "C") and \
+            not _contiguous(shape, strides, 1, "F"):
+        raise BufferError("dlpack: buffer is not contiguous")
+    code, bits, lanes = t.dtype.code, t.dtype.bits, t.dtype.lanes
+    nbytes = _prod(shape) * ((bits * lanes + 7) // 8)
+    dtype = _dl_dtype(code, bits, lanes)
+    return _view(capsule, (t.data or 0) + t.byte_offset, (nbytes // dtype.itemsize,), dtype,
+                 None, readonly)
 
 
-def _cai_contiguous(shape, strides, itemsize: int, order: str) -> bool:
+def _dl_dtype(code: int, bits: int, lanes: int) -> _np.dtype:
+    """The element type mpi4py gives a DLPack type (its ``dlpack_get_format``):
+    bytes for anything without a C type of that size."""
+    kind = _DL_KINDS.get(code)
+    if lanes != 1:
+        kind, bits = ("c", 2 * bits) if kind == "f" and lanes == 2 and bits in (32, 64, 128) \
+            else (None, 8)
+    sizes = {"b": (8,), "i": (8, 16, 32, 64), "u": (8, 16, 32, 64), "f": (16, 32, 64, 128),
+             "c": (64, 128, 256)}.get(kind, ())
+    if bits in sizes:
+        try:
+            return _np.dtype(f"{kind}{bits // 8}")
+        except TypeError:   # no numpy type of that size on this platform
+            pass
+    return _np.dtype(_np.uint8)
+
+
+def _contiguous(shape, strides, itemsize: int, order: str) -> bool:
+    """Whether *strides* lay *shape* out contiguously in C or Fortran *order*."""
     dims = range(len(shape)) if order == "F" else range(len(shape) - 1, -1, -1)
     size = itemsize
     for i in dims:
@@ -375,8 +450,8 @@ def _interface_array(cai: dict, obj) -> _np.ndarray:
     if size < 0:
         raise BufferError(f"__cuda_array_interface__: buffer with negative size "
                           f"(shape:{shape}, size:{size})")
-    if strides is not None and not _cai_contiguous(shape, strides, itemsize, "C") and \
-            not _cai_contiguous(shape, strides, itemsize, "F"):
+    if strides is not None and not _contiguous(shape, strides, itemsize, "C") and \
+            not _contiguous(shape, strides, itemsize, "F"):
         raise BufferError(f"__cuda_array_interface__: buffer is not contiguous "
                           f"(shape:{shape}, strides:{strides}, itemsize:{itemsize})")
     if descr is not None and (len(descr) != 1 or descr[0] != ("", typestr)):
@@ -408,34 +483,33 @@ class _DLTensor(_ctypes.Structure):
                 ("byte_offset", _ctypes.c_uint64)]
 
 
+class _DLPackVersion(_ctypes.Structure):
+    _fields_ = [("major", _ctypes.c_uint32), ("minor", _ctypes.c_uint32)]
+
+
+class _DLManagedTensorVersioned(_ctypes.Structure):
+    _fields_ = [("version", _DLPackVersion), ("manager_ctx", _ctypes.c_void_p),
+                ("deleter", _ctypes.c_void_p), ("flags", _ctypes.c_uint64),
+                ("dl_tensor", _DLTensor)]
+
+
+_DLPACK_FLAG_BITMASK_READ_ONLY = 1
 _capsule_pointer = _ctypes.pythonapi.PyCapsule_GetPointer
 _capsule_pointer.restype = _ctypes.c_void_p
 _capsule_pointer.argtypes = [_ctypes.py_object, _ctypes.c_char_p]
-_capsule_name = _ctypes.pythonapi.PyCapsule_GetName
-_capsule_name.restype = _ctypes.c_char_p
-_capsule_name.argtypes = [_ctypes.py_object]
+_capsule_valid = _ctypes.pythonapi.PyCapsule_IsValid
+_capsule_valid.restype = _ctypes.c_int
+_capsule_valid.argtypes = [_ctypes.py_object, _ctypes.c_char_p]
 #: DLPack's type codes (int, uint, float, complex, bool) as numpy's kinds.
 _DL_KINDS = {0: "i", 1: "u", 2: "f", 5: "c", 6: "b"}
 
 
 def _dlpack_dtype(obj) -> _np.dtype:
-    """The element type of a legacy (unversioned) DLPack tensor, read from its
-    header; bytes if it cannot be told. The capsule is left unconsumed: its own
-    destructor releases the tensor."""
+    """The element type mpi4py gives a DLPack tensor whose memory it has read;
+    bytes if it cannot be told."""
     try:
-        device = obj.__dlpack_device__()[0] if hasattr(obj, "__dlpack_device__") else 1
-        capsule = obj.__dlpack__(stream=None if device == 1 else -1)   # 1: kDLCPU
-        name = _capsule_name(capsule)
-        # A versioned tensor's DLTensor follows its version, context, deleter and flags.
-        skip = 32 if name == b"dltensor_versioned" else 0
-        head = _DLTensor.from_address(_capsule_pointer(capsule, name) + skip)
-        kind, size, lanes = _DL_KINDS[head.dtype.code], head.dtype.bits // 8, head.dtype.lanes
-        if kind == "f" and lanes == 2:      # a complex number as two float lanes
-            kind, size, lanes = "c", 2 * size, 1
-        if lanes != 1:
-            raise KeyError(lanes)
-        return _np.dtype(f"{kind}{size}")
-    except (TypeError, ValueError, KeyError, AttributeError):
+        return _dlpack_array(obj).dtype
+    except (TypeError, ValueError, BufferError, OverflowError):
         return _np.dtype(_np.uint8)
 
 

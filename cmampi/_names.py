@@ -162,6 +162,12 @@ _BY_CODE = {
     "i4": "INT32_T", "i8": "INT64_T", "u1": "UINT8_T", "u2": "UINT16_T", "u4": "UINT32_T",
     "u8": "UINT64_T", "f2": "FLOAT16", "f4": "FLOAT", "f8": "DOUBLE", "b1": "C_BOOL",
     "c8": "C_FLOAT_COMPLEX", "c16": "C_DOUBLE_COMPLEX",
+    "f16": "LONG_DOUBLE", "c32": "C_LONG_DOUBLE_COMPLEX", "Zf": "C_FLOAT_COMPLEX",
+    "Zd": "C_DOUBLE_COMPLEX", "Zg": "C_LONG_DOUBLE_COMPLEX", "p": "AINT", "n": "COUNT",
+    "N": "UNSIGNED_LONG", "P": "UNSIGNED_LONG", "M": "INT64_T", "M8": "INT64_T",
+    "m": "INT64_T", "m8": "INT64_T", "a": "CHAR", "s": "CHAR", "S": "CHAR", "S1": "CHAR",
+    "1s": "CHAR", "u": "UINT16_T", "1u": "UINT16_T", "w": "WCHAR", "U": "WCHAR",
+    "U1": "WCHAR", "1w": "WCHAR",
 }
 
 
@@ -174,6 +180,26 @@ def _fromcode(code: str) -> Datatype:
 
 
 Datatype.fromcode = staticmethod(_fromcode)
+
+
+def _derived_refused(name: str):
+    def refuse(*args, **kwargs):
+        raise NotImplementedError(f"Datatype.{name}: derived datatypes need an MPI library "
+                                  "(the socket channel has the predefined ones)")
+
+    refuse.__name__ = name
+    return staticmethod(refuse)
+
+
+# Refused loudly, as mpi4py refuses what its MPI library lacks: programs (and
+# mpi4py's tests) that can do without them catch NotImplementedError.
+for _name in ("Create_contiguous", "Create_vector", "Create_hvector", "Create_indexed",
+              "Create_hindexed", "Create_indexed_block", "Create_hindexed_block",
+              "Create_subarray", "Create_darray", "Create_resized", "Create_struct"):
+    setattr(Datatype, _name, _derived_refused(_name))
+#: mpi4py's table of the type codes a message spec may name (``[buf, "i"]``):
+#: a code not in it is a ``KeyError``, as in mpi4py.
+_typedict = {_code: globals()[_name] for _code, _name in _BY_CODE.items()}
 
 def datatype_of(dtype) -> Datatype:
     """The predefined datatype of numpy *dtype* (``DATATYPE_NULL`` if none)."""
@@ -488,6 +514,22 @@ BSEND_OVERHEAD = 96     # MPICH's: the room Attach_buffer's users add per messag
 GRAPH, CART, DIST_GRAPH = 1, 2, 3
 
 
+class _Weights:
+    """``UNWEIGHTED`` and ``WEIGHTS_EMPTY``: markers, told apart by identity (as mpi4py's)."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<cmampi.MPI.{self.name}>"
+
+
+UNWEIGHTED = _Weights("UNWEIGHTED")
+WEIGHTS_EMPTY = _Weights("WEIGHTS_EMPTY")
+
+
 def _bytes_of(obj) -> _np.ndarray:
     """The memory of buffer-like *obj* as a flat array of bytes (a view)."""
     from ._buffers import _as_array
@@ -501,16 +543,27 @@ def _bytes_of(obj) -> _np.ndarray:
 class buffer(_np.ndarray):  # noqa: N801 - the name mpi4py uses
     """Memory as a flat array of bytes, as mpi4py's ``MPI.buffer``: what
     ``Alloc_mem`` returns, or a view of any buffer-like object (DLPack and
-    CUDA-array-interface objects in host memory included)."""
+    CUDA-array-interface objects included; as in mpi4py, the bytes of memory on
+    a device that is not CPU-accessible cannot be read or written through it)."""
 
     def __new__(cls, buf=None) -> "buffer":
+        from ._buffers import memory_kind
+
         mem = _np.empty(0, _np.uint8) if buf is None else _bytes_of(buf)
         self = mem.view(cls)
         self._obj = buf
+        self._kind = 0 if buf is None else memory_kind(buf)
         return self
 
     def __array_finalize__(self, obj) -> None:
         self._obj = getattr(obj, "_obj", None)
+        self._kind = getattr(obj, "_kind", 0)   # where the memory is: see memory_kind
+
+    def _check_cpu_accessible(self) -> None:
+        from ._buffers import HOST_KINDS
+
+        if self._kind not in HOST_KINDS:
+            raise BufferError("buffer is not CPU-accessible")
 
     @staticmethod
     def allocate(nbytes: int, clear: bool = False) -> "buffer":
@@ -568,12 +621,22 @@ class buffer(_np.ndarray):  # noqa: N801 - the name mpi4py uses
 
     def cast(self, format: str, shape=None) -> memoryview:  # noqa: A002 - mpi4py's name
         """Cast to a memoryview with new format or shape."""
+        self._check_cpu_accessible()
         mv = memoryview(self)
         return mv.cast(format) if shape is None else mv.cast(format, shape)
 
     def tobytes(self, order=None) -> bytes:
         """Return the data in the buffer as a byte string."""
+        self._check_cpu_accessible()
         return _np.ndarray.tobytes(self)
+
+    def __getitem__(self, item):
+        self._check_cpu_accessible()
+        return _np.ndarray.__getitem__(self, item)
+
+    def __setitem__(self, item, value) -> None:
+        self._check_cpu_accessible()
+        _np.ndarray.__setitem__(self, item, value)
 
     def toreadonly(self) -> "buffer":
         """Return a readonly version of the buffer object."""

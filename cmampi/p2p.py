@@ -298,6 +298,13 @@ class Engine:
         self.landing: Dict["RecvOp", Tuple[int, int]] = {}
         self.coll = None    # the communicator's collectives, made on first use
         self.native = None  # the MPI channel's agreement on native collectives (native.py)
+        #: What the communicator keeps with its engine, which its copies share
+        #: (socket channel): its name, its topology (`sockettopo`), the locks of
+        #: its lowercase collectives, and how many ``Ibarrier`` it has started.
+        self.comm_name = ""
+        self.topo = None
+        self.locks: Dict[str, Any] = {}
+        self.ibarriers = 0
         #: Collectives agree on every rank's arguments first (``CMAMPI_CHECK_COLLECTIVES``).
         self.checked = config.check_collectives
         #: The MPI library's communicator that runs small collectives as they come

@@ -667,6 +667,9 @@ class Prequest(Request, *((_REAL_PREQUEST,) if _REAL_PREQUEST else ())):  # type
     def __init__(self, request: Optional[Request] = None) -> None:
         if _real_active(request) and not isinstance(request, _REAL_PREQUEST):
             raise TypeError(f"Cannot convert {type(request).__name__} to Prequest")
+        if _REAL_REQUEST is None and is_ours(Request, request) and request \
+                and not isinstance(request, Prequest):   # socket channel: as mpi4py's
+            raise TypeError(f"Cannot convert {type(request).__name__} to Prequest")
         super().__init__(request)
         self._start = request._start if is_ours(Request, request) else None
 

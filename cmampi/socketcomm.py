@@ -46,14 +46,19 @@ class Intracomm(Communicator):
         return self
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Intracomm) and self._engine is other._engine
+        # Null communicators (COMM_NULL, freed ones, Split's UNDEFINED) are all one.
+        return isinstance(other, Intracomm) and (self._engine is other._engine or (
+            isinstance(self._engine, _Freed) and isinstance(other._engine, _Freed)))
 
     def __hash__(self) -> int:
-        return id(self._engine)
+        return 0 if isinstance(self._engine, _Freed) else id(self._engine)
+
+    def __bool__(self) -> bool:
+        return not isinstance(self._engine, _Freed)
 
     def __repr__(self) -> str:
         if isinstance(self._engine, _Freed):
-            return "<cmampi.Intracomm (freed)>"
+            return "<cmampi.Intracomm (null)>"
         return f"<cmampi.Intracomm rank {self.rank} of {self.size}, socket channel>"
 
     # -- communicator management ------------------------------------------------------------
@@ -65,14 +70,15 @@ class Intracomm(Communicator):
         """Clone the communicator (same as ``Dup``)."""
         return self.Dup()
 
-    def Split(self, color: int = 0, key: int = 0) -> Optional["Intracomm"]:
-        """Split the communicator by *color*, ordering ranks by *key*."""
+    def Split(self, color: int = 0, key: int = 0) -> "Intracomm":
+        """Split the communicator by *color*, ordering ranks by *key* (``COMM_NULL``
+        for color ``UNDEFINED``)."""
         from .comm import as_int
 
         ch = self._engine.ch.split(as_int(color), as_int(key))
-        return Intracomm._from_channel(ch) if ch is not None else None
+        return Intracomm._from_channel(ch) if ch is not None else _topo().null_comm()
 
-    def Split_type(self, split_type: int, key: int = 0, info=None) -> Optional["Intracomm"]:
+    def Split_type(self, split_type: int, key: int = 0, info=None) -> "Intracomm":
         """Split the communicator by type (``COMM_TYPE_SHARED``: ranks sharing memory)."""
         names = self._engine.names
         if split_type == names.UNDEFINED:
@@ -99,8 +105,8 @@ class Intracomm(Communicator):
     def Ibarrier(self) -> Request:
         """Nonblocking Barrier."""
         coll = self._coll       # the collectives' private space (made on first use)
-        seq = getattr(coll, "ibarriers", 0)
-        coll.ibarriers = seq + 1    # the same on every rank: collectives are called in order
+        seq = coll.e.ibarriers
+        coll.e.ibarriers = seq + 1  # the same on every rank: collectives are called in order
         return new_request(_BarrierOp(coll.e, _TAG_IBARRIER + seq % _IBARRIER_TAGS))
 
     def _lock(self, kind: str):
@@ -134,30 +140,54 @@ class Intracomm(Communicator):
             requests.append(private.Isend(smem[lo:lo + n], peer, tag))
         Request.Waitall(requests)
 
-    # Process topologies: not on the socket channel. NotImplementedError is what
-    # mpi4py raises for what the MPI library in use does not provide.
+    # -- process topologies (cmampi.sockettopo) ------------------------------------------
     def Create_cart(self, dims, periods=None, reorder: bool = False):
-        """Create cartesian communicator (not on the socket channel)."""
-        raise NotImplementedError("process topologies: not on cmampi's socket channel")
+        """Create cartesian communicator."""
+        return _topo().create_cart(self, dims, periods, reorder)
 
     def Create_graph(self, index, edges, reorder: bool = False):
-        """Create graph communicator (not on the socket channel)."""
-        raise NotImplementedError("process topologies: not on cmampi's socket channel")
+        """Create graph communicator."""
+        return _topo().create_graph(self, index, edges, reorder)
 
     def Create_dist_graph_adjacent(self, sources, destinations, sourceweights=None,
                                    destweights=None, info=None, reorder: bool = False):
-        """Create distributed graph communicator (not on the socket channel)."""
-        raise NotImplementedError("process topologies: not on cmampi's socket channel")
+        """Create distributed graph communicator."""
+        return _topo().create_dist_graph_adjacent(self, sources, destinations, sourceweights,
+                                                  destweights, info, reorder)
 
     def Create_dist_graph(self, sources, degrees, destinations, weights=None, info=None,
                           reorder: bool = False):
-        """Create distributed graph communicator (not on the socket channel)."""
-        raise NotImplementedError("process topologies: not on cmampi's socket channel")
+        """Create distributed graph communicator."""
+        return _topo().create_dist_graph(self, sources, degrees, destinations, weights, info,
+                                         reorder)
+
+    def Cart_map(self, dims, periods=None) -> int:
+        """Return an optimal placement for the calling process on the physical machine."""
+        return _topo().cart_map(self, dims, periods)
+
+    def Graph_map(self, index, edges) -> int:
+        """Return an optimal placement for the calling process on the physical machine."""
+        return _topo().graph_map(self, index, edges)
+
+    def Get_topology(self) -> int:
+        """Return the type of topology (if any) associated with a communicator."""
+        topo = self._engine.topo
+        return self._engine.names.UNDEFINED if topo is None else topo.kind
+
+    @property
+    def topology(self) -> int:
+        """Topology type."""
+        return self.Get_topology()
+
+    @property
+    def is_topo(self) -> bool:
+        """Is a topology."""
+        return self.Get_topology() != self._engine.names.UNDEFINED
 
     # -- names and attributes ---------------------------------------------------------------
     def Get_name(self) -> str:
         """Get the print name for this communicator."""
-        return getattr(self._engine, "comm_name", "")
+        return self._engine.comm_name
 
     def Set_name(self, name: str) -> None:
         """Set the print name for this communicator."""
@@ -232,27 +262,60 @@ _COLLECTIVES = ("Bcast", "Gather", "Gatherv", "Scatter", "Scatterv", "Allgather"
 
 
 def _w_spec(spec, size: int, writable: bool):
-    """An Alltoallw message ``[buf, (counts, displs), datatypes]`` or ``[buf, counts,
-    displs, datatypes]`` as (bytes of buf, counts, byte displacements, datatypes),
-    each segment checked to lie in the buffer."""
-    from ._names import Datatype, _bytes_of
+    """An Alltoallw message as (bytes of buf, counts, byte displacements, datatypes),
+    read by mpi4py's rules and with its exceptions: ``[buf, counts, displs,
+    datatypes]``, ``[buf, (counts, displs), datatypes]``, or ``[buf, datatypes]`` and
+    ``[buf, None, None, datatypes]`` (one item of each datatype, at displacement 0);
+    each segment is checked to lie in the buffer."""
+    import operator
 
-    if not isinstance(spec, (list, tuple)) or len(spec) not in (3, 4):
-        raise ValueError("message: expecting a list or tuple of 3 or 4 items")
-    if len(spec) == 3:
+    from ._names import BOTTOM, Datatype, _bytes_of
+
+    def items(seq, what: str) -> list:
+        values = [operator.index(x) for x in seq]   # None or a number: TypeError
+        if len(values) != size:
+            raise ValueError(f"message: expecting {size} {what}, got {len(values)}")
+        return values
+
+    if not isinstance(spec, (list, tuple)):
+        raise TypeError("message: expecting a list or tuple")
+    counts = displs = None
+    if len(spec) == 2:
+        buf, types = spec
+    elif len(spec) == 3:
         buf, (counts, displs), types = spec
-    else:
+    elif len(spec) == 4:
         buf, counts, displs, types = spec
-    mem = _bytes_of(buf)
-    if writable and not mem.flags.writeable:
-        raise BufferError("Object is not writable.")
+    else:
+        raise ValueError("message: expecting 2 to 4 items")
+    if buf is BOTTOM:
+        if counts is None:
+            raise ValueError("message: BOTTOM requires counts")
+        if displs is None:
+            raise ValueError("message: BOTTOM requires displs")
+        mem = _bytes_of(bytearray())
+    else:
+        mem = _bytes_of(buf)
+        if writable and not mem.flags.writeable:
+            raise BufferError("Object is not writable.")
+    if counts is None and displs is None:
+        counts, displs = [1] * size, [0] * size
+    else:
+        counts, displs = items(counts, "counts"), items(displs, "displacements")
     if isinstance(types, Datatype):
         types = [types] * size
-    counts, displs, types = list(counts), list(displs), list(types)
-    if not len(counts) == len(displs) == len(types) == size:
-        raise ValueError(f"message: expecting {size} counts, displacements and datatypes")
+    types = list(types)
+    if len(types) != size:
+        raise ValueError(f"message: expecting {size} datatypes, got {len(types)}")
+    for t in types:
+        if not isinstance(t, Datatype):
+            raise TypeError(f"message: expecting a Datatype, got {type(t).__name__}")
     for c, d, t in zip(counts, displs, types):
-        if c < 0 or d < 0 or (c and d + c * t.Get_size() > mem.size):
+        n = c * t.Get_size()
+        if n and buf is BOTTOM:
+            raise NotImplementedError("Alltoallw at MPI.BOTTOM (absolute addresses, "
+                                      "derived datatypes) needs an MPI library")
+        if c < 0 or d < 0 or (n and d + n > mem.size):
             raise ValueError(f"message: {c} items of {t!r} at byte {d} exceed the buffer")
     return mem, counts, displs, types
 
@@ -358,10 +421,14 @@ class _BarrierOp(_p2p.Op):
         self._round()
 
 
+def _topo():
+    """cmampi.sockettopo (imported on first use: it builds on this module)."""
+    from . import sockettopo
+
+    return sockettopo
+
+
 def _comm_lock_table(comm: Intracomm) -> dict:
     """The locks of *comm*'s lowercase collectives, by kind (mpi4py's table)."""
     engine = comm._engine
-    table = getattr(engine, "locks", None)
-    if table is None:
-        table = engine.locks = {}
-    return table
+    return engine.locks
