@@ -143,6 +143,19 @@ def open_mpi_reference(request) -> bool:
 
 
 @pytest.fixture
+def mpi_library() -> str:
+    """The MPI library in use (``MPI.get_vendor()``'s name), or ``"none"`` on the
+    socket channel: where cmampi runs a call in the library, it behaves as it."""
+    from cmampi import MPI
+
+    if MPI.CHANNEL != "mpi":
+        return "none"
+    from mpi4py import MPI as real
+
+    return real.get_vendor()[0]
+
+
+@pytest.fixture
 def needs_mpi(MPI):
     """Skip on the socket channel: the test uses collectives not yet built there."""
     from cmampi import MPI as CMPI

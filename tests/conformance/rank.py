@@ -21,6 +21,7 @@ import faulthandler
 import json
 import os
 import sys
+import time
 import unittest
 
 
@@ -42,6 +43,7 @@ class Recorder(unittest.TestResult):
 
     def startTest(self, test) -> None:
         super().startTest(test)
+        self.started = time.perf_counter()
         self.out.write(json.dumps({"start": test.id()}) + "\n")
         self.out.flush()
         faulthandler.dump_traceback_later(self.seconds, exit=True)
@@ -49,8 +51,8 @@ class Recorder(unittest.TestResult):
     def stopTest(self, test) -> None:
         faulthandler.cancel_dump_traceback_later()
         outcome, detail = self.outcome.pop(test.id(), ("ok", ""))
-        self.out.write(json.dumps({"test": test.id(), "outcome": outcome,
-                                   "detail": detail}) + "\n")
+        self.out.write(json.dumps({"test": test.id(), "outcome": outcome, "detail": detail,
+                                   "seconds": time.perf_counter() - self.started}) + "\n")
         self.out.flush()
         super().stopTest(test)
 
