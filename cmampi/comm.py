@@ -132,11 +132,10 @@ class Communicator:
             # ones (cmampi's own) agree first, every rank alike.
             plain = engine.small = self._plain()
             if plain is not None:
-                x, per = _native.telling(kind, send, recv, engine.names.IN_PLACE)
-                nbytes = _native.block_bytes(x, per, engine.size)
-                dtype = _native.spec_dtype(x)
+                in_place = engine.names.IN_PLACE
+                nbytes = _native.measure(kind, send, recv, engine.size, in_place)
                 if nbytes is not None and nbytes <= _native.NATIVE_MAX[kind] \
-                        and dtype is not None and _native.simple(dtype, op):
+                        and not _native.cmampi_reduces(kind, send, recv, in_place):
                     _native.direct(plain, kind, send, recv, root, op, engine.rank)
                     return True
         if type(send) is not _np.ndarray or type(recv) is not _np.ndarray:

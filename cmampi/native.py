@@ -29,8 +29,7 @@ from ._tuning import AGREED_INLINE as INLINE, NATIVE_MAX
 from ._buffers import _datatype_size, _parse, send_buffer
 from .coll import flat
 
-__all__ = ["NATIVE_MAX", "Agreement", "block_bytes", "call", "direct", "run", "simple",
-           "spec_dtype", "telling"]
+__all__ = ["NATIVE_MAX", "Agreement", "call", "cmampi_reduces", "direct", "measure", "run"]
 
 _UFUNCS = {"SUM": _np.add, "PROD": _np.multiply, "MAX": _np.maximum, "MIN": _np.minimum,
            "LAND": _np.logical_and, "LOR": _np.logical_or, "LXOR": _np.logical_xor,
@@ -404,96 +403,108 @@ def call(raw, kind: str, send, recv, root: int = 0, op=None, recvcounts=None) ->
 
 # -- straight to the MPI library (collectives not checked across ranks) ----------------
 
-#: Per collective: which argument sizes a rank's block, and (for ``IN_PLACE``) the
-#: other one: (argument, divisor). The sizes are those `run`'s signatures compare
-#: with `NATIVE_MAX`, and every rank of a correct program computes the same one
-#: (type signatures match), whatever the layouts of its buffers.
-_SIZED_BY = {
-    "Bcast": ((0, 1), (0, 1)), "Gather": ((0, 1), (1, "size")),
-    "Scatter": ((1, 1), (0, "size")), "Allgather": ((0, 1), (1, "size")),
-    "Alltoall": ((1, 1), (1, 1)), "Reduce": ((0, 1), (1, 1)), "Allreduce": ((0, 1), (1, 1)),
-    "Scan": ((0, 1), (1, 1)), "Exscan": ((0, 1), (1, 1)),
-    "Reduce_scatter_block": ((0, 1), (1, 1)),
+#: Per collective: the argument that holds a rank's part, and how many blocks it
+#: holds (1 or the communicator's size): (send=0/recv=1, blocks) as given, and
+#: where the other argument may be ``IN_PLACE``; then how many blocks
+#: `NATIVE_MAX` measures (Alltoall and Reduce_scatter_block: the whole buffer).
+_PARTS = {
+    "Bcast": ((0, 1), (0, 1), 1), "Gather": ((0, 1), (1, 0), 1),
+    "Scatter": ((1, 1), (0, 0), 1), "Allgather": ((0, 1), (1, 0), 1),
+    "Alltoall": ((1, 0), (1, 0), 0), "Reduce": ((0, 1), (1, 1), 1),
+    "Allreduce": ((0, 1), (1, 1), 1), "Scan": ((0, 1), (1, 1), 1),
+    "Exscan": ((0, 1), (1, 1), 1), "Reduce_scatter_block": ((0, 0), (1, 0), 0),
 }
+#: Reductions: a structured dtype (MAXLOC's (value, index) pairs) is cmampi's own.
+_REDUCTIONS = ("Reduce", "Allreduce", "Scan", "Exscan", "Reduce_scatter_block")
 
 
-def telling(kind: str, send, recv, in_place) -> Tuple[Any, Any]:
-    """(the argument that tells a rank's part of collective *kind* on this rank,
-    its divisor: 1 or ``"size"``), as `_SIZED_BY` says."""
-    plain, other = _SIZED_BY[kind]
+def measure(kind: str, send, recv, size: int, in_place) -> Optional[int]:
+    """What `NATIVE_MAX` bounds for collective *kind* with these arguments: a
+    rank's block (the whole buffer for Alltoall and Reduce_scatter_block), as
+    every rank of a correct program computes it alike, whatever its buffers'
+    forms (type signatures match); None if the argument that tells is not a
+    buffer or spec at all (then every rank agrees first, which raises)."""
+    plain, other, measured = _PARTS[kind]
     # None where a buffer may be IN_PLACE means IN_PLACE, as in mpi4py (a
     # root's Gather(None, recv), Scatter(send, None)).
     maybe = recv if kind == "Scatter" else send
-    which, per = other if maybe is in_place or maybe is None else plain
-    return (recv if which else send), per
-
-
-def block_bytes(x, per, size: int) -> Optional[int]:
-    """The bytes of a rank's part of a collective (the measure `NATIVE_MAX`
-    bounds) from *x* and *per*, as `telling` gives them; None if *x* is not a
-    buffer or spec at all (then every rank agrees first, which raises)."""
+    which, one = other if maybe is in_place or maybe is None else plain
+    x = recv if which else send
     if type(x) is _np.ndarray:
-        n, counted = x.nbytes, False
+        block = x.nbytes if one else x.nbytes // size
     else:
-        n, counted = _bytes_of(x)
-        if n is None:
+        nbytes, counted = _bytes_of(x)
+        if nbytes is None:
             return None
-    # A spec's own count counts one rank's block (mpi4py's rule for collectives).
-    return n // size if per == "size" and not counted else n
+        # A spec's own count counts one block (mpi4py's rule for collectives).
+        block = nbytes if one or counted else nbytes // size
+    return block if measured else block * size
 
 
 def _bytes_of(x) -> Tuple[Optional[int], bool]:
-    """(bytes of data, whether a spec's count gave them) of buffer or spec *x*:
-    a ``[buffer, count, datatype]`` spec, any buffer cmampi takes; None if none."""
+    """(bytes of data, whether a spec's count gave them) of buffer or spec *x*
+    (``[buffer, count]`` counts items of the buffer's own type); None if none."""
     try:
         if isinstance(x, (list, tuple)):
-            _, count, _, datatype = _parse(x)
-            if count is not None and datatype is not None:
-                return _operator.index(count) * _datatype_size(datatype)[0], True
+            buf, count, _, datatype = _parse(x)
+            if count is not None:
+                item = _datatype_size(datatype)[0] if datatype is not None else \
+                    send_buffer(buf).array.itemsize
+                return _operator.index(count) * item, True
         return send_buffer(x).nbytes, False
     except Exception:   # noqa: BLE001 - not a buffer: the agreement raises it everywhere
         return None, False
 
 
-def simple(dtype: _np.dtype, op) -> bool:
-    """Whether the MPI library runs a collective on *dtype* (a number type) with
-    *op* (None, or a predefined op defined for it) as cmampi would: the same on
-    every rank of a correct program, so every rank takes the same path."""
-    return bool(_dtype_code(dtype)) and (op is None or bool(_op_code(op, dtype)))
+def cmampi_reduces(kind: str, send, recv, in_place) -> bool:
+    """Whether reduction *kind* is cmampi's own: an array of a structured dtype
+    (MAXLOC's pairs), which MPI cannot reduce. The same on every rank of a
+    correct program (reductions need one type everywhere)."""
+    if kind not in _REDUCTIONS:
+        return False
+    x = recv if send is in_place or send is None else send
+    return type(x) is _np.ndarray and x.dtype.names is not None
 
 
-def spec_dtype(x) -> Optional[_np.dtype]:
-    """The element type of buffer or spec *x* (its datatype's, if it names one);
-    None if it has none that numpy knows (a derived datatype, not a buffer)."""
-    if type(x) is _np.ndarray:
-        return x.dtype
-    try:
-        _, _, _, datatype = _parse(x)
-        if datatype is not None:
-            return _np.dtype(datatype if isinstance(datatype, str) else datatype.tocode())
-        return send_buffer(x).array.dtype
-    except Exception:   # noqa: BLE001 - no dtype: the agreement decides
-        return None
+def _as_mpi_takes(spec, writes: bool) -> Tuple[Any, Optional[Any]]:
+    """*spec* as mpi4py takes it, and what to write back afterwards: a numpy view
+    that is not contiguous, or a spec of one, goes through a contiguous copy; a
+    structured array travels as its bytes (its type signature); anything else
+    (None, IN_PLACE, specs of contiguous memory, derived datatypes) as it is."""
+    if type(spec) is _np.ndarray:
+        arr = spec
+    elif isinstance(spec, (list, tuple)) and spec and type(spec[0]) is _np.ndarray \
+            and not (spec[0].flags.c_contiguous or spec[0].flags.f_contiguous):
+        f = flat(spec, writes)
+        return f.array, f
+    else:
+        return spec, None
+    contiguous = arr.flags.c_contiguous or arr.flags.f_contiguous
+    if contiguous and arr.dtype.names is None:
+        return spec, None
+    copy = arr if contiguous else _np.ascontiguousarray(arr)
+    back = None if contiguous else (arr, copy)
+    if arr.dtype.names is not None:
+        return copy.reshape(-1).view(_np.uint8), back
+    return copy, back
 
 
 def direct(raw, kind: str, send, recv, root: int, op, me: int) -> None:
-    """Collective *kind* by the MPI library on *raw*, as mpi4py runs it, but for
-    numpy views that are not contiguous (cmampi takes them): those go through a
-    contiguous copy, and the one this rank receives into is written back."""
-    back = None
-    if type(send) is _np.ndarray and not (send.flags.c_contiguous or send.flags.f_contiguous):
-        copy = _np.ascontiguousarray(send)
-        if _written(kind, me, root) == 0:
-            back = (send, copy)
-        send = copy
-    if type(recv) is _np.ndarray and not (recv.flags.c_contiguous or recv.flags.f_contiguous):
-        copy = _np.ascontiguousarray(recv)    # in place, the call reads it too
-        if _written(kind, me, root) == 1:
-            back = (recv, copy)
-        recv = copy
+    """Collective *kind* by the MPI library on *raw*, as mpi4py runs it, for every
+    form cmampi takes: strided views (bare or in a spec) go through a contiguous
+    copy, the one this rank receives into written back; structured arrays
+    travel as their bytes."""
+    writes = _written(kind, me, root)
+    send, back_send = _as_mpi_takes(send, writes == 0)
+    recv, back_recv = _as_mpi_takes(recv, writes == 1)
     call(raw, kind, send, recv, root, op)
-    if back is not None:
-        back[0][...] = back[1]
+    for back, written in ((back_send, writes == 0), (back_recv, writes == 1)):
+        if back is None or not written:
+            continue
+        if isinstance(back, tuple):
+            back[0][...] = back[1]
+        else:
+            back.finish()
 
 
 # -- payloads in, results out ---------------------------------------------------------

@@ -1139,3 +1139,55 @@ def test_root_none_is_in_place(comm, MPI, form):
         got = buf([0.0, 0.0])
         comm.Scatter(None, got, 0)
         assert list(got) == [rank + 1.0] * 2
+
+
+def test_ranks_passing_different_forms_take_one_path(cmcomm, MPI):
+    """Every rank of a correct program takes the same path (the MPI library's, or
+    cmampi's after an agreement) whatever forms its buffers take: a user op with
+    IN_PLACE at the root only, counted specs against bare arrays around the size
+    where the path changes, a strided view inside a spec, a derived datatype."""
+    from cmampi import native
+
+    comm, rank, size = cmcomm, cmcomm.Get_rank(), cmcomm.Get_size()
+    mysum = MPI.Op.Create(lambda a, b, dt: np.add(np.frombuffer(a), np.frombuffer(b),
+                                                  out=np.frombuffer(b)), True)
+    try:
+        r = np.full(4, 1.0)
+        if rank == 0:
+            comm.Reduce(MPI.IN_PLACE, r, op=mysum, root=0)
+            assert (r == size).all()
+        else:
+            comm.Reduce(r, None, op=mysum, root=0)
+    finally:
+        mysum.Free()
+    # Alltoall: a block under the limit, the whole buffer over it.
+    n = native.NATIVE_MAX["Alltoall"] // 8 // size + 8
+    send = np.repeat(np.arange(size, dtype="d") + 10 * rank, n)
+    out = np.zeros(n * size)
+    comm.Alltoall([send, n, MPI.DOUBLE] if rank % 2 else send, out)
+    assert (out == np.repeat(np.arange(size) * 10.0 + rank, n)).all()
+    # Gather in place at the root, with a [buf, count] spec (no datatype).
+    n = native.NATIVE_MAX["Gather"] // 8 + 8
+    whole = np.zeros(n * size)
+    if rank == 0:
+        whole[:n] = 1.0
+        comm.Gather(MPI.IN_PLACE, [whole, n], 0)
+        assert (whole == np.repeat(np.arange(1.0, size + 1), n)).all()
+    else:
+        comm.Gather(np.full(n, rank + 1.0), None, 0)
+    # Bcast: a strided view inside a spec on one rank, a plain array elsewhere.
+    base = np.zeros(16)
+    buf = [base[::2], MPI.DOUBLE] if rank == size - 1 else np.zeros(8)
+    if rank == 0:
+        buf = np.arange(8.0)
+    comm.Bcast(buf, 0)
+    got = base[::2] if rank == size - 1 else buf
+    assert (got == np.arange(8.0)).all() and (base[1::2] == 0).all()
+    if MPI.CHANNEL == "mpi":    # derived datatypes are the MPI library's
+        four = MPI.DOUBLE.Create_contiguous(4).Commit()
+        try:
+            data = np.arange(8.0) if rank == 0 else np.zeros(8)
+            comm.Bcast([data, 2, four] if rank == 0 else data, 0)
+            assert (data == np.arange(8.0)).all()
+        finally:
+            four.Free()
