@@ -851,7 +851,7 @@ class Counted:
             return None
         try:
             mem = memoryview(buf)
-        except TypeError:
+        except (TypeError, ValueError, BufferError):    # (datetimes: ValueError)
             return None
         nbytes = count * hit[1]
         if not mem.c_contiguous or nbytes > mem.nbytes or (writable and mem.readonly):

@@ -582,3 +582,26 @@ def test_buffer_form_bad_receives_keep_the_message(cmcomm, MPI, form):
         assert e.value.Get_error_class() == MPI.ERR_TRUNCATE
         assert (whole[48:] == 7).all()
     comm.Barrier()
+
+
+@pytest.mark.parametrize("n", [8, 2 << 20])
+def test_one_wait_over_two_communicators_keeps_each_ones_ranks(comm, MPI, n):
+    """Requests of two communicators whose ranks differ (one reversed) completed
+    in one Waitall: each status names the sender in its own communicator, and a
+    pulled message is pulled from the right process."""
+    size, rank = comm.Get_size(), comm.Get_rank()
+    rev = comm.Split(0, size - rank)        # rev rank = size - 1 - rank
+    try:
+        if rank == 0:
+            a, b = np.zeros(n, np.uint8), np.zeros(n, np.uint8)
+            reqs = [rev.Irecv(b, MPI.ANY_SOURCE, 5), comm.Irecv(a, 1, 6)]
+            statuses = [MPI.Status(), MPI.Status()]
+            MPI.Request.Waitall(reqs, statuses)
+            assert statuses[0].Get_source() == size - 2      # world rank 1, in rev
+            assert statuses[1].Get_source() == 1
+            assert (b == pattern(n)).all() and (a == pattern(n, seed=1)).all()
+        elif rank == 1:
+            rev.Send(pattern(n), size - 1, 5)               # to world rank 0
+            comm.Send(pattern(n, seed=1), 0, 6)
+    finally:
+        rev.Free()

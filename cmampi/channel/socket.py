@@ -92,7 +92,8 @@ def _bytes_view(obj) -> memoryview:
 class Handle:
     """A channel-level operation: a posted receive or a queued send."""
 
-    __slots__ = ("done", "info", "target", "source", "tag", "ctx", "space", "cancelled")
+    __slots__ = ("done", "info", "target", "source", "tag", "ctx", "space", "cancelled",
+                 "local")
 
     def __init__(self, space: int = USER, ctx: int = 0, source: int = 0, tag: int = 0,
                  target=None) -> None:
@@ -104,6 +105,9 @@ class Handle:
         self.ctx = ctx
         self.space = space
         self.cancelled = False
+        #: World rank -> rank in the group of the channel that made it (its infos
+        #: are that channel's, whichever channel completes it in a mixed wait).
+        self.local = None
 
     def __bool__(self) -> bool:
         return not self.done
@@ -1053,7 +1057,12 @@ class SocketChannel:
 
     def _info(self, h: Handle):
         src, tag, n, err = h.info
-        return (self.local.get(src, src), tag, n, err)
+        local = h.local if h.local is not None else self.local
+        return (local.get(src, src), tag, n, err)
+
+    def _own(self, h: Handle) -> Handle:
+        h.local = self.local
+        return h
 
     # -- user space -----------------------------------------------------------------------
     def send(self, data, dest: int, tag: int) -> None:
@@ -1066,7 +1075,7 @@ class SocketChannel:
             raise h.info[3]
 
     def isend(self, data, dest: int, tag: int) -> Handle:
-        return self.hub.post_send(self.group[dest], USER, self.ctx, tag, data)
+        return self._own(self.hub.post_send(self.group[dest], USER, self.ctx, tag, data))
 
     def recv(self, buf, source: int, tag: int):
         h = self.irecv(buf, source, tag)
@@ -1077,7 +1086,7 @@ class SocketChannel:
         return src, tg, n
 
     def irecv(self, buf, source: int, tag: int) -> Handle:
-        return self.hub.post_recv(self.ctx, self._w(source), tag, buf)
+        return self._own(self.hub.post_recv(self.ctx, self._w(source), tag, buf))
 
     def _find(self, source: int, tag: int):
         q = self.hub.unexpected[self.ctx]
@@ -1150,16 +1159,17 @@ class SocketChannel:
         self.send_side(data, dest, 2 * xid)
 
     def irecv_reply(self, buf, source: int, xid: int) -> Handle:
-        return self.hub.post_side(self.ctx, self.group[source], 2 * xid, buf)
+        return self._own(self.hub.post_side(self.ctx, self.group[source], 2 * xid, buf))
 
     def send_payload(self, data, dest: int, xid: int) -> None:
         self.send_side(data, dest, 2 * xid + 1)
 
     def isend_payload(self, data, dest: int, xid: int) -> Handle:
-        return self.hub.post_send(self.group[dest], SIDE, self.ctx, 2 * xid + 1, data)
+        return self._own(self.hub.post_send(self.group[dest], SIDE, self.ctx, 2 * xid + 1,
+                                            data))
 
     def irecv_payload(self, buf, source: int, xid: int) -> Handle:
-        return self.hub.post_side(self.ctx, self.group[source], 2 * xid + 1, buf)
+        return self._own(self.hub.post_side(self.ctx, self.group[source], 2 * xid + 1, buf))
 
     def send_side(self, data, dest: int, key: int) -> None:
         # Side messages answer a peer or continue what it waits for: a dead peer
