@@ -292,7 +292,7 @@ class Engine:
         self.stage_size = self.band
         self.stage = bytearray(self.stage_size)
         #: Sizes the simplest spec forms, where the channel takes them as they are.
-        self.counted = Counted(names) if hasattr(channel, "send_counted") else None
+        self.counted = Counted.of(names) if hasattr(channel, "send_counted") else None
         self.stash: _collections.deque = _collections.deque()  # drained by probes
         #: Receives the channel writes straight into the user's buffer, until arrival.
         self.landing: Dict["RecvOp", Tuple[int, int]] = {}
@@ -822,7 +822,19 @@ class Counted:
     (any buffer: numpy, ``bytearray``, ``mmap``, ``array.array``), ``bytearray``
     and ``bytes``. For channels that take (buffer, bytes) as they are."""
 
+    _made: Dict[int, "Counted"] = {}
+
+    @classmethod
+    def of(cls, names) -> "Counted":
+        """The one for namespace *names*, made once per process (it reads the
+        whole namespace), not once per communicator."""
+        made = cls._made.get(id(names))
+        if made is None or made.names is not names:
+            made = cls._made[id(names)] = cls(names)
+        return made
+
     def __init__(self, names) -> None:
+        self.names = names
         sizes = {}
         for name in dir(names):
             dt = getattr(names, name)
