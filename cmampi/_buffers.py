@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple
+from typing import Any, Optional, Tuple, Union
 
 import ctypes as _ctypes
 import operator as _operator
@@ -156,6 +156,15 @@ class Buffer:
         self.nbytes = layout.nbytes if layout is not None else nbytes
         self.esize = esize
         self.whole = whole        # the message is all of *array*
+
+    @classmethod
+    def new(cls, data: Union[int, bytes, memoryview]) -> "Buffer":
+        """A buffer in new memory: of *data* bytes (an int, not zero-filled), or
+        holding a copy of *data* (what `recv_buffer` of a fresh bytearray would
+        give, without its parse)."""
+        arr = _np.empty(data, _np.uint8) if type(data) is int else \
+            _np.frombuffer(bytearray(data), _np.uint8)
+        return cls(arr, arr, None, 1, True, arr.nbytes)
 
     @property
     def layout(self) -> Layout:

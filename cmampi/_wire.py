@@ -20,16 +20,17 @@ from typing import Tuple
 from ._buffers import Layout
 
 __all__ = [
-    "PULL", "SIDE", "F_SYNC", "F_HELP",
+    "PULL", "SIDE", "RECORD", "F_SYNC", "F_HELP",
     "ACK_OK", "ACK_TRUNCATED", "ACK_FAILED", "ACK_HELP",
     "AT", "CTRL_MAX", "Control", "control", "header", "is_control", "kind", "pull", "side",
-    "parse_pull", "parse_side",
+    "parse_pull", "parse_side", "record", "parse_record", "holds_record",
     "help_request", "parse_help", "HELPED_SIZE", "helped", "parse_helped",
     "payload_size", "REPLY_MAX",
 ]
 
 PULL = 1        # a descriptor: the receiver pulls the payload with CMA, then acks
 SIDE = 2        # the payload follows in the side space
+RECORD = 3      # the message is the bytes after the header: a record of cmampi's own
 
 F_SYNC = 1      # the sender waits for the receiver to match (synchronous mode)
 F_HELP = 2      # the sender is blocked waiting and can push part of the payload
@@ -117,8 +118,24 @@ def side(xid: int, flags: int, nbytes: int) -> bytes:
     return _HEAD.pack(SIDE, flags, xid, nbytes)
 
 
+def record(data: bytes) -> bytes:
+    """The header of a RECORD control message carrying *data* (see `holds_record`)."""
+    return _HEAD.pack(RECORD, 0, 0, len(data)) + data
+
+
+def holds_record(nbytes: int, limit: int) -> bool:
+    """Whether a record of *nbytes* fits in a control message."""
+    return AT + _HEAD.size + nbytes + len(_PICKLE_TAIL) <= limit + CTRL_MAX
+
+
+def parse_record(head):
+    """The data a RECORD header carries."""
+    n = _HEAD.unpack_from(head)[3]
+    return head[_HEAD.size : _HEAD.size + n]
+
+
 def kind(head) -> int:
-    """PULL or SIDE: the kind of a control message's header."""
+    """PULL, SIDE or RECORD: the kind of a control message's header."""
     return head[0]
 
 

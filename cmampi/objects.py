@@ -123,6 +123,18 @@ def _is_out_of_band(data) -> bool:
     return bytes(data[_FRAMED : _FRAMED + len(_MARK)]) == _MARK
 
 
+def in_band(engine: _p2p.Engine, record: bytes, source: int) -> bytes:
+    """What mpi4py's ``send(obj)`` delivers to a buffer receive, for the *record*
+    of an object whose buffers stayed with its sender: the buffers are pulled
+    (which frees the sender), and the object pickled in band, with the pickle
+    of the communicator's namespace (``MPI.pickle``)."""
+    obj = _fetched(engine, _pickle.loads(record), source).load()
+    return engine.names.pickle.dumps(obj)
+
+
+_p2p.RECORDS[:] = [_p2p.RecordReader(_FRAMED, _MARK, in_band)]
+
+
 class _Pulled:
     """An object's stream and the out-of-band buffers pulled for it on arrival
     (or the error of the pull), until the receiver asks for the object."""
@@ -189,8 +201,9 @@ def _start(engine: _p2p.Engine, packed: Packed, dest: int, tag: int, sync: bool,
     head = _pickle.dumps(_OutOfBand(packed.stream, spots, xid, helps), 5)   # see _MARK
     # Started, not waited for: a head above the eager limit completes only once
     # the receiver matches it, and an isend must not wait for that.
-    sent = engine.isend(send_buffer(_np.frombuffer(head, _np.uint8)), dest, tag, False,
-                        blocked, announce=True)
+    sent = engine.send_record(head, dest, tag) or \
+        engine.isend(send_buffer(_np.frombuffer(head, _np.uint8)), dest, tag, False,
+                     blocked, announce=True)
     return _Both(engine, [sent, op])
 
 
@@ -230,12 +243,15 @@ def recv(engine: _p2p.Engine, source: int, tag: int, status=None) -> Any:
     # as what it is.
     ch = engine.ch
     obj = ch.recv_object(source, tag)
-    cls = type(obj)
-    if cls is not _wire.Control and cls is not _OutOfBand and status is None:
+    if type(obj) is not _wire.Control and status is None:
         return obj                  # the common case: nothing more to learn
     src, tg, count = ch.last()
-    if cls is _wire.Control:
-        return _completed(engine, engine.control(obj.head, None, src, tg), status)
+    if type(obj) is _wire.Control:
+        head = obj.head
+        if _wire.kind(head) != _wire.RECORD:
+            return _completed(engine, engine.control(head, None, src, tg), status)
+        record = _wire.parse_record(head)
+        obj, count = _pickle.loads(record), len(record)
     if status is not None:
         _p2p.fill_status(status, src, tg, count, None, engine.names)
     return _unpacked(engine, obj, src)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import collections as _collections
 import os as _os
 import time as _time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -32,7 +32,8 @@ from ._buffers import Buffer, address, recv_buffer, send_buffer
 from ._config import config as _config
 from .channel import Channel
 
-__all__ = ["CopyShare", "Engine", "Op", "SendOp", "PullSendOp", "RecvOp", "ForeignOp",
+__all__ = ["CopyShare", "Engine", "Op", "RECORDS", "RecordReader", "SendOp", "PullSendOp",
+           "RecvOp", "ForeignOp",
            "SHARES", "default_engine", "detach", "fill_status", "now", "progress", "test",
            "wait_any", "wait_all", "wait_handles"]
 
@@ -52,6 +53,28 @@ _PENDING: Dict["RecvOp", None] = {}   # insertion-ordered set
 _DETACHED: List["Op"] = []
 #: The first engine made: it completes requests of the MPI library's own.
 _DEFAULT: List["Engine"] = []
+
+
+class RecordReader(NamedTuple):
+    """How a buffer receive recognises a message that is a record of cmampi's own
+    (an object whose buffers stay with the sender, see objects.py) and turns it
+    into what mpi4py would deliver there: the object's in-band pickle."""
+
+    at: int                 # where the record's mark starts in the message
+    mark: bytes
+    #: (engine, the record's bytes, source) -> the pickle; frees the sender
+    in_band: Callable[["Engine", bytes, int], bytes]
+
+    def read(self, engine: "Engine", msg: memoryview, source: int) -> Optional[bytes]:
+        """The pickle *msg* stands for, or None if it is not a record."""
+        end = self.at + len(self.mark)
+        if len(msg) < end or msg[self.at : end] != self.mark:
+            return None
+        return self.in_band(engine, bytes(msg), source)
+
+
+#: The reader buffer receives use (objects.py registers it), or none.
+RECORDS: List[RecordReader] = []
 
 class CopyShare:
     """The receiver's share of a cooperative copy, learned from the copies so far.
@@ -291,6 +314,10 @@ class Engine:
         self.any_source, self.any_tag = names.ANY_SOURCE, names.ANY_TAG
         self.stage_size = self.band
         self.stage = bytearray(self.stage_size)
+        #: Records of objects (see `RecordReader`) travel behind a control message.
+        self.records = RECORDS[0] if RECORDS else None
+        self.record_min = self.records.at + len(self.records.mark) if self.records \
+            else self.limit + 1
         #: Sizes the simplest spec forms, where the channel takes them as they are.
         self.counted = Counted.of(names) if hasattr(channel, "send_counted") else None
         self.stash: _collections.deque = _collections.deque()  # drained by probes
@@ -499,6 +526,15 @@ class Engine:
         op = self._control(handle, buf if buf is not None else recv_buffer(spec), src, tg, count)
         self.complete(op, status)
 
+    def place_message(self, buf: Buffer, msg: memoryview, source: int) -> Tuple[int, Any]:
+        """Place a whole message *msg* into *buf* (an object's record as the
+        object's pickle); (the message's count, the error if any)."""
+        if self.record_min <= len(msg) and self.records is not None:
+            stream = self.records.read(self, msg, source)
+            if stream is not None:
+                msg = memoryview(stream)
+        return len(msg), self.place(buf, msg)
+
     def _control(self, handle, buf: Optional[Buffer], src: int, tag: int, count: int) -> RecvOp:
         """Receive a matched control message and see its transfer through."""
         self.ch.mrecv(handle, self.stage)
@@ -509,6 +545,8 @@ class Engine:
         header: into *buf*, or (None) new memory the size of the message."""
         op = RecvOp(self, buf)
         op.source, op.tag = src, tag
+        if buf is not None and self.records is not None:
+            op.landed = self._unrecord_landed   # a record may come behind this
         self.act(op, head)
         if not op.done:
             wait_any([op])
@@ -580,10 +618,25 @@ class Engine:
         if not self.limit < count <= self.band:
             op.nbytes = count
             if op.buf is None:
-                op.buf = recv_buffer(bytearray(count))
+                op.buf = Buffer.new(count)
             op.finish(None if op.inplace else self.place(op.buf, msg))
             return
+        if op.landed is None and self.records is not None:
+            op.landed = self._unrecord_landed   # a record may come behind this
         self.act(op, _wire.header(msg))
+
+    def _unrecord_landed(self, op: RecvOp) -> None:
+        """A buffer receive's message came behind a control message: if it is a
+        record of an object, the object's pickle replaces it."""
+        buf = op.buf
+        if op.nbytes < self.record_min or not buf.contiguous:
+            return
+        try:
+            stream = self.records.read(self, memoryview(buf.flat())[:op.nbytes], op.source)
+            if stream is not None:
+                op.nbytes, op.error = len(stream), self.place(buf, memoryview(stream))
+        except Exception as exc:    # noqa: BLE001 - the receive's error
+            op.error = exc
 
     def act(self, op: RecvOp, head) -> None:
         """Act on the header of a matched control message: pull, or await the payload."""
@@ -592,6 +645,8 @@ class Engine:
             self._pull(op, head, op.source)
         elif kind == _wire.SIDE:
             self._side(op, head, op.source)
+        elif kind == _wire.RECORD:
+            self._record(op, _wire.parse_record(head))
         else:
             op.finish(RuntimeError(f"cmampi: unknown message kind {kind} from rank {op.source}"))
 
@@ -600,9 +655,17 @@ class Engine:
         flags, xid, n, remote = _wire.parse_pull(msg)
         op.nbytes = n
         if op.buf is None:
-            op.buf = recv_buffer(bytearray(n))
+            op.buf = Buffer.new(n)
         buf = op.buf
         if n > buf.nbytes:
+            if op.landed == self._unrecord_landed and self._record_at(source, remote):
+                # An object's record: it stands for its pickle, which would not fit
+                # either, but the object's sender must be freed.
+                whole = Buffer.new(n)
+                _pull.pull(ch.pids[source], remote, whole.layout, whole.array, self.chunk)
+                ch.send_reply(bytes((_wire.ACK_OK,)), source, xid)
+                op.finish(self._placed(op, memoryview(whole.array)))
+                return
             ch.send_reply(bytes((_wire.ACK_TRUNCATED,)), source, xid)
             op.finish(self.truncated())
             return
@@ -635,6 +698,45 @@ class Engine:
         ch.send_reply(bytes((code,)), source, xid)
         op.finish(err)
 
+    def send_record(self, record: bytes, dest: int, tag: int) -> Optional[Op]:
+        """Start sending *record* (see `RecordReader`) in a control message, where
+        every receive recognises it; None if it is too long for one (send it
+        announced then: buffer receives look for it in what arrives)."""
+        if not _wire.holds_record(len(record), self.limit):
+            return None
+        msg = _wire.control(_wire.record(record), self.limit)
+        return SendOp(self, [self.ch.isend(msg, dest, tag)], msg)
+
+    def _record(self, op: RecvOp, data) -> None:
+        """A record arrived: an object receive (no buffer of its own) takes it as
+        its message; a buffer receive what it stands for (`RecordReader`)."""
+        if op.buf is None:
+            op.nbytes = len(data)
+            op.buf = Buffer.new(data)
+            op.finish()
+            return
+        if op.landed == self._unrecord_landed:
+            op.landed = None
+        try:
+            op.nbytes, err = self.place_message(op.buf, memoryview(data), op.source)
+        except Exception as exc:    # noqa: BLE001 - the receive's error
+            err = exc
+        op.finish(err)
+
+    def _record_at(self, source: int, remote) -> bool:
+        """Whether the message at *remote* in *source* is an object's record (a
+        peek at its first bytes)."""
+        rec = self.records
+        end = rec.at + len(rec.mark)
+        if remote.nbytes < end or not remote.contiguous_run:
+            return False
+        head = np.empty(end, np.uint8)
+        try:
+            _cma.read_into(self.ch.pids[source], address(head), remote.addr + remote.lo, end)
+        except OSError:
+            return False
+        return head[rec.at:].tobytes() == rec.mark
+
     def _help_done(self, op: RecvOp, done, pid: int, remote, mid: int, xid: int,
                    times: List[float]) -> None:
         """The sender has finished (or failed) its part of a cooperative copy."""
@@ -661,7 +763,7 @@ class Engine:
         flags, xid, n = _wire.parse_side(msg)
         op.nbytes = n
         if op.buf is None:
-            op.buf = recv_buffer(bytearray(n))
+            op.buf = Buffer.new(n)
         buf = op.buf
         if flags & _wire.F_SYNC:
             self.ch.send_reply(bytes((_wire.ACK_OK,)), source, xid)
@@ -671,7 +773,19 @@ class Engine:
             return
         tmp = bytearray(n)  # strided, or truncated: the payload must still be drained
         op.wait_on(self.ch.irecv_payload(tmp, source, xid),
-                   lambda info: op.finish(self.place(buf, memoryview(tmp))))
+                   lambda info: op.finish(self._placed(op, memoryview(tmp))))
+
+    def _placed(self, op: RecvOp, msg: memoryview):
+        """Place a buffer receive's whole message *msg*, which came behind a
+        control message; return the error, if any."""
+        if op.landed != self._unrecord_landed:
+            return self.place(op.buf, msg)
+        op.landed = None        # done here
+        try:
+            op.nbytes, err = self.place_message(op.buf, msg, op.source)
+        except Exception as exc:    # noqa: BLE001 - the receive's error
+            err = exc
+        return err
 
     def place(self, buf: Buffer, data: memoryview):
         """Copy a payload into the receive buffer; return the error, if any."""

@@ -358,3 +358,52 @@ def test_waitany_when_testing_one_request_completes_another(comm, MPI):
                 comm.send(smess, rank, i + 1)
                 assert MPI.Request.waitany(reqs) == (i, smess)
             assert MPI.Request.waitany(reqs) == (MPI.UNDEFINED, None)
+
+
+_PICKLED_SHAPES = {
+    "in band": {"a": np.arange(16.0)},
+    "out of band": {"a": np.arange(OOB_MIN // 4, dtype=np.float64), "b": [1, 2]},
+    "long stream": {"a": np.arange(OOB_MIN // 4, dtype=np.float64), "pad": list(range(3000))},
+}
+
+
+@pytest.mark.parametrize("shape", sorted(_PICKLED_SHAPES))
+def test_object_received_by_a_buffer_receive_is_its_pickle(comm, MPI, shape,
+                                                            open_mpi_reference):
+    """``send(obj)`` received with ``Recv``/``Irecv``/``Message.Recv`` into a
+    buffer delivers the object's pickle, as mpi4py does, whatever the object's
+    size; the sender completes; a buffer too small raises ERR_TRUNCATE."""
+    obj = _PICKLED_SHAPES[shape]
+    # Open MPI writes a truncated large message past the receive buffer.
+    truncate = not (open_mpi_reference and shape != "in band")
+    rank = comm.Get_rank()
+    if rank == 0:
+        for tag in range(5):
+            comm.send(obj, 1, tag)
+        comm.isend(obj, 1, 5).wait()
+    elif rank == 1:
+        st = MPI.Status()
+        buf = bytearray(4 * OOB_MIN + (1 << 16))
+        received = []
+        comm.Recv(buf, 0, 0, st)
+        received.append(bytes(buf[: st.Get_count(MPI.BYTE)]))
+        comm.Irecv([buf, MPI.BYTE], 0, 1).Wait(st)
+        received.append(bytes(buf[: st.Get_count(MPI.BYTE)]))
+        comm.Mprobe(0, 2).Recv(buf, st)
+        received.append(bytes(buf[: st.Get_count(MPI.BYTE)]))
+        arr = np.empty(len(buf), np.uint8)
+        comm.Recv([arr, len(buf), MPI.BYTE], 0, 3, st)
+        received.append(arr[: st.Get_count(MPI.BYTE)].tobytes())
+        if truncate:
+            with pytest.raises(MPI.Exception) as exc:
+                comm.Recv(bytearray(100), 0, 4)
+            assert exc.value.Get_error_class() == MPI.ERR_TRUNCATE
+        else:
+            comm.Recv(buf, 0, 4)
+        comm.Recv(buf, 0, 5, st)
+        received.append(bytes(buf[: st.Get_count(MPI.BYTE)]))
+        for data in received:
+            got = pickle.loads(data)
+            assert sorted(got) == sorted(obj)
+            assert all(np.array_equal(got[k], obj[k]) for k in obj)
+    comm.Barrier()
