@@ -20,7 +20,7 @@ from . import _cma
 from . import coll as _coll
 from . import p2p as _p2p
 from ._buffers import address
-from .objects import Packed, pull_object
+from .objects import OOB_MIN, Packed, pull_object
 from ._tuning import STREAM_INLINE
 
 __all__ = ["collective", "KINDS"]
@@ -88,7 +88,7 @@ def collective(coll, kind: str, obj: Any, root: int = 0,
     try:
         items = _contribution(kind, obj, me, root, size)
         if items is not None:
-            packs = [Packed(x, oob) for x in items]
+            packs = [Packed(x, OOB_MIN if oob else None) for x in items]
     except Exception as exc:  # noqa: BLE001 - raised on every rank that needs the result
         err = exc
     mine = None if packs is None else [_record(p, oob) for p in packs]

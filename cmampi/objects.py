@@ -1,8 +1,9 @@
 """Python objects: pickle protocol 5, with large buffers pulled out of band, single-copy.
 
-An object is pickled with protocol 5. Contiguous buffers of at least ``OOB_MIN``
-bytes (numpy arrays, bytearrays, ...) stay in the sender's memory: what travels
-is the pickle stream and their addresses; the receiver pulls each buffer with
+An object is pickled with protocol 5. Contiguous buffers (numpy arrays,
+bytearrays, ...) of at least ``P2P_OOB_MIN`` bytes (``OOB_MIN`` in collectives)
+stay in the sender's memory: what travels is the pickle stream and their
+addresses; the receiver pulls each buffer with
 CMA straight into a fresh array, unpickles around them, and tells the sender it
 is done, which is when the send completes. Small objects, and peers without
 CMA, travel in band.
@@ -18,9 +19,9 @@ import numpy as _np
 from . import _cma, _memory, _wire
 from . import p2p as _p2p
 from ._buffers import address, send_buffer
-from ._tuning import OOB_MIN
+from ._tuning import OOB_MIN, P2P_OOB_MIN
 
-__all__ = ["OOB_MIN", "Packed", "isend", "loads", "pull_object", "recv", "send"]
+__all__ = ["OOB_MIN", "P2P_OOB_MIN", "Packed", "isend", "loads", "pull_object", "recv", "send"]
 
 #: Where a buffer lives in its owner: (address, nbytes).
 Spot = Tuple[int, int]
@@ -35,11 +36,13 @@ class Packed:
 
     __slots__ = ("stream", "views")
 
-    def __init__(self, obj: Any, oob: bool) -> None:
+    def __init__(self, obj: Any, least: Optional[int]) -> None:
+        """Pickle *obj*, leaving out of band its buffers of *least* bytes or
+        more (None: none)."""
         views: List[memoryview] = []
 
         def keep_out(pb: _pickle.PickleBuffer) -> bool:
-            raw = _out_of_band(pb) if oob else None
+            raw = _out_of_band(pb, least) if least is not None else None
             if raw is None:
                 return True
             views.append(raw)
@@ -69,14 +72,14 @@ class Packed:
         return _pickle.loads(self.stream, buffers=[_np.array(v) for v in self.views])
 
 
-def _out_of_band(pb: _pickle.PickleBuffer) -> Optional[memoryview]:
-    """The bytes of a buffer worth leaving out of band; None for one that stays
-    in the stream (small, or not contiguous)."""
+def _out_of_band(pb: _pickle.PickleBuffer, least: int) -> Optional[memoryview]:
+    """The bytes of a buffer worth leaving out of band (*least* bytes or more);
+    None for one that stays in the stream (small, or not contiguous)."""
     try:
         raw = pb.raw()
     except BufferError:
         return None
-    return raw if raw.nbytes >= OOB_MIN else None
+    return raw if raw.nbytes >= least else None
 
 
 def pull_buffers(pid: int, spots: Sequence[Spot]) -> List[_np.ndarray]:
@@ -158,7 +161,7 @@ class _TooBig(Exception):
 
 def _in_band(pb: _pickle.PickleBuffer) -> bool:
     """Keep a buffer in the stream, unless it is one to leave out of band."""
-    if _out_of_band(pb) is None:
+    if _out_of_band(pb, P2P_OOB_MIN) is None:
         return True
     raise _TooBig
 
@@ -173,7 +176,8 @@ def send(engine: _p2p.Engine, obj: Any, dest: int, tag: int) -> None:
     if stream is not None and len(stream) <= engine.limit:
         engine.ch.send(stream, dest, tag)
         return
-    packed = Packed.pickled(stream) if stream is not None else Packed(obj, oob)
+    packed = Packed.pickled(stream) if stream is not None else \
+        Packed(obj, P2P_OOB_MIN if oob else None)
     op = _start(engine, packed, dest, tag, False, True)
     _p2p.wait_any([op])
     engine.complete(op)
@@ -183,7 +187,7 @@ def isend(engine: _p2p.Engine, obj: Any, dest: int, tag: int, sync: bool,
           blocked: bool) -> _p2p.Op:
     """Start sending *obj* as it is now (as mpi4py, which pickles it at once); the
     op completes once the receiver has its buffers."""
-    packed = Packed(obj, engine.cma[dest])
+    packed = Packed(obj, P2P_OOB_MIN if engine.cma[dest] else None)
     if not blocked:
         packed.snapshot()
     return _start(engine, packed, dest, tag, sync, blocked)
@@ -199,11 +203,9 @@ def _start(engine: _p2p.Engine, packed: Packed, dest: int, tag: int, sync: bool,
     spots = packed.spots()
     helps = blocked and engine.can_read[dest] and max(n for _, n in spots) >= engine.coop_min
     head = _pickle.dumps(_OutOfBand(packed.stream, spots, xid, helps), 5)   # see _MARK
-    # Started, not waited for: a head above the eager limit completes only once
-    # the receiver matches it, and an isend must not wait for that.
-    sent = engine.send_record(head, dest, tag) or \
-        engine.isend(send_buffer(_np.frombuffer(head, _np.uint8)), dest, tag, False,
-                     blocked, announce=True)
+    # Started, not waited for: a long head completes only once the receiver
+    # matches it, and an isend must not wait for that.
+    sent = engine.send_record(head, dest, tag, blocked)
     return _Both(engine, [sent, op])
 
 

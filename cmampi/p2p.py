@@ -30,6 +30,7 @@ import numpy as np
 from . import _cma, _pull, _wire
 from ._buffers import Buffer, address, recv_buffer, send_buffer
 from ._config import config as _config
+from ._tuning import OBJECT_RAW_MAX
 from .channel import Channel
 
 __all__ = ["CopyShare", "Engine", "Op", "RECORDS", "RecordReader", "SendOp", "PullSendOp",
@@ -51,6 +52,8 @@ _PENDING: Dict["RecvOp", None] = {}   # insertion-ordered set
 #: Operations whose requests were freed or dropped in flight: kept alive (with the
 #: memory the channel may still write to) and advanced by `progress` until done.
 _DETACHED: List["Op"] = []
+#: Stages an engine keeps for reuse by object receives, per size.
+_SPARE_STAGES = 64
 #: The first engine made: it completes requests of the MPI library's own.
 _DEFAULT: List["Engine"] = []
 
@@ -274,7 +277,12 @@ class RecvOp(Op):
             ctrl = msg[:count].tobytes()
             msg[:count] = np.frombuffer(self.stage, np.uint8, count)
             msg = ctrl
+        object_stage = self.buf is None and not self.inplace
         self.engine.deliver(self, memoryview(msg)[:count], source, tag)
+        if object_stage:        # delivered into memory of its own: the stage is free
+            spare = self.engine.spare_stages.setdefault(len(self.stage), [])
+            if len(spare) < _SPARE_STAGES:
+                spare.append(self.stage)
         self.stage = None
 
 
@@ -314,6 +322,8 @@ class Engine:
         self.any_source, self.any_tag = names.ANY_SOURCE, names.ANY_TAG
         self.stage_size = self.band
         self.stage = bytearray(self.stage_size)
+        #: Stages of object receives whose messages were delivered, by size.
+        self.spare_stages: Dict[int, List[np.ndarray]] = {}
         #: Records of objects (see `RecordReader`) travel behind a control message.
         self.records = RECORDS[0] if RECORDS else None
         self.record_min = self.records.at + len(self.records.mark) if self.records \
@@ -445,7 +455,9 @@ class Engine:
         """Whether an *n*-byte message to *dest* travels as itself."""
         if n <= self.limit:
             return True
-        return not announce and n > self.band and (n < self.cma_min or not self.cma[dest])
+        if n <= self.band or (announce and n > OBJECT_RAW_MAX):
+            return False
+        return n < self.cma_min or not self.cma[dest]
 
     def isend(self, buf: Buffer, dest: int, tag: int, sync: bool, blocked: bool = False,
               announce: bool = False) -> Op:
@@ -456,11 +468,16 @@ class Engine:
         above the eager limit behind a control message, for receivers that size
         their buffer from the message (Python objects).
         """
+        if not sync and self._raw(buf.nbytes, dest, announce):
+            data = buf.wire()
+            return SendOp(self, [self.ch.isend(data, dest, tag)], data)
+        return self._isend_behind(buf, dest, tag, sync, blocked)
+
+    def _isend_behind(self, buf: Buffer, dest: int, tag: int, sync: bool,
+                      blocked: bool) -> Op:
+        """Start a send of *buf* behind a control message: pulled, or in the side space."""
         ch = self.ch
         n = buf.nbytes
-        if not sync and self._raw(n, dest, announce):
-            data = buf.wire()
-            return SendOp(self, [ch.isend(data, dest, tag)], data)
         xid = self.next_xid()
         if self.cma[dest] and n >= self.cma_min:
             flags = _wire.F_SYNC if sync else 0
@@ -583,12 +600,16 @@ class Engine:
             # as itself (anything longer is pulled or announced), and no more
             # than the buffer (a longer one would be truncated anyway).
             size = self.stage_size
-            if buf is not None and (not buf.contiguous or buf.nbytes >= size):
+            if buf is None or not buf.contiguous or buf.nbytes >= size:
                 raw_max = self.raw_max_any if source == self.any_source else \
                     self.raw_max[source] if 0 <= source < self.size else None
-                size = max(size, buf.nbytes if raw_max is None else min(buf.nbytes, raw_max))
-            # Not zero-filled: only the bytes the channel writes are read.
-            target = op.stage = np.empty(size, np.uint8)
+                # An object's pickle may come as itself up to OBJECT_RAW_MAX.
+                most = OBJECT_RAW_MAX if buf is None else buf.nbytes
+                size = max(size, most if raw_max is None else min(most, raw_max))
+            # Not zero-filled: only the bytes the channel writes are read. An
+            # object's (large) stage is reused once its message is delivered.
+            spare = self.spare_stages.get(size) if buf is None else None
+            target = op.stage = spare.pop() if spare else np.empty(size, np.uint8)
         op.wait_on(self.ch.irecv(target, source, tag), op.arrived)
         return op
 
@@ -698,12 +719,13 @@ class Engine:
         ch.send_reply(bytes((code,)), source, xid)
         op.finish(err)
 
-    def send_record(self, record: bytes, dest: int, tag: int) -> Optional[Op]:
-        """Start sending *record* (see `RecordReader`) in a control message, where
-        every receive recognises it; None if it is too long for one (send it
-        announced then: buffer receives look for it in what arrives)."""
+    def send_record(self, record: bytes, dest: int, tag: int, blocked: bool) -> Op:
+        """Start sending *record* (see `RecordReader`): in a control message,
+        where every receive recognises it, or if it is too long for one behind
+        a control message (buffer receives look for it in what arrives then)."""
         if not _wire.holds_record(len(record), self.limit):
-            return None
+            return self._isend_behind(send_buffer(np.frombuffer(record, np.uint8)), dest, tag,
+                                      False, blocked)
         msg = _wire.control(_wire.record(record), self.limit)
         return SendOp(self, [self.ch.isend(msg, dest, tag)], msg)
 

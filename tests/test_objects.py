@@ -7,7 +7,7 @@ import pickle
 import numpy as np
 import pytest
 
-from cmampi.objects import OOB_MIN
+from cmampi.objects import OOB_MIN, P2P_OOB_MIN
 
 pytestmark = pytest.mark.mpi(min_size=2)
 
@@ -15,13 +15,13 @@ pytestmark = pytest.mark.mpi(min_size=2)
 def payload(seed: int):
     rng = np.random.default_rng(seed)
     return {
-        "big": rng.random(3 * OOB_MIN // 8),                     # out of band
+        "big": rng.random(3 * P2P_OOB_MIN // 8),                 # out of band
         "strided": rng.random((200, 300))[:, ::3],               # not contiguous: in band
         "ints": np.arange(OOB_MIN, dtype=np.int32).reshape(64, -1),
         "small": np.arange(5),
         "zero_d": np.float64(2.5) * np.ones(()),
         "empty": np.zeros((0, 3)),
-        "raw": bytes(range(256)) * (OOB_MIN // 128),
+        "raw": bytes(range(256)) * (P2P_OOB_MIN // 128),
         "nested": [1, "two", (3.0, None), {"x": bytearray(b"abc")}],
     }
 
@@ -59,7 +59,7 @@ def test_send_recv_objects(comm, MPI):
 def test_any_source_objects(comm, MPI):
     rank, size = comm.Get_rank(), comm.Get_size()
     if rank != 0:
-        comm.send({"rank": rank, "data": np.full(OOB_MIN, rank, np.uint8)}, 0, 9)
+        comm.send({"rank": rank, "data": np.full(P2P_OOB_MIN, rank, np.uint8)}, 0, 9)
     else:
         seen = set()
         for _ in range(size - 1):
@@ -248,12 +248,14 @@ def _stream_of(nbytes: int) -> bytes:
 
 def _boundary_sizes():
     from cmampi._config import config
+    from cmampi._tuning import OBJECT_RAW_MAX
     from cmampi._wire import CTRL_MAX
 
     limit = config.eager_limit
     band = limit + CTRL_MAX
     return sorted({16, limit - 1, limit, limit + 1, limit + 40, band - 1, band, band + 1,
-                   2 * band, OOB_MIN - 1, OOB_MIN + 64, 3 * OOB_MIN})
+                   2 * band, P2P_OOB_MIN - 1, P2P_OOB_MIN + 64, 3 * P2P_OOB_MIN,
+                   OBJECT_RAW_MAX - 64, OBJECT_RAW_MAX + 64})
 
 
 @pytest.mark.parametrize("how", ["recv", "recv_status", "any_source", "irecv", "busy"])
@@ -274,7 +276,7 @@ def test_pickles_at_every_protocol_boundary(comm, MPI, how):
             for want in (_stream_of(n), ("tail", i)):
                 st = MPI.Status()
                 if how == "irecv":
-                    got = comm.irecv(bytearray(4 * OOB_MIN), source=0, tag=100 + i).wait(st)
+                    got = comm.irecv(bytearray(4 * P2P_OOB_MIN), source=0, tag=100 + i).wait(st)
                 elif how == "any_source":
                     got = comm.recv(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=st)
                 else:
@@ -289,7 +291,7 @@ def test_pickles_at_every_protocol_boundary(comm, MPI, how):
         comm.send("done", 0, 99)
 
 
-@pytest.mark.parametrize("nbytes", [8, 64 << 10, OOB_MIN, 8 * OOB_MIN])
+@pytest.mark.parametrize("nbytes", [8, 64 << 10, OOB_MIN, P2P_OOB_MIN, 8 * OOB_MIN])
 def test_bidirectional_object_windows(comm, MPI, nbytes):
     """Both ranks post 16 ``irecv`` then 16 ``isend`` of an array and wait for
     their sends first: a send completes without its receiver waiting (the
@@ -312,10 +314,10 @@ def test_dropped_irecv_still_receives(comm, MPI):
     messages match later receives."""
     rank = comm.Get_rank()
     if rank == 0:
-        comm.send({"a": np.ones(OOB_MIN)}, 1, 3)
+        comm.send({"a": np.ones(P2P_OOB_MIN)}, 1, 3)
         comm.send("after", 1, 4)
     elif rank == 1:
-        buf = bytearray(16 * OOB_MIN)   # mpi4py receives into it: it must outlive the message
+        buf = bytearray(16 * P2P_OOB_MIN)   # mpi4py receives into it: it must outlive it
         comm.irecv(buf, source=0, tag=3)    # the request dropped at once
         assert comm.recv(source=0, tag=4) == "after"
         assert not comm.Iprobe(0, 3)
@@ -333,7 +335,7 @@ def test_failed_unpickle_is_the_receivers_error(comm, MPI):
     its large buffers completes without error."""
     rank = comm.Get_rank()
     if rank == 0:
-        req = comm.isend([_Unloadable(), np.ones(OOB_MIN)], 1, 6)
+        req = comm.isend([_Unloadable(), np.ones(P2P_OOB_MIN)], 1, 6)
         req.wait()
     elif rank == 1:
         with pytest.raises(ValueError):
@@ -362,8 +364,9 @@ def test_waitany_when_testing_one_request_completes_another(comm, MPI):
 
 _PICKLED_SHAPES = {
     "in band": {"a": np.arange(16.0)},
-    "out of band": {"a": np.arange(OOB_MIN // 4, dtype=np.float64), "b": [1, 2]},
-    "long stream": {"a": np.arange(OOB_MIN // 4, dtype=np.float64), "pad": list(range(3000))},
+    "out of band": {"a": np.arange(P2P_OOB_MIN // 4, dtype=np.float64), "b": [1, 2]},
+    "long stream": {"a": np.arange(P2P_OOB_MIN // 4, dtype=np.float64),
+                    "pad": list(range(3000))},
 }
 
 
@@ -383,7 +386,7 @@ def test_object_received_by_a_buffer_receive_is_its_pickle(comm, MPI, shape,
         comm.isend(obj, 1, 5).wait()
     elif rank == 1:
         st = MPI.Status()
-        buf = bytearray(4 * OOB_MIN + (1 << 16))
+        buf = bytearray(4 * P2P_OOB_MIN + (1 << 16))
         received = []
         comm.Recv(buf, 0, 0, st)
         received.append(bytes(buf[: st.Get_count(MPI.BYTE)]))
