@@ -134,7 +134,7 @@ class Collectives:
         ch = self.e.ch
         stage = self._stages[0]
         info = _p2p.wait_handles(ch, [ch.irecv(stage, source, _TAG_P)])[0]
-        part, total = _first_part(stage, info[2])
+        part, total = _first_part(stage, info.nbytes)
         if len(part) == total:
             return _pickle.loads(part)
         head = bytes(part)

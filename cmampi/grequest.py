@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from . import p2p as _p2p
+from .channel import Completion
 from .request import Request, _NAMES, _invalid, _new
 from ._standin import is_ours
 
@@ -18,7 +19,7 @@ class _GreqOp(_p2p.Op):
 
     __slots__ = ("query_fn", "free_fn", "cancel_fn", "args", "kwargs", "obj")
 
-    def advance(self, info) -> None:  # pragma: no cover - it never waits on a channel
+    def advance(self, info: Completion) -> None:  # pragma: no cover - it never waits on a channel
         pass
 
 

@@ -18,6 +18,7 @@ import numpy as _np
 
 from . import _cma, _memory, _wire
 from . import p2p as _p2p
+from .channel import Completion
 from ._buffers import address, send_buffer
 from ._tuning import OOB_MIN, P2P_OOB_MIN
 
@@ -229,7 +230,7 @@ class _Both(_p2p.Op):
         else:
             self.finish()
 
-    def advance(self, info) -> None:
+    def advance(self, info: Completion) -> None:
         self.ops[0].advance(info)
         self._step()
 

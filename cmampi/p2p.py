@@ -31,7 +31,7 @@ from . import _cma, _pull, _wire
 from ._buffers import Buffer, address, recv_buffer, send_buffer
 from ._config import config as _config
 from ._tuning import OBJECT_RAW_MAX
-from .channel import Channel
+from .channel import Channel, Completion
 
 __all__ = ["CopyShare", "Engine", "Op", "RECORDS", "RecordReader", "SendOp", "PullSendOp",
            "RecvOp", "ForeignOp",
@@ -133,7 +133,7 @@ class Op:
         self.decode = None      # turns the finished op into an object (lowercase API)
         self.result = None
 
-    def advance(self, info) -> None:  # pragma: no cover - abstract
+    def advance(self, info: Completion) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def finish(self, error: Optional[BaseException] = None) -> None:
@@ -154,10 +154,10 @@ class SendOp(Op):
         self.keep = keep           # what the channel reads from, until completion
         self.handle = handles[0]
 
-    def advance(self, info) -> None:
-        if info[3] is not None:   # the channel failed it: the receiver is gone
+    def advance(self, info: Completion) -> None:
+        if info.error is not None:   # the channel failed it: the receiver is gone
             self.handles, self.keep = [], None
-            self.finish(info[3])
+            self.finish(info.error)
             return
         self.handles.pop(0)
         if self.handles:
@@ -193,10 +193,10 @@ class PullSendOp(Op):
         self.helped = None         # None: not asked; else the code we sent back
         self.handle = engine.ch.irecv_reply(self.reply, dest, xid)
 
-    def advance(self, info) -> None:
-        if info[3] is not None:   # no reply will come: the receiver is gone
+    def advance(self, info: Completion) -> None:
+        if info.error is not None:   # no reply will come: the receiver is gone
             self.buf = None
-            self.finish(info[3])
+            self.finish(info.error)
             return
         code = self.reply[0]
         if code != _wire.ACK_HELP:
@@ -254,10 +254,10 @@ class RecvOp(Op):
         if landed is not None and self.error is None:
             landed(self)
 
-    def advance(self, info) -> None:
+    def advance(self, info: Completion) -> None:
         then, self.then = self.then, None
-        if info[3] is not None and then != self.arrived:
-            self.finish(info[3])  # a reply or payload that cannot come: the sender is gone
+        if info.error is not None and then != self.arrived:
+            self.finish(info.error)  # a reply or payload that cannot come: the sender is gone
             return
         then(info)
 
@@ -296,7 +296,7 @@ class ForeignOp(Op):
         self.request = request
         self.handle = request
 
-    def advance(self, info) -> None:
+    def advance(self, info: Completion) -> None:
         self.source, self.tag, self.nbytes, err = info
         self.finish(err)
 
@@ -1116,8 +1116,8 @@ def wait_handles(ch, handles: Sequence[Any]) -> List[Any]:
         owners = [op for op in _PENDING if op.handle is not None]
         i, info = ch.waitany([handles[k] for k in left] + [op.handle for op in owners])
         if i < len(left):
-            if info[3] is not None:
-                raise info[3]
+            if info.error is not None:
+                raise info.error
             infos[left.pop(i)] = info
         else:
             owners[i - len(left)].advance(info)

@@ -12,6 +12,7 @@ from ._config import config as _config
 from .comm import Communicator, _Freed
 from .request import Prequest, Request, new_request
 from . import p2p as _p2p
+from .channel import Completion
 
 __all__ = ["Intracomm"]
 
@@ -409,9 +410,9 @@ class _BarrierOp(_p2p.Op):
         self.handle = self.handles[0]
         _p2p.progressed(self)
 
-    def advance(self, info) -> None:
-        if info[3] is not None:     # a rank of the barrier is gone
-            self.finish(info[3])
+    def advance(self, info: Completion) -> None:
+        if info.error is not None:     # a rank of the barrier is gone
+            self.finish(info.error)
             return
         self.handles.pop(0)
         if self.handles:

@@ -7,14 +7,33 @@ communicator, `channel.socket.SocketChannel` over Unix sockets and rings.
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Protocol, Sequence, Tuple, runtime_checkable
+from typing import Any, List, NamedTuple, Optional, Protocol, Sequence, Tuple, \
+    runtime_checkable
 
-__all__ = ["Channel", "Info"]
+__all__ = ["Channel", "Completion", "Info", "completion"]
 
-#: What a completed handle reports: (source, tag, bytes, error or None). A
-#: receive into a buffer too small for its message completes with the MPI
-#: library's truncation error here, rather than raising.
-Info = Tuple[int, int, int, Optional[BaseException]]
+
+class Completion(NamedTuple):
+    """What a completed handle reports. A receive into a buffer too small for
+    its message completes with the MPI library's truncation error in *error*,
+    rather than raising."""
+
+    source: int
+    tag: int
+    nbytes: int
+    error: Optional[BaseException]
+
+
+Info = Completion
+
+_new = tuple.__new__
+
+
+def completion(source: int, tag: int, nbytes: int,
+               error: Optional[BaseException] = None) -> Completion:
+    """A `Completion`, made without NamedTuple's argument parsing (it is made
+    once per message)."""
+    return _new(Completion, (source, tag, nbytes, error))
 
 
 @runtime_checkable
@@ -106,7 +125,7 @@ class Channel(Protocol):
     def test(self, handle) -> Optional[Info]:
         """*handle*'s info if it has completed (never blocks), else None."""
 
-    def wait_cancelled(self, handle) -> Optional[Tuple[int, int, int]]:
+    def wait_cancelled(self, handle) -> Optional[Completion]:
         """Complete a handle whose cancellation was asked: None if the cancel
         won, else the message's (source, tag, bytes)."""
 

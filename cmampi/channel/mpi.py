@@ -9,12 +9,20 @@ from typing import List, Optional, Sequence, Tuple
 from .._channels import real_mpi
 from .._cma import pid_namespace, user_namespace
 from .._config import CMA_MIN_DEFAULTS, config as _config
+from . import Completion
 
 _MPI = real_mpi()
 
 __all__ = ["MPIChannel"]
 
 _BYTE = _MPI.BYTE
+_new = tuple.__new__
+
+
+def _done(st, error: Optional[BaseException] = None) -> Completion:
+    """The `Completion` status *st* describes (made without NamedTuple's
+    argument parsing: once per message)."""
+    return _new(Completion, (st.Get_source(), st.Get_tag(), st.Get_count(_BYTE), error))
 
 
 class MPIChannel:
@@ -160,9 +168,9 @@ class MPIChannel:
         return self.side.Irecv([buf, _BYTE], source, 2 * xid + 1)
 
     # -- completion --------------------------------------------------------------------
-    # Completion info is (source, tag, nbytes, error): a receive into a buffer too
-    # small for its message completes with MPI's truncation error, not an exception.
-    def waitany(self, handles: Sequence[_MPI.Request]) -> Tuple[int, tuple]:
+    # A receive into a buffer too small for its message completes with MPI's
+    # truncation error in its Completion, not an exception.
+    def waitany(self, handles: Sequence[_MPI.Request]) -> Tuple[int, Completion]:
         st = self.status
         try:
             if self.oversubscribed:
@@ -172,13 +180,13 @@ class MPIChannel:
         except _MPI.Exception as exc:
             # The failed request has been completed and nulled: find it.
             i = next(k for k, h in enumerate(handles) if not h)
-            return i, (st.Get_source(), st.Get_tag(), st.Get_count(_BYTE), exc)
-        return i, (st.Get_source(), st.Get_tag(), st.Get_count(_BYTE), None)
+            return i, _done(st, exc)
+        return i, _done(st)
 
     #: Stands in a handle list for a handle already taken: MPI skips it.
     null_handle = _MPI.REQUEST_NULL
 
-    def testany(self, handles: Sequence[_MPI.Request]) -> Optional[Tuple[int, tuple]]:
+    def testany(self, handles: Sequence[_MPI.Request]) -> Optional[Tuple[int, Completion]]:
         """(index, info) of a completed handle of *handles*, without blocking; or
         None. Taken handles must have been replaced by `null_handle`."""
         st = self.status
@@ -187,30 +195,30 @@ class MPIChannel:
         except _MPI.Exception as exc:
             # The failed request has been completed and nulled in place.
             i = next(k for k, h in enumerate(handles) if not h and h is not _MPI.REQUEST_NULL)
-            return i, (st.Get_source(), st.Get_tag(), st.Get_count(_BYTE), exc)
+            return i, _done(st, exc)
         if not done or i < 0:   # MPI_UNDEFINED: every handle is null
             return None
-        return i, (st.Get_source(), st.Get_tag(), st.Get_count(_BYTE), None)
+        return i, _done(st)
 
-    def test(self, handle: _MPI.Request) -> Optional[tuple]:
+    def test(self, handle: _MPI.Request) -> Optional[Completion]:
         st = self.status
         try:
             if not handle.Test(st):
                 return None
         except _MPI.Exception as exc:
-            return st.Get_source(), st.Get_tag(), st.Get_count(_BYTE), exc
-        return st.Get_source(), st.Get_tag(), st.Get_count(_BYTE), None
+            return _done(st, exc)
+        return _done(st)
 
-    def wait_cancelled(self, handle: _MPI.Request) -> Optional[Tuple[int, int, int]]:
+    def wait_cancelled(self, handle: _MPI.Request) -> Optional[Completion]:
         """Complete a cancelled handle: None if the cancel won, else its message info."""
         st = self.status
         try:
             handle.Wait(st)
         except _MPI.Exception as exc:
-            return st.Get_source(), st.Get_tag(), st.Get_count(_BYTE), exc
+            return _done(st, exc)
         if st.Is_cancelled():
             return None
-        return st.Get_source(), st.Get_tag(), st.Get_count(_BYTE), None
+        return _done(st)
 
     def collective(self) -> None:
         """Nothing to mark: the MPI library ends the job when a rank fails."""

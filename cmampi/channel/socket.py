@@ -45,7 +45,7 @@ import numpy as _np
 from .. import _names, _tuning
 from .._cma import user_namespace
 from .._config import CMA_MIN_DEFAULTS, config as _config
-from . import _ring
+from . import Completion, _ring, completion
 
 __all__ = ["Hub", "SocketChannel", "hub_beside", "hub_from_environ", "PeerFailed"]
 
@@ -98,7 +98,7 @@ class Handle:
     def __init__(self, space: int = USER, ctx: int = 0, source: int = 0, tag: int = 0,
                  target=None) -> None:
         self.done = False
-        self.info = None          # (source, tag, nbytes, error) once done
+        self.info: Optional[Completion] = None   # once done
         self.target = target
         self.source = source      # world rank, or ANY_SOURCE
         self.tag = tag
@@ -112,7 +112,7 @@ class Handle:
     def __bool__(self) -> bool:
         return not self.done
 
-    def complete(self, info) -> None:
+    def complete(self, info: Completion) -> None:
         self.info = info
         self.done = True
         self.target = None
@@ -342,7 +342,7 @@ class Hub:
         n = len(view)
         if dest == self.rank:   # to ourselves: a copy goes straight to matching
             self._arrive(self.rank, space, ctx, tag, bytes(view))
-            h.complete((dest, tag, n, None))
+            h.complete(completion(dest, tag, n, None))
             return h
         conn = self.conns[dest]
         if conn.dead:
@@ -359,7 +359,7 @@ class Hub:
             except OSError:
                 sent = -1    # _flush meets the error again and handles it
             if sent == _FRAME.size + n:
-                h.complete((self.rank, 0, n, None))
+                h.complete(completion(self.rank, 0, n, None))
                 return h
             if sent > 0:
                 _consume(parts, sent)
@@ -440,7 +440,7 @@ class Hub:
             if parts:
                 return wrote
             conn.out.popleft()
-            h.complete((self.rank, 0, n, None))
+            h.complete(completion(self.rank, 0, n, None))
         self.waiting_room.discard(conn)
         if conn.polling_out:
             conn.polling_out = False
@@ -464,7 +464,7 @@ class Hub:
         else:
             dead = self._broken(ctx)
         if dead is not None:
-            h.complete((dead, tag, 0, self.failure(dead)))
+            h.complete(completion(dead, tag, 0, self.failure(dead)))
             return h
         self.posted[ctx].append(h)
         return h
@@ -480,7 +480,7 @@ class Hub:
         conn = self.conns[source]
         dead = source if conn is not None and conn.dead else self._broken(ctx)
         if dead is not None:
-            h.complete((dead, key, 0, self.failure(dead)))
+            h.complete(completion(dead, key, 0, self.failure(dead)))
             return h
         self.side_posted[(ctx, source, key)] = h
         return h
@@ -492,7 +492,7 @@ class Hub:
             err = _names.Exception(_names.ERR_TRUNCATE)
             n = len(h.target)
         h.target[:n] = data[:n]
-        h.complete((src, tag, len(data), err))
+        h.complete(completion(src, tag, len(data), err))
 
     def _match(self, src: int, space: int, ctx: int, tag: int) -> Optional[Handle]:
         if space == USER:
@@ -631,7 +631,7 @@ class Hub:
             self._keep(src, space, ctx, tag, bytearray(data))
         elif len(data) <= len(h.target):
             h.target[: len(data)] = data
-            h.complete((src, tag, len(data), None))
+            h.complete(completion(src, tag, len(data), None))
         else:
             self._fill(h, src, tag, data)
 
@@ -658,7 +658,7 @@ class Hub:
         elif dest.obj is h.target.obj or n <= len(h.target):
             if dest.obj is not h.target.obj:
                 h.target[:n] = dest
-            h.complete((src, tag, n, None))
+            h.complete(completion(src, tag, n, None))
         else:
             self._fill(h, src, tag, dest)
 
@@ -694,13 +694,13 @@ class Hub:
             anys = _names.ANY_SOURCE if member and not conn.finished else dead
             for h in [h for h in posted if every or h.source == dead or h.source == anys]:
                 posted.remove(h)
-                h.complete((dead, h.tag, 0, err))
+                h.complete(completion(dead, h.tag, 0, err))
         for key in [k for k in self.side_posted
                     if k[1] == dead or (k[0] in gone and k[0] in self.collectives)]:
             h = self.side_posted.pop(key)
-            h.complete((dead, h.tag, 0, err))
+            h.complete(completion(dead, h.tag, 0, err))
         for _parts, h, _n in conn.out:
-            h.complete((dead, 0, 0, err))
+            h.complete(completion(dead, 0, 0, err))
         conn.out.clear()
         conn.cur = None
 
@@ -1058,7 +1058,7 @@ class SocketChannel:
     def _info(self, h: Handle):
         src, tag, n, err = h.info
         local = h.local if h.local is not None else self.local
-        return (local.get(src, src), tag, n, err)
+        return completion(local.get(src, src), tag, n, err)
 
     def _own(self, h: Handle) -> Handle:
         h.local = self.local
@@ -1071,8 +1071,8 @@ class SocketChannel:
         h = self.hub.post_send(self.group[dest], USER, self.ctx, tag, data)
         if not h.done:
             self.hub.wait(lambda: h.done)
-        if h.info[3] is not None:
-            raise h.info[3]
+        if h.info.error is not None:
+            raise h.info.error
 
     def isend(self, data, dest: int, tag: int) -> Handle:
         return self._own(self.hub.post_send(self.group[dest], USER, self.ctx, tag, data))
@@ -1220,7 +1220,7 @@ class SocketChannel:
             posted = self.hub.posted.get(handle.ctx, [])
             if handle in posted:
                 posted.remove(handle)
-                handle.complete((_names.ANY_SOURCE, _names.ANY_TAG, 0, None))
+                handle.complete(completion(_names.ANY_SOURCE, _names.ANY_TAG, 0, None))
                 return None
             self.hub.wait(lambda: handle.done)
         return self._info(handle)
