@@ -188,9 +188,19 @@ def isend(engine: _p2p.Engine, obj: Any, dest: int, tag: int, sync: bool,
           blocked: bool) -> _p2p.Op:
     """Start sending *obj* as it is now (as mpi4py, which pickles it at once); the
     op completes once the receiver has its buffers."""
-    packed = Packed(obj, P2P_OOB_MIN if engine.cma[dest] else None)
-    if not blocked:
-        packed.snapshot()
+    oob = engine.cma[dest]
+    try:
+        stream = _pickle.dumps(obj, 5, buffer_callback=_in_band if oob else None)
+    except _TooBig:
+        stream = None
+    if stream is not None:
+        if not sync and engine.raw(len(stream), dest, True):   # the common case
+            return _p2p.SendOp(engine, [engine.ch.isend(stream, dest, tag)], stream)
+        packed = Packed.pickled(stream)
+    else:
+        packed = Packed(obj, P2P_OOB_MIN)
+        if not blocked:
+            packed.snapshot()
     return _start(engine, packed, dest, tag, sync, blocked)
 
 

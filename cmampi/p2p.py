@@ -440,18 +440,18 @@ class Engine:
             self.ch.send(spec, dest, tag)
             return
         hit = self.counted(spec, False) if self.counted is not None else None
-        if hit is not None and self._raw(hit[1], dest, announce):
+        if hit is not None and self.raw(hit[1], dest, announce):
             self.ch.send_counted(hit[0], hit[1], dest, tag)
             return
         buf = send_buffer(spec)
-        if self._raw(buf.nbytes, dest, announce):
+        if self.raw(buf.nbytes, dest, announce):
             self.ch.send(buf.wire(), dest, tag)
             return
         op = self.isend(buf, dest, tag, False, True, announce)
         wait_any([op])
         self.complete(op)
 
-    def _raw(self, n: int, dest: int, announce: bool) -> bool:
+    def raw(self, n: int, dest: int, announce: bool) -> bool:
         """Whether an *n*-byte message to *dest* travels as itself."""
         if n <= self.limit:
             return True
@@ -468,7 +468,7 @@ class Engine:
         above the eager limit behind a control message, for receivers that size
         their buffer from the message (Python objects).
         """
-        if not sync and self._raw(buf.nbytes, dest, announce):
+        if not sync and self.raw(buf.nbytes, dest, announce):
             data = buf.wire()
             return SendOp(self, [self.ch.isend(data, dest, tag)], data)
         return self._isend_behind(buf, dest, tag, sync, blocked)
@@ -638,8 +638,10 @@ class Engine:
         count = len(msg)
         if not self.limit < count <= self.band:
             op.nbytes = count
-            if op.buf is None:
-                op.buf = Buffer.new(count)
+            if op.buf is None:          # an object's pickle: a copy of its own
+                op.buf = Buffer.new(msg)
+                op.finish()
+                return
             op.finish(None if op.inplace else self.place(op.buf, msg))
             return
         if op.landed is None and self.records is not None:
