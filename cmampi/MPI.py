@@ -25,6 +25,7 @@ if CHANNEL == "mpi":
 else:
     from .socketcomm import Intracomm, _comm_lock_table  # noqa: E402,F401
     from .grequest import Grequest  # noqa: E402,F401
+    from .sockgroup import GROUP_EMPTY, GROUP_NULL, Group  # noqa: E402,F401
     from .sockettopo import (Cartcomm, Compute_dims, Distgraphcomm,  # noqa: E402,F401
                              Graphcomm, Topocomm, null_comm as _null_comm)
 

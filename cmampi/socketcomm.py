@@ -12,6 +12,7 @@ from ._config import config as _config
 from .comm import Communicator, _Freed
 from .request import Prequest, Request, new_request
 from . import p2p as _p2p
+from .sockgroup import Group
 from .channel import Completion
 
 __all__ = ["Intracomm"]
@@ -78,6 +79,43 @@ class Intracomm(Communicator):
 
         ch = self._engine.ch.split(as_int(color), as_int(key))
         return Intracomm._from_channel(ch) if ch is not None else _topo().null_comm()
+
+    def Get_group(self) -> Group:
+        """Access the group associated with a communicator."""
+        ch = self._engine.ch
+        return Group._of(ch.group, ch.hub.rank)
+
+    @property
+    def group(self) -> Group:
+        """Group."""
+        return self.Get_group()
+
+    def Create(self, group: Group) -> "Intracomm":
+        """Create a communicator of the processes of *group* (``COMM_NULL`` for the
+        others); collective over this communicator."""
+        ch = self._engine.ch
+        members = group._live()
+        if any(w not in ch.local for w in members):
+            raise self._engine.names.Exception(self._engine.names.ERR_GROUP)
+        me = ch.hub.rank
+        if me not in members:
+            return self.Split(self._engine.names.UNDEFINED, 0)
+        return self.Split(0, members.index(me))
+
+    def Create_group(self, group: Group, tag: int = 0) -> "Intracomm":
+        """Create a communicator of the processes of *group*; collective over those
+        processes only (*tag* tells apart creations under way at once)."""
+        from .comm import as_int
+
+        ch = self._engine.ch
+        names = self._engine.names
+        members = group._live()
+        if ch.hub.rank not in members or any(w not in ch.local for w in members):
+            raise names.Exception(names.ERR_GROUP)
+        tag = as_int(tag)
+        if tag < 0:
+            raise names.Exception(names.ERR_TAG)
+        return Intracomm._from_channel(ch.create_group(list(members), tag))
 
     def Split_type(self, split_type: int, key: int = 0, info=None) -> "Intracomm":
         """Split the communicator by type (``COMM_TYPE_SHARED``: ranks sharing memory)."""

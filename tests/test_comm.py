@@ -83,3 +83,39 @@ def test_ibarrier_progresses_while_the_rank_waits_elsewhere(comm, MPI):
 def test_two_ibarriers_in_flight(comm, MPI):
     first, second = comm.Ibarrier(), comm.Ibarrier()
     MPI.Request.Waitall([second, first])
+
+
+def test_groups_and_communicators_of_them(comm, MPI):
+    """``Get_group``, group algebra, ``Create`` (collective over the
+    communicator) and ``Create_group`` (collective over the group only)."""
+    rank, size = comm.Get_rank(), comm.Get_size()
+    group = comm.Get_group()
+    assert (group.Get_size(), group.Get_rank()) == (size, rank)
+    assert group.Compare(comm.group) == MPI.IDENT
+    reverse = group.Incl(list(range(size))[::-1])
+    assert reverse.Compare(group) == (MPI.IDENT if size == 1 else MPI.SIMILAR)
+    assert group.Translate_ranks([0, size - 1, MPI.PROC_NULL], reverse) == \
+        [size - 1, 0, MPI.PROC_NULL]
+    assert MPI.Group.Union(group, reverse).Compare(group) == MPI.IDENT
+    assert MPI.Group.Difference(group, group).Get_size() == 0
+    with pytest.raises(MPI.Exception) as info:
+        group.Incl([size])
+    assert info.value.Get_error_class() == MPI.ERR_RANK
+
+    reversed_comm = comm.Create(reverse)
+    assert reversed_comm.Get_rank() == size - 1 - rank
+    assert reversed_comm.allgather(rank) == list(range(size))[::-1]
+    reversed_comm.Free()
+    first = comm.Create(group.Incl([0]))
+    assert (first == MPI.COMM_NULL) == (rank != 0)
+    if rank != 0:
+        others = comm.Create_group(group.Excl([0]), 5)
+        assert others.Get_size() == size - 1
+        assert others.allreduce(rank) == sum(range(1, size))
+        others.Free()
+    else:
+        first.Free()
+    assert comm.allreduce(1) == size     # the communicator is still in step
+    for g in (group, reverse):
+        g.Free()
+    assert group == MPI.GROUP_NULL

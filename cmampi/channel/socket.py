@@ -1242,6 +1242,15 @@ class SocketChannel:
         self.hub.next_ctx = ctx + 1
         return SocketChannel(self.hub, ctx, list(self.group))
 
+    def create_group(self, members: List[int], tag: int) -> "SocketChannel":
+        """A channel over world ranks *members* (this process among them, all of
+        them in this channel); collective over *members* only. Their exchange
+        has sequence numbers of its own (from *tag*), so the other ranks' next
+        collective exchanges on this channel still match."""
+        ctx = max(self.hub.sys_allgather(self.ctx, members, -2 - tag, self.hub.next_ctx))
+        self.hub.next_ctx = ctx + 1
+        return SocketChannel(self.hub, ctx, members)
+
     def split(self, color: int, key: int) -> Optional["SocketChannel"]:
         entries = self.allgather((color, key, self.hub.next_ctx))
         base = max(e[2] for e in entries)
