@@ -421,7 +421,7 @@ class Peer:
     def __del__(self) -> None:
         try:
             self.close()
-        except OSError:
+        except (OSError, AttributeError):   # AttributeError: at exit, modules are gone
             pass
 
     def __repr__(self) -> str:

@@ -28,8 +28,8 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tu
 import numpy as np
 
 from . import _cma, _pull, _wire
+from ._access import PeerAccess
 from ._buffers import Buffer, address, recv_buffer, send_buffer
-from ._config import config as _config
 from ._tuning import OBJECT_RAW_MAX
 from .channel import Channel, Completion
 
@@ -350,69 +350,22 @@ class Engine:
         #: The ranks span several nodes (then collectives are the MPI library's).
         self.multinode = len(set(channel.nodes)) > 1
         self._xid = 0
-        #: Held pidfds of the peers we may read (see `_cma.Peer`), closed by `free`.
-        self.peers: Dict[int, _cma.Peer] = {}
-        _allow_peers(config)
-        refusals = [self._cma_ok(p, config) for p in range(self.size)]
-        #: We may read (and write) rank p's memory: pulls we issue, pushes that help.
-        self.can_read = [why is None for why in refusals]
-        # The receiver pulls, so sends to p may be pulled only if p may read us:
-        # every rank learns who may read whom (a collective, as construction is).
-        # Per pair: None, may read; True, refused (and warned); False, not meant to.
-        mine = [None if why is None else bool(why) for why in refusals]
-        both = channel.allgather((mine, self.cma_min)) if self.size > 1 else \
-            [(mine, self.cma_min)]
-        seen = [row for row, _ in both]
-        #: Payloads to rank p are pulled by p (else they travel through the channel).
-        self.cma = [seen[p][self.rank] is None for p in range(self.size)]
-        #: The longest message rank p sends as itself (the rest are pulled or
-        #: announced): what a receive from p must have room for, beside its buffer.
-        self.raw_max = [cma_min - 1 if seen[self.rank][p] is None else None
-                        for p, (_, cma_min) in enumerate(both)]
-        known = [n for n in self.raw_max if n is not None]
-        self.raw_max_any = max(known) if len(known) == self.size else None
-        #: Every rank may read every other: collectives copy between any two ranks.
-        self.all_cma = all(x is None for row in seen for x in row)
-        why = next((w for w in refusals if w), None) or next(
-            (f"rank {p} was refused access to this process's memory (its own warning "
-             "says why)" for p in range(self.size) if seen[p][self.rank] is True), None)
-        if why:
-            _warn_once(why)
+        #: Who may read whom (probed and agreed now: a collective, as construction is).
+        self.access = PeerAccess.discover(channel, config, self.cma_min)
+        self.can_read = self.access.can_read
+        self.cma = self.access.cma
+        self.raw_max = self.access.raw_max
+        self.raw_max_any = self.access.raw_max_any
+        self.all_cma = self.access.all_cma
 
-    def _cma_ok(self, peer: int, config) -> Optional[str]:
-        """None if we may read *peer*'s memory: same node, same pid and user
-        namespaces, a pidfd held, and the kernel actually lets us (probed, never
-        assumed). Otherwise why not ("" when CMA is not meant to be used)."""
-        ch = self.ch
-        if config.transport != "cma" or ch.nodes[peer] != ch.nodes[self.rank]:
-            return ""
-        if peer == self.rank:
-            return None
-        if ch.pidns[peer] != ch.pidns[self.rank]:
-            return f"rank {peer} runs in another pid namespace"
-        mine, theirs = ch.userns[self.rank], ch.userns[peer]
-        if mine is not None and theirs is not None and mine != theirs:
-            return (f"rank {peer} runs in another user namespace (uids and capabilities "
-                    "mean different things there)")
-        pid = ch.pids[peer]
-        try:
-            held = _cma.hold(pid, peer)
-        except OSError as exc:
-            return (f"no pidfd for rank {peer} (pid {pid}), needed so that a read can never "
-                    f"reach another process that reuses its pid: {exc}")
-        try:
-            _cma.probe(pid)
-        except OSError as exc:
-            _cma.release(held)
-            return f"cross-memory access to rank {peer} (pid {pid}) was refused: {exc}"
-        self.peers[peer] = held
-        return None
+    @property
+    def peers(self) -> Dict[int, "_cma.Peer"]:
+        """Held pidfds of the peers we may read (see `_access.PeerAccess`)."""
+        return self.access.peers
 
     def free(self) -> None:
         """Close the peers' pidfds and free the channel (and the collectives' own)."""
-        peers, self.peers = self.peers, {}
-        for held in peers.values():
-            _cma.release(held)
+        self.access.release()
         coll, self.coll = self.coll, None
         if coll is not None:
             coll.e.free()
@@ -898,43 +851,6 @@ class Engine:
 
 # -- progress ----------------------------------------------------------------------------
 
-_warned = False
-_ptracer_pid = 0
-
-
-def _warn_once(why: str) -> None:
-    """One warning per process: CMA is off for some peer, payloads are copied instead."""
-    global _warned
-    if not _warned:
-        _warned = True
-        import warnings
-
-        fix = "" if "CMAMPI_TRANSPORT=copy" in why else \
-            " Set CMAMPI_TRANSPORT=copy to choose this explicitly."
-        warnings.warn(f"cmampi: {why}; payloads that cannot be pulled are copied through "
-                      f"the channel instead (results are the same, only slower).{fix}",
-                      RuntimeWarning, stacklevel=3)
-
-
-def _allow_peers(config) -> None:
-    """Under Yama's ptrace_scope 1, let the job's peers read this process.
-
-    Once per process (a forked child must ask again: Yama's exception does not
-    cross fork). Called when this module is imported too, so it comes before
-    any channel handshake: no peer can probe us before we have allowed it.
-    """
-    global _ptracer_pid
-    if _ptracer_pid == _os.getpid():
-        return
-    _ptracer_pid = _os.getpid()
-    if _cma.ptracer_plan(_cma.ptrace_scope(), config.set_ptracer) == "set":
-        try:
-            _cma.set_ptracer_any()
-        except OSError:
-            pass    # our peers' probes are refused, and their warnings say why
-
-
-_allow_peers(_config)
 
 
 _ndarray = np.ndarray

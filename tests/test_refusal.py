@@ -24,7 +24,7 @@ import warnings
 import numpy as np
 import pytest
 
-from cmampi import _cma, _config, _names, p2p
+from cmampi import _access, _cma, _config, _names, p2p
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYTHON = sys.executable
@@ -38,7 +38,7 @@ PR_SET_DUMPABLE = 4
 def fresh_ptracer(monkeypatch):
     """Forget that this process already asked, and record what it asks now."""
     asked = []
-    monkeypatch.setattr(p2p, "_ptracer_pid", 0)
+    monkeypatch.setattr(_access, "_ptracer_pid", 0)
     monkeypatch.setattr(_cma, "set_ptracer_any", lambda: asked.append(True))
     return asked
 
@@ -50,17 +50,17 @@ def fresh_ptracer(monkeypatch):
 def test_ptracer_is_set_only_where_it_helps(monkeypatch, fresh_ptracer, scope, enabled, asks):
     monkeypatch.setattr(_cma, "ptrace_scope", lambda: scope)
     cfg = dataclasses.replace(_config.config, set_ptracer=enabled)
-    p2p._allow_peers(cfg)
-    p2p._allow_peers(cfg)          # once per process
+    _access.allow_peers(cfg)
+    _access.allow_peers(cfg)          # once per process
     assert fresh_ptracer == ([True] if asks else [])
 
 
 def test_ptracer_is_asked_again_after_fork(monkeypatch, fresh_ptracer):
     """Yama's exception does not cross fork: a child asks for itself."""
     monkeypatch.setattr(_cma, "ptrace_scope", lambda: 1)
-    p2p._allow_peers(_config.config)
-    monkeypatch.setattr(p2p, "_ptracer_pid", -1)     # as seen from another process
-    p2p._allow_peers(_config.config)
+    _access.allow_peers(_config.config)
+    monkeypatch.setattr(_access, "_ptracer_pid", -1)     # as seen from another process
+    _access.allow_peers(_config.config)
     assert fresh_ptracer == [True, True]
 
 
@@ -69,11 +69,11 @@ def test_failed_prctl_is_left_to_the_peers_probes(monkeypatch):
     and start-up goes on."""
     if _cma.ptrace_scope() is not None:
         pytest.skip("Yama is enabled here: the call would succeed")
-    monkeypatch.setattr(p2p, "_ptracer_pid", 0)
+    monkeypatch.setattr(_access, "_ptracer_pid", 0)
     monkeypatch.setattr(_cma, "ptrace_scope", lambda: 1)
     with pytest.raises(OSError):
         _cma.set_ptracer_any()
-    p2p._allow_peers(_config.config)
+    _access.allow_peers(_config.config)
 
 
 @pytest.mark.parametrize("raw,want", [("", True), ("1", True), ("0", False), ("off", False),
@@ -140,7 +140,7 @@ def _engine(ch, **cfg):
 @pytest.fixture(autouse=True)
 def unwarned(monkeypatch):
     """Each engine here is the first of its process to warn."""
-    monkeypatch.setattr(p2p, "_warned", False)
+    monkeypatch.setattr(_access, "_warned", False)
 
 
 def _start(ch, **cfg):

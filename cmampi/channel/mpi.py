@@ -6,6 +6,7 @@ import os as _os
 import socket as _socket
 from typing import List, Optional, Sequence, Tuple
 
+from .._access import allow_peers
 from .._channels import real_mpi
 from .._cma import pid_namespace, user_namespace
 from .._config import CMA_MIN_DEFAULTS, config as _config
@@ -38,6 +39,7 @@ class MPIChannel:
     cma_min = CMA_MIN_DEFAULTS["mpi"]
 
     def __init__(self, comm: _MPI.Intracomm, node: Optional[str] = None) -> None:
+        allow_peers(_config)     # before the handshake below: peers probe us after it
         #: mpi4py's own view of *comm* (a cmampi communicator's methods would recurse)
         self.comm = comm = _MPI.Intracomm(comm)
         self.node = node

@@ -43,6 +43,7 @@ from typing import Any, Deque, Dict, List, Optional, Sequence, Set
 import numpy as _np
 
 from .. import _names, _tuning
+from .._access import allow_peers
 from .._cma import user_namespace
 from .._config import CMA_MIN_DEFAULTS, config as _config
 from . import Completion, _ring, completion
@@ -187,6 +188,7 @@ class Hub:
         self._sends = 0
         self._look_at = 0.0      # when a spinning wait next looks at the kernel
         if size > 1:
+            allow_peers(_config)    # before connecting: peers probe us once connected
             self._connect_all(directory, token, expected_pids)
 
     # -- set-up ---------------------------------------------------------------------------
