@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ._channels import names as _names_in_use
-from . import p2p as _p2p
+from . import objects as _objects, p2p as _p2p
+from ._buffers import recv_buffer
 from ._standin import StandIn, is_ours
 
 __all__ = ["Request", "Prequest", "PartitionedRequest", "Message", "new_request"]
@@ -929,8 +930,6 @@ class Message(*_MESSAGE_BASES, metaclass=StandIn):  # type: ignore[misc]
         """Nonblocking receive of matched message."""
         if _library_owns(self):
             return _REAL_MESSAGE.Irecv(self, buf)
-        from ._buffers import recv_buffer
-
         self._check()
         rbuf = recv_buffer(buf) if buf is not None else None
         return new_request(self._take(rbuf))
@@ -945,11 +944,9 @@ class Message(*_MESSAGE_BASES, metaclass=StandIn):  # type: ignore[misc]
         """Nonblocking receive of matched message, as a Python object."""
         if _library_owns(self):
             return _REAL_MESSAGE.irecv(self)
-        from .objects import landed, loads
-
         self._check()
-        op = self._take(None, landed)
-        op.decode = loads
+        op = self._take(None, _objects.landed)
+        op.decode = _objects.loads
         return new_request(op)
 
     def _check(self) -> None:

@@ -9,7 +9,7 @@ import threading as _threading
 from typing import Optional
 
 from ._config import config as _config
-from .comm import Communicator, _Freed
+from .comm import Communicator, _Freed, as_int
 from .request import Prequest, Request, new_request
 from . import p2p as _p2p
 from .sockgroup import Group
@@ -75,8 +75,6 @@ class Intracomm(Communicator):
     def Split(self, color: int = 0, key: int = 0) -> "Intracomm":
         """Split the communicator by *color*, ordering ranks by *key* (``COMM_NULL``
         for color ``UNDEFINED``)."""
-        from .comm import as_int
-
         ch = self._engine.ch.split(as_int(color), as_int(key))
         return Intracomm._from_channel(ch) if ch is not None else _topo().null_comm()
 
@@ -105,8 +103,6 @@ class Intracomm(Communicator):
     def Create_group(self, group: Group, tag: int = 0) -> "Intracomm":
         """Create a communicator of the processes of *group*; collective over those
         processes only (*tag* tells apart creations under way at once)."""
-        from .comm import as_int
-
         ch = self._engine.ch
         names = self._engine.names
         members = group._live()

@@ -13,6 +13,7 @@ import itertools
 from typing import Iterable, List, Optional, Sequence, Tuple
 
 from . import _names
+from .comm import as_int
 
 __all__ = ["Group", "GROUP_EMPTY", "GROUP_NULL"]
 
@@ -101,8 +102,6 @@ class Group:
                         group: Optional["Group"] = None) -> List[int]:
         """Translate ranks in a group to those in another group (``COMM_WORLD``'s
         if *group* is None); ``UNDEFINED`` for a process not in it."""
-        from .comm import as_int
-
         members = self._live()
         ranks = range(len(members)) if ranks is None else \
             [r if r == _names.PROC_NULL else self._checked(r) for r in map(as_int, ranks)]
@@ -189,8 +188,6 @@ class Group:
     # -- helpers ----------------------------------------------------------------------------
     def _checked(self, rank) -> int:
         """*rank* as an int, a rank of this group (``ERR_RANK`` if not)."""
-        from .comm import as_int
-
         r = as_int(rank)
         if not 0 <= r < len(self._members):
             raise _names.Exception(_names.ERR_RANK)
