@@ -8,7 +8,7 @@ from typing import Optional
 
 __all__ = ["Config", "config", "CMA_MIN_DEFAULTS"]
 
-from ._tuning import CHUNK, CMA_MIN_DEFAULTS, COOP_MIN, EAGER_LIMIT
+from ._tuning import CHUNK, CMA_MIN_DEFAULTS, COOP_MIN, EAGER_LIMIT, POOL
 
 
 def _size(name: str, default: Optional[int]) -> Optional[int]:
@@ -67,14 +67,14 @@ class Config:
     transport: str
     #: ``auto``, ``mpi`` or ``socket``.
     channel: str
-    #: Where Yama's ptrace_scope is 1, call ``prctl(PR_SET_PTRACER, ANY)`` at start-up
-    #: so that the job's peers may read this process.
+    #: Where Yama's ptrace_scope is 1, call ``prctl(PR_SET_PTRACER, ANY)`` before
+    #: the first channel's handshake, so that the job's peers may read this process.
     set_ptracer: bool = True
     #: The node this rank claims to be on (MPI channel): ranks with different
     #: values never use CMA between them. None: as ``Split_type(COMM_TYPE_SHARED)`` says.
     node: Optional[str] = None
     #: Bytes of large receive buffers kept mapped for reuse once dropped (objects).
-    pool: int = 256 << 20
+    pool: int = POOL
     #: Socket channel: frames between ranks travel through shared-memory rings
     #: (where the processor allows), the sockets carry doorbells and hang-ups.
     rings: bool = True
@@ -94,7 +94,7 @@ class Config:
             channel=_choice("CMAMPI_CHANNEL", "auto", ("auto", "mpi", "socket")),
             set_ptracer=_flag("CMAMPI_SET_PTRACER", True),
             node=_os.environ.get("CMAMPI_NODE") or None,
-            pool=_size("CMAMPI_POOL", 256 << 20),
+            pool=_size("CMAMPI_POOL", POOL),
             rings=_flag("CMAMPI_RINGS", True),
             check_collectives=_flag("CMAMPI_CHECK_COLLECTIVES", False),
         )

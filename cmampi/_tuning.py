@@ -9,7 +9,7 @@ from __future__ import annotations
 
 __all__ = ["CMA_MIN_DEFAULTS", "EAGER_LIMIT", "COOP_MIN", "CHUNK", "NATIVE_MAX", "AGREED_INLINE",
            "COLL_INLINE_MAX", "PIECE", "OOB_MIN", "P2P_OOB_MIN",
-           "OBJECT_RAW_MAX", "STREAM_INLINE", "COARSE_RUN", "POOL_MIN",
+           "OBJECT_RAW_MAX", "STREAM_INLINE", "COARSE_RUN", "POOL_MIN", "POOL",
            "SPIN_SECONDS", "LOOK_SECONDS"]
 
 # -- point to point ----------------------------------------------------------------------------
@@ -65,6 +65,9 @@ STREAM_INLINE = 16 << 10
 #: Receive buffers from this size on are anonymous mappings, kept for reuse
 #: (``CMAMPI_POOL`` bytes of them); smaller ones come from numpy's allocator.
 POOL_MIN = 4 << 20
+#: Bytes of such mappings kept once dropped (``CMAMPI_POOL``): a receive of a size
+#: seen before then takes no page faults.
+POOL = 256 << 20
 
 # -- socket channel ----------------------------------------------------------------------------
 #: A wait polls the rings without blocking this long, then sleeps in ``poll()``.
