@@ -16,7 +16,7 @@ SOCKET_MODULES=(test_p2p_buf test_p2p_buf_matched test_p2p_obj test_p2p_obj_matc
     test_group)
 
 section "lint (ruff, pyproject.toml's rules)"
-ruff check cmampi tests bench examples
+ruff check cmampi tests examples
 section "serial tests"
 "${PYTEST[@]}" tests
 for n in 2 3; do

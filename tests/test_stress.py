@@ -1,6 +1,6 @@
 """Stress: over 20 000 random messages between 4 ranks, every one checked.
 
-The traffic and its checks are ``bench/soak.py``'s (see its docstring): sizes
+The traffic and its checks are ``cmampi.bench.soak``'s (see its docstring): sizes
 from 0 to 4 MiB with every protocol boundary, random tags, specific and
 wildcard receives, blocking and nonblocking calls in every mode, strided
 buffers, object messages. Here it runs a fixed plan from a fixed seed, so a
@@ -10,13 +10,10 @@ failure reproduces.
 from __future__ import annotations
 
 import os
-import sys
 
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                "bench"))
-from soak import Soak  # noqa: E402
+from cmampi.bench.soak import DTYPES, Soak
 
 pytestmark = pytest.mark.mpi(min_size=4)
 
@@ -50,7 +47,6 @@ def test_same_traffic_on_plain_mpi4py(capfd):
         pytest.skip("the reference runs once, in the plain stress run")
     from mpi4py import MPI
 
-    from soak import DTYPES
 
     comm = MPI.COMM_WORLD.Dup()
     soak = Soak(comm, MPI, seed=SEED, strided=False, dtypes=[d for d in DTYPES if d != "f2"])

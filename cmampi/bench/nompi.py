@@ -2,7 +2,7 @@
 
 Run with plain Python (not under mpiexec or cmampi's launcher)::
 
-    python bench/nompi.py [--sizes 8,1k,16m] [--rounds 5] [--format table|csv|json]
+    python -m cmampi.bench.nompi [--sizes 8,1k,16m] [--rounds 5] [--format table|csv|json]
         [--output FILE] [--skip-mpi] [--timeout SECONDS]
 
 The script is a driver: it runs ``python -m cmampi.bench pingpong`` as up to two
@@ -37,12 +37,11 @@ import tempfile
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if importlib.util.find_spec("cmampi") is None:     # a source checkout, not installed
-    sys.path.insert(0, ROOT)
+from ._common import format_size, parse_sizes, positive_int
+from ._report import emit, markdown_table
 
-from cmampi.bench._common import format_size, parse_sizes, positive_int  # noqa: E402
-from cmampi.bench._report import emit, markdown_table  # noqa: E402
+#: Where the cmampi package lives: the jobs import it from there too.
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 #: Message sizes (bytes), unless ``--sizes`` says otherwise.
 DEFAULT_SIZES: Tuple[int, ...] = (8, 1 << 10, 64 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20)
@@ -108,8 +107,7 @@ def job_environ(channel: str) -> Dict[str, str]:
         env.pop(key, None)
     if channel == "mpi":
         env["CMAMPI_CHANNEL"] = "mpi"
-    if ROOT in sys.path:             # put there above: cmampi is not installed
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
     return env
 
 

@@ -1,6 +1,6 @@
 """The memory-traffic floor of a 2-rank Allreduce/Reduce on this machine.
 
-``python bench/memory_floor.py [--sizes 16m,64m] [--piece 512k]``
+``python -m cmampi.bench.memory_floor [--sizes 16m,64m] [--piece 512k]``
 
 Two processes, started together, each do the work one rank of cmampi's
 slice-parallel Allreduce must do, with no communication at all: for its half of

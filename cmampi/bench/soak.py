@@ -2,8 +2,8 @@
 
 Run with any number of ranks (four is the intended case)::
 
-    mpiexec -n 4 python bench/soak.py [--seconds 180] [--seed 1] [--max-size 4m]
-    python -m cmampi -n 4 bench/soak.py [--seconds 180] [--seed 1] [--max-size 4m]
+    mpiexec -n 4 python -m cmampi.bench.soak [--seconds 180] [--seed 1] [--max-size 4m]
+    python -m cmampi -n 4 -m cmampi.bench.soak [--seconds 180] [--seed 1] [--max-size 4m]
 
 ``--mpi4py`` runs the same traffic over plain mpi4py (contiguous buffers only,
 no float16), to check the harness against the reference.
