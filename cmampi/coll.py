@@ -97,7 +97,7 @@ class Collectives:
         out = {me: record}
         second, parts = [], {}
         for k, src in enumerate(peers):
-            part, total = _first_part(self._stages[k], infos[k][2])
+            part, total = _first_part(self._stages[k], infos[k].nbytes)
             if len(part) < total:   # the record continues in a second message
                 more = bytearray(total - len(part))
                 second.append(ch.irecv(more, src, _TAG_X))
@@ -152,21 +152,25 @@ class Collectives:
         _p2p.wait_handles(ch, [ch.irecv(self._empty, s, _TAG_ACK) for s in sources])
 
     def agree(self, error: Optional[BaseException], info: Any, payload=None,
-              inline: bool = False, call: Optional["Call"] = None) -> List[Any]:
+              inline: bool = False, call: Optional["Call"] = None) -> List["Agreed"]:
         """Exchange (error, info, payload, call); raise the first error any rank
         had, then, on every rank alike, a mismatch of the calls themselves
-        (another collective, root or op on some rank)."""
-        records = self.exchange((self.error_record(error), info,
+        (another collective, root or op on some rank). Every rank's `Agreed`."""
+        # Infos travel as plain tuples (a NamedTuple pickles with its class's
+        # name: 4-6 us more per small collective on the socket channel) and
+        # are named again below, once every rank is known to make this call.
+        records = self.exchange((self.error_record(error), _plain(info),
                                  payload if inline else None, call))
-        for r, rec in enumerate(records):
-            if rec[0] is not None:
+        for r, (failed, _, _, _) in enumerate(records):
+            if failed is not None:
                 if error is not None:
                     raise error
-                raise self.remote_error(*rec[0], rank=r)
-        calls = [rec[3] for rec in records]
+                raise self.remote_error(*failed, rank=r)
+        calls = [called for _, _, _, called in records]
         if any(other != call for other in calls):
             raise self.mismatch(*_disagreement(calls, self.names))
-        return [rec[:3] for rec in records]
+        named = type(info) if hasattr(info, "_fields") else None
+        return [_new(Agreed, (_named(named, i), payload)) for _, i, payload, _ in records]
 
     def error_record(self, error: Optional[BaseException]) -> Optional[Tuple[int, str]]:
         """What travels of a local error: (error class, text); None for no error."""
@@ -372,6 +376,116 @@ class Call(NamedTuple):
     op: Optional[str] = None      # a predefined op's name; "" for a user op
 
 
+def _plain(info: Any) -> Any:
+    """*info* with its NamedTuples (its ``_nested`` fields too) as plain tuples."""
+    nested = getattr(info, "_nested", None)
+    if nested is None:
+        return tuple(info) if hasattr(info, "_fields") else info
+    return tuple(tuple(x) if x is not None and f in nested else x
+                 for f, x in zip(info._fields, info))
+
+
+def _named(cls: Any, info: Any) -> Any:
+    """A plain *info* as the NamedTuple *cls* again (its ``_nested`` fields too)."""
+    if cls is None or info is None:
+        return info
+    nested = getattr(cls, "_nested", None)
+    if nested is not None:
+        info = [_new(nested[f], x) if x is not None and f in nested else x
+                for f, x in zip(cls._fields, info)]
+    return _new(cls, info)
+
+
+#: Makes a NamedTuple of a tuple without its argument parsing (small collectives
+#: make a few per call).
+_new = tuple.__new__
+
+
+class Agreed(NamedTuple):
+    """One rank's part of a collective's agreement, as `Collectives.agree` returns it."""
+
+    info: Any
+    payload: Optional[bytes]           # the rank's data, when it came inline
+
+
+class BcastInfo(NamedTuple):
+    """A rank's Bcast buffer."""
+
+    nbytes: int
+    addr: int
+
+
+class RecvInfo(NamedTuple):
+    """The root's Gather receive buffer (counts and displs None: equal blocks)."""
+
+    size: int                           # in elements
+    addr: int
+    counts: Optional[List[int]]
+    displs: Optional[List[int]]
+
+
+class GatherInfo(NamedTuple):
+    """A rank's Gather block, and at the root its receive buffer."""
+
+    size: int                           # elements sent
+    dtype: str
+    addr: int
+    recv: Optional[RecvInfo]            # the root's only
+
+    _nested = {"recv": RecvInfo}
+
+
+class SendInfo(NamedTuple):
+    """The root's Scatter send buffer (counts and displs None: equal blocks)."""
+
+    size: int                           # in elements
+    dtype: str
+    addr: int
+    counts: Optional[List[int]]
+    displs: Optional[List[int]]
+
+
+class ScatterInfo(NamedTuple):
+    """A rank's Scatter receive buffer (None in place at the root), and the root's send buffer."""
+
+    size: Optional[int]                 # elements received
+    dtype: Optional[str]
+    send: Optional[SendInfo]            # the root's only
+
+    _nested = {"send": SendInfo}
+
+
+class AllgatherInfo(NamedTuple):
+    """A rank's Allgather block and the layout of its receive buffer."""
+
+    size: int                           # elements sent
+    dtype: str
+    recv_addr: int
+    displs: List[int]                   # where each rank's block goes, in elements
+    counts: List[int]
+
+
+class AlltoallInfo(NamedTuple):
+    """A rank's Alltoall dtype, receive buffer address, and block layouts (in elements)."""
+
+    dtype: str
+    recv_addr: int
+    recv_counts: List[int]
+    recv_displs: List[int]
+    send_counts: List[int]
+    send_displs: List[int]
+
+
+class ReduceInfo(NamedTuple):
+    """A rank's reduction input and receive buffer (None where it has none)."""
+
+    size: int                           # elements of the input
+    dtype: str
+    addr: int
+    recv_size: Optional[int]
+    recv_addr: Optional[int]
+
+
 def _call(kind: str, root=None, op=None) -> Call:
     return Call(kind, root if isinstance(root, int) else None,
                 None if op is None else _ops.predefined_name(op))
@@ -412,13 +526,13 @@ def bcast(c: Collectives, spec, root: int) -> None:
     f, err = _guard(parse)
     a = f.array if f else None
     me = c.rank
-    info = None if a is None else (a.nbytes, addr(a))
+    info = None if a is None else BcastInfo(a.nbytes, addr(a))
     records = c.agree(err, info, _payload(c, a) if me == root else None, inline=me == root,
                       call=_call("bcast", root))
-    nbytes = [r[1][0] for r in records]
+    nbytes = [r.info.nbytes for r in records]
     if len(set(nbytes)) != 1:
         raise c.mismatch(f"Bcast buffer sizes differ across ranks: {nbytes}")
-    _, (n, raddr), payload = records[root]
+    n, raddr, payload = records[root].info.nbytes, records[root].info.addr, records[root].payload
     if payload is not None:
         if me != root:
             a.view(_np.uint8)[...] = _np.frombuffer(payload, _np.uint8)
@@ -431,7 +545,7 @@ def bcast(c: Collectives, spec, root: int) -> None:
         c.pull(root, raddr, a.view(_np.uint8)[:half])
     elif c.size == 2:
         peer = 1 - root
-        c.push(peer, a.view(_np.uint8)[half:], records[peer][1][1] + half)
+        c.push(peer, a.view(_np.uint8)[half:], records[peer].info.addr + half)
     c.barrier()               # every copy into every buffer has landed
     if me != root:
         f.finish()
@@ -467,18 +581,19 @@ def gather(c: Collectives, sendspec, recvspec, root: int, vector_spec: bool = Fa
         sarr = send.array if send is not None else None
     info = None
     if err is None:
-        info = (sarr.size, sarr.dtype.str, addr(sarr),
-                None if recv is None else (recv.array.size, addr(recv.array), cnts, dsps))
+        info = GatherInfo(sarr.size, sarr.dtype.str, addr(sarr),
+                          None if recv is None else
+                          RecvInfo(recv.array.size, addr(recv.array), cnts, dsps))
     records = c.agree(err, info, _payload(c, sarr), inline=True,
                       call=_call("gatherv" if vector_spec else "gather", root))
-    rinfo = records[root][1][3]
-    rsize, raddr, cnts, dsps = rinfo
-    dtype = _np.dtype(records[root][1][1])
+    rinfo = records[root].info.recv
+    rsize, raddr, cnts, dsps = rinfo.size, rinfo.addr, rinfo.counts, rinfo.displs
+    dtype = _np.dtype(records[root].info.dtype)
     if cnts is None:
-        k = records[root][1][0]
+        k = records[root].info.size
         cnts, dsps = [k] * size, [r * k for r in range(size)]
-    sizes = [r[1][0] for r in records]
-    if sizes != list(cnts) or any(r[1][1] != dtype.str for r in records):
+    sizes = [r.info.size for r in records]
+    if sizes != list(cnts) or any(r.info.dtype != dtype.str for r in records):
         # A block longer than its slot at the root: MPI's truncation error.
         longer = any(s > k for s, k in zip(sizes, cnts))
         raise c.mismatch(f"Gather blocks differ from the root's: sent {sizes}, expected {cnts}",
@@ -488,16 +603,16 @@ def gather(c: Collectives, sendspec, recvspec, root: int, vector_spec: bool = Fa
                          f"the blocks need {max(d + k for d, k in zip(dsps, cnts))}",
                          names.ERR_TRUNCATE)
     isz = dtype.itemsize
-    any_cma = any(r[2] is None for r in records)
+    any_cma = any(r.payload is None for r in records)
     if me == root:
         out = recv.array
-        for r, (_, info_r, payload) in enumerate(records):
+        for r, rec in enumerate(records):
             if r == me:
                 if not in_place:
                     out[dsps[r] : dsps[r] + cnts[r]] = sarr
-            elif payload is not None:
-                out[dsps[r] : dsps[r] + cnts[r]] = _from(payload, dtype)
-    elif records[me][2] is None:
+            elif rec.payload is not None:
+                out[dsps[r] : dsps[r] + cnts[r]] = _from(rec.payload, dtype)
+    elif records[me].payload is None:
         c.push(root, sarr, raddr + dsps[me] * isz)
     if any_cma:
         c.barrier()
@@ -529,34 +644,38 @@ def scatter(c: Collectives, sendspec, recvspec, root: int, vector_spec: bool = F
     info = None
     if err is None:
         rarr = recv.array if recv is not None else None
-        info = (None if rarr is None else rarr.size, None if rarr is None else rarr.dtype.str,
-                None if send is None else (send.array.size, send.array.dtype.str,
-                                           addr(send.array), cnts, dsps))
+        info = ScatterInfo(None if rarr is None else rarr.size,
+                           None if rarr is None else rarr.dtype.str,
+                           None if send is None else
+                           SendInfo(send.array.size, send.array.dtype.str, addr(send.array),
+                                    cnts, dsps))
     payload = _payload(c, send.array) if send is not None else None
     records = c.agree(err, info, payload, inline=me == root,
                       call=_call("scatterv" if vector_spec else "scatter", root))
-    ssize, sdtype, saddr, cnts, dsps = records[root][1][2]
+    sinfo = records[root].info.send
+    ssize, sdtype, saddr, cnts, dsps = \
+        sinfo.size, sinfo.dtype, sinfo.addr, sinfo.counts, sinfo.displs
     dtype = _np.dtype(sdtype)
     if cnts is None:
         k = ssize // size
         cnts, dsps = [k] * size, [r * k for r in range(size)]
     for r, rec in enumerate(records):
-        if rec[1][0] is not None and rec[1][0] != cnts[r]:
+        if rec.info.size is not None and rec.info.size != cnts[r]:
             # Shorter: MPI's truncation; longer: the signatures differ (erroneous, and
             # with 3 ranks or more MPICH then delivers the wrong elements).
-            raise c.mismatch(f"Scatter: rank {r} receives {rec[1][0]} elements, "
+            raise c.mismatch(f"Scatter: rank {r} receives {rec.info.size} elements, "
                              f"the root sends it {cnts[r]}",
-                             names.ERR_TRUNCATE if rec[1][0] < cnts[r] else None)
+                             names.ERR_TRUNCATE if rec.info.size < cnts[r] else None)
     if me == root and in_place:
         pass
-    elif records[root][2] is not None:
-        src = _from(records[root][2], dtype)
+    elif records[root].payload is not None:
+        src = _from(records[root].payload, dtype)
         recv.array[: cnts[me]] = src[dsps[me] : dsps[me] + cnts[me]]
     elif me == root:
         recv.array[: cnts[me]] = send.array[dsps[me] : dsps[me] + cnts[me]]
     else:
         c.pull(root, saddr + dsps[me] * dtype.itemsize, recv.array[: cnts[me]])
-    if records[root][2] is None:
+    if records[root].payload is None:
         c.barrier()
     if recv is not None:
         recv.finish()
@@ -582,28 +701,28 @@ def allgather(c: Collectives, sendspec, recvspec, vector_spec: bool = False) -> 
 
     got, err = _guard(parse)
     recv, send, cnts, dsps = got if got else (None, None, None, None)
-    info = None if err else (send.size, send.dtype.str, addr(recv.array), dsps, cnts)
+    info = None if err else AllgatherInfo(send.size, send.dtype.str, addr(recv.array), dsps, cnts)
     records = c.agree(err, info, _payload(c, send), inline=True,
                       call=_call("allgatherv" if vector_spec else "allgather"))
     # Judge from the records alone, so that every rank reaches the same verdict.
-    sizes = [r[1][0] for r in records]
-    layouts = {(tuple(r[1][4]), tuple(r[1][3])) for r in records}
-    if len(layouts) != 1 or sizes != list(records[0][1][4]) or \
-            len({r[1][1] for r in records}) != 1:
+    sizes = [r.info.size for r in records]
+    layouts = {(tuple(r.info.counts), tuple(r.info.displs)) for r in records}
+    if len(layouts) != 1 or sizes != list(records[0].info.counts) or \
+            len({r.info.dtype for r in records}) != 1:
         raise c.mismatch(f"Allgather: blocks {sizes} do not fit the receive layouts "
                          f"{sorted(layouts)}")
     out = recv.array
     isz = out.dtype.itemsize
     if not in_place:
         out[dsps[me] : dsps[me] + cnts[me]] = send
-    for r, (_, info_r, payload) in enumerate(records):
-        if r != me and payload is not None:
-            out[dsps[r] : dsps[r] + cnts[r]] = _from(payload, out.dtype)
-    if records[me][2] is None:
+    for r, rec in enumerate(records):
+        if r != me and rec.payload is not None:
+            out[dsps[r] : dsps[r] + cnts[r]] = _from(rec.payload, out.dtype)
+    if records[me].payload is None:
         for r in range(size):
             if r != me:
-                c.push(r, send, records[r][1][2] + records[r][1][3][me] * isz)
-    if any(rec[2] is None for rec in records):
+                c.push(r, send, records[r].info.recv_addr + records[r].info.displs[me] * isz)
+    if any(rec.payload is None for rec in records):
         c.barrier()
     recv.finish()
 
@@ -631,27 +750,29 @@ def alltoall(c: Collectives, sendspec, recvspec, vector_spec: bool = False) -> N
 
     got, err = _guard(parse)
     recv, send, rc, rd, sc, sd = got if got else (None,) * 6
-    info = None if err else (send.array.dtype.str, addr(recv.array), rc, rd, sc, sd)
+    info = None if err else AlltoallInfo(send.array.dtype.str, addr(recv.array), rc, rd, sc, sd)
     records = c.agree(err, info, _payload(c, send.array) if send else None, inline=True,
                       call=_call("alltoallv" if vector_spec else "alltoall"))
     for r, rec in enumerate(records):        # every pair, on every rank
         for j in range(size):
-            if rec[1][4][j] != records[j][1][2][r] or rec[1][0] != records[j][1][0]:
-                raise c.mismatch(f"Alltoall: rank {r} sends {rec[1][4][j]} elements to rank "
-                                 f"{j}, which expects {records[j][1][2][r]}")
+            to = records[j].info
+            if rec.info.send_counts[j] != to.recv_counts[r] or rec.info.dtype != to.dtype:
+                raise c.mismatch(f"Alltoall: rank {r} sends {rec.info.send_counts[j]} elements "
+                                 f"to rank {j}, which expects {to.recv_counts[r]}")
     out = recv.array
     isz = out.dtype.itemsize
     out[rd[me] : rd[me] + rc[me]] = send.array[sd[me] : sd[me] + sc[me]]
-    for r, (_, info_r, payload) in enumerate(records):
-        if r != me and payload is not None:
-            src = _from(payload, out.dtype)
-            out[rd[r] : rd[r] + rc[r]] = src[info_r[5][me] : info_r[5][me] + rc[r]]
-    if records[me][2] is None:
+    for r, rec in enumerate(records):
+        if r != me and rec.payload is not None:
+            src = _from(rec.payload, out.dtype)
+            at = rec.info.send_displs[me]
+            out[rd[r] : rd[r] + rc[r]] = src[at : at + rc[r]]
+    if records[me].payload is None:
         for r in range(size):
             if r != me:
-                raddr, rdr = records[r][1][1], records[r][1][3]
+                raddr, rdr = records[r].info.recv_addr, records[r].info.recv_displs
                 c.push(r, send.array[sd[r] : sd[r] + sc[r]], raddr + rdr[me] * isz)
-    if any(rec[2] is None for rec in records):
+    if any(rec.payload is None for rec in records):
         c.barrier()
     recv.finish()
 
@@ -728,12 +849,13 @@ def reduce_family(c: Collectives, kind: str, sendspec, recvspec, op, root: int =
     recv, x, combine = got if got else (None, None, None)
     info = None
     if err is None:
-        info = (x.size, x.dtype.str, addr(x), None if recv is None else recv.array.size,
-                None if recv is None else addr(recv.array))
+        info = ReduceInfo(x.size, x.dtype.str, addr(x),
+                          None if recv is None else recv.array.size,
+                          None if recv is None else addr(recv.array))
     records = c.agree(err, info, _payload(c, x), inline=True,
                       call=_call(kind, root if kind == "reduce" else None, op))
-    sizes = [r[1][0] for r in records]
-    dtypes = {r[1][1] for r in records}
+    sizes = [r.info.size for r in records]
+    dtypes = {r.info.dtype for r in records}
     if len(set(sizes)) != 1 or len(dtypes) != 1:
         raise c.mismatch(f"reduction inputs differ across ranks: sizes {sizes}, "
                          f"dtypes {sorted(dtypes)}")
@@ -742,8 +864,8 @@ def reduce_family(c: Collectives, kind: str, sendspec, recvspec, op, root: int =
     if kind in ("allreduce", "reduce", "scan", "exscan"):
         mine = (0, n)
         for r, rec in enumerate(records):   # every rank checks every rank's buffer
-            if rec[1][3] is not None and rec[1][3] < n:
-                raise c.mismatch(f"rank {r}'s receive buffer holds {rec[1][3]} elements, "
+            if rec.info.recv_size is not None and rec.info.recv_size < n:
+                raise c.mismatch(f"rank {r}'s receive buffer holds {rec.info.recv_size} elements, "
                                  f"need {n}")
     else:
         counts = recvcounts
@@ -752,7 +874,7 @@ def reduce_family(c: Collectives, kind: str, sendspec, recvspec, op, root: int =
                 raise c.mismatch(f"Reduce_scatter_block: {n} elements do not split in {size}")
             counts = [n // size] * size
         elif counts is None:
-            counts = [r[1][3] for r in records]
+            counts = [r.info.recv_size for r in records]
         counts = [int(k) for k in counts]
         if len(counts) != size or sum(counts) != n:
             raise c.mismatch(f"Reduce_scatter counts {counts} do not add up to {n}")
@@ -761,18 +883,18 @@ def reduce_family(c: Collectives, kind: str, sendspec, recvspec, op, root: int =
             offs.append(offs[-1] + k)
         mine = (offs[me], offs[me + 1])
         for r, rec in enumerate(records):
-            if rec[1][3] < counts[r]:
-                raise c.mismatch(f"rank {r}'s receive buffer holds {rec[1][3]} elements, "
+            if rec.info.recv_size < counts[r]:
+                raise c.mismatch(f"rank {r}'s receive buffer holds {rec.info.recv_size} elements, "
                                  f"need {counts[r]}")
     ranks = {"scan": range(me + 1), "exscan": range(me)}.get(kind, range(size))
-    if all(rec[2] is not None for rec in records):
+    if all(rec.payload is not None for rec in records):
         # Everything came inline: compute our part locally.
         lo, hi = mine
         if kind == "exscan" and me == 0:
             return
         if kind == "reduce" and me != root:
             return
-        parts = [_from(records[s][2], x.dtype)[lo:hi] for s in ranks]
+        parts = [_from(records[s].payload, x.dtype)[lo:hi] for s in ranks]
         out = recv.array[: hi - lo]
         _fold(combine, parts, out)
         recv.finish()
@@ -814,7 +936,7 @@ def _reduce_cma(c: Collectives, kind, records, x, recv, combine, mine, ranks, ro
             # Two inputs, one ours: pull the other and combine straight into the
             # result, while the pulled piece is still in cache.
             other = ranks[0] if ranks[1] == me else ranks[1]
-            c.pull(other, records[other][1][2] + o * isz, tmp)
+            c.pull(other, records[other].info.addr + o * isz, tmp)
             acc = out_base[o - shift : e - shift]
             a, b = (tmp, x[o:e]) if other < me else (x[o:e], tmp)
             fused(a, b, acc)
@@ -823,14 +945,14 @@ def _reduce_cma(c: Collectives, kind, records, x, recv, combine, mine, ranks, ro
             if last == me:
                 _np.copyto(acc, x[o:e])
             else:
-                c.pull(last, records[last][1][2] + o * isz, acc)
+                c.pull(last, records[last].info.addr + o * isz, acc)
             for s in reversed(ranks[:-1]):
                 if s == me:
                     combine(x[o:e], acc)
                 else:
-                    c.pull(s, records[s][1][2] + o * isz, tmp)
+                    c.pull(s, records[s].info.addr + o * isz, tmp)
                     combine(tmp, acc)
             if keep:
                 out_base[o - shift : e - shift] = acc
         for t in targets:
-            c.push(t, acc, records[t][1][4] + o * isz)
+            c.push(t, acc, records[t].info.recv_addr + o * isz)

@@ -170,7 +170,7 @@ def _among_all(coll, kind: str, err, packs, mine) -> List[Any]:
     """allgather, alltoall, allreduce, scan, exscan: one exchange of records,
     then each rank pulls what it needs; a barrier closes it if anything was pulled."""
     me = coll.rank
-    records = [r[1] for r in coll.agree(err, mine)]
+    records = [r.info for r in coll.agree(err, mine)]
     got = []
     try:
         for r, i in _needed(kind, me, coll.size):
