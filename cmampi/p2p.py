@@ -52,8 +52,9 @@ _PENDING: Dict["RecvOp", None] = {}   # insertion-ordered set
 #: Operations whose requests were freed or dropped in flight: kept alive (with the
 #: memory the channel may still write to) and advanced by `progress` until done.
 _DETACHED: List["Op"] = []
-#: Stages an engine keeps for reuse by object receives, per size.
-_SPARE_STAGES = 64
+#: Bytes of delivered receive stages an engine keeps for reuse: a window of
+#: receives into one buffer, or of objects, takes fresh memory (page faults) otherwise.
+_SPARE_BYTES = 64 << 20
 #: The first engine made: it completes requests of the MPI library's own.
 _DEFAULT: List["Engine"] = []
 
@@ -277,12 +278,9 @@ class RecvOp(Op):
             ctrl = msg[:count].tobytes()
             msg[:count] = np.frombuffer(self.stage, np.uint8, count)
             msg = ctrl
-        object_stage = self.buf is None and not self.inplace
         self.engine.deliver(self, memoryview(msg)[:count], source, tag)
-        if object_stage:        # delivered into memory of its own: the stage is free
-            spare = self.engine.spare_stages.setdefault(len(self.stage), [])
-            if len(spare) < _SPARE_STAGES:
-                spare.append(self.stage)
+        if not self.inplace:    # delivered (copied, or read if a header): reuse the stage
+            self.engine.spare(self.stage)
         self.stage = None
 
 
@@ -322,8 +320,9 @@ class Engine:
         self.any_source, self.any_tag = names.ANY_SOURCE, names.ANY_TAG
         self.stage_size = self.band
         self.stage = bytearray(self.stage_size)
-        #: Stages of object receives whose messages were delivered, by size.
+        #: Stages of receives whose messages were delivered, by size (see `spare`).
         self.spare_stages: Dict[int, List[np.ndarray]] = {}
+        self.spare_bytes = 0
         #: Records of objects (see `RecordReader`) travel behind a control message.
         self.records = RECORDS[0] if RECORDS else None
         self.record_min = self.records.at + len(self.records.mark) if self.records \
@@ -561,10 +560,21 @@ class Engine:
                 size = max(size, most if raw_max is None else min(most, raw_max))
             # Not zero-filled: only the bytes the channel writes are read. An
             # object's (large) stage is reused once its message is delivered.
-            spare = self.spare_stages.get(size) if buf is None else None
-            target = op.stage = spare.pop() if spare else np.empty(size, np.uint8)
+            spare = self.spare_stages.get(size)
+            if spare:
+                target = op.stage = spare.pop()
+                self.spare_bytes -= size
+            else:
+                target = op.stage = np.empty(size, np.uint8)
         op.wait_on(self.ch.irecv(target, source, tag), op.arrived)
         return op
+
+    def spare(self, stage: np.ndarray) -> None:
+        """Keep a receive stage whose message was delivered, for the next receive
+        of its size (up to `_SPARE_BYTES` in all)."""
+        if self.spare_bytes + stage.nbytes <= _SPARE_BYTES:
+            self.spare_stages.setdefault(stage.nbytes, []).append(stage)
+            self.spare_bytes += stage.nbytes
 
     def _shares_landing(self, span: Tuple[int, int]) -> bool:
         """Whether a pending in-place receive lands in part of *span*. Pending
