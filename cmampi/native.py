@@ -153,17 +153,21 @@ def _reduce_scatter_block(size, me, send, recv, root, op, in_place):
 
 # Payload bytes per rank up to `INLINE` travel inside the agreement itself: such
 # a checked collective is that one ``MPI_Allgather`` and a little numpy.
-_HEADER = _struct.Struct("<5q")
+#: What every rank agrees on, compared as bytes: (state, collective, bytes per
+#: rank, datatype code, op code, root). State 1: these arguments; 0: refused
+#: (cmampi's own path runs the call); 2: `_MPI_ONLY`.
+_HEADER = _struct.Struct("<6q")
 _HEAD = _HEADER.size
-_REFUSED = _HEADER.pack(0, 0, 0, 0, 0)
+_REFUSED = _HEADER.pack(0, 0, 0, 0, 0, 0)
 #: A rank whose arguments only the MPI library can run (a datatype with holes):
 #: if any rank says so, every rank runs the call with the MPI library.
-_MPI_ONLY = _HEADER.pack(2, 0, 0, 0, 0)
+_MPI_ONLY = _HEADER.pack(2, 0, 0, 0, 0, 0)
 
 
 def _only_mpi_can(spec) -> bool:
-    """Whether *spec* names a datatype cmampi's collectives cannot lay out (holes,
-    a lower bound) but the MPI library can."""
+    """Whether *spec* names a datatype cmampi's collectives cannot lay out (a
+    derived one: holes, a lower bound, or no numpy type of its own) but the MPI
+    library can."""
     if not isinstance(spec, (list, tuple)) or not spec:
         return False
     datatype = spec[-1]
@@ -171,6 +175,8 @@ def _only_mpi_can(spec) -> bool:
     if get_extent is None:
         return False
     try:
+        if not datatype.is_predefined:
+            return True
         lb, extent = get_extent()
         return lb != 0 or extent != datatype.Get_size()
     except Exception:   # noqa: BLE001 - a null datatype: the MPI library's to refuse
@@ -182,7 +188,7 @@ def _any_mpi_only(every, starts) -> bool:
 
 
 class Agreement:
-    """Per communicator: one ``MPI_Allgather`` of a header (five integers) and up
+    """Per communicator: one ``MPI_Allgather`` of a header (six integers) and up
     to `INLINE` bytes of payload per rank, and per kind the fast run of its last
     call whose payloads rode in the agreement."""
 
@@ -242,7 +248,7 @@ def run(a: Agreement, kind: str, send=None, recv=None, root: int = 0, op=None) -
             return True
         return False
     nbytes, code, opc = sig
-    packed = _HEADER.pack(1, kind_id, nbytes, code, opc * 1000 + root)
+    packed = _HEADER.pack(1, kind_id, nbytes, code, opc, root)
     if nbytes > NATIVE_MAX[kind]:
         a.agree(packed)
         if _any_mpi_only(a.every, a.starts):
