@@ -310,7 +310,7 @@ class Hub:
                     return r
         return None
 
-    def _broken(self, ctx: int) -> Optional[int]:
+    def broken(self, ctx: int) -> Optional[int]:
         """A member gone from *ctx* if it is a collective context: it can no longer be used."""
         return self.dead_member(ctx, False) if ctx in self.collectives else None
 
@@ -349,7 +349,7 @@ class Hub:
         conn = self.conns[dest]
         if conn.dead:
             raise self.failure(dest)
-        dead = self._broken(ctx)
+        dead = self.broken(ctx)
         if dead is not None:
             raise self.failure(dead)
         parts = _frame(space, ctx, tag, view)
@@ -386,7 +386,7 @@ class Hub:
             self.progress(0)
             if conn.dead:
                 return False
-        if ctx in self.collectives and self._broken(ctx) is not None:
+        if ctx in self.collectives and self.broken(ctx) is not None:
             return False
         view = data if type(data) in _FLAT else _bytes_view(data)
         if not tx.put(_FRAME.pack(space, ctx, tag, len(view)), view):
@@ -464,7 +464,7 @@ class Hub:
         elif source != self.rank and self.conns[source].dead:
             dead = source
         else:
-            dead = self._broken(ctx)
+            dead = self.broken(ctx)
         if dead is not None:
             h.complete(completion(dead, tag, 0, self.failure(dead)))
             return h
@@ -480,7 +480,7 @@ class Hub:
             self._fill(h, source, key, memoryview(data))
             return h
         conn = self.conns[source]
-        dead = source if conn is not None and conn.dead else self._broken(ctx)
+        dead = source if conn is not None and conn.dead else self.broken(ctx)
         if dead is not None:
             h.complete(completion(dead, key, 0, self.failure(dead)))
             return h
@@ -891,14 +891,15 @@ class Hub:
                 continue
             key = (ctx, r, -1 - seq)
             self.wait(lambda: bool(self.side_unexpected.get(key))
-                      or self._dead(r))
+                      or self.is_dead(r))
             if not self.side_unexpected.get(key):
                 raise self.failure(r)
             out.append(_pickle.loads(self.side_unexpected[key].popleft()))
         self.wait(lambda: all(h.done for h in handles))
         return out
 
-    def _dead(self, r: int) -> bool:
+    def is_dead(self, r: int) -> bool:
+        """Whether world rank *r*'s connection has failed or closed."""
         conn = self.conns[r]
         return conn is not None and conn.dead is not None
 
@@ -1049,9 +1050,9 @@ class SocketChannel:
         if source == _names.ANY_SOURCE:
             return hub.dead_member(self.ctx)
         w = self.group[source]
-        if hub._dead(w):
+        if hub.is_dead(w):
             return w
-        return hub._broken(self.ctx)
+        return hub.broken(self.ctx)
 
     # -- rank translation -----------------------------------------------------------------
     def _w(self, r: int) -> int:
