@@ -1,0 +1,147 @@
+"""The protocol engine (`cmampi.p2p`) over an in-process loopback channel: each
+protocol of the README's table, one rank after the other in this process (the
+pulls are real CMA reads of our own memory). No mpiexec, no second process."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pickle
+
+import numpy as np
+import pytest
+
+from cmampi import _cma, _config, _names, _wire, objects, p2p
+from cmampi._buffers import recv_buffer, send_buffer
+from loopback import LoopbackChannel, WouldBlock
+
+TAG = 7
+
+
+@pytest.fixture
+def engines():
+    """(rank 0's engine, rank 1's engine) over one loopback pair."""
+    try:
+        _cma.probe(os.getpid())
+    except OSError as exc:
+        pytest.skip(f"CMA is not permitted here: {exc}")
+    cfg = dataclasses.replace(_config.config, transport="cma", cma_min=None)
+    a, b = LoopbackChannel.pair()
+    e0, e1 = p2p.Engine(a, _names, cfg), p2p.Engine(b, _names, cfg)
+    assert e0.cma == e1.cma == [True, True]     # both ranks may pull from each other
+    yield e0, e1
+    e0.free()
+    e1.free()
+
+
+def _sizes(engine):
+    limit, band = engine.limit, engine.band
+    return {"raw": limit - 8, "control band": limit + 100, "side": band + 100,
+            "pulled": engine.cma_min + 4096}
+
+
+@pytest.mark.parametrize("kind", ["raw", "control band", "side", "pulled"])
+def test_each_protocol_delivers(engines, kind):
+    e0, e1 = engines
+    n = _sizes(e0)[kind]
+    data = np.arange(n, dtype=np.uint8) * 7
+    op = e0.isend(send_buffer(data), 1, TAG, False)
+    out = np.zeros(n + 64, np.uint8)
+    status = _names.Status()
+    e1.recv(out, 0, TAG, status)
+    assert (out[:n] == data).all() and not out[n:].any()
+    assert (status.Get_source(), status.Get_tag(), status.Get_count(_names.BYTE)) == (0, TAG, n)
+    p2p.wait_any([op])          # a pulled send completes on the receiver's reply
+    e0.complete(op)
+
+
+def test_pulled_message_is_read_from_the_senders_memory(engines):
+    """The receiver pulls only once it has matched: what the sender's buffer
+    holds then is what arrives (the descriptor names the memory, not a copy)."""
+    e0, e1 = engines
+    n = e0.cma_min
+    data = np.zeros(n, np.uint8)
+    op = e0.isend(send_buffer(data), 1, TAG, False)
+    data[:] = 9                  # erroneous in MPI; here it shows where the bytes come from
+    out = np.empty(n, np.uint8)
+    e1.recv(out, 0, TAG)
+    assert (out == 9).all()
+    p2p.wait_any([op])
+
+
+@pytest.mark.parametrize("kind", ["raw", "side", "pulled"])
+def test_truncation_raises_on_the_receiver_and_writes_nothing_beyond(engines, kind):
+    e0, e1 = engines
+    n = _sizes(e0)[kind]
+    op = e0.isend(send_buffer(np.ones(n, np.uint8)), 1, TAG, False)
+    out = np.zeros(n // 2 + 16, np.uint8)
+    guarded = out[:-16]
+    with pytest.raises(_names.Exception) as info:
+        e1.recv(guarded, 0, TAG)
+    assert info.value.Get_error_class() == _names.ERR_TRUNCATE
+    assert not out[-16:].any()
+    try:
+        p2p.wait_any([op])
+        e0.complete(op)
+    except _names.Exception:
+        pass                     # a pulled send learns of the truncation
+
+
+def test_strided_receive_keeps_the_gaps(engines):
+    e0, e1 = engines
+    n = 3 * e0.cma_min // 8
+    data = np.arange(n, dtype=np.float64)
+    op = e0.isend(send_buffer(data), 1, TAG, False)
+    out = np.full(2 * n, -1.0)
+    e1.recv(out[::2], 0, TAG)
+    assert (out[::2] == data).all() and (out[1::2] == -1.0).all()
+    p2p.wait_any([op])
+
+
+def test_nonblocking_receive_posted_first(engines):
+    e0, e1 = engines
+    sizes = _sizes(e0)
+    recvs = [(n, np.zeros(n, np.uint8)) for n in sizes.values()]
+    ops = [e1.irecv(recv_buffer(buf), 0, TAG + i) for i, (n, buf) in enumerate(recvs)]
+    sends = [e0.isend(send_buffer(np.full(n, i + 1, np.uint8)), 1, TAG + i, False)
+             for i, (n, _) in enumerate(recvs)]
+    p2p.wait_all(ops)
+    p2p.wait_all(sends)
+    for i, (n, buf) in enumerate(recvs):
+        assert (buf == i + 1).all()
+
+
+def test_object_record_received_by_a_buffer_receive_is_its_pickle(engines):
+    """An object whose buffers stay with the sender travels as a RECORD control
+    message; a buffer receive gets the object's in-band pickle instead."""
+    e0, e1 = engines
+    obj = {"a": np.arange(objects.P2P_OOB_MIN // 8, dtype=np.float64), "b": [1, 2]}
+    op = objects.isend(e0, obj, 1, TAG, False, False)
+    out = bytearray(2 * objects.P2P_OOB_MIN)
+    status = _names.Status()
+    e1.recv(out, 0, TAG, status)
+    got = pickle.loads(out[: status.Get_count(_names.BYTE)])
+    assert (got["a"] == obj["a"]).all() and got["b"] == [1, 2]
+    p2p.wait_any([op])
+    e0.complete(op)
+
+
+def test_object_record_travels_in_a_control_message(engines):
+    e0, e1 = engines
+    obj = {"a": np.ones(objects.P2P_OOB_MIN // 8)}
+    op = objects.isend(e0, obj, 1, TAG, False, False)
+    handle, (src, tag, count) = e1.ch.mprobe(0, TAG)
+    assert _wire.is_control(count, e1.limit)
+    msg = bytearray(count)
+    e1.ch.mrecv(handle, msg)
+    assert _wire.kind(_wire.header(msg)) == _wire.RECORD
+    # Hand it back as received: the object receive pulls and frees the sender.
+    got = objects._completed(e1, e1.control(_wire.header(msg), None, src, tag), None)
+    assert (got["a"] == 1.0).all()
+    p2p.wait_any([op])
+
+
+def test_a_receive_nothing_was_sent_for_would_block(engines):
+    _, e1 = engines
+    with pytest.raises(WouldBlock):
+        e1.recv(np.zeros(8, np.uint8), 0, TAG)
