@@ -11,6 +11,7 @@ CMA, travel in band.
 
 from __future__ import annotations
 
+import functools
 import pickle as _pickle
 from typing import Any, List, Optional, Sequence, Tuple
 
@@ -19,7 +20,7 @@ import numpy as _np
 from . import _cma, _memory, _wire
 from . import p2p as _p2p
 from .channel import Completion
-from ._buffers import address, send_buffer
+from ._buffers import Layout, address, send_buffer
 from ._tuning import OOB_MIN, P2P_OOB_MIN
 
 __all__ = ["OOB_MIN", "P2P_OOB_MIN", "Packed", "isend", "loads", "pull_object", "recv", "send"]
@@ -323,40 +324,18 @@ def _unpacked(engine: _p2p.Engine, obj: Any, source: int) -> Any:
 
 def _pull_helped(engine: _p2p.Engine, source: int, obj: _OutOfBand) -> Any:
     """Pull an object's buffers while its blocked sender writes the tail of the
-    largest one into our copy: two cores copy at once (as for buffers)."""
-    ch, xid = engine.ch, obj.xid
-    pid = ch.pids[source]
+    largest one into our copy (`p2p.CoopPull`, as for buffers)."""
+    pid = engine.ch.pids[source]
     arrays = [_memory.empty(n) for _, n in obj.buffers]
     big = max(range(len(arrays)), key=lambda i: obj.buffers[i][1])
     saddr, n = obj.buffers[big]
-    mid = engine.share.split(n)
-    done = bytearray(_wire.HELPED_SIZE)
-    notice = ch.irecv_payload(done, source, xid)
-    asked = _p2p.now()
-    ch.send_reply(_wire.help_request(saddr + mid, saddr + n, address(arrays[big]) + mid),
-                  source, xid)
-    code, err = _wire.ACK_OK, None
-    try:
-        _cma.read_into(pid, address(arrays[big]), saddr, mid)
-        pulled = _p2p.now()
-        for i, ((addr, m), arr) in enumerate(zip(obj.buffers, arrays)):
-            if i != big and m:
-                _cma.read_into(pid, address(arr), addr, m)
-    except OSError as exc:
-        code, err = _wire.ACK_FAILED, exc
-    ch.send_reply(bytes((code,)), source, xid)      # our reads are over
-    _p2p.wait_handles(ch, [notice])
-    helper_code, ended = _wire.parse_helped(done)
-    if helper_code == _wire.ACK_OK and err is None:
-        engine.share.learn(mid, pulled - asked, n - mid, ended - asked)
-    if helper_code != _wire.ACK_OK:
-        # The sender could not write its part, and waits for a second reply.
-        if err is None:
-            try:
-                _cma.read_into(pid, address(arrays[big]) + mid, saddr + mid, n - mid)
-            except OSError as exc:
-                err = exc
-        ch.send_reply(bytes((_wire.ACK_OK if err is None else _wire.ACK_FAILED,)), source, xid)
+    coop = _p2p.CoopPull(engine, source, obj.xid, Layout.contiguous(saddr, n),
+                         Layout.contiguous(address(arrays[big]), n), arrays[big], base=saddr)
+    others = [functools.partial(_cma.read_into, pid, address(arr), addr, m)
+              for i, ((addr, m), arr) in enumerate(zip(obj.buffers, arrays)) if i != big and m]
+    err = coop.own_part(others)
+    _p2p.wait_handles(engine.ch, [coop.notice])
+    err = coop.finish(err)
     if err is not None:
         raise err
     return _pickle.loads(obj.stream, buffers=arrays)

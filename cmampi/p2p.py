@@ -33,8 +33,8 @@ from ._buffers import Buffer, address, recv_buffer, send_buffer
 from ._tuning import OBJECT_RAW_MAX
 from .channel import Channel, Completion
 
-__all__ = ["CopyShare", "Engine", "Op", "RECORDS", "RecordReader", "SendOp", "PullSendOp",
-           "RecvOp", "ForeignOp",
+__all__ = ["CoopPull", "CopyShare", "Engine", "Op", "RECORDS", "RecordReader", "SendOp",
+           "PullSendOp", "RecvOp", "ForeignOp",
            "SHARES", "default_engine", "detach", "fill_status", "now", "progress", "test",
            "wait_any", "wait_all", "wait_handles"]
 
@@ -142,6 +142,11 @@ class Op:
         self.done = True
         if error is not None and self.error is None:
             self.error = error
+
+    def take_error(self) -> Optional[BaseException]:
+        """The op's error so far, cleared (to be passed on to `finish`)."""
+        err, self.error = self.error, None
+        return err
 
 
 class SendOp(Op):
@@ -282,6 +287,75 @@ class RecvOp(Op):
         if not self.inplace:    # delivered (copied, or read if a header): reuse the stage
             self.engine.spare(self.stage)
         self.stage = None
+
+
+class CoopPull:
+    """The receiver's side of a cooperative copy of one contiguous run.
+
+    A sender blocked in its send has a core with nothing to do: we ask it to
+    write the tail ``[mid, n)`` into our memory (`CopyShare` picks *mid*) and
+    read the head ourselves, at once. Both ends reply twice: we when our reads
+    are over (`own_part`), the sender with a notice when its writes are
+    (`notice`, then `finish`), and we again if it could not write, once we have
+    read its part ourselves. Buffers and objects (their largest buffer) use it.
+    """
+
+    __slots__ = ("engine", "source", "xid", "remote", "local", "array", "mid", "done",
+                 "asked", "pulled", "notice")
+
+    def __init__(self, engine: "Engine", source: int, xid: int, remote, local, array,
+                 base: int) -> None:
+        """Ask the sender for help. *remote* and *local* are the run's layouts;
+        the sender counts the bytes it is asked for from *base* (0: offsets in
+        its message; objects name addresses)."""
+        self.engine, self.source, self.xid = engine, source, xid
+        self.remote, self.local, self.array = remote, local, array
+        n = remote.nbytes
+        self.mid = mid = engine.share.split(n)
+        self.done = bytearray(_wire.HELPED_SIZE)
+        self.asked, self.pulled = now(), 0.0
+        # Ask first: the sender's part starts sooner. Its notice may come before
+        # we post the receive for it; the channel keeps it.
+        engine.ch.send_reply(_wire.help_request(base + mid, base + n,
+                                                local.addr + local.lo + mid), source, xid)
+        #: completes when the sender's notice has come
+        self.notice = engine.ch.irecv_payload(self.done, source, xid)
+
+    def own_part(self, also: Sequence[Callable[[], None]] = ()) -> Optional[BaseException]:
+        """Read the head (then run *also*, more reads of ours), and tell the
+        sender our reads are over; the error of a read, if any."""
+        err = None
+        try:
+            _pull.pull(self.engine.ch.pids[self.source], self.remote.window(0, self.mid),
+                       self.local, self.array, self.engine.chunk)
+            self.pulled = now()
+            for read in also:
+                read()
+        except OSError as exc:
+            err = exc
+        self._reply(err)
+        return err
+
+    def finish(self, err: Optional[BaseException]) -> Optional[BaseException]:
+        """Once the notice has come: learn from the timings, or read the sender's
+        part ourselves if it could not write it (it waits for a second reply)."""
+        code, ended = _wire.parse_helped(self.done)
+        n, mid = self.remote.nbytes, self.mid
+        if code == _wire.ACK_OK and err is None:
+            self.engine.share.learn(mid, self.pulled - self.asked, n - mid, ended - self.asked)
+        if code != _wire.ACK_OK:
+            if err is None:
+                try:
+                    _pull.pull(self.engine.ch.pids[self.source], self.remote.window(mid, n),
+                               self.local.window(mid, n), self.array, self.engine.chunk)
+                except OSError as exc:
+                    err = exc
+            self._reply(err)
+        return err
+
+    def _reply(self, err: Optional[BaseException]) -> None:
+        self.engine.ch.send_reply(bytes((_wire.ACK_OK if err is None else _wire.ACK_FAILED,)),
+                                  self.source, self.xid)
 
 
 class ForeignOp(Op):
@@ -658,23 +732,9 @@ class Engine:
         pid = ch.pids[source]
         if flags & _wire.F_HELP and buf.contiguous and remote.contiguous_run:
             # Cooperative copy: the sender writes the tail while we read the head.
-            mid = self.share.split(n)
-            local = buf.layout
-            times = [now(), 0.0]     # asked for help; our pull ended
-            # Ask first: the sender's part starts a message sooner. Its notice
-            # may come before we post the receive for it; the channel keeps it.
-            ch.send_reply(_wire.help_request(mid, n, local.addr + local.lo + mid), source, xid)
-            done = bytearray(_wire.HELPED_SIZE)
-            op.wait_on(ch.irecv_payload(done, source, xid),
-                       lambda info: self._help_done(op, done, pid, remote, mid, xid, times))
-            code = _wire.ACK_OK
-            try:
-                _pull.pull(pid, remote.window(0, mid), local, buf.array, self.chunk)
-            except OSError as exc:
-                op.error, code = exc, _wire.ACK_FAILED
-            times[1] = now()
-            # Our reads are over: the sender may return once its own copy is done.
-            ch.send_reply(bytes((code,)), source, xid)
+            coop = CoopPull(self, source, xid, remote, buf.layout, buf.array, base=0)
+            op.wait_on(coop.notice, lambda info: op.finish(coop.finish(op.take_error())))
+            op.error = coop.own_part()
             return
         code, err = _wire.ACK_OK, None
         try:
@@ -723,28 +783,6 @@ class Engine:
         except OSError:
             return False
         return head[rec.at:].tobytes() == rec.mark
-
-    def _help_done(self, op: RecvOp, done, pid: int, remote, mid: int, xid: int,
-                   times: List[float]) -> None:
-        """The sender has finished (or failed) its part of a cooperative copy."""
-        err = op.error
-        code, ended = _wire.parse_helped(done)
-        if code == _wire.ACK_OK and err is None:
-            asked, pulled = times
-            self.share.learn(mid, pulled - asked, op.nbytes - mid, ended - asked)
-        if code != _wire.ACK_OK:
-            # The sender is still waiting for a second reply: copy its part now.
-            if err is None:
-                buf = op.buf
-                try:
-                    _pull.pull(pid, remote.window(mid, op.nbytes),
-                               buf.layout.window(mid, op.nbytes), buf.array, self.chunk)
-                except OSError as exc:
-                    err = exc
-            self.ch.send_reply(bytes((_wire.ACK_OK if err is None else _wire.ACK_FAILED,)),
-                               op.source, xid)
-        op.error = None
-        op.finish(err)
 
     def _side(self, op: RecvOp, msg, source: int) -> None:
         flags, xid, n = _wire.parse_side(msg)
