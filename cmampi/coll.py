@@ -415,10 +415,12 @@ class BcastInfo(NamedTuple):
     addr: int
 
 
-class RecvInfo(NamedTuple):
-    """The root's Gather receive buffer (counts and displs None: equal blocks)."""
+class RootBuffer(NamedTuple):
+    """The root's whole buffer of a Gather (receive) or Scatter (send): its
+    blocks, one per rank (counts and displs None: equal blocks)."""
 
     size: int                           # in elements
+    dtype: str
     addr: int
     counts: Optional[List[int]]
     displs: Optional[List[int]]
@@ -430,19 +432,9 @@ class GatherInfo(NamedTuple):
     size: int                           # elements sent
     dtype: str
     addr: int
-    recv: Optional[RecvInfo]            # the root's only
+    recv: Optional[RootBuffer]          # the root's only
 
-    _nested = {"recv": RecvInfo}
-
-
-class SendInfo(NamedTuple):
-    """The root's Scatter send buffer (counts and displs None: equal blocks)."""
-
-    size: int                           # in elements
-    dtype: str
-    addr: int
-    counts: Optional[List[int]]
-    displs: Optional[List[int]]
+    _nested = {"recv": RootBuffer}
 
 
 class ScatterInfo(NamedTuple):
@@ -450,9 +442,9 @@ class ScatterInfo(NamedTuple):
 
     size: Optional[int]                 # elements received
     dtype: Optional[str]
-    send: Optional[SendInfo]            # the root's only
+    send: Optional[RootBuffer]          # the root's only
 
-    _nested = {"send": SendInfo}
+    _nested = {"send": RootBuffer}
 
 
 class AllgatherInfo(NamedTuple):
@@ -583,7 +575,8 @@ def gather(c: Collectives, sendspec, recvspec, root: int, vector_spec: bool = Fa
     if err is None:
         info = GatherInfo(sarr.size, sarr.dtype.str, addr(sarr),
                           None if recv is None else
-                          RecvInfo(recv.array.size, addr(recv.array), cnts, dsps))
+                          RootBuffer(recv.array.size, recv.array.dtype.str, addr(recv.array),
+                                     cnts, dsps))
     records = c.agree(err, info, _payload(c, sarr), inline=True,
                       call=_call("gatherv" if vector_spec else "gather", root))
     rinfo = records[root].info.recv
@@ -647,8 +640,8 @@ def scatter(c: Collectives, sendspec, recvspec, root: int, vector_spec: bool = F
         info = ScatterInfo(None if rarr is None else rarr.size,
                            None if rarr is None else rarr.dtype.str,
                            None if send is None else
-                           SendInfo(send.array.size, send.array.dtype.str, addr(send.array),
-                                    cnts, dsps))
+                           RootBuffer(send.array.size, send.array.dtype.str,
+                                      addr(send.array), cnts, dsps))
     payload = _payload(c, send.array) if send is not None else None
     records = c.agree(err, info, payload, inline=me == root,
                       call=_call("scatterv" if vector_spec else "scatter", root))
