@@ -46,19 +46,16 @@ from .. import _names, _tuning
 from .._access import allow_peers
 from .._cma import user_namespace
 from .._config import CMA_MIN_DEFAULTS, config as _config
-from . import Completion, _ring, completion
+from . import Completion, _handshake, _ring, completion
 
 __all__ = ["Hub", "SocketChannel", "hub_beside", "hub_from_environ", "PeerFailed"]
 
 # Frame header: space, context id, tag (or key), payload length.
 _FRAME = _struct.Struct("<B3xIiQ")
 _FRAME_SIZE, _FRAME_UNPACK = _FRAME.size, _FRAME.unpack_from
-_HELLO = _struct.Struct("<32sI")          # job token, rank of the connecting side
 USER, SIDE, SYS, BYE = 0, 1, 2, 3
 _READ_CHUNK = 1 << 16
 _DIRECT = 1 << 15    # payload bytes still missing from which we read straight into place
-_CONNECT_TIMEOUT = 60.0
-_HELLO_TIMEOUT = 2.0
 _RING_HEAD, _RING_TAIL, _RING_ASLEEP, _RING_WAITING = \
     _ring.HEAD, _ring.TAIL, _ring.ASLEEP, _ring.WAITING
 _FLAT = (bytes, bytearray)      # taken as they are: flat bytes already
@@ -189,93 +186,11 @@ class Hub:
         self._look_at = 0.0      # when a spinning wait next looks at the kernel
         if size > 1:
             allow_peers(_config)    # before connecting: peers probe us once connected
-            self._connect_all(directory, token, expected_pids)
+            _handshake.connect_all(self.rank, self.size, directory, token, expected_pids,
+                                   self.use_rings, lambda peer: self.conns[peer] is not None,
+                                   self._add)
 
     # -- set-up ---------------------------------------------------------------------------
-    def _connect_all(self, directory: str, token: bytes, expected: Optional[List[int]]):
-        """Listen, connect to every higher rank, accept every lower one.
-
-        A peer proves itself three ways: the kernel's SO_PEERCRED uid must be
-        ours, its pid must be the launcher's rank pid (when known), and it must
-        present the job's token.
-        """
-        path = _os.path.join(directory, f"rank-{self.rank}.sock")
-        lsock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
-        lsock.bind(path)
-        try:
-            self._handshakes(lsock, directory, token, expected)
-        finally:
-            lsock.close()
-            _os.unlink(path)
-
-    def _handshakes(self, lsock, directory: str, token: bytes, expected) -> None:
-        lsock.listen(self.size)
-        deadline = _time.monotonic() + _CONNECT_TIMEOUT
-        for peer in range(self.rank + 1, self.size):
-            sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
-            ppath = _os.path.join(directory, f"rank-{peer}.sock")
-            while True:
-                try:
-                    sock.connect(ppath)
-                    break
-                except (FileNotFoundError, ConnectionRefusedError):
-                    if _time.monotonic() > deadline:
-                        raise TimeoutError(f"cmampi: rank {peer} never listened at {ppath}")
-                    _time.sleep(0.002)
-            sock.sendall(_HELLO.pack(token, self.rank))
-            pid = self._check_peer(sock, peer, expected)
-            if _recv_exact(sock, 1) != b"\x01":
-                raise PermissionError(f"cmampi: rank {peer} refused our connection")
-            self._add(sock, peer, pid, *self._swap_rings(sock))
-        pending = self.rank
-        lsock.settimeout(max(0.1, deadline - _time.monotonic()))
-        while pending:
-            sock, _ = lsock.accept()
-            sock.settimeout(_HELLO_TIMEOUT)   # a silent stranger cannot hold us up
-            try:
-                tok, peer = _HELLO.unpack(_recv_exact(sock, _HELLO.size))
-                if tok != token or not 0 <= peer < self.rank or self.conns[peer] is not None:
-                    raise PermissionError("bad token or rank in handshake")
-                pid = self._check_peer(sock, peer, expected)
-            except (PermissionError, OSError, _struct.error):
-                sock.close()        # a stranger: refuse it, keep waiting for the ranks
-                continue
-            sock.sendall(b"\x01")
-            sock.settimeout(max(0.1, deadline - _time.monotonic()))   # a rank: it may be slow
-            self._add(sock, peer, pid, *self._swap_rings(sock))
-            pending -= 1
-
-    def _check_peer(self, sock: _socket.socket, peer: int, expected) -> int:
-        cred = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, _struct.calcsize("3i"))
-        pid, uid, _gid = _struct.unpack("3i", cred)
-        if uid != _os.getuid():
-            raise PermissionError(f"cmampi: peer claiming rank {peer} runs as uid {uid}")
-        if expected is not None and expected[peer] != pid:
-            raise PermissionError(f"cmampi: pid {pid} is not rank {peer} of this job")
-        return pid
-
-    def _swap_rings(self, sock: _socket.socket) -> tuple:
-        """(rx, tx) rings with the peer just verified on *sock*, or (None, None):
-        each side makes the ring it reads and passes its memfd over the socket."""
-        fd = _ring.Ring.create(_ring.capacity_for(self.size)) if self.use_rings else -1
-        theirs: List[int] = []
-        try:
-            _socket.send_fds(sock, [b"R" if fd >= 0 else b"-"], [fd] if fd >= 0 else [])
-            msg, theirs, flags, _addr = _socket.recv_fds(sock, 1, 1)
-            if msg not in (b"R", b"-"):
-                raise ConnectionError("cmampi: a peer left during the handshake")
-            if msg == b"R" and (len(theirs) != 1 or flags & _socket.MSG_CTRUNC):
-                # The peer uses rings now, and we cannot read its: no way on.
-                raise OSError("cmampi: a peer's shared-memory ring did not arrive "
-                              "(out of file descriptors?)")
-            if msg == b"R" and fd >= 0:
-                return _ring.Ring(fd), _ring.Ring(theirs[0])
-            return None, None
-        finally:
-            for f in [fd, *theirs]:
-                if f >= 0:
-                    _os.close(f)
-
     def _add(self, sock: _socket.socket, peer: int, pid: int, rx=None, tx=None) -> None:
         sock.setblocking(False)
         conn = _Conn(sock, peer, pid)
@@ -934,16 +849,6 @@ def _matches(h: Handle, src: int, tag: int) -> bool:
         (h.tag == _names.ANY_TAG or h.tag == tag)
 
 
-def _recv_exact(sock: _socket.socket, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        got = sock.recv(n - len(buf))
-        if not got:
-            raise ConnectionError("peer closed during the handshake")
-        buf += got
-    return bytes(buf)
-
-
 def hub_from_environ() -> Hub:
     """The hub of a rank started by ``python -m cmampi`` (or a world of one)."""
     env = _os.environ
@@ -954,7 +859,7 @@ def hub_from_environ() -> Hub:
     token = bytes.fromhex(env["CMAMPI_TOKEN"]).ljust(32, b"\0")[:32]
     expected = None
     pids_file = _os.path.join(directory, "pids")
-    deadline = _time.monotonic() + _CONNECT_TIMEOUT
+    deadline = _time.monotonic() + _handshake.CONNECT_TIMEOUT
     while size > 1:
         try:
             with open(pids_file) as f:
