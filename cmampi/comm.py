@@ -117,7 +117,7 @@ class Communicator:
                 _p2p.Engine(engine.ch.dup(), engine.names, _config))
         return coll
 
-    def _by_mpi(self, kind: str, send, recv=None, root: int = 0, op=None,
+    def _ran_by_library(self, kind: str, send, recv=None, root: int = 0, op=None,
                 recvcounts=None) -> bool:
         """Whether the MPI library has run collective *kind*: always across nodes and
         where cmampi has no engine; on one node when every rank agrees the call is
@@ -162,8 +162,8 @@ class Communicator:
         """The MPI library's communicator if it may run this collective as it
         comes: unchecked across ranks (`Engine.small`), *send* an array of at
         most *limit* bytes, *recv* None or an array. The caller falls back to
-        `_by_mpi` where mpi4py refuses the arrays (`_REFUSED`: not contiguous,
-        not numbers), before anything moves. Else None: `_by_mpi` decides."""
+        `_ran_by_library` where mpi4py refuses the arrays (`_REFUSED`: not contiguous,
+        not numbers), before anything moves. Else None: `_ran_by_library` decides."""
         engine = self._engine
         small = engine.small if engine is not None else None
         if small is None or type(send) is not _np.ndarray or send.nbytes > limit \
@@ -180,7 +180,7 @@ class Communicator:
             except _REFUSED:    # buffers mpi4py cannot take: cmampi's path judges
                 pass
         root = root if type(root) is int else as_int(root)
-        if not self._by_mpi("Bcast", buf, root=root):
+        if not self._ran_by_library("Bcast", buf, root=root):
             _coll_mod.bcast(self._coll, buf, root)
 
     def Gather(self, sendbuf, recvbuf, root: int = 0) -> None:
@@ -192,13 +192,13 @@ class Communicator:
             except _REFUSED:    # buffers mpi4py cannot take: cmampi's path judges
                 pass
         root = root if type(root) is int else as_int(root)
-        if not self._by_mpi("Gather", sendbuf, recvbuf, root):
+        if not self._ran_by_library("Gather", sendbuf, recvbuf, root):
             _coll_mod.gather(self._coll, sendbuf, recvbuf, root)
 
     def Gatherv(self, sendbuf, recvbuf, root: int = 0) -> None:
         """Gather Vector."""
         root = root if type(root) is int else as_int(root)
-        if not self._by_mpi("Gatherv", sendbuf, recvbuf, root):
+        if not self._ran_by_library("Gatherv", sendbuf, recvbuf, root):
             _coll_mod.gather(self._coll, sendbuf, recvbuf, root, vector_spec=True)
 
     def Scatter(self, sendbuf, recvbuf, root: int = 0) -> None:
@@ -210,13 +210,13 @@ class Communicator:
             except _REFUSED:    # buffers mpi4py cannot take: cmampi's path judges
                 pass
         root = root if type(root) is int else as_int(root)
-        if not self._by_mpi("Scatter", sendbuf, recvbuf, root):
+        if not self._ran_by_library("Scatter", sendbuf, recvbuf, root):
             _coll_mod.scatter(self._coll, sendbuf, recvbuf, root)
 
     def Scatterv(self, sendbuf, recvbuf, root: int = 0) -> None:
         """Scatter Vector."""
         root = root if type(root) is int else as_int(root)
-        if not self._by_mpi("Scatterv", sendbuf, recvbuf, root):
+        if not self._ran_by_library("Scatterv", sendbuf, recvbuf, root):
             _coll_mod.scatter(self._coll, sendbuf, recvbuf, root, vector_spec=True)
 
     def Allgather(self, sendbuf, recvbuf) -> None:
@@ -227,12 +227,12 @@ class Communicator:
                 return small.Allgather(sendbuf, recvbuf)
             except _REFUSED:    # buffers mpi4py cannot take: cmampi's path judges
                 pass
-        if not self._by_mpi("Allgather", sendbuf, recvbuf):
+        if not self._ran_by_library("Allgather", sendbuf, recvbuf):
             _coll_mod.allgather(self._coll, sendbuf, recvbuf)
 
     def Allgatherv(self, sendbuf, recvbuf) -> None:
         """Gather to All Vector."""
-        if not self._by_mpi("Allgatherv", sendbuf, recvbuf):
+        if not self._ran_by_library("Allgatherv", sendbuf, recvbuf):
             _coll_mod.allgather(self._coll, sendbuf, recvbuf, vector_spec=True)
 
     def Alltoall(self, sendbuf, recvbuf) -> None:
@@ -243,12 +243,12 @@ class Communicator:
                 return small.Alltoall(sendbuf, recvbuf)
             except _REFUSED:    # buffers mpi4py cannot take: cmampi's path judges
                 pass
-        if not self._by_mpi("Alltoall", sendbuf, recvbuf):
+        if not self._ran_by_library("Alltoall", sendbuf, recvbuf):
             _coll_mod.alltoall(self._coll, sendbuf, recvbuf)
 
     def Alltoallv(self, sendbuf, recvbuf) -> None:
         """All to All Scatter/Gather Vector."""
-        if not self._by_mpi("Alltoallv", sendbuf, recvbuf):
+        if not self._ran_by_library("Alltoallv", sendbuf, recvbuf):
             _coll_mod.alltoall(self._coll, sendbuf, recvbuf, vector_spec=True)
 
     def Reduce(self, sendbuf, recvbuf, op=SUM, root: int = 0) -> None:
@@ -260,7 +260,7 @@ class Communicator:
             except _REFUSED:    # buffers mpi4py cannot take: cmampi's path judges
                 pass
         root = root if type(root) is int else as_int(root)
-        if not self._by_mpi("Reduce", sendbuf, recvbuf, root, op):
+        if not self._ran_by_library("Reduce", sendbuf, recvbuf, root, op):
             _coll_mod.reduce_family(self._coll, "reduce", sendbuf, recvbuf, op, root)
 
     def Allreduce(self, sendbuf, recvbuf, op=SUM) -> None:
@@ -271,7 +271,7 @@ class Communicator:
                 return small.Allreduce(sendbuf, recvbuf, op)
             except _REFUSED:    # buffers mpi4py cannot take: cmampi's path judges
                 pass
-        if not self._by_mpi("Allreduce", sendbuf, recvbuf, op=op):
+        if not self._ran_by_library("Allreduce", sendbuf, recvbuf, op=op):
             _coll_mod.reduce_family(self._coll, "allreduce", sendbuf, recvbuf, op)
 
     def Reduce_scatter_block(self, sendbuf, recvbuf, op=SUM) -> None:
@@ -282,12 +282,13 @@ class Communicator:
                 return small.Reduce_scatter_block(sendbuf, recvbuf, op)
             except _REFUSED:    # buffers mpi4py cannot take: cmampi's path judges
                 pass
-        if not self._by_mpi("Reduce_scatter_block", sendbuf, recvbuf, op=op):
+        if not self._ran_by_library("Reduce_scatter_block", sendbuf, recvbuf, op=op):
             _coll_mod.reduce_family(self._coll, "reduce_scatter_block", sendbuf, recvbuf, op)
 
     def Reduce_scatter(self, sendbuf, recvbuf, recvcounts=None, op=SUM) -> None:
         """Reduce-Scatter (vector version)."""
-        if not self._by_mpi("Reduce_scatter", sendbuf, recvbuf, op=op, recvcounts=recvcounts):
+        if not self._ran_by_library("Reduce_scatter", sendbuf, recvbuf, op=op,
+                                    recvcounts=recvcounts):
             _coll_mod.reduce_family(self._coll, "reduce_scatter", sendbuf, recvbuf, op,
                                     recvcounts=recvcounts)
 
@@ -299,7 +300,7 @@ class Communicator:
                 return small.Scan(sendbuf, recvbuf, op)
             except _REFUSED:    # buffers mpi4py cannot take: cmampi's path judges
                 pass
-        if not self._by_mpi("Scan", sendbuf, recvbuf, op=op):
+        if not self._ran_by_library("Scan", sendbuf, recvbuf, op=op):
             _coll_mod.reduce_family(self._coll, "scan", sendbuf, recvbuf, op)
 
     def Exscan(self, sendbuf, recvbuf, op=SUM) -> None:
@@ -310,7 +311,7 @@ class Communicator:
                 return small.Exscan(sendbuf, recvbuf, op)
             except _REFUSED:    # buffers mpi4py cannot take: cmampi's path judges
                 pass
-        if not self._by_mpi("Exscan", sendbuf, recvbuf, op=op):
+        if not self._ran_by_library("Exscan", sendbuf, recvbuf, op=op):
             _coll_mod.reduce_family(self._coll, "exscan", sendbuf, recvbuf, op)
 
     def transport(self, rank: int) -> str:

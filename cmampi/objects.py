@@ -218,10 +218,10 @@ def _start(engine: _p2p.Engine, packed: Packed, dest: int, tag: int, sync: bool,
     # Started, not waited for: a long head completes only once the receiver
     # matches it, and an isend must not wait for that.
     sent = engine.send_record(head, dest, tag, blocked)
-    return _Both(engine, [sent, op])
+    return _InTurn(engine, [sent, op])
 
 
-class _Both(_p2p.Op):
+class _InTurn(_p2p.Op):
     """Done once each of *ops* is: their handles are waited for in turn."""
 
     __slots__ = ("ops",)

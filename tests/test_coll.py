@@ -908,12 +908,12 @@ def test_short_receive_buffer_on_one_rank(checked, n, short):
 
 @pytest.fixture
 def native_runs(monkeypatch):
-    """Whether the MPI library ran each collective (what ``Communicator._by_mpi`` returned)."""
+    """Whether the MPI library ran each collective (``Communicator._ran_by_library``)."""
     from cmampi.comm import Communicator
 
     taken = []
-    real = Communicator._by_mpi
-    monkeypatch.setattr(Communicator, "_by_mpi",
+    real = Communicator._ran_by_library
+    monkeypatch.setattr(Communicator, "_ran_by_library",
                         lambda *a, **k: taken.append(real(*a, **k)) or taken[-1])
     return taken
 

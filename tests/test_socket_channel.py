@@ -677,7 +677,7 @@ def test_a_wait_that_took_frames_from_a_ring_does_not_sleep(procs):
 def test_a_spinning_wait_asks_the_kernel_only_now_and_then(monkeypatch):
     """With rings, a wait whose frames are there takes them without a system call,
     and a spinning wait polls the kernel once per _LOOK_SECONDS, not on every
-    turn; a nonblocking poke likewise."""
+    turn; a nonblocking spin_once likewise."""
     from cmampi.channel import socket as sockmod
     from cmampi.channel.socket import _FRAME, USER
 
@@ -688,10 +688,10 @@ def test_a_spinning_wait_asks_the_kernel_only_now_and_then(monkeypatch):
     tx.write([_FRAME.pack(USER, 0, 5, 3), b"abc"])
     hub.wait(lambda: bool(hub.unexpected[0]))
     assert calls == [] and bytes(hub.unexpected[0].popleft()[2]) == b"abc"
-    hub.poke()                  # the kernel's first look: it was never asked
+    hub.spin_once()                  # the kernel's first look: it was never asked
     looks = len(calls)
     tx.write([_FRAME.pack(USER, 0, 6, 1), b"z"])
-    assert hub.poke() and len(calls) == looks and hub.unexpected[0]
+    assert hub.spin_once() and len(calls) == looks and hub.unexpected[0]
     del calls[:]
     spin = 4 * look
     turns = [0]
@@ -708,8 +708,8 @@ def test_a_spinning_wait_asks_the_kernel_only_now_and_then(monkeypatch):
     # read on every turn.
     hub.unringed = 1
     del calls[:]
-    hub.poke()
-    hub.poke()
+    hub.spin_once()
+    hub.spin_once()
     assert calls == [0, 0]
     hub.unringed = 0
     close()
@@ -728,7 +728,7 @@ def test_quick_waits_do_not_keep_the_kernel_from_being_asked(monkeypatch):
     hub, tx, calls, close = _ringed_hub()
     end = time.monotonic() + 20 * look
     while time.monotonic() < end:
-        hub.poke()                                   # as Test() does
+        hub.spin_once()                                   # as Test() does
         asked = [0]
 
         def arrived():                               # the frame lands as the wait spins

@@ -430,9 +430,9 @@ class Hub:
         if h is not None:
             self._fill(h, src, tag, memoryview(data))
         else:
-            self._keep(src, space, ctx, tag, data)
+            self._store_unexpected(src, space, ctx, tag, data)
 
-    def _keep(self, src: int, space: int, ctx: int, tag: int, data) -> None:
+    def _store_unexpected(self, src: int, space: int, ctx: int, tag: int, data) -> None:
         """Store a message no receive was waiting for."""
         if space == USER:
             self.unexpected[ctx].append((src, tag, data))
@@ -476,7 +476,7 @@ class Hub:
                 h = self._match(conn.rank, space, ctx, tag)
                 if conn.rhi - lo >= n:      # all of it is here already
                     conn.rlo = lo + n
-                    self._hand(h, conn.rank, space, ctx, tag, conn.rmv[lo : lo + n])
+                    self._hand_over(h, conn.rank, space, ctx, tag, conn.rmv[lo : lo + n])
                     continue
                 if h is not None and n <= len(h.target):
                     dest = h.target[:n]
@@ -528,7 +528,7 @@ class Hub:
                         break
                     payload = data[at : at + n]
                     try:
-                        self._hand(self._match(src, space, ctx, tag), src, space, ctx, tag,
+                        self._hand_over(self._match(src, space, ctx, tag), src, space, ctx, tag,
                                    payload)
                     finally:    # taken, even if handing it on failed: never delivered twice
                         payload.release()
@@ -540,12 +540,12 @@ class Hub:
                 self._ring_doorbell(conn)
         return conn.rx is not None and words[_RING_TAIL] != start
 
-    def _hand(self, h: Optional[Handle], src: int, space: int, ctx: int, tag: int,
+    def _hand_over(self, h: Optional[Handle], src: int, space: int, ctx: int, tag: int,
               data: memoryview) -> None:
         """A whole message, in a buffer that is about to be reused: into the receive
         *h* it matched (None: kept, as a copy)."""
         if h is None:
-            self._keep(src, space, ctx, tag, bytearray(data))
+            self._store_unexpected(src, space, ctx, tag, bytearray(data))
         elif len(data) <= len(h.target):
             h.target[: len(data)] = data
             h.complete(completion(src, tag, len(data), None))
@@ -654,7 +654,7 @@ class Hub:
                 moved = self._flush(conn) or moved
         return moved
 
-    def poke(self) -> bool:
+    def spin_once(self) -> bool:
         """Progress without blocking, as a turn of a spinning wait does: the rings
         now, the kernel only once every ``_LOOK_SECONDS``. Whether frames moved."""
         return self._spin(_time.monotonic())
@@ -960,7 +960,7 @@ class SocketChannel:
         return hub.broken(self.ctx)
 
     # -- rank translation -----------------------------------------------------------------
-    def _w(self, r: int) -> int:
+    def _world_rank(self, r: int) -> int:
         return r if r == _names.ANY_SOURCE else self.group[r]
 
     def _info(self, h: Handle):
@@ -994,13 +994,13 @@ class SocketChannel:
         return src, tg, n
 
     def irecv(self, buf, source: int, tag: int) -> Handle:
-        return self._own(self.hub.post_recv(self.ctx, self._w(source), tag, buf))
+        return self._own(self.hub.post_recv(self.ctx, self._world_rank(source), tag, buf))
 
     def _find(self, source: int, tag: int):
         q = self.hub.unexpected[self.ctx]
         if not q:
             return None
-        ws = self._w(source)
+        ws = self._world_rank(source)
         for i, (src, tg, data) in enumerate(q):
             if (ws == _names.ANY_SOURCE or ws == src) and (tag == _names.ANY_TAG or tag == tg):
                 return i
@@ -1011,7 +1011,7 @@ class SocketChannel:
         hub = self.hub
         i = self._find(source, tag)
         if i is None:
-            hub.poke()
+            hub.spin_once()
             i = self._find(source, tag)
         if i is None:
             if self._gone(source) is None:   # liveness changes only when a peer is lost
@@ -1041,7 +1041,7 @@ class SocketChannel:
         return self._last
 
     def take_any(self):
-        self.hub.poke()
+        self.hub.spin_once()
         q = self.hub.unexpected[self.ctx]
         if not q:
             return None
@@ -1056,7 +1056,7 @@ class SocketChannel:
         if block:
             hub.wait(lambda: bool(q) or self._gone(source) is not None)
         else:
-            hub.poke()
+            hub.spin_once()
         if not q:
             dead = self._gone(source)
             if dead is not None:
@@ -1108,7 +1108,7 @@ class SocketChannel:
 
     def test(self, handle: Handle):
         if not handle.done:
-            self.hub.poke()
+            self.hub.spin_once()
         return self._info(handle) if handle.done else None
 
     #: Stands in a handle list for a handle already taken: never completes.
@@ -1116,7 +1116,7 @@ class SocketChannel:
 
     def testany(self, handles: Sequence[Handle]):
         """(index, info) of a completed handle of *handles*, without blocking; or None."""
-        self.hub.poke()
+        self.hub.spin_once()
         for i, h in enumerate(handles):
             if h.done:
                 return i, self._info(h)
