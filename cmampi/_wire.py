@@ -22,8 +22,9 @@ from ._buffers import Layout
 __all__ = [
     "PULL", "SIDE", "RECORD", "F_SYNC", "F_HELP",
     "ACK_OK", "ACK_TRUNCATED", "ACK_FAILED", "ACK_HELP",
-    "AT", "CTRL_MAX", "Control", "control", "header", "is_control", "kind", "pull", "side",
-    "parse_pull", "parse_side", "record", "parse_record", "holds_record",
+    "AT", "CTRL_MAX", "Control", "control", "header", "is_control", "kind",
+    "pull_header", "side_header", "record_header", "parse_pull", "parse_side", "parse_record",
+    "holds_record",
     "help_request", "parse_help", "HELPED_SIZE", "helped", "parse_helped",
     "payload_size", "REPLY_MAX",
 ]
@@ -110,15 +111,15 @@ def is_control(count: int, limit: int) -> bool:
     return limit < count <= limit + CTRL_MAX
 
 
-def pull(xid: int, flags: int, layout: Layout) -> bytes:
+def pull_header(xid: int, flags: int, layout: Layout) -> bytes:
     return _HEAD.pack(PULL, flags, xid, layout.nbytes) + _layout(layout)
 
 
-def side(xid: int, flags: int, nbytes: int) -> bytes:
+def side_header(xid: int, flags: int, nbytes: int) -> bytes:
     return _HEAD.pack(SIDE, flags, xid, nbytes)
 
 
-def record(data: bytes) -> bytes:
+def record_header(data: bytes) -> bytes:
     """The header of a RECORD control message carrying *data* (see `holds_record`)."""
     return _HEAD.pack(RECORD, 0, 0, len(data)) + data
 

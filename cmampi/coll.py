@@ -189,14 +189,14 @@ class Collectives:
         return _noted(self.names.Exception(errclass), f"cmampi collective: {what}")
 
     # -- copies between ranks --------------------------------------------------------------
-    def pull(self, src: int, raddr: int, dst: _np.ndarray) -> None:
+    def read(self, src: int, raddr: int, dst: _np.ndarray) -> None:
         """Copy ``dst.nbytes`` bytes at *raddr* in rank *src* into contiguous *dst*."""
         n = dst.nbytes
         if not n:
             return
         _cma.read_into(self.pids[src], _address(dst), raddr, n)
 
-    def push(self, dst: int, src: _np.ndarray, raddr: int) -> None:
+    def write(self, dst: int, src: _np.ndarray, raddr: int) -> None:
         """Copy contiguous *src* to *raddr* in rank *dst*."""
         n = src.nbytes
         if n:
@@ -534,10 +534,10 @@ def bcast(c: Collectives, spec, root: int) -> None:
     # the peer reads the first; with more ranks every peer reads it all.
     half = (n // 2) & ~4095 if c.size == 2 else n
     if me != root:
-        c.pull(root, raddr, a.view(_np.uint8)[:half])
+        c.read(root, raddr, a.view(_np.uint8)[:half])
     elif c.size == 2:
         peer = 1 - root
-        c.push(peer, a.view(_np.uint8)[half:], records[peer].info.addr + half)
+        c.write(peer, a.view(_np.uint8)[half:], records[peer].info.addr + half)
     c.barrier()               # every copy into every buffer has landed
     if me != root:
         f.finish()
@@ -606,7 +606,7 @@ def gather(c: Collectives, sendspec, recvspec, root: int, vector_spec: bool = Fa
             elif rec.payload is not None:
                 out[dsps[r] : dsps[r] + cnts[r]] = _from(rec.payload, dtype)
     elif records[me].payload is None:
-        c.push(root, sarr, raddr + dsps[me] * isz)
+        c.write(root, sarr, raddr + dsps[me] * isz)
     if any_cma:
         c.barrier()
     if me == root:
@@ -667,7 +667,7 @@ def scatter(c: Collectives, sendspec, recvspec, root: int, vector_spec: bool = F
     elif me == root:
         recv.array[: cnts[me]] = send.array[dsps[me] : dsps[me] + cnts[me]]
     else:
-        c.pull(root, saddr + dsps[me] * dtype.itemsize, recv.array[: cnts[me]])
+        c.read(root, saddr + dsps[me] * dtype.itemsize, recv.array[: cnts[me]])
     if records[root].payload is None:
         c.barrier()
     if recv is not None:
@@ -714,7 +714,7 @@ def allgather(c: Collectives, sendspec, recvspec, vector_spec: bool = False) -> 
     if records[me].payload is None:
         for r in range(size):
             if r != me:
-                c.push(r, send, records[r].info.recv_addr + records[r].info.displs[me] * isz)
+                c.write(r, send, records[r].info.recv_addr + records[r].info.displs[me] * isz)
     if any(rec.payload is None for rec in records):
         c.barrier()
     recv.finish()
@@ -764,7 +764,7 @@ def alltoall(c: Collectives, sendspec, recvspec, vector_spec: bool = False) -> N
         for r in range(size):
             if r != me:
                 raddr, rdr = records[r].info.recv_addr, records[r].info.recv_displs
-                c.push(r, send.array[sd[r] : sd[r] + sc[r]], raddr + rdr[me] * isz)
+                c.write(r, send.array[sd[r] : sd[r] + sc[r]], raddr + rdr[me] * isz)
     if any(rec.payload is None for rec in records):
         c.barrier()
     recv.finish()
@@ -929,7 +929,7 @@ def _reduce_cma(c: Collectives, kind, records, x, recv, combine, mine, ranks, ro
             # Two inputs, one ours: pull the other and combine straight into the
             # result, while the pulled piece is still in cache.
             other = ranks[0] if ranks[1] == me else ranks[1]
-            c.pull(other, records[other].info.addr + o * isz, tmp)
+            c.read(other, records[other].info.addr + o * isz, tmp)
             acc = out_base[o - shift : e - shift]
             a, b = (tmp, x[o:e]) if other < me else (x[o:e], tmp)
             fused(a, b, acc)
@@ -938,14 +938,14 @@ def _reduce_cma(c: Collectives, kind, records, x, recv, combine, mine, ranks, ro
             if last == me:
                 _np.copyto(acc, x[o:e])
             else:
-                c.pull(last, records[last].info.addr + o * isz, acc)
+                c.read(last, records[last].info.addr + o * isz, acc)
             for s in reversed(ranks[:-1]):
                 if s == me:
                     combine(x[o:e], acc)
                 else:
-                    c.pull(s, records[s].info.addr + o * isz, tmp)
+                    c.read(s, records[s].info.addr + o * isz, tmp)
                     combine(tmp, acc)
             if keep:
                 out_base[o - shift : e - shift] = acc
         for t in targets:
-            c.push(t, acc, records[t].info.recv_addr + o * isz)
+            c.write(t, acc, records[t].info.recv_addr + o * isz)

@@ -514,12 +514,12 @@ class Engine:
             # hold a message just above its eager limit until it is matched
             # (Open MPI does), and both ranks may be sending. The receiver's
             # reply, which the op posts a receive for, waits in the channel if early.
-            notice = _wire.control(_wire.pull(xid, flags, buf.layout), self.limit)
+            notice = _wire.control(_wire.pull_header(xid, flags, buf.layout), self.limit)
             return PullSendOp(self, buf, dest, xid, notice=(ch.isend(notice, dest, tag), notice))
         # The payload follows through the side space, straight into the receive
         # buffer. In synchronous mode the receiver replies once it has matched.
         data = buf.wire()
-        head = _wire.control(_wire.side(xid, _wire.F_SYNC if sync else 0, n), self.limit)
+        head = _wire.control(_wire.side_header(xid, _wire.F_SYNC if sync else 0, n), self.limit)
         handles = [ch.isend(head, dest, tag), ch.isend_payload(data, dest, xid)]
         if sync:
             handles.append(ch.irecv_reply(bytearray(1), dest, xid))
@@ -702,15 +702,15 @@ class Engine:
         """Act on the header of a matched control message: pull, or await the payload."""
         kind = _wire.kind(head)
         if kind == _wire.PULL:
-            self._pull(op, head, op.source)
+            self._act_pull(op, head, op.source)
         elif kind == _wire.SIDE:
-            self._side(op, head, op.source)
+            self._act_side(op, head, op.source)
         elif kind == _wire.RECORD:
-            self._record(op, _wire.parse_record(head))
+            self._act_record(op, _wire.parse_record(head))
         else:
             op.finish(RuntimeError(f"cmampi: unknown message kind {kind} from rank {op.source}"))
 
-    def _pull(self, op: RecvOp, msg, source: int) -> None:
+    def _act_pull(self, op: RecvOp, msg, source: int) -> None:
         ch = self.ch
         flags, xid, n, remote = _wire.parse_pull(msg)
         op.nbytes = n
@@ -751,10 +751,10 @@ class Engine:
         if not _wire.holds_record(len(record), self.limit):
             return self._isend_behind(send_buffer(np.frombuffer(record, np.uint8)), dest, tag,
                                       False, blocked)
-        msg = _wire.control(_wire.record(record), self.limit)
+        msg = _wire.control(_wire.record_header(record), self.limit)
         return SendOp(self, [self.ch.isend(msg, dest, tag)], msg)
 
-    def _record(self, op: RecvOp, data) -> None:
+    def _act_record(self, op: RecvOp, data) -> None:
         """A record arrived: an object receive (no buffer of its own) takes it as
         its message; a buffer receive what it stands for (`RecordReader`)."""
         if op.buf is None:
@@ -784,7 +784,7 @@ class Engine:
             return False
         return head[rec.at:].tobytes() == rec.mark
 
-    def _side(self, op: RecvOp, msg, source: int) -> None:
+    def _act_side(self, op: RecvOp, msg, source: int) -> None:
         flags, xid, n = _wire.parse_side(msg)
         op.nbytes = n
         if op.buf is None:

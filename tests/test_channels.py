@@ -101,7 +101,7 @@ def test_control_messages_load_as_control():
 
     layout = send_buffer(bytearray(1000)).layout
     for limit in (0, 100, 4096):
-        msg = _wire.control(_wire.pull(7, _wire.F_SYNC, layout), limit)
+        msg = _wire.control(_wire.pull_header(7, _wire.F_SYNC, layout), limit)
         assert _wire.is_control(len(msg), limit) and len(msg) == max(limit + 1, len(msg))
         got = pickle.loads(msg)
         assert type(got) is _wire.Control
@@ -111,7 +111,7 @@ def test_control_messages_load_as_control():
             assert (flags, xid, nbytes) == (_wire.F_SYNC, 7, 1000)
             assert remote.nbytes == 1000
         assert _wire.payload_size(msg, limit) == 1000
-        side = pickle.loads(_wire.control(_wire.side(3, 0, 55), limit))
+        side = pickle.loads(_wire.control(_wire.side_header(3, 0, 55), limit))
         assert _wire.parse_side(side.head) == (0, 3, 55)
 
 
