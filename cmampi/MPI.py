@@ -10,7 +10,7 @@ channel the names come from cmampi's own table (``_names``), and mpi4py need not
 be installed. Importing this module is collective over ``COMM_WORLD``.
 """
 
-from ._channels import choose as _choose, names as _names_in_use, world as _world
+from ._backend import choose as _choose, names as _names_in_use, world as _world
 
 _base = _names_in_use()
 globals().update({k: v for k, v in vars(_base).items()

@@ -283,7 +283,7 @@ def _foreign_array(obj) -> _np.ndarray:
     (its ``buffer``): through mpi4py itself on the MPI channel, else by the same
     rules in Python. Any device's memory is taken as an address, as mpi4py hands
     it to MPI: a device pointer is only usable where the memory is host-visible."""
-    from ._channels import names
+    from ._backend import names
 
     mpi_buffer = getattr(names(), "buffer", None)
     if getattr(mpi_buffer, "__module__", "").startswith("mpi4py") and (hasattr(obj, "__dlpack__") or
@@ -524,7 +524,7 @@ def _dlpack_dtype(obj) -> _np.dtype:
 
 def _datatype_size(dt) -> Tuple[int, int, int]:
     """(size, lower bound, extent) of an mpi4py Datatype or a type code."""
-    from ._channels import names
+    from ._backend import names
 
     if isinstance(dt, str):
         table = getattr(names(), "_typedict", None)     # mpi4py's type codes
@@ -666,7 +666,7 @@ def _buffer(spec, writable: bool) -> Buffer:
 
 def _is_bottom(obj) -> bool:
     """mpi4py's ``BOTTOM`` (no buffer: the datatype's absolute addresses)."""
-    from ._channels import names
+    from ._backend import names
 
     return obj is getattr(names(), "BOTTOM", None)
 

@@ -24,7 +24,7 @@ import numpy as _np
 
 from . import _cma, ops as _ops
 from . import p2p as _p2p
-from ._channels import names as _names
+from ._backend import names as _names
 from ._buffers import _parse as _parse_spec, address as _address, recv_buffer, send_buffer
 from ._tuning import COLL_INLINE_MAX as INLINE_MAX, PIECE
 

@@ -19,7 +19,7 @@ from typing import Any, Optional
 import numpy as _np
 
 from ._buffers import recv_buffer, send_buffer
-from ._channels import names as _names_in_use
+from ._backend import names as _names_in_use
 from ._config import config as _config
 from . import _wire
 from . import coll as _coll_mod

@@ -19,7 +19,7 @@ import sys as _sys
 import functools as _functools
 from typing import Any, Dict, Optional
 
-from ._channels import real_mpi as _real_mpi
+from ._backend import real_mpi as _real_mpi
 from ._config import config as _config
 from ._standin import StandIn
 from .comm import Communicator, INFO_NULL

@@ -15,7 +15,7 @@ from typing import Any, List, Sequence, Tuple
 
 import numpy as _np
 
-from ._channels import names as _names_in_use
+from ._backend import names as _names_in_use
 from .coll import flat as _flat, vector as _vector
 from .request import Request, new_request
 from .socketcomm import Intracomm, _w_spec

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from ._channels import names as _names_in_use
+from ._backend import names as _names_in_use
 from . import objects as _objects, p2p as _p2p
 from ._buffers import recv_buffer
 from ._standin import StandIn, is_ours

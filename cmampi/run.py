@@ -29,7 +29,7 @@ def redirect() -> ModuleType:
     real one keeps it. On the socket channel an ``mpi4py`` package is made up
     where none is installed.
     """
-    from ._channels import choose, real_mpi
+    from ._backend import choose, real_mpi
 
     real = real_mpi() if choose() == "mpi" else None   # cmampi's own hold on it
     from . import MPI as ours
@@ -74,7 +74,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     """``python -m mpi4py``, with ``mpi4py.MPI`` served by cmampi."""
     if argv is not None:
         _sys.argv[1:] = list(argv)
-    from ._channels import choose
+    from ._backend import choose
 
     if choose() != "mpi":
         args = _sys.argv[1:]

@@ -20,7 +20,7 @@ from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as _np
 
-from ._channels import names as _names_in_use
+from ._backend import names as _names_in_use
 from .comm import _Freed, as_int as _as_int
 from . import neighbor as _neighbor
 from .request import Prequest, Request

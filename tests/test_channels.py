@@ -63,7 +63,7 @@ def test_channel_override_is_validated():
     ({"CMAMPI_CHANNEL": "socket"}, False, "socket"),
 ])
 def test_choose(env, blocked, expect):
-    code = "from cmampi import _channels; print(_channels.choose())"
+    code = "from cmampi import _backend; print(_backend.choose())"
     path = os.pathsep.join([BLOCK, ROOT] if blocked else [ROOT])
     full = dict(os.environ, PYTHONPATH=path, **env)
     if "CMAMPI_RANK" not in env:

@@ -14,7 +14,7 @@ import ctypes
 import numpy as np
 import pytest
 
-from cmampi import _buffers, _channels, _names
+from cmampi import _buffers, _backend, _names
 from cmampi.socketcomm import _w_spec
 
 try:
@@ -26,7 +26,7 @@ except ImportError:     # the socket-channel run blocks mpi4py
 @pytest.fixture
 def socket_names(monkeypatch):
     """The socket channel's namespace in use, as under cmampi's launcher."""
-    monkeypatch.setattr(_channels, "_names_in_use", _names)
+    monkeypatch.setattr(_backend, "_names_in_use", _names)
     return _names
 
 

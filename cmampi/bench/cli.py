@@ -207,7 +207,7 @@ def _plain_world(MPI: Any) -> Any:
     """mpi4py's own world communicator, to compare with (None on the socket channel)."""
     if MPI.CHANNEL != "mpi":
         return None
-    from .._channels import real_mpi
+    from .._backend import real_mpi
 
     return real_mpi().COMM_WORLD
 

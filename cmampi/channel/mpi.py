@@ -7,7 +7,7 @@ import socket as _socket
 from typing import List, Optional, Sequence, Tuple
 
 from .._access import allow_peers
-from .._channels import real_mpi
+from .._backend import real_mpi
 from .._cma import pid_namespace, user_namespace
 from .._config import CMA_MIN_DEFAULTS, config as _config
 from . import Completion
