@@ -410,3 +410,22 @@ def test_object_received_by_a_buffer_receive_is_its_pickle(comm, MPI, shape,
             assert sorted(got) == sorted(obj)
             assert all(np.array_equal(got[k], obj[k]) for k in obj)
     comm.Barrier()
+
+
+@pytest.mark.parametrize("nbytes", [64 << 10, 2 * P2P_OOB_MIN, 8 << 20])
+def test_isend_takes_the_object_as_it_was(comm, MPI, nbytes):
+    """Changing the object after ``isend`` (before and during ``wait``) does not
+    change what arrives: mpi4py pickles it at the call."""
+    rank = comm.Get_rank()
+    if rank == 0:
+        d = {"a": np.zeros(nbytes // 8)}
+        req = comm.isend(d, 1, 12)
+        d["a"][:] = 1.0
+        comm.Barrier()              # the receiver has posted its receive by now
+        req.wait()
+    elif rank == 1:
+        comm.Barrier()
+        got = comm.recv(source=0, tag=12)
+        assert not got["a"].any()
+    else:
+        comm.Barrier()
