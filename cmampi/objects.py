@@ -19,6 +19,7 @@ import numpy as _np
 
 from . import _cma, _memory, _wire
 from . import p2p as _p2p
+from .coop import CoopPull
 from .channel import Completion
 from ._buffers import Layout, address, send_buffer
 from ._tuning import OOB_MIN, P2P_OOB_MIN
@@ -324,12 +325,12 @@ def _unpacked(engine: _p2p.Engine, obj: Any, source: int) -> Any:
 
 def _pull_helped(engine: _p2p.Engine, source: int, obj: _OutOfBand) -> Any:
     """Pull an object's buffers while its blocked sender writes the tail of the
-    largest one into our copy (`p2p.CoopPull`, as for buffers)."""
+    largest one into our copy (`coop.CoopPull`, as for buffers)."""
     pid = engine.ch.pids[source]
     arrays = [_memory.empty(n) for _, n in obj.buffers]
     big = max(range(len(arrays)), key=lambda i: obj.buffers[i][1])
     saddr, n = obj.buffers[big]
-    coop = _p2p.CoopPull(engine, source, obj.xid, Layout.contiguous(saddr, n),
+    coop = CoopPull(engine, source, obj.xid, Layout.contiguous(saddr, n),
                          Layout.contiguous(address(arrays[big]), n), arrays[big], base=saddr)
     others = [functools.partial(_cma.read_into, pid, address(arr), addr, m)
               for i, ((addr, m), arr) in enumerate(zip(obj.buffers, arrays)) if i != big and m]

@@ -4,7 +4,7 @@ CMA on our own pid is allowed, so ``pull(os.getpid(), ...)`` exercises every
 strategy (one contiguous read, iovec lists, row-aligned staging through cache)
 without a second process. Results are checked against numpy, and guard bytes
 around and between the destination elements must stay untouched. How a
-cooperative copy is split between receiver and sender (``p2p.CopyShare``) is
+cooperative copy is split between receiver and sender (``coop.CopyShare``) is
 checked here too.
 """
 
@@ -330,7 +330,7 @@ def test_nothing_to_pull_touches_nothing(strategy):
 def test_copy_share_follows_the_faster_side():
     """The receiver's share of a cooperative copy moves toward whichever side
     copied faster, stays within its bounds, and ignores copies it cannot time."""
-    from cmampi.p2p import CopyShare
+    from cmampi.coop import CopyShare
 
     share = CopyShare(0.5)
     for _ in range(30):                    # the sender writes at half our speed

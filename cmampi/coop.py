@@ -1,0 +1,130 @@
+"""Cooperative copies: a sender blocked in its send copies part of the payload.
+
+A large message is pulled by its receiver; if its sender is blocked waiting for
+the receiver's reply, a second core is idle. The receiver then asks the sender
+to write the tail into the receive buffer (``process_vm_writev``) while it
+reads the head itself, and `CopyShare` moves the split so that both finish
+together. Buffers (`p2p.Engine`) and objects (`objects`) both use `CoopPull`.
+"""
+
+from __future__ import annotations
+
+import time as _time
+from typing import TYPE_CHECKING, Callable, Dict, Optional, Sequence
+
+from . import _pull, _wire
+
+if TYPE_CHECKING:
+    from .p2p import Engine
+
+__all__ = ["CoopPull", "CopyShare", "SHARES", "now"]
+
+
+def now() -> float:
+    """CLOCK_MONOTONIC seconds: the same clock in every process of a host."""
+    return _time.clock_gettime(_time.CLOCK_MONOTONIC)
+
+
+class CopyShare:
+    """The receiver's share of a cooperative copy, learned from the copies so far.
+
+    The receiver times each side from the moment it asks for help: its own
+    part until its pull ends, the sender's until the moment the sender reports
+    its copy ended (CLOCK_MONOTONIC, shared by every process on a host), so a
+    sender that wakes late counts as slow. The next split gives each side bytes
+    in proportion to the rate it had, so that both finish together. Which side
+    is faster differs: process_vm_writev (the sender's part) often runs slower
+    than process_vm_readv here, and a sleeping sender starts late.
+    """
+
+    LOW, HIGH = 0.25, 0.85   # bounds, so that each side keeps a part to time
+    KEEP = 0.7               # weight of the past against the last copy
+
+    def __init__(self, value: float = 0.5) -> None:
+        self.value = value
+
+    def split(self, n: int) -> int:
+        """Bytes of an *n*-byte copy the receiver takes: a whole number of pages."""
+        return min(n, (int(n * self.value) + 4095) & ~4095)
+
+    def learn(self, mine: int, my_seconds: float, theirs: int, their_seconds: float) -> None:
+        """Account for a copy: *mine* bytes took us *my_seconds*, *theirs* the sender."""
+        if min(mine, theirs) <= 0 or min(my_seconds, their_seconds) <= 0:
+            return
+        rate, their_rate = mine / my_seconds, theirs / their_seconds
+        value = self.KEEP * self.value + (1 - self.KEEP) * rate / (rate + their_rate)
+        self.value = min(self.HIGH, max(self.LOW, value))
+
+
+#: How this process splits the cooperative copies it receives, per kind of
+#: channel: the sender's reaction time, which the split absorbs, depends on it.
+SHARES: Dict[str, CopyShare] = {}
+
+
+class CoopPull:
+    """The receiver's side of a cooperative copy of one contiguous run.
+
+    A sender blocked in its send has a core with nothing to do: we ask it to
+    write the tail ``[mid, n)`` into our memory (`CopyShare` picks *mid*) and
+    read the head ourselves, at once. Both ends reply twice: we when our reads
+    are over (`own_part`), the sender with a notice when its writes are
+    (`notice`, then `finish`), and we again if it could not write, once we have
+    read its part ourselves. Buffers and objects (their largest buffer) use it.
+    """
+
+    __slots__ = ("engine", "source", "xid", "remote", "local", "array", "mid", "done",
+                 "asked", "pulled", "notice")
+
+    def __init__(self, engine: "Engine", source: int, xid: int, remote, local, array,
+                 base: int) -> None:
+        """Ask the sender for help. *remote* and *local* are the run's layouts;
+        the sender counts the bytes it is asked for from *base* (0: offsets in
+        its message; objects name addresses)."""
+        self.engine, self.source, self.xid = engine, source, xid
+        self.remote, self.local, self.array = remote, local, array
+        n = remote.nbytes
+        self.mid = mid = engine.share.split(n)
+        self.done = bytearray(_wire.HELPED_SIZE)
+        self.asked, self.pulled = now(), 0.0
+        # Ask first: the sender's part starts sooner. Its notice may come before
+        # we post the receive for it; the channel keeps it.
+        engine.ch.send_reply(_wire.help_request(base + mid, base + n,
+                                                local.addr + local.lo + mid), source, xid)
+        #: completes when the sender's notice has come
+        self.notice = engine.ch.irecv_payload(self.done, source, xid)
+
+    def own_part(self, also: Sequence[Callable[[], None]] = ()) -> Optional[BaseException]:
+        """Read the head (then run *also*, more reads of ours), and tell the
+        sender our reads are over; the error of a read, if any."""
+        err = None
+        try:
+            _pull.pull(self.engine.ch.pids[self.source], self.remote.window(0, self.mid),
+                       self.local, self.array, self.engine.chunk)
+            self.pulled = now()
+            for read in also:
+                read()
+        except OSError as exc:
+            err = exc
+        self._reply(err)
+        return err
+
+    def finish(self, err: Optional[BaseException]) -> Optional[BaseException]:
+        """Once the notice has come: learn from the timings, or read the sender's
+        part ourselves if it could not write it (it waits for a second reply)."""
+        code, ended = _wire.parse_helped(self.done)
+        n, mid = self.remote.nbytes, self.mid
+        if code == _wire.ACK_OK and err is None:
+            self.engine.share.learn(mid, self.pulled - self.asked, n - mid, ended - self.asked)
+        if code != _wire.ACK_OK:
+            if err is None:
+                try:
+                    _pull.pull(self.engine.ch.pids[self.source], self.remote.window(mid, n),
+                               self.local.window(mid, n), self.array, self.engine.chunk)
+                except OSError as exc:
+                    err = exc
+            self._reply(err)
+        return err
+
+    def _reply(self, err: Optional[BaseException]) -> None:
+        self.engine.ch.send_reply(bytes((_wire.ACK_OK if err is None else _wire.ACK_FAILED,)),
+                                  self.source, self.xid)
