@@ -237,6 +237,12 @@ class _InTurn(_p2p.Op):
             op = self.ops.pop(0)
             if op.error is not None and self.error is None:
                 self.error = op.error
+            if op.error is not None:
+                # What the later ops wait for cannot come now (the receiver never
+                # got the record): they finish on their own, if ever, keeping
+                # what the channel may still write to.
+                _p2p.detach(self.ops)
+                self.ops = []
         if self.ops:
             self.handle = self.ops[0].handle
         else:

@@ -579,10 +579,11 @@ class Engine:
         """A buffer receive's message came behind a control message: if it is a
         record of an object, the object's pickle replaces it."""
         buf = op.buf
-        if op.nbytes < self.record_min or not buf.contiguous:
+        if op.nbytes < self.record_min:
             return
         try:
-            stream = self.records.read(self, memoryview(buf.flat())[:op.nbytes], op.source)
+            msg = buf.flat() if buf.contiguous else _np_frombytes(buf.tobytes())
+            stream = self.records.read(self, memoryview(msg)[:op.nbytes], op.source)
             if stream is not None:
                 op.nbytes, op.error = len(stream), self.place(buf, memoryview(stream))
         except Exception as exc:    # noqa: BLE001 - the receive's error
@@ -612,7 +613,12 @@ class Engine:
                 # An object's record: it stands for its pickle, which would not fit
                 # either, but the object's sender must be freed.
                 whole = Buffer.new(n)
-                _pull.pull(ch.pids[source], remote, whole.layout, whole.array, self.chunk)
+                try:
+                    _pull.pull(ch.pids[source], remote, whole.layout, whole.array, self.chunk)
+                except OSError as exc:
+                    ch.send_reply(bytes((_wire.ACK_FAILED,)), source, xid)
+                    op.finish(exc)
+                    return
                 ch.send_reply(bytes((_wire.ACK_OK,)), source, xid)
                 op.finish(self._placed(op, memoryview(whole.array)))
                 return
@@ -792,6 +798,10 @@ class Engine:
 
 
 _ndarray = np.ndarray
+
+
+def _np_frombytes(data: bytes) -> np.ndarray:
+    return np.frombuffer(data, np.uint8)
 
 
 def _span(buf: Buffer) -> Tuple[int, int]:

@@ -98,7 +98,9 @@ class Intracomm(Communicator):
         me = ch.hub.rank
         if me not in members:
             return self.Split(self._engine.names.UNDEFINED, 0)
-        return self.Split(0, members.index(me))
+        # Ranks may pass different groups if they are disjoint (MPI 2.2): one
+        # communicator per group, told apart by its first member.
+        return self.Split(min(members), members.index(me))
 
     def Create_group(self, group: Group, tag: int = 0) -> "Intracomm":
         """Create a communicator of the processes of *group*; collective over those

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import pytest
 
 pytestmark = pytest.mark.mpi(min_size=1)
@@ -116,6 +117,23 @@ def test_groups_and_communicators_of_them(comm, MPI):
     else:
         first.Free()
     assert comm.allreduce(1) == size     # the communicator is still in step
+    # Disjoint groups passed by different ranks (MPI 2.2): one communicator each.
+    half = group.Range_incl([(0, (size - 1) // 2, 1)])
+    mine = half if rank <= (size - 1) // 2 else group.Difference(group, half)
+    part = comm.Create(mine)
+    assert part.Get_size() == mine.Get_size() and part.allgather(rank) == \
+        mine.Translate_ranks(None, group)
+    part.Free()
+    # Point-to-point traffic in flight while a group makes its communicator.
+    big = np.full(1 << 15, float(rank))
+    if size > 1 and rank < 2:
+        req = comm.Isend(big, 1 - rank, 3)
+        sub = comm.Create_group(group.Incl([0, 1]), 2)
+        got = np.empty_like(big)
+        comm.Recv(got, 1 - rank, 3)
+        req.Wait()
+        assert (got == 1 - rank).all() and sub.allreduce(rank) == 1
+        sub.Free()
     for g in (group, reverse):
         g.Free()
     assert group == MPI.GROUP_NULL

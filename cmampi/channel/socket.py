@@ -1153,9 +1153,12 @@ class SocketChannel:
     def create_group(self, members: List[int], tag: int) -> "SocketChannel":
         """A channel over world ranks *members* (this process among them, all of
         them in this channel); collective over *members* only. Their exchange
-        has sequence numbers of its own (from *tag*), so the other ranks' next
-        collective exchanges on this channel still match."""
-        ctx = max(self.hub.sys_allgather(self.ctx, members, -2 - tag, self.hub.next_ctx))
+        has a context of its own and sequence numbers from *tag*, so the other
+        ranks' next collective exchanges on this channel still match."""
+        # A context of its own for the exchange (high bit set: never a
+        # communicator's), so it matches nothing else on this channel.
+        ctx = max(self.hub.sys_allgather(self.ctx | 0x80000000, members, tag,
+                                         self.hub.next_ctx))
         self.hub.next_ctx = ctx + 1
         return SocketChannel(self.hub, ctx, members)
 
