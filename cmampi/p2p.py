@@ -64,10 +64,18 @@ class RecordReader(NamedTuple):
     #: (engine, the record's bytes, source) -> the pickle; frees the sender
     in_band: Callable[["Engine", bytes, int], bytes]
 
+    @property
+    def end(self) -> int:
+        """Bytes a message needs to hold the mark."""
+        return self.at + len(self.mark)
+
+    def marks(self, msg) -> bool:
+        """Whether *msg* (its first `end` bytes at least) is a record's."""
+        return len(msg) >= self.end and bytes(msg[self.at : self.end]) == self.mark
+
     def read(self, engine: "Engine", msg: memoryview, source: int) -> Optional[bytes]:
         """The pickle *msg* stands for, or None if it is not a record."""
-        end = self.at + len(self.mark)
-        if len(msg) < end or msg[self.at : end] != self.mark:
+        if not self.marks(msg):
             return None
         return self.in_band(engine, bytes(msg), source)
 
@@ -289,8 +297,7 @@ class Engine:
         self.spare_bytes = 0
         #: Records of objects (see `RecordReader`) travel behind a control message.
         self.records = RECORDS[0] if RECORDS else None
-        self.record_min = self.records.at + len(self.records.mark) if self.records \
-            else self.limit + 1
+        self.record_min = self.records.end if self.records else self.limit + 1
         #: Sizes the simplest spec forms, where the channel takes them as they are.
         self.counted = Counted.of(names) if hasattr(channel, "send_counted") else None
         self.stash: _collections.deque = _collections.deque()  # drained by probes
@@ -461,9 +468,13 @@ class Engine:
 
     def place_message(self, buf: Buffer, msg: memoryview, source: int) -> Tuple[int, Any]:
         """Place a whole message *msg* into *buf* (an object's record as the
-        object's pickle); (the message's count, the error if any)."""
+        object's pickle); (the message's count, the error if any: a record that
+        cannot become its pickle is the receive's error)."""
         if self.record_min <= len(msg) and self.records is not None:
-            stream = self.records.read(self, msg, source)
+            try:
+                stream = self.records.read(self, msg, source)
+            except Exception as exc:    # noqa: BLE001 - the receive's error
+                return len(msg), exc
             if stream is not None:
                 msg = memoryview(stream)
         return len(msg), self.place(buf, msg)
@@ -478,8 +489,6 @@ class Engine:
         header: into *buf*, or (None) new memory the size of the message."""
         op = RecvOp(self, buf)
         op.source, op.tag = src, tag
-        if buf is not None and self.records is not None:
-            op.landed = self._unrecord_landed   # a record may come behind this
         self.act(op, head)
         if not op.done:
             wait_any([op])
@@ -571,8 +580,6 @@ class Engine:
                 return
             op.finish(None if op.inplace else self.place(op.buf, msg))
             return
-        if op.landed is None and self.records is not None:
-            op.landed = self._unrecord_landed   # a record may come behind this
         self.act(op, _wire.header(msg))
 
     def _unrecord_landed(self, op: RecvOp) -> None:
@@ -582,8 +589,8 @@ class Engine:
         if op.nbytes < self.record_min:
             return
         try:
-            msg = buf.flat() if buf.contiguous else _np_frombytes(buf.tobytes())
-            stream = self.records.read(self, memoryview(msg)[:op.nbytes], op.source)
+            msg = memoryview(buf.flat() if buf.contiguous else buf.tobytes())
+            stream = self.records.read(self, msg[:op.nbytes], op.source)
             if stream is not None:
                 op.nbytes, op.error = len(stream), self.place(buf, memoryview(stream))
         except Exception as exc:    # noqa: BLE001 - the receive's error
@@ -591,6 +598,8 @@ class Engine:
 
     def act(self, op: RecvOp, head) -> None:
         """Act on the header of a matched control message: pull, or await the payload."""
+        if op.buf is not None and op.landed is None and self.records is not None:
+            op.landed = self._unrecord_landed   # a buffer receive: a record may come behind
         kind = _wire.kind(head)
         if kind == _wire.PULL:
             self._act_pull(op, head, op.source)
@@ -660,17 +669,13 @@ class Engine:
             return
         if op.landed == self._unrecord_landed:
             op.landed = None
-        try:
-            op.nbytes, err = self.place_message(op.buf, memoryview(data), op.source)
-        except Exception as exc:    # noqa: BLE001 - the receive's error
-            err = exc
+        op.nbytes, err = self.place_message(op.buf, memoryview(data), op.source)
         op.finish(err)
 
     def _record_at(self, source: int, remote) -> bool:
         """Whether the message at *remote* in *source* is an object's record (a
         peek at its first bytes)."""
-        rec = self.records
-        end = rec.at + len(rec.mark)
+        end = self.records.end
         if remote.nbytes < end or not remote.contiguous_run:
             return False
         head = np.empty(end, np.uint8)
@@ -678,7 +683,7 @@ class Engine:
             _cma.read_into(self.ch.pids[source], address(head), remote.addr + remote.lo, end)
         except OSError:
             return False
-        return head[rec.at:].tobytes() == rec.mark
+        return self.records.marks(head)
 
     def _act_side(self, op: RecvOp, msg, source: int) -> None:
         flags, xid, n = _wire.parse_side(msg)
@@ -702,10 +707,7 @@ class Engine:
         if op.landed != self._unrecord_landed:
             return self.place(op.buf, msg)
         op.landed = None        # done here
-        try:
-            op.nbytes, err = self.place_message(op.buf, msg, op.source)
-        except Exception as exc:    # noqa: BLE001 - the receive's error
-            err = exc
+        op.nbytes, err = self.place_message(op.buf, msg, op.source)
         return err
 
     def place(self, buf: Buffer, data: memoryview):
@@ -798,10 +800,6 @@ class Engine:
 
 
 _ndarray = np.ndarray
-
-
-def _np_frombytes(data: bytes) -> np.ndarray:
-    return np.frombuffer(data, np.uint8)
 
 
 def _span(buf: Buffer) -> Tuple[int, int]:
