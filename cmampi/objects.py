@@ -125,10 +125,6 @@ _MARK = (lambda p: p[_FRAMED : p.index(b"_OutOfBand") + len(b"_OutOfBand")])(
     _pickle.dumps(_OutOfBand(b"", [], 0, False), 5))
 
 
-def _is_out_of_band(data) -> bool:
-    return bytes(data[_FRAMED : _FRAMED + len(_MARK)]) == _MARK
-
-
 def in_band(engine: _p2p.Engine, record: bytes, source: int) -> bytes:
     """What mpi4py's ``send(obj)`` delivers to a buffer receive, for the *record*
     of an object whose buffers stayed with its sender: the buffers are pulled
@@ -138,7 +134,9 @@ def in_band(engine: _p2p.Engine, record: bytes, source: int) -> bytes:
     return engine.names.pickle.dumps(obj)
 
 
-_p2p.RECORDS[:] = [_p2p.RecordReader(_FRAMED, _MARK, in_band)]
+#: How receives tell an `_OutOfBand` record (buffer receives, through p2p, too).
+_RECORD = _p2p.RecordReader(_FRAMED, _MARK, in_band)
+_p2p.RECORDS[:] = [_RECORD]
 
 
 class _Pulled:
@@ -169,13 +167,19 @@ def _in_band(pb: _pickle.PickleBuffer) -> bool:
     raise _TooBig
 
 
+def _pickled_in_band(obj: Any, oob: bool) -> Optional[bytes]:
+    """*obj*'s pickle if it has no buffer to leave out of band (*oob*: the peer
+    may pull), else None."""
+    try:
+        return _pickle.dumps(obj, 5, buffer_callback=_in_band if oob else None)
+    except _TooBig:
+        return None
+
+
 def send(engine: _p2p.Engine, obj: Any, dest: int, tag: int) -> None:
     """Blocking standard-mode send of *obj*: a short pickle goes out as itself."""
     oob = engine.cma[dest]
-    try:
-        stream = _pickle.dumps(obj, 5, buffer_callback=_in_band if oob else None)
-    except _TooBig:
-        stream = None
+    stream = _pickled_in_band(obj, oob)
     if stream is not None and len(stream) <= engine.limit:
         engine.ch.send(stream, dest, tag)
         return
@@ -190,11 +194,7 @@ def isend(engine: _p2p.Engine, obj: Any, dest: int, tag: int, sync: bool,
           blocked: bool) -> _p2p.Op:
     """Start sending *obj* as it is now (as mpi4py, which pickles it at once); the
     op completes once the receiver has its buffers."""
-    oob = engine.cma[dest]
-    try:
-        stream = _pickle.dumps(obj, 5, buffer_callback=_in_band if oob else None)
-    except _TooBig:
-        stream = None
+    stream = _pickled_in_band(obj, engine.cma[dest])
     if stream is not None:
         if not sync and engine.raw(len(stream), dest, True):   # the common case
             return _p2p.SendOp(engine, [engine.ch.isend(stream, dest, tag)], stream)
@@ -289,7 +289,7 @@ def landed(op: _p2p.RecvOp) -> None:
     """On arrival of an object receive's message (in progress, whether or not
     anyone waits): pull its out-of-band buffers now and free the sender, which
     waits for that. The object itself is unpickled by `loads`, when asked for."""
-    if op.buf is None or not op.nbytes or not _is_out_of_band(op.buf.array):
+    if op.buf is None or not op.nbytes or not _RECORD.marks(op.buf.array):
         return
     head = _pickle.loads(op.buf.array)    # cmampi's own record: its stream stays bytes
     op.result = _fetched(op.engine, head, op.source)
@@ -337,7 +337,7 @@ def _pull_helped(engine: _p2p.Engine, source: int, obj: _OutOfBand) -> Any:
     big = max(range(len(arrays)), key=lambda i: obj.buffers[i][1])
     saddr, n = obj.buffers[big]
     coop = CoopPull(engine, source, obj.xid, Layout.contiguous(saddr, n),
-                         Layout.contiguous(address(arrays[big]), n), arrays[big], base=saddr)
+                    Layout.contiguous(address(arrays[big]), n), arrays[big], base=saddr)
     others = [functools.partial(_cma.read_into, pid, address(arr), addr, m)
               for i, ((addr, m), arr) in enumerate(zip(obj.buffers, arrays)) if i != big and m]
     err = coop.own_part(others)
