@@ -10,24 +10,26 @@ channel the names come from cmampi's own table (``_names``), and mpi4py need not
 be installed. Importing this module is collective over ``COMM_WORLD``.
 """
 
-from ._backend import choose as _choose, names as _names_in_use, world as _world
+from ._backend import choose as _choose
+from ._backend import names as _names_in_use
+from ._backend import world as _world
 
 _base = _names_in_use()
 globals().update({k: v for k, v in vars(_base).items()
                   if not k.startswith("__") or k == "__pyx_capi__"})
-from .request import NO_PROC_HIT as _NO_PROC_HIT, Message, Prequest, Request  # noqa: E402,F401
+from .request import NO_PROC_HIT as _NO_PROC_HIT, Message, Prequest, Request  # noqa: E402, F401, I001
 
 CHANNEL = _choose()
 if CHANNEL == "mpi":
     #: mpi4py's own module, for cmampi where ``mpi4py.MPI`` names this one (cmampi.run).
     _real_mpi4py = _base
-    from .mpicomm import Cartcomm, Comm, Distgraphcomm, Graphcomm, Intracomm  # noqa: E402,F401
+    from .mpicomm import Cartcomm, Comm, Distgraphcomm, Graphcomm, Intracomm  # noqa: F401
 else:
-    from .socketcomm import Intracomm, _comm_lock_table  # noqa: E402,F401
-    from .grequest import Grequest  # noqa: E402,F401
-    from .sockgroup import GROUP_EMPTY, GROUP_NULL, Group  # noqa: E402,F401
-    from .sockettopo import (Cartcomm, Compute_dims, Distgraphcomm,  # noqa: E402,F401
-                             Graphcomm, Topocomm, null_comm as _null_comm)
+    from .grequest import Grequest  # noqa: F401
+    from .socketcomm import Intracomm, _comm_lock_table  # noqa: F401
+    from .sockettopo import Cartcomm, Compute_dims, Distgraphcomm, Graphcomm, Topocomm  # noqa: F401
+    from .sockettopo import null_comm as _null_comm
+    from .sockgroup import GROUP_EMPTY, GROUP_NULL, Group  # noqa: F401
 
 COMM_WORLD, COMM_SELF = _world(Intracomm)
 if CHANNEL != "mpi":

@@ -8,8 +8,16 @@ sender's memory with Linux Cross Memory Attach (``process_vm_readv``).
 
 from __future__ import annotations
 
-__all__ = ["Intracomm", "Request", "Prequest", "Message", "MPI", "COMM_WORLD", "COMM_SELF",
-           "accelerate"]
+__all__ = [
+    "COMM_SELF",
+    "COMM_WORLD",
+    "MPI",
+    "Intracomm",
+    "Message",
+    "Prequest",
+    "Request",
+    "accelerate",
+]
 __version__ = "0.1.0"
 
 

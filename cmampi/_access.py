@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os as _os
 import warnings as _warnings
-from typing import Dict, List, Optional
 
 from . import _cma
 
@@ -58,10 +57,10 @@ def allow_peers(config) -> None:
 class PeerAccess:
     """Who may read whom among a channel's ranks, and the pidfds that make it safe."""
 
-    __slots__ = ("can_read", "cma", "raw_max", "raw_max_any", "all_cma", "peers")
+    __slots__ = ("all_cma", "can_read", "cma", "peers", "raw_max", "raw_max_any")
 
-    def __init__(self, can_read: List[bool], cma: List[bool], raw_max: List[Optional[int]],
-                 peers: Dict[int, "_cma.Peer"], all_cma: bool) -> None:
+    def __init__(self, can_read: list[bool], cma: list[bool], raw_max: list[int | None],
+                 peers: dict[int, _cma.Peer], all_cma: bool) -> None:
         #: We may read (and write) rank p's memory: pulls we issue, pushes that help.
         self.can_read = can_read
         #: Payloads to rank p are pulled by p (else they travel through the channel).
@@ -78,11 +77,11 @@ class PeerAccess:
         self.peers = peers
 
     @classmethod
-    def discover(cls, channel, config, cma_min: int) -> "PeerAccess":
+    def discover(cls, channel, config, cma_min: int) -> PeerAccess:
         """Probe every peer of *channel* and agree with them (collective over it);
         *cma_min* is this rank's pull threshold, which the peers learn."""
         allow_peers(config)
-        peers: Dict[int, _cma.Peer] = {}
+        peers: dict[int, _cma.Peer] = {}
         refusals = [_refusal(channel, p, config, peers) for p in range(channel.size)]
         # Per pair: None, may read; True, refused (and warned); False, not meant to.
         mine = [None if why is None else bool(why) for why in refusals]
@@ -110,7 +109,7 @@ class PeerAccess:
             _cma.release(held)
 
 
-def _refusal(channel, peer: int, config, peers: Dict[int, "_cma.Peer"]) -> Optional[str]:
+def _refusal(channel, peer: int, config, peers: dict[int, _cma.Peer]) -> str | None:
     """None if we may read *peer*'s memory: same node, same pid and user
     namespaces, a pidfd held (added to *peers*), and the kernel actually lets
     us (probed, never assumed). Otherwise why not ("" when CMA is not meant

@@ -6,13 +6,13 @@ from __future__ import annotations
 import os as _os
 import sys as _sys
 from types import ModuleType
-from typing import Any, Optional, Tuple
+from typing import Any
 
 from ._config import config
 
-__all__ = ["choose", "real_mpi", "names", "world"]
+__all__ = ["choose", "names", "real_mpi", "world"]
 
-_real: Optional[ModuleType] = None
+_real: ModuleType | None = None
 
 
 def real_mpi() -> ModuleType:
@@ -47,7 +47,7 @@ def choose() -> str:
     return "mpi"
 
 
-_names_in_use: Optional[Any] = None
+_names_in_use: Any | None = None
 
 
 def names() -> Any:
@@ -65,7 +65,7 @@ def names() -> Any:
     return _names_in_use
 
 
-def world(intracomm) -> Tuple[Any, Any]:
+def world(intracomm) -> tuple[Any, Any]:
     """(COMM_WORLD, COMM_SELF) for this process's channel, as *intracomm* objects;
     collective over the world."""
     if choose() == "mpi":

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple, Union
-
 import ctypes as _ctypes
 import operator as _operator
 import sys as _sys
 import warnings as _warnings
+from typing import Any
 
 import numpy as _np
 
-__all__ = ["Layout", "Buffer", "send_buffer", "recv_buffer", "raw_view", "address",
-           "memory_kind", "HOST_KINDS"]
+__all__ = [
+    "HOST_KINDS",
+    "Buffer",
+    "Layout",
+    "address",
+    "memory_kind",
+    "raw_view",
+    "recv_buffer",
+    "send_buffer",
+]
 
 
 class Layout:
@@ -23,10 +30,10 @@ class Layout:
     is the contiguous run; a layout of one dimension is a single contiguous range.
     """
 
-    __slots__ = ("addr", "shape", "strides", "lo", "hi")
+    __slots__ = ("addr", "hi", "lo", "shape", "strides")
 
-    def __init__(self, addr: int, shape: Tuple[int, ...], strides: Tuple[int, ...],
-                 lo: int = 0, hi: Optional[int] = None) -> None:
+    def __init__(self, addr: int, shape: tuple[int, ...], strides: tuple[int, ...],
+                 lo: int = 0, hi: int | None = None) -> None:
         self.addr = addr
         self.shape = shape
         self.strides = strides
@@ -34,16 +41,16 @@ class Layout:
         self.hi = _prod(shape) if hi is None else hi
 
     @classmethod
-    def contiguous(cls, addr: int, nbytes: int) -> "Layout":
+    def contiguous(cls, addr: int, nbytes: int) -> Layout:
         return cls(addr, (nbytes,), (1,))
 
     @classmethod
-    def of_array(cls, arr: _np.ndarray) -> "Layout":
+    def of_array(cls, arr: _np.ndarray) -> Layout:
         """The layout of *arr*'s elements in C order (memory order if contiguous)."""
         addr = address(arr)
         if arr.flags.c_contiguous or arr.flags.f_contiguous:
             return cls.contiguous(addr, arr.nbytes)
-        return cls(addr, *_collapse(arr.shape + (arr.itemsize,), arr.strides + (1,)))
+        return cls(addr, *_collapse((*arr.shape, arr.itemsize), (*arr.strides, 1)))
 
     @property
     def nbytes(self) -> int:
@@ -59,7 +66,7 @@ class Layout:
         """Bytes in each contiguous run."""
         return self.shape[-1]
 
-    def window(self, lo: int, hi: int) -> "Layout":
+    def window(self, lo: int, hi: int) -> Layout:
         """The sub-stream ``[lo, hi)`` of this layout's window."""
         if self.contiguous_run:
             return Layout.contiguous(self.addr + self.lo + lo, hi - lo)
@@ -85,12 +92,12 @@ class Layout:
             segs[-1, 1] -= _np.uint64(last * run - self.hi)
         return segs
 
-    def encode(self) -> Tuple[int, ...]:
+    def encode(self) -> tuple[int, ...]:
         """Flat integers for the wire: addr, lo, hi, ndim, shape..., strides..."""
         return (self.addr, self.lo, self.hi, len(self.shape), *self.shape, *self.strides)
 
     @classmethod
-    def decode(cls, ints) -> "Layout":
+    def decode(cls, ints) -> Layout:
         addr, lo, hi, ndim = ints[:4]
         shape = tuple(ints[4 : 4 + ndim])
         strides = tuple(ints[4 + ndim : 4 + 2 * ndim])
@@ -146,10 +153,10 @@ def raw_view(layout: Layout, owner: Any, readonly: bool = False) -> _np.ndarray:
 class Buffer:
     """A parsed message buffer: its array, its byte layout and its element type."""
 
-    __slots__ = ("obj", "array", "_layout", "nbytes", "esize", "whole")
+    __slots__ = ("_layout", "array", "esize", "nbytes", "obj", "whole")
 
-    def __init__(self, obj, array: _np.ndarray, layout: Optional[Layout], esize: int,
-                 whole: bool = True, nbytes: Optional[int] = None) -> None:
+    def __init__(self, obj, array: _np.ndarray, layout: Layout | None, esize: int,
+                 whole: bool = True, nbytes: int | None = None) -> None:
         self.obj = obj            # what the user passed, kept alive with the request
         self.array = array
         self._layout = layout     # None: a whole C-contiguous array, laid out on demand
@@ -158,7 +165,7 @@ class Buffer:
         self.whole = whole        # the message is all of *array*
 
     @classmethod
-    def new(cls, data: Union[int, bytes, memoryview]) -> "Buffer":
+    def new(cls, data: int | bytes | memoryview) -> Buffer:
         """A buffer in new memory: of *data* bytes (an int, not zero-filled), or
         holding a copy of *data* (what `recv_buffer` of a fresh bytearray would
         give, without its parse)."""
@@ -230,8 +237,9 @@ class Buffer:
             full[...] = src.reshape(full.shape)
             return
         # A partial or windowed fill of a strided buffer: write run by run.
-        from . import _cma
         import os
+
+        from . import _cma
         _cma.readv(os.getpid(), lay.window(0, n).segments(),
                    [(src.__array_interface__["data"][0], n)])
 
@@ -250,7 +258,7 @@ def address(arr: _np.ndarray) -> int:
     return arr.__array_interface__["data"][0]
 
 
-def quick_buffer(spec, writable: bool) -> Optional[Buffer]:
+def quick_buffer(spec, writable: bool) -> Buffer | None:
     """The common case, parsed fast: a whole C-contiguous numpy array; else None."""
     if type(spec) is not _np.ndarray:
         return None
@@ -334,7 +342,7 @@ def memory_kind(obj) -> int:
 class _Owner:
     """Keeps what lends an array's memory alive for as long as the array is."""
 
-    __slots__ = ("lender", "__array_interface__")
+    __slots__ = ("__array_interface__", "lender")
 
     def __init__(self, lender, interface: dict) -> None:
         self.lender = lender
@@ -522,7 +530,7 @@ def _dlpack_dtype(obj) -> _np.dtype:
         return _np.dtype(_np.uint8)
 
 
-def _datatype_size(dt) -> Tuple[int, int, int]:
+def _datatype_size(dt) -> tuple[int, int, int]:
     """(size, lower bound, extent) of an mpi4py Datatype or a type code."""
     from ._backend import names
 
@@ -552,7 +560,7 @@ def _is_datatype(x) -> bool:
     return isinstance(x, str) or hasattr(x, "Get_extent")
 
 
-def _parse(spec) -> Tuple[Any, Any, Any, Any]:
+def _parse(spec) -> tuple[Any, Any, Any, Any]:
     """Split a spec into (buffer, count, displacement, datatype), each None if not
     given, by mpi4py's rules: ``buf``, ``[buf, datatype]``, ``[buf, count]``,
     ``[buf, (count, displ)]``, ``[buf, count, datatype]``,

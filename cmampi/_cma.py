@@ -11,28 +11,28 @@ import ctypes as _ctypes
 import errno as _errno
 import os as _os
 import select as _select
-from typing import Dict, Optional, Sequence, Tuple, Union
+from collections.abc import Sequence
 
 import numpy as _np
 
 __all__ = [
     "IOV_MAX",
     "MAX_RW_COUNT",
+    "Peer",
     "Segments",
     "as_segments",
-    "readv",
-    "writev",
-    "read_into",
-    "probe",
-    "pid_namespace",
-    "user_namespace",
-    "oserror",
-    "Peer",
     "hold",
-    "release",
+    "oserror",
+    "pid_namespace",
+    "probe",
     "ptrace_scope",
     "ptracer_plan",
+    "read_into",
+    "readv",
+    "release",
     "set_ptracer_any",
+    "user_namespace",
+    "writev",
 ]
 
 #: Most iovecs the kernel takes per side in one call (UIO_MAXIOV).
@@ -41,7 +41,7 @@ IOV_MAX = 1024
 MAX_RW_COUNT = 0x7FFFF000
 
 #: A segment list: an (n, 2) uint64 array of (address, length) rows, or a sequence of pairs.
-Segments = Union[_np.ndarray, Sequence[Tuple[int, int]]]
+Segments = _np.ndarray | Sequence[tuple[int, int]]
 
 
 class _iovec(_ctypes.Structure):
@@ -89,7 +89,7 @@ _HINTS = {
 }
 
 
-def _error(err: int, hint: Optional[str]) -> OSError:
+def _error(err: int, hint: str | None) -> OSError:
     """``OSError(err, ...)``, which picks the subclass (``PermissionError``, ...)."""
     msg = _os.strerror(err)
     return OSError(err, f"{msg}: {hint}" if hint else msg)
@@ -104,7 +104,7 @@ def oserror(err: int, pid: int) -> OSError:
     return _error(err, hint.format(pid=pid) if hint else None)
 
 
-def _status(pid: Union[int, str]) -> Dict[str, str]:
+def _status(pid: int | str) -> dict[str, str]:
     """The fields of ``/proc/<pid>/status`` (readable by anyone), or {} if it is gone."""
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -113,7 +113,7 @@ def _status(pid: Union[int, str]) -> Dict[str, str]:
         return {}
 
 
-def _dump_owner(pid: int) -> Optional[int]:
+def _dump_owner(pid: int) -> int | None:
     """Who owns the files of ``/proc/<pid>``: its effective uid if it is dumpable,
     root (of its user namespace) if not."""
     try:
@@ -307,7 +307,7 @@ def read_into(pid: int, laddr: int, raddr: int, nbytes: int) -> None:
     _checked(pid, False, _transfer_one, _require(_readv), pid, laddr, raddr, nbytes)
 
 
-def _namespace(kind: str, pid: Union[int, str]):
+def _namespace(kind: str, pid: int | str):
     try:
         st = _os.stat(f"/proc/{pid}/ns/{kind}")
     except OSError:
@@ -320,7 +320,7 @@ def pid_namespace():
     return _namespace("pid", "self")
 
 
-def user_namespace(pid: Union[int, str] = "self"):
+def user_namespace(pid: int | str = "self"):
     """An identity of the user namespace of *pid* (default: ours), or None if the
     kernel does not show it to us (only to processes that may ptrace-read *pid*)."""
     return _namespace("user", pid)
@@ -366,12 +366,12 @@ class Peer:
     """
 
     pid = 0
-    rank: Optional[int] = None
+    rank: int | None = None
     fd = -1
     refs = 0
     _poll = None
 
-    def __init__(self, pid: int, rank: Optional[int] = None) -> None:
+    def __init__(self, pid: int, rank: int | None = None) -> None:
         self.pid = pid
         self.rank = rank
         try:
@@ -412,7 +412,7 @@ class Peer:
         if fd >= 0:
             _os.close(fd)
 
-    def __enter__(self) -> "Peer":
+    def __enter__(self) -> Peer:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -437,10 +437,10 @@ def _open_proc(pid: int) -> int:
 
 
 #: The held peers by pid: every copy to or from one of them is checked.
-_held: Dict[int, Peer] = {}
+_held: dict[int, Peer] = {}
 
 
-def hold(pid: int, rank: Optional[int] = None) -> Peer:
+def hold(pid: int, rank: int | None = None) -> Peer:
     """Hold a pidfd for *pid* (shared by every holder) until `release`."""
     peer = _held.get(pid)
     if peer is None:
@@ -460,7 +460,7 @@ def release(peer: Peer) -> None:
 
 # -- Yama -----------------------------------------------------------------------------------
 
-def ptrace_scope() -> Optional[int]:
+def ptrace_scope() -> int | None:
     """Yama's ``ptrace_scope`` (0 classic, 1 restricted, 2 admin-only, 3 none), or
     None where Yama is not enabled."""
     try:
@@ -470,7 +470,7 @@ def ptrace_scope() -> Optional[int]:
         return None
 
 
-def ptracer_plan(scope: Optional[int], enabled: bool) -> str:
+def ptracer_plan(scope: int | None, enabled: bool) -> str:
     """What to do at start-up so that peers may read us, given Yama's *scope*.
 
     ``"none"``: nothing restricts peers beyond the classic rules (no Yama, or 0);

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os as _os
 from dataclasses import dataclass
-from typing import Optional
 
-__all__ = ["Config", "config", "CMA_MIN_DEFAULTS"]
+__all__ = ["CMA_MIN_DEFAULTS", "Config", "config"]
 
 from ._tuning import CHUNK, CMA_MIN_DEFAULTS, COOP_MIN, EAGER_LIMIT, POOL
 
 
-def _size(name: str, default: Optional[int]) -> Optional[int]:
+def _size(name: str, default: int | None) -> int | None:
     raw = _os.environ.get(name)
     if raw is None or raw == "":
         return default
@@ -57,7 +56,7 @@ class Config:
     #: From this size on, payloads to a CMA peer are pulled; below it they travel
     #: through the channel. None: the channel's own default (MPI libraries copy
     #: once themselves, so pulling pays off later there than over sockets).
-    cma_min: Optional[int]
+    cma_min: int | None
     #: From this size on, a sender blocked in ``Send`` copies part of the payload
     #: itself (``process_vm_writev``) while the receiver pulls the rest.
     coop_min: int
@@ -72,7 +71,7 @@ class Config:
     set_ptracer: bool = True
     #: The node this rank claims to be on (MPI channel): ranks with different
     #: values never use CMA between them. None: as ``Split_type(COMM_TYPE_SHARED)`` says.
-    node: Optional[str] = None
+    node: str | None = None
     #: Bytes of large receive buffers kept mapped for reuse once dropped (objects).
     pool: int = POOL
     #: Socket channel: frames between ranks travel through shared-memory rings
@@ -84,7 +83,7 @@ class Config:
     check_collectives: bool = False
 
     @classmethod
-    def from_environ(cls) -> "Config":
+    def from_environ(cls) -> Config:
         return cls(
             eager_limit=_size("CMAMPI_EAGER_LIMIT", EAGER_LIMIT),
             cma_min=_size("CMAMPI_CMA_MIN", None),

@@ -15,7 +15,6 @@ from __future__ import annotations
 import mmap as _mmap
 import threading as _threading
 import weakref as _weakref
-from typing import Dict, List
 
 import numpy as _np
 
@@ -26,7 +25,7 @@ __all__ = ["POOL_MIN", "empty", "pooled_bytes"]
 
 _ROUND = 2 << 20      # one huge page
 
-_free: Dict[int, List[_mmap.mmap]] = {}
+_free: dict[int, list[_mmap.mmap]] = {}
 _held = 0
 _lock = _threading.RLock()    # reentrant: a mapping may come back during a collection
 

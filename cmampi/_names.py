@@ -7,7 +7,8 @@ import operator as _operator
 import pickle as _pickle
 import socket as _socket
 import time as _time
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import numpy as _np
 
@@ -58,10 +59,10 @@ _ERROR_STRINGS = {
 }
 
 
-class Exception(RuntimeError):  # noqa: A001 - the name mpi4py uses
+class Exception(RuntimeError):
     """An MPI error, with its error class (``ERR_TRUNCATE``, ...)."""
 
-    def __init__(self, ierr: int = SUCCESS, message: Optional[str] = None) -> None:
+    def __init__(self, ierr: int = SUCCESS, message: str | None = None) -> None:
         self.ierr = ierr
         text = _ERROR_STRINGS.get(ierr, f"MPI error {ierr}")
         super().__init__(f"{text}: {message}" if message else text)
@@ -97,7 +98,7 @@ def Get_error_string(errorcode: int) -> str:
 class Datatype:
     """A predefined datatype: a name and a numpy type code."""
 
-    __slots__ = ("name", "code", "_size")
+    __slots__ = ("_size", "code", "name")
 
     def __init__(self, name: str, code: str) -> None:
         self.name = name
@@ -216,7 +217,7 @@ class Status:
 
     __slots__ = ("_mem",)
 
-    def __init__(self, status: Optional["Status"] = None) -> None:
+    def __init__(self, status: Status | None = None) -> None:
         if status is not None and not isinstance(status, Status):
             raise TypeError(f"expected a Status, not {type(status).__name__}")
         self._mem = _array.array("i", [0, 0, ANY_SOURCE, ANY_TAG, SUCCESS]
@@ -319,28 +320,28 @@ class Op:
     operation (``Op(SUM) == SUM``), as handles do in mpi4py.
     """
 
-    __slots__ = ("name", "pyfunc", "commute", "userfn", "handle", "_owned")
+    __slots__ = ("_owned", "commute", "handle", "name", "pyfunc", "userfn")
 
-    def __init__(self, op: Optional["Op"] = None) -> None:
+    def __init__(self, op: Op | None = None) -> None:
         if op is None:
             op = OP_NULL
         elif not isinstance(op, Op):
             raise TypeError(f"expected an Op, not {type(op).__name__}")
         self._copy(op)
 
-    def _copy(self, op: "Op") -> None:
+    def _copy(self, op: Op) -> None:
         self.name, self.pyfunc, self.commute = op.name, op.pyfunc, op.commute
         self.userfn, self.handle, self._owned = op.userfn, op.handle, op._owned
 
     @classmethod
-    def _predefined(cls, name: str, handle: int, pyfunc, commute: bool = True) -> "Op":
+    def _predefined(cls, name: str, handle: int, pyfunc, commute: bool = True) -> Op:
         self = cls.__new__(cls)
         self.name, self.pyfunc, self.commute = name, pyfunc, commute
         self.userfn, self.handle, self._owned = None, handle, False
         return self
 
     @classmethod
-    def Create(cls, function: Callable, commute: bool = False) -> "Op":
+    def Create(cls, function: Callable, commute: bool = False) -> Op:
         """Create a user-defined operation: ``function(inbuf, inoutbuf, datatype)``
         updates *inoutbuf* (datatype None for Python objects)."""
         if not callable(function):
@@ -375,8 +376,8 @@ class Op:
 
     def Reduce_local(self, inbuf, inoutbuf) -> None:
         """Apply a reduction operation to local data: ``inoutbuf = inbuf op inoutbuf``."""
-        from . import coll as _coll, ops as _ops
-
+        from . import coll as _coll
+        from . import ops as _ops
         from ._buffers import recv_buffer, send_buffer
 
         nin, nout = send_buffer(inbuf).layout.nbytes, recv_buffer(inoutbuf).layout.nbytes
@@ -400,7 +401,7 @@ class Op:
     py2f = toint
 
     @classmethod
-    def fromint(cls, arg: int, /) -> "Op":
+    def fromint(cls, arg: int, /) -> Op:
         """Translate integer to object."""
         arg = _operator.index(arg)
         for op in _PREDEFINED_OPS:
@@ -540,13 +541,13 @@ def _bytes_of(obj) -> _np.ndarray:
     return arr.reshape(-1, order="A").view(_np.uint8)
 
 
-class buffer(_np.ndarray):  # noqa: N801 - the name mpi4py uses
+class buffer(_np.ndarray):
     """Memory as a flat array of bytes, as mpi4py's ``MPI.buffer``: what
     ``Alloc_mem`` returns, or a view of any buffer-like object (DLPack and
     CUDA-array-interface objects included; as in mpi4py, the bytes of memory on
     a device that is not CPU-accessible cannot be read or written through it)."""
 
-    def __new__(cls, buf=None) -> "buffer":
+    def __new__(cls, buf=None) -> buffer:
         from ._buffers import memory_kind
 
         mem = _np.empty(0, _np.uint8) if buf is None else _bytes_of(buf)
@@ -566,7 +567,7 @@ class buffer(_np.ndarray):  # noqa: N801 - the name mpi4py uses
             raise BufferError("buffer is not CPU-accessible")
 
     @staticmethod
-    def allocate(nbytes: int, clear: bool = False) -> "buffer":
+    def allocate(nbytes: int, clear: bool = False) -> buffer:
         """Buffer allocation."""
         nbytes = _operator.index(nbytes)
         if nbytes < 0:
@@ -576,7 +577,7 @@ class buffer(_np.ndarray):  # noqa: N801 - the name mpi4py uses
         return mem
 
     @staticmethod
-    def frombuffer(obj, readonly: bool = False) -> "buffer":
+    def frombuffer(obj, readonly: bool = False) -> buffer:
         """Buffer from buffer-like object."""
         mem = buffer(obj)
         if readonly:
@@ -584,7 +585,7 @@ class buffer(_np.ndarray):  # noqa: N801 - the name mpi4py uses
         return mem
 
     @staticmethod
-    def fromaddress(address: int, nbytes: int, readonly: bool = False) -> "buffer":
+    def fromaddress(address: int, nbytes: int, readonly: bool = False) -> buffer:
         """Buffer from address and size in bytes."""
         import ctypes
 
@@ -619,7 +620,7 @@ class buffer(_np.ndarray):  # noqa: N801 - the name mpi4py uses
         """Format of each element: bytes."""
         return "B"
 
-    def cast(self, format: str, shape=None) -> memoryview:  # noqa: A002 - mpi4py's name
+    def cast(self, format: str, shape=None) -> memoryview:
         """Cast to a memoryview with new format or shape."""
         self._check_cpu_accessible()
         mv = memoryview(self)
@@ -638,7 +639,7 @@ class buffer(_np.ndarray):  # noqa: N801 - the name mpi4py uses
         self._check_cpu_accessible()
         _np.ndarray.__setitem__(self, item, value)
 
-    def toreadonly(self) -> "buffer":
+    def toreadonly(self) -> buffer:
         """Return a readonly version of the buffer object."""
         mem = self.view(buffer)
         mem.flags.writeable = False
@@ -746,8 +747,8 @@ class Pickle:
     """How the lowercase calls turn objects into bytes: ``dumps``/``loads``
     (``pickle``'s by default, with ``protocol``), as mpi4py's ``MPI.Pickle``."""
 
-    def __init__(self, dumps: Optional[Callable] = None, loads: Optional[Callable] = None,
-                 protocol: Optional[int] = None, threshold: Optional[int] = None) -> None:
+    def __init__(self, dumps: Callable | None = None, loads: Callable | None = None,
+                 protocol: int | None = None, threshold: int | None = None) -> None:
         self._dumps = dumps if dumps is not None else _pickle.dumps
         self._loads = loads if loads is not None else _pickle.loads
         if protocol is None:

@@ -11,7 +11,7 @@ from . import _cma
 from ._buffers import Layout, raw_view
 from ._tuning import COARSE_RUN
 
-__all__ = ["pull", "COARSE_RUN"]
+__all__ = ["COARSE_RUN", "pull"]
 
 #: Read a remote row span (gaps included) while it is at most this many times
 #: the payload, or while its gaps are cheap next to the iovecs they save: one
@@ -54,7 +54,7 @@ def _row_bytes(lay: Layout) -> int:
 
 def _rows(lay: Layout, r0: int, r1: int) -> Layout:
     """Rows [r0, r1) of a strided layout (window ignored) as a layout of their own."""
-    return Layout(lay.addr + r0 * lay.strides[0], (r1 - r0,) + lay.shape[1:], lay.strides)
+    return Layout(lay.addr + r0 * lay.strides[0], (r1 - r0, *lay.shape[1:]), lay.strides)
 
 
 def _extent(lay: Layout):

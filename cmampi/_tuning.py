@@ -7,10 +7,25 @@ imports what it uses from here, so a change here is the whole change.
 
 from __future__ import annotations
 
-__all__ = ["CMA_MIN_DEFAULTS", "EAGER_LIMIT", "COOP_MIN", "CHUNK", "NATIVE_MAX", "AGREED_INLINE",
-           "COLL_INLINE_MAX", "PIECE", "OOB_MIN", "P2P_OOB_MIN",
-           "OBJECT_RAW_MAX", "STREAM_INLINE", "COARSE_RUN", "POOL_MIN", "POOL",
-           "SPIN_SECONDS", "LOOK_SECONDS"]
+__all__ = [
+           "AGREED_INLINE",
+           "CHUNK",
+           "CMA_MIN_DEFAULTS",
+           "COARSE_RUN",
+           "COLL_INLINE_MAX",
+           "COOP_MIN",
+           "EAGER_LIMIT",
+           "LOOK_SECONDS",
+           "NATIVE_MAX",
+           "OBJECT_RAW_MAX",
+           "OOB_MIN",
+           "P2P_OOB_MIN",
+           "PIECE",
+           "POOL",
+           "POOL_MIN",
+           "SPIN_SECONDS",
+           "STREAM_INLINE",
+]
 
 # -- point to point ----------------------------------------------------------------------------
 #: Messages up to this size travel as themselves, with no header (``CMAMPI_EAGER_LIMIT``).

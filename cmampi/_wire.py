@@ -15,18 +15,40 @@ and unpickle in one call and still recognise a control message by its type.
 from __future__ import annotations
 
 import struct as _struct
-from typing import Tuple
 
 from ._buffers import Layout
 
 __all__ = [
-    "PULL", "SIDE", "RECORD", "F_SYNC", "F_HELP",
-    "ACK_OK", "ACK_TRUNCATED", "ACK_FAILED", "ACK_HELP",
-    "AT", "CTRL_MAX", "Control", "control", "header", "is_control", "kind",
-    "pull_header", "side_header", "record_header", "parse_pull", "parse_side", "parse_record",
+    "ACK_FAILED",
+    "ACK_HELP",
+    "ACK_OK",
+    "ACK_TRUNCATED",
+    "AT",
+    "CTRL_MAX",
+    "F_HELP",
+    "F_SYNC",
+    "HELPED_SIZE",
+    "PULL",
+    "RECORD",
+    "REPLY_MAX",
+    "SIDE",
+    "Control",
+    "control",
+    "header",
+    "help_request",
+    "helped",
     "holds_record",
-    "help_request", "parse_help", "HELPED_SIZE", "helped", "parse_helped",
-    "payload_size", "REPLY_MAX",
+    "is_control",
+    "kind",
+    "parse_help",
+    "parse_helped",
+    "parse_pull",
+    "parse_record",
+    "parse_side",
+    "payload_size",
+    "pull_header",
+    "record_header",
+    "side_header",
 ]
 
 PULL = 1        # a descriptor: the receiver pulls the payload with CMA, then acks
@@ -140,13 +162,13 @@ def kind(head) -> int:
     return head[0]
 
 
-def parse_pull(buf) -> Tuple[int, int, int, Layout]:
+def parse_pull(buf) -> tuple[int, int, int, Layout]:
     """(flags, xid, nbytes, remote layout) of a PULL descriptor's header."""
     _, flags, xid, nbytes = _HEAD.unpack_from(buf)
     return flags, xid, nbytes, _parse_layout(buf, _HEAD.size)
 
 
-def parse_side(buf) -> Tuple[int, int, int]:
+def parse_side(buf) -> tuple[int, int, int]:
     """(flags, xid, nbytes) of a SIDE descriptor's header."""
     _, flags, xid, nbytes = _HEAD.unpack_from(buf)
     return flags, xid, nbytes
@@ -161,7 +183,7 @@ def help_request(lo: int, hi: int, addr: int) -> bytes:
     return _HELP.pack(ACK_HELP, lo, hi, addr)
 
 
-def parse_help(buf) -> Tuple[int, int, int]:
+def parse_help(buf) -> tuple[int, int, int]:
     """(lo, hi, addr) of a help request."""
     return _HELP.unpack_from(buf)[1:]
 
@@ -176,7 +198,7 @@ def helped(code: int, ended: float) -> bytes:
     return _HELPED.pack(code, ended)
 
 
-def parse_helped(buf) -> Tuple[int, float]:
+def parse_helped(buf) -> tuple[int, float]:
     """(code, ended) of a helper's notice."""
     return _HELPED.unpack_from(buf)
 

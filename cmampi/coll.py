@@ -15,20 +15,24 @@ the same things, so all raise the same error, or all take the same path:
 from __future__ import annotations
 
 import operator as _operator
-
 import pickle as _pickle
 import struct as _struct
-from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import numpy as _np
 
-from . import _cma, ops as _ops
+from . import _cma
+from . import ops as _ops
 from . import p2p as _p2p
 from ._backend import names as _names
-from ._buffers import _parse as _parse_spec, address as _address, recv_buffer, send_buffer
-from ._tuning import COLL_INLINE_MAX as INLINE_MAX, PIECE
+from ._buffers import _parse as _parse_spec
+from ._buffers import address as _address
+from ._buffers import recv_buffer, send_buffer
+from ._tuning import COLL_INLINE_MAX as INLINE_MAX
+from ._tuning import PIECE
 
-__all__ = ["Collectives", "INLINE_MAX", "frame"]
+__all__ = ["INLINE_MAX", "Collectives", "frame"]
 
 #: Largest first message of a record in the exchange (longer ones continue).
 RECORD_MAX = INLINE_MAX + 4096
@@ -36,7 +40,7 @@ _LEN = _struct.Struct("<Q")
 _TAG_X, _TAG_SYNC, _TAG_P, _TAG_ACK = 1, 2, 3, 4
 
 
-def frame(record: Any) -> Tuple[bytes, bytes]:
+def frame(record: Any) -> tuple[bytes, bytes]:
     """*record* pickled for the wire: a first message (its length, then up to
     `RECORD_MAX` bytes of it) and the rest (empty when it all fits)."""
     data = _pickle.dumps(record, _pickle.HIGHEST_PROTOCOL)
@@ -44,7 +48,7 @@ def frame(record: Any) -> Tuple[bytes, bytes]:
     return _LEN.pack(len(data)) + data[:cut], data[cut:]
 
 
-def _first_part(stage, count: int) -> Tuple[memoryview, int]:
+def _first_part(stage, count: int) -> tuple[memoryview, int]:
     """What a received first message of *count* bytes holds of its record, and the
     record's whole length."""
     total = _LEN.unpack_from(stage)[0]
@@ -75,7 +79,7 @@ class Collectives:
         engine.ch.collective()
 
     # -- the exchange and the closing barrier ----------------------------------------------
-    def exchange(self, record: Any) -> List[Any]:
+    def exchange(self, record: Any) -> list[Any]:
         """Every rank's *record*, in rank order (an allgather of small objects).
 
         Records go straight through the private channel: one message to each
@@ -120,7 +124,7 @@ class Collectives:
             step *= 2
 
     # -- records between two ranks, and acknowledgements -------------------------------
-    def isend_record(self, framed: Tuple[bytes, bytes], dest: int) -> list:
+    def isend_record(self, framed: tuple[bytes, bytes], dest: int) -> list:
         """Start sending a record (as `frame` made it) to *dest*; the handles to wait on."""
         ch = self.e.ch
         head, rest = framed
@@ -151,8 +155,8 @@ class Collectives:
         ch = self.e.ch
         _p2p.wait_handles(ch, [ch.irecv(self._empty, s, _TAG_ACK) for s in sources])
 
-    def agree(self, error: Optional[BaseException], info: Any, payload=None,
-              inline: bool = False, call: Optional["Call"] = None) -> List["Agreed"]:
+    def agree(self, error: BaseException | None, info: Any, payload=None,
+              inline: bool = False, call: Call | None = None) -> list[Agreed]:
         """Exchange (error, info, payload, call); raise the first error any rank
         had, then, on every rank alike, a mismatch of the calls themselves
         (another collective, root or op on some rank). Every rank's `Agreed`."""
@@ -172,7 +176,7 @@ class Collectives:
         named = type(info) if hasattr(info, "_fields") else None
         return [_new(Agreed, (_named(named, i), payload)) for _, i, payload, _ in records]
 
-    def error_record(self, error: Optional[BaseException]) -> Optional[Tuple[int, str]]:
+    def error_record(self, error: BaseException | None) -> tuple[int, str] | None:
         """What travels of a local error: (error class, text); None for no error."""
         if error is None:
             return None
@@ -184,7 +188,7 @@ class Collectives:
         return _noted(self.names.Exception(errclass),
                       f"cmampi collective failed on rank {rank}: {text}")
 
-    def mismatch(self, what: str, errclass: Optional[int] = None) -> BaseException:
+    def mismatch(self, what: str, errclass: int | None = None) -> BaseException:
         errclass = self.names.ERR_ARG if errclass is None else errclass
         return _noted(self.names.Exception(errclass), f"cmampi collective: {what}")
 
@@ -203,7 +207,7 @@ class Collectives:
             _cma.writev(self.pids[dst], [(_address(src), n)], [(raddr, n)])
 
 
-def addr(arr: Optional[_np.ndarray]) -> int:
+def addr(arr: _np.ndarray | None) -> int:
     return 0 if arr is None or arr.nbytes == 0 else _address(arr)
 
 
@@ -213,9 +217,9 @@ class Flat:
     """A message buffer as a flat, typed, contiguous array (a temporary for a
     strided receive buffer, written back by ``finish``)."""
 
-    __slots__ = ("array", "_back", "copied")
+    __slots__ = ("_back", "array", "copied")
 
-    def __init__(self, array: _np.ndarray, back: Optional[_np.ndarray] = None,
+    def __init__(self, array: _np.ndarray, back: _np.ndarray | None = None,
                  copied: bool = False) -> None:
         self.array = array
         self._back = back
@@ -338,7 +342,7 @@ def _dtype_of_datatype(datatype) -> str:
 
 # -- algorithms -------------------------------------------------------------------------------
 
-def _payload(c: Collectives, arr: Optional[_np.ndarray]) -> Optional[bytes]:
+def _payload(c: Collectives, arr: _np.ndarray | None) -> bytes | None:
     """The bytes to send inline, or None when peers will copy them with CMA."""
     if arr is None:
         return None
@@ -372,8 +376,8 @@ class Call(NamedTuple):
     """What every rank's call of a collective must have alike."""
 
     kind: str
-    root: Optional[int] = None
-    op: Optional[str] = None      # a predefined op's name; "" for a user op
+    root: int | None = None
+    op: str | None = None      # a predefined op's name; "" for a user op
 
 
 def _plain(info: Any) -> Any:
@@ -405,7 +409,7 @@ class Agreed(NamedTuple):
     """One rank's part of a collective's agreement, as `Collectives.agree` returns it."""
 
     info: Any
-    payload: Optional[bytes]           # the rank's data, when it came inline
+    payload: bytes | None           # the rank's data, when it came inline
 
 
 class BcastInfo(NamedTuple):
@@ -422,8 +426,8 @@ class RootBuffer(NamedTuple):
     size: int                           # in elements
     dtype: str
     addr: int
-    counts: Optional[List[int]]
-    displs: Optional[List[int]]
+    counts: list[int] | None
+    displs: list[int] | None
 
 
 class GatherInfo(NamedTuple):
@@ -432,19 +436,19 @@ class GatherInfo(NamedTuple):
     size: int                           # elements sent
     dtype: str
     addr: int
-    recv: Optional[RootBuffer]          # the root's only
+    recv: RootBuffer | None          # the root's only
 
-    _nested = {"recv": RootBuffer}
+    _nested = {"recv": RootBuffer}    # noqa: RUF012 (read only; NamedTuple takes no ClassVar)
 
 
 class ScatterInfo(NamedTuple):
     """A rank's Scatter receive buffer (None in place at the root), and the root's send buffer."""
 
-    size: Optional[int]                 # elements received
-    dtype: Optional[str]
-    send: Optional[RootBuffer]          # the root's only
+    size: int | None                 # elements received
+    dtype: str | None
+    send: RootBuffer | None          # the root's only
 
-    _nested = {"send": RootBuffer}
+    _nested = {"send": RootBuffer}    # noqa: RUF012 (read only; NamedTuple takes no ClassVar)
 
 
 class AllgatherInfo(NamedTuple):
@@ -453,8 +457,8 @@ class AllgatherInfo(NamedTuple):
     size: int                           # elements sent
     dtype: str
     recv_addr: int
-    displs: List[int]                   # where each rank's block goes, in elements
-    counts: List[int]
+    displs: list[int]                   # where each rank's block goes, in elements
+    counts: list[int]
 
 
 class AlltoallInfo(NamedTuple):
@@ -462,10 +466,10 @@ class AlltoallInfo(NamedTuple):
 
     dtype: str
     recv_addr: int
-    recv_counts: List[int]
-    recv_displs: List[int]
-    send_counts: List[int]
-    send_displs: List[int]
+    recv_counts: list[int]
+    recv_displs: list[int]
+    send_counts: list[int]
+    send_displs: list[int]
 
 
 class ReduceInfo(NamedTuple):
@@ -474,8 +478,8 @@ class ReduceInfo(NamedTuple):
     size: int                           # elements of the input
     dtype: str
     addr: int
-    recv_size: Optional[int]
-    recv_addr: Optional[int]
+    recv_size: int | None
+    recv_addr: int | None
 
 
 def _call(kind: str, root=None, op=None) -> Call:
@@ -483,9 +487,9 @@ def _call(kind: str, root=None, op=None) -> Call:
                 None if op is None else _ops.predefined_name(op))
 
 
-def _disagreement(calls: Sequence[Optional[Call]], names) -> Tuple[str, int]:
+def _disagreement(calls: Sequence[Call | None], names) -> tuple[str, int]:
     """The message and error class of ranks calling different collectives."""
-    def said(r: int, c: Optional[Call]) -> str:
+    def said(r: int, c: Call | None) -> str:
         text = f"rank {r}: {c.kind if c else '?'}"
         if c is not None and c.root is not None:
             text += f" root {c.root}"
@@ -686,10 +690,7 @@ def allgather(c: Collectives, sendspec, recvspec, vector_spec: bool = False) -> 
             recv = flat(recvspec, True, size)
             k = _per_rank(recv.array.size, size)
             cnts, dsps = [k] * size, [r * k for r in range(size)]
-        if in_place:
-            send = recv.array[dsps[me] : dsps[me] + cnts[me]]
-        else:
-            send = flat(sendspec, False).array
+        send = recv.array[dsps[me]:dsps[me] + cnts[me]] if in_place else flat(sendspec, False).array
         return recv, send, cnts, dsps
 
     got, err = _guard(parse)
@@ -780,7 +781,7 @@ def _fold(combine, parts: Sequence[_np.ndarray], out: _np.ndarray) -> None:
         combine(x, out)
 
 
-def _split(n: int, size: int) -> List[int]:
+def _split(n: int, size: int) -> list[int]:
     """Slice bounds giving each rank a nearly equal share of *n* elements."""
     base, extra = divmod(n, size)
     bounds = [0]

@@ -14,21 +14,21 @@ import os as _os
 import pickle as _pickle
 import time as _time
 import warnings as _warnings
-from typing import Any, Optional
+from typing import Any
 
 import numpy as _np
 
-from ._buffers import recv_buffer, send_buffer
-from ._backend import names as _names_in_use
-from ._config import config as _config
 from . import _wire
 from . import coll as _coll_mod
 from . import native as _native
 from . import objcoll as _objcoll
 from . import objects as _objects
 from . import p2p as _p2p
-from .request import NO_PROC_HIT as _NO_PROC_HIT, Message, PartitionedRequest, Prequest, \
-    Request, new_request
+from ._backend import names as _names_in_use
+from ._buffers import recv_buffer, send_buffer
+from ._config import config as _config
+from .request import NO_PROC_HIT as _NO_PROC_HIT
+from .request import Message, PartitionedRequest, Prequest, Request, new_request
 
 __all__ = ["Communicator"]
 
@@ -167,7 +167,7 @@ class Communicator:
         engine = self._engine
         small = engine.small if engine is not None else None
         if small is None or type(send) is not _np.ndarray or send.nbytes > limit \
-                or recv is not None and type(recv) is not _np.ndarray:
+                or (recv is not None and type(recv) is not _np.ndarray):
             return None
         return small
 
@@ -182,6 +182,7 @@ class Communicator:
         root = root if type(root) is int else as_int(root)
         if not self._ran_by_library("Bcast", buf, root=root):
             _coll_mod.bcast(self._coll, buf, root)
+        return None
 
     def Gather(self, sendbuf, recvbuf, root: int = 0) -> None:
         """Gather data to one process from all other processes."""
@@ -194,6 +195,7 @@ class Communicator:
         root = root if type(root) is int else as_int(root)
         if not self._ran_by_library("Gather", sendbuf, recvbuf, root):
             _coll_mod.gather(self._coll, sendbuf, recvbuf, root)
+        return None
 
     def Gatherv(self, sendbuf, recvbuf, root: int = 0) -> None:
         """Gather Vector."""
@@ -212,6 +214,7 @@ class Communicator:
         root = root if type(root) is int else as_int(root)
         if not self._ran_by_library("Scatter", sendbuf, recvbuf, root):
             _coll_mod.scatter(self._coll, sendbuf, recvbuf, root)
+        return None
 
     def Scatterv(self, sendbuf, recvbuf, root: int = 0) -> None:
         """Scatter Vector."""
@@ -229,6 +232,7 @@ class Communicator:
                 pass
         if not self._ran_by_library("Allgather", sendbuf, recvbuf):
             _coll_mod.allgather(self._coll, sendbuf, recvbuf)
+        return None
 
     def Allgatherv(self, sendbuf, recvbuf) -> None:
         """Gather to All Vector."""
@@ -245,6 +249,7 @@ class Communicator:
                 pass
         if not self._ran_by_library("Alltoall", sendbuf, recvbuf):
             _coll_mod.alltoall(self._coll, sendbuf, recvbuf)
+        return None
 
     def Alltoallv(self, sendbuf, recvbuf) -> None:
         """All to All Scatter/Gather Vector."""
@@ -262,6 +267,7 @@ class Communicator:
         root = root if type(root) is int else as_int(root)
         if not self._ran_by_library("Reduce", sendbuf, recvbuf, root, op):
             _coll_mod.reduce_family(self._coll, "reduce", sendbuf, recvbuf, op, root)
+        return None
 
     def Allreduce(self, sendbuf, recvbuf, op=SUM) -> None:
         """Reduce to All."""
@@ -273,6 +279,7 @@ class Communicator:
                 pass
         if not self._ran_by_library("Allreduce", sendbuf, recvbuf, op=op):
             _coll_mod.reduce_family(self._coll, "allreduce", sendbuf, recvbuf, op)
+        return None
 
     def Reduce_scatter_block(self, sendbuf, recvbuf, op=SUM) -> None:
         """Reduce-Scatter Block (regular, non-vector version)."""
@@ -284,6 +291,7 @@ class Communicator:
                 pass
         if not self._ran_by_library("Reduce_scatter_block", sendbuf, recvbuf, op=op):
             _coll_mod.reduce_family(self._coll, "reduce_scatter_block", sendbuf, recvbuf, op)
+        return None
 
     def Reduce_scatter(self, sendbuf, recvbuf, recvcounts=None, op=SUM) -> None:
         """Reduce-Scatter (vector version)."""
@@ -302,6 +310,7 @@ class Communicator:
                 pass
         if not self._ran_by_library("Scan", sendbuf, recvbuf, op=op):
             _coll_mod.reduce_family(self._coll, "scan", sendbuf, recvbuf, op)
+        return None
 
     def Exscan(self, sendbuf, recvbuf, op=SUM) -> None:
         """Exclusive Scan."""
@@ -313,6 +322,7 @@ class Communicator:
                 pass
         if not self._ran_by_library("Exscan", sendbuf, recvbuf, op=op):
             _coll_mod.reduce_family(self._coll, "exscan", sendbuf, recvbuf, op)
+        return None
 
     def transport(self, rank: int) -> str:
         """How large payloads travel between this process and *rank* (cmampi only).
@@ -381,7 +391,7 @@ class Communicator:
         op.finish()
         return op
 
-    def _null_request(self, method: Optional[str] = None, *args, finish=None) -> Request:
+    def _null_request(self, method: str | None = None, *args, finish=None) -> Request:
         """The request of a call naming ``PROC_NULL``: the MPI library's own (*method*
         of mpi4py's, with *args*: no message moves), where there is one."""
         plain = self._plain()
@@ -690,7 +700,7 @@ class Communicator:
         return self._probe(source, tag, status, True, True)
 
     def Improbe(self, source: int = ANY_SOURCE, tag: int = ANY_TAG,
-                status=None) -> Optional[Message]:
+                status=None) -> Message | None:
         """Nonblocking test for a matched message."""
         if self._engine is None:
             return super().Improbe(source, tag, status)
@@ -709,13 +719,13 @@ class Communicator:
         return self.Mprobe(source, tag, status)
 
     def improbe(self, source: int = ANY_SOURCE, tag: int = ANY_TAG,
-                status=None) -> Optional[Message]:
+                status=None) -> Message | None:
         """Nonblocking test for a matched message."""
         return self.Improbe(source, tag, status)
 
     # -- Python objects ------------------------------------------------------------------
     def _send_obj(self, obj, dest, tag, sync: bool, wait: bool,
-                  buffered: bool = False) -> Optional[Request]:
+                  buffered: bool = False) -> Request | None:
         e = self._engine
         dest, tag = self._dest(dest), self._tag(tag, False)
         if dest == e.names.PROC_NULL:

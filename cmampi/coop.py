@@ -10,14 +10,15 @@ together. Buffers (`p2p.Engine`) and objects (`objects`) both use `CoopPull`.
 from __future__ import annotations
 
 import time as _time
-from typing import TYPE_CHECKING, Callable, Dict, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from . import _pull, _wire
 
 if TYPE_CHECKING:
     from .p2p import Engine
 
-__all__ = ["CoopPull", "CopyShare", "SHARES", "now"]
+__all__ = ["SHARES", "CoopPull", "CopyShare", "now"]
 
 
 def now() -> float:
@@ -58,7 +59,7 @@ class CopyShare:
 
 #: How this process splits the cooperative copies it receives, per kind of
 #: channel: the sender's reaction time, which the split absorbs, depends on it.
-SHARES: Dict[str, CopyShare] = {}
+SHARES: dict[str, CopyShare] = {}
 
 
 class CoopPull:
@@ -72,10 +73,21 @@ class CoopPull:
     read its part ourselves. Buffers and objects (their largest buffer) use it.
     """
 
-    __slots__ = ("engine", "source", "xid", "remote", "local", "array", "mid", "done",
-                 "asked", "pulled", "notice")
+    __slots__ = (
+        "array",
+        "asked",
+        "done",
+        "engine",
+        "local",
+        "mid",
+        "notice",
+        "pulled",
+        "remote",
+        "source",
+        "xid",
+    )
 
-    def __init__(self, engine: "Engine", source: int, xid: int, remote, local, array,
+    def __init__(self, engine: Engine, source: int, xid: int, remote, local, array,
                  base: int) -> None:
         """Ask the sender for help. *remote* and *local* are the run's layouts;
         the sender counts the bytes it is asked for from *base* (0: offsets in
@@ -93,7 +105,7 @@ class CoopPull:
         #: completes when the sender's notice has come
         self.notice = engine.ch.irecv_payload(self.done, source, xid)
 
-    def own_part(self, also: Sequence[Callable[[], None]] = ()) -> Optional[BaseException]:
+    def own_part(self, also: Sequence[Callable[[], None]] = ()) -> BaseException | None:
         """Read the head (then run *also*, more reads of ours), and tell the
         sender our reads are over; the error of a read, if any."""
         err = None
@@ -108,7 +120,7 @@ class CoopPull:
         self._reply(err)
         return err
 
-    def finish(self, err: Optional[BaseException]) -> Optional[BaseException]:
+    def finish(self, err: BaseException | None) -> BaseException | None:
         """Once the notice has come: learn from the timings, or read the sender's
         part ourselves if it could not write it (it waits for a second reply)."""
         code, ended = _wire.parse_helped(self.done)
@@ -125,6 +137,6 @@ class CoopPull:
             self._reply(err)
         return err
 
-    def _reply(self, err: Optional[BaseException]) -> None:
+    def _reply(self, err: BaseException | None) -> None:
         self.engine.ch.send_reply(bytes((_wire.ACK_OK if err is None else _wire.ACK_FAILED,)),
                                   self.source, self.xid)

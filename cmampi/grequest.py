@@ -3,12 +3,13 @@ the program says when one is complete, and waits and tests then run its function
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional, Tuple
+from collections.abc import Callable
+from typing import Any
 
 from . import p2p as _p2p
-from .channel import Completion
-from .request import Request, _NAMES, _invalid, _new
 from ._standin import is_ours
+from .channel import Completion
+from .request import _NAMES, Request, _invalid, _new
 
 __all__ = ["Grequest"]
 
@@ -17,7 +18,7 @@ class _GreqOp(_p2p.Op):
     """A generalized request's state: done once the program calls ``Complete``;
     its query and free functions run as a wait or test completes it (``decode``)."""
 
-    __slots__ = ("query_fn", "free_fn", "cancel_fn", "args", "kwargs", "obj")
+    __slots__ = ("args", "cancel_fn", "free_fn", "kwargs", "obj", "query_fn")
 
     def advance(self, info: Completion) -> None:  # pragma: no cover - it never waits on a channel
         pass
@@ -28,7 +29,7 @@ def _greq_call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
     printed, then raised as ``MPI.Exception`` (its error class, or ``ERR_OTHER``)."""
     try:
         fn(*args, **kwargs)
-    except BaseException as exc:  # noqa: BLE001 - any error of the program's function
+    except BaseException as exc:
         import traceback
 
         traceback.print_exc()
@@ -63,17 +64,17 @@ class Grequest(Request):
 
     __module__ = "cmampi.MPI"   # where pickle and repr find it
 
-    def __init__(self, request: Optional[Request] = None) -> None:
+    def __init__(self, request: Request | None = None) -> None:
         if is_ours(Request, request) and request and not isinstance(request, Grequest):
             raise TypeError(f"Cannot convert {type(request).__name__} to Grequest")
         super().__init__(request)
 
     @classmethod
-    def Start(cls, query_fn: Optional[Callable[..., None]] = None,
-              free_fn: Optional[Callable[..., None]] = None,
-              cancel_fn: Optional[Callable[..., None]] = None,
-              args: Optional[Tuple[Any]] = None,
-              kwargs: Optional[Dict[str, Any]] = None) -> "Grequest":
+    def Start(cls, query_fn: Callable[..., None] | None = None,
+              free_fn: Callable[..., None] | None = None,
+              cancel_fn: Callable[..., None] | None = None,
+              args: tuple[Any] | None = None,
+              kwargs: dict[str, Any] | None = None) -> Grequest:
         """Create and return a user-defined request."""
         op = _GreqOp(_p2p.default_engine())
         op.query_fn, op.free_fn, op.cancel_fn = query_fn, free_fn, cancel_fn

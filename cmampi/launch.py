@@ -25,9 +25,10 @@ import sys
 import tempfile
 import threading
 import time
-from typing import BinaryIO, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from collections.abc import Mapping, Sequence
+from typing import BinaryIO, NamedTuple
 
-__all__ = ["main", "run", "rank_environ", "EXIT_USAGE", "EXIT_TIMEOUT", "GRACE"]
+__all__ = ["EXIT_TIMEOUT", "EXIT_USAGE", "GRACE", "main", "rank_environ", "run"]
 
 #: Exit code for bad command lines (as argparse).
 EXIT_USAGE = 2
@@ -50,9 +51,9 @@ _REAP = 5.0
 
 class _Command(NamedTuple):
     size: int
-    argv: List[str]
+    argv: list[str]
     tag_output: bool
-    timeout: Optional[float]
+    timeout: float | None
     grace: float
 
 
@@ -106,7 +107,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     return p
 
 
-def _split(argv: Sequence[str]) -> Tuple[List[str], Optional[str], List[str]]:
+def _split(argv: Sequence[str]) -> tuple[list[str], str | None, list[str]]:
     """Cut *argv* into (launcher options, module, rank command).
 
     The launcher's options end at the first word that is not one of them or
@@ -150,7 +151,7 @@ def _prog_name() -> str:
     return "python -m cmampi" if name in ("", "__main__.py", "-c") else name
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m cmampi`` and ``cmampi-run``: the job's exit code."""
     try:
         cmd = _parse(sys.argv[1:] if argv is None else argv, _prog_name())
@@ -162,7 +163,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 # -- the job ------------------------------------------------------------------------------
 def rank_environ(base: Mapping[str, str], rank: int, size: int, directory: str,
-                 token: str) -> Dict[str, str]:
+                 token: str) -> dict[str, str]:
     """The environment of *rank*: *base* plus the socket channel's ``CMAMPI_*`` variables."""
     env = dict(base)
     env.update(
@@ -272,17 +273,17 @@ class _Job:
         self.tag_output = tag_output
         self.out, self.err = out, err
         self.grace = grace
-        self.procs: List[subprocess.Popen] = []
-        self.exited: List[int] = []  # ranks, in the order their exits were seen
-        self.forwarders: List[threading.Thread] = []
-        self.signals: List[int] = []  # appended to by the signal handlers
+        self.procs: list[subprocess.Popen] = []
+        self.exited: list[int] = []  # ranks, in the order their exits were seen
+        self.forwarders: list[threading.Thread] = []
+        self.signals: list[int] = []  # appended to by the signal handlers
         self.sel = selectors.DefaultSelector()
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
         self.sel.register(self.wake_r, selectors.EVENT_READ)
-        self._saved: Dict[int, object] = {}
-        self._saved_wakeup: Optional[int] = None
+        self._saved: dict[int, object] = {}
+        self._saved_wakeup: int | None = None
 
     # -- signals --------------------------------------------------------------------------
     def install_handlers(self) -> None:
@@ -339,7 +340,7 @@ class _Job:
             self.forwarders.append(t)
         return proc.pid
 
-    def alive(self) -> List[subprocess.Popen]:
+    def alive(self) -> list[subprocess.Popen]:
         """Ranks not yet exited (reaping the others)."""
         self._reap()
         return [p for p in self.procs if p.returncode is None]
@@ -352,7 +353,7 @@ class _Job:
         new.sort(key=lambda r: (self.procs[r].returncode >= 0, self.procs[r].returncode == 0))
         self.exited.extend(new)
 
-    def failed(self) -> Optional[Tuple[int, subprocess.Popen]]:
+    def failed(self) -> tuple[int, subprocess.Popen] | None:
         """The first rank seen to exit with a non-zero status, if any."""
         self._reap()
         for rank in self.exited:
@@ -370,7 +371,7 @@ class _Job:
                 return
             self.sleep(left)
 
-    def sleep(self, seconds: Optional[float]) -> None:
+    def sleep(self, seconds: float | None) -> None:
         """Wait at most *seconds* for a rank to exit or a signal to arrive."""
         if self._saved_wakeup is None:  # no SIGCHLD wake-ups: poll
             seconds = 0.05 if seconds is None else min(seconds, 0.05)
@@ -422,9 +423,9 @@ class _Job:
 
 
 def run(argv: Sequence[str], size: int, *, tag_output: bool = False,
-        timeout: Optional[float] = None, grace: float = GRACE,
-        env: Optional[Mapping[str, str]] = None,
-        stdout: Optional[BinaryIO] = None, stderr: Optional[BinaryIO] = None) -> int:
+        timeout: float | None = None, grace: float = GRACE,
+        env: Mapping[str, str] | None = None,
+        stdout: BinaryIO | None = None, stderr: BinaryIO | None = None) -> int:
     """Run *size* ranks of the command *argv* as one job; its exit code.
 
     0 if every rank exits 0; else the first failing rank's code (128 + signal
@@ -441,7 +442,7 @@ def run(argv: Sequence[str], size: int, *, tag_output: bool = False,
     err = _Sink(stderr if stderr is not None else _binary(sys.stderr))
     job = _Job(tag_output, out, err, grace)
     job.install_handlers()
-    directory: Optional[str] = None
+    directory: str | None = None
     try:
         started = time.monotonic()
         try:
@@ -475,7 +476,7 @@ def run(argv: Sequence[str], size: int, *, tag_output: bool = False,
                 shutil.rmtree(directory, ignore_errors=True)
 
 
-def _supervise(job: _Job, deadline: Optional[float], timeout: Optional[float]) -> int:
+def _supervise(job: _Job, deadline: float | None, timeout: float | None) -> int:
     """Wait for the ranks; end the job on the first failure, signal or the timeout."""
     while True:
         if job.signals:

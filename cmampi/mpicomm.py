@@ -15,29 +15,29 @@ an attached one (``Dup``, ``Split``, ``Create_cart``, ...). A handle without one
 from __future__ import annotations
 
 import copyreg as _copyreg
-import sys as _sys
 import functools as _functools
-from typing import Any, Dict, Optional
+import sys as _sys
+from typing import Any
 
+from . import p2p as _p2p
 from ._backend import real_mpi as _real_mpi
 from ._config import config as _config
 from ._standin import StandIn
-from .comm import Communicator, INFO_NULL
-from . import p2p as _p2p
+from .comm import INFO_NULL, Communicator
 
-__all__ = ["Comm", "Intracomm", "Cartcomm", "Graphcomm", "Distgraphcomm", "attach", "accelerate"]
+__all__ = ["Cartcomm", "Comm", "Distgraphcomm", "Graphcomm", "Intracomm", "accelerate", "attach"]
 
 _MPI = _real_mpi()
 
 #: The engine of each attached handle.
-_ENGINES: Dict[int, _p2p.Engine] = {}
+_ENGINES: dict[int, _p2p.Engine] = {}
 
 
 class _EngineOf:
     """``comm._engine``: the engine of the object's handle, looked up once per object
     (then an instance attribute: a plain dictionary lookup on the hot path)."""
 
-    def __get__(self, comm: Any, owner: Any = None) -> Optional[_p2p.Engine]:
+    def __get__(self, comm: Any, owner: Any = None) -> _p2p.Engine | None:
         if comm is None:
             return self     # type: ignore[return-value]
         engine = _ENGINES.get(comm.handle)
@@ -56,7 +56,7 @@ def attach(comm: Any) -> Any:
     return comm
 
 
-def accelerate(comm: Any) -> "Intracomm":
+def accelerate(comm: Any) -> Intracomm:
     """A cmampi communicator over mpi4py communicator *comm* (same handle, same
     ranks), its point-to-point traffic single-copy; collective over *comm*."""
     if not isinstance(comm, _MPI.Intracomm) or comm == _MPI.COMM_NULL:

@@ -20,13 +20,14 @@ from __future__ import annotations
 import operator as _operator
 import struct as _struct
 import zlib as _zlib
-from typing import Any, Optional, Tuple
+from typing import Any
 
 import numpy as _np
 
 from . import ops as _ops
-from ._tuning import AGREED_INLINE as INLINE, NATIVE_MAX
 from ._buffers import _datatype_size, _parse, send_buffer
+from ._tuning import AGREED_INLINE as INLINE
+from ._tuning import NATIVE_MAX
 from .coll import flat
 
 __all__ = ["NATIVE_MAX", "Agreement", "call", "cmampi_reduces", "direct", "measure", "run"]
@@ -99,14 +100,14 @@ def _holds(whole, writable: bool, code: int, nbytes: int) -> bool:
 
 def _gather(size, me, send, recv, root, op, in_place):
     code = _plain(send, False)
-    if not code or me == root and not _holds(recv, True, code, size * send.nbytes):
+    if not code or (me == root and not _holds(recv, True, code, size * send.nbytes)):
         return None
     return send.nbytes, code, 0
 
 
 def _scatter(size, me, send, recv, root, op, in_place):
     code = _plain(recv, True)
-    if not code or me == root and not _holds(send, False, code, size * recv.nbytes):
+    if not code or (me == root and not _holds(send, False, code, size * recv.nbytes)):
         return None
     return recv.nbytes, code, 0
 
@@ -124,7 +125,7 @@ def _alltoall(size, me, send, recv, root, op, in_place):
 
 def _reduce(size, me, send, recv, root, op, in_place):
     code = _plain(send, False)
-    if not code or me == root and not _holds(recv, True, code, send.nbytes):
+    if not code or (me == root and not _holds(recv, True, code, send.nbytes)):
         return None
     opc = _op_code(op, send.dtype)
     return (send.nbytes, code, opc) if opc else None
@@ -192,8 +193,18 @@ class Agreement:
     to `INLINE` bytes of payload per rank, and per kind the fast run of its last
     call whose payloads rode in the agreement."""
 
-    __slots__ = ("raw", "size", "rank", "in_place", "mine", "every", "row", "starts",
-                 "fast", "packed")
+    __slots__ = (
+        "every",
+        "fast",
+        "in_place",
+        "mine",
+        "packed",
+        "rank",
+        "raw",
+        "row",
+        "size",
+        "starts",
+    )
 
     def __init__(self, raw, names) -> None:
         self.raw = raw
@@ -271,7 +282,7 @@ def run(a: Agreement, kind: str, send=None, recv=None, root: int = 0, op=None) -
     return body(send, recv)     # not through the guard, which may be stricter
 
 
-def _written(kind: str, me: int, root: int) -> Optional[int]:
+def _written(kind: str, me: int, root: int) -> int | None:
     """Which argument of *kind* this rank receives into, as its signature checks
     it (0: send, 1: recv, None: neither)."""
     if kind == "Bcast":
@@ -294,7 +305,7 @@ def _looks(x, in_place) -> tuple:
 
 
 def _fast(a: Agreement, send, recv, root: int, op, packed: bytes, load, finish,
-          writes: Optional[int], natively) -> tuple:
+          writes: int | None, natively) -> tuple:
     """(fast, body): *body* runs this call; *fast* runs calls made like it, whose
     arguments have the same types, shapes and dtypes, arrays still C-contiguous,
     the one this rank receives into (*writes*: 0 send, 1 recv) still writable,
@@ -317,7 +328,7 @@ def _fast(a: Agreement, send, recv, root: int, op, packed: bytes, load, finish,
             if send.shape != s_shape or send.dtype is not s_what:
                 return None
             flags = send.flags
-            if not flags.c_contiguous or writes_send and not flags.writeable:
+            if not flags.c_contiguous or (writes_send and not flags.writeable):
                 return None
         elif s_what is not _ANY and send is not s_what:
             return None
@@ -325,7 +336,7 @@ def _fast(a: Agreement, send, recv, root: int, op, packed: bytes, load, finish,
             if recv.shape != r_shape or recv.dtype is not r_what:
                 return None
             flags = recv.flags
-            if not flags.c_contiguous or writes_recv and not flags.writeable:
+            if not flags.c_contiguous or (writes_recv and not flags.writeable):
                 return None
         elif r_what is not _ANY and recv is not r_what:
             return None
@@ -424,7 +435,7 @@ _PARTS = {
 _REDUCTIONS = ("Reduce", "Allreduce", "Scan", "Exscan", "Reduce_scatter_block")
 
 
-def measure(kind: str, send, recv, size: int, in_place) -> Optional[int]:
+def measure(kind: str, send, recv, size: int, in_place) -> int | None:
     """What `NATIVE_MAX` bounds for collective *kind* with these arguments: a
     rank's block (the whole buffer for Alltoall and Reduce_scatter_block), as
     every rank of a correct program computes it alike, whatever its buffers'
@@ -447,7 +458,7 @@ def measure(kind: str, send, recv, size: int, in_place) -> Optional[int]:
     return block if measured else block * size
 
 
-def _bytes_of(x) -> Tuple[Optional[int], bool]:
+def _bytes_of(x) -> tuple[int | None, bool]:
     """(bytes of data, whether a spec's count gave them) of buffer or spec *x*
     (``[buffer, count]`` counts items of the buffer's own type); None if none."""
     try:
@@ -472,7 +483,7 @@ def cmampi_reduces(kind: str, send, recv, in_place) -> bool:
     return type(x) is _np.ndarray and x.dtype.names is not None
 
 
-def _as_mpi_takes(spec, writes: bool) -> Tuple[Any, Optional[Any]]:
+def _as_mpi_takes(spec, writes: bool) -> tuple[Any, Any | None]:
     """*spec* as mpi4py takes it, and what to write back afterwards: a numpy view
     that is not contiguous, or a spec of one, goes through a contiguous copy; a
     structured array travels as its bytes (its type signature); anything else

@@ -10,13 +10,15 @@ neighbour is sent nothing and its receive block is left as it is.
 from __future__ import annotations
 
 import ctypes as _ctypes
+from collections.abc import Sequence
 from operator import index as _index
-from typing import Any, List, Sequence, Tuple
+from typing import Any
 
 import numpy as _np
 
 from ._backend import names as _names_in_use
-from .coll import flat as _flat, vector as _vector
+from .coll import flat as _flat
+from .coll import vector as _vector
 from .request import Request, new_request
 from .socketcomm import Intracomm, _w_spec
 
@@ -26,7 +28,7 @@ __all__ = ["ineighbor_allgather", "ineighbor_alltoall", "ineighbor_alltoallw",
 _NAMES = _names_in_use()
 
 
-def _checked(seq, n: int) -> List[int]:
+def _checked(seq, n: int) -> list[int]:
     """*seq* as *n* integers (mpi4py's ``chkarray``)."""
     values = [_index(x) for x in seq]
     if len(values) != n:
@@ -41,7 +43,7 @@ def _private(comm: Intracomm) -> Intracomm:
     return private
 
 
-def _blocks(arr: _np.ndarray, n: int) -> Tuple[List[int], List[int]]:
+def _blocks(arr: _np.ndarray, n: int) -> tuple[list[int], list[int]]:
     """Counts and displacements of *n* equal blocks of *arr* (checked as mpi4py does)."""
     if n == 0:
         return [], []
@@ -52,8 +54,8 @@ def _blocks(arr: _np.ndarray, n: int) -> Tuple[List[int], List[int]]:
     return [k] * n, [i * k for i in range(n)]
 
 
-def _post(comm: Intracomm, recvs: Sequence[Tuple[Any, int, int]],
-          sends: Sequence[Tuple[Any, int, int]], after=None) -> Request:
+def _post(comm: Intracomm, recvs: Sequence[tuple[Any, int, int]],
+          sends: Sequence[tuple[Any, int, int]], after=None) -> Request:
     """One request for receives and sends of (buffer, peer, tag), PROC_NULL
     peers left out; *after* (a receive buffer's write-back) waits for them now."""
     private = _private(comm)
@@ -117,7 +119,7 @@ def _at(address: int, nbytes: int) -> _np.ndarray:
     return _np.ctypeslib.as_array((_ctypes.c_ubyte * nbytes).from_address(address))
 
 
-def _w_blocks(spec, n: int, writable: bool) -> List[_np.ndarray]:
+def _w_blocks(spec, n: int, writable: bool) -> list[_np.ndarray]:
     """The *n* byte blocks of an Alltoallw message (at absolute addresses when its
     buffer is ``BOTTOM``)."""
     if isinstance(spec, (list, tuple)) and len(spec) in (3, 4) \
@@ -145,7 +147,7 @@ def ineighbor_alltoallw(comm: Intracomm, sendbuf, recvbuf) -> Request:
                  list(zip(sblocks, nb.destinations, nb.sendtags)))
 
 
-def neighbor_objects(comm: Intracomm, objs: Sequence[Any]) -> List[Any]:
+def neighbor_objects(comm: Intracomm, objs: Sequence[Any]) -> list[Any]:
     """Object *objs[j]* to out-neighbour j; the objects of the in-neighbours
     (None from ``PROC_NULL``)."""
     nb = comm._neighbors()

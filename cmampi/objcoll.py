@@ -12,7 +12,8 @@ rank is raised on every rank; nobody is left waiting.
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as _np
 
@@ -20,10 +21,10 @@ from . import _cma
 from . import coll as _coll
 from . import p2p as _p2p
 from ._buffers import address
-from .objects import OOB_MIN, Packed, pull_object
 from ._tuning import STREAM_INLINE
+from .objects import OOB_MIN, Packed, pull_object
 
-__all__ = ["collective", "KINDS"]
+__all__ = ["KINDS", "collective"]
 
 
 #: The collectives, and whether they take a root.
@@ -40,12 +41,12 @@ def _record(p: Packed, oob: bool) -> tuple:
     return (None, n, address(_np.frombuffer(p.stream, _np.uint8)), p.spots())
 
 
-def _remote(record: Optional[Sequence[tuple]]) -> bool:
+def _remote(record: Sequence[tuple] | None) -> bool:
     """Whether a rank's records leave anything in its memory for others to pull."""
     return bool(record) and any(r[0] is None or r[3] for r in record)
 
 
-def _fold(op: Callable[[Any, Any], Any], items: List[Any]) -> Any:
+def _fold(op: Callable[[Any, Any], Any], items: list[Any]) -> Any:
     """items[0] op items[1] op ... in rank order, as mpi4py's reductions do."""
     result = items[0]
     for item in items[1:]:
@@ -53,7 +54,7 @@ def _fold(op: Callable[[Any, Any], Any], items: List[Any]) -> Any:
     return result
 
 
-def _contribution(kind: str, obj: Any, me: int, root: int, size: int) -> Optional[list]:
+def _contribution(kind: str, obj: Any, me: int, root: int, size: int) -> list | None:
     """The objects this rank sends: one, one per rank, or none."""
     if kind in ("bcast", "scatter") and me != root:
         return None
@@ -77,13 +78,13 @@ def _load(coll, rank: int, record: tuple) -> Any:
 
 
 def collective(coll, kind: str, obj: Any, root: int = 0,
-               op: Optional[Callable[[Any, Any], Any]] = None) -> Any:
+               op: Callable[[Any, Any], Any] | None = None) -> Any:
     """Run the lowercase collective *kind* on *coll* (a `coll.Collectives`)."""
     me, size = coll.rank, coll.size
     if KINDS[kind] and not (isinstance(root, int) and 0 <= root < size):
         raise coll.names.Exception(coll.names.ERR_ROOT)
     oob = coll.all_cma
-    packs: Optional[List[Packed]] = None
+    packs: list[Packed] | None = None
     err = None
     try:
         items = _contribution(kind, obj, me, root, size)
@@ -135,7 +136,7 @@ def _from_root(coll, kind: str, err, packs, mine, root: int) -> Any:
         coll.wait_acks(readers)     # our buffers stay put until they are read
 
 
-def _to_root(coll, err, packs, mine, root: int) -> List[Any]:
+def _to_root(coll, err, packs, mine, root: int) -> list[Any]:
     """gather and reduce: every rank sends the root its record; the root acks."""
     me = coll.rank
     err_rec = coll.error_record(err)
@@ -166,7 +167,7 @@ def _to_root(coll, err, packs, mine, root: int) -> List[Any]:
     return got
 
 
-def _among_all(coll, kind: str, err, packs, mine) -> List[Any]:
+def _among_all(coll, kind: str, err, packs, mine) -> list[Any]:
     """allgather, alltoall, allreduce, scan, exscan: one exchange of records,
     then each rank pulls what it needs; a barrier closes it if anything was pulled."""
     me = coll.rank
@@ -181,7 +182,7 @@ def _among_all(coll, kind: str, err, packs, mine) -> List[Any]:
     return got
 
 
-def _needed(kind: str, me: int, size: int) -> List[tuple]:
+def _needed(kind: str, me: int, size: int) -> list[tuple]:
     """(rank, item index) of every object this rank's result is made of."""
     if kind in ("allgather", "allreduce"):
         return [(r, 0) for r in range(size)]
@@ -194,7 +195,7 @@ def _needed(kind: str, me: int, size: int) -> List[tuple]:
     raise ValueError(kind)
 
 
-def _result(kind: str, got: List[Any], me: int, root: int, op) -> Any:
+def _result(kind: str, got: list[Any], me: int, root: int, op) -> Any:
     if kind in ("bcast", "scatter"):
         return got[0]
     if kind in ("gather", "reduce") and me != root:

@@ -13,21 +13,22 @@ from __future__ import annotations
 
 import functools
 import pickle as _pickle
-from typing import Any, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as _np
 
 from . import _cma, _memory, _wire
 from . import p2p as _p2p
-from .coop import CoopPull
-from .channel import Completion
 from ._buffers import Layout, address, send_buffer
 from ._tuning import OOB_MIN, P2P_OOB_MIN
+from .channel import Completion
+from .coop import CoopPull
 
 __all__ = ["OOB_MIN", "P2P_OOB_MIN", "Packed", "isend", "loads", "pull_object", "recv", "send"]
 
 #: Where a buffer lives in its owner: (address, nbytes).
-Spot = Tuple[int, int]
+Spot = tuple[int, int]
 
 
 class Packed:
@@ -39,10 +40,10 @@ class Packed:
 
     __slots__ = ("stream", "views")
 
-    def __init__(self, obj: Any, least: Optional[int]) -> None:
+    def __init__(self, obj: Any, least: int | None) -> None:
         """Pickle *obj*, leaving out of band its buffers of *least* bytes or
         more (None: none)."""
-        views: List[memoryview] = []
+        views: list[memoryview] = []
 
         def keep_out(pb: _pickle.PickleBuffer) -> bool:
             raw = _out_of_band(pb, least) if least is not None else None
@@ -55,19 +56,19 @@ class Packed:
         self.views = views
 
     @classmethod
-    def pickled(cls, stream: bytes) -> "Packed":
+    def pickled(cls, stream: bytes) -> Packed:
         """An object pickled already, with nothing out of band."""
         self = cls.__new__(cls)
         self.stream, self.views = stream, []
         return self
 
-    def snapshot(self) -> "Packed":
+    def snapshot(self) -> Packed:
         """The object as it is now: its out-of-band buffers copied (one copy each,
         still pulled single-copy by the receiver), so later changes do not travel."""
         self.views = [memoryview(_np.array(_np.frombuffer(v, _np.uint8))) for v in self.views]
         return self
 
-    def spots(self) -> List[Spot]:
+    def spots(self) -> list[Spot]:
         return [(address(_np.frombuffer(v, _np.uint8)), v.nbytes) for v in self.views]
 
     def copy(self) -> Any:
@@ -75,7 +76,7 @@ class Packed:
         return _pickle.loads(self.stream, buffers=[_np.array(v) for v in self.views])
 
 
-def _out_of_band(pb: _pickle.PickleBuffer, least: int) -> Optional[memoryview]:
+def _out_of_band(pb: _pickle.PickleBuffer, least: int) -> memoryview | None:
     """The bytes of a buffer worth leaving out of band (*least* bytes or more);
     None for one that stays in the stream (small, or not contiguous)."""
     try:
@@ -85,7 +86,7 @@ def _out_of_band(pb: _pickle.PickleBuffer, least: int) -> Optional[memoryview]:
     return raw if raw.nbytes >= least else None
 
 
-def pull_buffers(pid: int, spots: Sequence[Spot]) -> List[_np.ndarray]:
+def pull_buffers(pid: int, spots: Sequence[Spot]) -> list[_np.ndarray]:
     """Out-of-band buffers pulled from process *pid*, in order."""
     buffers = []
     for addr, n in spots:
@@ -106,9 +107,9 @@ def pull_object(pid: int, stream, spots: Sequence[Spot]) -> Any:
 class _OutOfBand:
     """What travels when a point-to-point object has out-of-band buffers."""
 
-    __slots__ = ("stream", "buffers", "xid", "helps")
+    __slots__ = ("buffers", "helps", "stream", "xid")
 
-    def __init__(self, stream: bytes, buffers: List[Spot], xid: int, helps: bool) -> None:
+    def __init__(self, stream: bytes, buffers: list[Spot], xid: int, helps: bool) -> None:
         self.stream = stream
         self.buffers = buffers      # (address, nbytes) in the sender
         self.xid = xid
@@ -143,10 +144,10 @@ class _Pulled:
     """An object's stream and the out-of-band buffers pulled for it on arrival
     (or the error of the pull), until the receiver asks for the object."""
 
-    __slots__ = ("stream", "buffers", "error")
+    __slots__ = ("buffers", "error", "stream")
 
-    def __init__(self, stream: bytes, buffers: List[_np.ndarray],
-                 error: Optional[BaseException]) -> None:
+    def __init__(self, stream: bytes, buffers: list[_np.ndarray],
+                 error: BaseException | None) -> None:
         self.stream, self.buffers, self.error = stream, buffers, error
 
     def load(self) -> Any:
@@ -167,7 +168,7 @@ def _in_band(pb: _pickle.PickleBuffer) -> bool:
     raise _TooBig
 
 
-def _pickled_in_band(obj: Any, oob: bool) -> Optional[bytes]:
+def _pickled_in_band(obj: Any, oob: bool) -> bytes | None:
     """*obj*'s pickle if it has no buffer to leave out of band (*oob*: the peer
     may pull), else None."""
     try:
@@ -227,7 +228,7 @@ class _InTurn(_p2p.Op):
 
     __slots__ = ("ops",)
 
-    def __init__(self, engine: _p2p.Engine, ops: List[_p2p.Op]) -> None:
+    def __init__(self, engine: _p2p.Engine, ops: list[_p2p.Op]) -> None:
         super().__init__(engine)
         self.ops = ops
         self._step()

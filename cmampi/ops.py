@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys as _sys
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as _np
 
@@ -27,7 +27,7 @@ _PREDEFINED = {
 Combine = Callable[[_np.ndarray, _np.ndarray], None]
 
 
-_NAMES = list(_PREDEFINED) + ["MAXLOC", "MINLOC", "REPLACE", "NO_OP"]
+_NAMES = [*list(_PREDEFINED), "MAXLOC", "MINLOC", "REPLACE", "NO_OP"]
 #: Combiners already built, by (id(op), dtype); the op is kept so its id stays its own.
 _CACHE: dict = {}
 

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import collections as _collections
 import os as _os
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+from typing import ClassVar as _ClassVar
 
 import numpy as np
 
@@ -33,9 +35,24 @@ from ._tuning import OBJECT_RAW_MAX
 from .channel import Channel, Completion
 from .coop import SHARES, CoopPull, CopyShare, now
 
-__all__ = ["Engine", "Op", "RECORDS", "RecordReader", "SendOp", "PullSendOp", "RecvOp",
-           "ForeignOp", "default_engine", "detach", "fill_status", "progress", "test",
-           "wait_any", "wait_all", "wait_handles"]
+__all__ = [
+    "RECORDS",
+    "Engine",
+    "ForeignOp",
+    "Op",
+    "PullSendOp",
+    "RecordReader",
+    "RecvOp",
+    "SendOp",
+    "default_engine",
+    "detach",
+    "fill_status",
+    "progress",
+    "test",
+    "wait_all",
+    "wait_any",
+    "wait_handles",
+]
 
 _sched_yield = getattr(_os, "sched_yield", lambda: None)
 
@@ -43,15 +60,15 @@ _sched_yield = getattr(_os, "sched_yield", lambda: None)
 #: Receives of every communicator that wait on a channel handle. A blocking call
 #: keeps all of them moving: a peer may be blocked on one of them (waiting for
 #: our pull and reply), and that peer may be what the call itself waits for.
-_PENDING: Dict["RecvOp", None] = {}   # insertion-ordered set
+_PENDING: dict[RecvOp, None] = {}   # insertion-ordered set
 #: Operations whose requests were freed or dropped in flight: kept alive (with the
 #: memory the channel may still write to) and advanced by `progress` until done.
-_DETACHED: List["Op"] = []
+_DETACHED: list[Op] = []
 #: Bytes of delivered receive stages an engine keeps for reuse: a window of
 #: receives into one buffer, or of objects, takes fresh memory (page faults) otherwise.
 _SPARE_BYTES = 64 << 20
 #: The first engine made: it completes requests of the MPI library's own.
-_DEFAULT: List["Engine"] = []
+_DEFAULT: list[Engine] = []
 
 
 class RecordReader(NamedTuple):
@@ -62,7 +79,7 @@ class RecordReader(NamedTuple):
     at: int                 # where the record's mark starts in the message
     mark: bytes
     #: (engine, the record's bytes, source) -> the pickle; frees the sender
-    in_band: Callable[["Engine", bytes, int], bytes]
+    in_band: Callable[[Engine, bytes, int], bytes]
 
     @property
     def end(self) -> int:
@@ -73,7 +90,7 @@ class RecordReader(NamedTuple):
         """Whether *msg* (its first `end` bytes at least) is a record's."""
         return len(msg) >= self.end and bytes(msg[self.at : self.end]) == self.mark
 
-    def read(self, engine: "Engine", msg: memoryview, source: int) -> Optional[bytes]:
+    def read(self, engine: Engine, msg: memoryview, source: int) -> bytes | None:
         """The pickle *msg* stands for, or None if it is not a record."""
         if not self.marks(msg):
             return None
@@ -81,19 +98,29 @@ class RecordReader(NamedTuple):
 
 
 #: The reader buffer receives use (objects.py registers it), or none.
-RECORDS: List[RecordReader] = []
+RECORDS: list[RecordReader] = []
 
 class Op:
     """The protocol state of one request. ``handle`` is what to wait on next."""
 
-    __slots__ = ("engine", "handle", "done", "error", "source", "tag", "nbytes", "cancelled",
-                 "decode", "result")
+    __slots__ = (
+        "cancelled",
+        "decode",
+        "done",
+        "engine",
+        "error",
+        "handle",
+        "nbytes",
+        "result",
+        "source",
+        "tag",
+    )
 
-    def __init__(self, engine: "Engine") -> None:
+    def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.handle = None
         self.done = False
-        self.error: Optional[BaseException] = None
+        self.error: BaseException | None = None
         self.source = engine.names.ANY_SOURCE
         self.tag = engine.names.ANY_TAG
         self.nbytes = 0
@@ -104,13 +131,13 @@ class Op:
     def advance(self, info: Completion) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def finish(self, error: Optional[BaseException] = None) -> None:
+    def finish(self, error: BaseException | None = None) -> None:
         self.handle = None
         self.done = True
         if error is not None and self.error is None:
             self.error = error
 
-    def take_error(self) -> Optional[BaseException]:
+    def take_error(self) -> BaseException | None:
         """The op's error so far, cleared (to be passed on to `finish`)."""
         err, self.error = self.error, None
         return err
@@ -121,7 +148,7 @@ class SendOp(Op):
 
     __slots__ = ("handles", "keep")
 
-    def __init__(self, engine: "Engine", handles: List[Any], keep: Any) -> None:
+    def __init__(self, engine: Engine, handles: list[Any], keep: Any) -> None:
         super().__init__(engine)
         self.handles = handles
         self.keep = keep           # what the channel reads from, until completion
@@ -148,10 +175,10 @@ class PullSendOp(Op):
     reading our buffer.
     """
 
-    __slots__ = ("buf", "dest", "xid", "reply", "helped", "base", "notice")
+    __slots__ = ("base", "buf", "dest", "helped", "notice", "reply", "xid")
 
-    def __init__(self, engine: "Engine", buf: Buffer, dest: int, xid: int,
-                 base: Optional[int] = None, notice: Optional[tuple] = None) -> None:
+    def __init__(self, engine: Engine, buf: Buffer, dest: int, xid: int,
+                 base: int | None = None, notice: tuple | None = None) -> None:
         super().__init__(engine)
         #: (channel handle, bytes) of the descriptor's send, if it was sent without
         #: blocking: completed once the reply shows the receiver has it
@@ -201,10 +228,10 @@ class PullSendOp(Op):
 class RecvOp(Op):
     """A receive: matched message -> in place, copied, pulled or side payload -> done."""
 
-    __slots__ = ("buf", "stage", "inplace", "then", "landed")
+    __slots__ = ("buf", "inplace", "landed", "stage", "then")
 
-    def __init__(self, engine: "Engine", buf: Optional[Buffer],
-                 landed: Optional[Callable[["RecvOp"], None]] = None) -> None:
+    def __init__(self, engine: Engine, buf: Buffer | None,
+                 landed: Callable[[RecvOp], None] | None = None) -> None:
         super().__init__(engine)
         self.buf = buf
         self.stage = None
@@ -218,7 +245,7 @@ class RecvOp(Op):
         self.handle, self.then = handle, then
         _PENDING[self] = None
 
-    def finish(self, error: Optional[BaseException] = None) -> None:
+    def finish(self, error: BaseException | None = None) -> None:
         super().finish(error)
         self.then = None
         _PENDING.pop(self, None)
@@ -261,7 +288,7 @@ class ForeignOp(Op):
 
     __slots__ = ("request",)
 
-    def __init__(self, engine: "Engine", request) -> None:
+    def __init__(self, engine: Engine, request) -> None:
         super().__init__(engine)
         self.request = request
         self.handle = request
@@ -293,7 +320,7 @@ class Engine:
         self.stage_size = self.band
         self.stage = bytearray(self.stage_size)
         #: Stages of receives whose messages were delivered, by size (see `spare`).
-        self.spare_stages: Dict[int, List[np.ndarray]] = {}
+        self.spare_stages: dict[int, list[np.ndarray]] = {}
         self.spare_bytes = 0
         #: Records of objects (see `RecordReader`) travel behind a control message.
         self.records = RECORDS[0] if RECORDS else None
@@ -302,7 +329,7 @@ class Engine:
         self.counted = Counted.of(names) if hasattr(channel, "send_counted") else None
         self.stash: _collections.deque = _collections.deque()  # drained by probes
         #: Receives the channel writes straight into the user's buffer, until arrival.
-        self.landing: Dict["RecvOp", Tuple[int, int]] = {}
+        self.landing: dict[RecvOp, tuple[int, int]] = {}
         self.coll = None    # the communicator's collectives, made on first use
         self.native = None  # the MPI channel's agreement on native collectives (native.py)
         #: What the communicator keeps with its engine, which its copies share
@@ -310,7 +337,7 @@ class Engine:
         #: its lowercase collectives, and how many ``Ibarrier`` it has started.
         self.comm_name = ""
         self.topo = None
-        self.locks: Dict[str, Any] = {}
+        self.locks: dict[str, Any] = {}
         self.ibarriers = 0
         #: Collectives agree on every rank's arguments first (``CMAMPI_CHECK_COLLECTIVES``).
         self.checked = config.check_collectives
@@ -329,7 +356,7 @@ class Engine:
         self.all_cma = self.access.all_cma
 
     @property
-    def peers(self) -> Dict[int, "_cma.Peer"]:
+    def peers(self) -> dict[int, _cma.Peer]:
         """Held pidfds of the peers we may read (see `_access.PeerAccess`)."""
         return self.access.peers
 
@@ -466,7 +493,7 @@ class Engine:
         op = self._control(handle, buf if buf is not None else recv_buffer(spec), src, tg, count)
         self.complete(op, status)
 
-    def place_message(self, buf: Buffer, msg: memoryview, source: int) -> Tuple[int, Any]:
+    def place_message(self, buf: Buffer, msg: memoryview, source: int) -> tuple[int, Any]:
         """Place a whole message *msg* into *buf* (an object's record as the
         object's pickle); (the message's count, the error if any: a record that
         cannot become its pickle is the receive's error)."""
@@ -479,12 +506,12 @@ class Engine:
                 msg = memoryview(stream)
         return len(msg), self.place(buf, msg)
 
-    def _control(self, handle, buf: Optional[Buffer], src: int, tag: int, count: int) -> RecvOp:
+    def _control(self, handle, buf: Buffer | None, src: int, tag: int, count: int) -> RecvOp:
         """Receive a matched control message and see its transfer through."""
         self.ch.mrecv(handle, self.stage)
         return self.control(_wire.header(memoryview(self.stage)[:count]), buf, src, tag)
 
-    def control(self, head, buf: Optional[Buffer], src: int, tag: int) -> RecvOp:
+    def control(self, head, buf: Buffer | None, src: int, tag: int) -> RecvOp:
         """See the transfer of a matched control message through, from its
         header: into *buf*, or (None) new memory the size of the message."""
         op = RecvOp(self, buf)
@@ -499,8 +526,8 @@ class Engine:
         receive may then block inside the channel."""
         return not (_PENDING or self.stash)
 
-    def irecv(self, buf: Optional[Buffer], source: int, tag: int,
-              landed: Optional[Callable[[RecvOp], None]] = None) -> RecvOp:
+    def irecv(self, buf: Buffer | None, source: int, tag: int,
+              landed: Callable[[RecvOp], None] | None = None) -> RecvOp:
         """Post a receive; *landed* runs once its message is in (see `RecvOp`)."""
         op = RecvOp(self, buf, landed)
         hit = self.take(source, tag)
@@ -549,19 +576,16 @@ class Engine:
             self.spare_stages.setdefault(stage.nbytes, []).append(stage)
             self.spare_bytes += stage.nbytes
 
-    def _shares_landing(self, span: Tuple[int, int]) -> bool:
+    def _shares_landing(self, span: tuple[int, int]) -> bool:
         """Whether a pending in-place receive lands in part of *span*. Pending
         receives into one buffer are erroneous in MPI, but MPI libraries let
         them be; here the later one lands in a stage of its own, so that no
         control message is overwritten before it is read."""
         lo, hi = span
-        for olo, ohi in self.landing.values():
-            if olo < hi and lo < ohi:
-                return True
-        return False
+        return any(olo < hi and lo < ohi for olo, ohi in self.landing.values())
 
-    def irecv_matched(self, buf: Optional[Buffer], hit,
-                      landed: Optional[Callable[[RecvOp], None]] = None) -> RecvOp:
+    def irecv_matched(self, buf: Buffer | None, hit,
+                      landed: Callable[[RecvOp], None] | None = None) -> RecvOp:
         """Receive a message already taken from the stash (a matched probe)."""
         op = RecvOp(self, buf, landed)
         src, tg, data = hit
@@ -736,7 +760,7 @@ class Engine:
             return None
         anys, anyt = self.names.ANY_SOURCE, self.names.ANY_TAG
         for i, (src, tg, data) in enumerate(self.stash):
-            if (source == anys or source == src) and (tag == anyt or tag == tg):
+            if source in (anys, src) and tag in (anyt, tg):
                 del self.stash[i]
                 return src, tg, data
         return None
@@ -757,7 +781,7 @@ class Engine:
         """(source, tag, payload size) of the first stashed match, or None."""
         anys, anyt = self.names.ANY_SOURCE, self.names.ANY_TAG
         for src, tg, data in self.stash:
-            if (source == anys or source == src) and (tag == anyt or tag == tg):
+            if source in (anys, src) and tag in (anyt, tg):
                 return src, tg, _wire.payload_size(data, self.limit)
         return None
 
@@ -802,7 +826,7 @@ class Engine:
 _ndarray = np.ndarray
 
 
-def _span(buf: Buffer) -> Tuple[int, int]:
+def _span(buf: Buffer) -> tuple[int, int]:
     """The address range of a contiguous buffer."""
     arr = buf.array
     lo = address(arr) if type(arr) is _ndarray and arr.flags.c_contiguous else \
@@ -822,10 +846,10 @@ class Counted:
     (any buffer: numpy, ``bytearray``, ``mmap``, ``array.array``), ``bytearray``
     and ``bytes``. For channels that take (buffer, bytes) as they are."""
 
-    _made: Dict[int, "Counted"] = {}
+    _made: _ClassVar[dict[int, Counted]] = {}
 
     @classmethod
-    def of(cls, names) -> "Counted":
+    def of(cls, names) -> Counted:
         """The one for namespace *names*, made once per process (it reads the
         whole namespace), not once per communicator."""
         made = cls._made.get(id(names))
@@ -847,7 +871,7 @@ class Counted:
         #: id -> (the predefined datatype, kept alive so that its id stays its own, size)
         self.sizes = sizes
 
-    def __call__(self, spec, writable: bool) -> Optional[Tuple[Any, int]]:
+    def __call__(self, spec, writable: bool) -> tuple[Any, int] | None:
         """(buffer, bytes) of *spec* in one of the simplest forms, checked as
         mpi4py would accept it (fits, writable if asked); else None."""
         t = type(spec)
@@ -945,7 +969,7 @@ def _advance_some(ops) -> None:
     """Block until a handle of *ops* or of a posted receive completes; advance its
     op, and every other op whose handle has completed meanwhile (one pass over
     the same list: a window of requests costs one list, not one per request)."""
-    live: Dict[Op, None] = {}      # in order, each once
+    live: dict[Op, None] = {}      # in order, each once
     for group in (ops, _PENDING):
         for op in group:
             if op.handle is not None:
@@ -969,12 +993,12 @@ def _advance_some(ops) -> None:
         i, info = hit
 
 
-def wait_handles(ch, handles: Sequence[Any]) -> List[Any]:
+def wait_handles(ch, handles: Sequence[Any]) -> list[Any]:
     """Wait for raw channel *handles*, progressing every posted receive meanwhile;
     their completion infos, in order. A handle the channel failed (its peer is
     gone) raises its error at once."""
     _ROUNDS[0] += 1
-    infos: List[Any] = [None] * len(handles)
+    infos: list[Any] = [None] * len(handles)
     left = list(range(len(handles)))
     while left:
         owners = [op for op in _PENDING if op.handle is not None]

@@ -8,14 +8,16 @@ mpi4py's own (a delegated ``Ibcast``, say): the class methods complete both.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from collections.abc import Callable, Sequence
+from typing import Any
 
+from . import objects as _objects
+from . import p2p as _p2p
 from ._backend import names as _names_in_use
-from . import objects as _objects, p2p as _p2p
 from ._buffers import recv_buffer
 from ._standin import StandIn, is_ours
 
-__all__ = ["Request", "Prequest", "PartitionedRequest", "Message", "new_request"]
+__all__ = ["Message", "PartitionedRequest", "Prequest", "Request", "new_request"]
 
 _NAMES = _names_in_use()
 #: mpi4py's classes on the MPI channel; nothing on the socket channel.
@@ -74,16 +76,16 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ()), metaclass=StandIn): 
 
     # Class-level defaults, not slots: however an object is made (mpi4py's
     # fromhandle, unpickling), it is a valid null request.
-    _op: Optional[_p2p.Op] = None
+    _op: _p2p.Op | None = None
     _parts: Sequence[_p2p.Op] = ()
-    _start: Optional[Callable[[], "Request"]] = None
+    _start: Callable[[], Request] | None = None
 
     if _REAL_REQUEST is not None:
-        def __new__(cls, request: Optional[Any] = None) -> Any:
+        def __new__(cls, request: Any | None = None) -> Any:
             # mpi4py's Request makes the object (a subclass's __new__ comes here too)
             return _REAL_REQUEST.__new__(cls, request)
 
-    def __init__(self, request: Optional["Request"] = None) -> None:
+    def __init__(self, request: Request | None = None) -> None:
         self._op, self._parts = None, []
         if is_ours(Request, request):
             self._op, self._parts = request._op, list(request._parts)
@@ -139,7 +141,7 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ()), metaclass=StandIn): 
             _p2p.detach(self._ops())
 
     # -- internals -------------------------------------------------------------------------
-    def _ops(self) -> List[_p2p.Op]:
+    def _ops(self) -> list[_p2p.Op]:
         return [op for op in [self._op, *self._parts] if op is not None]
 
     def _done(self) -> bool:
@@ -174,7 +176,7 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ()), metaclass=StandIn): 
                 return _REAL_REQUEST.Test(self, status)
             _empty_status(status)
             return True
-        if all([_p2p.test(op) for op in self._ops()]):
+        if all([_p2p.test(op) for op in self._ops()]):  # noqa: C419 (test every one: each test makes progress)
             self._complete(status)
             return True
         return False
@@ -187,7 +189,7 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ()), metaclass=StandIn): 
                 return _REAL_REQUEST.Get_status(self, status)
             _empty_status(status)
             return True
-        if all([_p2p.test(o) for o in self._ops()]):
+        if all([_p2p.test(o) for o in self._ops()]):  # noqa: C419 (test every one: each test makes progress)
             if status is not None:
                 _p2p.fill_status(status, op.source, op.tag, op.nbytes, op.error, op.engine.names,
                                  op.cancelled)
@@ -225,14 +227,14 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ()), metaclass=StandIn): 
         _p2p.wait_all(self._ops())
         return self._complete(status)
 
-    def test(self, status=None) -> Tuple[bool, Any]:
+    def test(self, status=None) -> tuple[bool, Any]:
         """Test for the completion of a send or receive: (flag, object or None)."""
         if getattr(self, "_op", None) is None:   # mpi4py's own too
             if _real_active(self):
                 return _REAL_REQUEST.test(self, status)
             _empty_status(status)
             return True, None
-        if all([_p2p.test(op) for op in self._ops()]):
+        if all([_p2p.test(op) for op in self._ops()]):  # noqa: C419 (test every one: each test makes progress)
             return True, self._complete(status)
         return False, None
 
@@ -251,7 +253,7 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ()), metaclass=StandIn): 
 
     # -- handles ------------------------------------------------------------------------------
     @classmethod
-    def fromhandle(cls, handle: int) -> "Request":
+    def fromhandle(cls, handle: int) -> Request:
         """fromhandle(handle)
 
         Create object from MPI handle.
@@ -259,7 +261,7 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ()), metaclass=StandIn): 
         return cls(_REAL_BASE(cls).fromhandle(handle))
 
     @classmethod
-    def fromint(cls, arg: int, /) -> "Request":
+    def fromint(cls, arg: int, /) -> Request:
         """fromint(arg)
 
         Create object from integer handle.
@@ -267,7 +269,7 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ()), metaclass=StandIn): 
         return cls(_REAL_BASE(cls).fromint(arg))
 
     @classmethod
-    def f2py(cls, arg: int) -> "Request":
+    def f2py(cls, arg: int) -> Request:
         """f2py(arg)
 
         Create object from Fortran handle.
@@ -293,7 +295,7 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ()), metaclass=StandIn): 
         py2f = toint
 
         @classmethod
-        def fromhandle(cls, handle: int) -> "Request":
+        def fromhandle(cls, handle: int) -> Request:
             """Create object from MPI handle."""
             if handle == 0:
                 return cls()
@@ -306,7 +308,7 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ()), metaclass=StandIn): 
 
     # -- on many requests -------------------------------------------------------------------
     @classmethod
-    def Waitall(cls, requests: Sequence[Any], statuses: Optional[List[Any]] = None) -> bool:
+    def Waitall(cls, requests: Sequence[Any], statuses: list[Any] | None = None) -> bool:
         """Waitall(requests, statuses=None)
 
         Wait for all previously initiated requests to complete.
@@ -316,13 +318,13 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ()), metaclass=StandIn): 
         return True
 
     @classmethod
-    def Testall(cls, requests: Sequence[Any], statuses: Optional[List[Any]] = None) -> bool:
+    def Testall(cls, requests: Sequence[Any], statuses: list[Any] | None = None) -> bool:
         """Testall(requests, statuses=None)
 
         Test for completion of all previously initiated requests.
         """
         _p2p.progress()
-        if not all([_test_quiet(req) for req in requests]):
+        if not all([_test_quiet(req) for req in requests]):  # noqa: C419 (test every one: each test makes progress)
             return False
         _finish_all(requests, statuses, range(len(requests)))
         return True
@@ -336,7 +338,7 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ()), metaclass=StandIn): 
         return _wait_any_index(requests, status)[0]
 
     @classmethod
-    def Testany(cls, requests: Sequence[Any], status=None) -> Tuple[int, bool]:
+    def Testany(cls, requests: Sequence[Any], status=None) -> tuple[int, bool]:
         """Testany(requests, status=None)
 
         Test for completion of any previously initiated request: (index, flag).
@@ -346,7 +348,7 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ()), metaclass=StandIn): 
 
     @classmethod
     def Waitsome(cls, requests: Sequence[Any],
-                 statuses: Optional[List[Any]] = None) -> Optional[List[int]]:
+                 statuses: list[Any] | None = None) -> list[int] | None:
         """Waitsome(requests, statuses=None)
 
         Wait for some previously initiated requests to complete.
@@ -357,7 +359,7 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ()), metaclass=StandIn): 
 
     @classmethod
     def Testsome(cls, requests: Sequence[Any],
-                 statuses: Optional[List[Any]] = None) -> Optional[List[int]]:
+                 statuses: list[Any] | None = None) -> list[int] | None:
         """Testsome(requests, statuses=None)
 
         Test for completion of some previously initiated requests.
@@ -368,20 +370,20 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ()), metaclass=StandIn): 
 
     @classmethod
     def Get_status_all(cls, requests: Sequence[Any],
-                       statuses: Optional[List[Any]] = None) -> bool:
+                       statuses: list[Any] | None = None) -> bool:
         """Get_status_all(requests, statuses=None)
 
         Non-destructive test for the completion of all requests.
         """
         _p2p.progress()
-        if not all([_test_quiet(req) for req in requests]):
+        if not all([_test_quiet(req) for req in requests]):  # noqa: C419 (test every one: each test makes progress)
             return False
         for i, req in enumerate(requests):
             _peek_status(req, _status_at(statuses, i))
         return True
 
     @classmethod
-    def Get_status_any(cls, requests: Sequence[Any], status=None) -> Tuple[int, bool]:
+    def Get_status_any(cls, requests: Sequence[Any], status=None) -> tuple[int, bool]:
         """Get_status_any(requests, status=None)
 
         Non-destructive test for the completion of any requests.
@@ -399,7 +401,7 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ()), metaclass=StandIn): 
 
     @classmethod
     def Get_status_some(cls, requests: Sequence[Any],
-                        statuses: Optional[List[Any]] = None) -> Optional[List[int]]:
+                        statuses: list[Any] | None = None) -> list[int] | None:
         """Get_status_some(requests, statuses=None)
 
         Non-destructive test for completion of some requests.
@@ -415,7 +417,7 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ()), metaclass=StandIn): 
 
     @classmethod
     def get_status_all(cls, requests: Sequence[Any],
-                       statuses: Optional[List[Any]] = None) -> bool:
+                       statuses: list[Any] | None = None) -> bool:
         """get_status_all(requests, statuses=None)
 
         Non-destructive test for the completion of all requests.
@@ -423,7 +425,7 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ()), metaclass=StandIn): 
         return cls.Get_status_all(requests, statuses)
 
     @classmethod
-    def get_status_any(cls, requests: Sequence[Any], status=None) -> Tuple[int, bool]:
+    def get_status_any(cls, requests: Sequence[Any], status=None) -> tuple[int, bool]:
         """get_status_any(requests, status=None)
 
         Non-destructive test for the completion of any requests.
@@ -432,7 +434,7 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ()), metaclass=StandIn): 
 
     @classmethod
     def get_status_some(cls, requests: Sequence[Any],
-                        statuses: Optional[List[Any]] = None) -> Optional[List[int]]:
+                        statuses: list[Any] | None = None) -> list[int] | None:
         """get_status_some(requests, statuses=None)
 
         Non-destructive test for completion of some requests.
@@ -440,7 +442,7 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ()), metaclass=StandIn): 
         return cls.Get_status_some(requests, statuses)
 
     @classmethod
-    def waitall(cls, requests: Sequence[Any], statuses: Optional[List[Any]] = None) -> List[Any]:
+    def waitall(cls, requests: Sequence[Any], statuses: list[Any] | None = None) -> list[Any]:
         """waitall(requests, statuses=None)
 
         Wait for all previously initiated requests to complete; their objects.
@@ -450,18 +452,18 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ()), metaclass=StandIn): 
 
     @classmethod
     def testall(cls, requests: Sequence[Any],
-                statuses: Optional[List[Any]] = None) -> Tuple[bool, Optional[List[Any]]]:
+                statuses: list[Any] | None = None) -> tuple[bool, list[Any] | None]:
         """testall(requests, statuses=None)
 
         Test for completion of all previously initiated requests: (flag, objects).
         """
         _p2p.progress()
-        if not all([_test_quiet(req) for req in requests]):
+        if not all([_test_quiet(req) for req in requests]):  # noqa: C419 (test every one: each test makes progress)
             return False, None
         return True, _finish_all(requests, statuses, range(len(requests)))
 
     @classmethod
-    def waitany(cls, requests: Sequence[Any], status=None) -> Tuple[int, Any]:
+    def waitany(cls, requests: Sequence[Any], status=None) -> tuple[int, Any]:
         """waitany(requests, status=None)
 
         Wait for any previously initiated request to complete: (index, object).
@@ -469,7 +471,7 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ()), metaclass=StandIn): 
         return _wait_any_index(requests, status)
 
     @classmethod
-    def testany(cls, requests: Sequence[Any], status=None) -> Tuple[int, bool, Any]:
+    def testany(cls, requests: Sequence[Any], status=None) -> tuple[int, bool, Any]:
         """testany(requests, status=None)
 
         Test for completion of any previously initiated request: (index, flag, object).
@@ -477,8 +479,8 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ()), metaclass=StandIn): 
         return _test_any_index(requests, status)
 
     @classmethod
-    def waitsome(cls, requests: Sequence[Any], statuses: Optional[List[Any]] = None
-                 ) -> Tuple[Optional[List[int]], Optional[List[Any]]]:
+    def waitsome(cls, requests: Sequence[Any], statuses: list[Any] | None = None
+                 ) -> tuple[list[int] | None, list[Any] | None]:
         """waitsome(requests, statuses=None)
 
         Wait for some previously initiated requests to complete: (indices, objects).
@@ -486,8 +488,8 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ()), metaclass=StandIn): 
         return _some(requests, statuses, True)
 
     @classmethod
-    def testsome(cls, requests: Sequence[Any], statuses: Optional[List[Any]] = None
-                 ) -> Tuple[Optional[List[int]], Optional[List[Any]]]:
+    def testsome(cls, requests: Sequence[Any], statuses: list[Any] | None = None
+                 ) -> tuple[list[int] | None, list[Any] | None]:
         """testsome(requests, statuses=None)
 
         Test for completion of some previously initiated requests: (indices, objects).
@@ -506,7 +508,7 @@ def _REAL_BASE(cls: type) -> Any:
     raise TypeError(f"{cls.__name__}: no MPI handles on the socket channel")
 
 
-def new_request(op: Optional[_p2p.Op], parts: Sequence[_p2p.Op] = ()) -> Request:
+def new_request(op: _p2p.Op | None, parts: Sequence[_p2p.Op] = ()) -> Request:
     """A request carrying *op* (and *parts*, completing with it: a Sendrecv's send)."""
     req = _new(Request)      # mpi4py's allocator itself: no Python-level __new__ call
     req._op = op
@@ -521,10 +523,10 @@ _HANDLES: Any = __import__("weakref").WeakValueDictionary()
 
 #: The ops through which cmampi's waits completed requests of mpi4py's own, by the
 #: request's id, until `_finish` takes their status (the MPI handle is null by then).
-_FOREIGN: Dict[int, _p2p.ForeignOp] = {}
+_FOREIGN: dict[int, _p2p.ForeignOp] = {}
 
 
-def _op_of(req) -> Optional[_p2p.Op]:
+def _op_of(req) -> _p2p.Op | None:
     """The op to wait on for a request of mpi4py's own (None when it is null)."""
     if is_ours(Request, req) and req._op is None:     # a null (or inactive) one of ours
         return None
@@ -538,18 +540,18 @@ def _op_of(req) -> Optional[_p2p.Op]:
     return op
 
 
-def _live_ops(req) -> List[_p2p.Op]:
+def _live_ops(req) -> list[_p2p.Op]:
     if is_ours(Request, req) and req._op is not None:
         return [op for op in req._ops() if not op.done]
     op = _op_of(req)
     return [] if op is None else [op]
 
 
-def _ops_to_wait_on(live: Sequence[Tuple[int, Any]]) -> List[_p2p.Op]:
+def _ops_to_wait_on(live: Sequence[tuple[int, Any]]) -> list[_p2p.Op]:
     """The ops of *live* requests still running; none if one of ours has finished
     meanwhile (testing a later request progresses an earlier one): the caller
     tests again rather than wait on the others alone."""
-    ops: List[_p2p.Op] = []
+    ops: list[_p2p.Op] = []
     for _, req in live:
         mine = _live_ops(req)
         if not mine and is_ours(Request, req) and req._op is not None:
@@ -559,7 +561,7 @@ def _ops_to_wait_on(live: Sequence[Tuple[int, Any]]) -> List[_p2p.Op]:
 
 
 def _wait_all(requests: Sequence[Any]) -> None:
-    ops: List[_p2p.Op] = []
+    ops: list[_p2p.Op] = []
     for req in requests:
         ops.extend(_live_ops(req))
     _p2p.wait_all(ops)
@@ -568,7 +570,7 @@ def _wait_all(requests: Sequence[Any]) -> None:
 def _test_quiet(req) -> bool:
     """Whether *req* is complete (or null), without completing it."""
     if is_ours(Request, req) and req._op is not None:
-        return all([_p2p.test(op) for op in req._ops()])
+        return all([_p2p.test(op) for op in req._ops()])  # noqa: C419 (test every one: each test makes progress)
     if _real_active(req):
         return bool(_REAL_REQUEST.Get_status(req))
     return True
@@ -599,13 +601,13 @@ def _finish(req, status) -> Any:
     return None
 
 
-def _finish_all(requests: Sequence[Any], statuses, indices) -> List[Any]:
+def _finish_all(requests: Sequence[Any], statuses, indices) -> list[Any]:
     """Complete every request of *indices*, even when one raises; their objects."""
     results, errors = [], []
     for k, i in enumerate(indices):
         try:
             results.append(_finish(requests[i], _status_at(statuses, k)))
-        except BaseException as exc:  # complete every request before raising
+        except BaseException as exc:  # noqa: BLE001 (complete every request before raising)
             results.append(None)
             errors.append(exc)
     if errors:
@@ -613,7 +615,7 @@ def _finish_all(requests: Sequence[Any], statuses, indices) -> List[Any]:
     return results
 
 
-def _wait_any_index(requests: Sequence[Any], status) -> Tuple[int, Any]:
+def _wait_any_index(requests: Sequence[Any], status) -> tuple[int, Any]:
     live = [(i, req) for i, req in enumerate(requests) if _active(req)]
     if not live:
         _empty_status(status)
@@ -627,7 +629,7 @@ def _wait_any_index(requests: Sequence[Any], status) -> Tuple[int, Any]:
             _p2p.wait_any(ops)
 
 
-def _test_any_index(requests: Sequence[Any], status) -> Tuple[int, bool, Any]:
+def _test_any_index(requests: Sequence[Any], status) -> tuple[int, bool, Any]:
     live = [(i, req) for i, req in enumerate(requests) if _active(req)]
     if not live:
         _empty_status(status)
@@ -663,9 +665,9 @@ class Prequest(Request, *((_REAL_PREQUEST,) if _REAL_PREQUEST else ())):  # type
     __module__ = "cmampi.MPI"   # where pickle and repr find it
     _stand_in = True     # isinstance(x, MPI.Prequest) holds for mpi4py's own too
 
-    _start: Optional[Callable[[], Request]] = None
+    _start: Callable[[], Request] | None = None
 
-    def __init__(self, request: Optional[Request] = None) -> None:
+    def __init__(self, request: Request | None = None) -> None:
         if _real_active(request) and not isinstance(request, _REAL_PREQUEST):
             raise TypeError(f"Cannot convert {type(request).__name__} to Prequest")
         if _REAL_REQUEST is None and is_ours(Request, request) and request \
@@ -675,7 +677,7 @@ class Prequest(Request, *((_REAL_PREQUEST,) if _REAL_PREQUEST else ())):  # type
         self._start = request._start if is_ours(Request, request) else None
 
     @classmethod
-    def _starting(cls, start: Callable[[], Request]) -> "Prequest":
+    def _starting(cls, start: Callable[[], Request]) -> Prequest:
         """A persistent request whose ``Start`` calls *start* (a nonblocking call)."""
         req = Request.__new__(cls)
         req._op, req._parts, req._start = None, [], start
@@ -710,7 +712,7 @@ class Prequest(Request, *((_REAL_PREQUEST,) if _REAL_PREQUEST else ())):  # type
         return None
 
     @classmethod
-    def Startall(cls, requests: List["Prequest"]) -> None:
+    def Startall(cls, requests: list[Prequest]) -> None:
         """Startall(requests)
 
         Start a collection of persistent requests.
@@ -752,7 +754,7 @@ class PartitionedRequest(Prequest):
 
     @classmethod
     def _partitioned(cls, start: Callable[[], Request], partitions: int,
-                     sending: bool) -> "PartitionedRequest":
+                     sending: bool) -> PartitionedRequest:
         if partitions < 1:
             raise ValueError(f"partitions must be >= 1, got {partitions}")
         req = cls._starting(start)
@@ -800,7 +802,7 @@ class PartitionedRequest(Prequest):
         self._check(partition)
         if self._sending:
             raise RuntimeError("cmampi: Parrived on a send request")
-        return self._op is None or all([_p2p.test(op) for op in self._ops()])
+        return self._op is None or all([_p2p.test(op) for op in self._ops()])  # noqa: C419 (test every one: each test makes progress)
 
     def Wait(self, status=None) -> bool:
         """Wait for the operation to complete."""
@@ -828,7 +830,7 @@ class Message(*_MESSAGE_BASES, metaclass=StandIn):  # type: ignore[misc]
 
     _permanent = False  # MESSAGE_NO_PROC itself: receiving leaves it as it is
 
-    def __init__(self, message: Optional["Message"] = None) -> None:
+    def __init__(self, message: Message | None = None) -> None:
         self._engine = self._hit = None
         if is_ours(Message, message):
             self._engine, self._hit = message._engine, message._hit
@@ -840,7 +842,7 @@ class Message(*_MESSAGE_BASES, metaclass=StandIn):  # type: ignore[misc]
     f2py = classmethod(Request.f2py.__func__)  # type: ignore[attr-defined]
 
     @classmethod
-    def _matched(cls, engine, hit) -> "Message":
+    def _matched(cls, engine, hit) -> Message:
         msg = cls.__new__(cls)
         msg._engine, msg._hit = engine, hit   # (source, tag, data) out of the engine's stash
         return msg
@@ -884,7 +886,7 @@ class Message(*_MESSAGE_BASES, metaclass=StandIn):  # type: ignore[misc]
     # -- matching (class methods, as in mpi4py) --------------------------------------------
     @classmethod
     def Probe(cls, comm, source: int = _NAMES.ANY_SOURCE, tag: int = _NAMES.ANY_TAG,
-              status=None) -> "Message":
+              status=None) -> Message:
         """Probe(comm, source=ANY_SOURCE, tag=ANY_TAG, status=None)
 
         Blocking test for a matched message.
@@ -893,7 +895,7 @@ class Message(*_MESSAGE_BASES, metaclass=StandIn):  # type: ignore[misc]
 
     @classmethod
     def Iprobe(cls, comm, source: int = _NAMES.ANY_SOURCE, tag: int = _NAMES.ANY_TAG,
-               status=None) -> Optional["Message"]:
+               status=None) -> Message | None:
         """Iprobe(comm, source=ANY_SOURCE, tag=ANY_TAG, status=None)
 
         Nonblocking test for a matched message.
@@ -902,7 +904,7 @@ class Message(*_MESSAGE_BASES, metaclass=StandIn):  # type: ignore[misc]
 
     @classmethod
     def probe(cls, comm, source: int = _NAMES.ANY_SOURCE, tag: int = _NAMES.ANY_TAG,
-              status=None) -> "Message":
+              status=None) -> Message:
         """probe(comm, source=ANY_SOURCE, tag=ANY_TAG, status=None)
 
         Blocking test for a matched message.
@@ -911,7 +913,7 @@ class Message(*_MESSAGE_BASES, metaclass=StandIn):  # type: ignore[misc]
 
     @classmethod
     def iprobe(cls, comm, source: int = _NAMES.ANY_SOURCE, tag: int = _NAMES.ANY_TAG,
-               status=None) -> Optional["Message"]:
+               status=None) -> Message | None:
         """iprobe(comm, source=ANY_SOURCE, tag=ANY_TAG, status=None)
 
         Nonblocking test for a matched message.

@@ -15,10 +15,10 @@ where mpi4py need not be installed::
 from __future__ import annotations
 
 import sys as _sys
+from collections.abc import Sequence
 from types import ModuleType
-from typing import List, Optional, Sequence
 
-__all__ = ["redirect", "main"]
+__all__ = ["main", "redirect"]
 
 
 def redirect() -> ModuleType:
@@ -49,7 +49,7 @@ def redirect() -> ModuleType:
     return ours
 
 
-def _run_command_line(args: List[str]) -> None:
+def _run_command_line(args: list[str]) -> None:
     """``pyfile | -m mod | -c cmd | -`` and the program's arguments, as mpi4py runs
     them (for the socket channel, where mpi4py's own runner may be missing)."""
     import os
@@ -58,10 +58,10 @@ def _run_command_line(args: List[str]) -> None:
     _sys.argv[:] = args
     if args[0] == "-":
         code = compile(_sys.stdin.read(), "<stdin>", "exec")
-        exec(code, {"__name__": "__main__"})   # noqa: S102 - the user's program
+        exec(code, {"__name__": "__main__"})
     elif args[0] == "-c":
         command = _sys.argv.pop(1)
-        exec(compile(command, "<string>", "exec"), {"__name__": "__main__"})  # noqa: S102
+        exec(compile(command, "<string>", "exec"), {"__name__": "__main__"})
     elif args[0] == "-m":
         del _sys.argv[0]
         runpy.run_module(_sys.argv[0], run_name="__main__", alter_sys=True)
@@ -70,7 +70,7 @@ def _run_command_line(args: List[str]) -> None:
         runpy.run_path(_sys.argv[0], run_name="__main__")
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     """``python -m mpi4py``, with ``mpi4py.MPI`` served by cmampi."""
     if argv is not None:
         _sys.argv[1:] = list(argv)

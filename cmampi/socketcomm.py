@@ -6,14 +6,13 @@ import inspect as _inspect
 import os as _os
 import sys as _sys
 import threading as _threading
-from typing import Optional
 
+from . import p2p as _p2p
 from ._config import config as _config
+from .channel import Completion
 from .comm import Communicator, _Freed, as_int
 from .request import Prequest, Request, new_request
-from . import p2p as _p2p
 from .sockgroup import Group
-from .channel import Completion
 
 __all__ = ["Intracomm"]
 
@@ -25,7 +24,7 @@ class Intracomm(Communicator):
 
     __module__ = "cmampi.MPI"   # where pickle and repr find it
 
-    def __init__(self, comm: Optional["Intracomm"] = None) -> None:
+    def __init__(self, comm: Intracomm | None = None) -> None:
         if comm is None:
             from . import MPI
 
@@ -38,7 +37,7 @@ class Intracomm(Communicator):
     _predefined = False
 
     @classmethod
-    def _from_channel(cls, channel, predefined: str = "") -> "Intracomm":
+    def _from_channel(cls, channel, predefined: str = "") -> Intracomm:
         """A communicator over *channel* (*predefined*: ``COMM_WORLD``'s or
         ``COMM_SELF``'s name, for those two)."""
         self = cls.__new__(cls)
@@ -64,15 +63,15 @@ class Intracomm(Communicator):
         return f"<cmampi.Intracomm rank {self.rank} of {self.size}, socket channel>"
 
     # -- communicator management ------------------------------------------------------------
-    def Dup(self, info=None) -> "Intracomm":
+    def Dup(self, info=None) -> Intracomm:
         """Duplicate the communicator."""
         return Intracomm._from_channel(self._engine.ch.dup())
 
-    def Clone(self) -> "Intracomm":
+    def Clone(self) -> Intracomm:
         """Clone the communicator (same as ``Dup``)."""
         return self.Dup()
 
-    def Split(self, color: int = 0, key: int = 0) -> "Intracomm":
+    def Split(self, color: int = 0, key: int = 0) -> Intracomm:
         """Split the communicator by *color*, ordering ranks by *key* (``COMM_NULL``
         for color ``UNDEFINED``)."""
         ch = self._engine.ch.split(as_int(color), as_int(key))
@@ -88,7 +87,7 @@ class Intracomm(Communicator):
         """Group."""
         return self.Get_group()
 
-    def Create(self, group: Group) -> "Intracomm":
+    def Create(self, group: Group) -> Intracomm:
         """Create a communicator of the processes of *group* (``COMM_NULL`` for the
         others); collective over this communicator."""
         ch = self._engine.ch
@@ -102,7 +101,7 @@ class Intracomm(Communicator):
         # communicator per group, told apart by its first member.
         return self.Split(min(members), members.index(me))
 
-    def Create_group(self, group: Group, tag: int = 0) -> "Intracomm":
+    def Create_group(self, group: Group, tag: int = 0) -> Intracomm:
         """Create a communicator of the processes of *group*; collective over those
         processes only (*tag* tells apart creations under way at once)."""
         ch = self._engine.ch
@@ -115,7 +114,7 @@ class Intracomm(Communicator):
             raise names.Exception(names.ERR_TAG)
         return Intracomm._from_channel(ch.create_group(list(members), tag))
 
-    def Split_type(self, split_type: int, key: int = 0, info=None) -> "Intracomm":
+    def Split_type(self, split_type: int, key: int = 0, info=None) -> Intracomm:
         """Split the communicator by type (``COMM_TYPE_SHARED``: ranks sharing memory)."""
         names = self._engine.names
         if split_type == names.UNDEFINED:
@@ -424,7 +423,7 @@ class _BarrierOp(_p2p.Op):
     on a tag of its own, each round started when the last has ended, advanced
     by any wait or test (it is a pending op, as a posted receive is)."""
 
-    __slots__ = ("step", "handles", "empty", "tag")
+    __slots__ = ("empty", "handles", "step", "tag")
 
     def __init__(self, engine: _p2p.Engine, tag: int) -> None:
         super().__init__(engine)

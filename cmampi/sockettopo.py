@@ -16,19 +16,32 @@ towards +1).
 
 from __future__ import annotations
 
-from typing import Any, List, NamedTuple, Optional, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import numpy as _np
 
-from ._backend import names as _names_in_use
-from .comm import _Freed, as_int as _as_int
 from . import neighbor as _neighbor
+from ._backend import names as _names_in_use
+from .comm import _Freed
+from .comm import as_int as _as_int
 from .request import Prequest, Request
 from .socketcomm import Intracomm
 
-__all__ = ["Topocomm", "Cartcomm", "Graphcomm", "Distgraphcomm", "Compute_dims",
-           "create_cart", "create_graph", "create_dist_graph_adjacent", "create_dist_graph",
-           "cart_map", "graph_map", "null_comm"]
+__all__ = [
+    "Cartcomm",
+    "Compute_dims",
+    "Distgraphcomm",
+    "Graphcomm",
+    "Topocomm",
+    "cart_map",
+    "create_cart",
+    "create_dist_graph",
+    "create_dist_graph_adjacent",
+    "create_graph",
+    "graph_map",
+    "null_comm",
+]
 
 _NAMES = _names_in_use()
 
@@ -42,47 +55,47 @@ _TAG_NEIGHBOR = 1 << 30
 
 class CartTopo(NamedTuple):
     """A Cartesian grid: extent and periodicity of each dimension."""
-    dims: Tuple[int, ...]
-    periods: Tuple[bool, ...]
+    dims: tuple[int, ...]
+    periods: tuple[bool, ...]
     kind: int = _NAMES.CART
 
 
 class GraphTopo(NamedTuple):
     """A graph: MPI's ``index`` (cumulative degrees, no leading 0) and ``edges``."""
-    index: Tuple[int, ...]
-    edges: Tuple[int, ...]
+    index: tuple[int, ...]
+    edges: tuple[int, ...]
     kind: int = _NAMES.GRAPH
 
 
 class DistGraphTopo(NamedTuple):
     """This rank's side of a distributed graph; weights None when unweighted."""
-    sources: Tuple[int, ...]
-    destinations: Tuple[int, ...]
-    sourceweights: Optional[Tuple[int, ...]]
-    destweights: Optional[Tuple[int, ...]]
+    sources: tuple[int, ...]
+    destinations: tuple[int, ...]
+    sourceweights: tuple[int, ...] | None
+    destweights: tuple[int, ...] | None
     kind: int = _NAMES.DIST_GRAPH
 
 
 class Neighbors(NamedTuple):
     """Who this rank receives block i from and sends block j to, and on which tags."""
-    sources: List[int]
-    destinations: List[int]
-    recvtags: List[int]
-    sendtags: List[int]
+    sources: list[int]
+    destinations: list[int]
+    recvtags: list[int]
+    sendtags: list[int]
 
 
 def _error(errclass: int) -> BaseException:
     return _NAMES.Exception(errclass)
 
 
-def _ints(seq, what: str = "") -> List[int]:
+def _ints(seq, what: str = "") -> list[int]:
     """*seq* as a list of C ints (mpi4py's ``getarray``)."""
     if isinstance(seq, int):
         raise TypeError(f"{what or 'argument'}: expecting a sequence of integers")
     return [_as_int(x) for x in seq]
 
 
-def _checked(seq, n: int) -> List[int]:
+def _checked(seq, n: int) -> list[int]:
     """*seq* as *n* C ints (mpi4py's ``chkarray``)."""
     values = _ints(seq)
     if len(values) != n:
@@ -90,7 +103,7 @@ def _checked(seq, n: int) -> List[int]:
     return values
 
 
-def _periods(periods, ndim: int) -> List[bool]:
+def _periods(periods, ndim: int) -> list[bool]:
     if periods is None:
         periods = False
     if isinstance(periods, bool):
@@ -98,7 +111,7 @@ def _periods(periods, ndim: int) -> List[bool]:
     return [bool(p) for p in _checked(periods, ndim)]
 
 
-def _graph_arrays(index, edges) -> Tuple[List[int], List[int]]:
+def _graph_arrays(index, edges) -> tuple[list[int], list[int]]:
     """mpi4py's extension: ``index`` may start with 0 (CSR offsets)."""
     index, edges = _ints(index), _ints(edges)
     if index and index[0] == 0 and index[-1] == len(edges):
@@ -106,7 +119,7 @@ def _graph_arrays(index, edges) -> Tuple[List[int], List[int]]:
     return index, edges
 
 
-def _coords(topo: CartTopo, rank: int) -> List[int]:
+def _coords(topo: CartTopo, rank: int) -> list[int]:
     coords = [0] * len(topo.dims)
     for i in reversed(range(len(topo.dims))):
         rank, coords[i] = divmod(rank, topo.dims[i])
@@ -125,7 +138,7 @@ def _cart_rank(topo: CartTopo, coords: Sequence[int]) -> int:
     return rank
 
 
-def _shift(topo: CartTopo, rank: int, direction: int, disp: int) -> Tuple[int, int]:
+def _shift(topo: CartTopo, rank: int, direction: int, disp: int) -> tuple[int, int]:
     if not 0 <= direction < len(topo.dims):
         raise _error(_NAMES.ERR_ARG)
     here = _coords(topo, rank)
@@ -137,7 +150,7 @@ def _shift(topo: CartTopo, rank: int, direction: int, disp: int) -> Tuple[int, i
     return moved(-disp), moved(disp)
 
 
-def _graph_neighbors(topo: GraphTopo, rank: int) -> List[int]:
+def _graph_neighbors(topo: GraphTopo, rank: int) -> list[int]:
     if not 0 <= rank < len(topo.index):
         raise _error(_NAMES.ERR_RANK)
     lo = topo.index[rank - 1] if rank else 0
@@ -215,9 +228,9 @@ def graph_map(comm: Intracomm, index, edges) -> int:
     return comm.Get_rank() if comm.Get_rank() < len(index) else _NAMES.UNDEFINED
 
 
-def _check_graph(comm: Intracomm, index: List[int], edges: List[int]) -> None:
+def _check_graph(comm: Intracomm, index: list[int], edges: list[int]) -> None:
     nnodes = len(index)
-    if nnodes > comm.Get_size() or any(b < a for a, b in zip([0] + index, index)) \
+    if nnodes > comm.Get_size() or any(b < a for a, b in zip([0, *index], index)) \
             or (index and index[-1] != len(edges)) \
             or any(not 0 <= x < nnodes for x in edges):
         raise _error(_NAMES.ERR_ARG)
@@ -229,7 +242,7 @@ def create_graph(comm: Intracomm, index, edges, reorder: bool = False) -> Intrac
     return _with_topo(comm, comm.Get_rank() < len(index), GraphTopo(tuple(index), tuple(edges)))
 
 
-def _weights(weights, n: int) -> Optional[List[int]]:
+def _weights(weights, n: int) -> list[int] | None:
     """mpi4py's ``asarray_weights``: None (or ``UNWEIGHTED``) for no weights."""
     if weights is None or weights is _NAMES.UNWEIGHTED:
         return None
@@ -297,25 +310,25 @@ def create_dist_graph(comm: Intracomm, sources, degrees, destinations, weights=N
                        [w for _, w in outs] if weighted else None)
 
 
-def _balanced(n: int, k: int) -> List[int]:
+def _balanced(n: int, k: int) -> list[int]:
     """*k* non-increasing factors of *n* as close to one another as can be (the
     smallest spread, then the smallest first factor), as MPI implementations give."""
-    best: List[Any] = [None]
+    best: list[Any] = [None]
     divisors = [d for d in range(n, 0, -1) if n % d == 0] if n < 1 << 16 else \
         sorted({x for i in range(1, int(n ** 0.5) + 1) if n % i == 0 for x in (i, n // i)},
                reverse=True)
 
-    def search(left: int, k: int, cap: int, chosen: List[int]) -> None:
+    def search(left: int, k: int, cap: int, chosen: list[int]) -> None:
         if k == 1:
             if left <= cap:
-                cand = chosen + [left]
+                cand = [*chosen, left]
                 key = (cand[0] - cand[-1], cand)
                 if best[0] is None or key < best[0][0]:
                     best[0] = (key, cand)
             return
         for d in divisors:
             if d <= cap and left % d == 0 and d ** k >= left:   # the first is the largest
-                search(left // d, k - 1, d, chosen + [d])
+                search(left // d, k - 1, d, [*chosen, d])
 
     if k == 0:
         return []
@@ -323,7 +336,7 @@ def _balanced(n: int, k: int) -> List[int]:
     return best[0][1]
 
 
-def Compute_dims(nnodes: int, dims) -> List[int]:
+def Compute_dims(nnodes: int, dims) -> list[int]:
     """Return a balanced distribution of processes per coordinate direction."""
     nnodes = _as_int(nnodes)
     dims = [0] * _as_int(dims) if isinstance(dims, int) else _ints(dims, "dims")
@@ -353,9 +366,9 @@ class Topocomm(Intracomm):
     """
 
     __module__ = "cmampi.MPI"   # where pickle and repr find it
-    _kind: Optional[int] = None     # a subclass's topology
+    _kind: int | None = None     # a subclass's topology
 
-    def __init__(self, comm: Optional[Intracomm] = None) -> None:
+    def __init__(self, comm: Intracomm | None = None) -> None:
         self._engine, self._predefined = _Freed(_NAMES), False
         if comm is None or not comm:
             return
@@ -379,7 +392,7 @@ class Topocomm(Intracomm):
     def _neighbors(self) -> Neighbors:
         return neighbors(self._engine.topo, self._engine.rank)
 
-    def Dup(self, info=None) -> "Topocomm":
+    def Dup(self, info=None) -> Topocomm:
         """Duplicate the communicator, with its topology."""
         new = type(self)._from_channel(self._engine.ch.dup())
         new._engine.topo = self._engine.topo
@@ -394,7 +407,7 @@ class Topocomm(Intracomm):
         return -1
 
     @property
-    def degrees(self) -> Tuple[int, int]:
+    def degrees(self) -> tuple[int, int]:
         """Number of incoming and outgoing neighbors."""
         nb = self._neighbors()
         return len(nb.sources), len(nb.destinations)
@@ -410,18 +423,18 @@ class Topocomm(Intracomm):
         return self.degrees[1]
 
     @property
-    def inoutedges(self) -> Tuple[List[int], List[int]]:
+    def inoutedges(self) -> tuple[list[int], list[int]]:
         """Incoming and outgoing neighbors."""
         nb = self._neighbors()
         return nb.sources, nb.destinations
 
     @property
-    def inedges(self) -> List[int]:
+    def inedges(self) -> list[int]:
         """Incoming neighbors."""
         return self.inoutedges[0]
 
     @property
-    def outedges(self) -> List[int]:
+    def outedges(self) -> list[int]:
         """Outgoing neighbors."""
         return self.inoutedges[1]
 
@@ -486,11 +499,11 @@ class Topocomm(Intracomm):
         """Persistent Neighbor All to All General."""
         return Prequest._starting(lambda: self.Ineighbor_alltoallw(sendbuf, recvbuf))
 
-    def neighbor_allgather(self, sendobj: Any) -> List[Any]:
+    def neighbor_allgather(self, sendobj: Any) -> list[Any]:
         """Neighbor Gather to All."""
         return _neighbor.neighbor_objects(self, [sendobj] * self.outdegree)
 
-    def neighbor_alltoall(self, sendobj: Sequence[Any]) -> List[Any]:
+    def neighbor_alltoall(self, sendobj: Sequence[Any]) -> list[Any]:
         """Neighbor All to All."""
         objs = list(sendobj)
         if len(objs) != self.outdegree:
@@ -511,7 +524,7 @@ class Cartcomm(Topocomm):
         """Return number of dimensions."""
         return len(self._topo.dims)
 
-    def Get_topo(self) -> Tuple[List[int], List[int], List[int]]:
+    def Get_topo(self) -> tuple[list[int], list[int], list[int]]:
         """Return information on the cartesian topology."""
         topo = self._topo
         return list(topo.dims), [int(p) for p in topo.periods], _coords(topo, self.rank)
@@ -525,18 +538,18 @@ class Cartcomm(Topocomm):
             raise _error(_NAMES.ERR_ARG)
         return rank
 
-    def Get_coords(self, rank: int) -> List[int]:
+    def Get_coords(self, rank: int) -> list[int]:
         """Translate ranks to logical coordinates."""
         rank = _as_int(rank)
         if not 0 <= rank < self.size:
             raise _error(_NAMES.ERR_RANK)
         return _coords(self._topo, rank)
 
-    def Shift(self, direction: int, disp: int) -> Tuple[int, int]:
+    def Shift(self, direction: int, disp: int) -> tuple[int, int]:
         """Return a process ranks for data shifting with Sendrecv."""
         return _shift(self._topo, self.rank, _as_int(direction), _as_int(disp))
 
-    def Sub(self, remain_dims: Sequence[bool]) -> "Cartcomm":
+    def Sub(self, remain_dims: Sequence[bool]) -> Cartcomm:
         """Return a lower-dimensional Cartesian topology."""
         topo = self._topo
         keep = [bool(x) for x in _checked(remain_dims, len(topo.dims))]
@@ -570,11 +583,11 @@ class Graphcomm(Topocomm):
 
     _kind = _NAMES.GRAPH
 
-    def Get_dims(self) -> Tuple[int, int]:
+    def Get_dims(self) -> tuple[int, int]:
         """Return the number of nodes and edges."""
         return len(self._topo.index), len(self._topo.edges)
 
-    def Get_topo(self) -> Tuple[List[int], List[int]]:
+    def Get_topo(self) -> tuple[list[int], list[int]]:
         """Return index and edges."""
         return list(self._topo.index), list(self._topo.edges)
 
@@ -582,7 +595,7 @@ class Graphcomm(Topocomm):
         """Return number of neighbors of a process."""
         return len(_graph_neighbors(self._topo, _as_int(rank)))
 
-    def Get_neighbors(self, rank: int) -> List[int]:
+    def Get_neighbors(self, rank: int) -> list[int]:
         """Return list of neighbors of a process."""
         return _graph_neighbors(self._topo, _as_int(rank))
 
@@ -606,13 +619,13 @@ class Distgraphcomm(Topocomm):
 
     _kind = _NAMES.DIST_GRAPH
 
-    def Get_dist_neighbors_count(self) -> Tuple[int, int, bool]:
+    def Get_dist_neighbors_count(self) -> tuple[int, int, bool]:
         """Return adjacency information for a distributed graph topology."""
         topo = self._topo
         return len(topo.sources), len(topo.destinations), topo.sourceweights is not None
 
-    def Get_dist_neighbors(self) -> Tuple[List[int], List[int],
-                                          Optional[Tuple[List[int], List[int]]]]:
+    def Get_dist_neighbors(self) -> tuple[list[int], list[int],
+                                          tuple[list[int], list[int]] | None]:
         """Return adjacency information for a distributed graph topology."""
         topo = self._topo
         weights = None

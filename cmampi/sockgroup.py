@@ -10,24 +10,24 @@ from them (``Create``, ``Create_group``).
 from __future__ import annotations
 
 import itertools
-from typing import Iterable, List, Optional, Sequence, Tuple
+from collections.abc import Iterable, Sequence
 
 from . import _names
 from .comm import as_int
 
-__all__ = ["Group", "GROUP_EMPTY", "GROUP_NULL"]
+__all__ = ["GROUP_EMPTY", "GROUP_NULL", "Group"]
 
 
 class Group:
     """Group of processes."""
 
-    __slots__ = ("_members", "_me", "_null", "_handle", "__weakref__")
+    __slots__ = ("__weakref__", "_handle", "_me", "_members", "_null")
 
     _handles = itertools.count(2)       # 0: the null group, 1: the empty one
 
-    def __init__(self, group: Optional["Group"] = None) -> None:
+    def __init__(self, group: Group | None = None) -> None:
         #: world ranks in group order (None: the null group)
-        self._members: Optional[Tuple[int, ...]] = None
+        self._members: tuple[int, ...] | None = None
         self._me = _names.UNDEFINED       # our world rank
         self._null = True
         #: what MPI's handle is: copies (``Group(group)``) share it, and compare equal
@@ -37,7 +37,7 @@ class Group:
             self._handle = group._handle
 
     @classmethod
-    def _of(cls, members: Iterable[int], me: int) -> "Group":
+    def _of(cls, members: Iterable[int], me: int) -> Group:
         """The group of world ranks *members* (in that order), seen by world rank *me*."""
         self = cls()
         self._members, self._me, self._null = tuple(members), me, False
@@ -73,7 +73,7 @@ class Group:
             return _predefined, ("GROUP_NULL",)
         raise ValueError("cannot serialize Group instance")
 
-    def _live(self) -> Tuple[int, ...]:
+    def _live(self) -> tuple[int, ...]:
         if self._null:
             raise _names.Exception(_names.ERR_GROUP)
         return self._members
@@ -98,8 +98,8 @@ class Group:
         """Rank of this process."""
         return self.Get_rank()
 
-    def Translate_ranks(self, ranks: Optional[Sequence[int]] = None,
-                        group: Optional["Group"] = None) -> List[int]:
+    def Translate_ranks(self, ranks: Sequence[int] | None = None,
+                        group: Group | None = None) -> list[int]:
         """Translate ranks in a group to those in another group (``COMM_WORLD``'s
         if *group* is None); ``UNDEFINED`` for a process not in it."""
         members = self._live()
@@ -117,7 +117,7 @@ class Group:
                 out.append(other.index(w) if w in other else _names.UNDEFINED)
         return out
 
-    def Compare(self, group: "Group") -> int:
+    def Compare(self, group: Group) -> int:
         """Compare two groups: ``IDENT`` (same processes, same order), ``SIMILAR``
         (same processes) or ``UNEQUAL``."""
         a, b = self._live(), group._live()
@@ -126,18 +126,18 @@ class Group:
         return _names.SIMILAR if sorted(a) == sorted(b) else _names.UNEQUAL
 
     # -- constructors -----------------------------------------------------------------------
-    def Dup(self) -> "Group":
+    def Dup(self) -> Group:
         """Duplicate a group."""
         return Group._of(self._live(), self._me)
 
     @classmethod
-    def Union(cls, group1: "Group", group2: "Group") -> "Group":
+    def Union(cls, group1: Group, group2: Group) -> Group:
         """Create a new group from the union of two existing groups."""
         a, b = group1._live(), group2._live()
         return cls._of(a + tuple(w for w in b if w not in a), group1._me)
 
     @classmethod
-    def Intersection(cls, group1: "Group", group2: "Group") -> "Group":
+    def Intersection(cls, group1: Group, group2: Group) -> Group:
         """Create a new group from the intersection of two existing groups."""
         b = group2._live()
         return cls._of((w for w in group1._live() if w in b), group1._me)
@@ -145,12 +145,12 @@ class Group:
     Intersect = Intersection
 
     @classmethod
-    def Difference(cls, group1: "Group", group2: "Group") -> "Group":
+    def Difference(cls, group1: Group, group2: Group) -> Group:
         """Create a new group from the difference of two existing groups."""
         b = group2._live()
         return cls._of((w for w in group1._live() if w not in b), group1._me)
 
-    def Incl(self, ranks: Sequence[int]) -> "Group":
+    def Incl(self, ranks: Sequence[int]) -> Group:
         """Create a new group by including listed members."""
         members = self._live()
         ranks = [self._checked(r) for r in ranks]
@@ -158,7 +158,7 @@ class Group:
             raise _names.Exception(_names.ERR_RANK)
         return Group._of((members[r] for r in ranks), self._me)
 
-    def Excl(self, ranks: Sequence[int]) -> "Group":
+    def Excl(self, ranks: Sequence[int]) -> Group:
         """Create a new group by excluding listed members."""
         members = self._live()
         out = {self._checked(r) for r in ranks}
@@ -166,11 +166,11 @@ class Group:
             raise _names.Exception(_names.ERR_RANK)
         return Group._of((w for r, w in enumerate(members) if r not in out), self._me)
 
-    def Range_incl(self, ranks: Sequence[Tuple[int, int, int]]) -> "Group":
+    def Range_incl(self, ranks: Sequence[tuple[int, int, int]]) -> Group:
         """Create a new group by including ranges of members."""
         return self.Incl(self._ranges(ranks))
 
-    def Range_excl(self, ranks: Sequence[Tuple[int, int, int]]) -> "Group":
+    def Range_excl(self, ranks: Sequence[tuple[int, int, int]]) -> Group:
         """Create a new group by excluding ranges of members."""
         return self.Excl(self._ranges(ranks))
 
@@ -193,9 +193,9 @@ class Group:
             raise _names.Exception(_names.ERR_RANK)
         return r
 
-    def _ranges(self, ranges: Sequence[Tuple[int, int, int]]) -> List[int]:
+    def _ranges(self, ranges: Sequence[tuple[int, int, int]]) -> list[int]:
         """The ranks of (first, last, stride) triplets, in order."""
-        out: List[int] = []
+        out: list[int] = []
         for first, last, stride in ranges:
             if stride == 0:
                 raise _names.Exception(_names.ERR_ARG)

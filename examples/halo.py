@@ -28,7 +28,7 @@ left = rank - 1 if rank > 0 else MPI.PROC_NULL
 right = rank + 1 if rank < size - 1 else MPI.PROC_NULL
 
 t0 = MPI.Wtime()
-for step in range(STEPS):
+for _step in range(STEPS):
     # Send my first interior column left, receive my right ghost from the right.
     comm.Sendrecv(u[:, 1], left, 0, u[:, -1], right, 0)
     # Send my last interior column right, receive my left ghost from the left.

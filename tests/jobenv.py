@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["ROOT", "NO_MPI4PY", "job_env"]
+__all__ = ["NO_MPI4PY", "ROOT", "job_env"]
 
 #: The checkout, first on the PYTHONPATH of every job a test starts.
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,7 +13,8 @@ from __future__ import annotations
 import os
 import pickle
 from collections import deque
-from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Any
 
 from cmampi import _cma, _names
 from cmampi.channel import Completion, completion
@@ -30,7 +31,7 @@ class Handle:
 
     def __init__(self, buf=None, source: int = ANY_SOURCE, tag: int = ANY_TAG) -> None:
         self.buf, self.source, self.tag = buf, source, tag
-        self.info: Optional[Completion] = None
+        self.info: Completion | None = None
 
     @property
     def done(self) -> bool:
@@ -64,11 +65,11 @@ class _Wires:
     """What both ranks share: per rank, messages not yet matched and receives posted."""
 
     def __init__(self) -> None:
-        self.unexpected: List[Deque[Tuple[int, int, bytes]]] = [deque(), deque()]
-        self.posted: List[List[Handle]] = [[], []]
+        self.unexpected: list[deque[tuple[int, int, bytes]]] = [deque(), deque()]
+        self.posted: list[list[Handle]] = [[], []]
         #: side space: (dest, source, kind, xid) -> queued data / posted handles
-        self.side: Dict[tuple, Deque[bytes]] = {}
-        self.side_posted: Dict[tuple, Deque[Handle]] = {}
+        self.side: dict[tuple, deque[bytes]] = {}
+        self.side_posted: dict[tuple, deque[Handle]] = {}
 
 
 class LoopbackChannel:
@@ -85,10 +86,10 @@ class LoopbackChannel:
         self.nodes = ["here"] * 2
         self.pidns = [None] * 2
         self.userns = [_cma.user_namespace()] * 2
-        self._last: Tuple[int, int, int] = (0, 0, 0)
+        self._last: tuple[int, int, int] = (0, 0, 0)
 
     @classmethod
-    def pair(cls) -> Tuple["LoopbackChannel", "LoopbackChannel"]:
+    def pair(cls) -> tuple[LoopbackChannel, LoopbackChannel]:
         wires = _Wires()
         return cls(wires, 0), cls(wires, 1)
 
@@ -121,7 +122,7 @@ class LoopbackChannel:
         self.wires.posted[self.rank].append(h)
         return h
 
-    def recv(self, buf, source: int, tag: int) -> Tuple[int, int, int]:
+    def recv(self, buf, source: int, tag: int) -> tuple[int, int, int]:
         h = self.irecv(buf, source, tag)
         self._wait(h)
         return h.info[:3]
@@ -141,10 +142,10 @@ class LoopbackChannel:
         data, self._last = self.mprobe(source, tag)
         return pickle.loads(data) if data else None
 
-    def last(self) -> Tuple[int, int, int]:
+    def last(self) -> tuple[int, int, int]:
         return self._last
 
-    def take_any(self) -> Optional[Tuple[int, int, bytes]]:
+    def take_any(self) -> tuple[int, int, bytes] | None:
         queue = self.wires.unexpected[self.rank]
         return queue.popleft() if queue else None
 
@@ -207,10 +208,10 @@ class LoopbackChannel:
             raise WouldBlock(f"rank {self.rank}: none of {len(handles)} handles can complete")
         return got
 
-    def test(self, handle: Handle) -> Optional[Completion]:
+    def test(self, handle: Handle) -> Completion | None:
         return handle.info
 
-    def wait_cancelled(self, handle: Handle) -> Optional[Completion]:
+    def wait_cancelled(self, handle: Handle) -> Completion | None:
         if handle.done:
             return handle.info
         for posted in self.wires.posted:
@@ -219,12 +220,12 @@ class LoopbackChannel:
         return None
 
     # -- collective -----------------------------------------------------------------------
-    def allgather(self, obj: Any) -> List[Any]:
+    def allgather(self, obj: Any) -> list[Any]:
         """Both ranks are made one after the other: each sees its own answer twice
         (the two ranks of a pair are configured alike)."""
         return [obj, obj]
 
-    def dup(self) -> "LoopbackChannel":
+    def dup(self) -> LoopbackChannel:
         raise NotImplementedError("a loopback pair is not duplicated")
 
     def collective(self) -> None:

@@ -107,7 +107,6 @@ import time
 
 import numpy as np
 import pytest
-
 from jobenv import NO_MPI4PY, job_env
 
 pytestmark = pytest.mark.mpi(min_size=2)
@@ -618,7 +617,7 @@ def test_unpicklable_gather(comm, MPI):
                           lambda: comm.gather(-1, 0))
         assert (type(exc) is pickling_error(bad)) if last else exc is None
         if rank == 0:
-            assert got == list(range(size - 1)) + [-1]
+            assert got == [*list(range(size - 1)), -1]
     works_after(comm, MPI)
 
 

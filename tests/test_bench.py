@@ -10,9 +10,10 @@ import subprocess
 import sys
 
 import pytest
+from jobenv import NO_MPI4PY, job_env
 
 from cmampi.bench import cli, plot
-from jobenv import NO_MPI4PY, job_env
+
 MPIEXEC = shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or shutil.which("mpiexec")
 HAVE_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 BENCHES = ["pingpong", "bandwidth", "patterns", "collectives", "objects"]

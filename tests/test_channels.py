@@ -9,7 +9,6 @@ import sys
 import numpy as np
 import pytest
 
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BLOCK = os.path.join(ROOT, "tests", "no_mpi4py")
 

@@ -103,10 +103,10 @@ class Child:
                         break
                     data = objs[args[0]].tobytes()
                     _send(res_w, ("ok", _sha(data) if op == "sha" else data))
-            except BaseException:
+            except BaseException:  # noqa: BLE001 (a child reports any failure to its test)
                 try:
                     _send(res_w, ("error", traceback.format_exc()))
-                except BaseException:
+                except BaseException:  # noqa: BLE001 (a child reports any failure to its test)
                     pass
             finally:
                 os._exit(status)
@@ -167,7 +167,7 @@ def run_in_child(fn):
             os.close(r)
             try:
                 res = ("ok", fn())
-            except BaseException:
+            except BaseException:  # noqa: BLE001 (a child reports any failure to its test)
                 res = ("error", traceback.format_exc())
             _send(w, res)
         finally:
@@ -551,7 +551,7 @@ def test_dead_pid_raises_process_lookup_error(spawn):
 
 
 def test_probe_allows_our_child_and_ourselves(spawn):
-    kid = spawn(lambda: {})
+    kid = spawn(dict)
     assert _cma.probe(kid.pid) is None
     assert _cma.probe(os.getpid()) is None
 
@@ -622,8 +622,8 @@ def test_other_user_gets_permission_error():
         return out
 
     got = run_in_child(attempt)
-    assert got == {name: ("PermissionError", errno.EPERM, True)
-                   for name in ("probe", "read_into", "readv", "writev")}
+    refused = ("PermissionError", errno.EPERM, True)
+    assert got == dict.fromkeys(("probe", "read_into", "readv", "writev"), refused)
     assert np.array_equal(target, np.arange(16, dtype=np.uint8))
 
 
@@ -719,7 +719,10 @@ def test_ptracer_plan(scope, enabled, plan):
 
 def test_ptrace_scope_reads_yama():
     path = "/proc/sys/kernel/yama/ptrace_scope"
-    want = int(open(path).read()) if os.path.exists(path) else None
+    want = None
+    if os.path.exists(path):
+        with open(path) as f:
+            want = int(f.read())
     assert _cma.ptrace_scope() == want
 
 
@@ -744,7 +747,7 @@ def test_set_ptracer_any_maps_errno():
 # -- namespaces ------------------------------------------------------------------------------
 
 def test_user_namespace_of_self_and_child(spawn):
-    kid = spawn(lambda: {})
+    kid = spawn(dict)
     ours = _cma.user_namespace()
     assert ours is not None and ours == _cma.user_namespace(os.getpid())
     assert _cma.user_namespace(kid.pid) == ours
@@ -808,7 +811,7 @@ def test_peer_reports_exit_and_pulls_raise(spawn):
 
 def test_peer_exit_is_seen_before_it_is_reaped(spawn):
     """A pidfd signals exit at once; the zombie still holds its pid, but we stop anyway."""
-    kid = spawn(lambda: {})
+    kid = spawn(dict)
     with _cma.Peer(kid.pid) as peer:
         _send(kid._cmd, ("exit",))
         deadline = time.monotonic() + TIMEOUT
@@ -823,7 +826,7 @@ def test_peer_exit_is_seen_before_it_is_reaped(spawn):
 
 
 def test_holds_are_shared_and_counted(spawn):
-    kid = spawn(lambda: {})
+    kid = spawn(dict)
     a = _cma.hold(kid.pid, 1)
     b = _cma.hold(kid.pid, 2)
     assert a is b and a.refs == 2 and _cma._held[kid.pid] is a
@@ -844,7 +847,7 @@ def test_proc_descriptor_stands_in_for_pidfd(spawn, monkeypatch):
         raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
 
     monkeypatch.setattr(os, "pidfd_open", enosys)
-    kid = spawn(lambda: {})
+    kid = spawn(dict)
     peer = _cma.hold(kid.pid, 0)
     try:
         assert peer._poll is None and peer.alive()

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import array
 
-
 import numpy as np
 import pytest
 
@@ -33,7 +32,7 @@ INPLACE = [False, True]
 FORMS = ["counts-displs-tuple", "counts-displs-items"]
 
 INTS = ["i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8"]
-DTYPES = ["b1"] + INTS + ["f4", "f8", "c8", "c16"]
+DTYPES = ["b1", *INTS, "f4", "f8", "c8", "c16"]
 OPS = ["SUM", "PROD", "MAX", "MIN", "LAND", "LOR", "LXOR", "BAND", "BOR", "BXOR"]
 # Where MPI defines each predefined op (MPI 4.0, 6.9.2): arithmetic on integers,
 # floats and complex; MAX/MIN not on complex; logical ops on integers and

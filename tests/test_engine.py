@@ -10,10 +10,10 @@ import pickle
 
 import numpy as np
 import pytest
+from loopback import LoopbackChannel, WouldBlock
 
 from cmampi import _cma, _config, _names, _wire, objects, p2p
 from cmampi._buffers import recv_buffer, send_buffer
-from loopback import LoopbackChannel, WouldBlock
 
 TAG = 7
 
@@ -107,7 +107,7 @@ def test_nonblocking_receive_posted_first(engines):
              for i, (n, _) in enumerate(recvs)]
     p2p.wait_all(ops)
     p2p.wait_all(sends)
-    for i, (n, buf) in enumerate(recvs):
+    for i, (_, buf) in enumerate(recvs):
         assert (buf == i + 1).all()
 
 

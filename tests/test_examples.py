@@ -14,8 +14,8 @@ import subprocess
 import sys
 
 import pytest
-
 from jobenv import NO_MPI4PY, ROOT, job_env
+
 EXAMPLES = sorted(f for f in os.listdir(os.path.join(ROOT, "examples")) if f.endswith(".py"))
 MPIEXEC = shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or shutil.which("mpiexec")
 

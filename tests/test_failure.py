@@ -23,8 +23,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from jobenv import job_env
+
 LIMIT = 60           # seconds a job may take before the test gives up on it
 DEADLINE = 2.0       # seconds from a death to the survivors' errors
 MPIEXEC = shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or shutil.which("mpiexec")

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from jobenv import job_env
 
 LIMIT = 20  # seconds any launcher may take in these tests

@@ -65,7 +65,7 @@ def test_a_stream_between_two_processes():
             while at < size:
                 at += ring.write([data[at : at + rng.randrange(1, 20000)]])
             os._exit(0)
-        except BaseException:
+        except BaseException:  # noqa: BLE001 (a child reports any failure to its test)
             os._exit(1)
     ring = Ring(fd)
     os.close(fd)

@@ -11,8 +11,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from jobenv import NO_MPI4PY, job_env
+from jobenv import ROOT as REPO
 
-from jobenv import NO_MPI4PY, ROOT as REPO, job_env
 LIMIT = 120
 
 # An mpi4py program that knows nothing of cmampi: it checks, from inside, that it

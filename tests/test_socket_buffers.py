@@ -14,7 +14,7 @@ import ctypes
 import numpy as np
 import pytest
 
-from cmampi import _buffers, _backend, _names
+from cmampi import _backend, _buffers, _names
 from cmampi.socketcomm import _w_spec
 
 try:

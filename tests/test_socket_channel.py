@@ -87,7 +87,7 @@ class Link:
 class Child:
     """A forked process running ``fn(link, *args, **kw)``; its result goes up as "done"."""
 
-    def __init__(self, procs: "Procs", name: str, fn, args, kw) -> None:
+    def __init__(self, procs: Procs, name: str, fn, args, kw) -> None:
         down_r, down_w = os.pipe()
         up_r, up_w = os.pipe()
         pid = os.fork()
@@ -104,10 +104,10 @@ class Child:
                 out = fn(Link(down_r, up_w), *args, **kw)
                 _write_msg(up_w, ("done", out))
                 code = 0
-            except BaseException:
+            except BaseException:  # noqa: BLE001 (a child reports any failure to its test)
                 try:
                     _write_msg(up_w, ("error", traceback.format_exc()))
-                except BaseException:
+                except BaseException:  # noqa: BLE001 (a child reports any failure to its test)
                     pass
             finally:
                 os._exit(code)
@@ -238,7 +238,7 @@ def _knock(path: str, hello: bytes) -> str:
             got = s.recv(1)
         except ConnectionResetError:
             return "reset"
-        except socket.timeout:
+        except TimeoutError:
             return "no answer"
         if got == b"\x01":
             return "accepted"
@@ -480,7 +480,7 @@ def _survivor(link, directory: str, token: bytes, pending_recv: bool, tries: int
         except PeerFailed as exc:
             attempts.append(("PeerFailed", exc.rank))
             break
-        except BaseException as exc:   # anything else is a wrong answer: report it
+        except BaseException as exc:  # noqa: BLE001 (anything else is a wrong answer: report it)
             attempts.append((type(exc).__name__, str(exc)))
             break
         if tries == 2:
@@ -660,7 +660,7 @@ def test_a_wait_that_took_frames_from_a_ring_does_not_sleep(procs):
     """progress(None) that finds frames in a ring hands them on and returns at
     once (polling the kernel with no timeout): the frame may be what the caller
     waits for. A wait that found nothing sleeps with the rings' readers asleep."""
-    from cmampi.channel.socket import USER, _FRAME
+    from cmampi.channel.socket import _FRAME, USER
 
     hub, tx, calls, close = _ringed_hub(lambda ms, tx: (ms, tx.asleep()))
     tx.write([_FRAME.pack(USER, 0, 5, 3), b"abc"])
@@ -731,7 +731,7 @@ def test_quick_waits_do_not_keep_the_kernel_from_being_asked(monkeypatch):
         hub.spin_once()                                   # as Test() does
         asked = [0]
 
-        def arrived():                               # the frame lands as the wait spins
+        def arrived(asked=asked):                    # the frame lands as the wait spins
             asked[0] += 1
             if asked[0] == 3:
                 tx.write([_FRAME.pack(USER, 0, 7, 1), b"q"])

@@ -7,12 +7,12 @@ Run under ``mpiexec -n 2`` (MPI channel: cmampi against plain mpi4py) or under
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 __all__ = ["main"]
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark command line *argv* (default ``sys.argv[1:]``); the exit code."""
     from .cli import main as _main
 

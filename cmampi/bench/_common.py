@@ -6,13 +6,29 @@ import argparse as _argparse
 import dataclasses as _dataclasses
 import statistics as _statistics
 import zlib as _zlib
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as _np
 
-__all__ = ["TAG", "CMAMPI", "SOCKET", "OURS", "DataError", "Case", "Context", "Result", "Timing",
-           "check_array", "format_size", "parse_size", "parse_sizes", "pattern",
-           "poison_ends", "positive_int"]
+__all__ = [
+    "CMAMPI",
+    "OURS",
+    "SOCKET",
+    "TAG",
+    "Case",
+    "Context",
+    "DataError",
+    "Result",
+    "Timing",
+    "check_array",
+    "format_size",
+    "parse_size",
+    "parse_sizes",
+    "pattern",
+    "poison_ends",
+    "positive_int",
+]
 
 #: Tag of the benchmark messages.
 TAG = 17
@@ -52,7 +68,7 @@ def parse_size(text: str) -> int:
     return value
 
 
-def parse_sizes(text: str) -> List[int]:
+def parse_sizes(text: str) -> list[int]:
     """A comma-separated list of sizes, deduplicated and sorted."""
     items = [s for s in text.split(",") if s.strip()]
     if not items:
@@ -106,12 +122,12 @@ class Result:
     case: str                       # the row's label: "1 KiB", "dict of 100 arrays", ...
     nbytes: int                     # payload bytes per operation (per rank for collectives)
     sized: bool                     # a point of a size sweep (plotted), not a one-off case
-    times: Dict[str, List[float]]
-    iters: Dict[str, int]
-    extra: Dict[str, Dict[str, float]] = _dataclasses.field(default_factory=dict)
+    times: dict[str, list[float]]
+    iters: dict[str, int]
+    extra: dict[str, dict[str, float]] = _dataclasses.field(default_factory=dict)
 
     @property
-    def impls(self) -> List[str]:
+    def impls(self) -> list[str]:
         return list(self.times)
 
     def median(self, impl: str) -> float:
@@ -124,8 +140,8 @@ class Result:
         """*impl*'s time / cmampi's time: above 1 when cmampi is faster."""
         return self.median(impl) / self.median(CMAMPI)
 
-    def as_dict(self) -> Dict[str, Any]:
-        out: Dict[str, Any] = {"bench": self.bench, "op": self.op, "case": self.case,
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"bench": self.bench, "op": self.op, "case": self.case,
                                "size_bytes": self.nbytes, "sized": self.sized}
         for impl in self.impls:
             us = [t * 1e6 for t in self.times[impl]]
@@ -149,7 +165,7 @@ class Timing:
     calibration_trials: int = 3     # blocks at the final count; the fastest sets the length
     min_iters: int = 5
     warmup_iters: int = 3
-    reps: Optional[int] = None      # a fixed count per block instead of calibrating
+    reps: int | None = None      # a fixed count per block instead of calibrating
 
 
 @_dataclasses.dataclass
@@ -162,7 +178,7 @@ class Context:
     pipe: Any                       # a multiprocessing Connection 0 <-> 1 (socket channel)
     #: Buffer implementations by name, the alternative first and cmampi last:
     #: mpi4py on the MPI channel, the Connection (``_pipe.PipeComm``) on the socket one.
-    comms: Dict[str, Any]
+    comms: dict[str, Any]
     args: _argparse.Namespace
     timing: Timing
 
@@ -186,7 +202,7 @@ class Context:
         """Rank 0's *value*, on every rank."""
         return self.comm.bcast(value, root=0)
 
-    def sizes(self, default: Sequence[int]) -> List[int]:
+    def sizes(self, default: Sequence[int]) -> list[int]:
         return list(self.args.sizes) if self.args.sizes else list(default)
 
 

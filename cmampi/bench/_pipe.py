@@ -13,12 +13,12 @@ from __future__ import annotations
 import os as _os
 import shutil as _shutil
 import tempfile as _tempfile
-from typing import Any, Optional
+from typing import Any
 
 __all__ = ["PipeComm", "connect"]
 
 
-def connect(comm: Any) -> Optional[Any]:
+def connect(comm: Any) -> Any | None:
     """A Connection between ranks 0 and 1 of *comm* (collective); None on other ranks."""
     from multiprocessing.connection import Client, Listener
 

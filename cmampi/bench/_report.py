@@ -8,7 +8,7 @@ import json as _json
 import os as _os
 import socket as _socket
 import sys as _sys
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 import numpy as _np
 
@@ -33,11 +33,12 @@ def _cpu_model() -> str:
     return "unknown CPU"
 
 
-def machine_info(ctx: Context) -> Dict[str, Any]:
+def machine_info(ctx: Context) -> dict[str, Any]:
     import cmampi
+
     from .._config import config
 
-    info: Dict[str, Any] = {
+    info: dict[str, Any] = {
         "hostname": _socket.gethostname(), "cpu": _cpu_model(), "cpus": _os.cpu_count(),
         "kernel": _os.uname().release, "python": _sys.version.split()[0],
         "numpy": _np.__version__, "cmampi": cmampi.__version__, "channel": ctx.channel,
@@ -54,7 +55,7 @@ def machine_info(ctx: Context) -> Dict[str, Any]:
     return info
 
 
-def machine_line(info: Dict[str, Any]) -> str:
+def machine_line(info: dict[str, Any]) -> str:
     mpi = f"{info['mpi']}, mpi4py {info['mpi4py']}" if "mpi" in info else "no MPI"
     return (f"{info['cpu']}, {info['cpus']} CPUs, Linux {info['kernel']}, "
             f"Python {info['python']}, numpy {info['numpy']}, {mpi}; cmampi {info['cmampi']}, "
@@ -62,11 +63,11 @@ def machine_line(info: Dict[str, Any]) -> str:
             f"{info['transport']}, pulls from {format_size(info['cma_min'])}")
 
 
-def markdown_table(header: List[str], rows: List[List[str]]) -> List[str]:
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
     """A pipe table, aligned for the terminal and valid Markdown (first column left)."""
     widths = [max(len(x) for x in col) for col in zip(header, *rows)]
 
-    def line(cells: List[str]) -> str:
+    def line(cells: list[str]) -> str:
         out = [cells[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(cells[1:], widths[1:])]
         return "| " + " | ".join(out) + " |"
 
@@ -85,7 +86,7 @@ def _cell(r: Result, impl: str, metric: str) -> str:
     return f"{gbps:.3f}" if gbps < 1 else f"{gbps:.2f}"
 
 
-def _table(bench: str, results: List[Result]) -> List[str]:
+def _table(bench: str, results: list[Result]) -> list[str]:
     impls = results[0].impls
     alts = [i for i in impls if i != CMAMPI]
     by_op = {"collectives": "collective", "patterns": "pattern"}
@@ -100,8 +101,8 @@ def _table(bench: str, results: List[Result]) -> List[str]:
     return markdown_table(header, rows)
 
 
-def _by_bench(results: List[Result]) -> Dict[str, List[Result]]:
-    groups: Dict[str, List[Result]] = {}
+def _by_bench(results: list[Result]) -> dict[str, list[Result]]:
+    groups: dict[str, list[Result]] = {}
     for r in results:
         groups.setdefault(r.bench, []).append(r)
     return groups
@@ -116,8 +117,8 @@ def _method(ctx: Context) -> str:
             f"X/{CMAMPI} = X's time / cmampi's time (> 1: cmampi faster).")
 
 
-def render(fmt: str, ctx: Context, info: Dict[str, Any], notes: Dict[str, str],
-           results: List[Result]) -> str:
+def render(fmt: str, ctx: Context, info: dict[str, Any], notes: dict[str, str],
+           results: list[Result]) -> str:
     """The report in *fmt* (table, csv or json); *notes* describe each benchmark."""
     if fmt == "json":
         t = ctx.timing
@@ -131,11 +132,11 @@ def render(fmt: str, ctx: Context, info: Dict[str, Any], notes: Dict[str, str],
         return _csv_text(results)
     out = [machine_line(info), "", _method(ctx)]
     for bench, group in _by_bench(results).items():
-        out += ["", f"## {bench}", "", notes[bench], ""] + _table(bench, group)
+        out += ["", f"## {bench}", "", notes[bench], "", *_table(bench, group)]
     return "\n".join(out)
 
 
-def _csv_text(results: List[Result]) -> str:
+def _csv_text(results: list[Result]) -> str:
     cols = ["bench", "op", "case", "size_bytes", "impl", "median_us", "min_us", "max_us",
             "gbps", "iters_per_round", "rounds", "ratio", "minflt_per_recv"]
     text = _io.StringIO()
@@ -153,7 +154,7 @@ def _csv_text(results: List[Result]) -> str:
     return text.getvalue().rstrip("\n")
 
 
-def emit(report: str, output: Optional[str]) -> None:
+def emit(report: str, output: str | None) -> None:
     """Print *report*; also write it to the file *output*, if any."""
     print(report, flush=True)
     if output:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses as _dataclasses
 import gc as _gc
 import math as _math
-from typing import Callable, Dict, List, Sequence
+from collections.abc import Callable, Sequence
 
 from ._common import Context, Result
 
@@ -73,7 +73,7 @@ def measure(ctx: Context, impls: Sequence[Impl], per_iter: float = 1.0,
         impl.verify()
         _block(ctx, impl, ctx.timing.warmup_iters)
     iters = {impl.name: _calibrate(ctx, impl) for impl in impls}
-    times: Dict[str, List[float]] = {impl.name: [] for impl in impls}
+    times: dict[str, list[float]] = {impl.name: [] for impl in impls}
     for _ in range(ctx.timing.rounds):
         for impl in impls:
             impl.reset()

@@ -10,15 +10,25 @@ smaller window, so that the receive buffers stay within WINDOW_BYTES.
 from __future__ import annotations
 
 import time as _time
-from typing import Any, Callable, List, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as _np
 
-from ._common import OURS, TAG, Case, Context, Result, check_array, format_size, pattern, \
-    poison_ends
+from ._common import (
+    OURS,
+    TAG,
+    Case,
+    Context,
+    Result,
+    check_array,
+    format_size,
+    pattern,
+    poison_ends,
+)
 from ._timing import Impl, measure
 
-__all__ = ["DEFAULT_SIZES", "WINDOW", "stream", "window_for", "plan", "describe"]
+__all__ = ["DEFAULT_SIZES", "WINDOW", "describe", "plan", "stream", "window_for"]
 
 DEFAULT_SIZES = (8, 1 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20,
                  64 << 20)
@@ -95,7 +105,7 @@ def _case(ctx: Context, nbytes: int) -> Result:
                    bench="bandwidth", op="stream", case=label, nbytes=nbytes, sized=True)
 
 
-def plan(ctx: Context) -> List[Case]:
+def plan(ctx: Context) -> list[Case]:
     return [Case(f"bandwidth {format_size(n)}", lambda n=n: _case(ctx, n))
             for n in ctx.sizes(DEFAULT_SIZES)]
 

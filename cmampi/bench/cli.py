@@ -14,7 +14,8 @@ import os as _os
 import sys as _sys
 import time as _time
 import traceback as _traceback
-from typing import Any, Dict, List, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from . import bandwidth, collectives, objects, patterns, pingpong
 from ._common import CMAMPI, SOCKET, Context, Result, Timing, parse_sizes, positive_int
@@ -22,7 +23,7 @@ from ._pipe import PipeComm, connect
 from ._report import emit, machine_info, render
 from .plot import available, plot
 
-__all__ = ["main", "parse_args", "BENCHMARKS"]
+__all__ = ["BENCHMARKS", "main", "parse_args"]
 
 #: Subcommands, in the order ``all`` runs them.
 BENCHMARKS = {"pingpong": pingpong, "bandwidth": bandwidth, "patterns": patterns,
@@ -31,13 +32,13 @@ PROG = "python -m cmampi.bench"
 #: --quick: sizes (unless --sizes), rounds (unless --rounds), fixed iterations per
 #: block (unless --reps): no calibration, few synchronisations.
 QUICK_SIZES = (8, 1 << 20)   # inline and pulled, on either channel
-QUICK = dict(rounds=2, reps=2, warmup_iters=1)
+QUICK = {"rounds": 2, "reps": 2, "warmup_iters": 1}
 #: On a terminal, the progress bar appears once a run has taken this long.
 PROGRESS_DELAY_S = 2.0
 
 
 # -- command line ------------------------------------------------------------------------
-def _collectives(text: str) -> List[str]:
+def _collectives(text: str) -> list[str]:
     names = [s.strip() for s in text.split(",") if s.strip()]
     bad = [n for n in names if n not in collectives.COLLECTIVES]
     if bad or not names:
@@ -97,7 +98,7 @@ def _parser() -> _argparse.ArgumentParser:
     return p
 
 
-def parse_args(argv: Optional[Sequence[str]] = None, quiet: bool = False) -> _argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None, quiet: bool = False) -> _argparse.Namespace:
     """The options; usage errors exit 2, printed unless *quiet* (ranks other than 0)."""
     parser = _parser()
     sink = _io.StringIO()
@@ -120,7 +121,7 @@ def _launch_rank() -> int:
 
 
 def _timing(args: _argparse.Namespace) -> Timing:
-    base: Dict[str, Any] = dict(QUICK) if args.quick else {}
+    base: dict[str, Any] = dict(QUICK) if args.quick else {}
     base.update({k: v for k, v in (("rounds", args.rounds), ("reps", args.reps)) if v})
     return Timing(**base)
 
@@ -158,7 +159,7 @@ class Progress:
     _UP = "\x1b[F\x1b[K"             # to the start of the previous line, erased
 
     def __init__(self, total: int, enabled: bool, forced: bool,
-                 terminal: Optional[bool] = None) -> None:
+                 terminal: bool | None = None) -> None:
         self.total, self.count, self.drawn = total, 0, False
         self.terminal = _terminal_stderr() if terminal is None and enabled else bool(terminal)
         self.enabled = enabled and (forced or self.terminal)
@@ -171,8 +172,8 @@ class Progress:
         if not self.enabled or elapsed < self.delay:
             return
         filled = 20 * (self.count - 1) // max(self.total, 1)
-        line = f"[{'#' * filled}{'.' * (20 - filled)}] {self.count}/{self.total} " \
-               f"{elapsed:.0f}s {label}"
+        line = (f"[{'#' * filled}{'.' * (20 - filled)}] {self.count}/{self.total} "
+                f"{elapsed:.0f}s {label}")
         self._write(line)
 
     def close(self) -> None:
@@ -193,7 +194,7 @@ def _context(args: _argparse.Namespace, MPI: Any, p2p: bool) -> Context:
     comm = MPI.COMM_WORLD
     raw = _plain_world(MPI)
     pipe = connect(comm) if raw is None and p2p else None
-    comms: Dict[str, Any] = {"mpi4py": raw} if raw is not None else \
+    comms: dict[str, Any] = {"mpi4py": raw} if raw is not None else \
         {"pipe": PipeComm(pipe) if pipe is not None else None}
     if args.socket:
         comms[SOCKET] = _socket_beside(raw)
@@ -221,7 +222,7 @@ def _socket_beside(raw: Any) -> Any:
     return Intracomm._from_channel(SocketChannel(hub, 0, list(range(hub.size))))
 
 
-def _run(ctx: Context, names: List[str]) -> List[Result]:
+def _run(ctx: Context, names: list[str]) -> list[Result]:
     cases = [case for name in names for case in BENCHMARKS[name].plan(ctx)]
     progress = Progress(len(cases), ctx.rank == 0, ctx.args.progress)
     try:
@@ -235,7 +236,7 @@ def _run(ctx: Context, names: List[str]) -> List[Result]:
     return results
 
 
-def _publish(ctx: Context, names: List[str], results: List[Result]) -> None:
+def _publish(ctx: Context, names: list[str], results: list[Result]) -> None:
     """On rank 0: print the report, write --output and --plot."""
     args, info = ctx.args, machine_info(ctx)
     notes = {name: BENCHMARKS[name].describe(ctx) for name in names}
@@ -245,7 +246,7 @@ def _publish(ctx: Context, names: List[str], results: List[Result]) -> None:
         plot(args.plot, info, results)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """The benchmark command line; the exit code (2: usage, 1: a failure)."""
     args = parse_args(argv, quiet=_launch_rank() != 0)
     names = list(BENCHMARKS) if args.command == "all" else [args.command]
@@ -266,13 +267,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   f"one: run it under mpiexec (here the socket channel is cmampi's own)",
                   file=_sys.stderr)
         return 2
-    ctx: Optional[Context] = None
+    ctx: Context | None = None
     try:
         ctx = _context(args, MPI, p2p)
         results = _run(ctx, names)
         if rank == 0:
             _publish(ctx, names, results)
-    except Exception:
+    except Exception:  # noqa: BLE001 (any failure on one rank must abort them all)
         _sys.stdout.flush()
         _sys.stderr.write(f"{PROG}: rank {rank} failed:\n{_traceback.format_exc()}")
         _sys.stderr.flush()

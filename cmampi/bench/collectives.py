@@ -9,14 +9,15 @@ and implementation. On the socket channel cmampi runs alone.
 from __future__ import annotations
 
 import time as _time
-from typing import Any, Callable, List, Optional, Tuple
+from collections.abc import Callable
+from typing import Any
 
 import numpy as _np
 
 from ._common import CMAMPI, Case, Context, DataError, Result, format_size
 from ._timing import Impl, measure
 
-__all__ = ["COLLECTIVES", "DEFAULT_SIZES", "plan", "describe"]
+__all__ = ["COLLECTIVES", "DEFAULT_SIZES", "describe", "plan"]
 
 COLLECTIVES = ("Barrier", "Bcast", "Gather", "Scatter", "Allgather", "Alltoall", "Reduce",
                "Allreduce")
@@ -24,7 +25,7 @@ DEFAULT_SIZES = (8, 1 << 10, 64 << 10, 1 << 20, 16 << 20)
 
 
 #: (the call, its result buffer, the expected result or None where this rank gets nothing)
-_Setup = Tuple[Callable[[], None], Optional[_np.ndarray], Optional[_np.ndarray]]
+_Setup = tuple[Callable[[], None], _np.ndarray | None, _np.ndarray | None]
 
 
 def _setup(comm: Any, name: str, nbytes: int, sum_op: Any) -> _Setup:
@@ -95,7 +96,7 @@ def _case(ctx: Context, name: str, nbytes: int) -> Result:
                    case=format_size(nbytes) if sized else "-", nbytes=nbytes, sized=sized)
 
 
-def plan(ctx: Context) -> List[Case]:
+def plan(ctx: Context) -> list[Case]:
     names = ctx.args.only or COLLECTIVES
     cases = []
     for name in names:

@@ -35,7 +35,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Any
 
 from ._common import format_size, parse_sizes, positive_int
 from ._report import emit, markdown_table
@@ -44,7 +45,7 @@ from ._report import emit, markdown_table
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 #: Message sizes (bytes), unless ``--sizes`` says otherwise.
-DEFAULT_SIZES: Tuple[int, ...] = (8, 1 << 10, 64 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20)
+DEFAULT_SIZES: tuple[int, ...] = (8, 1 << 10, 64 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20)
 DEFAULT_ROUNDS = 5
 #: Longest a job may run before the driver ends it (seconds).
 DEFAULT_TIMEOUT = 300.0
@@ -65,7 +66,7 @@ def positive_float(text: str) -> float:
     return value
 
 
-def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description="Ping-pong benchmark without MPI: cmampi's socket channel vs a "
                     "multiprocessing Connection (and cmampi's MPI channel when MPI is there). "
@@ -88,7 +89,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 
 
 # -- jobs --------------------------------------------------------------------------------
-def find_mpiexec() -> Tuple[Optional[str], str]:
+def find_mpiexec() -> tuple[str | None, str]:
     """(mpiexec path, why not) for the MPI-channel job; the path is None if it cannot run."""
     if importlib.util.find_spec("mpi4py") is None:
         return None, "mpi4py not installed"
@@ -99,7 +100,7 @@ def find_mpiexec() -> Tuple[Optional[str], str]:
     return path, ""
 
 
-def job_environ(channel: str) -> Dict[str, str]:
+def job_environ(channel: str) -> dict[str, str]:
     """The driver's environment, with cmampi importable and no stale rank variables."""
     env = dict(os.environ)
     for key in ("CMAMPI_RANK", "CMAMPI_SIZE", "CMAMPI_DIR", "CMAMPI_TOKEN",
@@ -129,7 +130,7 @@ def end_job(proc: subprocess.Popen) -> None:
         return
 
 
-def run_job(channel: str, mpiexec: Optional[str], args: argparse.Namespace) -> Dict[str, Any]:
+def run_job(channel: str, mpiexec: str | None, args: argparse.Namespace) -> dict[str, Any]:
     """Run one 2-rank benchmark job; its JSON report. JobError if it fails."""
     fd, result = tempfile.mkstemp(prefix=f"nompi-{channel}-", suffix=".json")
     os.close(fd)
@@ -170,7 +171,7 @@ def run_job(channel: str, mpiexec: Optional[str], args: argparse.Namespace) -> D
     return doc
 
 
-def validate(doc: Dict[str, Any], channel: str, args: argparse.Namespace) -> None:
+def validate(doc: dict[str, Any], channel: str, args: argparse.Namespace) -> None:
     """A report must hold every size asked for, with every series this job measures."""
     sizes = [r.get("size_bytes") for r in doc.get("results", [])]
     if sizes != list(args.sizes):
@@ -183,11 +184,11 @@ def validate(doc: Dict[str, Any], channel: str, args: argparse.Namespace) -> Non
 
 
 # -- report ------------------------------------------------------------------------------
-def summarize(docs: Dict[str, Dict[str, Any]], sizes: List[int]) -> List[Dict[str, Any]]:
+def summarize(docs: dict[str, dict[str, Any]], sizes: list[int]) -> list[dict[str, Any]]:
     """Per size: each series' entry of its job's report, and the ratios between them."""
     rows = []
     for i, nbytes in enumerate(sizes):
-        row: Dict[str, Any] = {"size": format_size(nbytes), "size_bytes": nbytes}
+        row: dict[str, Any] = {"size": format_size(nbytes), "size_bytes": nbytes}
         for key, impl, channel in SERIES:
             row[key] = docs[channel]["results"][i][impl] if channel in docs else None
         pipe, sock, mpi = row["pipe"], row["socket"], row["mpi"]
@@ -198,7 +199,7 @@ def summarize(docs: Dict[str, Dict[str, Any]], sizes: List[int]) -> List[Dict[st
     return rows
 
 
-def machine_info(docs: Dict[str, Dict[str, Any]], mpi_note: str) -> Dict[str, Any]:
+def machine_info(docs: dict[str, dict[str, Any]], mpi_note: str) -> dict[str, Any]:
     info = dict(docs["socket"]["machine"])
     info["mpi_job"] = "mpi" in docs
     if "mpi" in docs:
@@ -210,37 +211,37 @@ def machine_info(docs: Dict[str, Dict[str, Any]], mpi_note: str) -> Dict[str, An
     return info
 
 
-def _us(x: Optional[Dict[str, Any]]) -> str:
+def _us(x: dict[str, Any] | None) -> str:
     return "-" if x is None else f"{x['median_us']:.2f}"
 
 
-def _gbps(x: Optional[Dict[str, Any]]) -> str:
+def _gbps(x: dict[str, Any] | None) -> str:
     if x is None:
         return "-"
     return f"{x['gbps']:.3f}" if x["gbps"] < 1 else f"{x['gbps']:.2f}"
 
 
-def _ratio(x: Optional[float]) -> str:
+def _ratio(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f}"
 
 
-def render_table(info: Dict[str, Any], rounds: int, rows: List[Dict[str, Any]]) -> str:
+def render_table(info: dict[str, Any], rounds: int, rows: list[dict[str, Any]]) -> str:
     if info["mpi_job"]:
         mpi = f"MPI job: ran ({info['mpi']}, mpi4py {info['mpi4py']})"
     else:
         mpi = f"MPI job: not run ({info['mpi_job_skipped']})"
     out = [
-        f"host {info['hostname']} | {info['cpu']}, {info['cpus']} CPUs | kernel "
+        (f"host {info['hostname']} | {info['cpu']}, {info['cpus']} CPUs | kernel "
         f"{info['kernel']} | python {info['python']} | numpy {info['numpy']} | cmampi "
         f"{info['cmampi']} (eager limit {format_size(info['eager_limit'])}, transport "
-        f"{info['transport']}) | {mpi}",
+        f"{info['transport']}) | {mpi}"),
         "",
-        f"Ping-pong of numpy uint8 arrays between 2 processes. One-way time = round trip / 2, "
+        (f"Ping-pong of numpy uint8 arrays between 2 processes. One-way time = round trip / 2, "
         f"median of {rounds} rounds; GB/s = 1e9 B/s. Pipe: a multiprocessing Connection "
         f"(send_bytes/recv_bytes_into) between the ranks of the socket job, interleaved round "
         f"by round with cmampi. socket / MPI ch.: cmampi Send/Recv under `python -m cmampi "
         f"-n 2` / under mpiexec. sock/Pipe = socket time / Pipe time (< 1: cmampi faster); "
-        f"speed-up = Pipe time / socket time; sock/MPI BW = socket GB/s / MPI-channel GB/s.",
+        f"speed-up = Pipe time / socket time; sock/MPI BW = socket GB/s / MPI-channel GB/s."),
         "",
     ]
     header = ["size", "Pipe us", "Pipe GB/s", "socket us", "socket GB/s", "sock/Pipe",
@@ -254,7 +255,7 @@ def render_table(info: Dict[str, Any], rounds: int, rows: List[Dict[str, Any]]) 
     return "\n".join(out)
 
 
-def render_csv(rows: List[Dict[str, Any]]) -> str:
+def render_csv(rows: list[dict[str, Any]]) -> str:
     cols = ["size", "size_bytes"]
     for key, _, _ in SERIES:
         cols += [f"{key}_us", f"{key}_gbps", f"{key}_min_us", f"{key}_max_us", f"{key}_iters"]
@@ -263,7 +264,7 @@ def render_csv(rows: List[Dict[str, Any]]) -> str:
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(cols)
     for r in rows:
-        cells: List[Any] = [r["size"], r["size_bytes"]]
+        cells: list[Any] = [r["size"], r["size_bytes"]]
         for key, _, _ in SERIES:
             s = r[key]
             cells += ["", "", "", "", ""] if s is None else [
@@ -275,7 +276,7 @@ def render_csv(rows: List[Dict[str, Any]]) -> str:
     return text.getvalue().rstrip("\n")
 
 
-def render_json(info: Dict[str, Any], rounds: int, rows: List[Dict[str, Any]]) -> str:
+def render_json(info: dict[str, Any], rounds: int, rows: list[dict[str, Any]]) -> str:
     doc = {
         "machine": info,
         "method": {
@@ -300,7 +301,7 @@ def drive(args: argparse.Namespace) -> int:
                   "not under mpiexec or python -m cmampi", file=sys.stderr)
             return 2
     mpiexec, mpi_note = (None, "--skip-mpi") if args.skip_mpi else find_mpiexec()
-    docs: Dict[str, Dict[str, Any]] = {}
+    docs: dict[str, dict[str, Any]] = {}
     failed = False
     for channel in ["socket"] + (["mpi"] if mpiexec else []):
         print(f"nompi.py: running the {channel} job ({len(args.sizes)} sizes, "
@@ -328,7 +329,7 @@ def drive(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         return drive(args)

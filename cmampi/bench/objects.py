@@ -19,15 +19,24 @@ from __future__ import annotations
 
 import resource as _resource
 import time as _time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 import numpy as _np
 
-from ._common import (CMAMPI, TAG, Case, Context, DataError, Result, check_array,
-                      format_size, pattern)
+from ._common import (
+    CMAMPI,
+    TAG,
+    Case,
+    Context,
+    DataError,
+    Result,
+    check_array,
+    format_size,
+    pattern,
+)
 from ._timing import Impl, measure
 
-__all__ = ["DEFAULT_SIZES", "obj_pingpong", "plan", "describe"]
+__all__ = ["DEFAULT_SIZES", "describe", "obj_pingpong", "plan"]
 
 DEFAULT_SIZES = (8, 1 << 10, 64 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20)
 #: The dict case: this many float64 arrays of DICT_ITEM elements.
@@ -36,7 +45,7 @@ DICT_LEN, DICT_ITEM = 100, 128
 FAULT_MESSAGES = 50
 
 
-def obj_pingpong(comm: Any, rank: int, obj: Any, iters: int) -> Tuple[float, Any]:
+def obj_pingpong(comm: Any, rank: int, obj: Any, iters: int) -> tuple[float, Any]:
     """*iters* round trips of *obj*; the elapsed time and the last object received."""
     send, recv = comm.send, comm.recv
     got = None
@@ -52,7 +61,7 @@ def obj_pingpong(comm: Any, rank: int, obj: Any, iters: int) -> Tuple[float, Any
     return _time.perf_counter() - t0, got
 
 
-def faults_per_recv(comm: Any, rank: int, obj: Any, count: int) -> Optional[float]:
+def faults_per_recv(comm: Any, rank: int, obj: Any, count: int) -> float | None:
     """*count* messages 0 -> 1, each acknowledged; on rank 1, minor page faults per receive."""
     if rank == 0:
         for _ in range(count):
@@ -79,7 +88,7 @@ def _check(where: str, got: Any, expected: Any, full: bool) -> None:
         raise DataError(f"{where}: received {got!r}, expected {expected!r}")
 
 
-def _comms(ctx: Context) -> Dict[str, Any]:
+def _comms(ctx: Context) -> dict[str, Any]:
     if ctx.raw is None:
         return {"pipe": ctx.comms["pipe"], CMAMPI: ctx.comm}
     from mpi4py.util import pkl5
@@ -87,10 +96,10 @@ def _comms(ctx: Context) -> Dict[str, Any]:
     return {"mpi4py": ctx.raw, "pkl5": pkl5.Intracomm(ctx.raw), CMAMPI: ctx.comm}
 
 
-def _case(ctx: Context, comms: Dict[str, Any], obj: Any, case: str, nbytes: int,
+def _case(ctx: Context, comms: dict[str, Any], obj: Any, case: str, nbytes: int,
           sized: bool) -> Result:
     rank = ctx.rank
-    last: Dict[str, Any] = {}
+    last: dict[str, Any] = {}
 
     def impl(name: str, c: Any) -> Impl:
         where = f"{name}, {case}, rank {rank}"
@@ -120,7 +129,7 @@ def _case(ctx: Context, comms: Dict[str, Any], obj: Any, case: str, nbytes: int,
     return result
 
 
-def plan(ctx: Context) -> List[Case]:
+def plan(ctx: Context) -> list[Case]:
     comms = _comms(ctx)
     rng = _np.random.default_rng(0)
     table = {f"x{i}": rng.random(DICT_ITEM) for i in range(DICT_LEN)}

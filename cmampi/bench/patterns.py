@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import mmap as _mmap
 import time as _time
-from typing import Any, Callable, List
+from collections.abc import Callable
+from typing import Any
 
 import numpy as _np
 
@@ -22,7 +23,7 @@ from ._common import OURS, TAG, Case, Context, DataError, Result, format_size, p
 from ._timing import Impl, measure
 from .pingpong import pingpong
 
-__all__ = ["DEFAULT_SIZES", "FORMS", "WINDOW", "plan", "describe"]
+__all__ = ["DEFAULT_SIZES", "FORMS", "WINDOW", "describe", "plan"]
 
 DEFAULT_SIZES = (8, 64 << 10, 1 << 20, 4 << 20)
 #: Requests in flight per window, per direction.
@@ -170,9 +171,9 @@ def _comms(ctx: Context) -> dict:
     return {name: c for name, c in ctx.comms.items() if c is not None and name != "pipe"}
 
 
-def plan(ctx: Context) -> List[Case]:
+def plan(ctx: Context) -> list[Case]:
     sizes = ctx.sizes(DEFAULT_SIZES)
-    cases: List[Case] = []
+    cases: list[Case] = []
     run: Callable[[Context, int], Result]
     for form in FORMS:
         cases += [Case(f"patterns pingpong {form} {format_size(n)}",

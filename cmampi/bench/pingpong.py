@@ -15,15 +15,25 @@ from __future__ import annotations
 
 import dataclasses as _dataclasses
 import time as _time
-from typing import Any, List, Optional
+from typing import Any
 
 import numpy as _np
 
-from ._common import (OURS, TAG, Case, Context, DataError, Result, check_array,
-                      format_size, pattern, poison_ends)
+from ._common import (
+    OURS,
+    TAG,
+    Case,
+    Context,
+    DataError,
+    Result,
+    check_array,
+    format_size,
+    pattern,
+    poison_ends,
+)
 from ._timing import Impl, measure
 
-__all__ = ["DEFAULT_SIZES", "pingpong", "plan", "describe"]
+__all__ = ["DEFAULT_SIZES", "describe", "pingpong", "plan"]
 
 DEFAULT_SIZES = (8, 1 << 10, 16 << 10, 32 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20,
                  16 << 20, 64 << 20)
@@ -77,14 +87,14 @@ class _Strided:
 
     n: int
     empty: _np.ndarray
-    src: Optional[_np.ndarray] = None
-    B: Optional[_np.ndarray] = None
-    dst: Optional[_np.ndarray] = None
-    tmp: Optional[_np.ndarray] = None
-    expected: Optional[_np.ndarray] = None
+    src: _np.ndarray | None = None
+    B: _np.ndarray | None = None
+    dst: _np.ndarray | None = None
+    tmp: _np.ndarray | None = None
+    expected: _np.ndarray | None = None
 
     @classmethod
-    def make(cls, rank: int, n: int) -> "_Strided":
+    def make(cls, rank: int, n: int) -> _Strided:
         b = cls(n, _np.empty(0, dtype=_np.uint8))
         if rank == 0:
             b.src = _np.arange(n * n, dtype=_np.float64).reshape(n, n)[:, ::2]  # A[i,j] = i*n+j
@@ -153,7 +163,7 @@ def _strided(ctx: Context) -> Result:
                    case=f"{n}x{n} float64, A[:, ::2] -> B[:, ::2]")
 
 
-def plan(ctx: Context) -> List[Case]:
+def plan(ctx: Context) -> list[Case]:
     cases = [Case(f"pingpong {format_size(n)}", lambda n=n: _contiguous(ctx, n))
              for n in ctx.sizes(DEFAULT_SIZES)]
     if not ctx.args.skip_strided:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib.util as _importlib_util
 import math as _math
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 from ._common import Result, format_size
 from ._report import machine_line
@@ -22,7 +22,7 @@ _TITLES = {"contiguous": "ping-pong, contiguous", "stream": "streaming bandwidth
 _BANDWIDTH = ("pingpong", "bandwidth", "patterns")
 
 
-def available() -> Optional[str]:
+def available() -> str | None:
     """None if matplotlib can be imported, else why not."""
     if _importlib_util.find_spec("matplotlib") is None:
         return "--plot needs matplotlib: pip install 'cmampi[plot]' (or matplotlib)"
@@ -33,16 +33,16 @@ def _short(n: float, _pos: Any = None) -> str:
     return format_size(int(n)).replace(" ", "")
 
 
-def _spaced(sizes: List[int]) -> List[int]:
+def _spaced(sizes: list[int]) -> list[int]:
     """The sizes to label: each at least 8 times the previous one, so labels do not collide."""
-    out: List[int] = []
+    out: list[int] = []
     for n in sizes:
         if not out or n >= 8 * out[-1]:
             out.append(n)
     return out
 
 
-def plot(path: str, info: Dict[str, Any], results: List[Result]) -> None:
+def plot(path: str, info: dict[str, Any], results: list[Result]) -> None:
     """Write the size sweeps among *results* to the PNG file *path*."""
     import matplotlib
 
@@ -50,7 +50,7 @@ def plot(path: str, info: Dict[str, Any], results: List[Result]) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter, NullFormatter
 
-    panels: Dict[Tuple[str, str], List[Result]] = {}
+    panels: dict[tuple[str, str], list[Result]] = {}
     for r in results:
         if r.sized:
             panels.setdefault((r.bench, r.op), []).append(r)

@@ -67,8 +67,9 @@ import struct
 import sys
 import time
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any
 
 import numpy as np
 
@@ -89,7 +90,7 @@ _MASK = (1 << 64) - 1
 _WILDCARDS = ("none", "any_source", "any_tag", "both")
 
 
-def boundary_sizes(max_size: int) -> List[int]:
+def boundary_sizes(max_size: int) -> list[int]:
     """Sizes on both sides of every protocol switch, up to *max_size*."""
     limit = config.eager_limit
     marks = {0, 1, limit, limit + _wire.CTRL_MAX, config.coop_min, max_size,
@@ -117,7 +118,7 @@ def _pick(rng, choices: Sequence[str], weights: Sequence[int]) -> str:
                                        side="right"))]
 
 
-def _protocol(nbytes: int, cma_min: Optional[int]) -> str:
+def _protocol(nbytes: int, cma_min: int | None) -> str:
     """How cmampi moves a message of *nbytes* (pulled from *cma_min* on, if set)."""
     limit = config.eager_limit
     if nbytes == 0:
@@ -215,7 +216,7 @@ class RecvBuf:
     filled: int          # logical bytes set to SENTINEL before the receive
 
     @classmethod
-    def typed(cls, rng, count: int, dtype: str, strided: bool) -> "RecvBuf":
+    def typed(cls, rng, count: int, dtype: str, strided: bool) -> RecvBuf:
         count += (0, 0, 0, 1, 3)[rng.integers(5)]     # sometimes larger than the message
         layout = _layout(rng, count, strided)
         base = _allocate(count, dtype, layout)
@@ -224,13 +225,13 @@ class RecvBuf:
         return cls(base, view, layout, view.nbytes)
 
     @classmethod
-    def plain(cls, capacity: int) -> "RecvBuf":
+    def plain(cls, capacity: int) -> RecvBuf:
         base = np.empty(capacity, np.uint8)
         filled = min(capacity, 256 << 10)   # enough to catch overruns, cheap to set
         base[:filled] = SENTINEL
         return cls(base, base, "c", filled)
 
-    def check(self, n: int) -> Tuple[np.ndarray, Optional[str]]:
+    def check(self, n: int) -> tuple[np.ndarray, str | None]:
         """(the first *n* logical bytes, what is wrong around them or None)."""
         got = _message(self.view)
         if not (got[n:self.filled] == SENTINEL).all():
@@ -258,7 +259,7 @@ class Msg:
     mid: int
     how: str            # the call that sends it
     #: objects only: (id, nbytes, dtype, form) of each array in the dict
-    arrays: Tuple[Tuple[int, int, str, str], ...] = ()
+    arrays: tuple[tuple[int, int, str, str], ...] = ()
 
     @property
     def count(self) -> int:
@@ -271,7 +272,7 @@ class RecvSpec:
 
     source: int
     tag: int
-    msg: Optional[Msg]
+    msg: Msg | None
     capacity: int
 
 
@@ -283,10 +284,10 @@ class Stats:
     bytes: int = 0
     received: int = 0
     errors: int = 0
-    first_errors: List[str] = field(default_factory=list)
-    kinds: Dict[str, int] = field(default_factory=collections.Counter)
+    first_errors: list[str] = field(default_factory=list)
+    kinds: dict[str, int] = field(default_factory=collections.Counter)
 
-    def as_dict(self) -> Dict[str, Any]:
+    def as_dict(self) -> dict[str, Any]:
         return {"messages": self.messages, "bytes": self.bytes, "received": self.received,
                 "errors": self.errors, "first_errors": list(self.first_errors),
                 "kinds": dict(self.kinds)}
@@ -355,7 +356,7 @@ class Soak:
             return src
         return (src + 1 + int(rng.integers(self.size - 1))) % self.size
 
-    def plan(self, r: int) -> Dict[str, Any]:
+    def plan(self, r: int) -> dict[str, Any]:
         """The messages of round *r*, the same on every rank."""
         rng = np.random.default_rng([self.seed, r])
         nxt = [r << 20] * self.size
@@ -403,7 +404,7 @@ class Soak:
         return {"storm": storm, "blocking": blocking, "ring": ring, "objects": objects,
                 "windows": windows, "total": total}
 
-    def receives(self, rng, incoming: List[Msg]) -> Tuple[List[RecvSpec], Dict]:
+    def receives(self, rng, incoming: list[Msg]) -> tuple[list[RecvSpec], dict]:
         """Receives for *incoming* in posting order, and its streams.
 
         The head of each (source, tag) stream gets specific receives; the rest
@@ -411,7 +412,7 @@ class Soak:
         specific one, each as large as the largest message it could match.
         """
         anys, anyt = self.MPI.ANY_SOURCE, self.MPI.ANY_TAG
-        streams: Dict[Tuple[int, int], List[Msg]] = {}
+        streams: dict[tuple[int, int], list[Msg]] = {}
         for m in incoming:
             streams.setdefault((m.src, m.tag), []).append(m)
         kind = _WILDCARDS[rng.integers(len(_WILDCARDS))]
@@ -434,7 +435,7 @@ class Soak:
             self.stats.first_errors.append(f"rank {self.rank}: {text}")
 
     def _expected(self, where: str, spec: RecvSpec, source: int, tag: int, streams,
-                  taken: Dict) -> Optional[Msg]:
+                  taken: dict) -> Msg | None:
         """The message a completed receive must hold (None: an error was recorded)."""
         if spec.msg is not None:
             if (source, tag) != (spec.msg.src, spec.msg.tag):
@@ -457,11 +458,11 @@ class Soak:
         return msg
 
     def check_bytes(self, where: str, msg: Msg, got: np.ndarray, count: int, streams,
-                    extra: Optional[str] = None) -> None:
+                    extra: str | None = None) -> None:
         """*got*: the received bytes of *msg*; *count*: the status's byte count."""
         self.stats.received += 1
-        what = f"{where}: message {msg.mid:#x} {msg.src}->{msg.dst} tag {msg.tag} " \
-               f"({msg.nbytes} B {msg.dtype}, {msg.how})"
+        what = (f"{where}: message {msg.mid:#x} {msg.src}->{msg.dst} tag {msg.tag} "
+                f"({msg.nbytes} B {msg.dtype}, {msg.how})")
         if count != msg.nbytes:
             self.error(f"{what}: status count {count}")
             return
@@ -491,8 +492,8 @@ class Soak:
             return
         got, extra = buf.check(min(count, buf.view.nbytes))
         sel = "specific" if spec.msg is not None else f"({spec.source}, {spec.tag})"
-        where = f"{where} into {sel} {buf.layout} {buf.view.dtype} buffer of " \
-                f"{buf.view.nbytes} B"
+        where = (f"{where} into {sel} {buf.layout} {buf.view.dtype} buffer of "
+                 f"{buf.view.nbytes} B")
         self.check_bytes(where, msg, got, count, streams, extra)
 
     # -- sending helpers -----------------------------------------------------------------
@@ -516,7 +517,7 @@ class Soak:
         self.stats.kinds["object" if msg.arrays else _protocol(msg.nbytes, self.cma_min)] += 1
 
     # -- the phases ----------------------------------------------------------------------
-    def storm(self, rng, msgs: List[Msg]) -> None:
+    def storm(self, rng, msgs: list[Msg]) -> None:
         comm = self.phases[0]
         specs, streams = self.receives(rng, [m for m in msgs if m.dst == self.rank])
         bufs = [self._recv_buf(rng, s) for s in specs]
@@ -533,7 +534,7 @@ class Soak:
                 keep.append(view)
             self._sent(m)
         statuses = self.complete(rng, reqs)
-        taken: Dict = {}
+        taken: dict = {}
         for i, (spec, buf) in enumerate(zip(specs, bufs)):
             self.check_recv("storm", spec, buf, statuses[i], streams, taken)
 
@@ -562,7 +563,7 @@ class Soak:
                     os.sched_yield()
         return statuses
 
-    def blocking(self, rng, msgs: List[Msg]) -> None:
+    def blocking(self, rng, msgs: list[Msg]) -> None:
         comm, MPI = self.phases[1], self.MPI
         reqs, keep = [], []
         for m in msgs:
@@ -572,7 +573,7 @@ class Soak:
                 keep.append(view)
                 self._sent(m)
         specs, streams = self.receives(rng, [m for m in msgs if m.dst == self.rank])
-        taken: Dict = {}
+        taken: dict = {}
         for spec in specs:
             st = MPI.Status()
             if spec.msg is None and rng.random() < 0.3:
@@ -585,7 +586,7 @@ class Soak:
             self.check_recv("blocking", spec, buf, st, streams, taken)
         MPI.Request.Waitall(reqs)
 
-    def ring(self, rng, steps: List[List[Msg]]) -> None:
+    def ring(self, rng, steps: list[list[Msg]]) -> None:
         comm, MPI = self.phases[2], self.MPI
         for msgs in steps:
             out = msgs[self.rank]
@@ -599,7 +600,7 @@ class Soak:
             self._sent(out)
             self.check_recv("ring", spec, buf, st, {(inc.src, inc.tag): [inc]}, {})
 
-    def _object(self, rng, msg: Msg) -> Dict[str, Any]:
+    def _object(self, rng, msg: Msg) -> dict[str, Any]:
         arrays = []
         for mid, n, dtype, form in msg.arrays:
             a = self.content.array(msg.src, mid, n, dtype)
@@ -615,7 +616,7 @@ class Soak:
         return {"src": msg.src, "mid": msg.mid, "tag": msg.tag, "arrays": arrays,
                 "note": "x" * int(rng.integers(100))}
 
-    def objects(self, rng, msgs: List[Msg]) -> None:
+    def objects(self, rng, msgs: list[Msg]) -> None:
         comm, MPI = self.phases[3], self.MPI
         reqs = []
         for m in msgs:
@@ -623,7 +624,7 @@ class Soak:
                 reqs.append(getattr(comm, m.how)(self._object(rng, m), m.dst, m.tag))
                 self._sent(m)
         specs, streams = self.receives(rng, [m for m in msgs if m.dst == self.rank])
-        taken: Dict = {}
+        taken: dict = {}
         for spec in specs:
             st = MPI.Status()
             # mpi4py's irecv needs a buffer as large as the pickle: only cmampi's here.
@@ -636,7 +637,7 @@ class Soak:
                 self.check_object(msg, obj, streams)
         MPI.Request.Waitall(reqs)
 
-    def windows(self, rng, windows: List[Tuple[Msg, int, Msg]]) -> None:
+    def windows(self, rng, windows: list[tuple[Msg, int, Msg]]) -> None:
         comm, MPI = self.phases[4], self.MPI
         out = next(w for w in windows if w[0].src == self.rank)
         inc = next(w for w in windows if w[0].dst == self.rank)
@@ -666,10 +667,8 @@ class Soak:
             spec = RecvSpec(imsg.src, imsg.tag, imsg, imsg.nbytes)
             self.check_recv("windows", spec, buf, statuses[i], {(imsg.src, imsg.tag): [imsg]},
                             {})
-        if obj_req is None:     # plain mpi4py: its irecv needs a buffer as large as the pickle
-            got = comm.recv(None, imsg.src, WINDOW_OBJECT_TAG)
-        else:
-            got = results[-1]
+        # plain mpi4py: its irecv needs a buffer as large as the pickle
+        got = comm.recv(None, imsg.src, WINDOW_OBJECT_TAG) if obj_req is None else results[-1]
         self.stats.received += 1
         if got != {"src": imsg.src, "mid": imsg.mid}:
             self.error(f"windows: object from {imsg.src} came back as {got!r:.80}")
@@ -722,7 +721,7 @@ class Soak:
         self.comm.Allreduce(np.array([int(stop)], np.int64), out, op=self.MPI.MAX)
         return bool(out[0])
 
-    def run(self, seconds: Optional[float] = None, min_messages: int = 0,
+    def run(self, seconds: float | None = None, min_messages: int = 0,
             watchdog: float = 300.0) -> None:
         """Run rounds for *seconds* (rank 0's clock), or until *min_messages* are planned.
 
@@ -744,10 +743,10 @@ class Soak:
         faulthandler.cancel_dump_traceback_later()
         self.elapsed = time.perf_counter() - t0
 
-    def totals(self) -> Dict[str, Any]:
+    def totals(self) -> dict[str, Any]:
         """Every rank's stats summed (collective); first errors of all ranks joined."""
         all_stats = self.comm.allgather(self.stats.as_dict())
-        out: Dict[str, Any] = {"kinds": collections.Counter(), "first_errors": []}
+        out: dict[str, Any] = {"kinds": collections.Counter(), "first_errors": []}
         for s in all_stats:
             for key in ("messages", "bytes", "received", "errors"):
                 out[key] = out.get(key, 0) + s[key]
@@ -758,7 +757,7 @@ class Soak:
 
 # -- command line --------------------------------------------------------------------------
 
-def _report(soak: Soak, totals: Dict[str, Any], label: str) -> List[str]:
+def _report(soak: Soak, totals: dict[str, Any], label: str) -> list[str]:
     secs = soak.elapsed
     n, nbytes = totals["messages"], totals["bytes"]
     kinds = ", ".join(f"{k} {v}" for k, v in sorted(totals["kinds"].items()))
@@ -775,7 +774,7 @@ def _report(soak: Soak, totals: Dict[str, Any], label: str) -> List[str]:
     ]
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     from cmampi.bench._common import parse_size
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -7,8 +7,8 @@ communicator, `channel.socket.SocketChannel` over Unix sockets and rings.
 
 from __future__ import annotations
 
-from typing import Any, List, NamedTuple, Optional, Protocol, Sequence, Tuple, \
-    runtime_checkable
+from collections.abc import Sequence
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 __all__ = ["Channel", "Completion", "Info", "completion"]
 
@@ -21,7 +21,7 @@ class Completion(NamedTuple):
     source: int
     tag: int
     nbytes: int
-    error: Optional[BaseException]
+    error: BaseException | None
 
 
 Info = Completion
@@ -30,7 +30,7 @@ _new = tuple.__new__
 
 
 def completion(source: int, tag: int, nbytes: int,
-               error: Optional[BaseException] = None) -> Completion:
+               error: BaseException | None = None) -> Completion:
     """A `Completion`, made without NamedTuple's argument parsing (it is made
     once per message)."""
     return _new(Completion, (source, tag, nbytes, error))
@@ -57,10 +57,10 @@ class Channel(Protocol):
     cma_min: int
     #: Per rank: process id, node key, pid namespace, user namespace (CMA may
     #: only be used between ranks of one node and namespaces).
-    pids: List[int]
-    nodes: List[str]
-    pidns: List[Any]
-    userns: List[Any]
+    pids: list[int]
+    nodes: list[str]
+    pidns: list[Any]
+    userns: list[Any]
     #: A handle that never completes, to stand in a list for one already taken.
     null_handle: Any
 
@@ -71,13 +71,13 @@ class Channel(Protocol):
     def isend(self, data, dest: int, tag: int) -> Any:
         """Start sending *data*; a handle. *data* is read until it completes."""
 
-    def recv(self, buf, source: int, tag: int) -> Tuple[int, int, int]:
+    def recv(self, buf, source: int, tag: int) -> tuple[int, int, int]:
         """Receive into *buf* (blocking): (source, tag, bytes)."""
 
     def irecv(self, buf, source: int, tag: int) -> Any:
         """Post a receive into *buf*; a handle whose info is the message's."""
 
-    def mprobe(self, source: int, tag: int) -> Tuple[Any, Tuple[int, int, int]]:
+    def mprobe(self, source: int, tag: int) -> tuple[Any, tuple[int, int, int]]:
         """Match a message without receiving it (blocking): (matched handle,
         (source, tag, bytes)); `mrecv` takes it."""
 
@@ -88,10 +88,10 @@ class Channel(Protocol):
         """Receive a message and unpickle it in one call (blocking); its
         (source, tag, bytes) are `last`'s."""
 
-    def last(self) -> Tuple[int, int, int]:
+    def last(self) -> tuple[int, int, int]:
         """(source, tag, bytes) of the last `recv_object`."""
 
-    def take_any(self) -> Optional[Tuple[int, int, bytes]]:
+    def take_any(self) -> tuple[int, int, bytes] | None:
         """A message that has arrived, received whole, if any (never blocks)."""
 
     def probe_any(self, source: int, block: bool = True) -> None:
@@ -115,25 +115,25 @@ class Channel(Protocol):
         """Post the receive of transfer *xid*'s payload into *buf*; a handle."""
 
     # -- completion ----------------------------------------------------------------------------
-    def waitany(self, handles: Sequence[Any]) -> Tuple[int, Info]:
+    def waitany(self, handles: Sequence[Any]) -> tuple[int, Info]:
         """Block until one of *handles* completes: (its index, its info)."""
 
-    def testany(self, handles: Sequence[Any]) -> Optional[Tuple[int, Info]]:
+    def testany(self, handles: Sequence[Any]) -> tuple[int, Info] | None:
         """(index, info) of a completed handle of *handles* (taken ones replaced
         by `null_handle`), without blocking; or None."""
 
-    def test(self, handle) -> Optional[Info]:
+    def test(self, handle) -> Info | None:
         """*handle*'s info if it has completed (never blocks), else None."""
 
-    def wait_cancelled(self, handle) -> Optional[Completion]:
+    def wait_cancelled(self, handle) -> Completion | None:
         """Complete a handle whose cancellation was asked: None if the cancel
         won, else the message's (source, tag, bytes)."""
 
     # -- the group -----------------------------------------------------------------------------
-    def allgather(self, obj: Any) -> List[Any]:
+    def allgather(self, obj: Any) -> list[Any]:
         """Every rank's small picklable *obj*, in rank order (collective)."""
 
-    def dup(self) -> "Channel":
+    def dup(self) -> Channel:
         """A channel over the same ranks with spaces of its own (collective)."""
 
     def collective(self) -> None:

@@ -13,7 +13,7 @@ import os as _os
 import socket as _socket
 import struct as _struct
 import time as _time
-from typing import Callable, List, Optional
+from collections.abc import Callable
 
 from . import _ring
 
@@ -26,11 +26,11 @@ CONNECT_TIMEOUT = 60.0
 _HELLO_TIMEOUT = 2.0
 
 #: Takes a verified connection: (socket, peer rank, its pid, rx ring, tx ring).
-Add = Callable[[_socket.socket, int, int, Optional[_ring.Ring], Optional[_ring.Ring]], None]
+Add = Callable[[_socket.socket, int, int, _ring.Ring | None, _ring.Ring | None], None]
 
 
 def connect_all(rank: int, size: int, directory: str, token: bytes,
-                expected: Optional[List[int]], use_rings: bool,
+                expected: list[int] | None, use_rings: bool,
                 connected: Callable[[int], bool], add: Add) -> None:
     """Meet every other rank of the job, handing each connection to *add*;
     *connected* says whether a rank already has one (a second is refused)."""
@@ -55,9 +55,9 @@ def _handshakes(lsock, rank: int, size: int, directory: str, token: bytes, expec
             try:
                 sock.connect(ppath)
                 break
-            except (FileNotFoundError, ConnectionRefusedError):
+            except (FileNotFoundError, ConnectionRefusedError) as err:
                 if _time.monotonic() > deadline:
-                    raise TimeoutError(f"cmampi: rank {peer} never listened at {ppath}")
+                    raise TimeoutError(f"cmampi: rank {peer} never listened at {ppath}") from err
                 _time.sleep(0.002)
         sock.sendall(_HELLO.pack(token, rank))
         pid = _check_peer(sock, peer, expected)
@@ -99,7 +99,7 @@ def _swap_rings(sock: _socket.socket, size: int, use_rings: bool) -> tuple:
     """(rx, tx) rings with the peer just verified on *sock*, or (None, None):
     each side makes the ring it reads and passes its memfd over the socket."""
     fd = _ring.Ring.create(_ring.capacity_for(size)) if use_rings else -1
-    theirs: List[int] = []
+    theirs: list[int] = []
     try:
         _socket.send_fds(sock, [b"R" if fd >= 0 else b"-"], [fd] if fd >= 0 else [])
         msg, theirs, flags, _addr = _socket.recv_fds(sock, 1, 1)

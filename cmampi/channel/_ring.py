@@ -29,10 +29,20 @@ from __future__ import annotations
 import mmap as _mmap
 import os as _os
 import platform as _platform
-from typing import Sequence
+from collections.abc import Sequence
 
-__all__ = ["Ring", "ASLEEP", "BUDGET", "CAPACITY", "HEAD", "RECHECK", "TAIL", "WAITING",
-           "capacity_for", "supported"]
+__all__ = [
+    "ASLEEP",
+    "BUDGET",
+    "CAPACITY",
+    "HEAD",
+    "RECHECK",
+    "TAIL",
+    "WAITING",
+    "Ring",
+    "capacity_for",
+    "supported",
+]
 
 #: Data bytes per ring (per direction and pair of ranks), at most. Measured on
 #: 2 ranks, rings of 256 KiB, 512 KiB, 1 MiB and 2 MiB interleaved in one job:
@@ -70,7 +80,7 @@ def capacity_for(ranks: int) -> int:
 class Ring:
     """One direction of a pair: this process either writes it or reads it."""
 
-    __slots__ = ("map", "words", "data", "capacity", "mask")
+    __slots__ = ("capacity", "data", "map", "mask", "words")
 
     def __init__(self, fd: int) -> None:
         size = _os.fstat(fd).st_size

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os as _os
 import socket as _socket
-from typing import List, Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 from .._access import allow_peers
 from .._backend import real_mpi
 from .._cma import pid_namespace, user_namespace
-from .._config import CMA_MIN_DEFAULTS, config as _config
+from .._config import CMA_MIN_DEFAULTS
+from .._config import config as _config
 from . import Completion
 
 _MPI = real_mpi()
@@ -20,7 +21,7 @@ _BYTE = _MPI.BYTE
 _new = tuple.__new__
 
 
-def _done(st, error: Optional[BaseException] = None) -> Completion:
+def _done(st, error: BaseException | None = None) -> Completion:
     """The `Completion` status *st* describes (made without NamedTuple's
     argument parsing: once per message)."""
     return _new(Completion, (st.Get_source(), st.Get_tag(), st.Get_count(_BYTE), error))
@@ -38,7 +39,7 @@ class MPIChannel:
 
     cma_min = CMA_MIN_DEFAULTS["mpi"]
 
-    def __init__(self, comm: _MPI.Intracomm, node: Optional[str] = None) -> None:
+    def __init__(self, comm: _MPI.Intracomm, node: str | None = None) -> None:
         allow_peers(_config)     # before the handshake below: peers probe us after it
         #: mpi4py's own view of *comm* (a cmampi communicator's methods would recurse)
         self.comm = comm = _MPI.Intracomm(comm)
@@ -61,8 +62,8 @@ class MPIChannel:
         key = node if node is not None else f"{_socket.gethostname()}#{local_id}"
         info = comm.allgather((_os.getpid(), key, pid_namespace(), user_namespace(),
                                sorted(_os.sched_getaffinity(0))))
-        self.pids: List[int] = [rec[0] for rec in info]
-        self.nodes: List[str] = [rec[1] for rec in info]
+        self.pids: list[int] = [rec[0] for rec in info]
+        self.nodes: list[str] = [rec[1] for rec in info]
         #: A peer's pid is only usable for CMA inside the same pid namespace.
         self.pidns = [rec[2] for rec in info]
         #: More ranks on this node than cores we may run on: a wait that spins in
@@ -75,7 +76,7 @@ class MPIChannel:
         self.userns = [rec[3] for rec in info]
         self.status = _MPI.Status()
 
-    def dup(self) -> "MPIChannel":
+    def dup(self) -> MPIChannel:
         """A channel over new duplicates of the same communicator; collective."""
         return MPIChannel(self.comm, self.node)
 
@@ -90,7 +91,7 @@ class MPIChannel:
     def isend(self, data, dest: int, tag: int) -> _MPI.Request:
         return self.user.Isend([data, _BYTE], dest, tag)
 
-    def recv(self, buf, source: int, tag: int) -> Tuple[int, int, int]:
+    def recv(self, buf, source: int, tag: int) -> tuple[int, int, int]:
         """Blocking receive into *buf*: (source, tag, nbytes)."""
         st = self.status
         self.user.Recv([buf, _BYTE], source, tag, st)
@@ -124,12 +125,12 @@ class MPIChannel:
         (source, tag, nbytes) are `last`'s. mpi4py receives and unpickles in one call."""
         return self.user.recv(None, source, tag, self.status)
 
-    def last(self) -> Tuple[int, int, int]:
+    def last(self) -> tuple[int, int, int]:
         """(source, tag, nbytes) of the message `recv_object` returned last."""
         st = self.status
         return st.Get_source(), st.Get_tag(), st.Get_count(_BYTE)
 
-    def take_any(self) -> Optional[Tuple[int, int, bytes]]:
+    def take_any(self) -> tuple[int, int, bytes] | None:
         """Receive the oldest arrived user-space message, if any: (source, tag, data)."""
         st = self.status
         msg = self.user.Improbe(_MPI.ANY_SOURCE, _MPI.ANY_TAG, st)
@@ -172,7 +173,7 @@ class MPIChannel:
     # -- completion --------------------------------------------------------------------
     # A receive into a buffer too small for its message completes with MPI's
     # truncation error in its Completion, not an exception.
-    def waitany(self, handles: Sequence[_MPI.Request]) -> Tuple[int, Completion]:
+    def waitany(self, handles: Sequence[_MPI.Request]) -> tuple[int, Completion]:
         st = self.status
         try:
             if self.oversubscribed:
@@ -188,7 +189,7 @@ class MPIChannel:
     #: Stands in a handle list for a handle already taken: MPI skips it.
     null_handle = _MPI.REQUEST_NULL
 
-    def testany(self, handles: Sequence[_MPI.Request]) -> Optional[Tuple[int, Completion]]:
+    def testany(self, handles: Sequence[_MPI.Request]) -> tuple[int, Completion] | None:
         """(index, info) of a completed handle of *handles*, without blocking; or
         None. Taken handles must have been replaced by `null_handle`."""
         st = self.status
@@ -202,7 +203,7 @@ class MPIChannel:
             return None
         return i, _done(st)
 
-    def test(self, handle: _MPI.Request) -> Optional[Completion]:
+    def test(self, handle: _MPI.Request) -> Completion | None:
         st = self.status
         try:
             if not handle.Test(st):
@@ -211,7 +212,7 @@ class MPIChannel:
             return _done(st, exc)
         return _done(st)
 
-    def wait_cancelled(self, handle: _MPI.Request) -> Optional[Completion]:
+    def wait_cancelled(self, handle: _MPI.Request) -> Completion | None:
         """Complete a cancelled handle: None if the cancel won, else its message info."""
         st = self.status
         try:

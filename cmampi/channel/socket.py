@@ -38,17 +38,19 @@ import select as _select
 import socket as _socket
 import struct as _struct
 import time as _time
-from typing import Any, Deque, Dict, List, Optional, Sequence, Set
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as _np
 
 from .. import _names, _tuning
 from .._access import allow_peers
 from .._cma import user_namespace
-from .._config import CMA_MIN_DEFAULTS, config as _config
+from .._config import CMA_MIN_DEFAULTS
+from .._config import config as _config
 from . import Completion, _handshake, _ring, completion
 
-__all__ = ["Hub", "SocketChannel", "hub_beside", "hub_from_environ", "PeerFailed"]
+__all__ = ["Hub", "PeerFailed", "SocketChannel", "hub_beside", "hub_from_environ"]
 
 # Frame header: space, context id, tag (or key), payload length.
 _FRAME = _struct.Struct("<B3xIiQ")
@@ -72,7 +74,7 @@ class PeerFailed(_names.Exception):
     ``rank`` is the peer's rank in the job (``COMM_WORLD``), ``pid`` its process id.
     """
 
-    def __init__(self, rank: int, why: str = "", pid: Optional[int] = None) -> None:
+    def __init__(self, rank: int, why: str = "", pid: int | None = None) -> None:
         who = f"rank {rank}" if not pid else f"rank {rank} (pid {pid})"
         super().__init__(_names.ERR_PROC_FAILED, f"{who} is gone{': ' + why if why else ''}")
         self.rank = rank
@@ -90,13 +92,22 @@ def _bytes_view(obj) -> memoryview:
 class Handle:
     """A channel-level operation: a posted receive or a queued send."""
 
-    __slots__ = ("done", "info", "target", "source", "tag", "ctx", "space", "cancelled",
-                 "local")
+    __slots__ = (
+        "cancelled",
+        "ctx",
+        "done",
+        "info",
+        "local",
+        "source",
+        "space",
+        "tag",
+        "target",
+    )
 
     def __init__(self, space: int = USER, ctx: int = 0, source: int = 0, tag: int = 0,
                  target=None) -> None:
         self.done = False
-        self.info: Optional[Completion] = None   # once done
+        self.info: Completion | None = None   # once done
         self.target = target
         self.source = source      # world rank, or ANY_SOURCE
         self.tag = tag
@@ -123,64 +134,80 @@ class Handle:
 class _Conn:
     """One connection: a socket, its outgoing queue and its frame parser."""
 
-    __slots__ = ("sock", "rank", "pid", "pidfd", "out", "rbuf", "rmv", "rlo", "rhi", "cur",
-                 "dead", "finished", "polling_out", "rx", "tx")
+    __slots__ = (
+        "cur",
+        "dead",
+        "finished",
+        "out",
+        "pid",
+        "pidfd",
+        "polling_out",
+        "rank",
+        "rbuf",
+        "rhi",
+        "rlo",
+        "rmv",
+        "rx",
+        "sock",
+        "tx",
+    )
 
     def __init__(self, sock: _socket.socket, rank: int, pid: int) -> None:
         self.sock = sock
         self.rank = rank
         self.pid = pid
         self.pidfd = -1          # readable once the peer process has exited
-        self.out: Deque[list] = _collections.deque()   # [memoryviews, handle]
+        self.out: _collections.deque[list] = _collections.deque()   # [memoryviews, handle]
         self.rbuf = bytearray(_READ_CHUNK)
         self.rmv = memoryview(self.rbuf)
         self.rlo = self.rhi = 0
         self.cur = None          # payload being filled: [dest view, filled, header info]
-        self.dead: Optional[str] = None
+        self.dead: str | None = None
         self.finished = False    # it said goodbye: its leaving is no failure
         self.polling_out = False
         #: The shared-memory rings frames travel through (None: the socket itself).
-        self.rx: Optional[_ring.Ring] = None
-        self.tx: Optional[_ring.Ring] = None
+        self.rx: _ring.Ring | None = None
+        self.tx: _ring.Ring | None = None
 
 
 class Hub:
     """All connections of this process, and the matching over them."""
 
-    def __init__(self, rank: int, size: int, directory: Optional[str], token: bytes,
-                 expected_pids: Optional[List[int]] = None,
-                 rings: Optional[bool] = None) -> None:
+    def __init__(self, rank: int, size: int, directory: str | None, token: bytes,
+                 expected_pids: list[int] | None = None,
+                 rings: bool | None = None) -> None:
         self.rank = rank
         self.size = size
-        self.pids: List[int] = [0] * size
+        self.pids: list[int] = [0] * size
         self.pids[rank] = _os.getpid()
-        self.conns: List[Optional[_Conn]] = [None] * size
-        self.posted: Dict[int, List[Handle]] = _collections.defaultdict(list)
-        self.unexpected: Dict[int, Deque[tuple]] = _collections.defaultdict(_collections.deque)
-        self.side_posted: Dict[tuple, Handle] = {}
-        self.side_unexpected: Dict[tuple, Deque[bytes]] = _collections.defaultdict(
+        self.conns: list[_Conn | None] = [None] * size
+        self.posted: dict[int, list[Handle]] = _collections.defaultdict(list)
+        self.unexpected: dict[int, _collections.deque[tuple]] = _collections.defaultdict(
+            _collections.deque)
+        self.side_posted: dict[tuple, Handle] = {}
+        self.side_unexpected: dict[tuple, _collections.deque[bytes]] = _collections.defaultdict(
             _collections.deque)
         self.next_ctx = 1
         #: world ranks of each context's communicator, and the collective contexts
-        self.groups: Dict[int, Sequence[int]] = {}
-        self.collectives: Set[int] = set()
+        self.groups: dict[int, Sequence[int]] = {}
+        self.collectives: set[int] = set()
         #: world ranks gone (in the order noticed), and those of them that failed
         #: (left without a goodbye)
-        self.gone: List[int] = []
-        self.failed: List[int] = []
+        self.gone: list[int] = []
+        self.failed: list[int] = []
         self.losses = 0          # peers lost so far: a waiter checks liveness when it moves
         self.crashed = False     # an uncaught exception: leave without a goodbye
         #: More ranks than CPUs we may run on: a spinning wait yields the CPU.
         self.crowded = size > len(_os.sched_getaffinity(0)) \
             if hasattr(_os, "sched_getaffinity") else True
         self.poller = _select.poll()
-        self.by_fd: Dict[int, _Conn] = {}
+        self.by_fd: dict[int, _Conn] = {}
         #: Whether frames may travel through shared-memory rings (both sides must agree).
         self.use_rings = (_config.rings if rings is None else rings) and _ring.supported()
         #: Live connections whose frames travel through rings; those of them with
         #: frames waiting for room in their ring.
         self.ringed: tuple = ()
-        self.waiting_room: Set[_Conn] = set()
+        self.waiting_room: set[_Conn] = set()
         self.unringed = 0        # live connections whose frames come through the socket
         self._sends = 0
         self._look_at = 0.0      # when a spinning wait next looks at the kernel
@@ -215,7 +242,7 @@ class Hub:
         """The error for an operation that needs world rank *rank*, which is gone."""
         return PeerFailed(rank, self.conns[rank].dead, self.pids[rank])
 
-    def dead_member(self, ctx: int, failed: bool = True) -> Optional[int]:
+    def dead_member(self, ctx: int, failed: bool = True) -> int | None:
         """The first member of context *ctx* found failed (or just gone), if any."""
         ranks = self.failed if failed else self.gone
         if ranks:
@@ -225,7 +252,7 @@ class Hub:
                     return r
         return None
 
-    def broken(self, ctx: int) -> Optional[int]:
+    def broken(self, ctx: int) -> int | None:
         """A member gone from *ctx* if it is a collective context: it can no longer be used."""
         return self.dead_member(ctx, False) if ctx in self.collectives else None
 
@@ -411,7 +438,7 @@ class Hub:
         h.target[:n] = data[:n]
         h.complete(completion(src, tag, len(data), err))
 
-    def _match(self, src: int, space: int, ctx: int, tag: int) -> Optional[Handle]:
+    def _match(self, src: int, space: int, ctx: int, tag: int) -> Handle | None:
         if space == USER:
             posted = self.posted.get(ctx)
             if posted:
@@ -540,7 +567,7 @@ class Hub:
                 self._ring_doorbell(conn)
         return conn.rx is not None and words[_RING_TAIL] != start
 
-    def _hand_over(self, h: Optional[Handle], src: int, space: int, ctx: int, tag: int,
+    def _hand_over(self, h: Handle | None, src: int, space: int, ctx: int, tag: int,
               data: memoryview) -> None:
         """A whole message, in a buffer that is about to be reused: into the receive
         *h* it matched (None: kept, as a copy)."""
@@ -659,7 +686,7 @@ class Hub:
         now, the kernel only once every ``_LOOK_SECONDS``. Whether frames moved."""
         return self._spin(_time.monotonic())
 
-    def progress(self, timeout: Optional[float] = 0) -> bool:
+    def progress(self, timeout: float | None = 0) -> bool:
         """Move bytes: wait up to *timeout* seconds (None: until something happens);
         whether frames moved through a ring (or a peer was found gone).
 
@@ -746,7 +773,7 @@ class Hub:
         of µs here) when the answer is already on its way; with more ranks than
         CPUs, yielding while polling keeps the other ranks moving.
         """
-        if done() or self._rings() and done():    # what it waits for may be in a ring
+        if done() or (self._rings() and done()):    # what it waits for may be in a ring
             return
         mono = _time.monotonic
         until = mono() + _SPIN_SECONDS
@@ -795,7 +822,7 @@ class Hub:
                     pass
 
     # -- system messages (communicator management) ---------------------------------------
-    def sys_allgather(self, ctx: int, group: Sequence[int], seq: int, obj: Any) -> List[Any]:
+    def sys_allgather(self, ctx: int, group: Sequence[int], seq: int, obj: Any) -> list[Any]:
         """Every member's *obj*, in group order (pickled over the SYS space)."""
         data = _pickle.dumps(obj)
         handles = [self.post_send(r, SYS, ctx, seq, data) for r in group if r != self.rank]
@@ -805,7 +832,7 @@ class Hub:
                 out.append(obj)
                 continue
             key = (ctx, r, -1 - seq)
-            self.wait(lambda: bool(self.side_unexpected.get(key))
+            self.wait(lambda key=key, r=r: bool(self.side_unexpected.get(key))
                       or self.is_dead(r))
             if not self.side_unexpected.get(key):
                 raise self.failure(r)
@@ -925,7 +952,7 @@ class SocketChannel:
     names = _names
     cma_min = CMA_MIN_DEFAULTS["socket"]
 
-    def __init__(self, hub: Hub, ctx: int, group: List[int]) -> None:
+    def __init__(self, hub: Hub, ctx: int, group: list[int]) -> None:
         self.hub = hub
         self.ctx = ctx
         self.group = group                     # local rank -> world rank
@@ -949,7 +976,7 @@ class SocketChannel:
         operation on it fails, as every collective needs every member."""
         self.hub.collectives.add(self.ctx)
 
-    def _gone(self, source: int) -> Optional[int]:
+    def _gone(self, source: int) -> int | None:
         """The dead world rank that keeps a message from *source* (or ANY_SOURCE) from coming."""
         hub = self.hub
         if source == _names.ANY_SOURCE:
@@ -1001,7 +1028,7 @@ class SocketChannel:
         if not q:
             return None
         ws = self._world_rank(source)
-        for i, (src, tg, data) in enumerate(q):
+        for i, (src, tg, _data) in enumerate(q):
             if (ws == _names.ANY_SOURCE or ws == src) and (tag == _names.ANY_TAG or tag == tg):
                 return i
         return None
@@ -1017,7 +1044,7 @@ class SocketChannel:
             if self._gone(source) is None:   # liveness changes only when a peer is lost
                 losses = hub.losses
                 hub.wait(lambda: self._find(source, tag) is not None
-                         or hub.losses != losses and self._gone(source) is not None)
+                         or (hub.losses != losses and self._gone(source) is not None))
             i = self._find(source, tag)
             if i is None:
                 raise hub.failure(self._gone(source))
@@ -1138,19 +1165,19 @@ class SocketChannel:
         self._seq += 1
         return self._seq
 
-    def allgather(self, obj: Any) -> List[Any]:
+    def allgather(self, obj: Any) -> list[Any]:
         """Every rank's *obj* (small, pickled), in rank order; collective."""
         return self.hub.sys_allgather(self.ctx, self.group, self._next_seq(), obj)
 
     def barrier(self) -> None:
         self.allgather(None)
 
-    def dup(self) -> "SocketChannel":
+    def dup(self) -> SocketChannel:
         ctx = max(self.allgather(self.hub.next_ctx))
         self.hub.next_ctx = ctx + 1
         return SocketChannel(self.hub, ctx, list(self.group))
 
-    def create_group(self, members: List[int], tag: int) -> "SocketChannel":
+    def create_group(self, members: list[int], tag: int) -> SocketChannel:
         """A channel over world ranks *members* (this process among them, all of
         them in this channel); collective over *members* only. Their exchange
         has a context of its own and sequence numbers from *tag*, so the other
@@ -1162,7 +1189,7 @@ class SocketChannel:
         self.hub.next_ctx = ctx + 1
         return SocketChannel(self.hub, ctx, members)
 
-    def split(self, color: int, key: int) -> Optional["SocketChannel"]:
+    def split(self, color: int, key: int) -> SocketChannel | None:
         entries = self.allgather((color, key, self.hub.next_ctx))
         base = max(e[2] for e in entries)
         colors = sorted({e[0] for e in entries if e[0] != _names.UNDEFINED and e[0] >= 0})

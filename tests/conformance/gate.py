@@ -28,7 +28,6 @@ import tarfile
 import tempfile
 from collections import Counter
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -36,6 +35,7 @@ RANK = HERE / "rank.py"
 SOCKET_SKIPS = HERE / "socket-skips.txt"
 sys.path.insert(0, str(HERE))
 from rank import read_reasons, reason_for  # noqa: E402
+
 _WORSE = {o: i for i, o in enumerate(("ok", "xfail", "skip", "xpass", "fail", "error", "hang"))}
 
 
@@ -54,19 +54,19 @@ def fetch_tests(version: str) -> Path:
             for m in members:
                 m.name = m.name[len(prefix):]
             dest.mkdir(parents=True, exist_ok=True)
-            tar.extractall(dest / "test", members=members)   # noqa: S202 - PyPI's sdist
+            tar.extractall(dest / "test", members=members)
     return dest / "test"
 
 
-def expected_failures() -> Dict[str, str]:
+def expected_failures() -> dict[str, str]:
     """Tests allowed to differ on cmampi: ``test id: reason`` lines of expected.txt."""
     return read_reasons(str(HERE / "expected.txt"))
 
 
-def _read(outdir: Path) -> Tuple[Dict[str, Tuple[str, str]], List[str]]:
+def _read(outdir: Path) -> tuple[dict[str, tuple[str, str]], list[str]]:
     """Worst outcome of each test over the ranks, and the tests a rank started but
     never ended (it hung or crashed)."""
-    results: Dict[str, Tuple[str, str]] = {}
+    results: dict[str, tuple[str, str]] = {}
     unfinished = []
     for path in outdir.glob("rank*.jsonl"):
         started = None
@@ -84,13 +84,14 @@ def _read(outdir: Path) -> Tuple[Dict[str, Tuple[str, str]], List[str]]:
     return results, unfinished
 
 
-def run_plain(launch: List[str], testdir: Path, modules: List[str], seconds: float,
-              n: int) -> Dict[str, Tuple[str, str]]:
+def run_plain(launch: list[str], testdir: Path, modules: list[str], seconds: float,
+              n: int) -> dict[str, tuple[str, str]]:
     """`run` on plain mpi4py, each module's outcomes kept in ``.cache/conformance``
     for this environment (its Python prefix, hence its MPI library and mpi4py,
     and launcher): a later gate in the same checkout (the socket channel's)
     compares with them instead of running them again."""
     import hashlib
+
     import mpi4py
 
     key = hashlib.sha256(f"{sys.prefix}|{mpi4py.__version__}|{launch}".encode()).hexdigest()
@@ -107,9 +108,9 @@ def run_plain(launch: List[str], testdir: Path, modules: List[str], seconds: flo
     return {t: tuple(o) for m in modules for t, o in kept[m].items()}   # type: ignore[misc]
 
 
-def run(launch: List[str], testdir: Path, modules: List[str], seconds: float,
-        retry: bool = True, env: Optional[Dict[str, str]] = None
-        ) -> Dict[str, Tuple[str, str]]:
+def run(launch: list[str], testdir: Path, modules: list[str], seconds: float,
+        retry: bool = True, env: dict[str, str] | None = None
+        ) -> dict[str, tuple[str, str]]:
     """Each test's outcome over the ranks of *launch* (a command prefix). A module
     that hangs is run once more on its own: if it passes then, its tests count as
     passed, and the hang is reported (``FLAKY``), not hidden."""
@@ -127,13 +128,13 @@ def run(launch: List[str], testdir: Path, modules: List[str], seconds: float,
     return results
 
 
-def _run_once(launch: List[str], testdir: Path, modules: List[str], seconds: float,
-              env: Optional[Dict[str, str]] = None) -> Dict[str, Tuple[str, str]]:
-    results: Dict[str, Tuple[str, str]] = {}
+def _run_once(launch: list[str], testdir: Path, modules: list[str], seconds: float,
+              env: dict[str, str] | None = None) -> dict[str, tuple[str, str]]:
+    results: dict[str, tuple[str, str]] = {}
     todo = list(modules)
     while todo:
         with tempfile.TemporaryDirectory() as tmp:
-            cmd = launch + [str(RANK), str(testdir), tmp, str(seconds), *todo]
+            cmd = [*launch, str(RANK), str(testdir), tmp, str(seconds), *todo]
             proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                   text=True, errors="replace", env=env,
                                   timeout=seconds * 4 + 60 * len(todo))
@@ -160,7 +161,7 @@ def table(sizes, plain, ours, modules, allowed) -> str:
             "|---|---|---|---|---|"]
     for m in modules:
         for n in sizes:
-            def counts(res):
+            def counts(res, n=n, m=m):
                 c = Counter(o for t, (o, _) in res[n].items() if t.split(".")[0] == m)
                 bad = c["fail"] + c["error"] + c["hang"] + c["xpass"]
                 return f"{c['ok'] + c['xfail']}/{bad}/{c['skip']}"
@@ -172,16 +173,15 @@ def table(sizes, plain, ours, modules, allowed) -> str:
     return "\n".join(rows)
 
 
-def regressions(plain, ours, allowed) -> List[str]:
+def regressions(plain, ours, allowed) -> list[str]:
     """Tests that passed (or were skipped) on plain mpi4py and do worse on cmampi."""
     out = []
     for test, (outcome, _) in plain.items():
         mine = ours.get(test, ("missing", ""))[0]
         if reason_for(test, allowed) is not None or mine == outcome:
             continue
-        if outcome in ("ok", "xfail") and mine not in ("ok", "xfail"):
-            out.append(test)
-        elif outcome == "skip" and mine not in ("ok", "skip"):
+        if ((outcome in ("ok", "xfail") and mine not in ("ok", "xfail"))
+                or (outcome == "skip" and mine not in ("ok", "skip"))):
             out.append(test)
     return out
 
@@ -212,13 +212,13 @@ def main(argv=None) -> int:
                    PYTHONPATH=os.pathsep.join(filter(None, [
                        str(ROOT / "tests" / "no_mpi4py"), os.environ.get("PYTHONPATH")])))
     for n in sizes:
-        launch = shlex.split(args.mpiexec) + ["-n", str(n), sys.executable]
+        launch = [*shlex.split(args.mpiexec), "-n", str(n), sys.executable]
         plain[n] = run_plain(launch, testdir, modules, args.timeout, n)
         if args.socket:
             mine = [sys.executable, "-m", "cmampi", "-n", str(n), "--timeout",
                     str(int(args.timeout * 4 + 60 * len(modules))), "--mpi4py"]
         else:
-            mine = launch + ["-m", "cmampi.run"]
+            mine = [*launch, "-m", "cmampi.run"]
         ours[n] = run(mine, testdir, modules, args.timeout, env=env)
         bad[n] = regressions(plain[n], ours[n], allowed)
     print(table(sizes, plain, ours, modules, allowed))
