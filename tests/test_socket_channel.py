@@ -587,8 +587,8 @@ def _stream_receiver(link, directory: str, token: bytes, space: str, rings: bool
     deadline = time.monotonic() + 5
     while not h.done and time.monotonic() < deadline:
         hub.progress(0.05)
-    kept = [(s, t, len(d)) for s, t, d in hub.unexpected[0]] + \
-        [(k, len(q[0])) for k, q in hub.side_unexpected.items() if q]
+    kept = [(s, t, len(d)) for s, t, d in hub.matching.unexpected[0]] + \
+        [(k, len(q[0])) for k, q in hub.matching.side_unexpected.items() if q]
     return {"arriving": arriving, "done": h.done, "ok": bool((buf == 5).all()),
             "kept as unexpected": kept, "ringed": len(hub.ringed)}
 
@@ -625,15 +625,16 @@ def _ringed_hub(record=lambda ms, tx: ms):
     """A hub of rank 0 whose peer 1 writes frames into a ring (``tx``), a poller
     that records ``record(timeout, tx)`` instead of asking the kernel, and the
     list of what it recorded; then a function that takes it all down."""
-    from cmampi.channel.socket import _Conn
+    from cmampi.channel._peer import Peer
 
     hub = Hub(0, 1, None, b"")
     a, b = socket.socketpair()
     fd = _ring.Ring.create(1 << 16)
     tx, rx = _ring.Ring(fd), _ring.Ring(fd)
     os.close(fd)
-    conn = _Conn(a, 1, os.getpid())
+    conn = Peer(a, 1, os.getpid())
     conn.rx = rx
+    conn.on_lost = hub._lost
     hub.conns = [None, conn]
     hub.ringed = (conn,)
     hub.by_fd[a.fileno()] = conn
@@ -660,13 +661,14 @@ def test_a_wait_that_took_frames_from_a_ring_does_not_sleep(procs):
     """progress(None) that finds frames in a ring hands them on and returns at
     once (polling the kernel with no timeout): the frame may be what the caller
     waits for. A wait that found nothing sleeps with the rings' readers asleep."""
-    from cmampi.channel.socket import _FRAME, USER
+    from cmampi.channel._matching import USER
+    from cmampi.channel._peer import FRAME
 
     hub, tx, calls, close = _ringed_hub(lambda ms, tx: (ms, tx.asleep()))
-    tx.write([_FRAME.pack(USER, 0, 5, 3), b"abc"])
+    tx.write([FRAME.pack(USER, 0, 5, 3), b"abc"])
     hub.progress(None)
     assert calls == [(0, False)]
-    assert [(s, t, bytes(d)) for s, t, d in hub.unexpected[0]] == [(1, 5, b"abc")]
+    assert [(s, t, bytes(d)) for s, t, d in hub.matching.unexpected[0]] == [(1, 5, b"abc")]
     hub.progress(None)          # nothing left: now it sleeps, bounded, asleep
     assert calls[1][0] > 0 and calls[1][1] is True
     assert not tx.asleep()
@@ -678,20 +680,21 @@ def test_a_spinning_wait_asks_the_kernel_only_now_and_then(monkeypatch):
     """With rings, a wait whose frames are there takes them without a system call,
     and a spinning wait polls the kernel once per _LOOK_SECONDS, not on every
     turn; a nonblocking spin_once likewise."""
-    from cmampi.channel import socket as sockmod
-    from cmampi.channel.socket import _FRAME, USER
+    from cmampi.channel import _hub as hubmod
+    from cmampi.channel._matching import USER
+    from cmampi.channel._peer import FRAME
 
     look = 0.05     # long next to any stall between two lines, short next to the spin
-    monkeypatch.setattr(sockmod, "_LOOK_SECONDS", look)
-    monkeypatch.setattr(sockmod, "_SPIN_SECONDS", 10.0)      # no sleeping here
+    monkeypatch.setattr(hubmod, "_LOOK_SECONDS", look)
+    monkeypatch.setattr(hubmod, "_SPIN_SECONDS", 10.0)      # no sleeping here
     hub, tx, calls, close = _ringed_hub()
-    tx.write([_FRAME.pack(USER, 0, 5, 3), b"abc"])
-    hub.wait(lambda: bool(hub.unexpected[0]))
-    assert calls == [] and bytes(hub.unexpected[0].popleft()[2]) == b"abc"
+    tx.write([FRAME.pack(USER, 0, 5, 3), b"abc"])
+    hub.wait(lambda: bool(hub.matching.unexpected[0]))
+    assert calls == [] and bytes(hub.matching.unexpected[0].popleft()[2]) == b"abc"
     hub.spin_once()                  # the kernel's first look: it was never asked
     looks = len(calls)
-    tx.write([_FRAME.pack(USER, 0, 6, 1), b"z"])
-    assert hub.spin_once() and len(calls) == looks and hub.unexpected[0]
+    tx.write([FRAME.pack(USER, 0, 6, 1), b"z"])
+    assert hub.spin_once() and len(calls) == looks and hub.matching.unexpected[0]
     del calls[:]
     spin = 4 * look
     turns = [0]
@@ -720,11 +723,12 @@ def test_quick_waits_do_not_keep_the_kernel_from_being_asked(monkeypatch):
     """A loop of nonblocking tests and waits that each end at once, frames
     arriving all the while, still asks the kernel (a peer's end, the sockets)
     once per _LOOK_SECONDS: a wait does not put the next look off."""
-    from cmampi.channel import socket as sockmod
-    from cmampi.channel.socket import _FRAME, USER
+    from cmampi.channel import _hub as hubmod
+    from cmampi.channel._matching import USER
+    from cmampi.channel._peer import FRAME
 
     look = 0.005
-    monkeypatch.setattr(sockmod, "_LOOK_SECONDS", look)
+    monkeypatch.setattr(hubmod, "_LOOK_SECONDS", look)
     hub, tx, calls, close = _ringed_hub()
     end = time.monotonic() + 20 * look
     while time.monotonic() < end:
@@ -734,11 +738,11 @@ def test_quick_waits_do_not_keep_the_kernel_from_being_asked(monkeypatch):
         def arrived(asked=asked):                    # the frame lands as the wait spins
             asked[0] += 1
             if asked[0] == 3:
-                tx.write([_FRAME.pack(USER, 0, 7, 1), b"q"])
-            return bool(hub.unexpected[0])
+                tx.write([FRAME.pack(USER, 0, 7, 1), b"q"])
+            return bool(hub.matching.unexpected[0])
 
         hub.wait(arrived)                            # as a receive does
-        hub.unexpected[0].popleft()
+        hub.matching.unexpected[0].popleft()
         time.sleep(look / 20)
     assert len(calls) >= 10, calls
     close()
@@ -748,13 +752,14 @@ def test_quick_waits_do_not_keep_the_kernel_from_being_asked(monkeypatch):
 def test_a_writer_waiting_for_room_is_rung_when_room_is_freed(procs):
     """A writer whose ring is full sleeps saying so; the reader that takes frames
     from that ring rings the writer's doorbell."""
-    from cmampi.channel.socket import USER, _Conn
+    from cmampi.channel._matching import USER
+    from cmampi.channel._peer import Peer
 
     writer, reader = Hub(0, 1, None, b""), Hub(0, 1, None, b"")
     a, b = socket.socketpair()
     b.setblocking(False)
     fd = _ring.Ring.create(1 << 16)
-    w_conn, r_conn = _Conn(a, 1, os.getpid()), _Conn(b, 0, os.getpid())
+    w_conn, r_conn = Peer(a, 1, os.getpid()), Peer(b, 0, os.getpid())
     w_conn.tx, r_conn.rx = _ring.Ring(fd), _ring.Ring(fd)
     os.close(fd)
     seen = []
@@ -773,7 +778,7 @@ def test_a_writer_waiting_for_room_is_rung_when_room_is_freed(procs):
     assert not w_conn.tx.words[_ring.WAITING]
     w_conn.tx.wait_for_room(True)         # as while it sleeps
     reader.conns, reader.ringed = [r_conn, None], (r_conn,)
-    reader._pump_ring(r_conn)             # takes the frame's first part: frees room
+    r_conn.pump_ring(reader.matching)             # takes the frame's first part: frees room
     a.settimeout(2.0)
     assert a.recv(16) == b"\0", "the writer's doorbell"
     assert not w_conn.tx.words[_ring.WAITING]
