@@ -91,7 +91,7 @@ class Channel(Protocol):
     def last(self) -> tuple[int, int, int]:
         """(source, tag, bytes) of the last `recv_object`."""
 
-    def take_any(self) -> tuple[int, int, bytes] | None:
+    def take_any(self) -> tuple[int, int, bytes | bytearray] | None:
         """A message that has arrived, received whole, if any (never blocks)."""
 
     def probe_any(self, source: int, block: bool = True) -> None:

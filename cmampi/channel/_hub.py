@@ -71,6 +71,8 @@ class Hub:
         self._sends = 0
         self._look_at = 0.0      # when a spinning wait next looks at the kernel
         if size > 1:
+            if directory is None:
+                raise ValueError("cmampi: a hub of several ranks needs a rendezvous directory")
             allow_peers(_config)    # before connecting: peers probe us once connected
             _handshake.connect_all(self.rank, self.size, directory, token, expected_pids,
                                    self.use_rings, lambda peer: self.conns[peer] is not None,
@@ -100,7 +102,14 @@ class Hub:
     # -- failures -------------------------------------------------------------------------
     def failure(self, rank: int) -> PeerFailed:
         """The error for an operation that needs world rank *rank*, which is gone."""
-        return PeerFailed(rank, self.conns[rank].dead, self.pids[rank])
+        return PeerFailed(rank, self.peer(rank).dead or "", self.pids[rank])
+
+    def peer(self, rank: int) -> Peer:
+        """The connection to world rank *rank* (any rank but this one)."""
+        conn = self.conns[rank]
+        if conn is None:
+            raise ValueError(f"cmampi: rank {rank} is this rank: it has no connection")
+        return conn
 
     def dead_member(self, ctx: int, failed: bool = True) -> int | None:
         """The first member of context *ctx* found failed (or just gone), if any."""
@@ -148,7 +157,7 @@ class Hub:
             self.matching.arrive(self.rank, space, ctx, tag, bytes(view))
             h.complete(completion(dest, tag, n, None))
             return h
-        conn = self.conns[dest]
+        conn = self.peer(dest)
         if conn.dead:
             raise self.failure(dest)
         dead = self.broken(ctx)
@@ -241,7 +250,7 @@ class Hub:
             return h
         if source == _names.ANY_SOURCE:
             dead = self.dead_member(ctx)
-        elif source != self.rank and self.conns[source].dead:
+        elif source != self.rank and self.peer(source).dead:
             dead = source
         else:
             dead = self.broken(ctx)
@@ -266,7 +275,7 @@ class Hub:
 
     def _goodbye_from(self, rank: int) -> None:
         """World rank *rank* said goodbye: its leaving will be no failure."""
-        self.conns[rank].finished = True
+        self.peer(rank).finished = True
 
     def _lost(self, conn: Peer, why: str) -> None:
         """A peer is gone: fail everything that can no longer complete (see the module)."""
@@ -380,14 +389,13 @@ class Hub:
         the rings' readers asleep and the writers of full rings waiting, so the
         other sides ring doorbells; a doorbell both sides missed (see `_ring`)
         costs at most ``_ring.RECHECK``."""
-        full = [conn for conn in self.waiting_room if conn.tx is not None]
+        full = [(conn, conn.tx) for conn in self.waiting_room if conn.tx is not None]
         for conn in ringed:
             conn.rx.sleep(True)
-        for conn in full:
-            conn.tx.wait_for_room(True)
+        for _, tx in full:
+            tx.wait_for_room(True)
         try:
-            if any(conn.rx.available() for conn in ringed) or \
-                    any(conn.tx.room() for conn in full):
+            if any(conn.rx.available() for conn in ringed) or any(tx.room() for _, tx in full):
                 ms = 0
             else:
                 bound = max(1, int(_ring.RECHECK * 1000))
@@ -396,9 +404,9 @@ class Hub:
         finally:
             for conn in ringed:
                 conn.rx.sleep(False)
-            for conn in full:
-                if conn.tx is not None:
-                    conn.tx.wait_for_room(False)
+            for conn, tx in full:
+                if conn.tx is not None:     # else lost meanwhile: its rings are unmapped
+                    tx.wait_for_room(False)
 
     def _doorbell(self, conn: Peer) -> bool:
         """A ringed connection's socket is readable: doorbells, or its end.
@@ -541,7 +549,7 @@ def hub_beside(raw) -> Hub:
         hub = Hub(rank, size, directory, token, pids)
         raw.Barrier()                      # everyone is connected
     finally:
-        if rank == 0:
+        if rank == 0 and directory is not None:
             shutil.rmtree(directory, ignore_errors=True)
     _say_goodbye_at_exit(hub)
     return hub

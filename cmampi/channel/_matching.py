@@ -29,7 +29,13 @@ def bytes_view(obj) -> memoryview:
     try:
         return memoryview(obj).cast("B")
     except TypeError:
-        return memoryview(_np.asarray(obj).reshape(-1, order="A").view(_np.uint8))
+        return _np.asarray(obj).reshape(-1, order="A").view(_np.uint8).data
+
+
+#: What a handle's buffer is once it is done (or for a send).
+_NOTHING = memoryview(b"")
+#: What a handle's completion is until it is done.
+PENDING = completion(-1, -1, 0, None)
 
 
 class Handle:
@@ -48,9 +54,9 @@ class Handle:
     )
 
     def __init__(self, space: int = USER, ctx: int = 0, source: int = 0, tag: int = 0,
-                 target: memoryview | None = None) -> None:
+                 target: memoryview = _NOTHING) -> None:
         self.done = False
-        self.info: Completion | None = None   # once done
+        self.info: Completion = PENDING
         self.target = target
         self.source = source      # world rank, or ANY_SOURCE
         self.tag = tag
@@ -67,7 +73,7 @@ class Handle:
     def complete(self, info: Completion) -> None:
         self.info = info
         self.done = True
-        self.target = None
+        self.target = _NOTHING
 
     def Cancel(self) -> None:
         """Mark for cancellation; the channel removes it if it has not matched."""

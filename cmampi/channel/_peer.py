@@ -211,6 +211,7 @@ class Peer:
         way) goes the general way, `pump`.
         """
         rx = self.rx
+        assert rx is not None, "pump_ring of a peer without rings"
         words = rx.words
         start = words[_RING_TAIL]
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os as _os
 import socket as _socket
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from .._access import allow_peers
 from .._backend import real_mpi
@@ -12,6 +13,9 @@ from .._cma import pid_namespace, user_namespace
 from .._config import CMA_MIN_DEFAULTS
 from .._config import config as _config
 from . import Completion
+
+if TYPE_CHECKING:
+    from mpi4py import MPI as _mpi
 
 _MPI = real_mpi()
 
@@ -39,7 +43,7 @@ class MPIChannel:
 
     cma_min = CMA_MIN_DEFAULTS["mpi"]
 
-    def __init__(self, comm: _MPI.Intracomm, node: str | None = None) -> None:
+    def __init__(self, comm: _mpi.Intracomm, node: str | None = None) -> None:
         allow_peers(_config)     # before the handshake below: peers probe us after it
         #: mpi4py's own view of *comm* (a cmampi communicator's methods would recurse)
         self.comm = comm = _MPI.Intracomm(comm)
@@ -88,7 +92,7 @@ class MPIChannel:
     def send(self, data, dest: int, tag: int) -> None:
         self.user.Send([data, _BYTE], dest, tag)
 
-    def isend(self, data, dest: int, tag: int) -> _MPI.Request:
+    def isend(self, data, dest: int, tag: int) -> _mpi.Request:
         return self.user.Isend([data, _BYTE], dest, tag)
 
     def recv(self, buf, source: int, tag: int) -> tuple[int, int, int]:
@@ -97,7 +101,7 @@ class MPIChannel:
         self.user.Recv([buf, _BYTE], source, tag, st)
         return st.Get_source(), st.Get_tag(), st.Get_count(_BYTE)
 
-    def irecv(self, buf, source: int, tag: int) -> _MPI.Request:
+    def irecv(self, buf, source: int, tag: int) -> _mpi.Request:
         return self.user.Irecv([buf, _BYTE], source, tag)
 
     def mprobe(self, source: int, tag: int):
@@ -130,7 +134,7 @@ class MPIChannel:
         st = self.status
         return st.Get_source(), st.Get_tag(), st.Get_count(_BYTE)
 
-    def take_any(self) -> tuple[int, int, bytes] | None:
+    def take_any(self) -> tuple[int, int, bytes | bytearray] | None:
         """Receive the oldest arrived user-space message, if any: (source, tag, data)."""
         st = self.status
         msg = self.user.Improbe(_MPI.ANY_SOURCE, _MPI.ANY_TAG, st)
@@ -158,22 +162,22 @@ class MPIChannel:
         # request is sent.)
         self.side.Send([data, _BYTE], dest, 2 * xid)
 
-    def irecv_reply(self, buf, source: int, xid: int) -> _MPI.Request:
+    def irecv_reply(self, buf, source: int, xid: int) -> _mpi.Request:
         return self.side.Irecv([buf, _BYTE], source, 2 * xid)
 
     def send_payload(self, data, dest: int, xid: int) -> None:
         self.side.Send([data, _BYTE], dest, 2 * xid + 1)
 
-    def isend_payload(self, data, dest: int, xid: int) -> _MPI.Request:
+    def isend_payload(self, data, dest: int, xid: int) -> _mpi.Request:
         return self.side.Isend([data, _BYTE], dest, 2 * xid + 1)
 
-    def irecv_payload(self, buf, source: int, xid: int) -> _MPI.Request:
+    def irecv_payload(self, buf, source: int, xid: int) -> _mpi.Request:
         return self.side.Irecv([buf, _BYTE], source, 2 * xid + 1)
 
     # -- completion --------------------------------------------------------------------
     # A receive into a buffer too small for its message completes with MPI's
     # truncation error in its Completion, not an exception.
-    def waitany(self, handles: Sequence[_MPI.Request]) -> tuple[int, Completion]:
+    def waitany(self, handles: Sequence[_mpi.Request]) -> tuple[int, Completion]:
         st = self.status
         try:
             if self.oversubscribed:
@@ -189,7 +193,7 @@ class MPIChannel:
     #: Stands in a handle list for a handle already taken: MPI skips it.
     null_handle = _MPI.REQUEST_NULL
 
-    def testany(self, handles: Sequence[_MPI.Request]) -> tuple[int, Completion] | None:
+    def testany(self, handles: Sequence[_mpi.Request]) -> tuple[int, Completion] | None:
         """(index, info) of a completed handle of *handles*, without blocking; or
         None. Taken handles must have been replaced by `null_handle`."""
         st = self.status
@@ -203,7 +207,7 @@ class MPIChannel:
             return None
         return i, _done(st)
 
-    def test(self, handle: _MPI.Request) -> Completion | None:
+    def test(self, handle: _mpi.Request) -> Completion | None:
         st = self.status
         try:
             if not handle.Test(st):
@@ -212,7 +216,7 @@ class MPIChannel:
             return _done(st, exc)
         return _done(st)
 
-    def wait_cancelled(self, handle: _MPI.Request) -> Completion | None:
+    def wait_cancelled(self, handle: _mpi.Request) -> Completion | None:
         """Complete a cancelled handle: None if the cancel won, else its message info."""
         st = self.status
         try:
@@ -232,7 +236,7 @@ class MPIChannel:
                 c.Free()
 
 
-def _yielding_waitany(handles: Sequence[_MPI.Request], status: _MPI.Status) -> int:
+def _yielding_waitany(handles: Sequence[_mpi.Request], status: _mpi.Status) -> int:
     """``MPI_Waitany`` that gives the core away between polls."""
     testany, yield_ = _MPI.Request.Testany, _os.sched_yield
     while True:

@@ -148,7 +148,9 @@ class SocketChannel:
                          or (hub.losses != losses and self._gone(source) is not None))
             i = self._find(source, tag)
             if i is None:
-                raise hub.failure(self._gone(source))
+                gone = self._gone(source)
+                assert gone is not None, "the wait ends with a match or a loss"
+                raise hub.failure(gone)
         q = hub.matching.unexpected[self.ctx]
         src, tg, data = q[i]
         del q[i]
@@ -221,7 +223,7 @@ class SocketChannel:
 
     # -- completion -----------------------------------------------------------------------
     def waitany(self, handles: Sequence[Handle]):
-        done = None
+        done = -1
 
         def any_done() -> bool:
             nonlocal done
