@@ -17,6 +17,8 @@ SOCKET_MODULES=(test_p2p_buf test_p2p_buf_matched test_p2p_obj test_p2p_obj_matc
 
 section "lint (ruff, pyproject.toml's rules)"
 ruff check cmampi tests examples
+section "types (mypy on cmampi/, pyproject.toml's settings)"
+mypy
 section "serial tests"
 "${PYTEST[@]}" tests
 for n in 2 3; do
