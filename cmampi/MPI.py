@@ -26,8 +26,8 @@ if CHANNEL == "mpi":
     from .mpicomm import Cartcomm, Comm, Distgraphcomm, Graphcomm, Intracomm  # noqa: F401
 else:
     from .grequest import Grequest  # noqa: F401
-    from .socketcomm import Intracomm, _comm_lock_table  # noqa: F401
-    from .sockettopo import Cartcomm, Compute_dims, Distgraphcomm, Graphcomm, Topocomm  # noqa: F401
+    from .socketcomm import Intracomm, _comm_lock_table  # type: ignore[assignment]  # the socket channel's  # noqa: F401
+    from .sockettopo import Cartcomm, Compute_dims, Distgraphcomm, Graphcomm, Topocomm  # type: ignore[assignment]  # the socket channel's  # noqa: F401
     from .sockettopo import null_comm as _null_comm
     from .sockgroup import GROUP_EMPTY, GROUP_NULL, Group  # noqa: F401
 

@@ -160,7 +160,8 @@ class Buffer:
         self.obj = obj            # what the user passed, kept alive with the request
         self.array = array
         self._layout = layout     # None: a whole C-contiguous array, laid out on demand
-        self.nbytes = layout.nbytes if layout is not None else nbytes
+        self.nbytes: int = (layout.nbytes if layout is not None
+                            else nbytes)  # type: ignore[assignment]  # given when layout is None
         self.esize = esize
         self.whole = whole        # the message is all of *array*
 
@@ -224,7 +225,8 @@ class Buffer:
         if lay.contiguous_run:
             if self.whole and self.array.flags.c_contiguous:
                 try:
-                    memoryview(self.array).cast("B")[:n] = data
+                    memoryview(self.array  # type: ignore[arg-type]  # numpy stubs < 3.12
+                               ).cast("B")[:n] = data
                     return
                 except (TypeError, ValueError):  # formats memoryview cannot cast
                     pass
@@ -254,7 +256,7 @@ _addressof = _ctypes.addressof
 def address(arr: _np.ndarray) -> int:
     """Address of *arr*'s first byte (cheaper through ctypes for writable arrays)."""
     if arr.flags.writeable and arr.flags.c_contiguous and arr.nbytes:
-        return _addressof(_c_char.from_buffer(arr))
+        return _addressof(_c_char.from_buffer(arr))  # type: ignore[arg-type]  # numpy stubs < 3.12
     return arr.__array_interface__["data"][0]
 
 
@@ -293,11 +295,11 @@ def _foreign_array(obj) -> _np.ndarray:
     it to MPI: a device pointer is only usable where the memory is host-visible."""
     from ._backend import names
 
-    mpi_buffer = getattr(names(), "buffer", None)
+    mpi_buffer: Any = getattr(names(), "buffer", None)     # whatever the module holds
     if getattr(mpi_buffer, "__module__", "").startswith("mpi4py") and (hasattr(obj, "__dlpack__") or
                                    hasattr(obj, "__cuda_array_interface__")):
         mem = mpi_buffer(obj)
-        cai = getattr(obj, "__cuda_array_interface__", None)
+        cai: Any = getattr(obj, "__cuda_array_interface__", None)   # whatever obj holds
         try:
             dtype = _np.dtype(cai["typestr"]) if cai is not None else _dlpack_dtype(obj)
         except TypeError:
@@ -417,14 +419,19 @@ def _dl_dtype(code: int, bits: int, lanes: int) -> _np.dtype:
     if lanes != 1:
         kind, bits = ("c", 2 * bits) if kind == "f" and lanes == 2 and bits in (32, 64, 128) \
             else (None, 8)
-    sizes = {"b": (8,), "i": (8, 16, 32, 64), "u": (8, 16, 32, 64), "f": (16, 32, 64, 128),
-             "c": (64, 128, 256)}.get(kind, ())
+    sizes = _DL_SIZES.get(kind, ())
     if bits in sizes:
         try:
             return _np.dtype(f"{kind}{bits // 8}")
         except TypeError:   # no numpy type of that size on this platform
             pass
     return _np.dtype(_np.uint8)
+
+
+#: The sizes in bits of the C types of each kind (none for None, an unknown kind).
+_DL_SIZES: dict[str | None, tuple[int, ...]] = {
+    "b": (8,), "i": (8, 16, 32, 64), "u": (8, 16, 32, 64), "f": (16, 32, 64, 128),
+    "c": (64, 128, 256)}
 
 
 def _contiguous(shape, strides, itemsize: int, order: str) -> bool:

@@ -12,6 +12,7 @@ import errno as _errno
 import os as _os
 import select as _select
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as _np
 
@@ -49,7 +50,7 @@ class _iovec(_ctypes.Structure):
 
 
 _libc = _ctypes.CDLL(None, use_errno=True)
-_SIG = [
+_SIG: list[type[_ctypes._SimpleCData[Any]]] = [
     _ctypes.c_int,
     _ctypes.c_void_p,
     _ctypes.c_ulong,
@@ -57,6 +58,8 @@ _SIG = [
     _ctypes.c_ulong,
     _ctypes.c_ulong,
 ]
+_readv: _ctypes._NamedFuncPointer | None
+_writev: _ctypes._NamedFuncPointer | None
 try:
     _readv = _libc.process_vm_readv
     _writev = _libc.process_vm_writev
@@ -329,7 +332,8 @@ def user_namespace(pid: int | str = "self"):
 def _probe(pid: int) -> None:
     fn = _require(_readv)
     buf = _ctypes.create_string_buffer(1)
-    iov = _iovec_pair((_ctypes.addressof(buf), 1), (0, 1))
+    iov = _iovec_pair(
+        (_ctypes.addressof(buf), 1), (0, 1))  # type: ignore[misc]  # ctypes makes _iovecs of tuples
     lp = _ctypes.addressof(iov)
     n = fn(pid, lp, 1, lp + _ctypes.sizeof(_iovec), 1, 0)
     err = _ctypes.get_errno() if n < 0 else 0
@@ -380,7 +384,7 @@ class Peer:
             self.fd = _open_proc(pid)
         except OSError as exc:
             if exc.errno != _errno.ENOSYS:
-                raise oserror(exc.errno, pid) from None
+                raise oserror(exc.errno, pid) from None  # type: ignore[arg-type]  # os sets errno
             self.fd = _open_proc(pid)
         else:
             self._poll = _select.poll()

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import os as _os
 from dataclasses import dataclass
+from typing import overload
 
 __all__ = ["CMA_MIN_DEFAULTS", "Config", "config"]
 
 from ._tuning import CHUNK, CMA_MIN_DEFAULTS, COOP_MIN, EAGER_LIMIT, POOL
 
 
+@overload
+def _size(name: str, default: int) -> int: ...
+@overload
+def _size(name: str, default: None) -> int | None: ...
 def _size(name: str, default: int | None) -> int | None:
     raw = _os.environ.get(name)
     if raw is None or raw == "":

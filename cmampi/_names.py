@@ -8,7 +8,7 @@ import pickle as _pickle
 import socket as _socket
 import time as _time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as _np
 
@@ -100,6 +100,9 @@ class Datatype:
 
     __slots__ = ("_size", "code", "name")
 
+    #: Set below the class (mpi4py's ``Datatype.fromcode``).
+    fromcode: ClassVar[Callable[[str], Datatype]]
+
     def __init__(self, name: str, code: str) -> None:
         self.name = name
         self.code = code
@@ -146,7 +149,7 @@ for _name, _code in _DATATYPES.items():
 DATATYPE_NULL = Datatype("DATATYPE_NULL", "")
 _BYTE: Datatype = globals()["BYTE"]
 # The datatype mpi4py would pick for a numpy dtype (its type map), for user ops.
-_BY_DTYPE = {}
+_BY_DTYPE: dict[_np.dtype, Datatype] = {}
 for _name in ("DOUBLE", "FLOAT", "LONG", "INT", "SHORT", "SIGNED_CHAR", "UNSIGNED_LONG",
               "UNSIGNED", "UNSIGNED_SHORT", "UNSIGNED_CHAR", "C_BOOL", "LONG_DOUBLE",
               "C_FLOAT_COMPLEX", "C_DOUBLE_COMPLEX", "C_LONG_DOUBLE_COMPLEX", "FLOAT16"):
@@ -220,8 +223,8 @@ class Status:
     def __init__(self, status: Status | None = None) -> None:
         if status is not None and not isinstance(status, Status):
             raise TypeError(f"expected a Status, not {type(status).__name__}")
-        self._mem = _array.array("i", [0, 0, ANY_SOURCE, ANY_TAG, SUCCESS]
-                                 if status is None else status._mem)
+        self._mem: _array.array[int] = _array.array("i", [0, 0, ANY_SOURCE, ANY_TAG, SUCCESS]
+                                                    if status is None else status._mem)
 
     source = property(lambda self: self._mem[2], lambda self, v: self._set(2, v))
     tag = property(lambda self: self._mem[3], lambda self, v: self._set(3, v))
@@ -268,7 +271,7 @@ class Status:
     def Set_error(self, error: int) -> None:
         self.error = error
 
-    def Get_count(self, datatype: Datatype = None) -> int:
+    def Get_count(self, datatype: Datatype | None = None) -> int:
         size = (datatype or _BYTE).Get_size()
         if size == 0:
             return 0 if self.count == 0 else UNDEFINED
@@ -307,7 +310,7 @@ def _status_from(fields) -> Status:
 #: programs see the same ``RuntimeError`` on either channel.
 _MAX_USER_OPS = 32
 #: The functions of live user ops, by handle.
-_USER_OPS: dict = {}
+_USER_OPS: dict[int, Callable[[Any, Any, Any], Any]] = {}
 _OP_NULL_HANDLE, _USER_OP_BASE = 0x18000000, -0x68000000   # MPICH's (0x98000000 signed)
 
 
@@ -321,6 +324,16 @@ class Op:
     """
 
     __slots__ = ("_owned", "commute", "handle", "name", "pyfunc", "userfn")
+
+    name: str
+    #: A predefined op's combiner of two values (None for OP_NULL and user ops).
+    pyfunc: Callable[[Any, Any], Any] | None
+    commute: bool
+    #: A user op's ``function(inbuf, inoutbuf, datatype)`` (None for a predefined op).
+    userfn: Callable[[Any, Any, Any], Any] | None
+    handle: int
+    #: Made by ``Create`` (so it pickles), not looked up by ``fromint``.
+    _owned: bool
 
     def __init__(self, op: Op | None = None) -> None:
         if op is None:
@@ -595,7 +608,8 @@ class buffer(_np.ndarray):
         if address == 0 and nbytes > 0:
             raise ValueError("expecting non-NULL address")
         raw = (ctypes.c_char * nbytes).from_address(address) if nbytes else bytearray()
-        mem = _np.frombuffer(raw, _np.uint8).view(buffer)
+        mem = _np.frombuffer(raw,  # type: ignore[arg-type]  # numpy's stubs omit ctypes arrays
+                             _np.uint8).view(buffer)
         mem.flags.writeable = not readonly
         mem._obj = None
         return mem
@@ -623,8 +637,11 @@ class buffer(_np.ndarray):
     def cast(self, format: str, shape=None) -> memoryview:
         """Cast to a memoryview with new format or shape."""
         self._check_cpu_accessible()
-        mv = memoryview(self)
-        return mv.cast(format) if shape is None else mv.cast(format, shape)
+        mv = memoryview(self)  # type: ignore[arg-type]  # numpy's stubs: a Buffer only on 3.12+
+        # typeshed's cast takes only literal formats; mpi4py's, any (ValueError if unknown).
+        if shape is None:
+            return mv.cast(format)  # type: ignore[call-overload]  # any format, as mpi4py's
+        return mv.cast(format, shape)  # type: ignore[call-overload]  # any format, as mpi4py's
 
     def tobytes(self, order=None) -> bytes:
         """Return the data in the buffer as a byte string."""

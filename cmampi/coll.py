@@ -163,8 +163,9 @@ class Collectives:
         # Infos travel as plain tuples (a NamedTuple pickles with its class's
         # name: 4-6 us more per small collective on the socket channel) and
         # are named again below, once every rank is known to make this call.
-        records = self.exchange((self.error_record(error), _plain(info),
-                                 payload if inline else None, call))
+        records: list[tuple[tuple[int, str] | None, Any, bytes | None, Call | None]] = \
+            self.exchange((self.error_record(error), _plain(info),
+                           payload if inline else None, call))
         for r, (failed, _, _, _) in enumerate(records):
             if failed is not None:
                 if error is not None:
@@ -438,7 +439,10 @@ class GatherInfo(NamedTuple):
     addr: int
     recv: RootBuffer | None          # the root's only
 
-    _nested = {"recv": RootBuffer}    # noqa: RUF012 (read only; NamedTuple takes no ClassVar)
+
+# Which fields hold NamedTuples (see `_plain`), read only: a class attribute set here,
+# as a NamedTuple's body would make a name starting with _ a field (for mypy).
+GatherInfo._nested = {"recv": RootBuffer}  # type: ignore[attr-defined]  # not a field
 
 
 class ScatterInfo(NamedTuple):
@@ -448,7 +452,8 @@ class ScatterInfo(NamedTuple):
     dtype: str | None
     send: RootBuffer | None          # the root's only
 
-    _nested = {"send": RootBuffer}    # noqa: RUF012 (read only; NamedTuple takes no ClassVar)
+
+ScatterInfo._nested = {"send": RootBuffer}  # type: ignore[attr-defined]  # not a field
 
 
 class AllgatherInfo(NamedTuple):
@@ -501,7 +506,7 @@ def _disagreement(calls: Sequence[Call | None], names) -> tuple[str, int]:
     kinds = {c.kind if c else None for c in calls}
     if len(kinds) > 1:
         return f"ranks call different collectives ({listed})", names.ERR_OTHER
-    if len({c.root for c in calls}) > 1:
+    if len({c.root if c else None for c in calls}) > 1:     # (no None: the kinds agree)
         return f"ranks name different roots ({listed})", names.ERR_ROOT
     return f"ranks name different ops ({listed})", names.ERR_OP
 
@@ -520,7 +525,7 @@ def bcast(c: Collectives, spec, root: int) -> None:
         return flat(spec, c.rank != root)     # the root's buffer is only read
 
     f, err = _guard(parse)
-    a = f.array if f else None
+    a: _np.ndarray = f.array if f else None  # type: ignore[assignment]  # None: agree() raises
     me = c.rank
     info = None if a is None else BcastInfo(a.nbytes, addr(a))
     records = c.agree(err, info, _payload(c, a) if me == root else None, inline=me == root,
@@ -602,7 +607,7 @@ def gather(c: Collectives, sendspec, recvspec, root: int, vector_spec: bool = Fa
     isz = dtype.itemsize
     any_cma = any(r.payload is None for r in records)
     if me == root:
-        out = recv.array
+        out = recv.array  # type: ignore[union-attr]  # the root's (else agree() raised)
         for r, rec in enumerate(records):
             if r == me:
                 if not in_place:
@@ -614,7 +619,7 @@ def gather(c: Collectives, sendspec, recvspec, root: int, vector_spec: bool = Fa
     if any_cma:
         c.barrier()
     if me == root:
-        recv.finish()
+        recv.finish()  # type: ignore[union-attr]  # the root's (else agree() raised)
 
 
 def scatter(c: Collectives, sendspec, recvspec, root: int, vector_spec: bool = False) -> None:
@@ -665,13 +670,17 @@ def scatter(c: Collectives, sendspec, recvspec, root: int, vector_spec: bool = F
                              names.ERR_TRUNCATE if rec.info.size < cnts[r] else None)
     if me == root and in_place:
         pass
+    # Below, *recv* is not None (only an in-place root has none), nor the root's *send*.
     elif records[root].payload is not None:
-        src = _from(records[root].payload, dtype)
-        recv.array[: cnts[me]] = src[dsps[me] : dsps[me] + cnts[me]]
+        src = _from(records[root].payload, dtype)  # type: ignore[arg-type]  # elif: not None
+        recv.array[: cnts[me]] = (  # type: ignore[union-attr]  # not in place: has one
+            src[dsps[me] : dsps[me] + cnts[me]])
     elif me == root:
-        recv.array[: cnts[me]] = send.array[dsps[me] : dsps[me] + cnts[me]]
+        recv.array[: cnts[me]] = send.array[  # type: ignore[union-attr]  # root: has both
+            dsps[me] : dsps[me] + cnts[me]]
     else:
-        c.read(root, saddr + dsps[me] * dtype.itemsize, recv.array[: cnts[me]])
+        c.read(root, saddr + dsps[me] * dtype.itemsize,
+               recv.array[: cnts[me]])  # type: ignore[union-attr]  # not in place: has one
     if records[root].payload is None:
         c.barrier()
     if recv is not None:
@@ -694,7 +703,12 @@ def allgather(c: Collectives, sendspec, recvspec, vector_spec: bool = False) -> 
         return recv, send, cnts, dsps
 
     got, err = _guard(parse)
-    recv, send, cnts, dsps = got if got else (None, None, None, None)
+    recv: Flat
+    send: _np.ndarray
+    cnts: list[int]
+    dsps: list[int]
+    recv, send, cnts, dsps = \
+        got if got else (None, None, None, None)  # type: ignore[assignment]  # None: agree() raises
     info = None if err else AllgatherInfo(send.size, send.dtype.str, addr(recv.array), dsps, cnts)
     records = c.agree(err, info, _payload(c, send), inline=True,
                       call=_call("allgatherv" if vector_spec else "allgather"))
@@ -743,7 +757,14 @@ def alltoall(c: Collectives, sendspec, recvspec, vector_spec: bool = False) -> N
         return recv, send, rc, rd, sc, sd
 
     got, err = _guard(parse)
-    recv, send, rc, rd, sc, sd = got if got else (None,) * 6
+    recv: Flat
+    send: Flat
+    rc: list[int]
+    rd: list[int]
+    sc: list[int]
+    sd: list[int]
+    recv, send, rc, rd, sc, sd = \
+        got if got else (None,) * 6  # type: ignore[assignment]  # None: agree() raises
     info = None if err else AlltoallInfo(send.array.dtype.str, addr(recv.array), rc, rd, sc, sd)
     records = c.agree(err, info, _payload(c, send.array) if send else None, inline=True,
                       call=_call("alltoallv" if vector_spec else "alltoall"))
@@ -840,7 +861,9 @@ def reduce_family(c: Collectives, kind: str, sendspec, recvspec, op, root: int =
         return recv, x, combine
 
     got, err = _guard(parse)
-    recv, x, combine = got if got else (None, None, None)
+    x: _np.ndarray
+    recv, x, combine = \
+        got if got else (None, None, None)  # type: ignore[assignment]  # None: agree() raises
     info = None
     if err is None:
         info = ReduceInfo(x.size, x.dtype.str, addr(x),
@@ -888,10 +911,11 @@ def reduce_family(c: Collectives, kind: str, sendspec, recvspec, op, root: int =
             return
         if kind == "reduce" and me != root:
             return
-        parts = [_from(records[s].payload, x.dtype)[lo:hi] for s in ranks]
-        out = recv.array[: hi - lo]
+        parts = [_from(records[s].payload, x.dtype)[lo:hi]  # type: ignore[arg-type]  # all inline
+                 for s in ranks]
+        out = recv.array[: hi - lo]  # type: ignore[union-attr]  # a Reduce's non-roots returned
         _fold(combine, parts, out)
-        recv.finish()
+        recv.finish()  # type: ignore[union-attr]  # a Reduce's non-roots returned
         return
     _reduce_cma(c, kind, records, x, recv, combine, mine, list(ranks), root, op)
     c.barrier()
@@ -919,7 +943,9 @@ def _reduce_cma(c: Collectives, kind, records, x, recv, combine, mine, ranks, ro
             return
     acc_buf = _np.empty(per, dtype=dtype)
     tmp_buf = _np.empty(per, dtype=dtype)
-    out_base = recv.array if recv is not None else None
+    # None only where this rank keeps no result (a Reduce's non-root), which never uses it.
+    out_base: _np.ndarray = \
+        recv.array if recv is not None else None  # type: ignore[assignment]  # unused if None
     shift = lo if kind in ("reduce_scatter_block", "reduce_scatter") else 0
     fused = _ops.combiner_out(op, dtype) if len(ranks) == 2 and me in ranks and keep else None
     for o in range(lo, hi, per):

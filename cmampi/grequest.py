@@ -19,6 +19,12 @@ class _GreqOp(_p2p.Op):
     its query and free functions run as a wait or test completes it (``decode``)."""
 
     __slots__ = ("args", "cancel_fn", "free_fn", "kwargs", "obj", "query_fn")
+    args: tuple[Any, ...]
+    cancel_fn: Callable[..., None] | None
+    free_fn: Callable[..., None] | None
+    kwargs: dict[str, Any]
+    obj: Any     # what ``complete`` was given, for ``wait``
+    query_fn: Callable[..., None] | None
 
     def advance(self, info: Completion) -> None:  # pragma: no cover - it never waits on a channel
         pass

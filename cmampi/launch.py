@@ -26,7 +26,15 @@ import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from typing import BinaryIO, NamedTuple
+from typing import TYPE_CHECKING, BinaryIO, NamedTuple
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from types import FrameType
+    from typing import Any, TypeAlias
+
+    #: What ``signal.getsignal`` returns and ``signal.signal`` takes.
+    _Handler: TypeAlias = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 
 __all__ = ["EXIT_TIMEOUT", "EXIT_USAGE", "GRACE", "main", "rank_environ", "run"]
 
@@ -282,7 +290,7 @@ class _Job:
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
         self.sel.register(self.wake_r, selectors.EVENT_READ)
-        self._saved: dict[int, object] = {}
+        self._saved: dict[int, _Handler] = {}
         self._saved_wakeup: int | None = None
 
     # -- signals --------------------------------------------------------------------------

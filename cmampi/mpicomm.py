@@ -17,7 +17,7 @@ from __future__ import annotations
 import copyreg as _copyreg
 import functools as _functools
 import sys as _sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import p2p as _p2p
 from ._backend import real_mpi as _real_mpi
@@ -27,7 +27,10 @@ from .comm import INFO_NULL, Communicator
 
 __all__ = ["Cartcomm", "Comm", "Distgraphcomm", "Graphcomm", "Intracomm", "accelerate", "attach"]
 
-_MPI = _real_mpi()
+if TYPE_CHECKING:
+    from mpi4py import MPI as _MPI
+else:
+    _MPI = _real_mpi()
 
 #: The engine of each attached handle.
 _ENGINES: dict[int, _p2p.Engine] = {}
@@ -134,7 +137,15 @@ class Comm(_Handles, _MPI.Comm, metaclass=StandIn):
     _stand_in = True     # isinstance(x, MPI.Comm) holds for mpi4py's own too
 
 
-class _MPICommunicator(_Handles, Communicator):
+if TYPE_CHECKING:
+    class _MixedIn(Communicator, _MPI.Intracomm):
+        """For the type checker: `_MPICommunicator` always comes before mpi4py's
+        ``Intracomm`` (or a subclass of it) in its concrete classes' bases."""
+else:
+    _MixedIn = Communicator
+
+
+class _MPICommunicator(_Handles, _MixedIn):
     """What cmampi's MPI-channel communicators add to mpi4py's: the engine, and
     derived communicators that are cmampi's too."""
 
@@ -142,7 +153,8 @@ class _MPICommunicator(_Handles, Communicator):
 
     def _plain(self) -> Any:
         e = self._engine
-        return e.ch.comm if e is not None else _MPI.Intracomm(self)
+        return (e.ch.comm  # type: ignore[attr-defined]  # attach() made it an MPIChannel
+                if e is not None else _MPI.Intracomm(self))
 
     def __reduce__(self) -> Any:
         # The world and self travel by name: cmampi's, which the receiver resolves
@@ -154,7 +166,8 @@ class _MPICommunicator(_Handles, Communicator):
             if self is constant:
                 return name
             if self == constant:
-                return (_copyreg.__newobj__, (type(self), constant))
+                return (_copyreg.__newobj__,  # type: ignore[attr-defined]  # not in typeshed
+                        (type(self), constant))
         return super().__reduce__()
 
     def _lock(self, kind: str) -> Any:

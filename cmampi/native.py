@@ -215,7 +215,7 @@ class Agreement:
         self.every = bytearray(self.size * self.row)
         self.starts = tuple(range(0, len(self.every), self.row))
         self.fast: dict = {}
-        self.packed = None      # the header now in `mine`
+        self.packed: bytes | None = None      # the header now in `mine`
 
     def agree(self, packed: bytes) -> bool:
         """Gather every rank's header *packed* (and the payload already in `mine`);

@@ -12,7 +12,7 @@ from __future__ import annotations
 import ctypes as _ctypes
 from collections.abc import Sequence
 from operator import index as _index
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as _np
 
@@ -21,6 +21,9 @@ from .coll import flat as _flat
 from .coll import vector as _vector
 from .request import Request, new_request
 from .socketcomm import Intracomm, _w_spec
+
+if TYPE_CHECKING:   # sockettopo imports this module
+    from .sockettopo import Topocomm
 
 __all__ = ["ineighbor_allgather", "ineighbor_alltoall", "ineighbor_alltoallw",
            "neighbor_objects"]
@@ -78,7 +81,7 @@ def _finisher(recv):
     return recv.finish if recv.copied else None
 
 
-def ineighbor_allgather(comm: Intracomm, sendbuf, recvbuf, vector_spec: bool) -> Request:
+def ineighbor_allgather(comm: Topocomm, sendbuf, recvbuf, vector_spec: bool) -> Request:
     nb = comm._neighbors()
     if vector_spec:
         recv, counts, displs = _vector(recvbuf, len(nb.sources), True)
@@ -93,7 +96,7 @@ def ineighbor_allgather(comm: Intracomm, sendbuf, recvbuf, vector_spec: bool) ->
     return _post(comm, recvs, sends, _finisher(recv))
 
 
-def ineighbor_alltoall(comm: Intracomm, sendbuf, recvbuf, vector_spec: bool) -> Request:
+def ineighbor_alltoall(comm: Topocomm, sendbuf, recvbuf, vector_spec: bool) -> Request:
     nb = comm._neighbors()
     nin, nout = len(nb.sources), len(nb.destinations)
     if vector_spec:
@@ -139,7 +142,7 @@ def _w_blocks(spec, n: int, writable: bool) -> list[_np.ndarray]:
     return [mem[d:d + c * t.Get_size()] for c, d, t in zip(counts, displs, types)]
 
 
-def ineighbor_alltoallw(comm: Intracomm, sendbuf, recvbuf) -> Request:
+def ineighbor_alltoallw(comm: Topocomm, sendbuf, recvbuf) -> Request:
     nb = comm._neighbors()
     rblocks = _w_blocks(recvbuf, len(nb.sources), True)
     sblocks = _w_blocks(sendbuf, len(nb.destinations), False)
@@ -147,7 +150,7 @@ def ineighbor_alltoallw(comm: Intracomm, sendbuf, recvbuf) -> Request:
                  list(zip(sblocks, nb.destinations, nb.sendtags)))
 
 
-def neighbor_objects(comm: Intracomm, objs: Sequence[Any]) -> list[Any]:
+def neighbor_objects(comm: Topocomm, objs: Sequence[Any]) -> list[Any]:
     """Object *objs[j]* to out-neighbour j; the objects of the in-neighbours
     (None from ``PROC_NULL``)."""
     nb = comm._neighbors()

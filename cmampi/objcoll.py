@@ -43,7 +43,7 @@ def _record(p: Packed, oob: bool) -> tuple:
 
 def _remote(record: Sequence[tuple] | None) -> bool:
     """Whether a rank's records leave anything in its memory for others to pull."""
-    return bool(record) and any(r[0] is None or r[3] for r in record)
+    return bool(record and any(r[0] is None or r[3] for r in record))
 
 
 def _fold(op: Callable[[Any, Any], Any], items: list[Any]) -> Any:
@@ -129,7 +129,7 @@ def _from_root(coll, kind: str, err, packs, mine, root: int) -> Any:
     _p2p.wait_handles(coll.e.ch, handles)
     if err is not None:
         raise err
-    readers = [r for r in others if _remote([pick(r)])]
+    readers = [r for r in others if _remote([pick(r)])]  # type: ignore[list-item]  # err is None: mine is set
     try:
         return packs[0 if kind == "bcast" else me].copy()
     finally:

@@ -65,7 +65,8 @@ class Packed:
     def snapshot(self) -> Packed:
         """The object as it is now: its out-of-band buffers copied (one copy each,
         still pulled single-copy by the receiver), so later changes do not travel."""
-        self.views = [memoryview(_np.array(_np.frombuffer(v, _np.uint8))) for v in self.views]
+        self.views = [memoryview(_np.array(_np.frombuffer(v, _np.uint8)))  # type: ignore[arg-type]  # numpy stubs < 3.12
+                      for v in self.views]
         return self
 
     def spots(self) -> list[Spot]:
@@ -279,7 +280,7 @@ def recv(engine: _p2p.Engine, source: int, tag: int, status=None) -> Any:
     return _unpacked(engine, obj, src)
 
 
-def _completed(engine: _p2p.Engine, op: _p2p.Op, status) -> Any:
+def _completed(engine: _p2p.Engine, op: _p2p.RecvOp, status) -> Any:
     """The object of a finished receive op, *status* filled."""
     op.decode = loads
     engine.complete(op, status)
@@ -292,7 +293,8 @@ def landed(op: _p2p.RecvOp) -> None:
     waits for that. The object itself is unpickled by `loads`, when asked for."""
     if op.buf is None or not op.nbytes or not _RECORD.marks(op.buf.array):
         return
-    head = _pickle.loads(op.buf.array)    # cmampi's own record: its stream stays bytes
+    # cmampi's own record: its stream stays bytes
+    head = _pickle.loads(op.buf.array)  # type: ignore[arg-type]  # numpy stubs < 3.12
     op.result = _fetched(op.engine, head, op.source)
 
 
@@ -310,14 +312,14 @@ def _fetched(engine: _p2p.Engine, head: _OutOfBand, source: int) -> _Pulled:
     return _Pulled(head.stream, buffers, error)
 
 
-def loads(op: _p2p.Op) -> Any:
+def loads(op: _p2p.RecvOp) -> Any:
     """The object a finished receive holds (its out-of-band buffers pulled on arrival)."""
     if type(op.result) is _Pulled:
         pulled, op.result = op.result, None
         return pulled.load()
     if op.buf is None or not op.nbytes:
         return None
-    return _unpacked(op.engine, _pickle.loads(op.buf.array), op.source)
+    return _unpacked(op.engine, _pickle.loads(op.buf.array), op.source)  # type: ignore[arg-type]  # numpy stubs < 3.12
 
 
 def _unpacked(engine: _p2p.Engine, obj: Any, source: int) -> Any:

@@ -24,7 +24,8 @@ _PREDEFINED = {
     "BXOR": (_np.bitwise_xor, "iu"),
 }
 
-Combine = Callable[[_np.ndarray, _np.ndarray], None]
+#: ``f(x, inout)``; what it returns (``inout``, for a ufunc) is not used.
+Combine = Callable[[_np.ndarray, _np.ndarray], object]
 
 
 _NAMES = [*list(_PREDEFINED), "MAXLOC", "MINLOC", "REPLACE", "NO_OP"]

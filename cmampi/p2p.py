@@ -23,7 +23,7 @@ from __future__ import annotations
 import collections as _collections
 import os as _os
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 from typing import ClassVar as _ClassVar
 
 import numpy as np
@@ -34,6 +34,11 @@ from ._buffers import Buffer, address, recv_buffer, send_buffer
 from ._tuning import OBJECT_RAW_MAX
 from .channel import Channel, Completion
 from .coop import SHARES, CoopPull, CopyShare, now
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+    from .objects import Packed
 
 __all__ = [
     "RECORDS",
@@ -60,7 +65,7 @@ _sched_yield = getattr(_os, "sched_yield", lambda: None)
 #: Receives of every communicator that wait on a channel handle. A blocking call
 #: keeps all of them moving: a peer may be blocked on one of them (waiting for
 #: our pull and reply), and that peer may be what the call itself waits for.
-_PENDING: dict[RecvOp, None] = {}   # insertion-ordered set
+_PENDING: dict[Op, None] = {}   # insertion-ordered set
 #: Operations whose requests were freed or dropped in flight: kept alive (with the
 #: memory the channel may still write to) and advanced by `progress` until done.
 _DETACHED: list[Op] = []
@@ -118,15 +123,16 @@ class Op:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self.handle = None
+        self.handle: Any = None     # a channel's handle, or a request of the library's
         self.done = False
         self.error: BaseException | None = None
         self.source = engine.names.ANY_SOURCE
         self.tag = engine.names.ANY_TAG
         self.nbytes = 0
         self.cancelled = False
-        self.decode = None      # turns the finished op into an object (lowercase API)
-        self.result = None
+        #: turns the finished op into an object (lowercase API)
+        self.decode: Callable[[Self], Any] | None = None
+        self.result: Any = None     # the object a receive delivers, or what leads to it
 
     def advance(self, info: Completion) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -177,20 +183,21 @@ class PullSendOp(Op):
 
     __slots__ = ("base", "buf", "dest", "helped", "notice", "reply", "xid")
 
-    def __init__(self, engine: Engine, buf: Buffer, dest: int, xid: int,
+    def __init__(self, engine: Engine, buf: Buffer | Packed, dest: int, xid: int,
                  base: int | None = None, notice: tuple | None = None) -> None:
         super().__init__(engine)
         #: (channel handle, bytes) of the descriptor's send, if it was sent without
         #: blocking: completed once the reply shows the receiver has it
         self.notice = notice
-        self.buf = buf             # the user's buffer stays alive until the reply
+        #: the user's buffer (an object's pickle, with *base* 0) stays alive until the reply
+        self.buf: Buffer | Packed | None = buf
         #: what help requests' offsets count from: the buffer's start, or (objects,
         #: whose requests name absolute addresses) 0
         self.base = base
         self.dest = dest
         self.xid = xid
         self.reply = bytearray(_wire.REPLY_MAX)
-        self.helped = None         # None: not asked; else the code we sent back
+        self.helped: int | None = None     # None: not asked; else the code we sent back
         self.handle = engine.ch.irecv_reply(self.reply, dest, xid)
 
     def advance(self, info: Completion) -> None:
@@ -217,7 +224,7 @@ class PullSendOp(Op):
         lo, hi, addr = _wire.parse_help(self.reply)
         self.handle = ch.irecv_reply(self.reply, self.dest, self.xid)
         self.helped = _wire.ACK_OK
-        base = self.base if self.base is not None else self.buf.layout.addr
+        base = self.base if self.base is not None else self.buf.layout.addr  # type: ignore[union-attr]  # no base: buf is a Buffer (None once done)
         try:
             _cma.writev(ch.pids[self.dest], [(base + lo, hi - lo)], [(addr, hi - lo)])
         except OSError:
@@ -234,14 +241,17 @@ class RecvOp(Op):
                  landed: Callable[[RecvOp], None] | None = None) -> None:
         super().__init__(engine)
         self.buf = buf
-        self.stage = None
+        #: until delivery: the array the channel receives into or, in place, the
+        #: bytes of the buffer that a control message would cover
+        self.stage: np.ndarray | bytes | None = None
         self.inplace = False   # the channel receives straight into the user's buffer
-        self.then = None       # what to do when the current handle completes
+        #: what to do when the current handle completes
+        self.then: Callable[[Completion], None] | None = None
         #: run in progress once the message is in, whether or not anyone waits
         #: (objects pull their out-of-band buffers there: their sender waits on it)
         self.landed = landed
 
-    def wait_on(self, handle, then) -> None:
+    def wait_on(self, handle: Any, then: Callable[[Completion], None]) -> None:
         self.handle, self.then = handle, then
         _PENDING[self] = None
 
@@ -259,9 +269,9 @@ class RecvOp(Op):
         if info.error is not None and then != self.arrived:
             self.finish(info.error)  # a reply or payload that cannot come: the sender is gone
             return
-        then(info)
+        then(info)  # type: ignore[misc]  # a handle is advanced once, after wait_on set then
 
-    def arrived(self, info) -> None:
+    def arrived(self, info: Completion) -> None:
         source, tag, count, err = info
         if err is not None:  # a payload larger than anything it could fit into, or no sender
             self.source, self.tag, self.nbytes = source, tag, count
@@ -270,16 +280,19 @@ class RecvOp(Op):
             self.finish(self.engine.truncated() if truncated else err)
             return
         self.engine.landing.pop(self, None)
-        msg = self.buf.flat() if self.inplace else self.stage
+        # In place, the message is in the buffer (only a buffer receive lands in
+        # place) and the stage holds the bytes it covered; else it is in the stage
+        # array. *msg*: the buffer's array, the stage array, or a control message's bytes.
+        msg: Any = self.buf.flat() if self.inplace else self.stage  # type: ignore[union-attr]  # in place: a buffer
         if self.inplace and self.engine.limit < count <= self.engine.band:
             # A control message landed in the user's buffer: take it out and
             # put back what it covered.
             ctrl = msg[:count].tobytes()
-            msg[:count] = np.frombuffer(self.stage, np.uint8, count)
+            msg[:count] = np.frombuffer(self.stage, np.uint8, count)  # type: ignore[arg-type]  # in place: bytes
             msg = ctrl
         self.engine.deliver(self, memoryview(msg)[:count], source, tag)
         if not self.inplace:    # delivered (copied, or read if a header): reuse the stage
-            self.engine.spare(self.stage)
+            self.engine.spare(self.stage)  # type: ignore[arg-type]  # not in place: an array
         self.stage = None
 
 
@@ -391,7 +404,7 @@ class Engine:
             return
         hit = self.counted(spec, False) if self.counted is not None else None
         if hit is not None and self.raw(hit[1], dest, announce):
-            self.ch.send_counted(hit[0], hit[1], dest, tag)
+            self.ch.send_counted(hit[0], hit[1], dest, tag)  # type: ignore[attr-defined]  # a hit: self.counted is set, so the channel has it
             return
         buf = send_buffer(spec)
         if self.raw(buf.nbytes, dest, announce):
@@ -472,7 +485,7 @@ class Engine:
                     fill_status(status, src, tg, count, None, self.names)
                 return
             if hit is not None and count <= hit[1]:
-                ch.mrecv_counted(handle, hit[0], hit[1])
+                ch.mrecv_counted(handle, hit[0], hit[1])  # type: ignore[attr-defined]  # a hit: self.counted is set, so the channel has it
                 if status is not None:
                     fill_status(status, src, tg, count, None, self.names)
                 return
@@ -535,7 +548,6 @@ class Engine:
             src, tg, data = hit
             self.deliver(op, memoryview(data), src, tg)
             return op
-        span = None
         if buf is not None and buf.contiguous and buf.nbytes >= self.stage_size \
                 and not self._shares_landing(span := _span(buf)):
             # Any control message fits: let the channel write straight into it.
@@ -609,12 +621,12 @@ class Engine:
     def _unrecord_landed(self, op: RecvOp) -> None:
         """A buffer receive's message came behind a control message: if it is a
         record of an object, the object's pickle replaces it."""
-        buf = op.buf
+        buf: Buffer = op.buf  # type: ignore[assignment]  # act sets this on buffer receives only
         if op.nbytes < self.record_min:
             return
         try:
-            msg = memoryview(buf.flat() if buf.contiguous else buf.tobytes())
-            stream = self.records.read(self, msg[:op.nbytes], op.source)
+            msg = memoryview(buf.flat() if buf.contiguous else buf.tobytes())  # type: ignore[arg-type]  # numpy stubs < 3.12
+            stream = self.records.read(self, msg[:op.nbytes], op.source)  # type: ignore[union-attr]  # act sets this with records only
             if stream is not None:
                 op.nbytes, op.error = len(stream), self.place(buf, memoryview(stream))
         except Exception as exc:    # noqa: BLE001 - the receive's error
@@ -653,7 +665,7 @@ class Engine:
                     op.finish(exc)
                     return
                 ch.send_reply(bytes((_wire.ACK_OK,)), source, xid)
-                op.finish(self._placed(op, memoryview(whole.array)))
+                op.finish(self._placed(op, memoryview(whole.array)))  # type: ignore[arg-type]  # numpy stubs < 3.12
                 return
             ch.send_reply(bytes((_wire.ACK_TRUNCATED,)), source, xid)
             op.finish(self.truncated())
@@ -699,7 +711,7 @@ class Engine:
     def _record_at(self, source: int, remote) -> bool:
         """Whether the message at *remote* in *source* is an object's record (a
         peek at its first bytes)."""
-        end = self.records.end
+        end = self.records.end  # type: ignore[union-attr]  # only with records (_act_pull)
         if remote.nbytes < end or not remote.contiguous_run:
             return False
         head = np.empty(end, np.uint8)
@@ -707,7 +719,7 @@ class Engine:
             _cma.read_into(self.ch.pids[source], address(head), remote.addr + remote.lo, end)
         except OSError:
             return False
-        return self.records.marks(head)
+        return self.records.marks(head)  # type: ignore[union-attr]  # only with records (_act_pull)
 
     def _act_side(self, op: RecvOp, msg, source: int) -> None:
         flags, xid, n = _wire.parse_side(msg)
@@ -729,9 +741,9 @@ class Engine:
         """Place a buffer receive's whole message *msg*, which came behind a
         control message; return the error, if any."""
         if op.landed != self._unrecord_landed:
-            return self.place(op.buf, msg)
+            return self.place(op.buf, msg)  # type: ignore[arg-type]  # set by now (_act_pull, _act_side)
         op.landed = None        # done here
-        op.nbytes, err = self.place_message(op.buf, msg, op.source)
+        op.nbytes, err = self.place_message(op.buf, msg, op.source)  # type: ignore[arg-type]  # set by now
         return err
 
     def place(self, buf: Buffer, data: memoryview):

@@ -9,7 +9,7 @@ mpi4py's own (a delegated ``Ibcast``, say): the class methods complete both.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import objects as _objects
 from . import p2p as _p2p
@@ -88,16 +88,16 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ()), metaclass=StandIn): 
     def __init__(self, request: Request | None = None) -> None:
         self._op, self._parts = None, []
         if is_ours(Request, request):
-            self._op, self._parts = request._op, list(request._parts)
-            if _REAL_REQUEST is None and request._start is not None:
-                self._start = request._start    # the same handle, as in mpi4py
+            self._op, self._parts = request._op, list(request._parts)  # type: ignore[union-attr]  # is_ours narrows
+            if _REAL_REQUEST is None and request._start is not None:  # type: ignore[union-attr]  # is_ours narrows
+                self._start = request._start  # type: ignore[union-attr]  # is_ours narrows (the same handle, as in mpi4py)
         elif request is not None and _REAL_REQUEST is None:
             raise TypeError(f"expected a Request, not {type(request).__name__}")
 
     def __bool__(self) -> bool:
         return self._op is not None or self._start is not None or _real_active(self)
 
-    def __eq__(self, other: object) -> bool:
+    def __eq__(self, other: Any) -> bool:     # any object: is_ours tells ours
         if not is_ours(Request, other) and not (
                 _REAL_REQUEST is not None and isinstance(other, _REAL_REQUEST)) and \
                 other is not None:
@@ -150,7 +150,8 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ()), metaclass=StandIn): 
     def _complete(self, status=None) -> Any:
         """Take the finished operation out of the request: its status, its error
         raised, its object (lowercase receives) returned."""
-        op, parts = self._op, self._parts
+        op: _p2p.Op
+        op, parts = self._op, self._parts  # type: ignore[assignment]  # callers check it is set
         self._op, self._parts = None, []
         for extra in parts:
             extra.engine.complete(extra)
@@ -202,7 +203,7 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ()), metaclass=StandIn): 
             if _real_active(self):
                 return _REAL_REQUEST.Cancel(self)
             raise _invalid()
-        self._op.engine.cancel(self._op)
+        self._op.engine.cancel(self._op)  # type: ignore[union-attr, arg-type]  # not None: getattr above
         return None
 
     def Free(self) -> None:
@@ -304,7 +305,7 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ()), metaclass=StandIn): 
                 raise ValueError(f"not a live request handle: {handle}")
             return cls(owner)
 
-        fromint = f2py = fromhandle
+        fromint = f2py = fromhandle  # type: ignore[assignment]  # f2py's argument is named handle here
 
     # -- on many requests -------------------------------------------------------------------
     @classmethod
@@ -674,7 +675,7 @@ class Prequest(Request, *((_REAL_PREQUEST,) if _REAL_PREQUEST else ())):  # type
                 and not isinstance(request, Prequest):   # socket channel: as mpi4py's
             raise TypeError(f"Cannot convert {type(request).__name__} to Prequest")
         super().__init__(request)
-        self._start = request._start if is_ours(Request, request) else None
+        self._start = request._start if is_ours(Request, request) else None  # type: ignore[union-attr]  # is_ours narrows
 
     @classmethod
     def _starting(cls, start: Callable[[], Request]) -> Prequest:
@@ -686,7 +687,7 @@ class Prequest(Request, *((_REAL_PREQUEST,) if _REAL_PREQUEST else ())):  # type
     def __bool__(self) -> bool:
         return self._start is not None or _real_active(self)
 
-    def __eq__(self, other: object) -> bool:
+    def __eq__(self, other: Any) -> bool:     # any object: is_ours tells ours
         if _REAL_REQUEST is None:   # socket channel: the same handle
             return Request.__eq__(self, other)
         if is_ours(Prequest, other) and (self._start is not None or
@@ -833,13 +834,21 @@ class Message(*_MESSAGE_BASES, metaclass=StandIn):  # type: ignore[misc]
     def __init__(self, message: Message | None = None) -> None:
         self._engine = self._hit = None
         if is_ours(Message, message):
-            self._engine, self._hit = message._engine, message._hit
+            self._engine, self._hit = message._engine, message._hit  # type: ignore[union-attr]  # is_ours narrows
         elif message is not None and _REAL_MESSAGE is None:
             raise TypeError(f"expected a Message, not {type(message).__name__}")
 
-    fromhandle = classmethod(Request.fromhandle.__func__)  # type: ignore[attr-defined]
-    fromint = classmethod(Request.fromint.__func__)  # type: ignore[attr-defined]
-    f2py = classmethod(Request.f2py.__func__)  # type: ignore[attr-defined]
+    if TYPE_CHECKING:
+        @classmethod
+        def fromhandle(cls, handle: int) -> Message: ...
+        @classmethod
+        def fromint(cls, arg: int, /) -> Message: ...
+        @classmethod
+        def f2py(cls, arg: int) -> Message: ...
+    else:   # Request's, making a Message
+        fromhandle = classmethod(Request.fromhandle.__func__)
+        fromint = classmethod(Request.fromint.__func__)
+        f2py = classmethod(Request.f2py.__func__)
 
     @classmethod
     def _matched(cls, engine, hit) -> Message:
@@ -866,7 +875,7 @@ class Message(*_MESSAGE_BASES, metaclass=StandIn):  # type: ignore[misc]
         return self._hit is not None or (_REAL_MESSAGE is not None and
                                          _REAL_MESSAGE.__bool__(self))
 
-    def __eq__(self, other: object) -> bool:
+    def __eq__(self, other: Any) -> bool:     # any object: is_ours tells ours
         if not is_ours(Message, other) and not (
                 _REAL_MESSAGE is not None and isinstance(other, _REAL_MESSAGE)) and \
                 other is not None:

@@ -38,14 +38,14 @@ def redirect() -> ModuleType:
         import mpi4py
     except ImportError:
         mpi4py = ModuleType("mpi4py", "cmampi standing in for mpi4py (no MPI library)")
-        mpi4py.__path__ = []    # type: ignore[attr-defined]
+        mpi4py.__path__ = []
         _sys.modules["mpi4py"] = mpi4py
     if real is not None:
         # Where tools look for the MPI library (mpi4py's --mpi-library,
         # ctypes.CDLL): mpi4py's extension module, which cmampi stands for.
-        ours.__file__ = real.__file__
+        ours.__file__ = real.__file__  # type: ignore[assignment]  # an extension module: has one
     _sys.modules["mpi4py.MPI"] = ours
-    mpi4py.MPI = ours   # type: ignore[attr-defined]
+    mpi4py.MPI = ours
     return ours
 
 

@@ -6,6 +6,8 @@ import inspect as _inspect
 import os as _os
 import sys as _sys
 import threading as _threading
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from . import p2p as _p2p
 from ._config import config as _config
@@ -15,6 +17,8 @@ from .request import Prequest, Request, new_request
 from .sockgroup import Group
 
 __all__ = ["Intracomm"]
+
+_Comm = TypeVar("_Comm", bound="Intracomm")
 
 
 class Intracomm(Communicator):
@@ -36,8 +40,11 @@ class Intracomm(Communicator):
 
     _predefined = False
 
+    #: Set below the class, beside the nonblocking and persistent collectives.
+    Barrier_init: Callable[..., Prequest]
+
     @classmethod
-    def _from_channel(cls, channel, predefined: str = "") -> Intracomm:
+    def _from_channel(cls: type[_Comm], channel, predefined: str = "") -> _Comm:
         """A communicator over *channel* (*predefined*: ``COMM_WORLD``'s or
         ``COMM_SELF``'s name, for those two)."""
         self = cls.__new__(cls)
@@ -371,7 +378,8 @@ def _make_nonblocking(name: str):
 
     method.__name__ = method.__qualname__ = "I" + name.lower()[0] + name[1:]
     method.__doc__ = f"Nonblocking {name} (run when called: see above)."
-    method.__signature__ = _inspect.signature(blocking).replace(return_annotation=Request)
+    method.__signature__ = (  # type: ignore[attr-defined]  # a function's, read by inspect
+        _inspect.signature(blocking).replace(return_annotation=Request))
     return method
 
 
@@ -393,7 +401,7 @@ def _make_persistent(name: str):
     method.__name__ = method.__qualname__ = name + "_init"
     method.__doc__ = f"Persistent {name} (run at each Start)."
     info = _inspect.Parameter("info", _inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None)
-    method.__signature__ = signature.replace(
+    method.__signature__ = signature.replace(  # type: ignore[attr-defined]  # read by inspect
         parameters=[*signature.parameters.values(), info], return_annotation=Prequest)
     return method
 
@@ -424,6 +432,9 @@ class _BarrierOp(_p2p.Op):
     by any wait or test (it is a pending op, as a posted receive is)."""
 
     __slots__ = ("empty", "handles", "step", "tag")
+
+    #: This round's channel handles (the channel's own type), the next to wait on first.
+    handles: list[Any]
 
     def __init__(self, engine: _p2p.Engine, tag: int) -> None:
         super().__init__(engine)

@@ -62,7 +62,7 @@ class CartTopo(NamedTuple):
 
 class GraphTopo(NamedTuple):
     """A graph: MPI's ``index`` (cumulative degrees, no leading 0) and ``edges``."""
-    index: tuple[int, ...]
+    index: tuple[int, ...]      # type: ignore[assignment]  # MPI's name; hides tuple.index
     edges: tuple[int, ...]
     kind: int = _NAMES.GRAPH
 
@@ -160,7 +160,9 @@ def _graph_neighbors(topo: GraphTopo, rank: int) -> list[int]:
 def neighbors(topo, rank: int) -> Neighbors:
     """MPI's neighbour order for *rank* under *topo*, with each block's tag."""
     if topo.kind == _NAMES.CART:
-        peers, recvtags, sendtags = [], [], []
+        peers: list[int] = []
+        recvtags: list[int] = []
+        sendtags: list[int] = []
         for i in range(len(topo.dims)):
             peers.extend(_shift(topo, rank, i, 1))
             # Block 2i comes from the -1 neighbour, which sent it towards +1.

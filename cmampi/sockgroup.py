@@ -54,13 +54,13 @@ class Group:
             return NotImplemented
         return self._handle != other._handle
 
-    __hash__ = None     # type: ignore[assignment] - as mpi4py's: compared by handle
+    __hash__ = None     # type: ignore[assignment]  # unhashable, as mpi4py's (compared by handle)
 
     def __bool__(self) -> bool:
         return not self._null
 
     def __repr__(self) -> str:
-        if self._null:
+        if self._members is None:       # the null group
             return "<cmampi.Group (null)>"
         return f"<cmampi.Group of {len(self._members)} processes>"
 
@@ -74,9 +74,10 @@ class Group:
         raise ValueError("cannot serialize Group instance")
 
     def _live(self) -> tuple[int, ...]:
-        if self._null:
+        members = self._members
+        if members is None:             # the null group
             raise _names.Exception(_names.ERR_GROUP)
-        return self._members
+        return members
 
     # -- accessors --------------------------------------------------------------------------
     def Get_size(self) -> int:
@@ -104,7 +105,8 @@ class Group:
         if *group* is None); ``UNDEFINED`` for a process not in it."""
         members = self._live()
         ranks = range(len(members)) if ranks is None else \
-            [r if r == _names.PROC_NULL else self._checked(r) for r in map(as_int, ranks)]
+            [r if r == _names.PROC_NULL else self._checked(r, members)
+             for r in map(as_int, ranks)]
         other = group._live() if group is not None else None
         out = []
         for r in ranks:
@@ -153,7 +155,7 @@ class Group:
     def Incl(self, ranks: Sequence[int]) -> Group:
         """Create a new group by including listed members."""
         members = self._live()
-        ranks = [self._checked(r) for r in ranks]
+        ranks = [self._checked(r, members) for r in ranks]
         if len(set(ranks)) != len(ranks):
             raise _names.Exception(_names.ERR_RANK)
         return Group._of((members[r] for r in ranks), self._me)
@@ -161,7 +163,7 @@ class Group:
     def Excl(self, ranks: Sequence[int]) -> Group:
         """Create a new group by excluding listed members."""
         members = self._live()
-        out = {self._checked(r) for r in ranks}
+        out = {self._checked(r, members) for r in ranks}
         if len(out) != len(ranks):
             raise _names.Exception(_names.ERR_RANK)
         return Group._of((w for r, w in enumerate(members) if r not in out), self._me)
@@ -186,10 +188,10 @@ class Group:
             self.Free()
 
     # -- helpers ----------------------------------------------------------------------------
-    def _checked(self, rank) -> int:
-        """*rank* as an int, a rank of this group (``ERR_RANK`` if not)."""
+    def _checked(self, rank, members: tuple[int, ...]) -> int:
+        """*rank* as an int, a rank of this group of *members* (``ERR_RANK`` if not)."""
         r = as_int(rank)
-        if not 0 <= r < len(self._members):
+        if not 0 <= r < len(members):
             raise _names.Exception(_names.ERR_RANK)
         return r
 

@@ -9,6 +9,7 @@ smaller window, so that the receive buffers stay within WINDOW_BYTES.
 
 from __future__ import annotations
 
+import functools as _functools
 import time as _time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -106,7 +107,7 @@ def _case(ctx: Context, nbytes: int) -> Result:
 
 
 def plan(ctx: Context) -> list[Case]:
-    return [Case(f"bandwidth {format_size(n)}", lambda n=n: _case(ctx, n))
+    return [Case(f"bandwidth {format_size(n)}", _functools.partial(_case, ctx, n))
             for n in ctx.sizes(DEFAULT_SIZES)]
 
 

@@ -15,7 +15,7 @@ import sys as _sys
 import time as _time
 import traceback as _traceback
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import bandwidth, collectives, objects, patterns, pingpong
 from ._common import CMAMPI, SOCKET, Context, Result, Timing, parse_sizes, positive_int
@@ -25,9 +25,23 @@ from .plot import available, plot
 
 __all__ = ["BENCHMARKS", "main", "parse_args"]
 
+if TYPE_CHECKING:
+    from ._common import Case
+
+    class _Benchmark(Protocol):
+        """A benchmark module (`pingpong`, ...): its docstring, its cases, their description."""
+
+        __doc__: str
+
+        def plan(self, ctx: Context) -> list[Case]: ...
+
+        def describe(self, ctx: Context) -> str: ...
+
+
 #: Subcommands, in the order ``all`` runs them.
-BENCHMARKS = {"pingpong": pingpong, "bandwidth": bandwidth, "patterns": patterns,
-              "collectives": collectives, "objects": objects}
+BENCHMARKS: dict[str, _Benchmark] = {
+    "pingpong": pingpong, "bandwidth": bandwidth, "patterns": patterns,
+    "collectives": collectives, "objects": objects}
 PROG = "python -m cmampi.bench"
 #: --quick: sizes (unless --sizes), rounds (unless --rounds), fixed iterations per
 #: block (unless --reps): no calibration, few synchronisations.
@@ -107,8 +121,8 @@ def parse_args(argv: Sequence[str] | None = None, quiet: bool = False) -> _argpa
             stack.enter_context(_contextlib.redirect_stdout(sink))
             stack.enter_context(_contextlib.redirect_stderr(sink))
         args = parser.parse_args(argv)
-        if args.plot and available():
-            parser.error(available())
+        if args.plot and (why := available()):
+            parser.error(why)
     return args
 
 

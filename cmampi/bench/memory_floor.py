@@ -19,8 +19,12 @@ from __future__ import annotations
 import argparse
 import multiprocessing as _mp
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from multiprocessing.queues import Queue
 
 
 def _size(text: str) -> int:
@@ -51,7 +55,8 @@ def _rank_work(nbytes: int, piece: int, start, out) -> None:
 
 def floor(nbytes: int, piece: int) -> float:
     """Seconds: the median time of one rank's share, two ranks at once."""
-    start, out = _mp.Barrier(2), _mp.Queue()
+    start = _mp.Barrier(2)
+    out: Queue[float] = _mp.Queue()      # each process's median time
     procs = [_mp.Process(target=_rank_work, args=(nbytes, piece, start, out))
              for _ in range(2)]
     for p in procs:

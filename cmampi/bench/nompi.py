@@ -141,6 +141,7 @@ def run_job(channel: str, mpiexec: str | None, args: argparse.Namespace) -> dict
         cmd = [sys.executable, "-m", "cmampi", "-n", "2", "--timeout", f"{args.timeout:g}",
                *bench]
     else:
+        assert mpiexec is not None      # the MPI job runs only when one was found
         cmd = [mpiexec, "-n", "2", sys.executable, *bench]
     started = time.monotonic()
     try:

@@ -17,6 +17,7 @@ from memory it kept), so faults show the allocations it cannot avoid.
 
 from __future__ import annotations
 
+import functools as _functools
 import resource as _resource
 import time as _time
 from typing import Any
@@ -133,13 +134,16 @@ def plan(ctx: Context) -> list[Case]:
     comms = _comms(ctx)
     rng = _np.random.default_rng(0)
     table = {f"x{i}": rng.random(DICT_ITEM) for i in range(DICT_LEN)}
-    cases = [Case(f"objects {format_size(n)}",
-                  lambda n=n: _case(ctx, comms, pattern(n), f"array {format_size(n)}", n, True))
+
+    def array_case(n: int) -> Result:   # its array made when the case runs
+        return _case(ctx, comms, pattern(n), f"array {format_size(n)}", n, True)
+
+    cases = [Case(f"objects {format_size(n)}", _functools.partial(array_case, n))
              for n in ctx.sizes(DEFAULT_SIZES)]
     others = ((table, f"dict of {DICT_LEN} arrays of {format_size(DICT_ITEM * 8)}",
                DICT_LEN * DICT_ITEM * 8), (12345, "int", 0), ((1, 2.5, "three"), "tuple", 0))
-    cases += [Case(f"objects {label}", lambda o=o, label=label, n=n:
-                   _case(ctx, comms, o, label, n, False)) for o, label, n in others]
+    cases += [Case(f"objects {label}", _functools.partial(_case, ctx, comms, o, label, n, False))
+              for o, label, n in others]
     return cases
 
 

@@ -12,6 +12,7 @@ implementation completes its requests with its own ``Request.Waitall``.
 
 from __future__ import annotations
 
+import functools as _functools
 import mmap as _mmap
 import time as _time
 from collections.abc import Callable
@@ -177,9 +178,9 @@ def plan(ctx: Context) -> list[Case]:
     run: Callable[[Context, int], Result]
     for form in FORMS:
         cases += [Case(f"patterns pingpong {form} {format_size(n)}",
-                       lambda f=form, n=n: _pingpong(ctx, f, n)) for n in sizes]
+                       _functools.partial(_pingpong, ctx, form, n)) for n in sizes]
     for label, run in (("stream", _stream), ("bidirectional", _bidirectional)):
-        cases += [Case(f"patterns {label} {format_size(n)}", lambda r=run, n=n: r(ctx, n))
+        cases += [Case(f"patterns {label} {format_size(n)}", _functools.partial(run, ctx, n))
                   for n in sizes]
     return cases
 

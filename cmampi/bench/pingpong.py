@@ -14,6 +14,7 @@ inside the timing. Each iteration is the transfer 0 -> 1 and a zero-byte reply.
 from __future__ import annotations
 
 import dataclasses as _dataclasses
+import functools as _functools
 import time as _time
 from typing import Any
 
@@ -114,6 +115,7 @@ class _Strided:
                 c.Send(self.src if direct else _np.ascontiguousarray(self.src), 1, TAG)
                 c.Recv(self.empty, 1, TAG)
         else:
+            assert self.dst is not None     # rank 1's arrays
             for _ in range(iters):
                 if direct:
                     c.Recv(self.dst, 0, TAG)
@@ -125,6 +127,7 @@ class _Strided:
 
     def reset(self, rank: int) -> None:
         if rank == 1:
+            assert self.dst is not None     # rank 1's arrays
             self.dst[...] = 0.0
 
     def check(self, impl: str, rank: int) -> None:
@@ -132,6 +135,7 @@ class _Strided:
         if rank != 1:
             return
         where = f"{impl}, strided A[:, ::2] -> B[:, ::2], rank 1"
+        assert self.dst is not None and self.B is not None  # rank 1's arrays
         for view, want, what in ((self.dst, self.expected, "received"),
                                  (self.B[:, 1::2], SENTINEL, "untouched")):
             bad = _np.argwhere(view != want)
@@ -164,7 +168,7 @@ def _strided(ctx: Context) -> Result:
 
 
 def plan(ctx: Context) -> list[Case]:
-    cases = [Case(f"pingpong {format_size(n)}", lambda n=n: _contiguous(ctx, n))
+    cases = [Case(f"pingpong {format_size(n)}", _functools.partial(_contiguous, ctx, n))
              for n in ctx.sizes(DEFAULT_SIZES)]
     if not ctx.args.skip_strided:
         cases.append(Case("pingpong strided", lambda: _strided(ctx)))

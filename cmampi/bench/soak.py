@@ -69,12 +69,15 @@ import time
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from cmampi import _wire
 from cmampi._config import CMA_MIN_DEFAULTS, config
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
 
 __all__ = ["DTYPES", "Msg", "Soak", "Stats", "boundary_sizes"]
 
@@ -137,7 +140,7 @@ def _logical(view: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(view).reshape(-1).view(np.uint8)
 
 
-def _order(view: np.ndarray) -> str:
+def _order(view: np.ndarray) -> Literal["C", "F"]:
     """The order of a buffer's message, as in MPI: memory order if contiguous (C or
     Fortran), else C order."""
     return "F" if view.flags.f_contiguous and not view.flags.c_contiguous else "C"
@@ -295,7 +298,8 @@ class Stats:
 
 def _interleave(rng, lists: Sequence[list]) -> list:
     """A random merge of *lists* that keeps each list's own order."""
-    labels = np.concatenate([np.full(len(x), i) for i, x in enumerate(lists)] or [[]])
+    parts: list[ArrayLike] = [np.full(len(x), i) for i, x in enumerate(lists)]
+    labels = np.concatenate(parts or [[]])
     its = [iter(x) for x in lists]
     return [next(its[int(i)]) for i in rng.permutation(labels)]
 
@@ -416,7 +420,8 @@ class Soak:
         for m in incoming:
             streams.setdefault((m.src, m.tag), []).append(m)
         kind = _WILDCARDS[rng.integers(len(_WILDCARDS))]
-        heads, classes = [], {}
+        heads: list[list[RecvSpec]] = []
+        classes: dict[tuple[int, int], list[Msg]] = {}
         for ms in streams.values():
             k = len(ms) if kind == "none" else int(rng.integers(len(ms) + 1))
             heads.append([RecvSpec(m.src, m.tag, m, m.nbytes) for m in ms[:k]])
@@ -789,10 +794,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="run over plain mpi4py (no strided buffers, no float16)")
     args = ap.parse_args(argv)
     if args.mpi4py:
-        from mpi4py import MPI
+        from mpi4py import MPI as mpi4py_MPI
 
         label = "plain mpi4py"
-        soak = Soak(MPI.COMM_WORLD, MPI, args.seed, args.max_size, strided=False,
+        soak = Soak(mpi4py_MPI.COMM_WORLD, mpi4py_MPI, args.seed, args.max_size, strided=False,
                     dtypes=[d for d in DTYPES if d != "f2"])
     else:
         from cmampi import MPI
