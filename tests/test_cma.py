@@ -13,15 +13,12 @@ import errno
 import hashlib
 import mmap
 import os
-import pickle
-import select
-import signal
-import struct
 import time
 import traceback
 
 import numpy as np
 import pytest
+from childpipe import read_exact, read_msg, reap, write_msg
 
 from cmampi import _cma
 
@@ -29,46 +26,7 @@ TIMEOUT = 10.0  # seconds to wait for any answer from a child
 PAGE = mmap.PAGESIZE
 
 
-# -- plumbing: length-prefixed pickles over pipes, forked children ---------------------------
-
-def _send(fd: int, obj) -> None:
-    data = pickle.dumps(obj)
-    data = struct.pack("<Q", len(data)) + data
-    while data:
-        data = data[os.write(fd, data):]
-
-
-def _read_exact(fd: int, n: int, timeout: float) -> bytes:
-    buf = b""
-    deadline = time.monotonic() + timeout
-    while len(buf) < n:
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([fd], [], [], left)[0]:
-            raise TimeoutError(f"no answer through the pipe within {timeout} s")
-        chunk = os.read(fd, n - len(buf))
-        if not chunk:
-            raise EOFError("the other end closed the pipe")
-        buf += chunk
-    return buf
-
-
-def _recv(fd: int, timeout: float = TIMEOUT):
-    (n,) = struct.unpack("<Q", _read_exact(fd, 8, timeout))
-    return pickle.loads(_read_exact(fd, n, timeout))
-
-
-def _reap(pid: int, timeout: float = TIMEOUT) -> int:
-    """Wait for *pid*, killing it if it outlives *timeout*; return its exit code."""
-    deadline = time.monotonic() + timeout
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-        time.sleep(0.002)
-
+# -- forked children ---------------------------------------------------------------------
 
 def _sha(data) -> str:
     return hashlib.sha256(bytes(data)).hexdigest()
@@ -78,7 +36,7 @@ def _address(obj) -> int:
     return obj.ctypes.data if isinstance(obj, np.ndarray) else int(obj)
 
 
-class Child:
+class MemoryHolder:
     """A forked process holding what ``make()`` returns (name -> array or raw address).
 
     It answers ``call(op, name)`` requests ("sha": sha256 of the array's bytes,
@@ -95,17 +53,17 @@ class Child:
                 os.close(cmd_w)
                 os.close(res_r)
                 objs = make()
-                _send(res_w, ("ok", os.getpid(), {k: _address(v) for k, v in objs.items()}))
+                write_msg(res_w, ("ok", os.getpid(), {k: _address(v) for k, v in objs.items()}))
                 while True:
-                    op, *args = _recv(cmd_r, timeout=60.0)
+                    op, *args = read_msg(cmd_r, 60.0)
                     if op == "exit":
                         status = 0
                         break
                     data = objs[args[0]].tobytes()
-                    _send(res_w, ("ok", _sha(data) if op == "sha" else data))
+                    write_msg(res_w, ("ok", _sha(data) if op == "sha" else data))
             except BaseException:  # noqa: BLE001 (a child reports any failure to its test)
                 try:
-                    _send(res_w, ("error", traceback.format_exc()))
+                    write_msg(res_w, ("error", traceback.format_exc()))
                 except BaseException:  # noqa: BLE001 (a child reports any failure to its test)
                     pass
             finally:
@@ -121,25 +79,25 @@ class Child:
         assert reported_pid == pid
 
     def _reply(self):
-        kind, *rest = _recv(self._res)
+        kind, *rest = read_msg(self._res, TIMEOUT)
         if kind == "error":
             raise RuntimeError("the child failed:\n" + rest[0])
         return rest if len(rest) > 1 else rest[0]
 
     def call(self, op: str, name: str):
-        _send(self._cmd, (op, name))
+        write_msg(self._cmd, (op, name))
         return self._reply()
 
     def close(self) -> int:
         """Release the child and reap it; return its exit code (0: served cleanly)."""
         if self.exitcode is None:
             try:
-                _send(self._cmd, ("exit",))
+                write_msg(self._cmd, ("exit",))
             except OSError:
                 pass
             os.close(self._cmd)
             os.close(self._res)
-            self.exitcode = _reap(self.pid)
+            self.exitcode = reap(self.pid, TIMEOUT)
         return self.exitcode
 
 
@@ -148,8 +106,8 @@ def spawn():
     """Start children with ``spawn(make)``; all are released and reaped afterwards."""
     kids = []
 
-    def start(make) -> Child:
-        kid = Child(make)
+    def start(make) -> MemoryHolder:
+        kid = MemoryHolder(make)
         kids.append(kid)
         return kid
 
@@ -169,15 +127,15 @@ def run_in_child(fn):
                 res = ("ok", fn())
             except BaseException:  # noqa: BLE001 (a child reports any failure to its test)
                 res = ("error", traceback.format_exc())
-            _send(w, res)
+            write_msg(w, res)
         finally:
             os._exit(0)
     os.close(w)
     try:
-        kind, value = _recv(r)
+        kind, value = read_msg(r, TIMEOUT)
     finally:
         os.close(r)
-        _reap(pid)
+        reap(pid, TIMEOUT)
     if kind == "error":
         raise RuntimeError("the child failed:\n" + value)
     return value
@@ -655,7 +613,7 @@ def test_same_user_non_dumpable_peer_is_refused(dumpable):
         os.close(r)
         try:
             _become_nobody(True)
-            _read_exact(ready_r, 1, TIMEOUT)   # the peer has its final identity
+            read_exact(ready_r, 1, TIMEOUT)   # the peer has its final identity
             try:
                 _cma.probe(pid)
                 return None
@@ -813,7 +771,7 @@ def test_peer_exit_is_seen_before_it_is_reaped(spawn):
     """A pidfd signals exit at once; the zombie still holds its pid, but we stop anyway."""
     kid = spawn(dict)
     with _cma.Peer(kid.pid) as peer:
-        _send(kid._cmd, ("exit",))
+        write_msg(kid._cmd, ("exit",))
         deadline = time.monotonic() + TIMEOUT
         while peer.alive() and time.monotonic() < deadline:
             time.sleep(0.001)
@@ -868,12 +826,12 @@ def _filled(buf: np.ndarray, fill: int):
 
 
 def _child_at_pid(want: int, make, tries: int = 20):
-    """A Child running at pid *want* (free again), made by setting the kernel's
+    """A MemoryHolder running at pid *want* (free again), made by setting the kernel's
     last pid just below it."""
     for _ in range(tries):
         with open("/proc/sys/kernel/ns_last_pid", "w") as f:
             f.write(str(want - 1))
-        kid = Child(make)
+        kid = MemoryHolder(make)
         if kid.pid == want:
             return kid
         kid.close()                    # another process took it first: again
@@ -887,7 +845,7 @@ def test_reused_pid_is_caught():
     copies the stranger's memory; through the held peer it is refused, and a
     write never reaches the stranger."""
     buf = np.zeros(4096, np.uint8)
-    first = Child(_filled(buf, 0xAA))
+    first = MemoryHolder(_filled(buf, 0xAA))
     pid, addr = first.pid, buf.ctypes.data
     peer = _cma.hold(pid, 1)
     stranger = None

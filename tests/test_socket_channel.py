@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import glob
 import os
-import pickle
-import select
 import shutil
 import signal
 import socket
@@ -30,6 +28,7 @@ import traceback
 
 import numpy as np
 import pytest
+from childpipe import read_msg, write_msg
 
 from cmampi.channel import _ring
 from cmampi.channel.socket import Hub, PeerFailed, SocketChannel
@@ -39,36 +38,6 @@ STEP = 15.0                        # longest a single step may take, seen from t
 NOBODY = 65534
 
 
-# -- pipes with deadlines ----------------------------------------------------------------
-def _write_msg(fd: int, obj) -> None:
-    data = pickle.dumps(obj)
-    data = struct.pack("<I", len(data)) + data
-    while data:
-        data = data[os.write(fd, data):]
-
-
-def _read_exact(fd: int, n: int, deadline: float) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError
-        ready, _, _ = select.select([fd], [], [], left)
-        if not ready:
-            continue
-        chunk = os.read(fd, n - len(buf))
-        if not chunk:
-            raise EOFError
-        buf += chunk
-    return buf
-
-
-def _read_msg(fd: int, timeout: float):
-    deadline = time.monotonic() + timeout
-    (n,) = struct.unpack("<I", _read_exact(fd, 4, deadline))
-    return pickle.loads(_read_exact(fd, n, deadline))
-
-
 class Link:
     """The child's end: messages up to the parent, and down from it."""
 
@@ -76,10 +45,10 @@ class Link:
         self.down, self.up = down, up
 
     def send(self, tag: str, value=None) -> None:
-        _write_msg(self.up, (tag, value))
+        write_msg(self.up, (tag, value))
 
     def expect(self, tag: str, timeout: float = STEP):
-        got, value = _read_msg(self.down, timeout)
+        got, value = read_msg(self.down, timeout)
         assert got == tag, (got, tag)
         return value
 
@@ -102,11 +71,11 @@ class Child:
                 os.close(down_w)
                 os.close(up_r)
                 out = fn(Link(down_r, up_w), *args, **kw)
-                _write_msg(up_w, ("done", out))
+                write_msg(up_w, ("done", out))
                 code = 0
             except BaseException:  # noqa: BLE001 (a child reports any failure to its test)
                 try:
-                    _write_msg(up_w, ("error", traceback.format_exc()))
+                    write_msg(up_w, ("error", traceback.format_exc()))
                 except BaseException:  # noqa: BLE001 (a child reports any failure to its test)
                     pass
             finally:
@@ -118,11 +87,11 @@ class Child:
         procs.fds += [down_w, up_r]
 
     def send(self, tag: str, value=None) -> None:
-        _write_msg(self.down, (tag, value))
+        write_msg(self.down, (tag, value))
 
     def expect(self, tag: str, timeout: float = STEP):
         try:
-            got, value = _read_msg(self.up, timeout)
+            got, value = read_msg(self.up, timeout)
         except TimeoutError:
             pytest.fail(f"{self.name} (pid {self.pid}): no {tag!r} within {timeout} s")
         except EOFError:
