@@ -221,15 +221,16 @@ class Buffer:
         n = len(data)
         if n == 0:
             return
+        # A whole C-contiguous array needs no layout (its address would cost a call).
+        if self.whole and self.array.flags.c_contiguous:
+            try:
+                memoryview(self.array  # type: ignore[arg-type]  # numpy stubs < 3.12
+                           ).cast("B")[:n] = data
+                return
+            except (TypeError, ValueError):  # formats memoryview cannot cast
+                pass
         lay = self.layout
         if lay.contiguous_run:
-            if self.whole and self.array.flags.c_contiguous:
-                try:
-                    memoryview(self.array  # type: ignore[arg-type]  # numpy stubs < 3.12
-                               ).cast("B")[:n] = data
-                    return
-                except (TypeError, ValueError):  # formats memoryview cannot cast
-                    pass
             src = _np.frombuffer(data, dtype=_np.uint8)
             raw_view(Layout.contiguous(lay.addr + lay.lo, n), self.array)[...] = src
             return
