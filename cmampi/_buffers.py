@@ -77,11 +77,21 @@ class Layout:
         if self.contiguous_run:
             return _np.array([[self.addr + self.lo, self.nbytes]], dtype=_np.uint64)
         run = self.shape[-1]
-        offs = _np.zeros(1, dtype=_np.int64)
-        for n, s in zip(self.shape[:-1], self.strides[:-1]):
-            offs = (offs[:, None] + _np.arange(n, dtype=_np.int64) * s).ravel()
         first, last = self.lo // run, -(-self.hi // run)
-        offs = offs[first:last] + self.addr
+        outer = list(zip(self.shape[:-1], self.strides[:-1]))
+        if 2 * (last - first) < _prod(self.shape[:-1]):
+            # A small window: the offsets of its own runs only, from their indices.
+            idx = _np.arange(first, last, dtype=_np.int64)
+            offs = _np.zeros(len(idx), dtype=_np.int64)
+            for n, s in reversed(outer):
+                idx, at = _np.divmod(idx, n)
+                offs += at * s
+        else:
+            offs = _np.zeros(1, dtype=_np.int64)
+            for n, s in outer:
+                offs = (offs[:, None] + _np.arange(n, dtype=_np.int64) * s).ravel()
+            offs = offs[first:last]
+        offs = offs + self.addr
         segs = _np.empty((len(offs), 2), dtype=_np.uint64)
         segs[:, 0] = offs.astype(_np.uint64)
         segs[:, 1] = run
@@ -203,6 +213,14 @@ class Buffer:
         if self.contiguous:
             return self.array if self.whole else self.flat()
         return self.tobytes()
+
+    def head(self, n: int) -> bytes:
+        """A copy of the message's first *n* bytes (all of it if shorter), in stream order."""
+        n = min(n, self.nbytes)
+        if self.contiguous:
+            return self.flat()[:n].tobytes()
+        return b"".join(_ctypes.string_at(int(addr), int(k))
+                        for addr, k in self.layout.window(0, n).segments())
 
     def tobytes(self) -> bytes:
         """A packed copy of the message bytes, in stream order."""

@@ -624,9 +624,15 @@ class Engine:
         buf: Buffer = op.buf  # type: ignore[assignment]  # act sets this on buffer receives only
         if op.nbytes < self.record_min:
             return
+        records: RecordReader = self.records  # type: ignore[assignment]  # act sets this hook with records only
         try:
-            msg = memoryview(buf.flat() if buf.contiguous else buf.tobytes())  # type: ignore[arg-type]  # numpy stubs < 3.12
-            stream = self.records.read(self, msg[:op.nbytes], op.source)  # type: ignore[union-attr]  # act sets this with records only
+            if buf.contiguous:
+                msg = memoryview(buf.flat())  # type: ignore[arg-type]  # numpy stubs < 3.12
+            elif records.marks(buf.head(records.end)):
+                msg = memoryview(buf.tobytes())
+            else:   # a strided message: its first bytes tell, no copy of it all
+                return
+            stream = records.read(self, msg[:op.nbytes], op.source)
             if stream is not None:
                 op.nbytes, op.error = len(stream), self.place(buf, memoryview(stream))
         except Exception as exc:    # noqa: BLE001 - the receive's error

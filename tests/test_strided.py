@@ -68,6 +68,25 @@ def test_strided_matrix_columns(cmcomm):
         assert np.array_equal(b[:, ::2], a[:, ::2]) and (b[:, 1::2] == -1).all()
 
 
+def test_strided_receive_packs_no_copy_of_the_message(cmcomm, monkeypatch):
+    """A pulled message received into a strided view is checked for an object's
+    record by its first bytes: no packed copy of the whole message is made."""
+    from cmampi._buffers import Buffer
+
+    rank = cmcomm.Get_rank()
+    a = np.arange(1024 * 1024, dtype=np.float64).reshape(1024, 1024)
+    if rank == 0:
+        cmcomm.Send(a[:, ::2], 1, 4)
+    elif rank == 1:
+        def no_copy(self):
+            raise AssertionError("the whole received message was packed")
+
+        monkeypatch.setattr(Buffer, "tobytes", no_copy)
+        b = np.full_like(a, -1.0)
+        cmcomm.Recv(b[:, ::2], 0, 4)
+        assert np.array_equal(b[:, ::2], a[:, ::2]) and (b[:, 1::2] == -1).all()
+
+
 def test_strided_nonblocking_and_any_source(cmcomm):
     from cmampi import MPI
 
