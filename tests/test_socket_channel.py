@@ -590,6 +590,33 @@ def test_recv_posted_while_its_message_is_arriving(procs, rdv, space, rings):
     assert out["done"] and out["ok"], out
 
 
+def test_a_payload_cut_off_by_its_senders_death_fails_its_receive():
+    """A receive matched by a frame whose payload was still arriving when the
+    sender died completes with PeerFailed (it had left the posted receives)."""
+    from cmampi.channel._matching import USER
+    from cmampi.channel._peer import FRAME, Peer
+
+    hub = Hub(0, 1, None, b"")
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    conn = Peer(a, 1, os.getpid())
+    conn.on_lost = hub._lost
+    hub.conns, hub.pids, hub.unringed = [None, conn], [os.getpid()] * 2, 1
+    hub.by_fd[a.fileno()] = conn
+    try:
+        h = hub.post_recv(0, 1, 5, bytearray(100_000))
+        b.sendall(FRAME.pack(USER, 0, 5, 100_000) + b"x" * 1000)
+        conn.pump(hub.matching)
+        assert conn.cur is not None and not h.done, "set-up: the payload is arriving"
+        b.close()
+        conn.pump(hub.matching)                     # the end of the connection
+        assert h.done and isinstance(h.info.error, PeerFailed) and h.info.error.rank == 1
+    finally:
+        hub.conns = [None, None]
+        a.close()
+        b.close()
+
+
 def _ringed_hub(record=lambda ms, tx: ms):
     """A hub of rank 0 whose peer 1 writes frames into a ring (``tx``), a poller
     that records ``record(timeout, tx)`` instead of asking the kernel, and the

@@ -307,7 +307,11 @@ class Hub:
         for _parts, h, _n in conn.out:
             h.complete(completion(dead, 0, 0, err))
         conn.out.clear()
-        conn.cur = None
+        if conn.cur is not None:    # a payload streaming in: its receive, if matched, fails
+            h = conn.cur[2][4]
+            if h is not None:
+                h.complete(completion(dead, h.tag, 0, err))
+            conn.cur = None
 
     def _exited(self, conn: Peer) -> None:
         """The peer's pidfd fired: take what it sent before dying, then fail the rest."""
