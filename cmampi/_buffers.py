@@ -217,10 +217,11 @@ class Buffer:
     def head(self, n: int) -> bytes:
         """A copy of the message's first *n* bytes (all of it if shorter), in stream order."""
         n = min(n, self.nbytes)
-        if self.contiguous:
-            return self.flat()[:n].tobytes()
+        lay = self.layout
+        if lay.contiguous_run:
+            return _ctypes.string_at(lay.addr + lay.lo, n)
         return b"".join(_ctypes.string_at(int(addr), int(k))
-                        for addr, k in self.layout.window(0, n).segments())
+                        for addr, k in lay.window(0, n).segments())
 
     def tobytes(self) -> bytes:
         """A packed copy of the message bytes, in stream order."""
@@ -556,8 +557,20 @@ def _dlpack_dtype(obj) -> _np.dtype:
         return _np.dtype(_np.uint8)
 
 
+#: id -> (the predefined datatype, kept alive so that its id stays its own,
+#: (size, lower bound, extent)): asking the library costs a microsecond a call.
+_PREDEFINED: dict[int, tuple[Any, tuple[int, int, int]]] = {}
+#: The same for mpi4py's type codes ("i", "d", ...), which name predefined datatypes.
+_CODES: dict[str, tuple[int, int, int]] = {}
+
+
 def _datatype_size(dt) -> tuple[int, int, int]:
     """(size, lower bound, extent) of an mpi4py Datatype or a type code."""
+    hit = _PREDEFINED.get(id(dt))
+    if hit is not None and hit[0] is dt:
+        return hit[1]
+    if type(dt) is str and dt in _CODES:
+        return _CODES[dt]
     from ._backend import names
 
     if isinstance(dt, str):
@@ -565,20 +578,26 @@ def _datatype_size(dt) -> tuple[int, int, int]:
         if table is not None:
             if dt not in table:
                 raise KeyError(f"cannot map {dt!r} to MPI datatype")
-            dt = table[dt]
-        else:
-            try:
-                size = _np.dtype(dt).itemsize
-            except TypeError:   # mpi4py's error for a type code it cannot map
-                raise KeyError(f"cannot map {dt!r} to MPI datatype") from None
-            return size, 0, size
+            code, dt = dt, table[dt]
+            sizes = _datatype_size(dt)
+            if type(code) is str:
+                _CODES[code] = sizes
+            return sizes
+        try:
+            size = _np.dtype(dt).itemsize
+        except TypeError:   # mpi4py's error for a type code it cannot map
+            raise KeyError(f"cannot map {dt!r} to MPI datatype") from None
+        return size, 0, size
     get_size = getattr(dt, "Get_size", None)
     if get_size is None:    # mpi4py looks anything else up in its type table
         raise KeyError(f"cannot map {dt!r} to MPI datatype")
     if dt == getattr(names(), "DATATYPE_NULL", None):
         return 0, 0, 0      # nothing can be counted in it: see the callers' errors
     lb, extent = dt.Get_extent()
-    return get_size(), lb, extent
+    sizes = get_size(), lb, extent
+    if getattr(dt, "is_predefined", False):
+        _PREDEFINED[id(dt)] = (dt, sizes)
+    return sizes
 
 
 def _is_datatype(x) -> bool:
@@ -700,9 +719,15 @@ def _buffer(spec, writable: bool) -> Buffer:
 
 def _is_bottom(obj) -> bool:
     """mpi4py's ``BOTTOM`` (no buffer: the datatype's absolute addresses)."""
-    from ._backend import names
+    if not _BOTTOM:
+        from ._backend import names
 
-    return obj is getattr(names(), "BOTTOM", None)
+        _BOTTOM.append(getattr(names(), "BOTTOM", None))
+    return obj is _BOTTOM[0]
+
+
+#: The namespace's ``BOTTOM``, looked up once.
+_BOTTOM: list[Any] = []
 
 
 def send_buffer(spec) -> Buffer:

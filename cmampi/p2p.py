@@ -626,12 +626,9 @@ class Engine:
             return
         records: RecordReader = self.records  # type: ignore[assignment]  # act sets this hook with records only
         try:
-            if buf.contiguous:
-                msg = memoryview(buf.flat())  # type: ignore[arg-type]  # numpy stubs < 3.12
-            elif records.marks(buf.head(records.end)):
-                msg = memoryview(buf.tobytes())
-            else:   # a strided message: its first bytes tell, no copy of it all
+            if not records.marks(buf.head(records.end)):    # its first bytes tell
                 return
+            msg = memoryview(buf.flat() if buf.contiguous else buf.tobytes())  # type: ignore[arg-type]  # numpy stubs < 3.12
             stream = records.read(self, msg[:op.nbytes], op.source)
             if stream is not None:
                 op.nbytes, op.error = len(stream), self.place(buf, memoryview(stream))
