@@ -595,8 +595,8 @@ def _datatype_size(dt) -> tuple[int, int, int]:
         return 0, 0, 0      # nothing can be counted in it: see the callers' errors
     lb, extent = dt.Get_extent()
     sizes = get_size(), lb, extent
-    if getattr(dt, "is_predefined", False):
-        _PREDEFINED[id(dt)] = (dt, sizes)
+    if getattr(dt, "is_predefined", False) and len(_PREDEFINED) < 256:   # wrappers made
+        _PREDEFINED[id(dt)] = (dt, sizes)       # anew (Datatype(MPI.INT)) are not all kept
     return sizes
 
 
