@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as _np
 
+from ._backend import names as _names_in_use
+
 __all__ = [
     "HOST_KINDS",
     "Buffer",
@@ -313,9 +315,7 @@ def _foreign_array(obj) -> _np.ndarray:
     (its ``buffer``): through mpi4py itself on the MPI channel, else by the same
     rules in Python. Any device's memory is taken as an address, as mpi4py hands
     it to MPI: a device pointer is only usable where the memory is host-visible."""
-    from ._backend import names
-
-    mpi_buffer: Any = getattr(names(), "buffer", None)     # whatever the module holds
+    mpi_buffer: Any = getattr(_names_in_use(), "buffer", None)     # whatever the module holds
     if getattr(mpi_buffer, "__module__", "").startswith("mpi4py") and (hasattr(obj, "__dlpack__") or
                                    hasattr(obj, "__cuda_array_interface__")):
         mem = mpi_buffer(obj)
@@ -557,32 +557,44 @@ def _dlpack_dtype(obj) -> _np.dtype:
         return _np.dtype(_np.uint8)
 
 
-#: id -> (the predefined datatype, kept alive so that its id stays its own,
-#: (size, lower bound, extent)): asking the library costs a microsecond a call.
-_PREDEFINED: dict[int, tuple[Any, tuple[int, int, int]]] = {}
-#: The same for mpi4py's type codes ("i", "d", ...), which name predefined datatypes.
-_CODES: dict[str, tuple[int, int, int]] = {}
+#: Per namespace (by id): the namespace, and what `predefined` read from it.
+_PREDEFINED: dict[int, tuple[Any, dict[int, tuple[Any, tuple[int, int, int]]]]] = {}
+
+
+def predefined(names) -> dict[int, tuple[Any, tuple[int, int, int]]]:
+    """id -> (datatype, (size, lower bound, extent)) of every predefined datatype
+    that namespace *names* holds, read once per process: asking the library costs
+    a microsecond a call. The datatypes are kept, so that their ids stay their own."""
+    made = _PREDEFINED.get(id(names))
+    if made is not None and made[0] is names:
+        return made[1]
+    table = {}
+    datatype, null = getattr(names, "Datatype", None), getattr(names, "DATATYPE_NULL", None)
+    for name in dir(names):
+        dt = getattr(names, name)
+        if type(dt) is datatype and dt != null:
+            try:
+                if dt.is_predefined:
+                    lb, extent = dt.Get_extent()
+                    table[id(dt)] = (dt, (dt.Get_size(), lb, extent))
+            except Exception:   # noqa: BLE001 - a datatype the library lacks
+                pass
+    _PREDEFINED[id(names)] = (names, table)
+    return table
 
 
 def _datatype_size(dt) -> tuple[int, int, int]:
     """(size, lower bound, extent) of an mpi4py Datatype or a type code."""
-    hit = _PREDEFINED.get(id(dt))
+    names = _names_in_use()
+    hit = predefined(names).get(id(dt))
     if hit is not None and hit[0] is dt:
         return hit[1]
-    if type(dt) is str and dt in _CODES:
-        return _CODES[dt]
-    from ._backend import names
-
     if isinstance(dt, str):
-        table = getattr(names(), "_typedict", None)     # mpi4py's type codes
+        table = getattr(names, "_typedict", None)     # mpi4py's type codes
         if table is not None:
             if dt not in table:
                 raise KeyError(f"cannot map {dt!r} to MPI datatype")
-            code, dt = dt, table[dt]
-            sizes = _datatype_size(dt)
-            if type(code) is str:
-                _CODES[code] = sizes
-            return sizes
+            return _datatype_size(table[dt])
         try:
             size = _np.dtype(dt).itemsize
         except TypeError:   # mpi4py's error for a type code it cannot map
@@ -591,13 +603,10 @@ def _datatype_size(dt) -> tuple[int, int, int]:
     get_size = getattr(dt, "Get_size", None)
     if get_size is None:    # mpi4py looks anything else up in its type table
         raise KeyError(f"cannot map {dt!r} to MPI datatype")
-    if dt == getattr(names(), "DATATYPE_NULL", None):
+    if dt == getattr(names, "DATATYPE_NULL", None):
         return 0, 0, 0      # nothing can be counted in it: see the callers' errors
     lb, extent = dt.Get_extent()
-    sizes = get_size(), lb, extent
-    if getattr(dt, "is_predefined", False) and len(_PREDEFINED) < 256:   # wrappers made
-        _PREDEFINED[id(dt)] = (dt, sizes)       # anew (Datatype(MPI.INT)) are not all kept
-    return sizes
+    return get_size(), lb, extent
 
 
 def _is_datatype(x) -> bool:
@@ -719,15 +728,7 @@ def _buffer(spec, writable: bool) -> Buffer:
 
 def _is_bottom(obj) -> bool:
     """mpi4py's ``BOTTOM`` (no buffer: the datatype's absolute addresses)."""
-    if not _BOTTOM:
-        from ._backend import names
-
-        _BOTTOM.append(getattr(names(), "BOTTOM", None))
-    return obj is _BOTTOM[0]
-
-
-#: The namespace's ``BOTTOM``, looked up once.
-_BOTTOM: list[Any] = []
+    return obj is getattr(_names_in_use(), "BOTTOM", None)
 
 
 def send_buffer(spec) -> Buffer:

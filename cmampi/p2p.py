@@ -30,7 +30,7 @@ import numpy as np
 
 from . import _cma, _pull, _wire
 from ._access import PeerAccess
-from ._buffers import Buffer, address, recv_buffer, send_buffer
+from ._buffers import Buffer, address, predefined, recv_buffer, send_buffer
 from ._tuning import OBJECT_RAW_MAX
 from .channel import Channel, Completion
 from .coop import SHARES, CoopPull, CopyShare, now
@@ -874,17 +874,10 @@ class Counted:
 
     def __init__(self, names) -> None:
         self.names = names
-        sizes = {}
-        for name in dir(names):
-            dt = getattr(names, name)
-            if type(dt) is getattr(names, "Datatype", None):
-                try:
-                    if dt.is_predefined and dt.Get_extent() == (0, dt.Get_size()) > (0, 0):
-                        sizes[id(dt)] = (dt, dt.Get_size())
-                except Exception:   # noqa: BLE001 - a datatype the library lacks
-                    pass
-        #: id -> (the predefined datatype, kept alive so that its id stays its own, size)
-        self.sizes = sizes
+        #: id -> (the predefined datatype, kept alive so that its id stays its own,
+        #: size) of those without holes
+        self.sizes = {key: (dt, size) for key, (dt, (size, lb, extent))
+                      in predefined(names).items() if lb == 0 and extent == size > 0}
 
     def __call__(self, spec, writable: bool) -> tuple[Any, int] | None:
         """(buffer, bytes) of *spec* in one of the simplest forms, checked as
