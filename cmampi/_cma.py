@@ -24,6 +24,7 @@ __all__ = [
     "as_segments",
     "hold",
     "oserror",
+    "peek_word",
     "pid_namespace",
     "probe",
     "ptrace_scope",
@@ -308,6 +309,29 @@ def writev(pid: int, local: Segments, remote: Segments) -> int:
 def read_into(pid: int, laddr: int, raddr: int, nbytes: int) -> None:
     """Copy *nbytes* contiguous bytes from *raddr* in *pid* to our *laddr*."""
     _checked(pid, False, _transfer_one, _require(_readv), pid, laddr, raddr, nbytes)
+
+
+class _WordRead(_ctypes.Structure):
+    """One 8-byte read's iovec pair and destination, in one allocation."""
+
+    _fields_ = [("local", _iovec), ("remote", _iovec), ("word", _ctypes.c_uint64)]
+
+
+def peek_word(pid: int, raddr: int) -> int:
+    """The 8-byte word at *raddr* in process *pid*; 0 if it cannot be read.
+
+    Unguarded by the peer's pidfd: for hints (a sender's offer to help), where a
+    wrong answer costs time, never data.
+    """
+    if _readv is None:
+        return 0
+    rd = _WordRead()
+    base = _ctypes.addressof(rd)
+    rd.local.iov_base, rd.local.iov_len = base + _WordRead.word.offset, 8
+    rd.remote.iov_base, rd.remote.iov_len = raddr, 8
+    if _readv(pid, base, 1, base + _WordRead.remote.offset, 1, 0) != 8:
+        return 0
+    return rd.word
 
 
 def _namespace(kind: str, pid: int | str):

@@ -26,6 +26,7 @@ __all__ = [
     "AT",
     "CTRL_MAX",
     "F_HELP",
+    "F_OFFER",
     "F_SYNC",
     "HELPED_SIZE",
     "PULL",
@@ -57,6 +58,7 @@ RECORD = 3      # the message is the bytes after the header: a record of cmampi'
 
 F_SYNC = 1      # the sender waits for the receiver to match (synchronous mode)
 F_HELP = 2      # the sender is blocked waiting and can push part of the payload
+F_OFFER = 4     # the header names a word of the sender's: 1 while it waits and can help
 
 # Receiver -> sender replies in the side space (tag 2 * xid).
 ACK_OK = 0
@@ -68,6 +70,7 @@ _HEAD = _struct.Struct("<BBxxIQ")        # kind, flags, xid, nbytes
 _LAYOUT = _struct.Struct("<qqqq")        # addr, lo, hi, ndim (then 2*ndim dims)
 _HELP = _struct.Struct("<BxxxxxxxQQQ")   # ACK_HELP, lo, hi, address of byte lo
 _HELPED = _struct.Struct("<Bxxxxxxxd")   # the helper's code, when its copy ended
+_OFFER = _struct.Struct("<Q")            # address of the sender's offer word (F_OFFER)
 
 
 
@@ -91,7 +94,7 @@ _PICKLE_TAIL = b"\x85R."
 AT = len(_PICKLE_HEAD) + 8
 
 #: Most bytes a control message's meaningful part takes (layouts of 32 dimensions).
-CTRL_MAX = AT + _HEAD.size + _LAYOUT.size + 64 * 8 + len(_PICKLE_TAIL)
+CTRL_MAX = AT + _HEAD.size + _OFFER.size + _LAYOUT.size + 64 * 8 + len(_PICKLE_TAIL)
 
 
 #: The struct of a layout of each number of dimensions: its head, then the dims.
@@ -133,8 +136,13 @@ def is_control(count: int, limit: int) -> bool:
     return limit < count <= limit + CTRL_MAX
 
 
-def pull_header(xid: int, flags: int, layout: Layout) -> bytes:
-    return _HEAD.pack(PULL, flags, xid, layout.nbytes) + _layout(layout)
+def pull_header(xid: int, flags: int, layout: Layout, offer: int = 0) -> bytes:
+    """A PULL descriptor; with F_OFFER in *flags*, *offer* is the address of the
+    sender's offer word (see `p2p.PullSendOp`)."""
+    head = _HEAD.pack(PULL, flags, xid, layout.nbytes)
+    if flags & F_OFFER:
+        head += _OFFER.pack(offer)
+    return head + _layout(layout)
 
 
 def side_header(xid: int, flags: int, nbytes: int) -> bytes:
@@ -162,10 +170,14 @@ def kind(head) -> int:
     return head[0]
 
 
-def parse_pull(buf) -> tuple[int, int, int, Layout]:
-    """(flags, xid, nbytes, remote layout) of a PULL descriptor's header."""
+def parse_pull(buf) -> tuple[int, int, int, Layout, int]:
+    """(flags, xid, nbytes, remote layout, address of the offer word or 0) of a
+    PULL descriptor's header."""
     _, flags, xid, nbytes = _HEAD.unpack_from(buf)
-    return flags, xid, nbytes, _parse_layout(buf, _HEAD.size)
+    if not flags & F_OFFER:
+        return flags, xid, nbytes, _parse_layout(buf, _HEAD.size), 0
+    offer = _OFFER.unpack_from(buf, _HEAD.size)[0]
+    return flags, xid, nbytes, _parse_layout(buf, _HEAD.size + _OFFER.size), offer
 
 
 def parse_side(buf) -> tuple[int, int, int]:

@@ -106,7 +106,7 @@ def test_control_messages_load_as_control():
         assert type(got) is _wire.Control
         for head in (_wire.header(memoryview(msg)), got.head):
             assert _wire.kind(head) == _wire.PULL
-            flags, xid, nbytes, remote = _wire.parse_pull(head)
+            flags, xid, nbytes, remote, _ = _wire.parse_pull(head)
             assert (flags, xid, nbytes) == (_wire.F_SYNC, 7, 1000)
             assert remote.nbytes == 1000
         assert _wire.payload_size(msg, limit) == 1000

@@ -69,6 +69,26 @@ def test_pulled_message_is_read_from_the_senders_memory(engines):
     p2p.wait_any([op])
 
 
+def test_a_nonblocking_pulled_send_offers_help_by_a_word_it_sets_only_in_a_wait(engines):
+    """The descriptor of a send that was not blocked names its offer word; the
+    word reads 0 until the sender waits for all of its sends, so a receiver that
+    matches the send meanwhile pulls it alone."""
+    e0, e1 = engines
+    n = max(e0.coop_min, e0.cma_min) + 4096
+    data = np.arange(n, dtype=np.uint8)
+    op = e0.isend(send_buffer(data), 1, TAG, False)
+    assert isinstance(op, p2p.PullSendOp) and op.offer is not None
+    flags, _, nbytes, layout, offer = _wire.parse_pull(_wire.header(memoryview(op.notice[1])))
+    assert flags & _wire.F_OFFER and not flags & _wire.F_HELP
+    assert (nbytes, layout.addr, offer) == (n, data.ctypes.data, op.offer.ctypes.data)
+    assert _cma.peek_word(os.getpid(), offer) == 0
+    out = np.zeros(n, np.uint8)
+    e1.recv(out, 0, TAG)
+    assert (out == data).all()
+    p2p.wait_all([op])
+    assert op.done and op.offer is None
+
+
 @pytest.mark.parametrize("kind", ["raw", "side", "pulled"])
 def test_truncation_raises_on_the_receiver_and_writes_nothing_beyond(engines, kind):
     e0, e1 = engines

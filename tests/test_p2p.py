@@ -517,6 +517,48 @@ def test_pending_receives_sharing_a_buffer(comm, MPI, n, spare):
     comm.Barrier()
 
 
+@pytest.mark.parametrize("wait", ["Waitall", "Waitall beside a receive", "Waitany"])
+def test_a_window_of_sends_helps_copy_while_it_waits_for_all(cmcomm, MPI, monkeypatch, wait):
+    """Nonblocking sends of large messages help their receiver copy them (a
+    cooperative copy) once their sender waits for all of them with nothing to
+    receive; a sender in a wait that may return first (Waitany), or with a
+    receive of its own pending, is never asked. Every message arrives intact."""
+    from cmampi import p2p
+
+    helped = []
+
+    class Counted(p2p.CoopPull):
+        def __init__(self, *args, **kwargs) -> None:
+            helped.append(1)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(p2p, "CoopPull", Counted)
+    rank, window = cmcomm.Get_rank(), 4
+    n = 2 * max(config.coop_min, cmcomm._engine.cma_min)
+    data = [pattern(n, seed=k) for k in range(window)]
+    cmcomm.Barrier()
+    if rank == 0:
+        ack = cmcomm.Irecv(np.zeros(1, np.uint8), 1, 23) if wait.endswith("receive") else None
+        sends = [cmcomm.Isend(data[k], 1, 22) for k in range(window)]
+        if wait == "Waitany":
+            for _ in range(window):
+                MPI.Request.Waitany(sends)
+        else:
+            MPI.Request.Waitall(sends)
+        if ack is not None:
+            ack.Wait()
+    elif rank == 1:
+        import time
+
+        time.sleep(0.5)         # the sender is waiting by now
+        bufs = [np.zeros(n, np.uint8) for _ in range(window)]
+        MPI.Request.Waitall([cmcomm.Irecv(b, 0, 22) for b in bufs])
+        if wait.endswith("receive"):
+            cmcomm.Send(np.ones(1, np.uint8), 0, 23)
+        assert all(np.array_equal(b, d) for b, d in zip(bufs, data))
+        assert len(helped) == (window if wait == "Waitall" else 0)
+
+
 def _form(MPI, form: str, data: np.ndarray, writable: bool):
     """*data*'s bytes in a buffer form programs pass; and a view to read it back."""
     n = data.nbytes
