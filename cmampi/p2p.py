@@ -240,7 +240,7 @@ class PullSendOp(Op):
 class RecvOp(Op):
     """A receive: matched message -> in place, copied, pulled or side payload -> done."""
 
-    __slots__ = ("buf", "inplace", "landed", "stage", "then")
+    __slots__ = ("buf", "inplace", "landed", "split", "stage", "then")
 
     def __init__(self, engine: Engine, buf: Buffer | None,
                  landed: Callable[[RecvOp], None] | None = None) -> None:
@@ -250,6 +250,9 @@ class RecvOp(Op):
         #: bytes of the buffer that a control message would cover
         self.stage: np.ndarray | bytes | None = None
         self.inplace = False   # the channel receives straight into the user's buffer
+        #: the channel receives into the user's buffer but for the message's first
+        #: bytes (any control message), which land in the stage (see `Engine.irecv`)
+        self.split = False
         #: what to do when the current handle completes
         self.then: Callable[[Completion], None] | None = None
         #: run in progress once the message is in, whether or not anyone waits
@@ -265,6 +268,7 @@ class RecvOp(Op):
         self.then = None
         _PENDING.pop(self, None)
         self.engine.landing.pop(self, None)
+        self.engine.tails.pop(self, None)
         landed, self.landed = self.landed, None
         if landed is not None and self.error is None:
             landed(self)
@@ -278,6 +282,17 @@ class RecvOp(Op):
 
     def arrived(self, info: Completion) -> None:
         source, tag, count, err = info
+        if self.split:
+            self.split = False
+            self.engine.tails.pop(self, None)
+            if count > self.engine.band or err is not None:
+                # A payload (every control message fits in the stage): its head
+                # is in the stage, the rest where it belongs.
+                self.engine.place_head(self, count)
+                if err is None:
+                    self.source, self.tag, self.nbytes = source, tag, count
+                    self.finish()
+                    return
         if err is not None:  # a payload larger than anything it could fit into, or no sender
             self.source, self.tag, self.nbytes = source, tag, count
             names = self.engine.names
@@ -345,9 +360,15 @@ class Engine:
         self.record_min = self.records.end if self.records else self.limit + 1
         #: Sizes the simplest spec forms, where the channel takes them as they are.
         self.counted = Counted.of(names) if hasattr(channel, "send_counted") else None
+        #: Large receives land in place but for their head (see `irecv`).
+        self.split = hasattr(channel, "irecv_split")
         self.stash: _collections.deque = _collections.deque()  # drained by probes
-        #: Receives the channel writes straight into the user's buffer, until arrival.
+        #: Receives the channel writes straight into the user's buffer, until arrival
+        #: (a control message may land in their first `band` bytes) ...
         self.landing: dict[RecvOp, tuple[int, int]] = {}
+        #: ... and receives into a buffer one of those shares, which land there but
+        #: for their first `band` bytes (see `_irecv_split`).
+        self.tails: dict[RecvOp, tuple[int, int]] = {}
         self.coll = None    # the communicator's collectives, made on first use
         self.native = None  # the MPI channel's agreement on native collectives (native.py)
         #: What the communicator keeps with its engine, which its copies share
@@ -562,38 +583,79 @@ class Engine:
             src, tg, data = hit
             self.deliver(op, memoryview(data), src, tg)
             return op
-        if buf is not None and buf.contiguous and buf.nbytes >= self.stage_size \
-                and not self._shares_landing(span := _span(buf)):
-            # Any control message fits: let the channel write straight into it.
-            # Keep the bytes one would cover: only the message's own bytes may
-            # change (MPI 3.1, 3.2.4), and a synchronous one's payload can be
-            # shorter than its control message.
-            op.inplace = True
-            target = buf.wire()
-            op.stage = buf.flat()[:self.band].tobytes()
-            self.landing[op] = span
-        else:
-            # A strided buffer (or one another pending receive lands in) takes
-            # its message here first: room for the longest the source may send
-            # as itself (anything longer is pulled or announced), and no more
-            # than the buffer (a longer one would be truncated anyway).
-            size = self.stage_size
-            if buf is None or not buf.contiguous or buf.nbytes >= size:
-                raw_max = self.raw_max_any if source == self.any_source else \
-                    self.raw_max[source] if 0 <= source < self.size else None
-                # An object's pickle may come as itself up to OBJECT_RAW_MAX.
-                most = OBJECT_RAW_MAX if buf is None else buf.nbytes
-                size = max(size, most if raw_max is None else min(most, raw_max))
-            # Not zero-filled: only the bytes the channel writes are read. An
-            # object's (large) stage is reused once its message is delivered.
-            spare = self.spare_stages.get(size)
-            if spare:
-                target = op.stage = spare.pop()
-                self.spare_bytes -= size
-            else:
-                target = op.stage = np.empty(size, np.uint8)
-        op.wait_on(self.ch.irecv(target, source, tag), op.arrived)
+        if buf is not None and buf.contiguous and buf.nbytes >= self.stage_size:
+            span = _span(buf)
+            if not self._overlaps(span):
+                return self._irecv_in_place(op, buf, span, source, tag)
+            if self.split and buf.nbytes > self.band \
+                    and not self._heads_in(span[0] + self.band, span[1]):
+                return self._irecv_split(op, buf, span, source, tag)
+        return self._irecv_staged(op, buf, source, tag)
+
+    def _irecv_in_place(self, op: RecvOp, buf: Buffer, span: tuple[int, int], source: int,
+                        tag: int) -> RecvOp:
+        """Any control message fits: let the channel write straight into *buf*.
+        Keep the bytes one would cover: only the message's own bytes may change
+        (MPI 3.1, 3.2.4), and a synchronous one's payload can be shorter than
+        its control message."""
+        op.inplace = True
+        op.stage = buf.flat()[:self.band].tobytes()
+        self.landing[op] = span
+        op.wait_on(self.ch.irecv(buf.wire(), source, tag), op.arrived)
         return op
+
+    def _irecv_split(self, op: RecvOp, buf: Buffer, span: tuple[int, int], source: int,
+                     tag: int) -> RecvOp:
+        """*buf* is shared with a pending receive (erroneous in MPI, yet what
+        bandwidth tests do, and MPI libraries let be): the message lands in
+        place but for its first `band` bytes, which take a stage of the op's
+        own, so no control message is overwritten before it is read, and no
+        payload is copied twice."""
+        stage = self._stage(self.band)
+        op.stage, op.split = stage, True
+        self.tails[op] = span
+        op.wait_on(self.ch.irecv_split(stage, buf.wire(), buf.nbytes,  # type: ignore[attr-defined]  # self.split: the channel has it
+                                       source, tag), op.arrived)
+        return op
+
+    def _irecv_staged(self, op: RecvOp, buf: Buffer | None, source: int, tag: int) -> RecvOp:
+        """A strided buffer, an object's, a small one (a control message would
+        not fit), or one shared where `_irecv_split` cannot be used, takes its
+        message in a stage first: room for the longest the source may send as
+        itself (anything longer is pulled or announced), and no more than the
+        buffer (a longer one would be truncated anyway)."""
+        size = self.stage_size
+        if buf is None or not buf.contiguous or buf.nbytes >= size:
+            raw_max = self.raw_max_any if source == self.any_source else \
+                self.raw_max[source] if 0 <= source < self.size else None
+            # An object's pickle may come as itself up to OBJECT_RAW_MAX.
+            most = OBJECT_RAW_MAX if buf is None else buf.nbytes
+            size = max(size, most if raw_max is None else min(most, raw_max))
+        op.stage = stage = self._stage(size)
+        op.wait_on(self.ch.irecv(stage, source, tag), op.arrived)
+        return op
+
+    def _stage(self, size: int) -> np.ndarray:
+        """A receive stage of *size* bytes: a spare one (see `spare`), or new
+        memory, not zero-filled (only the bytes the channel writes are read)."""
+        spare = self.spare_stages.get(size)
+        if spare:
+            self.spare_bytes -= size
+            return spare.pop()
+        return np.empty(size, np.uint8)
+
+    def place_head(self, op: RecvOp, count: int) -> None:
+        """Copy the head of a split receive's payload from its stage into the
+        buffer (unless a pending in-place receive may have a control message
+        there), and keep the stage."""
+        stage: np.ndarray = op.stage  # type: ignore[assignment]  # a split receive's stage
+        op.stage = None
+        n = min(count, len(stage))
+        buf: Buffer = op.buf  # type: ignore[assignment]  # split receives are buffer receives
+        lo = _span(buf)[0]
+        if not (self.landing and self._heads_in(lo, lo + n)):
+            buf.scatter(memoryview(stage)[:n])  # type: ignore[arg-type]  # numpy stubs < 3.12
+        self.spare(stage)
 
     def spare(self, stage: np.ndarray) -> None:
         """Keep a receive stage whose message was delivered, for the next receive
@@ -602,13 +664,17 @@ class Engine:
             self.spare_stages.setdefault(stage.nbytes, []).append(stage)
             self.spare_bytes += stage.nbytes
 
-    def _shares_landing(self, span: tuple[int, int]) -> bool:
-        """Whether a pending in-place receive lands in part of *span*. Pending
-        receives into one buffer are erroneous in MPI, but MPI libraries let
-        them be; here the later one lands in a stage of its own, so that no
-        control message is overwritten before it is read."""
+    def _overlaps(self, span: tuple[int, int]) -> bool:
+        """Whether a pending receive in place (or split) lands in part of *span*."""
         lo, hi = span
-        return any(olo < hi and lo < ohi for olo, ohi in self.landing.values())
+        return any(olo < hi and lo < ohi for olo, ohi in self.landing.values()) or \
+            any(olo < hi and lo < ohi for olo, ohi in self.tails.values())
+
+    def _heads_in(self, lo: int, hi: int) -> bool:
+        """Whether a control message may land in [lo, hi): the first `band` bytes
+        of a pending receive in place."""
+        band = self.band
+        return any(olo < hi and lo < min(olo + band, ohi) for olo, ohi in self.landing.values())
 
     def irecv_matched(self, buf: Buffer | None, hit,
                       landed: Callable[[RecvOp], None] | None = None) -> RecvOp:

@@ -517,6 +517,56 @@ def test_pending_receives_sharing_a_buffer(comm, MPI, n, spare):
     comm.Barrier()
 
 
+def test_pending_receives_sharing_a_buffer_any_kind(comm, MPI):
+    """Receives sharing one buffer (as above) whose messages take each protocol:
+    raw, synchronous, pulled (or, under the pull threshold, raw) and small. Each
+    completes with its own count, and nothing beyond the buffer changes."""
+    rank = comm.Get_rank()
+    big = 2 * max(CMA_MIN_DEFAULTS.values()) + 1000
+    sizes = [100_000, 100_000, big, 50]
+    if rank == 0:
+        data = [pattern(n, seed=k) for k, n in enumerate(sizes)]
+        MPI.Request.Waitall([comm.Isend(data[0], 1, 31), comm.Issend(data[1], 1, 31),
+                             comm.Isend(data[2], 1, 31), comm.Isend(data[3], 1, 31)])
+    elif rank == 1:
+        guarded = np.full(big + 64, 7, np.uint8)
+        buf = guarded[:big]
+        statuses = [MPI.Status() for _ in sizes]
+        MPI.Request.Waitall([comm.Irecv(buf, 0, 31) for _ in sizes], statuses)
+        assert [st.Get_count(MPI.BYTE) for st in statuses] == sizes
+        assert (guarded[big:] == 7).all()
+    comm.Barrier()
+
+
+def test_receives_sharing_a_buffer_stage_only_their_heads(cmcomm, MPI, monkeypatch):
+    """On the MPI channel, a receive into a buffer another pending receive lands
+    in takes only its message's first bytes in a stage; the rest lands in place."""
+    from cmampi import p2p
+    from cmampi._buffers import Buffer
+
+    engine = cmcomm._engine
+    if not engine.split:
+        pytest.skip("the channel cannot split a receive")
+    copied: list[int] = []
+    scatter = Buffer.scatter
+
+    def counted(self, data) -> None:
+        copied.append(len(data))
+        scatter(self, data)
+
+    monkeypatch.setattr(Buffer, "scatter", counted)
+    rank, window, n = cmcomm.Get_rank(), 8, 300_000
+    data = pattern(n, seed=3)
+    if rank == 0:
+        MPI.Request.Waitall([cmcomm.Isend(data, 1, 32) for _ in range(window)])
+    elif rank == 1:
+        buf = np.zeros(n, np.uint8)
+        MPI.Request.Waitall([cmcomm.Irecv(buf, 0, 32) for _ in range(window)])
+        assert np.array_equal(buf, data)
+        assert sum(copied) <= window * engine.band
+        assert not engine.landing and not engine.tails and not p2p._PENDING
+
+
 @pytest.mark.parametrize("wait", ["Waitall", "Waitall beside a receive", "Waitany"])
 def test_a_window_of_sends_helps_copy_while_it_waits_for_all(cmcomm, MPI, monkeypatch, wait):
     """Nonblocking sends of large messages help their receiver copy them (a

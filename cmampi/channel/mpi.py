@@ -22,6 +22,8 @@ _MPI = real_mpi()
 __all__ = ["MPIChannel"]
 
 _BYTE = _MPI.BYTE
+_BOTTOM = _MPI.BOTTOM
+_get_address = _MPI.Get_address
 _new = tuple.__new__
 
 
@@ -103,6 +105,17 @@ class MPIChannel:
 
     def irecv(self, buf, source: int, tag: int) -> _mpi.Request:
         return self.user.Irecv([buf, _BYTE], source, tag)
+
+    def irecv_split(self, head, buf, nbytes: int, source: int, tag: int) -> _mpi.Request:
+        """Receive into the first *nbytes* of *buf*, except the message's first
+        ``len(head)`` bytes, which land in *head* instead (one derived datatype)."""
+        k = len(head)
+        dt = _BYTE.Create_hindexed([k, nbytes - k],
+                                   [_get_address(head), _get_address(buf) + k]).Commit()
+        try:
+            return self.user.Irecv([_BOTTOM, 1, dt], source, tag)
+        finally:
+            dt.Free()   # MPI frees it once the receive is done with it
 
     def mprobe(self, source: int, tag: int):
         """Block until a message matches; take it out of the stream unreceived.
