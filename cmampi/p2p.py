@@ -282,7 +282,8 @@ class RecvOp(Op):
 
     def arrived(self, info: Completion) -> None:
         source, tag, count, err = info
-        if self.split:
+        split = self.split
+        if split:
             self.split = False
             self.engine.tails.pop(self, None)
             if count > self.engine.band or err is not None:
@@ -300,6 +301,10 @@ class RecvOp(Op):
             self.finish(self.engine.truncated() if truncated else err)
             return
         self.engine.landing.pop(self, None)
+        if self.engine.guarded and not split:
+            stage: np.ndarray = self.stage  # type: ignore[assignment]  # not in place: an array
+            if count == len(stage) - 1 > 0:     # its last byte landed past the gap
+                stage[count - 1] = stage[count]
         # In place, the message is in the buffer (only a buffer receive lands in
         # place) and the stage holds the bytes it covered; else it is in the stage
         # array. *msg*: the buffer's array, the stage array, or a control message's bytes.
@@ -362,6 +367,9 @@ class Engine:
         self.counted = Counted.of(names) if hasattr(channel, "send_counted") else None
         #: Large receives land in place but for their head (see `irecv`).
         self.split = hasattr(channel, "irecv_split")
+        #: Receives whose message may be truncated go through a datatype with a gap
+        #: (`channel.mpi.MPIChannel.guarded`): never in place, stages one byte longer.
+        self.guarded = getattr(channel, "guarded", False)
         self.stash: _collections.deque = _collections.deque()  # drained by probes
         #: Receives the channel writes straight into the user's buffer, until arrival
         #: (a control message may land in their first `band` bytes) ...
@@ -585,7 +593,7 @@ class Engine:
             return op
         if buf is not None and buf.contiguous and buf.nbytes >= self.stage_size:
             span = _span(buf)
-            if not self._overlaps(span):
+            if not self.guarded and not self._overlaps(span):
                 return self._irecv_in_place(op, buf, span, source, tag)
             if self.split and buf.nbytes > self.band \
                     and not self._heads_in(span[0] + self.band, span[1]):
@@ -631,6 +639,11 @@ class Engine:
             # An object's pickle may come as itself up to OBJECT_RAW_MAX.
             most = OBJECT_RAW_MAX if buf is None else buf.nbytes
             size = max(size, most if raw_max is None else min(most, raw_max))
+        if self.guarded:
+            op.stage = stage = self._stage(size + 1)
+            op.wait_on(self.ch.irecv_guarded(stage, size, source, tag),  # type: ignore[attr-defined]  # guarded: the MPI channel
+                       op.arrived)
+            return op
         op.stage = stage = self._stage(size)
         op.wait_on(self.ch.irecv(stage, source, tag), op.arrived)
         return op

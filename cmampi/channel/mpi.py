@@ -81,6 +81,11 @@ class MPIChannel:
         #: CMA is only used inside one user namespace.
         self.userns = [rec[3] for rec in info]
         self.status = _MPI.Status()
+        #: Open MPI (5.0) writes a message that a contiguous receive buffer
+        #: truncates past that buffer's end; receives through a datatype with a
+        #: gap stop at the buffer's end. Where the size is not known before the
+        #: receive, the engine posts those (`irecv_guarded`, `irecv_split`).
+        self.guarded = _MPI.get_vendor()[0] == "Open MPI"
 
     def dup(self) -> MPIChannel:
         """A channel over new duplicates of the same communicator; collective."""
@@ -105,6 +110,16 @@ class MPIChannel:
 
     def irecv(self, buf, source: int, tag: int) -> _mpi.Request:
         return self.user.Irecv([buf, _BYTE], source, tag)
+
+    def irecv_guarded(self, buf, nbytes: int, source: int, tag: int) -> _mpi.Request:
+        """Receive a message of up to *nbytes* into *buf*, which has one byte more:
+        its last byte lands at ``buf[nbytes]``, past a gap (`guarded`)."""
+        addr = _get_address(buf)
+        dt = _BYTE.Create_hindexed([nbytes - 1, 1], [addr, addr + nbytes]).Commit()
+        try:
+            return self.user.Irecv([_BOTTOM, 1, dt], source, tag)
+        finally:
+            dt.Free()
 
     def irecv_split(self, head, buf, nbytes: int, source: int, tag: int) -> _mpi.Request:
         """Receive into the first *nbytes* of *buf*, except the message's first
