@@ -86,6 +86,7 @@ class MPIChannel:
         #: gap stop at the buffer's end. Where the size is not known before the
         #: receive, the engine posts those (`irecv_guarded`, `irecv_split`).
         self.guarded = _MPI.get_vendor()[0] == "Open MPI"
+        self.types: dict[tuple[int, int, int, int], _mpi.Datatype] = {}
 
     def dup(self) -> MPIChannel:
         """A channel over new duplicates of the same communicator; collective."""
@@ -115,22 +116,30 @@ class MPIChannel:
         """Receive a message of up to *nbytes* into *buf*, which has one byte more:
         its last byte lands at ``buf[nbytes]``, past a gap (`guarded`)."""
         addr = _get_address(buf)
-        dt = _BYTE.Create_hindexed([nbytes - 1, 1], [addr, addr + nbytes]).Commit()
-        try:
-            return self.user.Irecv([_BOTTOM, 1, dt], source, tag)
-        finally:
-            dt.Free()
+        dt = self._two_blocks(nbytes - 1, addr, 1, addr + nbytes)
+        return self.user.Irecv([_BOTTOM, 1, dt], source, tag)
 
     def irecv_split(self, head, buf, nbytes: int, source: int, tag: int) -> _mpi.Request:
         """Receive into the first *nbytes* of *buf*, except the message's first
         ``len(head)`` bytes, which land in *head* instead (one derived datatype)."""
         k = len(head)
-        dt = _BYTE.Create_hindexed([k, nbytes - k],
-                                   [_get_address(head), _get_address(buf) + k]).Commit()
-        try:
-            return self.user.Irecv([_BOTTOM, 1, dt], source, tag)
-        finally:
-            dt.Free()   # MPI frees it once the receive is done with it
+        dt = self._two_blocks(k, _get_address(head), nbytes - k, _get_address(buf) + k)
+        return self.user.Irecv([_BOTTOM, 1, dt], source, tag)
+
+    #: Two-block datatypes kept for reuse: receives reuse their stages and buffers.
+    TYPES_KEPT = 256
+
+    def _two_blocks(self, n1: int, a1: int, n2: int, a2: int) -> _mpi.Datatype:
+        """The committed datatype of *n1* bytes at address *a1*, then *n2* at *a2*
+        (it names only addresses, so it serves whatever memory lies there)."""
+        key = (n1, a1, n2, a2)
+        dt = self.types.get(key)
+        if dt is None:
+            if len(self.types) >= self.TYPES_KEPT:
+                # The oldest goes; MPI keeps it for receives still using it.
+                self.types.pop(next(iter(self.types))).Free()
+            dt = self.types[key] = _BYTE.Create_hindexed([n1, n2], [a1, a2]).Commit()
+        return dt
 
     def mprobe(self, source: int, tag: int):
         """Block until a message matches; take it out of the stream unreceived.
@@ -259,6 +268,9 @@ class MPIChannel:
         """Nothing to mark: the MPI library ends the job when a rank fails."""
 
     def free(self) -> None:
+        for dt in self.types.values():
+            dt.Free()
+        self.types.clear()
         for c in (self.user, self.side):
             if c != _MPI.COMM_NULL:
                 c.Free()
