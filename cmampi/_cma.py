@@ -320,8 +320,9 @@ class _WordRead(_ctypes.Structure):
 def peek_word(pid: int, raddr: int) -> int:
     """The 8-byte word at *raddr* in process *pid*; 0 if it cannot be read.
 
-    Unguarded by the peer's pidfd: for hints (a sender's offer to help), where a
-    wrong answer costs time, never data.
+    Unguarded by the peer's pidfd: for a sender's offer to help, which only a
+    live sender sets (and only while it waits to answer), and which reads 0
+    when it cannot be read.
     """
     if _readv is None:
         return 0

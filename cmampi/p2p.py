@@ -251,7 +251,7 @@ class RecvOp(Op):
         self.stage: np.ndarray | bytes | None = None
         self.inplace = False   # the channel receives straight into the user's buffer
         #: the channel receives into the user's buffer but for the message's first
-        #: bytes (any control message), which land in the stage (see `Engine.irecv`)
+        #: bytes (any control message), which land in the stage (`Engine._irecv_split`)
         self.split = False
         #: what to do when the current handle completes
         self.then: Callable[[Completion], None] | None = None
@@ -303,7 +303,7 @@ class RecvOp(Op):
         self.engine.landing.pop(self, None)
         if self.engine.guarded and not split:
             stage: np.ndarray = self.stage  # type: ignore[assignment]  # not in place: an array
-            if count == len(stage) - 1 > 0:     # its last byte landed past the gap
+            if count == len(stage) - 1:     # its last byte landed past the gap
                 stage[count - 1] = stage[count]
         # In place, the message is in the buffer (only a buffer receive lands in
         # place) and the stage holds the bytes it covered; else it is in the stage
@@ -365,7 +365,9 @@ class Engine:
         self.record_min = self.records.end if self.records else self.limit + 1
         #: Sizes the simplest spec forms, where the channel takes them as they are.
         self.counted = Counted.of(names) if hasattr(channel, "send_counted") else None
-        #: Large receives land in place but for their head (see `irecv`).
+        #: Large receives may land in place but for their head (see `_irecv_split`):
+        #: those into a buffer another pending receive lands in, and on a guarded
+        #: channel every one.
         self.split = hasattr(channel, "irecv_split")
         #: Receives whose message may be truncated go through a datatype with a gap
         #: (`channel.mpi.MPIChannel.guarded`): never in place, stages one byte longer.
@@ -374,8 +376,8 @@ class Engine:
         #: Receives the channel writes straight into the user's buffer, until arrival
         #: (a control message may land in their first `band` bytes) ...
         self.landing: dict[RecvOp, tuple[int, int]] = {}
-        #: ... and receives into a buffer one of those shares, which land there but
-        #: for their first `band` bytes (see `_irecv_split`).
+        #: ... and split receives (see `_irecv_split`), which land there but for
+        #: their first `band` bytes.
         self.tails: dict[RecvOp, tuple[int, int]] = {}
         self.coll = None    # the communicator's collectives, made on first use
         self.native = None  # the MPI channel's agreement on native collectives (native.py)
@@ -614,11 +616,12 @@ class Engine:
 
     def _irecv_split(self, op: RecvOp, buf: Buffer, span: tuple[int, int], source: int,
                      tag: int) -> RecvOp:
-        """*buf* is shared with a pending receive (erroneous in MPI, yet what
-        bandwidth tests do, and MPI libraries let be): the message lands in
-        place but for its first `band` bytes, which take a stage of the op's
-        own, so no control message is overwritten before it is read, and no
-        payload is copied twice."""
+        """The message lands in place but for its first `band` bytes, which take
+        a stage of the op's own: for a buffer another pending receive lands in
+        (erroneous in MPI, yet what bandwidth tests do, and MPI libraries let
+        be), so that no control message is overwritten before it is read, and
+        on a guarded channel, whose library stops a split receive at the
+        buffer's end. No payload is copied twice."""
         stage = self._stage(self.band)
         op.stage, op.split = stage, True
         self.tails[op] = span

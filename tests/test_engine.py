@@ -82,6 +82,9 @@ def test_a_nonblocking_pulled_send_offers_help_by_a_word_it_sets_only_in_a_wait(
     assert flags & _wire.F_OFFER and not flags & _wire.F_HELP
     assert (nbytes, layout.addr, offer) == (n, data.ctypes.data, op.offer.ctypes.data)
     assert _cma.peek_word(os.getpid(), offer) == 0
+    op.offer[0] = 1             # as inside a wait for all: read through CMA, as a receiver does
+    assert _cma.peek_word(os.getpid(), offer) == 1
+    op.offer[0] = 0
     out = np.zeros(n, np.uint8)
     e1.recv(out, 0, TAG)
     assert (out == data).all()

@@ -24,6 +24,8 @@ __all__ = ["MPIChannel"]
 _BYTE = _MPI.BYTE
 _BOTTOM = _MPI.BOTTOM
 _get_address = _MPI.Get_address
+_INT_MAX = 2**31 - 1
+_GIB = 1 << 30
 _new = tuple.__new__
 
 
@@ -87,6 +89,7 @@ class MPIChannel:
         #: receive, the engine posts those (`irecv_guarded`, `irecv_split`).
         self.guarded = _MPI.get_vendor()[0] == "Open MPI"
         self.types: dict[tuple[int, int, int, int], _mpi.Datatype] = {}
+        self.gib: _mpi.Datatype | None = None
 
     def dup(self) -> MPIChannel:
         """A channel over new duplicates of the same communicator; collective."""
@@ -113,8 +116,8 @@ class MPIChannel:
         return self.user.Irecv([buf, _BYTE], source, tag)
 
     def irecv_guarded(self, buf, nbytes: int, source: int, tag: int) -> _mpi.Request:
-        """Receive a message of up to *nbytes* into *buf*, which has one byte more:
-        its last byte lands at ``buf[nbytes]``, past a gap (`guarded`)."""
+        """Receive a message of up to *nbytes* (at least 1) into *buf*, which has one
+        byte more: its last byte lands at ``buf[nbytes]``, past a gap (`guarded`)."""
         addr = _get_address(buf)
         dt = self._two_blocks(nbytes - 1, addr, 1, addr + nbytes)
         return self.user.Irecv([_BOTTOM, 1, dt], source, tag)
@@ -138,8 +141,20 @@ class MPIChannel:
             if len(self.types) >= self.TYPES_KEPT:
                 # The oldest goes; MPI keeps it for receives still using it.
                 self.types.pop(next(iter(self.types))).Free()
-            dt = self.types[key] = _BYTE.Create_hindexed([n1, n2], [a1, a2]).Commit()
+            if n2 <= _INT_MAX:
+                dt = _BYTE.Create_hindexed([n1, n2], [a1, a2])
+            else:   # block lengths are C ints (Open MPI refuses more): whole GiBs, then the rest
+                whole, rest = divmod(n2, _GIB)
+                dt = _MPI.Datatype.Create_struct([n1, whole, rest], [a1, a2, a2 + whole * _GIB],
+                                                 [_BYTE, self._gib(), _BYTE])
+            self.types[key] = dt = dt.Commit()
         return dt
+
+    def _gib(self) -> _mpi.Datatype:
+        """A committed datatype of 1 GiB of contiguous bytes."""
+        if self.gib is None:
+            self.gib = _BYTE.Create_contiguous(_GIB).Commit()
+        return self.gib
 
     def mprobe(self, source: int, tag: int):
         """Block until a message matches; take it out of the stream unreceived.
@@ -268,9 +283,10 @@ class MPIChannel:
         """Nothing to mark: the MPI library ends the job when a rank fails."""
 
     def free(self) -> None:
-        for dt in self.types.values():
+        for dt in [*self.types.values(), *([self.gib] if self.gib is not None else [])]:
             dt.Free()
         self.types.clear()
+        self.gib = None
         for c in (self.user, self.side):
             if c != _MPI.COMM_NULL:
                 c.Free()
