@@ -51,7 +51,7 @@ COARSE_RUN = 2048
 #: (MPI channel): its shared-memory collectives beat pulls driven by Python there.
 #: Measured crossovers on 2 ranks, MPICH (see the README's results).
 NATIVE_MAX = {
-    "Bcast": 4 << 20, "Gather": 2 << 20, "Scatter": 256 << 10, "Allgather": 64 << 10,
+    "Bcast": 4 << 20, "Gather": 2 << 20, "Scatter": 1 << 20, "Allgather": 64 << 10,
     "Alltoall": 1 << 20, "Reduce": 2 << 20, "Allreduce": 4 << 20, "Scan": 64 << 10,
     "Exscan": 64 << 10, "Reduce_scatter_block": 1 << 20,
 }
