@@ -23,6 +23,7 @@ from __future__ import annotations
 import collections as _collections
 import os as _os
 from collections.abc import Callable, Sequence
+from itertools import chain as _chain
 from typing import TYPE_CHECKING, Any, NamedTuple
 from typing import ClassVar as _ClassVar
 
@@ -285,11 +286,11 @@ class RecvOp(Op):
         split = self.split
         if split:
             self.split = False
-            self.engine.tails.pop(self, None)
+            span = self.engine.tails.pop(self)
             if count > self.engine.band or err is not None:
                 # A payload (every control message fits in the stage): its head
                 # is in the stage, the rest where it belongs.
-                self.engine.place_head(self, count)
+                self.engine.place_head(self, count, span[0])
                 if err is None:
                     self.source, self.tag, self.nbytes = source, tag, count
                     self.finish()
@@ -494,7 +495,7 @@ class Engine:
             # (Open MPI does), and both ranks may be sending. The receiver's
             # reply, which the op posts a receive for, waits in the channel if early.
             desc = _wire.pull_header(xid, flags, buf.layout,
-                                     0 if offer is None else offer.ctypes.data)
+                                     0 if offer is None else address(offer))
             notice = _wire.control(desc, self.limit)
             return PullSendOp(self, buf, dest, xid, notice=(ch.isend(notice, dest, tag), notice),
                               offer=offer)
@@ -644,11 +645,11 @@ class Engine:
             size = max(size, most if raw_max is None else min(most, raw_max))
         if self.guarded:
             op.stage = stage = self._stage(size + 1)
-            op.wait_on(self.ch.irecv_guarded(stage, size, source, tag),  # type: ignore[attr-defined]  # guarded: the MPI channel
-                       op.arrived)
-            return op
-        op.stage = stage = self._stage(size)
-        op.wait_on(self.ch.irecv(stage, source, tag), op.arrived)
+            handle = self.ch.irecv_guarded(stage, size, source, tag)  # type: ignore[attr-defined]  # guarded: the MPI channel
+        else:
+            op.stage = stage = self._stage(size)
+            handle = self.ch.irecv(stage, source, tag)
+        op.wait_on(handle, op.arrived)
         return op
 
     def _stage(self, size: int) -> np.ndarray:
@@ -660,15 +661,14 @@ class Engine:
             return spare.pop()
         return np.empty(size, np.uint8)
 
-    def place_head(self, op: RecvOp, count: int) -> None:
+    def place_head(self, op: RecvOp, count: int, lo: int) -> None:
         """Copy the head of a split receive's payload from its stage into the
-        buffer (unless a pending in-place receive may have a control message
-        there), and keep the stage."""
+        buffer, which starts at address *lo* (unless a pending in-place receive
+        may have a control message there), and keep the stage."""
         stage: np.ndarray = op.stage  # type: ignore[assignment]  # a split receive's stage
         op.stage = None
         n = min(count, len(stage))
         buf: Buffer = op.buf  # type: ignore[assignment]  # split receives are buffer receives
-        lo = _span(buf)[0]
         if not (self.landing and self._heads_in(lo, lo + n)):
             buf.scatter(memoryview(stage)[:n])  # type: ignore[arg-type]  # numpy stubs < 3.12
         self.spare(stage)
@@ -683,8 +683,8 @@ class Engine:
     def _overlaps(self, span: tuple[int, int]) -> bool:
         """Whether a pending receive in place (or split) lands in part of *span*."""
         lo, hi = span
-        return any(olo < hi and lo < ohi for olo, ohi in self.landing.values()) or \
-            any(olo < hi and lo < ohi for olo, ohi in self.tails.values())
+        return any(olo < hi and lo < ohi
+                   for olo, ohi in _chain(self.landing.values(), self.tails.values()))
 
     def _heads_in(self, lo: int, hi: int) -> bool:
         """Whether a control message may land in [lo, hi): the first `band` bytes

@@ -283,10 +283,12 @@ class MPIChannel:
         """Nothing to mark: the MPI library ends the job when a rank fails."""
 
     def free(self) -> None:
-        for dt in [*self.types.values(), *([self.gib] if self.gib is not None else [])]:
+        for dt in self.types.values():
             dt.Free()
         self.types.clear()
-        self.gib = None
+        if self.gib is not None:
+            self.gib.Free()
+            self.gib = None
         for c in (self.user, self.side):
             if c != _MPI.COMM_NULL:
                 c.Free()
