@@ -530,7 +530,10 @@ class Communicator(_Fallback):
 
     def _isend(self, buf, dest, tag, sync: bool, copy: bool = False) -> Request:
         e = self._engine
-        if type(dest) is int and 0 <= dest < e.size:    # the common case: a rank
+        if type(dest) is int and 0 <= dest < e.size and type(tag) is int \
+                and 0 <= tag <= e.tag_ub and not copy:  # the common case, at once
+            return new_request(e.isend(send_buffer(buf), dest, tag, sync))
+        if type(dest) is int and 0 <= dest < e.size:    # a rank
             op = self._isend_op(buf, dest, tag, sync, copy)
             return new_request(_buffered(op) if copy else op)
         if dest == e.names.PROC_NULL and self._plain() is not None:
@@ -579,6 +582,9 @@ class Communicator(_Fallback):
         e = self._engine
         if e is None:
             return super().Irecv(buf, source, tag)
+        if type(source) is int and 0 <= source < e.size and type(tag) is int \
+                and 0 <= tag <= e.tag_ub:   # the common case, at once
+            return new_request(e.irecv(recv_buffer(buf), source, tag))
         if source == e.names.PROC_NULL and self._plain() is not None:
             self._tag(tag, True)
             return self._null_request("Irecv", buf, source, tag)

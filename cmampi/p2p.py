@@ -156,7 +156,7 @@ class SendOp(Op):
     __slots__ = ("handles", "keep")
 
     def __init__(self, engine: Engine, handles: list[Any], keep: Any) -> None:
-        super().__init__(engine)
+        Op.__init__(self, engine)
         self.handles = handles
         self.keep = keep           # what the channel reads from, until completion
         self.handle = handles[0]
@@ -245,7 +245,7 @@ class RecvOp(Op):
 
     def __init__(self, engine: Engine, buf: Buffer | None,
                  landed: Callable[[RecvOp], None] | None = None) -> None:
-        super().__init__(engine)
+        Op.__init__(self, engine)
         self.buf = buf
         #: until delivery: the array the channel receives into or, in place, the
         #: bytes of the buffer that a control message would cover
@@ -265,11 +265,14 @@ class RecvOp(Op):
         _PENDING[self] = None
 
     def finish(self, error: BaseException | None = None) -> None:
-        super().finish(error)
+        self.handle = None
+        self.done = True
+        if error is not None and self.error is None:
+            self.error = error
         self.then = None
         _PENDING.pop(self, None)
-        self.engine.landing.pop(self, None)
-        self.engine.tails.pop(self, None)
+        if self.engine.spans:
+            self.engine.unland(self)
         landed, self.landed = self.landed, None
         if landed is not None and self.error is None:
             landed(self)
@@ -283,10 +286,26 @@ class RecvOp(Op):
 
     def arrived(self, info: Completion) -> None:
         source, tag, count, err = info
+        engine, buf = self.engine, self.buf
+        if count <= engine.limit and err is None and not self.inplace and buf is not None \
+                and not engine.guarded and not self.split:
+            # The common case at once: a message as itself, in a stage of its own.
+            self.source, self.tag, self.nbytes = source, tag, count
+            staged: np.ndarray = self.stage  # type: ignore[assignment]  # not in place: an array
+            self.stage = None
+            if count > buf.nbytes:
+                error = engine.truncated()
+            else:
+                error = None
+                if count:
+                    buf.scatter(memoryview(staged)[:count])  # type: ignore[arg-type]  # numpy stubs < 3.12
+            engine.spare(staged)
+            self.finish(error)
+            return
         split = self.split
         if split:
             self.split = False
-            span = self.engine.tails.pop(self)
+            span: tuple[int, int] = self.engine.unland(self)  # type: ignore[assignment]  # a split receive is in tails
             if count > self.engine.band or err is not None:
                 # A payload (every control message fits in the stage): its head
                 # is in the stage, the rest where it belongs.
@@ -301,7 +320,8 @@ class RecvOp(Op):
             truncated = getattr(err, "error_class", names.ERR_TRUNCATE) == names.ERR_TRUNCATE
             self.finish(self.engine.truncated() if truncated else err)
             return
-        self.engine.landing.pop(self, None)
+        if self.inplace:
+            self.engine.unland(self)
         if self.engine.guarded and not split:
             stage: np.ndarray = self.stage  # type: ignore[assignment]  # not in place: an array
             if count == len(stage) - 1:     # its last byte landed past the gap
@@ -380,6 +400,11 @@ class Engine:
         #: ... and split receives (see `_irecv_split`), which land there but for
         #: their first `band` bytes.
         self.tails: dict[RecvOp, tuple[int, int]] = {}
+        #: How many of both land in each span: a window of receives into one
+        #: buffer finds its overlap here, without a pass over all of them.
+        self.spans: dict[tuple[int, int], int] = {}
+        #: The address of a whole C-contiguous array (the channel's may be cheaper).
+        self.address: Callable[[np.ndarray], int] = getattr(channel, "address", address)
         self.coll = None    # the communicator's collectives, made on first use
         self.native = None  # the MPI channel's agreement on native collectives (native.py)
         #: What the communicator keeps with its engine, which its copies share
@@ -468,7 +493,8 @@ class Engine:
         above the eager limit behind a control message, for receivers that size
         their buffer from the message (Python objects).
         """
-        if not sync and self.raw(buf.nbytes, dest, announce):
+        n = buf.nbytes
+        if not sync and (n <= self.limit or self.raw(n, dest, announce)):
             data = buf.wire()
             return SendOp(self, [self.ch.isend(data, dest, tag)], data)
         return self._isend_behind(buf, dest, tag, sync, blocked)
@@ -595,7 +621,7 @@ class Engine:
             self.deliver(op, memoryview(data), src, tg)
             return op
         if buf is not None and buf.contiguous and buf.nbytes >= self.stage_size:
-            span = _span(buf)
+            span = self._span(buf)
             if not self.guarded and not self._overlaps(span):
                 return self._irecv_in_place(op, buf, span, source, tag)
             if self.split and buf.nbytes > self.band \
@@ -611,7 +637,7 @@ class Engine:
         its control message."""
         op.inplace = True
         op.stage = buf.flat()[:self.band].tobytes()
-        self.landing[op] = span
+        self._land(self.landing, op, span)
         op.wait_on(self.ch.irecv(buf.wire(), source, tag), op.arrived)
         return op
 
@@ -625,8 +651,8 @@ class Engine:
         buffer's end. No payload is copied twice."""
         stage = self._stage(self.band)
         op.stage, op.split = stage, True
-        self.tails[op] = span
-        op.wait_on(self.ch.irecv_split(stage, buf.wire(), buf.nbytes,  # type: ignore[attr-defined]  # self.split: the channel has it
+        self._land(self.tails, op, span)
+        op.wait_on(self.ch.irecv_split(stage, span[0], buf.nbytes,  # type: ignore[attr-defined]  # self.split: the channel has it
                                        source, tag), op.arrived)
         return op
 
@@ -661,6 +687,13 @@ class Engine:
             return spare.pop()
         return np.empty(size, np.uint8)
 
+    def _span(self, buf: Buffer) -> tuple[int, int]:
+        """The address range of a contiguous buffer."""
+        arr = buf.array
+        lo = self.address(arr if type(arr) is _ndarray and arr.flags.c_contiguous
+                          else buf.flat())
+        return lo, lo + buf.nbytes
+
     def place_head(self, op: RecvOp, count: int, lo: int) -> None:
         """Copy the head of a split receive's payload from its stage into the
         buffer, which starts at address *lo* (unless a pending in-place receive
@@ -680,8 +713,27 @@ class Engine:
             self.spare_stages.setdefault(stage.nbytes, []).append(stage)
             self.spare_bytes += stage.nbytes
 
+    def _land(self, where: dict[RecvOp, tuple[int, int]], op: RecvOp,
+              span: tuple[int, int]) -> None:
+        """Record that *op* lands in *span* (*where*: `landing` or `tails`)."""
+        where[op] = span
+        self.spans[span] = self.spans.get(span, 0) + 1
+
+    def unland(self, op: RecvOp) -> tuple[int, int] | None:
+        """Forget where *op* lands, once its message is in; that span, if any."""
+        span = self.landing.pop(op, None) or self.tails.pop(op, None)
+        if span is not None:
+            left = self.spans.pop(span) - 1
+            if left:
+                self.spans[span] = left
+        return span
+
     def _overlaps(self, span: tuple[int, int]) -> bool:
         """Whether a pending receive in place (or split) lands in part of *span*."""
+        if not self.spans:
+            return False
+        if span in self.spans:
+            return True
         lo, hi = span
         return any(olo < hi and lo < ohi
                    for olo, ohi in _chain(self.landing.values(), self.tails.values()))
@@ -689,6 +741,8 @@ class Engine:
     def _heads_in(self, lo: int, hi: int) -> bool:
         """Whether a control message may land in [lo, hi): the first `band` bytes
         of a pending receive in place."""
+        if not self.landing:
+            return False
         band = self.band
         return any(olo < hi and lo < min(olo + band, ohi) for olo, ohi in self.landing.values())
 
@@ -938,12 +992,6 @@ class Engine:
 _ndarray = np.ndarray
 
 
-def _span(buf: Buffer) -> tuple[int, int]:
-    """The address range of a contiguous buffer."""
-    arr = buf.array
-    lo = address(arr) if type(arr) is _ndarray and arr.flags.c_contiguous else \
-        address(buf.flat())
-    return lo, lo + buf.nbytes
 
 
 def _plain(spec) -> bool:

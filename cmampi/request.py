@@ -513,7 +513,8 @@ def new_request(op: _p2p.Op | None, parts: Sequence[_p2p.Op] = ()) -> Request:
     """A request carrying *op* (and *parts*, completing with it: a Sendrecv's send)."""
     req = _new(Request)      # mpi4py's allocator itself: no Python-level __new__ call
     req._op = op
-    req._parts = list(parts)
+    if parts:
+        req._parts = list(parts)
     return req
 
 
@@ -564,6 +565,12 @@ def _ops_to_wait_on(live: Sequence[tuple[int, Any]]) -> list[_p2p.Op]:
 def _wait_all(requests: Sequence[Any]) -> None:
     ops: list[_p2p.Op] = []
     for req in requests:
+        if type(req) is Request and not req._parts:     # the common case, at once
+            op = req._op
+            if op is not None:
+                if not op.done:
+                    ops.append(op)
+                continue
         ops.extend(_live_ops(req))
     _p2p.wait_all(ops)
 
@@ -606,6 +613,14 @@ def _finish_all(requests: Sequence[Any], statuses, indices) -> list[Any]:
     """Complete every request of *indices*, even when one raises; their objects."""
     results, errors = [], []
     for k, i in enumerate(indices):
+        req = requests[i]
+        if statuses is None and type(req) is Request and not req._parts:
+            # The common case at once: a finished op with nothing to report.
+            op = req._op
+            if op is not None and op.decode is None and op.error is None:
+                req._op = None
+                results.append(op.result)
+                continue
         try:
             results.append(_finish(requests[i], _status_at(statuses, k)))
         except BaseException as exc:  # noqa: BLE001 (complete every request before raising)

@@ -573,7 +573,7 @@ def test_receives_sharing_a_buffer_stage_only_their_heads(cmcomm, MPI, monkeypat
         # Matched and seen through in order: the last message, head and tail.
         assert np.array_equal(buf, data[-1])
         assert 0 < sum(copied) <= window * engine.band
-        assert not engine.landing and not engine.tails and not p2p._PENDING
+        assert not engine.landing and not engine.tails and not engine.spans and not p2p._PENDING
 
 
 def test_split_receives_of_more_than_2_gib_have_a_datatype(cmcomm):

@@ -99,6 +99,9 @@ class MPIChannel:
         """Every rank's *obj* (small, pickled), in rank order; collective."""
         return self.side.allgather(obj)
 
+    #: The address of a buffer: mpi4py's is a third of the cost of ctypes'.
+    address = staticmethod(_get_address)
+
     # -- user space --------------------------------------------------------------------
     def send(self, data, dest: int, tag: int) -> None:
         self.user.Send([data, _BYTE], dest, tag)
@@ -122,11 +125,11 @@ class MPIChannel:
         dt = self._two_blocks(nbytes - 1, addr, 1, addr + nbytes)
         return self.user.Irecv([_BOTTOM, 1, dt], source, tag)
 
-    def irecv_split(self, head, buf, nbytes: int, source: int, tag: int) -> _mpi.Request:
-        """Receive into the first *nbytes* of *buf*, except the message's first
+    def irecv_split(self, head, addr: int, nbytes: int, source: int, tag: int) -> _mpi.Request:
+        """Receive into the *nbytes* at address *addr*, except the message's first
         ``len(head)`` bytes, which land in *head* instead (one derived datatype)."""
         k = len(head)
-        dt = self._two_blocks(k, _get_address(head), nbytes - k, _get_address(buf) + k)
+        dt = self._two_blocks(k, _get_address(head), nbytes - k, addr + k)
         return self.user.Irecv([_BOTTOM, 1, dt], source, tag)
 
     #: Two-block datatypes kept for reuse: receives reuse their stages and buffers.
