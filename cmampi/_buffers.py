@@ -17,6 +17,7 @@ __all__ = [
     "Buffer",
     "Layout",
     "address",
+    "bytes_at",
     "memory_kind",
     "raw_view",
     "recv_buffer",
@@ -280,6 +281,11 @@ def address(arr: _np.ndarray) -> int:
     if arr.flags.writeable and arr.flags.c_contiguous and arr.nbytes:
         return _addressof(_c_char.from_buffer(arr))  # type: ignore[arg-type]  # numpy stubs < 3.12
     return arr.__array_interface__["data"][0]
+
+
+def bytes_at(addr: int, n: int) -> bytes:
+    """A copy of the *n* bytes at address *addr* (memory of a parsed buffer)."""
+    return _ctypes.string_at(addr, n)
 
 
 def quick_buffer(spec, writable: bool) -> Buffer | None:

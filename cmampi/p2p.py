@@ -31,7 +31,7 @@ import numpy as np
 
 from . import _cma, _pull, _wire
 from ._access import PeerAccess
-from ._buffers import Buffer, address, predefined, recv_buffer, send_buffer
+from ._buffers import Buffer, address, bytes_at, predefined, recv_buffer, send_buffer
 from ._tuning import OBJECT_RAW_MAX
 from .channel import Channel, Completion
 from .coop import SHARES, CoopPull, CopyShare, now
@@ -262,7 +262,9 @@ class RecvOp(Op):
 
     def wait_on(self, handle: Any, then: Callable[[Completion], None]) -> None:
         self.handle, self.then = handle, then
-        _PENDING[self] = None
+        if self not in _PENDING:
+            _PENDING[self] = None
+            _POSTED[0] += 1
 
     def finish(self, error: BaseException | None = None) -> None:
         self.handle = None
@@ -301,6 +303,13 @@ class RecvOp(Op):
                     buf.scatter(memoryview(staged)[:count])  # type: ignore[arg-type]  # numpy stubs < 3.12
             engine.spare(staged)
             self.finish(error)
+            return
+        if self.inplace and err is None and not engine.limit < count <= engine.band:
+            # A message as itself, in place: nothing to copy.
+            engine.unland(self)
+            self.source, self.tag, self.nbytes = source, tag, count
+            self.stage = None
+            self.finish()
             return
         split = self.split
         if split:
@@ -636,7 +645,7 @@ class Engine:
         (MPI 3.1, 3.2.4), and a synchronous one's payload can be shorter than
         its control message."""
         op.inplace = True
-        op.stage = buf.flat()[:self.band].tobytes()
+        op.stage = bytes_at(span[0], self.band)
         self._land(self.landing, op, span)
         op.wait_on(self.ch.irecv(buf.wire(), source, tag), op.arrived)
         return op
@@ -1076,6 +1085,7 @@ def progressed(op: Op) -> None:
     """Let every wait and test advance *op* (a posted receive, a nonblocking
     collective) until it finishes, whoever waits."""
     _PENDING[op] = None
+    _POSTED[0] += 1
 
 
 def not_progressed(op: Op) -> None:
@@ -1116,12 +1126,18 @@ def wait_any(ops) -> None:
 #: Counts the rounds of advancing: a round that sees it change knows that
 #: handles may have moved under it (an op advanced by a nested wait or test).
 _ROUNDS = [0]
+#: Counts the ops that began waiting on a handle (posted receives, nonblocking
+#: collectives): a wait that sees it change has handles to add to its list.
+_POSTED = [0]
 
 
-def _advance_some(ops) -> None:
+def _advance_some(ops, every: bool = False) -> None:
     """Block until a handle of *ops* or of a posted receive completes; advance its
-    op, and every other op whose handle has completed meanwhile (one pass over
-    the same list: a window of requests costs one list, not one per request)."""
+    op, and every other op whose handle has completed meanwhile; with *every*,
+    go on until each op of *ops* that has a handle is done. One list serves
+    the whole wait: a window of requests costs one pass per completion in the
+    MPI library, not one in Python. Returns early when the list may be stale
+    (a nested wait or test advanced ops; an op began waiting): call it again."""
     live: dict[Op, None] = {}      # in order, each once
     for group in (ops, _PENDING):
         for op in group:
@@ -1133,14 +1149,27 @@ def _advance_some(ops) -> None:
     ch = owners[0].engine.ch
     handles = [op.handle for op in owners]
     null = ch.null_handle
+    mine = {op for op in ops if op.handle is not None} if every else set()
+    left, posted = len(mine), _POSTED[0]
     i, info = ch.waitany(handles)
     while True:
         _ROUNDS[0] += 1
         rounds = _ROUNDS[0]
         handles[i] = null
-        owners[i].advance(info)
-        if _ROUNDS[0] != rounds:
+        op = owners[i]
+        op.advance(info)
+        if _ROUNDS[0] != rounds or _POSTED[0] != posted:
             return
+        if every:
+            if op.done:
+                if op in mine:
+                    left -= 1
+                    if not left:
+                        return
+            elif op.handle is None:
+                return
+            else:
+                handles[i] = op.handle
         # Messages mostly complete in the order their requests were posted: the
         # next handle alone is cheaper to test than the whole list.
         i += 1
@@ -1149,6 +1178,9 @@ def _advance_some(ops) -> None:
             if got is not None:
                 info = got
                 continue
+        if every:
+            i, info = ch.waitany(handles)
+            continue
         hit = ch.testany(handles)
         if hit is None:
             return
@@ -1191,7 +1223,7 @@ def wait_all(ops) -> None:
         word[0] = 1
     try:
         while todo:
-            _advance_some(todo)
+            _advance_some(todo, every=True)
             todo = [op for op in todo if not op.done]
     finally:
         for word in offers:

@@ -241,7 +241,7 @@ class MPIChannel:
                 i = _MPI.Request.Waitany(handles, st)
         except _MPI.Exception as exc:
             # The failed request has been completed and nulled: find it.
-            i = next(k for k, h in enumerate(handles) if not h)
+            i = next(k for k, h in enumerate(handles) if not h and h is not _MPI.REQUEST_NULL)
             return i, _done(st, exc)
         return i, _done(st)
 
