@@ -532,7 +532,7 @@ class Communicator(_Fallback):
         e = self._engine
         if type(dest) is int and 0 <= dest < e.size and type(tag) is int \
                 and 0 <= tag <= e.tag_ub and not copy:  # the common case, at once
-            return new_request(e.isend(send_buffer(buf), dest, tag, sync))
+            return new_request(e.isend_spec(buf, dest, tag, sync))
         if type(dest) is int and 0 <= dest < e.size:    # a rank
             op = self._isend_op(buf, dest, tag, sync, copy)
             return new_request(_buffered(op) if copy else op)

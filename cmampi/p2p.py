@@ -470,7 +470,7 @@ class Engine:
     # -- sending -------------------------------------------------------------------------
     def send(self, spec, dest: int, tag: int, announce: bool = False) -> None:
         """Blocking standard-mode send (see `isend` for *announce*)."""
-        if _plain(spec) and spec.nbytes <= self.limit:
+        if _plain(spec) and (spec.nbytes <= self.limit or self.raw(spec.nbytes, dest, announce)):
             self.ch.send(spec, dest, tag)
             return
         hit = self.counted(spec, False) if self.counted is not None else None
@@ -507,6 +507,13 @@ class Engine:
             data = buf.wire()
             return SendOp(self, [self.ch.isend(data, dest, tag)], data)
         return self._isend_behind(buf, dest, tag, sync, blocked)
+
+    def isend_spec(self, spec, dest: int, tag: int, sync: bool) -> Op:
+        """Start a send of *spec* (a small whole array goes as itself unparsed,
+        as `send` does)."""
+        if not sync and _plain(spec) and spec.nbytes <= self.limit:
+            return SendOp(self, [self.ch.isend(spec, dest, tag)], spec)
+        return self.isend(send_buffer(spec), dest, tag, sync)
 
     def _isend_behind(self, buf: Buffer, dest: int, tag: int, sync: bool,
                       blocked: bool) -> Op:
