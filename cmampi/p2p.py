@@ -23,7 +23,6 @@ from __future__ import annotations
 import collections as _collections
 import os as _os
 from collections.abc import Callable, Sequence
-from itertools import chain as _chain
 from typing import TYPE_CHECKING, Any, NamedTuple
 from typing import ClassVar as _ClassVar
 
@@ -409,7 +408,11 @@ class Engine:
         #: ... and split receives (see `_irecv_split`), which land there but for
         #: their first `band` bytes.
         self.tails: dict[RecvOp, tuple[int, int]] = {}
-        #: How many of both land in each span: a window of receives into one
+        #: ... and large receives that take their message in a stage: its payload
+        #: may still land in the buffer later (a side payload, a pull), over a
+        #: control message in the head of a receive in place posted after them.
+        self.staged: dict[RecvOp, tuple[int, int]] = {}
+        #: How many of all three land in each span: a window of receives into one
         #: buffer finds its overlap here, without a pass over all of them.
         self.spans: dict[tuple[int, int], int] = {}
         #: The address of a whole C-contiguous array (the channel's may be cheaper).
@@ -643,6 +646,7 @@ class Engine:
             if self.split and buf.nbytes > self.band \
                     and not self._heads_in(span[0] + self.band, span[1]):
                 return self._irecv_split(op, buf, span, source, tag)
+            self._land(self.staged, op, span)
         return self._irecv_staged(op, buf, source, tag)
 
     def _irecv_in_place(self, op: RecvOp, buf: Buffer, span: tuple[int, int], source: int,
@@ -737,7 +741,8 @@ class Engine:
 
     def unland(self, op: RecvOp) -> tuple[int, int] | None:
         """Forget where *op* lands, once its message is in; that span, if any."""
-        span = self.landing.pop(op, None) or self.tails.pop(op, None)
+        span = self.landing.pop(op, None) or self.tails.pop(op, None) \
+            or self.staged.pop(op, None)
         if span is not None:
             left = self.spans.pop(span) - 1
             if left:
@@ -745,14 +750,15 @@ class Engine:
         return span
 
     def _overlaps(self, span: tuple[int, int]) -> bool:
-        """Whether a pending receive in place (or split) lands in part of *span*."""
-        if not self.spans:
+        """Whether a pending receive (in place, split or large and staged) lands
+        in part of *span*."""
+        spans = self.spans
+        if not spans:
             return False
-        if span in self.spans:
+        if span in spans:
             return True
         lo, hi = span
-        return any(olo < hi and lo < ohi
-                   for olo, ohi in _chain(self.landing.values(), self.tails.values()))
+        return any(olo < hi and lo < ohi for olo, ohi in spans)
 
     def _heads_in(self, lo: int, hi: int) -> bool:
         """Whether a control message may land in [lo, hi): the first `band` bytes
@@ -1001,13 +1007,7 @@ class Engine:
                 op.advance(info)
 
 
-# -- progress ----------------------------------------------------------------------------
-
-
-
 _ndarray = np.ndarray
-
-
 
 
 def _plain(spec) -> bool:
@@ -1064,6 +1064,7 @@ class Counted:
         return buf, nbytes
 
 
+# -- progress ----------------------------------------------------------------------------
 def default_engine() -> Engine:
     """An engine to complete requests of the MPI library's own with."""
     if not _DEFAULT:
