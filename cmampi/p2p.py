@@ -60,6 +60,7 @@ __all__ = [
 ]
 
 _sched_yield = getattr(_os, "sched_yield", lambda: None)
+_sleep = __import__("time").sleep
 
 
 #: Receives of every communicator that wait on a channel handle. A blocking call
@@ -272,8 +273,11 @@ class RecvOp(Op):
             self.error = error
         self.then = None
         _PENDING.pop(self, None)
-        if self.engine.spans:
-            self.engine.unland(self)
+        engine = self.engine
+        if engine.spans:
+            engine.unland(self)
+        if engine.small_recvs:
+            engine.small_recvs.pop(self, None)
         landed, self.landed = self.landed, None
         if landed is not None and self.error is None:
             landed(self)
@@ -313,7 +317,8 @@ class RecvOp(Op):
         split = self.split
         if split:
             self.split = False
-            span: tuple[int, int] = self.engine.unland(self)  # type: ignore[assignment]  # a split receive is in tails
+            # Recorded until finished: a payload behind a control message lands later.
+            span = self.engine.restage(self)
             if count > self.engine.band or err is not None:
                 # A payload (every control message fits in the stage): its head
                 # is in the stage, the rest where it belongs.
@@ -329,7 +334,7 @@ class RecvOp(Op):
             self.finish(self.engine.truncated() if truncated else err)
             return
         if self.inplace:
-            self.engine.unland(self)
+            self.engine.restage(self)
         if self.engine.guarded and not split:
             stage: np.ndarray = self.stage  # type: ignore[assignment]  # not in place: an array
             if count == len(stage) - 1:     # its last byte landed past the gap
@@ -415,6 +420,10 @@ class Engine:
         #: How many of all three land in each span: a window of receives into one
         #: buffer finds its overlap here, without a pass over all of them.
         self.spans: dict[tuple[int, int], int] = {}
+        #: Pending receives into buffers smaller than a stage: their payload too
+        #: may land later (a side payload). Their spans are only worked out when
+        #: a receive would land in place, so that small windows do not pay for them.
+        self.small_recvs: dict[RecvOp, Buffer] = {}
         #: The address of a whole C-contiguous array (the channel's may be cheaper).
         self.address: Callable[[np.ndarray], int] = getattr(channel, "address", address)
         self.coll = None    # the communicator's collectives, made on first use
@@ -641,12 +650,15 @@ class Engine:
             return op
         if buf is not None and buf.contiguous and buf.nbytes >= self.stage_size:
             span = self._span(buf)
-            if not self.guarded and not self._overlaps(span):
+            if not self.guarded and not self._overlaps(span) \
+                    and not (self.small_recvs and self._small_in(span)):
                 return self._irecv_in_place(op, buf, span, source, tag)
             if self.split and buf.nbytes > self.band \
                     and not self._heads_in(span[0] + self.band, span[1]):
                 return self._irecv_split(op, buf, span, source, tag)
             self._land(self.staged, op, span)
+        elif buf is not None and buf.contiguous:
+            self.small_recvs[op] = buf
         return self._irecv_staged(op, buf, source, tag)
 
     def _irecv_in_place(self, op: RecvOp, buf: Buffer, span: tuple[int, int], source: int,
@@ -708,10 +720,14 @@ class Engine:
         return np.empty(size, np.uint8)
 
     def _span(self, buf: Buffer) -> tuple[int, int]:
-        """The address range of a contiguous buffer."""
+        """The address range of a contiguous buffer's message (which may start
+        past the start of its array: a displacement)."""
         arr = buf.array
-        lo = self.address(arr if type(arr) is _ndarray and arr.flags.c_contiguous
-                          else buf.flat())
+        if buf.whole and type(arr) is _ndarray and arr.flags.c_contiguous:
+            lo = self.address(arr)
+        else:
+            lay = buf.layout
+            lo = lay.addr + lay.lo
         return lo, lo + buf.nbytes
 
     def place_head(self, op: RecvOp, count: int, lo: int) -> None:
@@ -739,6 +755,14 @@ class Engine:
         where[op] = span
         self.spans[span] = self.spans.get(span, 0) + 1
 
+    def restage(self, op: RecvOp) -> tuple[int, int]:
+        """*op*, in place or split, has its message: its head is no longer a
+        control message's to keep, but a payload may still land in its span
+        until it finishes (then `unland`)."""
+        span = self.landing.pop(op, None) or self.tails.pop(op)
+        self.staged[op] = span
+        return span
+
     def unland(self, op: RecvOp) -> tuple[int, int] | None:
         """Forget where *op* lands, once its message is in; that span, if any."""
         span = self.landing.pop(op, None) or self.tails.pop(op, None) \
@@ -759,6 +783,15 @@ class Engine:
             return True
         lo, hi = span
         return any(olo < hi and lo < ohi for olo, ohi in spans)
+
+    def _small_in(self, span: tuple[int, int]) -> bool:
+        """Whether a pending receive into a small buffer lands in part of *span*."""
+        lo, hi = span
+        for buf in self.small_recvs.values():
+            olo, ohi = self._span(buf)
+            if olo < hi and lo < ohi:
+                return True
+        return False
 
     def _heads_in(self, lo: int, hi: int) -> bool:
         """Whether a control message may land in [lo, hi): the first `band` bytes
@@ -1158,6 +1191,7 @@ def _advance_some(ops, every: bool = False) -> None:
     handles = [op.handle for op in owners]
     null = ch.null_handle
     mine = {op for op in ops if op.handle is not None} if every else set()
+    every = every and bool(mine)    # else: return after a round, as without it
     left, posted = len(mine), _POSTED[0]
     i, info = ch.waitany(handles)
     while True:
@@ -1231,7 +1265,11 @@ def wait_all(ops) -> None:
         word[0] = 1
     try:
         while todo:
-            _advance_some(todo, every=True)
+            if _PENDING or any(op.handle is not None for op in todo):
+                _advance_some(todo, every=True)
+            else:   # only requests another thread completes (generalized ones): poll
+                progress()
+                _sleep(1e-4)
             todo = [op for op in todo if not op.done]
     finally:
         for word in offers:

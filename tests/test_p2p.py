@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import array
 import mmap
+import time
 
 import numpy as np
 import pytest
@@ -575,6 +576,77 @@ def test_receives_into_adjacent_slices_of_one_buffer(comm, MPI, kind):
         if engine is not None:
             assert not (engine.landing or engine.tails or engine.staged or engine.spans)
     comm.Barrier()
+
+
+@pytest.mark.parametrize("kind", ["Isend", "Issend"])
+@pytest.mark.parametrize("n", [40_000, 2 * max(CMA_MIN_DEFAULTS.values()) + 1000])
+@pytest.mark.parametrize("whole", [True, False], ids=["whole", "short"])
+def test_a_receive_with_a_displacement_lands_in_its_window(comm, MPI, kind, n, whole):
+    """``[buf, (count, displ), datatype]``: the message (as long as the window,
+    or 10 bytes) lands from the displacement on, in every protocol, and no
+    other byte of the buffer changes."""
+    rank, displ = comm.Get_rank(), 5000
+    data = pattern(n if whole else 10, seed=3)
+    if rank == 0:
+        getattr(comm, kind)(data, 1, 35).Wait()
+    elif rank == 1:
+        buf = pattern(n + 2 * displ, seed=9)
+        expected = buf.copy()
+        expected[displ:displ + len(data)] = data
+        status = MPI.Status()
+        comm.Irecv([buf, (n, displ), MPI.BYTE], 0, 35).Wait(status)
+        assert status.Get_count(MPI.BYTE) == len(data)
+        assert np.array_equal(buf, expected)
+    comm.Barrier()
+
+
+def test_a_small_receive_then_a_large_one_over_it(comm, MPI):
+    """A pending receive into a small slice of a buffer, then one into a large
+    slice overlapping it, of synchronous sends (a control message, then the
+    payload): both complete with their counts, and the bytes only the second
+    receive covers hold its message."""
+    rank, n = comm.Get_rank(), 40_000
+    small, large = pattern(100, seed=1), pattern(n, seed=2)
+    if rank == 0:
+        MPI.Request.Waitall([comm.Issend(small, 1, 36), comm.Issend(large, 1, 36)])
+    elif rank == 1:
+        buf = np.zeros(n + 50, np.uint8)
+        statuses = [MPI.Status(), MPI.Status()]
+        requests = [comm.Irecv(buf[:100], 0, 36), comm.Irecv(buf[50:], 0, 36)]
+        time.sleep(0.2)     # both messages in before either is seen to
+        MPI.Request.Waitall(requests, statuses)
+        assert [st.Get_count(MPI.BYTE) for st in statuses] == [100, n]
+        assert np.array_equal(buf[100:], large[50:])
+    comm.Barrier()
+
+
+def test_a_payload_behind_a_control_message_keeps_its_span_pending(cmcomm, MPI, monkeypatch):
+    """A receive that lands in place (or split) and gets a control message has
+    its payload still to come (a side payload here): until it finishes, its
+    span counts as pending, so a receive posted meanwhile into memory that
+    overlaps it does not land in place, where that payload could overwrite
+    the control message it would get."""
+    from cmampi import p2p
+
+    engine = cmcomm._engine
+    seen: list[bool] = []
+    act_side = p2p.Engine._act_side
+
+    def spied(self, op, msg, source):
+        seen.append(self._overlaps(self._span(op.buf)))
+        act_side(self, op, msg, source)
+
+    monkeypatch.setattr(p2p.Engine, "_act_side", spied)
+    rank, n = cmcomm.Get_rank(), 40_000
+    data = pattern(n, seed=4)
+    if rank == 0:
+        cmcomm.Issend(data, 1, 37).Wait()
+    elif rank == 1:
+        buf = np.zeros(n, np.uint8)
+        cmcomm.Irecv(buf, 0, 37).Wait()
+        assert np.array_equal(buf, data)
+        assert seen == [True]
+        assert not (engine.landing or engine.tails or engine.staged or engine.spans)
 
 
 def test_receives_sharing_a_buffer_stage_only_their_heads(cmcomm, MPI, monkeypatch):

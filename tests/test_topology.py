@@ -333,6 +333,35 @@ def test_grequest(comm, MPI):
     assert greq.wait() == "done"
 
 
+@pytest.mark.mpi
+@pytest.mark.parametrize("receive", ["in the list", "beside it"])
+def test_waitall_on_a_grequest_another_thread_completes(cmcomm, MPI, receive):
+    """cmampi's own generalized requests (socket channel): ``Waitall`` on one
+    that another thread completes, with a receive that completes first in the
+    same list or pending beside it, returns once the requests of its list are
+    done (as ``Wait`` does, and as in MPI)."""
+    import threading
+
+    from cmampi import grequest
+
+    greq = MPI.Grequest.Start()
+    if not isinstance(greq, grequest.Grequest):
+        greq.Complete()
+        greq.Wait()
+        pytest.skip("the MPI library's own generalized requests")
+    me = cmcomm.Get_rank()
+    got = np.zeros(8, np.uint8)
+    recv = cmcomm.Irecv(got, me, 41)
+    send = cmcomm.Isend(np.ones(8, np.uint8), me, 41)
+    later = threading.Timer(0.2, greq.Complete)
+    later.start()
+    MPI.Request.Waitall([greq, recv] if receive == "in the list" else [greq])
+    later.join()
+    assert not greq
+    MPI.Request.Waitall([recv, send])
+    assert (got == 1).all()
+
+
 def test_socket_signatures_as_mpi4py():
     """The socket channel's classes take mpi4py's parameters, by name and kind (serial)."""
     import inspect
