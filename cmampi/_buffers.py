@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import array as _array
 import ctypes as _ctypes
+import mmap as _mmap
 import operator as _operator
 import sys as _sys
 import warnings as _warnings
@@ -19,6 +21,7 @@ __all__ = [
     "address",
     "bytes_at",
     "memory_kind",
+    "quick_spec",
     "raw_view",
     "recv_buffer",
     "send_buffer",
@@ -737,11 +740,79 @@ def _is_bottom(obj) -> bool:
     return obj is getattr(_names_in_use(), "BOTTOM", None)
 
 
+#: Buffers whose memory `quick_spec` takes as bytes.
+_BYTE_BUFFERS = frozenset((bytearray, bytes, _mmap.mmap, _array.array))
+#: id -> (datatype, size) of the predefined datatypes without holes, per namespace
+#: (see `quick_spec`).
+_PLAIN_SIZES: dict[int, tuple[Any, dict[int, tuple[Any, int]]]] = {}
+
+
+def _plain_sizes() -> dict[int, tuple[Any, int]]:
+    names = _names_in_use()
+    made = _PLAIN_SIZES.get(id(names))
+    if made is None or made[0] is not names:
+        sizes = {key: (dt, size) for key, (dt, (size, lb, extent)) in predefined(names).items()
+                 if lb == 0 and extent == size > 0}
+        made = _PLAIN_SIZES[id(names)] = (names, sizes)
+    return made[1]
+
+
+def quick_spec(spec, writable: bool) -> Buffer | None:
+    """The simplest forms other than a bare array, parsed fast: a ``bytearray``,
+    and ``[obj, datatype]`` or ``[obj, count, datatype]`` of a predefined
+    datatype without holes over a C-contiguous numpy array, a ``bytearray``,
+    ``bytes``, an ``mmap`` or an ``array.array``. Else, or for anything the
+    full parse would refuse, None (`_buffer` decides, with mpi4py's errors)."""
+    t = type(spec)
+    if t is bytearray:
+        return Buffer(spec, _np.frombuffer(spec, _np.uint8), None, 1, True, len(spec))
+    if t is not list and t is not tuple:
+        return None
+    k = len(spec)
+    if k == 2:
+        obj, datatype = spec
+        count = None
+    elif k == 3:
+        obj, count, datatype = spec
+        if type(count) is not int or count < 0:
+            return None
+    else:
+        return None
+    hit = _plain_sizes().get(id(datatype))
+    if hit is None or hit[0] is not datatype:
+        return None
+    ot = type(obj)
+    if ot is _np.ndarray:
+        arr = obj
+        if arr.dtype.kind in "OMm" or not arr.flags.c_contiguous:
+            return None
+    elif ot in _BYTE_BUFFERS:
+        try:
+            arr = _np.frombuffer(obj, _np.uint8)
+        except (ValueError, TypeError, BufferError):    # a closed mmap, ...
+            return None
+    else:
+        return None
+    if writable and not arr.flags.writeable:
+        return None
+    esize, total = hit[1], arr.nbytes
+    if count is None:
+        if total % esize:
+            return None
+        count = total // esize
+    nbytes = count * esize
+    if nbytes < total:      # the message is the array's first bytes: a view of them
+        arr = arr.reshape(-1).view(_np.uint8)[:nbytes]
+    elif nbytes > total:
+        return None
+    return Buffer(obj, arr, None, esize, True, nbytes)
+
+
 def send_buffer(spec) -> Buffer:
     """Parse a send-side buffer spec (read-only buffers such as bytes are fine)."""
-    return quick_buffer(spec, False) or _buffer(spec, writable=False)
+    return quick_buffer(spec, False) or quick_spec(spec, False) or _buffer(spec, writable=False)
 
 
 def recv_buffer(spec) -> Buffer:
     """Parse a receive-side buffer spec; refuses read-only buffers with ``BufferError``."""
-    return quick_buffer(spec, True) or _buffer(spec, writable=True)
+    return quick_buffer(spec, True) or quick_spec(spec, True) or _buffer(spec, writable=True)

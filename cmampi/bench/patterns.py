@@ -100,12 +100,12 @@ def _pingpong(ctx: Context, form: str, nbytes: int) -> Result:
 
 
 # -- windows -----------------------------------------------------------------------------------
-def _stream(ctx: Context, nbytes: int) -> Result:
+def _stream(ctx: Context, nbytes: int, form: str = "numpy") -> Result:
     rank = ctx.rank
 
     def impl(name: str, c: Any) -> Impl:
         MPI = _namespace(name, ctx)
-        b = _Buffers("numpy", nbytes, MPI)
+        b = _Buffers(form, nbytes, MPI)
         ack = bytearray(4)
         waitall = MPI.Request.Waitall
         where = f"{name}, {format_size(nbytes)} stream of {WINDOW} into one buffer, rank {rank}"
@@ -131,8 +131,9 @@ def _stream(ctx: Context, nbytes: int) -> Result:
 
         return Impl(name, run, verify)
 
+    label = "stream" if form == "numpy" else f"stream {form}"
     return measure(ctx, [impl(n, c) for n, c in _comms(ctx).items()], per_iter=WINDOW,
-                   bench="patterns", op=f"stream {WINDOW} x one buffer",
+                   bench="patterns", op=f"{label} {WINDOW} x one buffer",
                    case=format_size(nbytes), nbytes=nbytes, sized=True)
 
 
@@ -179,7 +180,10 @@ def plan(ctx: Context) -> list[Case]:
     for form in FORMS:
         cases += [Case(f"patterns pingpong {form} {format_size(n)}",
                        _functools.partial(_pingpong, ctx, form, n)) for n in sizes]
-    for label, run in (("stream", _stream), ("bidirectional", _bidirectional)):
+    streams = (("stream", _stream),
+               ("stream spec", _functools.partial(_stream, form="spec")),
+               ("bidirectional", _bidirectional))
+    for label, run in streams:
         cases += [Case(f"patterns {label} {format_size(n)}", _functools.partial(run, ctx, n))
                   for n in sizes]
     return cases
@@ -188,6 +192,7 @@ def plan(ctx: Context) -> list[Case]:
 def describe(ctx: Context) -> str:
     return ("Users' call patterns between 2 ranks: ping-pong of [numpy, n, MPI.BYTE] specs, "
             f"bytearrays and [mmap, n, MPI.BYTE] specs; a stream of {WINDOW} Isend of one "
-            f"buffer into {WINDOW} Irecv of one buffer, then a 4-byte ack (per message); "
+            f"buffer into {WINDOW} Irecv of one buffer, then a 4-byte ack (per message), of "
+            "numpy arrays and of [numpy, n, MPI.BYTE] specs; "
             f"both directions at once, {WINDOW} Irecv + {WINDOW} Isend per rank (per message "
             "pair). The alternative: plain mpi4py (on the socket channel cmampi runs alone).")
