@@ -21,6 +21,7 @@ __all__ = [
     "address",
     "bytes_at",
     "memory_kind",
+    "plain_sizes",
     "quick_spec",
     "raw_view",
     "recv_buffer",
@@ -742,13 +743,13 @@ def _is_bottom(obj) -> bool:
 
 #: Buffers whose memory `quick_spec` takes as bytes.
 _BYTE_BUFFERS = frozenset((bytearray, bytes, _mmap.mmap, _array.array))
-#: id -> (datatype, size) of the predefined datatypes without holes, per namespace
-#: (see `quick_spec`).
 _PLAIN_SIZES: dict[int, tuple[Any, dict[int, tuple[Any, int]]]] = {}
 
 
-def _plain_sizes() -> dict[int, tuple[Any, int]]:
-    names = _names_in_use()
+def plain_sizes(names) -> dict[int, tuple[Any, int]]:
+    """id -> (datatype, size) of the predefined datatypes of namespace *names*
+    without holes (lower bound 0, extent its size): the ones the simplest spec
+    forms may name. Made once per namespace (see `predefined`)."""
     made = _PLAIN_SIZES.get(id(names))
     if made is None or made[0] is not names:
         sizes = {key: (dt, size) for key, (dt, (size, lb, extent)) in predefined(names).items()
@@ -778,7 +779,7 @@ def quick_spec(spec, writable: bool) -> Buffer | None:
             return None
     else:
         return None
-    hit = _plain_sizes().get(id(datatype))
+    hit = plain_sizes(_names_in_use()).get(id(datatype))
     if hit is None or hit[0] is not datatype:
         return None
     ot = type(obj)

@@ -22,15 +22,15 @@ from __future__ import annotations
 
 import collections as _collections
 import os as _os
+import time as _time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
-from typing import ClassVar as _ClassVar
 
 import numpy as np
 
 from . import _cma, _pull, _wire
 from ._access import PeerAccess
-from ._buffers import Buffer, address, bytes_at, predefined, recv_buffer, send_buffer
+from ._buffers import Buffer, address, bytes_at, plain_sizes, recv_buffer, send_buffer
 from ._tuning import OBJECT_RAW_MAX
 from .channel import Channel, Completion
 from .coop import SHARES, CoopPull, CopyShare, now
@@ -60,7 +60,6 @@ __all__ = [
 ]
 
 _sched_yield = getattr(_os, "sched_yield", lambda: None)
-_sleep = __import__("time").sleep
 
 
 #: Receives of every communicator that wait on a channel handle. A blocking call
@@ -308,8 +307,7 @@ class RecvOp(Op):
             self.finish(error)
             return
         if self.inplace and err is None and not engine.limit < count <= engine.band:
-            # A message as itself, in place: nothing to copy.
-            engine.unland(self)
+            # A message as itself, in place: nothing to copy (finish forgets the span).
             self.source, self.tag, self.nbytes = source, tag, count
             self.stage = None
             self.finish()
@@ -398,7 +396,7 @@ class Engine:
         self.records = RECORDS[0] if RECORDS else None
         self.record_min = self.records.end if self.records else self.limit + 1
         #: Sizes the simplest spec forms, where the channel takes them as they are.
-        self.counted = Counted.of(names) if hasattr(channel, "send_counted") else None
+        self.counted = Counted(names) if hasattr(channel, "send_counted") else None
         #: Large receives may land in place but for their head (see `_irecv_split`):
         #: those into a buffer another pending receive lands in, and on a guarded
         #: channel every one.
@@ -1055,23 +1053,10 @@ class Counted:
     (any buffer: numpy, ``bytearray``, ``mmap``, ``array.array``), ``bytearray``
     and ``bytes``. For channels that take (buffer, bytes) as they are."""
 
-    _made: _ClassVar[dict[int, Counted]] = {}
-
-    @classmethod
-    def of(cls, names) -> Counted:
-        """The one for namespace *names*, made once per process (it reads the
-        whole namespace), not once per communicator."""
-        made = cls._made.get(id(names))
-        if made is None or made.names is not names:
-            made = cls._made[id(names)] = cls(names)
-        return made
-
     def __init__(self, names) -> None:
-        self.names = names
         #: id -> (the predefined datatype, kept alive so that its id stays its own,
-        #: size) of those without holes
-        self.sizes = {key: (dt, size) for key, (dt, (size, lb, extent))
-                      in predefined(names).items() if lb == 0 and extent == size > 0}
+        #: size) of those without holes, read once per process (`plain_sizes`)
+        self.sizes = plain_sizes(names)
 
     def __call__(self, spec, writable: bool) -> tuple[Any, int] | None:
         """(buffer, bytes) of *spec* in one of the simplest forms, checked as
@@ -1269,7 +1254,7 @@ def wait_all(ops) -> None:
                 _advance_some(todo, every=True)
             else:   # only requests another thread completes (generalized ones): poll
                 progress()
-                _sleep(1e-4)
+                _time.sleep(1e-4)
             todo = [op for op in todo if not op.done]
     finally:
         for word in offers:

@@ -622,7 +622,7 @@ def _finish_all(requests: Sequence[Any], statuses, indices) -> list[Any]:
                 results.append(op.result)
                 continue
         try:
-            results.append(_finish(requests[i], _status_at(statuses, k)))
+            results.append(_finish(req, _status_at(statuses, k)))
         except BaseException as exc:  # noqa: BLE001 (complete every request before raising)
             results.append(None)
             errors.append(exc)
