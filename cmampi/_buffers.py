@@ -248,7 +248,7 @@ class Buffer:
         if n == 0:
             return
         # A whole C-contiguous array needs no layout (its address would cost a call).
-        if self.whole and self.array.flags.c_contiguous:
+        if self._layout is None or (self.whole and self.array.flags.c_contiguous):
             try:
                 memoryview(self.array  # type: ignore[arg-type]  # numpy stubs < 3.12
                            ).cast("B")[:n] = data

@@ -199,7 +199,7 @@ def isend(engine: _p2p.Engine, obj: Any, dest: int, tag: int, sync: bool,
     stream = _pickled_in_band(obj, engine.cma[dest])
     if stream is not None:
         if not sync and engine.raw(len(stream), dest, True):   # the common case
-            return _p2p.SendOp(engine, [engine.ch.isend(stream, dest, tag)], stream)
+            return _p2p.SendOp(engine, engine.ch.isend(stream, dest, tag), stream)
         packed = Packed.pickled(stream)
     else:
         packed = Packed(obj, P2P_OOB_MIN)

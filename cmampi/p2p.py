@@ -126,8 +126,8 @@ class Op:
         self.handle: Any = None     # a channel's handle, or a request of the library's
         self.done = False
         self.error: BaseException | None = None
-        self.source = engine.names.ANY_SOURCE
-        self.tag = engine.names.ANY_TAG
+        self.source = engine.any_source
+        self.tag = engine.any_tag
         self.nbytes = 0
         self.cancelled = False
         #: turns the finished op into an object (lowercase API)
@@ -150,24 +150,25 @@ class Op:
 
 
 class SendOp(Op):
-    """A send that is done once each of its channel handles has completed."""
+    """A send that is done once its channel handle, then each of *later*, has completed."""
 
-    __slots__ = ("handles", "keep")
+    __slots__ = ("keep", "later")
 
-    def __init__(self, engine: Engine, handles: list[Any], keep: Any) -> None:
+    def __init__(self, engine: Engine, handle: Any, keep: Any,
+                 later: list[Any] | None = None) -> None:
         Op.__init__(self, engine)
-        self.handles = handles
+        self.handle = handle
+        self.later = later
         self.keep = keep           # what the channel reads from, until completion
-        self.handle = handles[0]
 
     def advance(self, info: Completion) -> None:
         if info.error is not None:   # the channel failed it: the receiver is gone
-            self.handles, self.keep = [], None
+            self.later, self.keep = None, None
             self.finish(info.error)
             return
-        self.handles.pop(0)
-        if self.handles:
-            self.handle = self.handles[0]
+        later = self.later
+        if later:
+            self.handle = later.pop(0)
         else:
             self.keep = None
             self.finish()
@@ -515,14 +516,14 @@ class Engine:
         n = buf.nbytes
         if not sync and (n <= self.limit or self.raw(n, dest, announce)):
             data = buf.wire()
-            return SendOp(self, [self.ch.isend(data, dest, tag)], data)
+            return SendOp(self, self.ch.isend(data, dest, tag), data)
         return self._isend_behind(buf, dest, tag, sync, blocked)
 
     def isend_spec(self, spec, dest: int, tag: int, sync: bool) -> Op:
         """Start a send of *spec* (a small whole array goes as itself unparsed,
         as `send` does)."""
         if not sync and _plain(spec) and spec.nbytes <= self.limit:
-            return SendOp(self, [self.ch.isend(spec, dest, tag)], spec)
+            return SendOp(self, self.ch.isend(spec, dest, tag), spec)
         return self.isend(send_buffer(spec), dest, tag, sync)
 
     def _isend_behind(self, buf: Buffer, dest: int, tag: int, sync: bool,
@@ -555,10 +556,10 @@ class Engine:
         # buffer. In synchronous mode the receiver replies once it has matched.
         data = buf.wire()
         head = _wire.control(_wire.side_header(xid, _wire.F_SYNC if sync else 0, n), self.limit)
-        handles = [ch.isend(head, dest, tag), ch.isend_payload(data, dest, xid)]
+        later = [ch.isend_payload(data, dest, xid)]
         if sync:
-            handles.append(ch.irecv_reply(bytearray(1), dest, xid))
-        return SendOp(self, handles, (head, data))
+            later.append(ch.irecv_reply(bytearray(1), dest, xid))
+        return SendOp(self, ch.isend(head, dest, tag), (head, data), later)
 
     # -- receiving -----------------------------------------------------------------------
     def recv(self, spec, source: int, tag: int, status=None) -> None:
@@ -641,12 +642,22 @@ class Engine:
               landed: Callable[[RecvOp], None] | None = None) -> RecvOp:
         """Post a receive; *landed* runs once its message is in (see `RecvOp`)."""
         op = RecvOp(self, buf, landed)
-        hit = self.take(source, tag)
-        if hit is not None:
-            src, tg, data = hit
-            self.deliver(op, memoryview(data), src, tg)
-            return op
-        if buf is not None and buf.contiguous and buf.nbytes >= self.stage_size:
+        if self.stash:
+            hit = self.take(source, tag)
+            if hit is not None:
+                src, tg, data = hit
+                self.deliver(op, memoryview(data), src, tg)
+                return op
+        if buf is None or not buf.contiguous:
+            return self._irecv_staged(op, buf, source, tag)
+        if buf.nbytes < self.stage_size:
+            # Small: its message comes in a stage of its own (a control message would not fit).
+            self.small_recvs[op] = buf
+            if not self.guarded:    # the common case, at once
+                op.stage = stage = self._stage(self.stage_size)
+                op.wait_on(self.ch.irecv(stage, source, tag), op.arrived)
+                return op
+        else:
             span = self._span(buf)
             if not self.guarded and not self._overlaps(span) \
                     and not (self.small_recvs and self._small_in(span)):
@@ -655,8 +666,6 @@ class Engine:
                     and not self._heads_in(span[0] + self.band, span[1]):
                 return self._irecv_split(op, buf, span, source, tag)
             self._land(self.staged, op, span)
-        elif buf is not None and buf.contiguous:
-            self.small_recvs[op] = buf
         return self._irecv_staged(op, buf, source, tag)
 
     def _irecv_in_place(self, op: RecvOp, buf: Buffer, span: tuple[int, int], source: int,
@@ -900,7 +909,7 @@ class Engine:
             return self._isend_behind(send_buffer(np.frombuffer(record, np.uint8)), dest, tag,
                                       False, blocked)
         msg = _wire.control(_wire.record_header(record), self.limit)
-        return SendOp(self, [self.ch.isend(msg, dest, tag)], msg)
+        return SendOp(self, self.ch.isend(msg, dest, tag), msg)
 
     def _act_record(self, op: RecvOp, data) -> None:
         """A record arrived: an object receive (no buffer of its own) takes it as
