@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = [
            "AGREED_INLINE",
            "CHUNK",
+           "CMA_MIN_BUSY_DEFAULTS",
            "CMA_MIN_DEFAULTS",
            "COARSE_RUN",
            "COLL_INLINE_MAX",
@@ -30,12 +31,17 @@ __all__ = [
 # -- point to point ----------------------------------------------------------------------------
 #: Messages up to this size travel as themselves, with no header (``CMAMPI_EAGER_LIMIT``).
 EAGER_LIMIT = 4 << 10
-#: From this size on payloads are pulled with CMA, per channel (``CMAMPI_CMA_MIN``):
-#: MPI libraries copy once with their own CMA below it (at 1 MiB a ping-pong as
-#: itself ran at 0.90-0.92x mpi4py, pulled at 0.62-0.65x, with MPICH and Open MPI
-#: alike); over sockets a message costs two copies through the ring, so pulling
-#: pays off sooner.
-CMA_MIN_DEFAULTS = {"mpi": 2 << 20, "socket": 512 << 10}
+#: From this size on payloads are pulled with CMA, per channel (``CMAMPI_CMA_MIN``).
+#: MPI channel: a 1 MiB ping-pong pulled ran at 1.06-1.14x mpi4py, as itself at
+#: 0.91-0.99x, and a stream of 64 at 1.11x against 0.90x (MPICH 5.0 and Open MPI
+#: 5.0, Xeon); at 512 KiB a pull lost (0.73x). Over sockets a message costs two
+#: copies through the ring, so pulling pays off sooner.
+CMA_MIN_DEFAULTS = {"mpi": 1 << 20, "socket": 512 << 10}
+#: ... but a rank that has receives of its own pending (both directions at once)
+#: sends as itself below this size: two ranks each pulling 1 MiB messages ran at
+#: 0.70x mpi4py, the MPI library's own path at 0.88x (unless ``CMAMPI_CMA_MIN``
+#: is set: then it alone decides).
+CMA_MIN_BUSY_DEFAULTS = {"mpi": 2 << 20, "socket": 512 << 10}
 #: From this size on a sender blocked in ``Send`` writes part of the payload itself
 #: while the receiver pulls the rest (``CMAMPI_COOP_MIN``).
 COOP_MIN = 1 << 20

@@ -1,8 +1,9 @@
 """Point-to-point protocol: raw eager messages, side payloads, and CMA pulls.
 
-Messages below ``cma_min`` bytes are sent as themselves: the channel moves
+Messages below ``cma_min`` bytes (``cma_min_busy`` while the sending rank has
+receives of its own pending) are sent as themselves: the channel moves
 them into the receive buffer (small ones inline; MPI libraries copy larger
-ones once with their own CMA). From ``cma_min`` on, or whenever a header is
+ones with their own means). From there on, or whenever a header is
 needed, a control message (see ``_wire``) takes the message's place in the
 same stream, so matching and ordering apply to every kind alike:
 
@@ -377,8 +378,10 @@ class Engine:
         self.names = names
         self.limit = config.eager_limit
         self.band = self.limit + _wire.CTRL_MAX   # lengths (limit, band] are control
-        cma_min = config.cma_min if config.cma_min is not None else channel.cma_min
-        self.cma_min = max(cma_min, self.band + 1)
+        given = config.cma_min
+        self.cma_min = max(channel.cma_min if given is None else given, self.band + 1)
+        #: Below this size a rank with receives pending sends as itself (`raw`).
+        self.cma_min_busy = max(channel.cma_min_busy if given is None else given, self.cma_min)
         self.coop_min = config.coop_min
         self.chunk = config.chunk
         self.share = SHARES.setdefault(type(channel).__name__, CopyShare())
@@ -443,7 +446,7 @@ class Engine:
         self.multinode = len(set(channel.nodes)) > 1
         self._xid = 0
         #: Who may read whom (probed and agreed now: a collective, as construction is).
-        self.access = PeerAccess.discover(channel, config, self.cma_min)
+        self.access = PeerAccess.discover(channel, config, self.cma_min_busy)
         self.can_read = self.access.can_read
         self.cma = self.access.cma
         self.raw_max = self.access.raw_max
@@ -497,12 +500,14 @@ class Engine:
         self.complete(op)
 
     def raw(self, n: int, dest: int, announce: bool) -> bool:
-        """Whether an *n*-byte message to *dest* travels as itself."""
+        """Whether an *n*-byte message to *dest* travels as itself: small, not
+        to be pulled, or sent while this rank has receives pending (both
+        directions at once: the MPI library's path beats two ranks each pulling)."""
         if n <= self.limit:
             return True
         if n <= self.band or (announce and n > OBJECT_RAW_MAX):
             return False
-        return n < self.cma_min or not self.cma[dest]
+        return n < self.cma_min or not self.cma[dest] or (n < self.cma_min_busy and bool(_PENDING))
 
     def isend(self, buf: Buffer, dest: int, tag: int, sync: bool, blocked: bool = False,
               announce: bool = False) -> Op:

@@ -78,6 +78,7 @@ class LoopbackChannel:
     tag_ub = 32767
     xid_limit = 16383
     cma_min = 1 << 15           # small, so that pulls are exercised with small buffers
+    cma_min_busy = 1 << 16
     null_handle = Handle()
 
     def __init__(self, wires: _Wires, rank: int) -> None:

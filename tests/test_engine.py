@@ -55,6 +55,30 @@ def test_each_protocol_delivers(engines, kind):
     e0.complete(op)
 
 
+def test_a_rank_with_receives_pending_sends_as_itself_below_its_busy_threshold(engines):
+    """Between the two pull thresholds a message is pulled, unless its sender
+    has receives of its own pending (both directions at once): then it goes
+    as itself. It arrives whole either way."""
+    e0, e1 = engines
+    n = (e0.cma_min + e0.cma_min_busy) // 2
+    assert e0.cma_min < n < e0.cma_min_busy
+    assert not e0.raw(n, 1, False) and e0.raw(e0.cma_min - 1, 1, False)
+    pending = e0.irecv(recv_buffer(np.zeros(8, np.uint8)), 1, TAG + 1)
+    assert e0.raw(n, 1, False) and not e0.raw(e0.cma_min_busy, 1, False)
+    data = np.arange(n, dtype=np.uint8) * 3
+    op = e0.isend(send_buffer(data), 1, TAG, False)
+    assert isinstance(op, p2p.SendOp)
+    out = np.zeros(n, np.uint8)
+    e1.recv(out, 0, TAG)
+    assert (out == data).all()
+    p2p.wait_any([op])
+    e0.complete(op)
+    e1.send(np.ones(8, np.uint8), 0, TAG + 1)
+    p2p.wait_any([pending])
+    e0.complete(pending)
+    assert not e0.raw(n, 1, False)
+
+
 def test_pulled_message_is_read_from_the_senders_memory(engines):
     """The receiver pulls only once it has matched: what the sender's buffer
     holds then is what arrives (the descriptor names the memory, not a copy)."""

@@ -10,15 +10,17 @@ import numpy as np
 import pytest
 
 from cmampi._config import CMA_MIN_DEFAULTS, config
+from cmampi._tuning import CMA_MIN_BUSY_DEFAULTS
 
 pytestmark = pytest.mark.mpi(min_size=2)
 
 LIMIT = config.eager_limit
 # Around every protocol switch: eager limit, control band, each channel's pull
-# threshold, cooperative copy.
+# thresholds (a rank with receives pending pulls from the higher), cooperative copy.
 SIZES = sorted({0, 1, 7, 1023, LIMIT - 1, LIMIT, LIMIT + 1, LIMIT + 300, 3 * LIMIT + 5,
                 config.coop_min - 1, config.coop_min, 3 * config.coop_min + 17}
-               | {m + d for m in CMA_MIN_DEFAULTS.values() for d in (-1, 0, 1)})
+               | {m + d for defaults in (CMA_MIN_DEFAULTS, CMA_MIN_BUSY_DEFAULTS)
+                  for m in defaults.values() for d in (-1, 0, 1)})
 DTYPES = ["b1", "i1", "u1", "i2", "u2", "i4", "u4", "i8", "u8", "f2", "f4", "f8", "c8", "c16"]
 
 
@@ -501,7 +503,8 @@ def test_objects_roundtrip(comm, MPI):
 
 
 #: Message sizes either side of the first pulled one, on each channel.
-_PULL_EDGES = sorted({n + d for n in CMA_MIN_DEFAULTS.values() for d in (-1, 0)})
+_PULL_EDGES = sorted({n + d for defaults in (CMA_MIN_DEFAULTS, CMA_MIN_BUSY_DEFAULTS)
+                      for n in defaults.values() for d in (-1, 0)})
 
 
 @pytest.mark.parametrize("n", [6000, 100_000, 3 << 20, *_PULL_EDGES])
@@ -523,6 +526,25 @@ def test_pending_receives_sharing_a_buffer(comm, MPI, n, spare):
         assert (buf[:n] == np.arange(n, dtype=np.uint8)).all()
         assert (buf[n:] == 7).all()
         assert [st.Get_count(MPI.BYTE) for st in statuses] == [n] * window
+    comm.Barrier()
+
+
+@pytest.mark.parametrize("n", _PULL_EDGES)
+def test_windows_both_directions_at_once_around_the_pull_thresholds(comm, MPI, n):
+    """Ranks 0 and 1 each post receives, then send: sizes on both sides of the
+    thresholds a rank with receives pending (and one without) pulls from; each
+    message lands whole, in its own buffer."""
+    rank = comm.Get_rank()
+    if rank > 1:
+        comm.Barrier()
+        return
+    peer, window = 1 - rank, 3
+    bufs = [np.zeros(n, np.uint8) for _ in range(window)]
+    recvs = [comm.Irecv(b, peer, k) for k, b in enumerate(bufs)]
+    sends = [comm.Isend(pattern(n, seed=rank * 10 + k), peer, k) for k in range(window)]
+    MPI.Request.Waitall(recvs + sends)
+    for k, b in enumerate(bufs):
+        assert np.array_equal(b, pattern(n, seed=peer * 10 + k))
     comm.Barrier()
 
 

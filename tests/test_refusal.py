@@ -95,6 +95,7 @@ class FakeChannel:
     """Rank 0 of two; rank 1 is a forked child. ``allgather`` answers for rank 1."""
 
     cma_min = 1 << 15
+    cma_min_busy = 1 << 15
     tag_ub = 32767
     xid_limit = 16383
 

@@ -53,8 +53,10 @@ class Channel(Protocol):
     tag_ub: int
     #: Transfer ids live in ``[0, xid_limit)``.
     xid_limit: int
-    #: From this size on payloads are pulled with CMA, by default (`_tuning`).
+    #: From this size on payloads are pulled with CMA, by default (`_tuning`) ...
     cma_min: int
+    #: ... and from this size on by a rank with receives of its own pending.
+    cma_min_busy: int
     #: Per rank: process id, node key, pid namespace, user namespace (CMA may
     #: only be used between ranks of one node and namespaces).
     pids: list[int]

@@ -12,6 +12,7 @@ from .._backend import real_mpi
 from .._cma import pid_namespace, user_namespace
 from .._config import CMA_MIN_DEFAULTS
 from .._config import config as _config
+from .._tuning import CMA_MIN_BUSY_DEFAULTS
 from . import Completion
 
 if TYPE_CHECKING:
@@ -46,6 +47,7 @@ class MPIChannel:
     """
 
     cma_min = CMA_MIN_DEFAULTS["mpi"]
+    cma_min_busy = CMA_MIN_BUSY_DEFAULTS["mpi"]
 
     def __init__(self, comm: _mpi.Intracomm, node: str | None = None) -> None:
         allow_peers(_config)     # before the handshake below: peers probe us after it

@@ -39,6 +39,7 @@ from typing import Any
 from .. import _names
 from .._cma import user_namespace
 from .._config import CMA_MIN_DEFAULTS
+from .._tuning import CMA_MIN_BUSY_DEFAULTS
 from . import completion
 from ._hub import Hub, hub_beside, hub_from_environ
 from ._matching import SIDE, USER, Handle, bytes_view
@@ -52,6 +53,7 @@ class SocketChannel:
 
     names = _names
     cma_min = CMA_MIN_DEFAULTS["socket"]
+    cma_min_busy = CMA_MIN_BUSY_DEFAULTS["socket"]
 
     def __init__(self, hub: Hub, ctx: int, group: list[int]) -> None:
         self.hub = hub
