@@ -34,8 +34,9 @@ EAGER_LIMIT = 4 << 10
 #: From this size on payloads are pulled with CMA, per channel (``CMAMPI_CMA_MIN``).
 #: MPI channel: a 1 MiB ping-pong pulled ran at 1.06-1.14x mpi4py, as itself at
 #: 0.91-0.99x, and a stream of 64 at 1.11x against 0.90x (MPICH 5.0 and Open MPI
-#: 5.0, Xeon); at 512 KiB a pull lost (0.73x). Over sockets a message costs two
-#: copies through the ring, so pulling pays off sooner.
+#: 5.0, AMD EPYC); at 512 KiB a pull lost (0.73x). The best threshold depends on
+#: the node: on an earlier one a 1 MiB pull ran at 0.62-0.65x. Over sockets a
+#: message costs two copies through the ring, so pulling pays off sooner.
 CMA_MIN_DEFAULTS = {"mpi": 1 << 20, "socket": 512 << 10}
 #: ... but a rank that has receives of its own pending (both directions at once)
 #: sends as itself below this size: two ranks each pulling 1 MiB messages ran at
