@@ -525,9 +525,10 @@ class Engine:
         return self._isend_behind(buf, dest, tag, sync, blocked)
 
     def isend_spec(self, spec, dest: int, tag: int, sync: bool) -> Op:
-        """Start a send of *spec* (a small whole array goes as itself unparsed,
-        as `send` does)."""
-        if not sync and _plain(spec) and spec.nbytes <= self.limit:
+        """Start a send of *spec* (a whole array that travels as itself goes
+        unparsed, as `send` does)."""
+        if not sync and _plain(spec) and (spec.nbytes <= self.limit
+                                          or self.raw(spec.nbytes, dest, False)):
             return SendOp(self, self.ch.isend(spec, dest, tag), spec)
         return self.isend(send_buffer(spec), dest, tag, sync)
 
