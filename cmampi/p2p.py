@@ -484,20 +484,28 @@ class Engine:
     # -- sending -------------------------------------------------------------------------
     def send(self, spec, dest: int, tag: int, announce: bool = False) -> None:
         """Blocking standard-mode send (see `isend` for *announce*)."""
-        if _plain(spec) and (spec.nbytes <= self.limit or self.raw(spec.nbytes, dest, announce)):
+        if _plain(spec) and self._in_channel(spec.nbytes, dest, announce):
             self.ch.send(spec, dest, tag)
             return
         hit = self.counted(spec, False) if self.counted is not None else None
-        if hit is not None and self.raw(hit[1], dest, announce):
+        if hit is not None and self._in_channel(hit[1], dest, announce):
             self.ch.send_counted(hit[0], hit[1], dest, tag)  # type: ignore[attr-defined]  # a hit: self.counted is set, so the channel has it
             return
         buf = send_buffer(spec)
-        if self.raw(buf.nbytes, dest, announce):
+        if self._in_channel(buf.nbytes, dest, announce):
             self.ch.send(buf.wire(), dest, tag)
             return
         op = self.isend(buf, dest, tag, False, True, announce)
         wait_any([op])
         self.complete(op)
+
+    def _in_channel(self, n: int, dest: int, announce: bool) -> bool:
+        """Whether a blocking send of *n* bytes may block inside the channel: it
+        travels as itself, and is small (the channel buffers it) or no receive of
+        this rank's waits for progress meanwhile. A pending receive may have
+        matched a peer's pull descriptor: that peer waits for our reply before
+        it receives what we send, so our send must progress it while it waits."""
+        return n <= self.limit or (not _PENDING and self.raw(n, dest, announce))
 
     def raw(self, n: int, dest: int, announce: bool) -> bool:
         """Whether an *n*-byte message to *dest* travels as itself: small, not

@@ -78,7 +78,9 @@ class LoopbackChannel:
     tag_ub = 32767
     xid_limit = 16383
     cma_min = 1 << 15           # small, so that pulls are exercised with small buffers
-    cma_min_busy = 1 << 16
+    #: Both engines share one process's pending receives: one threshold, so that
+    #: a receive pending on one rank does not turn the other's pulls into raw sends.
+    cma_min_busy = cma_min
     null_handle = Handle()
 
     def __init__(self, wires: _Wires, rank: int) -> None:

@@ -21,6 +21,10 @@ TAG = 7
 @pytest.fixture
 def engines():
     """(rank 0's engine, rank 1's engine) over one loopback pair."""
+    yield from _engine_pair()
+
+
+def _engine_pair():
     try:
         _cma.probe(os.getpid())
     except OSError as exc:
@@ -32,6 +36,14 @@ def engines():
     yield e0, e1
     e0.free()
     e1.free()
+
+
+@pytest.fixture
+def engines_busy_apart(monkeypatch):
+    """As `engines`, over a pair whose ranks pull from twice as far while they
+    have receives pending."""
+    monkeypatch.setattr(LoopbackChannel, "cma_min_busy", 2 * LoopbackChannel.cma_min)
+    yield from _engine_pair()
 
 
 def _sizes(engine):
@@ -55,11 +67,12 @@ def test_each_protocol_delivers(engines, kind):
     e0.complete(op)
 
 
-def test_a_rank_with_receives_pending_sends_as_itself_below_its_busy_threshold(engines):
+def test_a_rank_with_receives_pending_sends_as_itself_below_its_busy_threshold(
+        engines_busy_apart):
     """Between the two pull thresholds a message is pulled, unless its sender
     has receives of its own pending (both directions at once): then it goes
     as itself. It arrives whole either way."""
-    e0, e1 = engines
+    e0, e1 = engines_busy_apart
     n = (e0.cma_min + e0.cma_min_busy) // 2
     assert e0.cma_min < n < e0.cma_min_busy
     assert not e0.raw(n, 1, False) and e0.raw(e0.cma_min - 1, 1, False)

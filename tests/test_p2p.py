@@ -246,6 +246,27 @@ def test_exchange_large_without_deadlock(comm, MPI):
     assert (b == peer + 1).all()
 
 
+@pytest.mark.parametrize("n0, n1", [(3 << 19, 3 << 19), (3 << 19, 3 << 20), (100_000, 3 << 20)])
+def test_blocking_send_beside_a_pending_receive_while_the_peer_sends_first(comm, MPI, n0, n1):
+    """Rank 0 posts a receive, then sends with a blocking Send, then waits;
+    rank 1 sends first, then receives. Valid MPI whatever the sizes: rank 0's
+    Send must not block without seeing its pending receive through, which may
+    have matched a message rank 1's send waits on (a pull's descriptor)."""
+    rank = comm.Get_rank()
+    if rank == 0:
+        got = np.zeros(n1, np.uint8)
+        r = comm.Irecv(got, 1, 8)
+        comm.Send(pattern(n0, seed=1), 1, 9)
+        r.Wait()
+        assert np.array_equal(got, pattern(n1, seed=2))
+    elif rank == 1:
+        comm.Send(pattern(n1, seed=2), 0, 8)
+        got = np.zeros(n0, np.uint8)
+        comm.Recv(got, 0, 9)
+        assert np.array_equal(got, pattern(n0, seed=1))
+    comm.Barrier()
+
+
 def test_test_and_waitany(comm, MPI):
     rank = comm.Get_rank()
     if rank == 0:
@@ -533,13 +554,16 @@ def test_pending_receives_sharing_a_buffer(comm, MPI, n, spare):
 def test_windows_both_directions_at_once_around_the_pull_thresholds(comm, MPI, n):
     """Ranks 0 and 1 each post receives, then send: sizes on both sides of the
     thresholds a rank with receives pending (and one without) pulls from; each
-    message lands whole, in its own buffer."""
+    message lands whole, in its own buffer (on cmampi one of them strided, so
+    that it takes its message in a stage sized by the sender's threshold)."""
     rank = comm.Get_rank()
     if rank > 1:
         comm.Barrier()
         return
     peer, window = 1 - rank, 3
-    bufs = [np.zeros(n, np.uint8) for _ in range(window)]
+    last = np.zeros(2 * n, np.uint8)[::2] if MPI.__name__.startswith("cmampi") \
+        else np.zeros(n, np.uint8)     # mpi4py takes no strided array
+    bufs = [np.zeros(n, np.uint8) for _ in range(window - 1)] + [last]
     recvs = [comm.Irecv(b, peer, k) for k, b in enumerate(bufs)]
     sends = [comm.Isend(pattern(n, seed=rank * 10 + k), peer, k) for k in range(window)]
     MPI.Request.Waitall(recvs + sends)

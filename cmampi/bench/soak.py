@@ -75,6 +75,7 @@ import numpy as np
 
 from cmampi import _wire
 from cmampi._config import CMA_MIN_DEFAULTS, config
+from cmampi._tuning import CMA_MIN_BUSY_DEFAULTS
 
 if TYPE_CHECKING:
     from numpy.typing import ArrayLike
@@ -97,7 +98,7 @@ def boundary_sizes(max_size: int) -> list[int]:
     """Sizes on both sides of every protocol switch, up to *max_size*."""
     limit = config.eager_limit
     marks = {0, 1, limit, limit + _wire.CTRL_MAX, config.coop_min, max_size,
-             *CMA_MIN_DEFAULTS.values()}
+             *CMA_MIN_DEFAULTS.values(), *CMA_MIN_BUSY_DEFAULTS.values()}
     if config.cma_min is not None:
         marks.add(config.cma_min)
     return sorted({m + d for m in marks for d in (-1, 0, 1) if 0 <= m + d <= max_size})
@@ -122,7 +123,9 @@ def _pick(rng, choices: Sequence[str], weights: Sequence[int]) -> str:
 
 
 def _protocol(nbytes: int, cma_min: int | None) -> str:
-    """How cmampi moves a message of *nbytes* (pulled from *cma_min* on, if set)."""
+    """How cmampi moves a message of *nbytes* (pulled from *cma_min* on, if set;
+    a sender with receives pending sends as itself up to its busy threshold,
+    which this tally counts as pulled)."""
     limit = config.eager_limit
     if nbytes == 0:
         return "empty"
