@@ -484,9 +484,13 @@ class Engine:
     # -- sending -------------------------------------------------------------------------
     def send(self, spec, dest: int, tag: int, announce: bool = False) -> None:
         """Blocking standard-mode send (see `isend` for *announce*)."""
-        if _plain(spec) and self._in_channel(spec.nbytes, dest, announce):
-            self.ch.send(spec, dest, tag)
-            return
+        if _plain(spec):
+            if self._in_channel(spec.nbytes, dest, announce):
+                self.ch.send(spec, dest, tag)
+                return
+            if self.raw(spec.nbytes, dest, announce):   # as itself, progressing receives
+                wait_handles(self.ch, [self.ch.isend(spec, dest, tag)])
+                return
         hit = self.counted(spec, False) if self.counted is not None else None
         if hit is not None and self._in_channel(hit[1], dest, announce):
             self.ch.send_counted(hit[0], hit[1], dest, tag)  # type: ignore[attr-defined]  # a hit: self.counted is set, so the channel has it
