@@ -15,12 +15,13 @@ from cmampi._tuning import CMA_MIN_BUSY_DEFAULTS
 pytestmark = pytest.mark.mpi(min_size=2)
 
 LIMIT = config.eager_limit
-# Around every protocol switch: eager limit, control band, each channel's pull
-# thresholds (a rank with receives pending pulls from the higher), cooperative copy.
+#: Each channel's pull thresholds (a rank with receives pending pulls from the higher).
+PULL_THRESHOLDS = {*CMA_MIN_DEFAULTS.values(), *CMA_MIN_BUSY_DEFAULTS.values()}
+# Around every protocol switch: eager limit, control band, the pull thresholds,
+# cooperative copy.
 SIZES = sorted({0, 1, 7, 1023, LIMIT - 1, LIMIT, LIMIT + 1, LIMIT + 300, 3 * LIMIT + 5,
                 config.coop_min - 1, config.coop_min, 3 * config.coop_min + 17}
-               | {m + d for defaults in (CMA_MIN_DEFAULTS, CMA_MIN_BUSY_DEFAULTS)
-                  for m in defaults.values() for d in (-1, 0, 1)})
+               | {m + d for m in PULL_THRESHOLDS for d in (-1, 0, 1)})
 DTYPES = ["b1", "i1", "u1", "i2", "u2", "i4", "u4", "i8", "u8", "f2", "f4", "f8", "c8", "c16"]
 
 
@@ -524,8 +525,7 @@ def test_objects_roundtrip(comm, MPI):
 
 
 #: Message sizes either side of the first pulled one, on each channel.
-_PULL_EDGES = sorted({n + d for defaults in (CMA_MIN_DEFAULTS, CMA_MIN_BUSY_DEFAULTS)
-                      for n in defaults.values() for d in (-1, 0)})
+_PULL_EDGES = sorted({n + d for n in PULL_THRESHOLDS for d in (-1, 0)})
 
 
 @pytest.mark.parametrize("n", [6000, 100_000, 3 << 20, *_PULL_EDGES])
@@ -577,7 +577,7 @@ def test_pending_receives_sharing_a_buffer_any_kind(comm, MPI):
     raw, synchronous, pulled (or, under the pull threshold, raw) and small. Each
     completes with its own count, and nothing beyond the buffer changes."""
     rank = comm.Get_rank()
-    big = 2 * max(CMA_MIN_DEFAULTS.values()) + 1000
+    big = 2 * max(PULL_THRESHOLDS) + 1000
     sizes = [100_000, 100_000, big, 50]
     if rank == 0:
         data = [pattern(n, seed=k) for k, n in enumerate(sizes)]
@@ -625,7 +625,7 @@ def test_receives_into_adjacent_slices_of_one_buffer(comm, MPI, kind):
 
 
 @pytest.mark.parametrize("kind", ["Isend", "Issend"])
-@pytest.mark.parametrize("n", [40_000, 2 * max(CMA_MIN_DEFAULTS.values()) + 1000])
+@pytest.mark.parametrize("n", [40_000, 2 * max(PULL_THRESHOLDS) + 1000])
 @pytest.mark.parametrize("whole", [True, False], ids=["whole", "short"])
 def test_a_receive_with_a_displacement_lands_in_its_window(comm, MPI, kind, n, whole):
     """``[buf, (count, displ), datatype]``: the message (as long as the window,
