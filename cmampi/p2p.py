@@ -666,25 +666,31 @@ class Engine:
                 src, tg, data = hit
                 self.deliver(op, memoryview(data), src, tg)
                 return op
-        if buf is None or not buf.contiguous:
+        try:
+            if buf is None or not buf.contiguous:
+                return self._irecv_staged(op, buf, source, tag)
+            if buf.nbytes < self.stage_size:
+                # Small: its message comes in a stage of its own (a control message would not fit).
+                self.small_recvs[op] = buf
+                if not self.guarded:    # the common case, at once
+                    op.stage = stage = self._stage(self.stage_size)
+                    op.wait_on(self.ch.irecv(stage, source, tag), op.arrived)
+                    return op
+            else:
+                span = self._span(buf)
+                if not self.guarded and not self._overlaps(span) \
+                        and not (self.small_recvs and self._small_in(span)):
+                    return self._irecv_in_place(op, buf, span, source, tag)
+                if self.split and buf.nbytes > self.band \
+                        and not self._heads_in(span[0] + self.band, span[1]):
+                    return self._irecv_split(op, buf, span, source, tag)
+                self._land(self.staged, op, span)
             return self._irecv_staged(op, buf, source, tag)
-        if buf.nbytes < self.stage_size:
-            # Small: its message comes in a stage of its own (a control message would not fit).
-            self.small_recvs[op] = buf
-            if not self.guarded:    # the common case, at once
-                op.stage = stage = self._stage(self.stage_size)
-                op.wait_on(self.ch.irecv(stage, source, tag), op.arrived)
-                return op
-        else:
-            span = self._span(buf)
-            if not self.guarded and not self._overlaps(span) \
-                    and not (self.small_recvs and self._small_in(span)):
-                return self._irecv_in_place(op, buf, span, source, tag)
-            if self.split and buf.nbytes > self.band \
-                    and not self._heads_in(span[0] + self.band, span[1]):
-                return self._irecv_split(op, buf, span, source, tag)
-            self._land(self.staged, op, span)
-        return self._irecv_staged(op, buf, source, tag)
+        except BaseException:
+            # Not posted: where it would have landed must not slow or split later receives.
+            self.unland(op)
+            self.small_recvs.pop(op, None)
+            raise
 
     def _irecv_in_place(self, op: RecvOp, buf: Buffer, span: tuple[int, int], source: int,
                         tag: int) -> RecvOp:

@@ -205,3 +205,26 @@ def test_a_receive_nothing_was_sent_for_would_block(engines):
     _, e1 = engines
     with pytest.raises(WouldBlock):
         e1.recv(np.zeros(8, np.uint8), 0, TAG)
+
+
+@pytest.mark.parametrize("n", [8, 1 << 16])
+def test_a_receive_the_channel_refuses_leaves_no_trace(engines, monkeypatch, n):
+    """A receive whose posting fails is forgotten: it does not count as landing
+    in its buffer, so the next receive into that buffer goes in place (or in its
+    own small stage) and delivers."""
+    e0, e1 = engines
+    buf = np.zeros(n, np.uint8)
+
+    def refuse(*args):
+        raise RuntimeError("refused")
+
+    with monkeypatch.context() as m:
+        m.setattr(e1.ch, "irecv", refuse)
+        with pytest.raises(RuntimeError, match="refused"):
+            e1.irecv(recv_buffer(buf), 0, TAG)
+    assert not (e1.landing or e1.tails or e1.staged or e1.spans or e1.small_recvs)
+    op = e1.irecv(recv_buffer(buf), 0, TAG)
+    assert op.inplace == (n >= e1.stage_size)
+    send = e0.isend(send_buffer(np.full(n, 5, np.uint8)), 1, TAG, False)
+    p2p.wait_all([op, send])
+    assert (buf == 5).all()
