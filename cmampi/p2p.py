@@ -1095,24 +1095,32 @@ class Counted:
         """(buffer, bytes) of *spec* in one of the simplest forms, checked as
         mpi4py would accept it (fits, writable if asked); else None."""
         t = type(spec)
+        if t is list or t is tuple:
+            if len(spec) != 3:
+                return None
+            buf, count, datatype = spec
+            hit = self.sizes.get(id(datatype))
+            if hit is None or hit[0] is not datatype or type(count) is not int or count < 0:
+                return None
+            nbytes = count * hit[1]
+            if type(buf) is _ndarray and buf.dtype.kind not in "OMm":   # no buffer view to make
+                flags = buf.flags
+                if not flags.c_contiguous or nbytes > buf.nbytes \
+                        or (writable and not flags.writeable):
+                    return None
+                return buf, nbytes
+            try:
+                mem = memoryview(buf)
+            except (TypeError, ValueError, BufferError):    # (datetimes: ValueError)
+                return None
+            if not mem.c_contiguous or nbytes > mem.nbytes or (writable and mem.readonly):
+                return None
+            return buf, nbytes
         if t is bytearray:
             return spec, len(spec)
         if t is bytes:
             return (None if writable else (spec, len(spec)))
-        if (t is not list and t is not tuple) or len(spec) != 3:
-            return None
-        buf, count, datatype = spec
-        hit = self.sizes.get(id(datatype))
-        if hit is None or hit[0] is not datatype or type(count) is not int or count < 0:
-            return None
-        try:
-            mem = memoryview(buf)
-        except (TypeError, ValueError, BufferError):    # (datetimes: ValueError)
-            return None
-        nbytes = count * hit[1]
-        if not mem.c_contiguous or nbytes > mem.nbytes or (writable and mem.readonly):
-            return None
-        return buf, nbytes
+        return None
 
 
 # -- progress ----------------------------------------------------------------------------

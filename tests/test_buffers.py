@@ -470,3 +470,48 @@ def test_quick_spec_parses_as_the_full_parse(kind, form, writable):
         (full.nbytes, full.esize, full.readonly, full.contiguous)
     assert quick.tobytes() == full.tobytes()
     assert quick.layout.addr + quick.layout.lo == full.layout.addr + full.layout.lo
+
+
+# -- the simplest spec forms, sized without parsing (p2p.Counted) -----------------------------
+def _counted_cases():
+    from cmampi import _names
+
+    byte, dbl = _names.BYTE, _names.DOUBLE
+    a = np.arange(16, dtype=np.uint8)
+    ro = a.copy()
+    ro.flags.writeable = False
+    f2 = np.zeros((4, 4), order="F")
+    return [
+        # (spec, writable, expected nbytes or None: not this form, the full parse decides)
+        ([a, 16, byte], True, 16),
+        ([a, 5, byte], True, 5),
+        ((a, 2, dbl), False, 16),
+        ([a, 17, byte], False, None),                       # more than the buffer holds
+        ([a, -1, byte], False, None),
+        ([a, 4.0, byte], False, None),
+        ([a[::2], 4, byte], False, None),                   # strided
+        ([f2, 16, dbl], False, None),                       # Fortran order: parsed in full
+        ([ro, 8, byte], False, 8),
+        ([ro, 8, byte], True, None),                        # read-only receive buffer
+        ([np.empty(2, object), 2, byte], False, 2),         # mpi4py sends its bytes too
+        ([np.zeros(2, "M8[s]"), 16, byte], False, None),    # no buffer view: parsed in full
+        ([bytearray(9), 9, byte], True, 9),
+        ([b"abc", 3, byte], True, None),
+        ([b"abc", 3, byte], False, 3),
+        ([array.array("d", [1.0, 2.0]), 2, dbl], True, 16),
+        ([a, 16], False, None),                             # other spec shapes
+        (bytearray(7), True, 7),
+        (b"xy", True, None),
+        (b"xy", False, 2),
+    ]
+
+
+@pytest.mark.parametrize("case", range(len(_counted_cases())))
+def test_counted_sizes_only_what_mpi4py_takes_as_is(case):
+    from cmampi import _names, p2p
+
+    spec, writable, expected = _counted_cases()[case]
+    hit = p2p.Counted(_names)(spec, writable)
+    assert (None if hit is None else hit[1]) == expected
+    if hit is not None:     # the buffer itself, handed to the MPI library with its byte count
+        assert hit[0] is (spec[0] if isinstance(spec, (list, tuple)) else spec)
