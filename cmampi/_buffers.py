@@ -758,6 +758,16 @@ def plain_sizes(names) -> dict[int, tuple[Any, int]]:
     return made[1]
 
 
+#: (namespace, its `plain_sizes`) of the last spec parsed: the namespace in use.
+_LAST_SIZES: list[Any] = [None, {}]
+
+
+def _sizes_now(names) -> dict[int, tuple[Any, int]]:
+    sizes = plain_sizes(names)
+    _LAST_SIZES[:] = [names, sizes]
+    return sizes
+
+
 def quick_spec(spec, writable: bool) -> Buffer | None:
     """The simplest forms other than a bare array, parsed fast: a ``bytearray``,
     and ``[obj, datatype]`` or ``[obj, count, datatype]`` of a predefined
@@ -779,22 +789,26 @@ def quick_spec(spec, writable: bool) -> Buffer | None:
             return None
     else:
         return None
-    hit = plain_sizes(_names_in_use()).get(id(datatype))
+    names = _names_in_use()
+    last = _LAST_SIZES
+    hit = (last[1] if last[0] is names else _sizes_now(names)).get(id(datatype))
     if hit is None or hit[0] is not datatype:
         return None
     ot = type(obj)
     if ot is _np.ndarray:
         arr = obj
-        if arr.dtype.kind in "OMm" or not arr.flags.c_contiguous:
+        flags = arr.flags
+        if not flags.c_contiguous or (writable and not flags.writeable) \
+                or arr.dtype.kind in "OMm":
             return None
     elif ot in _BYTE_BUFFERS:
         try:
             arr = _np.frombuffer(obj, _np.uint8)
         except (ValueError, TypeError, BufferError):    # a closed mmap, ...
             return None
+        if writable and not arr.flags.writeable:
+            return None
     else:
-        return None
-    if writable and not arr.flags.writeable:
         return None
     esize, total = hit[1], arr.nbytes
     if count is None:
