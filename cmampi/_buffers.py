@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as _np
 
+from . import _derived
 from ._backend import names as _names_in_use
 
 __all__ = [
@@ -170,10 +171,10 @@ def raw_view(layout: Layout, owner: Any, readonly: bool = False) -> _np.ndarray:
 class Buffer:
     """A parsed message buffer: its array, its byte layout and its element type."""
 
-    __slots__ = ("_layout", "array", "esize", "nbytes", "obj", "whole")
+    __slots__ = ("_layout", "array", "derived", "esize", "nbytes", "obj", "whole")
 
     def __init__(self, obj, array: _np.ndarray, layout: Layout | None, esize: int,
-                 whole: bool = True, nbytes: int | None = None) -> None:
+                 whole: bool = True, nbytes: int | None = None, derived=None) -> None:
         self.obj = obj            # what the user passed, kept alive with the request
         self.array = array
         self._layout = layout     # None: a whole C-contiguous array, laid out on demand
@@ -181,6 +182,14 @@ class Buffer:
                             else nbytes)  # type: ignore[assignment]  # given when layout is None
         self.esize = esize
         self.whole = whole        # the message is all of *array*
+        #: The spec of a message of a derived datatype (`_derived`): *array* holds its
+        #: bytes, packed at parse (a send) or to be unpacked into it (a receive: `unpack`).
+        self.derived = derived
+
+    def unpack(self, nbytes: int) -> None:
+        """A derived datatype's receive: lay the first *nbytes* received out in the
+        user's buffer, as its type map says."""
+        _derived.unpack(self.array, nbytes, self.derived)
 
     @classmethod
     def new(cls, data: int | bytes | memoryview) -> Buffer:
@@ -667,11 +676,14 @@ _EMPTY = _np.empty(0, _np.uint8)
 def _buffer(spec, writable: bool) -> Buffer:
     obj, count, displ, datatype = _parse(spec)
     if obj is None or (obj is not spec and _is_bottom(obj)):
-        # No buffer (BOTTOM): an empty message, which needs an explicit datatype.
+        # No buffer (BOTTOM): an empty message, which needs an explicit datatype;
+        # or the absolute addresses of a derived one.
         if isinstance(spec, (list, tuple)):
             if datatype is None:
                 raise TypeError("message: buffer is None, an explicit datatype is required")
-            _datatype_size(datatype)
+            size, lb, extent = _datatype_size(datatype)
+            if count is not None and _index(count) > 0 and _is_derived(datatype, size, lb, extent):
+                return _derived_buffer(spec, _index(count), size, writable)
             if count is not None and _index(count) > 0:
                 raise ValueError(f"message: buffer is None but count is {_index(count)}")
             return Buffer(None, _EMPTY, None, 1, True, 0)
@@ -690,11 +702,14 @@ def _buffer(spec, writable: bool) -> Buffer:
         esize, lb, extent = arr.itemsize, 0, arr.itemsize
     else:
         esize, lb, extent = _datatype_size(datatype)
+        if extent > 0 and _is_derived(datatype, esize, lb, extent):
+            return _derived_buffer(spec, _derived_count(arr, count, displ, datatype, lb, extent),
+                                   esize, writable)
         if extent <= 0:     # nothing can be counted in it: mpi4py's ValueErrors below
             esize = lb = extent = 0
         if lb != 0 or extent != esize:
-            raise TypeError("message: datatypes with holes or a lower bound are not "
-                            "supported; pass a contiguous view instead")
+            raise TypeError("message: datatypes with holes or a lower bound need an MPI "
+                            "library; pass a contiguous view instead")
         if not contig and esize != arr.itemsize:
             raise BufferError("message: a strided buffer needs a datatype of its own item size")
     layout = Layout.of_array(arr)
@@ -734,6 +749,58 @@ def _buffer(spec, writable: bool) -> Buffer:
     if not whole:
         layout = layout.window(offset, offset + count * esize)
     return Buffer(obj, arr, layout, esize, whole)
+
+
+def _is_derived(datatype, size: int, lb: int, extent: int) -> bool:
+    """Whether *datatype*'s message is not the buffer's bytes as they lie (holes,
+    a lower bound, an order of its own), and an MPI library is there to lay it out."""
+    if isinstance(datatype, str):
+        return False
+    if lb == 0 and extent == size and _derived.in_order(datatype):
+        return False
+    return _derived.available(datatype)
+
+
+def _derived_count(arr: _np.ndarray, count, displ, datatype, lb: int, extent: int) -> int:
+    """The count of a derived datatype's spec over *arr*, by mpi4py's rules, and
+    checked to stay inside *arr* (its elements' true extent, from the displacement)."""
+    total = arr.nbytes
+    offset = 0
+    if displ is not None:
+        displ = _index(displ)
+        if displ < 0:
+            raise ValueError(f"message: negative displacement {displ}")
+        offset = displ * extent
+    if count is None:
+        if (total - offset) % extent:
+            raise ValueError(f"message: cannot infer count, buffer length {total - offset} "
+                             f"is not a multiple of datatype extent {extent} "
+                             f"(lb:{lb}, ub:{lb + extent})")
+        count = max(total - offset, 0) // extent
+    count = _index(count)
+    if count < 0:
+        raise ValueError(f"message: negative count {count}")
+    if count:
+        true_lb, true_extent = datatype.Get_true_extent()
+        lo = offset + true_lb
+        hi = offset + (count - 1) * extent + true_lb + true_extent
+        if lo < 0 or hi > total:
+            raise ValueError(f"message: {count} elements of a datatype of extent {extent} at "
+                             f"displacement {displ or 0} span bytes [{lo}, {hi}) of a buffer "
+                             f"of {total}")
+    return count
+
+
+def _derived_buffer(spec, count: int, size: int, writable: bool) -> Buffer:
+    """The message of a derived datatype's spec in memory of its own: packed now
+    (a send), or to be unpacked once received (a receive, checked now)."""
+    nbytes = count * size
+    if writable:
+        _derived.check_receivable(spec)
+        stream = _np.empty(nbytes, _np.uint8)
+    else:
+        stream = _derived.pack(spec, nbytes)
+    return Buffer(stream, stream, None, size, True, nbytes, derived=spec)
 
 
 def _is_bottom(obj) -> bool:

@@ -254,6 +254,8 @@ def flat(spec, writable: bool, blocks: int = 1) -> Flat:
             window = (_operator.index(count) * blocks, 0 if displ is None else displ)
             spec = [buf, window] if datatype is None else [buf, window, datatype]
     buf = recv_buffer(spec) if writable else send_buffer(spec)
+    if buf.derived is not None:     # the MPI library's to run (see `native._only_mpi_can`)
+        raise TypeError("message: cmampi's own collectives take no derived datatypes")
     datatype = spec[-1] if isinstance(spec, (list, tuple)) and len(spec) > 1 and \
         not isinstance(spec[-1], (int, tuple, list)) else None
     dtype = _dtype_of(buf, datatype)

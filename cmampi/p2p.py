@@ -279,6 +279,12 @@ class RecvOp(Op):
             engine.unland(self)
         if engine.small_recvs:
             engine.small_recvs.pop(self, None)
+        buf = self.buf
+        if buf is not None and buf.derived is not None and self.error is None:
+            try:
+                buf.unpack(self.nbytes)
+            except Exception as exc:    # noqa: BLE001 - the receive's error
+                self.error = exc
         landed, self.landed = self.landed, None
         if landed is not None and self.error is None:
             landed(self)
@@ -615,6 +621,8 @@ class Engine:
                 tmp = self.stage if count <= self.stage_size else bytearray(count)
                 ch.mrecv(handle, tmp)
                 err = self.place(buf, memoryview(tmp)[:count])
+            if buf.derived is not None and err is None:
+                buf.unpack(count)
             if status is not None:
                 fill_status(status, src, tg, count, err, self.names)
             if err is not None:
