@@ -7,7 +7,8 @@ with cmampi's communicator, request and message classes in place of mpi4py's
 checks types or takes handles sees mpi4py's. ``COMM_WORLD`` and ``COMM_SELF``
 are cmampi communicators over the world's and self's handles. On the socket
 channel the names come from cmampi's own table (``_names``), and mpi4py need not
-be installed. Importing this module is collective over ``COMM_WORLD``.
+be installed. Importing this module is collective over ``COMM_WORLD`` (where
+MPI is not initialized yet, the first use of ``COMM_WORLD`` after ``MPI.Init`` is).
 """
 
 from ._backend import choose as _choose
@@ -31,7 +32,23 @@ else:
     from .sockettopo import null_comm as _null_comm
     from .sockgroup import GROUP_EMPTY, GROUP_NULL, Group  # noqa: F401
 
-COMM_WORLD, COMM_SELF = _world(Intracomm)
+if CHANNEL == "mpi" and not _base.Is_initialized():
+    # mpi4py.rc.initialize is False: the program initializes MPI itself. The world
+    # and self become cmampi's at their first use once it has (collective then);
+    # before, and after MPI is finalized, they are mpi4py's own.
+    globals().pop("COMM_WORLD")     # mpi4py's, copied from its namespace above
+    globals().pop("COMM_SELF")
+
+    def __getattr__(name: str):
+        if name not in ("COMM_WORLD", "COMM_SELF"):
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        if not _base.Is_initialized() or _base.Is_finalized():
+            return getattr(_base, name)
+        world, self_ = _world(Intracomm)
+        globals().update(COMM_WORLD=world, COMM_SELF=self_)
+        return globals()[name]
+else:
+    COMM_WORLD, COMM_SELF = _world(Intracomm)
 if CHANNEL != "mpi":
     # The null objects mpi4py has, as objects of cmampi's classes (they pickle by name).
     COMM_NULL = _null_comm()

@@ -197,7 +197,12 @@ class _MPICommunicator(_Handles, _MixedIn):
 
         Create communicator from group.
         """
-        return _derived(_MPI.Intracomm.Create_from_group(group, stringtag, info, errhandler))
+        comm = _MPI.Intracomm.Create_from_group(group, stringtag, info, errhandler)
+        if not _MPI.Is_initialized() or _MPI.Is_finalized():
+            # A session's, outside the world model: cmampi's engine needs the world
+            # model's COMM_SELF, so mpi4py runs this communicator.
+            return _ours(comm)
+        return _derived(comm)
 
     def Split(self, color: int = 0, key: int = 0) -> Any:
         """Split communicator by color and key."""
