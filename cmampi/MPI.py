@@ -35,9 +35,11 @@ else:
 if CHANNEL == "mpi" and not _base.Is_initialized():
     # mpi4py.rc.initialize is False: the program initializes MPI itself. The world
     # and self become cmampi's at their first use once it has (collective then);
-    # before, and after MPI is finalized, they are mpi4py's own.
+    # used before, or first used after MPI is finalized, they are mpi4py's own.
     globals().pop("COMM_WORLD")     # mpi4py's, copied from its namespace above
     globals().pop("COMM_SELF")
+    #: ``from cmampi.MPI import *`` finds the two through `__getattr__`.
+    __all__ = [k for k in globals() if not k.startswith("_")] + ["COMM_WORLD", "COMM_SELF"]
 
     def __getattr__(name: str):
         if name not in ("COMM_WORLD", "COMM_SELF"):

@@ -21,6 +21,8 @@ __all__ = [
     "Layout",
     "address",
     "bytes_at",
+    "check_recv_buffer",
+    "has_derived_datatype",
     "memory_kind",
     "plain_sizes",
     "quick_spec",
@@ -186,10 +188,16 @@ class Buffer:
         #: bytes, packed at parse (a send) or to be unpacked into it (a receive: `unpack`).
         self.derived = derived
 
-    def unpack(self, nbytes: int) -> None:
-        """A derived datatype's receive: lay the first *nbytes* received out in the
-        user's buffer, as its type map says."""
-        _derived.unpack(self.array, nbytes, self.derived)
+    def unpack(self, nbytes: int | None) -> None:
+        """A derived datatype's receive, done: lay the first *nbytes* received out
+        in the user's buffer, as its type map says (None: nothing came, or an
+        error), and let its datatype go (`_derived.kept`). Once."""
+        spec, self.derived = self.derived, None
+        try:
+            if nbytes is not None:
+                _derived.unpack(self.array, nbytes, spec)
+        finally:
+            _derived.release(spec)
 
     @classmethod
     def new(cls, data: int | bytes | memoryview) -> Buffer:
@@ -702,7 +710,7 @@ def _buffer(spec, writable: bool) -> Buffer:
         esize, lb, extent = arr.itemsize, 0, arr.itemsize
     else:
         esize, lb, extent = _datatype_size(datatype)
-        if extent > 0 and _is_derived(datatype, esize, lb, extent):
+        if _is_derived(datatype, esize, lb, extent):
             return _derived_buffer(spec, _derived_count(arr, count, displ, datatype, lb, extent),
                                    esize, writable)
         if extent <= 0:     # nothing can be counted in it: mpi4py's ValueErrors below
@@ -761,6 +769,19 @@ def _is_derived(datatype, size: int, lb: int, extent: int) -> bool:
     return _derived.available(datatype)
 
 
+def has_derived_datatype(spec) -> bool:
+    """Whether *spec* names a datatype whose message the MPI library lays out."""
+    if not isinstance(spec, (list, tuple)) or len(spec) < 2:
+        return False
+    datatype = _parse(spec)[3]
+    if datatype is None or isinstance(datatype, str):
+        return False
+    try:
+        return _is_derived(datatype, *_datatype_size(datatype))
+    except Exception:   # noqa: BLE001 - not a datatype: the full parse raises mpi4py's error
+        return False
+
+
 def _derived_count(arr: _np.ndarray, count, displ, datatype, lb: int, extent: int) -> int:
     """The count of a derived datatype's spec over *arr*, by mpi4py's rules, and
     checked to stay inside *arr* (its elements' true extent, from the displacement)."""
@@ -770,8 +791,14 @@ def _derived_count(arr: _np.ndarray, count, displ, datatype, lb: int, extent: in
         displ = _index(displ)
         if displ < 0:
             raise ValueError(f"message: negative displacement {displ}")
+        if displ and extent <= 0:
+            raise ValueError(f"message: cannot handle displacement, datatype extent {extent} "
+                             f"(lb:{lb}, ub:{lb + extent})")
         offset = displ * extent
     if count is None:
+        if extent <= 0:
+            raise ValueError(f"message: cannot infer count, datatype extent {extent} "
+                             f"(lb:{lb}, ub:{lb + extent})")
         if (total - offset) % extent:
             raise ValueError(f"message: cannot infer count, buffer length {total - offset} "
                              f"is not a multiple of datatype extent {extent} "
@@ -795,12 +822,13 @@ def _derived_buffer(spec, count: int, size: int, writable: bool) -> Buffer:
     """The message of a derived datatype's spec in memory of its own: packed now
     (a send), or to be unpacked once received (a receive, checked now)."""
     nbytes = count * size
-    if writable:
-        _derived.check_receivable(spec)
-        stream = _np.empty(nbytes, _np.uint8)
-    else:
+    if not writable:
         stream = _derived.pack(spec, nbytes)
-    return Buffer(stream, stream, None, size, True, nbytes, derived=spec)
+        return Buffer(stream, stream, None, size, True, nbytes)
+    _derived.check_receivable(spec)
+    stream = _np.empty(nbytes, _np.uint8)
+    # The receive owns a copy of the datatype: the program may free its own meanwhile.
+    return Buffer(stream, stream, None, size, True, nbytes, derived=_derived.kept(spec))
 
 
 def _is_bottom(obj) -> bool:
@@ -893,6 +921,14 @@ def quick_spec(spec, writable: bool) -> Buffer | None:
 def send_buffer(spec) -> Buffer:
     """Parse a send-side buffer spec (read-only buffers such as bytes are fine)."""
     return quick_buffer(spec, False) or quick_spec(spec, False) or _buffer(spec, writable=False)
+
+
+def check_recv_buffer(spec) -> None:
+    """Raise mpi4py's error now if *spec* cannot be a receive buffer (a persistent
+    request's, checked at init)."""
+    buf = recv_buffer(spec)
+    if buf.derived is not None:
+        buf.unpack(None)
 
 
 def recv_buffer(spec) -> Buffer:

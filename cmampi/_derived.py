@@ -18,7 +18,7 @@ import numpy as _np
 
 from ._backend import real_mpi
 
-__all__ = ["available", "check_receivable", "in_order", "pack", "unpack"]
+__all__ = ["available", "check_receivable", "in_order", "kept", "pack", "release", "unpack"]
 
 _SELF: list[Any] = []
 #: Self-messages of two threads must not match each other's.
@@ -81,6 +81,19 @@ def check_receivable(spec) -> None:
     mpi = real_mpi()
     with _LOCK:
         _comm().Sendrecv([_EMPTY, 0, mpi.BYTE], 0, 0, spec, 0, 0)
+
+
+def kept(spec) -> list:
+    """*spec* (a list or tuple ending in a derived datatype) with its own duplicate
+    of the datatype, which stays valid if the program frees its own; `release` it."""
+    return [*spec[:-1], spec[-1].Dup().Commit()]
+
+
+def release(spec) -> None:
+    """Free the datatype `kept` duplicated (unless MPI has been finalized)."""
+    mpi = real_mpi()
+    if not mpi.Is_finalized():
+        spec[-1].Free()
 
 
 def unpack(stream, nbytes: int, spec) -> None:

@@ -28,7 +28,7 @@ from . import p2p as _p2p
 from ._backend import names as _names
 from ._buffers import _parse as _parse_spec
 from ._buffers import address as _address
-from ._buffers import recv_buffer, send_buffer
+from ._buffers import has_derived_datatype, recv_buffer, send_buffer
 from ._tuning import COLL_INLINE_MAX as INLINE_MAX
 from ._tuning import PIECE
 
@@ -253,9 +253,9 @@ def flat(spec, writable: bool, blocks: int = 1) -> Flat:
         if count is not None:
             window = (_operator.index(count) * blocks, 0 if displ is None else displ)
             spec = [buf, window] if datatype is None else [buf, window, datatype]
-    buf = recv_buffer(spec) if writable else send_buffer(spec)
-    if buf.derived is not None:     # the MPI library's to run (see `native._only_mpi_can`)
+    if has_derived_datatype(spec):     # the MPI library's to run (`native._only_mpi_can`)
         raise TypeError("message: cmampi's own collectives take no derived datatypes")
+    buf = recv_buffer(spec) if writable else send_buffer(spec)
     datatype = spec[-1] if isinstance(spec, (list, tuple)) and len(spec) > 1 and \
         not isinstance(spec[-1], (int, tuple, list)) else None
     dtype = _dtype_of(buf, datatype)

@@ -14,18 +14,19 @@ import os as _os
 import pickle as _pickle
 import time as _time
 import warnings as _warnings
+import weakref as _weakref
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as _np
 
-from . import _wire
+from . import _derived, _wire
 from . import coll as _coll_mod
 from . import native as _native
 from . import objcoll as _objcoll
 from . import objects as _objects
 from . import p2p as _p2p
 from ._backend import names as _names_in_use
-from ._buffers import recv_buffer, send_buffer
+from ._buffers import check_recv_buffer, has_derived_datatype, recv_buffer, send_buffer
 from ._config import config as _config
 from .request import NO_PROC_HIT as _NO_PROC_HIT
 from .request import Message, PartitionedRequest, Prequest, Request, new_request
@@ -629,8 +630,15 @@ class Communicator(_Fallback):
         if peer == e.names.PROC_NULL and plain is not None:
             return Prequest(getattr(plain, init)(buf, peer, tag))
         if peer != e.names.PROC_NULL:
-            send_buffer(buf) if sending else recv_buffer(buf)
-        return Prequest._starting(lambda: start(buf, peer, tag))
+            send_buffer(buf) if sending else check_recv_buffer(buf)
+        if not has_derived_datatype(buf):
+            return Prequest._starting(lambda: start(buf, peer, tag))
+        # Each Start reads the spec anew: with a datatype of its own, which the
+        # program may free meanwhile (MPI keeps a persistent request's).
+        spec = _derived.kept(buf)
+        req = Prequest._starting(lambda: start(spec, peer, tag))
+        _weakref.finalize(req, _derived.release, spec)
+        return req
 
     def Send_init(self, buf, dest: int, tag: int = 0) -> Prequest:
         """Create a persistent request for a standard send."""
@@ -676,7 +684,8 @@ class Communicator(_Fallback):
         """Create a partitioned receive."""
         if self._engine is None:
             return super().Precv_init(buf, partitions, source, tag, info)
-        self._source(source), self._tag(tag, True), recv_buffer(buf)
+        self._source(source), self._tag(tag, True)
+        check_recv_buffer(buf)
         return PartitionedRequest._partitioned(lambda: self.Irecv(buf, source, tag),
                                                partitions, False)
 

@@ -78,9 +78,13 @@ def _ours(comm: Any) -> Any:
 
 
 def _derived(comm: Any) -> Any:
-    """A communicator mpi4py derived from one of ours, as ours, with an engine."""
+    """A communicator mpi4py derived from one of ours, as ours, with an engine; one
+    outside the world model (an MPI 4 session's, before ``Init`` or after
+    ``Finalize``) is left to mpi4py: cmampi's engine needs the world's ``COMM_SELF``."""
     if not isinstance(comm, _MPI.Intracomm) or comm == _MPI.COMM_NULL:
         return comm
+    if not _MPI.Is_initialized() or _MPI.Is_finalized():
+        return _ours(comm)
     return attach(_ours(comm))
 
 
@@ -162,7 +166,10 @@ class _MPICommunicator(_Handles, _MixedIn):
         from . import MPI as namespace
 
         for name in ("COMM_WORLD", "COMM_SELF"):
-            constant = getattr(namespace, name)
+            # (not getattr: before they are first used, making them is collective)
+            constant = vars(namespace).get(name)
+            if constant is None:
+                continue
             if self is constant:
                 return name
             if self == constant:
@@ -197,12 +204,7 @@ class _MPICommunicator(_Handles, _MixedIn):
 
         Create communicator from group.
         """
-        comm = _MPI.Intracomm.Create_from_group(group, stringtag, info, errhandler)
-        if not _MPI.Is_initialized() or _MPI.Is_finalized():
-            # A session's, outside the world model: cmampi's engine needs the world
-            # model's COMM_SELF, so mpi4py runs this communicator.
-            return _ours(comm)
-        return _derived(comm)
+        return _derived(_MPI.Intracomm.Create_from_group(group, stringtag, info, errhandler))
 
     def Split(self, color: int = 0, key: int = 0) -> Any:
         """Split communicator by color and key."""
@@ -233,9 +235,8 @@ class _MPICommunicator(_Handles, _MixedIn):
 
     def free(self) -> None:
         """Call ``Free`` if not null or predefined."""
-        namespace = _sys.modules.get(f"{__package__}.MPI")
-        if namespace is not None and (self is namespace.COMM_WORLD or
-                                      self is namespace.COMM_SELF):
+        constants = vars(_sys.modules.get(f"{__package__}.MPI", _sys))
+        if any(self is constants.get(name) for name in ("COMM_WORLD", "COMM_SELF")):
             return      # constants, as mpi4py's own are (a copy of one is not)
         handle, engine = self.handle, self._engine
         _MPI.Comm.free(self)

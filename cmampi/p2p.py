@@ -279,15 +279,16 @@ class RecvOp(Op):
             engine.unland(self)
         if engine.small_recvs:
             engine.small_recvs.pop(self, None)
-        buf = self.buf
-        if buf is not None and buf.derived is not None and self.error is None:
-            try:
-                buf.unpack(self.nbytes)
-            except Exception as exc:    # noqa: BLE001 - the receive's error
-                self.error = exc
         landed, self.landed = self.landed, None
         if landed is not None and self.error is None:
             landed(self)
+        buf = self.buf
+        if buf is not None and buf.derived is not None:
+            # Once the message is the receive's own (an object's record made its pickle).
+            try:
+                buf.unpack(None if self.error is not None or self.cancelled else self.nbytes)
+            except Exception as exc:    # noqa: BLE001 - the receive's error
+                self.error = exc
 
     def advance(self, info: Completion) -> None:
         then, self.then = self.then, None
@@ -621,8 +622,8 @@ class Engine:
                 tmp = self.stage if count <= self.stage_size else bytearray(count)
                 ch.mrecv(handle, tmp)
                 err = self.place(buf, memoryview(tmp)[:count])
-            if buf.derived is not None and err is None:
-                buf.unpack(count)
+            if buf.derived is not None:
+                buf.unpack(None if err is not None else count)
             if status is not None:
                 fill_status(status, src, tg, count, err, self.names)
             if err is not None:
@@ -698,6 +699,8 @@ class Engine:
             # Not posted: where it would have landed must not slow or split later receives.
             self.unland(op)
             self.small_recvs.pop(op, None)
+            if buf is not None and buf.derived is not None:
+                buf.unpack(None)
             raise
 
     def _irecv_in_place(self, op: RecvOp, buf: Buffer, span: tuple[int, int], source: int,

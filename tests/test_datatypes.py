@@ -210,3 +210,62 @@ def _read_only(n):
     a = np.zeros(n)
     a.flags.writeable = False
     return a
+
+
+def test_the_program_may_free_its_datatype_while_a_receive_is_pending(comm, MPI):
+    rank = comm.Get_rank()
+    if rank == 0:
+        comm.Send(np.arange(3.0), 1, 4)
+        comm.Send(np.arange(3.0) + 10, 1, 5)
+        comm.Send(np.arange(3.0) + 20, 1, 5)
+    elif rank == 1:
+        every_other = MPI.DOUBLE.Create_vector(3, 1, 2).Commit()
+        b = np.full(6, -1.0)
+        req = comm.Irecv([b, 1, every_other], 0, 4)
+        c = np.full(6, -1.0)
+        persistent = comm.Recv_init([c, 1, every_other], 0, 5)
+        every_other.Free()
+        req.Wait()
+        assert b.tolist() == [0, -1, 1, -1, 2, -1]
+        for k in (1, 2):
+            persistent.Start()
+            persistent.Wait()
+            assert c.tolist() == [10 * k, -1, 10 * k + 1, -1, 10 * k + 2, -1]
+        persistent.Free()
+
+
+def test_a_datatype_of_zero_extent_repeats_its_element(comm, MPI):
+    rank = comm.Get_rank()
+    same = MPI.INT.Create_resized(0, 0).Commit()
+    try:
+        if rank == 0:
+            comm.Send([np.array([7, 8], np.int32), 3, same], 1, 2)
+        elif rank == 1:
+            got = np.zeros(4, np.int32)
+            st = MPI.Status()
+            comm.Recv(got, 0, 2, st)
+            assert got.tolist() == [7, 7, 7, 0] and st.Get_count(MPI.INT) == 3
+    finally:
+        same.Free()
+
+
+def test_an_objects_message_into_a_derived_receive_is_its_pickle(comm, MPI):
+    """A buffer receive of what ``send`` sent gets the object's pickle: also when
+    it is large enough to travel behind a record (cmampi) and lands in a type map."""
+    import pickle
+
+    rank = comm.Get_rank()
+    obj = [np.arange(1 << 17, dtype=np.float64), b"x" * 100000]
+    n = 4 << 20
+    every_other = MPI.BYTE.Create_vector(n, 1, 2).Commit()
+    try:
+        if rank == 0:
+            comm.send(obj, 1, 3)
+        elif rank == 1:
+            buf = np.zeros(2 * n, np.uint8)
+            st = MPI.Status()
+            comm.Recv([buf, 1, every_other], 0, 3, st)
+            got = pickle.loads(buf[::2][:st.Get_count(MPI.BYTE)].tobytes())
+            assert np.array_equal(got[0], obj[0]) and got[1] == obj[1]
+    finally:
+        every_other.Free()

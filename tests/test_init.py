@@ -23,7 +23,21 @@ LATE_INIT = r"""
     assert not MPI.Is_initialized()
     assert type(MPI.COMM_WORLD).__module__ == "mpi4py.MPI"   # mpi4py's, until MPI is up
     MPI.Init()
+    # Pickling or freeing another communicator does not make the world (collective).
+    import pickle
+    import cmampi
+    from mpi4py import MPI as real
+    other = cmampi.accelerate(real.COMM_SELF.Dup())
+    try:
+        pickle.dumps(other)
+    except ValueError:      # as mpi4py: only the predefined ones pickle
+        pass
+    other.free()
+    assert "COMM_WORLD" not in vars(MPI)
+    names = {}
+    exec("from cmampi.MPI import *", names)
     comm = MPI.COMM_WORLD
+    assert names["COMM_WORLD"] is comm and names["COMM_SELF"] is MPI.COMM_SELF
     assert comm._engine is not None and comm is MPI.COMM_WORLD
     a, b = np.arange(5.0), np.zeros(5)
     comm.Sendrecv(a, 0, 1, b, 0, 1)
@@ -50,6 +64,7 @@ SESSION = r"""
         comm = MPI.Intracomm.Create_from_group(group)
         assert comm.Get_size() == group.Get_size() == 1
         comm.Barrier()
+        comm.Dup().Free()       # derived from a session's: mpi4py's too
         group.Free()
         comm.Free()
         session.Finalize()
