@@ -17,3 +17,5 @@ timeout 900 "${MPIEXEC[@]}" -n 4 python -m pytest -q -p no:cacheprovider --with-
 # differs (constants, checks, defects), and each size costs the test command ~3 min.
 section "Open MPI: mpi4py's test suite, plain and through python -m cmampi.run, 2 ranks"
 python tests/conformance/gate.py --sizes 2 --mpiexec "${MPIEXEC[*]}"
+section "Open MPI: mpi4py's demo programs that show datatypes and MPI's start and end"
+python tests/conformance/demos.py --mpiexec "${MPIEXEC[*]}" --only mpi-ref-v1 init-fini --ranks 2

@@ -59,5 +59,7 @@ section "mpi4py's own test suite, plain and through python -m cmampi.run, 1/2/3 
 python tests/conformance/gate.py --sizes 1,2,3
 section "mpi4py's own p2p, collective, object, msgspec, status, request and op tests on the socket channel"
 python tests/conformance/gate.py --socket --sizes 1,2,3 --modules "${SOCKET_MODULES[@]}"
+section "mpi4py's demo programs, with the import line changed to cmampi's"
+python tests/conformance/demos.py
 bash "$ROOT/scripts/test-openmpi.sh"
 section "all test runs passed"

@@ -41,21 +41,28 @@ _WORSE = {o: i for i, o in enumerate(("ok", "xfail", "skip", "xpass", "fail", "e
 
 def fetch_tests(version: str) -> Path:
     """The ``test/`` folder of mpi4py's sdist of *version*, downloaded once."""
+    return fetch(version, "test")
+
+
+def fetch(version: str, folder: str) -> Path:
+    """Folder *folder* of mpi4py's sdist of *version*, downloaded once."""
     dest = ROOT / ".cache" / f"mpi4py-{version}"
-    if (dest / "test" / "mpiunittest.py").exists():
-        return dest / "test"
+    marker = dest / folder / ".complete"
+    if marker.exists() or (folder == "test" and (dest / "test" / "mpiunittest.py").exists()):
+        return dest / folder
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
                         "--no-binary", "mpi4py", f"mpi4py=={version}", "-d", tmp], check=True)
         (sdist,) = Path(tmp).glob("mpi4py-*.tar.gz")
         with tarfile.open(sdist) as tar:
-            prefix = f"mpi4py-{version}/test/"
+            prefix = f"mpi4py-{version}/{folder}/"
             members = [m for m in tar.getmembers() if m.name.startswith(prefix)]
             for m in members:
                 m.name = m.name[len(prefix):]
             dest.mkdir(parents=True, exist_ok=True)
-            tar.extractall(dest / "test", members=members)
-    return dest / "test"
+            tar.extractall(dest / folder, members=members)
+    marker.touch()
+    return dest / folder
 
 
 def expected_failures() -> dict[str, str]:
