@@ -722,37 +722,10 @@ def _buffer(spec, writable: bool) -> Buffer:
             raise BufferError("message: a strided buffer needs a datatype of its own item size")
     layout = Layout.of_array(arr)
     total = layout.nbytes
-    offset = 0
-    if displ is not None:
-        displ = _index(displ)
-        if displ < 0:
-            raise ValueError(f"message: negative displacement {displ}")
-        if displ > 0:
-            if esize <= 0:
-                raise ValueError("message: cannot handle displacement, datatype extent "
-                                 f"{esize} (lb:0, ub:{esize})")
-            if displ * esize > total:
-                raise ValueError(f"message: displacement {displ} out of bounds, number of "
-                                 f"datatype entries {total // esize}")
-            offset = displ * esize
-    if count is not None:
-        count = _index(count)
-        if count < 0:
-            raise ValueError(f"message: negative count {count}")
-        if offset + count * esize > total:
-            raise ValueError(f"message: count {count} at displacement {displ or 0} exceeds "
-                             f"the buffer's {total // max(esize, 1)} entries")
-    elif total - offset > 0:
-        if esize <= 0:
-            raise ValueError(f"message: cannot infer count, datatype extent {esize} "
-                             f"(lb:0, ub:{esize})")
-        if (total - offset) % esize:
-            raise ValueError(f"message: cannot infer count, buffer length {total - offset} "
-                             f"is not a multiple of datatype extent {esize} "
-                             f"(lb:0, ub:{esize})")
-        count = (total - offset) // esize
-    else:
-        count = 0
+    count, offset = _window(total, count, displ, esize)
+    if offset + count * esize > total:
+        raise ValueError(f"message: count {count} at displacement {displ or 0} exceeds "
+                         f"the buffer's {total // max(esize, 1)} entries")
     whole = not offset and count * esize == total
     if not whole:
         layout = layout.window(offset, offset + count * esize)
@@ -782,20 +755,27 @@ def has_derived_datatype(spec) -> bool:
         return False
 
 
-def _derived_count(arr: _np.ndarray, count, displ, datatype, lb: int, extent: int) -> int:
-    """The count of a derived datatype's spec over *arr*, by mpi4py's rules, and
-    checked to stay inside *arr* (its elements' true extent, from the displacement)."""
-    total = arr.nbytes
+def _window(total: int, count, displ, extent: int, lb: int = 0) -> tuple[int, int]:
+    """(count, byte offset) of a spec's *count* and *displ* (either None) over
+    *total* bytes, counted in elements of *extent* bytes: mpi4py's rules and errors."""
     offset = 0
     if displ is not None:
         displ = _index(displ)
         if displ < 0:
             raise ValueError(f"message: negative displacement {displ}")
-        if displ and extent <= 0:
-            raise ValueError(f"message: cannot handle displacement, datatype extent {extent} "
-                             f"(lb:{lb}, ub:{lb + extent})")
-        offset = displ * extent
-    if count is None:
+        if displ > 0:
+            if extent <= 0:
+                raise ValueError("message: cannot handle displacement, datatype extent "
+                                 f"{extent} (lb:{lb}, ub:{lb + extent})")
+            if displ * extent > total:
+                raise ValueError(f"message: displacement {displ} out of bounds, number of "
+                                 f"datatype entries {total // extent}")
+            offset = displ * extent
+    if count is not None:
+        count = _index(count)
+        if count < 0:
+            raise ValueError(f"message: negative count {count}")
+    elif total - offset > 0:
         if extent <= 0:
             raise ValueError(f"message: cannot infer count, datatype extent {extent} "
                              f"(lb:{lb}, ub:{lb + extent})")
@@ -803,18 +783,25 @@ def _derived_count(arr: _np.ndarray, count, displ, datatype, lb: int, extent: in
             raise ValueError(f"message: cannot infer count, buffer length {total - offset} "
                              f"is not a multiple of datatype extent {extent} "
                              f"(lb:{lb}, ub:{lb + extent})")
-        count = max(total - offset, 0) // extent
-    count = _index(count)
-    if count < 0:
-        raise ValueError(f"message: negative count {count}")
+        count = (total - offset) // extent
+    else:
+        count = 0
+    return count, offset
+
+
+def _derived_count(arr: _np.ndarray, count, displ, datatype, lb: int, extent: int) -> int:
+    """The count of a derived datatype's spec over *arr*, by mpi4py's rules, and
+    checked to stay inside *arr* (its elements' true extent, from the displacement)."""
+    total = arr.nbytes
+    count, offset = _window(total, count, displ, extent, lb)
     if count:
         true_lb, true_extent = datatype.Get_true_extent()
         lo = offset + true_lb
         hi = offset + (count - 1) * extent + true_lb + true_extent
         if lo < 0 or hi > total:
             raise ValueError(f"message: {count} elements of a datatype of extent {extent} at "
-                             f"displacement {displ or 0} span bytes [{lo}, {hi}) of a buffer "
-                             f"of {total}")
+                             f"displacement {offset // max(extent, 1)} span bytes [{lo}, {hi}) "
+                             f"of a buffer of {total}")
     return count
 
 

@@ -25,6 +25,21 @@ def _mpi_library():
         pytest.skip("derived datatypes need an MPI library (the socket channel has none)")
 
 
+@pytest.fixture
+def every_other(MPI):
+    """``every_other(n)``: a committed vector of *n* doubles, one of every two,
+    freed after the test."""
+    made = []
+
+    def make(n):
+        made.append(MPI.DOUBLE.Create_vector(n, 1, 2).Commit())
+        return made[-1]
+
+    yield make
+    for dt in made:
+        dt.Free()
+
+
 def _upper(MPI, n):
     i = np.arange(n)
     return MPI.DOUBLE.Create_indexed(list(n - i), list(n * i + i)).Commit()
@@ -92,44 +107,38 @@ def test_nonblocking_beside_another_pending_receive(comm, MPI):
         two.Free()
 
 
-def test_a_shorter_message_fills_the_type_map_from_its_start(comm, MPI):
+def test_a_shorter_message_fills_the_type_map_from_its_start(comm, MPI, every_other):
     rank = comm.Get_rank()
-    every_other = MPI.DOUBLE.Create_vector(10, 1, 2).Commit()
-    try:
-        if rank == 0:
-            comm.Send(np.arange(1.0, 6.0), 1, 3)
-        elif rank == 1:
-            b = np.full(20, -1.0)
-            st = MPI.Status()
-            comm.Recv([b, 1, every_other], 0, 3, st)
-            assert np.array_equal(b[:10:2], np.arange(1.0, 6.0))
-            assert (b[1::2] == -1).all() and (b[10:] == -1).all()
-            assert st.Get_count(MPI.DOUBLE) == 5 and st.Get_count(every_other) == MPI.UNDEFINED
-    finally:
-        every_other.Free()
+    vec = every_other(10)
+    if rank == 0:
+        comm.Send(np.arange(1.0, 6.0), 1, 3)
+    elif rank == 1:
+        b = np.full(20, -1.0)
+        st = MPI.Status()
+        comm.Recv([b, 1, vec], 0, 3, st)
+        assert np.array_equal(b[:10:2], np.arange(1.0, 6.0))
+        assert (b[1::2] == -1).all() and (b[10:] == -1).all()
+        assert st.Get_count(MPI.DOUBLE) == 5 and st.Get_count(vec) == MPI.UNDEFINED
 
 
-def test_a_longer_message_is_truncated_and_writes_nothing_outside(comm, MPI):
+def test_a_longer_message_is_truncated_and_writes_nothing_outside(comm, MPI, every_other):
     rank = comm.Get_rank()
-    every_other = MPI.DOUBLE.Create_vector(4, 1, 2).Commit()
-    try:
-        if rank == 0:
-            comm.Send(np.arange(10.0), 1, 3)
-        elif rank == 1:
-            b = np.full(12, -1.0)
-            with pytest.raises(MPI.Exception) as info:
-                comm.Recv([b, 1, every_other], 0, 3)
-            assert info.value.Get_error_class() == MPI.ERR_TRUNCATE
-            assert (b[1:8:2] == -1).all() and (b[8:] == -1).all()
-        comm.Barrier()      # the communicator still works
-        if rank == 0:
-            comm.Send(np.arange(4.0), 1, 5)
-        elif rank == 1:
-            got = np.zeros(4)
-            comm.Recv(got, 0, 5)
-            assert np.array_equal(got, np.arange(4.0))
-    finally:
-        every_other.Free()
+    vec = every_other(4)
+    if rank == 0:
+        comm.Send(np.arange(10.0), 1, 3)
+    elif rank == 1:
+        b = np.full(12, -1.0)
+        with pytest.raises(MPI.Exception) as info:
+            comm.Recv([b, 1, vec], 0, 3)
+        assert info.value.Get_error_class() == MPI.ERR_TRUNCATE
+        assert (b[1:8:2] == -1).all() and (b[8:] == -1).all()
+    comm.Barrier()      # the communicator still works
+    if rank == 0:
+        comm.Send(np.arange(4.0), 1, 5)
+    elif rank == 1:
+        got = np.zeros(4)
+        comm.Recv(got, 0, 5)
+        assert np.array_equal(got, np.arange(4.0))
 
 
 def test_a_struct_at_absolute_addresses(comm, MPI):
@@ -166,44 +175,36 @@ def test_predefined_pairs_with_holes(comm, MPI):
         assert st.Get_count(MPI.BYTE) == 5 * MPI.DOUBLE_INT.Get_size()
 
 
-def test_persistent_and_synchronous_sends_read_the_buffer_when_started(comm, MPI):
+def test_persistent_and_synchronous_sends_read_the_buffer_when_started(comm, MPI, every_other):
     rank = comm.Get_rank()
-    every_other = MPI.DOUBLE.Create_vector(3, 1, 2).Commit()
-    try:
-        if rank == 0:
-            a = np.zeros(6)
-            req = comm.Send_init([a, 1, every_other], 1, 1)
-            for k in range(3):
-                a[:] = np.arange(6) + 10 * k
-                req.Start()
-                req.Wait()
-            req.Free()
-            comm.Ssend([a, 1, every_other], 1, 2)
-        elif rank == 1:
-            for k in range(3):
-                got = np.zeros(3)
-                comm.Recv(got, 0, 1)
-                assert got.tolist() == [10 * k, 10 * k + 2, 10 * k + 4]
-            comm.Recv(got, 0, 2)
-            assert got.tolist() == [20, 22, 24]
-    finally:
-        every_other.Free()
+    vec = every_other(3)
+    if rank == 0:
+        a = np.zeros(6)
+        req = comm.Send_init([a, 1, vec], 1, 1)
+        for k in range(3):
+            a[:] = np.arange(6) + 10 * k
+            req.Start()
+            req.Wait()
+        req.Free()
+        comm.Ssend([a, 1, vec], 1, 2)
+    elif rank == 1:
+        for k in range(3):
+            got = np.zeros(3)
+            comm.Recv(got, 0, 1)
+            assert got.tolist() == [10 * k, 10 * k + 2, 10 * k + 4]
+        comm.Recv(got, 0, 2)
+        assert got.tolist() == [20, 22, 24]
 
 
-def test_a_count_past_the_buffer_raises_before_anything_moves(cmcomm):
-    from cmampi import MPI
-
-    every_other = MPI.DOUBLE.Create_vector(4, 1, 2).Commit()
-    try:
-        with pytest.raises(ValueError, match="span bytes"):
-            cmcomm.Isend([np.zeros(6), 1, every_other], cmcomm.Get_rank(), 1)
-        with pytest.raises(ValueError, match="span bytes"):
-            cmcomm.Irecv([np.zeros(6), 1, every_other], cmcomm.Get_rank(), 1)
-        with pytest.raises(BufferError):
-            cmcomm.Irecv([_read_only(8), 1, every_other], cmcomm.Get_rank(), 1)
-    finally:
-        every_other.Free()
-    assert not cmcomm.Iprobe(cmcomm.Get_rank(), 1)
+def test_a_count_past_the_buffer_raises_before_anything_moves(cmcomm, every_other):
+    vec, me = every_other(4), cmcomm.Get_rank()
+    with pytest.raises(ValueError, match="span bytes"):
+        cmcomm.Isend([np.zeros(6), 1, vec], me, 1)
+    with pytest.raises(ValueError, match="span bytes"):
+        cmcomm.Irecv([np.zeros(6), 1, vec], me, 1)
+    with pytest.raises(BufferError):
+        cmcomm.Irecv([_read_only(8), 1, vec], me, 1)
+    assert not cmcomm.Iprobe(me, 1)
 
 
 def _read_only(n):
