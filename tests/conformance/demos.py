@@ -6,9 +6,11 @@
 Fetches the ``demo/`` folder of the sdist of the installed mpi4py's version
 (once, into ``.cache/``), copies it with every ``from mpi4py import MPI`` made
 ``from cmampi import MPI``, and runs each program of `DEMOS` under ``mpiexec``
-twice, as published and as changed. A program that exits 0 on mpi4py, printing no
-traceback, must do so on cmampi, unless `EXPECTED` names it with its reason. Prints one line per
-run; exits 1 on any regression.
+twice, as published and as changed (programs run by a library's launcher,
+``-m mpi4py.futures``, go through ``python -m cmampi.run`` instead). A program
+that exits 0 on mpi4py, printing no traceback, must do so on cmampi, unless
+`EXPECTED` names it with its reason. Prints one line per run; exits 1 on any
+regression.
 """
 
 from __future__ import annotations
@@ -41,6 +43,11 @@ DEMOS: list[tuple[str, list[str], int]] = [
     ("sequential", ["test_seq.py"], 3),
     ("mandelbrot", ["mandelbrot.py"], 3),
     ("threads", ["sendrecv.py"], 2),
+    # mpi4py.futures, on cmampi through ``python -m cmampi.run`` (which makes
+    # ``mpi4py.MPI`` cmampi's for the library too); its own tests among them.
+    *[("futures", ["-m", "mpi4py.futures", f"{k}.py"], 3)
+      for k in ("run_hello", "run_primes", "run_cpi", "run_julia", "run_mandelbrot",
+                "test_futures")],
     *[("init-fini", [f"test_{k}.py"], 2) for k in ("0", "1", "2", "3", "4", "5", "6", "mpi40")],
 ]
 
@@ -65,11 +72,12 @@ def changed_copy(demo: Path, dest: Path) -> Path:
     return dest
 
 
-def run(mpiexec: list[str], where: Path, argv: list[str], n: int, timeout: float) -> str:
+def run(mpiexec: list[str], where: Path, argv: list[str], n: int, timeout: float,
+        path: list[str]) -> str:
     """``ok``, ``exit N``, ``traceback`` (exit 0, but a thread's exception) or
-    ``hang`` of one run (stdin empty: prompts read EOF)."""
+    ``hang`` of one run (stdin empty: prompts read EOF; *path* before PYTHONPATH)."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+        filter(None, [str(ROOT), *path, os.environ.get("PYTHONPATH")])))
     try:
         done = subprocess.run([*mpiexec, "-n", str(n), sys.executable, *argv], cwd=where,
                               env=env, stdin=subprocess.DEVNULL, capture_output=True,
@@ -92,15 +100,19 @@ def main() -> int:
 
     demo = fetch(mpi4py.__version__, "demo")
     ours = changed_copy(demo, demo.parent / "demo-cmampi")
+    path = [str(fetch(mpi4py.__version__, "test"))]     # mpitestutil, for test_futures
     mpiexec = shlex.split(args.mpiexec)
     regressions = allowed = runs = 0
     t0 = time.monotonic()
     for folder, argv, n in DEMOS:
         if (args.only and folder not in args.only) or (args.ranks and n not in args.ranks):
             continue
-        name = f"{folder}/{argv[0]}".removeprefix("./")
-        plain = run(mpiexec, demo / folder, argv, n, args.timeout)
-        mine = run(mpiexec, ours / folder, argv, n, args.timeout)
+        name = f"{folder}/{argv[-1] if argv[0] == '-m' else argv[0]}".removeprefix("./")
+        plain = run(mpiexec, demo / folder, argv, n, args.timeout, path)
+        if argv[0] == "-m":     # a library's launcher: on cmampi through cmampi.run
+            mine = run(mpiexec, demo / folder, ["-m", "cmampi.run", *argv], n, args.timeout, path)
+        else:
+            mine = run(mpiexec, ours / folder, argv, n, args.timeout, path)
         runs += 1
         verdict = "ok"
         if plain == "ok" and mine != "ok":
