@@ -750,9 +750,11 @@ def has_derived_datatype(spec) -> bool:
     if datatype is None or isinstance(datatype, str):
         return False
     try:
-        return _is_derived(datatype, *_datatype_size(datatype))
+        size, lb, extent = _datatype_size(datatype)
     except Exception:   # noqa: BLE001 - not a datatype: the full parse raises mpi4py's error
         return False
+    # (no extent: nothing to lay out in a collective; the full parse raises mpi4py's error)
+    return extent > 0 and _is_derived(datatype, size, lb, extent)
 
 
 def _window(total: int, count, displ, extent: int, lb: int = 0) -> tuple[int, int]:
