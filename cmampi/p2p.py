@@ -407,7 +407,8 @@ class Engine:
         self.records = RECORDS[0] if RECORDS else None
         self.record_min = self.records.end if self.records else self.limit + 1
         #: Sizes the simplest spec forms, where the channel takes them as they are.
-        self.counted = Counted(names) if hasattr(channel, "send_counted") else None
+        #: (a bound method: called per message, without the lookup of ``__call__``)
+        self.counted = Counted(names).__call__ if hasattr(channel, "send_counted") else None
         #: Large receives may land in place but for their head (see `_irecv_split`):
         #: those into a buffer another pending receive lands in, and on a guarded
         #: channel every one.
@@ -491,7 +492,7 @@ class Engine:
     # -- sending -------------------------------------------------------------------------
     def send(self, spec, dest: int, tag: int, announce: bool = False) -> None:
         """Blocking standard-mode send (see `isend` for *announce*)."""
-        if _plain(spec):
+        if type(spec) is _ndarray and _plain(spec):
             if self._in_channel(spec.nbytes, dest, announce):
                 self.ch.send(spec, dest, tag)
                 return
@@ -597,7 +598,7 @@ class Engine:
         # Nothing else needs progress: block inside the channel. A matched probe
         # tells the size first, so a payload lands straight in place.
         ch = self.ch
-        plain = _plain(spec) and spec.flags.writeable
+        plain = type(spec) is _ndarray and _plain(spec) and spec.flags.writeable
         hit = None if plain or self.counted is None else self.counted(spec, True)
         # Bad buffers fail before blocking.
         buf = None if plain or hit is not None else recv_buffer(spec)
