@@ -193,6 +193,8 @@ class Buffer:
         in the user's buffer, as its type map says (None: nothing came, or an
         error), and let its datatype go (`_derived.kept`). Once."""
         spec, self.derived = self.derived, None
+        if spec is None:
+            return
         try:
             if nbytes is not None:
                 _derived.unpack(self.array, nbytes, spec)
@@ -724,8 +726,8 @@ def _buffer(spec, writable: bool) -> Buffer:
     total = layout.nbytes
     count, offset = _window(total, count, displ, esize)
     if offset + count * esize > total:
-        raise ValueError(f"message: count {count} at displacement {displ or 0} exceeds "
-                         f"the buffer's {total // max(esize, 1)} entries")
+        raise ValueError(f"message: count {count} at displacement {offset // max(esize, 1)} "
+                         f"exceeds the buffer's {total // max(esize, 1)} entries")
     whole = not offset and count * esize == total
     if not whole:
         layout = layout.window(offset, offset + count * esize)
@@ -753,8 +755,7 @@ def has_derived_datatype(spec) -> bool:
         size, lb, extent = _datatype_size(datatype)
     except Exception:   # noqa: BLE001 - not a datatype: the full parse raises mpi4py's error
         return False
-    # (no extent: nothing to lay out in a collective; the full parse raises mpi4py's error)
-    return extent > 0 and _is_derived(datatype, size, lb, extent)
+    return _is_derived(datatype, size, lb, extent)
 
 
 def _window(total: int, count, displ, extent: int, lb: int = 0) -> tuple[int, int]:
@@ -798,8 +799,9 @@ def _derived_count(arr: _np.ndarray, count, displ, datatype, lb: int, extent: in
     count, offset = _window(total, count, displ, extent, lb)
     if count:
         true_lb, true_extent = datatype.Get_true_extent()
-        lo = offset + true_lb
-        hi = offset + (count - 1) * extent + true_lb + true_extent
+        last = (count - 1) * extent     # the last element's shift (negative extents: down)
+        lo = offset + true_lb + min(0, last)
+        hi = offset + true_lb + true_extent + max(0, last)
         if lo < 0 or hi > total:
             raise ValueError(f"message: {count} elements of a datatype of extent {extent} at "
                              f"displacement {offset // max(extent, 1)} span bytes [{lo}, {hi}) "

@@ -254,6 +254,10 @@ def flat(spec, writable: bool, blocks: int = 1) -> Flat:
             window = (_operator.index(count) * blocks, 0 if displ is None else displ)
             spec = [buf, window] if datatype is None else [buf, window, datatype]
     if has_derived_datatype(spec):     # the MPI library's to run (`native._only_mpi_can`)
+        lb, extent = _parse_spec(spec)[3].Get_extent()
+        if extent <= 0:     # mpi4py's error for what cannot be counted
+            raise ValueError(f"message: cannot count in a datatype of extent {extent} "
+                             f"(lb:{lb}, ub:{lb + extent})")
         raise TypeError("message: cmampi's own collectives take no derived datatypes")
     buf = recv_buffer(spec) if writable else send_buffer(spec)
     datatype = spec[-1] if isinstance(spec, (list, tuple)) and len(spec) > 1 and \

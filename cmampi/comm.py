@@ -631,14 +631,8 @@ class Communicator(_Fallback):
             return Prequest(getattr(plain, init)(buf, peer, tag))
         if peer != e.names.PROC_NULL:
             send_buffer(buf) if sending else check_recv_buffer(buf)
-        if not has_derived_datatype(buf):
-            return Prequest._starting(lambda: start(buf, peer, tag))
-        # Each Start reads the spec anew: with a datatype of its own, which the
-        # program may free meanwhile (MPI keeps a persistent request's).
-        spec = _derived.kept(buf)
-        req = Prequest._starting(lambda: start(spec, peer, tag))
-        _weakref.finalize(req, _derived.release, spec)
-        return req
+        spec = _kept(buf)
+        return Prequest._starting(_starter(lambda: start(spec, peer, tag), buf, spec))
 
     def Send_init(self, buf, dest: int, tag: int = 0) -> Prequest:
         """Create a persistent request for a standard send."""
@@ -676,8 +670,9 @@ class Communicator(_Fallback):
         if self._engine is None:
             return super().Psend_init(buf, partitions, dest, tag, info)
         self._dest(dest), self._tag(tag, False), send_buffer(buf)
-        return PartitionedRequest._partitioned(lambda: self.Isend(buf, dest, tag),
-                                               partitions, True)
+        spec = _kept(buf)
+        return PartitionedRequest._partitioned(
+            _starter(lambda: self.Isend(spec, dest, tag), buf, spec), partitions, True)
 
     def Precv_init(self, buf, partitions: int, source: int = ANY_SOURCE, tag: int = ANY_TAG,
                    info=INFO_NULL) -> PartitionedRequest:
@@ -686,8 +681,9 @@ class Communicator(_Fallback):
             return super().Precv_init(buf, partitions, source, tag, info)
         self._source(source), self._tag(tag, True)
         check_recv_buffer(buf)
-        return PartitionedRequest._partitioned(lambda: self.Irecv(buf, source, tag),
-                                               partitions, False)
+        spec = _kept(buf)
+        return PartitionedRequest._partitioned(
+            _starter(lambda: self.Irecv(spec, source, tag), buf, spec), partitions, False)
 
     # -- probing -------------------------------------------------------------------------
     def _probe_status(self, hit, status) -> None:
@@ -957,3 +953,17 @@ class Communicator(_Fallback):
     def exscan(self, sendobj: Any, op=SUM) -> Any:
         """Exclusive Scan."""
         return self._objcoll("exscan", sendobj, op=op)
+
+
+def _kept(spec):
+    """*spec* for a request that reads it at each start: with a datatype of its own
+    if it names a derived one, which the program may free meanwhile (MPI keeps a
+    persistent request's)."""
+    return _derived.kept(spec) if has_derived_datatype(spec) else spec
+
+
+def _starter(start, spec, kept):
+    """*start*, which lets the datatype of *kept* go once no request holds it."""
+    if kept is not spec:
+        _weakref.finalize(start, _derived.release, kept)
+    return start

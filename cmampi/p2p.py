@@ -602,6 +602,12 @@ class Engine:
         hit = None if plain or self.counted is None else self.counted(spec, True)
         # Bad buffers fail before blocking.
         buf = None if plain or hit is not None else recv_buffer(spec)
+        if buf is not None and buf.derived is not None:
+            # Through an op, whose end unpacks and lets the datatype go, whatever happens.
+            op = self.irecv(buf, source, tag)
+            wait_any([op])
+            self.complete(op, status)
+            return
         handle, (src, tg, count) = ch.mprobe(source, tag)
         if not self.limit < count <= self.band:
             if plain and count <= spec.nbytes:
@@ -623,8 +629,6 @@ class Engine:
                 tmp = self.stage if count <= self.stage_size else bytearray(count)
                 ch.mrecv(handle, tmp)
                 err = self.place(buf, memoryview(tmp)[:count])
-            if buf.derived is not None:
-                buf.unpack(None if err is not None else count)
             if status is not None:
                 fill_status(status, src, tg, count, err, self.names)
             if err is not None:

@@ -204,6 +204,14 @@ def test_a_count_past_the_buffer_raises_before_anything_moves(cmcomm, every_othe
         cmcomm.Irecv([np.zeros(6), 1, vec], me, 1)
     with pytest.raises(BufferError):
         cmcomm.Irecv([_read_only(8), 1, vec], me, 1)
+    from cmampi import MPI
+
+    down = MPI.INT.Create_resized(0, -4).Commit()     # each element 4 bytes before the last
+    try:
+        with pytest.raises(ValueError, match="span bytes"):
+            cmcomm.Isend([np.arange(8, dtype=np.int32)[4:], 3, down], me, 1)
+    finally:
+        down.Free()
     assert not cmcomm.Iprobe(me, 1)
 
 
@@ -270,3 +278,39 @@ def test_an_objects_message_into_a_derived_receive_is_its_pickle(comm, MPI):
             assert np.array_equal(got[0], obj[0]) and got[1] == obj[1]
     finally:
         every_other.Free()
+
+
+def test_copies_of_persistent_and_partitioned_requests_keep_their_datatype(comm, MPI):
+    """The program frees its datatype, and keeps only a copy of the request object."""
+    import gc
+
+    rank = comm.Get_rank()
+    if rank > 1:
+        return
+    every_other = MPI.DOUBLE.Create_vector(2, 1, 2).Commit()
+    a = np.arange(4.0) if rank == 0 else np.zeros(4)
+    make = comm.Send_init if rank == 0 else comm.Recv_init
+    first = make([a, 1, every_other], 1 - rank, 7)
+    req = MPI.Prequest(first)
+    del first
+    gc.collect()
+    every_other.Free()
+    req.Start()
+    req.Wait()
+    req.Free()
+    if rank == 1:
+        assert a.tolist() == [0, 0, 2, 0]
+    if not hasattr(comm, "Psend_init") or MPI.Get_version() < (4, 0):
+        return
+    again = MPI.DOUBLE.Create_vector(2, 1, 2).Commit()
+    b = np.arange(4.0) + 10 if rank == 0 else np.zeros(4)
+    part = comm.Psend_init([b, 1, again], 1, 1, 8) if rank == 0 else \
+        comm.Precv_init([b, 1, again], 1, 0, 8)
+    again.Free()
+    part.Start()
+    if rank == 0:
+        part.Pready(0)
+    part.Wait()
+    part.Free()
+    if rank == 1:
+        assert b.tolist() == [10, 0, 12, 0]

@@ -9,8 +9,9 @@ Fetches the ``demo/`` folder of the sdist of the installed mpi4py's version
 twice, as published and as changed (programs run by a library's launcher,
 ``-m mpi4py.futures``, go through ``python -m cmampi.run`` instead). A program
 that exits 0 on mpi4py, printing no traceback, must do so on cmampi, unless
-`EXPECTED` names it with its reason. Prints one line per run; exits 1 on any
-regression.
+`EXPECTED` names it with its reason; one that fails on mpi4py leaves nothing to
+compare with and fails the check too. Prints one line per run; exits 1 on any
+regression or failed reference, or if nothing ran.
 """
 
 from __future__ import annotations
@@ -102,7 +103,7 @@ def main() -> int:
     ours = changed_copy(demo, demo.parent / "demo-cmampi")
     path = [str(fetch(mpi4py.__version__, "test"))]     # mpitestutil, for test_futures
     mpiexec = shlex.split(args.mpiexec)
-    regressions = allowed = runs = 0
+    regressions = allowed = runs = broken = 0
     t0 = time.monotonic()
     for folder, argv, n in DEMOS:
         if (args.only and folder not in args.only) or (args.ranks and n not in args.ranks):
@@ -115,15 +116,18 @@ def main() -> int:
             mine = run(mpiexec, ours / folder, argv, n, args.timeout, path)
         runs += 1
         verdict = "ok"
-        if plain == "ok" and mine != "ok":
+        if plain != "ok":   # nothing to compare with: the setup is broken, not cmampi
+            verdict, broken = "MPI4PY FAILED: no reference", broken + 1
+        elif mine != "ok":
             if name in EXPECTED:
                 verdict, allowed = f"expected: {EXPECTED[name]}", allowed + 1
             else:
                 verdict, regressions = "REGRESSION", regressions + 1
         print(f"{name:32} -n {n}  mpi4py: {plain:8} cmampi: {mine:8} {verdict}", flush=True)
     print(f"demos: {regressions} regressions in {runs} runs of mpi4py's demos on cmampi "
-          f"({allowed} allowed by EXPECTED, {time.monotonic() - t0:.0f} s)")
-    return 1 if regressions else 0
+          f"({allowed} allowed by EXPECTED, {broken} failing on mpi4py itself, "
+          f"{time.monotonic() - t0:.0f} s)")
+    return 1 if regressions or broken or not runs else 0
 
 
 if __name__ == "__main__":
