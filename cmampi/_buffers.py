@@ -692,10 +692,11 @@ def _buffer(spec, writable: bool) -> Buffer:
             if datatype is None:
                 raise TypeError("message: buffer is None, an explicit datatype is required")
             size, lb, extent = _datatype_size(datatype)
-            if count is not None and _index(count) > 0 and _is_derived(datatype, size, lb, extent):
-                return _derived_buffer(spec, _index(count), size, writable)
-            if count is not None and _index(count) > 0:
-                raise ValueError(f"message: buffer is None but count is {_index(count)}")
+            n = 0 if count is None else _index(count)
+            if n > 0 and _is_derived(datatype, size, lb, extent):
+                return _derived_buffer(spec, n, size, writable)
+            if n > 0:
+                raise ValueError(f"message: buffer is None but count is {n}")
             return Buffer(None, _EMPTY, None, 1, True, 0)
         raise TypeError("message: expecting buffer or list/tuple")
     arr = _as_array(obj)
@@ -739,8 +740,10 @@ def _is_derived(datatype, size: int, lb: int, extent: int) -> bool:
     a lower bound, an order of its own), and an MPI library is there to lay it out."""
     if isinstance(datatype, str):
         return False
-    if lb == 0 and extent == size and _derived.in_order(datatype):
-        return False
+    if lb == 0 and extent == size:
+        hit = predefined(_names_in_use()).get(id(datatype))
+        if (hit is not None and hit[0] is datatype) or _derived.in_order(datatype):
+            return False    # (a predefined one without holes: no call into the library)
     return _derived.available(datatype)
 
 
