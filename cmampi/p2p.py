@@ -1235,6 +1235,7 @@ def _advance_some(ops, every: bool = False) -> None:
     mine = {op for op in ops if op.handle is not None} if every else set()
     every = every and bool(mine)    # else: return after a round, as without it
     left, posted = len(mine), _POSTED[0]
+    lo, last = 0, len(handles) - 1
     i, info = ch.waitany(handles)
     while True:
         _ROUNDS[0] += 1
@@ -1255,20 +1256,27 @@ def _advance_some(ops, every: bool = False) -> None:
             else:
                 handles[i] = op.handle
         # Messages mostly complete in the order their requests were posted: the
-        # next handle alone is cheaper to test than the whole list.
+        # next handle alone is cheaper to test than the whole list, and the
+        # library's calls on a list cost per handle, taken or not (1.3 us for
+        # 64, 2.1 for 128 with MPICH): they see it from its first live handle.
         i += 1
         if i < len(handles) and handles[i] is not null:
             got = ch.test(handles[i])
             if got is not None:
                 info = got
                 continue
+        while handles[lo] is null and lo < last:
+            lo += 1
+        rest = handles[lo:] if lo else handles
         if every:
-            i, info = ch.waitany(handles)
+            i, info = ch.waitany(rest)
+            i += lo
             continue
-        hit = ch.testany(handles)
+        hit = ch.testany(rest)
         if hit is None:
             return
         i, info = hit
+        i += lo
 
 
 def wait_handles(ch, handles: Sequence[Any]) -> list[Any]:
