@@ -80,7 +80,7 @@ def test_all_quick_under_launcher_json(tmp_path):
 
 
 @pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec")
-@pytest.mark.parametrize("bench", ["pingpong", "bandwidth"])
+@pytest.mark.parametrize("bench", ["pingpong", "bandwidth", "patterns"])
 def test_socket_channel_beside_the_mpi_one(bench):
     """--socket: cmampi over sockets, set up among the mpiexec job's ranks, runs in
     the same processes as the MPI channel, checked results and a ratio of its own."""
@@ -89,10 +89,11 @@ def test_socket_channel_beside_the_mpi_one(bench):
     doc = json.loads(_run(cmd, _env()).stdout)
     assert doc["machine"]["channel"] == "mpi"
     cases = [r["case"] for r in doc["results"]]
-    assert cases[:2] == ["8 B", "1 MiB"]
-    # the strided case runs, checked, on the socket channel too
-    assert cases[2:] == (["256x256 float64, A[:, ::2] -> B[:, ::2]"] if bench == "pingpong"
-                         else [])
+    # the strided case runs, checked, on the socket channel too; patterns: 3
+    # buffer forms and 3 windows
+    assert cases == {"pingpong": ["8 B", "1 MiB", "256x256 float64, A[:, ::2] -> B[:, ::2]"],
+                     "bandwidth": ["8 B", "1 MiB"],
+                     "patterns": ["8 B", "1 MiB"] * 6}[bench]
     for r in doc["results"]:
         assert r["socket"]["median_us"] > 0 and r["socket"]["ratio"] > 0
         assert r["mpi4py"]["ratio"] > 0

@@ -90,9 +90,10 @@ def _parser() -> _argparse.ArgumentParser:
                         help=f"bandwidth: messages in flight (default: {bandwidth.WINDOW})")
     beside = _argparse.ArgumentParser(add_help=False)
     beside.add_argument("--socket", action="store_true",
-                        help="pingpong, bandwidth under mpiexec: also time cmampi over its "
-                             "socket channel, set up beside the MPI one in the same processes "
-                             "(column 'socket'; socket/cmampi > 1: the socket channel is slower)")
+                        help="pingpong, bandwidth, patterns under mpiexec: also time cmampi "
+                             "over its socket channel, set up beside the MPI one in the same "
+                             "processes (column 'socket'; socket/cmampi > 1: the socket channel "
+                             "is slower)")
     only = _argparse.ArgumentParser(add_help=False)
     only.add_argument("--only", type=_collectives, metavar="LIST",
                       help="collectives: which ones (default: "
@@ -103,7 +104,7 @@ def _parser() -> _argparse.ArgumentParser:
         epilog="Ratios are the alternative's time / cmampi's time: above 1, cmampi is faster.")
     sub = p.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
     for name, parents in (("pingpong", [strided, beside]), ("bandwidth", [window, beside]),
-                          ("patterns", []), ("collectives", [only]), ("objects", []),
+                          ("patterns", [beside]), ("collectives", [only]), ("objects", []),
                           ("all", [strided, window, beside, only])):
         doc = "every benchmark in turn" if name == "all" else \
             BENCHMARKS[name].__doc__.splitlines()[0].replace("``", "")
