@@ -12,7 +12,9 @@ A call made like the last one of its kind reuses that call's plan, so the
 signature is not worked out again.
 Anything else -- large messages, strided or vector buffers, mismatched sizes,
 a bad argument on any rank -- takes cmampi's own path, on every rank alike,
-which raises the same error everywhere instead of leaving ranks hanging.
+which raises the same error everywhere instead of leaving ranks hanging; but
+a large Allgather or Alltoall that every rank agrees on is the library's too
+(`LIBRARY_RUNS`: cmampi's pushes lose to it there).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import numpy as _np
 from . import ops as _ops
 from ._buffers import _datatype_size, _parse, send_buffer
 from ._tuning import AGREED_INLINE as INLINE
-from ._tuning import NATIVE_MAX
+from ._tuning import LIBRARY_RUNS, NATIVE_MAX
 from .coll import flat
 
 __all__ = ["NATIVE_MAX", "Agreement", "call", "cmampi_reduces", "direct", "measure", "run"]
@@ -260,7 +262,7 @@ def run(a: Agreement, kind: str, send=None, recv=None, root: int = 0, op=None) -
         return False
     nbytes, code, opc = sig
     packed = _HEADER.pack(1, kind_id, nbytes, code, opc, root)
-    if nbytes > NATIVE_MAX[kind]:
+    if nbytes > NATIVE_MAX[kind] and kind not in LIBRARY_RUNS:
         a.agree(packed)
         if _any_mpi_only(a.every, a.starts):
             natively(send, recv)

@@ -781,6 +781,13 @@ UNCHECKED = {
         np.ones(HUGE + (a.rank > 0)), a.g(HUGE + (a.rank > 0)), a.MPI.SUM),
     "Bcast-huge-sizes": lambda a: a.c.Bcast(np.ones(HUGE + 6) if a.rank == 0 else
                                             a.g(HUGE + 5), 0),
+    # The library runs these once the ranks agree (`_tuning.LIBRARY_RUNS`).
+    "Allgather-huge-sizes": lambda a: a.c.Allgather(
+        np.ones(HUGE + a.rank), a.g(a.size * (HUGE + a.rank))),
+    "Alltoall-huge-sizes": lambda a: a.c.Alltoall(
+        np.ones(a.size * (HUGE + a.rank)), a.g(a.size * (HUGE + a.rank))),
+    "Allgather-huge-dtypes": lambda a: a.c.Allgather(
+        np.ones(HUGE, "f8" if a.rank else "i8"), a.g(a.size * HUGE, "f8" if a.rank else "i8")),
     **calls_that_differ(HUGE),
 }
 
@@ -798,8 +805,9 @@ def test_mismatched_collective(checked, MPI, case):
 
 @pytest.mark.parametrize("case", list(UNCHECKED))
 def test_mismatched_large_collective_unchecked(cmcomm, MPI, case):
-    """Unchecked, a large collective (cmampi's own path) still agrees first:
-    every rank raises, nothing is written, and the communicator works on."""
+    """Unchecked, a large collective (cmampi's own path, or after the agreement
+    the library's: Allgather, Alltoall) still agrees first: every rank raises,
+    nothing is written, and the communicator works on."""
     a = Args(cmcomm, MPI)
     with pytest.raises((MPI.Exception, ValueError)):
         UNCHECKED[case](a)
