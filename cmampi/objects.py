@@ -216,7 +216,7 @@ def _start(engine: _p2p.Engine, packed: Packed, dest: int, tag: int, sync: bool,
     xid = engine.next_xid()
     op = _p2p.PullSendOp(engine, packed, dest, xid, base=0)   # posts the reply receive
     spots = packed.spots()
-    helps = blocked and engine.can_read[dest] and max(n for _, n in spots) >= engine.coop_min
+    helps = blocked and engine.helped[dest] and max(n for _, n in spots) >= engine.coop_min
     head = _pickle.dumps(_OutOfBand(packed.stream, spots, xid, helps), 5)   # see _MARK
     # Started, not waited for: a long head completes only once the receiver
     # matches it, and an isend must not wait for that.

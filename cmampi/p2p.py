@@ -456,6 +456,11 @@ class Engine:
         #: Who may read whom (probed and agreed now: a collective, as construction is).
         self.access = PeerAccess.discover(channel, config, self.cma_min_busy)
         self.can_read = self.access.can_read
+        #: Peers a blocked send may help copy (write into): not this rank itself,
+        #: which has no other core to copy with, and whose reply receive cannot
+        #: take the help request and the reply both (MPICH's send to the same
+        #: process waits to be matched: an Irecv then a Send to itself hung).
+        self.helped = [ok and r != self.rank for r, ok in enumerate(self.can_read)]
         self.cma = self.access.cma
         self.raw_max = self.access.raw_max
         self.raw_max_any = self.access.raw_max_any
@@ -563,7 +568,7 @@ class Engine:
             offer = None
             # Helping means writing into the receiver: only if we may. A send
             # not blocked now offers help for when it is (see `PullSendOp`).
-            if n >= self.coop_min and buf.contiguous and self.can_read[dest]:
+            if n >= self.coop_min and buf.contiguous and self.helped[dest]:
                 if blocked:
                     flags |= _wire.F_HELP
                 else:

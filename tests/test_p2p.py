@@ -870,3 +870,18 @@ def test_one_wait_over_two_communicators_keeps_each_ones_ranks(comm, MPI, n):
             comm.Send(pattern(n, seed=1), 0, 6)
     finally:
         rev.Free()
+
+
+@pytest.mark.mpi(min_size=1)
+@pytest.mark.parametrize("nbytes", [8, 64 << 10, 2 << 20])
+def test_send_to_self_into_a_posted_receive(comm, MPI, nbytes):
+    """A rank posts a receive from itself, then sends to itself with a blocking
+    Send: the pulled size used to hang on MPICH (the send, blocked, offered to
+    help copy; the help request and the receiver's reply met one reply receive)."""
+    rank = comm.Get_rank()
+    sent = (np.arange(nbytes) % 251).astype(np.uint8)
+    got = np.zeros(nbytes, np.uint8)
+    req = comm.Irecv([got, MPI.BYTE], source=rank, tag=4)
+    comm.Send([sent, MPI.BYTE], dest=rank, tag=4)
+    req.Wait()
+    assert np.array_equal(got, sent)
