@@ -29,6 +29,7 @@ from ._backend import names as _names
 from ._buffers import _parse as _parse_spec
 from ._buffers import address as _address
 from ._buffers import has_derived_datatype, recv_buffer, send_buffer
+from ._serial import serialized, shared
 from ._tuning import COLL_INLINE_MAX as INLINE_MAX
 from ._tuning import PIECE
 
@@ -148,7 +149,11 @@ class Collectives:
 
     def ack(self, dest: int) -> None:
         """Tell *dest* we no longer read its memory."""
-        self.e.ch.send(self._empty, dest, _TAG_ACK)
+        ch = self.e.ch
+        if shared():    # never block in the channel holding the engine's lock
+            _p2p.wait_handles(ch, [ch.isend(self._empty, dest, _TAG_ACK)])
+        else:
+            ch.send(self._empty, dest, _TAG_ACK)
 
     def wait_acks(self, sources: Sequence[int]) -> None:
         """Wait until every rank in *sources* has sent its `ack`."""
@@ -525,6 +530,7 @@ def _per_rank(n: int, size: int) -> int:
     return n // size
 
 
+@serialized
 def bcast(c: Collectives, spec, root: int) -> None:
     def parse():
         _check_root(c, root)
@@ -558,6 +564,7 @@ def bcast(c: Collectives, spec, root: int) -> None:
         f.finish()
 
 
+@serialized
 def gather(c: Collectives, sendspec, recvspec, root: int, vector_spec: bool = False) -> None:
     """Gather (and Gatherv when *vector_spec*): ranks push their block into the root."""
     names, me, size = c.names, c.rank, c.size
@@ -628,6 +635,7 @@ def gather(c: Collectives, sendspec, recvspec, root: int, vector_spec: bool = Fa
         recv.finish()  # type: ignore[union-attr]  # the root's (else agree() raised)
 
 
+@serialized
 def scatter(c: Collectives, sendspec, recvspec, root: int, vector_spec: bool = False) -> None:
     """Scatter (and Scatterv): ranks pull their block from the root."""
     names, me, size = c.names, c.rank, c.size
@@ -693,6 +701,7 @@ def scatter(c: Collectives, sendspec, recvspec, root: int, vector_spec: bool = F
         recv.finish()
 
 
+@serialized
 def allgather(c: Collectives, sendspec, recvspec, vector_spec: bool = False) -> None:
     """Allgather (and Allgatherv): every rank pushes its block to every other."""
     names, me, size = c.names, c.rank, c.size
@@ -741,6 +750,7 @@ def allgather(c: Collectives, sendspec, recvspec, vector_spec: bool = False) -> 
     recv.finish()
 
 
+@serialized
 def alltoall(c: Collectives, sendspec, recvspec, vector_spec: bool = False) -> None:
     """Alltoall (and Alltoallv): block j of my send buffer goes to rank j."""
     names, me, size = c.names, c.rank, c.size
@@ -817,6 +827,7 @@ def _split(n: int, size: int) -> list[int]:
     return bounds
 
 
+@serialized
 def reduce_family(c: Collectives, kind: str, sendspec, recvspec, op, root: int = 0,
                   recvcounts=None) -> None:
     """Allreduce, Reduce, Reduce_scatter(_block), Scan and Exscan."""

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as _np
 
 from ._backend import names as _names_in_use
+from ._serial import serialized
 from .coll import flat as _flat
 from .coll import vector as _vector
 from .request import Request, new_request
@@ -81,6 +82,7 @@ def _finisher(recv):
     return recv.finish if recv.copied else None
 
 
+@serialized
 def ineighbor_allgather(comm: Topocomm, sendbuf, recvbuf, vector_spec: bool) -> Request:
     nb = comm._neighbors()
     if vector_spec:
@@ -96,6 +98,7 @@ def ineighbor_allgather(comm: Topocomm, sendbuf, recvbuf, vector_spec: bool) -> 
     return _post(comm, recvs, sends, _finisher(recv))
 
 
+@serialized
 def ineighbor_alltoall(comm: Topocomm, sendbuf, recvbuf, vector_spec: bool) -> Request:
     nb = comm._neighbors()
     nin, nout = len(nb.sources), len(nb.destinations)
@@ -142,6 +145,7 @@ def _w_blocks(spec, n: int, writable: bool) -> list[_np.ndarray]:
     return [mem[d:d + c * t.Get_size()] for c, d, t in zip(counts, displs, types)]
 
 
+@serialized
 def ineighbor_alltoallw(comm: Topocomm, sendbuf, recvbuf) -> Request:
     nb = comm._neighbors()
     rblocks = _w_blocks(recvbuf, len(nb.sources), True)
@@ -150,6 +154,7 @@ def ineighbor_alltoallw(comm: Topocomm, sendbuf, recvbuf) -> Request:
                  list(zip(sblocks, nb.destinations, nb.sendtags)))
 
 
+@serialized
 def neighbor_objects(comm: Topocomm, objs: Sequence[Any]) -> list[Any]:
     """Object *objs[j]* to out-neighbour j; the objects of the in-neighbours
     (None from ``PROC_NULL``)."""

@@ -21,6 +21,7 @@ from . import _cma
 from . import coll as _coll
 from . import p2p as _p2p
 from ._buffers import address
+from ._serial import serialized
 from ._tuning import STREAM_INLINE
 from .objects import OOB_MIN, Packed, pull_object
 
@@ -77,6 +78,7 @@ def _load(coll, rank: int, record: tuple) -> Any:
     return pull_object(pid, stream, spots)
 
 
+@serialized
 def collective(coll, kind: str, obj: Any, root: int = 0,
                op: Callable[[Any, Any], Any] | None = None) -> Any:
     """Run the lowercase collective *kind* on *coll* (a `coll.Collectives`)."""

@@ -21,6 +21,7 @@ import numpy as _np
 from . import _cma, _memory, _wire
 from . import p2p as _p2p
 from ._buffers import Layout, address, send_buffer
+from ._serial import serialized, shared
 from ._tuning import OOB_MIN, P2P_OOB_MIN
 from .channel import Completion
 from .coop import CoopPull
@@ -178,12 +179,16 @@ def _pickled_in_band(obj: Any, oob: bool) -> bytes | None:
         return None
 
 
+@serialized
 def send(engine: _p2p.Engine, obj: Any, dest: int, tag: int) -> None:
     """Blocking standard-mode send of *obj*: a short pickle goes out as itself."""
     oob = engine.cma[dest]
     stream = _pickled_in_band(obj, oob)
     if stream is not None and len(stream) <= engine.limit:
-        engine.ch.send(stream, dest, tag)
+        if shared():    # never block in the channel holding the engine's lock
+            _p2p.wait_handles(engine.ch, [engine.ch.isend(stream, dest, tag)])
+        else:
+            engine.ch.send(stream, dest, tag)
         return
     packed = Packed.pickled(stream) if stream is not None else \
         Packed(obj, P2P_OOB_MIN if oob else None)
@@ -192,6 +197,7 @@ def send(engine: _p2p.Engine, obj: Any, dest: int, tag: int) -> None:
     engine.complete(op)
 
 
+@serialized
 def isend(engine: _p2p.Engine, obj: Any, dest: int, tag: int, sync: bool,
           blocked: bool) -> _p2p.Op:
     """Start sending *obj* as it is now (as mpi4py, which pickles it at once); the
@@ -255,9 +261,11 @@ class _InTurn(_p2p.Op):
         self._step()
 
 
+@serialized
 def recv(engine: _p2p.Engine, source: int, tag: int, status=None) -> Any:
     """Blocking receive of an object."""
-    if not engine.idle():           # other receives need progress while this waits
+    # Other receives need progress while this waits; other threads must get in.
+    if not engine.idle() or shared():
         op = engine.irecv(None, source, tag, landed)
         if not op.done:
             _p2p.wait_any([op])

@@ -32,6 +32,10 @@ import numpy as np
 from . import _cma, _pull, _wire
 from ._access import PeerAccess
 from ._buffers import Buffer, address, bytes_at, plain_sizes, recv_buffer, send_buffer
+from ._serial import LOCK as _LOCK
+from ._serial import THREADS as _THREADS
+from ._serial import owned as _owned
+from ._serial import pause, serialized
 from ._tuning import OBJECT_RAW_MAX
 from .channel import Channel, Completion
 from .coop import SHARES, CoopPull, CopyShare, now
@@ -471,6 +475,7 @@ class Engine:
         """Held pidfds of the peers we may read (see `_access.PeerAccess`)."""
         return self.access.peers
 
+    @serialized
     def free(self) -> None:
         """Close the peers' pidfds and free the channel (and the collectives' own)."""
         self.access.release()
@@ -497,6 +502,9 @@ class Engine:
     # -- sending -------------------------------------------------------------------------
     def send(self, spec, dest: int, tag: int, announce: bool = False) -> None:
         """Blocking standard-mode send (see `isend` for *announce*)."""
+        if len(_THREADS) > 1:
+            self._send_shared(spec, dest, tag, announce)
+            return
         if type(spec) is _ndarray and _plain(spec):
             if self._in_channel(spec.nbytes, dest, announce):
                 self.ch.send(spec, dest, tag)
@@ -524,6 +532,15 @@ class Engine:
         it receives what we send, so our send must progress it while it waits."""
         return n <= self.limit or (not _PENDING and self.raw(n, dest, announce))
 
+    def _send_shared(self, spec, dest: int, tag: int, announce: bool) -> None:
+        """`send` with several threads: under the lock, and never blocking inside
+        the channel, where even a small send may wait to be matched (Open MPI's
+        to the same process does) by a thread that needs the lock."""
+        with _LOCK:
+            op = self.isend(send_buffer(spec), dest, tag, False, True, announce)
+            wait_any([op])
+            self.complete(op)
+
     def raw(self, n: int, dest: int, announce: bool) -> bool:
         """Whether an *n*-byte message to *dest* travels as itself: small, not
         to be pulled, or sent while this rank has receives pending (both
@@ -534,6 +551,7 @@ class Engine:
             return False
         return n < self.cma_min or not self.cma[dest] or (n < self.cma_min_busy and bool(_PENDING))
 
+    @serialized
     def isend(self, buf: Buffer, dest: int, tag: int, sync: bool, blocked: bool = False,
               announce: bool = False) -> Op:
         """Start a send of a parsed buffer.
@@ -552,6 +570,9 @@ class Engine:
     def isend_spec(self, spec, dest: int, tag: int, sync: bool) -> Op:
         """Start a send of *spec* (a whole array that travels as itself goes
         unparsed, as `send` does)."""
+        if len(_THREADS) > 1 and not _owned():
+            with _LOCK:
+                return self.isend_spec(spec, dest, tag, sync)
         if not sync and _plain(spec) and (spec.nbytes <= self.limit
                                           or self.raw(spec.nbytes, dest, False)):
             return SendOp(self, self.ch.isend(spec, dest, tag), spec)
@@ -595,6 +616,12 @@ class Engine:
     # -- receiving -----------------------------------------------------------------------
     def recv(self, spec, source: int, tag: int, status=None) -> None:
         """Blocking receive."""
+        if len(_THREADS) > 1:   # under the lock, never blocking inside the channel
+            with _LOCK:
+                op = self.irecv(recv_buffer(spec), source, tag)
+                wait_any([op])
+                self.complete(op, status)
+            return
         if not self.idle():
             op = self.irecv(recv_buffer(spec), source, tag)
             wait_any([op])
@@ -678,6 +705,9 @@ class Engine:
     def irecv(self, buf: Buffer | None, source: int, tag: int,
               landed: Callable[[RecvOp], None] | None = None) -> RecvOp:
         """Post a receive; *landed* runs once its message is in (see `RecvOp`)."""
+        if len(_THREADS) > 1 and not _owned():
+            with _LOCK:
+                return self.irecv(buf, source, tag, landed)
         op = RecvOp(self, buf, landed)
         if self.stash:
             hit = self.take(source, tag)
@@ -853,6 +883,7 @@ class Engine:
         band = self.band
         return any(olo < hi and lo < min(olo + band, ohi) for olo, ohi in self.landing.values())
 
+    @serialized
     def irecv_matched(self, buf: Buffer | None, hit,
                       landed: Callable[[RecvOp], None] | None = None) -> RecvOp:
         """Receive a message already taken from the stash (a matched probe)."""
@@ -946,6 +977,7 @@ class Engine:
         ch.send_reply(bytes((code,)), source, xid)
         op.finish(err)
 
+    @serialized
     def send_record(self, record: bytes, dest: int, tag: int, blocked: bool) -> Op:
         """Start sending *record* (see `RecordReader`): in a control message,
         where every receive recognises it, or if it is too long for one behind
@@ -1015,6 +1047,7 @@ class Engine:
             buf.scatter(data)
         return None
 
+    @serialized
     def complete(self, op: Op, status=None) -> None:
         """Fill *status* from a finished op and raise its error, if any."""
         if op.decode is not None and op.error is None:
@@ -1058,27 +1091,34 @@ class Engine:
                 return src, tg, _wire.payload_size(data, self.limit)
         return None
 
+    @serialized
     def iprobe(self, source: int, tag: int):
         progress()
         self.drain()
         return self.peek(source, tag)
 
+    @serialized
     def probe(self, source: int, tag: int):
         while True:
             hit = self.iprobe(source, tag)
             if hit is not None:
                 return hit
-            if _PENDING:
+            if len(_THREADS) > 1:     # never block holding the lock
+                self.ch.probe_any(source, False)
+                pause()
+            elif _PENDING:
                 self.ch.probe_any(source, False)   # raises if *source* is gone
                 _sched_yield()
             else:
                 self.ch.probe_any(source)
 
+    @serialized
     def mprobe(self, source: int, tag: int, block: bool):
         """Take the first matching message out of the stream, or None (non-blocking)."""
         hit = self.probe(source, tag) if block else self.iprobe(source, tag)
         return None if hit is None else self.take(source, tag)
 
+    @serialized
     def cancel(self, op: Op) -> None:
         """Cancel a posted receive that has not matched yet (sends cannot be cancelled)."""
         if isinstance(op, RecvOp) and op.then == op.arrived and op.handle is not None:
@@ -1180,6 +1220,7 @@ def not_progressed(op: Op) -> None:
     _PENDING.pop(op, None)
 
 
+@serialized
 def progress() -> None:
     """Advance every posted receive whose handle has completed (and detached ops)."""
     _ROUNDS[0] += 1
@@ -1193,6 +1234,7 @@ def progress() -> None:
         _advance_detached()
 
 
+@serialized
 def test(op: Op) -> bool:
     """Progress everything; True once *op* is done."""
     progress()
@@ -1205,6 +1247,7 @@ def test(op: Op) -> bool:
     return op.done
 
 
+@serialized
 def wait_any(ops) -> None:
     """Block until at least one of *ops* is done, progressing every posted receive."""
     while not any(op.done for op in ops):
@@ -1226,6 +1269,9 @@ def _advance_some(ops, every: bool = False) -> None:
     the whole wait: a window of requests costs one pass per completion in the
     MPI library, not one in Python. Returns early when the list may be stale
     (a nested wait or test advanced ops; an op began waiting): call it again."""
+    if len(_THREADS) > 1:
+        _advance_polling(ops)
+        return
     live: dict[Op, None] = {}      # in order, each once
     for group in (ops, _PENDING):
         for op in group:
@@ -1284,6 +1330,34 @@ def _advance_some(ops, every: bool = False) -> None:
         i += lo
 
 
+def _advance_polling(ops) -> None:
+    """`_advance_some` with several threads: never block inside the channel while
+    holding the lock (a thread that sends what this one waits for must get in).
+    Advance every op of *ops* or a posted receive whose handle has completed;
+    if none had, let other threads run once."""
+    owners = [op for op in ops if op.handle is not None]
+    owners += [op for op in _PENDING if op.handle is not None and op not in owners]
+    if not owners:
+        raise RuntimeError("cmampi: waiting on requests that can never complete")
+    ch = owners[0].engine.ch
+    handles = [op.handle for op in owners]
+    rounds = _ROUNDS[0]
+    hit = ch.testany(handles)
+    if hit is None:
+        pause()
+        return
+    while hit is not None:
+        _ROUNDS[0] += 1
+        i, info = hit
+        handles[i] = ch.null_handle
+        owners[i].advance(info)
+        if _ROUNDS[0] != rounds + 1:
+            return      # a nested wait or test moved handles: the list is stale
+        rounds = _ROUNDS[0]
+        hit = ch.testany(handles)
+
+
+@serialized
 def wait_handles(ch, handles: Sequence[Any]) -> list[Any]:
     """Wait for raw channel *handles*, progressing every posted receive meanwhile;
     their completion infos, in order. A handle the channel failed (its peer is
@@ -1293,7 +1367,15 @@ def wait_handles(ch, handles: Sequence[Any]) -> list[Any]:
     left = list(range(len(handles)))
     while left:
         owners = [op for op in _PENDING if op.handle is not None]
-        i, info = ch.waitany([handles[k] for k in left] + [op.handle for op in owners])
+        todo = [handles[k] for k in left] + [op.handle for op in owners]
+        if len(_THREADS) > 1:   # never block holding the lock
+            hit = ch.testany(todo)
+            if hit is None:
+                pause()
+                continue
+            i, info = hit
+        else:
+            i, info = ch.waitany(todo)
         if i < len(left):
             if info.error is not None:
                 raise info.error
@@ -1303,6 +1385,7 @@ def wait_handles(ch, handles: Sequence[Any]) -> list[Any]:
     return infos
 
 
+@serialized
 def wait_all(ops) -> None:
     """Block until every op of *ops* is done, progressing every posted receive.
 
@@ -1324,7 +1407,10 @@ def wait_all(ops) -> None:
                 _advance_some(todo, every=True)
             else:   # only requests another thread completes (generalized ones): poll
                 progress()
-                _time.sleep(1e-4)
+                if len(_THREADS) > 1:
+                    pause()
+                else:
+                    _time.sleep(1e-4)
             todo = [op for op in todo if not op.done]
     finally:
         for word in offers:

@@ -53,10 +53,7 @@ DEMOS: list[tuple[str, list[str], int]] = [
 ]
 
 #: Runs allowed to fail on cmampi: "folder/program": reason.
-EXPECTED = {
-    "threads/sendrecv.py": "a cmampi communicator is not safe to use from several threads at "
-                           "once (README, Limits); this demo sends and receives on one from two",
-}
+EXPECTED: dict[str, str] = {}
 
 _IMPORT = re.compile(r"^(\s*)from mpi4py import MPI\b", re.MULTILINE)
 

@@ -1,0 +1,185 @@
+"""One communicator used from several threads at once (``MPI_THREAD_MULTIPLE``,
+which mpi4py asks for): what mpi4py programs do with threads gives the same
+results on cmampi, with no hang. Each test runs on plain mpi4py and on cmampi.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.mpi
+
+#: Below the eager limit; sent as itself through the MPI library; pulled.
+SIZES = [8, 64 << 10, 2 << 20]
+
+
+@pytest.fixture(autouse=True)
+def multiple(MPI):
+    if MPI.Query_thread() < MPI.THREAD_MULTIPLE:
+        pytest.skip("the MPI library gives no MPI_THREAD_MULTIPLE")
+
+
+def run_threads(*targets, timeout: float = 60.0) -> None:
+    """Run each of *targets* in a thread of its own; raise the first error any
+    raised, or fail if one is still running after *timeout* seconds."""
+    errors: list[BaseException] = []
+
+    def catching(fn):
+        def run():
+            try:
+                fn()
+            except BaseException as exc:   # noqa: BLE001 - handed to the test's thread
+                errors.append(exc)
+        return run
+
+    threads = [threading.Thread(target=catching(fn), daemon=True) for fn in targets]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + timeout
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    assert not any(t.is_alive() for t in threads), "a thread is still running: hung"
+    if errors:
+        raise errors[0]
+
+
+def data(nbytes: int, seed: int) -> np.ndarray:
+    return (np.arange(nbytes, dtype=np.uint32) * 2654435761 + seed).astype(np.uint8)
+
+
+@pytest.mark.parametrize("nbytes", SIZES)
+def test_send_to_self_from_another_thread(comm, MPI, nbytes):
+    """mpi4py's demo threads/sendrecv.py: a rank sends to itself from one thread
+    and receives in another, each blocking."""
+    rank = comm.Get_rank()
+    sent, got = data(nbytes, rank), np.zeros(nbytes, np.uint8)
+    start = threading.Event()
+
+    def send():
+        start.wait()
+        comm.Send([sent, MPI.BYTE], dest=rank, tag=3)
+
+    def recv():
+        start.wait()
+        comm.Recv([got, MPI.BYTE], source=rank, tag=3)
+
+    def go():
+        time.sleep(0.01)
+        start.set()
+
+    run_threads(recv, send, go)
+    assert np.array_equal(got, sent)
+
+
+@pytest.mark.parametrize("nbytes", SIZES)
+def test_receiving_thread_beside_sending_one(comm, MPI, nbytes):
+    """A thread of each rank receives from the rank before it while the main
+    thread sends to the rank after it: blocking calls on both sides."""
+    rank, size = comm.Get_rank(), comm.Get_size()
+    nxt, prev = (rank + 1) % size, (rank - 1) % size
+    rounds = 5
+    got = [np.zeros(nbytes, np.uint8) for _ in range(rounds)]
+
+    def receive():
+        for k in range(rounds):
+            st = MPI.Status()
+            comm.Recv(got[k], source=prev, tag=k, status=st)
+            assert (st.Get_source(), st.Get_tag(), st.Get_count(MPI.BYTE)) == (prev, k, nbytes)
+
+    def send():
+        for k in range(rounds):
+            comm.Send(data(nbytes, 10 * rank + k), dest=nxt, tag=k)
+
+    run_threads(receive, send)
+    for k in range(rounds):
+        assert np.array_equal(got[k], data(nbytes, 10 * prev + k))
+
+
+@pytest.mark.parametrize("nbytes", [8, 1 << 20])
+def test_windows_from_several_threads(comm, MPI, nbytes):
+    """Three threads per rank each exchange windows of nonblocking calls with the
+    next and previous rank, told apart by tag, both directions at once."""
+    rank, size = comm.Get_rank(), comm.Get_size()
+    nxt, prev = (rank + 1) % size, (rank - 1) % size
+    window, rounds = 6, 3
+    results: dict[int, list[np.ndarray]] = {}
+
+    def exchange(t: int):
+        def run():
+            got = [np.zeros(nbytes, np.uint8) for _ in range(window)]
+            for r in range(rounds):
+                reqs = [comm.Irecv(got[k], prev, 100 * t + k) for k in range(window)]
+                reqs += [comm.Isend(data(nbytes, rank + 7 * t + k + r), nxt, 100 * t + k)
+                         for k in range(window)]
+                MPI.Request.Waitall(reqs)
+                for k in range(window):
+                    assert np.array_equal(got[k], data(nbytes, prev + 7 * t + k + r))
+            results[t] = got
+        return run
+
+    run_threads(*(exchange(t) for t in range(3)))
+    assert sorted(results) == [0, 1, 2]
+
+
+def test_collective_in_one_thread_p2p_in_another(comm, MPI):
+    """Rank 1 sends a large message and only then joins an Allreduce; rank 0
+    receives it in one thread while another already waits in the Allreduce
+    (and rank 0 must get the message in while that thread waits)."""
+    rank, size = comm.Get_rank(), comm.Get_size()
+    if size < 2:
+        pytest.skip("needs 2 ranks")
+    n = 4 << 20
+    total = np.zeros(1 << 16)
+
+    def allreduce():
+        comm.Allreduce(np.full(1 << 16, rank + 1.0), total, MPI.SUM)
+
+    if rank == 0:
+        got = np.zeros(n, np.uint8)
+
+        def receive():
+            time.sleep(0.05)    # the Allreduce is waiting by now
+            comm.Recv(got, source=1, tag=9)
+
+        run_threads(allreduce, receive)
+        assert np.array_equal(got, data(n, 1))
+    else:
+        if rank == 1:
+            comm.Send(data(n, 1), dest=0, tag=9)
+        allreduce()
+    assert (total == size * (size + 1) / 2).all()
+
+
+def test_objects_and_probe_from_threads(comm, MPI):
+    """Lowercase send/recv of objects (one with an array worth pulling) from
+    threads, and a thread that probes for a message another thread sends later."""
+    rank, size = comm.Get_rank(), comm.Get_size()
+    nxt, prev = (rank + 1) % size, (rank - 1) % size
+    got: dict[str, object] = {}
+
+    def send_object():
+        comm.send({"rank": rank, "a": data(3 << 20, rank)}, dest=nxt, tag=21)
+
+    def recv_object():
+        got["obj"] = comm.recv(source=prev, tag=21)
+
+    def probe():
+        st = MPI.Status()
+        comm.Probe(source=prev, tag=22, status=st)
+        buf = np.zeros(st.Get_count(MPI.BYTE), np.uint8)
+        comm.Recv(buf, source=prev, tag=22)
+        got["probed"] = buf
+
+    def late_send():
+        time.sleep(0.05)
+        comm.Send(data(1000, rank), dest=nxt, tag=22)
+
+    run_threads(send_object, recv_object, probe, late_send)
+    obj = got["obj"]
+    assert isinstance(obj, dict) and obj["rank"] == prev
+    assert np.array_equal(obj["a"], data(3 << 20, prev))
+    assert np.array_equal(got["probed"], data(1000, prev))
