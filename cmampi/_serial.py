@@ -9,9 +9,9 @@ must change one thread at a time.
 While the process runs a single thread nothing is locked: no other thread
 exists to enter, and none can start while that one is inside cmampi. Once
 there are several, every entry into the engine holds `LOCK`, and no wait
-blocks inside the MPI library while holding it: waits test and `pause`
-(release the lock, let other threads run, take it back), so that a thread
-that sends what another waits for can always enter.
+blocks inside the MPI library while holding it: waits test, and `pause`
+hands the lock to any thread that waits for it, so that a thread that sends
+what another waits for can always enter.
 """
 
 from __future__ import annotations
@@ -19,11 +19,12 @@ from __future__ import annotations
 import os as _os
 import threading as _threading
 import time as _time
+from collections import deque
 from collections.abc import Callable
 from functools import wraps as _wraps
 from typing import Any, TypeVar
 
-__all__ = ["LOCK", "THREADS", "owned", "pause", "serialized", "shared"]
+__all__ = ["ENGINE", "LOCK", "THREADS", "nap", "owned", "pause", "serialized", "shared"]
 
 #: The interpreter's table of running threads (the one `threading.active_count`
 #: counts, read without its lock: only whether it holds more than one matters).
@@ -36,11 +37,34 @@ LOCK = _threading.RLock()
 #: Whether the calling thread holds `LOCK`.
 owned: Callable[[], bool] = LOCK._is_owned  # type: ignore[attr-defined]  # RLock's, as Condition uses it
 
+#: One entry per thread blocked taking `LOCK` (a deque: append and pop are atomic).
+_WANTED: deque = deque()
+
 
 def shared() -> bool:
     """Whether threads other than the calling one run (the engine must be locked)."""
     return len(THREADS) > 1
 
+
+class _Engine:
+    """``with ENGINE:`` holds `LOCK`, and lets a polling holder see that a
+    thread waits for it (`pause` then hands it over)."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        if not LOCK.acquire(False):
+            _WANTED.append(None)
+            try:
+                LOCK.acquire()
+            finally:
+                _WANTED.pop()
+
+    def __exit__(self, *exc) -> None:
+        LOCK.release()
+
+
+ENGINE = _Engine()
 
 _sched_yield = getattr(_os, "sched_yield", lambda: None)
 
@@ -51,33 +75,42 @@ def serialized(fn: F) -> F:
     """*fn* under `LOCK` whenever several threads run."""
     @_wraps(fn)
     def call(*args, **kwargs):
-        if len(THREADS) > 1:
-            with LOCK:
+        if len(THREADS) > 1 and not owned():
+            with ENGINE:
                 return fn(*args, **kwargs)
         return fn(*args, **kwargs)
     return call  # type: ignore[return-value]
 
 
-#: Empty polls since a thread last slept in `pause`.
-_SPINS = [0]
-#: Every this many empty polls a waiting thread sleeps, not only yields: a
-#: thread waiting to take `LOCK` gets it even if the releasing one would be first.
-_SLEEP_EVERY = 16
-_NAP = 5e-5
+#: How long a polling holder of `LOCK` sleeps to hand it to a thread that
+#: waits for it: released and taken back at once, the holder would mostly win.
+_HANDOVER = 2e-5
 
 
-def pause() -> None:
-    """Let other threads run and enter the engine, for a thread that polls: release
-    `LOCK` however deeply it is held, yield the core (now and then sleep briefly),
-    take the lock back. What the caller knew of the engine may be stale after it."""
-    _SPINS[0] += 1
-    nap = _SPINS[0] % _SLEEP_EVERY == 0
-    state = LOCK._release_save() if owned() else None  # type: ignore[attr-defined]  # as Condition.wait does
+def pause(spare_core: bool = True) -> None:
+    """A turn of a polling wait: if a thread waits for `LOCK`, release it however
+    deeply it is held, sleep while that thread takes it, and take it back (what
+    the caller knew of the engine may then be stale); else, unless *spare_core*
+    (more ranks than cores), yield the core. A poll with nobody waiting costs
+    nothing more, as the MPI library's own waits spin."""
+    if _WANTED and owned():
+        nap(_HANDOVER)
+    elif not spare_core:
+        _sched_yield()
+
+
+def nap(seconds: float) -> None:
+    """Sleep *seconds* without holding `LOCK` (however deeply it is held), then
+    take it back as a thread that waits for it (`pause` sees us)."""
+    if not owned():
+        _time.sleep(seconds)
+        return
+    state = LOCK._release_save()  # type: ignore[attr-defined]  # as Condition.wait does
     try:
-        if nap:
-            _time.sleep(_NAP)
-        else:
-            _sched_yield()
+        _time.sleep(seconds)
     finally:
-        if state is not None:
+        _WANTED.append(None)
+        try:
             LOCK._acquire_restore(state)  # type: ignore[attr-defined]
+        finally:
+            _WANTED.pop()

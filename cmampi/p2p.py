@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import collections as _collections
 import os as _os
-import time as _time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -32,10 +31,10 @@ import numpy as np
 from . import _cma, _pull, _wire
 from ._access import PeerAccess
 from ._buffers import Buffer, address, bytes_at, plain_sizes, recv_buffer, send_buffer
-from ._serial import LOCK as _LOCK
+from ._serial import ENGINE as _ENGINE
 from ._serial import THREADS as _THREADS
+from ._serial import nap, pause, serialized
 from ._serial import owned as _owned
-from ._serial import pause, serialized
 from ._tuning import OBJECT_RAW_MAX
 from .channel import Channel, Completion
 from .coop import SHARES, CoopPull, CopyShare, now
@@ -536,7 +535,10 @@ class Engine:
         """`send` with several threads: under the lock, and never blocking inside
         the channel, where even a small send may wait to be matched (Open MPI's
         to the same process does) by a thread that needs the lock."""
-        with _LOCK:
+        with _ENGINE:
+            if type(spec) is _ndarray and _plain(spec) and self.raw(spec.nbytes, dest, announce):
+                wait_handles(self.ch, [self.ch.isend(spec, dest, tag)])
+                return
             op = self.isend(send_buffer(spec), dest, tag, False, True, announce)
             wait_any([op])
             self.complete(op)
@@ -571,7 +573,7 @@ class Engine:
         """Start a send of *spec* (a whole array that travels as itself goes
         unparsed, as `send` does)."""
         if len(_THREADS) > 1 and not _owned():
-            with _LOCK:
+            with _ENGINE:
                 return self.isend_spec(spec, dest, tag, sync)
         if not sync and _plain(spec) and (spec.nbytes <= self.limit
                                           or self.raw(spec.nbytes, dest, False)):
@@ -617,7 +619,7 @@ class Engine:
     def recv(self, spec, source: int, tag: int, status=None) -> None:
         """Blocking receive."""
         if len(_THREADS) > 1:   # under the lock, never blocking inside the channel
-            with _LOCK:
+            with _ENGINE:
                 op = self.irecv(recv_buffer(spec), source, tag)
                 wait_any([op])
                 self.complete(op, status)
@@ -706,7 +708,7 @@ class Engine:
               landed: Callable[[RecvOp], None] | None = None) -> RecvOp:
         """Post a receive; *landed* runs once its message is in (see `RecvOp`)."""
         if len(_THREADS) > 1 and not _owned():
-            with _LOCK:
+            with _ENGINE:
                 return self.irecv(buf, source, tag, landed)
         op = RecvOp(self, buf, landed)
         if self.stash:
@@ -1105,7 +1107,7 @@ class Engine:
                 return hit
             if len(_THREADS) > 1:     # never block holding the lock
                 self.ch.probe_any(source, False)
-                pause()
+                pause(not getattr(self.ch, "oversubscribed", False))
             elif _PENDING:
                 self.ch.probe_any(source, False)   # raises if *source* is gone
                 _sched_yield()
@@ -1206,7 +1208,8 @@ def _advance_detached() -> None:
             if info is None:
                 break
             op.advance(info)
-    _DETACHED[:] = [op for op in _DETACHED if not op.done]
+    for op in [op for op in _DETACHED if op.done]:
+        _DETACHED.remove(op)    # in place: a finalizer in another thread may add ops
 
 
 def progressed(op: Op) -> None:
@@ -1334,27 +1337,45 @@ def _advance_polling(ops) -> None:
     """`_advance_some` with several threads: never block inside the channel while
     holding the lock (a thread that sends what this one waits for must get in).
     Advance every op of *ops* or a posted receive whose handle has completed;
-    if none had, let other threads run once."""
-    owners = [op for op in ops if op.handle is not None]
-    owners += [op for op in _PENDING if op.handle is not None and op not in owners]
-    if not owners:
+    if none had, `pause` once. As there, the next handle is tested first, and
+    the library's calls on the list see it from its first live handle."""
+    live: dict[Op, None] = {}      # in order, each once
+    for group in (ops, _PENDING):
+        for op in group:
+            if op.handle is not None:
+                live[op] = None
+    if not live:
         raise RuntimeError("cmampi: waiting on requests that can never complete")
+    owners = list(live)
     ch = owners[0].engine.ch
     handles = [op.handle for op in owners]
-    rounds = _ROUNDS[0]
+    null = ch.null_handle
+    lo, last = 0, len(handles) - 1
     hit = ch.testany(handles)
     if hit is None:
-        pause()
+        pause(not getattr(ch, "oversubscribed", False))
         return
-    while hit is not None:
+    i, info = hit
+    while True:
         _ROUNDS[0] += 1
-        i, info = hit
-        handles[i] = ch.null_handle
-        owners[i].advance(info)
-        if _ROUNDS[0] != rounds + 1:
-            return      # a nested wait or test moved handles: the list is stale
         rounds = _ROUNDS[0]
-        hit = ch.testany(handles)
+        handles[i] = null
+        owners[i].advance(info)
+        if _ROUNDS[0] != rounds:
+            return      # a nested wait or test moved handles: the list is stale
+        i += 1
+        if i < len(handles) and handles[i] is not null:
+            got = ch.test(handles[i])
+            if got is not None:
+                info = got
+                continue
+        while handles[lo] is null and lo < last:
+            lo += 1
+        hit = ch.testany(handles[lo:] if lo else handles)
+        if hit is None:
+            return
+        i, info = hit
+        i += lo
 
 
 @serialized
@@ -1371,7 +1392,7 @@ def wait_handles(ch, handles: Sequence[Any]) -> list[Any]:
         if len(_THREADS) > 1:   # never block holding the lock
             hit = ch.testany(todo)
             if hit is None:
-                pause()
+                pause(not getattr(ch, "oversubscribed", False))
                 continue
             i, info = hit
         else:
@@ -1407,10 +1428,7 @@ def wait_all(ops) -> None:
                 _advance_some(todo, every=True)
             else:   # only requests another thread completes (generalized ones): poll
                 progress()
-                if len(_THREADS) > 1:
-                    pause()
-                else:
-                    _time.sleep(1e-4)
+                nap(1e-4)
             todo = [op for op in todo if not op.done]
     finally:
         for word in offers:

@@ -15,6 +15,7 @@ from . import objects as _objects
 from . import p2p as _p2p
 from ._backend import names as _names_in_use
 from ._buffers import recv_buffer
+from ._serial import ENGINE as _ENGINE
 from ._standin import StandIn, is_ours
 
 __all__ = ["Message", "PartitionedRequest", "Prequest", "Request", "new_request"]
@@ -806,12 +807,13 @@ class PartitionedRequest(Prequest):
         """Mark a sequence of partitions as ready."""
         if not self._sending or not self._pending_start:
             raise RuntimeError("cmampi: Pready on a request that is not an active send")
-        for p in partitions:
-            self._check(p)
-            self._ready.add(p)
-        if len(self._ready) == self._partitions:
-            self._pending_start = False
-            super().Start()
+        with _ENGINE:   # threads may mark partitions at once: one of them starts it
+            for p in partitions:
+                self._check(p)
+                self._ready.add(p)
+            if len(self._ready) == self._partitions and self._pending_start:
+                self._pending_start = False
+                super().Start()
 
     def Parrived(self, partition: int) -> bool:
         """Test partial completion of a partitioned receive operation."""
