@@ -1272,6 +1272,19 @@ _ROUNDS = [0]
 _POSTED = [0]
 
 
+def _waiting(ops) -> tuple[list[Op], list[Any]]:
+    """The ops of *ops*, then the posted receives, that wait on a handle, in
+    order and each once; and their handles."""
+    live: dict[Op, None] = {}
+    for group in (ops, _PENDING):
+        for op in group:
+            if op.handle is not None:
+                live[op] = None
+    if not live:
+        raise RuntimeError("cmampi: waiting on requests that can never complete")
+    return list(live), [op.handle for op in live]
+
+
 def _advance_some(ops, every: bool = False) -> None:
     """Block until a handle of *ops* or of a posted receive completes; advance its
     op, and every other op whose handle has completed meanwhile; with *every*,
@@ -1282,16 +1295,8 @@ def _advance_some(ops, every: bool = False) -> None:
     if len(_THREADS) > 1:
         _advance_polling(ops)
         return
-    live: dict[Op, None] = {}      # in order, each once
-    for group in (ops, _PENDING):
-        for op in group:
-            if op.handle is not None:
-                live[op] = None
-    if not live:
-        raise RuntimeError("cmampi: waiting on requests that can never complete")
-    owners = list(live)
+    owners, handles = _waiting(ops)
     ch = owners[0].engine.ch
-    handles = [op.handle for op in owners]
     null = ch.null_handle
     mine = {op for op in ops if op.handle is not None} if every else set()
     every = every and bool(mine)    # else: return after a round, as without it
@@ -1346,16 +1351,8 @@ def _advance_polling(ops) -> None:
     Advance every op of *ops* or a posted receive whose handle has completed;
     if none had, `pause` once. As there, the next handle is tested first, and
     the library's calls on the list see it from its first live handle."""
-    live: dict[Op, None] = {}      # in order, each once
-    for group in (ops, _PENDING):
-        for op in group:
-            if op.handle is not None:
-                live[op] = None
-    if not live:
-        raise RuntimeError("cmampi: waiting on requests that can never complete")
-    owners = list(live)
+    owners, handles = _waiting(ops)
     ch = owners[0].engine.ch
-    handles = [op.handle for op in owners]
     null = ch.null_handle
     lo, last = 0, len(handles) - 1
     hit = ch.testany(handles)
