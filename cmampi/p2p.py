@@ -1272,6 +1272,18 @@ _ROUNDS = [0]
 _POSTED = [0]
 
 
+def _first_done(ch, handles: Sequence[Any], polling: bool):
+    """(index, info) of a completed handle of *handles*: waited for in the
+    channel; or, *polling* (several threads: never block holding the lock),
+    tested, and None after a `pause` if none has completed."""
+    if not polling:
+        return ch.waitany(handles)
+    hit = ch.testany(handles)
+    if hit is None:
+        pause(not getattr(ch, "oversubscribed", False))
+    return hit
+
+
 def _waiting(ops) -> tuple[list[Op], list[Any]]:
     """The ops of *ops*, then the posted receives, that wait on a handle, in
     order and each once; and their handles."""
@@ -1291,18 +1303,23 @@ def _advance_some(ops, every: bool = False) -> None:
     go on until each op of *ops* that has a handle is done. One list serves
     the whole wait: a window of requests costs one pass per completion in the
     MPI library, not one in Python. Returns early when the list may be stale
-    (a nested wait or test advanced ops; an op began waiting): call it again."""
-    if len(_THREADS) > 1:
-        _advance_polling(ops)
-        return
+    (a nested wait or test advanced ops; an op began waiting): call it again.
+
+    With several threads it never blocks inside the channel while holding the
+    lock (a thread that sends what this one waits for must get in): it tests,
+    and if nothing has completed, `pause`s once and returns."""
     owners, handles = _waiting(ops)
     ch = owners[0].engine.ch
+    polling = len(_THREADS) > 1
     null = ch.null_handle
     mine = {op for op in ops if op.handle is not None} if every else set()
     every = every and bool(mine)    # else: return after a round, as without it
     left, posted = len(mine), _POSTED[0]
     lo, last = 0, len(handles) - 1
-    i, info = ch.waitany(handles)
+    hit = _first_done(ch, handles, polling)
+    if hit is None:
+        return
+    i, info = hit
     while True:
         _ROUNDS[0] += 1
         rounds = _ROUNDS[0]
@@ -1334,48 +1351,11 @@ def _advance_some(ops, every: bool = False) -> None:
         while handles[lo] is null and lo < last:
             lo += 1
         rest = handles[lo:] if lo else handles
-        if every:
+        if every and not polling:
             i, info = ch.waitany(rest)
             i += lo
             continue
         hit = ch.testany(rest)
-        if hit is None:
-            return
-        i, info = hit
-        i += lo
-
-
-def _advance_polling(ops) -> None:
-    """`_advance_some` with several threads: never block inside the channel while
-    holding the lock (a thread that sends what this one waits for must get in).
-    Advance every op of *ops* or a posted receive whose handle has completed;
-    if none had, `pause` once. As there, the next handle is tested first, and
-    the library's calls on the list see it from its first live handle."""
-    owners, handles = _waiting(ops)
-    ch = owners[0].engine.ch
-    null = ch.null_handle
-    lo, last = 0, len(handles) - 1
-    hit = ch.testany(handles)
-    if hit is None:
-        pause(not getattr(ch, "oversubscribed", False))
-        return
-    i, info = hit
-    while True:
-        _ROUNDS[0] += 1
-        rounds = _ROUNDS[0]
-        handles[i] = null
-        owners[i].advance(info)
-        if _ROUNDS[0] != rounds:
-            return      # a nested wait or test moved handles: the list is stale
-        i += 1
-        if i < len(handles) and handles[i] is not null:
-            got = ch.test(handles[i])
-            if got is not None:
-                info = got
-                continue
-        while handles[lo] is null and lo < last:
-            lo += 1
-        hit = ch.testany(handles[lo:] if lo else handles)
         if hit is None:
             return
         i, info = hit
@@ -1392,15 +1372,11 @@ def wait_handles(ch, handles: Sequence[Any]) -> list[Any]:
     left = list(range(len(handles)))
     while left:
         owners = [op for op in _PENDING if op.handle is not None]
-        todo = [handles[k] for k in left] + [op.handle for op in owners]
-        if len(_THREADS) > 1:   # never block holding the lock
-            hit = ch.testany(todo)
-            if hit is None:
-                pause(not getattr(ch, "oversubscribed", False))
-                continue
-            i, info = hit
-        else:
-            i, info = ch.waitany(todo)
+        hit = _first_done(ch, [handles[k] for k in left] + [op.handle for op in owners],
+                          len(_THREADS) > 1)
+        if hit is None:
+            continue
+        i, info = hit
         if i < len(left):
             if info.error is not None:
                 raise info.error
