@@ -58,3 +58,17 @@ if CHANNEL != "mpi":
     MESSAGE_NULL = Message()
     MESSAGE_NO_PROC = Message._matched(COMM_SELF._engine, _NO_PROC_HIT)
     MESSAGE_NO_PROC._permanent = True
+
+from . import _finalize  # noqa: E402
+
+
+def Finalize() -> None:
+    """Terminate the MPI execution environment, once the sends that completed
+    here before their receivers took them (buffered mode, freed requests) are
+    delivered."""
+    if _base.Is_initialized() and not _base.Is_finalized():
+        _finalize.deliver()
+    _base.Finalize()
+
+
+_finalize.at_exit(lambda: bool(_base.Is_initialized() and not _base.Is_finalized()))

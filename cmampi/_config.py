@@ -34,6 +34,19 @@ def _size(name: str, default: int | None) -> int | None:
     return value
 
 
+def _seconds(name: str, default: float) -> float:
+    raw = _os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r}: expected a number of seconds") from None
+    if not value >= 0:
+        raise ValueError(f"{name}={raw!r}: must not be negative")
+    return value
+
+
 def _choice(name: str, default: str, choices: tuple[str, ...]) -> str:
     value = _os.environ.get(name, "").strip().lower() or default
     if value not in choices:
@@ -86,6 +99,9 @@ class Config:
     #: (mismatches raise on every rank). Off: small collectives go straight to
     #: the MPI library, whose own checks act, and only large ones agree.
     check_collectives: bool = False
+    #: Seconds the end of the job waits, without progress, for receivers to take
+    #: sends that completed here first (buffered mode, freed requests).
+    exit_wait: float = 60.0
 
     @classmethod
     def from_environ(cls) -> Config:
@@ -101,6 +117,7 @@ class Config:
             pool=_size("CMAMPI_POOL", POOL),
             rings=_flag("CMAMPI_RINGS", True),
             check_collectives=_flag("CMAMPI_CHECK_COLLECTIVES", False),
+            exit_wait=_seconds("CMAMPI_EXIT_WAIT", 60.0),
         )
 
 

@@ -55,6 +55,7 @@ __all__ = [
     "SendOp",
     "default_engine",
     "detach",
+    "detached",
     "fill_status",
     "progress",
     "test",
@@ -1204,6 +1205,11 @@ def detach(ops: Sequence[Op]) -> None:
     alive until done, so the channel never writes into freed memory, and
     advanced by `progress`. Safe to call from a finalizer: it only records."""
     _DETACHED.extend(op for op in ops if not op.done)
+
+
+def detached() -> int:
+    """How many detached ops are not done yet (see `detach`)."""
+    return sum(not op.done for op in _DETACHED)
 
 
 def _advance_detached() -> None:

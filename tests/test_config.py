@@ -46,3 +46,10 @@ def test_channel_defaults_of_the_pull_threshold_are_documented():
         line = next(ln for ln in f if ln.startswith("| `CMAMPI_CMA_MIN`"))
     mpi, sock = _tuning.CMA_MIN_DEFAULTS["mpi"], _tuning.CMA_MIN_DEFAULTS["socket"]
     assert f"MPI channel {mpi >> 20} MiB" in line and f"socket channel {sock >> 10} KiB" in line
+
+
+@pytest.mark.parametrize("value", ["soon", "-1", "nan"])
+def test_exit_wait_must_be_seconds(monkeypatch, value):
+    monkeypatch.setenv("CMAMPI_EXIT_WAIT", value)
+    with pytest.raises(ValueError, match="CMAMPI_EXIT_WAIT"):
+        _config.Config.from_environ()

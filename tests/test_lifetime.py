@@ -11,6 +11,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from jobenv import NO_MPI4PY, job_env
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -67,3 +68,79 @@ def test_dropped_requests_under_the_debug_allocator(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stdout.count("ok") == 2, out.stdout    # each rank's last line
+
+
+# Rank 1 sends 8 MiB (pulled on both channels) in a way that completes before
+# rank 0 takes it, then leaves at once (``MPI.Finalize()`` first or not); rank 0
+# receives a second later. MPI delivers such messages: the sender's exit waits.
+LEAVING = r"""
+    import sys, time
+    import numpy as np
+    from cmampi import MPI
+
+    case, finalize = sys.argv[1], sys.argv[2] == "finalize"
+    comm = MPI.COMM_WORLD
+    x = np.arange(1 << 20, dtype=np.float64)
+    if comm.rank == 1:
+        MPI.Attach_buffer(bytearray(2 * x.nbytes + 4 * MPI.BSEND_OVERHEAD))
+        if case in ("Bsend", "never"):
+            comm.Bsend(x, 0, 1)
+        elif case == "bsend":
+            comm.bsend({"x": x}, 0, 1)
+        elif case == "Free":
+            comm.Isend(x, 0, 1).Free()
+        elif case == "dropped":
+            comm.isend({"x": x}, 0, 1)          # the request is dropped at once
+        if finalize:
+            MPI.Finalize()
+        print("sender leaves", flush=True)
+    elif case != "never":
+        time.sleep(1.0)
+        if case in ("bsend", "dropped"):
+            got = comm.recv(source=1, tag=1)["x"]
+        else:
+            got = np.empty_like(x)
+            comm.Recv(got, 1, 1)
+        assert (got == x).all(), "the message changed"
+        print("received intact", flush=True)
+"""
+
+
+def _leaving_job(tmp_path, channel: str, *args, **env):
+    prog = tmp_path / "leaving.py"
+    prog.write_text(textwrap.dedent(LEAVING))
+    if channel == "mpi":
+        mpiexec = shutil.which("mpiexec", path=os.path.dirname(sys.executable))
+        if mpiexec is None:
+            pytest.skip("no mpiexec next to this Python")
+        cmd = [mpiexec, "-n", "2", sys.executable, str(prog), *args]
+        environ = job_env(settings=False, **env)
+    else:
+        cmd = [sys.executable, "-m", "cmampi", "-n", "2", "--timeout", "100", str(prog), *args]
+        environ = job_env(NO_MPI4PY, settings=False, **env)
+    return subprocess.run(cmd, env=environ, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("channel", ["mpi", "socket"], ids=["mpiexec", "launcher"])
+@pytest.mark.parametrize("case", ["Bsend", "bsend", "Free", "dropped"])
+@pytest.mark.parametrize("finalize", ["finalize", "exit"])
+def test_sender_leaving_before_its_message_is_taken(tmp_path, channel, case, finalize):
+    """A message sent in buffered mode or from a freed (or dropped) request is
+    delivered intact though its sender finalizes or exits first."""
+    out = _leaving_job(tmp_path, channel, case, finalize)
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text
+    assert "received intact" in out.stdout and "sender leaves" in out.stdout, text
+
+
+def test_sender_leaving_a_message_nobody_takes(tmp_path):
+    """A buffered message its receiver never takes keeps the sender only
+    ``CMAMPI_EXIT_WAIT`` seconds, then it leaves with a warning (MPI channel; on
+    the socket channel the receiver's exit fails the send at once)."""
+    out = _leaving_job(tmp_path, "mpi", "never", "exit", CMAMPI_EXIT_WAIT="0.5")
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text
+    assert "sender leaves" in out.stdout, text
+    lost = ("1 message(s) sent in buffered mode or from freed requests were not received "
+            "within 0.5 s (CMAMPI_EXIT_WAIT)")
+    assert lost in out.stderr, text
