@@ -4,8 +4,9 @@ delivered before the process leaves, as MPI's ``Finalize`` delivers them.
 A buffered-mode send (``Bsend``, ``bsend``) completes once cmampi has copied the
 message, and a send whose request was freed goes on by itself (`p2p.detach`).
 A pulled payload stays in the sender's memory until the receiver has copied
-it, so the sender must not leave before: ``Finalize`` and the interpreter's
-exit keep every such send progressing until it is done. A receiver that never
+it, and the sender waits for the receiver's reply: neither may leave before.
+``Finalize`` and the interpreter's exit keep such sends, and receives whose
+message has come, progressing until they are done. A receiver that never
 takes its message would keep the sender forever; after ``CMAMPI_EXIT_WAIT``
 seconds without progress the sender leaves, with a warning naming what is lost.
 """
@@ -29,11 +30,12 @@ def deliver(wait: float | None = None) -> int:
     (``CMAMPI_EXIT_WAIT``) pass with none finishing; how many are left undelivered
     (with a warning)."""
     wait = config.exit_wait if wait is None else wait
-    left = _p2p.detached()
+    _p2p.progress()     # dropped receives whose message is in take it: its sender waits
+    left = _p2p.undelivered()
     deadline = _time.monotonic() + wait
     while left:
         _p2p.progress()
-        now = _p2p.detached()
+        now = _p2p.undelivered()
         if now < left:
             left, deadline = now, _time.monotonic() + wait
         elif _time.monotonic() > deadline:

@@ -234,6 +234,7 @@ class _InTurn(_p2p.Op):
     """Done once each of *ops* is: their handles are waited for in turn."""
 
     __slots__ = ("ops",)
+    sends = True
 
     def __init__(self, engine: _p2p.Engine, ops: list[_p2p.Op]) -> None:
         super().__init__(engine)

@@ -55,10 +55,10 @@ __all__ = [
     "SendOp",
     "default_engine",
     "detach",
-    "detached",
     "fill_status",
     "progress",
     "test",
+    "undelivered",
     "wait_all",
     "wait_any",
     "wait_handles",
@@ -126,6 +126,15 @@ class Op:
         "tag",
     )
 
+    #: A send: its payload may stay in this process until the receiver takes
+    #: it, so the process must not leave before it is done (see `_finalize`).
+    sends = False
+
+    @property
+    def owed(self) -> bool:
+        """Whether another process waits on this op to finish (a send's receiver)."""
+        return self.sends and not self.done
+
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.handle: Any = None     # a channel's handle, or a request of the library's
@@ -158,6 +167,7 @@ class SendOp(Op):
     """A send that is done once its channel handle, then each of *later*, has completed."""
 
     __slots__ = ("keep", "later")
+    sends = True
 
     def __init__(self, engine: Engine, handle: Any, keep: Any,
                  later: list[Any] | None = None) -> None:
@@ -191,6 +201,7 @@ class PullSendOp(Op):
     """
 
     __slots__ = ("base", "buf", "dest", "helped", "notice", "offer", "reply", "xid")
+    sends = True
 
     def __init__(self, engine: Engine, buf: Buffer | Packed, dest: int, xid: int,
                  base: int | None = None, notice: tuple | None = None,
@@ -264,6 +275,11 @@ class RecvOp(Op):
         #: run in progress once the message is in, whether or not anyone waits
         #: (objects pull their out-of-band buffers there: their sender waits on it)
         self.landed = landed
+
+    @property
+    def owed(self) -> bool:
+        """Matched but not done: its sender waits for what it still does (a pull's reply)."""
+        return not self.done and self.then is not None and self.then != self.arrived
 
     def wait_on(self, handle: Any, then: Callable[[Completion], None]) -> None:
         self.handle, self.then = handle, then
@@ -1207,9 +1223,10 @@ def detach(ops: Sequence[Op]) -> None:
     _DETACHED.extend(op for op in ops if not op.done)
 
 
-def detached() -> int:
-    """How many detached ops are not done yet (see `detach`)."""
-    return sum(not op.done for op in _DETACHED)
+def undelivered() -> int:
+    """How many detached ops, and posted receives, another process waits on
+    (see `Op.owed`)."""
+    return sum(op.owed for op in {*_DETACHED, *_PENDING})
 
 
 def _advance_detached() -> None:
