@@ -6,6 +6,7 @@ import array as _array
 import operator as _operator
 import pickle as _pickle
 import socket as _socket
+import threading as _threading
 import time as _time
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -757,7 +758,13 @@ def Is_finalized() -> bool:
 
 
 def Query_thread() -> int:
-    return THREAD_SERIALIZED
+    """The thread level: any thread may call at any time (see `_serial`)."""
+    return THREAD_MULTIPLE
+
+
+def Is_thread_main() -> bool:
+    """Whether the calling thread is the one that initialized the job (the main one)."""
+    return _threading.current_thread() is _threading.main_thread()
 
 
 class Pickle:

@@ -40,6 +40,7 @@ def redirect() -> ModuleType:
         mpi4py = ModuleType("mpi4py", "cmampi standing in for mpi4py (no MPI library)")
         mpi4py.__path__ = []
         _sys.modules["mpi4py"] = mpi4py
+        mpi4py.__dict__["rc"] = _sys.modules["mpi4py.rc"] = _rc()
     if real is not None:
         # Where tools look for the MPI library (mpi4py's --mpi-library,
         # ctypes.CDLL): mpi4py's extension module, which cmampi stands for.
@@ -47,6 +48,16 @@ def redirect() -> ModuleType:
     _sys.modules["mpi4py.MPI"] = ours
     mpi4py.MPI = ours
     return ours
+
+
+def _rc() -> ModuleType:
+    """``mpi4py.rc`` with mpi4py's defaults, for programs that set it before the
+    import (the socket channel reads none of them: no MPI library to initialize)."""
+    rc = ModuleType("mpi4py.rc", "runtime configuration (cmampi: read by nothing)")
+    rc.__dict__.update(initialize=True, threads=True, thread_level="multiple",
+                       finalize=None, fast_reduce=True, recv_mprobe=True,
+                       irecv_bufsz=32768, errors="exception")
+    return rc
 
 
 def _run_command_line(args: list[str]) -> None:

@@ -113,3 +113,36 @@ def test_the_launcher_serves_mpi4py_without_mpi(tmp_path):
                           env=env, capture_output=True, text=True, timeout=LIMIT)
     assert done.returncode == 0, done.stdout + done.stderr
     assert _results(tmp_path) == {"rank0": "ok x", "rank1": "ok x"}
+
+
+# A threaded mpi4py program that configures mpi4py first, as mpi4py's own
+# test_threads.py does: the launcher's stand-in package has ``mpi4py.rc``.
+THREADED = """
+    import mpi4py.rc
+    mpi4py.rc.thread_level = "multiple"
+    import os, threading
+    import numpy as np
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    rank = comm.Get_rank()
+    assert MPI.Query_thread() == MPI.THREAD_MULTIPLE and MPI.Is_thread_main()
+    seen, got = [], np.zeros(1 << 20)
+    receiver = threading.Thread(target=lambda: (seen.append(MPI.Is_thread_main()),
+                                                comm.Recv(got, rank, 7)))
+    receiver.start()
+    comm.Send(np.full(1 << 20, 3.0), rank, 7)       # to itself, from the main thread
+    receiver.join()
+    assert seen == [False] and (got == 3.0).all()
+    with open(os.path.join(os.environ["RESULTS"], f"rank{rank}"), "w") as f:
+        f.write(f"ok {mpi4py.rc.thread_level}")
+"""
+
+
+def test_the_launcher_serves_mpi4py_rc_and_threads(tmp_path):
+    prog = _write(tmp_path, THREADED)
+    env = _env(PYTHONPATH=os.pathsep.join([str(NO_MPI4PY), str(REPO)]), RESULTS=str(tmp_path))
+    done = subprocess.run([sys.executable, "-m", "cmampi", "-n", "2", "--mpi4py", str(prog)],
+                          env=env, capture_output=True, text=True, timeout=LIMIT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert _results(tmp_path) == {"rank0": "ok multiple", "rank1": "ok multiple"}

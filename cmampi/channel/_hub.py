@@ -19,6 +19,10 @@ from typing import Any
 from .. import _names, _tuning
 from .._access import allow_peers
 from .._config import config as _config
+from .._serial import THREADS as _THREADS
+from .._serial import nap as _nap
+from .._serial import pause as _pause
+from .._serial import serialized as _serialized
 from . import _handshake, _ring, completion
 from ._matching import BYE, SIDE, SYS, USER, Handle, Matching, bytes_view
 from ._peer import FRAME, Peer, PeerFailed, consume, frame, why
@@ -30,6 +34,9 @@ _FLAT = (bytes, bytearray)      # taken as they are: flat bytes already
 _LOOK_EVERY = 16     # ring sends between two looks at the kernel
 _LOOK_SECONDS = _tuning.LOOK_SECONDS
 _SPIN_SECONDS = _tuning.SPIN_SECONDS
+#: With several threads, how long a wait that saw nothing move sleeps between
+#: looks (without the engine's lock): it cannot sleep in poll() holding it.
+_SHARED_NAP = 2e-4
 _sched_yield = getattr(_os, "sched_yield", lambda: None)
 
 
@@ -437,6 +444,9 @@ class Hub:
         of µs here) when the answer is already on its way; with more ranks than
         CPUs, yielding while polling keeps the other ranks moving.
         """
+        if len(_THREADS) > 1:
+            self._wait_shared(done)
+            return
         if done() or (self._rings() and done()):    # what it waits for may be in a ring
             return
         mono = _time.monotonic
@@ -456,6 +466,29 @@ class Hub:
                                    "rank can send")
             if self.progress(None):     # woken with frames: spin again before sleeping
                 until = _time.monotonic() + _SPIN_SECONDS
+
+    @_serialized
+    def _wait_shared(self, done) -> None:
+        """`wait` while several threads run: under the engine's lock, which a
+        thread must hold to touch the hub (one poller, one matching state), and
+        never sleeping in the kernel while holding it: the thread that sends
+        what this one waits for may need it. Spins, handing the lock to any
+        thread that waits for it, then naps between looks."""
+        mono = _time.monotonic
+        until = mono() + _SPIN_SECONDS
+        while not done():
+            now = mono()
+            if self.progress(0) or self._rings():
+                until = now + _SPIN_SECONDS
+            elif now >= until:
+                if all(c is None or c.dead for c in self.conns):
+                    if self.failed:
+                        raise self.failure(self.failed[0])
+                    raise RuntimeError("cmampi: deadlock: waiting for a message that no "
+                                       "live rank can send")
+                _nap(_SHARED_NAP)
+                continue
+            _pause(not self.crowded)
 
     def close(self) -> None:
         self.ringed = ()
@@ -480,6 +513,7 @@ class Hub:
                     pass
 
     # -- system messages (communicator management) ---------------------------------------
+    @_serialized
     def sys_allgather(self, ctx: int, group: Sequence[int], seq: int, obj: Any) -> list[Any]:
         """Every member's *obj*, in group order (pickled over the SYS space)."""
         data = _pickle.dumps(obj)

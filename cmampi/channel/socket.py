@@ -39,6 +39,7 @@ from typing import Any
 from .. import _names
 from .._cma import user_namespace
 from .._config import CMA_MIN_DEFAULTS
+from .._serial import serialized
 from .._tuning import CMA_MIN_BUSY_DEFAULTS
 from . import completion
 from ._hub import Hub, hub_beside, hub_from_environ
@@ -275,11 +276,13 @@ class SocketChannel:
     def barrier(self) -> None:
         self.allgather(None)
 
+    @serialized
     def dup(self) -> SocketChannel:
         ctx = max(self.allgather(self.hub.next_ctx))
         self.hub.next_ctx = ctx + 1
         return SocketChannel(self.hub, ctx, list(self.group))
 
+    @serialized
     def create_group(self, members: list[int], tag: int) -> SocketChannel:
         """A channel over world ranks *members* (this process among them, all of
         them in this channel); collective over *members* only. Their exchange
@@ -292,6 +295,7 @@ class SocketChannel:
         self.hub.next_ctx = ctx + 1
         return SocketChannel(self.hub, ctx, members)
 
+    @serialized
     def split(self, color: int, key: int) -> SocketChannel | None:
         entries = self.allgather((color, key, self.hub.next_ctx))
         base = max(e[2] for e in entries)
