@@ -68,9 +68,11 @@ def Finalize() -> None:
     """Terminate the MPI execution environment, once the sends that completed
     here before their receivers took them (buffered mode, freed requests) are
     delivered."""
-    if _base.Is_initialized() and not _base.Is_finalized():
-        _deliver()
-    _base.Finalize()
+    try:
+        if _base.Is_initialized() and not _base.Is_finalized():
+            _deliver()
+    finally:
+        _base.Finalize()
 
 
 _at_exit(lambda: bool(_base.Is_initialized() and not _base.Is_finalized()))

@@ -100,8 +100,9 @@ class Config:
     #: the MPI library, whose own checks act, and only large ones agree.
     check_collectives: bool = False
     #: Seconds the end of the job waits, without progress, for receivers to take
-    #: sends that completed here first (buffered mode, freed requests).
-    exit_wait: float = 60.0
+    #: sends that completed here first (buffered mode, freed requests); inf:
+    #: until they do, as MPI's Finalize.
+    exit_wait: float = float("inf")
 
     @classmethod
     def from_environ(cls) -> Config:
@@ -117,7 +118,7 @@ class Config:
             pool=_size("CMAMPI_POOL", POOL),
             rings=_flag("CMAMPI_RINGS", True),
             check_collectives=_flag("CMAMPI_CHECK_COLLECTIVES", False),
-            exit_wait=_seconds("CMAMPI_EXIT_WAIT", 60.0),
+            exit_wait=_seconds("CMAMPI_EXIT_WAIT", float("inf")),
         )
 
 

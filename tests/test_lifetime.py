@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -144,3 +145,49 @@ def test_sender_leaving_a_message_nobody_takes(tmp_path):
     lost = ("1 message(s) sent in buffered mode or from freed requests were not received "
             "within 0.5 s (CMAMPI_EXIT_WAIT)")
     assert lost in out.stderr, text
+
+
+# Rank 0 has a receive posted when it forks a child that exits normally: the
+# child's exit must not take the parent's message (its connections are the
+# parent's). Rank 1, having sent, drops a large send and dies of an uncaught
+# exception: it leaves at once, not after waiting for its receiver.
+FORK_AND_CRASH = r"""
+    import os, sys, time
+    import numpy as np
+    from cmampi import MPI
+
+    comm = MPI.COMM_WORLD
+    if comm.rank == 0:
+        buf = np.zeros(4)
+        req = comm.Irecv(buf, 1, 5)
+        time.sleep(0.5)                 # rank 1 has sent; nothing progressed it here
+        pid = os.fork()
+        if pid == 0:
+            sys.exit(0)                 # the child's interpreter exit runs atexit handlers
+        os.waitpid(pid, 0)
+        req.Wait()
+        assert (buf == np.arange(4.0)).all()
+        print("parent got its message", flush=True)
+        try:
+            comm.recv(source=1, tag=2)
+        except Exception as exc:
+            print("rank 0 saw", type(exc).__name__, flush=True)
+    else:
+        comm.Send(np.arange(4.0), 0, 5)
+        comm.Isend(np.zeros(1 << 20), 0, 1)     # dropped at once: pulled later
+        time.sleep(1.0)
+        raise RuntimeError("rank 1 fails")
+"""
+
+
+def test_forked_child_and_crashing_rank_leave_at_once(tmp_path):
+    """Socket channel (the launcher ends the job once rank 1 fails)."""
+    prog = tmp_path / "fork.py"
+    prog.write_text(textwrap.dedent(FORK_AND_CRASH))
+    cmd = [sys.executable, "-m", "cmampi", "-n", "2", "--timeout", "100", str(prog)]
+    t0 = time.monotonic()
+    out = subprocess.run(cmd, env=job_env(NO_MPI4PY, settings=False), capture_output=True,
+                         text=True, timeout=120)
+    assert time.monotonic() - t0 < 60, "the failing rank waited for its receiver"
+    assert "parent got its message" in out.stdout, out.stdout + out.stderr
+    assert "rank 1 fails" in out.stderr and out.returncode != 0, out.stdout + out.stderr
