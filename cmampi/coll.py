@@ -114,6 +114,7 @@ class Collectives:
             out[src] = _pickle.loads(head_part + more)
         return [out[r] for r in range(n)]
 
+    @serialized
     def barrier(self) -> None:
         """Dissemination barrier: log2(size) rounds of empty messages."""
         me, n = self.rank, self.size

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 from . import p2p as _p2p
 from ._config import config as _config
+from ._serial import serialized
 from .channel import Completion
 from .comm import Communicator, _Freed, as_int
 from .request import Prequest, Request, new_request
@@ -145,6 +146,7 @@ class Intracomm(Communicator):
         """Barrier synchronization."""
         self.Barrier()
 
+    @serialized
     def Ibarrier(self) -> Request:
         """Nonblocking Barrier."""
         coll = self._coll       # the collectives' private space (made on first use)

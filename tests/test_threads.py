@@ -240,3 +240,62 @@ def test_partitions_marked_ready_from_several_threads(comm, MPI, open_mpi_refere
             req.Wait()
             assert np.array_equal(got, data(parts * n, 3))
         req.Free()
+
+
+def test_socket_hub_entered_under_the_lock(cmcomm, MPI, monkeypatch):
+    """Socket channel: while several threads run, every entry into the hub (one
+    poller, one matching state for every connection) holds the engine's lock,
+    whichever call makes it. Recorded, not raced: a race window is too narrow
+    to hit at will."""
+    if MPI.CHANNEL != "socket":
+        pytest.skip("the socket channel's hub")
+    from cmampi import _serial
+    from cmampi.channel import _hub, _matching
+
+    unlocked: list[str] = []
+
+    def watched(cls, name):
+        fn = getattr(cls, name)
+
+        def entry(*args, **kwargs):
+            if len(_serial.THREADS) > 1 and not _serial.owned():
+                unlocked.append(f"{cls.__name__}.{name}")
+            return fn(*args, **kwargs)
+        monkeypatch.setattr(cls, name, entry)
+
+    for name in ("post_send", "post_recv", "post_side", "send_now", "spin_once", "progress"):
+        watched(_hub.Hub, name)
+    for name in ("take_unexpected", "take_side", "post", "cancel"):
+        watched(_matching.Matching, name)
+    comm = cmcomm
+    rank, size = comm.Get_rank(), comm.Get_size()
+    nxt, prv = (rank + 1) % size, (rank - 1) % size
+    small, big = np.zeros(4), np.zeros(1 << 18)
+    calls = {
+        "Sendrecv": lambda: comm.Sendrecv(small, nxt, 1, np.empty(4), prv, 1),
+        "Isend/Irecv": lambda: MPI.Request.Waitall([comm.Irecv(np.empty_like(big), prv, 2),
+                                                    comm.Isend(big, nxt, 2)]),
+        "sendrecv": lambda: comm.sendrecv({"x": big}, nxt, 3, None, prv, 3),
+        "probe": lambda: (comm.isend(1, nxt, 4), comm.probe(prv, 4), comm.recv(None, prv, 4)),
+        "Barrier": comm.Barrier,
+        "Ibarrier": lambda: comm.Ibarrier().Wait(),
+        "Barrier_init": lambda: (lambda p: (p.Start(), p.Wait(), p.Free()))(comm.Barrier_init()),
+        "Bcast": lambda: comm.Bcast(big, 0),
+        "bcast": lambda: comm.bcast({"x": big}, 0),
+        "Allreduce": lambda: comm.Allreduce(MPI.IN_PLACE, big),
+        "Iallreduce": lambda: comm.Iallreduce(MPI.IN_PLACE, small).Wait(),
+        "Dup": lambda: comm.Dup().Free(),
+        "Split": lambda: comm.Split(rank % 2, 0).Free(),
+        "Create_group": lambda: comm.Create_group(comm.Get_group()).Free(),
+        "neighbours": lambda: comm.Create_cart([size], [True]).neighbor_allgather(rank),
+    }
+    stop = threading.Event()
+    idle = threading.Thread(target=stop.wait, daemon=True)   # only there: several threads run
+    idle.start()
+    try:
+        for what, call in calls.items():
+            call()
+            assert not unlocked, f"{what}: unlocked entries {sorted(set(unlocked))}"
+    finally:
+        stop.set()
+        idle.join()
