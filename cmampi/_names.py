@@ -747,6 +747,11 @@ def Init() -> None:
     """Nothing to do: the launcher has connected the ranks already."""
 
 
+def Init_thread(required: int = THREAD_MULTIPLE) -> int:
+    """Nothing to do but say the thread level: any thread may call at any time."""
+    return THREAD_MULTIPLE
+
+
 def Finalize() -> None:
     """Mark the job finalized (the connections close when the process exits)."""
     global _finalized

@@ -17,6 +17,7 @@ from __future__ import annotations
 import sys as _sys
 from collections.abc import Sequence
 from types import ModuleType
+from typing import Any
 
 __all__ = ["main", "redirect"]
 
@@ -40,7 +41,8 @@ def redirect() -> ModuleType:
         mpi4py = ModuleType("mpi4py", "cmampi standing in for mpi4py (no MPI library)")
         mpi4py.__path__ = []
         _sys.modules["mpi4py"] = mpi4py
-        mpi4py.__dict__["rc"] = _sys.modules["mpi4py.rc"] = _rc()
+        rc = mpi4py.__dict__["rc"] = _Rc()
+        _sys.modules["mpi4py.rc"] = rc  # type: ignore[assignment]  # as mpi4py has it: an object
     if real is not None:
         # Where tools look for the MPI library (mpi4py's --mpi-library,
         # ctypes.CDLL): mpi4py's extension module, which cmampi stands for.
@@ -50,14 +52,34 @@ def redirect() -> ModuleType:
     return ours
 
 
-def _rc() -> ModuleType:
-    """``mpi4py.rc`` with mpi4py's defaults, for programs that set it before the
-    import (the socket channel reads none of them: no MPI library to initialize)."""
-    rc = ModuleType("mpi4py.rc", "runtime configuration (cmampi: read by nothing)")
-    rc.__dict__.update(initialize=True, threads=True, thread_level="multiple",
-                       finalize=None, fast_reduce=True, recv_mprobe=True,
-                       irecv_bufsz=32768, errors="exception")
-    return rc
+class _Rc:
+    """``mpi4py.rc`` as mpi4py has it (its defaults; unknown options refused;
+    called to update), for programs that set it before the import. The socket
+    channel reads none of them: it has no MPI library to initialize."""
+
+    initialize = True
+    threads = True
+    thread_level = "multiple"
+    finalize = None
+    fast_reduce = True
+    recv_mprobe = True
+    irecv_bufsz = 32768
+    errors = "exception"
+
+    def __init__(self, **kwargs: Any) -> None:
+        self(**kwargs)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if not hasattr(self, name):
+            raise TypeError(f"object has no attribute {name!r}")
+        super().__setattr__(name, value)
+
+    def __call__(self, **kwargs: Any) -> None:
+        for key, value in kwargs.items():
+            setattr(self, key, value)
+
+    def __repr__(self) -> str:
+        return "<mpi4py.rc (cmampi's stand-in)>"
 
 
 def _run_command_line(args: list[str]) -> None:

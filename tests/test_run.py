@@ -120,12 +120,20 @@ def test_the_launcher_serves_mpi4py_without_mpi(tmp_path):
 THREADED = """
     import mpi4py.rc
     mpi4py.rc.thread_level = "multiple"
+    mpi4py.rc(initialize=True, recv_mprobe=True)
+    try:
+        mpi4py.rc.no_such_option = 1
+    except TypeError:
+        pass
+    else:
+        raise AssertionError("an unknown option was taken")
     import os, threading
     import numpy as np
     from mpi4py import MPI
 
     comm = MPI.COMM_WORLD
     rank = comm.Get_rank()
+    assert MPI.Init_thread(MPI.THREAD_SERIALIZED) == MPI.THREAD_MULTIPLE
     assert MPI.Query_thread() == MPI.THREAD_MULTIPLE and MPI.Is_thread_main()
     seen, got = [], np.zeros(1 << 20)
     receiver = threading.Thread(target=lambda: (seen.append(MPI.Is_thread_main()),
