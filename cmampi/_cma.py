@@ -11,6 +11,7 @@ import ctypes as _ctypes
 import errno as _errno
 import os as _os
 import select as _select
+import threading as _threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -414,13 +415,18 @@ class Peer:
         else:
             self._poll = _select.poll()
             self._poll.register(self.fd, _select.POLLIN)
+        #: A poll object refuses a second thread's poll() meanwhile; peers are
+        #: shared by every communicator, which threads may create at once.
+        self._polling = _threading.Lock()
 
     def alive(self) -> bool:
         """Whether the process is still running (pidfd) or not yet reaped (/proc)."""
         if self.fd < 0:
             return False
-        if self._poll is not None:
-            return not self._poll.poll(0)
+        poll = self._poll
+        if poll is not None:
+            with self._polling:
+                return not poll.poll(0)
         try:
             _os.stat("stat", dir_fd=self.fd)
         except OSError:

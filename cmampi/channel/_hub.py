@@ -34,6 +34,8 @@ _FLAT = (bytes, bytearray)      # taken as they are: flat bytes already
 _LOOK_EVERY = 16     # ring sends between two looks at the kernel
 _LOOK_SECONDS = _tuning.LOOK_SECONDS
 _SPIN_SECONDS = _tuning.SPIN_SECONDS
+#: What `Hub.ctx_held` holds for a context id a communicator uses.
+_IN_USE = object()
 #: With several threads, how long a wait that saw nothing move sleeps between
 #: looks (without the engine's lock): it cannot sleep in poll() holding it.
 _SHARED_NAP = 2e-4
@@ -54,6 +56,10 @@ class Hub:
         self.conns: list[Peer | None] = [None] * size
         self.matching = Matching(self._goodbye_from)
         self.next_ctx = 1
+        #: Context ids in use here (`_IN_USE`), or held by a communicator's
+        #: creation under way (its token): creations from several threads at once
+        #: must not agree on one id (see `SocketChannel._new_ctx`).
+        self.ctx_held: dict[int, object] = {}
         #: world ranks of each context's communicator, and the collective contexts
         self.groups: dict[int, Sequence[int]] = {}
         self.collectives: set[int] = set()
@@ -531,6 +537,31 @@ class Hub:
             out.append(_pickle.loads(side[key].popleft()))
         self.wait(lambda: all(h.done for h in handles))
         return out
+
+    # -- context ids ----------------------------------------------------------------------
+    def propose_ctx(self, owner: object) -> int:
+        """A context id free here, held for creation *owner*: this rank's proposal."""
+        ctx = self.next_ctx
+        self.ctx_held[ctx] = owner
+        self.next_ctx = ctx + 1
+        return ctx
+
+    def hold_ctx(self, lo: int, n: int, owner: object) -> bool:
+        """Hold ids ``lo .. lo+n-1`` for *owner*; False if another holds or uses one."""
+        self.next_ctx = max(self.next_ctx, lo + n)
+        ids = range(lo, lo + n)
+        if any(self.ctx_held.get(c, owner) is not owner for c in ids):
+            return False
+        for c in ids:
+            self.ctx_held[c] = owner
+        return True
+
+    def settle_ctx(self, owner: object, keep: range) -> None:
+        """Creation *owner* is over: *keep* is in use, the rest it held is free."""
+        for c in [c for c, o in self.ctx_held.items() if o is owner]:
+            del self.ctx_held[c]
+        for c in keep:
+            self.ctx_held[c] = _IN_USE
 
     def is_dead(self, r: int) -> bool:
         """Whether world rank *r*'s connection has failed or closed."""

@@ -33,7 +33,7 @@ others.
 from __future__ import annotations
 
 import pickle as _pickle
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .. import _names
@@ -276,10 +276,28 @@ class SocketChannel:
     def barrier(self) -> None:
         self.allgather(None)
 
+    def _new_ctx(self, gather: Callable[[Any], list], extra: Any = None,
+                 count: Callable[[list], int] = len) -> tuple[int, list]:
+        """Context ids for new communicators, agreed by the ranks *gather*
+        exchanges with: (the first id, the ranks' *extra*); *count* says from
+        those how many ids. Each rank proposes an id free here, the largest
+        wins, and the ranks confirm that it (and the ids after it) is free on
+        each of them: another thread's creation, under way at once, may have
+        taken it meanwhile (then they try again)."""
+        hub, owner = self.hub, object()
+        while True:
+            entries = gather((hub.propose_ctx(owner), extra))
+            lo, extras = max(e[0] for e in entries), [e[1] for e in entries]
+            n = count(extras)
+            free = n == 0 or hub.hold_ctx(lo, n, owner)
+            agreed = all(gather(free))
+            hub.settle_ctx(owner, range(lo, lo + n) if agreed else range(0))
+            if agreed:
+                return lo, extras
+
     @serialized
     def dup(self) -> SocketChannel:
-        ctx = max(self.allgather(self.hub.next_ctx))
-        self.hub.next_ctx = ctx + 1
+        ctx, _ = self._new_ctx(self.allgather, count=lambda _: 1)
         return SocketChannel(self.hub, ctx, list(self.group))
 
     @serialized
@@ -290,22 +308,22 @@ class SocketChannel:
         ranks' next collective exchanges on this channel still match."""
         # A context of its own for the exchange (high bit set: never a
         # communicator's), so it matches nothing else on this channel.
-        ctx = max(self.hub.sys_allgather(self.ctx | 0x80000000, members, tag,
-                                         self.hub.next_ctx))
-        self.hub.next_ctx = ctx + 1
+        def gather(obj: Any) -> list:
+            return self.hub.sys_allgather(self.ctx | 0x80000000, members, tag, obj)
+        ctx, _ = self._new_ctx(gather, count=lambda _: 1)
         return SocketChannel(self.hub, ctx, members)
 
     @serialized
     def split(self, color: int, key: int) -> SocketChannel | None:
-        entries = self.allgather((color, key, self.hub.next_ctx))
-        base = max(e[2] for e in entries)
-        colors = sorted({e[0] for e in entries if e[0] != _names.UNDEFINED and e[0] >= 0})
-        self.hub.next_ctx = base + len(colors) + 1
+        def colors_of(entries: list) -> list:
+            return sorted({c for c, _ in entries if c != _names.UNDEFINED and c >= 0})
+        base, entries = self._new_ctx(self.allgather, (color, key),
+                                      lambda entries: len(colors_of(entries)))
         if color == _names.UNDEFINED or color < 0:
             return None
-        members = sorted((e[1], r) for r, e in enumerate(entries) if e[0] == color)
+        members = sorted((k, r) for r, (c, k) in enumerate(entries) if c == color)
         group = [self.group[r] for _, r in members]
-        return SocketChannel(self.hub, base + colors.index(color), group)
+        return SocketChannel(self.hub, base + colors_of(entries).index(color), group)
 
     def free(self) -> None:
         pass
