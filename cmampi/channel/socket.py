@@ -276,8 +276,8 @@ class SocketChannel:
     def barrier(self) -> None:
         self.allgather(None)
 
-    def _new_ctx(self, gather: Callable[[Any], list], extra: Any = None,
-                 count: Callable[[list], int] = len) -> tuple[int, list]:
+    def _new_ctx(self, gather: Callable[[Any], list], count: Callable[[list], int],
+                 extra: Any = None) -> tuple[int, list]:
         """Context ids for new communicators, agreed by the ranks *gather*
         exchanges with: (the first id, the ranks' *extra*); *count* says from
         those how many ids. Each rank proposes an id free here, the largest
@@ -297,7 +297,7 @@ class SocketChannel:
 
     @serialized
     def dup(self) -> SocketChannel:
-        ctx, _ = self._new_ctx(self.allgather, count=lambda _: 1)
+        ctx, _ = self._new_ctx(self.allgather, lambda _: 1)
         return SocketChannel(self.hub, ctx, list(self.group))
 
     @serialized
@@ -310,15 +310,15 @@ class SocketChannel:
         # communicator's), so it matches nothing else on this channel.
         def gather(obj: Any) -> list:
             return self.hub.sys_allgather(self.ctx | 0x80000000, members, tag, obj)
-        ctx, _ = self._new_ctx(gather, count=lambda _: 1)
+        ctx, _ = self._new_ctx(gather, lambda _: 1)
         return SocketChannel(self.hub, ctx, members)
 
     @serialized
     def split(self, color: int, key: int) -> SocketChannel | None:
         def colors_of(entries: list) -> list:
             return sorted({c for c, _ in entries if c != _names.UNDEFINED and c >= 0})
-        base, entries = self._new_ctx(self.allgather, (color, key),
-                                      lambda entries: len(colors_of(entries)))
+        base, entries = self._new_ctx(self.allgather, lambda entries: len(colors_of(entries)),
+                                      (color, key))
         if color == _names.UNDEFINED or color < 0:
             return None
         members = sorted((k, r) for r, (c, k) in enumerate(entries) if c == color)
