@@ -64,15 +64,20 @@ from ._finalize import at_exit as _at_exit  # noqa: E402
 from ._finalize import deliver as _deliver  # noqa: E402
 
 
+def _running() -> bool:
+    """Whether MPI (or the socket job) is up: initialized, not finalized."""
+    return bool(_base.Is_initialized() and not _base.Is_finalized())
+
+
 def Finalize() -> None:
     """Terminate the MPI execution environment, once the sends that completed
     here before their receivers took them (buffered mode, freed requests) are
     delivered."""
     try:
-        if _base.Is_initialized() and not _base.Is_finalized():
+        if _running():
             _deliver()
     finally:
         _base.Finalize()
 
 
-_at_exit(lambda: bool(_base.Is_initialized() and not _base.Is_finalized()))
+_at_exit(_running)

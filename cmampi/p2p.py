@@ -1129,7 +1129,7 @@ class Engine:
                 return hit
             if len(_THREADS) > 1:     # never block holding the lock
                 self.ch.probe_any(source, False)
-                pause(not getattr(self.ch, "oversubscribed", False))
+                _pause_on(self.ch)
             elif _PENDING:
                 self.ch.probe_any(source, False)   # raises if *source* is gone
                 _sched_yield()
@@ -1295,6 +1295,12 @@ _ROUNDS = [0]
 _POSTED = [0]
 
 
+def _pause_on(ch) -> None:
+    """A turn of a polling wait on channel *ch* (see `pause`): the core is
+    yielded where the channel's ranks outnumber the cores."""
+    pause(not getattr(ch, "oversubscribed", False))
+
+
 def _first_done(ch, handles: Sequence[Any], polling: bool):
     """(index, info) of a completed handle of *handles*: waited for in the
     channel; or, *polling* (several threads: never block holding the lock),
@@ -1303,7 +1309,7 @@ def _first_done(ch, handles: Sequence[Any], polling: bool):
         return ch.waitany(handles)
     hit = ch.testany(handles)
     if hit is None:
-        pause(not getattr(ch, "oversubscribed", False))
+        _pause_on(ch)
     return hit
 
 

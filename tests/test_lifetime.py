@@ -107,9 +107,10 @@ LEAVING = r"""
 """
 
 
-def _leaving_job(tmp_path, channel: str, *args, **env):
-    prog = tmp_path / "leaving.py"
-    prog.write_text(textwrap.dedent(LEAVING))
+def _two_rank_job(tmp_path, program: str, channel: str, *args, **env):
+    """Run *program* at 2 ranks (``mpiexec`` or the launcher), with *args* and *env*."""
+    prog = tmp_path / "prog.py"
+    prog.write_text(textwrap.dedent(program))
     if channel == "mpi":
         mpiexec = shutil.which("mpiexec", path=os.path.dirname(sys.executable))
         if mpiexec is None:
@@ -128,7 +129,7 @@ def _leaving_job(tmp_path, channel: str, *args, **env):
 def test_sender_leaving_before_its_message_is_taken(tmp_path, channel, case, finalize):
     """A message sent in buffered mode or from a freed (or dropped) request is
     delivered intact though its sender finalizes or exits first."""
-    out = _leaving_job(tmp_path, channel, case, finalize)
+    out = _two_rank_job(tmp_path, LEAVING, channel, case, finalize)
     text = out.stdout + out.stderr
     assert out.returncode == 0, text
     assert "received intact" in out.stdout and "sender leaves" in out.stdout, text
@@ -138,7 +139,7 @@ def test_sender_leaving_a_message_nobody_takes(tmp_path):
     """A buffered message its receiver never takes keeps the sender only
     ``CMAMPI_EXIT_WAIT`` seconds, then it leaves with a warning (MPI channel; on
     the socket channel the receiver's exit fails the send at once)."""
-    out = _leaving_job(tmp_path, "mpi", "never", "exit", CMAMPI_EXIT_WAIT="0.5")
+    out = _two_rank_job(tmp_path, LEAVING, "mpi", "never", "exit", CMAMPI_EXIT_WAIT="0.5")
     text = out.stdout + out.stderr
     assert out.returncode == 0, text
     assert "sender leaves" in out.stdout, text
@@ -182,12 +183,8 @@ FORK_AND_CRASH = r"""
 
 def test_forked_child_and_crashing_rank_leave_at_once(tmp_path):
     """Socket channel (the launcher ends the job once rank 1 fails)."""
-    prog = tmp_path / "fork.py"
-    prog.write_text(textwrap.dedent(FORK_AND_CRASH))
-    cmd = [sys.executable, "-m", "cmampi", "-n", "2", "--timeout", "100", str(prog)]
     t0 = time.monotonic()
-    out = subprocess.run(cmd, env=job_env(NO_MPI4PY, settings=False), capture_output=True,
-                         text=True, timeout=120)
+    out = _two_rank_job(tmp_path, FORK_AND_CRASH, "socket")
     assert time.monotonic() - t0 < 60, "the failing rank waited for its receiver"
     assert "parent got its message" in out.stdout, out.stdout + out.stderr
     assert "rank 1 fails" in out.stderr and out.returncode != 0, out.stdout + out.stderr

@@ -465,13 +465,17 @@ class Hub:
                 if self.crowded:
                     _sched_yield()
                 continue
-            if all(c is None or c.dead for c in self.conns):
-                if self.failed:
-                    raise self.failure(self.failed[0])
-                raise RuntimeError("cmampi: deadlock: waiting for a message that no live "
-                                   "rank can send")
+            self._check_senders()
             if self.progress(None):     # woken with frames: spin again before sleeping
                 until = _time.monotonic() + _SPIN_SECONDS
+
+    def _check_senders(self) -> None:
+        """Raise if no live rank is left to send what a wait waits for."""
+        if all(c is None or c.dead for c in self.conns):
+            if self.failed:
+                raise self.failure(self.failed[0])
+            raise RuntimeError("cmampi: deadlock: waiting for a message that no live "
+                               "rank can send")
 
     @_serialized
     def _wait_shared(self, done) -> None:
@@ -487,11 +491,7 @@ class Hub:
             if self.progress(0) or self._rings():
                 until = now + _SPIN_SECONDS
             elif now >= until:
-                if all(c is None or c.dead for c in self.conns):
-                    if self.failed:
-                        raise self.failure(self.failed[0])
-                    raise RuntimeError("cmampi: deadlock: waiting for a message that no "
-                                       "live rank can send")
+                self._check_senders()
                 _nap(_SHARED_NAP)
                 continue
             _pause(not self.crowded)
@@ -541,9 +541,8 @@ class Hub:
     # -- context ids ----------------------------------------------------------------------
     def propose_ctx(self, owner: object) -> int:
         """A context id free here, held for creation *owner*: this rank's proposal."""
-        ctx = self.next_ctx
-        self.ctx_held[ctx] = owner
-        self.next_ctx = ctx + 1
+        ctx = self.next_ctx    # every id from here on is free (see `hold_ctx`)
+        self.hold_ctx(ctx, 1, owner)
         return ctx
 
     def hold_ctx(self, lo: int, n: int, owner: object) -> bool:
