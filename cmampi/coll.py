@@ -18,6 +18,7 @@ import operator as _operator
 import pickle as _pickle
 import struct as _struct
 from collections.abc import Sequence
+from time import perf_counter as _clock
 from typing import Any, NamedTuple
 
 import numpy as _np
@@ -32,6 +33,7 @@ from ._buffers import has_derived_datatype, recv_buffer, send_buffer
 from ._serial import serialized, shared
 from ._tuning import COLL_INLINE_MAX as INLINE_MAX
 from ._tuning import PIECE
+from .coop import SharedCopies
 
 __all__ = ["INLINE_MAX", "Collectives", "frame"]
 
@@ -75,6 +77,8 @@ class Collectives:
         self.all_cma = engine.all_cma    # the same on every rank
         self._stages = [bytearray(RECORD_MAX) for _ in range(self.size - 1)]
         self._empty = bytearray(0)
+        #: how two ranks share a large Bcast's copy (see `SharedCopies`)
+        self.copies = SharedCopies()
         # A channel that can tell failed ranks fails every collective they were in,
         # on every survivor: none waits on another that has given up on it.
         engine.ch.collective()
@@ -430,6 +434,7 @@ class BcastInfo(NamedTuple):
 
     nbytes: int
     addr: int
+    copied: tuple = ()      # its copies' timings in the last shared copy (`SharedCopies`)
 
 
 class RootBuffer(NamedTuple):
@@ -540,9 +545,10 @@ def bcast(c: Collectives, spec, root: int) -> None:
     f, err = _guard(parse)
     a: _np.ndarray = f.array if f else None  # type: ignore[assignment]  # None: agree() raises
     me = c.rank
-    info = None if a is None else BcastInfo(a.nbytes, addr(a))
+    info = None if a is None else BcastInfo(a.nbytes, addr(a), c.copies.report())
     records = c.agree(err, info, _payload(c, a) if me == root else None, inline=me == root,
                       call=_call("bcast", root))
+    c.copies.learn([r.info.copied for r in records])
     nbytes = [r.info.nbytes for r in records]
     if len(set(nbytes)) != 1:
         raise c.mismatch(f"Bcast buffer sizes differ across ranks: {nbytes}")
@@ -552,14 +558,18 @@ def bcast(c: Collectives, spec, root: int) -> None:
             a.view(_np.uint8)[...] = _np.frombuffer(payload, _np.uint8)
             f.finish()
         return
-    # Between two ranks the root, idle otherwise, writes the second half while
-    # the peer reads the first; with more ranks every peer reads it all.
-    half = (n // 2) & ~4095 if c.size == 2 else n
+    # Between two ranks the root, idle otherwise, writes the tail while the
+    # peer reads the head, in parts that end together; with more ranks every
+    # peer reads it all.
+    head = c.copies.reader_part(n) if c.size == 2 else n
+    start = _clock()
     if me != root:
-        c.read(root, raddr, a.view(_np.uint8)[:half])
+        c.read(root, raddr, a.view(_np.uint8)[:head])
+        c.copies.timed("read", head, _clock() - start)
     elif c.size == 2:
         peer = 1 - root
-        c.write(peer, a.view(_np.uint8)[half:], records[peer].info.addr + half)
+        c.write(peer, a.view(_np.uint8)[head:], records[peer].info.addr + head)
+        c.copies.timed("write", n - head, _clock() - start)
     c.barrier()               # every copy into every buffer has landed
     if me != root:
         f.finish()

@@ -229,6 +229,24 @@ def test_bcast_huge(comm):
     assert np.array_equal(buf, expect)
 
 
+def test_bcasts_between_two_ranks_agree_on_their_split(cmcomm):
+    """Large Bcasts between two ranks split the copy as both ranks' timings
+    say (`coop.SharedCopies`): every rank computes the same split, and every
+    byte arrives, whoever is root and however the split moves."""
+    rank, size = cmcomm.Get_rank(), cmcomm.Get_size()
+    for k, n in enumerate([(1 << 20) + 3, 5 << 20, 4099, (3 << 20) + 8191] * 3):
+        root = k % size
+        expect = block(n, 3, k)
+        buf = expect.copy() if rank == root else np.full(n, np.nan)
+        cmcomm.Bcast(buf, root)
+        assert np.array_equal(buf, expect), (k, n)
+    copies = cmcomm._engine.coll.copies
+    seen = cmcomm.allgather((copies.rates, copies.reader_part(10 << 20)))
+    assert all(s == seen[0] for s in seen)
+    if size == 2:
+        assert copies.rates["read"] > 0 and copies.rates["write"] > 0
+
+
 # == gather and scatter ======================================================================
 
 @pytest.mark.parametrize("in_place", INPLACE)

@@ -349,3 +349,33 @@ def test_copy_share_follows_the_faster_side():
         mid = share.split(n)
         assert mid % 4096 == 0 and 0 < mid < n and abs(mid - n * value) <= 4096
     assert CopyShare(0.5).split(100) == 100    # a page or less: all ours
+
+
+def test_shared_copies_split_where_both_parts_end_together():
+    """A two-rank Bcast's split gives the reader bytes in proportion to the
+    rates both ranks reported, the same on every rank that saw the same
+    reports, within its bounds, in whole pages; reports that cannot be timed
+    and reports of failed calls change nothing."""
+    from cmampi.coop import SharedCopies
+
+    a, b = SharedCopies(), SharedCopies()
+    n = 64 << 20
+    assert a.reader_part(n) == n // 2          # nothing timed: an even split
+    for _ in range(40):                        # writes at 0.8 of reads
+        head = a.reader_part(n)
+        a.timed("write", n - head, (n - head) / 16e9)
+        b.timed("read", head, head / 20e9)
+        reports = [a.report(), b.report()]     # rank order, as the exchange gives them
+        a.learn(reports)
+        b.learn(reports)
+        assert a.rates == b.rates and a.mine == b.mine == ()
+    head = a.reader_part(n)
+    assert head == b.reader_part(n) and head % 4096 == 0
+    assert abs(head / n - 20 / 36) < 0.001
+    before = dict(a.rates)
+    a.learn([(("read", 0, 1.0), ("write", 1 << 20, 0.0), ("copy", 1, 1.0)), ()])
+    assert a.rates == before
+    for _ in range(40):                        # reads become far slower
+        a.learn([(("read", 1 << 20, 1.0),), (("write", 1 << 20, 1e-6),)])
+    assert a.reader_part(n) == int(n * SharedCopies.LOW) & ~4095
+    assert a.reader_part(100) == 0 and a.reader_part(0) == 0
