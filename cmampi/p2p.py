@@ -22,6 +22,7 @@ with a user matching space, a side space, and completion of its handles.
 from __future__ import annotations
 
 import collections as _collections
+import mmap
 import os as _os
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -429,6 +430,9 @@ class Engine:
         #: Sizes the simplest spec forms, where the channel takes them as they are.
         #: (a bound method: called per message, without the lookup of ``__call__``)
         self.counted = Counted(names).__call__ if hasattr(channel, "send_counted") else None
+        #: ``MPI.BYTE`` where the channel sends ``[buffer, count, MPI.BYTE]`` as it is
+        #: (`byte_spec`): the MPI library's own parsing and checks, nothing before them.
+        self.byte = names.BYTE if hasattr(channel, "send_spec") else None
         #: Large receives may land in place but for their head (see `_irecv_split`):
         #: those into a buffer another pending receive lands in, and on a guarded
         #: channel every one.
@@ -528,6 +532,14 @@ class Engine:
             if self.raw(spec.nbytes, dest, announce):   # as itself, progressing receives
                 wait_handles(self.ch, [self.ch.isend(spec, dest, tag)])
                 return
+        if self.byte is not None:
+            n = byte_spec(spec, self.byte)
+            if n >= 0 and self._in_channel(n, dest, announce):
+                try:
+                    self.ch.send_spec(spec, dest, tag)  # type: ignore[attr-defined]  # self.byte is set: the channel has it
+                    return
+                except _REFUSED:
+                    pass    # not a buffer as the library takes it: the full parse decides
         hit = self.counted(spec, False) if self.counted is not None else None
         if hit is not None and self._in_channel(hit[1], dest, announce):
             self.ch.send_counted(hit[0], hit[1], dest, tag)  # type: ignore[attr-defined]  # a hit: self.counted is set, so the channel has it
@@ -598,6 +610,13 @@ class Engine:
         if not sync and _plain(spec) and (spec.nbytes <= self.limit
                                           or self.raw(spec.nbytes, dest, False)):
             return SendOp(self, self.ch.isend(spec, dest, tag), spec)
+        if not sync and self.byte is not None:
+            n = byte_spec(spec, self.byte)
+            if n >= 0 and (n <= self.limit or self.raw(n, dest, False)):
+                try:
+                    return SendOp(self, self.ch.isend_spec(spec, dest, tag), spec)  # type: ignore[attr-defined]  # self.byte is set: the channel has it
+                except _REFUSED:
+                    pass    # not a buffer as the library takes it: the full parse decides
         return self._isend(send_buffer(spec), dest, tag, sync)
 
     def _isend_behind(self, buf: Buffer, dest: int, tag: int, sync: bool,
@@ -1157,12 +1176,34 @@ class Engine:
 
 
 _ndarray = np.ndarray
+_mmap = mmap.mmap
 
 
 def _plain(spec) -> bool:
     """A whole C-contiguous numpy array of plain data: the channel takes it as is."""
     return type(spec) is _ndarray and spec.flags.c_contiguous and \
         spec.dtype.kind not in "OMm" and spec.dtype.isnative
+
+
+#: What mpi4py raises for a buffer it cannot take, before it sends anything.
+_REFUSED = (BufferError, ValueError, TypeError)
+
+
+def byte_spec(spec, byte) -> int:
+    """The bytes of a send spec ``[buffer, count, MPI.BYTE]`` whose count fits its
+    buffer (a numpy array, ``bytearray``, ``bytes`` or ``mmap``); else -1. The
+    channel hands such a spec to mpi4py as it is; a buffer mpi4py refuses (a
+    strided view, say) goes through cmampi's own parse instead."""
+    t = type(spec)
+    if (t is list or t is tuple) and len(spec) == 3 and spec[2] is byte:
+        buf, count = spec[0], spec[1]
+        if type(count) is int and count >= 0:
+            tb = type(buf)
+            size = buf.nbytes if tb is _ndarray else \
+                len(buf) if tb is bytearray or tb is bytes or tb is _mmap else -1
+            if count <= size:
+                return count
+    return -1
 
 
 class Counted:

@@ -103,6 +103,77 @@ def test_buffer_kinds(comm, spec, MPI):
         assert got == data
 
 
+def _byte_buffer(kind: str, data: bytes):
+    import mmap
+
+    if kind == "mmap":
+        m = mmap.mmap(-1, len(data))
+        m.write(data)
+        return m
+    return {"numpy": lambda: np.frombuffer(data, np.uint8).copy(),
+            "float64": lambda: np.frombuffer(data, np.float64).copy(),
+            "bytearray": lambda: bytearray(data), "bytes": lambda: data}[kind]()
+
+
+@pytest.mark.parametrize("nonblocking", [False, True], ids=["Send", "Isend"])
+@pytest.mark.parametrize("n", [0, 8, LIMIT, LIMIT + 8, 64 << 10])
+@pytest.mark.parametrize("kind", ["numpy", "float64", "bytearray", "bytes", "mmap"])
+def test_byte_specs_of_every_buffer_kind(comm, MPI, kind, n, nonblocking):
+    """``[buffer, count, MPI.BYTE]`` sends exactly *count* bytes of the buffer,
+    whatever holds them (numpy arrays of any item type, bytearray, bytes, mmap),
+    in every size range (as themselves, control band, larger)."""
+    rank = comm.Get_rank()
+    # Longer than the count, in whole float64 items.
+    data = (bytes(range(256)) * (n // 256 + 1))[: (n // 8 + 2) * 8]
+    if rank == 0:
+        spec = [_byte_buffer(kind, data), n, MPI.BYTE]
+        if nonblocking:
+            comm.Isend(spec, 1, 4).Wait()
+        else:
+            comm.Send(spec, 1, 4)
+    elif rank == 1:
+        out = bytearray(len(data) + 16)
+        status = MPI.Status()
+        comm.Recv(out, 0, 4, status)
+        assert status.Get_count(MPI.BYTE) == n
+        assert bytes(out[:n]) == data[:n] and not any(out[n:])
+
+
+def test_byte_spec_of_a_strided_view(cmcomm, MPI):
+    """A strided numpy view in a ``[buffer, count, MPI.BYTE]`` send, which
+    mpi4py refuses, sends its elements in order with cmampi, as its other spec
+    forms do."""
+    rank = cmcomm.Get_rank()
+    a = np.arange(64, dtype=np.uint8)
+    for k, call in enumerate((cmcomm.Send, lambda *args: cmcomm.Isend(*args).Wait())):
+        if rank == 0:
+            call([a[::2], 8, MPI.BYTE], 1, k)
+        elif rank == 1:
+            out = bytearray(8)
+            cmcomm.Recv(out, 0, k)
+            assert bytes(out) == bytes(range(0, 16, 2))
+
+
+@pytest.mark.parametrize("case", ["count past the end", "negative count"])
+def test_byte_specs_mpi4py_refuses(comm, MPI, case):
+    """Bad ``[buffer, count, MPI.BYTE]`` sends raise before anything is sent,
+    and the communicator goes on: a count past the buffer's end (mpi4py reads
+    past it; cmampi refuses), a negative count."""
+    rank = comm.Get_rank()
+    a = np.arange(64, dtype=np.uint8)
+    spec = {"count past the end": [a, 65, MPI.BYTE], "negative count": [a, -1, MPI.BYTE]}[case]
+    if rank == 0:
+        if case != "count past the end" or type(comm).__module__.startswith("cmampi"):
+            for call in (comm.Send, comm.Isend):
+                with pytest.raises((BufferError, ValueError, MPI.Exception)):
+                    call(spec, 1, 6)
+        comm.Send([a, 4, MPI.BYTE], 1, 6)
+    elif rank == 1:
+        out = bytearray(8)
+        comm.Recv(out, 0, 6)
+        assert bytes(out[:4]) == bytes(range(4))
+
+
 @pytest.mark.parametrize("n", [64, 4 * LIMIT])
 def test_count_and_displacement(comm, MPI, n):
     rank = comm.Get_rank()

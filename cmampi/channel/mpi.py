@@ -181,6 +181,13 @@ class MPIChannel:
     def mrecv_counted(self, handle, buf, nbytes: int) -> None:
         handle.Recv([buf, nbytes, _BYTE])
 
+    # A ``[buffer, count, MPI.BYTE]`` spec, as the user gave it (see `p2p.byte_spec`).
+    def send_spec(self, spec, dest: int, tag: int) -> None:
+        self.user.Send(spec, dest, tag)
+
+    def isend_spec(self, spec, dest: int, tag: int) -> _mpi.Request:
+        return self.user.Isend(spec, dest, tag)
+
     def recv_object(self, source: int, tag: int) -> object:
         """Blocking receive of a message, unpickled (an empty one is None); its
         (source, tag, nbytes) are `last`'s. mpi4py receives and unpickles in one call."""
