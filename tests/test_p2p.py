@@ -11,6 +11,7 @@ import pytest
 
 from cmampi._config import CMA_MIN_DEFAULTS, config
 from cmampi._tuning import CMA_MIN_BUSY_DEFAULTS
+from cmampi._wire import CTRL_MAX
 
 pytestmark = pytest.mark.mpi(min_size=2)
 
@@ -278,6 +279,27 @@ def test_truncation(comm, MPI, n, room, call, open_mpi_reference):
         after = np.zeros(4, np.uint8)
         comm.Recv(after, 0, 6)  # the communicator keeps working
         assert list(after) == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("call", ["Send", "Ssend", "Isend"])
+@pytest.mark.parametrize("n", [0, 1, LIMIT, LIMIT + 1, LIMIT + CTRL_MAX - 1])
+def test_blocking_receives_shorter_than_a_control_message(comm, MPI, n, call):
+    """A blocking receive into a buffer shorter than cmampi's control messages
+    (it sees the message's size first) takes every kind of message that fits:
+    as itself, behind a header (a length in the control band), synchronous;
+    its status and the bytes after the message are right."""
+    rank = comm.Get_rank()
+    data = pattern(n, seed=n)
+    if rank == 0:
+        {"Send": comm.Send, "Ssend": comm.Ssend,
+         "Isend": lambda *a: comm.Isend(*a).Wait()}[call](data, 1, 8)
+    elif rank == 1:
+        room = LIMIT + CTRL_MAX - 1
+        buf = np.full(room, 7, np.uint8)
+        st = MPI.Status()
+        comm.Recv(buf, 0, 8, st)
+        assert st.Get_count(MPI.BYTE) == n and st.Get_source() == 0 and st.Get_tag() == 8
+        assert (buf[:n] == data).all() and (buf[n:] == 7).all()
 
 
 # -- nonblocking ----------------------------------------------------------------------------
