@@ -1199,7 +1199,8 @@ def byte_spec(spec, byte) -> int:
         buf, count = spec[0], spec[1]
         if type(count) is int and count >= 0:
             tb = type(buf)
-            size = buf.nbytes if tb is _ndarray else \
+            # (an array of Python objects has no bytes to send: the full parse refuses it)
+            size = (-1 if buf.dtype.hasobject else buf.nbytes) if tb is _ndarray else \
                 len(buf) if tb is bytearray or tb is bytes or tb is _mmap else -1
             if count <= size:
                 return count

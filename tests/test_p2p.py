@@ -155,6 +155,17 @@ def test_byte_spec_of_a_strided_view(cmcomm, MPI):
             assert bytes(out) == bytes(range(0, 16, 2))
 
 
+def test_nonblocking_byte_spec_of_python_objects_is_refused(cmcomm, MPI):
+    """An array of Python objects in a nonblocking ``[buffer, count, MPI.BYTE]``
+    send has no bytes to send: refused whatever the count."""
+    objects = np.empty(1 << 17, object)
+    dest = (cmcomm.Get_rank() + 1) % cmcomm.Get_size()
+    for count in (16, 1 << 20):
+        with pytest.raises(TypeError):
+            cmcomm.Isend([objects, count, MPI.BYTE], dest, 3)
+    cmcomm.Barrier()
+
+
 @pytest.mark.parametrize("case", ["count past the end", "negative count"])
 def test_byte_specs_mpi4py_refuses(comm, MPI, case):
     """Bad ``[buffer, count, MPI.BYTE]`` sends raise before anything is sent,
