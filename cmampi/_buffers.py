@@ -701,7 +701,7 @@ def _buffer(spec, writable: bool) -> Buffer:
         raise TypeError("message: expecting buffer or list/tuple")
     arr = _as_array(obj)
     if arr.dtype.kind == "O":
-        raise TypeError("message: arrays of Python objects have no raw bytes to send")
+        raise TypeError("message: arrays of Python objects have no raw bytes to send or receive")
     if arr.dtype.kind in "Mm":  # no buffer export for datetimes: move their int64s
         arr = arr.view(_np.int64)
     if writable and not arr.flags.writeable:

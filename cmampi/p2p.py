@@ -672,9 +672,10 @@ class Engine:
         # tells the size first, so a payload lands straight in place.
         ch = self.ch
         plain = type(spec) is _ndarray and _plain(spec) and spec.flags.writeable
-        hit = None if plain or self.counted is None else self.counted(spec, True)
+        n = -1 if plain or self.byte is None else byte_spec(spec, self.byte, True)
+        hit = None if plain or n >= 0 or self.counted is None else self.counted(spec, True)
         # Bad buffers fail before blocking.
-        buf = None if plain or hit is not None else recv_buffer(spec)
+        buf = None if plain or hit is not None or n >= 0 else recv_buffer(spec)
         if buf is not None and buf.derived is not None:
             # Through an op, whose end unpacks and lets the datatype go, whatever happens.
             op = self.irecv(buf, source, tag)
@@ -688,6 +689,15 @@ class Engine:
                 if status is not None:
                     fill_status(status, src, tg, count, None, self.names)
                 return
+            if 0 <= count <= n:
+                try:
+                    ch.mrecv_spec(handle, spec)  # type: ignore[attr-defined]  # n >= 0: self.byte is set, the channel has it
+                except _REFUSED:
+                    pass    # still matched, not received: cmampi's parse takes it below
+                else:
+                    if status is not None:
+                        fill_status(status, src, tg, count, None, self.names)
+                    return
             if hit is not None and count <= hit[1]:
                 ch.mrecv_counted(handle, hit[0], hit[1])  # type: ignore[attr-defined]  # a hit: self.counted is set, so the channel has it
                 if status is not None:
@@ -1189,19 +1199,26 @@ def _plain(spec) -> bool:
 _REFUSED = (BufferError, ValueError, TypeError)
 
 
-def byte_spec(spec, byte) -> int:
-    """The bytes of a send spec ``[buffer, count, MPI.BYTE]`` whose count fits its
-    buffer (a numpy array, ``bytearray``, ``bytes`` or ``mmap``); else -1. The
-    channel hands such a spec to mpi4py as it is; a buffer mpi4py refuses (a
-    strided view, say) goes through cmampi's own parse instead."""
+def byte_spec(spec, byte, writable: bool = False) -> int:
+    """The bytes of a spec ``[buffer, count, MPI.BYTE]`` whose count fits its
+    buffer (a numpy array, ``bytearray``, ``bytes`` or ``mmap``), *writable* if
+    asked; else -1. The channel hands such a spec to mpi4py as it is; a buffer
+    mpi4py refuses (a strided view, say) goes through cmampi's own parse instead."""
     t = type(spec)
     if (t is list or t is tuple) and len(spec) == 3 and spec[2] is byte:
         buf, count = spec[0], spec[1]
         if type(count) is int and count >= 0:
             tb = type(buf)
-            # (an array of Python objects has no bytes to send: the full parse refuses it)
-            size = (-1 if buf.dtype.hasobject else buf.nbytes) if tb is _ndarray else \
-                len(buf) if tb is bytearray or tb is bytes or tb is _mmap else -1
+            if tb is _ndarray:
+                # (an array of Python objects has no bytes to move: the full parse refuses it)
+                bad = buf.dtype.hasobject or (writable and not buf.flags.writeable)
+                size = -1 if bad else buf.nbytes
+            elif tb is bytearray or (tb is bytes and not writable):
+                size = len(buf)
+            elif tb is _mmap:
+                size = -1 if writable and memoryview(buf).readonly else len(buf)
+            else:
+                size = -1
             if count <= size:
                 return count
     return -1
@@ -1240,7 +1257,8 @@ class Counted:
                 mem = memoryview(buf)
             except (TypeError, ValueError, BufferError):    # (datetimes: ValueError)
                 return None
-            if not mem.c_contiguous or nbytes > mem.nbytes or (writable and mem.readonly):
+            if not mem.c_contiguous or nbytes > mem.nbytes or (writable and mem.readonly) \
+                    or (writable and mem.format == "O"):   # bytes over Python objects' pointers
                 return None
             return buf, nbytes
         if t is bytearray:

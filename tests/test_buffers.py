@@ -494,6 +494,7 @@ def _counted_cases():
         ([ro, 8, byte], False, 8),
         ([ro, 8, byte], True, None),                        # read-only receive buffer
         ([np.empty(2, object), 2, byte], False, 2),         # mpi4py sends its bytes too
+        ([np.empty(2, object), 2, byte], True, None),       # but none may land on its pointers
         ([np.zeros(2, "M8[s]"), 16, byte], False, None),    # no buffer view: parsed in full
         ([bytearray(9), 9, byte], True, 9),
         ([b"abc", 3, byte], True, None),

@@ -155,6 +155,30 @@ def test_byte_spec_of_a_strided_view(cmcomm, MPI):
             assert bytes(out) == bytes(range(0, 16, 2))
 
 
+def test_byte_spec_receives_refuse_before_taking_the_message(cmcomm, MPI):
+    """Blocking ``[buffer, count, MPI.BYTE]`` receives into a read-only ``mmap``
+    or an array of Python objects raise before the message is taken; one into a
+    strided view (mpi4py refuses it) gets the message in order, as cmampi's
+    other spec forms do."""
+    import mmap as _mmap_mod
+
+    rank = cmcomm.Get_rank()
+    data = pattern(16, seed=3)
+    if rank == 0:
+        cmcomm.Send(data, 1, 9)
+    elif rank == 1:
+        with _mmap_mod.mmap(-1, 16, access=_mmap_mod.ACCESS_READ) as ro, \
+                pytest.raises((BufferError, TypeError)):
+            cmcomm.Recv([ro, 16, MPI.BYTE], 0, 9)
+        for call in (cmcomm.Recv, lambda *args: cmcomm.Irecv(*args).Wait()):
+            with pytest.raises(TypeError):
+                call([np.empty(16, object), 16, MPI.BYTE], 0, 9)
+        base = np.zeros(32, np.uint8)
+        cmcomm.Recv([base[::2], 16, MPI.BYTE], 0, 9)
+        assert (base[::2] == data).all() and not base[1::2].any()
+    cmcomm.Barrier()
+
+
 def test_nonblocking_byte_spec_of_python_objects_is_refused(cmcomm, MPI):
     """An array of Python objects in a nonblocking ``[buffer, count, MPI.BYTE]``
     send has no bytes to send: refused whatever the count."""

@@ -188,6 +188,9 @@ class MPIChannel:
     def isend_spec(self, spec, dest: int, tag: int) -> _mpi.Request:
         return self.user.Isend(spec, dest, tag)
 
+    def mrecv_spec(self, handle, spec) -> None:
+        handle.Recv(spec)
+
     def recv_object(self, source: int, tag: int) -> object:
         """Blocking receive of a message, unpickled (an empty one is None); its
         (source, tag, nbytes) are `last`'s. mpi4py receives and unpickles in one call."""
