@@ -103,6 +103,9 @@ class Config:
     #: sends that completed here first (buffered mode, freed requests); inf:
     #: until they do, as MPI's Finalize.
     exit_wait: float = float("inf")
+    #: MPI channel: small nonblocking messages and their waits take the compiled
+    #: path (``_fastpath``) where it is built for the MPI library in use.
+    fastpath: bool = True
 
     @classmethod
     def from_environ(cls) -> Config:
@@ -119,6 +122,7 @@ class Config:
             rings=_flag("CMAMPI_RINGS", True),
             check_collectives=_flag("CMAMPI_CHECK_COLLECTIVES", False),
             exit_wait=_seconds("CMAMPI_EXIT_WAIT", float("inf")),
+            fastpath=_flag("CMAMPI_FASTPATH", True),
         )
 
 

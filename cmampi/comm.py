@@ -28,6 +28,7 @@ from . import p2p as _p2p
 from ._backend import names as _names_in_use
 from ._buffers import check_recv_buffer, has_derived_datatype, recv_buffer, send_buffer
 from ._config import config as _config
+from ._serial import THREADS as _THREADS
 from .request import NO_PROC_HIT as _NO_PROC_HIT
 from .request import Message, PartitionedRequest, Prequest, Request, new_request
 
@@ -556,8 +557,15 @@ class Communicator(_Fallback):
 
     def Isend(self, buf, dest: int, tag: int = 0) -> Request:
         """Nonblocking send."""
-        if self._engine is None:
+        e = self._engine
+        if e is None:
             return super().Isend(buf, dest, tag)
+        fast = e.fast
+        if fast is not None and len(_THREADS) < 2:
+            # small and plain: the compiled path (it declines anything else)
+            req = fast.isend(e.user, buf, dest, tag, e)
+            if req is not None:
+                return req
         return self._isend(buf, dest, tag, False)
 
     def Issend(self, buf, dest: int, tag: int = 0) -> Request:
@@ -583,8 +591,15 @@ class Communicator(_Fallback):
         e = self._engine
         if e is None:
             return super().Irecv(buf, source, tag)
-        if type(source) is int and 0 <= source < e.size and type(tag) is int \
-                and 0 <= tag <= e.tag_ub:   # the common case, at once
+        fast = e.fast
+        if fast is not None and not e.stash and len(_THREADS) < 2:
+            # small and plain: the compiled path (it declines anything else)
+            req = fast.irecv(e.user, buf, source, tag, e)
+            if req is not None:
+                return req
+        if type(source) is int and (0 <= source < e.size or source == e.any_source) \
+                and type(tag) is int and (0 <= tag <= e.tag_ub or tag == e.any_tag):
+            # the common case, at once
             return new_request(e.irecv(recv_buffer(buf), source, tag))
         if source == e.names.PROC_NULL and self._plain() is not None:
             self._tag(tag, True)

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from . import _cma, _pull, _wire
+from . import _cma, _fastpath, _pull, _wire
 from ._access import PeerAccess
 from ._buffers import Buffer, address, bytes_at, plain_sizes, recv_buffer, send_buffer
 from ._serial import ENGINE as _ENGINE
@@ -37,7 +37,7 @@ from ._serial import THREADS as _THREADS
 from ._serial import nap, pause, serialized
 from ._serial import owned as _owned
 from ._tuning import OBJECT_RAW_MAX
-from .channel import Channel, Completion
+from .channel import Channel, Completion, completion
 from .coop import SHARES, CoopPull, CopyShare, now
 
 if TYPE_CHECKING:
@@ -58,6 +58,8 @@ __all__ = [
     "detach",
     "fill_status",
     "progress",
+    "promote",
+    "settle",
     "test",
     "undelivered",
     "wait_all",
@@ -80,6 +82,12 @@ _DETACHED: list[Op] = []
 _SPARE_BYTES = 64 << 20
 #: The first engine made: it completes requests of the MPI library's own.
 _DEFAULT: list[Engine] = []
+#: The compiled path's module (see `_fastpath`), once an engine uses it: the
+#: small nonblocking ops it holds are the engine's as soon as anything but its
+#: own waits looks at them (`settle`).
+_FAST: list[Any] = []
+#: Whether a compiled wait polls and yields (more ranks than cores somewhere).
+_FAST_YIELDS = [False]
 
 
 class RecordReader(NamedTuple):
@@ -460,6 +468,17 @@ class Engine:
         self.small_recvs: dict[RecvOp, Buffer] = {}
         #: The address of a whole C-contiguous array (the channel's may be cheaper).
         self.address: Callable[[np.ndarray], int] = getattr(channel, "address", address)
+        #: The compiled path of small nonblocking messages, or None (see `_fastpath`).
+        self.fast: Any = None
+        user = getattr(channel, "user", None)
+        if user is not None:
+            self.fast = _fastpath.module(self.limit, self.band, self.guarded)
+            if self.fast is not None:
+                if not _FAST:
+                    _FAST.append(self.fast)
+                if getattr(channel, "oversubscribed", False):
+                    _FAST_YIELDS[0] = True
+        self.user = user
         self.coll = None    # the communicator's collectives, made on first use
         self.native = None  # the MPI channel's agreement on native collectives (native.py)
         #: What the communicator keeps with its engine, which its copies share
@@ -558,7 +577,10 @@ class Engine:
         this rank's waits for progress meanwhile. A pending receive may have
         matched a peer's pull descriptor: that peer waits for our reply before
         it receives what we send, so our send must progress it while it waits."""
-        return n <= self.limit or (not _PENDING and self.raw(n, dest, announce))
+        if n <= self.limit:
+            return True
+        settle()
+        return not _PENDING and self.raw(n, dest, announce)
 
     def _send_shared(self, spec, dest: int, tag: int, announce: bool) -> None:
         """`send` with several threads: under the lock, and never blocking inside
@@ -751,6 +773,7 @@ class Engine:
     def idle(self) -> bool:
         """Whether no receive waits for progress and nothing is stashed: a blocking
         receive may then block inside the channel."""
+        settle()
         return not (_PENDING or self.stash)
 
     def irecv(self, buf: Buffer | None, source: int, tag: int,
@@ -759,6 +782,7 @@ class Engine:
         if len(_THREADS) > 1 and not _owned():
             with _ENGINE:
                 return self.irecv(buf, source, tag, landed)
+        settle()    # small receives of the compiled path land too (`_small_in`)
         op = RecvOp(self, buf, landed)
         if self.stash:
             hit = self.take(source, tag)
@@ -1286,6 +1310,7 @@ def detach(ops: Sequence[Op]) -> None:
 def undelivered() -> int:
     """How many detached ops, and posted receives, another process waits on
     (see `Op.owed`)."""
+    settle()
     return sum(op.owed for op in {*_DETACHED, *_PENDING})
 
 
@@ -1314,6 +1339,7 @@ def not_progressed(op: Op) -> None:
 @serialized
 def progress() -> None:
     """Advance every posted receive whose handle has completed (and detached ops)."""
+    settle()
     _ROUNDS[0] += 1
     for op in list(_PENDING):
         h = op.handle
@@ -1340,6 +1366,7 @@ def test(op: Op) -> bool:
 
 def _wait_any(ops) -> None:
     """Block until at least one of *ops* is done, progressing every posted receive."""
+    settle()
     while not any(op.done for op in ops):
         _advance_some(ops)
 
@@ -1456,6 +1483,7 @@ def wait_handles(ch, handles: Sequence[Any]) -> list[Any]:
     """Wait for raw channel *handles*, progressing every posted receive meanwhile;
     their completion infos, in order. A handle the channel failed (its peer is
     gone) raises its error at once."""
+    settle()
     _ROUNDS[0] += 1
     infos: list[Any] = [None] * len(handles)
     left = list(range(len(handles)))
@@ -1485,6 +1513,7 @@ def wait_all(ops) -> None:
     messages itself has no core to spare (both directions at once ran 1.7x
     slower with help).
     """
+    settle()
     todo = [op for op in ops if not op.done]
     offers = []
     if not _PENDING:
@@ -1502,6 +1531,52 @@ def wait_all(ops) -> None:
     finally:
         for word in offers:
             word[0] = 0
+
+
+def settle() -> None:
+    """Let the engines take over every op the compiled path still holds (posted,
+    or arrived with a message they act on): their waits, probes and blocking
+    calls progress them from then on, and later receives see where they land.
+    Ops a compiled wait in another thread holds stay with it."""
+    if _FAST and _FAST[0].pending():
+        for staged in _FAST[0].live():
+            if not staged.busy:
+                promote(staged)
+
+
+def promote(staged) -> Op:
+    """The op of the Python engine a compiled op becomes, once and for good."""
+    op = staged.op
+    if op is not None:
+        return op
+    engine: Engine = staged.engine
+    state = staged.state
+    if not staged.is_recv:
+        if state == _fastpath.POSTED:
+            op = SendOp(engine, staged.release(), staged)   # it holds the buffer
+        else:
+            op = SendOp(engine, None, None)
+            if state == _fastpath.ARRIVED:
+                staged.taken()
+                op.finish(engine.names.Exception(staged.error))
+            else:
+                op.finish()
+    elif state == _fastpath.DONE:
+        op = RecvOp(engine, None)
+        op.source, op.tag, op.nbytes, op.done = staged.source, staged.tag, staged.count, True
+    else:
+        op = RecvOp(engine, recv_buffer(staged.obj))
+        op.stage = np.frombuffer(staged, np.uint8)
+        if state == _fastpath.POSTED:
+            engine.small_recvs[op] = op.buf     # type: ignore[assignment]  # a buffer receive
+            op.wait_on(staged.release(), op.arrived)
+        else:   # its message is in the stage: a control message, or one too long
+            staged.taken()
+            error = staged.error
+            op.arrived(completion(staged.source, staged.tag, staged.count,
+                                  engine.names.Exception(error) if error else None))
+    staged.op = op
+    return op
 
 
 def fill_status(status, source, tag, nbytes, err, names, cancelled=False) -> None:

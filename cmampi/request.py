@@ -11,14 +11,16 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from . import _fastpath
 from . import objects as _objects
 from . import p2p as _p2p
 from ._backend import names as _names_in_use
 from ._buffers import recv_buffer
 from ._serial import ENGINE as _ENGINE
+from ._serial import THREADS as _THREADS
 from ._standin import StandIn, is_ours
 
-__all__ = ["Message", "PartitionedRequest", "Prequest", "Request", "new_request"]
+__all__ = ["Message", "PartitionedRequest", "Prequest", "Request", "StagedRequest", "new_request"]
 
 _NAMES = _names_in_use()
 #: mpi4py's classes on the MPI channel; nothing on the socket channel.
@@ -315,6 +317,9 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ()), metaclass=StandIn): 
 
         Wait for all previously initiated requests to complete.
         """
+        if statuses is None and _FAST and _fast_waits() and \
+                _FAST[0].waitall(requests, StagedRequest, _p2p._FAST_YIELDS[0]):
+            return True
         _wait_all(requests)
         _finish_all(requests, statuses, range(len(requests)))
         return True
@@ -325,6 +330,10 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ()), metaclass=StandIn): 
 
         Test for completion of all previously initiated requests.
         """
+        if statuses is None and _FAST and _fast_waits():
+            done = _FAST[0].testall(requests, StagedRequest)
+            if done is not None:
+                return done
         _p2p.progress()
         if not all([_test_quiet(req) for req in requests]):  # noqa: C419 (test every one: each test makes progress)
             return False
@@ -508,6 +517,67 @@ def _REAL_BASE(cls: type) -> Any:
         if base.__module__.startswith("mpi4py"):
             return base
     raise TypeError(f"{cls.__name__}: no MPI handles on the socket channel")
+
+
+#: The compiled path's module, once an engine uses it (`p2p._FAST`).
+_FAST = _p2p._FAST
+
+
+def _fast_waits() -> bool:
+    """Whether a compiled wait may complete requests now: no op of the Python
+    engine waits for progress (that wait would not advance it), one thread."""
+    return not (_p2p._PENDING or _p2p._DETACHED) and len(_THREADS) < 2
+
+
+class StagedRequest(Request):
+    """The request of a small send or receive on the compiled path (see
+    `_fastpath`). Its compiled waits complete it; anything else that looks at
+    its op (``_op``) hands the op to the Python engine first (`p2p.promote`)."""
+
+    __module__ = "cmampi.MPI"
+    #: the compiled op, until a compiled wait completes it or the request is completed
+    _fast: Any = None
+
+    @property
+    def _op(self) -> _p2p.Op | None:
+        staged = self._fast
+        if staged is None:
+            return self.__dict__.get("_held")
+        return _p2p.promote(staged)
+
+    @_op.setter
+    def _op(self, op: _p2p.Op | None) -> None:
+        self._fast = None
+        self._held = op
+
+    def Wait(self, status=None) -> bool:
+        """Wait for a send or receive to complete."""
+        if status is None and self._fast is not None and _fast_waits() and \
+                _FAST[0].waitall((self,), StagedRequest, _p2p._FAST_YIELDS[0]):
+            return True
+        return super().Wait(status)
+
+    def Test(self, status=None) -> bool:
+        """Test for the completion of a send or receive."""
+        if status is None and self._fast is not None and _fast_waits():
+            done = _FAST[0].testall((self,), StagedRequest)
+            if done is not None:
+                return done
+        return super().Test(status)
+
+    def __del__(self) -> None:
+        # Dropped in flight: the op goes on by itself (see Request.__del__). A
+        # StagedRequest's op is only ever its compiled op's.
+        staged = self._fast
+        if staged is not None:
+            op = staged.op
+            if op is None and staged.state in (_fastpath.POSTED, _fastpath.ARRIVED):
+                op = _p2p.promote(staged)
+            if op is not None and not op.done:
+                _p2p.detach([op])
+
+
+_fastpath.register(StagedRequest)
 
 
 def new_request(op: _p2p.Op | None, parts: Sequence[_p2p.Op] = ()) -> Request:

