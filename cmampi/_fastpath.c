@@ -37,11 +37,13 @@ typedef struct Staged {
     Py_buffer view;              /* the user's buffer, until done or released */
     int has_view;
     int is_recv;
+    int split;                   /* a receive into the buffer but for its head (band bytes) */
     int state;
     int busy;                    /* a wait without the GIL holds its request */
     int source, tag, error;      /* of the completed message */
     Py_ssize_t count;            /* bytes of the completed message */
     Py_ssize_t nbytes;           /* bytes the user's buffer takes (receives) */
+    Py_ssize_t stage_len;        /* bytes of the stage the engine sees (the buffer export) */
     PyObject *engine;            /* the engine the op belongs to */
     PyObject *obj;               /* the buffer argument as the user gave it (a spec) */
     PyObject *op;                /* the Python op it became (p2p.promote) */
@@ -50,8 +52,8 @@ typedef struct Staged {
 
 static PyTypeObject StagedType;
 static Staged live_head;        /* sentinel of the live list */
-static Py_ssize_t live_count = 0;
-static Py_ssize_t cfg_limit = -1, cfg_band = -1;
+static Py_ssize_t live_count = 0, live_recvs = 0;
+static Py_ssize_t cfg_limit = -1, cfg_band = -1, cfg_cma_min = -1;
 static MPI_Datatype gap_type = MPI_DATATYPE_NULL;  /* guarded receives (Open MPI) */
 static PyObject *str_fast = NULL;
 static PyObject *mpi_exception = NULL;
@@ -63,6 +65,7 @@ static void link_live(Staged *s) {
     live_head.prev->next = s;
     live_head.prev = s;
     live_count++;
+    live_recvs += s->is_recv;
 }
 
 /* Unlink (if linked) and drop the list's reference: the caller holds one. */
@@ -72,6 +75,7 @@ static void unlink_live(Staged *s) {
     s->next->prev = s->prev;
     s->prev = s->next = NULL;
     live_count--;
+    live_recvs -= s->is_recv;
     Py_DECREF(s);
 }
 
@@ -112,7 +116,7 @@ static int Staged_getbuffer(Staged *s, Py_buffer *view, int flags) {
         PyErr_SetString(PyExc_BufferError, "a send has no stage");
         return -1;
     }
-    return PyBuffer_FillInfo(view, (PyObject *)s, s->stage, Py_SIZE(s), 0, flags);
+    return PyBuffer_FillInfo(view, (PyObject *)s, s->stage, s->stage_len, 0, flags);
 }
 
 static PyBufferProcs Staged_as_buffer = {(getbufferproc)Staged_getbuffer, NULL};
@@ -124,6 +128,8 @@ static Staged *new_staged(Py_ssize_t stage, PyObject *engine, PyObject *obj, int
     s->req = MPI_REQUEST_NULL;
     s->has_view = 0;
     s->is_recv = is_recv;
+    s->split = 0;
+    s->stage_len = stage;
     s->state = POSTED;
     s->busy = 0;
     s->source = s->tag = -1;
@@ -257,7 +263,7 @@ static MPI_Comm *comm_for(PyObject *comm, PyObject *peer, PyObject *tagobj, int 
 }
 
 /* irecv(comm, spec, source, tag, engine) -> request | None: a receive into
-   *spec*, smaller than a stage, posted into a stage of its own. */
+   *spec*, posted into a stage of its own if smaller than one, else split. */
 static PyObject *fp_irecv(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
     int source, tag;
     if (nargs != 5) {
@@ -270,17 +276,40 @@ static PyObject *fp_irecv(PyObject *mod, PyObject *const *args, Py_ssize_t nargs
     int guarded = gap_type != MPI_DATATYPE_NULL;
     Staged *s = new_staged(cfg_band + guarded, args[4], args[1], 1);
     if (s == NULL) return NULL;
-    if (!take_view(s, args[1], 1) || s->nbytes >= cfg_band) {
+    if (!take_view(s, args[1], 1) || s->nbytes == cfg_band) {
         Py_DECREF(s);
         Py_RETURN_NONE;
     }
-    return posted(s, guarded ? MPI_Irecv(s->stage, 1, gap_type, source, tag, *comm, &s->req)
-                             : MPI_Irecv(s->stage, (int)cfg_band, MPI_BYTE, source, tag, *comm,
-                                         &s->req));
+    if (s->nbytes < cfg_band)
+        return posted(s, guarded ? MPI_Irecv(s->stage, 1, gap_type, source, tag, *comm, &s->req)
+                                 : MPI_Irecv(s->stage, (int)cfg_band, MPI_BYTE, source, tag,
+                                             *comm, &s->req));
+    /* Larger: the message lands in the buffer but for its first band bytes, which
+       take the stage (a control message is read from there, never overwritten by
+       another receive into the same buffer): p2p.Engine._irecv_split. */
+    MPI_Datatype dt;
+    int lens[2] = {(int)cfg_band, (int)(s->nbytes - cfg_band)};
+    MPI_Aint displs[2];
+    MPI_Get_address(s->stage, &displs[0]);
+    MPI_Get_address((char *)s->view.buf + cfg_band, &displs[1]);
+    if (MPI_Type_create_hindexed(2, lens, displs, MPI_BYTE, &dt) != MPI_SUCCESS) {
+        Py_DECREF(s);
+        Py_RETURN_NONE;
+    }
+    if (MPI_Type_commit(&dt) != MPI_SUCCESS) {
+        MPI_Type_free(&dt);
+        Py_DECREF(s);
+        Py_RETURN_NONE;
+    }
+    s->split = 1;
+    s->stage_len = cfg_band;
+    int rc = MPI_Irecv(MPI_BOTTOM, 1, dt, source, tag, *comm, &s->req);
+    MPI_Type_free(&dt);     /* the receive keeps it */
+    return posted(s, rc);
 }
 
 /* isend(comm, spec, dest, tag, engine) -> request | None: a standard-mode send
-   of at most the eager limit, as itself, from the user's buffer. */
+   that travels as itself, from the user's buffer. */
 static PyObject *fp_isend(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
     int dest, tag;
     if (nargs != 5) {
@@ -292,7 +321,10 @@ static PyObject *fp_isend(PyObject *mod, PyObject *const *args, Py_ssize_t nargs
     if (comm == NULL) Py_RETURN_NONE;
     Staged *s = new_staged(0, args[4], args[1], 0);
     if (s == NULL) return NULL;
-    if (!take_view(s, args[1], 0) || s->nbytes > cfg_limit) {
+    /* what the engine sends as itself: up to the eager limit, and past the control
+       band up to the pull threshold (p2p.Engine.raw) */
+    if (!take_view(s, args[1], 0) ||
+            (s->nbytes > cfg_limit && (s->nbytes <= cfg_band || s->nbytes >= cfg_cma_min))) {
         Py_DECREF(s);
         Py_RETURN_NONE;
     }
@@ -312,11 +344,14 @@ static void record(Staged *s, MPI_Status *st, int error) {
         int count = 0;
         MPI_Get_count(st, MPI_BYTE, &count);
         s->count = count == MPI_UNDEFINED ? 0 : count;
-        if (error != MPI_SUCCESS || s->count > cfg_limit || s->count > s->nbytes) {
+        if (error != MPI_SUCCESS || s->count > s->nbytes ||
+                (s->count > cfg_limit && !(s->split && s->count > cfg_band))) {
             s->state = ARRIVED;     /* stays live: the engine takes it over */
             return;
         }
-        if (s->count) memcpy(s->view.buf, s->stage, (size_t)s->count);
+        /* itself: in the stage, or (split) its head there and the rest in place */
+        Py_ssize_t head = s->count < s->stage_len ? s->count : s->stage_len;
+        if (head) memcpy(s->view.buf, s->stage, (size_t)head);
     } else if (error != MPI_SUCCESS) {
         s->state = ARRIVED;
         return;
@@ -602,6 +637,7 @@ static PyObject *get_int(Staged *s, void *which) {
     case 4: return PyLong_FromLong(s->error);
     case 5: return PyBool_FromLong(s->is_recv);
     case 6: return PyBool_FromLong(s->busy);
+    case 8: return PyBool_FromLong(s->split);
     default: return PyLong_FromSsize_t(s->nbytes);
     }
 }
@@ -628,6 +664,7 @@ static PyGetSetDef Staged_getset[] = {
     {"is_recv", (getter)get_int, NULL, "a receive (else a send)", (void *)5},
     {"busy", (getter)get_int, NULL, "a wait without the GIL holds it", (void *)6},
     {"nbytes", (getter)get_int, NULL, "bytes the receive buffer takes", (void *)7},
+    {"split", (getter)get_int, NULL, "a split receive (its head in the stage)", (void *)8},
     {"engine", (getter)get_obj, NULL, "the engine of the op", (void *)0},
     {"obj", (getter)get_obj, NULL, "the buffer argument", (void *)1},
     {"op", (getter)get_obj, (setter)set_op, "the Python op it became", (void *)2},
@@ -653,15 +690,16 @@ static PyTypeObject StagedType = {
     .tp_methods = Staged_methods,
 };
 
-/* configure(limit, band, guarded, rtype, ndarray, mmap, byte): the engine's
-   eager limit and control band; guarded receives stop at their stage's end (see
-   channel/mpi.py); the request class of compiled ops and the types specs name. */
+/* configure(limit, band, cma_min, guarded, rtype, ndarray, mmap, byte): the
+   engine's eager limit, control band and pull threshold; guarded receives stop at
+   their stage's end (see channel/mpi.py); the request class of compiled ops and
+   the types specs name. */
 static PyObject *fp_configure(PyObject *mod, PyObject *args) {
-    Py_ssize_t limit, band;
+    Py_ssize_t limit, band, cma_min;
     int guarded;
     PyObject *rtype, *nd, *mm, *byte;
-    if (!PyArg_ParseTuple(args, "nnpO!OOO", &limit, &band, &guarded, &PyType_Type, &rtype,
-                          &nd, &mm, &byte))
+    if (!PyArg_ParseTuple(args, "nnnpO!OOO", &limit, &band, &cma_min, &guarded, &PyType_Type,
+                          &rtype, &nd, &mm, &byte))
         return NULL;
     if (!PyType_IsSubtype((PyTypeObject *)rtype, &PyMPIRequest_Type)) {
         PyErr_SetString(PyExc_TypeError, "rtype: a subclass of mpi4py's Request");
@@ -671,7 +709,7 @@ static PyObject *fp_configure(PyObject *mod, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "expected 0 <= limit < band");
         return NULL;
     }
-    if (cfg_band >= 0 && (limit != cfg_limit || band != cfg_band)) {
+    if (cfg_band >= 0 && (limit != cfg_limit || band != cfg_band || cma_min != cfg_cma_min)) {
         PyErr_SetString(PyExc_ValueError, "configured already with other sizes");
         return NULL;
     }
@@ -691,6 +729,7 @@ static PyObject *fp_configure(PyObject *mod, PyObject *args) {
         tag_ub = *(int *)ub;
     cfg_limit = limit;
     cfg_band = band;
+    cfg_cma_min = cma_min;
     Py_INCREF(rtype);
     Py_XSETREF(request_type, (PyTypeObject *)rtype);
     Py_INCREF(nd);
@@ -728,6 +767,10 @@ static PyObject *fp_pending(PyObject *mod, PyObject *unused) {
     return PyLong_FromSsize_t(live_count);
 }
 
+static PyObject *fp_receiving(PyObject *mod, PyObject *unused) {
+    return PyLong_FromSsize_t(live_recvs);
+}
+
 static PyMethodDef methods[] = {
     {"irecv", (PyCFunction)(void (*)(void))fp_irecv, METH_FASTCALL,
      "irecv(comm, spec, source, tag, engine): the request of a staged receive, or None"},
@@ -738,10 +781,11 @@ static PyMethodDef methods[] = {
     {"testall", (PyCFunction)(void (*)(void))fp_testall, METH_FASTCALL,
      "testall(requests, rtype) -> True, False or None"},
     {"configure", fp_configure, METH_VARARGS,
-     "configure(limit, band, guarded, rtype, ndarray, mmap, byte)"},
+     "configure(limit, band, cma_min, guarded, rtype, ndarray, mmap, byte)"},
     {"library", fp_library, METH_NOARGS, "(initialized, version) of the linked MPI library"},
     {"live", fp_live, METH_NOARGS, "the ops the engine has not taken over"},
     {"pending", fp_pending, METH_NOARGS, "how many ops live() holds"},
+    {"receiving", fp_receiving, METH_NOARGS, "how many of them are receives"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef moddef = {PyModuleDef_HEAD_INIT, STR(FASTPATH_NAME), NULL, -1, methods};

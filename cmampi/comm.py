@@ -592,8 +592,8 @@ class Communicator(_Fallback):
         if e is None:
             return super().Irecv(buf, source, tag)
         fast = e.fast
-        if fast is not None and not e.stash and len(_THREADS) < 2:
-            # small and plain: the compiled path (it declines anything else)
+        if fast is not None and not (e.stash or e.landing) and len(_THREADS) < 2:
+            # plain: the compiled path (it declines anything else)
             req = fast.irecv(e.user, buf, source, tag, e)
             if req is not None:
                 return req

@@ -472,7 +472,7 @@ class Engine:
         self.fast: Any = None
         user = getattr(channel, "user", None)
         if user is not None:
-            self.fast = _fastpath.module(self.limit, self.band, self.guarded)
+            self.fast = _fastpath.module(self.limit, self.band, self.cma_min, self.guarded)
             if self.fast is not None:
                 if not _FAST:
                     _FAST.append(self.fast)
@@ -602,7 +602,8 @@ class Engine:
             return True
         if n <= self.band or (announce and n > OBJECT_RAW_MAX):
             return False
-        return n < self.cma_min or not self.cma[dest] or (n < self.cma_min_busy and bool(_PENDING))
+        return n < self.cma_min or not self.cma[dest] or \
+            (n < self.cma_min_busy and bool(_PENDING or (_FAST and _FAST[0].receiving())))
 
     def _isend(self, buf: Buffer, dest: int, tag: int, sync: bool, blocked: bool = False,
                announce: bool = False) -> Op:
@@ -1567,8 +1568,13 @@ def promote(staged) -> Op:
     else:
         op = RecvOp(engine, recv_buffer(staged.obj))
         op.stage = np.frombuffer(staged, np.uint8)
+        buf: Buffer = op.buf    # type: ignore[assignment]  # a buffer receive
+        if staged.split:        # as `Engine._irecv_split` leaves it
+            op.split = True
+            engine._land(engine.tails, op, engine._span(buf))
+        else:
+            engine.small_recvs[op] = buf
         if state == _fastpath.POSTED:
-            engine.small_recvs[op] = op.buf     # type: ignore[assignment]  # a buffer receive
             op.wait_on(staged.release(), op.arrived)
         else:   # its message is in the stage: a control message, or one too long
             staged.taken()

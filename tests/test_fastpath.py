@@ -21,9 +21,11 @@ from cmampi._wire import CTRL_MAX
 pytestmark = pytest.mark.mpi(min_size=2)
 
 LIMIT = config.eager_limit
-#: Around the compiled path's bounds: sends up to the eager limit, receives into
-#: buffers smaller than a stage (a control message's band above the limit).
-SIZES = [0, 1, 8, LIMIT - 1, LIMIT, LIMIT + 1, LIMIT + CTRL_MAX - 1]
+#: Around the compiled path's bounds: sends as themselves (up to the eager limit,
+#: then past the control band up to the pull threshold), receives into a stage of
+#: their own below the band's end, split above it.
+SIZES = [0, 1, 8, LIMIT - 1, LIMIT, LIMIT + 1, LIMIT + CTRL_MAX - 1, LIMIT + CTRL_MAX,
+         LIMIT + CTRL_MAX + 1, 65536, 1 << 20]
 KINDS = ["numpy", "bytearray", "mmap", "numpy-spec", "mmap-spec"]
 
 
@@ -68,11 +70,16 @@ def test_the_compiled_path_is_built_and_taken(cmcomm, MPI):
     assert all(_staged(r) for r in reqs)
     MPI.Request.Waitall(reqs)
     assert not any(reqs) and (out == peer).all()
-    # a large one takes the Python path
-    big = cmcomm.Irecv(np.zeros(LIMIT + CTRL_MAX), peer, 4)
-    assert not _staged(big)
-    cmcomm.Send(np.zeros(LIMIT + CTRL_MAX), peer, 4)
-    big.Wait()
+    # a large receive lands in place but for its head; a pulled send, a
+    # synchronous one and a strided view take the Python path
+    big, pulled = np.zeros(3 << 20, np.uint8), np.ones(3 << 20, np.uint8)
+    reqs = [cmcomm.Irecv(big, peer, 4), cmcomm.Isend(pulled, peer, 4)]
+    assert _staged(reqs[0]) and not _staged(reqs[1])
+    strided = np.zeros(64)
+    more = [cmcomm.Irecv(strided[::2], peer, 5), cmcomm.Issend(np.ones(8), peer, 5)]
+    assert not any(_staged(r) for r in more)
+    MPI.Request.Waitall(reqs + more)
+    assert (big == 1).all() and (strided[:16:2] == 1).all() and (strided[1::2] == 0).all()
 
 
 @pytest.mark.parametrize("kind", KINDS)
