@@ -385,8 +385,9 @@ static int poll_ops(Staged **ops, MPI_Request *reqs, Py_ssize_t m, Py_ssize_t to
         int flag = 0, rc;
         MPI_Status st;
         rc = MPI_Test(&reqs[lo], &flag, &st);
-        if (flag || rc != MPI_SUCCESS) {
-            /* MPI_Test reports an error in its return code; the request is complete */
+        if (!flag && rc != MPI_SUCCESS) return -rc;
+        if (flag) {
+            /* MPI_Test reports the request's error in its return code */
             record(ops[lo], &st, rc);
             left--;
             if (ops[lo]->state == ARRIVED) return 1;
@@ -408,6 +409,15 @@ static int poll_ops(Staged **ops, MPI_Request *reqs, Py_ssize_t m, Py_ssize_t to
         if (yielding) sched_yield();
     }
     return 0;
+}
+
+/* Raise mpi4py's MPI.Exception for error code *code*. */
+static void raise_mpi(int code) {
+    PyObject *exc = PyObject_CallFunction(mpi_exception, "i", code);
+    if (exc != NULL) {
+        PyErr_SetObject(mpi_exception, exc);
+        Py_DECREF(exc);
+    }
 }
 
 /* The staged op of a request of *rtype*, or NULL: "not ours" (*ours* = 0) or an
@@ -436,7 +446,8 @@ static PyObject *fp_waitall(PyObject *mod, PyObject *const *args, Py_ssize_t nar
         PyErr_SetString(PyExc_TypeError, "waitall(requests, rtype, yielding)");
         return NULL;
     }
-    PyObject *seq = PySequence_Fast(args[0], "requests: a sequence");
+    /* a tuple of our own: a list may change while the GIL is released */
+    PyObject *seq = PySequence_Tuple(args[0]);
     if (seq == NULL) return NULL;
     int yielding = PyObject_IsTrue(args[2]);
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
@@ -495,11 +506,7 @@ static PyObject *fp_waitall(PyObject *mod, PyObject *const *args, Py_ssize_t nar
     Py_END_ALLOW_THREADS
     for (k = 0; k < total; k++) settled(ops[k]);
     if (rc < 0) {
-        PyObject *exc = PyObject_CallFunction(mpi_exception, "i", -rc);
-        if (exc != NULL) {
-            PyErr_SetObject(mpi_exception, exc);
-            Py_DECREF(exc);
-        }
+        raise_mpi(-rc);
         goto out;
     }
     if (rc > 0) {           /* the engine acts on it before anything else */
@@ -534,28 +541,42 @@ static PyObject *fp_testall(PyObject *mod, PyObject *const *args, Py_ssize_t nar
         PyErr_SetString(PyExc_TypeError, "testall(requests, rtype)");
         return NULL;
     }
-    PyObject *seq = PySequence_Fast(args[0], "requests: a sequence");
+    PyObject *seq = PySequence_Tuple(args[0]);   /* as in waitall */
     if (seq == NULL) return NULL;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq), k, posted = 0;
     PyObject **items = PySequence_Fast_ITEMS(seq);
     PyObject *result = NULL;
-    for (k = 0; k < n; k++) {       /* ours, and every live op among them */
+    for (k = 0; k < n; k++) {       /* ours, and every live op among them, once each */
         int ours;
         PyObject *f = staged_of(items[k], args[1], &ours);
         if (f == NULL) {
             if (!PyErr_Occurred()) result = Py_None;
-            goto out;
+            break;
         }
         Staged *s = (Staged *)f;
         int bad = f != Py_None && (s->state == RELEASED || s->state == ARRIVED || s->busy);
-        posted += f != Py_None && s->state == POSTED;
+        if (f != Py_None && !bad && s->state == POSTED) {
+            s->busy = 1;            /* marks it counted: a second listing is refused */
+            posted++;
+        }
         Py_DECREF(f);
         if (bad) {
             result = Py_None;
-            goto out;
+            break;
         }
     }
-    if (posted != live_count) {     /* others are live (or one is listed twice) */
+    for (Py_ssize_t j = 0; j < k; j++) {    /* unmark what the loop marked */
+        int ours;
+        PyObject *f = staged_of(items[j], args[1], &ours);
+        if (f == NULL) {
+            PyErr_Clear();
+            continue;
+        }
+        if (f != Py_None && ((Staged *)f)->state == POSTED) ((Staged *)f)->busy = 0;
+        Py_DECREF(f);
+    }
+    if (result != NULL || PyErr_Occurred()) goto out;
+    if (posted != live_count) {     /* others are live: a test progresses them too */
         result = Py_None;
         goto out;
     }
@@ -569,7 +590,12 @@ static PyObject *fp_testall(PyObject *mod, PyObject *const *args, Py_ssize_t nar
             int flag = 0;
             MPI_Status st;
             int rc = MPI_Test(&s->req, &flag, &st);
-            if (flag || rc != MPI_SUCCESS) {
+            if (!flag && rc != MPI_SUCCESS) {
+                Py_DECREF(f);
+                raise_mpi(rc);
+                goto out;
+            }
+            if (flag) {
                 record(s, &st, rc);
                 settled(s);
             }

@@ -902,8 +902,9 @@ class Engine:
 
     def spare(self, stage: np.ndarray) -> None:
         """Keep a receive stage whose message was delivered, for the next receive
-        of its size (up to `_SPARE_BYTES` in all)."""
-        if self.spare_bytes + stage.nbytes <= _SPARE_BYTES:
+        of its size (up to `_SPARE_BYTES` in all); not a compiled op's, whose
+        memory is that op's (see `promote`)."""
+        if self.spare_bytes + stage.nbytes <= _SPARE_BYTES and stage.base is None:
             self.spare_stages.setdefault(stage.nbytes, []).append(stage)
             self.spare_bytes += stage.nbytes
 
@@ -1546,27 +1547,32 @@ def settle() -> None:
 
 
 def promote(staged) -> Op:
-    """The op of the Python engine a compiled op becomes, once and for good."""
+    """The op of the Python engine a compiled op becomes, once and for good. The
+    compiled op is claimed first (its request released, or its message taken),
+    before anything here allocates: a finalizer run meanwhile finds it taken."""
     op = staged.op
     if op is not None:
         return op
     engine: Engine = staged.engine
     state = staged.state
+    if state == _fastpath.RELEASED:
+        raise RuntimeError("this request is being taken over by the engine elsewhere")
+    handle = staged.release() if state == _fastpath.POSTED else None
+    if state == _fastpath.ARRIVED:
+        staged.taken()
+    error = engine.names.Exception(staged.error) if staged.error else None
     if not staged.is_recv:
-        if state == _fastpath.POSTED:
-            op = SendOp(engine, staged.release(), staged)   # it holds the buffer
+        if handle is not None:
+            op = SendOp(engine, handle, staged)     # it holds the buffer
         else:
             op = SendOp(engine, None, None)
-            if state == _fastpath.ARRIVED:
-                staged.taken()
-                op.finish(engine.names.Exception(staged.error))
-            else:
-                op.finish()
+            op.finish(error)
     elif state == _fastpath.DONE:
         op = RecvOp(engine, None)
         op.source, op.tag, op.nbytes, op.done = staged.source, staged.tag, staged.count, True
     else:
         op = RecvOp(engine, recv_buffer(staged.obj))
+        # the stage's memory is the compiled op's (`Engine.spare` leaves it alone)
         op.stage = np.frombuffer(staged, np.uint8)
         buf: Buffer = op.buf    # type: ignore[assignment]  # a buffer receive
         if staged.split:        # as `Engine._irecv_split` leaves it
@@ -1574,13 +1580,11 @@ def promote(staged) -> Op:
             engine._land(engine.tails, op, engine._span(buf))
         else:
             engine.small_recvs[op] = buf
-        if state == _fastpath.POSTED:
-            op.wait_on(staged.release(), op.arrived)
+        if handle is not None:
+            op.wait_on(handle, op.arrived)
         else:   # its message is in the stage: a control message, or one too long
-            staged.taken()
-            error = staged.error
-            op.arrived(completion(staged.source, staged.tag, staged.count,
-                                  engine.names.Exception(error) if error else None))
+            staged.op = op
+            op.arrived(completion(staged.source, staged.tag, staged.count, error))
     staged.op = op
     return op
 

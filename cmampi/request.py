@@ -547,8 +547,14 @@ class StagedRequest(Request):
 
     @_op.setter
     def _op(self, op: _p2p.Op | None) -> None:
+        staged = self._fast
+        if staged is not None:
+            staged.op = None    # the op's stage refers to it: no cycle left behind
         self._fast = None
         self._held = op
+
+    def __bool__(self) -> bool:
+        return self._fast is not None or super().__bool__()
 
     def Wait(self, status=None) -> bool:
         """Wait for a send or receive to complete."""
@@ -573,6 +579,7 @@ class StagedRequest(Request):
             op = staged.op
             if op is None and staged.state in (_fastpath.POSTED, _fastpath.ARRIVED):
                 op = _p2p.promote(staged)
+            staged.op = None    # the op's stage refers to it: no cycle left behind
             if op is not None and not op.done:
                 _p2p.detach([op])
 

@@ -286,3 +286,53 @@ def test_both_directions_many_windows(comm, MPI):
             reqs += [comm.Isend(sbuf, peer, 15) for _ in range(64)]
             MPI.Request.Waitall(reqs)
             assert (rbuf == peer + 1).all()
+
+
+@pytest.mark.parametrize("wait", ["Wait", "Wait-status", "Waitall-status", "Cancel"])
+def test_a_completed_receive_lets_go_of_its_buffer(comm, MPI, wait):
+    """Once a receive has completed, however (a status or Cancel takes the op
+    through the engine), its buffer is no longer exported: a bytearray grows, an
+    mmap closes, and nothing of the receive stays alive."""
+    import gc
+
+    rank = comm.Get_rank()
+    if rank > 1:
+        return
+    peer = 1 - rank
+    ba, m = bytearray(32), mmap.mmap(-1, 32)
+    for buf in (ba, m):
+        req = comm.Irecv(buf, peer, 16 if wait != "Cancel" else 999)
+        if wait == "Cancel":
+            req.Cancel()
+            req.Wait()
+        else:
+            comm.Send(np.full(16, 3, np.uint8), peer, 16)
+            if wait == "Wait":
+                req.Wait()
+            elif wait == "Wait-status":
+                req.Wait(MPI.Status())
+            else:
+                MPI.Request.Waitall([req], [MPI.Status()])
+        del req
+    gc.collect()
+    ba.extend(b"x")
+    m.close()
+    assert not [o for o in gc.get_objects() if type(o).__name__ == "Staged"]
+
+
+def test_testall_progresses_every_pending_receive(cmcomm, MPI):
+    """Testall over some requests (one listed twice) still sees through another
+    pending receive whose sender waits for it (a synchronous send)."""
+    rank = cmcomm.Get_rank()
+    if rank > 1:
+        return
+    peer = 1 - rank
+    if rank == 0:
+        cmcomm.Ssend(np.ones(8, np.uint8), peer, 17)
+        cmcomm.Send(np.ones(8, np.uint8), peer, 18)
+    else:
+        other = cmcomm.Irecv(np.zeros(8, np.uint8), peer, 17)
+        mine = cmcomm.Irecv(np.zeros(8, np.uint8), peer, 18)
+        while not MPI.Request.Testall([mine, mine]):
+            pass
+        other.Wait()
