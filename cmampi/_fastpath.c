@@ -53,7 +53,7 @@ typedef struct Staged {
 static PyTypeObject StagedType;
 static Staged live_head;        /* sentinel of the live list */
 static Py_ssize_t live_count = 0, live_recvs = 0;
-static Py_ssize_t cfg_limit = -1, cfg_band = -1, cfg_cma_min = -1;
+static Py_ssize_t cfg_limit = -1, cfg_band = -1, cfg_cma_min = -1, cfg_cma_min_busy = -1;
 static MPI_Datatype gap_type = MPI_DATATYPE_NULL;  /* guarded receives (Open MPI) */
 static PyObject *str_fast = NULL;
 static PyObject *mpi_exception = NULL;
@@ -321,10 +321,12 @@ static PyObject *fp_isend(PyObject *mod, PyObject *const *args, Py_ssize_t nargs
     if (comm == NULL) Py_RETURN_NONE;
     Staged *s = new_staged(0, args[4], args[1], 0);
     if (s == NULL) return NULL;
-    /* what the engine sends as itself: up to the eager limit, and past the control
-       band up to the pull threshold (p2p.Engine.raw) */
+    /* what the engine sends as itself (p2p.Engine.raw): up to the eager limit, and
+       past the control band up to the pull threshold, the higher one while this
+       rank has receives pending (of this path: the engine's decline it, above) */
+    Py_ssize_t raw_max = live_recvs ? cfg_cma_min_busy : cfg_cma_min;
     if (!take_view(s, args[1], 0) ||
-            (s->nbytes > cfg_limit && (s->nbytes <= cfg_band || s->nbytes >= cfg_cma_min))) {
+            (s->nbytes > cfg_limit && (s->nbytes <= cfg_band || s->nbytes >= raw_max))) {
         Py_DECREF(s);
         Py_RETURN_NONE;
     }
@@ -716,16 +718,16 @@ static PyTypeObject StagedType = {
     .tp_methods = Staged_methods,
 };
 
-/* configure(limit, band, cma_min, guarded, rtype, ndarray, mmap, byte): the
-   engine's eager limit, control band and pull threshold; guarded receives stop at
-   their stage's end (see channel/mpi.py); the request class of compiled ops and
-   the types specs name. */
+/* configure(limit, band, cma_min, cma_min_busy, guarded, rtype, ndarray, mmap,
+   byte): the engine's eager limit, control band and pull thresholds (idle, and
+   with receives pending); guarded receives stop at their stage's end (see
+   channel/mpi.py); the request class of compiled ops and the types specs name. */
 static PyObject *fp_configure(PyObject *mod, PyObject *args) {
-    Py_ssize_t limit, band, cma_min;
+    Py_ssize_t limit, band, cma_min, cma_min_busy;
     int guarded;
     PyObject *rtype, *nd, *mm, *byte;
-    if (!PyArg_ParseTuple(args, "nnnpO!OOO", &limit, &band, &cma_min, &guarded, &PyType_Type,
-                          &rtype, &nd, &mm, &byte))
+    if (!PyArg_ParseTuple(args, "nnnnpO!OOO", &limit, &band, &cma_min, &cma_min_busy, &guarded,
+                          &PyType_Type, &rtype, &nd, &mm, &byte))
         return NULL;
     if (!PyType_IsSubtype((PyTypeObject *)rtype, &PyMPIRequest_Type)) {
         PyErr_SetString(PyExc_TypeError, "rtype: a subclass of mpi4py's Request");
@@ -735,7 +737,8 @@ static PyObject *fp_configure(PyObject *mod, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "expected 0 <= limit < band");
         return NULL;
     }
-    if (cfg_band >= 0 && (limit != cfg_limit || band != cfg_band || cma_min != cfg_cma_min)) {
+    if (cfg_band >= 0 && (limit != cfg_limit || band != cfg_band || cma_min != cfg_cma_min ||
+                          cma_min_busy != cfg_cma_min_busy)) {
         PyErr_SetString(PyExc_ValueError, "configured already with other sizes");
         return NULL;
     }
@@ -756,6 +759,7 @@ static PyObject *fp_configure(PyObject *mod, PyObject *args) {
     cfg_limit = limit;
     cfg_band = band;
     cfg_cma_min = cma_min;
+    cfg_cma_min_busy = cma_min_busy;
     Py_INCREF(rtype);
     Py_XSETREF(request_type, (PyTypeObject *)rtype);
     Py_INCREF(nd);
@@ -807,7 +811,7 @@ static PyMethodDef methods[] = {
     {"testall", (PyCFunction)(void (*)(void))fp_testall, METH_FASTCALL,
      "testall(requests, rtype) -> True, False or None"},
     {"configure", fp_configure, METH_VARARGS,
-     "configure(limit, band, cma_min, guarded, rtype, ndarray, mmap, byte)"},
+     "configure(limit, band, cma_min, cma_min_busy, guarded, rtype, ndarray, mmap, byte)"},
     {"library", fp_library, METH_NOARGS, "(initialized, version) of the linked MPI library"},
     {"live", fp_live, METH_NOARGS, "the ops the engine has not taken over"},
     {"pending", fp_pending, METH_NOARGS, "how many ops live() holds"},

@@ -37,9 +37,10 @@ def register(request_type: type) -> None:
     _request_type[:] = [request_type]
 
 
-def module(limit: int, band: int, cma_min: int, guarded: bool) -> ModuleType | None:
+def module(limit: int, band: int, cma_min: int, cma_min_busy: int,
+           guarded: bool) -> ModuleType | None:
     """The compiled module, configured for an engine's eager *limit*, control
-    *band* and pull threshold; None where the pure-Python path runs."""
+    *band* and pull thresholds; None where the pure-Python path runs."""
     if not _loaded:
         _loaded.append(_load())
     mod = _loaded[0]
@@ -47,8 +48,8 @@ def module(limit: int, band: int, cma_min: int, guarded: bool) -> ModuleType | N
         if not _request_type:
             return None
         try:
-            mod.configure(limit, band, cma_min, guarded, _request_type[0], np.ndarray,
-                          mmap.mmap, real_mpi().BYTE)
+            mod.configure(limit, band, cma_min, cma_min_busy, guarded, _request_type[0],
+                          np.ndarray, mmap.mmap, real_mpi().BYTE)
         except ValueError:      # engines of other sizes take the Python path
             return None
     return mod

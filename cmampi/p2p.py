@@ -472,7 +472,8 @@ class Engine:
         self.fast: Any = None
         user = getattr(channel, "user", None)
         if user is not None:
-            self.fast = _fastpath.module(self.limit, self.band, self.cma_min, self.guarded)
+            self.fast = _fastpath.module(self.limit, self.band, self.cma_min,
+                                         self.cma_min_busy, self.guarded)
             if self.fast is not None:
                 if not _FAST:
                     _FAST.append(self.fast)
