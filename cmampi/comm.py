@@ -30,7 +30,15 @@ from ._buffers import check_recv_buffer, has_derived_datatype, recv_buffer, send
 from ._config import config as _config
 from ._serial import THREADS as _THREADS
 from .request import NO_PROC_HIT as _NO_PROC_HIT
-from .request import Message, PartitionedRequest, Prequest, Request, new_request
+from .request import (
+    Message,
+    PartitionedRequest,
+    Prequest,
+    Request,
+    StagedRequest,
+    _fast_waits,
+    new_request,
+)
 
 __all__ = ["Communicator"]
 
@@ -502,6 +510,15 @@ class Communicator(_Fallback):
                     plain.Recv(buf, source, tag, status)
                 else:
                     self._null_status(status)
+                return None
+        fast = e.fast
+        if fast is not None and status is None and not (e.stash or e.landing) \
+                and len(_THREADS) < 2 and _fast_waits():
+            # the compiled path's receive and wait (anything it declines, the engine's)
+            req = fast.irecv(e.user, buf, source, tag, e)
+            if req is not None:
+                if not fast.waitall((req,), StagedRequest, _p2p._FAST_YIELDS[0]):
+                    req.Wait()
                 return None
         e.recv(buf, source, tag, status)
         return None

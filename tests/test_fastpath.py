@@ -336,3 +336,23 @@ def test_testall_progresses_every_pending_receive(cmcomm, MPI):
         while not MPI.Request.Testall([mine, mine]):
             pass
         other.Wait()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("n", [*SIZES, 3 << 20])
+def test_blocking_receives_without_a_status(comm, MPI, kind, n):
+    """A blocking Recv with no status takes the compiled path's receive and wait;
+    every size (a pulled one too), every buffer form, in both directions."""
+    rank = comm.Get_rank()
+    if rank > 1:
+        return
+    peer = 1 - rank
+    out, view = _buffer(MPI, kind, np.zeros(n, np.uint8))
+    spec, _ = _buffer(MPI, kind, pattern(n, rank))
+    if rank == 0:
+        comm.Send(spec, peer, 19)
+        comm.Recv(out, peer, 19)
+    else:
+        comm.Recv(out, peer, 19)
+        comm.Send(spec, peer, 19)
+    assert (view == pattern(n, peer)).all()
