@@ -262,17 +262,26 @@ static MPI_Comm *comm_for(PyObject *comm, PyObject *peer, PyObject *tagobj, int 
     return c;
 }
 
+/* The communicator of a post's arguments (comm, spec, peer, tag, engine), its
+   peer and tag; NULL with an error set (wrong arguments) or without (not a post
+   this path takes: not configured, or *peer* or *tag* not ones it takes). */
+static MPI_Comm *post_args(PyObject *const *args, Py_ssize_t nargs, const char *usage,
+                           int any, int *peer, int *tag) {
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, usage);
+        return NULL;
+    }
+    if (request_type == NULL) return NULL;
+    return comm_for(args[0], args[2], args[3], any, peer, tag);
+}
+
 /* irecv(comm, spec, source, tag, engine) -> request | None: a receive into
    *spec*, posted into a stage of its own if smaller than one, else split. */
 static PyObject *fp_irecv(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
     int source, tag;
-    if (nargs != 5) {
-        PyErr_SetString(PyExc_TypeError, "irecv(comm, spec, source, tag, engine)");
-        return NULL;
-    }
-    if (request_type == NULL) Py_RETURN_NONE;
-    MPI_Comm *comm = comm_for(args[0], args[2], args[3], 1, &source, &tag);
-    if (comm == NULL) Py_RETURN_NONE;
+    MPI_Comm *comm = post_args(args, nargs, "irecv(comm, spec, source, tag, engine)", 1,
+                               &source, &tag);
+    if (comm == NULL) return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
     int guarded = gap_type != MPI_DATATYPE_NULL;
     Staged *s = new_staged(cfg_band + guarded, args[4], args[1], 1);
     if (s == NULL) return NULL;
@@ -312,13 +321,9 @@ static PyObject *fp_irecv(PyObject *mod, PyObject *const *args, Py_ssize_t nargs
    that travels as itself, from the user's buffer. */
 static PyObject *fp_isend(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
     int dest, tag;
-    if (nargs != 5) {
-        PyErr_SetString(PyExc_TypeError, "isend(comm, spec, dest, tag, engine)");
-        return NULL;
-    }
-    if (request_type == NULL) Py_RETURN_NONE;
-    MPI_Comm *comm = comm_for(args[0], args[2], args[3], 0, &dest, &tag);
-    if (comm == NULL) Py_RETURN_NONE;
+    MPI_Comm *comm = post_args(args, nargs, "isend(comm, spec, dest, tag, engine)", 0, &dest,
+                               &tag);
+    if (comm == NULL) return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
     Staged *s = new_staged(0, args[4], args[1], 0);
     if (s == NULL) return NULL;
     /* what the engine sends as itself (p2p.Engine.raw): up to the eager limit, and
