@@ -136,6 +136,9 @@ def test_truncation_raises_and_writes_nothing_outside(comm, MPI, n, wait, open_m
     written outside the buffer."""
     if open_mpi_reference and n > LIMIT:
         pytest.skip("Open MPI writes a truncated large message past the receive buffer")
+    if open_mpi_reference and wait == "Waitall":
+        # seen in a CI run at 3 ranks, not reproduced alone: timing-dependent
+        pytest.skip("Open MPI's own Waitall does not always report a truncation")
     rank = comm.Get_rank()
     if rank == 0:
         comm.Send(np.ones(n, np.uint8), 1, 7)
