@@ -267,7 +267,7 @@ static MPI_Comm *comm_for(PyObject *comm, PyObject *peer, PyObject *tagobj, int 
    this path takes: not configured, or *peer* or *tag* not ones it takes). */
 static MPI_Comm *post_args(PyObject *const *args, Py_ssize_t nargs, const char *usage,
                            int any, int *peer, int *tag) {
-    if (nargs != 5) {
+    if (nargs != 5 && !(any && nargs == 6)) {
         PyErr_SetString(PyExc_TypeError, usage);
         return NULL;
     }
@@ -275,17 +275,20 @@ static MPI_Comm *post_args(PyObject *const *args, Py_ssize_t nargs, const char *
     return comm_for(args[0], args[2], args[3], any, peer, tag);
 }
 
-/* irecv(comm, spec, source, tag, engine) -> request | None: a receive into
-   *spec*, posted into a stage of its own if smaller than one, else split. */
+/* irecv(comm, spec, source, tag, engine[, below]) -> request | None: a receive
+   into *spec* (of fewer than *below* bytes, if given), posted into a stage of its
+   own if smaller than one, else split. */
 static PyObject *fp_irecv(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
     int source, tag;
-    MPI_Comm *comm = post_args(args, nargs, "irecv(comm, spec, source, tag, engine)", 1,
-                               &source, &tag);
+    MPI_Comm *comm = post_args(args, nargs, "irecv(comm, spec, source, tag, engine[, below])",
+                               1, &source, &tag);
     if (comm == NULL) return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
+    Py_ssize_t below = nargs == 6 ? PyLong_AsSsize_t(args[5]) : PY_SSIZE_T_MAX;
+    if (below == -1 && PyErr_Occurred()) return NULL;
     int guarded = gap_type != MPI_DATATYPE_NULL;
     Staged *s = new_staged(cfg_band + guarded, args[4], args[1], 1);
     if (s == NULL) return NULL;
-    if (!take_view(s, args[1], 1) || s->nbytes == cfg_band) {
+    if (!take_view(s, args[1], 1) || s->nbytes == cfg_band || s->nbytes >= below) {
         Py_DECREF(s);
         Py_RETURN_NONE;
     }
@@ -808,7 +811,7 @@ static PyObject *fp_receiving(PyObject *mod, PyObject *unused) {
 
 static PyMethodDef methods[] = {
     {"irecv", (PyCFunction)(void (*)(void))fp_irecv, METH_FASTCALL,
-     "irecv(comm, spec, source, tag, engine): the request of a staged receive, or None"},
+     "irecv(comm, spec, source, tag, engine[, below]): the request of a receive, or None"},
     {"isend", (PyCFunction)(void (*)(void))fp_isend, METH_FASTCALL,
      "isend(comm, spec, dest, tag, engine): the request of a send as itself, or None"},
     {"waitall", (PyCFunction)(void (*)(void))fp_waitall, METH_FASTCALL,

@@ -514,8 +514,10 @@ class Communicator(_Fallback):
         fast = e.fast
         if fast is not None and status is None and not (e.stash or e.landing) \
                 and len(_THREADS) < 2 and _fast_waits():
-            # the compiled path's receive and wait (anything it declines, the engine's)
-            req = fast.irecv(e.user, buf, source, tag, e)
+            # the compiled path's receive and wait (anything it declines, the engine's),
+            # for buffers too small for a pulled message: a pulled one lands in place
+            # at once on the engine's path, which probes first
+            req = fast.irecv(e.user, buf, source, tag, e, e.cma_min)
             if req is not None:
                 if not fast.waitall((req,), StagedRequest, _p2p._FAST_YIELDS[0]):
                     req.Wait()
