@@ -456,10 +456,9 @@ static void raise_mpi(int code) {
     }
 }
 
-/* The staged op of a request of *rtype*, or NULL: "not ours" (*ours* = 0) or an
-   error (set). A null request gives Py_None. */
-static PyObject *staged_of(PyObject *req, PyObject *rtype, int *ours) {
-    *ours = 0;
+/* The staged op of a request of *rtype* (Py_None for a null one), or NULL: not
+   such a request, or an error (set). */
+static PyObject *staged_of(PyObject *req, PyObject *rtype) {
     if ((PyObject *)Py_TYPE(req) != rtype) return NULL;
     PyObject *f = PyObject_GetAttr(req, str_fast);
     if (f == NULL) return NULL;
@@ -467,8 +466,47 @@ static PyObject *staged_of(PyObject *req, PyObject *rtype, int *ours) {
         Py_DECREF(f);
         return NULL;
     }
-    *ours = 1;
     return f;
+}
+
+/* Claim the compiled ops of the requests *items*: 1 with the op of each non-null
+   one in *ops* (a reference of ours, marked busy; *m* of them); 0 if one is not
+   for this path (another kind of request, an op the engine took over or must act
+   on, one another wait holds or listed twice); -1 with an error set. The ops
+   claimed so far are in *ops* whatever the outcome, for `let_go`. */
+static int claim(PyObject **items, Py_ssize_t n, PyObject *rtype, Staged **ops, Py_ssize_t *m) {
+    *m = 0;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        PyObject *f = staged_of(items[k], rtype);
+        if (f == NULL) return PyErr_Occurred() ? -1 : 0;
+        if (f == Py_None) {
+            Py_DECREF(f);
+            continue;
+        }
+        Staged *s = (Staged *)f;
+        if (s->state == RELEASED || s->state == ARRIVED || s->busy) {
+            Py_DECREF(f);
+            return 0;
+        }
+        s->busy = 1;
+        ops[(*m)++] = s;
+    }
+    return 1;
+}
+
+static void let_go(Staged **ops, Py_ssize_t m) {
+    for (Py_ssize_t k = 0; k < m; k++) {
+        ops[k]->busy = 0;
+        Py_DECREF(ops[k]);
+    }
+}
+
+/* Make every request of *rtype* among *items* null (its ops are done); -1 on error. */
+static int null_requests(PyObject **items, Py_ssize_t n, PyObject *rtype) {
+    for (Py_ssize_t k = 0; k < n; k++)
+        if ((PyObject *)Py_TYPE(items[k]) == rtype && PyObject_SetAttr(items[k], str_fast, Py_None) < 0)
+            return -1;
+    return 0;
 }
 
 /* waitall(requests, rtype, yielding) -> bool
@@ -499,31 +537,14 @@ static PyObject *fp_waitall(PyObject *mod, PyObject *const *args, Py_ssize_t nar
         PyErr_NoMemory();
         goto out;
     }
-    for (k = 0; k < n; k++) {
-        int ours;
-        PyObject *f = staged_of(items[k], args[1], &ours);
-        if (f == NULL) {
-            if (PyErr_Occurred()) goto out;
-            result = Py_False;
-            goto out;
-        }
-        if (f == Py_None) {
-            Py_DECREF(f);
-            continue;
-        }
-        Staged *s = (Staged *)f;
-        if (s->state == RELEASED || s->state == ARRIVED || s->busy) {
-            Py_DECREF(f);
-            result = Py_False;
-            goto out;
-        }
-        s->busy = 1;            /* a request listed twice is refused above */
-        ops[m] = s;             /* the reference is ours until out */
-        reqs[m] = s->req;       /* MPI_REQUEST_NULL once done */
-        m++;
-    }
-    /* the other live ops: an arrived one first goes to the engine */
+    int claimed = claim(items, n, args[1], ops, &m);
     total = m;
+    if (claimed <= 0) {
+        if (claimed == 0) result = Py_False;
+        goto out;
+    }
+    for (k = 0; k < m; k++) reqs[k] = ops[k]->req;     /* MPI_REQUEST_NULL once done */
+    /* the other live ops: an arrived one first goes to the engine */
     for (Staged *s = live_head.next; s != &live_head; s = s->next) {
         if (s->busy) continue;
         if (s->state == ARRIVED) {
@@ -549,17 +570,10 @@ static PyObject *fp_waitall(PyObject *mod, PyObject *const *args, Py_ssize_t nar
         result = Py_False;
         goto out;
     }
-    for (k = 0; k < n; k++) {
-        PyObject *req = items[k];
-        if ((PyObject *)Py_TYPE(req) == args[1] && PyObject_SetAttr(req, str_fast, Py_None) < 0)
-            goto out;
-    }
+    if (null_requests(items, n, args[1]) < 0) goto out;
     result = Py_True;
 out:
-    for (k = 0; k < (total > m ? total : m); k++) {
-        ops[k]->busy = 0;
-        Py_DECREF(ops[k]);
-    }
+    let_go(ops, total);
     PyMem_Free(ops);
     PyMem_Free(reqs);
     PyMem_Free(idx);
@@ -579,81 +593,50 @@ static PyObject *fp_testall(PyObject *mod, PyObject *const *args, Py_ssize_t nar
     }
     PyObject *seq = PySequence_Tuple(args[0]);   /* as in waitall */
     if (seq == NULL) return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq), k, posted = 0;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq), k, m = 0, posted = 0;
     PyObject **items = PySequence_Fast_ITEMS(seq);
     PyObject *result = NULL;
-    for (k = 0; k < n; k++) {       /* ours, and every live op among them, once each */
-        int ours;
-        PyObject *f = staged_of(items[k], args[1], &ours);
-        if (f == NULL) {
-            if (!PyErr_Occurred()) result = Py_None;
-            break;
-        }
-        Staged *s = (Staged *)f;
-        int bad = f != Py_None && (s->state == RELEASED || s->state == ARRIVED || s->busy);
-        if (f != Py_None && !bad && s->state == POSTED) {
-            s->busy = 1;            /* marks it counted: a second listing is refused */
-            posted++;
-        }
-        Py_DECREF(f);
-        if (bad) {
-            result = Py_None;
-            break;
-        }
+    Staged **ops = PyMem_Malloc((n + 1) * sizeof(Staged *));
+    if (ops == NULL) {
+        PyErr_NoMemory();
+        goto out;
     }
-    for (Py_ssize_t j = 0; j < k; j++) {    /* unmark what the loop marked */
-        int ours;
-        PyObject *f = staged_of(items[j], args[1], &ours);
-        if (f == NULL) {
-            PyErr_Clear();
-            continue;
-        }
-        if (f != Py_None && ((Staged *)f)->state == POSTED) ((Staged *)f)->busy = 0;
-        Py_DECREF(f);
+    int claimed = claim(items, n, args[1], ops, &m);
+    if (claimed <= 0) {
+        if (claimed == 0) result = Py_None;
+        goto out;
     }
-    if (result != NULL || PyErr_Occurred()) goto out;
+    for (k = 0; k < m; k++) posted += ops[k]->state == POSTED;
     if (posted != live_count) {     /* others are live: a test progresses them too */
         result = Py_None;
         goto out;
     }
     int all_done = 1;
-    for (k = 0; k < n; k++) {
-        int ours;
-        PyObject *f = staged_of(items[k], args[1], &ours);
-        if (f == NULL) goto out;
-        Staged *s = (Staged *)f;
-        if (f != Py_None && s->state == POSTED) {
-            int flag = 0;
-            MPI_Status st;
-            int rc = MPI_Test(&s->req, &flag, &st);
-            if (!flag && rc != MPI_SUCCESS) {
-                Py_DECREF(f);
-                raise_mpi(rc);
-                goto out;
-            }
-            if (flag) {
-                record(s, &st, rc);
-                settled(s);
-            }
-            if (s->state == ARRIVED) {
-                Py_DECREF(f);
-                result = Py_None;
-                goto out;
-            }
-            all_done &= s->state == DONE;
+    for (k = 0; k < m; k++) {
+        Staged *s = ops[k];
+        if (s->state != POSTED) continue;
+        int flag = 0;
+        MPI_Status st;
+        int rc = MPI_Test(&s->req, &flag, &st);
+        if (!flag && rc != MPI_SUCCESS) {
+            raise_mpi(rc);
+            goto out;
         }
-        Py_DECREF(f);
-    }
-    if (all_done) {
-        for (k = 0; k < n; k++) {
-            PyObject *req = items[k];
-            if ((PyObject *)Py_TYPE(req) == args[1] &&
-                    PyObject_SetAttr(req, str_fast, Py_None) < 0)
-                goto out;
+        if (flag) {
+            record(s, &st, rc);
+            settled(s);
         }
+        if (s->state == ARRIVED) {
+            result = Py_None;
+            goto out;
+        }
+        all_done &= s->state == DONE;
     }
+    if (all_done && null_requests(items, n, args[1]) < 0) goto out;
     result = all_done ? Py_True : Py_False;
 out:
+    if (ops != NULL) let_go(ops, m);
+    PyMem_Free(ops);
     Py_DECREF(seq);
     Py_XINCREF(result);
     return result;

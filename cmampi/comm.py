@@ -513,7 +513,7 @@ class Communicator(_Fallback):
                 return None
         fast = e.fast
         if fast is not None and status is None and not (e.stash or e.landing) \
-                and len(_THREADS) < 2 and _fast_waits():
+                and _fast_waits():
             # the compiled path's receive and wait (anything it declines, the engine's),
             # for buffers too small for a pulled message: a pulled one lands in place
             # at once on the engine's path, which probes first

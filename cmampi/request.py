@@ -317,8 +317,7 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ()), metaclass=StandIn): 
 
         Wait for all previously initiated requests to complete.
         """
-        if statuses is None and _FAST and _fast_waits() and \
-                _FAST[0].waitall(requests, StagedRequest, _p2p._FAST_YIELDS[0]):
+        if statuses is None and _waited_fast(requests):
             return True
         _wait_all(requests)
         _finish_all(requests, statuses, range(len(requests)))
@@ -330,8 +329,8 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ()), metaclass=StandIn): 
 
         Test for completion of all previously initiated requests.
         """
-        if statuses is None and _FAST and _fast_waits():
-            done = _FAST[0].testall(requests, StagedRequest)
+        if statuses is None:
+            done = _tested_fast(requests)
             if done is not None:
                 return done
         _p2p.progress()
@@ -558,15 +557,14 @@ class StagedRequest(Request):
 
     def Wait(self, status=None) -> bool:
         """Wait for a send or receive to complete."""
-        if status is None and self._fast is not None and _fast_waits() and \
-                _FAST[0].waitall((self,), StagedRequest, _p2p._FAST_YIELDS[0]):
+        if status is None and self._fast is not None and _waited_fast((self,)):
             return True
         return super().Wait(status)
 
     def Test(self, status=None) -> bool:
         """Test for the completion of a send or receive."""
-        if status is None and self._fast is not None and _fast_waits():
-            done = _FAST[0].testall((self,), StagedRequest)
+        if status is None and self._fast is not None:
+            done = _tested_fast((self,))
             if done is not None:
                 return done
         return super().Test(status)
@@ -585,6 +583,18 @@ class StagedRequest(Request):
 
 
 _fastpath.register(StagedRequest)
+
+
+def _waited_fast(requests: Sequence[Any]) -> bool:
+    """Whether the compiled path waited for *requests* and made them null (each
+    one null or a compiled op's); False leaves them to the Python path."""
+    return bool(_FAST) and _fast_waits() and \
+        _FAST[0].waitall(requests, StagedRequest, _p2p._FAST_YIELDS[0])
+
+
+def _tested_fast(requests: Sequence[Any]) -> bool | None:
+    """The compiled path's Testall of *requests*, or None: the Python path's."""
+    return _FAST[0].testall(requests, StagedRequest) if _FAST and _fast_waits() else None
 
 
 def new_request(op: _p2p.Op | None, parts: Sequence[_p2p.Op] = ()) -> Request:
