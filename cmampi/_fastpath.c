@@ -189,24 +189,29 @@ static int plain_format(const char *format) {
 #endif
 }
 
-/* Take the buffer of *spec*; 0 with no error set if it is not one this path
-   takes, or holds fewer than the count (the caller's Python path decides). */
-static int take_view(Staged *s, PyObject *spec, int writable) {
-    Py_ssize_t nbytes;
-    PyObject *buf = spec_buffer(spec, writable, &nbytes);
+/* Take the buffer of *spec* into *view* and the bytes it names into *nbytes*; 0
+   with no error set (and no view held) if it is not one this path takes, or holds
+   fewer than the count (the caller's Python path decides). */
+static int take_buffer(PyObject *spec, int writable, Py_buffer *view, Py_ssize_t *nbytes) {
+    PyObject *buf = spec_buffer(spec, writable, nbytes);
     if (buf == NULL) return 0;
     int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
-    if (PyObject_GetBuffer(buf, &s->view, flags) < 0) {
+    if (PyObject_GetBuffer(buf, view, flags) < 0) {
         PyErr_Clear();
         return 0;
     }
-    s->has_view = 1;
-    if (nbytes < 0) nbytes = s->view.len;
-    if (nbytes > s->view.len || nbytes > INT_MAX || !plain_format(s->view.format)) {
-        drop_view(s);
+    if (*nbytes < 0) *nbytes = view->len;
+    if (*nbytes > view->len || *nbytes > INT_MAX || !plain_format(view->format)) {
+        PyBuffer_Release(view);
         return 0;
     }
-    s->nbytes = nbytes;
+    return 1;
+}
+
+/* `take_buffer` into op *s*. */
+static int take_view(Staged *s, PyObject *spec, int writable) {
+    if (!take_buffer(spec, writable, &s->view, &s->nbytes)) return 0;
+    s->has_view = 1;
     return 1;
 }
 
@@ -231,19 +236,6 @@ static PyObject *request_of(Staged *s) {
         return NULL;
     }
     return req;
-}
-
-/* Post *s*; its request, or None when MPI refuses (the Python path posts it
-   again and raises what it raises). Steals the reference to *s*. */
-static PyObject *posted(Staged *s, int rc) {
-    if (rc != MPI_SUCCESS) {
-        Py_DECREF(s);
-        Py_RETURN_NONE;
-    }
-    link_live(s);
-    PyObject *req = request_of(s);
-    Py_DECREF(s);
-    return req;    /* an error here leaves s live: the engine takes it over (settle) */
 }
 
 /* The communicator, or NULL (not one, or *peer* and *tag* not a rank and tag
@@ -299,12 +291,13 @@ static MPI_Datatype split_type(char *stage, char *tail, Py_ssize_t tail_len) {
     return dt;
 }
 
-/* The communicator of a post's arguments (comm, spec, peer, tag, engine), its
-   peer and tag; NULL with an error set (wrong arguments) or without (not a post
-   this path takes: not configured, or *peer* or *tag* not ones it takes). */
-static MPI_Comm *post_args(PyObject *const *args, Py_ssize_t nargs, const char *usage,
-                           int any, int *peer, int *tag) {
-    if (nargs != 5 && !(any && nargs == 6)) {
+/* The communicator of a call's arguments (comm, spec, peer, tag, engine, ...: at
+   least *least*, at most *most* of them), its peer and tag; NULL with an error set
+   (wrong arguments) or without (not a call this path takes: not configured, or
+   *peer* or *tag* not ones it takes). */
+static MPI_Comm *call_args(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t least,
+                           Py_ssize_t most, const char *usage, int any, int *peer, int *tag) {
+    if (nargs < least || nargs > most) {
         PyErr_SetString(PyExc_TypeError, usage);
         return NULL;
     }
@@ -312,46 +305,71 @@ static MPI_Comm *post_args(PyObject *const *args, Py_ssize_t nargs, const char *
     return comm_for(args[0], args[2], args[3], any, peer, tag);
 }
 
-/* irecv(comm, spec, source, tag, engine[, below]) -> request | None: a receive
-   into *spec* (of fewer than *below* bytes, if given), posted into a stage of its
-   own if smaller than one, else split. */
+/* Post a receive into *spec* (of fewer than *below* bytes) from *source* with
+   *tag*: into a stage of its own if smaller than one, else split. The op (a new
+   reference; the live list holds another), or NULL with an error set or without
+   (not one this path takes, or MPI refused it: the Python path posts it). */
+static Staged *post_recv(MPI_Comm *comm, PyObject *spec, int source, int tag, PyObject *engine,
+                         Py_ssize_t below) {
+    int guarded = gap_type != MPI_DATATYPE_NULL, rc;
+    Staged *s = new_staged(cfg_band + guarded, engine, spec, 1);
+    if (s == NULL) return NULL;
+    if (!take_view(s, spec, 1) || s->nbytes == cfg_band || s->nbytes >= below) {
+        Py_DECREF(s);
+        return NULL;
+    }
+    if (s->nbytes < cfg_band) {
+        rc = guarded ? MPI_Irecv(s->stage, 1, gap_type, source, tag, *comm, &s->req)
+                     : MPI_Irecv(s->stage, (int)cfg_band, MPI_BYTE, source, tag, *comm, &s->req);
+    } else {
+        /* Larger: the message lands in the buffer but for its first band bytes, which
+           take the stage (a control message is read from there, never overwritten by
+           another receive into the same buffer): p2p.Engine._irecv_split. */
+        MPI_Datatype dt = split_type(s->stage, (char *)s->view.buf + cfg_band,
+                                     s->nbytes - cfg_band);
+        if (dt == MPI_DATATYPE_NULL) {
+            Py_DECREF(s);
+            return NULL;
+        }
+        s->split = 1;
+        s->stage_len = cfg_band;
+        rc = MPI_Irecv(MPI_BOTTOM, 1, dt, source, tag, *comm, &s->req);
+    }
+    if (rc != MPI_SUCCESS) {
+        Py_DECREF(s);
+        return NULL;
+    }
+    link_live(s);
+    return s;
+}
+
+/* The request of a posted op *s*, whose reference it steals. */
+static PyObject *request_stealing(Staged *s) {
+    PyObject *req = request_of(s);
+    Py_DECREF(s);
+    return req;    /* an error here leaves s live: the engine takes it over (settle) */
+}
+
+/* irecv(comm, spec, source, tag, engine[, below]) -> request | None: `post_recv`. */
 static PyObject *fp_irecv(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
     int source, tag;
-    MPI_Comm *comm = post_args(args, nargs, "irecv(comm, spec, source, tag, engine[, below])",
-                               1, &source, &tag);
+    MPI_Comm *comm = call_args(args, nargs, 5, 6,
+                               "irecv(comm, spec, source, tag, engine[, below])", 1, &source,
+                               &tag);
     if (comm == NULL) return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
     Py_ssize_t below = nargs == 6 ? PyLong_AsSsize_t(args[5]) : PY_SSIZE_T_MAX;
     if (below == -1 && PyErr_Occurred()) return NULL;
-    int guarded = gap_type != MPI_DATATYPE_NULL;
-    Staged *s = new_staged(cfg_band + guarded, args[4], args[1], 1);
-    if (s == NULL) return NULL;
-    if (!take_view(s, args[1], 1) || s->nbytes == cfg_band || s->nbytes >= below) {
-        Py_DECREF(s);
-        Py_RETURN_NONE;
-    }
-    if (s->nbytes < cfg_band)
-        return posted(s, guarded ? MPI_Irecv(s->stage, 1, gap_type, source, tag, *comm, &s->req)
-                                 : MPI_Irecv(s->stage, (int)cfg_band, MPI_BYTE, source, tag,
-                                             *comm, &s->req));
-    /* Larger: the message lands in the buffer but for its first band bytes, which
-       take the stage (a control message is read from there, never overwritten by
-       another receive into the same buffer): p2p.Engine._irecv_split. */
-    MPI_Datatype dt = split_type(s->stage, (char *)s->view.buf + cfg_band, s->nbytes - cfg_band);
-    if (dt == MPI_DATATYPE_NULL) {
-        Py_DECREF(s);
-        Py_RETURN_NONE;
-    }
-    s->split = 1;
-    s->stage_len = cfg_band;
-    return posted(s, MPI_Irecv(MPI_BOTTOM, 1, dt, source, tag, *comm, &s->req));
+    Staged *s = post_recv(comm, args[1], source, tag, args[4], below);
+    if (s == NULL) return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
+    return request_stealing(s);
 }
 
 /* isend(comm, spec, dest, tag, engine) -> request | None: a standard-mode send
    that travels as itself, from the user's buffer. */
 static PyObject *fp_isend(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
     int dest, tag;
-    MPI_Comm *comm = post_args(args, nargs, "isend(comm, spec, dest, tag, engine)", 0, &dest,
-                               &tag);
+    MPI_Comm *comm = call_args(args, nargs, 5, 5, "isend(comm, spec, dest, tag, engine)", 0,
+                               &dest, &tag);
     if (comm == NULL) return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
     Staged *s = new_staged(0, args[4], args[1], 0);
     if (s == NULL) return NULL;
@@ -360,12 +378,37 @@ static PyObject *fp_isend(PyObject *mod, PyObject *const *args, Py_ssize_t nargs
        rank has receives pending (of this path: the engine's decline it, above) */
     Py_ssize_t raw_max = live_recvs ? cfg_cma_min_busy : cfg_cma_min;
     if (!take_view(s, args[1], 0) ||
-            (s->nbytes > cfg_limit && (s->nbytes <= cfg_band || s->nbytes >= raw_max))) {
-        Py_DECREF(s);
+            (s->nbytes > cfg_limit && (s->nbytes <= cfg_band || s->nbytes >= raw_max)) ||
+            MPI_Isend(s->view.buf, (int)s->nbytes, MPI_BYTE, dest, tag, *comm,
+                      &s->req) != MPI_SUCCESS) {
+        Py_DECREF(s);   /* the Python path sends it (and raises what MPI raises) */
         Py_RETURN_NONE;
     }
-    return posted(s, MPI_Isend(s->view.buf, (int)s->nbytes, MPI_BYTE, dest, tag, *comm,
-                               &s->req));
+    link_live(s);
+    return request_stealing(s);
+}
+
+/* send(comm, spec, dest, tag, engine) -> bool: a blocking standard-mode send of
+   at most the eager limit, as itself (`p2p.Engine.send` sends those inside the
+   channel too). False: the Python path sends it (a buffer or size this path does
+   not take, or MPI refused it: that path raises what MPI raises). */
+static PyObject *fp_send(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    int dest, tag, rc;
+    MPI_Comm *comm = call_args(args, nargs, 5, 5, "send(comm, spec, dest, tag, engine)", 0,
+                               &dest, &tag);
+    if (comm == NULL) return PyErr_Occurred() ? NULL : Py_NewRef(Py_False);
+    Py_buffer view;
+    Py_ssize_t nbytes;
+    if (!take_buffer(args[1], 0, &view, &nbytes)) Py_RETURN_FALSE;
+    if (nbytes > cfg_limit) {
+        PyBuffer_Release(&view);
+        Py_RETURN_FALSE;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    rc = MPI_Send(view.buf, (int)nbytes, MPI_BYTE, dest, tag, *comm);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&view);
+    return Py_NewRef(rc == MPI_SUCCESS ? Py_True : Py_False);
 }
 
 /* Record the completion of *s* (no Python call: the GIL may be released): a
@@ -445,6 +488,43 @@ static int poll_ops(Staged **ops, MPI_Request *reqs, Py_ssize_t m, Py_ssize_t to
         if (yielding) sched_yield();
     }
     return 0;
+}
+
+/* recv(comm, spec, source, tag, engine, below, yielding) -> True | request | None:
+   a blocking receive. `post_recv`, then, if no other compiled op is live, wait for
+   it here: True once its message, itself, is in the buffer. Otherwise its request,
+   to wait on as any other (another op to progress, a message for the engine, an
+   error); None: not one this path takes. */
+static PyObject *fp_recv(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    int source, tag;
+    MPI_Comm *comm = call_args(args, nargs, 7, 7,
+                               "recv(comm, spec, source, tag, engine, below, yielding)", 1,
+                               &source, &tag);
+    if (comm == NULL) return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
+    Py_ssize_t below = PyLong_AsSsize_t(args[5]);
+    if (below == -1 && PyErr_Occurred()) return NULL;
+    int yielding = PyObject_IsTrue(args[6]);
+    Staged *s = post_recv(comm, args[1], source, tag, args[4], below);
+    if (s == NULL) return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
+    if (live_count > 1) return request_stealing(s);
+    int rc, flag = 0;
+    MPI_Status st;
+    s->busy = 1;
+    Py_BEGIN_ALLOW_THREADS
+    while ((rc = MPI_Test(&s->req, &flag, &st)) == MPI_SUCCESS && !flag)
+        if (yielding) sched_yield();
+    Py_END_ALLOW_THREADS
+    s->busy = 0;
+    if (flag) {
+        /* MPI_Test reports the request's error in its return code */
+        record(s, &st, rc);
+        if (s->state == DONE) {
+            settled(s);
+            Py_DECREF(s);
+            Py_RETURN_TRUE;
+        }
+    }
+    return request_stealing(s);
 }
 
 /* Raise mpi4py's MPI.Exception for error code *code*. */
@@ -823,6 +903,10 @@ static PyMethodDef methods[] = {
      "irecv(comm, spec, source, tag, engine[, below]): the request of a receive, or None"},
     {"isend", (PyCFunction)(void (*)(void))fp_isend, METH_FASTCALL,
      "isend(comm, spec, dest, tag, engine): the request of a send as itself, or None"},
+    {"recv", (PyCFunction)(void (*)(void))fp_recv, METH_FASTCALL,
+     "recv(comm, spec, source, tag, engine, below, yielding): True, a request or None"},
+    {"send", (PyCFunction)(void (*)(void))fp_send, METH_FASTCALL,
+     "send(comm, spec, dest, tag, engine): whether it sent the message"},
     {"waitall", (PyCFunction)(void (*)(void))fp_waitall, METH_FASTCALL,
      "waitall(requests, rtype, yielding) -> bool"},
     {"testall", (PyCFunction)(void (*)(void))fp_testall, METH_FASTCALL,

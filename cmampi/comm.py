@@ -469,6 +469,9 @@ class Communicator(_Fallback):
         e = self._engine
         if e is None:
             return super().Send(buf, dest, tag)
+        fast = e.fast
+        if fast is not None and len(_THREADS) < 2 and fast.send(e.user, buf, dest, tag, e):
+            return None     # small and plain: sent by the compiled path
         if not (type(dest) is int and 0 <= dest < e.size and type(tag) is int
                 and 0 <= tag <= e.tag_ub):
             dest, tag = self._dest(dest), self._tag(tag, False)
@@ -517,9 +520,12 @@ class Communicator(_Fallback):
             # the compiled path's receive and wait (anything it declines, the engine's),
             # for buffers too small for a pulled message: a pulled one lands in place
             # at once on the engine's path, which probes first
-            req = fast.irecv(e.user, buf, source, tag, e, e.cma_min)
+            yields = _p2p._FAST_YIELDS[0]
+            req = fast.recv(e.user, buf, source, tag, e, e.cma_min, yields)
+            if req is True:
+                return None
             if req is not None:
-                if not fast.waitall((req,), StagedRequest, _p2p._FAST_YIELDS[0]):
+                if not fast.waitall((req,), StagedRequest, yields):
                     req.Wait()
                 return None
         e.recv(buf, source, tag, status)

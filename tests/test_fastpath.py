@@ -70,6 +70,12 @@ def test_the_compiled_path_is_built_and_taken(cmcomm, MPI):
     assert all(_staged(r) for r in reqs)
     MPI.Request.Waitall(reqs)
     assert not any(reqs) and (out == peer).all()
+    # a small blocking send, and a blocking receive with no other op live
+    if rank == 0:
+        assert e.fast.send(e.user, np.full(8, 5, np.uint8), peer, 6, e) is True
+    else:
+        assert e.fast.recv(e.user, out, peer, 6, e, e.cma_min, False) is True
+        assert (out == 5).all()
     # a large receive lands in place but for its head; a pulled send, a
     # synchronous one and a strided view take the Python path
     big, pulled = np.zeros(3 << 20, np.uint8), np.ones(3 << 20, np.uint8)
@@ -126,9 +132,19 @@ def test_a_count_shorter_than_the_buffer_fills_only_the_count(comm, MPI):
     req.Wait(st)
     assert st.Get_count(MPI.BYTE) == 16
     assert list(buf[:16]) == list(range(16)) and (buf[16:] == 7).all()
+    # blocking: a count shorter than both buffers
+    if rank == 0:
+        comm.Send([np.arange(64, dtype=np.uint8), 5, MPI.BYTE], peer, 8)
+        comm.Send([bytearray(b"abcdefgh"), 3, MPI.BYTE], peer, 8)
+    else:
+        out = np.full(64, 7, np.uint8)
+        comm.Recv([out, 10, MPI.BYTE], peer, 8)
+        assert list(out[:5]) == list(range(5)) and (out[5:] == 7).all()
+        comm.Recv([out, 3, MPI.BYTE], peer, 8, st)
+        assert bytes(out[:3]) == b"abc" and st.Get_count(MPI.BYTE) == 3
 
 
-@pytest.mark.parametrize("wait", ["Wait", "Waitall"])
+@pytest.mark.parametrize("wait", ["Wait", "Waitall", "Recv"])
 @pytest.mark.parametrize("n", [16, LIMIT + 1, 100_000])
 def test_truncation_raises_and_writes_nothing_outside(comm, MPI, n, wait, open_mpi_reference):
     """A message longer than a compiled receive's buffer fails with MPI's
@@ -145,13 +161,14 @@ def test_truncation_raises_and_writes_nothing_outside(comm, MPI, n, wait, open_m
         comm.Send(np.arange(4, dtype=np.uint8), 1, 7)
     elif rank == 1:
         base = np.full(32, 9, np.uint8)
-        req = comm.Irecv(base[8:16], 0, 7)
         with pytest.raises(MPI.Exception) as info:
-            if wait == "Wait":
-                req.Wait()
+            if wait == "Recv":
+                comm.Recv(base[8:16], 0, 7)
+            elif wait == "Wait":
+                comm.Irecv(base[8:16], 0, 7).Wait()
             else:
-                MPI.Request.Waitall([req])
-        if wait == "Wait":
+                MPI.Request.Waitall([comm.Irecv(base[8:16], 0, 7)])
+        if wait != "Waitall":
             assert info.value.Get_error_class() == MPI.ERR_TRUNCATE
         assert (base[:8] == 9).all() and (base[16:] == 9).all()
         after = np.zeros(4, np.uint8)
