@@ -305,42 +305,75 @@ static MPI_Comm *call_args(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t l
     return comm_for(args[0], args[2], args[3], any, peer, tag);
 }
 
-/* Post a receive into *spec* (of fewer than *below* bytes) from *source* with
-   *tag*: into a stage of its own if smaller than one, else split. The op (a new
-   reference; the live list holds another), or NULL with an error set or without
-   (not one this path takes, or MPI refused it: the Python path posts it). */
-static Staged *post_recv(MPI_Comm *comm, PyObject *spec, int source, int tag, PyObject *engine,
-                         Py_ssize_t below) {
-    int guarded = gap_type != MPI_DATATYPE_NULL, rc;
-    Staged *s = new_staged(cfg_band + guarded, engine, spec, 1);
+/* The op of a receive into *spec* (of fewer than *below* bytes), not posted yet:
+   a new reference, or NULL with an error set or without (not one this path takes). */
+static Staged *recv_op(PyObject *spec, PyObject *engine, Py_ssize_t below) {
+    Staged *s = new_staged(cfg_band + (gap_type != MPI_DATATYPE_NULL), engine, spec, 1);
     if (s == NULL) return NULL;
     if (!take_view(s, spec, 1) || s->nbytes == cfg_band || s->nbytes >= below) {
         Py_DECREF(s);
         return NULL;
     }
+    return s;
+}
+
+/* Post receive *s* from *source* with *tag*: into its stage if smaller than one,
+   else split. 0 once posted (the live list holds a reference); else MPI refused
+   it (the Python path posts it, and raises what MPI raises). */
+static int start_recv(Staged *s, MPI_Comm *comm, int source, int tag) {
+    int rc;
     if (s->nbytes < cfg_band) {
-        rc = guarded ? MPI_Irecv(s->stage, 1, gap_type, source, tag, *comm, &s->req)
-                     : MPI_Irecv(s->stage, (int)cfg_band, MPI_BYTE, source, tag, *comm, &s->req);
+        rc = gap_type != MPI_DATATYPE_NULL
+                 ? MPI_Irecv(s->stage, 1, gap_type, source, tag, *comm, &s->req)
+                 : MPI_Irecv(s->stage, (int)cfg_band, MPI_BYTE, source, tag, *comm, &s->req);
     } else {
         /* Larger: the message lands in the buffer but for its first band bytes, which
            take the stage (a control message is read from there, never overwritten by
            another receive into the same buffer): p2p.Engine._irecv_split. */
         MPI_Datatype dt = split_type(s->stage, (char *)s->view.buf + cfg_band,
                                      s->nbytes - cfg_band);
-        if (dt == MPI_DATATYPE_NULL) {
-            Py_DECREF(s);
-            return NULL;
-        }
+        if (dt == MPI_DATATYPE_NULL) return -1;
         s->split = 1;
         s->stage_len = cfg_band;
         rc = MPI_Irecv(MPI_BOTTOM, 1, dt, source, tag, *comm, &s->req);
     }
-    if (rc != MPI_SUCCESS) {
+    if (rc != MPI_SUCCESS) return -1;
+    link_live(s);
+    return 0;
+}
+
+/* `recv_op`, posted (`start_recv`); NULL as `recv_op` returns it, or when MPI refused it. */
+static Staged *post_recv(MPI_Comm *comm, PyObject *spec, int source, int tag, PyObject *engine,
+                         Py_ssize_t below) {
+    Staged *s = recv_op(spec, engine, below);
+    if (s != NULL && start_recv(s, comm, source, tag) < 0) Py_CLEAR(s);
+    return s;
+}
+
+/* The op of a standard-mode send of *spec* that travels as itself, from the
+   user's buffer, not posted yet: what the engine sends so (p2p.Engine.raw): up to
+   the eager limit, and past the control band up to the pull threshold, the higher
+   one while this rank has receives pending (*receiving*: of this path; the
+   engine's decline it). A new reference, or NULL as `recv_op` returns it. */
+static Staged *send_op(PyObject *spec, PyObject *engine, int receiving) {
+    Staged *s = new_staged(0, engine, spec, 0);
+    if (s == NULL) return NULL;
+    Py_ssize_t raw_max = receiving ? cfg_cma_min_busy : cfg_cma_min;
+    if (!take_view(s, spec, 0) ||
+            (s->nbytes > cfg_limit && (s->nbytes <= cfg_band || s->nbytes >= raw_max))) {
         Py_DECREF(s);
         return NULL;
     }
-    link_live(s);
     return s;
+}
+
+/* Post send *s*; 0 or -1 as `start_recv`. */
+static int start_send(Staged *s, MPI_Comm *comm, int dest, int tag) {
+    if (MPI_Isend(s->view.buf, (int)s->nbytes, MPI_BYTE, dest, tag, *comm, &s->req) !=
+            MPI_SUCCESS)
+        return -1;
+    link_live(s);
+    return 0;
 }
 
 /* The request of a posted op *s*, whose reference it steals. */
@@ -364,27 +397,18 @@ static PyObject *fp_irecv(PyObject *mod, PyObject *const *args, Py_ssize_t nargs
     return request_stealing(s);
 }
 
-/* isend(comm, spec, dest, tag, engine) -> request | None: a standard-mode send
-   that travels as itself, from the user's buffer. */
+/* isend(comm, spec, dest, tag, engine) -> request | None: `send_op`, posted. */
 static PyObject *fp_isend(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
     int dest, tag;
     MPI_Comm *comm = call_args(args, nargs, 5, 5, "isend(comm, spec, dest, tag, engine)", 0,
                                &dest, &tag);
     if (comm == NULL) return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
-    Staged *s = new_staged(0, args[4], args[1], 0);
-    if (s == NULL) return NULL;
-    /* what the engine sends as itself (p2p.Engine.raw): up to the eager limit, and
-       past the control band up to the pull threshold, the higher one while this
-       rank has receives pending (of this path: the engine's decline it, above) */
-    Py_ssize_t raw_max = live_recvs ? cfg_cma_min_busy : cfg_cma_min;
-    if (!take_view(s, args[1], 0) ||
-            (s->nbytes > cfg_limit && (s->nbytes <= cfg_band || s->nbytes >= raw_max)) ||
-            MPI_Isend(s->view.buf, (int)s->nbytes, MPI_BYTE, dest, tag, *comm,
-                      &s->req) != MPI_SUCCESS) {
+    Staged *s = send_op(args[1], args[4], live_recvs > 0);
+    if (s == NULL) return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
+    if (start_send(s, comm, dest, tag) < 0) {
         Py_DECREF(s);   /* the Python path sends it (and raises what MPI raises) */
         Py_RETURN_NONE;
     }
-    link_live(s);
     return request_stealing(s);
 }
 
@@ -490,11 +514,35 @@ static int poll_ops(Staged **ops, MPI_Request *reqs, Py_ssize_t m, Py_ssize_t to
     return 0;
 }
 
+/* Wait here for the *m* (at most 2) ops just posted in *ops*, if no other
+   compiled op is live: 1 once all are done (and settled); 0 if the caller must
+   hand them to their requests' waits (another live op to progress, a message for
+   the engine, an MPI error: those waits act on it, or raise it). */
+static int waited_alone(Staged **ops, Py_ssize_t m, int yielding) {
+    MPI_Request reqs[2];
+    int idx[2], rc;
+    MPI_Status sts[2];
+    if (live_count != m || m > 2) return 0;
+    for (Py_ssize_t k = 0; k < m; k++) {
+        reqs[k] = ops[k]->req;
+        ops[k]->busy = 1;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    rc = poll_ops(ops, reqs, m, m, idx, sts, yielding);
+    Py_END_ALLOW_THREADS
+    int done = rc == 0;
+    for (Py_ssize_t k = 0; k < m; k++) {
+        ops[k]->busy = 0;
+        done &= ops[k]->state == DONE;
+        settled(ops[k]);
+    }
+    return done;
+}
+
 /* recv(comm, spec, source, tag, engine, below, yielding) -> True | request | None:
-   a blocking receive. `post_recv`, then, if no other compiled op is live, wait for
-   it here: True once its message, itself, is in the buffer. Otherwise its request,
-   to wait on as any other (another op to progress, a message for the engine, an
-   error); None: not one this path takes. */
+   a blocking receive: `post_recv`, then `waited_alone`. True once its message,
+   itself, is in the buffer; else its request, to wait on as any other; None: not
+   one this path takes. */
 static PyObject *fp_recv(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
     int source, tag;
     MPI_Comm *comm = call_args(args, nargs, 7, 7,
@@ -503,28 +551,64 @@ static PyObject *fp_recv(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
     if (comm == NULL) return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
     Py_ssize_t below = PyLong_AsSsize_t(args[5]);
     if (below == -1 && PyErr_Occurred()) return NULL;
-    int yielding = PyObject_IsTrue(args[6]);
     Staged *s = post_recv(comm, args[1], source, tag, args[4], below);
     if (s == NULL) return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
-    if (live_count > 1) return request_stealing(s);
-    int rc, flag = 0;
-    MPI_Status st;
-    s->busy = 1;
-    Py_BEGIN_ALLOW_THREADS
-    while ((rc = MPI_Test(&s->req, &flag, &st)) == MPI_SUCCESS && !flag)
-        if (yielding) sched_yield();
-    Py_END_ALLOW_THREADS
-    s->busy = 0;
-    if (flag) {
-        /* MPI_Test reports the request's error in its return code */
-        record(s, &st, rc);
-        if (s->state == DONE) {
-            settled(s);
-            Py_DECREF(s);
-            Py_RETURN_TRUE;
-        }
+    if (waited_alone(&s, 1, PyObject_IsTrue(args[6]))) {
+        Py_DECREF(s);
+        Py_RETURN_TRUE;
     }
     return request_stealing(s);
+}
+
+/* sendrecv(comm, sendspec, dest, sendtag, recvspec, source, recvtag, engine,
+            yielding) -> op | (recv request, send request) | None
+
+   A blocking send and receive, both checked before either is posted (a receive
+   left behind by a refused send would take a later message): `recv_op` and
+   `send_op`, posted, then `waited_alone`. The receive's op once both are done
+   (its source, tag and count are the status); else their requests, to wait on;
+   None: not a call this path takes. */
+static PyObject *fp_sendrecv(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    int dest, sendtag, source, recvtag;
+    if (nargs != 9) {
+        PyErr_SetString(PyExc_TypeError, "sendrecv(comm, sendspec, dest, sendtag, recvspec, "
+                                         "source, recvtag, engine, yielding)");
+        return NULL;
+    }
+    MPI_Comm *comm = call_args(args, 5, 5, 5, "", 0, &dest, &sendtag);
+    if (comm == NULL || comm_for(args[0], args[5], args[6], 1, &source, &recvtag) == NULL)
+        return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
+    Staged *r = recv_op(args[4], args[7], PY_SSIZE_T_MAX), *s = NULL;
+    if (r != NULL)
+        s = send_op(args[1], args[7], 1);   /* sent while its receive is pending */
+    if (s == NULL || start_recv(r, comm, source, recvtag) < 0) {
+        Py_XDECREF(r);
+        Py_XDECREF(s);
+        return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
+    }
+    if (start_send(s, comm, dest, sendtag) < 0) {
+        /* the Python path sends it and raises what MPI raises; the receive is
+           withdrawn first */
+        MPI_Cancel(&r->req);
+        MPI_Wait(&r->req, MPI_STATUS_IGNORE);
+        r->state = DONE;
+        settled(r);
+        Py_DECREF(r);
+        Py_DECREF(s);
+        Py_RETURN_NONE;
+    }
+    Staged *ops[2] = {r, s};
+    if (waited_alone(ops, 2, PyObject_IsTrue(args[8]))) {
+        Py_DECREF(s);
+        return (PyObject *)r;
+    }
+    PyObject *rreq = request_stealing(r), *sreq = request_stealing(s);
+    if (rreq == NULL || sreq == NULL) {
+        Py_XDECREF(rreq);
+        Py_XDECREF(sreq);
+        return NULL;
+    }
+    return Py_BuildValue("(NN)", rreq, sreq);
 }
 
 /* Raise mpi4py's MPI.Exception for error code *code*. */
@@ -905,6 +989,9 @@ static PyMethodDef methods[] = {
      "isend(comm, spec, dest, tag, engine): the request of a send as itself, or None"},
     {"recv", (PyCFunction)(void (*)(void))fp_recv, METH_FASTCALL,
      "recv(comm, spec, source, tag, engine, below, yielding): True, a request or None"},
+    {"sendrecv", (PyCFunction)(void (*)(void))fp_sendrecv, METH_FASTCALL,
+     "sendrecv(comm, sendspec, dest, sendtag, recvspec, source, recvtag, engine, "
+     "yielding): the receive's op, two requests or None"},
     {"send", (PyCFunction)(void (*)(void))fp_send, METH_FASTCALL,
      "send(comm, spec, dest, tag, engine): whether it sent the message"},
     {"waitall", (PyCFunction)(void (*)(void))fp_waitall, METH_FASTCALL,

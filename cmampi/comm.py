@@ -534,7 +534,24 @@ class Communicator(_Fallback):
     def Sendrecv(self, sendbuf, dest: int, sendtag: int = 0, recvbuf=None,
                  source: int = ANY_SOURCE, recvtag: int = ANY_TAG, status=None) -> None:
         """Send and receive a message."""
+        e = self._engine
+        if e is None:
+            return super().Sendrecv(sendbuf, dest, sendtag, recvbuf, source, recvtag, status)
+        fast = e.fast
+        if fast is not None and not (e.stash or e.landing) and _fast_waits():
+            # small and plain: the compiled path's send, receive and wait
+            got = fast.sendrecv(e.user, sendbuf, dest, sendtag, recvbuf, source, recvtag, e,
+                                _p2p._FAST_YIELDS[0])
+            if type(got) is tuple:   # for the requests' waits: the engine acts, or raises
+                got[0].Wait(status)
+                got[1].Wait()
+                return None
+            if got is not None:
+                if status is not None:
+                    _p2p.fill_status(status, got.source, got.tag, got.count, None, e.names)
+                return None
         self.Isendrecv(sendbuf, dest, sendtag, recvbuf, source, recvtag).Wait(status)
+        return None
 
     def Sendrecv_replace(self, buf, dest: int, sendtag: int = 0, source: int = ANY_SOURCE,
                          recvtag: int = ANY_TAG, status=None) -> None:

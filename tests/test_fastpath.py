@@ -76,6 +76,8 @@ def test_the_compiled_path_is_built_and_taken(cmcomm, MPI):
     else:
         assert e.fast.recv(e.user, out, peer, 6, e, e.cma_min, False) is True
         assert (out == 5).all()
+    got = e.fast.sendrecv(e.user, np.full(8, rank, np.uint8), peer, 9, out, peer, 9, e, False)
+    assert type(got).__name__ == "Staged" and got.count == 8 and (out == peer).all()
     # a large receive lands in place but for its head; a pulled send, a
     # synchronous one and a strided view take the Python path
     big, pulled = np.zeros(3 << 20, np.uint8), np.ones(3 << 20, np.uint8)
@@ -376,3 +378,37 @@ def test_blocking_receives_without_a_status(comm, MPI, kind, n):
         comm.Recv(out, peer, 19)
         comm.Send(spec, peer, 19)
     assert (view == pattern(n, peer)).all()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("n", [*SIZES, 3 << 20])
+@pytest.mark.parametrize("how", ["plain", "status", "another-pending"])
+def test_sendrecv_in_a_ring(comm, MPI, kind, n, how):
+    """Sendrecv takes the compiled path's send, receive and wait where both are
+    plain (and hands them to their requests' waits while another receive is
+    pending): every size (a pulled one too), every buffer form, a status."""
+    rank, size = comm.Get_rank(), comm.Get_size()
+    right, left = (rank + 1) % size, (rank - 1) % size
+    out, view = _buffer(MPI, kind, np.zeros(n, np.uint8))
+    spec, _ = _buffer(MPI, kind, pattern(n, rank))
+    other = np.zeros(4, np.uint8)
+    pending = comm.Irecv(other, left, 21) if how == "another-pending" else None
+    st = MPI.Status() if how == "status" else None
+    comm.Sendrecv(spec, right, 20, out, left, 20, st)
+    assert (view == pattern(n, left)).all()
+    if st is not None:
+        assert (st.Get_source(), st.Get_tag(), st.Get_count(MPI.BYTE)) == (left, 20, n)
+    if pending is not None:
+        comm.Send(np.arange(4, dtype=np.uint8), right, 21)
+        pending.Wait()
+        assert list(other) == [0, 1, 2, 3]
+
+
+def test_sendrecv_to_itself_and_with_wildcards(comm, MPI):
+    rank = comm.Get_rank()
+    got = np.zeros(8, np.int64)
+    st = MPI.Status()
+    comm.Sendrecv(np.arange(8, dtype=np.int64) + rank, rank, 5, got, MPI.ANY_SOURCE,
+                  MPI.ANY_TAG, st)
+    assert list(got) == list(range(rank, rank + 8))
+    assert (st.Get_source(), st.Get_tag(), st.Get_count(MPI.INT64_T)) == (rank, 5, 8)
