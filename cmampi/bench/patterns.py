@@ -6,7 +6,9 @@ Ping-pong (one-way time = round trip / 2) with the buffer forms programs pass:
 ``Isend`` of one buffer, rank 1 64 ``Irecv`` into one buffer (as benchmark
 programs do), ``Waitall``, then a 4-byte ack (time per message = window time /
 64); and both directions at once: each rank posts 64 ``Irecv`` and 64 ``Isend``
-and waits for all 128 (time per message pair = window time / 64). Each
+and waits for all 128 (time per message pair = window time / 64). Exchanges,
+as halo exchanges and ring shifts do them: both ranks call ``Sendrecv``, or post
+one ``Irecv`` and one ``Isend`` and ``Waitall`` them (time per exchange). Each
 implementation completes its requests with its own ``Request.Waitall``.
 """
 
@@ -168,6 +170,41 @@ def _bidirectional(ctx: Context, nbytes: int) -> Result:
                    case=format_size(nbytes), nbytes=nbytes, sized=True)
 
 
+def _exchange(ctx: Context, nbytes: int, how: str) -> Result:
+    rank = ctx.rank
+    peer = 1 - rank
+
+    def impl(name: str, c: Any) -> Impl:
+        MPI = _namespace(name, ctx)
+        b = _Buffers("numpy", nbytes, MPI)
+        waitall = MPI.Request.Waitall
+        where = f"{name}, {format_size(nbytes)} exchange by {how}, rank {rank}"
+
+        def run(iters: int) -> float:
+            sbuf, rbuf = b.send, b.recv
+            t0 = _time.perf_counter()
+            if how == "Sendrecv":
+                sendrecv = c.Sendrecv
+                for _ in range(iters):
+                    sendrecv(sbuf, peer, TAG, rbuf, peer, TAG)
+            else:
+                isend, irecv = c.Isend, c.Irecv
+                for _ in range(iters):
+                    waitall([irecv(rbuf, peer, TAG), isend(sbuf, peer, TAG)])
+            return _time.perf_counter() - t0
+
+        def verify() -> None:
+            b.received()[:] = 0
+            run(1)
+            _check(where, b.received(), b.expected)
+
+        return Impl(name, run, verify)
+
+    return measure(ctx, [impl(n, c) for n, c in _comms(ctx).items()], per_iter=1,
+                   bench="patterns", op=f"exchange {how}", case=format_size(nbytes),
+                   nbytes=nbytes, sized=True)
+
+
 def _comms(ctx: Context) -> dict:
     """The implementations with nonblocking calls and MPI buffer specs (not a Connection)."""
     return {name: c for name, c in ctx.comms.items() if c is not None and name != "pipe"}
@@ -182,7 +219,9 @@ def plan(ctx: Context) -> list[Case]:
                        _functools.partial(_pingpong, ctx, form, n)) for n in sizes]
     streams = (("stream", _stream),
                ("stream spec", _functools.partial(_stream, form="spec")),
-               ("bidirectional", _bidirectional))
+               ("bidirectional", _bidirectional),
+               ("exchange Sendrecv", _functools.partial(_exchange, how="Sendrecv")),
+               ("exchange Irecv+Isend", _functools.partial(_exchange, how="Irecv+Isend")))
     for label, run in streams:
         cases += [Case(f"patterns {label} {format_size(n)}", _functools.partial(run, ctx, n))
                   for n in sizes]
@@ -195,4 +234,5 @@ def describe(ctx: Context) -> str:
             f"buffer into {WINDOW} Irecv of one buffer, then a 4-byte ack (per message), of "
             "numpy arrays and of [numpy, n, MPI.BYTE] specs; "
             f"both directions at once, {WINDOW} Irecv + {WINDOW} Isend per rank (per message "
-            "pair). The alternative: plain mpi4py (on the socket channel cmampi runs alone).")
+            "pair); exchanges by Sendrecv and by Irecv + Isend + Waitall (per exchange). "
+            "The alternative: plain mpi4py (on the socket channel cmampi runs alone).")
