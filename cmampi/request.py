@@ -555,6 +555,11 @@ class StagedRequest(Request):
     def __bool__(self) -> bool:
         return self._fast is not None or super().__bool__()
 
+    def __reduce__(self) -> Any:
+        if self:
+            raise ValueError(f"cannot serialize {type(self).__name__} in flight")
+        return Request, ()      # a null request, as any other
+
     def Wait(self, status=None) -> bool:
         """Wait for a send or receive to complete."""
         if status is None and self._fast is not None and _waited_fast((self,)):

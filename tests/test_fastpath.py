@@ -412,3 +412,16 @@ def test_sendrecv_to_itself_and_with_wildcards(comm, MPI):
                   MPI.ANY_TAG, st)
     assert list(got) == list(range(rank, rank + 8))
     assert (st.Get_source(), st.Get_tag(), st.Get_count(MPI.INT64_T)) == (rank, 5, 8)
+
+
+def test_a_completed_request_pickles_as_a_null_one(comm, MPI):
+    """As mpi4py's: a completed request pickles, and comes back null."""
+    import pickle
+
+    rank = comm.Get_rank()
+    reqs = [comm.Irecv(np.zeros(8, np.uint8), rank, 22),
+            comm.Isend(np.ones(8, np.uint8), rank, 22)]
+    MPI.Request.Waitall(reqs)
+    for req in reqs:
+        back = pickle.loads(pickle.dumps(req))
+        assert not back and back == MPI.REQUEST_NULL
