@@ -229,7 +229,8 @@ static int as_int(PyObject *o, int *out) {
 
 /* The request of compiled op *s* (a new reference), or NULL with an error. */
 static PyObject *request_of(Staged *s) {
-    PyObject *req = request_type->tp_new(request_type, empty_tuple, NULL);
+    /* mpi4py's own tp_new, as the class's __new__ calls it, without a Python frame */
+    PyObject *req = PyMPIRequest_Type.tp_new(request_type, empty_tuple, NULL);
     if (req == NULL) return NULL;
     if (PyObject_SetAttr(req, str_fast, (PyObject *)s) < 0) {
         Py_DECREF(req);
