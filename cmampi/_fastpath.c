@@ -413,19 +413,24 @@ static PyObject *fp_isend(PyObject *mod, PyObject *const *args, Py_ssize_t nargs
     return request_stealing(s);
 }
 
-/* send(comm, spec, dest, tag, engine) -> bool: a blocking standard-mode send of
-   at most the eager limit, as itself (`p2p.Engine.send` sends those inside the
-   channel too). False: the Python path sends it (a buffer or size this path does
-   not take, or MPI refused it: that path raises what MPI raises). */
+/* send(comm, spec, dest, tag, pending) -> bool: a blocking standard-mode send of
+   a message that travels as itself, where `p2p.Engine.send` sends it inside the
+   channel: up to the eager limit; past the control band below the pull
+   threshold too while no receive waits for progress (nothing in *pending*, the
+   engine's dict of them, and no compiled op live). False: the Python path sends
+   it (a buffer or size this path does not take, or MPI refused it: that path
+   raises what MPI raises). */
 static PyObject *fp_send(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
     int dest, tag, rc;
-    MPI_Comm *comm = call_args(args, nargs, 5, 5, "send(comm, spec, dest, tag, engine)", 0,
+    MPI_Comm *comm = call_args(args, nargs, 5, 5, "send(comm, spec, dest, tag, pending)", 0,
                                &dest, &tag);
     if (comm == NULL) return PyErr_Occurred() ? NULL : Py_NewRef(Py_False);
     Py_buffer view;
     Py_ssize_t nbytes;
     if (!take_buffer(args[1], 0, &view, &nbytes)) Py_RETURN_FALSE;
-    if (nbytes > cfg_limit) {
+    if (nbytes > cfg_limit &&
+            (nbytes <= cfg_band || nbytes >= cfg_cma_min || live_count > 0 ||
+             !PyDict_CheckExact(args[4]) || PyDict_GET_SIZE(args[4]) > 0)) {
         PyBuffer_Release(&view);
         Py_RETURN_FALSE;
     }
@@ -994,7 +999,7 @@ static PyMethodDef methods[] = {
      "sendrecv(comm, sendspec, dest, sendtag, recvspec, source, recvtag, engine, "
      "yielding): the receive's op, two requests or None"},
     {"send", (PyCFunction)(void (*)(void))fp_send, METH_FASTCALL,
-     "send(comm, spec, dest, tag, engine): whether it sent the message"},
+     "send(comm, spec, dest, tag, pending): whether it sent the message"},
     {"waitall", (PyCFunction)(void (*)(void))fp_waitall, METH_FASTCALL,
      "waitall(requests, rtype, yielding) -> bool"},
     {"testall", (PyCFunction)(void (*)(void))fp_testall, METH_FASTCALL,

@@ -473,8 +473,9 @@ class Communicator(_Fallback):
         if e is None:
             return super().Send(buf, dest, tag)
         fast = e.fast
-        if fast is not None and len(_THREADS) < 2 and fast.send(e.user, buf, dest, tag, e):
-            return None     # small and plain: sent by the compiled path
+        if fast is not None and len(_THREADS) < 2 and \
+                fast.send(e.user, buf, dest, tag, _p2p._PENDING):
+            return None     # plain, as itself: sent by the compiled path
         if not (type(dest) is int and 0 <= dest < e.size and type(tag) is int
                 and 0 <= tag <= e.tag_ub):
             dest, tag = self._dest(dest), self._tag(tag, False)

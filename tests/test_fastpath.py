@@ -72,7 +72,7 @@ def test_the_compiled_path_is_built_and_taken(cmcomm, MPI):
     assert not any(reqs) and (out == peer).all()
     # a small blocking send, and a blocking receive with no other op live
     if rank == 0:
-        assert e.fast.send(e.user, np.full(8, 5, np.uint8), peer, 6, e) is True
+        assert e.fast.send(e.user, np.full(8, 5, np.uint8), peer, 6, {}) is True
     else:
         assert e.fast.recv(e.user, out, peer, 6, e, e.cma_min, False) is True
         assert (out == 5).all()
@@ -205,27 +205,29 @@ def test_any_source_from_every_rank(comm, MPI):
         comm.Isend(np.full(4, rank, np.int8), 0, 8).Wait()
 
 
-@pytest.mark.parametrize("blocking", ["Recv", "Probe", "Send", "Waitall"])
+@pytest.mark.parametrize("blocking", ["Recv", "Probe", "Send", "Send-engine", "Waitall"])
 def test_a_synchronous_send_into_a_pending_receive_completes(comm, MPI, blocking):
     """Rank 1 posts a small receive, then blocks on something else that rank 0
     does only once its synchronous send into that receive has completed: the
-    blocking call must see the receive through (MPI's progress rule)."""
+    blocking call must see the receive through (MPI's progress rule). With
+    ``Send-engine`` the receive is the Python engine's (a spec of another datatype
+    than ``MPI.BYTE``)."""
     rank = comm.Get_rank()
     if rank == 0:
         comm.Ssend(np.arange(8, dtype=np.uint8), 1, 9)
-        if blocking == "Send":
+        if blocking.startswith("Send"):
             comm.Recv(np.zeros(LIMIT * 4, np.uint8), 1, 10)
         else:
             comm.Send(np.ones(3, np.uint8), 1, 10)
     elif rank == 1:
         out = np.zeros(8, np.uint8)
-        req = comm.Irecv(out, 0, 9)
+        req = comm.Irecv([out, 8, MPI.UNSIGNED_CHAR] if blocking == "Send-engine" else out, 0, 9)
         if blocking == "Recv":
             comm.Recv(np.zeros(3, np.uint8), 0, 10)
         elif blocking == "Probe":
             comm.Probe(0, 10)
             comm.Recv(np.zeros(3, np.uint8), 0, 10)
-        elif blocking == "Send":
+        elif blocking.startswith("Send"):
             # a large send waits to be matched: rank 0 receives it after its Ssend
             comm.Send(np.ones(LIMIT * 4, np.uint8), 0, 10)
         else:
