@@ -441,6 +441,154 @@ static PyObject *fp_send(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
     return Py_NewRef(rc == MPI_SUCCESS ? Py_True : Py_False);
 }
 
+/* -- small collectives, as mpi4py runs them ---------------------------------------- */
+
+static void raise_mpi(int code);
+
+/* The collectives `coll` runs (`_fastpath.py` names them for Python). */
+enum { BCAST = 0, GATHER, SCATTER, ALLGATHER, ALLTOALL, REDUCE, ALLREDUCE };
+
+/* The MPI datatype of plain numbers of buffer format *format* (as mpi4py maps
+   it), or MPI_DATATYPE_NULL. */
+static MPI_Datatype number_type(const char *format) {
+    if (format == NULL) return MPI_UNSIGNED_CHAR;
+    if (*format == '@' || *format == '=' || *format == '<') format++;
+    if (format[0] == 'Z' && format[1] && !format[2]) {
+        switch (format[1]) {
+            case 'f': return MPI_C_FLOAT_COMPLEX;
+            case 'd': return MPI_C_DOUBLE_COMPLEX;
+            case 'g': return MPI_C_LONG_DOUBLE_COMPLEX;
+        }
+        return MPI_DATATYPE_NULL;
+    }
+    if (!format[0] || format[1]) return MPI_DATATYPE_NULL;
+    switch (format[0]) {
+        case 'b': return MPI_SIGNED_CHAR;
+        case 'B': return MPI_UNSIGNED_CHAR;
+        case '?': return MPI_C_BOOL;
+        case 'h': return MPI_SHORT;
+        case 'H': return MPI_UNSIGNED_SHORT;
+        case 'i': return MPI_INT;
+        case 'I': return MPI_UNSIGNED;
+        case 'l': return MPI_LONG;
+        case 'L': return MPI_UNSIGNED_LONG;
+        case 'q': return MPI_LONG_LONG;
+        case 'Q': return MPI_UNSIGNED_LONG_LONG;
+        case 'f': return MPI_FLOAT;
+        case 'd': return MPI_DOUBLE;
+        case 'g': return MPI_LONG_DOUBLE;
+    }
+    return MPI_DATATYPE_NULL;
+}
+
+/* Whether *op* is one of MPI's predefined reductions of numbers. */
+static int number_op(MPI_Op op) {
+    return op == MPI_SUM || op == MPI_PROD || op == MPI_MAX || op == MPI_MIN ||
+           op == MPI_LAND || op == MPI_LOR || op == MPI_LXOR || op == MPI_BAND ||
+           op == MPI_BOR || op == MPI_BXOR;
+}
+
+/* A whole numpy array of plain numbers, as `take_buffer` takes it, into *view*. */
+static int take_array(PyObject *obj, int writable, Py_buffer *view) {
+    Py_ssize_t n;
+    if ((PyObject *)Py_TYPE(obj) != ndarray_type) return 0;
+    return take_buffer(obj, writable, view, &n);
+}
+
+/* coll(comm, kind, send, recv, root, op, limit) -> bool: collective *kind* run by
+   the MPI library as mpi4py runs it, for whole numpy arrays of plain numbers of
+   at most *limit* bytes (this rank's part: *recv*'s for SCATTER, *send*'s
+   else), each the size the call expects (what moves is bytes; reductions keep
+   the numbers' type and take MPI's predefined operations). False, with nothing
+   done: the caller's path runs it (and raises what mpi4py raises). An error of
+   the MPI library is raised as mpi4py raises it. */
+static PyObject *fp_coll(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "coll(comm, kind, send, recv, root, op, limit)");
+        return NULL;
+    }
+    PyObject *send = args[2], *recv = args[3];
+    int kind, root = 0, size, rank, rc, ok = 0;
+    Py_ssize_t limit = PyLong_AsSsize_t(args[6]);
+    if (limit == -1 && PyErr_Occurred()) return NULL;
+    if (request_type == NULL || !PyObject_TypeCheck(args[0], &PyMPIComm_Type) ||
+            !as_int(args[1], &kind))
+        Py_RETURN_FALSE;
+    MPI_Comm comm = *PyMPIComm_Get(args[0]);
+    if (MPI_Comm_size(comm, &size) != MPI_SUCCESS || MPI_Comm_rank(comm, &rank) != MPI_SUCCESS)
+        Py_RETURN_FALSE;
+    int rooted = kind == BCAST || kind == GATHER || kind == SCATTER || kind == REDUCE;
+    if (rooted && (!as_int(args[4], &root) || root < 0 || root >= size)) Py_RETURN_FALSE;
+    int at_root = rooted && rank == root;
+    /* which buffers this rank passes (others are ignored, as MPI ignores them) */
+    int uses_send = !(kind == SCATTER && !at_root);
+    int uses_recv = kind != BCAST && (!rooted || at_root || kind == SCATTER);
+    MPI_Op op = MPI_OP_NULL;
+    if (kind == REDUCE || kind == ALLREDUCE) {
+        if (!PyObject_TypeCheck(args[5], &PyMPIOp_Type)) Py_RETURN_FALSE;
+        op = *PyMPIOp_Get(args[5]);
+        if (!number_op(op)) Py_RETURN_FALSE;
+    }
+    Py_buffer sv, rv;
+    int has_s = 0, has_r = 0;
+    if (uses_send) {
+        if (!take_array(send, kind == BCAST && !at_root, &sv)) goto out;
+        has_s = 1;
+    }
+    if (uses_recv) {
+        if (!take_array(recv, 1, &rv)) goto out;
+        has_r = 1;
+    }
+    Py_ssize_t part = kind == SCATTER ? rv.len : sv.len;
+    if (part > limit || part > INT_MAX / size) goto out;
+    int n = (int)part;
+    MPI_Datatype dt = MPI_BYTE;
+    switch (kind) {
+        case GATHER: case ALLGATHER:
+            if (has_r && rv.len != part * size) goto out;
+            break;
+        case SCATTER:
+            if (has_s && sv.len != part * size) goto out;
+            break;
+        case ALLTOALL:
+            if (rv.len != sv.len || sv.len % size) goto out;
+            break;
+        case REDUCE: case ALLREDUCE:
+            dt = number_type(sv.format);
+            if (dt == MPI_DATATYPE_NULL || sv.itemsize <= 0 || sv.len % sv.itemsize) goto out;
+            if (has_r && (rv.len != sv.len || rv.itemsize != sv.itemsize ||
+                          number_type(rv.format) != dt))
+                goto out;
+            n = (int)(sv.len / sv.itemsize);
+            break;
+    }
+    void *sb = has_s ? sv.buf : NULL, *rb = has_r ? rv.buf : NULL;
+    Py_BEGIN_ALLOW_THREADS
+    switch (kind) {
+        case BCAST: rc = MPI_Bcast(sb, n, MPI_BYTE, root, comm); break;
+        case GATHER: rc = MPI_Gather(sb, n, MPI_BYTE, rb, n, MPI_BYTE, root, comm); break;
+        case SCATTER: rc = MPI_Scatter(sb, n, MPI_BYTE, rb, n, MPI_BYTE, root, comm); break;
+        case ALLGATHER: rc = MPI_Allgather(sb, n, MPI_BYTE, rb, n, MPI_BYTE, comm); break;
+        case ALLTOALL:
+            rc = MPI_Alltoall(sb, n / size, MPI_BYTE, rb, n / size, MPI_BYTE, comm);
+            break;
+        case REDUCE: rc = MPI_Reduce(sb, rb, n, dt, op, root, comm); break;
+        default: rc = MPI_Allreduce(sb, rb, n, dt, op, comm); break;
+    }
+    Py_END_ALLOW_THREADS
+    if (rc != MPI_SUCCESS) {
+        raise_mpi(rc);
+        ok = -1;
+    } else {
+        ok = 1;
+    }
+out:
+    if (has_s) PyBuffer_Release(&sv);
+    if (has_r) PyBuffer_Release(&rv);
+    if (ok < 0) return NULL;
+    return Py_NewRef(ok ? Py_True : Py_False);
+}
+
 /* Record the completion of *s* (no Python call: the GIL may be released): a
    send is done; a receive whose message is itself and fits is copied into the
    buffer and done; anything else arrived, for the engine. */
@@ -995,6 +1143,8 @@ static PyMethodDef methods[] = {
      "isend(comm, spec, dest, tag, engine): the request of a send as itself, or None"},
     {"recv", (PyCFunction)(void (*)(void))fp_recv, METH_FASTCALL,
      "recv(comm, spec, source, tag, engine, below, yielding): True, a request or None"},
+    {"coll", (PyCFunction)(void (*)(void))fp_coll, METH_FASTCALL,
+     "coll(comm, kind, send, recv, root, op, limit): whether it ran the collective"},
     {"sendrecv", (PyCFunction)(void (*)(void))fp_sendrecv, METH_FASTCALL,
      "sendrecv(comm, sendspec, dest, sendtag, recvspec, source, recvtag, engine, "
      "yielding): the receive's op, two requests or None"},

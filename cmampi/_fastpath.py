@@ -19,10 +19,14 @@ import numpy as np
 from ._backend import real_mpi
 from ._config import config
 
-__all__ = ["ARRIVED", "DONE", "POSTED", "RELEASED", "module", "register"]
+__all__ = ["ALLGATHER", "ALLREDUCE", "ALLTOALL", "ARRIVED", "BCAST", "DONE", "GATHER", "POSTED",
+           "REDUCE", "RELEASED", "SCATTER", "module", "register"]
 
 #: A compiled op's states (its ``state``), as ``_fastpath.c`` numbers them.
 POSTED, DONE, ARRIVED, RELEASED = 0, 1, 2, 3
+
+#: The collectives ``coll`` runs, as ``_fastpath.c`` numbers them.
+BCAST, GATHER, SCATTER, ALLGATHER, ALLTOALL, REDUCE, ALLREDUCE = range(7)
 
 #: MPI vendor, as mpi4py reports it -> the name of the module built for it
 _BUILDS = {"MPICH": "_fastpath_mpich", "Open MPI": "_fastpath_openmpi"}

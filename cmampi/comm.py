@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 import numpy as _np
 
 from . import _derived, _wire
+from . import _fastpath as _fp
 from . import coll as _coll_mod
 from . import native as _native
 from . import objcoll as _objcoll
@@ -195,6 +196,8 @@ class Communicator(_Fallback):
             # Small ones go straight to the MPI library, as with mpi4py; large
             # ones (cmampi's own) agree first, every rank alike.
             plain = engine.small = self._plain()
+            if plain is not None and engine.fast is not None:
+                engine.small_coll = engine.fast.coll
             if plain is not None:
                 in_place = engine.names.IN_PLACE
                 nbytes = _native.measure(kind, send, recv, engine.size, in_place)
@@ -237,6 +240,10 @@ class Communicator(_Fallback):
 
     def Bcast(self, buf, root: int = 0) -> None:
         """Broadcast data from one process to all other processes."""
+        coll = self._engine.small_coll if self._engine is not None else None
+        if coll is not None and \
+                coll(self, _fp.BCAST, buf, None, root, None, _SMALL["Bcast"]):
+            return None     # small numbers: the compiled path runs it
         small = self._small(buf, None, _SMALL["Bcast"])
         if small is not None:
             try:
@@ -250,6 +257,10 @@ class Communicator(_Fallback):
 
     def Gather(self, sendbuf, recvbuf, root: int = 0) -> None:
         """Gather data to one process from all other processes."""
+        coll = self._engine.small_coll if self._engine is not None else None
+        if coll is not None and \
+                coll(self, _fp.GATHER, sendbuf, recvbuf, root, None, _SMALL["Gather"]):
+            return None     # small numbers: the compiled path runs it
         small = self._small(sendbuf, recvbuf, _SMALL["Gather"])
         if small is not None:
             try:
@@ -269,6 +280,10 @@ class Communicator(_Fallback):
 
     def Scatter(self, sendbuf, recvbuf, root: int = 0) -> None:
         """Scatter data from one process to all other processes."""
+        coll = self._engine.small_coll if self._engine is not None else None
+        if coll is not None and \
+                coll(self, _fp.SCATTER, sendbuf, recvbuf, root, None, _SMALL["Scatter"]):
+            return None     # small numbers: the compiled path runs it
         small = self._small(recvbuf, sendbuf, _SMALL["Scatter"])
         if small is not None:
             try:
@@ -288,6 +303,10 @@ class Communicator(_Fallback):
 
     def Allgather(self, sendbuf, recvbuf) -> None:
         """Gather to All."""
+        coll = self._engine.small_coll if self._engine is not None else None
+        if coll is not None and \
+                coll(self, _fp.ALLGATHER, sendbuf, recvbuf, 0, None, _SMALL["Allgather"]):
+            return None     # small numbers: the compiled path runs it
         small = self._small(sendbuf, recvbuf, _SMALL["Allgather"])
         if small is not None:
             try:
@@ -305,6 +324,10 @@ class Communicator(_Fallback):
 
     def Alltoall(self, sendbuf, recvbuf) -> None:
         """All to All Scatter/Gather."""
+        coll = self._engine.small_coll if self._engine is not None else None
+        if coll is not None and \
+                coll(self, _fp.ALLTOALL, sendbuf, recvbuf, 0, None, _SMALL["Alltoall"]):
+            return None     # small numbers: the compiled path runs it
         small = self._small(sendbuf, recvbuf, _SMALL["Alltoall"])
         if small is not None:
             try:
@@ -322,6 +345,10 @@ class Communicator(_Fallback):
 
     def Reduce(self, sendbuf, recvbuf, op=SUM, root: int = 0) -> None:
         """Reduce to Root."""
+        coll = self._engine.small_coll if self._engine is not None else None
+        if coll is not None and \
+                coll(self, _fp.REDUCE, sendbuf, recvbuf, root, op, _SMALL["Reduce"]):
+            return None     # small numbers: the compiled path runs it
         small = self._small(sendbuf, recvbuf, _SMALL["Reduce"])
         if small is not None:
             try:
@@ -335,6 +362,10 @@ class Communicator(_Fallback):
 
     def Allreduce(self, sendbuf, recvbuf, op=SUM) -> None:
         """Reduce to All."""
+        coll = self._engine.small_coll if self._engine is not None else None
+        if coll is not None and \
+                coll(self, _fp.ALLREDUCE, sendbuf, recvbuf, 0, op, _SMALL["Allreduce"]):
+            return None     # small numbers: the compiled path runs it
         small = self._small(sendbuf, recvbuf, _SMALL["Allreduce"])
         if small is not None:
             try:

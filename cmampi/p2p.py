@@ -494,6 +494,8 @@ class Engine:
         #: The MPI library's communicator that runs small collectives as they come
         #: (MPI channel, one node, not `checked`); set on the first collective.
         self.small = None
+        #: The compiled path's ``coll`` where `small` runs collectives, or None.
+        self.small_coll = None
         #: The ranks span several nodes (then collectives are the MPI library's).
         self.multinode = len(set(channel.nodes)) > 1
         self._xid = 0

@@ -427,3 +427,94 @@ def test_a_completed_request_pickles_as_a_null_one(comm, MPI):
     for req in reqs:
         back = pickle.loads(pickle.dumps(req))
         assert not back and back == MPI.REQUEST_NULL
+
+
+NUMBERS = ["i1", "u1", "i2", "u2", "i4", "u4", "i8", "u8", "f4", "f8", "c8", "c16", "?"]
+
+
+def _ops(MPI, dtype: str) -> list:
+    if dtype == "?":
+        return [MPI.LAND, MPI.LOR, MPI.LXOR]
+    ops = [MPI.SUM, MPI.PROD]
+    if dtype[0] != "c":
+        ops += [MPI.MAX, MPI.MIN]
+    if dtype[0] in "iu":
+        ops += [MPI.BAND, MPI.BOR, MPI.BXOR]
+    return ops
+
+
+_NUMPY_OF = {"SUM": np.add, "PROD": np.multiply, "MAX": np.maximum, "MIN": np.minimum,
+             "LAND": np.logical_and, "LOR": np.logical_or, "LXOR": np.logical_xor,
+             "BAND": np.bitwise_and, "BOR": np.bitwise_or, "BXOR": np.bitwise_xor}
+
+
+@pytest.mark.parametrize("dtype", NUMBERS)
+def test_small_reductions_of_every_number_type(comm, MPI, dtype):
+    """Small reductions run by the MPI library as mpi4py runs them (on the MPI
+    channel, the compiled path's `coll`): every plain number type, every
+    predefined operation that takes it."""
+    rank, size = comm.Get_rank(), comm.Get_size()
+    parts = [(np.arange(1, 6) + r).astype(dtype) for r in range(size)]
+    for op in _ops(MPI, dtype):
+        name = next(k for k in _NUMPY_OF if getattr(MPI, k) == op)
+        expected = parts[0].copy()
+        for p in parts[1:]:
+            expected = _NUMPY_OF[name](expected, p).astype(dtype)
+        out = np.zeros(5, dtype)
+        comm.Allreduce(parts[rank], out, op)
+        assert np.allclose(out, expected), (name, out, expected)
+        got = np.zeros(5, dtype)
+        comm.Reduce(parts[rank], got, op, root=size - 1)
+        if rank == size - 1:
+            assert np.allclose(got, expected), (name, got, expected)
+
+
+@pytest.mark.parametrize("dtype", ["u1", "i4", "f8", "c16"])
+def test_small_collectives_move_every_number_type(comm, MPI, dtype):
+    rank, size = comm.Get_rank(), comm.Get_size()
+    mine = (np.arange(3) + 10 * rank).astype(dtype)
+    every = np.concatenate([(np.arange(3) + 10 * r).astype(dtype) for r in range(size)])
+    buf = mine.copy() if rank == 0 else np.zeros(3, dtype)
+    comm.Bcast(buf, 0)
+    assert (buf == every[:3]).all()
+    out = np.zeros(3 * size, dtype)
+    comm.Allgather(mine, out)
+    assert (out == every).all()
+    got = np.zeros(3 * size, dtype) if rank == 1 % size else None
+    comm.Gather(mine, got, root=1 % size)
+    if got is not None:
+        assert (got == every).all()
+    part = np.zeros(3, dtype)
+    comm.Scatter(every if rank == 0 else None, part, root=0)
+    assert (part == mine).all()
+    swapped = np.zeros(3 * size, dtype)
+    comm.Alltoall(every, swapped)
+    assert (swapped == np.concatenate([every[3 * rank:3 * rank + 3]] * size)).all()
+
+
+def test_small_collectives_take_the_compiled_path(cmcomm, MPI):
+    """After a first collective, small ones of whole arrays run in C; a call
+    whose buffers are not what it takes is left to the Python path."""
+    from cmampi import _fastpath as fp
+
+    e = cmcomm._engine
+    if e is None or getattr(e.ch, "user", None) is None:
+        pytest.skip("the socket channel has no compiled path")
+    if os.environ.get("CMAMPI_FASTPATH", "1") == "0" or config.check_collectives:
+        pytest.skip("no compiled path, or collectives checked across ranks")
+    cmcomm.Barrier()
+    cmcomm.Bcast(np.zeros(1), 0)
+    assert e.small_coll is not None
+    a, out = np.ones(4), np.zeros(4)
+    assert e.small_coll(cmcomm, fp.ALLREDUCE, a, out, 0, MPI.SUM, 1 << 20) is True
+    assert (out == cmcomm.Get_size()).all()
+    # declined: a receive buffer of another size, a strided array, a user-made
+    # operation, a buffer above the limit (nothing moves: every rank declines)
+    assert e.small_coll(cmcomm, fp.ALLREDUCE, a, np.zeros(3), 0, MPI.SUM, 1 << 20) is False
+    assert e.small_coll(cmcomm, fp.ALLREDUCE, np.ones(8)[::2], out, 0, MPI.SUM, 1 << 20) is False
+    op = MPI.Op.Create(lambda x, y, dt: None, commute=True)
+    try:
+        assert e.small_coll(cmcomm, fp.ALLREDUCE, a, out, 0, op, 1 << 20) is False
+    finally:
+        op.Free()
+    assert e.small_coll(cmcomm, fp.BCAST, np.zeros(64), None, 0, None, 8) is False
