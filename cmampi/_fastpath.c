@@ -151,6 +151,17 @@ static PyTypeObject *request_type = NULL;
 static PyObject *ndarray_type = NULL, *mmap_type = NULL, *byte_type = NULL;
 static PyObject *empty_tuple = NULL;
 static int tag_ub = 32767;
+/* The Python engine's receives that wait for progress (p2p._PENDING, a dict) and
+   ops left to finish on their own (p2p._DETACHED, a list). */
+static PyObject *engine_pending = NULL, *engine_detached = NULL;
+
+/* Whether nothing but the *m* compiled ops of the caller waits for progress: no
+   other compiled op live, nothing pending or detached in the Python engine. A
+   wait or blocking call that sees this may block in the MPI library alone. */
+static int nothing_else_waits(Py_ssize_t m) {
+    return live_count == m && PyDict_GET_SIZE(engine_pending) == 0 &&
+           PyList_GET_SIZE(engine_detached) == 0;
+}
 
 /* The buffer a message spec names and how many of its bytes (-1: all), if it is
    one of the forms this path takes: a numpy array, bytearray, mmap (or bytes, to
@@ -413,24 +424,22 @@ static PyObject *fp_isend(PyObject *mod, PyObject *const *args, Py_ssize_t nargs
     return request_stealing(s);
 }
 
-/* send(comm, spec, dest, tag, pending) -> bool: a blocking standard-mode send of
-   a message that travels as itself, where `p2p.Engine.send` sends it inside the
+/* send(comm, spec, dest, tag) -> bool: a blocking standard-mode send of a
+   message that travels as itself, where `p2p.Engine.send` sends it inside the
    channel: up to the eager limit; past the control band below the pull
-   threshold too while no receive waits for progress (nothing in *pending*, the
-   engine's dict of them, and no compiled op live). False: the Python path sends
-   it (a buffer or size this path does not take, or MPI refused it: that path
-   raises what MPI raises). */
+   threshold too while `nothing_else_waits`. False: the Python path sends it (a
+   buffer or size this path does not take, or MPI refused it: that path raises
+   what MPI raises). */
 static PyObject *fp_send(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
     int dest, tag, rc;
-    MPI_Comm *comm = call_args(args, nargs, 5, 5, "send(comm, spec, dest, tag, pending)", 0,
-                               &dest, &tag);
+    MPI_Comm *comm = call_args(args, nargs, 4, 4, "send(comm, spec, dest, tag)", 0, &dest,
+                               &tag);
     if (comm == NULL) return PyErr_Occurred() ? NULL : Py_NewRef(Py_False);
     Py_buffer view;
     Py_ssize_t nbytes;
     if (!take_buffer(args[1], 0, &view, &nbytes)) Py_RETURN_FALSE;
     if (nbytes > cfg_limit &&
-            (nbytes <= cfg_band || nbytes >= cfg_cma_min || live_count > 0 ||
-             !PyDict_CheckExact(args[4]) || PyDict_GET_SIZE(args[4]) > 0)) {
+            (nbytes <= cfg_band || nbytes >= cfg_cma_min || !nothing_else_waits(0))) {
         PyBuffer_Release(&view);
         Py_RETURN_FALSE;
     }
@@ -668,15 +677,17 @@ static int poll_ops(Staged **ops, MPI_Request *reqs, Py_ssize_t m, Py_ssize_t to
     return 0;
 }
 
-/* Wait here for the *m* (at most 2) ops just posted in *ops*, if no other
-   compiled op is live: 1 once all are done (and settled); 0 if the caller must
-   hand them to their requests' waits (another live op to progress, a message for
-   the engine, an MPI error: those waits act on it, or raise it). */
+/* Wait here for the *m* (at most 2) ops just posted in *ops*, if
+   `nothing_else_waits` (checked now, after every allocation of the call: a
+   finalizer run by one may have handed an op to the engine): 1 once all are done
+   (and settled); 0 if the caller must hand them to their requests' waits
+   (another op to progress, a message for the engine, an MPI error: those waits
+   act on it, or raise it). */
 static int waited_alone(Staged **ops, Py_ssize_t m, int yielding) {
     MPI_Request reqs[2];
     int idx[2], rc;
     MPI_Status sts[2];
-    if (live_count != m || m > 2) return 0;
+    if (m > 2 || !nothing_else_waits(m)) return 0;
     for (Py_ssize_t k = 0; k < m; k++) {
         reqs[k] = ops[k]->req;
         ops[k]->busy = 1;
@@ -715,12 +726,13 @@ static PyObject *fp_recv(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 }
 
 /* sendrecv(comm, sendspec, dest, sendtag, recvspec, source, recvtag, engine,
-            yielding) -> op | (recv request, send request) | None
+            yielding) -> op | (recv request, send request or None) | None
 
    A blocking send and receive, both checked before either is posted (a receive
    left behind by a refused send would take a later message): `recv_op` and
    `send_op`, posted, then `waited_alone`. The receive's op once both are done
-   (its source, tag and count are the status); else their requests, to wait on;
+   (its source, tag and count are the status); else their requests, to wait on
+   (no send request: MPI refused the send, which the caller then sends itself);
    None: not a call this path takes. */
 static PyObject *fp_sendrecv(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
     int dest, sendtag, source, recvtag;
@@ -741,15 +753,11 @@ static PyObject *fp_sendrecv(PyObject *mod, PyObject *const *args, Py_ssize_t na
         return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
     }
     if (start_send(s, comm, dest, sendtag) < 0) {
-        /* the Python path sends it and raises what MPI raises; the receive is
-           withdrawn first */
-        MPI_Cancel(&r->req);
-        MPI_Wait(&r->req, MPI_STATUS_IGNORE);
-        r->state = DONE;
-        settled(r);
-        Py_DECREF(r);
+        /* MPI refused the send: the Python path sends it (and raises what MPI
+           raises); the receive, posted, may have matched a message already */
         Py_DECREF(s);
-        Py_RETURN_NONE;
+        PyObject *rreq = request_stealing(r);
+        return rreq == NULL ? NULL : Py_BuildValue("(NO)", rreq, Py_None);
     }
     Staged *ops[2] = {r, s};
     if (waited_alone(ops, 2, PyObject_IsTrue(args[8]))) {
@@ -874,6 +882,12 @@ static PyObject *fp_waitall(PyObject *mod, PyObject *const *args, Py_ssize_t nar
         ops[total] = s;
         reqs[total] = s->req;
         total++;
+    }
+    if (PyDict_GET_SIZE(engine_pending) || PyList_GET_SIZE(engine_detached)) {
+        /* an op of the engine waits for progress (a finalizer run by an allocation
+           since the caller looked may have handed one over): the Python path waits */
+        result = Py_False;
+        goto out;
     }
     int rc;
     Py_BEGIN_ALLOW_THREADS
@@ -1060,9 +1074,10 @@ static PyTypeObject StagedType = {
 static PyObject *fp_configure(PyObject *mod, PyObject *args) {
     Py_ssize_t limit, band, cma_min, cma_min_busy;
     int guarded;
-    PyObject *rtype, *nd, *mm, *byte;
-    if (!PyArg_ParseTuple(args, "nnnnpO!OOO", &limit, &band, &cma_min, &cma_min_busy, &guarded,
-                          &PyType_Type, &rtype, &nd, &mm, &byte))
+    PyObject *rtype, *nd, *mm, *byte, *pending, *detached;
+    if (!PyArg_ParseTuple(args, "nnnnpO!OOOO!O!", &limit, &band, &cma_min, &cma_min_busy,
+                          &guarded, &PyType_Type, &rtype, &nd, &mm, &byte, &PyDict_Type,
+                          &pending, &PyList_Type, &detached))
         return NULL;
     if (!PyType_IsSubtype((PyTypeObject *)rtype, &PyMPIRequest_Type)) {
         PyErr_SetString(PyExc_TypeError, "rtype: a subclass of mpi4py's Request");
@@ -1103,6 +1118,10 @@ static PyObject *fp_configure(PyObject *mod, PyObject *args) {
     Py_XSETREF(mmap_type, mm);
     Py_INCREF(byte);
     Py_XSETREF(byte_type, byte);
+    Py_INCREF(pending);
+    Py_XSETREF(engine_pending, pending);
+    Py_INCREF(detached);
+    Py_XSETREF(engine_detached, detached);
     Py_RETURN_NONE;
 }
 
@@ -1149,13 +1168,14 @@ static PyMethodDef methods[] = {
      "sendrecv(comm, sendspec, dest, sendtag, recvspec, source, recvtag, engine, "
      "yielding): the receive's op, two requests or None"},
     {"send", (PyCFunction)(void (*)(void))fp_send, METH_FASTCALL,
-     "send(comm, spec, dest, tag, pending): whether it sent the message"},
+     "send(comm, spec, dest, tag): whether it sent the message"},
     {"waitall", (PyCFunction)(void (*)(void))fp_waitall, METH_FASTCALL,
      "waitall(requests, rtype, yielding) -> bool"},
     {"testall", (PyCFunction)(void (*)(void))fp_testall, METH_FASTCALL,
      "testall(requests, rtype) -> True, False or None"},
     {"configure", fp_configure, METH_VARARGS,
-     "configure(limit, band, cma_min, cma_min_busy, guarded, rtype, ndarray, mmap, byte)"},
+     "configure(limit, band, cma_min, cma_min_busy, guarded, rtype, ndarray, mmap, byte, "
+     "pending, detached)"},
     {"library", fp_library, METH_NOARGS, "(initialized, version) of the linked MPI library"},
     {"live", fp_live, METH_NOARGS, "the ops the engine has not taken over"},
     {"pending", fp_pending, METH_NOARGS, "how many ops live() holds"},

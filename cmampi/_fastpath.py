@@ -32,13 +32,16 @@ BCAST, GATHER, SCATTER, ALLGATHER, ALLTOALL, REDUCE, ALLREDUCE = range(7)
 _BUILDS = {"MPICH": "_fastpath_mpich", "Open MPI": "_fastpath_openmpi"}
 
 _loaded: list[ModuleType | None] = []
-#: The request class of compiled ops (`request.StagedRequest`), once registered.
-_request_type: list[type] = []
+#: The request class of compiled ops (`request.StagedRequest`), and the engine's
+#: receives that wait for progress and ops left to finish on their own
+#: (`p2p._PENDING`, `p2p._DETACHED`), once registered.
+_registered: list[tuple[type, dict, list]] = []
 
 
-def register(request_type: type) -> None:
-    """Name the class whose objects are the requests of compiled ops."""
-    _request_type[:] = [request_type]
+def register(request_type: type, pending: dict, detached: list) -> None:
+    """Name the class whose objects are the requests of compiled ops, and the
+    engine's collections the compiled path checks before it blocks."""
+    _registered[:] = [(request_type, pending, detached)]
 
 
 def module(limit: int, band: int, cma_min: int, cma_min_busy: int,
@@ -49,11 +52,12 @@ def module(limit: int, band: int, cma_min: int, cma_min_busy: int,
         _loaded.append(_load())
     mod = _loaded[0]
     if mod is not None:
-        if not _request_type:
+        if not _registered:
             return None
+        request_type, pending, detached = _registered[0]
         try:
-            mod.configure(limit, band, cma_min, cma_min_busy, guarded, _request_type[0],
-                          np.ndarray, mmap.mmap, real_mpi().BYTE)
+            mod.configure(limit, band, cma_min, cma_min_busy, guarded, request_type,
+                          np.ndarray, mmap.mmap, real_mpi().BYTE, pending, detached)
         except ValueError:      # engines of other sizes take the Python path
             return None
     return mod

@@ -157,6 +157,13 @@ else:
     _Fallback = object
 
 
+def _check_status(status, names) -> None:
+    """Refuse a status that is not one, before any message is taken, as mpi4py does."""
+    if status is not None and not isinstance(status, names.Status):
+        raise TypeError("Argument 'status' has incorrect type (expected Status, "
+                        f"got {type(status).__name__})")
+
+
 class Communicator(_Fallback):
     """Point-to-point, object and collective methods over cmampi's engine.
 
@@ -504,8 +511,7 @@ class Communicator(_Fallback):
         if e is None:
             return super().Send(buf, dest, tag)
         fast = e.fast
-        if fast is not None and len(_THREADS) < 2 and \
-                fast.send(e.user, buf, dest, tag, _p2p._PENDING):
+        if fast is not None and len(_THREADS) < 2 and fast.send(e.user, buf, dest, tag):
             return None     # plain, as itself: sent by the compiled path
         if not (type(dest) is int and 0 <= dest < e.size and type(tag) is int
                 and 0 <= tag <= e.tag_ub):
@@ -535,10 +541,7 @@ class Communicator(_Fallback):
         e = self._engine
         if e is None:
             return super().Recv(buf, source, tag, status)
-        if status is not None and not isinstance(status, e.names.Status):
-            # Refused before the message is taken, as mpi4py does.
-            raise TypeError("Argument 'status' has incorrect type (expected Status, "
-                            f"got {type(status).__name__})")
+        _check_status(status, e.names)
         if not (type(source) is int and 0 <= source < e.size and type(tag) is int
                 and 0 <= tag <= e.tag_ub):
             source, tag = self._source(source), self._tag(tag, True)
@@ -572,14 +575,21 @@ class Communicator(_Fallback):
         e = self._engine
         if e is None:
             return super().Sendrecv(sendbuf, dest, sendtag, recvbuf, source, recvtag, status)
+        _check_status(status, e.names)
         fast = e.fast
         if fast is not None and not (e.stash or e.landing) and _fast_waits():
             # small and plain: the compiled path's send, receive and wait
             got = fast.sendrecv(e.user, sendbuf, dest, sendtag, recvbuf, source, recvtag, e,
                                 _p2p._FAST_YIELDS[0])
             if type(got) is tuple:   # for the requests' waits: the engine acts, or raises
-                got[0].Wait(status)
-                got[1].Wait()
+                recv_req, send_req = got
+                try:
+                    if send_req is None:    # MPI refused the compiled send
+                        send_req = self._isend(sendbuf, dest, sendtag, False)
+                    recv_req.Wait(status)
+                finally:    # both complete, as with mpi4py, whatever the receive raised
+                    if send_req is not None:
+                        send_req.Wait()
                 return None
             if got is not None:
                 if status is not None:

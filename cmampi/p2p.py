@@ -1319,7 +1319,8 @@ def undelivered() -> int:
     return sum(op.owed for op in {*_DETACHED, *_PENDING})
 
 
-def _advance_detached() -> None:
+def advance_detached() -> None:
+    """Advance the detached ops whose handles have completed; those done leave."""
     for op in list(_DETACHED):
         while not op.done and op.handle is not None and op not in _PENDING:
             info = op.engine.ch.test(op.handle)
@@ -1353,7 +1354,7 @@ def progress() -> None:
             if info is not None:
                 op.advance(info)
     if _DETACHED:
-        _advance_detached()
+        advance_detached()
 
 
 @serialized

@@ -524,8 +524,14 @@ _FAST = _p2p._FAST
 
 def _fast_waits() -> bool:
     """Whether a compiled wait may complete requests now: no op of the Python
-    engine waits for progress (that wait would not advance it), one thread."""
-    return not (_p2p._PENDING or _p2p._DETACHED) and len(_THREADS) < 2
+    engine waits for progress (that wait would not advance it), one thread.
+    Detached ops that have finished (another wait completed them) leave first:
+    one left behind would keep every later wait off the compiled path."""
+    if len(_THREADS) > 1:
+        return False
+    if _p2p._DETACHED:
+        _p2p.advance_detached()
+    return not (_p2p._PENDING or _p2p._DETACHED)
 
 
 class StagedRequest(Request):
@@ -587,7 +593,7 @@ class StagedRequest(Request):
                 _p2p.detach([op])
 
 
-_fastpath.register(StagedRequest)
+_fastpath.register(StagedRequest, _p2p._PENDING, _p2p._DETACHED)
 
 
 def _waited_fast(requests: Sequence[Any]) -> bool:

@@ -52,7 +52,8 @@ CMAMPI_TRANSPORT=copy PYTHONPATH="$ROOT/tests/no_mpi4py" python -m cmampi -n 2 -
     -m pytest -q -p no:cacheprovider -p no:pytest_mpi -m mpi tests
 section "MPI channel without the compiled path (CMAMPI_FASTPATH=0: small messages in Python)"
 CMAMPI_FASTPATH=0 mpiexec -n 2 "${PYTEST[@]}" --with-mpi -m mpi tests/test_p2p.py \
-    tests/test_fastpath.py tests/test_bad_input.py tests/test_objects.py tests/test_threads.py
+    tests/test_fastpath.py tests/test_bad_input.py tests/test_objects.py tests/test_threads.py \
+    tests/test_coll.py
 section "socket channel without shared-memory rings (every frame through the sockets)"
 CMAMPI_RINGS=0 PYTHONPATH="$ROOT/tests/no_mpi4py" python -m cmampi -n 2 --timeout 600 \
     -m pytest -q -p no:cacheprovider -p no:pytest_mpi -m mpi tests

@@ -72,7 +72,7 @@ def test_the_compiled_path_is_built_and_taken(cmcomm, MPI):
     assert not any(reqs) and (out == peer).all()
     # a small blocking send, and a blocking receive with no other op live
     if rank == 0:
-        assert e.fast.send(e.user, np.full(8, 5, np.uint8), peer, 6, {}) is True
+        assert e.fast.send(e.user, np.full(8, 5, np.uint8), peer, 6) is True
     else:
         assert e.fast.recv(e.user, out, peer, 6, e, e.cma_min, False) is True
         assert (out == 5).all()
@@ -518,3 +518,96 @@ def test_small_collectives_take_the_compiled_path(cmcomm, MPI):
     finally:
         op.Free()
     assert e.small_coll(cmcomm, fp.BCAST, np.zeros(64), None, 0, None, 8) is False
+
+
+class _Recording:
+    """The compiled module, recording what its blocking calls returned."""
+
+    def __init__(self, real) -> None:
+        self.real, self.calls = real, []
+
+    def __getattr__(self, name: str):
+        f = getattr(self.real, name)
+        if name not in ("send", "recv", "sendrecv"):
+            return f
+
+        def call(*args):
+            got = f(*args)
+            self.calls.append((name, got if got is None or isinstance(got, bool)
+                               else type(got).__name__))
+            return got
+        return call
+
+
+def test_blocking_calls_take_the_compiled_path(cmcomm, MPI):
+    """Send, Recv and Sendrecv of small plain buffers go through the compiled
+    path's calls, and a Sendrecv beside another pending receive through its
+    requests."""
+    e = cmcomm._engine
+    if e is None or e.fast is None:
+        pytest.skip("no compiled path here")
+    rank = cmcomm.Get_rank()
+    if rank > 1:
+        return
+    peer = 1 - rank
+    rec = e.fast = _Recording(e.fast)
+    try:
+        out = np.zeros(8, np.uint8)
+        if rank == 0:
+            cmcomm.Send(np.full(8, 1, np.uint8), peer, 40)
+            cmcomm.Recv(out, peer, 40)
+        else:
+            cmcomm.Recv(out, peer, 40)
+            cmcomm.Send(np.full(8, 2, np.uint8), peer, 40)
+        assert out[0] == peer + 1
+        cmcomm.Sendrecv(np.full(8, rank, np.uint8), peer, 41, out, peer, 41)
+        assert out[0] == peer
+        other = np.zeros(8, np.uint8)
+        pending = cmcomm.Irecv(other, peer, 42)
+        cmcomm.Sendrecv(np.full(8, rank, np.uint8), peer, 43, out, peer, 43)
+        cmcomm.Send(np.full(8, 3, np.uint8), peer, 42)
+        pending.Wait()
+        assert out[0] == peer and other[0] == 3
+    finally:
+        e.fast = rec.real
+    ours = [c for c in rec.calls if c[0] != "send" or c[1] is True]
+    assert ("send", True) in ours and ("recv", True) in ours
+    assert ("sendrecv", "Staged") in ours and ("sendrecv", "tuple") in ours
+
+
+def test_sendrecv_refuses_a_status_that_is_not_one(comm, MPI):
+    """As mpi4py: a TypeError before anything moves; the communicator goes on."""
+    rank = comm.Get_rank()
+    with pytest.raises(TypeError):
+        comm.Sendrecv(np.ones(8), rank, 44, np.zeros(8), rank, 44, status="x")
+    got = np.zeros(8)
+    comm.Sendrecv(np.ones(8), rank, 45, got, rank, 45)
+    assert (got == 1).all()
+
+
+def test_a_receive_finalized_while_recv_posts_its_own(cmcomm, MPI):
+    """A dropped compiled receive in a reference cycle, finalized by the garbage
+    collector while a blocking Recv allocates: the Python engine takes it over,
+    and the Recv must progress it (its sender waits for our pull reply)."""
+    import gc
+
+    rank = cmcomm.Get_rank()
+    if rank > 1:
+        return
+    n = 3 << 20
+    if rank == 0:
+        cmcomm.Send(np.ones(n, np.uint8), 1, 46)    # pulled: waits for rank 1's reply
+        cmcomm.Send(np.full(8, 2, np.uint8), 1, 47)
+        return
+    big, out = np.zeros(n, np.uint8), np.zeros(8, np.uint8)
+    gc.collect()
+    req = cmcomm.Irecv(big, 0, 46)
+    req.cycle = req           # garbage only the cyclic collector finds
+    del req
+    threshold = gc.get_threshold()
+    gc.set_threshold(1)       # the next allocation of a container collects it
+    try:
+        cmcomm.Recv(out, 0, 47)
+    finally:
+        gc.set_threshold(*threshold)
+    assert out[0] == 2 and (big == 1).all()
