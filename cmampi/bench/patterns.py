@@ -139,23 +139,21 @@ def _stream(ctx: Context, nbytes: int, form: str = "numpy") -> Result:
                    case=format_size(nbytes), nbytes=nbytes, sized=True)
 
 
-def _bidirectional(ctx: Context, nbytes: int) -> Result:
+def _both_ways(ctx: Context, nbytes: int, op: str, per_iter: int,
+               body: Callable[[Any, Any, Any, Any, int, int], None]) -> Result:
+    """A pattern both ranks run at once, each sending to the other and receiving
+    from it: *body*(comm, MPI, send spec, receive spec, peer, iterations)."""
     rank = ctx.rank
     peer = 1 - rank
 
     def impl(name: str, c: Any) -> Impl:
         MPI = _namespace(name, ctx)
         b = _Buffers("numpy", nbytes, MPI)
-        waitall = MPI.Request.Waitall
-        where = f"{name}, {format_size(nbytes)} bidirectional window, rank {rank}"
+        where = f"{name}, {format_size(nbytes)} {op}, rank {rank}"
 
         def run(iters: int) -> float:
-            isend, irecv, sbuf, rbuf = c.Isend, c.Irecv, b.send, b.recv
             t0 = _time.perf_counter()
-            for _ in range(iters):
-                reqs = [irecv(rbuf, peer, TAG) for _ in range(WINDOW)]
-                reqs += [isend(sbuf, peer, TAG) for _ in range(WINDOW)]
-                waitall(reqs)
+            body(c, MPI, b.send, b.recv, peer, iters)
             return _time.perf_counter() - t0
 
         def verify() -> None:
@@ -165,44 +163,28 @@ def _bidirectional(ctx: Context, nbytes: int) -> Result:
 
         return Impl(name, run, verify)
 
-    return measure(ctx, [impl(n, c) for n, c in _comms(ctx).items()], per_iter=WINDOW,
-                   bench="patterns", op=f"bidirectional {WINDOW}+{WINDOW}",
-                   case=format_size(nbytes), nbytes=nbytes, sized=True)
+    return measure(ctx, [impl(n, c) for n, c in _comms(ctx).items()], per_iter=per_iter,
+                   bench="patterns", op=op, case=format_size(nbytes), nbytes=nbytes, sized=True)
 
 
-def _exchange(ctx: Context, nbytes: int, how: str) -> Result:
-    rank = ctx.rank
-    peer = 1 - rank
+def _windows_both_ways(c: Any, MPI: Any, sbuf: Any, rbuf: Any, peer: int, iters: int) -> None:
+    isend, irecv, waitall = c.Isend, c.Irecv, MPI.Request.Waitall
+    for _ in range(iters):
+        reqs = [irecv(rbuf, peer, TAG) for _ in range(WINDOW)]
+        reqs += [isend(sbuf, peer, TAG) for _ in range(WINDOW)]
+        waitall(reqs)
 
-    def impl(name: str, c: Any) -> Impl:
-        MPI = _namespace(name, ctx)
-        b = _Buffers("numpy", nbytes, MPI)
-        waitall = MPI.Request.Waitall
-        where = f"{name}, {format_size(nbytes)} exchange by {how}, rank {rank}"
 
-        def run(iters: int) -> float:
-            sbuf, rbuf = b.send, b.recv
-            t0 = _time.perf_counter()
-            if how == "Sendrecv":
-                sendrecv = c.Sendrecv
-                for _ in range(iters):
-                    sendrecv(sbuf, peer, TAG, rbuf, peer, TAG)
-            else:
-                isend, irecv = c.Isend, c.Irecv
-                for _ in range(iters):
-                    waitall([irecv(rbuf, peer, TAG), isend(sbuf, peer, TAG)])
-            return _time.perf_counter() - t0
+def _sendrecv(c: Any, MPI: Any, sbuf: Any, rbuf: Any, peer: int, iters: int) -> None:
+    sendrecv = c.Sendrecv
+    for _ in range(iters):
+        sendrecv(sbuf, peer, TAG, rbuf, peer, TAG)
 
-        def verify() -> None:
-            b.received()[:] = 0
-            run(1)
-            _check(where, b.received(), b.expected)
 
-        return Impl(name, run, verify)
-
-    return measure(ctx, [impl(n, c) for n, c in _comms(ctx).items()], per_iter=1,
-                   bench="patterns", op=f"exchange {how}", case=format_size(nbytes),
-                   nbytes=nbytes, sized=True)
+def _irecv_isend(c: Any, MPI: Any, sbuf: Any, rbuf: Any, peer: int, iters: int) -> None:
+    isend, irecv, waitall = c.Isend, c.Irecv, MPI.Request.Waitall
+    for _ in range(iters):
+        waitall([irecv(rbuf, peer, TAG), isend(sbuf, peer, TAG)])
 
 
 def _comms(ctx: Context) -> dict:
@@ -217,11 +199,15 @@ def plan(ctx: Context) -> list[Case]:
     for form in FORMS:
         cases += [Case(f"patterns pingpong {form} {format_size(n)}",
                        _functools.partial(_pingpong, ctx, form, n)) for n in sizes]
+    both = _functools.partial
     streams = (("stream", _stream),
                ("stream spec", _functools.partial(_stream, form="spec")),
-               ("bidirectional", _bidirectional),
-               ("exchange Sendrecv", _functools.partial(_exchange, how="Sendrecv")),
-               ("exchange Irecv+Isend", _functools.partial(_exchange, how="Irecv+Isend")))
+               ("bidirectional", both(_both_ways, op=f"bidirectional {WINDOW}+{WINDOW}",
+                                      per_iter=WINDOW, body=_windows_both_ways)),
+               ("exchange Sendrecv", both(_both_ways, op="exchange Sendrecv", per_iter=1,
+                                          body=_sendrecv)),
+               ("exchange Irecv+Isend", both(_both_ways, op="exchange Irecv+Isend",
+                                             per_iter=1, body=_irecv_isend)))
     for label, run in streams:
         cases += [Case(f"patterns {label} {format_size(n)}", _functools.partial(run, ctx, n))
                   for n in sizes]
