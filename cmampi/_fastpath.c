@@ -41,6 +41,7 @@ typedef struct Staged {
     int state;
     int busy;                    /* a wait without the GIL holds its request */
     int source, tag, error;      /* of the completed message */
+    MPI_Status st;               /* its status, as MPI gave it (the error in MPI_ERROR) */
     Py_ssize_t count;            /* bytes of the completed message */
     Py_ssize_t nbytes;           /* bytes the user's buffer takes (receives) */
     Py_ssize_t stage_len;        /* bytes of the stage the engine sees (the buffer export) */
@@ -602,6 +603,8 @@ out:
    send is done; a receive whose message is itself and fits is copied into the
    buffer and done; anything else arrived, for the engine. */
 static void record(Staged *s, MPI_Status *st, int error) {
+    s->st = *st;
+    s->st.MPI_ERROR = error;    /* MPI sets it only for some calls */
     s->source = st->MPI_SOURCE;
     s->tag = st->MPI_TAG;
     s->error = error;
@@ -704,21 +707,25 @@ static int waited_alone(Staged **ops, Py_ssize_t m, int yielding) {
     return done;
 }
 
-/* recv(comm, spec, source, tag, engine, below, yielding) -> True | request | None:
-   a blocking receive: `post_recv`, then `waited_alone`. True once its message,
-   itself, is in the buffer; else its request, to wait on as any other; None: not
-   one this path takes. */
+/* recv(comm, spec, source, tag, engine, below, yielding, status) -> True | request
+   | None: a blocking receive: `post_recv`, then `waited_alone`. True once its
+   message, itself, is in the buffer (and its status, as MPI gave it, in *status*,
+   an mpi4py Status, unless None); else its request, to wait on as any other (with
+   the status); None: not one this path takes. */
 static PyObject *fp_recv(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
     int source, tag;
-    MPI_Comm *comm = call_args(args, nargs, 7, 7,
-                               "recv(comm, spec, source, tag, engine, below, yielding)", 1,
-                               &source, &tag);
+    MPI_Comm *comm = call_args(args, nargs, 8, 8,
+                               "recv(comm, spec, source, tag, engine, below, yielding, status)",
+                               1, &source, &tag);
     if (comm == NULL) return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
     Py_ssize_t below = PyLong_AsSsize_t(args[5]);
     if (below == -1 && PyErr_Occurred()) return NULL;
+    PyObject *status = args[7];
+    if (status != Py_None && !PyObject_TypeCheck(status, &PyMPIStatus_Type)) Py_RETURN_NONE;
     Staged *s = post_recv(comm, args[1], source, tag, args[4], below);
     if (s == NULL) return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
     if (waited_alone(&s, 1, PyObject_IsTrue(args[6]))) {
+        if (status != Py_None) *PyMPIStatus_Get(status) = s->st;
         Py_DECREF(s);
         Py_RETURN_TRUE;
     }
@@ -1161,7 +1168,8 @@ static PyMethodDef methods[] = {
     {"isend", (PyCFunction)(void (*)(void))fp_isend, METH_FASTCALL,
      "isend(comm, spec, dest, tag, engine): the request of a send as itself, or None"},
     {"recv", (PyCFunction)(void (*)(void))fp_recv, METH_FASTCALL,
-     "recv(comm, spec, source, tag, engine, below, yielding): True, a request or None"},
+     "recv(comm, spec, source, tag, engine, below, yielding, status): True, a request or "
+     "None"},
     {"coll", (PyCFunction)(void (*)(void))fp_coll, METH_FASTCALL,
      "coll(comm, kind, send, recv, root, op, limit): whether it ran the collective"},
     {"sendrecv", (PyCFunction)(void (*)(void))fp_sendrecv, METH_FASTCALL,

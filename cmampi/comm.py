@@ -553,18 +553,17 @@ class Communicator(_Fallback):
                     self._null_status(status)
                 return None
         fast = e.fast
-        if fast is not None and status is None and not (e.stash or e.landing) \
-                and _fast_waits():
+        if fast is not None and not (e.stash or e.landing) and _fast_waits():
             # the compiled path's receive and wait (anything it declines, the engine's),
             # for buffers too small for a pulled message: a pulled one lands in place
             # at once on the engine's path, which probes first
             yields = _p2p._FAST_YIELDS[0]
-            req = fast.recv(e.user, buf, source, tag, e, e.cma_min, yields)
+            req = fast.recv(e.user, buf, source, tag, e, e.cma_min, yields, status)
             if req is True:
                 return None
             if req is not None:
-                if not fast.waitall((req,), StagedRequest, yields):
-                    req.Wait()
+                if status is not None or not fast.waitall((req,), StagedRequest, yields):
+                    req.Wait(status)
                 return None
         e.recv(buf, source, tag, status)
         return None

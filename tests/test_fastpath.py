@@ -74,7 +74,7 @@ def test_the_compiled_path_is_built_and_taken(cmcomm, MPI):
     if rank == 0:
         assert e.fast.send(e.user, np.full(8, 5, np.uint8), peer, 6) is True
     else:
-        assert e.fast.recv(e.user, out, peer, 6, e, e.cma_min, False) is True
+        assert e.fast.recv(e.user, out, peer, 6, e, e.cma_min, False, None) is True
         assert (out == 5).all()
     got = e.fast.sendrecv(e.user, np.full(8, rank, np.uint8), peer, 9, out, peer, 9, e, False)
     assert type(got).__name__ == "Staged" and got.count == 8 and (out == peer).all()
@@ -364,22 +364,30 @@ def test_testall_progresses_every_pending_receive(cmcomm, MPI):
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("n", [*SIZES, 3 << 20])
-def test_blocking_receives_without_a_status(comm, MPI, kind, n):
-    """A blocking Recv with no status takes the compiled path's receive and wait;
-    every size (a pulled one too), every buffer form, in both directions."""
+@pytest.mark.parametrize("with_status", [False, True])
+def test_blocking_receives(comm, MPI, kind, n, with_status):
+    """A blocking Recv takes the compiled path's receive and wait, and fills a
+    status as MPI does; every size (a pulled one too), every buffer form, in both
+    directions, from a wildcard source and tag."""
     rank = comm.Get_rank()
     if rank > 1:
         return
     peer = 1 - rank
     out, view = _buffer(MPI, kind, np.zeros(n, np.uint8))
     spec, _ = _buffer(MPI, kind, pattern(n, rank))
+    st = MPI.Status() if with_status else None
     if rank == 0:
         comm.Send(spec, peer, 19)
-        comm.Recv(out, peer, 19)
+        comm.Recv(out, MPI.ANY_SOURCE, MPI.ANY_TAG, st)
     else:
-        comm.Recv(out, peer, 19)
+        comm.Recv(out, MPI.ANY_SOURCE, MPI.ANY_TAG, st)
         comm.Send(spec, peer, 19)
     assert (view == pattern(n, peer)).all()
+    if st is not None:
+        assert (st.Get_source(), st.Get_tag(), st.Get_count(MPI.BYTE)) == (peer, 19, n)
+        assert st.Get_error() == MPI.SUCCESS and not st.Is_cancelled()
+        if n % 8 == 0:
+            assert st.Get_count(MPI.DOUBLE) == n // 8 and st.Get_elements(MPI.DOUBLE) == n // 8
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -540,9 +548,9 @@ class _Recording:
 
 
 def test_blocking_calls_take_the_compiled_path(cmcomm, MPI):
-    """Send, Recv and Sendrecv of small plain buffers go through the compiled
-    path's calls, and a Sendrecv beside another pending receive through its
-    requests."""
+    """Send, Recv (with a status too) and Sendrecv of small plain buffers go
+    through the compiled path's calls, and a Sendrecv beside another pending
+    receive through its requests."""
     e = cmcomm._engine
     if e is None or e.fast is None:
         pytest.skip("no compiled path here")
@@ -556,9 +564,11 @@ def test_blocking_calls_take_the_compiled_path(cmcomm, MPI):
         if rank == 0:
             cmcomm.Send(np.full(8, 1, np.uint8), peer, 40)
             cmcomm.Recv(out, peer, 40)
-        else:
-            cmcomm.Recv(out, peer, 40)
+        else:   # with a status: the compiled path fills it
+            st = MPI.Status()
+            cmcomm.Recv(out, peer, 40, st)
             cmcomm.Send(np.full(8, 2, np.uint8), peer, 40)
+            assert (st.Get_source(), st.Get_tag(), st.Get_count(MPI.BYTE)) == (peer, 40, 8)
         assert out[0] == peer + 1
         cmcomm.Sendrecv(np.full(8, rank, np.uint8), peer, 41, out, peer, 41)
         assert out[0] == peer
