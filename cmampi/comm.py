@@ -1013,6 +1013,13 @@ class Communicator(_Fallback):
         if lock is None:
             return _objcoll.collective(coll, kind, obj, root, op)
         with lock:      # as mpi4py: one lowercase collective of a kind at a time
+            if kind in _objcoll.SLOTTED and plain is not None and not e.checked \
+                    and 0 <= root < e.size and not plain.Is_inter():
+                # short pickles: one MPI collective of fixed-size slots
+                done, result = _objcoll.slotted(plain, e.names.BYTE, kind, obj, root, op,
+                                                e.rank, e.size)
+                if done:
+                    return result
             return _objcoll.collective(coll, kind, obj, root, op)
 
     def _lock(self, kind: str) -> Any:

@@ -12,6 +12,7 @@ rank is raised on every rank; nobody is left waiting.
 
 from __future__ import annotations
 
+import pickle as _pickle
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -22,16 +23,63 @@ from . import coll as _coll
 from . import p2p as _p2p
 from ._buffers import address
 from ._serial import serialized
-from ._tuning import STREAM_INLINE
+from ._tuning import OBJECT_SLOT, STREAM_INLINE
 from .objects import OOB_MIN, Packed, pull_object
 
-__all__ = ["KINDS", "collective"]
+__all__ = ["KINDS", "SLOT", "SLOTTED", "collective", "slotted"]
 
 
 #: The collectives, and whether they take a root.
 KINDS = {"bcast": True, "scatter": True, "gather": True, "reduce": True,
          "allgather": False, "alltoall": False, "allreduce": False, "scan": False,
          "exscan": False}
+
+
+#: Bytes of each rank's slot in `slotted`: a flag, a length, a short pickle.
+SLOT = OBJECT_SLOT
+#: The collectives `slotted` runs.
+SLOTTED = frozenset({"bcast", "allgather", "allreduce"})
+_HEAD = 3   # slot: 1 if it holds a pickle, then its length (2 bytes, little-endian)
+
+
+def _slot(obj: Any) -> bytearray:
+    """*obj*'s slot: its pickle if short, with nothing out of band; else empty
+    (also if it does not pickle: the full path raises that on every rank)."""
+    slot = bytearray(SLOT)
+    try:
+        p = Packed(obj, OOB_MIN)
+    except Exception:  # noqa: BLE001 - see above
+        return slot
+    n = len(p.stream)
+    if not p.views and n <= SLOT - _HEAD:
+        slot[0] = 1
+        slot[1:_HEAD] = n.to_bytes(_HEAD - 1, "little")
+        slot[_HEAD : _HEAD + n] = p.stream
+    return slot
+
+
+def _unslot(slots: bytearray, r: int) -> Any:
+    at = r * SLOT
+    n = int.from_bytes(slots[at + 1 : at + _HEAD], "little")
+    return _pickle.loads(memoryview(slots)[at + _HEAD : at + _HEAD + n])
+
+
+def slotted(plain, byte, kind: str, obj: Any, root: int, op, me: int, size: int) -> tuple:
+    """(True, result) of lowercase collective *kind* (one of `SLOTTED`) run as one
+    MPI collective of fixed-size slots on *plain* (mpi4py's communicator), when
+    every object it moves pickles short; else (False, None), and every rank, told
+    by the same collective, takes the full path. *byte* is ``MPI.BYTE``."""
+    if kind == "bcast":
+        slot = _slot(obj) if me == root else bytearray(SLOT)
+        plain.Bcast([slot, byte], root)
+        if not slot[0]:
+            return False, None
+        return True, _unslot(slot, 0)
+    slots = bytearray(SLOT * size)
+    plain.Allgather([_slot(obj), byte], [slots, byte])
+    if not all(slots[r * SLOT] for r in range(size)):
+        return False, None
+    return True, _result(kind, [_unslot(slots, r) for r in range(size)], me, root, op)
 
 
 def _record(p: Packed, oob: bool) -> tuple:

@@ -429,3 +429,42 @@ def test_isend_takes_the_object_as_it_was(comm, MPI, nbytes):
         assert not got["a"].any()
     else:
         comm.Barrier()
+
+
+#: Objects around the slot of a short lowercase collective (`objcoll.SLOT`):
+#: pickles just shorter and just longer than it holds, and large ones.
+def _around_the_slot(rank: int, size_class: str):
+    from cmampi.objcoll import SLOT
+
+    if size_class == "short":
+        return {"rank": rank, "pad": "x" * (SLOT - 80)}
+    if size_class == "long":
+        return {"rank": rank, "pad": "x" * (SLOT + 10)}
+    return {"rank": rank, "array": np.full(OOB_MIN, rank, np.uint8)}
+
+
+@pytest.mark.parametrize("classes", ["short", "long", "large", "mixed"])
+def test_short_and_long_pickles_in_lowercase_collectives(comm, MPI, classes):
+    """bcast, allgather and allreduce give mpi4py's results whether every
+    object pickles short (one collective of slots), some do not (the ranks fall
+    back together), or one holds large buffers (pulled)."""
+    rank, size = comm.Get_rank(), comm.Get_size()
+    kinds = ["short", "long", "large"]
+    mine = kinds[rank % 3] if classes == "mixed" else classes
+    objs = [_around_the_slot(r, kinds[r % 3] if classes == "mixed" else classes)
+            for r in range(size)]
+    for root in range(size):
+        got = comm.bcast(objs[root] if rank == root else None, root)
+        assert same(got, objs[root])
+    assert all(same(a, b) for a, b in zip(comm.allgather(_around_the_slot(rank, mine)), objs))
+    total = comm.allreduce([rank], MPI.SUM)
+    assert total == list(range(size))
+    both = comm.allreduce(len(pickle.dumps(objs[rank])), MPI.MAX)
+    assert both == max(len(pickle.dumps(o)) for o in objs)
+
+
+def test_a_short_bcast_is_a_copy_at_the_root(comm, MPI):
+    """As mpi4py: the root gets back a copy of its object, not the object."""
+    obj = {"a": [1, 2]}
+    got = comm.bcast(obj, 0)
+    assert got == obj and (comm.Get_rank() != 0 or got is not obj)
