@@ -42,19 +42,31 @@ SLOTTED = frozenset({"bcast", "allgather", "allreduce"})
 _HEAD = 3   # slot: 1 if it holds a pickle, then its length (2 bytes, little-endian)
 
 
+class _Long(Exception):
+    """A buffer too long for a slot: stop pickling."""
+
+
+def _short_buffer(pb: _pickle.PickleBuffer) -> bool:
+    """Keep a buffer in the stream if it may fit a slot; else stop (a buffer
+    mpi4py could not take as it is stops too: the full path decides)."""
+    if pb.raw().nbytes > SLOT:
+        raise _Long
+    return True
+
+
 def _slot(obj: Any) -> bytearray:
-    """*obj*'s slot: its pickle if short, with nothing out of band; else empty
-    (also if it does not pickle: the full path raises that on every rank)."""
+    """*obj*'s slot: its pickle if short; else empty (also if it does not
+    pickle: the full path raises that on every rank)."""
     slot = bytearray(SLOT)
     try:
-        p = Packed(obj, OOB_MIN)
+        stream = _pickle.dumps(obj, 5, buffer_callback=_short_buffer)
     except Exception:  # noqa: BLE001 - see above
         return slot
-    n = len(p.stream)
-    if not p.views and n <= SLOT - _HEAD:
+    n = len(stream)
+    if n <= SLOT - _HEAD:
         slot[0] = 1
         slot[1:_HEAD] = n.to_bytes(_HEAD - 1, "little")
-        slot[_HEAD : _HEAD + n] = p.stream
+        slot[_HEAD : _HEAD + n] = stream
     return slot
 
 
