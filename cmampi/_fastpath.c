@@ -156,12 +156,18 @@ static int tag_ub = 32767;
    ops left to finish on their own (p2p._DETACHED, a list). */
 static PyObject *engine_pending = NULL, *engine_detached = NULL;
 
+/* Whether an op of the Python engine waits for progress: something pending or
+   detached (a finalizer run by an allocation may have handed one over since the
+   caller looked). A compiled wait would not advance it. */
+static int engine_waits(void) {
+    return PyDict_GET_SIZE(engine_pending) > 0 || PyList_GET_SIZE(engine_detached) > 0;
+}
+
 /* Whether nothing but the *m* compiled ops of the caller waits for progress: no
-   other compiled op live, nothing pending or detached in the Python engine. A
-   wait or blocking call that sees this may block in the MPI library alone. */
+   other compiled op live, and not `engine_waits`. A wait or blocking call that
+   sees this may block in the MPI library alone. */
 static int nothing_else_waits(Py_ssize_t m) {
-    return live_count == m && PyDict_GET_SIZE(engine_pending) == 0 &&
-           PyList_GET_SIZE(engine_detached) == 0;
+    return live_count == m && !engine_waits();
 }
 
 /* The buffer a message spec names and how many of its bytes (-1: all), if it is
@@ -748,9 +754,10 @@ static PyObject *fp_sendrecv(PyObject *mod, PyObject *const *args, Py_ssize_t na
                                          "source, recvtag, engine, yielding)");
         return NULL;
     }
-    MPI_Comm *comm = call_args(args, 5, 5, 5, "", 0, &dest, &sendtag);
+    if (request_type == NULL) Py_RETURN_NONE;
+    MPI_Comm *comm = comm_for(args[0], args[2], args[3], 0, &dest, &sendtag);
     if (comm == NULL || comm_for(args[0], args[5], args[6], 1, &source, &recvtag) == NULL)
-        return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
+        Py_RETURN_NONE;
     Staged *r = recv_op(args[4], args[7], PY_SSIZE_T_MAX), *s = NULL;
     if (r != NULL)
         s = send_op(args[1], args[7], 1);   /* sent while its receive is pending */
@@ -890,9 +897,7 @@ static PyObject *fp_waitall(PyObject *mod, PyObject *const *args, Py_ssize_t nar
         reqs[total] = s->req;
         total++;
     }
-    if (PyDict_GET_SIZE(engine_pending) || PyList_GET_SIZE(engine_detached)) {
-        /* an op of the engine waits for progress (a finalizer run by an allocation
-           since the caller looked may have handed one over): the Python path waits */
+    if (engine_waits()) {     /* the Python path waits */
         result = Py_False;
         goto out;
     }

@@ -36,7 +36,6 @@ from .request import (
     PartitionedRequest,
     Prequest,
     Request,
-    StagedRequest,
     _fast_waits,
     new_request,
 )
@@ -561,9 +560,8 @@ class Communicator(_Fallback):
             req = fast.recv(e.user, buf, source, tag, e, e.cma_min, yields, status)
             if req is True:
                 return None
-            if req is not None:
-                if status is not None or not fast.waitall((req,), StagedRequest, yields):
-                    req.Wait(status)
+            if req is not None:     # its wait is the compiled one where it can be
+                req.Wait(status)
                 return None
         e.recv(buf, source, tag, status)
         return None
