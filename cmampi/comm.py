@@ -988,9 +988,19 @@ class Communicator(_Fallback):
     def sendrecv(self, sendobj: Any, dest: int, sendtag: int = 0, recvbuf=None,
                  source: int = ANY_SOURCE, recvtag: int = ANY_TAG, status=None) -> Any:
         """Send and receive a message."""
-        if self._engine is None:
+        e = self._engine
+        if e is None:
             return super().sendrecv(sendobj, dest, sendtag, recvbuf, source, recvtag, status)
-        sreq = self.isend(sendobj, dest, sendtag)   # an unpicklable object fails first
+        if type(dest) is int and type(sendtag) is int and type(source) is int \
+                and type(recvtag) is int and 0 <= dest < e.size and 0 <= sendtag <= e.tag_ub \
+                and (0 <= source < e.size or source == e.any_source) \
+                and (0 <= recvtag <= e.tag_ub or recvtag == e.any_tag):   # the common case
+            got, sent = _objects.sendrecv(e, sendobj, dest, sendtag, source, recvtag, status)
+            if sent is None:
+                return got
+            sreq = new_request(sent)
+        else:
+            sreq = self.isend(sendobj, dest, sendtag)   # an unpicklable object fails first
         rreq = self._irecv_obj(source, recvtag)
         result = rreq.wait(status)
         sreq.Wait()

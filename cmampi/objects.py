@@ -26,7 +26,8 @@ from ._tuning import OOB_MIN, P2P_OOB_MIN
 from .channel import Completion
 from .coop import CoopPull
 
-__all__ = ["OOB_MIN", "P2P_OOB_MIN", "Packed", "isend", "loads", "pull_object", "recv", "send"]
+__all__ = ["OOB_MIN", "P2P_OOB_MIN", "Packed", "isend", "loads", "pull_object", "recv", "send",
+           "sendrecv"]
 
 #: Where a buffer lives in its owner: (address, nbytes).
 Spot = tuple[int, int]
@@ -202,7 +203,14 @@ def isend(engine: _p2p.Engine, obj: Any, dest: int, tag: int, sync: bool,
           blocked: bool) -> _p2p.Op:
     """Start sending *obj* as it is now (as mpi4py, which pickles it at once); the
     op completes once the receiver has its buffers."""
-    stream = _pickled_in_band(obj, engine.cma[dest])
+    return _isend_pickled(engine, obj, _pickled_in_band(obj, engine.cma[dest]), dest, tag,
+                          sync, blocked)
+
+
+def _isend_pickled(engine: _p2p.Engine, obj: Any, stream: bytes | None, dest: int, tag: int,
+                   sync: bool, blocked: bool) -> _p2p.Op:
+    """`isend` of *obj*, whose in-band pickle is *stream* (None: it has buffers to
+    leave out of band)."""
     if stream is not None:
         if not sync and engine.raw(len(stream), dest, True):   # the common case
             return _p2p.SendOp(engine, engine.ch.isend(stream, dest, tag), stream)
@@ -228,6 +236,27 @@ def _start(engine: _p2p.Engine, packed: Packed, dest: int, tag: int, sync: bool,
     # matches it, and an isend must not wait for that.
     sent = engine.send_record(head, dest, tag, blocked)
     return _InTurn(engine, [sent, op])
+
+
+@serialized
+def sendrecv(engine: _p2p.Engine, obj: Any, dest: int, sendtag: int, source: int,
+             recvtag: int, status=None) -> tuple[Any, _p2p.Op | None]:
+    """Send *obj* and receive an object in one call: (the object, None) when the
+    pickle is short, sent as itself while the receive blocks; else (None, the
+    send's op, started), and the caller receives."""
+    stream = _pickled_in_band(obj, engine.cma[dest])
+    if stream is None or len(stream) > engine.limit:
+        return None, _isend_pickled(engine, obj, stream, dest, sendtag, False, False)
+    sent = engine.ch.isend(stream, dest, sendtag)
+    try:
+        return recv(engine, source, recvtag, status), None
+    finally:
+        # eager: it completes whatever the receive did, mostly by now
+        info = engine.ch.test(sent)
+        if info is None:
+            _p2p.wait_handles(engine.ch, [sent])
+        elif info.error is not None:
+            raise info.error
 
 
 class _InTurn(_p2p.Op):
