@@ -504,32 +504,41 @@ static int number_op(MPI_Op op) {
            op == MPI_BOR || op == MPI_BXOR;
 }
 
-/* A whole numpy array of plain numbers, as `take_buffer` takes it, into *view*. */
-static int take_array(PyObject *obj, int writable, Py_buffer *view) {
+/* A whole numpy array of plain numbers (or, if *bytes_too*, a bytearray or
+   read-only bytes), as `take_buffer` takes it, into *view*. */
+static int take_array(PyObject *obj, int writable, Py_buffer *view, int bytes_too) {
     Py_ssize_t n;
-    if ((PyObject *)Py_TYPE(obj) != ndarray_type) return 0;
+    PyTypeObject *t = Py_TYPE(obj);
+    if ((PyObject *)t != ndarray_type &&
+            !(bytes_too && (t == &PyByteArray_Type || t == &PyBytes_Type)))
+        return 0;
     return take_buffer(obj, writable, view, &n);
 }
 
-/* coll(comm, kind, send, recv, root, op, limit) -> bool: collective *kind* run by
-   the MPI library as mpi4py runs it, for whole numpy arrays of plain numbers of
-   at most *limit* bytes (this rank's part: *recv*'s for SCATTER, *send*'s
-   else), each the size the call expects (what moves is bytes; reductions keep
-   the numbers' type and take MPI's predefined operations). False, with nothing
-   done: the caller's path runs it (and raises what mpi4py raises). An error of
-   the MPI library is raised as mpi4py raises it. */
+/* coll(comm, kind, send, recv, root, op, limit[, bytes_too]) -> bool: collective
+   *kind* run by the MPI library as mpi4py runs it, for whole numpy arrays of
+   plain numbers of at most *limit* bytes (this rank's part: *recv*'s for
+   SCATTER, *send*'s else), each the size the call expects (what moves is bytes;
+   reductions keep the numbers' type and take MPI's predefined operations);
+   with *bytes_too*, bytearrays and read-only bytes too, in the collectives that
+   move data. False, with nothing done: the caller's path runs it (and raises
+   what mpi4py raises). An error of the MPI library is raised as mpi4py raises it. */
 static PyObject *fp_coll(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 7) {
-        PyErr_SetString(PyExc_TypeError, "coll(comm, kind, send, recv, root, op, limit)");
+    if (nargs != 7 && nargs != 8) {
+        PyErr_SetString(PyExc_TypeError,
+                        "coll(comm, kind, send, recv, root, op, limit[, bytes_too])");
         return NULL;
     }
     PyObject *send = args[2], *recv = args[3];
     int kind, root = 0, size, rank, rc, ok = 0;
     Py_ssize_t limit = PyLong_AsSsize_t(args[6]);
     if (limit == -1 && PyErr_Occurred()) return NULL;
+    int bytes_too = nargs == 8 ? PyObject_IsTrue(args[7]) : 0;
+    if (bytes_too < 0) return NULL;
     if (request_type == NULL || !PyObject_TypeCheck(args[0], &PyMPIComm_Type) ||
             !as_int(args[1], &kind))
         Py_RETURN_FALSE;
+    if (bytes_too && (kind == REDUCE || kind == ALLREDUCE)) Py_RETURN_FALSE;
     MPI_Comm comm = *PyMPIComm_Get(args[0]);
     if (MPI_Comm_size(comm, &size) != MPI_SUCCESS || MPI_Comm_rank(comm, &rank) != MPI_SUCCESS)
         Py_RETURN_FALSE;
@@ -548,11 +557,11 @@ static PyObject *fp_coll(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
     Py_buffer sv, rv;
     int has_s = 0, has_r = 0;
     if (uses_send) {
-        if (!take_array(send, kind == BCAST && !at_root, &sv)) goto out;
+        if (!take_array(send, kind == BCAST && !at_root, &sv, bytes_too)) goto out;
         has_s = 1;
     }
     if (uses_recv) {
-        if (!take_array(recv, 1, &rv)) goto out;
+        if (!take_array(recv, 1, &rv, bytes_too)) goto out;
         has_r = 1;
     }
     Py_ssize_t part = kind == SCATTER ? rv.len : sv.len;
@@ -1176,7 +1185,8 @@ static PyMethodDef methods[] = {
      "recv(comm, spec, source, tag, engine, below, yielding, status): True, a request or "
      "None"},
     {"coll", (PyCFunction)(void (*)(void))fp_coll, METH_FASTCALL,
-     "coll(comm, kind, send, recv, root, op, limit): whether it ran the collective"},
+     "coll(comm, kind, send, recv, root, op, limit[, bytes_too]): whether it ran the "
+     "collective"},
     {"sendrecv", (PyCFunction)(void (*)(void))fp_sendrecv, METH_FASTCALL,
      "sendrecv(comm, sendspec, dest, sendtag, recvspec, source, recvtag, engine, "
      "yielding): the receive's op, two requests or None"},

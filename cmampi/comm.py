@@ -1008,8 +1008,22 @@ class Communicator(_Fallback):
 
     # Lowercase collectives: cmampi's own on one node, large buffers out of band.
     def _objcoll(self, kind: str, obj, root: int = 0, op=SUM):
-        root = root if type(root) is int else as_int(root)
         e = self._engine
+        if e is not None:
+            plain = e.slots
+            if plain is False:
+                plain = e.slots = self._slotting()
+            if plain is not None and type(root) is int and 0 <= root < e.size:
+                coll = e.coll or self._coll     # made first: making it takes mpi4py's locks
+                with self._lock(kind):  # as mpi4py: one lowercase collective of a kind at a time
+                    # short pickles: one MPI collective of fixed-size slots
+                    done, result = _objcoll.slotted(plain, e.fast and e.fast.coll,
+                                                    e.names.BYTE, kind, obj, root, op, e.rank,
+                                                    e.size)
+                    if done:
+                        return result
+                    return _objcoll.collective(coll, kind, obj, root, op)
+        root = root if type(root) is int else as_int(root)
         plain = self._plain()
         if e is None or (plain is not None and e.multinode):   # the MPI library's
             fn = getattr(plain, kind)
@@ -1021,14 +1035,17 @@ class Communicator(_Fallback):
         if lock is None:
             return _objcoll.collective(coll, kind, obj, root, op)
         with lock:      # as mpi4py: one lowercase collective of a kind at a time
-            if kind in _objcoll.SLOTTED and plain is not None and not e.checked \
-                    and 0 <= root < e.size and not plain.Is_inter():
-                # short pickles: one MPI collective of fixed-size slots
-                done, result = _objcoll.slotted(plain, e.names.BYTE, kind, obj, root, op,
-                                                e.rank, e.size)
-                if done:
-                    return result
             return _objcoll.collective(coll, kind, obj, root, op)
+
+    def _slotting(self) -> Any:
+        """mpi4py's communicator, where short lowercase collectives run in slots
+        (`objcoll.slotted`): on one node, collectives not `checked`, not an
+        intercommunicator; else None."""
+        e = self._engine
+        plain = self._plain()
+        if plain is None or e.checked or e.multinode or plain.Is_inter():
+            return None
+        return plain
 
     def _lock(self, kind: str) -> Any:
         """mpi4py's lock of this communicator for *kind* (None without MPI)."""

@@ -178,7 +178,13 @@ class _MPICommunicator(_Handles, _MixedIn):
         return super().__reduce__()
 
     def _lock(self, kind: str) -> Any:
-        return _MPI._comm_lock(self, kind)
+        e = self._engine
+        if e is None:
+            return _MPI._comm_lock(self, kind)
+        lock = e.locks.get(kind)    # mpi4py's, kept: its table lives as long as the handle
+        if lock is None:
+            lock = e.locks[kind] = _MPI._comm_lock(self, kind)
+        return lock
 
     def __repr__(self) -> str:
         where = "cmampi" if self._engine is not None else "the MPI library"

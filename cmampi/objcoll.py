@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as _np
 
-from . import _cma
+from . import _cma, _fastpath
 from . import coll as _coll
 from . import p2p as _p2p
 from ._buffers import address
@@ -35,11 +35,13 @@ KINDS = {"bcast": True, "scatter": True, "gather": True, "reduce": True,
          "exscan": False}
 
 
-#: Bytes of each rank's slot in `slotted`: a flag, a length, a short pickle.
+#: Bytes of each rank's slot in `slotted`: a flag, then a short pickle (unpickling
+#: stops at its end: the rest of the slot is ignored).
 SLOT = OBJECT_SLOT
-#: The collectives `slotted` runs.
-SLOTTED = frozenset({"bcast", "allgather", "allreduce"})
-_HEAD = 3   # slot: 1 if it holds a pickle, then its length (2 bytes, little-endian)
+#: The collectives `slotted` runs: all of them.
+SLOTTED = frozenset(KINDS)
+_EMPTY = bytes(SLOT)
+_HELD = b"\x01"   # a slot's flag when it holds a pickle
 
 
 class _Long(Exception):
@@ -54,44 +56,98 @@ def _short_buffer(pb: _pickle.PickleBuffer) -> bool:
     return True
 
 
-def _slot(obj: Any) -> bytearray:
+def _slot(obj: Any) -> bytes:
     """*obj*'s slot: its pickle if short; else empty (also if it does not
     pickle: the full path raises that on every rank)."""
-    slot = bytearray(SLOT)
     try:
         stream = _pickle.dumps(obj, 5, buffer_callback=_short_buffer)
     except Exception:  # noqa: BLE001 - see above
-        return slot
+        return _EMPTY
     n = len(stream)
-    if n <= SLOT - _HEAD:
-        slot[0] = 1
-        slot[1:_HEAD] = n.to_bytes(_HEAD - 1, "little")
-        slot[_HEAD : _HEAD + n] = stream
-    return slot
+    if n >= SLOT:
+        return _EMPTY
+    return _HELD + stream + _EMPTY[n + 1 :]
+
+
+def _row(obj: Any, size: int) -> bytes:
+    """The slots of *obj*'s items, one per rank (``scatter``, ``alltoall``): all
+    empty unless every item is short and there are *size* of them."""
+    if obj is None:
+        return _slot(None) * size       # as mpi4py
+    if (type(obj) is not list and type(obj) is not tuple) or len(obj) != size:
+        return _EMPTY * size    # the full path takes it (an iterator can only be read once)
+    row = b"".join([_slot(x) for x in obj])
+    if not _full(row, size):
+        return _EMPTY * size
+    return row
 
 
 def _unslot(slots: bytearray, r: int) -> Any:
-    at = r * SLOT
-    n = int.from_bytes(slots[at + 1 : at + _HEAD], "little")
-    return _pickle.loads(memoryview(slots)[at + _HEAD : at + _HEAD + n])
+    return _pickle.loads(slots[r * SLOT + 1 : (r + 1) * SLOT])
 
 
-def slotted(plain, byte, kind: str, obj: Any, root: int, op, me: int, size: int) -> tuple:
-    """(True, result) of lowercase collective *kind* (one of `SLOTTED`) run as one
-    MPI collective of fixed-size slots on *plain* (mpi4py's communicator), when
-    every object it moves pickles short; else (False, None), and every rank, told
-    by the same collective, takes the full path. *byte* is ``MPI.BYTE``."""
+def _full(slots: bytes | bytearray, count: int) -> bool:
+    """Whether each of the first *count* slots holds a pickle (their flags: every
+    SLOT-th byte)."""
+    return 0 not in slots[: count * SLOT : SLOT]
+
+
+def _run(plain, fast, byte, kind: str, send, recv, root: int) -> None:
+    """Collective *kind* of bytes on *plain*: through *fast* (the compiled
+    module's ``coll``), if there is one, else mpi4py's."""
+    if fast is not None and fast(plain, _FAST_KINDS[kind], send, recv, root, None, _NO_LIMIT,
+                                 True):
+        return
     if kind == "bcast":
-        slot = _slot(obj) if me == root else bytearray(SLOT)
-        plain.Bcast([slot, byte], root)
+        plain.Bcast([recv, byte], root)
+    elif kind == "scatter":
+        plain.Scatter(None if send is None else [send, byte], [recv, byte], root)
+    elif kind == "alltoall":
+        plain.Alltoall([send, byte], [recv, byte])
+    else:
+        plain.Allgather([send, byte], [recv, byte])
+
+
+_FAST_KINDS = {"bcast": _fastpath.BCAST, "scatter": _fastpath.SCATTER,
+               "alltoall": _fastpath.ALLTOALL, "allgather": _fastpath.ALLGATHER}
+_NO_LIMIT = 1 << 62
+
+
+def slotted(plain, fast, byte, kind: str, obj: Any, root: int, op, me: int,
+            size: int) -> tuple:
+    """(True, result) of lowercase collective *kind* run as one MPI collective
+    of fixed-size slots on *plain* (mpi4py's communicator; *fast*: the compiled
+    path's ``coll``, or None), when every object it moves pickles short; else
+    (False, None), and every rank, told by the same collective, takes the full
+    path. *byte* is ``MPI.BYTE``.
+
+    ``bcast`` and ``scatter`` take the root's slots; ``alltoall`` each rank's row
+    of them, a row left empty if any of its items is long, so that every rank
+    sees it; the others gather every rank's slot everywhere, so that every rank
+    knows whether all are short, and only the ranks with a result unpickle."""
+    if kind == "bcast":
+        slot = bytearray(_slot(obj)) if me == root else bytearray(SLOT)
+        _run(plain, fast, byte, kind, slot, slot, root)
+        if not slot[0]:
+            return False, None
+        return True, _unslot(slot, 0)
+    if kind == "scatter":
+        slot = bytearray(SLOT)
+        _run(plain, fast, byte, kind, _row(obj, size) if me == root else None, slot, root)
         if not slot[0]:
             return False, None
         return True, _unslot(slot, 0)
     slots = bytearray(SLOT * size)
-    plain.Allgather([_slot(obj), byte], [slots, byte])
-    if not all(slots[r * SLOT] for r in range(size)):
+    if kind == "alltoall":
+        _run(plain, fast, byte, kind, _row(obj, size), slots, root)
+    else:
+        _run(plain, fast, byte, "allgather", _slot(obj), slots, root)
+    if not _full(slots, size):
         return False, None
-    return True, _result(kind, [_unslot(slots, r) for r in range(size)], me, root, op)
+    if (kind in ("gather", "reduce") and me != root) or (kind == "exscan" and me == 0):
+        return True, None
+    count = me + 1 if kind == "scan" else me if kind == "exscan" else size
+    return True, _result(kind, [_unslot(slots, r) for r in range(count)], me, root, op)
 
 
 def _record(p: Packed, oob: bool) -> tuple:

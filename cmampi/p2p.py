@@ -484,7 +484,8 @@ class Engine:
         self.native = None  # the MPI channel's agreement on native collectives (native.py)
         #: What the communicator keeps with its engine, which its copies share
         #: (socket channel): its name, its topology (`sockettopo`), the locks of
-        #: its lowercase collectives, and how many ``Ibarrier`` it has started.
+        #: its lowercase collectives (on the MPI channel mpi4py's, kept), and how
+        #: many ``Ibarrier`` it has started.
         self.comm_name = ""
         self.topo = None
         self.locks: dict[str, Any] = {}
@@ -494,6 +495,9 @@ class Engine:
         #: The MPI library's communicator that runs small collectives as they come
         #: (MPI channel, one node, not `checked`); set on the first collective.
         self.small = None
+        #: mpi4py's communicator where short lowercase collectives run in slots
+        #: (`comm.Comm._slotting`); None where they do not; False until known.
+        self.slots: Any = False
         #: The compiled path's ``coll`` where `small` runs collectives, or None.
         self.small_coll = None
         #: The ranks span several nodes (then collectives are the MPI library's).

@@ -463,6 +463,39 @@ def test_short_and_long_pickles_in_lowercase_collectives(comm, MPI, classes):
     assert both == max(len(pickle.dumps(o)) for o in objs)
 
 
+@pytest.mark.parametrize("classes", ["short", "long", "large", "mixed"])
+def test_short_and_long_pickles_in_rooted_and_personal_collectives(comm, MPI, classes):
+    """gather, scatter, alltoall, reduce, scan and exscan give mpi4py's results
+    (in rank order: list concatenation does not commute) whether every object
+    pickles short, some do not, or some hold large buffers; in scatter and
+    alltoall one rank's items may differ in kind."""
+    rank, size = comm.Get_rank(), comm.Get_size()
+    kinds = ["short", "long", "large"]
+
+    def kind(s: int, r: int = 0) -> str:
+        return kinds[(s + r) % 3] if classes == "mixed" else classes
+
+    objs = [_around_the_slot(r, kind(r)) for r in range(size)]
+    items = [[_around_the_slot(s * size + r, kind(s, r)) for r in range(size)]
+             for s in range(size)]
+    for root in range(size):
+        got = comm.gather(_around_the_slot(rank, kind(rank)), root)
+        if rank == root:
+            assert len(got) == size and all(same(a, b) for a, b in zip(got, objs))
+        else:
+            assert got is None
+        got = comm.scatter(items[root] if rank == root else None, root)
+        assert same(got, items[root][rank])
+        total = comm.reduce([rank, objs[rank]["rank"]], MPI.SUM, root)
+        assert total == ([r for r in range(size) for _ in (0, 1)] if rank == root else None)
+    got = comm.alltoall(items[rank])
+    assert len(got) == size and all(same(got[s], items[s][rank]) for s in range(size))
+    assert comm.scan([rank] * (3 if kind(rank) == "long" else 1)) == \
+        [r for r in range(rank + 1) for _ in range(3 if kind(r) == "long" else 1)]
+    assert comm.exscan([rank]) == (None if rank == 0 else list(range(rank)))
+    assert comm.scatter(None, 0) is None     # mpi4py: None at the root sends None to all
+
+
 def test_a_short_bcast_is_a_copy_at_the_root(comm, MPI):
     """As mpi4py: the root gets back a copy of its object, not the object."""
     obj = {"a": [1, 2]}
