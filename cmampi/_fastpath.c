@@ -38,6 +38,7 @@ typedef struct Staged {
     int has_view;
     int is_recv;
     int split;                   /* a receive into the buffer but for its head (band bytes) */
+    int whole;                   /* an object's receive: the whole message lands in the buffer */
     int state;
     int busy;                    /* a wait without the GIL holds its request */
     int source, tag, error;      /* of the completed message */
@@ -130,6 +131,7 @@ static Staged *new_staged(Py_ssize_t stage, PyObject *engine, PyObject *obj, int
     s->has_view = 0;
     s->is_recv = is_recv;
     s->split = 0;
+    s->whole = 0;
     s->stage_len = stage;
     s->state = POSTED;
     s->busy = 0;
@@ -149,6 +151,8 @@ static Staged *new_staged(Py_ssize_t stage, PyObject *engine, PyObject *obj, int
 /* What configure() names: the request class of compiled ops, the buffer types
    taken as they are, and mpi4py's MPI.BYTE (specs [buffer, count, MPI.BYTE]). */
 static PyTypeObject *request_type = NULL;
+/* The request class of objects' receives (set by `objects()`). */
+static PyTypeObject *object_request_type = NULL;
 static PyObject *ndarray_type = NULL, *mmap_type = NULL, *byte_type = NULL;
 static PyObject *empty_tuple = NULL;
 static int tag_ub = 32767;
@@ -248,7 +252,8 @@ static int as_int(PyObject *o, int *out) {
 /* The request of compiled op *s* (a new reference), or NULL with an error. */
 static PyObject *request_of(Staged *s) {
     /* mpi4py's own tp_new, as the class's __new__ calls it, without a Python frame */
-    PyObject *req = PyMPIRequest_Type.tp_new(request_type, empty_tuple, NULL);
+    PyObject *req = PyMPIRequest_Type.tp_new(s->whole ? object_request_type : request_type,
+                                             empty_tuple, NULL);
     if (req == NULL) return NULL;
     if (PyObject_SetAttr(req, str_fast, (PyObject *)s) < 0) {
         Py_DECREF(req);
@@ -413,6 +418,33 @@ static PyObject *fp_irecv(PyObject *mod, PyObject *const *args, Py_ssize_t nargs
     if (below == -1 && PyErr_Occurred()) return NULL;
     Staged *s = post_recv(comm, args[1], source, tag, args[4], below);
     if (s == NULL) return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
+    return request_stealing(s);
+}
+
+/* irecv_object(comm, array, source, tag, engine) -> request | None: the receive of
+   an object's message, whole, into *array* (a writable numpy array as large as
+   the longest message the source sends as itself), as the engine posts one
+   (`p2p.Engine._irecv_staged`); its request is of the class `objects()` names.
+   None: not one this path takes (not configured for objects, a guarded channel,
+   MPI refused it: the Python path posts it). */
+static PyObject *fp_irecv_object(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    int source, tag;
+    MPI_Comm *comm = call_args(args, nargs, 5, 5, "irecv_object(comm, array, source, tag, engine)",
+                               1, &source, &tag);
+    if (comm == NULL) return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
+    if (object_request_type == NULL || gap_type != MPI_DATATYPE_NULL ||
+            (PyObject *)Py_TYPE(args[1]) != ndarray_type)
+        Py_RETURN_NONE;
+    Staged *s = new_staged(0, args[4], args[1], 1);
+    if (s == NULL) return NULL;
+    s->whole = 1;
+    if (!take_view(s, args[1], 1) ||
+            MPI_Irecv(s->view.buf, (int)s->nbytes, MPI_BYTE, source, tag, *comm, &s->req) !=
+                MPI_SUCCESS) {
+        Py_DECREF(s);
+        return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
+    }
+    link_live(s);
     return request_stealing(s);
 }
 
@@ -616,7 +648,9 @@ out:
 
 /* Record the completion of *s* (no Python call: the GIL may be released): a
    send is done; a receive whose message is itself and fits is copied into the
-   buffer and done; anything else arrived, for the engine. */
+   buffer and done (an object's is in its buffer already); anything else (a
+   control message: an object's record, whose sender waits for the pull, comes
+   in one or behind one) arrived, for the engine. */
 static void record(Staged *s, MPI_Status *st, int error) {
     s->st = *st;
     s->st.MPI_ERROR = error;    /* MPI sets it only for some calls */
@@ -629,7 +663,7 @@ static void record(Staged *s, MPI_Status *st, int error) {
         MPI_Get_count(st, MPI_BYTE, &count);
         s->count = count == MPI_UNDEFINED ? 0 : count;
         if (error != MPI_SUCCESS || s->count > s->nbytes ||
-                (s->count > cfg_limit && !(s->split && s->count > cfg_band))) {
+                (s->count > cfg_limit && !((s->split || s->whole) && s->count > cfg_band))) {
             s->state = ARRIVED;     /* stays live: the engine takes it over */
             return;
         }
@@ -1036,6 +1070,7 @@ static PyObject *get_int(Staged *s, void *which) {
     case 5: return PyBool_FromLong(s->is_recv);
     case 6: return PyBool_FromLong(s->busy);
     case 8: return PyBool_FromLong(s->split);
+    case 9: return PyBool_FromLong(s->whole);
     default: return PyLong_FromSsize_t(s->nbytes);
     }
 }
@@ -1063,6 +1098,7 @@ static PyGetSetDef Staged_getset[] = {
     {"busy", (getter)get_int, NULL, "a wait without the GIL holds it", (void *)6},
     {"nbytes", (getter)get_int, NULL, "bytes the receive buffer takes", (void *)7},
     {"split", (getter)get_int, NULL, "a split receive (its head in the stage)", (void *)8},
+    {"whole", (getter)get_int, NULL, "an object's receive, whole in its buffer", (void *)9},
     {"engine", (getter)get_obj, NULL, "the engine of the op", (void *)0},
     {"obj", (getter)get_obj, NULL, "the buffer argument", (void *)1},
     {"op", (getter)get_obj, (setter)set_op, "the Python op it became", (void *)2},
@@ -1146,6 +1182,20 @@ static PyObject *fp_configure(PyObject *mod, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* objects(rtype): the request class of objects' receives (a subclass of the
+   compiled ops' one). */
+static PyObject *fp_objects(PyObject *mod, PyObject *args) {
+    PyObject *rtype;
+    if (!PyArg_ParseTuple(args, "O!", &PyType_Type, &rtype)) return NULL;
+    if (!PyType_IsSubtype((PyTypeObject *)rtype, &PyMPIRequest_Type)) {
+        PyErr_SetString(PyExc_TypeError, "objects(rtype): a subclass of mpi4py's Request");
+        return NULL;
+    }
+    Py_INCREF(rtype);
+    Py_XSETREF(object_request_type, (PyTypeObject *)rtype);
+    Py_RETURN_NONE;
+}
+
 /* library() -> (initialized, version): the MPI library this module calls. */
 static PyObject *fp_library(PyObject *mod, PyObject *unused) {
     char version[MPI_MAX_LIBRARY_VERSION_STRING];
@@ -1179,6 +1229,10 @@ static PyObject *fp_receiving(PyObject *mod, PyObject *unused) {
 static PyMethodDef methods[] = {
     {"irecv", (PyCFunction)(void (*)(void))fp_irecv, METH_FASTCALL,
      "irecv(comm, spec, source, tag, engine[, below]): the request of a receive, or None"},
+    {"irecv_object", (PyCFunction)(void (*)(void))fp_irecv_object, METH_FASTCALL,
+     "irecv_object(comm, array, source, tag, engine): the request of an object's receive, "
+     "or None"},
+    {"objects", fp_objects, METH_VARARGS, "objects(rtype): the request class of objects' receives"},
     {"isend", (PyCFunction)(void (*)(void))fp_isend, METH_FASTCALL,
      "isend(comm, spec, dest, tag, engine): the request of a send as itself, or None"},
     {"recv", (PyCFunction)(void (*)(void))fp_recv, METH_FASTCALL,

@@ -36,12 +36,19 @@ _loaded: list[ModuleType | None] = []
 #: receives that wait for progress and ops left to finish on their own
 #: (`p2p._PENDING`, `p2p._DETACHED`), once registered.
 _registered: list[tuple[type, dict, list]] = []
+#: The request class of objects' receives (`request.StagedObjectRequest`), once registered.
+_objects: list[type] = []
 
 
 def register(request_type: type, pending: dict, detached: list) -> None:
     """Name the class whose objects are the requests of compiled ops, and the
     engine's collections the compiled path checks before it blocks."""
     _registered[:] = [(request_type, pending, detached)]
+
+
+def register_objects(request_type: type) -> None:
+    """Name the class of the requests of objects' receives."""
+    _objects[:] = [request_type]
 
 
 def module(limit: int, band: int, cma_min: int, cma_min_busy: int,
@@ -60,6 +67,8 @@ def module(limit: int, band: int, cma_min: int, cma_min_busy: int,
                           np.ndarray, mmap.mmap, real_mpi().BYTE, pending, detached)
         except ValueError:      # engines of other sizes take the Python path
             return None
+        if _objects:
+            mod.objects(_objects[0])
     return mod
 
 

@@ -937,8 +937,18 @@ class Communicator(_Fallback):
 
     def isend(self, obj: Any, dest: int, tag: int = 0) -> Request:
         """Nonblocking send."""
-        if self._engine is None:
+        e = self._engine
+        if e is None:
             return super().isend(obj, dest, tag)
+        fast = e.fast
+        if fast is not None and len(_THREADS) < 2 and type(dest) is int and type(tag) is int \
+                and 0 <= dest < e.size and 0 <= tag <= e.tag_ub:   # the common case, at once
+            stream = _objects.short_pickle(e, obj, dest)
+            if stream is not None:
+                # sent as itself from the compiled path (as a buffer: it declines the rest)
+                req = fast.isend(e.user, stream, dest, tag, e)
+                if req is not None:
+                    return req
         return self._send_obj(obj, dest, tag, False, False)
 
     def issend(self, obj: Any, dest: int, tag: int = 0) -> Request:
@@ -981,8 +991,19 @@ class Communicator(_Fallback):
 
     def irecv(self, buf=None, source: int = ANY_SOURCE, tag: int = ANY_TAG) -> Request:
         """Nonblocking receive."""
-        if self._engine is None:
+        e = self._engine
+        if e is None:
             return super().irecv(buf, source, tag)
+        fast = e.fast
+        if fast is not None and buf is None and not (e.stash or e.landing or e.guarded) \
+                and len(_THREADS) < 2 and type(source) is int \
+                and (0 <= source < e.size or source == e.any_source):
+            # the compiled path: the message lands whole in a stage (it declines the rest)
+            stage = e.object_stage(source)
+            req = fast.irecv_object(e.user, stage, source, tag, e)
+            if req is not None:
+                return req
+            e.spare(stage)
         return self._irecv_obj(source, tag)
 
     def sendrecv(self, sendobj: Any, dest: int, sendtag: int = 0, recvbuf=None,

@@ -26,8 +26,8 @@ from ._tuning import OOB_MIN, P2P_OOB_MIN
 from .channel import Completion
 from .coop import CoopPull
 
-__all__ = ["OOB_MIN", "P2P_OOB_MIN", "Packed", "isend", "loads", "pull_object", "recv", "send",
-           "sendrecv"]
+__all__ = ["OOB_MIN", "P2P_OOB_MIN", "Packed", "isend", "loads", "pull_object", "received",
+           "recv", "send", "sendrecv", "short_pickle"]
 
 #: Where a buffer lives in its owner: (address, nbytes).
 Spot = tuple[int, int]
@@ -180,6 +180,13 @@ def _pickled_in_band(obj: Any, oob: bool) -> bytes | None:
         return None
 
 
+def short_pickle(engine: _p2p.Engine, obj: Any, dest: int) -> bytes | None:
+    """*obj*'s pickle if it travels as itself, up to the eager limit; else None
+    (an object that does not pickle raises its error)."""
+    stream = _pickled_in_band(obj, engine.cma[dest])
+    return stream if stream is not None and len(stream) <= engine.limit else None
+
+
 @serialized
 def send(engine: _p2p.Engine, obj: Any, dest: int, tag: int) -> None:
     """Blocking standard-mode send of *obj*: a short pickle goes out as itself."""
@@ -318,6 +325,16 @@ def recv(engine: _p2p.Engine, source: int, tag: int, status=None) -> Any:
     return _unpacked(engine, obj, src)
 
 
+def received(staged) -> Any:
+    """The object of an object's receive the compiled path completed (its
+    message, itself, in its array: a control message the engine took over)."""
+    stage, n = staged.obj, staged.count
+    engine: _p2p.Engine = staged.engine
+    obj = _pickle.loads(memoryview(stage)[:n]) if n else None
+    engine.spare(stage)
+    return _unpacked(engine, obj, staged.source)
+
+
 def _completed(engine: _p2p.Engine, op: _p2p.RecvOp, status) -> Any:
     """The object of a finished receive op, *status* filled."""
     op.decode = loads
@@ -387,3 +404,6 @@ def _pull_helped(engine: _p2p.Engine, source: int, obj: _OutOfBand) -> Any:
     if err is not None:
         raise err
     return _pickle.loads(obj.stream, buffers=arrays)
+
+
+_p2p.OBJECT_RECEIVE[:] = [landed, loads]

@@ -118,6 +118,9 @@ class RecordReader(NamedTuple):
 
 #: The reader buffer receives use (objects.py registers it), or none.
 RECORDS: list[RecordReader] = []
+#: What an object's receive runs when its message lands and what makes its
+#: object (`objects.landed`, `objects.loads`; objects.py registers them).
+OBJECT_RECEIVE: list[Callable[[RecvOp], Any]] = []
 
 class Op:
     """The protocol state of one request. ``handle`` is what to wait on next."""
@@ -856,16 +859,8 @@ class Engine:
     def _irecv_staged(self, op: RecvOp, buf: Buffer | None, source: int, tag: int) -> RecvOp:
         """A strided buffer, an object's, a small one (a control message would
         not fit), or one shared where `_irecv_split` cannot be used, takes its
-        message in a stage first: room for the longest the source may send as
-        itself (anything longer is pulled or announced), and no more than the
-        buffer (a longer one would be truncated anyway)."""
-        size = self.stage_size
-        if buf is None or not buf.contiguous or buf.nbytes >= size:
-            raw_max = self.raw_max_any if source == self.any_source else \
-                self.raw_max[source] if 0 <= source < self.size else None
-            # An object's pickle may come as itself up to OBJECT_RAW_MAX.
-            most = OBJECT_RAW_MAX if buf is None else buf.nbytes
-            size = max(size, most if raw_max is None else min(most, raw_max))
+        message in a stage first (`stage_for`)."""
+        size = self.stage_for(buf, source)
         if self.guarded:
             op.stage = stage = self._stage(size + 1)
             handle = self.ch.irecv_guarded(stage, size, source, tag)  # type: ignore[attr-defined]  # guarded: the MPI channel
@@ -874,6 +869,25 @@ class Engine:
             handle = self.ch.irecv(stage, source, tag)
         op.wait_on(handle, op.arrived)
         return op
+
+    def stage_for(self, buf: Buffer | None, source: int) -> int:
+        """The size of the stage of a receive into *buf* (None: an object's) from
+        *source*: room for the longest message the source may send as itself
+        (anything longer is pulled or announced), and no more than the buffer (a
+        longer one would be truncated anyway)."""
+        size = self.stage_size
+        if buf is None or not buf.contiguous or buf.nbytes >= size:
+            raw_max = self.raw_max_any if source == self.any_source else \
+                self.raw_max[source] if 0 <= source < self.size else None
+            # An object's pickle may come as itself up to OBJECT_RAW_MAX.
+            most = OBJECT_RAW_MAX if buf is None else buf.nbytes
+            size = max(size, most if raw_max is None else min(most, raw_max))
+        return size
+
+    def object_stage(self, source: int) -> np.ndarray:
+        """The stage of an object's receive from *source* on the compiled path
+        (`stage_for`; not guarded)."""
+        return self._stage(self.stage_for(None, source))
 
     def _stage(self, size: int) -> np.ndarray:
         """A receive stage of *size* bytes: a spare one (see `spare`), or new
@@ -1569,7 +1583,18 @@ def promote(staged) -> Op:
     if state == _fastpath.ARRIVED:
         staged.taken()
     error = engine.names.Exception(staged.error) if staged.error else None
-    if not staged.is_recv:
+    if staged.whole:
+        # an object's receive, as `Engine._irecv_staged` posts it: its array is the stage
+        landed, decode = OBJECT_RECEIVE
+        op = RecvOp(engine, None, landed)
+        op.decode = decode
+        op.stage = staged.obj
+        if handle is not None:
+            op.wait_on(handle, op.arrived)
+        else:   # its message is in the array (done, or for the engine to act on)
+            staged.op = op
+            op.arrived(completion(staged.source, staged.tag, staged.count, error))
+    elif not staged.is_recv:
         if handle is not None:
             op = SendOp(engine, handle, staged)     # it holds the buffer
         else:

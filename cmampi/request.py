@@ -20,7 +20,8 @@ from ._serial import ENGINE as _ENGINE
 from ._serial import THREADS as _THREADS
 from ._standin import StandIn, is_ours
 
-__all__ = ["Message", "PartitionedRequest", "Prequest", "Request", "StagedRequest", "new_request"]
+__all__ = ["Message", "PartitionedRequest", "Prequest", "Request", "StagedObjectRequest",
+           "StagedRequest", "new_request"]
 
 _NAMES = _names_in_use()
 #: mpi4py's classes on the MPI channel; nothing on the socket channel.
@@ -580,6 +581,22 @@ class StagedRequest(Request):
                 return done
         return super().Test(status)
 
+    # Its ops are a buffer's or a short pickle's send: their lowercase calls give
+    # no object, as mpi4py's give none for them.
+    def wait(self, status=None) -> Any:
+        """Wait for a send or receive to complete; None (no object is received)."""
+        if status is None and self._fast is not None and _waited_fast((self,)):
+            return None
+        return super().wait(status)
+
+    def test(self, status=None) -> tuple[bool, Any]:
+        """Test for the completion of a send or receive: (flag, None)."""
+        if status is None and self._fast is not None:
+            done = _tested_fast((self,))
+            if done is not None:
+                return done, None
+        return super().test(status)
+
     def __del__(self) -> None:
         # Dropped in flight: the op goes on by itself (see Request.__del__). A
         # StagedRequest's op is only ever its compiled op's.
@@ -594,6 +611,34 @@ class StagedRequest(Request):
 
 
 _fastpath.register(StagedRequest, _p2p._PENDING, _p2p._DETACHED)
+
+
+class StagedObjectRequest(StagedRequest):
+    """The request of an object's receive on the compiled path (lowercase
+    ``irecv``): its message lands whole in a stage array of the engine's, and
+    ``wait`` and ``test`` unpickle it."""
+
+    __module__ = "cmampi.MPI"
+
+    def wait(self, status=None) -> Any:
+        """Wait for the receive to complete; the object received."""
+        staged = self._fast
+        if status is None and staged is not None and _FAST and _fast_waits() and \
+                _FAST[0].waitall((self,), StagedObjectRequest, _p2p._FAST_YIELDS[0]):
+            return _objects.received(staged)
+        return Request.wait(self, status)
+
+    def test(self, status=None) -> tuple[bool, Any]:
+        """Test for the completion of the receive: (flag, the object or None)."""
+        staged = self._fast
+        if status is None and staged is not None and _FAST and _fast_waits():
+            done = _FAST[0].testall((self,), StagedObjectRequest)
+            if done is not None:
+                return (True, _objects.received(staged)) if done else (False, None)
+        return Request.test(self, status)
+
+
+_fastpath.register_objects(StagedObjectRequest)
 
 
 def _waited_fast(requests: Sequence[Any]) -> bool:

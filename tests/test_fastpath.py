@@ -621,3 +621,157 @@ def test_a_receive_finalized_while_recv_posts_its_own(cmcomm, MPI):
     finally:
         gc.set_threshold(*threshold)
     assert out[0] == 2 and (big == 1).all()
+
+
+# -- objects' receives (lowercase irecv) -------------------------------------------------------
+
+def _object(what: str, seed: int):
+    """An object of class *what*: a short pickle (sent as itself); one just past
+    the eager limit (announced by a control message); a raw one past the control
+    band; one whose large buffer stays with its sender (a record, pulled); a long
+    pickle without buffers (announced, pulled)."""
+    from cmampi.objects import P2P_OOB_MIN
+
+    if what == "short":
+        return {"seed": seed, "x": [1, 2.5, "three"]}
+    if what == "announced":
+        return bytes([seed % 256]) * (LIMIT + CTRL_MAX // 2)
+    if what == "raw":
+        return bytes([seed % 256]) * (64 << 10)
+    if what == "record":
+        return {"seed": seed, "a": np.full(P2P_OOB_MIN, seed % 256, np.uint8)}
+    return bytes([seed % 256]) * (3 << 20)
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, np.ndarray):
+        return isinstance(b, np.ndarray) and a.shape == b.shape and (a == b).all()
+    return a == b
+
+
+@pytest.mark.parametrize("what", ["short", "announced", "raw", "record", "long"])
+@pytest.mark.parametrize("how", ["wait", "test", "status", "waitall", "Waitall", "blocking-send"])
+def test_object_receives_of_every_kind(cmcomm, MPI, what, how):
+    """Buffer-less ``irecv`` takes the compiled path (not on a guarded channel):
+    the message lands whole in a stage; a control message or a record goes to
+    the engine, which pulls. Every wait gives the object (uppercase ``Waitall``
+    none, as mpi4py's), and the sender completes."""
+    rank = cmcomm.Get_rank()
+    if rank > 1:
+        return
+    peer = 1 - rank
+    e = cmcomm._engine
+    compiled = e is not None and e.fast is not None and not e.guarded
+    if rank == 0:
+        objs = [_object(what, k) for k in range(3)]
+        if how == "blocking-send":
+            for obj in objs:
+                cmcomm.send(obj, peer, 50)
+        else:
+            MPI.Request.Waitall([cmcomm.isend(obj, peer, 50) for obj in objs])
+        return
+    reqs = [cmcomm.irecv(source=peer, tag=50) for _ in range(3)]
+    assert all(type(r).__name__ == ("StagedObjectRequest" if compiled else "Request")
+               for r in reqs)
+    if how in ("wait", "blocking-send"):
+        got = [r.wait() for r in reqs]
+    elif how == "test":
+        got = []
+        for r in reqs:
+            while True:
+                flag, obj = r.test()
+                if flag:
+                    got.append(obj)
+                    break
+    elif how == "status":
+        sts = [MPI.Status() for _ in reqs]
+        got = [r.wait(st) for r, st in zip(reqs, sts)]
+        assert all(st.Get_source() == peer and st.Get_tag() == 50 for st in sts)
+    elif how == "waitall":
+        got = MPI.Request.waitall(reqs)
+    else:
+        MPI.Request.Waitall(reqs)
+        got = [_object(what, k) for k in range(3)]     # nothing to compare: none given
+    assert not any(reqs)
+    assert all(_same(g, _object(what, k)) for k, g in enumerate(got))
+
+
+@pytest.mark.parametrize("what", ["short", "record"])
+def test_object_receives_as_mpi4py(comm, MPI, what):
+    """Against mpi4py too (its buffer-less irecv takes up to 32 KiB): wildcards,
+    statuses, ``waitany`` and ``testall``, and a receive cancelled before its message."""
+    rank = comm.Get_rank()
+    if rank > 1:
+        return
+    peer = 1 - rank
+    if what == "record" and type(comm).__module__.startswith("mpi4py"):
+        pytest.skip("mpi4py's buffer-less irecv takes 32 KiB at most")
+    cancelled = comm.irecv(source=peer, tag=52)
+    cancelled.Cancel()
+    st = MPI.Status()
+    cancelled.Wait(st)
+    assert st.Is_cancelled()
+    comm.Barrier() if comm.Get_size() == 2 else None
+    if rank == 0:
+        for k in range(4):
+            comm.send(_object(what, k), peer, 51 + k % 2)
+        return
+    reqs = [comm.irecv(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG) for _ in range(2)]
+    reqs += [comm.irecv(source=peer, tag=51), comm.irecv(source=peer, tag=52)]
+    index, first = MPI.Request.waitany(reqs)
+    assert index == 0 and _same(first, _object(what, 0))
+    st = MPI.Status()
+    got = reqs[1].wait(st)
+    assert _same(got, _object(what, 1)) and (st.Get_source(), st.Get_tag()) == (peer, 52)
+    while True:
+        flag, objs = MPI.Request.testall(reqs[2:])
+        if flag:
+            break
+    assert _same(objs[0], _object(what, 2)) and _same(objs[1], _object(what, 3))
+
+
+def test_a_record_is_pulled_while_its_receiver_waits_elsewhere(cmcomm, MPI):
+    """A posted object receive whose message is a record (its sender waits for
+    the pull) is acted on by whatever the receiver waits for meanwhile: a
+    blocking Recv, a compiled Waitall, a lowercase recv."""
+    rank = cmcomm.Get_rank()
+    if rank > 1:
+        return
+    peer = 1 - rank
+    for step, blocking in enumerate(["Recv", "Waitall", "recv"]):
+        tag = 60 + 2 * step
+        if rank == 0:
+            cmcomm.send(_object("record", step), peer, tag)   # returns once pulled
+            if blocking == "recv":
+                cmcomm.send(step, peer, tag + 1)
+            else:
+                cmcomm.Send(np.full(8, step, np.uint8), peer, tag + 1)
+            continue
+        req = cmcomm.irecv(source=peer, tag=tag)
+        out = np.full(8, step, np.uint8)
+        if blocking == "Recv":
+            cmcomm.Recv(out, peer, tag + 1)
+        elif blocking == "Waitall":
+            MPI.Request.Waitall([cmcomm.Irecv(out, peer, tag + 1)])
+        else:
+            assert cmcomm.recv(source=peer, tag=tag + 1) == step
+        assert (out == step).all()
+        assert _same(req.wait(), _object("record", step))
+
+
+def test_a_dropped_object_receive_frees_its_sender(cmcomm, MPI):
+    """An object receive dropped in flight goes on by itself: the record's
+    buffers are pulled (its sender returns) and the next receive gets the next
+    message."""
+    rank = cmcomm.Get_rank()
+    if rank > 1:
+        return
+    peer = 1 - rank
+    if rank == 0:
+        cmcomm.send(_object("record", 1), peer, 70)
+        cmcomm.send("after", peer, 70)
+        return
+    cmcomm.irecv(source=peer, tag=70)     # dropped at once
+    assert cmcomm.irecv(source=peer, tag=70).wait() == "after"
