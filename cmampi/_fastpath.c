@@ -14,6 +14,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stddef.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sched.h>
 #include <mpi.h>
@@ -781,6 +782,70 @@ static PyObject *fp_recv(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
     return request_stealing(s);
 }
 
+/* The status of the last message `recv_object` received. */
+static MPI_Status last_status;
+
+/* recv_object(comm, source, tag, loads, status, declined) -> object | declined
+
+   A blocking receive of an object's message, as mpi4py's recv makes it: matched
+   with MPI_Mprobe, received into a new bytes object and unpickled with *loads* (an
+   empty message is None), while `nothing_else_waits` (the caller checks there is
+   no message stashed). Its status, as MPI gave it, goes into *status* (an mpi4py
+   Status, or None) and `last()`. *declined*: not a call this path takes (not
+   configured, a source or tag it does not take, another op to progress): the
+   caller's path receives it. An error of the MPI library is raised as mpi4py
+   raises it (the message, if matched, is received first). */
+static PyObject *fp_recv_object(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    int source, tag, rc, count = 0;
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError,
+                        "recv_object(comm, source, tag, loads, status, declined)");
+        return NULL;
+    }
+    PyObject *status = args[4], *declined = args[5];
+    if (request_type == NULL || (status != Py_None &&
+                                 !PyObject_TypeCheck(status, &PyMPIStatus_Type)))
+        return Py_NewRef(declined);
+    MPI_Comm *comm = comm_for(args[0], args[1], args[2], 1, &source, &tag);
+    if (comm == NULL || !nothing_else_waits(0)) return Py_NewRef(declined);
+    MPI_Message msg;
+    MPI_Status st;
+    Py_BEGIN_ALLOW_THREADS
+    rc = MPI_Mprobe(source, tag, *comm, &msg, &st);
+    Py_END_ALLOW_THREADS
+    if (rc != MPI_SUCCESS) {
+        raise_mpi(rc);
+        return NULL;
+    }
+    MPI_Get_count(&st, MPI_BYTE, &count);
+    if (count == MPI_UNDEFINED) count = 0;
+    PyObject *data = PyBytes_FromStringAndSize(NULL, count);
+    char scratch[1];
+    char *buf = data != NULL ? PyBytes_AS_STRING(data) : count ? malloc((size_t)count) : scratch;
+    Py_BEGIN_ALLOW_THREADS
+    rc = MPI_Mrecv(buf, count, MPI_BYTE, &msg, &st);    /* matched: taken, whatever comes */
+    Py_END_ALLOW_THREADS
+    if (data == NULL) {
+        if (buf != scratch) free(buf);
+        return NULL;    /* the allocation's error */
+    }
+    st.MPI_ERROR = rc;
+    last_status = st;
+    if (status != Py_None) *PyMPIStatus_Get(status) = st;
+    if (rc != MPI_SUCCESS) {
+        Py_DECREF(data);
+        raise_mpi(rc);
+        return NULL;
+    }
+    if (count == 0) {
+        Py_DECREF(data);
+        Py_RETURN_NONE;
+    }
+    PyObject *obj = PyObject_CallOneArg(args[3], data);
+    Py_DECREF(data);
+    return obj;
+}
+
 /* sendrecv(comm, sendspec, dest, sendtag, recvspec, source, recvtag, engine,
             yielding) -> op | (recv request, send request or None) | None
 
@@ -1196,6 +1261,14 @@ static PyObject *fp_objects(PyObject *mod, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* last() -> (source, tag, count): of the message `recv_object` received last. */
+static PyObject *fp_last(PyObject *mod, PyObject *unused) {
+    int count = 0;
+    MPI_Get_count(&last_status, MPI_BYTE, &count);
+    return Py_BuildValue("(iii)", last_status.MPI_SOURCE, last_status.MPI_TAG,
+                         count == MPI_UNDEFINED ? 0 : count);
+}
+
 /* library() -> (initialized, version): the MPI library this module calls. */
 static PyObject *fp_library(PyObject *mod, PyObject *unused) {
     char version[MPI_MAX_LIBRARY_VERSION_STRING];
@@ -1233,6 +1306,10 @@ static PyMethodDef methods[] = {
      "irecv_object(comm, array, source, tag, engine): the request of an object's receive, "
      "or None"},
     {"objects", fp_objects, METH_VARARGS, "objects(rtype): the request class of objects' receives"},
+    {"recv_object", (PyCFunction)(void (*)(void))fp_recv_object, METH_FASTCALL,
+     "recv_object(comm, source, tag, loads, status, declined): a blocking receive of an "
+     "object, or declined"},
+    {"last", fp_last, METH_NOARGS, "(source, tag, count) of the last recv_object"},
     {"isend", (PyCFunction)(void (*)(void))fp_isend, METH_FASTCALL,
      "isend(comm, spec, dest, tag, engine): the request of a send as itself, or None"},
     {"recv", (PyCFunction)(void (*)(void))fp_recv, METH_FASTCALL,

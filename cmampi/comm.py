@@ -51,6 +51,8 @@ SUM = _NAMES.SUM
 INFO_NULL = getattr(_NAMES, "INFO_NULL", None)
 
 
+_DECLINED = _objects.DECLINED
+
 _INT_MIN, _INT_MAX = -(2**31), 2**31 - 1   # a C int: what mpi4py converts ranks and tags to
 
 
@@ -902,7 +904,7 @@ class Communicator(_Fallback):
             return None if wait else self._null_request("issend" if sync else "isend",
                                                         obj, dest, tag)
         if wait and not sync:
-            _objects.send(e, obj, dest, tag)
+            _objects.send(e, obj, _objects.pickle_for(e, obj, dest), dest, tag)
             return None
         op = _objects.isend(e, obj, dest, tag, sync, wait)
         req = new_request(_buffered(op) if buffered else op)
@@ -918,7 +920,12 @@ class Communicator(_Fallback):
             return super().send(obj, dest, tag)
         if type(dest) is int and type(tag) is int and 0 <= dest < e.size \
                 and 0 <= tag <= e.tag_ub:       # the common case, checked at once
-            _objects.send(e, obj, dest, tag)
+            stream = _objects.pickle_for(e, obj, dest)
+            fast = e.fast
+            if fast is not None and stream is not None and len(stream) <= e.limit \
+                    and len(_THREADS) < 2 and fast.send(e.user, stream, dest, tag):
+                return None     # a short pickle, sent as a buffer from the compiled path
+            _objects.send(e, obj, stream, dest, tag)
             return None
         return self._send_obj(obj, dest, tag, False, True)
 
@@ -943,12 +950,13 @@ class Communicator(_Fallback):
         fast = e.fast
         if fast is not None and len(_THREADS) < 2 and type(dest) is int and type(tag) is int \
                 and 0 <= dest < e.size and 0 <= tag <= e.tag_ub:   # the common case, at once
-            stream = _objects.short_pickle(e, obj, dest)
-            if stream is not None:
+            stream = _objects.pickle_for(e, obj, dest)
+            if stream is not None and len(stream) <= e.limit:
                 # sent as itself from the compiled path (as a buffer: it declines the rest)
                 req = fast.isend(e.user, stream, dest, tag, e)
                 if req is not None:
                     return req
+            return new_request(_objects.isend_pickled(e, obj, stream, dest, tag))
         return self._send_obj(obj, dest, tag, False, False)
 
     def issend(self, obj: Any, dest: int, tag: int = 0) -> Request:
@@ -982,6 +990,11 @@ class Communicator(_Fallback):
         if type(source) is int and type(tag) is int \
                 and (0 <= source < e.size or source == e.any_source) \
                 and (0 <= tag <= e.tag_ub or tag == e.any_tag):   # the common case
+            if e.fast is not None:
+                # received and unpickled by the compiled path while nothing else waits
+                obj = _objects.recv_compiled(e, source, tag, status)
+                if obj is not _DECLINED:
+                    return obj
             return _objects.recv(e, source, tag, status)
         source, tag = self._source(source), self._tag(tag, True)
         if source == e.names.PROC_NULL:

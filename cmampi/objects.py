@@ -21,13 +21,15 @@ import numpy as _np
 from . import _cma, _memory, _wire
 from . import p2p as _p2p
 from ._buffers import Layout, address, send_buffer
+from ._serial import THREADS as _THREADS
 from ._serial import serialized, shared
 from ._tuning import OOB_MIN, P2P_OOB_MIN
 from .channel import Completion
 from .coop import CoopPull
 
-__all__ = ["OOB_MIN", "P2P_OOB_MIN", "Packed", "isend", "loads", "pull_object", "received",
-           "recv", "send", "sendrecv", "short_pickle"]
+__all__ = ["DECLINED", "OOB_MIN", "P2P_OOB_MIN", "Packed", "finish_recv", "isend", "isend_pickled",
+           "loads", "pickle_for", "pull_object", "received", "recv", "recv_compiled", "send",
+           "sendrecv"]
 
 #: Where a buffer lives in its owner: (address, nbytes).
 Spot = tuple[int, int]
@@ -180,18 +182,17 @@ def _pickled_in_band(obj: Any, oob: bool) -> bytes | None:
         return None
 
 
-def short_pickle(engine: _p2p.Engine, obj: Any, dest: int) -> bytes | None:
-    """*obj*'s pickle if it travels as itself, up to the eager limit; else None
-    (an object that does not pickle raises its error)."""
-    stream = _pickled_in_band(obj, engine.cma[dest])
-    return stream if stream is not None and len(stream) <= engine.limit else None
+def pickle_for(engine: _p2p.Engine, obj: Any, dest: int) -> bytes | None:
+    """*obj*'s pickle, everything in band, unless it has a buffer to leave out
+    of band for *dest*: None (an object that does not pickle raises its error)."""
+    return _pickled_in_band(obj, engine.cma[dest])
 
 
 @serialized
-def send(engine: _p2p.Engine, obj: Any, dest: int, tag: int) -> None:
-    """Blocking standard-mode send of *obj*: a short pickle goes out as itself."""
+def send(engine: _p2p.Engine, obj: Any, stream: bytes | None, dest: int, tag: int) -> None:
+    """Blocking standard-mode send of *obj*, whose `pickle_for` is *stream*: a
+    short pickle goes out as itself."""
     oob = engine.cma[dest]
-    stream = _pickled_in_band(obj, oob)
     if stream is not None and len(stream) <= engine.limit:
         if shared():    # never block in the channel holding the engine's lock
             _p2p.wait_handles(engine.ch, [engine.ch.isend(stream, dest, tag)])
@@ -212,6 +213,13 @@ def isend(engine: _p2p.Engine, obj: Any, dest: int, tag: int, sync: bool,
     op completes once the receiver has its buffers."""
     return _isend_pickled(engine, obj, _pickled_in_band(obj, engine.cma[dest]), dest, tag,
                           sync, blocked)
+
+
+@serialized
+def isend_pickled(engine: _p2p.Engine, obj: Any, stream: bytes | None, dest: int,
+                  tag: int) -> _p2p.Op:
+    """A standard-mode `isend` of *obj*, whose `pickle_for` is *stream*."""
+    return _isend_pickled(engine, obj, stream, dest, tag, False, False)
 
 
 def _isend_pickled(engine: _p2p.Engine, obj: Any, stream: bytes | None, dest: int, tag: int,
@@ -256,7 +264,10 @@ def sendrecv(engine: _p2p.Engine, obj: Any, dest: int, sendtag: int, source: int
         return None, _isend_pickled(engine, obj, stream, dest, sendtag, False, False)
     sent = engine.ch.isend(stream, dest, sendtag)
     try:
-        return recv(engine, source, recvtag, status), None
+        got = recv_compiled(engine, source, recvtag, status)
+        if got is DECLINED:
+            got = recv(engine, source, recvtag, status)
+        return got, None
     finally:
         # eager: it completes whatever the receive did, mostly by now
         info = engine.ch.test(sent)
@@ -298,6 +309,23 @@ class _InTurn(_p2p.Op):
         self._step()
 
 
+#: What `recv_compiled` returns for a receive it leaves to `recv`.
+DECLINED = object()
+
+
+def recv_compiled(engine: _p2p.Engine, source: int, tag: int, status=None) -> Any:
+    """A blocking receive of an object by the compiled path, while nothing else
+    waits (one thread, nothing stashed); `DECLINED` where `recv` must receive it."""
+    fast = engine.fast
+    if fast is None or engine.stash or len(_THREADS) > 1:
+        return DECLINED
+    obj = fast.recv_object(engine.user, source, tag, _pickle.loads, status, DECLINED)
+    if type(obj) is not _wire.Control:
+        return obj
+    src, tg, count = fast.last()
+    return finish_recv(engine, obj, src, tg, count, status)
+
+
 @serialized
 def recv(engine: _p2p.Engine, source: int, tag: int, status=None) -> Any:
     """Blocking receive of an object."""
@@ -313,7 +341,12 @@ def recv(engine: _p2p.Engine, source: int, tag: int, status=None) -> Any:
     obj = ch.recv_object(source, tag)
     if type(obj) is not _wire.Control and status is None:
         return obj                  # the common case: nothing more to learn
-    src, tg, count = ch.last()
+    return finish_recv(engine, obj, *ch.last(), status)
+
+
+def finish_recv(engine: _p2p.Engine, obj: Any, src: int, tg: int, count: int, status) -> Any:
+    """The object of a blocking receive whose message (from *src*, with *tg*, of
+    *count* bytes) loaded as *obj*: a control message acted on; *status* filled."""
     if type(obj) is _wire.Control:
         head = obj.head
         if _wire.kind(head) != _wire.RECORD:

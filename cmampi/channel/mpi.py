@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os as _os
+import pickle as _pickle
 import socket as _socket
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -192,9 +193,15 @@ class MPIChannel:
         handle.Recv(spec)
 
     def recv_object(self, source: int, tag: int) -> object:
-        """Blocking receive of a message, unpickled (an empty one is None); its
-        (source, tag, nbytes) are `last`'s. mpi4py receives and unpickles in one call."""
-        return self.user.recv(None, source, tag, self.status)
+        """Blocking receive of a message, unpickled (an empty one is None), as
+        cmampi pickles (the standard pickle, whatever ``MPI.pickle`` is); its
+        (source, tag, nbytes) are `last`'s."""
+        st = self.status
+        msg = self.user.Mprobe(source, tag, st)
+        n = st.Get_count(_BYTE)
+        data = bytearray(n)
+        msg.Recv([data, _BYTE])
+        return _pickle.loads(data) if n else None
 
     def last(self) -> tuple[int, int, int]:
         """(source, tag, nbytes) of the message `recv_object` returned last."""
