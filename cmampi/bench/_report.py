@@ -19,7 +19,7 @@ __all__ = ["emit", "machine_info", "machine_line", "markdown_table", "render"]
 #: Columns per implementation, by benchmark.
 _METRICS = {"pingpong": ("us", "GB/s"), "bandwidth": ("us", "GB/s"), "patterns": ("us", "GB/s"),
             "collectives": ("us",),
-            "objects": ("us", "flt")}
+            "objects": ("us", "flt"), "lowercase": ("us",)}
 
 
 def _cpu_model() -> str:

@@ -17,7 +17,7 @@ import traceback as _traceback
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from . import bandwidth, collectives, objects, patterns, pingpong
+from . import bandwidth, collectives, lowercase, objects, patterns, pingpong
 from ._common import CMAMPI, SOCKET, Context, Result, Timing, parse_sizes, positive_int
 from ._pipe import PipeComm, connect
 from ._report import emit, machine_info, render
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 #: Subcommands, in the order ``all`` runs them.
 BENCHMARKS: dict[str, _Benchmark] = {
     "pingpong": pingpong, "bandwidth": bandwidth, "patterns": patterns,
-    "collectives": collectives, "objects": objects}
+    "collectives": collectives, "objects": objects, "lowercase": lowercase}
 PROG = "python -m cmampi.bench"
 #: --quick: sizes (unless --sizes), rounds (unless --rounds), fixed iterations per
 #: block (unless --reps): no calibration, few synchronisations.
@@ -105,6 +105,7 @@ def _parser() -> _argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
     for name, parents in (("pingpong", [strided, beside]), ("bandwidth", [window, beside]),
                           ("patterns", [beside]), ("collectives", [only]), ("objects", []),
+                          ("lowercase", []),
                           ("all", [strided, window, beside, only])):
         doc = "every benchmark in turn" if name == "all" else \
             BENCHMARKS[name].__doc__.splitlines()[0].replace("``", "")

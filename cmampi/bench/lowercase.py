@@ -1,0 +1,111 @@
+"""Lowercase calls of small objects as programs make them: exchanges and collectives.
+
+Every rank has one small object (a dict of three items). Ranks 0 and 1
+exchange theirs (``irecv`` + ``isend``, each waited for, or ``sendrecv``);
+the collectives run on every rank (root 0, ``SUM`` of ints for the
+reductions). Time per call on rank 0. Every result is checked once per
+implementation. Implementations: cmampi against mpi4py on the MPI channel;
+cmampi alone on the socket channel.
+"""
+
+from __future__ import annotations
+
+import functools as _functools
+import time as _time
+from collections.abc import Callable
+from typing import Any
+
+from ._common import CMAMPI, TAG, Case, Context, DataError, Result
+from ._timing import Impl, measure
+
+__all__ = ["CALLS", "describe", "plan"]
+
+CALLS = ("isend+irecv", "sendrecv", "bcast", "gather", "scatter", "allgather", "alltoall",
+         "reduce", "allreduce", "scan")
+
+
+def _small(key: int) -> dict:
+    return {"rank": key, "x": 2.5, "tag": "small"}
+
+
+def _call(comm: Any, name: str, rank: int, size: int) -> Callable[[], Any]:
+    """One call *name* on *comm*: a function returning what this rank gets."""
+    mine = _small(rank)
+    if name in ("isend+irecv", "sendrecv"):
+        if rank > 1:
+            return lambda: None
+        peer = 1 - rank
+        if name == "sendrecv":
+            return lambda: comm.sendrecv(mine, peer, TAG, None, peer, TAG)
+
+        def exchange() -> Any:
+            req = comm.irecv(source=peer, tag=TAG)
+            comm.isend(mine, peer, TAG).wait()
+            return req.wait()
+        return exchange
+    items = [_small(rank * size + r) for r in range(size)]
+    calls: dict[str, Callable[[], Any]] = {
+        "bcast": lambda: comm.bcast(mine if rank == 0 else None, 0),
+        "gather": lambda: comm.gather(mine, 0),
+        "scatter": lambda: comm.scatter(items if rank == 0 else None, 0),
+        "allgather": lambda: comm.allgather(mine),
+        "alltoall": lambda: comm.alltoall(items),
+        "reduce": lambda: comm.reduce(rank + 1, root=0),
+        "allreduce": lambda: comm.allreduce(rank + 1),
+        "scan": lambda: comm.scan(rank + 1),
+    }
+    return calls[name]
+
+
+def _expected(name: str, rank: int, size: int) -> Any:
+    if name in ("isend+irecv", "sendrecv"):
+        return None if rank > 1 else _small(1 - rank)
+    total = size * (size + 1) // 2
+    return {
+        "bcast": _small(0),
+        "gather": [_small(r) for r in range(size)] if rank == 0 else None,
+        "scatter": _small(rank),
+        "allgather": [_small(r) for r in range(size)],
+        "alltoall": [_small(r * size + rank) for r in range(size)],
+        "reduce": total if rank == 0 else None,
+        "allreduce": total,
+        "scan": (rank + 1) * (rank + 2) // 2,
+    }[name]
+
+
+def _case(ctx: Context, name: str) -> Result:
+    rank, size = ctx.rank, ctx.size
+    want = _expected(name, rank, size)
+
+    def impl(impl_name: str, comm: Any) -> Impl:
+        call = _call(comm, name, rank, size)
+
+        def run(n: int) -> float:
+            t0 = _time.perf_counter()
+            for _ in range(n):
+                call()
+            return _time.perf_counter() - t0
+
+        def verify() -> None:
+            got = call()
+            if got != want:
+                raise DataError(f"{impl_name}, {name}, rank {rank}: got {got!r}, "
+                                f"expected {want!r}")
+
+        return Impl(impl_name, run, verify)
+
+    comms = {"mpi4py": ctx.raw, CMAMPI: ctx.comm} if ctx.raw is not None else {CMAMPI: ctx.comm}
+    return measure(ctx, [impl(k, c) for k, c in comms.items()], bench="lowercase", op=name,
+                   case=name, nbytes=0, sized=False)
+
+
+def plan(ctx: Context) -> list[Case]:
+    return [Case(f"lowercase {name}", _functools.partial(_case, ctx, name)) for name in CALLS]
+
+
+def describe(ctx: Context) -> str:
+    vs = "cmampi vs mpi4py" if ctx.raw is not None else "cmampi alone (no MPI to compare with)"
+    return (f"Lowercase calls of one small object (a dict of 3 items) per rank on "
+            f"{ctx.size} ranks, {vs}: ranks 0 and 1 exchanging (irecv + isend, each "
+            f"waited for; sendrecv), collectives of every rank (root 0; reductions: SUM "
+            f"of ints); time per call on rank 0.")
