@@ -290,6 +290,42 @@ static struct {
     MPI_Datatype dt;
 } split_types[SPLIT_TYPES];
 
+/* Guarded receives of objects' stages (see `irecv_object`), kept by address as
+   `split_types` are: the stages are the engine's, reused. */
+#define GUARD_TYPES 64
+static struct {
+    char *buf;
+    Py_ssize_t len;
+    MPI_Datatype dt;
+} guard_types[GUARD_TYPES];
+
+/* The committed datatype of the first *len* - 1 bytes at *buf*, a gap of one, then
+   one byte: a message of *len* bytes ends past the gap, and one longer is
+   truncated there (a guarded channel: see channel/mpi.py). MPI_DATATYPE_NULL if
+   MPI refuses. */
+static MPI_Datatype guard_type(char *buf, Py_ssize_t len) {
+    size_t h = (((size_t)buf >> 4) ^ (size_t)len) % GUARD_TYPES;
+    if (guard_types[h].dt != MPI_DATATYPE_NULL && guard_types[h].buf == buf &&
+            guard_types[h].len == len)
+        return guard_types[h].dt;
+    MPI_Datatype dt;
+    int lens[2] = {(int)len - 1, 1};
+    MPI_Aint displs[2];
+    MPI_Get_address(buf, &displs[0]);
+    MPI_Get_address(buf + len, &displs[1]);
+    if (MPI_Type_create_hindexed(2, lens, displs, MPI_BYTE, &dt) != MPI_SUCCESS)
+        return MPI_DATATYPE_NULL;
+    if (MPI_Type_commit(&dt) != MPI_SUCCESS) {
+        MPI_Type_free(&dt);
+        return MPI_DATATYPE_NULL;
+    }
+    if (guard_types[h].dt != MPI_DATATYPE_NULL) MPI_Type_free(&guard_types[h].dt);
+    guard_types[h].buf = buf;
+    guard_types[h].len = len;
+    guard_types[h].dt = dt;
+    return dt;
+}
+
 /* The committed datatype of a stage's band bytes, then *tail_len* bytes at *tail*;
    MPI_DATATYPE_NULL if MPI refuses. */
 static MPI_Datatype split_type(char *stage, char *tail, Py_ssize_t tail_len) {
@@ -424,24 +460,31 @@ static PyObject *fp_irecv(PyObject *mod, PyObject *const *args, Py_ssize_t nargs
 
 /* irecv_object(comm, array, source, tag, engine) -> request | None: the receive of
    an object's message, whole, into *array* (a writable numpy array as large as
-   the longest message the source sends as itself), as the engine posts one
-   (`p2p.Engine._irecv_staged`); its request is of the class `objects()` names.
-   None: not one this path takes (not configured for objects, a guarded channel,
-   MPI refused it: the Python path posts it). */
+   the longest message the source sends as itself, and on a guarded channel one
+   byte more: `guard_type`), as the engine posts one (`p2p.Engine._irecv_staged`);
+   its request is of the class `objects()` names. None: not one this path takes
+   (not configured for objects, MPI refused it: the Python path posts it). */
 static PyObject *fp_irecv_object(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
     int source, tag;
     MPI_Comm *comm = call_args(args, nargs, 5, 5, "irecv_object(comm, array, source, tag, engine)",
                                1, &source, &tag);
     if (comm == NULL) return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
-    if (object_request_type == NULL || gap_type != MPI_DATATYPE_NULL ||
-            (PyObject *)Py_TYPE(args[1]) != ndarray_type)
+    if (object_request_type == NULL || (PyObject *)Py_TYPE(args[1]) != ndarray_type)
         Py_RETURN_NONE;
     Staged *s = new_staged(0, args[4], args[1], 1);
     if (s == NULL) return NULL;
     s->whole = 1;
-    if (!take_view(s, args[1], 1) ||
-            MPI_Irecv(s->view.buf, (int)s->nbytes, MPI_BYTE, source, tag, *comm, &s->req) !=
-                MPI_SUCCESS) {
+    int rc = MPI_ERR_OTHER;
+    if (take_view(s, args[1], 1) && s->nbytes >= 2) {
+        if (gap_type == MPI_DATATYPE_NULL) {
+            rc = MPI_Irecv(s->view.buf, (int)s->nbytes, MPI_BYTE, source, tag, *comm, &s->req);
+        } else {
+            MPI_Datatype dt = guard_type(s->view.buf, s->nbytes - 1);
+            if (dt != MPI_DATATYPE_NULL)
+                rc = MPI_Irecv(MPI_BOTTOM, 1, dt, source, tag, *comm, &s->req);
+        }
+    }
+    if (rc != MPI_SUCCESS) {
         Py_DECREF(s);
         return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
     }
@@ -671,6 +714,10 @@ static void record(Staged *s, MPI_Status *st, int error) {
         /* itself: in the stage, or (split) its head there and the rest in place */
         Py_ssize_t head = s->count < s->stage_len ? s->count : s->stage_len;
         if (head) memcpy(s->view.buf, s->stage, (size_t)head);
+        if (s->whole && gap_type != MPI_DATATYPE_NULL && s->count == s->nbytes - 1) {
+            char *b = s->view.buf;      /* its last byte landed past the gap */
+            b[s->count - 1] = b[s->count];
+        }
     } else if (error != MPI_SUCCESS) {
         s->state = ARRIVED;
         return;
@@ -785,6 +832,9 @@ static PyObject *fp_recv(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 /* The status of the last message `recv_object` received. */
 static MPI_Status last_status;
 
+static PyObject *object_of(MPI_Comm *comm, int source, int tag, PyObject *loads,
+                           PyObject *status);
+
 /* recv_object(comm, source, tag, loads, status, declined) -> object | declined
 
    A blocking receive of an object's message, as mpi4py's recv makes it: matched
@@ -796,7 +846,7 @@ static MPI_Status last_status;
    caller's path receives it. An error of the MPI library is raised as mpi4py
    raises it (the message, if matched, is received first). */
 static PyObject *fp_recv_object(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
-    int source, tag, rc, count = 0;
+    int source, tag;
     if (nargs != 6) {
         PyErr_SetString(PyExc_TypeError,
                         "recv_object(comm, source, tag, loads, status, declined)");
@@ -808,6 +858,14 @@ static PyObject *fp_recv_object(PyObject *mod, PyObject *const *args, Py_ssize_t
         return Py_NewRef(declined);
     MPI_Comm *comm = comm_for(args[0], args[1], args[2], 1, &source, &tag);
     if (comm == NULL || !nothing_else_waits(0)) return Py_NewRef(declined);
+    return object_of(comm, source, tag, args[3], status);
+}
+
+/* The object of the next message from *source* with *tag* on *comm*, as
+   `recv_object` receives it (NULL with an error raised). */
+static PyObject *object_of(MPI_Comm *comm, int source, int tag, PyObject *loads,
+                           PyObject *status) {
+    int rc, count = 0;
     MPI_Message msg;
     MPI_Status st;
     Py_BEGIN_ALLOW_THREADS
@@ -841,8 +899,46 @@ static PyObject *fp_recv_object(PyObject *mod, PyObject *const *args, Py_ssize_t
         Py_DECREF(data);
         Py_RETURN_NONE;
     }
-    PyObject *obj = PyObject_CallOneArg(args[3], data);
+    PyObject *obj = PyObject_CallOneArg(loads, data);
     Py_DECREF(data);
+    return obj;
+}
+
+/* sendrecv_object(comm, stream, dest, sendtag, source, recvtag, loads, status,
+                   declined) -> object | declined
+
+   mpi4py's sendrecv of an object whose pickle, *stream* (bytes, at most the eager
+   limit), goes out as itself: posted with MPI_Isend, then the receive as
+   `recv_object` makes it, then the send completed. *declined* as there. */
+static PyObject *fp_sendrecv_object(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    int dest, sendtag, source, recvtag, rc;
+    if (nargs != 9) {
+        PyErr_SetString(PyExc_TypeError, "sendrecv_object(comm, stream, dest, sendtag, source, "
+                                         "recvtag, loads, status, declined)");
+        return NULL;
+    }
+    PyObject *stream = args[1], *status = args[7], *declined = args[8];
+    if (request_type == NULL || !PyBytes_CheckExact(stream) ||
+            PyBytes_GET_SIZE(stream) > cfg_limit ||
+            (status != Py_None && !PyObject_TypeCheck(status, &PyMPIStatus_Type)))
+        return Py_NewRef(declined);
+    MPI_Comm *comm = comm_for(args[0], args[2], args[3], 0, &dest, &sendtag);
+    if (comm == NULL || comm_for(args[0], args[4], args[5], 1, &source, &recvtag) == NULL ||
+            !nothing_else_waits(0))
+        return Py_NewRef(declined);
+    MPI_Request req;
+    if (MPI_Isend(PyBytes_AS_STRING(stream), (int)PyBytes_GET_SIZE(stream), MPI_BYTE, dest,
+                  sendtag, *comm, &req) != MPI_SUCCESS)
+        return Py_NewRef(declined);     /* the Python path sends it (and raises) */
+    PyObject *obj = object_of(comm, source, recvtag, args[6], status);
+    /* an eager send: it completes whatever the receive did (*stream* is the caller's) */
+    Py_BEGIN_ALLOW_THREADS
+    rc = MPI_Wait(&req, MPI_STATUS_IGNORE);
+    Py_END_ALLOW_THREADS
+    if (rc != MPI_SUCCESS && obj != NULL) {
+        Py_CLEAR(obj);
+        raise_mpi(rc);
+    }
     return obj;
 }
 
@@ -1310,6 +1406,9 @@ static PyMethodDef methods[] = {
      "recv_object(comm, source, tag, loads, status, declined): a blocking receive of an "
      "object, or declined"},
     {"last", fp_last, METH_NOARGS, "(source, tag, count) of the last recv_object"},
+    {"sendrecv_object", (PyCFunction)(void (*)(void))fp_sendrecv_object, METH_FASTCALL,
+     "sendrecv_object(comm, stream, dest, sendtag, source, recvtag, loads, status, "
+     "declined): the object received, or declined"},
     {"isend", (PyCFunction)(void (*)(void))fp_isend, METH_FASTCALL,
      "isend(comm, spec, dest, tag, engine): the request of a send as itself, or None"},
     {"recv", (PyCFunction)(void (*)(void))fp_recv, METH_FASTCALL,

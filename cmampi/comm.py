@@ -1008,7 +1008,7 @@ class Communicator(_Fallback):
         if e is None:
             return super().irecv(buf, source, tag)
         fast = e.fast
-        if fast is not None and buf is None and not (e.stash or e.landing or e.guarded) \
+        if fast is not None and buf is None and not (e.stash or e.landing) \
                 and len(_THREADS) < 2 and type(source) is int \
                 and (0 <= source < e.size or source == e.any_source):
             # the compiled path: the message lands whole in a stage (it declines the rest)

@@ -262,6 +262,15 @@ def sendrecv(engine: _p2p.Engine, obj: Any, dest: int, sendtag: int, source: int
     stream = _pickled_in_band(obj, engine.cma[dest])
     if stream is None or len(stream) > engine.limit:
         return None, _isend_pickled(engine, obj, stream, dest, sendtag, False, False)
+    fast = engine.fast
+    if fast is not None and not engine.stash and len(_THREADS) < 2:
+        got = fast.sendrecv_object(engine.user, stream, dest, sendtag, source, recvtag,
+                                   _pickle.loads, status, DECLINED)
+        if got is not DECLINED:
+            if type(got) is _wire.Control:
+                src, tg, count = fast.last()
+                got = finish_recv(engine, got, src, tg, count, status)
+            return got, None
     sent = engine.ch.isend(stream, dest, sendtag)
     try:
         got = recv_compiled(engine, source, recvtag, status)

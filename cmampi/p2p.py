@@ -886,8 +886,8 @@ class Engine:
 
     def object_stage(self, source: int) -> np.ndarray:
         """The stage of an object's receive from *source* on the compiled path
-        (`stage_for`; not guarded)."""
-        return self._stage(self.stage_for(None, source))
+        (`stage_for`; one byte more on a guarded channel, as `_irecv_staged`)."""
+        return self._stage(self.stage_for(None, source) + self.guarded)
 
     def _stage(self, size: int) -> np.ndarray:
         """A receive stage of *size* bytes: a spare one (see `spare`), or new

@@ -654,16 +654,16 @@ def _same(a, b) -> bool:
 @pytest.mark.parametrize("what", ["short", "announced", "raw", "record", "long"])
 @pytest.mark.parametrize("how", ["wait", "test", "status", "waitall", "Waitall", "blocking-send"])
 def test_object_receives_of_every_kind(cmcomm, MPI, what, how):
-    """Buffer-less ``irecv`` takes the compiled path (not on a guarded channel):
-    the message lands whole in a stage; a control message or a record goes to
-    the engine, which pulls. Every wait gives the object (uppercase ``Waitall``
-    none, as mpi4py's), and the sender completes."""
+    """Buffer-less ``irecv`` takes the compiled path: the message lands whole in
+    a stage (on a guarded channel, its last byte past a gap); a control message
+    or a record goes to the engine, which pulls. Every wait gives the object
+    (uppercase ``Waitall`` none, as mpi4py's), and the sender completes."""
     rank = cmcomm.Get_rank()
     if rank > 1:
         return
     peer = 1 - rank
     e = cmcomm._engine
-    compiled = e is not None and e.fast is not None and not e.guarded
+    compiled = e is not None and e.fast is not None
     if rank == 0:
         objs = [_object(what, k) for k in range(3)]
         if how == "blocking-send":
