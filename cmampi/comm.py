@@ -1051,9 +1051,10 @@ class Communicator(_Fallback):
                 coll = e.coll or self._coll     # made first: making it takes mpi4py's locks
                 with self._lock(kind):  # as mpi4py: one lowercase collective of a kind at a time
                     # short pickles: one MPI collective of fixed-size slots
-                    done, result = _objcoll.slotted(plain, e.fast and e.fast.coll,
-                                                    e.names.BYTE, kind, obj, root, op, e.rank,
-                                                    e.size)
+                    fast = e.fast
+                    done, result = _objcoll.slotted[kind](
+                        plain, fast.coll if fast is not None else None, e.names.BYTE, obj, root,
+                        op, e.rank, e.size)
                     if done:
                         return result
                     return _objcoll.collective(coll, kind, obj, root, op)

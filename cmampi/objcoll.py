@@ -26,7 +26,7 @@ from ._serial import serialized
 from ._tuning import OBJECT_SLOT, STREAM_INLINE
 from .objects import OOB_MIN, Packed, pull_object
 
-__all__ = ["KINDS", "SLOT", "SLOTTED", "collective", "slotted"]
+__all__ = ["KINDS", "SLOT", "collective", "slotted"]
 
 
 #: The collectives, and whether they take a root.
@@ -38,8 +38,6 @@ KINDS = {"bcast": True, "scatter": True, "gather": True, "reduce": True,
 #: Bytes of each rank's slot in `slotted`: a flag, then a short pickle (unpickling
 #: stops at its end: the rest of the slot is ignored).
 SLOT = OBJECT_SLOT
-#: The collectives `slotted` runs: all of them.
-SLOTTED = frozenset(KINDS)
 _EMPTY = bytes(SLOT)
 _HELD = b"\x01"   # a slot's flag when it holds a pickle
 
@@ -77,77 +75,125 @@ def _row(obj: Any, size: int) -> bytes:
     if (type(obj) is not list and type(obj) is not tuple) or len(obj) != size:
         return _EMPTY * size    # the full path takes it (an iterator can only be read once)
     row = b"".join([_slot(x) for x in obj])
-    if not _full(row, size):
-        return _EMPTY * size
-    return row
+    return row if 0 not in row[::SLOT] else _EMPTY * size     # the flags: every SLOT-th byte
 
 
 def _unslot(slots: bytearray, r: int) -> Any:
     return _pickle.loads(slots[r * SLOT + 1 : (r + 1) * SLOT])
 
 
-def _full(slots: bytes | bytearray, count: int) -> bool:
-    """Whether each of the first *count* slots holds a pickle (their flags: every
-    SLOT-th byte)."""
-    return 0 not in slots[: count * SLOT : SLOT]
-
-
-def _run(plain, fast, byte, kind: str, send, recv, root: int) -> None:
-    """Collective *kind* of bytes on *plain*: through *fast* (the compiled
-    module's ``coll``), if there is one, else mpi4py's."""
-    if fast is not None and fast(plain, _FAST_KINDS[kind], send, recv, root, None, _NO_LIMIT,
-                                 True):
-        return
-    if kind == "bcast":
-        plain.Bcast([recv, byte], root)
-    elif kind == "scatter":
-        plain.Scatter(None if send is None else [send, byte], [recv, byte], root)
-    elif kind == "alltoall":
-        plain.Alltoall([send, byte], [recv, byte])
-    else:
-        plain.Allgather([send, byte], [recv, byte])
-
-
-_FAST_KINDS = {"bcast": _fastpath.BCAST, "scatter": _fastpath.SCATTER,
-               "alltoall": _fastpath.ALLTOALL, "allgather": _fastpath.ALLGATHER}
 _NO_LIMIT = 1 << 62
 
+# One MPI collective of bytes on *plain* (mpi4py's communicator): through *fast*
+# (the compiled path's ``coll``) if there is one, else mpi4py's.
 
-def slotted(plain, fast, byte, kind: str, obj: Any, root: int, op, me: int,
-            size: int) -> tuple:
-    """(True, result) of lowercase collective *kind* run as one MPI collective
-    of fixed-size slots on *plain* (mpi4py's communicator; *fast*: the compiled
-    path's ``coll``, or None), when every object it moves pickles short; else
-    (False, None), and every rank, told by the same collective, takes the full
-    path. *byte* is ``MPI.BYTE``.
 
-    ``bcast`` and ``scatter`` take the root's slots; ``alltoall`` each rank's row
-    of them, a row left empty if any of its items is long, so that every rank
-    sees it; the others gather every rank's slot everywhere, so that every rank
-    knows whether all are short, and only the ranks with a result unpickle."""
-    if kind == "bcast":
-        slot = bytearray(_slot(obj)) if me == root else bytearray(SLOT)
-        _run(plain, fast, byte, kind, slot, slot, root)
-        if not slot[0]:
-            return False, None
-        return True, _unslot(slot, 0)
-    if kind == "scatter":
-        slot = bytearray(SLOT)
-        _run(plain, fast, byte, kind, _row(obj, size) if me == root else None, slot, root)
-        if not slot[0]:
-            return False, None
-        return True, _unslot(slot, 0)
+def _bcast_bytes(plain, fast, byte, buf: bytearray, root: int) -> None:
+    if fast is None or not fast(plain, _fastpath.BCAST, buf, None, root, None, _NO_LIMIT, True):
+        plain.Bcast([buf, byte], root)
+
+
+def _scatter_bytes(plain, fast, byte, send, recv: bytearray, root: int) -> None:
+    if fast is None or not fast(plain, _fastpath.SCATTER, send, recv, root, None, _NO_LIMIT,
+                                True):
+        plain.Scatter(None if send is None else [send, byte], [recv, byte], root)
+
+
+def _alltoall_bytes(plain, fast, byte, send, recv: bytearray) -> None:
+    if fast is None or not fast(plain, _fastpath.ALLTOALL, send, recv, 0, None, _NO_LIMIT,
+                                True):
+        plain.Alltoall([send, byte], [recv, byte])
+
+
+def _all_slots(plain, fast, byte, obj: Any, size: int) -> bytearray | None:
+    """Every rank's slot of its *obj*, in rank order; None if one is empty."""
     slots = bytearray(SLOT * size)
-    if kind == "alltoall":
-        _run(plain, fast, byte, kind, _row(obj, size), slots, root)
-    else:
-        _run(plain, fast, byte, "allgather", _slot(obj), slots, root)
-    if not _full(slots, size):
+    send = _slot(obj)
+    if fast is None or not fast(plain, _fastpath.ALLGATHER, send, slots, 0, None, _NO_LIMIT,
+                                True):
+        plain.Allgather([send, byte], [slots, byte])
+    return slots if 0 not in slots[::SLOT] else None
+
+
+# The collectives in slots (see `slotted`): each (True, result), or (False, None)
+# for the full path.
+
+def _bcast(plain, fast, byte, obj, root, op, me, size) -> tuple:
+    slot = bytearray(_slot(obj)) if me == root else bytearray(SLOT)
+    _bcast_bytes(plain, fast, byte, slot, root)
+    return (True, _unslot(slot, 0)) if slot[0] else (False, None)
+
+
+def _scatter(plain, fast, byte, obj, root, op, me, size) -> tuple:
+    slot = bytearray(SLOT)
+    _scatter_bytes(plain, fast, byte, _row(obj, size) if me == root else None, slot, root)
+    return (True, _unslot(slot, 0)) if slot[0] else (False, None)
+
+
+def _alltoall(plain, fast, byte, obj, root, op, me, size) -> tuple:
+    slots = bytearray(SLOT * size)
+    _alltoall_bytes(plain, fast, byte, _row(obj, size), slots)
+    if 0 in slots[::SLOT]:
         return False, None
-    if (kind in ("gather", "reduce") and me != root) or (kind == "exscan" and me == 0):
-        return True, None
-    count = me + 1 if kind == "scan" else me if kind == "exscan" else size
-    return True, _result(kind, [_unslot(slots, r) for r in range(count)], me, root, op)
+    return True, [_unslot(slots, r) for r in range(size)]
+
+
+def _gather(plain, fast, byte, obj, root, op, me, size) -> tuple:
+    slots = _all_slots(plain, fast, byte, obj, size)
+    if slots is None:
+        return False, None
+    return True, [_unslot(slots, r) for r in range(size)] if me == root else None
+
+
+def _allgather(plain, fast, byte, obj, root, op, me, size) -> tuple:
+    slots = _all_slots(plain, fast, byte, obj, size)
+    if slots is None:
+        return False, None
+    return True, [_unslot(slots, r) for r in range(size)]
+
+
+def _reduce(plain, fast, byte, obj, root, op, me, size) -> tuple:
+    slots = _all_slots(plain, fast, byte, obj, size)
+    if slots is None:
+        return False, None
+    return True, _fold(op, [_unslot(slots, r) for r in range(size)]) if me == root else None
+
+
+def _allreduce(plain, fast, byte, obj, root, op, me, size) -> tuple:
+    slots = _all_slots(plain, fast, byte, obj, size)
+    if slots is None:
+        return False, None
+    return True, _fold(op, [_unslot(slots, r) for r in range(size)])
+
+
+def _scan(plain, fast, byte, obj, root, op, me, size) -> tuple:
+    slots = _all_slots(plain, fast, byte, obj, size)
+    if slots is None:
+        return False, None
+    return True, _fold(op, [_unslot(slots, r) for r in range(me + 1)])
+
+
+def _exscan(plain, fast, byte, obj, root, op, me, size) -> tuple:
+    slots = _all_slots(plain, fast, byte, obj, size)
+    if slots is None:
+        return False, None
+    return True, _fold(op, [_unslot(slots, r) for r in range(me)]) if me else None
+
+
+#: Lowercase collective -> its run in slots: ``slotted[kind](plain, fast, byte,
+#: obj, root, op, me, size)`` is (True, result) of the collective run as one MPI
+#: collective of fixed-size slots on *plain* (mpi4py's communicator; *fast*: the
+#: compiled path's ``coll``, or None; *byte*: ``MPI.BYTE``) when every object it
+#: moves pickles short; else (False, None), and every rank, told by the same
+#: collective, takes the full path. ``bcast`` and ``scatter`` take the root's
+#: slots; ``alltoall`` each rank's row of them, a row left empty if any of its
+#: items is long, so that every rank sees it; the others gather every rank's slot
+#: everywhere, so that every rank knows whether all are short, and only the ranks
+#: with a result unpickle.
+slotted: dict[str, Callable[..., tuple]] = {
+    "bcast": _bcast, "scatter": _scatter, "gather": _gather, "reduce": _reduce,
+    "allgather": _allgather, "alltoall": _alltoall, "allreduce": _allreduce, "scan": _scan,
+    "exscan": _exscan}
 
 
 def _record(p: Packed, oob: bool) -> tuple:
