@@ -580,41 +580,32 @@ static int number_op(MPI_Op op) {
            op == MPI_BOR || op == MPI_BXOR;
 }
 
-/* A whole numpy array of plain numbers (or, if *bytes_too*, a bytearray or
-   read-only bytes), as `take_buffer` takes it, into *view*. */
-static int take_array(PyObject *obj, int writable, Py_buffer *view, int bytes_too) {
+/* A whole numpy array of plain numbers, as `take_buffer` takes it, into *view*. */
+static int take_array(PyObject *obj, int writable, Py_buffer *view) {
     Py_ssize_t n;
-    PyTypeObject *t = Py_TYPE(obj);
-    if ((PyObject *)t != ndarray_type &&
-            !(bytes_too && (t == &PyByteArray_Type || t == &PyBytes_Type)))
-        return 0;
+    if ((PyObject *)Py_TYPE(obj) != ndarray_type) return 0;
     return take_buffer(obj, writable, view, &n);
 }
 
-/* coll(comm, kind, send, recv, root, op, limit[, bytes_too]) -> bool: collective
-   *kind* run by the MPI library as mpi4py runs it, for whole numpy arrays of
-   plain numbers of at most *limit* bytes (this rank's part: *recv*'s for
-   SCATTER, *send*'s else), each the size the call expects (what moves is bytes;
-   reductions keep the numbers' type and take MPI's predefined operations);
-   with *bytes_too*, bytearrays and read-only bytes too, in the collectives that
-   move data. False, with nothing done: the caller's path runs it (and raises
-   what mpi4py raises). An error of the MPI library is raised as mpi4py raises it. */
+/* coll(comm, kind, send, recv, root, op, limit) -> bool: collective *kind* run by
+   the MPI library as mpi4py runs it, for whole numpy arrays of plain numbers of
+   at most *limit* bytes (this rank's part: *recv*'s for SCATTER, *send*'s
+   else), each the size the call expects (what moves is bytes; reductions keep
+   the numbers' type and take MPI's predefined operations). False, with nothing
+   done: the caller's path runs it (and raises what mpi4py raises). An error of
+   the MPI library is raised as mpi4py raises it. */
 static PyObject *fp_coll(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 7 && nargs != 8) {
-        PyErr_SetString(PyExc_TypeError,
-                        "coll(comm, kind, send, recv, root, op, limit[, bytes_too])");
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "coll(comm, kind, send, recv, root, op, limit)");
         return NULL;
     }
     PyObject *send = args[2], *recv = args[3];
     int kind, root = 0, size, rank, rc, ok = 0;
     Py_ssize_t limit = PyLong_AsSsize_t(args[6]);
     if (limit == -1 && PyErr_Occurred()) return NULL;
-    int bytes_too = nargs == 8 ? PyObject_IsTrue(args[7]) : 0;
-    if (bytes_too < 0) return NULL;
     if (request_type == NULL || !PyObject_TypeCheck(args[0], &PyMPIComm_Type) ||
-            !as_int(args[1], &kind))
+            !as_int(args[1], &kind) || kind > ALLREDUCE)
         Py_RETURN_FALSE;
-    if (bytes_too && (kind == REDUCE || kind == ALLREDUCE)) Py_RETURN_FALSE;
     MPI_Comm comm = *PyMPIComm_Get(args[0]);
     if (MPI_Comm_size(comm, &size) != MPI_SUCCESS || MPI_Comm_rank(comm, &rank) != MPI_SUCCESS)
         Py_RETURN_FALSE;
@@ -633,11 +624,11 @@ static PyObject *fp_coll(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
     Py_buffer sv, rv;
     int has_s = 0, has_r = 0;
     if (uses_send) {
-        if (!take_array(send, kind == BCAST && !at_root, &sv, bytes_too)) goto out;
+        if (!take_array(send, kind == BCAST && !at_root, &sv)) goto out;
         has_s = 1;
     }
     if (uses_recv) {
-        if (!take_array(recv, 1, &rv, bytes_too)) goto out;
+        if (!take_array(recv, 1, &rv)) goto out;
         has_r = 1;
     }
     Py_ssize_t part = kind == SCATTER ? rv.len : sv.len;
@@ -688,6 +679,209 @@ out:
     if (has_r) PyBuffer_Release(&rv);
     if (ok < 0) return NULL;
     return Py_NewRef(ok ? Py_True : Py_False);
+}
+
+/* -- short lowercase collectives in slots (objcoll.py) ------------------------------- */
+
+/* What `slot_config` names: how a slot's pickle is made (dumps(obj, 5, **kwargs),
+   kwargs naming the buffer callback that stops a long one) and read, the slot's
+   bytes, and what `slots` returns for the full path. */
+static PyObject *slot_dumps = NULL, *slot_loads = NULL, *slot_kwargs = NULL;
+static PyObject *slot_declined = NULL, *slot_protocol = NULL;
+static Py_ssize_t slot_size = 0;
+enum { SCAN = ALLREDUCE + 1, EXSCAN };
+
+/* Put *obj*'s pickle in the slot at *at* (a flag, then the pickle): 1 if short; 0
+   if not, or if it does not pickle (an Exception, cleared: the full path raises
+   it on every rank), the flag cleared; -1 with any other exception set. */
+static int fill_slot(char *at, PyObject *obj) {
+    at[0] = 0;
+    PyObject *args = PyTuple_Pack(2, obj, slot_protocol);
+    if (args == NULL) return -1;
+    PyObject *stream = PyObject_Call(slot_dumps, args, slot_kwargs);
+    Py_DECREF(args);
+    if (stream == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_Exception)) return -1;
+        PyErr_Clear();
+        return 0;
+    }
+    int ok = PyBytes_Check(stream) && PyBytes_GET_SIZE(stream) < slot_size;
+    if (ok) {
+        memcpy(at + 1, PyBytes_AS_STRING(stream), (size_t)PyBytes_GET_SIZE(stream));
+        at[0] = 1;
+    }
+    Py_DECREF(stream);
+    return ok;
+}
+
+/* The slots of *obj*'s items, one per rank, at *row* (scatter, alltoall): 1 if
+   every item is short and there are *size* of them (None: None to each, as
+   mpi4py); else 0, every flag cleared (the full path takes it: any other
+   sequence too, which only it reads); -1 with an error set. */
+static int fill_row(char *row, PyObject *obj, int size) {
+    int all = 1;
+    if (obj != Py_None && !((PyList_CheckExact(obj) || PyTuple_CheckExact(obj)) &&
+                            PySequence_Fast_GET_SIZE(obj) == size))
+        all = 0;
+    for (int r = 0; r < size && all; r++) {
+        int rc = fill_slot(row + (Py_ssize_t)r * slot_size,
+                           obj == Py_None ? Py_None : PySequence_Fast_GET_ITEM(obj, r));
+        if (rc < 0) return -1;
+        all = rc;
+    }
+    if (!all)
+        for (int r = 0; r < size; r++) row[(Py_ssize_t)r * slot_size] = 0;
+    return all;
+}
+
+/* The object in the slot at *at* (a new reference), or NULL with an error. */
+static PyObject *unslot(char *at) {
+    PyObject *view = PyMemoryView_FromMemory(at + 1, slot_size - 1, PyBUF_READ);
+    if (view == NULL) return NULL;
+    PyObject *obj = PyObject_CallOneArg(slot_loads, view);
+    Py_DECREF(view);
+    return obj;
+}
+
+/* The objects of the first *count* slots at *slots*, in a new list; NULL on error. */
+static PyObject *unslot_all(char *slots, int count) {
+    PyObject *out = PyList_New(count);
+    if (out == NULL) return NULL;
+    for (int r = 0; r < count; r++) {
+        PyObject *obj = unslot(slots + (Py_ssize_t)r * slot_size);
+        if (obj == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, r, obj);
+    }
+    return out;
+}
+
+/* items[0] op items[1] op ... in rank order (objcoll._fold); steals *items*. */
+static PyObject *fold(PyObject *op, PyObject *items) {
+    if (items == NULL) return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(items);
+    PyObject *acc = n ? Py_NewRef(PyList_GET_ITEM(items, 0)) : Py_NewRef(Py_None);
+    for (Py_ssize_t k = 1; k < n && acc != NULL; k++) {
+        PyObject *next = PyObject_CallFunctionObjArgs(op, acc, PyList_GET_ITEM(items, k), NULL);
+        Py_SETREF(acc, next);
+    }
+    Py_DECREF(items);
+    return acc;
+}
+
+/* slots(comm, kind, obj, root, op) -> result | declined
+
+   Lowercase collective *kind* (BCAST .. ALLREDUCE, SCAN, EXSCAN) of *obj* as
+   `objcoll.slotted` runs it, in one MPI collective of fixed-size slots on
+   *comm*: the result, or `slot_config`'s *declined* where some object it moves
+   pickles long, which every rank learns from that same collective (then the
+   caller's full path runs it). *root* must be a rank of *comm*. An error of the
+   MPI library is raised as mpi4py raises it; one of *op* or of unpickling, as
+   they raise it. */
+static PyObject *fp_slots(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "slots(comm, kind, obj, root, op)");
+        return NULL;
+    }
+    int kind, root, size, rank, rc, ok;
+    if (slot_dumps == NULL || !PyObject_TypeCheck(args[0], &PyMPIComm_Type) ||
+            !as_int(args[1], &kind) || !as_int(args[3], &root)) {
+        PyErr_SetString(PyExc_TypeError, "slots: not configured, or bad arguments");
+        return NULL;
+    }
+    MPI_Comm comm = *PyMPIComm_Get(args[0]);
+    if (MPI_Comm_size(comm, &size) != MPI_SUCCESS || MPI_Comm_rank(comm, &rank) != MPI_SUCCESS ||
+            root < 0 || root >= size) {
+        PyErr_SetString(PyExc_ValueError, "slots: not a rank of the communicator");
+        return NULL;
+    }
+    PyObject *obj = args[2], *op = args[4], *result = NULL;
+    Py_ssize_t n = slot_size, all = n * size;
+    /* one slot, or a row, to send; the slots received */
+    char *send = malloc((size_t)(kind == SCATTER || kind == ALLTOALL ? all : n));
+    char *recv = malloc((size_t)(kind == BCAST || kind == SCATTER ? n : all));
+    if (send == NULL || recv == NULL) {
+        PyErr_NoMemory();
+        goto out;
+    }
+    if (kind == BCAST) {
+        ok = rank == root ? fill_slot(recv, obj) : 0;
+        if (ok < 0) goto out;
+        Py_BEGIN_ALLOW_THREADS
+        rc = MPI_Bcast(recv, (int)n, MPI_BYTE, root, comm);
+        Py_END_ALLOW_THREADS
+    } else if (kind == SCATTER) {
+        if (rank == root && fill_row(send, obj, size) < 0) goto out;
+        Py_BEGIN_ALLOW_THREADS
+        rc = MPI_Scatter(send, (int)n, MPI_BYTE, recv, (int)n, MPI_BYTE, root, comm);
+        Py_END_ALLOW_THREADS
+    } else if (kind == ALLTOALL) {
+        if (fill_row(send, obj, size) < 0) goto out;
+        Py_BEGIN_ALLOW_THREADS
+        rc = MPI_Alltoall(send, (int)n, MPI_BYTE, recv, (int)n, MPI_BYTE, comm);
+        Py_END_ALLOW_THREADS
+    } else {
+        if (fill_slot(send, obj) < 0) goto out;
+        Py_BEGIN_ALLOW_THREADS
+        rc = MPI_Allgather(send, (int)n, MPI_BYTE, recv, (int)n, MPI_BYTE, comm);
+        Py_END_ALLOW_THREADS
+    }
+    if (rc != MPI_SUCCESS) {
+        raise_mpi(rc);
+        goto out;
+    }
+    int got = kind == BCAST || kind == SCATTER ? 1 : size;
+    for (int r = 0; r < got; r++)
+        if (!recv[(Py_ssize_t)r * n]) {
+            result = Py_NewRef(slot_declined);
+            goto out;
+        }
+    switch (kind) {
+        case BCAST: case SCATTER: result = unslot(recv); break;
+        case ALLGATHER: case ALLTOALL: result = unslot_all(recv, size); break;
+        case GATHER:
+            result = rank == root ? unslot_all(recv, size) : Py_NewRef(Py_None);
+            break;
+        case REDUCE:
+            result = rank == root ? fold(op, unslot_all(recv, size)) : Py_NewRef(Py_None);
+            break;
+        case ALLREDUCE: result = fold(op, unslot_all(recv, size)); break;
+        case SCAN: result = fold(op, unslot_all(recv, rank + 1)); break;
+        case EXSCAN:
+            result = rank ? fold(op, unslot_all(recv, rank)) : Py_NewRef(Py_None);
+            break;
+        default: PyErr_SetString(PyExc_ValueError, "slots: unknown kind");
+    }
+out:
+    free(send);
+    free(recv);
+    return result;
+}
+
+/* slot_config(dumps, loads, kwargs, size, declined): see `slots`. */
+static PyObject *fp_slot_config(PyObject *mod, PyObject *args) {
+    PyObject *dumps, *loads, *kwargs, *declined;
+    Py_ssize_t size;
+    if (!PyArg_ParseTuple(args, "OOO!nO", &dumps, &loads, &PyDict_Type, &kwargs, &size,
+                          &declined))
+        return NULL;
+    if (size < 2 || size > INT_MAX) {
+        PyErr_SetString(PyExc_ValueError, "slot_config: a slot of 2 bytes at least");
+        return NULL;
+    }
+    if (slot_protocol == NULL && (slot_protocol = PyLong_FromLong(5)) == NULL) return NULL;
+    Py_INCREF(dumps);
+    Py_XSETREF(slot_dumps, dumps);
+    Py_INCREF(loads);
+    Py_XSETREF(slot_loads, loads);
+    Py_INCREF(kwargs);
+    Py_XSETREF(slot_kwargs, kwargs);
+    Py_INCREF(declined);
+    Py_XSETREF(slot_declined, declined);
+    slot_size = size;
+    Py_RETURN_NONE;
 }
 
 /* Record the completion of *s* (no Python call: the GIL may be released): a
@@ -1406,6 +1600,10 @@ static PyMethodDef methods[] = {
      "recv_object(comm, source, tag, loads, status, declined): a blocking receive of an "
      "object, or declined"},
     {"last", fp_last, METH_NOARGS, "(source, tag, count) of the last recv_object"},
+    {"slots", (PyCFunction)(void (*)(void))fp_slots, METH_FASTCALL,
+     "slots(comm, kind, obj, root, op): a short lowercase collective's result, or declined"},
+    {"slot_config", fp_slot_config, METH_VARARGS,
+     "slot_config(dumps, loads, kwargs, size, declined): how slots are made and read"},
     {"sendrecv_object", (PyCFunction)(void (*)(void))fp_sendrecv_object, METH_FASTCALL,
      "sendrecv_object(comm, stream, dest, sendtag, source, recvtag, loads, status, "
      "declined): the object received, or declined"},
@@ -1415,8 +1613,7 @@ static PyMethodDef methods[] = {
      "recv(comm, spec, source, tag, engine, below, yielding, status): True, a request or "
      "None"},
     {"coll", (PyCFunction)(void (*)(void))fp_coll, METH_FASTCALL,
-     "coll(comm, kind, send, recv, root, op, limit[, bytes_too]): whether it ran the "
-     "collective"},
+     "coll(comm, kind, send, recv, root, op, limit): whether it ran the collective"},
     {"sendrecv", (PyCFunction)(void (*)(void))fp_sendrecv, METH_FASTCALL,
      "sendrecv(comm, sendspec, dest, sendtag, recvspec, source, recvtag, engine, "
      "yielding): the receive's op, two requests or None"},
@@ -1441,6 +1638,7 @@ PyMODINIT_FUNC CAT(PyInit_, FASTPATH_NAME)(void) {
     if (import_mpi4py() < 0) return NULL;
     live_head.prev = live_head.next = &live_head;
     for (int i = 0; i < SPLIT_TYPES; i++) split_types[i].dt = MPI_DATATYPE_NULL;
+    for (int i = 0; i < GUARD_TYPES; i++) guard_types[i].dt = MPI_DATATYPE_NULL;
     if (PyType_Ready(&StagedType) < 0) return NULL;
     str_fast = PyUnicode_InternFromString("_fast");
     empty_tuple = PyTuple_New(0);

@@ -19,14 +19,16 @@ import numpy as np
 from ._backend import real_mpi
 from ._config import config
 
-__all__ = ["ALLGATHER", "ALLREDUCE", "ALLTOALL", "ARRIVED", "BCAST", "DONE", "GATHER", "POSTED",
-           "REDUCE", "RELEASED", "SCATTER", "module", "register"]
+__all__ = ["ALLGATHER", "ALLREDUCE", "ALLTOALL", "ARRIVED", "BCAST", "DONE", "EXSCAN", "GATHER",
+           "POSTED", "REDUCE", "RELEASED", "SCAN", "SCATTER", "module", "register",
+           "register_objects", "register_slots"]
 
 #: A compiled op's states (its ``state``), as ``_fastpath.c`` numbers them.
 POSTED, DONE, ARRIVED, RELEASED = 0, 1, 2, 3
 
-#: The collectives ``coll`` runs, as ``_fastpath.c`` numbers them.
-BCAST, GATHER, SCATTER, ALLGATHER, ALLTOALL, REDUCE, ALLREDUCE = range(7)
+#: The collectives ``coll`` runs, as ``_fastpath.c`` numbers them (``slots`` the
+#: scans too).
+BCAST, GATHER, SCATTER, ALLGATHER, ALLTOALL, REDUCE, ALLREDUCE, SCAN, EXSCAN = range(9)
 
 #: MPI vendor, as mpi4py reports it -> the name of the module built for it
 _BUILDS = {"MPICH": "_fastpath_mpich", "Open MPI": "_fastpath_openmpi"}
@@ -38,6 +40,8 @@ _loaded: list[ModuleType | None] = []
 _registered: list[tuple[type, dict, list]] = []
 #: The request class of objects' receives (`request.StagedObjectRequest`), once registered.
 _objects: list[type] = []
+#: How ``slots`` makes and reads its slots (`objcoll`), once registered.
+_slots: list[tuple] = []
 
 
 def register(request_type: type, pending: dict, detached: list) -> None:
@@ -49,6 +53,13 @@ def register(request_type: type, pending: dict, detached: list) -> None:
 def register_objects(request_type: type) -> None:
     """Name the class of the requests of objects' receives."""
     _objects[:] = [request_type]
+
+
+def register_slots(dumps, loads, kwargs: dict, size: int, declined: object) -> None:
+    """How short lowercase collectives make their slots (``dumps(obj, 5,
+    **kwargs)``) and read them, the slot's bytes, and what ``slots`` returns for
+    the full path."""
+    _slots[:] = [(dumps, loads, kwargs, size, declined)]
 
 
 def module(limit: int, band: int, cma_min: int, cma_min_busy: int,
@@ -69,6 +80,8 @@ def module(limit: int, band: int, cma_min: int, cma_min_busy: int,
             return None
         if _objects:
             mod.objects(_objects[0])
+        if _slots:
+            mod.slot_config(*_slots[0])
     return mod
 
 

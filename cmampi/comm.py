@@ -1052,11 +1052,15 @@ class Communicator(_Fallback):
                 with self._lock(kind):  # as mpi4py: one lowercase collective of a kind at a time
                     # short pickles: one MPI collective of fixed-size slots
                     fast = e.fast
-                    done, result = _objcoll.slotted[kind](
-                        plain, fast.coll if fast is not None else None, e.names.BYTE, obj, root,
-                        op, e.rank, e.size)
-                    if done:
-                        return result
+                    if fast is not None:
+                        result = fast.slots(plain, _objcoll.SLOT_KINDS[kind], obj, root, op)
+                        if result is not _objcoll.DECLINED:
+                            return result
+                    else:
+                        done, result = _objcoll.slotted[kind](plain, e.names.BYTE, obj, root,
+                                                              op, e.rank, e.size)
+                        if done:
+                            return result
                     return _objcoll.collective(coll, kind, obj, root, op)
         root = root if type(root) is int else as_int(root)
         plain = self._plain()

@@ -26,7 +26,7 @@ from ._serial import serialized
 from ._tuning import OBJECT_SLOT, STREAM_INLINE
 from .objects import OOB_MIN, Packed, pull_object
 
-__all__ = ["KINDS", "SLOT", "collective", "slotted"]
+__all__ = ["DECLINED", "KINDS", "SLOT", "SLOT_KINDS", "collective", "slotted"]
 
 
 #: The collectives, and whether they take a root.
@@ -82,118 +82,103 @@ def _unslot(slots: bytearray, r: int) -> Any:
     return _pickle.loads(slots[r * SLOT + 1 : (r + 1) * SLOT])
 
 
-_NO_LIMIT = 1 << 62
-
-# One MPI collective of bytes on *plain* (mpi4py's communicator): through *fast*
-# (the compiled path's ``coll``) if there is one, else mpi4py's.
-
-
-def _bcast_bytes(plain, fast, byte, buf: bytearray, root: int) -> None:
-    if fast is None or not fast(plain, _fastpath.BCAST, buf, None, root, None, _NO_LIMIT, True):
-        plain.Bcast([buf, byte], root)
-
-
-def _scatter_bytes(plain, fast, byte, send, recv: bytearray, root: int) -> None:
-    if fast is None or not fast(plain, _fastpath.SCATTER, send, recv, root, None, _NO_LIMIT,
-                                True):
-        plain.Scatter(None if send is None else [send, byte], [recv, byte], root)
-
-
-def _alltoall_bytes(plain, fast, byte, send, recv: bytearray) -> None:
-    if fast is None or not fast(plain, _fastpath.ALLTOALL, send, recv, 0, None, _NO_LIMIT,
-                                True):
-        plain.Alltoall([send, byte], [recv, byte])
-
-
-def _all_slots(plain, fast, byte, obj: Any, size: int) -> bytearray | None:
+def _all_slots(plain, byte, obj: Any, size: int) -> bytearray | None:
     """Every rank's slot of its *obj*, in rank order; None if one is empty."""
     slots = bytearray(SLOT * size)
-    send = _slot(obj)
-    if fast is None or not fast(plain, _fastpath.ALLGATHER, send, slots, 0, None, _NO_LIMIT,
-                                True):
-        plain.Allgather([send, byte], [slots, byte])
-    return slots if 0 not in slots[::SLOT] else None
+    plain.Allgather([_slot(obj), byte], [slots, byte])
+    return slots if 0 not in slots[::SLOT] else None     # the flags: every SLOT-th byte
 
 
-# The collectives in slots (see `slotted`): each (True, result), or (False, None)
-# for the full path.
+# The collectives in slots on mpi4py's communicator *plain* (*byte*: ``MPI.BYTE``):
+# each (True, result), or (False, None) for the full path.
 
-def _bcast(plain, fast, byte, obj, root, op, me, size) -> tuple:
+def _bcast(plain, byte, obj, root, op, me, size) -> tuple:
     slot = bytearray(_slot(obj)) if me == root else bytearray(SLOT)
-    _bcast_bytes(plain, fast, byte, slot, root)
+    plain.Bcast([slot, byte], root)
     return (True, _unslot(slot, 0)) if slot[0] else (False, None)
 
 
-def _scatter(plain, fast, byte, obj, root, op, me, size) -> tuple:
+def _scatter(plain, byte, obj, root, op, me, size) -> tuple:
     slot = bytearray(SLOT)
-    _scatter_bytes(plain, fast, byte, _row(obj, size) if me == root else None, slot, root)
+    plain.Scatter([_row(obj, size), byte] if me == root else None, [slot, byte], root)
     return (True, _unslot(slot, 0)) if slot[0] else (False, None)
 
 
-def _alltoall(plain, fast, byte, obj, root, op, me, size) -> tuple:
+def _alltoall(plain, byte, obj, root, op, me, size) -> tuple:
     slots = bytearray(SLOT * size)
-    _alltoall_bytes(plain, fast, byte, _row(obj, size), slots)
+    plain.Alltoall([_row(obj, size), byte], [slots, byte])
     if 0 in slots[::SLOT]:
         return False, None
     return True, [_unslot(slots, r) for r in range(size)]
 
 
-def _gather(plain, fast, byte, obj, root, op, me, size) -> tuple:
-    slots = _all_slots(plain, fast, byte, obj, size)
+def _gather(plain, byte, obj, root, op, me, size) -> tuple:
+    slots = _all_slots(plain, byte, obj, size)
     if slots is None:
         return False, None
     return True, [_unslot(slots, r) for r in range(size)] if me == root else None
 
 
-def _allgather(plain, fast, byte, obj, root, op, me, size) -> tuple:
-    slots = _all_slots(plain, fast, byte, obj, size)
+def _allgather(plain, byte, obj, root, op, me, size) -> tuple:
+    slots = _all_slots(plain, byte, obj, size)
     if slots is None:
         return False, None
     return True, [_unslot(slots, r) for r in range(size)]
 
 
-def _reduce(plain, fast, byte, obj, root, op, me, size) -> tuple:
-    slots = _all_slots(plain, fast, byte, obj, size)
+def _reduce(plain, byte, obj, root, op, me, size) -> tuple:
+    slots = _all_slots(plain, byte, obj, size)
     if slots is None:
         return False, None
     return True, _fold(op, [_unslot(slots, r) for r in range(size)]) if me == root else None
 
 
-def _allreduce(plain, fast, byte, obj, root, op, me, size) -> tuple:
-    slots = _all_slots(plain, fast, byte, obj, size)
+def _allreduce(plain, byte, obj, root, op, me, size) -> tuple:
+    slots = _all_slots(plain, byte, obj, size)
     if slots is None:
         return False, None
     return True, _fold(op, [_unslot(slots, r) for r in range(size)])
 
 
-def _scan(plain, fast, byte, obj, root, op, me, size) -> tuple:
-    slots = _all_slots(plain, fast, byte, obj, size)
+def _scan(plain, byte, obj, root, op, me, size) -> tuple:
+    slots = _all_slots(plain, byte, obj, size)
     if slots is None:
         return False, None
     return True, _fold(op, [_unslot(slots, r) for r in range(me + 1)])
 
 
-def _exscan(plain, fast, byte, obj, root, op, me, size) -> tuple:
-    slots = _all_slots(plain, fast, byte, obj, size)
+def _exscan(plain, byte, obj, root, op, me, size) -> tuple:
+    slots = _all_slots(plain, byte, obj, size)
     if slots is None:
         return False, None
     return True, _fold(op, [_unslot(slots, r) for r in range(me)]) if me else None
 
 
-#: Lowercase collective -> its run in slots: ``slotted[kind](plain, fast, byte,
-#: obj, root, op, me, size)`` is (True, result) of the collective run as one MPI
-#: collective of fixed-size slots on *plain* (mpi4py's communicator; *fast*: the
-#: compiled path's ``coll``, or None; *byte*: ``MPI.BYTE``) when every object it
-#: moves pickles short; else (False, None), and every rank, told by the same
-#: collective, takes the full path. ``bcast`` and ``scatter`` take the root's
-#: slots; ``alltoall`` each rank's row of them, a row left empty if any of its
-#: items is long, so that every rank sees it; the others gather every rank's slot
-#: everywhere, so that every rank knows whether all are short, and only the ranks
-#: with a result unpickle.
+#: Lowercase collective -> its run in slots: ``slotted[kind](plain, byte, obj,
+#: root, op, me, size)`` is (True, result) of the collective run as one MPI
+#: collective of fixed-size slots on *plain* (mpi4py's communicator; *byte*:
+#: ``MPI.BYTE``) when every object it moves pickles short; else (False, None), and
+#: every rank, told by the same collective, takes the full path. ``bcast`` and
+#: ``scatter`` take the root's slots; ``alltoall`` each rank's row of them, a row
+#: left empty if any of its items is long, so that every rank sees it; the others
+#: gather every rank's slot everywhere, so that every rank knows whether all are
+#: short, and only the ranks with a result unpickle.
 slotted: dict[str, Callable[..., tuple]] = {
     "bcast": _bcast, "scatter": _scatter, "gather": _gather, "reduce": _reduce,
     "allgather": _allgather, "alltoall": _alltoall, "allreduce": _allreduce, "scan": _scan,
     "exscan": _exscan}
+
+#: The same, in one call of the compiled path (``_fastpath.c``, its twin):
+#: ``fast.slots(plain, SLOT_KINDS[kind], obj, root, op)`` is the result, or
+#: `DECLINED` for the full path.
+SLOT_KINDS = {"bcast": _fastpath.BCAST, "scatter": _fastpath.SCATTER,
+              "gather": _fastpath.GATHER, "reduce": _fastpath.REDUCE,
+              "allgather": _fastpath.ALLGATHER, "alltoall": _fastpath.ALLTOALL,
+              "allreduce": _fastpath.ALLREDUCE, "scan": _fastpath.SCAN,
+              "exscan": _fastpath.EXSCAN}
+DECLINED = object()
+_fastpath.register_slots(_pickle.dumps, _pickle.loads, {"buffer_callback": _short_buffer}, SLOT,
+                         DECLINED)
 
 
 def _record(p: Packed, oob: bool) -> tuple:

@@ -536,7 +536,7 @@ class _Recording:
 
     def __getattr__(self, name: str):
         f = getattr(self.real, name)
-        if name not in ("send", "recv", "sendrecv", "recv_object"):
+        if name not in ("send", "recv", "sendrecv", "recv_object", "slots"):
             return f
 
         def call(*args):
@@ -815,3 +815,76 @@ def test_blocking_object_receives_of_every_kind(cmcomm, MPI, what, how):
             e.fast = real
     if rec is not None and how in ("plain", "status", "any"):
         assert [c for c in rec.calls if c[0] == "recv_object"], "the compiled recv was not taken"
+
+
+# -- short lowercase collectives (slots) -------------------------------------------------------
+
+def test_short_lowercase_collectives_take_the_compiled_path(cmcomm, MPI):
+    """Every lowercase collective of short pickles runs as one call of the
+    compiled path's ``slots``, with mpi4py's results."""
+    e = cmcomm._engine
+    if e is None or e.fast is None:
+        pytest.skip("no compiled path here")
+    rank, size = cmcomm.Get_rank(), cmcomm.Get_size()
+    rec = e.fast = _Recording(e.fast)
+    try:
+        assert cmcomm.bcast({"r": rank} if rank == 1 % size else None, 1 % size) == \
+            {"r": 1 % size}
+        assert cmcomm.scatter([(r, "x") for r in range(size)] if rank == 0 else None) == \
+            (rank, "x")
+        assert cmcomm.gather(rank, 0) == (list(range(size)) if rank == 0 else None)
+        assert cmcomm.allgather(rank) == list(range(size))
+        assert cmcomm.alltoall([rank * size + r for r in range(size)]) == \
+            [r * size + rank for r in range(size)]
+        assert cmcomm.reduce([rank], MPI.SUM, 0) == (list(range(size)) if rank == 0 else None)
+        assert cmcomm.allreduce(rank, MPI.MAX) == size - 1
+        assert cmcomm.scan([rank]) == list(range(rank + 1))
+        assert cmcomm.exscan(rank + 1) == (None if rank == 0 else rank * (rank + 1) // 2)
+    finally:
+        e.fast = rec.real
+    slots = [c for c in rec.calls if c[0] == "slots"]
+    assert len(slots) == 9, rec.calls
+
+
+def _pickled_to(n: int):
+    """A string whose pickle (protocol 5) is *n* bytes long."""
+    import pickle
+
+    for k in range(n):
+        if len(pickle.dumps("x" * k, 5)) == n:
+            return "x" * k
+    raise ValueError(n)
+
+
+@pytest.mark.parametrize("offset", [-6, -2, -1, 0, 44])
+def test_pickles_at_the_slot_edge(comm, MPI, offset):
+    """Around a slot's room (SLOT - 1 bytes: its first is a flag): whether a
+    pickle fits or the ranks fall back together, the results are mpi4py's."""
+    from cmampi.objcoll import SLOT
+
+    rank, size = comm.Get_rank(), comm.Get_size()
+    obj = _pickled_to(SLOT + offset)
+    mine = obj if rank % 2 else "short"
+    assert comm.bcast(obj if rank == 0 else None, 0) == obj
+    assert comm.allgather(mine) == [obj if r % 2 else "short" for r in range(size)]
+    assert comm.scatter([obj] * size if rank == 0 else None, 0) == obj
+    assert comm.alltoall([mine] * size) == [obj if r % 2 else "short" for r in range(size)]
+    assert comm.gather(mine, size - 1) == \
+        ([obj if r % 2 else "short" for r in range(size)] if rank == size - 1 else None)
+
+
+def test_an_operation_that_raises_in_a_short_reduce(cmcomm, MPI):
+    """The root raises the operation's error; the others return None; the
+    communicator goes on."""
+    rank = cmcomm.Get_rank()
+
+    def bad(a, b):
+        raise ArithmeticError("no")
+
+    if cmcomm.Get_size() > 1:
+        if rank == 0:
+            with pytest.raises(ArithmeticError):
+                cmcomm.reduce(rank, bad, 0)
+        else:
+            assert cmcomm.reduce(rank, bad, 0) is None
+    assert cmcomm.allreduce(1) == cmcomm.Get_size()
