@@ -39,7 +39,9 @@ typedef struct Staged {
     int has_view;
     int is_recv;
     int split;                   /* a receive into the buffer but for its head (band bytes) */
-    int whole;                   /* an object's receive: the whole message lands in the buffer */
+    int whole;                   /* an object's receive: the whole message lands in `own` */
+    char *own;                   /* an object's receive: its buffer (`take_block`) */
+    Py_ssize_t own_len;
     int state;
     int busy;                    /* a wait without the GIL holds its request */
     int source, tag, error;      /* of the completed message */
@@ -82,6 +84,38 @@ static void unlink_live(Staged *s) {
     Py_DECREF(s);
 }
 
+/* The buffers of objects' receives (a stage as large as the longest message a
+   source sends as itself): a few freed ones are kept for the next receives, so
+   that a window of receives does not allocate (nor fault in) a stage each. */
+#define BLOCKS_KEPT 4
+static char *kept_blocks[BLOCKS_KEPT];
+static Py_ssize_t kept_lens[BLOCKS_KEPT];
+static int kept_count = 0;
+
+/* A buffer of *len* bytes (a kept one if there is one), or NULL. */
+static char *take_block(Py_ssize_t len) {
+    for (int k = kept_count - 1; k >= 0; k--)
+        if (kept_lens[k] == len) {
+            char *b = kept_blocks[k];
+            kept_blocks[k] = kept_blocks[--kept_count];
+            kept_lens[k] = kept_lens[kept_count];
+            return b;
+        }
+    return malloc((size_t)len);
+}
+
+/* Keep *b* (of *len* bytes) for a later `take_block`, or free it. */
+static void give_block(char *b, Py_ssize_t len) {
+    if (b == NULL) return;
+    if (kept_count == BLOCKS_KEPT) {
+        free(kept_blocks[0]);       /* the oldest goes */
+        kept_blocks[0] = kept_blocks[--kept_count];
+        kept_lens[0] = kept_lens[kept_count];
+    }
+    kept_blocks[kept_count] = b;
+    kept_lens[kept_count++] = len;
+}
+
 static void drop_view(Staged *s) {
     if (s->has_view) {
         s->has_view = 0;
@@ -108,6 +142,7 @@ static void Staged_dealloc(Staged *s) {
        and a released request's memory is kept by its Python op. */
     PyObject_GC_UnTrack(s);
     drop_view(s);
+    give_block(s->own, s->own_len);
     Py_CLEAR(s->engine);
     Py_CLEAR(s->obj);
     Py_CLEAR(s->op);
@@ -119,6 +154,8 @@ static int Staged_getbuffer(Staged *s, Py_buffer *view, int flags) {
         PyErr_SetString(PyExc_BufferError, "a send has no stage");
         return -1;
     }
+    if (s->whole)   /* an object's receive: its buffer (kept while exported: the op's) */
+        return PyBuffer_FillInfo(view, (PyObject *)s, s->own, s->own_len, 0, flags);
     return PyBuffer_FillInfo(view, (PyObject *)s, s->stage, s->stage_len, 0, flags);
 }
 
@@ -133,6 +170,8 @@ static Staged *new_staged(Py_ssize_t stage, PyObject *engine, PyObject *obj, int
     s->is_recv = is_recv;
     s->split = 0;
     s->whole = 0;
+    s->own = NULL;
+    s->own_len = 0;
     s->stage_len = stage;
     s->state = POSTED;
     s->busy = 0;
@@ -458,24 +497,34 @@ static PyObject *fp_irecv(PyObject *mod, PyObject *const *args, Py_ssize_t nargs
     return request_stealing(s);
 }
 
-/* irecv_object(comm, array, source, tag, engine) -> request | None: the receive of
-   an object's message, whole, into *array* (a writable numpy array as large as
-   the longest message the source sends as itself, and on a guarded channel one
-   byte more: `guard_type`), as the engine posts one (`p2p.Engine._irecv_staged`);
-   its request is of the class `objects()` names. None: not one this path takes
-   (not configured for objects, MPI refused it: the Python path posts it). */
+/* irecv_object(comm, nbytes, source, tag, engine) -> request | None: the receive
+   of an object's message, whole, into a buffer of *nbytes* of its own (as large
+   as the longest message the source sends as itself, and on a guarded channel
+   one byte more: `guard_type`), as the engine posts one into a stage
+   (`p2p.Engine._irecv_staged`); its request is of the class `objects()` names,
+   and `object_in` unpickles it. None: not one this path takes (not configured
+   for objects, MPI refused it: the Python path posts it). */
 static PyObject *fp_irecv_object(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
     int source, tag;
-    MPI_Comm *comm = call_args(args, nargs, 5, 5, "irecv_object(comm, array, source, tag, engine)",
-                               1, &source, &tag);
+    MPI_Comm *comm = call_args(args, nargs, 5, 5,
+                               "irecv_object(comm, nbytes, source, tag, engine)", 1, &source,
+                               &tag);
     if (comm == NULL) return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
-    if (object_request_type == NULL || (PyObject *)Py_TYPE(args[1]) != ndarray_type)
-        Py_RETURN_NONE;
-    Staged *s = new_staged(0, args[4], args[1], 1);
+    Py_ssize_t nbytes = PyLong_AsSsize_t(args[1]);
+    if (nbytes == -1 && PyErr_Occurred()) return NULL;
+    if (object_request_type == NULL || nbytes < 2 || nbytes > INT_MAX) Py_RETURN_NONE;
+    Staged *s = new_staged(0, args[4], Py_None, 1);
     if (s == NULL) return NULL;
     s->whole = 1;
+    s->own = take_block(nbytes);
+    if (s->own == NULL) {
+        Py_DECREF(s);
+        return PyErr_NoMemory();
+    }
+    s->own_len = s->nbytes = nbytes;
+    s->view.buf = s->own;   /* not a view of anyone's (has_view stays 0) */
     int rc = MPI_ERR_OTHER;
-    if (take_view(s, args[1], 1) && s->nbytes >= 2) {
+    {
         if (gap_type == MPI_DATATYPE_NULL) {
             rc = MPI_Irecv(s->view.buf, (int)s->nbytes, MPI_BYTE, source, tag, *comm, &s->req);
         } else {
@@ -1537,6 +1586,59 @@ static PyObject *fp_configure(PyObject *mod, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* The object a done object's receive *s* holds, unpickled with *loads* (an empty
+   message is None); NULL with an error. */
+static PyObject *unpickled(Staged *s, PyObject *loads) {
+    if (!s->whole || s->state != DONE) {
+        PyErr_SetString(PyExc_ValueError, "not a done object's receive");
+        return NULL;
+    }
+    if (s->count == 0) Py_RETURN_NONE;
+    PyObject *view = PyMemoryView_FromMemory(s->own, s->count, PyBUF_READ);
+    if (view == NULL) return NULL;
+    PyObject *obj = PyObject_CallOneArg(loads, view);
+    Py_DECREF(view);
+    return obj;
+}
+
+/* object_in(staged, loads) -> object: `unpickled`. */
+static PyObject *fp_object_in(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || Py_TYPE(args[0]) != &StagedType) {
+        PyErr_SetString(PyExc_TypeError, "object_in(staged, loads)");
+        return NULL;
+    }
+    return unpickled((Staged *)args[0], args[1]);
+}
+
+/* wait_object(request, rtype, yielding, loads, declined) -> object | declined: the
+   object of an object's receive *request* (of *rtype*), waited for as `waitall`
+   waits, unpickled (`unpickled`); *declined* where `waitall` leaves it to the
+   Python path. */
+static PyObject *fp_wait_object(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "wait_object(request, rtype, yielding, loads, declined)");
+        return NULL;
+    }
+    PyObject *f = staged_of(args[0], args[1]);
+    if (f == NULL || f == Py_None || !((Staged *)f)->whole) {
+        Py_XDECREF(f);
+        return PyErr_Occurred() ? NULL : Py_NewRef(args[4]);
+    }
+    PyObject *one = PyTuple_Pack(1, args[0]), *done = NULL, *obj = NULL;
+    if (one != NULL) {
+        PyObject *wargs[3] = {one, args[1], args[2]};
+        done = fp_waitall(mod, wargs, 3);
+        Py_DECREF(one);
+    }
+    if (done == Py_True)
+        obj = unpickled((Staged *)f, args[3]);
+    else if (done != NULL)
+        obj = Py_NewRef(args[4]);
+    Py_XDECREF(done);
+    Py_DECREF(f);
+    return obj;
+}
+
 /* objects(rtype): the request class of objects' receives (a subclass of the
    compiled ops' one). */
 static PyObject *fp_objects(PyObject *mod, PyObject *args) {
@@ -1600,6 +1702,10 @@ static PyMethodDef methods[] = {
      "recv_object(comm, source, tag, loads, status, declined): a blocking receive of an "
      "object, or declined"},
     {"last", fp_last, METH_NOARGS, "(source, tag, count) of the last recv_object"},
+    {"object_in", (PyCFunction)(void (*)(void))fp_object_in, METH_FASTCALL,
+     "object_in(staged, loads): the object a done object's receive holds"},
+    {"wait_object", (PyCFunction)(void (*)(void))fp_wait_object, METH_FASTCALL,
+     "wait_object(request, rtype, yielding, loads, declined): an object's receive's object"},
     {"slots", (PyCFunction)(void (*)(void))fp_slots, METH_FASTCALL,
      "slots(comm, kind, obj, root, op): a short lowercase collective's result, or declined"},
     {"slot_config", fp_slot_config, METH_VARARGS,

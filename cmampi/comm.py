@@ -1012,11 +1012,9 @@ class Communicator(_Fallback):
                 and len(_THREADS) < 2 and type(source) is int \
                 and (0 <= source < e.size or source == e.any_source):
             # the compiled path: the message lands whole in a stage (it declines the rest)
-            stage = e.object_stage(source)
-            req = fast.irecv_object(e.user, stage, source, tag, e)
+            req = fast.irecv_object(e.user, e.stage_for(None, source) + e.guarded, source, tag, e)
             if req is not None:
                 return req
-            e.spare(stage)
         return self._irecv_obj(source, tag)
 
     def sendrecv(self, sendobj: Any, dest: int, sendtag: int = 0, recvbuf=None,

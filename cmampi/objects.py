@@ -28,7 +28,7 @@ from .channel import Completion
 from .coop import CoopPull
 
 __all__ = ["DECLINED", "OOB_MIN", "P2P_OOB_MIN", "Packed", "finish_recv", "isend", "isend_pickled",
-           "loads", "pickle_for", "pull_object", "received", "recv", "recv_compiled", "send",
+           "loads", "pickle_for", "pull_object", "recv", "recv_compiled", "send",
            "sendrecv"]
 
 #: Where a buffer lives in its owner: (address, nbytes).
@@ -365,16 +365,6 @@ def finish_recv(engine: _p2p.Engine, obj: Any, src: int, tg: int, count: int, st
     if status is not None:
         _p2p.fill_status(status, src, tg, count, None, engine.names)
     return _unpacked(engine, obj, src)
-
-
-def received(staged) -> Any:
-    """The object of an object's receive the compiled path completed (its
-    message, itself, in its array: a control message the engine took over)."""
-    stage, n = staged.obj, staged.count
-    engine: _p2p.Engine = staged.engine
-    obj = _pickle.loads(memoryview(stage)[:n]) if n else None
-    engine.spare(stage)
-    return _unpacked(engine, obj, staged.source)
 
 
 def _completed(engine: _p2p.Engine, op: _p2p.RecvOp, status) -> Any:

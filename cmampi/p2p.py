@@ -884,11 +884,6 @@ class Engine:
             size = max(size, most if raw_max is None else min(most, raw_max))
         return size
 
-    def object_stage(self, source: int) -> np.ndarray:
-        """The stage of an object's receive from *source* on the compiled path
-        (`stage_for`; one byte more on a guarded channel, as `_irecv_staged`)."""
-        return self._stage(self.stage_for(None, source) + self.guarded)
-
     def _stage(self, size: int) -> np.ndarray:
         """A receive stage of *size* bytes: a spare one (see `spare`), or new
         memory, not zero-filled (only the bytes the channel writes are read)."""
@@ -1588,7 +1583,7 @@ def promote(staged) -> Op:
         landed, decode = OBJECT_RECEIVE
         op = RecvOp(engine, None, landed)
         op.decode = decode
-        op.stage = staged.obj
+        op.stage = np.frombuffer(staged, np.uint8)  # its buffer, the op's now (not spared)
         if handle is not None:
             op.wait_on(handle, op.arrived)
         else:   # its message is in the array (done, or for the engine to act on)

@@ -8,6 +8,7 @@ mpi4py's own (a delegated ``Ibcast``, say): the class methods complete both.
 
 from __future__ import annotations
 
+import pickle as _pickle
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -622,10 +623,11 @@ class StagedObjectRequest(StagedRequest):
 
     def wait(self, status=None) -> Any:
         """Wait for the receive to complete; the object received."""
-        staged = self._fast
-        if status is None and staged is not None and _FAST and _fast_waits() and \
-                _FAST[0].waitall((self,), StagedObjectRequest, _p2p._FAST_YIELDS[0]):
-            return _objects.received(staged)
+        if status is None and self._fast is not None and _FAST and _fast_waits():
+            got = _FAST[0].wait_object(self, StagedObjectRequest, _p2p._FAST_YIELDS[0],
+                                       _pickle.loads, _objects.DECLINED)
+            if got is not _objects.DECLINED:
+                return got
         return Request.wait(self, status)
 
     def test(self, status=None) -> tuple[bool, Any]:
@@ -634,7 +636,7 @@ class StagedObjectRequest(StagedRequest):
         if status is None and staged is not None and _FAST and _fast_waits():
             done = _FAST[0].testall((self,), StagedObjectRequest)
             if done is not None:
-                return (True, _objects.received(staged)) if done else (False, None)
+                return (True, _FAST[0].object_in(staged, _pickle.loads)) if done else (False, None)
         return Request.test(self, status)
 
 
