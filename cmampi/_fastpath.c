@@ -769,15 +769,26 @@ static int fill_slot(char *at, PyObject *obj) {
    sequence too, which only it reads); -1 with an error set. */
 static int fill_row(char *row, PyObject *obj, int size) {
     int all = 1;
-    if (obj != Py_None && !((PyList_CheckExact(obj) || PyTuple_CheckExact(obj)) &&
-                            PySequence_Fast_GET_SIZE(obj) == size))
-        all = 0;
+    PyObject *items = NULL;     /* a tuple of our own: pickling may change a list */
+    if (obj != Py_None) {
+        if ((PyList_CheckExact(obj) || PyTuple_CheckExact(obj)) &&
+                PySequence_Fast_GET_SIZE(obj) == size)
+            items = PySequence_Tuple(obj);
+        if (items == NULL) {
+            if (PyErr_Occurred()) return -1;
+            all = 0;
+        }
+    }
     for (int r = 0; r < size && all; r++) {
         int rc = fill_slot(row + (Py_ssize_t)r * slot_size,
-                           obj == Py_None ? Py_None : PySequence_Fast_GET_ITEM(obj, r));
-        if (rc < 0) return -1;
+                           items == NULL ? Py_None : PyTuple_GET_ITEM(items, r));
+        if (rc < 0) {
+            Py_XDECREF(items);
+            return -1;
+        }
         all = rc;
     }
+    Py_XDECREF(items);
     if (!all)
         for (int r = 0; r < size; r++) row[(Py_ssize_t)r * slot_size] = 0;
     return all;
@@ -820,18 +831,21 @@ static PyObject *fold(PyObject *op, PyObject *items) {
     return acc;
 }
 
-/* slots(comm, kind, obj, root, op) -> result | declined
+/* slots(comm, kind, obj, root, op, partial) -> result | declined
 
    Lowercase collective *kind* (BCAST .. ALLREDUCE, SCAN, EXSCAN) of *obj* as
    `objcoll.slotted` runs it, in one MPI collective of fixed-size slots on
    *comm*: the result, or `slot_config`'s *declined* where some object it moves
    pickles long, which every rank learns from that same collective (then the
-   caller's full path runs it). *root* must be a rank of *comm*. An error of the
-   MPI library is raised as mpi4py raises it; one of *op* or of unpickling, as
-   they raise it. */
+   caller's full path runs it). GATHER and REDUCE gather the slots at the root
+   alone: *declined* there on a rank whose own object is long, and at the root
+   if any is, the root's list *partial* then holding each rank's object or
+   *declined* (the full path brings the long ones). *root* must be a rank of
+   *comm*. An error of the MPI library is raised as mpi4py raises it; one of *op*
+   or of unpickling, as they raise it. */
 static PyObject *fp_slots(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 5) {
-        PyErr_SetString(PyExc_TypeError, "slots(comm, kind, obj, root, op)");
+    if (nargs != 6 || !PyList_CheckExact(args[5])) {
+        PyErr_SetString(PyExc_TypeError, "slots(comm, kind, obj, root, op, partial)");
         return NULL;
     }
     int kind, root, size, rank, rc, ok;
@@ -871,6 +885,15 @@ static PyObject *fp_slots(PyObject *mod, PyObject *const *args, Py_ssize_t nargs
         Py_BEGIN_ALLOW_THREADS
         rc = MPI_Alltoall(send, (int)n, MPI_BYTE, recv, (int)n, MPI_BYTE, comm);
         Py_END_ALLOW_THREADS
+    } else if (kind == GATHER || kind == REDUCE) {
+        if ((ok = fill_slot(send, obj)) < 0) goto out;
+        Py_BEGIN_ALLOW_THREADS
+        rc = MPI_Gather(send, (int)n, MPI_BYTE, recv, (int)n, MPI_BYTE, root, comm);
+        Py_END_ALLOW_THREADS
+        if (rc == MPI_SUCCESS && rank != root) {
+            result = Py_NewRef(ok ? Py_None : slot_declined);
+            goto out;
+        }
     } else {
         if (fill_slot(send, obj) < 0) goto out;
         Py_BEGIN_ALLOW_THREADS
@@ -884,6 +907,17 @@ static PyObject *fp_slots(PyObject *mod, PyObject *const *args, Py_ssize_t nargs
     int got = kind == BCAST || kind == SCATTER ? 1 : size;
     for (int r = 0; r < got; r++)
         if (!recv[(Py_ssize_t)r * n]) {
+            if (kind == GATHER || kind == REDUCE) {     /* the root: what it has */
+                for (int q = 0; q < size; q++) {
+                    char *at = recv + (Py_ssize_t)q * n;
+                    PyObject *item = at[0] ? unslot(at) : Py_NewRef(slot_declined);
+                    if (item == NULL || PyList_Append(args[5], item) < 0) {
+                        Py_XDECREF(item);
+                        goto out;
+                    }
+                    Py_DECREF(item);
+                }
+            }
             result = Py_NewRef(slot_declined);
             goto out;
         }
@@ -1122,12 +1156,13 @@ static PyObject *object_of(MPI_Comm *comm, int source, int tag, PyObject *loads,
     if (count == MPI_UNDEFINED) count = 0;
     PyObject *data = PyBytes_FromStringAndSize(NULL, count);
     char scratch[1];
-    char *buf = data != NULL ? PyBytes_AS_STRING(data) : count ? malloc((size_t)count) : scratch;
+    char *buf = data != NULL ? PyBytes_AS_STRING(data) : count ? malloc((size_t)count) : NULL;
+    int room = buf != NULL ? count : 0;     /* no memory at all: taken, truncated */
     Py_BEGIN_ALLOW_THREADS
-    rc = MPI_Mrecv(buf, count, MPI_BYTE, &msg, &st);    /* matched: taken, whatever comes */
+    rc = MPI_Mrecv(buf != NULL ? buf : scratch, room, MPI_BYTE, &msg, &st);  /* matched: taken */
     Py_END_ALLOW_THREADS
     if (data == NULL) {
-        if (buf != scratch) free(buf);
+        free(buf);
         return NULL;    /* the allocation's error */
     }
     st.MPI_ERROR = rc;
@@ -1271,7 +1306,7 @@ static int claim(PyObject **items, Py_ssize_t n, PyObject *rtype, Staged **ops, 
             continue;
         }
         Staged *s = (Staged *)f;
-        if (s->state == RELEASED || s->state == ARRIVED || s->busy) {
+        if (s->state == RELEASED || s->state == ARRIVED || s->busy || s->op != NULL) {
             Py_DECREF(f);
             return 0;
         }
@@ -1707,7 +1742,8 @@ static PyMethodDef methods[] = {
     {"wait_object", (PyCFunction)(void (*)(void))fp_wait_object, METH_FASTCALL,
      "wait_object(request, rtype, yielding, loads, declined): an object's receive's object"},
     {"slots", (PyCFunction)(void (*)(void))fp_slots, METH_FASTCALL,
-     "slots(comm, kind, obj, root, op): a short lowercase collective's result, or declined"},
+     "slots(comm, kind, obj, root, op, partial): a short lowercase collective's result, or "
+     "declined"},
     {"slot_config", fp_slot_config, METH_VARARGS,
      "slot_config(dumps, loads, kwargs, size, declined): how slots are made and read"},
     {"sendrecv_object", (PyCFunction)(void (*)(void))fp_sendrecv_object, METH_FASTCALL,

@@ -1040,6 +1040,7 @@ class Communicator(_Fallback):
 
     # Lowercase collectives: cmampi's own on one node, large buffers out of band.
     def _objcoll(self, kind: str, obj, root: int = 0, op=SUM):
+        root = root if type(root) is int else as_int(root)  # every rank's the same way
         e = self._engine
         if e is not None:
             plain = e.slots
@@ -1050,17 +1051,16 @@ class Communicator(_Fallback):
                 with self._lock(kind):  # as mpi4py: one lowercase collective of a kind at a time
                     # short pickles: one MPI collective of fixed-size slots
                     fast = e.fast
+                    partial: list = []
                     if fast is not None:
-                        result = fast.slots(plain, _objcoll.SLOT_KINDS[kind], obj, root, op)
-                        if result is not _objcoll.DECLINED:
-                            return result
+                        result = fast.slots(plain, _objcoll.SLOT_KINDS[kind], obj, root, op,
+                                            partial)
                     else:
-                        done, result = _objcoll.slotted[kind](plain, e.names.BYTE, obj, root,
-                                                              op, e.rank, e.size)
-                        if done:
-                            return result
-                    return _objcoll.collective(coll, kind, obj, root, op)
-        root = root if type(root) is int else as_int(root)
+                        result = _objcoll.slotted[kind](plain, e.names.BYTE, obj, root, op,
+                                                        e.rank, e.size, partial)
+                    if result is not _objcoll.DECLINED:
+                        return result
+                    return _objcoll.collective(coll, kind, obj, root, op, partial or None)
         plain = self._plain()
         if e is None or (plain is not None and e.multinode):   # the MPI library's
             fn = getattr(plain, kind)

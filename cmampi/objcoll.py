@@ -74,7 +74,7 @@ def _row(obj: Any, size: int) -> bytes:
         return _slot(None) * size       # as mpi4py
     if (type(obj) is not list and type(obj) is not tuple) or len(obj) != size:
         return _EMPTY * size    # the full path takes it (an iterator can only be read once)
-    row = b"".join([_slot(x) for x in obj])
+    row = b"".join([_slot(x) for x in tuple(obj)])  # a copy: pickling may change a list
     return row if 0 not in row[::SLOT] else _EMPTY * size     # the flags: every SLOT-th byte
 
 
@@ -90,93 +90,104 @@ def _all_slots(plain, byte, obj: Any, size: int) -> bytearray | None:
 
 
 # The collectives in slots on mpi4py's communicator *plain* (*byte*: ``MPI.BYTE``):
-# each (True, result), or (False, None) for the full path.
+# each the result, or `DECLINED` for the full path (see `slotted`).
 
-def _bcast(plain, byte, obj, root, op, me, size) -> tuple:
+def _bcast(plain, byte, obj, root, op, me, size, partial) -> Any:
     slot = bytearray(_slot(obj)) if me == root else bytearray(SLOT)
     plain.Bcast([slot, byte], root)
-    return (True, _unslot(slot, 0)) if slot[0] else (False, None)
+    return _unslot(slot, 0) if slot[0] else DECLINED
 
 
-def _scatter(plain, byte, obj, root, op, me, size) -> tuple:
+def _scatter(plain, byte, obj, root, op, me, size, partial) -> Any:
     slot = bytearray(SLOT)
     plain.Scatter([_row(obj, size), byte] if me == root else None, [slot, byte], root)
-    return (True, _unslot(slot, 0)) if slot[0] else (False, None)
+    return _unslot(slot, 0) if slot[0] else DECLINED
 
 
-def _alltoall(plain, byte, obj, root, op, me, size) -> tuple:
+def _alltoall(plain, byte, obj, root, op, me, size, partial) -> Any:
     slots = bytearray(SLOT * size)
     plain.Alltoall([_row(obj, size), byte], [slots, byte])
     if 0 in slots[::SLOT]:
-        return False, None
-    return True, [_unslot(slots, r) for r in range(size)]
+        return DECLINED
+    return [_unslot(slots, r) for r in range(size)]
 
 
-def _gather(plain, byte, obj, root, op, me, size) -> tuple:
+def _at_root(plain, byte, obj, root, me, size, partial) -> Any:
+    """gather and reduce: every rank's slot at the root alone. The objects there
+    (a list); None elsewhere, or `DECLINED` on a rank whose object is long, and
+    at the root if any is (*partial* then holds each rank's object or
+    `DECLINED`: the full path brings the long ones)."""
+    mine = _slot(obj)
+    if me != root:
+        plain.Gather([mine, byte], None, root)
+        return None if mine[0] else DECLINED
+    slots = bytearray(SLOT * size)
+    plain.Gather([mine, byte], [slots, byte], root)
+    got = [_unslot(slots, r) if slots[r * SLOT] else DECLINED for r in range(size)]
+    if DECLINED in got:
+        partial[:] = got
+        return DECLINED
+    return got
+
+
+def _gather(plain, byte, obj, root, op, me, size, partial) -> Any:
+    return _at_root(plain, byte, obj, root, me, size, partial)
+
+
+def _reduce(plain, byte, obj, root, op, me, size, partial) -> Any:
+    got = _at_root(plain, byte, obj, root, me, size, partial)
+    return got if got is None or got is DECLINED else _fold(op, got)
+
+
+def _allgather(plain, byte, obj, root, op, me, size, partial) -> Any:
+    slots = _all_slots(plain, byte, obj, size)
+    return DECLINED if slots is None else [_unslot(slots, r) for r in range(size)]
+
+
+def _allreduce(plain, byte, obj, root, op, me, size, partial) -> Any:
+    slots = _all_slots(plain, byte, obj, size)
+    return DECLINED if slots is None else _fold(op, [_unslot(slots, r) for r in range(size)])
+
+
+def _scan(plain, byte, obj, root, op, me, size, partial) -> Any:
+    slots = _all_slots(plain, byte, obj, size)
+    return DECLINED if slots is None else _fold(op, [_unslot(slots, r) for r in range(me + 1)])
+
+
+def _exscan(plain, byte, obj, root, op, me, size, partial) -> Any:
     slots = _all_slots(plain, byte, obj, size)
     if slots is None:
-        return False, None
-    return True, [_unslot(slots, r) for r in range(size)] if me == root else None
+        return DECLINED
+    return _fold(op, [_unslot(slots, r) for r in range(me)]) if me else None
 
 
-def _allgather(plain, byte, obj, root, op, me, size) -> tuple:
-    slots = _all_slots(plain, byte, obj, size)
-    if slots is None:
-        return False, None
-    return True, [_unslot(slots, r) for r in range(size)]
-
-
-def _reduce(plain, byte, obj, root, op, me, size) -> tuple:
-    slots = _all_slots(plain, byte, obj, size)
-    if slots is None:
-        return False, None
-    return True, _fold(op, [_unslot(slots, r) for r in range(size)]) if me == root else None
-
-
-def _allreduce(plain, byte, obj, root, op, me, size) -> tuple:
-    slots = _all_slots(plain, byte, obj, size)
-    if slots is None:
-        return False, None
-    return True, _fold(op, [_unslot(slots, r) for r in range(size)])
-
-
-def _scan(plain, byte, obj, root, op, me, size) -> tuple:
-    slots = _all_slots(plain, byte, obj, size)
-    if slots is None:
-        return False, None
-    return True, _fold(op, [_unslot(slots, r) for r in range(me + 1)])
-
-
-def _exscan(plain, byte, obj, root, op, me, size) -> tuple:
-    slots = _all_slots(plain, byte, obj, size)
-    if slots is None:
-        return False, None
-    return True, _fold(op, [_unslot(slots, r) for r in range(me)]) if me else None
-
+#: What a collective in slots returns for the full path.
+DECLINED = object()
 
 #: Lowercase collective -> its run in slots: ``slotted[kind](plain, byte, obj,
-#: root, op, me, size)`` is (True, result) of the collective run as one MPI
+#: root, op, me, size, partial)`` is the result of the collective run as one MPI
 #: collective of fixed-size slots on *plain* (mpi4py's communicator; *byte*:
-#: ``MPI.BYTE``) when every object it moves pickles short; else (False, None), and
-#: every rank, told by the same collective, takes the full path. ``bcast`` and
-#: ``scatter`` take the root's slots; ``alltoall`` each rank's row of them, a row
-#: left empty if any of its items is long, so that every rank sees it; the others
-#: gather every rank's slot everywhere, so that every rank knows whether all are
-#: short, and only the ranks with a result unpickle.
-slotted: dict[str, Callable[..., tuple]] = {
+#: ``MPI.BYTE``) when every object it moves pickles short; else `DECLINED`, and
+#: every rank that needs the others' objects, told by the same collective, takes
+#: the full path. ``bcast`` and ``scatter`` take the root's slots; ``alltoall``
+#: each rank's row of them, a row left empty if any of its items is long, so that
+#: every rank sees it; ``gather`` and ``reduce`` gather the slots at the root,
+#: and only the ranks whose objects are long send them the full path's way
+#: (`collective` with *partial*, the root's list); the others gather every rank's
+#: slot everywhere, so that every rank knows whether all are short, and only the
+#: ranks with a result unpickle.
+slotted: dict[str, Callable[..., Any]] = {
     "bcast": _bcast, "scatter": _scatter, "gather": _gather, "reduce": _reduce,
     "allgather": _allgather, "alltoall": _alltoall, "allreduce": _allreduce, "scan": _scan,
     "exscan": _exscan}
 
 #: The same, in one call of the compiled path (``_fastpath.c``, its twin):
-#: ``fast.slots(plain, SLOT_KINDS[kind], obj, root, op)`` is the result, or
-#: `DECLINED` for the full path.
+#: ``fast.slots(plain, SLOT_KINDS[kind], obj, root, op, partial)``.
 SLOT_KINDS = {"bcast": _fastpath.BCAST, "scatter": _fastpath.SCATTER,
               "gather": _fastpath.GATHER, "reduce": _fastpath.REDUCE,
               "allgather": _fastpath.ALLGATHER, "alltoall": _fastpath.ALLTOALL,
               "allreduce": _fastpath.ALLREDUCE, "scan": _fastpath.SCAN,
               "exscan": _fastpath.EXSCAN}
-DECLINED = object()
 _fastpath.register_slots(_pickle.dumps, _pickle.loads, {"buffer_callback": _short_buffer}, SLOT,
                          DECLINED)
 
@@ -227,8 +238,10 @@ def _load(coll, rank: int, record: tuple) -> Any:
 
 @serialized
 def collective(coll, kind: str, obj: Any, root: int = 0,
-               op: Callable[[Any, Any], Any] | None = None) -> Any:
-    """Run the lowercase collective *kind* on *coll* (a `coll.Collectives`)."""
+               op: Callable[[Any, Any], Any] | None = None, partial: list | None = None) -> Any:
+    """Run the lowercase collective *kind* on *coll* (a `coll.Collectives`).
+    *partial*: a gather or reduce in slots left the root these objects, `DECLINED`
+    where they are long, which only their ranks send (`slotted`)."""
     me, size = coll.rank, coll.size
     if KINDS[kind] and not (isinstance(root, int) and 0 <= root < size):
         raise coll.names.Exception(coll.names.ERR_ROOT)
@@ -245,7 +258,7 @@ def collective(coll, kind: str, obj: Any, root: int = 0,
     if kind in ("bcast", "scatter"):
         got = [_from_root(coll, kind, err, packs, mine, root)]
     elif kind in ("gather", "reduce"):
-        got = _to_root(coll, err, packs, mine, root)
+        got = _to_root(coll, err, packs, mine, root, partial)
     else:
         got = _among_all(coll, kind, err, packs, mine)
     return _result(kind, got, me, root, op)
@@ -285,8 +298,9 @@ def _from_root(coll, kind: str, err, packs, mine, root: int) -> Any:
         coll.wait_acks(readers)     # our buffers stay put until they are read
 
 
-def _to_root(coll, err, packs, mine, root: int) -> list[Any]:
-    """gather and reduce: every rank sends the root its record; the root acks."""
+def _to_root(coll, err, packs, mine, root: int, partial: list | None = None) -> list[Any]:
+    """gather and reduce: every rank sends the root its record (only those
+    *partial* marks `DECLINED`, if given); the root acks."""
     me = coll.rank
     err_rec = coll.error_record(err)
     if me != root:
@@ -296,12 +310,16 @@ def _to_root(coll, err, packs, mine, root: int) -> list[Any]:
         if _remote(mine):
             coll.wait_acks([root])
         return []
-    records = {r: coll.recv_record(r) for r in range(coll.size) if r != root}
+    records = {r: coll.recv_record(r) for r in range(coll.size)
+               if r != root and (partial is None or partial[r] is DECLINED)}
     got = []
     try:
         if err is not None:
             raise err
         for r in range(coll.size):
+            if partial is not None and partial[r] is not DECLINED:
+                got.append(partial[r])      # short: in its slot
+                continue
             if r == me:
                 got.append(packs[0].copy())
                 continue

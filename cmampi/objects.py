@@ -264,6 +264,8 @@ def sendrecv(engine: _p2p.Engine, obj: Any, dest: int, sendtag: int, source: int
         return None, _isend_pickled(engine, obj, stream, dest, sendtag, False, False)
     fast = engine.fast
     if fast is not None and not engine.stash and len(_THREADS) < 2:
+        if _p2p._DETACHED:      # finished ones leave: they would keep this path off
+            _p2p.advance_detached()
         got = fast.sendrecv_object(engine.user, stream, dest, sendtag, source, recvtag,
                                    _pickle.loads, status, DECLINED)
         if got is not DECLINED:
@@ -328,6 +330,8 @@ def recv_compiled(engine: _p2p.Engine, source: int, tag: int, status=None) -> An
     fast = engine.fast
     if fast is None or engine.stash or len(_THREADS) > 1:
         return DECLINED
+    if _p2p._DETACHED:      # finished ones leave: they would keep this path off
+        _p2p.advance_detached()
     obj = fast.recv_object(engine.user, source, tag, _pickle.loads, status, DECLINED)
     if type(obj) is not _wire.Control:
         return obj

@@ -671,6 +671,7 @@ def test_object_receives_of_every_kind(cmcomm, MPI, what, how):
                 cmcomm.send(obj, peer, 50)
         else:
             MPI.Request.Waitall([cmcomm.isend(obj, peer, 50) for obj in objs])
+        cmcomm.send("after", peer, 50)
         return
     reqs = [cmcomm.irecv(source=peer, tag=50) for _ in range(3)]
     assert all(type(r).__name__ == ("StagedObjectRequest" if compiled else "Request")
@@ -692,10 +693,11 @@ def test_object_receives_of_every_kind(cmcomm, MPI, what, how):
     elif how == "waitall":
         got = MPI.Request.waitall(reqs)
     else:
-        MPI.Request.Waitall(reqs)
-        got = [_object(what, k) for k in range(3)]     # nothing to compare: none given
+        MPI.Request.Waitall(reqs)   # no objects given: each receive took one message
+        got = None
     assert not any(reqs)
-    assert all(_same(g, _object(what, k)) for k, g in enumerate(got))
+    assert got is None or all(_same(g, _object(what, k)) for k, g in enumerate(got))
+    assert cmcomm.recv(source=peer, tag=50) == "after"
 
 
 @pytest.mark.parametrize("what", ["short", "record"])
@@ -703,33 +705,36 @@ def test_object_receives_as_mpi4py(comm, MPI, what):
     """Against mpi4py too (its buffer-less irecv takes up to 32 KiB): wildcards,
     statuses, ``waitany`` and ``testall``, and a receive cancelled before its message."""
     rank = comm.Get_rank()
-    if rank > 1:
-        return
-    peer = 1 - rank
     if what == "record" and type(comm).__module__.startswith("mpi4py"):
         pytest.skip("mpi4py's buffer-less irecv takes 32 KiB at most")
-    cancelled = comm.irecv(source=peer, tag=52)
+    cancelled = comm.irecv(source=MPI.ANY_SOURCE, tag=52)
     cancelled.Cancel()
     st = MPI.Status()
     cancelled.Wait(st)
     assert st.Is_cancelled()
-    comm.Barrier() if comm.Get_size() == 2 else None
+    comm.Barrier()      # every receive cancelled before any message
+    if rank > 1:
+        return
+    peer = 1 - rank
     if rank == 0:
         for k in range(4):
             comm.send(_object(what, k), peer, 51 + k % 2)
         return
     reqs = [comm.irecv(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG) for _ in range(2)]
     reqs += [comm.irecv(source=peer, tag=51), comm.irecv(source=peer, tag=52)]
+    # the k-th receive takes the k-th message (MPI's order), whichever completes first
     index, first = MPI.Request.waitany(reqs)
-    assert index == 0 and _same(first, _object(what, 0))
+    assert _same(first, _object(what, index))
     st = MPI.Status()
-    got = reqs[1].wait(st)
-    assert _same(got, _object(what, 1)) and (st.Get_source(), st.Get_tag()) == (peer, 52)
+    got = reqs[1].wait(st) if index != 1 else _object(what, 1)
+    assert _same(got, _object(what, 1))
+    assert index == 1 or (st.Get_source(), st.Get_tag()) == (peer, 52)
     while True:
         flag, objs = MPI.Request.testall(reqs[2:])
         if flag:
             break
-    assert _same(objs[0], _object(what, 2)) and _same(objs[1], _object(what, 3))
+    if index < 2:
+        assert _same(objs[0], _object(what, 2)) and _same(objs[1], _object(what, 3))
 
 
 def test_a_record_is_pulled_while_its_receiver_waits_elsewhere(cmcomm, MPI):
@@ -813,8 +818,10 @@ def test_blocking_object_receives_of_every_kind(cmcomm, MPI, what, how):
     finally:
         if rec is not None:
             e.fast = real
-    if rec is not None and how in ("plain", "status", "any"):
-        assert [c for c in rec.calls if c[0] == "recv_object"], "the compiled recv was not taken"
+    if rec is not None:
+        taken = [c for c in rec.calls if c[0] == "recv_object" and c[1] != "object"]
+        # probed (a stashed message) or beside a pending receive: the Python path
+        assert bool(taken) == (how in ("plain", "status", "any")), rec.calls
 
 
 # -- short lowercase collectives (slots) -------------------------------------------------------
@@ -888,3 +895,61 @@ def test_an_operation_that_raises_in_a_short_reduce(cmcomm, MPI):
         else:
             assert cmcomm.reduce(rank, bad, 0) is None
     assert cmcomm.allreduce(1) == cmcomm.Get_size()
+
+
+def test_an_object_receive_looked_at_then_waited_for(cmcomm, MPI):
+    """An object receive that a non-destructive test (or a wait of others) hands
+    to the engine, then waited for: its object once, and the next receives get
+    theirs."""
+    rank = cmcomm.Get_rank()
+    if rank > 1:
+        return
+    peer = 1 - rank
+    if rank == 0:
+        cmcomm.send("first", peer, 90)
+        cmcomm.Send(np.ones(4, np.uint8), peer, 91)
+        cmcomm.send("A" * 10, peer, 92)
+        cmcomm.send("B" * 10, peer, 93)
+        return
+    first = cmcomm.irecv(source=peer, tag=90)
+    MPI.Request.Waitall([cmcomm.Irecv(np.zeros(4, np.uint8), peer, 91)])   # polls first too
+    while not first.Get_status():
+        pass
+    assert first.wait() == "first" and not first
+    ra, rb = cmcomm.irecv(source=peer, tag=92), cmcomm.irecv(source=peer, tag=93)
+    assert (rb.wait(), ra.wait()) == ("B" * 10, "A" * 10)
+
+
+def test_roots_of_other_int_types(comm, MPI):
+    """A root given as another integer type on some ranks (mpi4py takes any):
+    every rank takes the same way."""
+    rank, size = comm.Get_rank(), comm.Get_size()
+    root = size - 1 if rank % 2 else np.int64(size - 1)
+    assert comm.gather(rank, root) == (list(range(size)) if rank == size - 1 else None)
+    assert comm.bcast(rank if rank == size - 1 else None, root) == size - 1
+
+
+class _Clearing:
+    """Empties the list it is in when pickled (its __reduce__ runs user code)."""
+
+    def __init__(self, items: list) -> None:
+        self.items = items
+
+    def __reduce__(self):
+        self.items.clear()
+        return (str, ("cleared",))
+
+
+@pytest.mark.parametrize("kind", ["scatter", "alltoall"])
+def test_a_list_changed_while_it_is_pickled(comm, MPI, kind):
+    """Pickling an item may change the list (as mpi4py, which copies it first):
+    what goes is the list as it was."""
+    rank, size = comm.Get_rank(), comm.Get_size()
+    items: list = []
+    items.extend([_Clearing(items), *range(1, size)])
+    if kind == "scatter":
+        got = comm.scatter(items if rank == 0 else None, 0)
+        assert got == ("cleared" if rank == 0 else rank)
+    else:
+        got = comm.alltoall(items)
+        assert got == (["cleared"] * size if rank == 0 else [rank] * size)
