@@ -30,6 +30,7 @@ from ._backend import names as _names_in_use
 from ._buffers import check_recv_buffer, has_derived_datatype, recv_buffer, send_buffer
 from ._config import config as _config
 from ._serial import THREADS as _THREADS
+from ._tuning import OBJECT_RAW_MAX
 from .request import NO_PROC_HIT as _NO_PROC_HIT
 from .request import (
     Message,
@@ -922,9 +923,11 @@ class Communicator(_Fallback):
                 and 0 <= tag <= e.tag_ub:       # the common case, checked at once
             stream = _objects.pickle_for(e, obj, dest)
             fast = e.fast
-            if fast is not None and stream is not None and len(stream) <= e.limit \
+            if fast is not None and stream is not None and len(stream) <= OBJECT_RAW_MAX \
                     and len(_THREADS) < 2 and fast.send(e.user, stream, dest, tag):
-                return None     # a short pickle, sent as a buffer from the compiled path
+                # a pickle that travels as itself (up to the eager limit, or past the
+                # control band while nothing else waits), sent from the compiled path
+                return None
             _objects.send(e, obj, stream, dest, tag)
             return None
         return self._send_obj(obj, dest, tag, False, True)
