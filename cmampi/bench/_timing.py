@@ -5,11 +5,12 @@ from __future__ import annotations
 import dataclasses as _dataclasses
 import gc as _gc
 import math as _math
+import time as _time
 from collections.abc import Callable, Sequence
 
 from ._common import Context, Result
 
-__all__ = ["Impl", "measure"]
+__all__ = ["Impl", "measure", "repeated"]
 
 
 def _nothing() -> None:
@@ -29,6 +30,16 @@ class Impl:
     reset: Callable[[], None] = _nothing
     #: After each timed block: a cheap check of what it received.
     check: Callable[[], None] = _nothing
+
+
+def repeated(call: Callable[[], object]) -> Callable[[int], float]:
+    """An `Impl.run` that makes *call* *n* times: the seconds it took."""
+    def run(n: int) -> float:
+        t0 = _time.perf_counter()
+        for _ in range(n):
+            call()
+        return _time.perf_counter() - t0
+    return run
 
 
 def _block(ctx: Context, impl: Impl, n: int) -> float:

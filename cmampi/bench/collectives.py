@@ -9,14 +9,13 @@ and implementation. On the socket channel cmampi runs alone.
 from __future__ import annotations
 
 import functools as _functools
-import time as _time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as _np
 
 from ._common import CMAMPI, Case, Context, DataError, Result, format_size
-from ._timing import Impl, measure
+from ._timing import Impl, measure, repeated
 
 __all__ = ["COLLECTIVES", "DEFAULT_SIZES", "describe", "plan"]
 
@@ -73,12 +72,6 @@ def _case(ctx: Context, name: str, nbytes: int) -> Result:
         # On the MPI channel cmampi's MPI.SUM is mpi4py's.
         call, got, want = _setup(comm, name, nbytes, ctx.MPI.SUM)
 
-        def run(n: int) -> float:
-            t0 = _time.perf_counter()
-            for _ in range(n):
-                call()
-            return _time.perf_counter() - t0
-
         def verify() -> None:
             if got is not None and not (name == "Bcast" and rank == 0):
                 got.fill(0.0)
@@ -92,7 +85,7 @@ def _case(ctx: Context, name: str, nbytes: int) -> Result:
                                 f"{bad.size} of {got.size} elements wrong, the first at "
                                 f"{bad[0]}: {got[bad[0]]}, expected {want[bad[0]]}")
 
-        return Impl(impl_name, run, verify)
+        return Impl(impl_name, repeated(call), verify)
 
     comms = {"mpi4py": ctx.raw, CMAMPI: ctx.comm} if ctx.raw is not None else {CMAMPI: ctx.comm}
     sized = name != "Barrier"

@@ -11,12 +11,11 @@ cmampi alone on the socket channel.
 from __future__ import annotations
 
 import functools as _functools
-import time as _time
 from collections.abc import Callable
 from typing import Any
 
 from ._common import CMAMPI, TAG, Case, Context, DataError, Result
-from ._timing import Impl, measure
+from ._timing import Impl, measure, repeated
 
 __all__ = ["CALLS", "describe", "plan"]
 
@@ -80,19 +79,13 @@ def _case(ctx: Context, name: str) -> Result:
     def impl(impl_name: str, comm: Any) -> Impl:
         call = _call(comm, name, rank, size)
 
-        def run(n: int) -> float:
-            t0 = _time.perf_counter()
-            for _ in range(n):
-                call()
-            return _time.perf_counter() - t0
-
         def verify() -> None:
             got = call()
             if got != want:
                 raise DataError(f"{impl_name}, {name}, rank {rank}: got {got!r}, "
                                 f"expected {want!r}")
 
-        return Impl(impl_name, run, verify)
+        return Impl(impl_name, repeated(call), verify)
 
     comms = {"mpi4py": ctx.raw, CMAMPI: ctx.comm} if ctx.raw is not None else {CMAMPI: ctx.comm}
     return measure(ctx, [impl(k, c) for k, c in comms.items()], bench="lowercase", op=name,
