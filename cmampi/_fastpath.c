@@ -1674,6 +1674,44 @@ static PyObject *fp_wait_object(PyObject *mod, PyObject *const *args, Py_ssize_t
     return obj;
 }
 
+/* What `in_band` tells apart (`in_band_config`): buffers of this many bytes or
+   more, contiguous, raise this exception. */
+static Py_ssize_t oob_least = -1;
+static PyObject *oob_exception = NULL;
+
+/* in_band(pickle_buffer) -> True: pickle's buffer callback for a send's object
+   (`objects._in_band`, its twin): True (keep the buffer in the stream) unless it
+   is contiguous and of `oob_least` bytes or more, which raises `oob_exception`
+   (stop: the object has a buffer to leave out of band). */
+static PyObject *fp_in_band(PyObject *mod, PyObject *pb) {
+    Py_buffer view;
+    if (oob_exception == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "in_band: not configured");
+        return NULL;
+    }
+    if (PyObject_GetBuffer(pb, &view, PyBUF_FULL_RO) < 0) return NULL;
+    int keep = view.len < oob_least || !PyBuffer_IsContiguous(&view, 'A');
+    PyBuffer_Release(&view);
+    if (keep) Py_RETURN_TRUE;
+    PyErr_SetNone(oob_exception);
+    return NULL;
+}
+
+/* in_band_config(least, exception): see `in_band`. */
+static PyObject *fp_in_band_config(PyObject *mod, PyObject *args) {
+    Py_ssize_t least;
+    PyObject *exc;
+    if (!PyArg_ParseTuple(args, "nO", &least, &exc)) return NULL;
+    if (!PyExceptionClass_Check(exc) || least < 0) {
+        PyErr_SetString(PyExc_TypeError, "in_band_config(least, exception class)");
+        return NULL;
+    }
+    Py_INCREF(exc);
+    Py_XSETREF(oob_exception, exc);
+    oob_least = least;
+    Py_RETURN_NONE;
+}
+
 /* objects(rtype): the request class of objects' receives (a subclass of the
    compiled ops' one). */
 static PyObject *fp_objects(PyObject *mod, PyObject *args) {
@@ -1737,6 +1775,9 @@ static PyMethodDef methods[] = {
      "recv_object(comm, source, tag, loads, status, declined): a blocking receive of an "
      "object, or declined"},
     {"last", fp_last, METH_NOARGS, "(source, tag, count) of the last recv_object"},
+    {"in_band", fp_in_band, METH_O, "in_band(pickle_buffer): True, or raises (a large buffer)"},
+    {"in_band_config", fp_in_band_config, METH_VARARGS,
+     "in_band_config(least, exception): what in_band tells apart"},
     {"object_in", (PyCFunction)(void (*)(void))fp_object_in, METH_FASTCALL,
      "object_in(staged, loads): the object a done object's receive holds"},
     {"wait_object", (PyCFunction)(void (*)(void))fp_wait_object, METH_FASTCALL,

@@ -21,7 +21,7 @@ from ._config import config
 
 __all__ = ["ALLGATHER", "ALLREDUCE", "ALLTOALL", "ARRIVED", "BCAST", "DONE", "EXSCAN", "GATHER",
            "POSTED", "REDUCE", "RELEASED", "SCAN", "SCATTER", "module", "register",
-           "register_objects", "register_slots"]
+           "register_in_band", "register_objects", "register_slots"]
 
 #: A compiled op's states (its ``state``), as ``_fastpath.c`` numbers them.
 POSTED, DONE, ARRIVED, RELEASED = 0, 1, 2, 3
@@ -42,6 +42,9 @@ _registered: list[tuple[type, dict, list]] = []
 _objects: list[type] = []
 #: How ``slots`` makes and reads its slots (`objcoll`), once registered.
 _slots: list[tuple] = []
+#: The pickling callback of sends: its size, exception and the slot it goes in
+#: (`objects`), once registered.
+_in_band: list[tuple] = []
 
 
 def register(request_type: type, pending: dict, detached: list) -> None:
@@ -53,6 +56,12 @@ def register(request_type: type, pending: dict, detached: list) -> None:
 def register_objects(request_type: type) -> None:
     """Name the class of the requests of objects' receives."""
     _objects[:] = [request_type]
+
+
+def register_in_band(least: int, exception: type, slot: list) -> None:
+    """Put the compiled ``in_band`` (buffers of *least* bytes or more raise
+    *exception*) in *slot*, where the Python one is, once the module loads."""
+    _in_band[:] = [(least, exception, slot)]
 
 
 def register_slots(dumps, loads, kwargs: dict, size: int, declined: object) -> None:
@@ -82,6 +91,10 @@ def module(limit: int, band: int, cma_min: int, cma_min_busy: int,
             mod.objects(_objects[0])
         if _slots:
             mod.slot_config(*_slots[0])
+        if _in_band:
+            least, exception, slot = _in_band[0]
+            mod.in_band_config(least, exception)
+            slot[0] = mod.in_band
     return mod
 
 

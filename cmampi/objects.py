@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import functools
 import pickle as _pickle
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as _np
 
-from . import _cma, _memory, _wire
+from . import _cma, _fastpath, _memory, _wire
 from . import p2p as _p2p
 from ._buffers import Layout, address, send_buffer
 from ._serial import THREADS as _THREADS
@@ -177,11 +177,16 @@ def _in_band(pb: _pickle.PickleBuffer) -> bool:
     raise _TooBig
 
 
+#: The callback `_pickled_in_band` uses: `_in_band`, or its compiled twin once
+#: the compiled path loads (`_fastpath.register_in_band`).
+_IN_BAND: list[Callable[[_pickle.PickleBuffer], bool]] = [_in_band]
+
+
 def _pickled_in_band(obj: Any, oob: bool) -> bytes | None:
     """*obj*'s pickle if it has no buffer to leave out of band (*oob*: the peer
     may pull), else None."""
     try:
-        return _pickle.dumps(obj, 5, buffer_callback=_in_band if oob else None)
+        return _pickle.dumps(obj, 5, buffer_callback=_IN_BAND[0] if oob else None)
     except _TooBig:
         return None
 
@@ -447,3 +452,4 @@ def _pull_helped(engine: _p2p.Engine, source: int, obj: _OutOfBand) -> Any:
 
 
 _p2p.OBJECT_RECEIVE[:] = [landed, loads]
+_fastpath.register_in_band(P2P_OOB_MIN, _TooBig, _IN_BAND)

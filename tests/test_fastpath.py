@@ -953,3 +953,33 @@ def test_a_list_changed_while_it_is_pickled(comm, MPI, kind):
     else:
         got = comm.alltoall(items)
         assert got == (["cleared"] * size if rank == 0 else [rank] * size)
+
+
+def test_the_pickling_callback_of_sends_and_its_twin(cmcomm):
+    """Where the compiled path runs, sends pickle with its buffer callback, which
+    tells apart what the Python one does: a contiguous buffer of P2P_OOB_MIN
+    bytes or more stops the pickling (it goes out of band); a smaller one, or
+    one not contiguous, stays in the stream."""
+    import pickle
+
+    from cmampi import objects
+
+    e = cmcomm._engine
+    if e is None or e.fast is None:
+        pytest.skip("no compiled path here")
+    assert objects._IN_BAND[0] is e.fast.in_band
+    least = objects.P2P_OOB_MIN
+    cases = [np.ones(least - 1, np.uint8), np.ones(least, np.uint8),
+             np.ones((1024, 1024))[:, ::2], np.ones((1024, 1024)).T,
+             pickle.PickleBuffer(bytearray(least))]
+    kept = []
+    for callback in (objects._in_band, e.fast.in_band):
+        outcome = []
+        for x in cases:
+            try:
+                pickle.dumps(x, 5, buffer_callback=callback)
+                outcome.append(True)
+            except objects._TooBig:
+                outcome.append(False)
+        kept.append(outcome)
+    assert kept[0] == kept[1] == [True, False, True, False, False]
