@@ -524,14 +524,12 @@ static PyObject *fp_irecv_object(PyObject *mod, PyObject *const *args, Py_ssize_
     s->own_len = s->nbytes = nbytes;
     s->view.buf = s->own;   /* not a view of anyone's (has_view stays 0) */
     int rc = MPI_ERR_OTHER;
-    {
-        if (gap_type == MPI_DATATYPE_NULL) {
-            rc = MPI_Irecv(s->view.buf, (int)s->nbytes, MPI_BYTE, source, tag, *comm, &s->req);
-        } else {
-            MPI_Datatype dt = guard_type(s->view.buf, s->nbytes - 1);
-            if (dt != MPI_DATATYPE_NULL)
-                rc = MPI_Irecv(MPI_BOTTOM, 1, dt, source, tag, *comm, &s->req);
-        }
+    if (gap_type == MPI_DATATYPE_NULL) {
+        rc = MPI_Irecv(s->own, (int)nbytes, MPI_BYTE, source, tag, *comm, &s->req);
+    } else {
+        MPI_Datatype dt = guard_type(s->own, nbytes - 1);
+        if (dt != MPI_DATATYPE_NULL)
+            rc = MPI_Irecv(MPI_BOTTOM, 1, dt, source, tag, *comm, &s->req);
     }
     if (rc != MPI_SUCCESS) {
         Py_DECREF(s);

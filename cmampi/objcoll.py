@@ -24,7 +24,7 @@ from . import p2p as _p2p
 from ._buffers import address
 from ._serial import serialized
 from ._tuning import OBJECT_SLOT, STREAM_INLINE
-from .objects import OOB_MIN, Packed, pull_object
+from .objects import DECLINED, OOB_MIN, Packed, pull_object
 
 __all__ = ["DECLINED", "KINDS", "SLOT", "SLOT_KINDS", "collective", "slotted"]
 
@@ -160,9 +160,6 @@ def _exscan(plain, byte, obj, root, op, me, size, partial) -> Any:
         return DECLINED
     return _fold(op, [_unslot(slots, r) for r in range(me)]) if me else None
 
-
-#: What a collective in slots returns for the full path.
-DECLINED = object()
 
 #: Lowercase collective -> its run in slots: ``slotted[kind](plain, byte, obj,
 #: root, op, me, size, partial)`` is the result of the collective run as one MPI

@@ -34,6 +34,10 @@ __all__ = ["DECLINED", "OOB_MIN", "P2P_OOB_MIN", "Packed", "finish_recv", "isend
 #: Where a buffer lives in its owner: (address, nbytes).
 Spot = tuple[int, int]
 
+#: What a compiled call of objects returns for a call it leaves to Python
+#: (`recv_compiled`, `sendrecv`, the collectives in slots: `objcoll`).
+DECLINED = object()
+
 
 class Packed:
     """An object pickled with protocol 5, its large buffers left where they are.
@@ -220,8 +224,7 @@ def isend(engine: _p2p.Engine, obj: Any, dest: int, tag: int, sync: bool,
           blocked: bool) -> _p2p.Op:
     """Start sending *obj* as it is now (as mpi4py, which pickles it at once); the
     op completes once the receiver has its buffers."""
-    return _isend_pickled(engine, obj, _pickled_in_band(obj, engine.cma[dest]), dest, tag,
-                          sync, blocked)
+    return _isend_pickled(engine, obj, pickle_for(engine, obj, dest), dest, tag, sync, blocked)
 
 
 @serialized
@@ -268,7 +271,7 @@ def sendrecv(engine: _p2p.Engine, obj: Any, dest: int, sendtag: int, source: int
     """Send *obj* and receive an object in one call: (the object, None) when the
     pickle is short, sent as itself while the receive blocks; else (None, the
     send's op, started), and the caller receives."""
-    stream = _pickled_in_band(obj, engine.cma[dest])
+    stream = pickle_for(engine, obj, dest)
     if stream is None or len(stream) > engine.limit:
         return None, _isend_pickled(engine, obj, stream, dest, sendtag, False, False)
     fast = engine.fast
@@ -282,12 +285,10 @@ def sendrecv(engine: _p2p.Engine, obj: Any, dest: int, sendtag: int, source: int
                 src, tg, count = fast.last()
                 got = finish_recv(engine, got, src, tg, count, status)
             return got, None
+    # the compiled path declined (it would decline the receive alone too)
     sent = engine.ch.isend(stream, dest, sendtag)
     try:
-        got = recv_compiled(engine, source, recvtag, status)
-        if got is DECLINED:
-            got = recv(engine, source, recvtag, status)
-        return got, None
+        return recv(engine, source, recvtag, status), None
     finally:
         # eager: it completes whatever the receive did, mostly by now
         info = engine.ch.test(sent)
@@ -327,10 +328,6 @@ class _InTurn(_p2p.Op):
     def advance(self, info: Completion) -> None:
         self.ops[0].advance(info)
         self._step()
-
-
-#: What `recv_compiled` returns for a receive it leaves to `recv`.
-DECLINED = object()
 
 
 def recv_compiled(engine: _p2p.Engine, source: int, tag: int, status=None) -> Any:

@@ -1579,7 +1579,7 @@ def promote(staged) -> Op:
         staged.taken()
     error = engine.names.Exception(staged.error) if staged.error else None
     if staged.whole:
-        # an object's receive, as `Engine._irecv_staged` posts it: its array is the stage
+        # an object's receive, as `Engine._irecv_staged` posts it: its buffer is the stage
         landed, decode = OBJECT_RECEIVE
         op = RecvOp(engine, None, landed)
         op.decode = decode

@@ -616,8 +616,8 @@ _fastpath.register(StagedRequest, _p2p._PENDING, _p2p._DETACHED)
 
 class StagedObjectRequest(StagedRequest):
     """The request of an object's receive on the compiled path (lowercase
-    ``irecv``): its message lands whole in a stage array of the engine's, and
-    ``wait`` and ``test`` unpickle it."""
+    ``irecv``): its message lands whole in a buffer of its op's own, and ``wait``
+    and ``test`` unpickle it there."""
 
     __module__ = "cmampi.MPI"
 
