@@ -207,11 +207,12 @@ static int engine_waits(void) {
     return PyDict_GET_SIZE(engine_pending) > 0 || PyList_GET_SIZE(engine_detached) > 0;
 }
 
-/* Whether nothing but the *m* compiled ops of the caller waits for progress: no
-   other compiled op live, and not `engine_waits`. A wait or blocking call that
-   sees this may block in the MPI library alone. */
+/* Whether nothing but the caller's *m* compiled receives waits for this rank to
+   act: no other compiled receive live, and not `engine_waits`. A wait or blocking
+   call that sees this may block in the MPI library alone: the compiled sends
+   live meanwhile are messages as themselves, which the library completes. */
 static int nothing_else_waits(Py_ssize_t m) {
-    return live_count == m && !engine_waits();
+    return live_recvs == m && !engine_waits();
 }
 
 /* The buffer a message spec names and how many of its bytes (-1: all), if it is
@@ -1062,7 +1063,9 @@ static int waited_alone(Staged **ops, Py_ssize_t m, int yielding) {
     MPI_Request reqs[2];
     int idx[2], rc;
     MPI_Status sts[2];
-    if (m > 2 || !nothing_else_waits(m)) return 0;
+    Py_ssize_t recvs = 0;
+    for (Py_ssize_t k = 0; k < m && k < 2; k++) recvs += ops[k]->is_recv;
+    if (m > 2 || !nothing_else_waits(recvs)) return 0;
     for (Py_ssize_t k = 0; k < m; k++) {
         reqs[k] = ops[k]->req;
         ops[k]->busy = 1;
@@ -1695,19 +1698,59 @@ static PyObject *fp_in_band(PyObject *mod, PyObject *pb) {
     return NULL;
 }
 
-/* in_band_config(least, exception): see `in_band`. */
+/* What `pickled` calls: pickle.dumps, protocol 5, and ``buffer_callback=in_band``. */
+static PyObject *oob_dumps = NULL, *oob_protocol = NULL, *oob_callback = NULL,
+                *oob_kwnames = NULL;
+
+/* in_band_config(least, exception, dumps): see `in_band` and `pickled`. */
 static PyObject *fp_in_band_config(PyObject *mod, PyObject *args) {
     Py_ssize_t least;
-    PyObject *exc;
-    if (!PyArg_ParseTuple(args, "nO", &least, &exc)) return NULL;
-    if (!PyExceptionClass_Check(exc) || least < 0) {
-        PyErr_SetString(PyExc_TypeError, "in_band_config(least, exception class)");
+    PyObject *exc, *dumps;
+    if (!PyArg_ParseTuple(args, "nOO", &least, &exc, &dumps)) return NULL;
+    if (!PyExceptionClass_Check(exc) || least < 0 || !PyCallable_Check(dumps)) {
+        PyErr_SetString(PyExc_TypeError, "in_band_config(least, exception class, dumps)");
         return NULL;
     }
+    PyObject *callback = PyObject_GetAttrString(mod, "in_band");
+    if (callback == NULL) return NULL;
+    if (oob_kwnames == NULL && (oob_kwnames = Py_BuildValue("(s)", "buffer_callback")) == NULL) {
+        Py_DECREF(callback);
+        return NULL;
+    }
+    if (oob_protocol == NULL && (oob_protocol = PyLong_FromLong(5)) == NULL) {
+        Py_DECREF(callback);
+        return NULL;
+    }
+    Py_XSETREF(oob_callback, callback);
     Py_INCREF(exc);
     Py_XSETREF(oob_exception, exc);
+    Py_INCREF(dumps);
+    Py_XSETREF(oob_dumps, dumps);
     oob_least = least;
     Py_RETURN_NONE;
+}
+
+/* pickled(obj, oob) -> bytes | None: *obj*'s pickle (protocol 5) with every buffer
+   in band; with *oob* (the peer may pull), None if `in_band` stops it (a buffer
+   to leave out of band). The twin of `objects._pickled_in_band`, one call. */
+static PyObject *fp_pickled(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "pickled(obj, oob)");
+        return NULL;
+    }
+    if (oob_dumps == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "pickled: not configured");
+        return NULL;
+    }
+    int oob = PyObject_IsTrue(args[1]);
+    if (oob < 0) return NULL;
+    PyObject *call[3] = {args[0], oob_protocol, oob_callback};
+    PyObject *out = PyObject_Vectorcall(oob_dumps, call, 2, oob ? oob_kwnames : NULL);
+    if (out == NULL && oob && PyErr_ExceptionMatches(oob_exception)) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    return out;
 }
 
 /* objects(rtype): the request class of objects' receives (a subclass of the
@@ -1775,7 +1818,9 @@ static PyMethodDef methods[] = {
     {"last", fp_last, METH_NOARGS, "(source, tag, count) of the last recv_object"},
     {"in_band", fp_in_band, METH_O, "in_band(pickle_buffer): True, or raises (a large buffer)"},
     {"in_band_config", fp_in_band_config, METH_VARARGS,
-     "in_band_config(least, exception): what in_band tells apart"},
+     "in_band_config(least, exception, dumps): what in_band tells apart, how pickled pickles"},
+    {"pickled", (PyCFunction)(void (*)(void))fp_pickled, METH_FASTCALL,
+     "pickled(obj, oob): the pickle of obj, or None if it has a buffer to leave out of band"},
     {"object_in", (PyCFunction)(void (*)(void))fp_object_in, METH_FASTCALL,
      "object_in(staged, loads): the object a done object's receive holds"},
     {"wait_object", (PyCFunction)(void (*)(void))fp_wait_object, METH_FASTCALL,

@@ -42,8 +42,8 @@ _registered: list[tuple[type, dict, list]] = []
 _objects: list[type] = []
 #: How ``slots`` makes and reads its slots (`objcoll`), once registered.
 _slots: list[tuple] = []
-#: The pickling callback of sends: its size, exception and the slot it goes in
-#: (`objects`), once registered.
+#: The pickling of sends: the callback's size and exception, ``dumps``, and the
+#: slots the compiled callback and pickling go in (`objects`), once registered.
 _in_band: list[tuple] = []
 
 
@@ -58,10 +58,12 @@ def register_objects(request_type: type) -> None:
     _objects[:] = [request_type]
 
 
-def register_in_band(least: int, exception: type, slot: list) -> None:
+def register_in_band(least: int, exception: type, dumps, callback: list,
+                     pickled: list) -> None:
     """Put the compiled ``in_band`` (buffers of *least* bytes or more raise
-    *exception*) in *slot*, where the Python one is, once the module loads."""
-    _in_band[:] = [(least, exception, slot)]
+    *exception*) in slot *callback*, and ``pickled`` (*dumps* with it) in slot
+    *pickled*, where the Python ones are, once the module loads."""
+    _in_band[:] = [(least, exception, dumps, callback, pickled)]
 
 
 def register_slots(dumps, loads, kwargs: dict, size: int, declined: object) -> None:
@@ -92,9 +94,10 @@ def module(limit: int, band: int, cma_min: int, cma_min_busy: int,
         if _slots:
             mod.slot_config(*_slots[0])
         if _in_band:
-            least, exception, slot = _in_band[0]
-            mod.in_band_config(least, exception)
-            slot[0] = mod.in_band
+            least, exception, dumps, callback, pickled = _in_band[0]
+            mod.in_band_config(least, exception, dumps)
+            callback[0] = mod.in_band
+            pickled[0] = mod.pickled
     return mod
 
 

@@ -53,6 +53,10 @@ INFO_NULL = getattr(_NAMES, "INFO_NULL", None)
 
 
 _DECLINED = _objects.DECLINED
+_PICKLED = _objects.PICKLED
+_CONTROL = _wire.Control
+_DETACHED = _p2p._DETACHED
+_loads = _pickle.loads
 
 _INT_MIN, _INT_MAX = -(2**31), 2**31 - 1   # a C int: what mpi4py converts ranks and tags to
 
@@ -921,7 +925,7 @@ class Communicator(_Fallback):
             return super().send(obj, dest, tag)
         if type(dest) is int and type(tag) is int and 0 <= dest < e.size \
                 and 0 <= tag <= e.tag_ub:       # the common case, checked at once
-            stream = _objects.pickle_for(e, obj, dest)
+            stream = _PICKLED[0](obj, e.cma[dest])     # objects.pickle_for, inline
             fast = e.fast
             if fast is not None and stream is not None and len(stream) <= OBJECT_RAW_MAX \
                     and len(_THREADS) < 2 and fast.send(e.user, stream, dest, tag):
@@ -953,7 +957,7 @@ class Communicator(_Fallback):
         fast = e.fast
         if fast is not None and len(_THREADS) < 2 and type(dest) is int and type(tag) is int \
                 and 0 <= dest < e.size and 0 <= tag <= e.tag_ub:   # the common case, at once
-            stream = _objects.pickle_for(e, obj, dest)
+            stream = _PICKLED[0](obj, e.cma[dest])     # objects.pickle_for, inline
             if stream is not None and len(stream) <= e.limit:
                 # sent as itself from the compiled path (as a buffer: it declines the rest)
                 req = fast.isend(e.user, stream, dest, tag, e)
@@ -990,14 +994,19 @@ class Communicator(_Fallback):
             return super().recv(buf, source, tag, status)
         if buf is not None:
             _warnings.warn("the 'buf' argument is deprecated", UserWarning, stacklevel=2)
+        fast = e.fast
+        if fast is not None and not e.stash and len(_THREADS) < 2:
+            # objects.recv_compiled, inline: received and unpickled by the compiled
+            # path while nothing else waits (it declines a source or tag it does not take)
+            if _DETACHED:   # finished ones leave: they would keep this path off
+                _p2p.advance_detached()
+            obj = fast.recv_object(e.user, source, tag, _loads, status, _DECLINED)
+            if obj is not _DECLINED:
+                return obj if type(obj) is not _CONTROL else \
+                    _objects.finish_compiled(e, obj, status)
         if type(source) is int and type(tag) is int \
                 and (0 <= source < e.size or source == e.any_source) \
                 and (0 <= tag <= e.tag_ub or tag == e.any_tag):   # the common case
-            if e.fast is not None:
-                # received and unpickled by the compiled path while nothing else waits
-                obj = _objects.recv_compiled(e, source, tag, status)
-                if obj is not _DECLINED:
-                    return obj
             return _objects.recv(e, source, tag, status)
         source, tag = self._source(source), self._tag(tag, True)
         if source == e.names.PROC_NULL:
@@ -1030,7 +1039,19 @@ class Communicator(_Fallback):
                 and type(recvtag) is int and 0 <= dest < e.size and 0 <= sendtag <= e.tag_ub \
                 and (0 <= source < e.size or source == e.any_source) \
                 and (0 <= recvtag <= e.tag_ub or recvtag == e.any_tag):   # the common case
-            got, sent = _objects.sendrecv(e, sendobj, dest, sendtag, source, recvtag, status)
+            stream = _PICKLED[0](sendobj, e.cma[dest])     # objects.pickle_for, inline
+            fast = e.fast
+            if fast is not None and stream is not None and not e.stash and len(_THREADS) < 2:
+                # a short pickle sent as itself while the receive blocks, in one call
+                if _DETACHED:   # finished ones leave: they would keep this path off
+                    _p2p.advance_detached()
+                got = fast.sendrecv_object(e.user, stream, dest, sendtag, source, recvtag,
+                                           _loads, status, _DECLINED)
+                if got is not _DECLINED:
+                    return got if type(got) is not _CONTROL else \
+                        _objects.finish_compiled(e, got, status)
+            got, sent = _objects.sendrecv(e, sendobj, stream, dest, sendtag, source, recvtag,
+                                          status)
             if sent is None:
                 return got
             sreq = new_request(sent)

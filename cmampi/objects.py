@@ -21,21 +21,20 @@ import numpy as _np
 from . import _cma, _fastpath, _memory, _wire
 from . import p2p as _p2p
 from ._buffers import Layout, address, send_buffer
-from ._serial import THREADS as _THREADS
 from ._serial import serialized, shared
 from ._tuning import OOB_MIN, P2P_OOB_MIN
 from .channel import Completion
 from .coop import CoopPull
 
-__all__ = ["DECLINED", "OOB_MIN", "P2P_OOB_MIN", "Packed", "finish_recv", "isend", "isend_pickled",
-           "loads", "pickle_for", "pull_object", "recv", "recv_compiled", "send",
-           "sendrecv"]
+__all__ = ["DECLINED", "OOB_MIN", "P2P_OOB_MIN", "PICKLED", "Packed", "finish_compiled",
+           "finish_recv", "isend", "isend_pickled", "loads", "pickle_for", "pull_object", "recv",
+           "send", "sendrecv"]
 
 #: Where a buffer lives in its owner: (address, nbytes).
 Spot = tuple[int, int]
 
 #: What a compiled call of objects returns for a call it leaves to Python
-#: (`recv_compiled`, `sendrecv`, the collectives in slots: `objcoll`).
+#: (``Comm.recv``, `sendrecv`, the collectives in slots: `objcoll`).
 DECLINED = object()
 
 
@@ -195,10 +194,15 @@ def _pickled_in_band(obj: Any, oob: bool) -> bytes | None:
         return None
 
 
+#: `_pickled_in_band`, or its compiled twin once the compiled path loads.
+PICKLED: list[Callable[[Any, bool], bytes | None]] = [_pickled_in_band]
+
+
 def pickle_for(engine: _p2p.Engine, obj: Any, dest: int) -> bytes | None:
     """*obj*'s pickle, everything in band, unless it has a buffer to leave out
-    of band for *dest*: None (an object that does not pickle raises its error)."""
-    return _pickled_in_band(obj, engine.cma[dest])
+    of band for *dest*: None (an object that does not pickle raises its error).
+    Hot paths call ``PICKLED[0](obj, engine.cma[dest])`` themselves."""
+    return PICKLED[0](obj, engine.cma[dest])
 
 
 @serialized
@@ -266,26 +270,16 @@ def _start(engine: _p2p.Engine, packed: Packed, dest: int, tag: int, sync: bool,
 
 
 @serialized
-def sendrecv(engine: _p2p.Engine, obj: Any, dest: int, sendtag: int, source: int,
-             recvtag: int, status=None) -> tuple[Any, _p2p.Op | None]:
-    """Send *obj* and receive an object in one call: (the object, None) when the
-    pickle is short, sent as itself while the receive blocks; else (None, the
-    send's op, started), and the caller receives."""
-    stream = pickle_for(engine, obj, dest)
+def sendrecv(engine: _p2p.Engine, obj: Any, stream: bytes | None, dest: int, sendtag: int,
+             source: int, recvtag: int, status=None) -> tuple[Any, _p2p.Op | None]:
+    """Send *obj*, whose `pickle_for` is *stream*, and receive an object in one
+    call, where the compiled path (``sendrecv_object``, which ``Comm.sendrecv``
+    tries first) declined: (the object, None) when the pickle is short, sent
+    as itself while the receive blocks; else (None, the send's op, started),
+    and the caller receives."""
     if stream is None or len(stream) > engine.limit:
         return None, _isend_pickled(engine, obj, stream, dest, sendtag, False, False)
-    fast = engine.fast
-    if fast is not None and not engine.stash and len(_THREADS) < 2:
-        if _p2p._DETACHED:      # finished ones leave: they would keep this path off
-            _p2p.advance_detached()
-        got = fast.sendrecv_object(engine.user, stream, dest, sendtag, source, recvtag,
-                                   _pickle.loads, status, DECLINED)
-        if got is not DECLINED:
-            if type(got) is _wire.Control:
-                src, tg, count = fast.last()
-                got = finish_recv(engine, got, src, tg, count, status)
-            return got, None
-    # the compiled path declined (it would decline the receive alone too)
+    # (the compiled path would decline the receive alone too)
     sent = engine.ch.isend(stream, dest, sendtag)
     try:
         return recv(engine, source, recvtag, status), None
@@ -330,19 +324,11 @@ class _InTurn(_p2p.Op):
         self._step()
 
 
-def recv_compiled(engine: _p2p.Engine, source: int, tag: int, status=None) -> Any:
-    """A blocking receive of an object by the compiled path, while nothing else
-    waits (one thread, nothing stashed); `DECLINED` where `recv` must receive it."""
-    fast = engine.fast
-    if fast is None or engine.stash or len(_THREADS) > 1:
-        return DECLINED
-    if _p2p._DETACHED:      # finished ones leave: they would keep this path off
-        _p2p.advance_detached()
-    obj = fast.recv_object(engine.user, source, tag, _pickle.loads, status, DECLINED)
-    if type(obj) is not _wire.Control:
-        return obj
-    src, tg, count = fast.last()
-    return finish_recv(engine, obj, src, tg, count, status)
+def finish_compiled(engine: _p2p.Engine, control: _wire.Control, status) -> Any:
+    """The object of a blocking receive by the compiled path (``recv_object``,
+    which ``Comm.recv`` calls) that took a control message."""
+    src, tg, count = engine.fast.last()
+    return finish_recv(engine, control, src, tg, count, status)
 
 
 @serialized
@@ -449,4 +435,4 @@ def _pull_helped(engine: _p2p.Engine, source: int, obj: _OutOfBand) -> Any:
 
 
 _p2p.OBJECT_RECEIVE[:] = [landed, loads]
-_fastpath.register_in_band(P2P_OOB_MIN, _TooBig, _IN_BAND)
+_fastpath.register_in_band(P2P_OOB_MIN, _TooBig, _pickle.dumps, _IN_BAND, PICKLED)

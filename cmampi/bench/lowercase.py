@@ -1,7 +1,8 @@
 """Lowercase calls of small objects as programs make them: exchanges and collectives.
 
 Every rank has one small object (a dict of three items). Ranks 0 and 1
-exchange theirs (``irecv`` + ``isend``, each waited for, or ``sendrecv``);
+exchange theirs (``irecv`` + ``isend``, each waited for; ``isend``, a blocking
+``recv``, then the send waited for; or ``sendrecv``);
 the collectives run on every rank (root 0, ``SUM`` of ints for the
 reductions). Time per call on rank 0. Every result is checked once per
 implementation. Implementations: cmampi against mpi4py on the MPI channel;
@@ -19,7 +20,9 @@ from ._timing import Impl, measure, repeated
 
 __all__ = ["CALLS", "describe", "plan"]
 
-CALLS = ("isend+irecv", "sendrecv", "bcast", "gather", "scatter", "allgather", "alltoall",
+#: The exchanges between ranks 0 and 1, then the collectives.
+EXCHANGES = ("isend+irecv", "isend+recv", "sendrecv")
+CALLS = (*EXCHANGES, "bcast", "gather", "scatter", "allgather", "alltoall",
          "reduce", "allreduce", "scan")
 
 
@@ -30,12 +33,19 @@ def _small(key: int) -> dict:
 def _call(comm: Any, name: str, rank: int, size: int) -> Callable[[], Any]:
     """One call *name* on *comm*: a function returning what this rank gets."""
     mine = _small(rank)
-    if name in ("isend+irecv", "sendrecv"):
+    if name in EXCHANGES:
         if rank > 1:
             return lambda: None
         peer = 1 - rank
         if name == "sendrecv":
             return lambda: comm.sendrecv(mine, peer, TAG, None, peer, TAG)
+        if name == "isend+recv":
+            def send_first() -> Any:
+                req = comm.isend(mine, peer, TAG)
+                got = comm.recv(source=peer, tag=TAG)
+                req.wait()
+                return got
+            return send_first
 
         def exchange() -> Any:
             req = comm.irecv(source=peer, tag=TAG)
@@ -57,7 +67,7 @@ def _call(comm: Any, name: str, rank: int, size: int) -> Callable[[], Any]:
 
 
 def _expected(name: str, rank: int, size: int) -> Any:
-    if name in ("isend+irecv", "sendrecv"):
+    if name in EXCHANGES:
         return None if rank > 1 else _small(1 - rank)
     total = size * (size + 1) // 2
     return {
@@ -100,5 +110,5 @@ def describe(ctx: Context) -> str:
     vs = "cmampi vs mpi4py" if ctx.raw is not None else "cmampi alone (no MPI to compare with)"
     return (f"Lowercase calls of one small object (a dict of 3 items) per rank on "
             f"{ctx.size} ranks, {vs}: ranks 0 and 1 exchanging (irecv + isend, each "
-            f"waited for; sendrecv), collectives of every rank (root 0; reductions: SUM "
-            f"of ints); time per call on rank 0.")
+            f"waited for; isend, recv, wait; sendrecv), collectives of every rank "
+            f"(root 0; reductions: SUM of ints); time per call on rank 0.")
