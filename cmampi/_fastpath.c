@@ -56,7 +56,10 @@ typedef struct Staged {
 } Staged;
 
 static PyTypeObject StagedType;
-static Staged live_head;        /* sentinel of the live list */
+/* Sentinels of the live lists: sends, then receives (`is_recv`), each in the
+   order posted. Waits look through the receives alone (a send needs nothing of
+   this rank), however many sends a window keeps in flight. */
+static Staged live_heads[2];
 static Py_ssize_t live_count = 0, live_recvs = 0;
 static Py_ssize_t cfg_limit = -1, cfg_band = -1, cfg_cma_min = -1, cfg_cma_min_busy = -1;
 static MPI_Datatype gap_type = MPI_DATATYPE_NULL;  /* guarded receives (Open MPI) */
@@ -64,11 +67,12 @@ static PyObject *str_fast = NULL;
 static PyObject *mpi_exception = NULL;
 
 static void link_live(Staged *s) {
+    Staged *head = &live_heads[s->is_recv != 0];
     Py_INCREF(s);
-    s->prev = live_head.prev;
-    s->next = &live_head;
-    live_head.prev->next = s;
-    live_head.prev = s;
+    s->prev = head->prev;
+    s->next = head;
+    head->prev->next = s;
+    head->prev = s;
     live_count++;
     live_recvs += s->is_recv;
 }
@@ -1350,7 +1354,7 @@ static PyObject *fp_waitall(PyObject *mod, PyObject *const *args, Py_ssize_t nar
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
     PyObject **items = PySequence_Fast_ITEMS(seq);
     PyObject *result = NULL;
-    Py_ssize_t room = n + live_count + 1;
+    Py_ssize_t room = n + live_recvs + 1;
     Staged **ops = PyMem_Malloc(room * sizeof(Staged *));
     MPI_Request *reqs = PyMem_Malloc(room * sizeof(MPI_Request));
     int *idx = PyMem_Malloc(room * sizeof(int));
@@ -1367,8 +1371,9 @@ static PyObject *fp_waitall(PyObject *mod, PyObject *const *args, Py_ssize_t nar
         goto out;
     }
     for (k = 0; k < m; k++) reqs[k] = ops[k]->req;     /* MPI_REQUEST_NULL once done */
-    /* the other live ops: an arrived one first goes to the engine */
-    for (Staged *s = live_head.next; s != &live_head; s = s->next) {
+    /* the other live receives (a send needs nothing of this rank): an arrived
+       one first goes to the engine */
+    for (Staged *s = live_heads[1].next; s != &live_heads[1]; s = s->next) {
         if (s->busy) continue;
         if (s->state == ARRIVED) {
             result = Py_False;
@@ -1411,8 +1416,8 @@ out:
 }
 
 /* testall(requests, rtype) -> True (all done and null now), False (not all done
-   yet), None (the Python path decides, as for waitall, and whenever other ops
-   are live: a test progresses them too). */
+   yet), None (the Python path decides, as for waitall, and whenever other
+   receives are live: a test progresses them too). */
 static PyObject *fp_testall(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 2) {
         PyErr_SetString(PyExc_TypeError, "testall(requests, rtype)");
@@ -1433,8 +1438,8 @@ static PyObject *fp_testall(PyObject *mod, PyObject *const *args, Py_ssize_t nar
         if (claimed == 0) result = Py_None;
         goto out;
     }
-    for (k = 0; k < m; k++) posted += ops[k]->state == POSTED;
-    if (posted != live_count) {     /* others are live: a test progresses them too */
+    for (k = 0; k < m; k++) posted += ops[k]->state == POSTED && ops[k]->is_recv;
+    if (posted != live_recvs) {     /* other receives are live: a test progresses them too */
         result = Py_None;
         goto out;
     }
@@ -1788,12 +1793,12 @@ static PyObject *fp_library(PyObject *mod, PyObject *unused) {
 static PyObject *fp_live(PyObject *mod, PyObject *unused) {
     PyObject *out = PyList_New(0);
     if (out == NULL) return NULL;
-    for (Staged *s = live_head.next; s != &live_head; s = s->next) {
-        if (PyList_Append(out, (PyObject *)s) < 0) {
-            Py_DECREF(out);
-            return NULL;
-        }
-    }
+    for (int r = 0; r < 2; r++)
+        for (Staged *s = live_heads[r].next; s != &live_heads[r]; s = s->next)
+            if (PyList_Append(out, (PyObject *)s) < 0) {
+                Py_DECREF(out);
+                return NULL;
+            }
     return out;
 }
 
@@ -1862,7 +1867,7 @@ static struct PyModuleDef moddef = {PyModuleDef_HEAD_INIT, STR(FASTPATH_NAME), N
 
 PyMODINIT_FUNC CAT(PyInit_, FASTPATH_NAME)(void) {
     if (import_mpi4py() < 0) return NULL;
-    live_head.prev = live_head.next = &live_head;
+    for (int r = 0; r < 2; r++) live_heads[r].prev = live_heads[r].next = &live_heads[r];
     for (int i = 0; i < SPLIT_TYPES; i++) split_types[i].dt = MPI_DATATYPE_NULL;
     for (int i = 0; i < GUARD_TYPES; i++) guard_types[i].dt = MPI_DATATYPE_NULL;
     if (PyType_Ready(&StagedType) < 0) return NULL;
