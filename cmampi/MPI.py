@@ -62,6 +62,7 @@ if CHANNEL != "mpi":
 # Functions, not the module: mpi4py's test_doc walks every module this one holds.
 from ._finalize import at_exit as _at_exit  # noqa: E402
 from ._finalize import deliver as _deliver  # noqa: E402
+from ._watch import stop as _stop_watch  # noqa: E402
 
 
 def _running() -> bool:
@@ -77,6 +78,7 @@ def Finalize() -> None:
         if _running():
             _deliver()
     finally:
+        _stop_watch()   # it calls MPI
         _base.Finalize()
 
 

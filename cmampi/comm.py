@@ -31,6 +31,7 @@ from ._buffers import check_recv_buffer, has_derived_datatype, recv_buffer, send
 from ._config import config as _config
 from ._serial import THREADS as _THREADS
 from ._tuning import OBJECT_RAW_MAX
+from ._watch import site as _site
 from .request import NO_PROC_HIT as _NO_PROC_HIT
 from .request import (
     Message,
@@ -1147,6 +1148,16 @@ class Communicator(_Fallback):
     def exscan(self, sendobj: Any, op=SUM) -> Any:
         """Exclusive Scan."""
         return self._objcoll("exscan", sendobj, op=op)
+
+
+#: Where the main thread may block in the MPI library holding no engine state:
+#: the collectives the library runs, and the calls on the way to it (`_watch`).
+for _name in ("Bcast", "Gather", "Gatherv", "Scatter", "Scatterv", "Allgather", "Allgatherv",
+              "Alltoall", "Alltoallv", "Reduce", "Allreduce", "Reduce_scatter_block",
+              "Reduce_scatter", "Scan", "Exscan", "bcast", "gather", "scatter", "allgather",
+              "alltoall", "reduce", "allreduce", "scan", "exscan", "_ran_by_library", "_small",
+              "_objcoll", "_slotting", "_lock", "_plain", "_coll"):
+    _site(vars(Communicator)[_name])
 
 
 def _kept(spec):

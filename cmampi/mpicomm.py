@@ -23,6 +23,8 @@ from . import p2p as _p2p
 from ._backend import real_mpi as _real_mpi
 from ._config import config as _config
 from ._standin import StandIn
+from ._watch import site as _site
+from ._watch import start as _start_watch
 from .comm import INFO_NULL, Communicator
 
 __all__ = ["Cartcomm", "Comm", "Distgraphcomm", "Graphcomm", "Intracomm", "accelerate", "attach"]
@@ -48,6 +50,7 @@ class _EngineOf:
         return engine
 
 
+@_site
 def attach(comm: Any) -> Any:
     """Give *comm*'s handle an engine, unless it has one; collective over *comm*."""
     handle = comm.handle
@@ -55,6 +58,8 @@ def attach(comm: Any) -> Any:
         from .channel.mpi import MPIChannel
 
         _ENGINES[handle] = _p2p.Engine(MPIChannel(comm), _MPI, _config)
+        # pulled messages progress while the main thread blocks elsewhere
+        _start_watch(_MPI.Query_thread() == _MPI.THREAD_MULTIPLE, _MPI.Is_finalized)
     comm.__dict__.pop("_engine", None)
     return comm
 
@@ -67,6 +72,7 @@ def accelerate(comm: Any) -> Intracomm:
     return attach(_ours(comm))
 
 
+@_site
 def _ours(comm: Any) -> Any:
     """*comm* as an object of cmampi's class of its kind (the same object if it is)."""
     if isinstance(comm, Communicator):
@@ -77,6 +83,7 @@ def _ours(comm: Any) -> Any:
     return comm
 
 
+@_site
 def _derived(comm: Any) -> Any:
     """A communicator mpi4py derived from one of ours, as ours, with an engine; one
     outside the world model (an MPI 4 session's, before ``Init`` or after
@@ -95,7 +102,7 @@ def _deriving(name: str, base: type):
     @_functools.wraps(real)
     def method(self, *args, **kwargs):
         return _derived(real(self, *args, **kwargs))
-    return method
+    return _site(method)
 
 
 def _from_handle(cls: type, make: str, arg: int) -> Any:
@@ -190,6 +197,7 @@ class _MPICommunicator(_Handles, _MixedIn):
         where = "cmampi" if self._engine is not None else "the MPI library"
         return f"<{type(self).__module__}.{type(self).__name__} {self.handle:#x}, via {where}>"
 
+    @_site
     def Dup(self, info=None) -> Any:
         """Duplicate the communicator."""
         return _derived(_MPI.Intracomm.Dup(self, info))
@@ -204,6 +212,7 @@ class _MPICommunicator(_Handles, _MixedIn):
     Create_dist_graph_adjacent = _deriving("Create_dist_graph_adjacent", _MPI.Intracomm)
 
     @classmethod
+    @_site
     def Create_from_group(cls, group, stringtag: str = "org.mpi4py", info=INFO_NULL,
                           errhandler=None) -> Any:
         """Create_from_group(group, stringtag='org.mpi4py', info=INFO_NULL, errhandler=None)
@@ -212,10 +221,12 @@ class _MPICommunicator(_Handles, _MixedIn):
         """
         return _derived(_MPI.Intracomm.Create_from_group(group, stringtag, info, errhandler))
 
+    @_site
     def Split(self, color: int = 0, key: int = 0) -> Any:
         """Split communicator by color and key."""
         return _derived(_MPI.Intracomm.Split(self, color, key))
 
+    @_site
     def Split_type(self, split_type: int, key: int = 0, info=INFO_NULL) -> Any:
         """Split communicator by split type."""
         e = self._engine

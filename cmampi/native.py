@@ -30,6 +30,7 @@ from . import ops as _ops
 from ._buffers import _datatype_size, _parse, send_buffer
 from ._tuning import AGREED_INLINE as INLINE
 from ._tuning import LIBRARY_RUNS, NATIVE_MAX
+from ._watch import sites as _sites
 from .coll import flat
 
 __all__ = ["NATIVE_MAX", "Agreement", "call", "cmampi_reduces", "direct", "measure", "run"]
@@ -651,3 +652,8 @@ _KINDS = {
     "Reduce_scatter_block": (_reduce_scatter_block, 10, _EVERY, _reduce_scatter_block_done),
 }
 assert _KINDS.keys() == NATIVE_MAX.keys()
+
+
+#: Nothing here holds engine state: the main thread blocked in the MPI library
+#: from here lets the progress helper act (`_watch`).
+_sites(__name__)

@@ -24,6 +24,7 @@ from . import p2p as _p2p
 from ._buffers import address
 from ._serial import serialized
 from ._tuning import OBJECT_SLOT, STREAM_INLINE
+from ._watch import site as _site
 from .objects import DECLINED, OOB_MIN, Packed, pull_object
 
 __all__ = ["DECLINED", "KINDS", "SLOT", "SLOT_KINDS", "collective", "slotted"]
@@ -177,6 +178,8 @@ slotted: dict[str, Callable[..., Any]] = {
     "bcast": _bcast, "scatter": _scatter, "gather": _gather, "reduce": _reduce,
     "allgather": _allgather, "alltoall": _alltoall, "allreduce": _allreduce, "scan": _scan,
     "exscan": _exscan}
+for _fn in (*slotted.values(), _at_root, _all_slots):
+    _site(_fn)      # one MPI collective, no engine state (`_watch`)
 
 #: The same, in one call of the compiled path (``_fastpath.c``, its twin):
 #: ``fast.slots(plain, SLOT_KINDS[kind], obj, root, op, partial)``.

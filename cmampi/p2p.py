@@ -37,6 +37,7 @@ from ._serial import THREADS as _THREADS
 from ._serial import nap, pause, serialized
 from ._serial import owned as _owned
 from ._tuning import OBJECT_RAW_MAX
+from ._watch import site as _site
 from .channel import Channel, Completion, completion
 from .coop import SHARES, CoopPull, CopyShare, now
 
@@ -412,6 +413,7 @@ class ForeignOp(Op):
 class Engine:
     """Matching, protocols and progress for one communicator over one channel."""
 
+    @_site     # a new engine: nothing of it is pending yet
     def __init__(self, channel: Channel, names, config) -> None:
         self.ch = channel
         self.names = names

@@ -14,6 +14,7 @@ from .._cma import pid_namespace, user_namespace
 from .._config import CMA_MIN_DEFAULTS
 from .._config import config as _config
 from .._tuning import CMA_MIN_BUSY_DEFAULTS
+from .._watch import site as _site
 from . import Completion
 
 if TYPE_CHECKING:
@@ -50,6 +51,7 @@ class MPIChannel:
     cma_min = CMA_MIN_DEFAULTS["mpi"]
     cma_min_busy = CMA_MIN_BUSY_DEFAULTS["mpi"]
 
+    @_site     # the library's collectives, on a channel nothing uses yet (`_watch`)
     def __init__(self, comm: _mpi.Intracomm, node: str | None = None) -> None:
         allow_peers(_config)     # before the handshake below: peers probe us after it
         #: mpi4py's own view of *comm* (a cmampi communicator's methods would recurse)
@@ -94,6 +96,7 @@ class MPIChannel:
         self.types: dict[tuple[int, int, int, int], _mpi.Datatype] = {}
         self.gib: _mpi.Datatype | None = None
 
+    @_site
     def dup(self) -> MPIChannel:
         """A channel over new duplicates of the same communicator; collective."""
         return MPIChannel(self.comm, self.node)
