@@ -1025,7 +1025,7 @@ class Communicator(_Fallback):
                 and len(_THREADS) < 2 and type(source) is int \
                 and (0 <= source < e.size or source == e.any_source):
             # the compiled path: the message lands whole in a stage (it declines the rest)
-            req = fast.irecv_object(e.user, e.stage_for(None, source) + e.guarded, source, tag, e)
+            req = fast.irecv_object(e.user, e.object_stages[source], source, tag, e)
             if req is not None:
                 return req
         return self._irecv_obj(source, tag)

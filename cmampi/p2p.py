@@ -523,6 +523,10 @@ class Engine:
         self.raw_max = self.access.raw_max
         self.raw_max_any = self.access.raw_max_any
         self.all_cma = self.access.all_cma
+        #: The buffer of an object's receive from each source, and from any, as
+        #: the compiled path posts it (`stage_for`; a byte more where guarded).
+        self.object_stages = {s: self.stage_for(None, s) + self.guarded
+                              for s in (*range(self.size), self.any_source)}
 
     @property
     def peers(self) -> dict[int, _cma.Peer]:
