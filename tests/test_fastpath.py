@@ -547,18 +547,28 @@ class _Recording:
         return call
 
 
-def test_blocking_calls_take_the_compiled_path(cmcomm, MPI):
-    """Send, Recv (with a status too) and Sendrecv of small plain buffers go
-    through the compiled path's calls, and a Sendrecv beside another pending
-    receive through its requests."""
+def _pair_recording(cmcomm):
+    """(engine, rank, peer, recording) on ranks 0 and 1 of *cmcomm*, whose compiled
+    module now records its blocking calls (the caller restores ``engine.fast =
+    recording.real``); None on the other ranks. Skips without a compiled path."""
     e = cmcomm._engine
     if e is None or e.fast is None:
         pytest.skip("no compiled path here")
     rank = cmcomm.Get_rank()
     if rank > 1:
-        return
-    peer = 1 - rank
+        return None
     rec = e.fast = _Recording(e.fast)
+    return e, rank, 1 - rank, rec
+
+
+def test_blocking_calls_take_the_compiled_path(cmcomm, MPI):
+    """Send, Recv (with a status too) and Sendrecv of small plain buffers go
+    through the compiled path's calls, and a Sendrecv beside another pending
+    receive through its requests."""
+    pair = _pair_recording(cmcomm)
+    if pair is None:
+        return
+    e, rank, peer, rec = pair
     try:
         out = np.zeros(8, np.uint8)
         if rank == 0:
@@ -589,14 +599,10 @@ def test_a_blocking_receive_beside_sends_in_flight_takes_the_compiled_path(cmcom
     """``Isend`` then ``Recv`` then ``Wait`` (both ranks at once), and the same with
     objects: a send in flight, a message as itself that the MPI library
     completes alone, does not keep the blocking receive off the compiled path."""
-    e = cmcomm._engine
-    if e is None or e.fast is None:
-        pytest.skip("no compiled path here")
-    rank = cmcomm.Get_rank()
-    if rank > 1:
+    pair = _pair_recording(cmcomm)
+    if pair is None:
         return
-    peer = 1 - rank
-    rec = e.fast = _Recording(e.fast)
+    e, rank, peer, rec = pair
     try:
         out = np.zeros(8, np.uint8)
         for step in range(3):
