@@ -71,6 +71,7 @@ class _State:
     finalized: Any = None   # whether MPI is finalized (mpi4py's Is_finalized)
     stopping = False
     acted = 0       # rounds of progress the helper made
+    warned = False
     wake: Any = None
     done: Any = None
 
@@ -137,9 +138,8 @@ def _holds_nothing(frame) -> bool:
 
 
 def _may_act() -> bool:
-    if _STATE.finalized():
-        return False
-    if len(THREADS) > 1:    # the engine locks already: act as any thread would
+    """Whether the helper, shown in `THREADS` already, may enter the engine."""
+    if len(THREADS) > 2:    # the program's threads lock the engine: act as one would
         return True
     return _holds_nothing(_sys._current_frames().get(_STATE.main))
 
@@ -154,18 +154,32 @@ def _run() -> None:
             s.wake.acquire(timeout=TICK_PENDING if _pending() else TICK_IDLE)
             if s.stopping:
                 return
-            if _pending() and _may_act():
-                from . import p2p as _p2p
-
-                THREADS[ident] = me     # the main thread's next entry waits for the lock
-                try:
-                    with ENGINE:
-                        _p2p.progress()
-                    s.acted += 1
-                finally:
-                    THREADS.pop(ident, None)
-    except Exception as exc:   # noqa: BLE001 - reported: the hang it prevents would return
-        _warnings.warn(f"cmampi: the progress helper stopped: {exc!r}", RuntimeWarning,
-                       stacklevel=1)
+            if not _pending() or s.finalized():
+                continue
+            # Shown first, then the main thread looked at: what it checked before
+            # shows on its stack (a function of the engine's: no act), and what it
+            # checks from now on finds the engine locked.
+            THREADS[ident] = me
+            try:
+                if _may_act():
+                    _act()
+            finally:
+                THREADS.pop(ident, None)
     finally:
         s.done.release()
+
+
+def _act() -> None:
+    """Progress every posted receive under the engine's lock; an error is told
+    once and the helper goes on (stopping would bring the hang back)."""
+    from . import p2p as _p2p
+
+    try:
+        with ENGINE:
+            _p2p.progress()
+        _STATE.acted += 1
+    except Exception as exc:   # noqa: BLE001 - told: the caller's ops keep their errors
+        if not _STATE.warned:
+            _STATE.warned = True
+            _warnings.warn(f"cmampi: the progress helper met an error: {exc!r}",
+                           RuntimeWarning, stacklevel=1)

@@ -140,7 +140,16 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ()), metaclass=StandIn): 
 
     def __del__(self) -> None:
         # A request dropped while its operation is in flight: the operation goes on
-        # by itself, keeping the memory the channel may still write to.
+        # by itself, keeping the memory the channel may still write to. Whatever
+        # thread drops it, another may be inside the engine (the progress helper,
+        # `_watch`, among them): the op is taken over under the engine's lock.
+        if len(_THREADS) > 1:
+            with _ENGINE:
+                self._dropped()
+        else:
+            self._dropped()
+
+    def _dropped(self) -> None:
         op = self._op
         if op is not None and not op.done:
             _p2p.detach(self._ops())
@@ -612,7 +621,7 @@ class StagedRequest(Request):
                 return done, None
         return super().test(status)
 
-    def __del__(self) -> None:
+    def _dropped(self) -> None:
         # Dropped in flight: the op goes on by itself (see Request.__del__). A
         # StagedRequest's op is only ever its compiled op's.
         staged = self._fast

@@ -112,3 +112,41 @@ def test_the_helper_stays_out_of_sight(cmcomm, MPI):
     else:
         cmcomm.Barrier()
     assert threading.enumerate() == threads
+
+
+def test_requests_dropped_while_the_helper_acts(cmcomm, MPI):
+    """Rank 0 posts many receives, blocks in ``Barrier`` while the helper takes
+    them over, then drops their requests at once (their finalizers detach the
+    ops, under the engine's lock): every message still lands, and the helper
+    goes on."""
+    import time
+
+    from cmampi import _watch
+    from cmampi import p2p as _p2p
+
+    if _socket(MPI) or MPI.Query_thread() < MPI.THREAD_MULTIPLE:
+        pytest.skip("no progress helper here")
+    rank, many = cmcomm.Get_rank(), 20000
+    if rank == 0:
+        bufs = [bytearray(8) for _ in range(many)]
+        reqs = [cmcomm.Irecv(b, 1, 60 + k % 100) for k, b in enumerate(bufs)]
+        cmcomm.Barrier()        # rank 1 is late: the helper acts meanwhile
+        while reqs:
+            reqs.pop()
+        cmcomm.Barrier()
+        cmcomm.Barrier()        # rank 1 has sent them all
+        while _p2p._DETACHED:
+            _p2p.progress()
+        assert all(b == (k % 251).to_bytes(8, "little") for k, b in enumerate(bufs))
+        assert not _watch._STATE.warned and _watch._STATE.done.locked()
+    elif rank == 1:
+        time.sleep(0.3)
+        cmcomm.Barrier()
+        cmcomm.Barrier()
+        for k in range(many):
+            cmcomm.Send((k % 251).to_bytes(8, "little"), 0, 60 + k % 100)
+        cmcomm.Barrier()
+    else:
+        cmcomm.Barrier()
+        cmcomm.Barrier()
+        cmcomm.Barrier()
