@@ -563,15 +563,28 @@ class StagedRequest(Request):
     #: the compiled op, until a compiled wait completes it or the request is completed
     _fast: Any = None
 
+    # A compiled op made while one thread ran may be taken over by another
+    # thread's progress (the progress helper, `_watch`) once several run: both
+    # sides take it over under the engine's lock then.
     @property
     def _op(self) -> _p2p.Op | None:
         staged = self._fast
         if staged is None:
             return self.__dict__.get("_held")
+        if staged.op is None and len(_THREADS) > 1:
+            with _ENGINE:
+                return _p2p.promote(staged)
         return _p2p.promote(staged)
 
     @_op.setter
     def _op(self, op: _p2p.Op | None) -> None:
+        if len(_THREADS) > 1:
+            with _ENGINE:
+                self._let_go(op)
+        else:
+            self._let_go(op)
+
+    def _let_go(self, op: _p2p.Op | None) -> None:
         staged = self._fast
         if staged is not None:
             staged.op = None    # the op's stage refers to it: no cycle left behind
