@@ -509,9 +509,6 @@ class Engine:
         self.multinode = len(set(channel.nodes)) > 1
         self._xid = 0
         #: Who may read whom (probed and agreed now: a collective, as construction is).
-        hook = getattr(channel, "progress_while_blocked", None)
-        if hook is not None:    # MPI's progress rule, in the channel's own collectives
-            hook(progress)
         self.access = PeerAccess.discover(channel, config, self.cma_min_busy)
         self.can_read = self.access.can_read
         #: Peers a blocked send may help copy (write into): not this rank itself,

@@ -4,9 +4,10 @@ get on to the collective too.
 
 On cmampi a message of 1 MiB or more, or an object with a large buffer, is
 pulled by its receiver, which then frees the sender: a rank blocked in a
-collective of the MPI library acts through the progress helper (`_watch`);
-on the socket channel the collectives' own waits act. Each buffer test runs
-on plain mpi4py and on cmampi.
+collective of the MPI library acts through the progress helper (`_watch`).
+Each buffer test runs on plain mpi4py and on cmampi; on the socket channel a
+rank making a communicator does not act (README, Limits): they are skipped
+there.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ def test_a_receive_posted_before_a_collective_completes_during_it(comm, MPI, cal
     """Rank 1 sends rank 0 2 MiB with a blocking ``Send``, then enters the
     collective; rank 0, its ``Irecv`` posted, enters the collective at once and
     waits for the receive after it."""
+    if _socket(MPI):
+        pytest.skip("the socket channel: a rank making a communicator does not act")
     rank = comm.Get_rank()
     collective = COLLECTIVES[call]
     for step in range(2):
@@ -65,6 +68,8 @@ def test_an_object_receive_posted_before_a_collective_completes_during_it(cmcomm
     """The same with objects: rank 1 ``send``s an object holding a large array
     (its buffer pulled), and a long pickle (announced first), then enters the
     collective; rank 0's ``irecv`` is posted before it enters."""
+    if _socket(MPI):
+        pytest.skip("the socket channel: a rank making a communicator does not act")
     rank = cmcomm.Get_rank()
     collective = COLLECTIVES[call]
     objects = [{"array": np.arange(N, dtype=np.float64)}, list(range(300_000))]

@@ -56,10 +56,6 @@ class Hub:
         self.conns: list[Peer | None] = [None] * size
         self.matching = Matching(self._goodbye_from)
         self.next_ctx = 1
-        #: What lets the engine act on its posted receives while a rank waits in a
-        #: collective of the hub's own (`sys_allgather`: communicators being
-        #: made): their senders may wait for that (MPI's progress rule).
-        self.meanwhile: Any = None
         #: Context ids in use here (`_IN_USE`), or held by a communicator's
         #: creation under way (its token): creations from several threads at once
         #: must not agree on one id (see `SocketChannel._new_ctx`).
@@ -535,30 +531,12 @@ class Hub:
                 out.append(obj)
                 continue
             key = (ctx, r, -1 - seq)
-            self.wait(self._acting(lambda key=key, r=r: bool(side.get(key)) or self.is_dead(r)))
+            self.wait(lambda key=key, r=r: bool(side.get(key)) or self.is_dead(r))
             if not side.get(key):
                 raise self.failure(r)
             out.append(_pickle.loads(side[key].popleft()))
-        self.wait(self._acting(lambda: all(h.done for h in handles)))
+        self.wait(lambda: all(h.done for h in handles))
         return out
-
-    def _acting(self, done):
-        """*done*, which also runs `meanwhile` (if set) once per ``_LOOK_SECONDS``
-        while it is false: a wait asks it once a turn."""
-        act = self.meanwhile
-        if act is None:
-            return done
-        mono, due = _time.monotonic, [0.0]
-
-        def check() -> bool:
-            if done():
-                return True
-            now = mono()
-            if now >= due[0]:
-                due[0] = now + _LOOK_SECONDS
-                act()
-            return done()
-        return check
 
     # -- context ids ----------------------------------------------------------------------
     def propose_ctx(self, owner: object) -> int:

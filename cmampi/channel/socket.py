@@ -269,11 +269,6 @@ class SocketChannel:
         self._seq += 1
         return self._seq
 
-    def progress_while_blocked(self, progress: Callable[[], None]) -> None:
-        """Let *progress* act on the engine's posted receives while this rank waits
-        in the hub's own collectives (communicators being made)."""
-        self.hub.meanwhile = progress
-
     def allgather(self, obj: Any) -> list[Any]:
         """Every rank's *obj* (small, pickled), in rank order; collective."""
         return self.hub.sys_allgather(self.ctx, self.group, self._next_seq(), obj)
