@@ -1067,9 +1067,10 @@ static int waited_alone(Staged **ops, Py_ssize_t m, int yielding) {
     MPI_Request reqs[2];
     int idx[2], rc;
     MPI_Status sts[2];
+    if (m > 2) return 0;
     Py_ssize_t recvs = 0;
-    for (Py_ssize_t k = 0; k < m && k < 2; k++) recvs += ops[k]->is_recv;
-    if (m > 2 || !nothing_else_waits(recvs)) return 0;
+    for (Py_ssize_t k = 0; k < m; k++) recvs += ops[k]->is_recv;
+    if (!nothing_else_waits(recvs)) return 0;
     for (Py_ssize_t k = 0; k < m; k++) {
         reqs[k] = ops[k]->req;
         ops[k]->busy = 1;

@@ -1569,10 +1569,13 @@ def settle() -> None:
                 promote(staged)
 
 
+@serialized
 def promote(staged) -> Op:
     """The op of the Python engine a compiled op becomes, once and for good. The
     compiled op is claimed first (its request released, or its message taken),
-    before anything here allocates: a finalizer run meanwhile finds it taken."""
+    before anything here allocates: a finalizer run meanwhile finds it taken.
+    Under the engine's lock whenever several threads run: another thread's
+    progress (`settle`) may be taking the same op over."""
     op = staged.op
     if op is not None:
         return op
