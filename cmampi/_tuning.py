@@ -34,17 +34,23 @@ __all__ = [
 #: Messages up to this size travel as themselves, with no header (``CMAMPI_EAGER_LIMIT``).
 EAGER_LIMIT = 4 << 10
 #: From this size on payloads are pulled with CMA, per channel (``CMAMPI_CMA_MIN``).
-#: MPI channel: a 1 MiB ping-pong pulled ran at 1.06-1.14x mpi4py, as itself at
-#: 0.91-0.99x, and a stream of 64 at 1.11x against 0.90x (MPICH 5.0 and Open MPI
-#: 5.0, AMD EPYC); at 512 KiB a pull lost (0.73x). The best threshold depends on
-#: the node: on an earlier one a 1 MiB pull ran at 0.62-0.65x. Over sockets a
-#: message costs two copies through the ring, so pulling pays off sooner.
-CMA_MIN_DEFAULTS = {"mpi": 1 << 20, "socket": 512 << 10}
+#: MPI channel: MPICH and Open MPI copy large messages once themselves (CMA), so
+#: a pull gains only by splitting the copy with the blocked sender, and pays its
+#: Python bookkeeping (30-80 us a message where the interpreter is slow). A 1 MiB
+#: ping-pong pulled ran at 1.06-1.14x mpi4py on one node (AMD EPYC) and at
+#: 0.62-0.65x and 0.62-0.89x on two others; as itself at 0.91-1.03x on all three.
+#: From 2 MiB on a pull ties or wins everywhere measured, from 4 MiB it leads
+#: (1.1-1.6x). Over sockets a message costs two copies through the ring, so
+#: pulling pays off sooner.
+CMA_MIN_DEFAULTS = {"mpi": 2 << 20, "socket": 512 << 10}
 #: ... but a rank that has receives of its own pending (both directions at once)
-#: sends as itself below this size: two ranks each pulling 1 MiB messages ran at
-#: 0.70x mpi4py, the MPI library's own path at 0.88x (unless ``CMAMPI_CMA_MIN``
-#: is set: then it alone decides).
-CMA_MIN_BUSY_DEFAULTS = {"mpi": 2 << 20, "socket": 512 << 10}
+#: sends as itself below this size, unless ``CMAMPI_CMA_MIN`` is set (then it
+#: alone decides): there both cores copy anyway, and the library's own single
+#: copy has no bookkeeping in Python. Two ranks exchanging by ``Sendrecv`` or
+#: ``Irecv`` + ``Isend`` ran at 0.84-0.86x mpi4py pulling 4 MiB and 0.97-0.99x
+#: pulling 16 MiB, against 0.97-1.00x and 1.11-1.14x as themselves (medians of
+#: three runs, MPICH 5.0, 2 ranks).
+CMA_MIN_BUSY_DEFAULTS = {"mpi": 32 << 20, "socket": 512 << 10}
 #: From this size on a sender blocked in ``Send`` writes part of the payload itself
 #: while the receiver pulls the rest (``CMAMPI_COOP_MIN``).
 COOP_MIN = 1 << 20

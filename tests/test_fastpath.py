@@ -80,7 +80,9 @@ def test_the_compiled_path_is_built_and_taken(cmcomm, MPI):
     assert type(got).__name__ == "Staged" and got.count == 8 and (out == peer).all()
     # a large receive lands in place but for its head; a pulled send, a
     # synchronous one and a strided view take the Python path
-    big, pulled = np.zeros(3 << 20, np.uint8), np.ones(3 << 20, np.uint8)
+    # (pulled even though a receive is pending: from the busy threshold on)
+    n = e.cma_min_busy
+    big, pulled = np.zeros(n, np.uint8), np.ones(n, np.uint8)
     reqs = [cmcomm.Irecv(big, peer, 4), cmcomm.Isend(pulled, peer, 4)]
     assert _staged(reqs[0]) and not _staged(reqs[1])
     strided = np.zeros(64)
