@@ -11,6 +11,7 @@ __all__ = [
            "AGREED_INLINE",
            "CHUNK",
            "CMA_MIN_BUSY_DEFAULTS",
+           "CMA_MIN_BUSY_GUARDED",
            "CMA_MIN_DEFAULTS",
            "COARSE_RUN",
            "COLL_INLINE_MAX",
@@ -51,6 +52,12 @@ CMA_MIN_DEFAULTS = {"mpi": 2 << 20, "socket": 512 << 10}
 #: pulling 16 MiB, against 0.97-1.00x and 1.11-1.14x as themselves (medians of
 #: three runs, MPICH 5.0, 2 ranks).
 CMA_MIN_BUSY_DEFAULTS = {"mpi": 32 << 20, "socket": 512 << 10}
+#: ... except on a guarded MPI channel (Open MPI, `channel.mpi.MPIChannel.guarded`),
+#: whose receives of messages as themselves go through a datatype with a gap:
+#: Open MPI's path for those runs at a quarter of its contiguous one's speed in
+#: some jobs. 4 MiB exchanges ran at 0.22-0.73x mpi4py as themselves (six jobs),
+#: 0.61-0.74x pulled: there the pull threshold holds with receives pending too.
+CMA_MIN_BUSY_GUARDED = 2 << 20
 #: From this size on a sender blocked in ``Send`` writes part of the payload itself
 #: while the receiver pulls the rest (``CMAMPI_COOP_MIN``).
 COOP_MIN = 1 << 20

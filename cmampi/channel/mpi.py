@@ -13,7 +13,7 @@ from .._backend import real_mpi
 from .._cma import pid_namespace, user_namespace
 from .._config import CMA_MIN_DEFAULTS
 from .._config import config as _config
-from .._tuning import CMA_MIN_BUSY_DEFAULTS
+from .._tuning import CMA_MIN_BUSY_DEFAULTS, CMA_MIN_BUSY_GUARDED
 from .._watch import site as _site
 from . import Completion
 
@@ -93,6 +93,8 @@ class MPIChannel:
         #: gap stop at the buffer's end. Where the size is not known before the
         #: receive, the engine posts those (`irecv_guarded`, `irecv_split`).
         self.guarded = _MPI.get_vendor()[0] == "Open MPI"
+        if self.guarded:
+            self.cma_min_busy = CMA_MIN_BUSY_GUARDED
         self.types: dict[tuple[int, int, int, int], _mpi.Datatype] = {}
         self.gib: _mpi.Datatype | None = None
 
