@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes as _ctypes
 import errno as _errno
+import mmap as _mmap
 import os as _os
 import select as _select
 import threading as _threading
@@ -18,10 +19,13 @@ from typing import Any
 import numpy as _np
 
 __all__ = [
+    "ALIASED_MIN",
     "IOV_MAX",
     "MAX_RW_COUNT",
+    "STAGE_PIECE",
     "Peer",
     "Segments",
+    "aliased",
     "as_segments",
     "hold",
     "oserror",
@@ -189,7 +193,89 @@ def _call(fn, pid: int, lp: int, ln: int, rp: int, rn: int) -> int:
     return n
 
 
+#: Copies from this size on whose destination lies 1-31 bytes past their source,
+#: modulo the page (`aliased`), go through a stage.
+ALIASED_MIN = 32 << 10
+#: Bytes a staged copy moves per piece. An aliased read of 1 MiB took 240-255 us
+#: staged (pieces of 256 KiB to 1 MiB ran alike), 750-770 us straight; of 4 MiB,
+#: 955-1050 us against about 3 ms (unaliased: 100-125 and 400-540 us).
+STAGE_PIECE = 256 << 10
+_PAGE_MASK = _mmap.PAGESIZE - 1
+_stages = _threading.local()
+
+
+def aliased(dst: int, src: int) -> bool:
+    """Whether the kernel's copy of a range from *src* to *dst* runs slow: it copies
+    user memory with ``rep movsb``, whose loads stall behind its own stores where
+    the destination lies 1-31 bytes past the source in the address bits below the
+    page ("4K aliasing"). Measured on AMD EPYC: 1 MiB in 750-770 us at those
+    distances, 105-135 us at any other."""
+    return 0 < (dst - src) & _PAGE_MASK < 32
+
+
+def _stage() -> int:
+    """The address of this thread's page-aligned stage of `STAGE_PIECE` bytes and a
+    page more (kept for the thread's life: a new mapping per copy costs page faults)."""
+    mem = getattr(_stages, "mem", None)
+    if mem is None:
+        mem = _stages.mem = _mmap.mmap(-1, STAGE_PIECE + _mmap.PAGESIZE)
+        _stages.addr = _ctypes.addressof(_ctypes.c_char.from_buffer(mem))
+    return _stages.addr
+
+
+def _copy_here(me: int, dst: int, src: int, nbytes: int, pid: int) -> None:
+    """Copy *nbytes* between two ranges of this process (*me*) through the kernel,
+    which reports a range that is not mapped (EFAULT, told as for *pid*) where a
+    copy in user space would crash."""
+    iov = _iovec_pair()
+    lp = _ctypes.addressof(iov)
+    rp = lp + _ctypes.sizeof(_iovec)
+    done = 0
+    try:
+        while done < nbytes:
+            iov[0].iov_base = dst + done
+            iov[0].iov_len = nbytes - done
+            iov[1].iov_base = src + done
+            iov[1].iov_len = nbytes - done
+            done += _call(_readv, me, lp, 1, rp, 1)
+    except OSError as exc:
+        raise oserror(exc.errno or _errno.EFAULT, pid) from None
+
+
+def _transfer_staged(fn, pid: int, laddr: int, raddr: int, nbytes: int) -> None:
+    """`_transfer_one` of an `aliased` range, through this thread's stage, piece
+    by piece: one kernel copy between the remote range and the stage, another
+    between the stage and ours (`_copy_here`). The stage lies 64 bytes past the
+    remote bytes (modulo the page) when reading, 64 before when writing, so that
+    neither copy's destination lies 1-31 bytes past its source."""
+    reading = fn is _readv
+    base = _stage()
+    me = _os.getpid()
+    shift = 64 if reading else -64
+    iov = _iovec_pair()
+    lp = _ctypes.addressof(iov)
+    rp = lp + _ctypes.sizeof(_iovec)
+    done = 0
+    while done < nbytes:
+        step = min(nbytes - done, STAGE_PIECE)
+        stage = base + ((raddr + done + shift) & _PAGE_MASK)
+        if not reading:
+            _copy_here(me, stage, laddr + done, step, pid)
+        iov[0].iov_base = stage
+        iov[0].iov_len = step
+        iov[1].iov_base = raddr + done
+        iov[1].iov_len = step
+        got = _call(fn, pid, lp, 1, rp, 1)
+        if reading:
+            _copy_here(me, laddr + done, stage, got, pid)
+        done += got
+
+
 def _transfer_one(fn, pid: int, laddr: int, raddr: int, nbytes: int) -> None:
+    if nbytes >= ALIASED_MIN and (aliased(laddr, raddr) if fn is _readv
+                                  else aliased(raddr, laddr)):
+        _transfer_staged(fn, pid, laddr, raddr, nbytes)
+        return
     # A fresh pair per call: ctypes drops the GIL around the syscall, so a
     # shared iovec could be rewritten by another thread before the kernel reads it.
     iov = _iovec_pair()

@@ -217,6 +217,98 @@ def test_writev_contiguous_child_sees_data(spawn):
     assert kid.close() == 0
 
 
+# -- ranges whose copy the kernel would run slow ("4K aliasing") ----------------------------
+
+@pytest.mark.parametrize(("dst", "src", "slow"), [
+    (16, 0, True), (1, 0, True), (31, 0, True), (4096 + 8, 0, True), (48, 32, True),
+    (0, 0, False), (32, 0, False), (0, 16, False), (4095, 0, False), (2048, 0, False)])
+def test_aliased_is_a_destination_1_to_31_bytes_past_the_source_in_the_page(dst, src, slow):
+    base = 1 << 30
+    assert _cma.aliased(base + dst, base + src) is slow
+
+
+@pytest.mark.parametrize("direction", ["read", "write"])
+@pytest.mark.parametrize("shift", [1, 16, 31])
+@pytest.mark.parametrize("roff", [0, 4000])
+@pytest.mark.parametrize("nbytes", [_cma.ALIASED_MIN, 2 * _cma.STAGE_PIECE + 12345])
+def test_aliased_ranges_go_through_the_stage_and_land_exactly(spawn, monkeypatch, direction,
+                                                              shift, roff, nbytes):
+    """A range whose destination lies 1-31 bytes past its source (modulo the page)
+    is copied through the stage, piece by piece, byte for byte, and nothing around
+    it changes, reading from the child and writing into it. The remote range
+    starts *roff* bytes into a page."""
+    staged = []
+    real = _cma._transfer_staged
+    monkeypatch.setattr(_cma, "_transfer_staged", lambda *a: staged.append(a) or real(*a))
+    big = pattern(nbytes + 2 * PAGE, seed=23)
+    kid = spawn(lambda: {"a": big.copy(), "w": np.full(nbytes + 2 * PAGE, 7, np.uint8)})
+    name = "a" if direction == "read" else "w"
+    at = (roff - kid.addr[name]) % PAGE
+    raddr = kid.addr[name] + at
+    local = np.full(nbytes + 2 * PAGE, 9, np.uint8)
+    # reading, ours is the destination: *shift* bytes past the remote range; writing, before it
+    lo = (raddr + (shift if direction == "read" else -shift) - local.ctypes.data) % PAGE
+    laddr = local.ctypes.data + lo
+    if direction == "read":
+        _cma.read_into(kid.pid, laddr, raddr, nbytes)
+        assert np.array_equal(local[lo:lo + nbytes], big[at:at + nbytes])
+        assert (local[:lo] == 9).all() and (local[lo + nbytes:] == 9).all()
+    else:
+        want = big[:nbytes]
+        local[lo:lo + nbytes] = want
+        assert _cma.writev(kid.pid, [(laddr, nbytes)], [(raddr, nbytes)]) == nbytes
+        got = np.frombuffer(kid.call("bytes", "w"), np.uint8)
+        assert np.array_equal(got[at:at + nbytes], want)
+        assert (got[:at] == 7).all() and (got[at + nbytes:] == 7).all()
+    assert len(staged) == 1
+
+
+@pytest.mark.parametrize("direction", ["read", "write"])
+def test_a_staged_copy_into_or_from_a_hole_raises_efault(spawn, direction):
+    """Our side of a staged copy is copied by the kernel too: a range running into
+    unmapped memory raises EFAULT, as a straight copy does, where a copy in user
+    space would crash the process."""
+    n = 2 * _cma.STAGE_PIECE
+    kid = spawn(lambda: {"a": pattern(n + PAGE, seed=25)})
+    pages = (n + 2 * PAGE) // PAGE
+    addr = _libc.mmap(None, pages * PAGE, mmap.PROT_READ | mmap.PROT_WRITE,
+                      mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
+    assert addr not in (None, ctypes.c_void_p(-1).value)
+    try:
+        hole = addr + (pages // 2) * PAGE            # past the first piece
+        assert _libc.munmap(hole, pages * PAGE - (hole - addr)) == 0
+        raddr = kid.addr["a"]
+        laddr = addr + (raddr + (16 if direction == "read" else -16) - addr) % PAGE
+        assert _cma.aliased(laddr, raddr) if direction == "read" else _cma.aliased(raddr, laddr)
+        with pytest.raises(OSError) as err:
+            if direction == "read":
+                _cma.read_into(kid.pid, laddr, raddr, n)
+            else:
+                _cma.writev(kid.pid, [(laddr, n)], [(raddr, n)])
+        assert err.value.errno == errno.EFAULT
+    finally:
+        _libc.munmap(addr, (pages // 2) * PAGE)
+
+
+def test_short_returns_are_resumed_through_the_stage(spawn, monkeypatch):
+    """Short returns of the kernel inside a staged copy resume where they stopped."""
+    monkeypatch.setattr(_cma, "_readv", _short_kernel(_cma._readv, 100_003))
+    monkeypatch.setattr(_cma, "_writev", _short_kernel(_cma._writev, 100_003))
+    n = _cma.STAGE_PIECE + 54321
+    src = pattern(n, seed=24)
+    kid = spawn(lambda: {"a": src.copy(), "w": np.zeros(n + PAGE, np.uint8)})
+    out = np.zeros(n + PAGE, np.uint8)
+    lo = (kid.addr["a"] + 16 - out.ctypes.data) % PAGE
+    assert _cma.aliased(out.ctypes.data + lo, kid.addr["a"])
+    _cma.read_into(kid.pid, out.ctypes.data + lo, kid.addr["a"], n)
+    assert np.array_equal(out[lo:lo + n], src)
+    at = (out.ctypes.data + lo + 16 - kid.addr["w"]) % PAGE
+    assert _cma.aliased(kid.addr["w"] + at, out.ctypes.data + lo)
+    assert _cma.writev(kid.pid, [(out.ctypes.data + lo, n)], [(kid.addr["w"] + at, n)]) == n
+    got = np.frombuffer(kid.call("bytes", "w"), np.uint8)
+    assert np.array_equal(got[at:at + n], src) and not got[:at].any() and not got[at + n:].any()
+
+
 def test_writev_scattered_leaves_gaps_untouched(spawn):
     """Strided remote segments: only the segment bytes of the child change."""
     kid = spawn(lambda: {"a": np.full(4096, 0x11, np.uint8)})

@@ -1,8 +1,10 @@
 """Call patterns of real programs: buffer specs, ``bytearray``/``mmap`` buffers, windows.
 
 Ping-pong (one-way time = round trip / 2) with the buffer forms programs pass:
-``[numpy array, n, MPI.BYTE]``, a bare ``bytearray`` and ``[mmap, n, MPI.BYTE]``
-(the bare numpy array is ``pingpong``'s row). Windows: rank 0 posts 64
+``[numpy array, n, MPI.BYTE]``, a bare ``bytearray``, ``[mmap, n, MPI.BYTE]``,
+and bare numpy arrays whose receive buffer starts 16 bytes further into its page
+than the send buffer, as two arrays from ``malloc`` often do ("shifted"; the
+bare numpy array is ``pingpong``'s row). Windows: rank 0 posts 64
 ``Isend`` of one buffer, rank 1 64 ``Irecv`` into one buffer (as benchmark
 programs do), ``Waitall``, then a 4-byte ack (time per message = window time /
 64); and both directions at once: each rank posts 64 ``Irecv`` and 64 ``Isend``
@@ -32,7 +34,11 @@ DEFAULT_SIZES = (8, 64 << 10, 1 << 20, 4 << 20)
 #: Requests in flight per window, per direction.
 WINDOW = 64
 #: Buffer forms of the ping-pong rows: name -> (make a buffer of n bytes, its spec).
-FORMS = ("spec", "bytearray", "mmap")
+FORMS = ("spec", "bytearray", "mmap", "shifted")
+#: Where the "shifted" form's buffers start in their pages: the receive buffer 16
+#: bytes further in than the send buffer, as two arrays from ``malloc`` often lie
+#: (the kernel's copy between them runs several times slower: `_cma.aliased`).
+SHIFTED = (64, 80)
 
 
 def _namespace(name: str, ctx: Context) -> Any:
@@ -50,15 +56,18 @@ class _Buffers:
     def __init__(self, form: str, nbytes: int, MPI: Any) -> None:
         self.form, self.nbytes = form, nbytes
         self.expected = pattern(nbytes)
-        self.send_mem, self.recv_mem = self._make(), self._make()
+        self.send_mem, self.recv_mem = self._make(SHIFTED[0]), self._make(SHIFTED[1])
         self._bytes(self.send_mem)[:] = self.expected
         self.send, self.recv = self._spec(self.send_mem, MPI), self._spec(self.recv_mem, MPI)
 
-    def _make(self) -> Any:
+    def _make(self, offset: int) -> Any:
         if self.form == "bytearray":
             return bytearray(self.nbytes)
         if self.form == "mmap":
             return _mmap.mmap(-1, self.nbytes)
+        if self.form == "shifted":     # a numpy array *offset* bytes into a fresh page
+            whole = _np.frombuffer(_mmap.mmap(-1, self.nbytes + _mmap.PAGESIZE), _np.uint8)
+            return whole[offset:offset + self.nbytes]
         return _np.zeros(self.nbytes, _np.uint8)
 
     def _spec(self, mem: Any, MPI: Any) -> Any:
@@ -216,7 +225,9 @@ def plan(ctx: Context) -> list[Case]:
 
 def describe(ctx: Context) -> str:
     return ("Users' call patterns between 2 ranks: ping-pong of [numpy, n, MPI.BYTE] specs, "
-            f"bytearrays and [mmap, n, MPI.BYTE] specs; a stream of {WINDOW} Isend of one "
+            "bytearrays, [mmap, n, MPI.BYTE] specs and numpy arrays whose receive buffer "
+            f"starts {SHIFTED[1] - SHIFTED[0]} bytes further into its page than the send "
+            "buffer (shifted); a stream of {WINDOW} Isend of one "
             f"buffer into {WINDOW} Irecv of one buffer, then a 4-byte ack (per message), of "
             "numpy arrays and of [numpy, n, MPI.BYTE] specs; "
             f"both directions at once, {WINDOW} Irecv + {WINDOW} Isend per rank (per message "
