@@ -223,21 +223,39 @@ def _stage() -> int:
     return _stages.addr
 
 
+class _Pair:
+    """One local and one remote iovec, for calls that move one range each side.
+
+    A fresh pair per transfer: ctypes drops the GIL around the syscall, so a
+    shared pair could be rewritten by another thread before the kernel reads it."""
+
+    __slots__ = ("iov", "lp", "rp")
+
+    def __init__(self) -> None:
+        self.iov = _iovec_pair()
+        self.lp = _ctypes.addressof(self.iov)
+        self.rp = self.lp + _ctypes.sizeof(_iovec)
+
+    def move(self, fn, pid: int, laddr: int, raddr: int, nbytes: int) -> int:
+        """One call of *fn* for *nbytes* at *laddr* here and *raddr* in *pid*: the
+        bytes it moved (a short return is the caller's to resume)."""
+        iov = self.iov
+        iov[0].iov_base = laddr
+        iov[0].iov_len = nbytes
+        iov[1].iov_base = raddr
+        iov[1].iov_len = nbytes
+        return _call(fn, pid, self.lp, 1, self.rp, 1)
+
+
 def _copy_here(me: int, dst: int, src: int, nbytes: int, pid: int) -> None:
     """Copy *nbytes* between two ranges of this process (*me*) through the kernel,
     which reports a range that is not mapped (EFAULT, told as for *pid*) where a
     copy in user space would crash."""
-    iov = _iovec_pair()
-    lp = _ctypes.addressof(iov)
-    rp = lp + _ctypes.sizeof(_iovec)
+    pair = _Pair()
     done = 0
     try:
         while done < nbytes:
-            iov[0].iov_base = dst + done
-            iov[0].iov_len = nbytes - done
-            iov[1].iov_base = src + done
-            iov[1].iov_len = nbytes - done
-            done += _call(_readv, me, lp, 1, rp, 1)
+            done += pair.move(_readv, me, dst + done, src + done, nbytes - done)
     except OSError as exc:
         raise oserror(exc.errno or _errno.EFAULT, pid) from None
 
@@ -252,20 +270,14 @@ def _transfer_staged(fn, pid: int, laddr: int, raddr: int, nbytes: int) -> None:
     base = _stage()
     me = _os.getpid()
     shift = 64 if reading else -64
-    iov = _iovec_pair()
-    lp = _ctypes.addressof(iov)
-    rp = lp + _ctypes.sizeof(_iovec)
+    pair = _Pair()
     done = 0
     while done < nbytes:
         step = min(nbytes - done, STAGE_PIECE)
         stage = base + ((raddr + done + shift) & _PAGE_MASK)
         if not reading:
             _copy_here(me, stage, laddr + done, step, pid)
-        iov[0].iov_base = stage
-        iov[0].iov_len = step
-        iov[1].iov_base = raddr + done
-        iov[1].iov_len = step
-        got = _call(fn, pid, lp, 1, rp, 1)
+        got = pair.move(fn, pid, stage, raddr + done, step)
         if reading:
             _copy_here(me, laddr + done, stage, got, pid)
         done += got
@@ -276,19 +288,11 @@ def _transfer_one(fn, pid: int, laddr: int, raddr: int, nbytes: int) -> None:
                                   else aliased(raddr, laddr)):
         _transfer_staged(fn, pid, laddr, raddr, nbytes)
         return
-    # A fresh pair per call: ctypes drops the GIL around the syscall, so a
-    # shared iovec could be rewritten by another thread before the kernel reads it.
-    iov = _iovec_pair()
-    lp = _ctypes.addressof(iov)
-    rp = lp + _ctypes.sizeof(_iovec)
+    pair = _Pair()
     done = 0
     while done < nbytes:
-        step = min(nbytes - done, MAX_RW_COUNT)
-        iov[0].iov_base = laddr + done
-        iov[0].iov_len = step
-        iov[1].iov_base = raddr + done
-        iov[1].iov_len = step
-        done += _call(fn, pid, lp, 1, rp, 1)
+        done += pair.move(fn, pid, laddr + done, raddr + done,
+                          min(nbytes - done, MAX_RW_COUNT))
 
 
 def _window(segs: _np.ndarray, ends: _np.ndarray, lo: int, hi: int) -> _np.ndarray:
