@@ -215,10 +215,12 @@ def aliased(dst: int, src: int) -> bool:
 
 def _stage() -> int:
     """The address of this thread's page-aligned stage of `STAGE_PIECE` bytes and a
-    page more (kept for the thread's life: a new mapping per copy costs page faults)."""
+    page more (kept for the thread's life: a new mapping per copy costs page faults).
+    Private: a forked child gets a copy of its own, never the parent's pages."""
     mem = getattr(_stages, "mem", None)
     if mem is None:
-        mem = _stages.mem = _mmap.mmap(-1, STAGE_PIECE + _mmap.PAGESIZE)
+        mem = _stages.mem = _mmap.mmap(-1, STAGE_PIECE + _mmap.PAGESIZE,
+                                       flags=_mmap.MAP_PRIVATE)
         _stages.addr = _ctypes.addressof(_ctypes.c_char.from_buffer(mem))
     return _stages.addr
 

@@ -290,6 +290,20 @@ def test_a_staged_copy_into_or_from_a_hole_raises_efault(spawn, direction):
         _libc.munmap(addr, (pages // 2) * PAGE)
 
 
+def test_a_forked_child_never_shares_the_stage():
+    """The stage is private memory: a child's staged copies cannot change the
+    parent's stage under a copy in flight (an anonymous mmap is shared by default)."""
+    stage = _cma._stage()
+    ctypes.memset(stage, 0x11, _cma.STAGE_PIECE)
+    pid = os.fork()
+    if pid == 0:
+        ctypes.memset(_cma._stage(), 0x22, _cma.STAGE_PIECE)
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    assert ctypes.string_at(stage, _cma.STAGE_PIECE) == b"\x11" * _cma.STAGE_PIECE
+
+
 def test_short_returns_are_resumed_through_the_stage(spawn, monkeypatch):
     """Short returns of the kernel inside a staged copy resume where they stopped."""
     monkeypatch.setattr(_cma, "_readv", _short_kernel(_cma._readv, 100_003))
