@@ -227,7 +227,7 @@ def describe(ctx: Context) -> str:
     return ("Users' call patterns between 2 ranks: ping-pong of [numpy, n, MPI.BYTE] specs, "
             "bytearrays, [mmap, n, MPI.BYTE] specs and numpy arrays whose receive buffer "
             f"starts {SHIFTED[1] - SHIFTED[0]} bytes further into its page than the send "
-            "buffer (shifted); a stream of {WINDOW} Isend of one "
+            f"buffer (shifted); a stream of {WINDOW} Isend of one "
             f"buffer into {WINDOW} Irecv of one buffer, then a 4-byte ack (per message), of "
             "numpy arrays and of [numpy, n, MPI.BYTE] specs; "
             f"both directions at once, {WINDOW} Irecv + {WINDOW} Isend per rank (per message "
