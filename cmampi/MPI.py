@@ -19,11 +19,15 @@ _base = _names_in_use()
 globals().update({k: v for k, v in vars(_base).items()
                   if not k.startswith("__") or k == "__pyx_capi__"})
 from .request import NO_PROC_HIT as _NO_PROC_HIT, Message, Prequest, Request  # noqa: E402, F401, I001
+from ._userpickle import adopt as _adopt_pickle  # noqa: E402
+from ._userpickle import forwarding as _forwarding_pickle  # noqa: E402
 
 CHANNEL = _choose()
 if CHANNEL == "mpi":
     #: mpi4py's own module, for cmampi where ``mpi4py.MPI`` names this one (cmampi.run).
     _real_mpi4py = _base
+    #: Customized (``pickle.__init__``), it serializes the objects cmampi sends.
+    pickle = _forwarding_pickle(_base.Pickle, _base.pickle)
     from .mpicomm import Cartcomm, Comm, Distgraphcomm, Graphcomm, Intracomm  # noqa: F401
 else:
     from .grequest import Grequest  # noqa: F401
@@ -31,6 +35,7 @@ else:
     from .sockettopo import Cartcomm, Compute_dims, Distgraphcomm, Graphcomm, Topocomm  # type: ignore[assignment]  # the socket channel's  # noqa: F401
     from .sockettopo import null_comm as _null_comm
     from .sockgroup import GROUP_EMPTY, GROUP_NULL, Group  # noqa: F401
+    _adopt_pickle(_base.pickle)
 
 if CHANNEL == "mpi" and not _base.Is_initialized():
     # mpi4py.rc.initialize is False: the program initializes MPI itself. The world

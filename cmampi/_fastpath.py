@@ -16,6 +16,7 @@ from types import ModuleType
 
 import numpy as np
 
+from . import _userpickle
 from ._backend import real_mpi
 from ._config import config
 
@@ -42,8 +43,9 @@ _registered: list[tuple[type, dict, list]] = []
 _objects: list[type] = []
 #: How ``slots`` makes and reads its slots (`objcoll`), once registered.
 _slots: list[tuple] = []
-#: The pickling of sends: the callback's size and exception, ``dumps``, and the
-#: slots the compiled callback and pickling go in (`objects`), once registered.
+#: The pickling of sends: the callback's size and exception, and the slots the
+#: compiled callback and pickling go in (`objects`), once registered. Both pickle
+#: with ``_userpickle.DUMPS[0]``.
 _in_band: list[tuple] = []
 
 
@@ -58,19 +60,37 @@ def register_objects(request_type: type) -> None:
     _objects[:] = [request_type]
 
 
-def register_in_band(least: int, exception: type, dumps, callback: list,
-                     pickled: list) -> None:
+def register_in_band(least: int, exception: type, callback: list, pickled: list) -> None:
     """Put the compiled ``in_band`` (buffers of *least* bytes or more raise
-    *exception*) in slot *callback*, and ``pickled`` (*dumps* with it) in slot
-    *pickled*, where the Python ones are, once the module loads."""
-    _in_band[:] = [(least, exception, dumps, callback, pickled)]
+    *exception*) in slot *callback*, and ``pickled`` (which pickles with it) in
+    slot *pickled*, where the Python ones are, once the module loads."""
+    _in_band[:] = [(least, exception, callback, pickled)]
 
 
-def register_slots(dumps, loads, kwargs: dict, size: int, declined: object) -> None:
+def register_slots(loads, kwargs: dict, size: int, declined: object) -> None:
     """How short lowercase collectives make their slots (``dumps(obj, 5,
     **kwargs)``) and read them, the slot's bytes, and what ``slots`` returns for
     the full path."""
-    _slots[:] = [(dumps, loads, kwargs, size, declined)]
+    _slots[:] = [(loads, kwargs, size, declined)]
+
+
+def _pickle_with(mod: ModuleType, dumps) -> None:
+    """Make the compiled module pickle sends and slots with *dumps*."""
+    if _slots:
+        loads, kwargs, size, declined = _slots[0]
+        mod.slot_config(dumps, loads, kwargs, size, declined)
+    if _in_band:
+        least, exception, _, _ = _in_band[0]
+        mod.in_band_config(least, exception, dumps)
+
+
+def _repickle(dumps) -> None:
+    """``MPI.pickle`` changed: a loaded and configured module follows (`_userpickle`)."""
+    if _loaded and _loaded[0] is not None and _registered:
+        _pickle_with(_loaded[0], dumps)
+
+
+_userpickle.on_change(_repickle)
 
 
 def module(limit: int, band: int, cma_min: int, cma_min_busy: int,
@@ -91,11 +111,9 @@ def module(limit: int, band: int, cma_min: int, cma_min_busy: int,
             return None
         if _objects:
             mod.objects(_objects[0])
-        if _slots:
-            mod.slot_config(*_slots[0])
+        _pickle_with(mod, _userpickle.DUMPS[0])
         if _in_band:
-            least, exception, dumps, callback, pickled = _in_band[0]
-            mod.in_band_config(least, exception, dumps)
+            _, _, callback, pickled = _in_band[0]
             callback[0] = mod.in_band
             pickled[0] = mod.pickled
     return mod

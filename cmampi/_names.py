@@ -13,6 +13,8 @@ from typing import Any, ClassVar
 
 import numpy as _np
 
+from ._userpickle import configure as _configure_pickle
+
 # Constants, with MPICH's values so programs printing them see familiar numbers.
 ANY_SOURCE = -2
 ANY_TAG = -1
@@ -784,6 +786,7 @@ class Pickle:
             protocol = _pickle.HIGHEST_PROTOCOL if dumps is None else None
         self.PROTOCOL = protocol
         self.THRESHOLD = 256 << 10 if threshold is None else threshold
+        _configure_pickle(self, dumps, loads)
 
     def dumps(self, obj: Any) -> bytes:
         """*obj* as bytes."""

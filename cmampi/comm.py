@@ -31,6 +31,7 @@ from ._buffers import check_recv_buffer, has_derived_datatype, recv_buffer, send
 from ._config import config as _config
 from ._serial import THREADS as _THREADS
 from ._tuning import OBJECT_RAW_MAX
+from ._userpickle import DUMPS as _DUMPS
 from ._watch import site as _site
 from .request import NO_PROC_HIT as _NO_PROC_HIT
 from .request import (
@@ -906,7 +907,7 @@ class Communicator(_Fallback):
         e = self._engine
         dest, tag = self._dest(dest), self._tag(tag, False)
         if dest == e.names.PROC_NULL:
-            _pickle.dumps(obj, _pickle.HIGHEST_PROTOCOL)   # an unpicklable object fails here too
+            _DUMPS[0](obj, _pickle.HIGHEST_PROTOCOL)   # an unpicklable object fails here too
             return None if wait else self._null_request("issend" if sync else "isend",
                                                         obj, dest, tag)
         if wait and not sync:

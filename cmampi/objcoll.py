@@ -24,6 +24,7 @@ from . import p2p as _p2p
 from ._buffers import address
 from ._serial import serialized
 from ._tuning import OBJECT_SLOT, STREAM_INLINE
+from ._userpickle import DUMPS as _DUMPS
 from ._watch import site as _site
 from .objects import DECLINED, OOB_MIN, Packed, pull_object
 
@@ -59,7 +60,7 @@ def _slot(obj: Any) -> bytes:
     """*obj*'s slot: its pickle if short; else empty (also if it does not
     pickle: the full path raises that on every rank)."""
     try:
-        stream = _pickle.dumps(obj, 5, buffer_callback=_short_buffer)
+        stream = _DUMPS[0](obj, 5, buffer_callback=_short_buffer)
     except Exception:  # noqa: BLE001 - see above
         return _EMPTY
     n = len(stream)
@@ -188,7 +189,7 @@ SLOT_KINDS = {"bcast": _fastpath.BCAST, "scatter": _fastpath.SCATTER,
               "allgather": _fastpath.ALLGATHER, "alltoall": _fastpath.ALLTOALL,
               "allreduce": _fastpath.ALLREDUCE, "scan": _fastpath.SCAN,
               "exscan": _fastpath.EXSCAN}
-_fastpath.register_slots(_pickle.dumps, _pickle.loads, {"buffer_callback": _short_buffer}, SLOT,
+_fastpath.register_slots(_pickle.loads, {"buffer_callback": _short_buffer}, SLOT,
                          DECLINED)
 
 

@@ -23,6 +23,7 @@ from . import p2p as _p2p
 from ._buffers import Layout, address, send_buffer
 from ._serial import serialized, shared
 from ._tuning import OOB_MIN, P2P_OOB_MIN
+from ._userpickle import DUMPS as _DUMPS
 from .channel import Completion
 from .coop import CoopPull
 
@@ -59,7 +60,7 @@ class Packed:
             views.append(raw)
             return False
 
-        self.stream = _pickle.dumps(obj, 5, buffer_callback=keep_out)
+        self.stream = _DUMPS[0](obj, 5, buffer_callback=keep_out)
         self.views = views
 
     @classmethod
@@ -189,7 +190,7 @@ def _pickled_in_band(obj: Any, oob: bool) -> bytes | None:
     """*obj*'s pickle if it has no buffer to leave out of band (*oob*: the peer
     may pull), else None."""
     try:
-        return _pickle.dumps(obj, 5, buffer_callback=_IN_BAND[0] if oob else None)
+        return _DUMPS[0](obj, 5, buffer_callback=_IN_BAND[0] if oob else None)
     except _TooBig:
         return None
 
@@ -435,4 +436,4 @@ def _pull_helped(engine: _p2p.Engine, source: int, obj: _OutOfBand) -> Any:
 
 
 _p2p.OBJECT_RECEIVE[:] = [landed, loads]
-_fastpath.register_in_band(P2P_OOB_MIN, _TooBig, _pickle.dumps, _IN_BAND, PICKLED)
+_fastpath.register_in_band(P2P_OOB_MIN, _TooBig, _IN_BAND, PICKLED)

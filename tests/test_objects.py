@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import pickle
 
 import numpy as np
@@ -501,3 +504,145 @@ def test_a_short_bcast_is_a_copy_at_the_root(comm, MPI):
     obj = {"a": [1, 2]}
     got = comm.bcast(obj, 0)
     assert got == obj and (comm.Get_rank() != 0 or got is not obj)
+
+
+# -- MPI.pickle customized: objects are serialized by the program's dumps and loads ----------
+
+class Opaque:
+    """An object only the custom pickler below takes (as cloudpickle takes lambdas)."""
+
+    def __init__(self, value) -> None:
+        self.value = value
+
+    def __reduce__(self):
+        raise TypeError("Opaque needs the custom pickler")
+
+    def __eq__(self, other) -> bool:
+        return type(other) is Opaque and other.value == self.value
+
+    def __add__(self, other) -> Opaque:
+        return Opaque(self.value + other.value)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def _rebuild(value) -> Opaque:
+    return Opaque(value)
+
+
+class _OpaquePickler(pickle.Pickler):
+    def reducer_override(self, obj):
+        if type(obj) is Opaque:
+            return (_rebuild, (obj.value,))
+        return NotImplemented
+
+
+class _Counted:
+    """``dumps`` and ``loads`` for ``MPI.pickle``, counting their calls."""
+
+    def __init__(self) -> None:
+        self.dumped = self.loaded = 0
+
+    def dumps(self, obj, protocol=None) -> bytes:
+        self.dumped += 1
+        out = io.BytesIO()
+        _OpaquePickler(out, protocol).dump(obj)
+        return out.getvalue()
+
+    def loads(self, data):
+        self.loaded += 1
+        return pickle.loads(data)
+
+
+@contextlib.contextmanager
+def _pickle_set(MPI, *args, **kwargs):
+    MPI.pickle.__init__(*args, **kwargs)
+    try:
+        yield
+    finally:
+        MPI.pickle.__init__()
+
+
+@pytest.mark.parametrize("nbytes", [8, 64 << 10, 3 * P2P_OOB_MIN])
+def test_customized_pickle_serializes_every_object(comm, MPI, nbytes):
+    """``MPI.pickle.__init__(dumps, loads)`` (dill, cloudpickle): every lowercase
+    call sends what only those functions can pickle, whatever its size."""
+    rank, size = comm.Get_rank(), comm.Get_size()
+    root, peer = size - 1, (rank + 1) % size
+    fill = b"x" * nbytes
+    counted = _Counted()
+    with _pickle_set(MPI, counted.dumps, counted.loads):
+        if rank == 0:
+            comm.send(Opaque(fill), 1, 5)
+            comm.isend(Opaque(b"i" + fill), 1, 6).wait()
+        elif rank == 1:
+            assert comm.recv(source=0, tag=5) == Opaque(fill)
+            assert comm.irecv(bytearray(nbytes + (1 << 16)), 0, 6).wait() == Opaque(b"i" + fill)
+        got = comm.sendrecv(Opaque((rank, fill)), peer, 7, None, (rank - 1) % size, 7)
+        assert got == Opaque(((rank - 1) % size, fill))
+        assert comm.bcast(Opaque(fill) if rank == root else None, root) == Opaque(fill)
+        got = comm.gather(Opaque((rank,)), root)
+        assert got == ([Opaque((r,)) for r in range(size)] if rank == root else None)
+        items = [Opaque((r, fill)) for r in range(size)] if rank == 0 else None
+        assert comm.scatter(items, 0) == Opaque((rank, fill))
+        assert comm.allgather(Opaque(rank)) == [Opaque(r) for r in range(size)]
+        assert comm.alltoall([Opaque((rank, d)) for d in range(size)]) == \
+            [Opaque((s, rank)) for s in range(size)]
+        total = Opaque(sum(range(size)))
+        assert comm.reduce(Opaque(rank), root=root) == (total if rank == root else None)
+        assert comm.allreduce(Opaque(rank)) == total
+        assert comm.scan(Opaque(rank)) == Opaque(sum(range(rank + 1)))
+        assert comm.exscan(Opaque(rank)) == (Opaque(sum(range(rank))) if rank else None)
+        assert counted.dumped > 0 and counted.loaded > 0
+    # back to pickle's own: what it refuses fails on the sender again
+    if rank == 0:
+        with pytest.raises(TypeError, match="custom pickler"):
+            comm.send(Opaque(1), 1, 8)
+        comm.send("after", 1, 8)
+    elif rank == 1:
+        assert comm.recv(source=0, tag=8) == "after"
+
+
+def test_customized_pickle_decides_what_arrives(comm, MPI):
+    """JSON as ``MPI.pickle`` (mpi4py's own tests use it): tuples arrive as lists,
+    as they would from mpi4py, also on communicators made meanwhile."""
+    rank, size = comm.Get_rank(), comm.Get_size()
+
+    def dumps(obj, protocol=None) -> bytes:
+        return json.dumps(obj).encode()
+
+    def loads(data):    # mpi4py hands it a buffer
+        return json.loads(bytes(data))
+
+    with _pickle_set(MPI, dumps, loads):
+        dup = comm.Dup()
+        try:
+            for c in (comm, dup):
+                assert c.bcast((1, "two") if rank == 0 else None, 0) == [1, "two"]
+                assert c.allgather((rank,)) == [[r] for r in range(size)]
+                if rank == 0:
+                    c.send({"k": (1, 2)}, 1, 3)
+                elif rank == 1:
+                    assert c.recv(source=0, tag=3) == {"k": [1, 2]}
+        finally:
+            dup.Free()
+    assert comm.bcast((1, "two") if rank == 0 else None, 0) == (1, "two")
+
+
+class _Protocol:
+    """Unpickles as the protocol it was pickled with."""
+
+    def __reduce_ex__(self, protocol):
+        return (int, (protocol,))
+
+
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_pickle_protocol_is_the_one_set(comm, MPI, protocol):
+    rank = comm.Get_rank()
+    with _pickle_set(MPI, protocol=protocol):
+        if rank == 0:
+            comm.send(_Protocol(), 1, 4)
+        elif rank == 1:
+            assert comm.recv(source=0, tag=4) == protocol
+        assert comm.bcast(_Protocol() if rank == 0 else None, 0) == protocol
+    assert comm.bcast(_Protocol() if rank == 0 else None, 0) == pickle.HIGHEST_PROTOCOL

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import array as _array
+import itertools as _itertools
 import os as _os
 import pickle as _pickle
 import socket as _socket
@@ -30,6 +32,19 @@ _get_address = _MPI.Get_address
 _INT_MAX = 2**31 - 1
 _GIB = 1 << 30
 _new = tuple.__new__
+
+
+def _allgather(comm: _mpi.Comm, obj) -> list:
+    """Every rank's *obj*, in rank order (collective): pickled by pickle itself,
+    not by ``MPI.pickle`` as mpi4py's ``allgather``, which a program may have
+    given other ``dumps`` and ``loads`` (`_userpickle`)."""
+    data = _pickle.dumps(obj, _pickle.HIGHEST_PROTOCOL)
+    lens = _array.array("q", bytes(8 * comm.Get_size()))
+    comm.Allgather([_array.array("q", [len(data)]), _MPI.INT64_T], [lens, _MPI.INT64_T])
+    displs = [0, *_itertools.accumulate(lens[:-1])]
+    out = bytearray(sum(lens))
+    comm.Allgatherv([data, _BYTE], [out, (list(lens), displs), _BYTE])
+    return [_pickle.loads(out[d : d + n]) for d, n in zip(displs, lens)]
 
 
 def _done(st, error: BaseException | None = None) -> Completion:
@@ -68,13 +83,13 @@ class MPIChannel:
         # Locality: ranks sharing memory, as MPI sees it, unless overridden.
         shared = comm.Split_type(_MPI.COMM_TYPE_SHARED, key=self.rank)
         try:
-            local_id = shared.allreduce(self.rank, op=_MPI.MIN)
+            local_id = min(_allgather(shared, self.rank))
         finally:
             shared.Free()
         node = node if node is not None else _config.node
         key = node if node is not None else f"{_socket.gethostname()}#{local_id}"
-        info = comm.allgather((_os.getpid(), key, pid_namespace(), user_namespace(),
-                               sorted(_os.sched_getaffinity(0))))
+        info = _allgather(comm, (_os.getpid(), key, pid_namespace(), user_namespace(),
+                                sorted(_os.sched_getaffinity(0))))
         self.pids: list[int] = [rec[0] for rec in info]
         self.nodes: list[str] = [rec[1] for rec in info]
         #: A peer's pid is only usable for CMA inside the same pid namespace.
@@ -105,7 +120,7 @@ class MPIChannel:
 
     def allgather(self, obj):
         """Every rank's *obj* (small, pickled), in rank order; collective."""
-        return self.side.allgather(obj)
+        return _allgather(self.side, obj)
 
     #: The address of a buffer: mpi4py's is a third of the cost of ctypes'.
     address = staticmethod(_get_address)
