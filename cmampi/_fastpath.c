@@ -745,8 +745,10 @@ enum { SCAN = ALLREDUCE + 1, EXSCAN };
 
 /* Put *obj*'s pickle in the slot at *at* (a flag, then the pickle): 1 if short; 0
    if not, or if it does not pickle (an Exception, cleared: the full path raises
-   it on every rank), the flag cleared; -1 with any other exception set. */
-static int fill_slot(char *at, PyObject *obj) {
+   it on every rank), the flag cleared; -1 with any other exception set. A pickle
+   too long for the slot is appended to the list *longer*, if one is given: it
+   holds every buffer in band, as the full path pickles it, which takes it. */
+static int fill_slot(char *at, PyObject *obj, PyObject *longer) {
     at[0] = 0;
     PyObject *args = PyTuple_Pack(2, obj, slot_protocol);
     if (args == NULL) return -1;
@@ -761,6 +763,10 @@ static int fill_slot(char *at, PyObject *obj) {
     if (ok) {
         memcpy(at + 1, PyBytes_AS_STRING(stream), (size_t)PyBytes_GET_SIZE(stream));
         at[0] = 1;
+    } else if (longer != NULL && PyBytes_CheckExact(stream) &&
+               PyList_Append(longer, stream) < 0) {
+        Py_DECREF(stream);
+        return -1;
     }
     Py_DECREF(stream);
     return ok;
@@ -784,7 +790,7 @@ static int fill_row(char *row, PyObject *obj, int size) {
     }
     for (int r = 0; r < size && all; r++) {
         int rc = fill_slot(row + (Py_ssize_t)r * slot_size,
-                           items == NULL ? Py_None : PyTuple_GET_ITEM(items, r));
+                           items == NULL ? Py_None : PyTuple_GET_ITEM(items, r), NULL);
         if (rc < 0) {
             Py_XDECREF(items);
             return -1;
@@ -834,7 +840,7 @@ static PyObject *fold(PyObject *op, PyObject *items) {
     return acc;
 }
 
-/* slots(comm, kind, obj, root, op, partial) -> result | declined
+/* slots(comm, kind, obj, root, op, partial, pickled) -> result | declined
 
    Lowercase collective *kind* (BCAST .. ALLREDUCE, SCAN, EXSCAN) of *obj* as
    `objcoll.slotted` runs it, in one MPI collective of fixed-size slots on
@@ -844,11 +850,13 @@ static PyObject *fold(PyObject *op, PyObject *items) {
    alone: *declined* there on a rank whose own object is long, and at the root
    if any is, the root's list *partial* then holding each rank's object or
    *declined* (the full path brings the long ones). *root* must be a rank of
-   *comm*. An error of the MPI library is raised as mpi4py raises it; one of *op*
-   or of unpickling, as they raise it. */
+   *comm*. This rank's own *obj* (not a scatter's or alltoall's items), if it
+   pickles too long for a slot, leaves its pickle in the list *pickled* for the
+   full path. An error of the MPI library is raised as mpi4py raises it; one of
+   *op* or of unpickling, as they raise it. */
 static PyObject *fp_slots(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 6 || !PyList_CheckExact(args[5])) {
-        PyErr_SetString(PyExc_TypeError, "slots(comm, kind, obj, root, op, partial)");
+    if (nargs != 7 || !PyList_CheckExact(args[5]) || !PyList_CheckExact(args[6])) {
+        PyErr_SetString(PyExc_TypeError, "slots(comm, kind, obj, root, op, partial, pickled)");
         return NULL;
     }
     int kind, root, size, rank, rc, ok;
@@ -863,7 +871,7 @@ static PyObject *fp_slots(PyObject *mod, PyObject *const *args, Py_ssize_t nargs
         PyErr_SetString(PyExc_ValueError, "slots: not a rank of the communicator");
         return NULL;
     }
-    PyObject *obj = args[2], *op = args[4], *result = NULL;
+    PyObject *obj = args[2], *op = args[4], *pickled = args[6], *result = NULL;
     Py_ssize_t n = slot_size, all = n * size;
     /* one slot, or a row, to send; the slots received */
     char *send = malloc((size_t)(kind == SCATTER || kind == ALLTOALL ? all : n));
@@ -873,7 +881,7 @@ static PyObject *fp_slots(PyObject *mod, PyObject *const *args, Py_ssize_t nargs
         goto out;
     }
     if (kind == BCAST) {
-        ok = rank == root ? fill_slot(recv, obj) : 0;
+        ok = rank == root ? fill_slot(recv, obj, pickled) : 0;
         if (ok < 0) goto out;
         Py_BEGIN_ALLOW_THREADS
         rc = MPI_Bcast(recv, (int)n, MPI_BYTE, root, comm);
@@ -889,7 +897,7 @@ static PyObject *fp_slots(PyObject *mod, PyObject *const *args, Py_ssize_t nargs
         rc = MPI_Alltoall(send, (int)n, MPI_BYTE, recv, (int)n, MPI_BYTE, comm);
         Py_END_ALLOW_THREADS
     } else if (kind == GATHER || kind == REDUCE) {
-        if ((ok = fill_slot(send, obj)) < 0) goto out;
+        if ((ok = fill_slot(send, obj, pickled)) < 0) goto out;
         Py_BEGIN_ALLOW_THREADS
         rc = MPI_Gather(send, (int)n, MPI_BYTE, recv, (int)n, MPI_BYTE, root, comm);
         Py_END_ALLOW_THREADS
@@ -898,7 +906,7 @@ static PyObject *fp_slots(PyObject *mod, PyObject *const *args, Py_ssize_t nargs
             goto out;
         }
     } else {
-        if (fill_slot(send, obj) < 0) goto out;
+        if (fill_slot(send, obj, pickled) < 0) goto out;
         Py_BEGIN_ALLOW_THREADS
         rc = MPI_Allgather(send, (int)n, MPI_BYTE, recv, (int)n, MPI_BYTE, comm);
         Py_END_ALLOW_THREADS
@@ -1832,8 +1840,8 @@ static PyMethodDef methods[] = {
     {"wait_object", (PyCFunction)(void (*)(void))fp_wait_object, METH_FASTCALL,
      "wait_object(request, rtype, yielding, loads, declined): an object's receive's object"},
     {"slots", (PyCFunction)(void (*)(void))fp_slots, METH_FASTCALL,
-     "slots(comm, kind, obj, root, op, partial): a short lowercase collective's result, or "
-     "declined"},
+     "slots(comm, kind, obj, root, op, partial, pickled): a short lowercase collective's "
+     "result, or declined"},
     {"slot_config", fp_slot_config, METH_VARARGS,
      "slot_config(dumps, loads, kwargs, size, declined): how slots are made and read"},
     {"sendrecv_object", (PyCFunction)(void (*)(void))fp_sendrecv_object, METH_FASTCALL,

@@ -1078,15 +1078,17 @@ class Communicator(_Fallback):
                     # short pickles: one MPI collective of fixed-size slots
                     fast = e.fast
                     partial: list = []
+                    pickled: list = []      # obj's pickle, if too long for a slot
                     if fast is not None:
                         result = fast.slots(plain, _objcoll.SLOT_KINDS[kind], obj, root, op,
-                                            partial)
+                                            partial, pickled)
                     else:
                         result = _objcoll.slotted[kind](plain, e.names.BYTE, obj, root, op,
-                                                        e.rank, e.size, partial)
+                                                        e.rank, e.size, partial, pickled)
                     if result is not _objcoll.DECLINED:
                         return result
-                    return _objcoll.collective(coll, kind, obj, root, op, partial or None)
+                    return _objcoll.collective(coll, kind, obj, root, op, partial or None,
+                                               pickled[0] if pickled else None)
         plain = self._plain()
         if e is None or (plain is not None and e.multinode):   # the MPI library's
             fn = getattr(plain, kind)

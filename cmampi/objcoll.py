@@ -56,15 +56,19 @@ def _short_buffer(pb: _pickle.PickleBuffer) -> bool:
     return True
 
 
-def _slot(obj: Any) -> bytes:
+def _slot(obj: Any, pickled: list | None = None) -> bytes:
     """*obj*'s slot: its pickle if short; else empty (also if it does not
-    pickle: the full path raises that on every rank)."""
+    pickle: the full path raises that on every rank). A pickle too long goes to
+    *pickled*, if given: every buffer is in band in it, as the full path pickles
+    it, which takes it."""
     try:
         stream = _DUMPS[0](obj, 5, buffer_callback=_short_buffer)
     except Exception:  # noqa: BLE001 - see above
         return _EMPTY
     n = len(stream)
     if n >= SLOT:
+        if pickled is not None:
+            pickled.append(stream)
         return _EMPTY
     return _HELD + stream + _EMPTY[n + 1 :]
 
@@ -84,29 +88,29 @@ def _unslot(slots: bytearray, r: int) -> Any:
     return _pickle.loads(slots[r * SLOT + 1 : (r + 1) * SLOT])
 
 
-def _all_slots(plain, byte, obj: Any, size: int) -> bytearray | None:
+def _all_slots(plain, byte, obj: Any, size: int, pickled: list) -> bytearray | None:
     """Every rank's slot of its *obj*, in rank order; None if one is empty."""
     slots = bytearray(SLOT * size)
-    plain.Allgather([_slot(obj), byte], [slots, byte])
+    plain.Allgather([_slot(obj, pickled), byte], [slots, byte])
     return slots if 0 not in slots[::SLOT] else None     # the flags: every SLOT-th byte
 
 
 # The collectives in slots on mpi4py's communicator *plain* (*byte*: ``MPI.BYTE``):
 # each the result, or `DECLINED` for the full path (see `slotted`).
 
-def _bcast(plain, byte, obj, root, op, me, size, partial) -> Any:
-    slot = bytearray(_slot(obj)) if me == root else bytearray(SLOT)
+def _bcast(plain, byte, obj, root, op, me, size, partial, pickled) -> Any:
+    slot = bytearray(_slot(obj, pickled)) if me == root else bytearray(SLOT)
     plain.Bcast([slot, byte], root)
     return _unslot(slot, 0) if slot[0] else DECLINED
 
 
-def _scatter(plain, byte, obj, root, op, me, size, partial) -> Any:
+def _scatter(plain, byte, obj, root, op, me, size, partial, pickled) -> Any:
     slot = bytearray(SLOT)
     plain.Scatter([_row(obj, size), byte] if me == root else None, [slot, byte], root)
     return _unslot(slot, 0) if slot[0] else DECLINED
 
 
-def _alltoall(plain, byte, obj, root, op, me, size, partial) -> Any:
+def _alltoall(plain, byte, obj, root, op, me, size, partial, pickled) -> Any:
     slots = bytearray(SLOT * size)
     plain.Alltoall([_row(obj, size), byte], [slots, byte])
     if 0 in slots[::SLOT]:
@@ -114,12 +118,12 @@ def _alltoall(plain, byte, obj, root, op, me, size, partial) -> Any:
     return [_unslot(slots, r) for r in range(size)]
 
 
-def _at_root(plain, byte, obj, root, me, size, partial) -> Any:
+def _at_root(plain, byte, obj, root, me, size, partial, pickled) -> Any:
     """gather and reduce: every rank's slot at the root alone. The objects there
     (a list); None elsewhere, or `DECLINED` on a rank whose object is long, and
     at the root if any is (*partial* then holds each rank's object or
     `DECLINED`: the full path brings the long ones)."""
-    mine = _slot(obj)
+    mine = _slot(obj, pickled)
     if me != root:
         plain.Gather([mine, byte], None, root)
         return None if mine[0] else DECLINED
@@ -132,39 +136,39 @@ def _at_root(plain, byte, obj, root, me, size, partial) -> Any:
     return got
 
 
-def _gather(plain, byte, obj, root, op, me, size, partial) -> Any:
-    return _at_root(plain, byte, obj, root, me, size, partial)
+def _gather(plain, byte, obj, root, op, me, size, partial, pickled) -> Any:
+    return _at_root(plain, byte, obj, root, me, size, partial, pickled)
 
 
-def _reduce(plain, byte, obj, root, op, me, size, partial) -> Any:
-    got = _at_root(plain, byte, obj, root, me, size, partial)
+def _reduce(plain, byte, obj, root, op, me, size, partial, pickled) -> Any:
+    got = _at_root(plain, byte, obj, root, me, size, partial, pickled)
     return got if got is None or got is DECLINED else _fold(op, got)
 
 
-def _allgather(plain, byte, obj, root, op, me, size, partial) -> Any:
-    slots = _all_slots(plain, byte, obj, size)
+def _allgather(plain, byte, obj, root, op, me, size, partial, pickled) -> Any:
+    slots = _all_slots(plain, byte, obj, size, pickled)
     return DECLINED if slots is None else [_unslot(slots, r) for r in range(size)]
 
 
-def _allreduce(plain, byte, obj, root, op, me, size, partial) -> Any:
-    slots = _all_slots(plain, byte, obj, size)
+def _allreduce(plain, byte, obj, root, op, me, size, partial, pickled) -> Any:
+    slots = _all_slots(plain, byte, obj, size, pickled)
     return DECLINED if slots is None else _fold(op, [_unslot(slots, r) for r in range(size)])
 
 
-def _scan(plain, byte, obj, root, op, me, size, partial) -> Any:
-    slots = _all_slots(plain, byte, obj, size)
+def _scan(plain, byte, obj, root, op, me, size, partial, pickled) -> Any:
+    slots = _all_slots(plain, byte, obj, size, pickled)
     return DECLINED if slots is None else _fold(op, [_unslot(slots, r) for r in range(me + 1)])
 
 
-def _exscan(plain, byte, obj, root, op, me, size, partial) -> Any:
-    slots = _all_slots(plain, byte, obj, size)
+def _exscan(plain, byte, obj, root, op, me, size, partial, pickled) -> Any:
+    slots = _all_slots(plain, byte, obj, size, pickled)
     if slots is None:
         return DECLINED
     return _fold(op, [_unslot(slots, r) for r in range(me)]) if me else None
 
 
 #: Lowercase collective -> its run in slots: ``slotted[kind](plain, byte, obj,
-#: root, op, me, size, partial)`` is the result of the collective run as one MPI
+#: root, op, me, size, partial, pickled)`` is the result of the collective run as one MPI
 #: collective of fixed-size slots on *plain* (mpi4py's communicator; *byte*:
 #: ``MPI.BYTE``) when every object it moves pickles short; else `DECLINED`, and
 #: every rank that needs the others' objects, told by the same collective, takes
@@ -174,7 +178,9 @@ def _exscan(plain, byte, obj, root, op, me, size, partial) -> Any:
 #: and only the ranks whose objects are long send them the full path's way
 #: (`collective` with *partial*, the root's list); the others gather every rank's
 #: slot everywhere, so that every rank knows whether all are short, and only the
-#: ranks with a result unpickle.
+#: ranks with a result unpickle. A rank's own *obj* (not a scatter's or an
+#: alltoall's items) that pickles long leaves its pickle in the list *pickled*,
+#: which the full path sends rather than pickle it again.
 slotted: dict[str, Callable[..., Any]] = {
     "bcast": _bcast, "scatter": _scatter, "gather": _gather, "reduce": _reduce,
     "allgather": _allgather, "alltoall": _alltoall, "allreduce": _allreduce, "scan": _scan,
@@ -183,7 +189,7 @@ for _fn in (*slotted.values(), _at_root, _all_slots):
     _site(_fn)      # one MPI collective, no engine state (`_watch`)
 
 #: The same, in one call of the compiled path (``_fastpath.c``, its twin):
-#: ``fast.slots(plain, SLOT_KINDS[kind], obj, root, op, partial)``.
+#: ``fast.slots(plain, SLOT_KINDS[kind], obj, root, op, partial, pickled)``.
 SLOT_KINDS = {"bcast": _fastpath.BCAST, "scatter": _fastpath.SCATTER,
               "gather": _fastpath.GATHER, "reduce": _fastpath.REDUCE,
               "allgather": _fastpath.ALLGATHER, "alltoall": _fastpath.ALLTOALL,
@@ -239,10 +245,12 @@ def _load(coll, rank: int, record: tuple) -> Any:
 
 @serialized
 def collective(coll, kind: str, obj: Any, root: int = 0,
-               op: Callable[[Any, Any], Any] | None = None, partial: list | None = None) -> Any:
+               op: Callable[[Any, Any], Any] | None = None, partial: list | None = None,
+               pickled: bytes | None = None) -> Any:
     """Run the lowercase collective *kind* on *coll* (a `coll.Collectives`).
     *partial*: a gather or reduce in slots left the root these objects, `DECLINED`
-    where they are long, which only their ranks send (`slotted`)."""
+    where they are long, which only their ranks send (`slotted`). *pickled*:
+    *obj*'s pickle (every buffer in band), which the slots found too long."""
     me, size = coll.rank, coll.size
     if KINDS[kind] and not (isinstance(root, int) and 0 <= root < size):
         raise coll.names.Exception(coll.names.ERR_ROOT)
@@ -252,7 +260,10 @@ def collective(coll, kind: str, obj: Any, root: int = 0,
     try:
         items = _contribution(kind, obj, me, root, size)
         if items is not None:
-            packs = [Packed(x, OOB_MIN if oob else None) for x in items]
+            if pickled is not None and kind not in ("scatter", "alltoall"):
+                packs = [Packed.pickled(pickled)]      # items is [obj]
+            else:
+                packs = [Packed(x, OOB_MIN if oob else None) for x in items]
     except Exception as exc:  # noqa: BLE001 - raised on every rank that needs the result
         err = exc
     mine = None if packs is None else [_record(p, oob) for p in packs]

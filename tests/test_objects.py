@@ -646,3 +646,31 @@ def test_pickle_protocol_is_the_one_set(comm, MPI, protocol):
             assert comm.recv(source=0, tag=4) == protocol
         assert comm.bcast(_Protocol() if rank == 0 else None, 0) == protocol
     assert comm.bcast(_Protocol() if rank == 0 else None, 0) == pickle.HIGHEST_PROTOCOL
+
+
+@pytest.mark.parametrize("kind", ["bcast", "gather", "reduce", "allgather", "allreduce",
+                                  "scan", "exscan"])
+@pytest.mark.parametrize("items", [1000, 100_000])
+def test_a_long_object_is_pickled_once(cmcomm, MPI, kind, items):
+    """A collective's object too long for a slot is sent by the full path as the
+    slot's attempt pickled it, not pickled again (counted through ``MPI.pickle``)."""
+    rank = cmcomm.Get_rank()
+    obj = list(range(rank, rank + items))
+    counted = _Counted()
+    with _pickle_set(MPI, counted.dumps, counted.loads):
+        if kind == "bcast":
+            got = cmcomm.bcast(obj if rank == 0 else None, 0)
+            assert got == list(range(items))
+        elif kind in ("gather", "allgather"):
+            got = getattr(cmcomm, kind)(obj, *([0] if kind == "gather" else []))
+            if kind == "allgather" or rank == 0:
+                assert got == [list(range(r, r + items)) for r in range(cmcomm.Get_size())]
+        else:
+            got = getattr(cmcomm, kind)(obj, MPI.SUM, *([0] if kind == "reduce" else []))
+            assert got is None or len(got) % items == 0
+        mine = counted.dumped
+    if kind != "bcast" or rank == 0:
+        assert mine >= 1
+    # each rank pickles its own object once; a rank given a result to pass on
+    # (the reductions' partial results) may pickle that too
+    assert mine <= (1 if kind in ("bcast", "gather", "allgather") else 2)
