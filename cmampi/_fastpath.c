@@ -741,15 +741,22 @@ out:
 static PyObject *slot_dumps = NULL, *slot_loads = NULL, *slot_kwargs = NULL;
 static PyObject *slot_declined = NULL, *slot_protocol = NULL;
 static Py_ssize_t slot_size = 0;
+/* Longest pickle a slot announces (flag MEDIUM, its length after it) for a second
+   collective to move, where every rank learns of it from the first (bcast, and
+   the collectives that gather every slot everywhere); 0: none. */
+static Py_ssize_t slot_medium = 0;
 enum { SCAN = ALLREDUCE + 1, EXSCAN };
+enum { EMPTY = 0, HELD = 1, MEDIUM = 2 };   /* a slot's flag */
 
-/* Put *obj*'s pickle in the slot at *at* (a flag, then the pickle): 1 if short; 0
-   if not, or if it does not pickle (an Exception, cleared: the full path raises
-   it on every rank), the flag cleared; -1 with any other exception set. A pickle
-   too long for the slot is appended to the list *longer*, if one is given: it
-   holds every buffer in band, as the full path pickles it, which takes it. */
-static int fill_slot(char *at, PyObject *obj, PyObject *longer) {
-    at[0] = 0;
+/* Put *obj*'s pickle in the slot at *at* (a flag, then the pickle): HELD if
+   short; with *medium* given, MEDIUM if up to `slot_medium` bytes long (its
+   length, an int64, follows the flag; *medium* takes the pickle); else EMPTY, as
+   when it does not pickle (an Exception, cleared: the full path raises it on
+   every rank); -1 with any other exception set. A pickle too long is appended to
+   the list *longer*, if one is given: it holds every buffer in band, as the full
+   path pickles it, which takes it. */
+static int fill_slot(char *at, PyObject *obj, PyObject *longer, PyObject **medium) {
+    at[0] = EMPTY;
     PyObject *args = PyTuple_Pack(2, obj, slot_protocol);
     if (args == NULL) return -1;
     PyObject *stream = PyObject_Call(slot_dumps, args, slot_kwargs);
@@ -762,7 +769,14 @@ static int fill_slot(char *at, PyObject *obj, PyObject *longer) {
     int ok = PyBytes_Check(stream) && PyBytes_GET_SIZE(stream) < slot_size;
     if (ok) {
         memcpy(at + 1, PyBytes_AS_STRING(stream), (size_t)PyBytes_GET_SIZE(stream));
-        at[0] = 1;
+        at[0] = HELD;
+    } else if (medium != NULL && PyBytes_CheckExact(stream) &&
+               PyBytes_GET_SIZE(stream) <= slot_medium) {
+        int64_t len = PyBytes_GET_SIZE(stream);
+        memcpy(at + 1, &len, sizeof len);
+        at[0] = MEDIUM;
+        *medium = stream;
+        return MEDIUM;
     } else if (longer != NULL && PyBytes_CheckExact(stream) &&
                PyList_Append(longer, stream) < 0) {
         Py_DECREF(stream);
@@ -790,7 +804,7 @@ static int fill_row(char *row, PyObject *obj, int size) {
     }
     for (int r = 0; r < size && all; r++) {
         int rc = fill_slot(row + (Py_ssize_t)r * slot_size,
-                           items == NULL ? Py_None : PyTuple_GET_ITEM(items, r), NULL);
+                           items == NULL ? Py_None : PyTuple_GET_ITEM(items, r), NULL, NULL);
         if (rc < 0) {
             Py_XDECREF(items);
             return -1;
@@ -827,6 +841,34 @@ static PyObject *unslot_all(char *slots, int count) {
     return out;
 }
 
+/* The objects of the first *count* slots at *slots*, in a new list, those of
+   MEDIUM slots unpickled from *data* (at *displs*, as long as their slots say);
+   NULL on error. */
+static PyObject *unslot_mixed(char *slots, int count, char *data, const int *displs) {
+    PyObject *out = PyList_New(count);
+    if (out == NULL) return NULL;
+    for (int r = 0; r < count; r++) {
+        char *at = slots + (Py_ssize_t)r * slot_size;
+        PyObject *obj;
+        if (at[0] == MEDIUM) {
+            int64_t len;
+            memcpy(&len, at + 1, sizeof len);
+            PyObject *view = PyMemoryView_FromMemory(data + displs[r], (Py_ssize_t)len,
+                                                     PyBUF_READ);
+            obj = view == NULL ? NULL : PyObject_CallOneArg(slot_loads, view);
+            Py_XDECREF(view);
+        } else {
+            obj = unslot(at);
+        }
+        if (obj == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, r, obj);
+    }
+    return out;
+}
+
 /* items[0] op items[1] op ... in rank order (objcoll._fold); steals *items*. */
 static PyObject *fold(PyObject *op, PyObject *items) {
     if (items == NULL) return NULL;
@@ -840,6 +882,89 @@ static PyObject *fold(PyObject *op, PyObject *items) {
     return acc;
 }
 
+/* The rest of `slots` where the slots *recv* (one for BCAST, every rank's else)
+   announce MEDIUM pickles (none EMPTY): a second collective moves them (this
+   rank's is *mine*), and the result is made as `slots` makes it. Where they are
+   more than MPI counts take in all, every rank finds so: *declined* (*mine*
+   then goes to the list *pickled*, for the full path). */
+static PyObject *medium_stage(MPI_Comm comm, int kind, char *recv, PyObject *mine, int root,
+                              int rank, int size, PyObject *op, PyObject *pickled) {
+    Py_ssize_t n = slot_size;
+    int rc;
+    if (kind == BCAST) {
+        int64_t len;
+        memcpy(&len, recv + 1, sizeof len);
+        PyObject *data = rank == root ? Py_NewRef(mine)
+                                      : PyBytes_FromStringAndSize(NULL, (Py_ssize_t)len);
+        if (data == NULL) return NULL;
+        char *at = PyBytes_AS_STRING(data);
+        Py_BEGIN_ALLOW_THREADS
+        rc = MPI_Bcast(at, (int)len, MPI_BYTE, root, comm);
+        Py_END_ALLOW_THREADS
+        PyObject *obj = rc == MPI_SUCCESS ? PyObject_CallOneArg(slot_loads, data) : NULL;
+        if (rc != MPI_SUCCESS) raise_mpi(rc);
+        Py_DECREF(data);
+        return obj;
+    }
+    int *counts = malloc(sizeof(int) * (size_t)size), *displs = malloc(sizeof(int) * (size_t)size);
+    char *data = NULL;
+    PyObject *result = NULL;
+    if (counts == NULL || displs == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    int64_t total = 0;
+    for (int r = 0; r < size; r++) {
+        char *at = recv + (Py_ssize_t)r * n;
+        int64_t len = 0;
+        if (at[0] == MEDIUM) memcpy(&len, at + 1, sizeof len);
+        counts[r] = (int)len;
+        displs[r] = (int)total;
+        total += len;
+        if (total > INT_MAX) {
+            if (mine != NULL && PyList_Append(pickled, mine) < 0) goto done;
+            result = Py_NewRef(slot_declined);
+            goto done;
+        }
+    }
+    if ((data = malloc((size_t)total + 1)) == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    char *own = mine != NULL ? PyBytes_AS_STRING(mine) : data;
+    int own_len = mine != NULL ? (int)PyBytes_GET_SIZE(mine) : 0;
+    Py_BEGIN_ALLOW_THREADS
+    rc = MPI_Allgatherv(own, own_len, MPI_BYTE, data, counts, displs, MPI_BYTE, comm);
+    Py_END_ALLOW_THREADS
+    if (rc != MPI_SUCCESS) {
+        raise_mpi(rc);
+        goto done;
+    }
+    int count = kind == SCAN ? rank + 1 : kind == EXSCAN ? rank : size;
+    PyObject *items = unslot_mixed(recv, count, data, displs);
+    if (items == NULL) goto done;
+    switch (kind) {
+        case ALLGATHER: result = items; break;
+        case ALLREDUCE: case SCAN: result = fold(op, items); break;
+        case EXSCAN:
+            if (rank) {
+                result = fold(op, items);
+            } else {
+                Py_DECREF(items);
+                result = Py_NewRef(Py_None);
+            }
+            break;
+        default:
+            Py_DECREF(items);
+            PyErr_SetString(PyExc_ValueError, "slots: unknown kind");
+    }
+done:
+    free(counts);
+    free(displs);
+    free(data);
+    return result;
+}
+
 /* slots(comm, kind, obj, root, op, partial, pickled) -> result | declined
 
    Lowercase collective *kind* (BCAST .. ALLREDUCE, SCAN, EXSCAN) of *obj* as
@@ -850,9 +975,12 @@ static PyObject *fold(PyObject *op, PyObject *items) {
    alone: *declined* there on a rank whose own object is long, and at the root
    if any is, the root's list *partial* then holding each rank's object or
    *declined* (the full path brings the long ones). *root* must be a rank of
-   *comm*. This rank's own *obj* (not a scatter's or alltoall's items), if it
-   pickles too long for a slot, leaves its pickle in the list *pickled* for the
-   full path. An error of the MPI library is raised as mpi4py raises it; one of
+   *comm*. BCAST and the collectives that gather every slot everywhere
+   (ALLGATHER, ALLREDUCE, SCAN, EXSCAN) take pickles of up to `slot_medium` bytes
+   too: a slot announces its length, and a second collective moves it
+   (`medium_stage`). This rank's own *obj* (not a scatter's or alltoall's items),
+   if it pickles too long for that, leaves its pickle in the list *pickled* for
+   the full path. An error of the MPI library is raised as mpi4py raises it; one of
    *op* or of unpickling, as they raise it. */
 static PyObject *fp_slots(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 7 || !PyList_CheckExact(args[5]) || !PyList_CheckExact(args[6])) {
@@ -872,6 +1000,7 @@ static PyObject *fp_slots(PyObject *mod, PyObject *const *args, Py_ssize_t nargs
         return NULL;
     }
     PyObject *obj = args[2], *op = args[4], *pickled = args[6], *result = NULL;
+    PyObject *mine = NULL;      /* this rank's MEDIUM pickle */
     Py_ssize_t n = slot_size, all = n * size;
     /* one slot, or a row, to send; the slots received */
     char *send = malloc((size_t)(kind == SCATTER || kind == ALLTOALL ? all : n));
@@ -881,7 +1010,7 @@ static PyObject *fp_slots(PyObject *mod, PyObject *const *args, Py_ssize_t nargs
         goto out;
     }
     if (kind == BCAST) {
-        ok = rank == root ? fill_slot(recv, obj, pickled) : 0;
+        ok = rank == root ? fill_slot(recv, obj, pickled, &mine) : 0;
         if (ok < 0) goto out;
         Py_BEGIN_ALLOW_THREADS
         rc = MPI_Bcast(recv, (int)n, MPI_BYTE, root, comm);
@@ -897,7 +1026,7 @@ static PyObject *fp_slots(PyObject *mod, PyObject *const *args, Py_ssize_t nargs
         rc = MPI_Alltoall(send, (int)n, MPI_BYTE, recv, (int)n, MPI_BYTE, comm);
         Py_END_ALLOW_THREADS
     } else if (kind == GATHER || kind == REDUCE) {
-        if ((ok = fill_slot(send, obj, pickled)) < 0) goto out;
+        if ((ok = fill_slot(send, obj, pickled, NULL)) < 0) goto out;
         Py_BEGIN_ALLOW_THREADS
         rc = MPI_Gather(send, (int)n, MPI_BYTE, recv, (int)n, MPI_BYTE, root, comm);
         Py_END_ALLOW_THREADS
@@ -906,7 +1035,7 @@ static PyObject *fp_slots(PyObject *mod, PyObject *const *args, Py_ssize_t nargs
             goto out;
         }
     } else {
-        if (fill_slot(send, obj, pickled) < 0) goto out;
+        if (fill_slot(send, obj, pickled, &mine) < 0) goto out;
         Py_BEGIN_ALLOW_THREADS
         rc = MPI_Allgather(send, (int)n, MPI_BYTE, recv, (int)n, MPI_BYTE, comm);
         Py_END_ALLOW_THREADS
@@ -915,9 +1044,12 @@ static PyObject *fp_slots(PyObject *mod, PyObject *const *args, Py_ssize_t nargs
         raise_mpi(rc);
         goto out;
     }
-    int got = kind == BCAST || kind == SCATTER ? 1 : size;
-    for (int r = 0; r < got; r++)
-        if (!recv[(Py_ssize_t)r * n]) {
+    int got = kind == BCAST || kind == SCATTER ? 1 : size, medium = 0;
+    for (int r = 0; r < got; r++) {
+        medium |= recv[(Py_ssize_t)r * n] == MEDIUM;
+        if (recv[(Py_ssize_t)r * n] == EMPTY) {
+            /* the full path sends a MEDIUM pickle of ours as it is */
+            if (mine != NULL && PyList_Append(pickled, mine) < 0) goto out;
             if (kind == GATHER || kind == REDUCE) {     /* the root: what it has */
                 for (int q = 0; q < size; q++) {
                     char *at = recv + (Py_ssize_t)q * n;
@@ -932,6 +1064,11 @@ static PyObject *fp_slots(PyObject *mod, PyObject *const *args, Py_ssize_t nargs
             result = Py_NewRef(slot_declined);
             goto out;
         }
+    }
+    if (medium) {
+        result = medium_stage(comm, kind, recv, mine, root, rank, size, op, pickled);
+        goto out;
+    }
     switch (kind) {
         case BCAST: case SCATTER: result = unslot(recv); break;
         case ALLGATHER: case ALLTOALL: result = unslot_all(recv, size); break;
@@ -949,20 +1086,24 @@ static PyObject *fp_slots(PyObject *mod, PyObject *const *args, Py_ssize_t nargs
         default: PyErr_SetString(PyExc_ValueError, "slots: unknown kind");
     }
 out:
+    Py_XDECREF(mine);
     free(send);
     free(recv);
     return result;
 }
 
-/* slot_config(dumps, loads, kwargs, size, declined): see `slots`. */
+/* slot_config(dumps, loads, kwargs, size, declined, medium): see `slots`. */
 static PyObject *fp_slot_config(PyObject *mod, PyObject *args) {
     PyObject *dumps, *loads, *kwargs, *declined;
-    Py_ssize_t size;
-    if (!PyArg_ParseTuple(args, "OOO!nO", &dumps, &loads, &PyDict_Type, &kwargs, &size,
-                          &declined))
+    Py_ssize_t size, medium;
+    if (!PyArg_ParseTuple(args, "OOO!nOn", &dumps, &loads, &PyDict_Type, &kwargs, &size,
+                          &declined, &medium))
         return NULL;
-    if (size < 2 || size > INT_MAX) {
-        PyErr_SetString(PyExc_ValueError, "slot_config: a slot of 2 bytes at least");
+    if (size < 1 + (Py_ssize_t)sizeof(int64_t) || size > INT_MAX || medium < 0 ||
+            medium > INT_MAX) {
+        PyErr_SetString(PyExc_ValueError,
+                        "slot_config: a slot of 9 bytes at least, a medium pickle of 0 to "
+                        "INT_MAX bytes");
         return NULL;
     }
     if (slot_protocol == NULL && (slot_protocol = PyLong_FromLong(5)) == NULL) return NULL;
@@ -975,6 +1116,7 @@ static PyObject *fp_slot_config(PyObject *mod, PyObject *args) {
     Py_INCREF(declined);
     Py_XSETREF(slot_declined, declined);
     slot_size = size;
+    slot_medium = medium;
     Py_RETURN_NONE;
 }
 
@@ -1843,7 +1985,8 @@ static PyMethodDef methods[] = {
      "slots(comm, kind, obj, root, op, partial, pickled): a short lowercase collective's "
      "result, or declined"},
     {"slot_config", fp_slot_config, METH_VARARGS,
-     "slot_config(dumps, loads, kwargs, size, declined): how slots are made and read"},
+     "slot_config(dumps, loads, kwargs, size, declined, medium): how slots are made and "
+     "read, the longest pickle a slot announces"},
     {"sendrecv_object", (PyCFunction)(void (*)(void))fp_sendrecv_object, METH_FASTCALL,
      "sendrecv_object(comm, stream, dest, sendtag, source, recvtag, loads, status, "
      "declined): the object received, or declined"},

@@ -67,18 +67,18 @@ def register_in_band(least: int, exception: type, callback: list, pickled: list)
     _in_band[:] = [(least, exception, callback, pickled)]
 
 
-def register_slots(loads, kwargs: dict, size: int, declined: object) -> None:
+def register_slots(loads, kwargs: dict, size: int, declined: object, medium: int) -> None:
     """How short lowercase collectives make their slots (``dumps(obj, 5,
-    **kwargs)``) and read them, the slot's bytes, and what ``slots`` returns for
-    the full path."""
-    _slots[:] = [(loads, kwargs, size, declined)]
+    **kwargs)``) and read them, the slot's bytes, what ``slots`` returns for the
+    full path, and the longest pickle a slot announces for a second collective."""
+    _slots[:] = [(loads, kwargs, size, declined, medium)]
 
 
 def _pickle_with(mod: ModuleType, dumps) -> None:
     """Make the compiled module pickle sends and slots with *dumps*."""
     if _slots:
-        loads, kwargs, size, declined = _slots[0]
-        mod.slot_config(dumps, loads, kwargs, size, declined)
+        loads, kwargs, size, declined, medium = _slots[0]
+        mod.slot_config(dumps, loads, kwargs, size, declined, medium)
     if _in_band:
         least, exception, _, _ = _in_band[0]
         mod.in_band_config(least, exception, dumps)

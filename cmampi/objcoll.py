@@ -12,7 +12,9 @@ rank is raised on every rank; nobody is left waiting.
 
 from __future__ import annotations
 
+import itertools as _itertools
 import pickle as _pickle
+import struct as _struct
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -23,7 +25,7 @@ from . import coll as _coll
 from . import p2p as _p2p
 from ._buffers import address
 from ._serial import serialized
-from ._tuning import OBJECT_SLOT, STREAM_INLINE
+from ._tuning import OBJECT_MEDIUM, OBJECT_SLOT, STREAM_INLINE
 from ._userpickle import DUMPS as _DUMPS
 from ._watch import site as _site
 from .objects import DECLINED, OOB_MIN, Packed, pull_object
@@ -38,10 +40,15 @@ KINDS = {"bcast": True, "scatter": True, "gather": True, "reduce": True,
 
 
 #: Bytes of each rank's slot in `slotted`: a flag, then a short pickle (unpickling
-#: stops at its end: the rest of the slot is ignored).
+#: stops at its end: the rest of the slot is ignored), or the length of a medium
+#: one (up to `MEDIUM` bytes), which a second collective moves.
 SLOT = OBJECT_SLOT
+MEDIUM = OBJECT_MEDIUM
 _EMPTY = bytes(SLOT)
 _HELD = b"\x01"   # a slot's flag when it holds a pickle
+_MEDIUM = 2       # ... when it holds a medium one's length
+_LENGTH = _struct.Struct("=q")
+_INT_MAX = 2**31 - 1
 
 
 class _Long(Exception):
@@ -56,9 +63,10 @@ def _short_buffer(pb: _pickle.PickleBuffer) -> bool:
     return True
 
 
-def _slot(obj: Any, pickled: list | None = None) -> bytes:
-    """*obj*'s slot: its pickle if short; else empty (also if it does not
-    pickle: the full path raises that on every rank). A pickle too long goes to
+def _slot(obj: Any, pickled: list | None = None, medium: list | None = None) -> bytes:
+    """*obj*'s slot: its pickle if short; with *medium* given, a medium pickle's
+    length (*medium* takes the pickle); else empty (also if it does not pickle:
+    the full path raises that on every rank). A pickle too long goes to
     *pickled*, if given: every buffer is in band in it, as the full path pickles
     it, which takes it."""
     try:
@@ -67,6 +75,9 @@ def _slot(obj: Any, pickled: list | None = None) -> bytes:
         return _EMPTY
     n = len(stream)
     if n >= SLOT:
+        if medium is not None and n <= MEDIUM:
+            medium.append(stream)
+            return bytes((_MEDIUM,)) + _LENGTH.pack(n) + _EMPTY[1 + _LENGTH.size :]
         if pickled is not None:
             pickled.append(stream)
         return _EMPTY
@@ -88,19 +99,42 @@ def _unslot(slots: bytearray, r: int) -> Any:
     return _pickle.loads(slots[r * SLOT + 1 : (r + 1) * SLOT])
 
 
-def _all_slots(plain, byte, obj: Any, size: int, pickled: list) -> bytearray | None:
-    """Every rank's slot of its *obj*, in rank order; None if one is empty."""
+def _all_objects(plain, byte, obj: Any, size: int, count: int, pickled: list) -> list | None:
+    """The objects of the first *count* ranks, every rank's slot gathered
+    everywhere (medium pickles by a second collective); None if a slot is empty."""
+    mine: list = []
     slots = bytearray(SLOT * size)
-    plain.Allgather([_slot(obj, pickled), byte], [slots, byte])
-    return slots if 0 not in slots[::SLOT] else None     # the flags: every SLOT-th byte
+    plain.Allgather([_slot(obj, pickled, mine), byte], [slots, byte])
+    flags = slots[::SLOT]
+    if 0 in flags:
+        pickled.extend(mine)    # the full path sends it as it is
+        return None
+    if _MEDIUM not in flags:
+        return [_unslot(slots, r) for r in range(count)]
+    lens = [_LENGTH.unpack_from(slots, r * SLOT + 1)[0] if flags[r] == _MEDIUM else 0
+            for r in range(size)]
+    if sum(lens) > _INT_MAX:    # more than MPI counts take: every rank finds so
+        pickled.extend(mine)
+        return None
+    displs = [0, *_itertools.accumulate(lens[:-1])]
+    data = bytearray(sum(lens))
+    plain.Allgatherv([mine[0] if mine else b"", byte], [data, (lens, displs), byte])
+    view = memoryview(data)
+    return [_pickle.loads(view[displs[r] : displs[r] + lens[r]]) if flags[r] == _MEDIUM
+            else _unslot(slots, r) for r in range(count)]
 
 
 # The collectives in slots on mpi4py's communicator *plain* (*byte*: ``MPI.BYTE``):
 # each the result, or `DECLINED` for the full path (see `slotted`).
 
 def _bcast(plain, byte, obj, root, op, me, size, partial, pickled) -> Any:
-    slot = bytearray(_slot(obj, pickled)) if me == root else bytearray(SLOT)
+    mine: list = []
+    slot = bytearray(_slot(obj, pickled, mine)) if me == root else bytearray(SLOT)
     plain.Bcast([slot, byte], root)
+    if slot[0] == _MEDIUM:
+        data = mine[0] if me == root else bytearray(_LENGTH.unpack_from(slot, 1)[0])
+        plain.Bcast([data, byte], root)
+        return _pickle.loads(data)
     return _unslot(slot, 0) if slot[0] else DECLINED
 
 
@@ -146,25 +180,25 @@ def _reduce(plain, byte, obj, root, op, me, size, partial, pickled) -> Any:
 
 
 def _allgather(plain, byte, obj, root, op, me, size, partial, pickled) -> Any:
-    slots = _all_slots(plain, byte, obj, size, pickled)
-    return DECLINED if slots is None else [_unslot(slots, r) for r in range(size)]
+    objs = _all_objects(plain, byte, obj, size, size, pickled)
+    return DECLINED if objs is None else objs
 
 
 def _allreduce(plain, byte, obj, root, op, me, size, partial, pickled) -> Any:
-    slots = _all_slots(plain, byte, obj, size, pickled)
-    return DECLINED if slots is None else _fold(op, [_unslot(slots, r) for r in range(size)])
+    objs = _all_objects(plain, byte, obj, size, size, pickled)
+    return DECLINED if objs is None else _fold(op, objs)
 
 
 def _scan(plain, byte, obj, root, op, me, size, partial, pickled) -> Any:
-    slots = _all_slots(plain, byte, obj, size, pickled)
-    return DECLINED if slots is None else _fold(op, [_unslot(slots, r) for r in range(me + 1)])
+    objs = _all_objects(plain, byte, obj, size, me + 1, pickled)
+    return DECLINED if objs is None else _fold(op, objs)
 
 
 def _exscan(plain, byte, obj, root, op, me, size, partial, pickled) -> Any:
-    slots = _all_slots(plain, byte, obj, size, pickled)
-    if slots is None:
+    objs = _all_objects(plain, byte, obj, size, me, pickled)
+    if objs is None:
         return DECLINED
-    return _fold(op, [_unslot(slots, r) for r in range(me)]) if me else None
+    return _fold(op, objs) if me else None
 
 
 #: Lowercase collective -> its run in slots: ``slotted[kind](plain, byte, obj,
@@ -185,7 +219,7 @@ slotted: dict[str, Callable[..., Any]] = {
     "bcast": _bcast, "scatter": _scatter, "gather": _gather, "reduce": _reduce,
     "allgather": _allgather, "alltoall": _alltoall, "allreduce": _allreduce, "scan": _scan,
     "exscan": _exscan}
-for _fn in (*slotted.values(), _at_root, _all_slots):
+for _fn in (*slotted.values(), _at_root, _all_objects):
     _site(_fn)      # one MPI collective, no engine state (`_watch`)
 
 #: The same, in one call of the compiled path (``_fastpath.c``, its twin):
@@ -196,7 +230,7 @@ SLOT_KINDS = {"bcast": _fastpath.BCAST, "scatter": _fastpath.SCATTER,
               "allreduce": _fastpath.ALLREDUCE, "scan": _fastpath.SCAN,
               "exscan": _fastpath.EXSCAN}
 _fastpath.register_slots(_pickle.loads, {"buffer_callback": _short_buffer}, SLOT,
-                         DECLINED)
+                         DECLINED, MEDIUM)
 
 
 def _record(p: Packed, oob: bool) -> tuple:

@@ -10,6 +10,7 @@ import pickle
 import numpy as np
 import pytest
 
+from cmampi.objcoll import MEDIUM
 from cmampi.objects import OOB_MIN, P2P_OOB_MIN
 
 pytestmark = pytest.mark.mpi(min_size=2)
@@ -443,19 +444,30 @@ def _around_the_slot(rank: int, size_class: str):
         return {"rank": rank, "pad": "x" * (SLOT - 80)}
     if size_class == "long":
         return {"rank": rank, "pad": "x" * (SLOT + 10)}
+    if size_class == "longer":     # past what a second collective of slots takes
+        return {"rank": rank, "pad": "x" * (MEDIUM + 10)}
     return {"rank": rank, "array": np.full(OOB_MIN, rank, np.uint8)}
 
 
-@pytest.mark.parametrize("classes", ["short", "long", "large", "mixed"])
+_CLASSES = ["short", "long", "longer", "large"]
+
+
+def _class_of(classes: str, r: int) -> str:
+    """The size class of the *r*-th object: all *classes*, or ("mixed", "mixed2")
+    each class in turn from a different first one."""
+    offset = {"mixed": 0, "mixed2": 2}.get(classes)
+    return classes if offset is None else _CLASSES[(r + offset) % len(_CLASSES)]
+
+
+@pytest.mark.parametrize("classes", [*_CLASSES, "mixed", "mixed2"])
 def test_short_and_long_pickles_in_lowercase_collectives(comm, MPI, classes):
     """bcast, allgather and allreduce give mpi4py's results whether every
-    object pickles short (one collective of slots), some do not (the ranks fall
-    back together), or one holds large buffers (pulled)."""
+    object pickles short (one collective of slots), some are longer (a second
+    collective moves them), some longer still (the ranks fall back together),
+    or one holds large buffers (pulled)."""
     rank, size = comm.Get_rank(), comm.Get_size()
-    kinds = ["short", "long", "large"]
-    mine = kinds[rank % 3] if classes == "mixed" else classes
-    objs = [_around_the_slot(r, kinds[r % 3] if classes == "mixed" else classes)
-            for r in range(size)]
+    mine = _class_of(classes, rank)
+    objs = [_around_the_slot(r, _class_of(classes, r)) for r in range(size)]
     for root in range(size):
         got = comm.bcast(objs[root] if rank == root else None, root)
         assert same(got, objs[root])
@@ -466,17 +478,20 @@ def test_short_and_long_pickles_in_lowercase_collectives(comm, MPI, classes):
     assert both == max(len(pickle.dumps(o)) for o in objs)
 
 
-@pytest.mark.parametrize("classes", ["short", "long", "large", "mixed"])
+@pytest.mark.parametrize("classes", [*_CLASSES, "mixed", "mixed2"])
 def test_short_and_long_pickles_in_rooted_and_personal_collectives(comm, MPI, classes):
     """gather, scatter, alltoall, reduce, scan and exscan give mpi4py's results
     (in rank order: list concatenation does not commute) whether every object
     pickles short, some do not, or some hold large buffers; in scatter and
     alltoall one rank's items may differ in kind."""
     rank, size = comm.Get_rank(), comm.Get_size()
-    kinds = ["short", "long", "large"]
 
     def kind(s: int, r: int = 0) -> str:
-        return kinds[(s + r) % 3] if classes == "mixed" else classes
+        return _class_of(classes, s + r)
+
+    def numbers(r: int) -> list:    # a list that pickles as long as r's class says
+        n = {"long": 200, "longer": MEDIUM // 2 + 100}.get(kind(r), 3)
+        return [r] * n
 
     objs = [_around_the_slot(r, kind(r)) for r in range(size)]
     items = [[_around_the_slot(s * size + r, kind(s, r)) for r in range(size)]
@@ -493,9 +508,10 @@ def test_short_and_long_pickles_in_rooted_and_personal_collectives(comm, MPI, cl
         assert total == ([r for r in range(size) for _ in (0, 1)] if rank == root else None)
     got = comm.alltoall(items[rank])
     assert len(got) == size and all(same(got[s], items[s][rank]) for s in range(size))
-    assert comm.scan([rank] * (3 if kind(rank) == "long" else 1)) == \
-        [r for r in range(rank + 1) for _ in range(3 if kind(r) == "long" else 1)]
-    assert comm.exscan([rank]) == (None if rank == 0 else list(range(rank)))
+    assert comm.scan(numbers(rank)) == [x for r in range(rank + 1) for x in numbers(r)]
+    assert comm.exscan(numbers(rank)) == \
+        (None if rank == 0 else [x for r in range(rank) for x in numbers(r)])
+    assert comm.allreduce(numbers(rank)) == [x for r in range(size) for x in numbers(r)]
     assert comm.scatter(None, 0) is None     # mpi4py: None at the root sends None to all
 
 
@@ -674,3 +690,41 @@ def test_a_long_object_is_pickled_once(cmcomm, MPI, kind, items):
     # each rank pickles its own object once; a rank given a result to pass on
     # (the reductions' partial results) may pickle that too
     assert mine <= (1 if kind in ("bcast", "gather", "allgather") else 2)
+
+
+def _pickling_to(nbytes: int) -> bytes:
+    """A bytes object whose pickle (protocol 5) is *nbytes* long."""
+    for k in range(nbytes, nbytes - 64, -1):   # the opcodes and frames around it vary
+        if len(pickle.dumps(b"x" * k, 5)) == nbytes:
+            return b"x" * k
+    raise AssertionError(f"no bytes object pickles to {nbytes} bytes")
+
+
+@pytest.mark.parametrize("kind", ["bcast", "allgather", "allreduce", "scan", "exscan"])
+@pytest.mark.parametrize("edge", [0, 1])
+def test_medium_pickles_take_a_second_collective(cmcomm, MPI, kind, edge, monkeypatch):
+    """Objects pickling up to `objcoll.MEDIUM` bytes, beside short ones, run as two
+    MPI collectives; one byte more takes the full path (on every rank)."""
+    if MPI.CHANNEL != "mpi":
+        pytest.skip("slots are the MPI channel's")
+    from cmampi import objcoll
+
+    taken = []
+    full_path = objcoll.collective
+
+    def counted(*args, **kwargs):
+        taken.append(args[1])
+        return full_path(*args, **kwargs)
+
+    monkeypatch.setattr(objcoll, "collective", counted)
+    rank, size = cmcomm.Get_rank(), cmcomm.Get_size()
+    objs = [_pickling_to(MEDIUM + edge) if r == 0 else bytes([r]) for r in range(size)]
+    if kind == "bcast":
+        assert cmcomm.bcast(objs[0] if rank == 0 else None, 0) == objs[0]
+    elif kind == "allgather":
+        assert cmcomm.allgather(objs[rank]) == objs
+    else:
+        got = getattr(cmcomm, kind)(objs[rank], MPI.SUM)
+        upto = {"allreduce": size, "scan": rank + 1, "exscan": rank}[kind]
+        assert got == (b"".join(objs[:upto]) if upto else None)
+    assert taken == ([kind] if edge else [])
