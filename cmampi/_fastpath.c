@@ -746,7 +746,9 @@ static Py_ssize_t slot_size = 0;
    the collectives that gather every slot everywhere); 0: none. */
 static Py_ssize_t slot_medium = 0;
 enum { SCAN = ALLREDUCE + 1, EXSCAN };
-enum { EMPTY = 0, HELD = 1, MEDIUM = 2 };   /* a slot's flag */
+/* A slot's flag: empty (the full path), a short pickle, a medium one's length,
+   or a short pickle in a row (scatter, alltoall) that has medium ones too. */
+enum { EMPTY = 0, HELD = 1, MEDIUM = 2, HELD_MORE = 3 };
 
 /* Put *obj*'s pickle in the slot at *at* (a flag, then the pickle): HELD if
    short; with *medium* given, MEDIUM if up to `slot_medium` bytes long (its
@@ -788,10 +790,12 @@ static int fill_slot(char *at, PyObject *obj, PyObject *longer, PyObject **mediu
 
 /* The slots of *obj*'s items, one per rank, at *row* (scatter, alltoall): 1 if
    every item is short and there are *size* of them (None: None to each, as
-   mpi4py); else 0, every flag cleared (the full path takes it: any other
-   sequence too, which only it reads); -1 with an error set. */
-static int fill_row(char *row, PyObject *obj, int size) {
-    int all = 1;
+   mpi4py); MEDIUM if every item is short or medium and some are (*streams*, an
+   array of *size*, takes their pickles; the short ones are flagged HELD_MORE);
+   else 0, every flag cleared (the full path takes it: any other sequence too,
+   which only it reads); -1 with an error set. */
+static int fill_row(char *row, PyObject *obj, int size, PyObject **streams) {
+    int all = 1, medium = 0;
     PyObject *items = NULL;     /* a tuple of our own: pickling may change a list */
     if (obj != Py_None) {
         if ((PyList_CheckExact(obj) || PyTuple_CheckExact(obj)) &&
@@ -804,17 +808,43 @@ static int fill_row(char *row, PyObject *obj, int size) {
     }
     for (int r = 0; r < size && all; r++) {
         int rc = fill_slot(row + (Py_ssize_t)r * slot_size,
-                           items == NULL ? Py_None : PyTuple_GET_ITEM(items, r), NULL, NULL);
+                           items == NULL ? Py_None : PyTuple_GET_ITEM(items, r), NULL,
+                           streams == NULL ? NULL : &streams[r]);
         if (rc < 0) {
             Py_XDECREF(items);
             return -1;
         }
-        all = rc;
+        medium |= rc == MEDIUM;
+        all = rc != EMPTY;
     }
     Py_XDECREF(items);
     if (!all)
-        for (int r = 0; r < size; r++) row[(Py_ssize_t)r * slot_size] = 0;
-    return all;
+        for (int r = 0; r < size; r++) row[(Py_ssize_t)r * slot_size] = EMPTY;
+    else if (medium)
+        for (int r = 0; r < size; r++)
+            if (row[(Py_ssize_t)r * slot_size] == HELD) row[(Py_ssize_t)r * slot_size] = HELD_MORE;
+    return !all ? 0 : medium ? MEDIUM : 1;
+}
+
+/* The pickles of *streams* (NULL: none; else *size* of them, NULL where none) in
+   one new buffer, their lengths and places in *counts* and *displs*; NULL with
+   an error. Medium pickles are taken only where *size* of them fit MPI's counts. */
+static char *packed_streams(PyObject **streams, int size, int *counts, int *displs) {
+    int64_t total = 0;
+    for (int r = 0; r < size; r++) {
+        Py_ssize_t len = streams != NULL && streams[r] != NULL ? PyBytes_GET_SIZE(streams[r]) : 0;
+        counts[r] = (int)len;
+        displs[r] = (int)total;
+        total += len;
+    }
+    char *out = malloc((size_t)total + 1);
+    if (out == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    for (int r = 0; r < size; r++)
+        if (counts[r]) memcpy(out + displs[r], PyBytes_AS_STRING(streams[r]), (size_t)counts[r]);
+    return out;
 }
 
 /* The object in the slot at *at* (a new reference), or NULL with an error. */
@@ -882,15 +912,103 @@ static PyObject *fold(PyObject *op, PyObject *items) {
     return acc;
 }
 
-/* The rest of `slots` where the slots *recv* (one for BCAST, every rank's else)
-   announce MEDIUM pickles (none EMPTY): a second collective moves them (this
-   rank's is *mine*), and the result is made as `slots` makes it. Where they are
-   more than MPI counts take in all, every rank finds so: *declined* (*mine*
-   then goes to the list *pickled*, for the full path). */
-static PyObject *medium_stage(MPI_Comm comm, int kind, char *recv, PyObject *mine, int root,
-                              int rank, int size, PyObject *op, PyObject *pickled) {
+/* GATHER and REDUCE at the root, every rank's slot in *slots*: the ranks whose
+   slots announce MEDIUM pickles send them next, point to point on *side* with
+   *tag* (the root's own is *mine*). The objects (a list), or their REDUCE with
+   *op*; or, where some slot is EMPTY, *declined*, the list *partial* then holding
+   each rank's object or *declined* (the full path brings those). */
+static PyObject *at_root(MPI_Comm side, int tag, int kind, char *slots, PyObject *mine,
+                         int root, int size, PyObject *op, PyObject *partial) {
     Py_ssize_t n = slot_size;
-    int rc;
+    PyObject *data = PyList_New(size), *items = NULL;    /* MEDIUM pickles, then objects */
+    if (data == NULL) return NULL;
+    int rc = MPI_SUCCESS, empty = 0;
+    for (int q = 0; q < size; q++) {    /* every pickle sent is taken, come what may */
+        char *at = slots + (Py_ssize_t)q * n;
+        PyObject *got = Py_NewRef(Py_None);
+        empty |= at[0] == EMPTY;
+        if (at[0] == MEDIUM && q == root) {
+            Py_SETREF(got, Py_NewRef(mine));
+        } else if (at[0] == MEDIUM) {
+            int64_t len;
+            memcpy(&len, at + 1, sizeof len);
+            Py_SETREF(got, PyBytes_FromStringAndSize(NULL, (Py_ssize_t)len));
+            if (got == NULL) goto fail;
+            char *into = PyBytes_AS_STRING(got);
+            if (rc == MPI_SUCCESS) {
+                Py_BEGIN_ALLOW_THREADS
+                rc = MPI_Recv(into, (int)len, MPI_BYTE, q, tag, side, MPI_STATUS_IGNORE);
+                Py_END_ALLOW_THREADS
+            }
+        }
+        PyList_SET_ITEM(data, q, got);
+    }
+    if (rc != MPI_SUCCESS) {
+        raise_mpi(rc);
+        goto fail;
+    }
+    if ((items = PyList_New(size)) == NULL) goto fail;
+    for (int q = 0; q < size; q++) {
+        char *at = slots + (Py_ssize_t)q * n;
+        PyObject *obj = at[0] == HELD ? unslot(at)
+                        : at[0] == MEDIUM ? PyObject_CallOneArg(slot_loads, PyList_GET_ITEM(data, q))
+                        : Py_NewRef(slot_declined);
+        if (obj == NULL) goto fail;
+        PyList_SET_ITEM(items, q, obj);
+    }
+    Py_DECREF(data);
+    if (empty) {
+        int bad = PyList_SetSlice(partial, 0, PyList_GET_SIZE(partial), items);
+        Py_DECREF(items);
+        return bad < 0 ? NULL : Py_NewRef(slot_declined);
+    }
+    return kind == REDUCE ? fold(op, items) : items;
+fail:
+    Py_DECREF(data);
+    Py_XDECREF(items);
+    return NULL;
+}
+
+/* The objects of the MEDIUM pickles in *data* (at *displs*, as long as *slots*
+   say) and the short ones in *slots*: the result `slots` makes of them (for
+   GATHER and REDUCE, the root's). */
+static PyObject *medium_result(int kind, char *slots, char *data, const int *displs, int rank,
+                               int size, PyObject *op) {
+    if (kind == SCATTER) {
+        if (slots[0] != MEDIUM) return unslot(slots);
+        int64_t len;
+        memcpy(&len, slots + 1, sizeof len);
+        PyObject *view = PyMemoryView_FromMemory(data, (Py_ssize_t)len, PyBUF_READ);
+        PyObject *obj = view == NULL ? NULL : PyObject_CallOneArg(slot_loads, view);
+        Py_XDECREF(view);
+        return obj;
+    }
+    int count = kind == SCAN ? rank + 1 : kind == EXSCAN ? rank : size;
+    PyObject *items = unslot_mixed(slots, count, data, displs);
+    if (items == NULL) return NULL;
+    switch (kind) {
+        case ALLGATHER: case ALLTOALL: case GATHER: return items;
+        case ALLREDUCE: case SCAN: case REDUCE: return fold(op, items);
+        case EXSCAN:
+            if (rank) return fold(op, items);
+            Py_DECREF(items);
+            return Py_NewRef(Py_None);
+    }
+    Py_DECREF(items);
+    PyErr_SetString(PyExc_ValueError, "slots: unknown kind");
+    return NULL;
+}
+
+/* The rest of `slots` where the slots *recv* (the root's for BCAST, this rank's
+   for SCATTER, every rank's else) announce MEDIUM pickles and none is EMPTY: a
+   second collective moves them, and the result is made as `slots` makes it.
+   This rank's own pickle is *mine* (BCAST at the root, GATHER, REDUCE and the
+   collectives that gather every slot), or its row's *streams* (SCATTER at the
+   root, ALLTOALL). */
+static PyObject *medium_stage(MPI_Comm comm, int kind, char *recv, PyObject *mine,
+                              PyObject **streams, int root, int rank, int size, PyObject *op) {
+    Py_ssize_t n = slot_size;
+    int rc = MPI_SUCCESS;
     if (kind == BCAST) {
         int64_t len;
         memcpy(&len, recv + 1, sizeof len);
@@ -906,62 +1024,66 @@ static PyObject *medium_stage(MPI_Comm comm, int kind, char *recv, PyObject *min
         Py_DECREF(data);
         return obj;
     }
-    int *counts = malloc(sizeof(int) * (size_t)size), *displs = malloc(sizeof(int) * (size_t)size);
-    char *data = NULL;
+    /* counts and places: what this rank sends (s*) and receives (r*) */
+    int *sc = malloc(sizeof(int) * (size_t)size), *sd = malloc(sizeof(int) * (size_t)size);
+    int *rcn = malloc(sizeof(int) * (size_t)size), *rd = malloc(sizeof(int) * (size_t)size);
+    char *out = NULL, *in = NULL;
     PyObject *result = NULL;
-    if (counts == NULL || displs == NULL) {
+    if (sc == NULL || sd == NULL || rcn == NULL || rd == NULL) {
         PyErr_NoMemory();
         goto done;
     }
+    int slots_in = kind == SCATTER ? 1 : size;      /* the slots at recv */
     int64_t total = 0;
-    for (int r = 0; r < size; r++) {
+    for (int r = 0; r < slots_in; r++) {
         char *at = recv + (Py_ssize_t)r * n;
         int64_t len = 0;
         if (at[0] == MEDIUM) memcpy(&len, at + 1, sizeof len);
-        counts[r] = (int)len;
-        displs[r] = (int)total;
+        rcn[r] = (int)len;
+        rd[r] = (int)total;
         total += len;
-        if (total > INT_MAX) {
-            if (mine != NULL && PyList_Append(pickled, mine) < 0) goto done;
-            result = Py_NewRef(slot_declined);
-            goto done;
-        }
     }
-    if ((data = malloc((size_t)total + 1)) == NULL) {
+    if ((in = malloc((size_t)total + 1)) == NULL) {
         PyErr_NoMemory();
         goto done;
     }
-    char *own = mine != NULL ? PyBytes_AS_STRING(mine) : data;
-    int own_len = mine != NULL ? (int)PyBytes_GET_SIZE(mine) : 0;
+    int own = mine != NULL ? (int)PyBytes_GET_SIZE(mine) : 0;
+    char *own_at = mine != NULL ? PyBytes_AS_STRING(mine) : in;
+    if (kind == SCATTER || kind == ALLTOALL) {
+        if ((kind == ALLTOALL || rank == root) &&
+                (out = packed_streams(streams, size, sc, sd)) == NULL)
+            goto done;
+    }
     Py_BEGIN_ALLOW_THREADS
-    rc = MPI_Allgatherv(own, own_len, MPI_BYTE, data, counts, displs, MPI_BYTE, comm);
+    switch (kind) {
+        case SCATTER:
+            rc = MPI_Scatterv(out, sc, sd, MPI_BYTE, in, rcn[0], MPI_BYTE, root, comm);
+            break;
+        case ALLTOALL:
+            rc = MPI_Alltoallv(out, sc, sd, MPI_BYTE, in, rcn, rd, MPI_BYTE, comm);
+            break;
+        case GATHER: case REDUCE:
+            rc = MPI_Gatherv(own_at, own, MPI_BYTE, in, rcn, rd, MPI_BYTE, root, comm);
+            break;
+        default:
+            rc = MPI_Allgatherv(own_at, own, MPI_BYTE, in, rcn, rd, MPI_BYTE, comm);
+    }
     Py_END_ALLOW_THREADS
     if (rc != MPI_SUCCESS) {
         raise_mpi(rc);
         goto done;
     }
-    int count = kind == SCAN ? rank + 1 : kind == EXSCAN ? rank : size;
-    PyObject *items = unslot_mixed(recv, count, data, displs);
-    if (items == NULL) goto done;
-    switch (kind) {
-        case ALLGATHER: result = items; break;
-        case ALLREDUCE: case SCAN: result = fold(op, items); break;
-        case EXSCAN:
-            if (rank) {
-                result = fold(op, items);
-            } else {
-                Py_DECREF(items);
-                result = Py_NewRef(Py_None);
-            }
-            break;
-        default:
-            Py_DECREF(items);
-            PyErr_SetString(PyExc_ValueError, "slots: unknown kind");
-    }
+    if ((kind == GATHER || kind == REDUCE) && rank != root)
+        result = Py_NewRef(Py_None);
+    else
+        result = medium_result(kind, recv, in, rd, rank, size, op);
 done:
-    free(counts);
-    free(displs);
-    free(data);
+    free(sc);
+    free(sd);
+    free(rcn);
+    free(rd);
+    free(out);
+    free(in);
     return result;
 }
 
@@ -983,59 +1105,74 @@ done:
    the full path. An error of the MPI library is raised as mpi4py raises it; one of
    *op* or of unpickling, as they raise it. */
 static PyObject *fp_slots(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 7 || !PyList_CheckExact(args[5]) || !PyList_CheckExact(args[6])) {
-        PyErr_SetString(PyExc_TypeError, "slots(comm, kind, obj, root, op, partial, pickled)");
+    if (nargs != 9 || !PyList_CheckExact(args[5]) || !PyList_CheckExact(args[6])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "slots(comm, kind, obj, root, op, partial, pickled, side, tag)");
         return NULL;
     }
-    int kind, root, size, rank, rc, ok;
+    int kind, root, size, rank, rc, ok = 0, tag;
     if (slot_dumps == NULL || !PyObject_TypeCheck(args[0], &PyMPIComm_Type) ||
-            !as_int(args[1], &kind) || !as_int(args[3], &root)) {
+            !PyObject_TypeCheck(args[7], &PyMPIComm_Type) || !as_int(args[1], &kind) ||
+            !as_int(args[3], &root) || !as_int(args[8], &tag)) {
         PyErr_SetString(PyExc_TypeError, "slots: not configured, or bad arguments");
         return NULL;
     }
-    MPI_Comm comm = *PyMPIComm_Get(args[0]);
+    MPI_Comm comm = *PyMPIComm_Get(args[0]), side = *PyMPIComm_Get(args[7]);
     if (MPI_Comm_size(comm, &size) != MPI_SUCCESS || MPI_Comm_rank(comm, &rank) != MPI_SUCCESS ||
             root < 0 || root >= size) {
         PyErr_SetString(PyExc_ValueError, "slots: not a rank of the communicator");
         return NULL;
     }
     PyObject *obj = args[2], *op = args[4], *pickled = args[6], *result = NULL;
-    PyObject *mine = NULL;      /* this rank's MEDIUM pickle */
+    PyObject *mine = NULL;          /* this rank's MEDIUM pickle */
+    PyObject **streams = NULL;      /* a row's MEDIUM pickles (SCATTER at the root, ALLTOALL) */
     Py_ssize_t n = slot_size, all = n * size;
+    /* medium pickles only where a second collective's counts take *size* of them */
+    int takes_medium = (int64_t)size * slot_medium <= INT_MAX;
+    PyObject **medium_of = takes_medium ? &mine : NULL;
+    int row = kind == SCATTER || kind == ALLTOALL;
     /* one slot, or a row, to send; the slots received */
-    char *send = malloc((size_t)(kind == SCATTER || kind == ALLTOALL ? all : n));
+    char *send = malloc((size_t)(row ? all : n));
     char *recv = malloc((size_t)(kind == BCAST || kind == SCATTER ? n : all));
+    if (row && takes_medium && (streams = calloc((size_t)size, sizeof(PyObject *))) == NULL) {
+        PyErr_NoMemory();
+        goto out;
+    }
     if (send == NULL || recv == NULL) {
         PyErr_NoMemory();
         goto out;
     }
     if (kind == BCAST) {
-        ok = rank == root ? fill_slot(recv, obj, pickled, &mine) : 0;
+        ok = rank == root ? fill_slot(recv, obj, pickled, medium_of) : 0;
         if (ok < 0) goto out;
         Py_BEGIN_ALLOW_THREADS
         rc = MPI_Bcast(recv, (int)n, MPI_BYTE, root, comm);
         Py_END_ALLOW_THREADS
     } else if (kind == SCATTER) {
-        if (rank == root && fill_row(send, obj, size) < 0) goto out;
+        if (rank == root && fill_row(send, obj, size, streams) < 0) goto out;
         Py_BEGIN_ALLOW_THREADS
         rc = MPI_Scatter(send, (int)n, MPI_BYTE, recv, (int)n, MPI_BYTE, root, comm);
         Py_END_ALLOW_THREADS
     } else if (kind == ALLTOALL) {
-        if (fill_row(send, obj, size) < 0) goto out;
+        if (fill_row(send, obj, size, streams) < 0) goto out;
         Py_BEGIN_ALLOW_THREADS
         rc = MPI_Alltoall(send, (int)n, MPI_BYTE, recv, (int)n, MPI_BYTE, comm);
         Py_END_ALLOW_THREADS
     } else if (kind == GATHER || kind == REDUCE) {
-        if ((ok = fill_slot(send, obj, pickled, NULL)) < 0) goto out;
+        if ((ok = fill_slot(send, obj, pickled, medium_of)) < 0) goto out;
         Py_BEGIN_ALLOW_THREADS
         rc = MPI_Gather(send, (int)n, MPI_BYTE, recv, (int)n, MPI_BYTE, root, comm);
+        if (rc == MPI_SUCCESS && rank != root && ok == MEDIUM)   /* the root takes it next */
+            rc = MPI_Send(PyBytes_AS_STRING(mine), (int)PyBytes_GET_SIZE(mine), MPI_BYTE, root,
+                          tag, side);
         Py_END_ALLOW_THREADS
-        if (rc == MPI_SUCCESS && rank != root) {
-            result = Py_NewRef(ok ? Py_None : slot_declined);
+        if (rc == MPI_SUCCESS) {
+            result = rank != root ? Py_NewRef(ok == EMPTY ? slot_declined : Py_None)
+                                  : at_root(side, tag, kind, recv, mine, root, size, op, args[5]);
             goto out;
         }
     } else {
-        if (fill_slot(send, obj, pickled, &mine) < 0) goto out;
+        if ((ok = fill_slot(send, obj, pickled, medium_of)) < 0) goto out;
         Py_BEGIN_ALLOW_THREADS
         rc = MPI_Allgather(send, (int)n, MPI_BYTE, recv, (int)n, MPI_BYTE, comm);
         Py_END_ALLOW_THREADS
@@ -1046,38 +1183,22 @@ static PyObject *fp_slots(PyObject *mod, PyObject *const *args, Py_ssize_t nargs
     }
     int got = kind == BCAST || kind == SCATTER ? 1 : size, medium = 0;
     for (int r = 0; r < got; r++) {
-        medium |= recv[(Py_ssize_t)r * n] == MEDIUM;
-        if (recv[(Py_ssize_t)r * n] == EMPTY) {
+        char flag = recv[(Py_ssize_t)r * n];
+        medium |= flag == MEDIUM || flag == HELD_MORE;
+        if (flag == EMPTY) {
             /* the full path sends a MEDIUM pickle of ours as it is */
             if (mine != NULL && PyList_Append(pickled, mine) < 0) goto out;
-            if (kind == GATHER || kind == REDUCE) {     /* the root: what it has */
-                for (int q = 0; q < size; q++) {
-                    char *at = recv + (Py_ssize_t)q * n;
-                    PyObject *item = at[0] ? unslot(at) : Py_NewRef(slot_declined);
-                    if (item == NULL || PyList_Append(args[5], item) < 0) {
-                        Py_XDECREF(item);
-                        goto out;
-                    }
-                    Py_DECREF(item);
-                }
-            }
             result = Py_NewRef(slot_declined);
             goto out;
         }
     }
     if (medium) {
-        result = medium_stage(comm, kind, recv, mine, root, rank, size, op, pickled);
+        result = medium_stage(comm, kind, recv, mine, streams, root, rank, size, op);
         goto out;
     }
     switch (kind) {
         case BCAST: case SCATTER: result = unslot(recv); break;
         case ALLGATHER: case ALLTOALL: result = unslot_all(recv, size); break;
-        case GATHER:
-            result = rank == root ? unslot_all(recv, size) : Py_NewRef(Py_None);
-            break;
-        case REDUCE:
-            result = rank == root ? fold(op, unslot_all(recv, size)) : Py_NewRef(Py_None);
-            break;
         case ALLREDUCE: result = fold(op, unslot_all(recv, size)); break;
         case SCAN: result = fold(op, unslot_all(recv, rank + 1)); break;
         case EXSCAN:
@@ -1087,6 +1208,9 @@ static PyObject *fp_slots(PyObject *mod, PyObject *const *args, Py_ssize_t nargs
     }
 out:
     Py_XDECREF(mine);
+    if (streams != NULL)
+        for (int r = 0; r < size; r++) Py_XDECREF(streams[r]);
+    free(streams);
     free(send);
     free(recv);
     return result;

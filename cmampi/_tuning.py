@@ -118,14 +118,16 @@ OBJECT_RAW_MAX = 1 << 20
 #: long): a 256-byte Bcast or Allgather costs what an 8-byte one does, and
 #: the full path costs 7-14 us where mpi4py's takes 2.5-6 (MPICH, 2 ranks).
 OBJECT_SLOT = 256
-#: A lowercase bcast, allgather, allreduce, scan or exscan whose objects pickle
-#: longer than a slot, up to this size (nothing out of band), runs as two MPI
-#: collectives, as mpi4py's does: the slots say how long, a second one moves the
-#: pickles. Lists of ints, mpi4py's time over cmampi's (MPICH, 2 ranks, medians
-#: of 7), bcast / allgather: a 3 KB pickle 1.02 / 0.92 so, 0.63 / 0.54 by the
-#: full path (its records and acks cost 20-40 us in Python); 30 KB 1.00 / 1.05
-#: against 0.64 / 0.82; 150 KB 0.97 / 1.01 against 1.04 / 0.94; 1 MB 1.08 / 0.99
-#: against 0.90 / 1.01; 4.9 MB 0.98 / 1.01 against 0.89 / 1.07 (pickling rules).
+#: A lowercase collective whose objects pickle longer than a slot, up to this
+#: size (nothing out of band), takes a second step, as mpi4py's does: the slots
+#: say how long, a second collective moves the pickles (gather and reduce: point
+#: to point to the root). mpi4py's time over cmampi's (MPICH, 2 ranks, medians):
+#: lists of 100 ints in scatter, alltoall, gather and reduce 0.93-1.0 so,
+#: 0.29-0.44 by the full path (its records and acks cost 20-40 us in Python);
+#: lists of ints in bcast / allgather, pickled to 3 KB 1.02 / 0.92 so, 0.63 /
+#: 0.54 by the full path; 30 KB 1.00 / 1.05 against 0.64 / 0.82; 150 KB 0.97 /
+#: 1.01 against 1.04 / 0.94; 1 MB 1.08 / 0.99 against 0.90 / 1.01; 4.9 MB 0.98 /
+#: 1.01 against 0.89 / 1.07 (pickling rules).
 OBJECT_MEDIUM = 1 << 20
 #: Pickle streams of object collectives up to this size travel inside the records.
 STREAM_INLINE = 16 << 10

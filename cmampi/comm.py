@@ -1079,12 +1079,13 @@ class Communicator(_Fallback):
                     fast = e.fast
                     partial: list = []
                     pickled: list = []      # obj's pickle, if too long for a slot
+                    side = (e.ch.side, e.ch.slot_tag)     # slots: the MPI channel's
                     if fast is not None:
                         result = fast.slots(plain, _objcoll.SLOT_KINDS[kind], obj, root, op,
-                                            partial, pickled)
+                                            partial, pickled, *side)
                     else:
                         result = _objcoll.slotted[kind](plain, e.names.BYTE, obj, root, op,
-                                                        e.rank, e.size, partial, pickled)
+                                                        e.rank, e.size, partial, pickled, side)
                     if result is not _objcoll.DECLINED:
                         return result
                     return _objcoll.collective(coll, kind, obj, root, op, partial or None,

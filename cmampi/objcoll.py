@@ -47,6 +47,7 @@ MEDIUM = OBJECT_MEDIUM
 _EMPTY = bytes(SLOT)
 _HELD = b"\x01"   # a slot's flag when it holds a pickle
 _MEDIUM = 2       # ... when it holds a medium one's length
+_HELD_MORE = 3    # ... when it holds a pickle, in a row (scatter, alltoall) with medium ones
 _LENGTH = _struct.Struct("=q")
 _INT_MAX = 2**31 - 1
 
@@ -84,15 +85,50 @@ def _slot(obj: Any, pickled: list | None = None, medium: list | None = None) -> 
     return _HELD + stream + _EMPTY[n + 1 :]
 
 
-def _row(obj: Any, size: int) -> bytes:
+def _row(obj: Any, size: int, streams: list | None) -> bytes:
     """The slots of *obj*'s items, one per rank (``scatter``, ``alltoall``): all
-    empty unless every item is short and there are *size* of them."""
+    empty unless every item is short or medium (with *streams* given, which
+    takes each item's medium pickle or None; the short ones' flags then say
+    that medium ones follow) and there are *size* of them."""
+    if streams is not None:
+        streams[:] = [None] * size
     if obj is None:
         return _slot(None) * size       # as mpi4py
     if (type(obj) is not list and type(obj) is not tuple) or len(obj) != size:
         return _EMPTY * size    # the full path takes it (an iterator can only be read once)
-    row = b"".join([_slot(x) for x in tuple(obj)])  # a copy: pickling may change a list
-    return row if 0 not in row[::SLOT] else _EMPTY * size     # the flags: every SLOT-th byte
+    slots = []
+    for r, x in enumerate(tuple(obj)):      # a copy: pickling may change a list
+        medium: list | None = None if streams is None else []
+        slots.append(_slot(x, None, medium))
+        if medium:
+            streams[r] = medium[0]      # type: ignore[index]  # medium is a list: streams is
+    row = b"".join(slots)
+    if 0 in row[::SLOT]:                # the flags: every SLOT-th byte
+        return _EMPTY * size
+    if streams is not None and any(streams):
+        return b"".join(bytes((_HELD_MORE,)) + s[1:] if s[0] == _HELD[0] else s for s in slots)
+    return row
+
+
+def _takes_medium(size: int) -> bool:
+    """Whether a second collective's counts take *size* medium pickles."""
+    return size * MEDIUM <= _INT_MAX
+
+
+def _length(slots: bytearray, r: int) -> int:
+    """The length of the medium pickle slot *r* announces, or 0."""
+    return _LENGTH.unpack_from(slots, r * SLOT + 1)[0] if slots[r * SLOT] == _MEDIUM else 0
+
+
+def _places(counts: list[int]) -> list[int]:
+    return [0, *_itertools.accumulate(counts[:-1])]
+
+
+def _objects(slots: bytearray, count: int, data: bytearray, displs: list[int]) -> list:
+    """The objects of the first *count* slots, medium ones unpickled from *data*."""
+    view = memoryview(data)
+    return [_pickle.loads(view[displs[r] : displs[r] + _length(slots, r)])
+            if slots[r * SLOT] == _MEDIUM else _unslot(slots, r) for r in range(count)]
 
 
 def _unslot(slots: bytearray, r: int) -> Any:
@@ -104,32 +140,28 @@ def _all_objects(plain, byte, obj: Any, size: int, count: int, pickled: list) ->
     everywhere (medium pickles by a second collective); None if a slot is empty."""
     mine: list = []
     slots = bytearray(SLOT * size)
-    plain.Allgather([_slot(obj, pickled, mine), byte], [slots, byte])
+    plain.Allgather([_slot(obj, pickled, mine if _takes_medium(size) else None), byte],
+                    [slots, byte])
     flags = slots[::SLOT]
     if 0 in flags:
         pickled.extend(mine)    # the full path sends it as it is
         return None
     if _MEDIUM not in flags:
         return [_unslot(slots, r) for r in range(count)]
-    lens = [_LENGTH.unpack_from(slots, r * SLOT + 1)[0] if flags[r] == _MEDIUM else 0
-            for r in range(size)]
-    if sum(lens) > _INT_MAX:    # more than MPI counts take: every rank finds so
-        pickled.extend(mine)
-        return None
-    displs = [0, *_itertools.accumulate(lens[:-1])]
+    lens = [_length(slots, r) for r in range(size)]
+    displs = _places(lens)
     data = bytearray(sum(lens))
     plain.Allgatherv([mine[0] if mine else b"", byte], [data, (lens, displs), byte])
-    view = memoryview(data)
-    return [_pickle.loads(view[displs[r] : displs[r] + lens[r]]) if flags[r] == _MEDIUM
-            else _unslot(slots, r) for r in range(count)]
+    return _objects(slots, count, data, displs)
 
 
 # The collectives in slots on mpi4py's communicator *plain* (*byte*: ``MPI.BYTE``):
 # each the result, or `DECLINED` for the full path (see `slotted`).
 
-def _bcast(plain, byte, obj, root, op, me, size, partial, pickled) -> Any:
+def _bcast(plain, byte, obj, root, op, me, size, partial, pickled, side) -> Any:
     mine: list = []
-    slot = bytearray(_slot(obj, pickled, mine)) if me == root else bytearray(SLOT)
+    slot = bytearray(_slot(obj, pickled, mine if _takes_medium(size) else None)) \
+        if me == root else bytearray(SLOT)
     plain.Bcast([slot, byte], root)
     if slot[0] == _MEDIUM:
         data = mine[0] if me == root else bytearray(_LENGTH.unpack_from(slot, 1)[0])
@@ -138,63 +170,102 @@ def _bcast(plain, byte, obj, root, op, me, size, partial, pickled) -> Any:
     return _unslot(slot, 0) if slot[0] else DECLINED
 
 
-def _scatter(plain, byte, obj, root, op, me, size, partial, pickled) -> Any:
+def _packed(streams: list) -> tuple[bytes, list[int], list[int]]:
+    """A row's medium pickles (None where none) in one buffer, their counts and places."""
+    counts = [len(s) if s else 0 for s in streams]
+    return b"".join(s for s in streams if s), counts, _places(counts)
+
+
+def _scatter(plain, byte, obj, root, op, me, size, partial, pickled, side) -> Any:
+    streams: list | None = [] if _takes_medium(size) else None
     slot = bytearray(SLOT)
-    plain.Scatter([_row(obj, size), byte] if me == root else None, [slot, byte], root)
+    plain.Scatter([_row(obj, size, streams), byte] if me == root else None, [slot, byte], root)
+    if slot[0] == _MEDIUM or slot[0] == _HELD_MORE:
+        data = bytearray(_length(slot, 0))
+        if me == root:
+            out, counts, displs = _packed(streams)  # type: ignore[arg-type]  # set by _row
+            plain.Scatterv([out, (counts, displs), byte], [data, byte], root)
+        else:
+            plain.Scatterv(None, [data, byte], root)
+        return _objects(slot, 1, data, [0])[0]
     return _unslot(slot, 0) if slot[0] else DECLINED
 
 
-def _alltoall(plain, byte, obj, root, op, me, size, partial, pickled) -> Any:
+def _alltoall(plain, byte, obj, root, op, me, size, partial, pickled, side) -> Any:
+    streams: list | None = [] if _takes_medium(size) else None
     slots = bytearray(SLOT * size)
-    plain.Alltoall([_row(obj, size), byte], [slots, byte])
-    if 0 in slots[::SLOT]:
+    plain.Alltoall([_row(obj, size, streams), byte], [slots, byte])
+    flags = slots[::SLOT]
+    if 0 in flags:
         return DECLINED
+    if _MEDIUM in flags or _HELD_MORE in flags:
+        out, counts, displs = _packed(streams)  # type: ignore[arg-type]  # set by _row
+        lens = [_length(slots, r) for r in range(size)]
+        places = _places(lens)
+        data = bytearray(sum(lens))
+        plain.Alltoallv([out, (counts, displs), byte], [data, (lens, places), byte])
+        return _objects(slots, size, data, places)
     return [_unslot(slots, r) for r in range(size)]
 
 
-def _at_root(plain, byte, obj, root, me, size, partial, pickled) -> Any:
-    """gather and reduce: every rank's slot at the root alone. The objects there
-    (a list); None elsewhere, or `DECLINED` on a rank whose object is long, and
-    at the root if any is (*partial* then holds each rank's object or
-    `DECLINED`: the full path brings the long ones)."""
-    mine = _slot(obj, pickled)
+def _at_root(plain, byte, obj, root, me, size, partial, pickled, side) -> Any:
+    """gather and reduce: every rank's slot at the root alone; a rank whose slot
+    announces a medium pickle sends it to the root next, point to point on the
+    side space (*side*: its communicator and tag). The objects at the root (a
+    list); None elsewhere, or `DECLINED` on a rank whose object is long, and at
+    the root if any is (*partial* then holds each rank's object or `DECLINED`:
+    the full path brings the long ones)."""
+    mine: list = []
+    slot = _slot(obj, pickled, mine if _takes_medium(size) else None)
+    comm, tag = side
     if me != root:
-        plain.Gather([mine, byte], None, root)
-        return None if mine[0] else DECLINED
+        plain.Gather([slot, byte], None, root)
+        if mine:
+            comm.Send([mine[0], byte], root, tag)
+        return None if slot[0] else DECLINED
     slots = bytearray(SLOT * size)
-    plain.Gather([mine, byte], [slots, byte], root)
-    got = [_unslot(slots, r) if slots[r * SLOT] else DECLINED for r in range(size)]
-    if DECLINED in got:
+    plain.Gather([slot, byte], [slots, byte], root)
+    data: dict[int, bytes | bytearray] = {}
+    for r in range(size):       # every pickle sent is taken first
+        if slots[r * SLOT] == _MEDIUM:
+            if r == me:
+                data[r] = mine[0]
+            else:
+                data[r] = bytearray(_length(slots, r))
+                comm.Recv([data[r], byte], r, tag)
+    got = [_pickle.loads(data[r]) if r in data else
+           _unslot(slots, r) if slots[r * SLOT] else DECLINED for r in range(size)]
+    if any(x is DECLINED for x in got):
         partial[:] = got
         return DECLINED
     return got
 
 
-def _gather(plain, byte, obj, root, op, me, size, partial, pickled) -> Any:
-    return _at_root(plain, byte, obj, root, me, size, partial, pickled)
+def _gather(plain, byte, obj, root, op, me, size, partial, pickled, side) -> Any:
+    return _at_root(plain, byte, obj, root, me, size, partial, pickled, side)
 
 
-def _reduce(plain, byte, obj, root, op, me, size, partial, pickled) -> Any:
-    got = _at_root(plain, byte, obj, root, me, size, partial, pickled)
+def _reduce(plain, byte, obj, root, op, me, size, partial, pickled, side) -> Any:
+    got = _at_root(plain, byte, obj, root, me, size, partial, pickled, side)
     return got if got is None or got is DECLINED else _fold(op, got)
 
 
-def _allgather(plain, byte, obj, root, op, me, size, partial, pickled) -> Any:
+def _allgather(plain, byte, obj, root, op, me, size, partial, pickled, side) -> Any:
     objs = _all_objects(plain, byte, obj, size, size, pickled)
     return DECLINED if objs is None else objs
 
 
-def _allreduce(plain, byte, obj, root, op, me, size, partial, pickled) -> Any:
+def _allreduce(plain, byte, obj, root, op, me, size, partial, pickled, side) -> Any:
     objs = _all_objects(plain, byte, obj, size, size, pickled)
     return DECLINED if objs is None else _fold(op, objs)
 
 
-def _scan(plain, byte, obj, root, op, me, size, partial, pickled) -> Any:
+def _scan(plain, byte, obj, root, op, me, size, partial, pickled, side) -> Any:
     objs = _all_objects(plain, byte, obj, size, me + 1, pickled)
     return DECLINED if objs is None else _fold(op, objs)
 
 
-def _exscan(plain, byte, obj, root, op, me, size, partial, pickled) -> Any:
+def _exscan(plain, byte, obj, root, op, me, size, partial, pickled, side) -> Any:
     objs = _all_objects(plain, byte, obj, size, me, pickled)
     if objs is None:
         return DECLINED
@@ -202,7 +273,7 @@ def _exscan(plain, byte, obj, root, op, me, size, partial, pickled) -> Any:
 
 
 #: Lowercase collective -> its run in slots: ``slotted[kind](plain, byte, obj,
-#: root, op, me, size, partial, pickled)`` is the result of the collective run as one MPI
+#: root, op, me, size, partial, pickled, side)`` is the result of the collective run as one MPI
 #: collective of fixed-size slots on *plain* (mpi4py's communicator; *byte*:
 #: ``MPI.BYTE``) when every object it moves pickles short; else `DECLINED`, and
 #: every rank that needs the others' objects, told by the same collective, takes
@@ -214,7 +285,10 @@ def _exscan(plain, byte, obj, root, op, me, size, partial, pickled) -> Any:
 #: slot everywhere, so that every rank knows whether all are short, and only the
 #: ranks with a result unpickle. A rank's own *obj* (not a scatter's or an
 #: alltoall's items) that pickles long leaves its pickle in the list *pickled*,
-#: which the full path sends rather than pickle it again.
+#: which the full path sends rather than pickle it again. Medium pickles (up to
+#: `MEDIUM` bytes) travel in a second collective, the slots giving their lengths;
+#: in gather and reduce, point to point to the root on *side* (a communicator and
+#: a tag no other message there uses).
 slotted: dict[str, Callable[..., Any]] = {
     "bcast": _bcast, "scatter": _scatter, "gather": _gather, "reduce": _reduce,
     "allgather": _allgather, "alltoall": _alltoall, "allreduce": _allreduce, "scan": _scan,
@@ -223,7 +297,7 @@ for _fn in (*slotted.values(), _at_root, _all_objects):
     _site(_fn)      # one MPI collective, no engine state (`_watch`)
 
 #: The same, in one call of the compiled path (``_fastpath.c``, its twin):
-#: ``fast.slots(plain, SLOT_KINDS[kind], obj, root, op, partial, pickled)``.
+#: ``fast.slots(plain, SLOT_KINDS[kind], obj, root, op, partial, pickled, *side)``.
 SLOT_KINDS = {"bcast": _fastpath.BCAST, "scatter": _fastpath.SCATTER,
               "gather": _fastpath.GATHER, "reduce": _fastpath.REDUCE,
               "allgather": _fastpath.ALLGATHER, "alltoall": _fastpath.ALLTOALL,

@@ -700,7 +700,8 @@ def _pickling_to(nbytes: int) -> bytes:
     raise AssertionError(f"no bytes object pickles to {nbytes} bytes")
 
 
-@pytest.mark.parametrize("kind", ["bcast", "allgather", "allreduce", "scan", "exscan"])
+@pytest.mark.parametrize("kind", ["bcast", "scatter", "gather", "reduce", "allgather",
+                                  "alltoall", "allreduce", "scan", "exscan"])
 @pytest.mark.parametrize("edge", [0, 1])
 def test_medium_pickles_take_a_second_collective(cmcomm, MPI, kind, edge, monkeypatch):
     """Objects pickling up to `objcoll.MEDIUM` bytes, beside short ones, run as two
@@ -719,12 +720,38 @@ def test_medium_pickles_take_a_second_collective(cmcomm, MPI, kind, edge, monkey
     monkeypatch.setattr(objcoll, "collective", counted)
     rank, size = cmcomm.Get_rank(), cmcomm.Get_size()
     objs = [_pickling_to(MEDIUM + edge) if r == 0 else bytes([r]) for r in range(size)]
+    root = size - 1
     if kind == "bcast":
         assert cmcomm.bcast(objs[0] if rank == 0 else None, 0) == objs[0]
+    elif kind == "scatter":     # the root's items: the medium one goes to rank 0
+        assert cmcomm.scatter(objs if rank == root else None, root) == objs[rank]
+    elif kind == "alltoall":    # rank 0 sends a medium pickle to every rank
+        got = cmcomm.alltoall([objs[rank]] * size)
+        assert got == objs
+    elif kind == "gather":
+        assert cmcomm.gather(objs[rank], root) == (objs if rank == root else None)
     elif kind == "allgather":
         assert cmcomm.allgather(objs[rank]) == objs
     else:
-        got = getattr(cmcomm, kind)(objs[rank], MPI.SUM)
-        upto = {"allreduce": size, "scan": rank + 1, "exscan": rank}[kind]
+        got = getattr(cmcomm, kind)(objs[rank], MPI.SUM, *([root] if kind == "reduce" else []))
+        upto = {"reduce": size if rank == root else 0, "allreduce": size, "scan": rank + 1,
+                "exscan": rank}[kind]
         assert got == (b"".join(objs[:upto]) if upto else None)
-    assert taken == ([kind] if edge else [])
+    # one byte more: every rank that has a part in it takes the full path
+    assert taken == ([kind] if edge and (kind not in ("gather", "reduce") or rank in (0, root))
+                     else [])
+
+
+def test_gather_of_small_arrays_beside_a_long_object(comm, MPI):
+    """Short numpy arrays in slots beside one long object (the full path): the
+    root sorts them out without comparing arrays (which have no truth value)."""
+    rank, size = comm.Get_rank(), comm.Get_size()
+    for root in range(size):
+        far = (root + 1) % size
+        obj = "x" * (MEDIUM + 1) if rank == far else np.arange(3) + rank
+        got = comm.gather(obj, root)
+        if rank == root:
+            assert got[far] == "x" * (MEDIUM + 1)
+            assert all((got[r] == np.arange(3) + r).all() for r in range(size) if r != far)
+        got = comm.reduce([obj], root=root)
+        assert got is None if rank != root else len(got) == size

@@ -80,6 +80,9 @@ class MPIChannel:
         self.tag_ub = int(tag_ub)
         #: transfer ids live in [0, xid_limit) so that 2*xid+1 is a valid tag
         self.xid_limit = (self.tag_ub - 1) // 2
+        #: A tag of the side space that no transfer id's uses: the medium pickles
+        #: of a gather or reduce in slots (`objcoll`) travel with it.
+        self.slot_tag = self.tag_ub
         # Locality: ranks sharing memory, as MPI sees it, unless overridden.
         shared = comm.Split_type(_MPI.COMM_TYPE_SHARED, key=self.rank)
         try:
