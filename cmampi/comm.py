@@ -1069,23 +1069,24 @@ class Communicator(_Fallback):
         root = root if type(root) is int else as_int(root)  # every rank's the same way
         e = self._engine
         if e is not None:
-            plain = e.slots
-            if plain is False:
-                plain = e.slots = self._slotting()
-            if plain is not None and type(root) is int and 0 <= root < e.size:
+            slots = e.slots
+            if slots is False:
+                slots = e.slots = self._slotting()
+            if slots is not None and type(root) is int and 0 <= root < e.size:
+                plain, side, tag = slots
                 coll = e.coll or self._coll     # made first: making it takes mpi4py's locks
                 with self._lock(kind):  # as mpi4py: one lowercase collective of a kind at a time
                     # short pickles: one MPI collective of fixed-size slots
                     fast = e.fast
                     partial: list = []
                     pickled: list = []      # obj's pickle, if too long for a slot
-                    side = (e.ch.side, e.ch.slot_tag)     # slots: the MPI channel's
                     if fast is not None:
                         result = fast.slots(plain, _objcoll.SLOT_KINDS[kind], obj, root, op,
-                                            partial, pickled, *side)
+                                            partial, pickled, side, tag)
                     else:
                         result = _objcoll.slotted[kind](plain, e.names.BYTE, obj, root, op,
-                                                        e.rank, e.size, partial, pickled, side)
+                                                        e.rank, e.size, partial, pickled,
+                                                        (side, tag))
                     if result is not _objcoll.DECLINED:
                         return result
                     return _objcoll.collective(coll, kind, obj, root, op, partial or None,
@@ -1104,14 +1105,14 @@ class Communicator(_Fallback):
             return _objcoll.collective(coll, kind, obj, root, op)
 
     def _slotting(self) -> Any:
-        """mpi4py's communicator, where short lowercase collectives run in slots
-        (`objcoll.slotted`): on one node, collectives not `checked`, not an
-        intercommunicator; else None."""
+        """(mpi4py's communicator, the side space's and its free tag) where short
+        lowercase collectives run in slots (`objcoll.slotted`): on one node,
+        collectives not `checked`, not an intercommunicator; else None."""
         e = self._engine
         plain = self._plain()
         if plain is None or e.checked or e.multinode or plain.Is_inter():
             return None
-        return plain
+        return plain, e.ch.side, e.ch.slot_tag
 
     def _lock(self, kind: str) -> Any:
         """mpi4py's lock of this communicator for *kind* (None without MPI)."""

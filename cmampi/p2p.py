@@ -500,8 +500,9 @@ class Engine:
         #: The MPI library's communicator that runs small collectives as they come
         #: (MPI channel, one node, not `checked`); set on the first collective.
         self.small = None
-        #: mpi4py's communicator where short lowercase collectives run in slots
-        #: (`comm.Comm._slotting`); None where they do not; False until known.
+        #: (mpi4py's communicator, the side space's, its free tag) where short
+        #: lowercase collectives run in slots (`comm.Comm._slotting`); None where
+        #: they do not; False until known.
         self.slots: Any = False
         #: The compiled path's ``coll`` where `small` runs collectives, or None.
         self.small_coll = None
