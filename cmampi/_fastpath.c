@@ -856,21 +856,6 @@ static PyObject *unslot(char *at) {
     return obj;
 }
 
-/* The objects of the first *count* slots at *slots*, in a new list; NULL on error. */
-static PyObject *unslot_all(char *slots, int count) {
-    PyObject *out = PyList_New(count);
-    if (out == NULL) return NULL;
-    for (int r = 0; r < count; r++) {
-        PyObject *obj = unslot(slots + (Py_ssize_t)r * slot_size);
-        if (obj == NULL) {
-            Py_DECREF(out);
-            return NULL;
-        }
-        PyList_SET_ITEM(out, r, obj);
-    }
-    return out;
-}
-
 /* The objects of the first *count* slots at *slots*, in a new list, those of
    MEDIUM slots unpickled from *data* (at *displs*, as long as their slots say);
    NULL on error. */
@@ -970,8 +955,8 @@ fail:
 }
 
 /* The objects of the MEDIUM pickles in *data* (at *displs*, as long as *slots*
-   say) and the short ones in *slots*: the result `slots` makes of them (for
-   GATHER and REDUCE, the root's). */
+   say; none: NULL) and the short ones in *slots*: the result `slots` makes of
+   them (but for BCAST; for GATHER and REDUCE, the root's). */
 static PyObject *medium_result(int kind, char *slots, char *data, const int *displs, int rank,
                                int size, PyObject *op) {
     if (kind == SCATTER) {
@@ -1196,16 +1181,8 @@ static PyObject *fp_slots(PyObject *mod, PyObject *const *args, Py_ssize_t nargs
         result = medium_stage(comm, kind, recv, mine, streams, root, rank, size, op);
         goto out;
     }
-    switch (kind) {
-        case BCAST: case SCATTER: result = unslot(recv); break;
-        case ALLGATHER: case ALLTOALL: result = unslot_all(recv, size); break;
-        case ALLREDUCE: result = fold(op, unslot_all(recv, size)); break;
-        case SCAN: result = fold(op, unslot_all(recv, rank + 1)); break;
-        case EXSCAN:
-            result = rank ? fold(op, unslot_all(recv, rank)) : Py_NewRef(Py_None);
-            break;
-        default: PyErr_SetString(PyExc_ValueError, "slots: unknown kind");
-    }
+    /* every object in its slot */
+    result = kind == BCAST ? unslot(recv) : medium_result(kind, recv, NULL, NULL, rank, size, op);
 out:
     Py_XDECREF(mine);
     if (streams != NULL)

@@ -18,7 +18,7 @@ import pickle as _pickle
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["DUMPS", "Wrapped", "adopt", "configure", "custom", "forwarding", "on_change"]
+__all__ = ["DUMPS", "Wrapped", "adopt", "configure", "forwarding", "on_change"]
 
 #: What cmampi pickles objects with, called as ``pickle.dumps(obj, protocol,
 #: **kwargs)``: pickle's own, or `_dumps_wrapped` while ``MPI.pickle`` is customized.
@@ -50,11 +50,6 @@ def _loads(data: bytes) -> Any:
 
 def _dumps_wrapped(obj: Any, protocol: int | None = None, **kwargs: Any) -> bytes:
     return _pickle.dumps(Wrapped(obj), protocol, **kwargs)
-
-
-def custom() -> bool:
-    """Whether ``MPI.pickle`` is customized (objects go out as `Wrapped`)."""
-    return DUMPS[0] is not _pickle.dumps
 
 
 def on_change(hook: Callable[[Callable[..., bytes]], None]) -> None:

@@ -164,7 +164,7 @@ def _bcast(plain, byte, obj, root, op, me, size, partial, pickled, side) -> Any:
         if me == root else bytearray(SLOT)
     plain.Bcast([slot, byte], root)
     if slot[0] == _MEDIUM:
-        data = mine[0] if me == root else bytearray(_LENGTH.unpack_from(slot, 1)[0])
+        data = mine[0] if me == root else bytearray(_length(slot, 0))
         plain.Bcast([data, byte], root)
         return _pickle.loads(data)
     return _unslot(slot, 0) if slot[0] else DECLINED
