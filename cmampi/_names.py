@@ -57,7 +57,8 @@ _ERROR_STRINGS = {
     ERR_RANK: "Invalid rank", ERR_ROOT: "Invalid root", ERR_GROUP: "Invalid group",
     ERR_OP: "Invalid MPI_Op", ERR_ARG: "Invalid argument", ERR_UNKNOWN: "Unknown error",
     ERR_TRUNCATE: "Message truncated", ERR_OTHER: "Other MPI error",
-    ERR_INTERN: "Internal MPI error", ERR_REQUEST: "Invalid MPI_Request",
+    ERR_INTERN: "Internal MPI error", ERR_PENDING: "Pending request",
+    ERR_IN_STATUS: "Error code is in status", ERR_REQUEST: "Invalid MPI_Request",
     ERR_PROC_FAILED: "Process failed",
 }
 
@@ -95,7 +96,13 @@ class Exception(RuntimeError):
 
 
 def Get_error_string(errorcode: int) -> str:
+    """Return the error string for an error class or error code."""
     return _ERROR_STRINGS.get(errorcode, f"MPI error {errorcode}")
+
+
+def Get_error_class(errorcode: int) -> int:
+    """Convert an error code into an error class (here every code is its class)."""
+    return errorcode
 
 
 class Datatype:

@@ -20,7 +20,7 @@ from ._backend import names as _names_in_use
 from ._serial import serialized
 from .coll import flat as _flat
 from .coll import vector as _vector
-from .request import Request, new_request
+from .request import Request, complete_all, new_request
 from .socketcomm import Intracomm, _w_spec
 
 if TYPE_CHECKING:   # sockettopo imports this module
@@ -165,6 +165,6 @@ def neighbor_objects(comm: Topocomm, objs: Sequence[Any]) -> list[Any]:
              for peer, tag in zip(nb.sources, nb.recvtags)]
     sends = [private.isend(obj, peer, tag)
              for obj, peer, tag in zip(objs, nb.destinations, nb.sendtags) if peer != proc_null]
-    got = Request.waitall([r for r in recvs if r is not None] + sends)
+    got = complete_all([r for r in recvs if r is not None] + sends)
     it = iter(got)
     return [None if r is None else next(it) for r in recvs]

@@ -453,6 +453,9 @@ class Engine:
         #: Receives whose message may be truncated go through a datatype with a gap
         #: (`channel.mpi.MPIChannel.guarded`): never in place, stages one byte longer.
         self.guarded = getattr(channel, "guarded", False)
+        #: A truncated receive's status counts the whole message (Open MPI), not
+        #: the bytes the buffer took (MPICH, and the socket channel).
+        self.counts_whole = getattr(channel, "counts_whole", False)
         self.stash: _collections.deque = _collections.deque()  # drained by probes
         #: Receives the channel writes straight into the user's buffer, until arrival
         #: (a control message may land in their first `band` bytes) ...
@@ -753,7 +756,8 @@ class Engine:
                 ch.mrecv(handle, tmp)
                 err = self.place(buf, memoryview(tmp)[:count])
             if status is not None:
-                fill_status(status, src, tg, count, err, self.names)
+                fill_status(status, src, tg, count if err is None or self.counts_whole
+                            else buf.nbytes, err, self.names)
             if err is not None:
                 raise err
             return
@@ -1153,7 +1157,12 @@ class Engine:
             decode, op.decode = op.decode, None
             op.result = decode(op)
         if status is not None:
-            fill_status(status, op.source, op.tag, op.nbytes, op.error, self.names, op.cancelled)
+            nbytes = op.nbytes
+            buf = getattr(op, "buf", None)     # a receive's
+            if op.error is not None and buf is not None and not self.counts_whole \
+                    and getattr(op.error, "error_class", None) == self.names.ERR_TRUNCATE:
+                nbytes = min(nbytes, buf.nbytes)
+            fill_status(status, op.source, op.tag, nbytes, op.error, self.names, op.cancelled)
         if op.error is not None:
             err, op.error = op.error, None
             raise err

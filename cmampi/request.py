@@ -23,7 +23,7 @@ from ._serial import serialized
 from ._standin import StandIn, is_ours
 
 __all__ = ["Message", "PartitionedRequest", "Prequest", "Request", "StagedObjectRequest",
-           "StagedRequest", "new_request"]
+           "StagedRequest", "complete_all", "new_request"]
 
 _NAMES = _names_in_use()
 #: mpi4py's classes on the MPI channel; nothing on the socket channel.
@@ -786,8 +786,16 @@ def _finish(req, status) -> Any:
     return None
 
 
-def _finish_all(requests: Sequence[Any], statuses, indices) -> list[Any]:
-    """Complete every request of *indices*, even when one raises; their objects."""
+def complete_all(requests: Sequence[Any]) -> list[Any]:
+    """Wait for every request; their objects. A failure raises its own error,
+    not ``ERR_IN_STATUS``: for the collectives built on point to point."""
+    _wait_all(requests)
+    return _finish_all(requests, None, range(len(requests)), in_status=False)
+
+
+def _finish_all(requests: Sequence[Any], statuses, indices, in_status: bool = True) -> list[Any]:
+    """Complete every request of *indices*, even when one raises; their objects.
+    The first error raised is reported as `_in_status` makes it (*in_status*)."""
     results, errors = [], []
     for k, i in enumerate(indices):
         req = requests[i]
@@ -804,8 +812,20 @@ def _finish_all(requests: Sequence[Any], statuses, indices) -> list[Any]:
             results.append(None)
             errors.append(exc)
     if errors:
-        raise errors[0]
+        raise _in_status(errors[0]) if in_status else errors[0]
     return results
+
+
+def _in_status(exc: BaseException) -> BaseException:
+    """What a completion of several requests raises for *exc*, one request's
+    error: an MPI error becomes ``ERR_IN_STATUS``, as MPI's ``Waitall`` and
+    friends return it (each status given holds its own request's error; *exc*
+    is the cause). Any other exception (an object's unpickling) stays itself."""
+    if not isinstance(exc, _NAMES.Exception) or exc.Get_error_class() == _NAMES.ERR_IN_STATUS:
+        return exc
+    err = _NAMES.Exception(_NAMES.ERR_IN_STATUS)
+    err.__cause__ = exc
+    return err
 
 
 def _wait_any_index(requests: Sequence[Any], status) -> tuple[int, Any]:

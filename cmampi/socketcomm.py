@@ -14,7 +14,7 @@ from ._config import config as _config
 from ._serial import serialized
 from .channel import Completion
 from .comm import Communicator, _Freed, as_int
-from .request import Prequest, Request, new_request
+from .request import Prequest, Request, complete_all, new_request
 from .sockgroup import Group
 
 __all__ = ["Intracomm"]
@@ -183,7 +183,7 @@ class Intracomm(Communicator):
         for peer in range(e.size):
             lo, n = sdispls[peer], scounts[peer] * stypes[peer].Get_size()
             requests.append(private.Isend(smem[lo:lo + n], peer, tag))
-        Request.Waitall(requests)
+        complete_all(requests)
 
     # -- process topologies (cmampi.sockettopo) ------------------------------------------
     def Create_cart(self, dims, periods=None, reorder: bool = False):

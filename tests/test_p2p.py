@@ -281,10 +281,12 @@ def test_proc_null(comm, MPI):
 @pytest.mark.parametrize("call", ["Recv", "Irecv"])
 @pytest.mark.parametrize(("n", "room"), [(40, 8), (4 * LIMIT, 8), (100_000, 8),
                                          (100_000, 6000), (300_000, 200_000)])
-def test_truncation(comm, MPI, n, room, call, open_mpi_reference):
+def test_truncation(comm, MPI, n, room, call, open_mpi_reference, mpi_library):
     """A receive too small for its message fails with MPI's truncation error
     and writes nothing outside its buffer, whatever the buffer's size (staged,
-    or landing in place), blocking or not; the communicator keeps working."""
+    or landing in place), blocking or not; the communicator keeps working. Its
+    status counts what the library counts: the whole message (Open MPI) or the
+    bytes the buffer took (MPICH)."""
     if open_mpi_reference and n > 4096:
         pytest.skip("Open MPI writes a truncated large message past the receive buffer "
                     "(this process's heap)")
@@ -295,16 +297,65 @@ def test_truncation(comm, MPI, n, room, call, open_mpi_reference):
     elif rank == 1:
         base = np.full(room + 4096 + 16, 7, np.uint8)
         view = base[8 : 8 + room]
+        st = MPI.Status()
         with pytest.raises(MPI.Exception) as info:
             if call == "Recv":
-                comm.Recv(view, 0, 6)
+                comm.Recv(view, 0, 6, st)
             else:
-                comm.Irecv(view, 0, 6).Wait()
+                comm.Irecv(view, 0, 6).Wait(st)
         assert info.value.Get_error_class() == MPI.ERR_TRUNCATE
+        assert st.Get_count(MPI.BYTE) == (n if mpi_library == "Open MPI" else room)
+        assert st.Get_source() == 0 and st.Get_tag() == 6
         assert (base[:8] == 7).all() and (base[8 + room :] == 7).all()  # nothing written outside
         after = np.zeros(4, np.uint8)
         comm.Recv(after, 0, 6)  # the communicator keeps working
         assert list(after) == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("call", ["Waitall", "Waitsome", "Testall", "waitall"])
+@pytest.mark.parametrize("n", [100, 100_000])
+def test_a_failure_among_several_requests_is_reported_in_status(comm, MPI, n, call,
+                                                                open_mpi_reference, mpi_library):
+    """Completing several requests at once, one of which fails, raises
+    ``ERR_IN_STATUS``, as MPI's ``Waitall`` and friends do: each status holds
+    its own request's error, and the one that succeeded its message."""
+    if open_mpi_reference and n > 4096:
+        pytest.skip("Open MPI writes a truncated large message past the receive buffer")
+    if call == "Testall" and mpi_library not in ("Open MPI", "none"):
+        pytest.skip("MPICH's Testall leaves requests active when one fails")
+    rank = comm.Get_rank()
+    if rank == 0:
+        comm.Send(np.full(8, 3, np.uint8), 1, 4)
+        comm.Send(np.ones(n, np.uint8), 1, 5)
+    elif rank == 1:
+        fine = np.zeros(8, np.uint8)
+        base = np.full(n + 64, 7, np.uint8)
+        small = base[8:58]
+        reqs = [comm.Irecv(fine, 0, 4), comm.Irecv(small, 0, 5)]
+        statuses = [MPI.Status(), MPI.Status()]
+        with pytest.raises(MPI.Exception) as info:
+            if call == "Waitall":
+                MPI.Request.Waitall(reqs, statuses)
+            elif call == "waitall":
+                MPI.Request.waitall(reqs, statuses)
+            elif call == "Testall":
+                while not MPI.Request.Testall(reqs, statuses):
+                    pass
+            else:
+                while any(reqs):
+                    MPI.Request.Waitsome(reqs, statuses)
+        assert info.value.Get_error_class() == MPI.ERR_IN_STATUS
+        if call != "Waitsome":   # (its statuses follow the order of completion)
+            assert MPI.Get_error_class(statuses[1].Get_error()) == MPI.ERR_TRUNCATE
+            assert statuses[1].Get_count(MPI.BYTE) == (n if mpi_library == "Open MPI" else 50)
+            assert statuses[0].Get_error() == MPI.SUCCESS
+            assert statuses[0].Get_count(MPI.BYTE) == 8
+        assert (fine == 3).all()
+        assert (base[:8] == 7).all() and (base[58:] == 7).all()
+        after = np.zeros(4, np.uint8)
+        comm.Irecv(after, 0, 6).Wait()  # the communicator keeps working
+    if rank == 0:
+        comm.Send(np.arange(4, dtype=np.uint8), 1, 6)
 
 
 @pytest.mark.parametrize("call", ["Send", "Ssend", "Isend"])

@@ -111,6 +111,9 @@ class MPIChannel:
         #: gap stop at the buffer's end. Where the size is not known before the
         #: receive, the engine posts those (`irecv_guarded`, `irecv_split`).
         self.guarded = _MPI.get_vendor()[0] == "Open MPI"
+        #: ... and counts the whole message in a truncated receive's status
+        #: (MPICH counts the bytes the buffer took).
+        self.counts_whole = self.guarded
         if self.guarded:
             self.cma_min_busy = CMA_MIN_BUSY_GUARDED
         self.types: dict[tuple[int, int, int, int], _mpi.Datatype] = {}
