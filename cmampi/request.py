@@ -562,8 +562,17 @@ class StagedRequest(Request):
     its op (``_op``) hands the op to the Python engine first (`p2p.promote`)."""
 
     __module__ = "cmampi.MPI"
-    #: the compiled op, until a compiled wait completes it or the request is completed
-    _fast: Any = None
+    # Slots, not a __dict__: a request is made and dropped per call. `_fast` is
+    # the compiled op, until a compiled wait completes it or the request is
+    # completed (None then); `_held`, the op the request holds after that. The
+    # compiled path gives these classes a finalizer that skips `__del__` for a
+    # request whose `_fast` is None (`_fastpath.c`, `finalize_request`).
+    __slots__ = ("_fast", "_held")
+    _fast: Any
+
+    def __init__(self, request: Request | None = None) -> None:
+        self._fast = None
+        super().__init__(request)
 
     # A compiled op made while one thread ran may be taken over by another
     # thread's progress (the progress helper, `_watch`) once several run: it is
@@ -572,7 +581,7 @@ class StagedRequest(Request):
     def _op(self) -> _p2p.Op | None:
         staged = self._fast
         if staged is None:
-            return self.__dict__.get("_held")
+            return getattr(self, "_held", None)
         op = staged.op
         return op if op is not None else _p2p.promote(staged)
 
@@ -632,7 +641,7 @@ class StagedRequest(Request):
     def _dropped(self) -> None:
         # Dropped in flight: the op goes on by itself (see Request.__del__). A
         # StagedRequest's op is only ever its compiled op's.
-        staged = self._fast
+        staged = getattr(self, "_fast", None)
         if staged is not None:
             op = staged.op
             if op is None and staged.state in (_fastpath.POSTED, _fastpath.ARRIVED):
@@ -651,6 +660,7 @@ class StagedObjectRequest(StagedRequest):
     and ``test`` unpickle it there."""
 
     __module__ = "cmampi.MPI"
+    __slots__ = ()
 
     def wait(self, status=None) -> Any:
         """Wait for the receive to complete; the object received."""

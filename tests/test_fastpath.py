@@ -279,6 +279,40 @@ def test_a_dropped_receive_still_takes_its_message(comm, MPI):
     assert (kept == 2).all()
 
 
+def test_only_a_request_holding_an_op_runs_its_python_finalizer(cmcomm, MPI, monkeypatch):
+    """A compiled op's request that ends null skips ``Request.__del__`` (the
+    compiled finalizer looks first); one dropped in flight still runs it, and
+    its receive still takes its message."""
+    from cmampi import request as R
+
+    e = cmcomm._engine
+    if e is None or e.fast is None:
+        pytest.skip("no compiled path here")
+    rank = cmcomm.Get_rank()
+    if rank > 1:
+        return
+    peer = 1 - rank
+    calls = []
+    real = R.StagedRequest._dropped
+    monkeypatch.setattr(R.StagedRequest, "_dropped",
+                        lambda self: (calls.append(self._fast is None), real(self)))
+    out = np.zeros(8, np.uint8)
+    req = cmcomm.Irecv(out, peer, 15)
+    assert type(req) is R.StagedRequest
+    cmcomm.Isend(np.full(8, 3, np.uint8), peer, 15).Wait()
+    req.Wait()
+    del req
+    assert calls == [] and (out == 3).all()
+    cmcomm.Irecv(np.zeros(8, np.uint8), peer, 16)       # dropped in flight
+    assert calls == [False]
+    kept = np.zeros(8, np.uint8)
+    req = cmcomm.Irecv(kept, peer, 16)
+    cmcomm.Send(np.full(8, 1, np.uint8), peer, 16)
+    cmcomm.Send(np.full(8, 2, np.uint8), peer, 16)
+    req.Wait()
+    assert (kept == 2).all()
+
+
 def test_read_only_and_object_buffers_are_refused(comm, MPI):
     """As the Python path refuses them; the communicator keeps working."""
     rank = comm.Get_rank()
