@@ -596,6 +596,41 @@ static PyObject *fp_isend(PyObject *mod, PyObject *const *args, Py_ssize_t nargs
     return request_stealing(s);
 }
 
+static PyObject *fp_pickled(PyObject *mod, PyObject *const *args, Py_ssize_t nargs);
+
+/* isend_object(comm, obj, dest, tag, engine, oob) -> request | (stream,) | None:
+   a lowercase isend in one call: *obj* pickled as `pickled` pickles it (*oob*:
+   the engine's list of the peers that may pull), and a pickle of up to the eager
+   limit sent as itself (`isend`). A tuple: pickled, not sent here (the pickle,
+   or None for an object with a buffer to leave out of band), for the Python
+   path to send; None: *dest* or *tag* is not one this path takes. */
+static PyObject *fp_isend_object(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    int dest, tag;
+    MPI_Comm *comm = call_args(args, nargs, 6, 6,
+                               "isend_object(comm, obj, dest, tag, engine, oob)", 0, &dest,
+                               &tag);
+    if (comm == NULL) return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
+    if (!PyList_CheckExact(args[5]) || dest >= PyList_GET_SIZE(args[5])) Py_RETURN_NONE;
+    PyObject *pickle_args[2] = {args[1], PyList_GET_ITEM(args[5], dest)};
+    PyObject *stream = fp_pickled(mod, pickle_args, 2);
+    if (stream == NULL) return NULL;    /* the object's own pickling error */
+    if (PyBytes_CheckExact(stream) && PyBytes_GET_SIZE(stream) <= cfg_limit) {
+        Staged *s = send_op(stream, args[4], live_recvs > 0);
+        if (s == NULL && PyErr_Occurred()) {
+            Py_DECREF(stream);
+            return NULL;
+        }
+        if (s != NULL && start_send(s, comm, dest, tag) == 0) {
+            Py_DECREF(stream);
+            return request_stealing(s);
+        }
+        Py_XDECREF(s);  /* declined, or MPI refused it: the Python path sends it */
+    }
+    PyObject *out = PyTuple_Pack(1, stream);
+    Py_DECREF(stream);
+    return out;
+}
+
 /* send(comm, spec, dest, tag) -> bool: a blocking standard-mode send of a
    message that travels as itself, where `p2p.Engine.send` sends it inside the
    channel: up to the eager limit; past the control band below the pull
@@ -2130,6 +2165,9 @@ static PyMethodDef methods[] = {
     {"sendrecv_object", (PyCFunction)(void (*)(void))fp_sendrecv_object, METH_FASTCALL,
      "sendrecv_object(comm, stream, dest, sendtag, source, recvtag, loads, status, "
      "declined): the object received, or declined"},
+    {"isend_object", (PyCFunction)(void (*)(void))fp_isend_object, METH_FASTCALL,
+     "isend_object(comm, obj, dest, tag, engine, oob): an object's isend: the request, "
+     "(the pickle,) to send by the Python path, or None"},
     {"isend", (PyCFunction)(void (*)(void))fp_isend, METH_FASTCALL,
      "isend(comm, spec, dest, tag, engine): the request of a send as itself, or None"},
     {"recv", (PyCFunction)(void (*)(void))fp_recv, METH_FASTCALL,

@@ -957,15 +957,13 @@ class Communicator(_Fallback):
         if e is None:
             return super().isend(obj, dest, tag)
         fast = e.fast
-        if fast is not None and len(_THREADS) < 2 and type(dest) is int and type(tag) is int \
-                and 0 <= dest < e.size and 0 <= tag <= e.tag_ub:   # the common case, at once
-            stream = _PICKLED[0](obj, e.cma[dest])     # objects.pickle_for, inline
-            if stream is not None and len(stream) <= e.limit:
-                # sent as itself from the compiled path (as a buffer: it declines the rest)
-                req = fast.isend(e.user, stream, dest, tag, e)
-                if req is not None:
-                    return req
-            return new_request(_objects.isend_pickled(e, obj, stream, dest, tag))
+        if fast is not None and len(_THREADS) < 2:
+            # pickled, and sent as itself if short, by the compiled path in one call
+            got = fast.isend_object(e.user, obj, dest, tag, e, e.cma)
+            if type(got) is tuple:      # pickled (or None: out of band), not sent
+                return new_request(_objects.isend_pickled(e, obj, got[0], dest, tag))
+            if got is not None:
+                return got
         return self._send_obj(obj, dest, tag, False, False)
 
     def issend(self, obj: Any, dest: int, tag: int = 0) -> Request:
