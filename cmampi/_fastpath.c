@@ -581,19 +581,27 @@ static PyObject *fp_irecv_object(PyObject *mod, PyObject *const *args, Py_ssize_
     return request_stealing(s);
 }
 
+/* The request of `send_op` of *spec*, posted; None if this path does not take
+   it or MPI refused it (the Python path sends it, and raises what MPI raises);
+   NULL with an error set. */
+static PyObject *post_send(MPI_Comm *comm, PyObject *spec, int dest, int tag,
+                           PyObject *engine) {
+    Staged *s = send_op(spec, engine, live_recvs > 0);
+    if (s == NULL) return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
+    if (start_send(s, comm, dest, tag) < 0) {
+        Py_DECREF(s);
+        Py_RETURN_NONE;
+    }
+    return request_stealing(s);
+}
+
 /* isend(comm, spec, dest, tag, engine) -> request | None: `send_op`, posted. */
 static PyObject *fp_isend(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
     int dest, tag;
     MPI_Comm *comm = call_args(args, nargs, 5, 5, "isend(comm, spec, dest, tag, engine)", 0,
                                &dest, &tag);
     if (comm == NULL) return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
-    Staged *s = send_op(args[1], args[4], live_recvs > 0);
-    if (s == NULL) return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
-    if (start_send(s, comm, dest, tag) < 0) {
-        Py_DECREF(s);   /* the Python path sends it (and raises what MPI raises) */
-        Py_RETURN_NONE;
-    }
-    return request_stealing(s);
+    return post_send(comm, args[1], dest, tag, args[4]);
 }
 
 static PyObject *fp_pickled(PyObject *mod, PyObject *const *args, Py_ssize_t nargs);
@@ -615,16 +623,12 @@ static PyObject *fp_isend_object(PyObject *mod, PyObject *const *args, Py_ssize_
     PyObject *stream = fp_pickled(mod, pickle_args, 2);
     if (stream == NULL) return NULL;    /* the object's own pickling error */
     if (PyBytes_CheckExact(stream) && PyBytes_GET_SIZE(stream) <= cfg_limit) {
-        Staged *s = send_op(stream, args[4], live_recvs > 0);
-        if (s == NULL && PyErr_Occurred()) {
+        PyObject *req = post_send(comm, stream, dest, tag, args[4]);
+        if (req != Py_None) {   /* posted, or an error */
             Py_DECREF(stream);
-            return NULL;
+            return req;
         }
-        if (s != NULL && start_send(s, comm, dest, tag) == 0) {
-            Py_DECREF(stream);
-            return request_stealing(s);
-        }
-        Py_XDECREF(s);  /* declined, or MPI refused it: the Python path sends it */
+        Py_DECREF(req);
     }
     PyObject *out = PyTuple_Pack(1, stream);
     Py_DECREF(stream);
