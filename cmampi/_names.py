@@ -64,19 +64,55 @@ _ERROR_STRINGS = {
 
 
 class Exception(RuntimeError):
-    """An MPI error, with its error class (``ERR_TRUNCATE``, ...)."""
+    """An MPI error, with its error class (``ERR_TRUNCATE``, ...). As mpi4py's,
+    it compares, hashes and converts as its error code (a negative code is
+    ``ERR_UNKNOWN``), and is false for ``SUCCESS``."""
 
     def __init__(self, ierr: int = SUCCESS, message: str | None = None) -> None:
-        self.ierr = ierr
-        text = _ERROR_STRINGS.get(ierr, f"MPI error {ierr}")
+        self.ierr = ierr if ierr >= SUCCESS else ERR_UNKNOWN
+        text = _ERROR_STRINGS.get(self.ierr, f"MPI error {self.ierr}")
         super().__init__(f"{text}: {message}" if message else text)
 
-    def __eq__(self, other: object) -> bool:
+    @staticmethod
+    def _code(other: object) -> int | None:
+        if isinstance(other, Exception):
+            return other.ierr
         if isinstance(other, int):
-            return self.ierr == other
-        return super().__eq__(other)
+            return other
+        return None
 
-    __hash__ = RuntimeError.__hash__
+    def __eq__(self, other: object) -> bool:
+        code = self._code(other)
+        return NotImplemented if code is None else self.ierr == code
+
+    def __ne__(self, other: object) -> bool:
+        code = self._code(other)
+        return NotImplemented if code is None else self.ierr != code
+
+    def __lt__(self, other: object) -> bool:
+        code = self._code(other)
+        return NotImplemented if code is None else self.ierr < code
+
+    def __le__(self, other: object) -> bool:
+        code = self._code(other)
+        return NotImplemented if code is None else self.ierr <= code
+
+    def __gt__(self, other: object) -> bool:
+        code = self._code(other)
+        return NotImplemented if code is None else self.ierr > code
+
+    def __ge__(self, other: object) -> bool:
+        code = self._code(other)
+        return NotImplemented if code is None else self.ierr >= code
+
+    def __hash__(self) -> int:
+        return hash(self.ierr)
+
+    def __bool__(self) -> bool:
+        return self.ierr != SUCCESS
+
+    def __repr__(self) -> str:
+        return f"MPI.Exception({self.ierr})"
 
     def __int__(self) -> int:
         return self.ierr

@@ -231,6 +231,28 @@ def test_type_codes_are_mpi4pys():
         assert _names.Datatype.fromcode(code) is _names._typedict[code]
 
 
+@pytest.mark.skipif(_MPI is None, reason="needs mpi4py")
+@pytest.mark.parametrize("code", ["SUCCESS", "ERR_TRUNCATE", "ERR_IN_STATUS", "ERR_OTHER"])
+def test_exceptions_compare_as_mpi4pys(code):
+    """The socket namespace's MPI.Exception compares, hashes, converts and
+    tests true as mpi4py's does (each against its own library's codes)."""
+    for names in (_MPI, _names):
+        ierr = getattr(names, code)
+        exc, success = names.Exception(ierr), names.Exception(names.SUCCESS)
+        other = names.Exception(names.ERR_LASTCODE)
+        assert exc == ierr and exc == names.Exception(ierr)
+        assert (exc != ierr) is False
+        assert hash(exc) == hash(ierr) and int(exc) == ierr and exc.Get_error_code() == ierr
+        assert repr(exc) == f"MPI.Exception({ierr})"
+        assert str(exc) == names.Get_error_string(ierr)
+        assert names.Get_error_class(ierr) == ierr
+        assert success <= exc <= other and exc >= success
+        assert other > exc and (exc > success) == (ierr != 0)
+        assert bool(exc) == (ierr != names.SUCCESS)
+        assert exc != "text" and (exc == None) is False  # noqa: E711 (the __eq__ under test)
+        assert names.Exception(names.SUCCESS - 1) == names.ERR_UNKNOWN
+
+
 @pytest.mark.parametrize("spec", [lambda b: [b, 0, "\0"], lambda b: [b, "i4<"],
                                   lambda b: [b, (0, 0), "float32"]])
 def test_unknown_type_codes_raise_key_error(socket_names, spec):
