@@ -54,7 +54,8 @@ def _greq_finish(op: _GreqOp) -> Any:
             try:
                 _greq_call(fn, *args, **op.kwargs)
             except _NAMES.Exception as exc:
-                error = error or exc
+                if error is None:   # the first one raised is the one raised
+                    error = exc
     if error is not None:
         raise error
     op.source, op.tag, op.nbytes = status.Get_source(), status.Get_tag(), status.count

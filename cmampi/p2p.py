@@ -1157,17 +1157,22 @@ class Engine:
             decode, op.decode = op.decode, None
             op.result = decode(op)
         if status is not None:
-            nbytes = op.nbytes
-            buf = getattr(op, "buf", None)     # a receive's
-            if op.error is not None and buf is not None and not self.counts_whole \
-                    and getattr(op.error, "error_class", None) == self.names.ERR_TRUNCATE:
-                nbytes = min(nbytes, buf.nbytes)
-            fill_status(status, op.source, op.tag, nbytes, op.error, self.names, op.cancelled)
+            fill_status(status, op.source, op.tag, self.status_count(op), op.error, self.names,
+                        op.cancelled)
         if op.error is not None:
             err, op.error = op.error, None
             raise err
 
     complete = serialized(_complete)
+
+    def status_count(self, op: Op) -> int:
+        """The bytes a finished op's status counts: for a truncated receive,
+        what the library counts (`counts_whole`)."""
+        buf = getattr(op, "buf", None)     # a receive's
+        if op.error is not None and buf is not None and not self.counts_whole \
+                and getattr(op.error, "error_class", None) == self.names.ERR_TRUNCATE:
+            return min(op.nbytes, buf.nbytes)
+        return op.nbytes
 
     # -- matching and probing ------------------------------------------------------------
 

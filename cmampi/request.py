@@ -208,8 +208,8 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ()), metaclass=StandIn): 
             return True
         if all([_p2p.test(o) for o in self._ops()]):  # noqa: C419 (test every one: each test makes progress)
             if status is not None:
-                _p2p.fill_status(status, op.source, op.tag, op.nbytes, op.error, op.engine.names,
-                                 op.cancelled)
+                _p2p.fill_status(status, op.source, op.tag, op.engine.status_count(op), op.error,
+                                 op.engine.names, op.cancelled)
             return True
         return False
 
@@ -562,7 +562,8 @@ class StagedRequest(Request):
     its op (``_op``) hands the op to the Python engine first (`p2p.promote`)."""
 
     __module__ = "cmampi.MPI"
-    # Slots, not a __dict__: a request is made and dropped per call. `_fast` is
+    # Slots: setting them makes no instance __dict__ (a request is made and
+    # dropped per call; `Request.__init__`'s `_parts` still goes there). `_fast` is
     # the compiled op, until a compiled wait completes it or the request is
     # completed (None then); `_held`, the op the request holds after that. The
     # compiled path gives these classes a finalizer that skips `__del__` for a
