@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import array as _array
+import functools as _functools
 import operator as _operator
 import pickle as _pickle
 import socket as _socket
@@ -63,6 +64,7 @@ _ERROR_STRINGS = {
 }
 
 
+@_functools.total_ordering
 class Exception(RuntimeError):
     """An MPI error, with its error class (``ERR_TRUNCATE``, ...). As mpi4py's,
     it compares, hashes and converts as its error code (a negative code is
@@ -85,25 +87,9 @@ class Exception(RuntimeError):
         code = self._code(other)
         return NotImplemented if code is None else self.ierr == code
 
-    def __ne__(self, other: object) -> bool:
-        code = self._code(other)
-        return NotImplemented if code is None else self.ierr != code
-
     def __lt__(self, other: object) -> bool:
         code = self._code(other)
         return NotImplemented if code is None else self.ierr < code
-
-    def __le__(self, other: object) -> bool:
-        code = self._code(other)
-        return NotImplemented if code is None else self.ierr <= code
-
-    def __gt__(self, other: object) -> bool:
-        code = self._code(other)
-        return NotImplemented if code is None else self.ierr > code
-
-    def __ge__(self, other: object) -> bool:
-        code = self._code(other)
-        return NotImplemented if code is None else self.ierr >= code
 
     def __hash__(self) -> int:
         return hash(self.ierr)

@@ -756,8 +756,8 @@ class Engine:
                 ch.mrecv(handle, tmp)
                 err = self.place(buf, memoryview(tmp)[:count])
             if status is not None:
-                fill_status(status, src, tg, count if err is None or self.counts_whole
-                            else buf.nbytes, err, self.names)
+                fill_status(status, src, tg, count if err is None
+                            else self.truncated_count(count, buf.nbytes), err, self.names)
             if err is not None:
                 raise err
             return
@@ -1169,10 +1169,14 @@ class Engine:
         """The bytes a finished op's status counts: for a truncated receive,
         what the library counts (`counts_whole`)."""
         buf = getattr(op, "buf", None)     # a receive's
-        if op.error is not None and buf is not None and not self.counts_whole \
+        if op.error is not None and buf is not None \
                 and getattr(op.error, "error_class", None) == self.names.ERR_TRUNCATE:
-            return min(op.nbytes, buf.nbytes)
+            return self.truncated_count(op.nbytes, buf.nbytes)
         return op.nbytes
+
+    def truncated_count(self, nbytes: int, room: int) -> int:
+        """What a status counts of a message of *nbytes* truncated to *room*."""
+        return nbytes if self.counts_whole else min(nbytes, room)
 
     # -- matching and probing ------------------------------------------------------------
 
