@@ -14,6 +14,9 @@ from typing import Any, ClassVar
 
 import numpy as _np
 
+from ._errorcodes import ErrorCodes as _ErrorCodes
+from ._errorcodes import InUse as _InUse
+from ._errorcodes import NotAdded as _NotAdded
 from ._userpickle import configure as _configure_pickle
 
 # Constants, with MPICH's values so programs printing them see familiar numbers.
@@ -26,6 +29,8 @@ TAG_UB = 2**31 - 1
 COMM_TYPE_SHARED = 1
 APPNUM = 0x64400001
 KEYVAL_INVALID = 0x24000000
+LASTUSEDCODE = 0x6440000B
+MAX_ERROR_STRING = 512
 THREAD_SINGLE, THREAD_FUNNELED, THREAD_SERIALIZED, THREAD_MULTIPLE = 0, 1, 2, 3
 IDENT, CONGRUENT, SIMILAR, UNEQUAL = 0, 1, 2, 3
 
@@ -62,6 +67,15 @@ _ERROR_STRINGS = {
     ERR_IN_STATUS: "Error code is in status", ERR_REQUEST: "Invalid MPI_Request",
     ERR_PROC_FAILED: "Process failed",
 }
+#: The error classes, codes and strings the program adds.
+_ADDED = _ErrorCodes(ERR_LASTCODE)
+
+
+def _error_string(code: int) -> str:
+    text = _ERROR_STRINGS.get(code)
+    if text is None:
+        text = _ADDED.string_of(code)
+    return f"MPI error {code}" if text is None else text
 
 
 @_functools.total_ordering
@@ -72,7 +86,7 @@ class Exception(RuntimeError):
 
     def __init__(self, ierr: int = SUCCESS, message: str | None = None) -> None:
         self.ierr = ierr if ierr >= SUCCESS else ERR_UNKNOWN
-        text = _ERROR_STRINGS.get(self.ierr, f"MPI error {self.ierr}")
+        text = _error_string(self.ierr)
         super().__init__(f"{text}: {message}" if message else text)
 
     @staticmethod
@@ -107,10 +121,10 @@ class Exception(RuntimeError):
         return self.ierr
 
     def Get_error_class(self) -> int:
-        return self.ierr
+        return Get_error_class(self.ierr)
 
     def Get_error_string(self) -> str:
-        return _ERROR_STRINGS.get(self.ierr, f"MPI error {self.ierr}")
+        return _error_string(self.ierr)
 
     error_code = property(Get_error_code)
     error_class = property(Get_error_class)
@@ -119,12 +133,58 @@ class Exception(RuntimeError):
 
 def Get_error_string(errorcode: int) -> str:
     """Return the error string for an error class or error code."""
-    return _ERROR_STRINGS.get(errorcode, f"MPI error {errorcode}")
+    return _error_string(errorcode)
 
 
 def Get_error_class(errorcode: int) -> int:
-    """Convert an error code into an error class (here every code is its class)."""
-    return errorcode
+    """Convert an error code into an error class (a predefined code is its own class)."""
+    errorclass = _ADDED.class_of(errorcode)
+    return errorcode if errorclass is None else errorclass
+
+
+def Add_error_class() -> int:
+    """Add an error class to the known error classes."""
+    return _ADDED.add_class()
+
+
+def Add_error_code(errorclass: int) -> int:
+    """Add an error code to an error class."""
+    try:
+        return _ADDED.add_code(errorclass, errorclass in _ERROR_STRINGS)
+    except _NotAdded:
+        raise Exception(ERR_ARG, f"{errorclass} is not an error class") from None
+
+
+def Add_error_string(errorcode: int, string: str) -> None:
+    """Associate an error string with an error class or error code the program
+    added (as MPICH, longer strings are cut to ``MAX_ERROR_STRING - 1``)."""
+    if not isinstance(string, str):
+        raise TypeError(f"expected str, {type(string).__name__} found")
+    _change_added(_ADDED.set_string, errorcode, string[: MAX_ERROR_STRING - 1])
+
+
+def Remove_error_class(errorclass: int) -> None:
+    """Remove an error class the program added, once it has no codes or string."""
+    _change_added(_ADDED.remove_class, errorclass)
+
+
+def Remove_error_code(errorcode: int) -> None:
+    """Remove an error code the program added, once it has no string."""
+    _change_added(_ADDED.remove_code, errorcode)
+
+
+def Remove_error_string(errorcode: int) -> None:
+    """Remove the string of an error class or code the program added."""
+    _change_added(_ADDED.remove_string, errorcode)
+
+
+def _change_added(change: Callable[..., None], errorcode: int, *args: Any) -> None:
+    try:
+        change(errorcode, *args)
+    except _NotAdded:
+        raise Exception(ERR_ARG, f"{errorcode} was not added by the program") from None
+    except _InUse:
+        raise Exception(ERR_OTHER, f"{errorcode} still has a string or error codes") from None
 
 
 class Datatype:

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 from . import p2p as _p2p
 from ._config import config as _config
+from ._names import _ADDED as _added_errors
 from ._serial import serialized
 from .channel import Completion
 from .comm import Communicator, _Freed, as_int
@@ -239,11 +240,14 @@ class Intracomm(Communicator):
         self._engine.comm_name = str(name)
 
     def Get_attr(self, keyval: int):
-        """Retrieve attribute value by key: ``TAG_UB`` (the largest tag) is the one
-        attribute the socket channel has; any other key has no value (None)."""
+        """Retrieve attribute value by key: ``TAG_UB`` (the largest tag) and
+        ``LASTUSEDCODE`` (the largest error class or code the program added) are
+        the attributes the socket channel has; any other key has no value (None)."""
         names = self._engine.names
         if keyval == names.TAG_UB:
             return self._engine.tag_ub
+        if keyval == names.LASTUSEDCODE:
+            return _added_errors.last_used
         return None
 
     def Abort(self, errorcode: int = 0) -> None:

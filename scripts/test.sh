@@ -13,7 +13,7 @@ SOCKET_MODULES=(test_p2p_buf test_p2p_buf_matched test_p2p_obj test_p2p_obj_matc
     test_cco_buf test_cco_obj test_cco_nb_buf test_cco_nb_vec test_cco_vec test_cco_pr_buf
     test_cco_pr_vec test_cco_ngh_buf test_cco_ngh_obj test_cco_pr_ngh_buf test_msgspec
     test_msgzero test_pickle test_status test_request test_op test_grequest test_comm_topo
-    test_group test_threads)
+    test_group test_threads test_errorcode)
 
 section "lint (ruff, pyproject.toml's rules)"
 ruff check cmampi tests examples

@@ -253,6 +253,66 @@ def test_exceptions_compare_as_mpi4pys(code):
         assert names.Exception(names.SUCCESS - 1) == names.ERR_UNKNOWN
 
 
+def _namespaces():
+    return [_names] if _MPI is None else [_MPI, _names]
+
+
+@pytest.mark.parametrize("names", _namespaces(), ids=lambda n: n.__name__)
+def test_added_error_classes_codes_and_strings(names):
+    """Add_error_class/code/string and their Remove_ forms: numbers above
+    ERR_LASTCODE, a code's class, strings, and removal in the reverse order
+    (a library without the Remove_ forms raises NotImplementedError)."""
+    errclass = names.Add_error_class()
+    assert errclass > names.ERR_LASTCODE
+    if not (names is _MPI and "Open MPI" in names.Get_library_version()):
+        assert names.Get_error_class(errclass) == errclass    # Open MPI's: ERR_UNKNOWN
+    assert names.Get_error_string(errclass) == ""
+    code = names.Add_error_code(errclass)
+    assert code not in (errclass, names.ERR_LASTCODE)
+    assert names.Get_error_class(code) == errclass
+    assert names.Exception(code).Get_error_class() == errclass
+    names.Add_error_string(code, "a code of ours")
+    assert names.Get_error_string(code) == "a code of ours"
+    assert str(names.Exception(code)) == "a code of ours"
+    other = names.Add_error_code(names.ERR_OTHER)
+    assert names.Get_error_class(other) == names.ERR_OTHER
+    with pytest.raises(names.Exception):
+        names.Add_error_code(names.ERR_LASTCODE + 12345)
+    try:
+        names.Remove_error_class(errclass)      # it has a code, which has a string
+    except NotImplementedError:
+        return
+    except names.Exception:
+        pass
+    else:
+        raise AssertionError("a class with codes was removed")
+    with pytest.raises(names.Exception):
+        names.Remove_error_code(code)
+    names.Remove_error_string(code)
+    assert names.Get_error_string(code) == ""
+    names.Remove_error_code(code)
+    with pytest.raises(names.Exception):
+        names.Remove_error_code(code)
+    names.Remove_error_code(other)
+    names.Remove_error_class(errclass)
+    with pytest.raises(names.Exception):
+        names.Remove_error_class(errclass)
+    for remove in (names.Remove_error_class, names.Remove_error_code,
+                   names.Remove_error_string):
+        with pytest.raises(names.Exception):
+            remove(names.ERR_OTHER)
+
+
+def test_an_added_error_string_is_cut_as_mpichs():
+    errclass = _names.Add_error_class()
+    _names.Add_error_string(errclass, "x" * 2000)
+    assert len(_names.Get_error_string(errclass)) == _names.MAX_ERROR_STRING - 1
+    with pytest.raises(TypeError):
+        _names.Add_error_string(errclass, 5)
+    _names.Remove_error_string(errclass)
+    _names.Remove_error_class(errclass)
+
+
 @pytest.mark.parametrize("spec", [lambda b: [b, 0, "\0"], lambda b: [b, "i4<"],
                                   lambda b: [b, (0, 0), "float32"]])
 def test_unknown_type_codes_raise_key_error(socket_names, spec):
