@@ -52,7 +52,7 @@ class Layout:
 
     @classmethod
     def contiguous(cls, addr: int, nbytes: int) -> Layout:
-        return cls(addr, (nbytes,), (1,))
+        return cls(addr, (nbytes,), (1,), 0, nbytes)
 
     @classmethod
     def of_array(cls, arr: _np.ndarray) -> Layout:

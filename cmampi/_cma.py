@@ -226,40 +226,57 @@ def _stage() -> int:
 
 
 class _Pair:
-    """One local and one remote iovec, for calls that move one range each side.
+    """One local and one remote iovec, as four words, for calls that move one
+    range each side. Taken for one transfer (`_take_pair`): ctypes drops the
+    GIL around the syscall, so a pair in use by another thread (or by a
+    finalizer run in the middle of a transfer) could be rewritten before the
+    kernel reads it."""
 
-    A fresh pair per transfer: ctypes drops the GIL around the syscall, so a
-    shared pair could be rewritten by another thread before the kernel reads it."""
-
-    __slots__ = ("iov", "lp", "rp")
+    __slots__ = ("lp", "rp", "words")
 
     def __init__(self) -> None:
-        self.iov = _iovec_pair()
-        self.lp = _ctypes.addressof(self.iov)
+        self.words = (_ctypes.c_uint64 * 4)()
+        self.lp = _ctypes.addressof(self.words)
         self.rp = self.lp + _ctypes.sizeof(_iovec)
 
     def move(self, fn, pid: int, laddr: int, raddr: int, nbytes: int) -> int:
         """One call of *fn* for *nbytes* at *laddr* here and *raddr* in *pid*: the
         bytes it moved (a short return is the caller's to resume)."""
-        iov = self.iov
-        iov[0].iov_base = laddr
-        iov[0].iov_len = nbytes
-        iov[1].iov_base = raddr
-        iov[1].iov_len = nbytes
+        words = self.words
+        words[0] = laddr
+        words[1] = nbytes
+        words[2] = raddr
+        words[3] = nbytes
         return _call(fn, pid, self.lp, 1, self.rp, 1)
+
+
+#: Per thread, the pair no transfer holds now (None while one does).
+_spare = _threading.local()
+
+
+def _take_pair() -> _Pair:
+    """A pair for one transfer: this thread's spare (give it back to
+    ``_spare.pair``), or a new one if a transfer holds it."""
+    pair = getattr(_spare, "pair", None)
+    if pair is None:
+        return _Pair()
+    _spare.pair = None
+    return pair
 
 
 def _copy_here(me: int, dst: int, src: int, nbytes: int, pid: int) -> None:
     """Copy *nbytes* between two ranges of this process (*me*) through the kernel,
     which reports a range that is not mapped (EFAULT, told as for *pid*) where a
     copy in user space would crash."""
-    pair = _Pair()
+    pair = _take_pair()
     done = 0
     try:
         while done < nbytes:
             done += pair.move(_readv, me, dst + done, src + done, nbytes - done)
     except OSError as exc:
         raise oserror(exc.errno or _errno.EFAULT, pid) from None
+    finally:
+        _spare.pair = pair
 
 
 def _transfer_staged(fn, pid: int, laddr: int, raddr: int, nbytes: int) -> None:
@@ -272,17 +289,20 @@ def _transfer_staged(fn, pid: int, laddr: int, raddr: int, nbytes: int) -> None:
     base = _stage()
     me = _os.getpid()
     shift = 64 if reading else -64
-    pair = _Pair()
+    pair = _take_pair()
     done = 0
-    while done < nbytes:
-        step = min(nbytes - done, STAGE_PIECE)
-        stage = base + ((raddr + done + shift) & _PAGE_MASK)
-        if not reading:
-            _copy_here(me, stage, laddr + done, step, pid)
-        got = pair.move(fn, pid, stage, raddr + done, step)
-        if reading:
-            _copy_here(me, laddr + done, stage, got, pid)
-        done += got
+    try:
+        while done < nbytes:
+            step = min(nbytes - done, STAGE_PIECE)
+            stage = base + ((raddr + done + shift) & _PAGE_MASK)
+            if not reading:
+                _copy_here(me, stage, laddr + done, step, pid)
+            got = pair.move(fn, pid, stage, raddr + done, step)
+            if reading:
+                _copy_here(me, laddr + done, stage, got, pid)
+            done += got
+    finally:
+        _spare.pair = pair
 
 
 def _transfer_one(fn, pid: int, laddr: int, raddr: int, nbytes: int) -> None:
@@ -290,11 +310,14 @@ def _transfer_one(fn, pid: int, laddr: int, raddr: int, nbytes: int) -> None:
                                   else aliased(raddr, laddr)):
         _transfer_staged(fn, pid, laddr, raddr, nbytes)
         return
-    pair = _Pair()
+    pair = _take_pair()
     done = 0
-    while done < nbytes:
-        done += pair.move(fn, pid, laddr + done, raddr + done,
-                          min(nbytes - done, MAX_RW_COUNT))
+    try:
+        while done < nbytes:
+            done += pair.move(fn, pid, laddr + done, raddr + done,
+                              min(nbytes - done, MAX_RW_COUNT))
+    finally:
+        _spare.pair = pair
 
 
 def _window(segs: _np.ndarray, ends: _np.ndarray, lo: int, hi: int) -> _np.ndarray:
@@ -404,10 +427,17 @@ def read_into(pid: int, laddr: int, raddr: int, nbytes: int) -> None:
     _checked(pid, False, _transfer_one, _require(_readv), pid, laddr, raddr, nbytes)
 
 
-class _WordRead(_ctypes.Structure):
-    """One 8-byte read's iovec pair and destination, in one allocation."""
+class _WordRead:
+    """One 8-byte read's iovec pair and destination, as five words. Taken for
+    one read, as `_Pair` is (``_spare.word``)."""
 
-    _fields_ = [("local", _iovec), ("remote", _iovec), ("word", _ctypes.c_uint64)]
+    __slots__ = ("lp", "rp", "words")
+
+    def __init__(self) -> None:
+        self.words = (_ctypes.c_uint64 * 5)()
+        self.lp = _ctypes.addressof(self.words)
+        self.rp = self.lp + 16
+        self.words[0], self.words[1], self.words[3] = self.lp + 32, 8, 8
 
 
 def peek_word(pid: int, raddr: int) -> int:
@@ -419,13 +449,17 @@ def peek_word(pid: int, raddr: int) -> int:
     """
     if _readv is None:
         return 0
-    rd = _WordRead()
-    base = _ctypes.addressof(rd)
-    rd.local.iov_base, rd.local.iov_len = base + _WordRead.word.offset, 8
-    rd.remote.iov_base, rd.remote.iov_len = raddr, 8
-    if _readv(pid, base, 1, base + _WordRead.remote.offset, 1, 0) != 8:
-        return 0
-    return rd.word
+    rd = getattr(_spare, "word", None)
+    if rd is None:
+        rd = _WordRead()
+    else:
+        _spare.word = None
+    words = rd.words
+    words[2] = raddr
+    try:
+        return words[4] if _readv(pid, rd.lp, 1, rd.rp, 1, 0) == 8 else 0
+    finally:
+        _spare.word = rd
 
 
 def _namespace(kind: str, pid: int | str):

@@ -69,7 +69,7 @@ ACK_HELP = 3    # followed by a layout: please write your bytes [lo, hi) there
 _HEAD = _struct.Struct("<BBxxIQ")        # kind, flags, xid, nbytes
 _LAYOUT = _struct.Struct("<qqqq")        # addr, lo, hi, ndim (then 2*ndim dims)
 _HELP = _struct.Struct("<BxxxxxxxQQQ")   # ACK_HELP, lo, hi, address of byte lo
-_HELPED = _struct.Struct("<Bxxxxxxxd")   # the helper's code, when its copy ended
+_HELPED = _struct.Struct("<Bxxxxxxxdd")  # the helper's code, when its copy began and ended
 _OFFER = _struct.Struct("<Q")            # address of the sender's offer word (F_OFFER)
 
 
@@ -204,14 +204,15 @@ def parse_help(buf) -> tuple[int, int, int]:
 HELPED_SIZE = _HELPED.size
 
 
-def helped(code: int, ended: float) -> bytes:
-    """Sender -> receiver: our part is written (ACK_OK) or not; the copy ended
-    at *ended* (CLOCK_MONOTONIC seconds, which every process on a host shares)."""
-    return _HELPED.pack(code, ended)
+def helped(code: int, began: float, ended: float) -> bytes:
+    """Sender -> receiver: our part is written (ACK_OK) or not; the copy began
+    at *began* and ended at *ended* (CLOCK_MONOTONIC seconds, which every
+    process on a host shares)."""
+    return _HELPED.pack(code, began, ended)
 
 
-def parse_helped(buf) -> tuple[int, float]:
-    """(code, ended) of a helper's notice."""
+def parse_helped(buf) -> tuple[int, float, float]:
+    """(code, began, ended) of a helper's notice."""
     return _HELPED.unpack_from(buf)
 
 

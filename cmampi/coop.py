@@ -130,21 +130,25 @@ class CoopPull:
         "notice",
         "pulled",
         "remote",
+        "replied",
+        "share",
         "source",
         "xid",
     )
 
     def __init__(self, engine: Engine, source: int, xid: int, remote, local, array,
-                 base: int) -> None:
+                 base: int, streaming: bool = False) -> None:
         """Ask the sender for help. *remote* and *local* are the run's layouts;
         the sender counts the bytes it is asked for from *base* (0: offsets in
-        its message; objects name addresses)."""
+        its message; objects name addresses). *streaming*: more receives wait
+        behind this one, a pipeline, whose split is learned apart (see `finish`)."""
         self.engine, self.source, self.xid = engine, source, xid
         self.remote, self.local, self.array = remote, local, array
         n = remote.nbytes
-        self.mid = mid = engine.share.split(n)
+        self.share = engine.stream_share if streaming else engine.share
+        self.mid = mid = self.share.split(n)
         self.done = bytearray(_wire.HELPED_SIZE)
-        self.asked, self.pulled = now(), 0.0
+        self.asked, self.pulled, self.replied = now(), 0.0, 0.0
         # Ask first: the sender's part starts sooner. Its notice may come before
         # we post the receive for it; the channel keeps it.
         engine.ch.send_reply(_wire.help_request(base + mid, base + n,
@@ -165,15 +169,26 @@ class CoopPull:
         except OSError as exc:
             err = exc
         self._reply(err)
+        self.replied = now()
         return err
 
     def finish(self, err: BaseException | None) -> BaseException | None:
         """Once the notice has come: learn from the timings, or read the sender's
-        part ourselves if it could not write it (it waits for a second reply)."""
-        code, ended = _wire.parse_helped(self.done)
+        part ourselves if it could not write it (it waits for a second reply).
+
+        A receive alone learns when each side ended, from the request: both
+        should end together. In a pipeline the sender often starts late, still
+        writing the part before, and each side's other work per message (ours
+        is most of it) delays the next: there the split learns from the time
+        each side was busy, ours until we replied, the sender's copy."""
+        code, began, ended = _wire.parse_helped(self.done)
         n, mid = self.remote.nbytes, self.mid
         if code == _wire.ACK_OK and err is None:
-            self.engine.share.learn(mid, self.pulled - self.asked, n - mid, ended - self.asked)
+            if self.share is self.engine.stream_share:
+                # A pipeline: each side's busy time counts, not when it ended.
+                self.share.learn(mid, self.replied - self.asked, n - mid, ended - began)
+            else:
+                self.share.learn(mid, self.pulled - self.asked, n - mid, ended - self.asked)
         if code != _wire.ACK_OK:
             if err is None:
                 try:

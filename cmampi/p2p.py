@@ -260,11 +260,12 @@ class PullSendOp(Op):
         self.handle = ch.irecv_reply(self.reply, self.dest, self.xid)
         self.helped = _wire.ACK_OK
         base = self.base if self.base is not None else self.buf.layout.addr  # type: ignore[union-attr]  # no base: buf is a Buffer (None once done)
+        began = now()
         try:
             _cma.writev(ch.pids[self.dest], [(base + lo, hi - lo)], [(addr, hi - lo)])
         except OSError:
             self.helped = _wire.ACK_FAILED
-        ch.send_payload(_wire.helped(self.helped, now()), self.dest, self.xid)
+        ch.send_payload(_wire.helped(self.helped, began, now()), self.dest, self.xid)
 
 
 class RecvOp(Op):
@@ -426,6 +427,7 @@ class Engine:
         self.coop_min = config.coop_min
         self.chunk = config.chunk
         self.share = SHARES.setdefault(type(channel).__name__, CopyShare())
+        self.stream_share = SHARES.setdefault(type(channel).__name__ + " streaming", CopyShare())
         if not _DEFAULT:
             _DEFAULT.append(self)
         self.rank = channel.rank
@@ -1069,7 +1071,8 @@ class Engine:
         if buf.contiguous and remote.contiguous_run \
                 and (flags & _wire.F_HELP or (offer and _cma.peek_word(pid, offer))):
             # Cooperative copy: the sender writes the tail while we read the head.
-            coop = CoopPull(self, source, xid, remote, buf.layout, buf.array, base=0)
+            coop = CoopPull(self, source, xid, remote, buf.layout, buf.array, base=0,
+                            streaming=len(_PENDING) > 1)
             op.wait_on(coop.notice, lambda info: op.finish(coop.finish(op.take_error())))
             op.error = coop.own_part()
             return

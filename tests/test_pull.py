@@ -351,6 +351,35 @@ def test_copy_share_follows_the_faster_side():
     assert CopyShare(0.5).split(100) == 100    # a page or less: all ours
 
 
+def test_a_copy_in_a_pipeline_learns_from_busy_time():
+    """A receive with more receives behind it is a pipeline: its sender often
+    starts a part late, still copying the one before. Its share learns from
+    the time each side was busy (ours until we replied, the sender's copy), so
+    a sender that started late but copied fast is given more; a receive alone
+    learns from when each side ended, counted from the request."""
+    from types import SimpleNamespace
+
+    from cmampi import _wire
+    from cmampi._buffers import Layout
+    from cmampi.coop import CoopPull, CopyShare
+
+    def finished(streaming: bool) -> float:
+        engine = SimpleNamespace(share=CopyShare(0.5), stream_share=CopyShare(0.5))
+        coop = object.__new__(CoopPull)
+        coop.engine = engine
+        coop.share = engine.stream_share if streaming else engine.share
+        coop.remote, coop.mid = Layout.contiguous(0, 1 << 20), 1 << 19
+        # We asked at 0, read our half by 1 ms and replied by 1.1 ms; the sender
+        # began its half at 1.5 ms (busy before) and wrote it in 0.5 ms.
+        coop.asked, coop.pulled, coop.replied = 0.0, 1e-3, 1.1e-3
+        coop.done = bytearray(_wire.helped(_wire.ACK_OK, 1.5e-3, 2e-3))
+        assert coop.finish(None) is None
+        return coop.share.value
+
+    assert finished(streaming=False) > 0.5     # it ended last: it counts as slow
+    assert finished(streaming=True) < 0.5      # it copied faster: it gets more
+
+
 def test_shared_copies_split_where_both_parts_end_together():
     """A two-rank Bcast's split gives the reader bytes in proportion to the
     rates both ranks reported, the same on every rank that saw the same
