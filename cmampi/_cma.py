@@ -235,7 +235,7 @@ class _Pair:
     __slots__ = ("lp", "rp", "words")
 
     def __init__(self) -> None:
-        self.words = (_ctypes.c_uint64 * 4)()
+        self.words = (_ctypes.c_size_t * 4)()     # an iovec is two words
         self.lp = _ctypes.addressof(self.words)
         self.rp = self.lp + _ctypes.sizeof(_iovec)
 
@@ -428,16 +428,16 @@ def read_into(pid: int, laddr: int, raddr: int, nbytes: int) -> None:
 
 
 class _WordRead:
-    """One 8-byte read's iovec pair and destination, as five words. Taken for
-    one read, as `_Pair` is (``_spare.word``)."""
+    """One 8-byte read's iovec pair, as four words, and its destination. Taken
+    for one read, as `_Pair` is (``_spare.word``)."""
 
-    __slots__ = ("lp", "rp", "words")
+    __slots__ = ("iov", "lp", "rp", "word")
 
     def __init__(self) -> None:
-        self.words = (_ctypes.c_uint64 * 5)()
-        self.lp = _ctypes.addressof(self.words)
-        self.rp = self.lp + 16
-        self.words[0], self.words[1], self.words[3] = self.lp + 32, 8, 8
+        self.word = _ctypes.c_uint64()
+        self.iov = (_ctypes.c_size_t * 4)(_ctypes.addressof(self.word), 8, 0, 8)
+        self.lp = _ctypes.addressof(self.iov)
+        self.rp = self.lp + _ctypes.sizeof(_iovec)
 
 
 def peek_word(pid: int, raddr: int) -> int:
@@ -454,10 +454,9 @@ def peek_word(pid: int, raddr: int) -> int:
         rd = _WordRead()
     else:
         _spare.word = None
-    words = rd.words
-    words[2] = raddr
+    rd.iov[2] = raddr
     try:
-        return words[4] if _readv(pid, rd.lp, 1, rd.rp, 1, 0) == 8 else 0
+        return rd.word.value if _readv(pid, rd.lp, 1, rd.rp, 1, 0) == 8 else 0
     finally:
         _spare.word = rd
 

@@ -65,8 +65,12 @@ _ERROR_STRINGS = {
     ERR_TRUNCATE: "Message truncated", ERR_OTHER: "Other MPI error",
     ERR_INTERN: "Internal MPI error", ERR_PENDING: "Pending request",
     ERR_IN_STATUS: "Error code is in status", ERR_REQUEST: "Invalid MPI_Request",
-    ERR_PROC_FAILED: "Process failed",
+    ERR_PROC_FAILED: "Process failed", ERR_TOPOLOGY: "Invalid topology",
+    ERR_DIMS: "Invalid dimension argument",
 }
+#: MPI's own error classes (ERR_LASTCODE names a bound, not a class).
+_PREDEFINED = frozenset(v for k, v in globals().items()
+                        if k.startswith("ERR_") and k != "ERR_LASTCODE") | {SUCCESS}
 #: The error classes, codes and strings the program adds.
 _ADDED = _ErrorCodes(ERR_LASTCODE)
 
@@ -86,8 +90,13 @@ class Exception(RuntimeError):
 
     def __init__(self, ierr: int = SUCCESS, message: str | None = None) -> None:
         self.ierr = ierr if ierr >= SUCCESS else ERR_UNKNOWN
+        self._message = message
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        # Read when asked: a program may add the code's string later.
         text = _error_string(self.ierr)
-        super().__init__(f"{text}: {message}" if message else text)
+        return f"{text}: {self._message}" if self._message else text
 
     @staticmethod
     def _code(other: object) -> int | None:
@@ -139,7 +148,11 @@ def Get_error_string(errorcode: int) -> str:
 def Get_error_class(errorcode: int) -> int:
     """Convert an error code into an error class (a predefined code is its own class)."""
     errorclass = _ADDED.class_of(errorcode)
-    return errorcode if errorclass is None else errorclass
+    if errorclass is not None:
+        return errorclass
+    if errorcode > ERR_LASTCODE:
+        raise Exception(ERR_ARG, f"{errorcode} is no error code")
+    return errorcode
 
 
 def Add_error_class() -> int:
@@ -150,7 +163,7 @@ def Add_error_class() -> int:
 def Add_error_code(errorclass: int) -> int:
     """Add an error code to an error class."""
     try:
-        return _ADDED.add_code(errorclass, errorclass in _ERROR_STRINGS)
+        return _ADDED.add_code(errorclass, errorclass in _PREDEFINED)
     except _NotAdded:
         raise Exception(ERR_ARG, f"{errorclass} is not an error class") from None
 
@@ -158,6 +171,8 @@ def Add_error_code(errorclass: int) -> int:
 def Add_error_string(errorcode: int, string: str) -> None:
     """Associate an error string with an error class or error code the program
     added (as MPICH, longer strings are cut to ``MAX_ERROR_STRING - 1``)."""
+    if isinstance(string, (bytes, bytearray)):
+        string = bytes(string).decode()
     if not isinstance(string, str):
         raise TypeError(f"expected str, {type(string).__name__} found")
     _change_added(_ADDED.set_string, errorcode, string[: MAX_ERROR_STRING - 1])

@@ -133,19 +133,24 @@ class CoopPull:
         "replied",
         "share",
         "source",
+        "streaming",
         "xid",
     )
 
     def __init__(self, engine: Engine, source: int, xid: int, remote, local, array,
-                 base: int, streaming: bool = False) -> None:
+                 base: int) -> None:
         """Ask the sender for help. *remote* and *local* are the run's layouts;
         the sender counts the bytes it is asked for from *base* (0: offsets in
-        its message; objects name addresses). *streaming*: more receives wait
-        behind this one, a pipeline, whose split is learned apart (see `finish`)."""
+        its message; objects name addresses). While an earlier copy from the
+        same sender is still under way, this one is part of a pipeline, whose
+        split is learned apart (see `finish`)."""
         self.engine, self.source, self.xid = engine, source, xid
         self.remote, self.local, self.array = remote, local, array
         n = remote.nbytes
-        self.share = engine.stream_share if streaming else engine.share
+        under_way = engine.helping.get(source, 0)
+        engine.helping[source] = under_way + 1
+        self.streaming = under_way > 0
+        self.share = engine.stream_share if self.streaming else engine.share
         self.mid = mid = self.share.split(n)
         self.done = bytearray(_wire.HELPED_SIZE)
         self.asked, self.pulled, self.replied = now(), 0.0, 0.0
@@ -168,6 +173,9 @@ class CoopPull:
                 read()
         except OSError as exc:
             err = exc
+        except BaseException as exc:    # interrupted: the sender must not wait for us
+            self._reply(exc)
+            raise
         self._reply(err)
         self.replied = now()
         return err
@@ -180,11 +188,13 @@ class CoopPull:
         should end together. In a pipeline the sender often starts late, still
         writing the part before, and each side's other work per message (ours
         is most of it) delays the next: there the split learns from the time
-        each side was busy, ours until we replied, the sender's copy."""
+        each side was busy: ours from the request until we replied, the
+        sender's from the request's arrival until its copy ended."""
+        self.engine.helping[self.source] -= 1
         code, began, ended = _wire.parse_helped(self.done)
         n, mid = self.remote.nbytes, self.mid
         if code == _wire.ACK_OK and err is None:
-            if self.share is self.engine.stream_share:
+            if self.streaming:
                 # A pipeline: each side's busy time counts, not when it ended.
                 self.share.learn(mid, self.replied - self.asked, n - mid, ended - began)
             else:

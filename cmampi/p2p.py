@@ -255,12 +255,12 @@ class PullSendOp(Op):
                 self.notice = None
             self.finish()
             return
+        began = now()       # our part of the copy, the request's handling included
         ch = self.engine.ch
         lo, hi, addr = _wire.parse_help(self.reply)
         self.handle = ch.irecv_reply(self.reply, self.dest, self.xid)
         self.helped = _wire.ACK_OK
         base = self.base if self.base is not None else self.buf.layout.addr  # type: ignore[union-attr]  # no base: buf is a Buffer (None once done)
-        began = now()
         try:
             _cma.writev(ch.pids[self.dest], [(base + lo, hi - lo)], [(addr, hi - lo)])
         except OSError:
@@ -428,6 +428,8 @@ class Engine:
         self.chunk = config.chunk
         self.share = SHARES.setdefault(type(channel).__name__, CopyShare())
         self.stream_share = SHARES.setdefault(type(channel).__name__ + " streaming", CopyShare())
+        #: cooperative copies under way (asked, the notice not yet taken), per source
+        self.helping: dict[int, int] = {}
         if not _DEFAULT:
             _DEFAULT.append(self)
         self.rank = channel.rank
@@ -1071,10 +1073,15 @@ class Engine:
         if buf.contiguous and remote.contiguous_run \
                 and (flags & _wire.F_HELP or (offer and _cma.peek_word(pid, offer))):
             # Cooperative copy: the sender writes the tail while we read the head.
-            coop = CoopPull(self, source, xid, remote, buf.layout, buf.array, base=0,
-                            streaming=len(_PENDING) > 1)
+            coop = CoopPull(self, source, xid, remote, buf.layout, buf.array, base=0)
             op.wait_on(coop.notice, lambda info: op.finish(coop.finish(op.take_error())))
-            op.error = coop.own_part()
+            try:
+                op.error = coop.own_part()
+            except BaseException as exc:
+                # Our part may be partly read: the receive fails once the notice comes.
+                op.error = RuntimeError("cmampi: a pull was interrupted")
+                op.error.__cause__ = exc
+                raise
             return
         code, err = _wire.ACK_OK, None
         try:

@@ -364,9 +364,10 @@ def test_a_copy_in_a_pipeline_learns_from_busy_time():
     from cmampi.coop import CoopPull, CopyShare
 
     def finished(streaming: bool) -> float:
-        engine = SimpleNamespace(share=CopyShare(0.5), stream_share=CopyShare(0.5))
+        engine = SimpleNamespace(share=CopyShare(0.5), stream_share=CopyShare(0.5),
+                                 helping={1: 1})
         coop = object.__new__(CoopPull)
-        coop.engine = engine
+        coop.engine, coop.source, coop.streaming = engine, 1, streaming
         coop.share = engine.stream_share if streaming else engine.share
         coop.remote, coop.mid = Layout.contiguous(0, 1 << 20), 1 << 19
         # We asked at 0, read our half by 1 ms and replied by 1.1 ms; the sender
@@ -374,6 +375,7 @@ def test_a_copy_in_a_pipeline_learns_from_busy_time():
         coop.asked, coop.pulled, coop.replied = 0.0, 1e-3, 1.1e-3
         coop.done = bytearray(_wire.helped(_wire.ACK_OK, 1.5e-3, 2e-3))
         assert coop.finish(None) is None
+        assert engine.helping[1] == 0       # no longer under way
         return coop.share.value
 
     assert finished(streaming=False) > 0.5     # it ended last: it counts as slow

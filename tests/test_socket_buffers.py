@@ -313,6 +313,29 @@ def test_an_added_error_string_is_cut_as_mpichs():
     _names.Remove_error_class(errclass)
 
 
+def test_codes_join_every_predefined_class_and_strings_are_read_late():
+    """A code may be added to any of MPI's own classes; an exception made
+    before its code's string was added prints the string (as mpi4py's);
+    strings may be bytes; a number above ERR_LASTCODE never added is no code."""
+    classes = [v for k, v in vars(_names).items()
+               if k.startswith("ERR_") and k != "ERR_LASTCODE"]
+    assert _names.ERR_TOPOLOGY in classes and _names.ERR_DIMS in classes
+    for errclass in classes:
+        code = _names.Add_error_code(errclass)
+        assert _names.Get_error_class(code) == errclass
+        _names.Remove_error_code(code)
+    errclass = _names.Add_error_class()
+    exc = _names.Exception(errclass)
+    _names.Add_error_string(errclass, b"added later")
+    assert str(exc) == exc.Get_error_string() == "added later"
+    _names.Remove_error_string(errclass)
+    _names.Remove_error_class(errclass)
+    with pytest.raises(_names.Exception) as info:
+        _names.Get_error_class(_names.ERR_LASTCODE + (1 << 20))
+    assert info.value.Get_error_class() == _names.ERR_ARG
+    assert _names.Get_error_string(_names.ERR_TOPOLOGY) != f"MPI error {_names.ERR_TOPOLOGY}"
+
+
 @pytest.mark.parametrize("spec", [lambda b: [b, 0, "\0"], lambda b: [b, "i4<"],
                                   lambda b: [b, (0, 0), "float32"]])
 def test_unknown_type_codes_raise_key_error(socket_names, spec):
