@@ -27,6 +27,7 @@ __all__ = [
     "CTRL_MAX",
     "F_HELP",
     "F_OFFER",
+    "F_RECORD",
     "F_SYNC",
     "HELPED_SIZE",
     "PULL",
@@ -59,6 +60,7 @@ RECORD = 3      # the message is the bytes after the header: a record of cmampi'
 F_SYNC = 1      # the sender waits for the receiver to match (synchronous mode)
 F_HELP = 2      # the sender is blocked waiting and can push part of the payload
 F_OFFER = 4     # the header names a word of the sender's: 1 while it waits and can help
+F_RECORD = 8    # the payload behind is an object's record (see `p2p.RecordReader`)
 
 # Receiver -> sender replies in the side space (tag 2 * xid).
 ACK_OK = 0

@@ -667,13 +667,15 @@ class Engine:
         return self._isend(send_buffer(spec), dest, tag, sync)
 
     def _isend_behind(self, buf: Buffer, dest: int, tag: int, sync: bool,
-                      blocked: bool) -> Op:
-        """Start a send of *buf* behind a control message: pulled, or in the side space."""
+                      blocked: bool, record: bool = False) -> Op:
+        """Start a send of *buf* behind a control message: pulled, or in the side
+        space. *record*: *buf* is an object's record (see `RecordReader`)."""
         ch = self.ch
         n = buf.nbytes
         xid = self.next_xid()
+        kind = (_wire.F_SYNC if sync else 0) | (_wire.F_RECORD if record else 0)
         if self.cma[dest] and n >= self.cma_min:
-            flags = _wire.F_SYNC if sync else 0
+            flags = kind
             offer = None
             # Helping means writing into the receiver: only if we may. A send
             # not blocked now offers help for when it is (see `PullSendOp`).
@@ -695,7 +697,7 @@ class Engine:
         # The payload follows through the side space, straight into the receive
         # buffer. In synchronous mode the receiver replies once it has matched.
         data = buf.wire()
-        head = _wire.control(_wire.side_header(xid, _wire.F_SYNC if sync else 0, n), self.limit)
+        head = _wire.control(_wire.side_header(xid, kind, n), self.limit)
         later = [ch.isend_payload(data, dest, xid)]
         if sync:
             later.append(ch.irecv_reply(bytearray(1), dest, xid))
@@ -1034,7 +1036,8 @@ class Engine:
     def act(self, op: RecvOp, head) -> None:
         """Act on the header of a matched control message: pull, or await the payload."""
         if op.buf is not None and op.landed is None and self.records is not None:
-            op.landed = self._unrecord_landed   # a buffer receive: a record may come behind
+            # A buffer receive: a record may come behind (its descriptor says so).
+            op.landed = self._unrecord_landed
         kind = _wire.kind(head)
         if kind == _wire.PULL:
             self._act_pull(op, head, op.source)
@@ -1049,11 +1052,13 @@ class Engine:
         ch = self.ch
         flags, xid, n, remote, offer = _wire.parse_pull(msg)
         op.nbytes = n
+        if not flags & _wire.F_RECORD and op.landed == self._unrecord_landed:
+            op.landed = None        # a buffer's bytes: nothing to look for when it lands
         if op.buf is None:
             op.buf = Buffer.new(n)
         buf = op.buf
         if n > buf.nbytes:
-            if op.landed == self._unrecord_landed and self._record_at(source, remote):
+            if op.landed == self._unrecord_landed:
                 # An object's record: it stands for its pickle, which would not fit
                 # either, but the object's sender must be freed.
                 whole = Buffer.new(n)
@@ -1098,7 +1103,7 @@ class Engine:
         a control message (buffer receives look for it in what arrives then)."""
         if not _wire.holds_record(len(record), self.limit):
             return self._isend_behind(send_buffer(np.frombuffer(record, np.uint8)), dest, tag,
-                                      False, blocked)
+                                      False, blocked, record=True)
         msg = _wire.control(_wire.record_header(record), self.limit)
         return SendOp(self, self.ch.isend(msg, dest, tag), msg)
 
@@ -1115,22 +1120,11 @@ class Engine:
         op.nbytes, err = self.place_message(op.buf, memoryview(data), op.source)
         op.finish(err)
 
-    def _record_at(self, source: int, remote) -> bool:
-        """Whether the message at *remote* in *source* is an object's record (a
-        peek at its first bytes)."""
-        end = self.records.end  # type: ignore[union-attr]  # only with records (_act_pull)
-        if remote.nbytes < end or not remote.contiguous_run:
-            return False
-        head = np.empty(end, np.uint8)
-        try:
-            _cma.read_into(self.ch.pids[source], address(head), remote.addr + remote.lo, end)
-        except OSError:
-            return False
-        return self.records.marks(head)  # type: ignore[union-attr]  # only with records (_act_pull)
-
     def _act_side(self, op: RecvOp, msg, source: int) -> None:
         flags, xid, n = _wire.parse_side(msg)
         op.nbytes = n
+        if not flags & _wire.F_RECORD and op.landed == self._unrecord_landed:
+            op.landed = None
         if op.buf is None:
             op.buf = Buffer.new(n)
         buf = op.buf

@@ -186,6 +186,24 @@ def test_object_record_received_by_a_buffer_receive_is_its_pickle(engines):
     e0.complete(op)
 
 
+@pytest.mark.parametrize("kind", ["side", "pulled"])
+def test_a_buffer_that_looks_like_a_record_arrives_as_it_is(engines, kind):
+    """Only a payload its descriptor names a record (F_RECORD) is read as one: a
+    buffer whose bytes happen to hold a record's mark arrives unchanged."""
+    e0, e1 = engines
+    n = _sizes(e0)[kind]
+    data = np.arange(n, dtype=np.uint8)
+    reader = p2p.RECORDS[0]
+    data[reader.at : reader.end] = np.frombuffer(reader.mark, np.uint8)
+    op = e0.isend(send_buffer(data), 1, TAG, False)
+    out = np.zeros(n + 64, np.uint8)
+    status = _names.Status()
+    e1.recv(out, 0, TAG, status)
+    assert status.Get_count(_names.BYTE) == n and (out[:n] == data).all()
+    p2p.wait_any([op])
+    e0.complete(op)
+
+
 def test_object_record_travels_in_a_control_message(engines):
     e0, e1 = engines
     obj = {"a": np.ones(objects.P2P_OOB_MIN // 8)}
