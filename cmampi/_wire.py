@@ -138,6 +138,36 @@ def is_control(count: int, limit: int) -> bool:
     return limit < count <= limit + CTRL_MAX
 
 
+#: A PULL descriptor of a one-dimensional layout: head, (offer,) layout, its dims.
+_PULL_1D = _struct.Struct("<" + _HEAD.format[1:] + _LAYOUTS[1].format[1:])
+_PULL_1D_OFFER = _struct.Struct("<" + _HEAD.format[1:] + _OFFER.format[1:]
+                                + _LAYOUTS[1].format[1:])
+_DIM_1D = _struct.Struct("<qq")
+#: The first bytes of a control message of each length (`control`).
+_PREFIXES: dict[int, bytes] = {}
+
+
+def pull_control(xid: int, flags: int, layout: Layout, offer: int, limit: int) -> bytearray:
+    """``control(pull_header(xid, flags, layout, offer), limit)``, built in place
+    for a one-dimensional layout (the common case)."""
+    if len(layout.shape) != 1:
+        return control(pull_header(xid, flags, layout, offer), limit)
+    st = _PULL_1D_OFFER if flags & F_OFFER else _PULL_1D
+    n = max(AT + st.size + len(_PICKLE_TAIL), limit + 1)
+    prefix = _PREFIXES.get(n)
+    if prefix is None:
+        prefix = _PREFIXES[n] = _PICKLE_HEAD + _struct.pack("<Q", n - AT - len(_PICKLE_TAIL))
+    out = bytearray(n)
+    out[:AT] = prefix
+    dims = (layout.addr, layout.lo, layout.hi, 1, layout.shape[0], layout.strides[0])
+    if flags & F_OFFER:
+        st.pack_into(out, AT, PULL, flags, xid, layout.nbytes, offer, *dims)
+    else:
+        st.pack_into(out, AT, PULL, flags, xid, layout.nbytes, *dims)
+    out[n - len(_PICKLE_TAIL):] = _PICKLE_TAIL
+    return out
+
+
 def pull_header(xid: int, flags: int, layout: Layout, offer: int = 0) -> bytes:
     """A PULL descriptor; with F_OFFER in *flags*, *offer* is the address of the
     sender's offer word (see `p2p.PullSendOp`)."""
@@ -176,10 +206,15 @@ def parse_pull(buf) -> tuple[int, int, int, Layout, int]:
     """(flags, xid, nbytes, remote layout, address of the offer word or 0) of a
     PULL descriptor's header."""
     _, flags, xid, nbytes = _HEAD.unpack_from(buf)
-    if not flags & F_OFFER:
-        return flags, xid, nbytes, _parse_layout(buf, _HEAD.size), 0
-    offer = _OFFER.unpack_from(buf, _HEAD.size)[0]
-    return flags, xid, nbytes, _parse_layout(buf, _HEAD.size + _OFFER.size), offer
+    at, offer = _HEAD.size, 0
+    if flags & F_OFFER:
+        offer = _OFFER.unpack_from(buf, at)[0]
+        at += _OFFER.size
+    addr, lo, hi, ndim = _LAYOUT.unpack_from(buf, at)
+    if ndim != 1:
+        return flags, xid, nbytes, _parse_layout(buf, at), offer
+    shape, stride = _DIM_1D.unpack_from(buf, at + _LAYOUT.size)
+    return flags, xid, nbytes, Layout(addr, (shape,), (stride,), lo, hi), offer
 
 
 def parse_side(buf) -> tuple[int, int, int]:

@@ -13,7 +13,7 @@ import time as _time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from . import _pull, _wire
+from . import _cma, _pull, _wire
 
 if TYPE_CHECKING:
     from .p2p import Engine
@@ -165,9 +165,15 @@ class CoopPull:
         """Read the head (then run *also*, more reads of ours), and tell the
         sender our reads are over; the error of a read, if any."""
         err = None
+        remote, local, mid = self.remote, self.local, self.mid
         try:
-            _pull.pull(self.engine.ch.pids[self.source], self.remote.window(0, self.mid),
-                       self.local, self.array, self.engine.chunk)
+            if remote.contiguous_run and local.contiguous_run:    # always, as it is
+                if mid:
+                    _cma.read_into(self.engine.ch.pids[self.source], local.addr + local.lo,
+                                   remote.addr + remote.lo, mid)
+            else:
+                _pull.pull(self.engine.ch.pids[self.source], remote.window(0, mid), local,
+                           self.array, self.engine.chunk)
             self.pulled = now()
             for read in also:
                 read()

@@ -689,9 +689,8 @@ class Engine:
             # hold a message just above its eager limit until it is matched
             # (Open MPI does), and both ranks may be sending. The receiver's
             # reply, which the op posts a receive for, waits in the channel if early.
-            desc = _wire.pull_header(xid, flags, buf.layout,
-                                     0 if offer is None else address(offer))
-            notice = _wire.control(desc, self.limit)
+            notice = _wire.pull_control(xid, flags, buf.layout,
+                                        0 if offer is None else address(offer), self.limit)
             return PullSendOp(self, buf, dest, xid, notice=(ch.isend(notice, dest, tag), notice),
                               offer=offer)
         # The payload follows through the side space, straight into the receive

@@ -106,6 +106,24 @@ def test_pulled_message_is_read_from_the_senders_memory(engines):
     p2p.wait_any([op])
 
 
+@pytest.mark.parametrize("flags", [0, _wire.F_OFFER, _wire.F_OFFER | _wire.F_SYNC,
+                                   _wire.F_HELP | _wire.F_RECORD])
+def test_a_pull_descriptor_built_in_place_is_the_general_one(flags):
+    """`pull_control` (one-dimensional layouts, built in place) gives the bytes
+    `control(pull_header(...))` gives, and `parse_pull` reads them back."""
+    from cmampi._buffers import Layout
+
+    for layout in (Layout.contiguous(0x7F0000001000, 1 << 20),
+                   Layout(0x7F00000010, (100,), (1,), 4, 90),
+                   Layout(0x1000, (4, 8), (16, 1), 0, 32)):
+        for limit in (4096, 100, 0):
+            msg = _wire.pull_control(7, flags, layout, 0xDEADBEEF, limit)
+            assert msg == _wire.control(_wire.pull_header(7, flags, layout, 0xDEADBEEF), limit)
+            got, xid, n, back, offer = _wire.parse_pull(_wire.header(memoryview(msg)))
+            assert (got, xid, n, back.encode()) == (flags, 7, layout.nbytes, layout.encode())
+            assert offer == (0xDEADBEEF if flags & _wire.F_OFFER else 0)
+
+
 def test_a_nonblocking_pulled_send_offers_help_by_a_word_it_sets_only_in_a_wait(engines):
     """The descriptor of a send that was not blocked names its offer word; the
     word reads 0 until the sender waits for all of its sends, so a receiver that

@@ -199,25 +199,30 @@ class Hub:
     def send_now(self, dest: int, space: int, ctx: int, tag: int, data) -> bool:
         """Write a frame to world rank *dest* at once if nothing is queued before it
         and it fits; whether it did (else `post_send` queues it, or raises)."""
+        return self.put_now(dest, space, ctx, tag, data) >= 0
+
+    def put_now(self, dest: int, space: int, ctx: int, tag: int, data) -> int:
+        """`send_now`, telling the payload bytes written (-1: none, nothing was)."""
         conn = self.conns[dest]     # None for ourselves
         if conn is None or conn.out or conn.dead:
-            return False
+            return -1
         tx = conn.tx
         if tx is None:
-            return False
+            return -1
         self._sends += 1
         if not self._sends % _LOOK_EVERY:   # rings say nothing of a peer's end: ask
             self.progress(0)
             if conn.dead:
-                return False
+                return -1
         if ctx in self.collectives and self.broken(ctx) is not None:
-            return False
+            return -1
         view = data if type(data) in _FLAT else bytes_view(data)
-        if not tx.put(FRAME.pack(space, ctx, tag, len(view)), view):
-            return False
+        n = len(view)
+        if not tx.put(FRAME.pack(space, ctx, tag, n), view):
+            return -1
         if tx.words[_RING_ASLEEP]:
             conn.ring_doorbell()
-        return True
+        return n
 
     def _want_room(self, conn: Peer) -> None:
         """Flush *conn*'s queue when it can take more: on POLLOUT (socket) or at
