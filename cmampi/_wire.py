@@ -48,6 +48,7 @@ __all__ = [
     "parse_record",
     "parse_side",
     "payload_size",
+    "pull_control",
     "pull_header",
     "record_header",
     "side_header",

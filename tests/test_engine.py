@@ -107,7 +107,8 @@ def test_pulled_message_is_read_from_the_senders_memory(engines):
 
 
 @pytest.mark.parametrize("flags", [0, _wire.F_OFFER, _wire.F_OFFER | _wire.F_SYNC,
-                                   _wire.F_HELP | _wire.F_RECORD])
+                                   _wire.F_HELP | _wire.F_RECORD,
+                                   _wire.F_OFFER | _wire.F_RECORD])
 def test_a_pull_descriptor_built_in_place_is_the_general_one(flags):
     """`pull_control` (one-dimensional layouts, built in place) gives the bytes
     `control(pull_header(...))` gives, and `parse_pull` reads them back."""
