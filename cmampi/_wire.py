@@ -36,6 +36,7 @@ __all__ = [
     "SIDE",
     "Control",
     "control",
+    "flags",
     "header",
     "help_request",
     "helped",
@@ -201,6 +202,11 @@ def parse_record(head):
 def kind(head) -> int:
     """PULL, SIDE or RECORD: the kind of a control message's header."""
     return head[0]
+
+
+def flags(head) -> int:
+    """The flags (F_SYNC, F_RECORD, ...) of a control message's header."""
+    return head[1]
 
 
 def parse_pull(buf) -> tuple[int, int, int, Layout, int]:

@@ -13,7 +13,7 @@ import time as _time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from . import _cma, _pull, _wire
+from . import _cma, _wire
 
 if TYPE_CHECKING:
     from .p2p import Engine
@@ -145,7 +145,8 @@ class CoopPull:
         same sender is still under way, this one is part of a pipeline, whose
         split is learned apart (see `finish`)."""
         self.engine, self.source, self.xid = engine, source, xid
-        self.remote, self.local, self.array = remote, local, array
+        self.remote, self.local = remote, local      # one-dimensional layouts
+        self.array = array      # the memory the sender writes into: alive until its notice
         n = remote.nbytes
         under_way = engine.helping.get(source, 0)
         engine.helping[source] = under_way + 1
@@ -165,15 +166,8 @@ class CoopPull:
         """Read the head (then run *also*, more reads of ours), and tell the
         sender our reads are over; the error of a read, if any."""
         err = None
-        remote, local, mid = self.remote, self.local, self.mid
         try:
-            if remote.contiguous_run and local.contiguous_run:    # always, as it is
-                if mid:
-                    _cma.read_into(self.engine.ch.pids[self.source], local.addr + local.lo,
-                                   remote.addr + remote.lo, mid)
-            else:
-                _pull.pull(self.engine.ch.pids[self.source], remote.window(0, mid), local,
-                           self.array, self.engine.chunk)
+            self._read(0, self.mid)
             self.pulled = now()
             for read in also:
                 read()
@@ -208,12 +202,18 @@ class CoopPull:
         if code != _wire.ACK_OK:
             if err is None:
                 try:
-                    _pull.pull(self.engine.ch.pids[self.source], self.remote.window(mid, n),
-                               self.local.window(mid, n), self.array, self.engine.chunk)
+                    self._read(mid, n)
                 except OSError as exc:
                     err = exc
             self._reply(err)
         return err
+
+    def _read(self, lo: int, hi: int) -> None:
+        """Read bytes [lo, hi) of the run ourselves."""
+        if hi > lo:
+            remote, local = self.remote, self.local
+            _cma.read_into(self.engine.ch.pids[self.source], local.addr + local.lo + lo,
+                           remote.addr + remote.lo + lo, hi - lo)
 
     def _reply(self, err: BaseException | None) -> None:
         self.engine.ch.send_reply(bytes((_wire.ACK_OK if err is None else _wire.ACK_FAILED,)),

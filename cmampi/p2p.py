@@ -1034,8 +1034,9 @@ class Engine:
 
     def act(self, op: RecvOp, head) -> None:
         """Act on the header of a matched control message: pull, or await the payload."""
-        if op.buf is not None and op.landed is None and self.records is not None:
-            # A buffer receive: a record may come behind (its descriptor says so).
+        if op.buf is not None and op.landed is None and self.records is not None \
+                and _wire.flags(head) & _wire.F_RECORD:
+            # A buffer receive, and an object's record comes behind.
             op.landed = self._unrecord_landed
         kind = _wire.kind(head)
         if kind == _wire.PULL:
@@ -1051,8 +1052,6 @@ class Engine:
         ch = self.ch
         flags, xid, n, remote, offer = _wire.parse_pull(msg)
         op.nbytes = n
-        if not flags & _wire.F_RECORD and op.landed == self._unrecord_landed:
-            op.landed = None        # a buffer's bytes: nothing to look for when it lands
         if op.buf is None:
             op.buf = Buffer.new(n)
         buf = op.buf
@@ -1114,16 +1113,12 @@ class Engine:
             op.buf = Buffer.new(data)
             op.finish()
             return
-        if op.landed == self._unrecord_landed:
-            op.landed = None
         op.nbytes, err = self.place_message(op.buf, memoryview(data), op.source)
         op.finish(err)
 
     def _act_side(self, op: RecvOp, msg, source: int) -> None:
         flags, xid, n = _wire.parse_side(msg)
         op.nbytes = n
-        if not flags & _wire.F_RECORD and op.landed == self._unrecord_landed:
-            op.landed = None
         if op.buf is None:
             op.buf = Buffer.new(n)
         buf = op.buf
