@@ -1664,6 +1664,28 @@ static int null_requests(PyObject **items, Py_ssize_t n, PyObject *rtype) {
     return 0;
 }
 
+/* Requests a wait claims without an allocation of its own. */
+#define FEW_WAITED 8
+
+/* Test each of the *m* claimed ops still posted, in turn, while they complete:
+   1 if all are done now (a wait then needs no other receive progressed, as
+   `poll_ops` progresses none when the first test completes them); 0 at the
+   first one not complete yet; 2 if one arrived (a message for the engine, or
+   its error: the Python path acts on it or raises it); -rc on an MPI error. */
+static int completed_at_once(Staged **ops, Py_ssize_t m) {
+    for (Py_ssize_t k = 0; k < m; k++) {
+        Staged *s = ops[k];
+        if (s->state != POSTED) continue;
+        int flag = 0;
+        MPI_Status st;
+        int rc = MPI_Test(&s->req, &flag, &st);
+        if (!flag) return rc == MPI_SUCCESS ? 0 : -rc;
+        record(s, &st, rc);     /* MPI_Test reports the request's error in its code */
+        if (s->state == ARRIVED) return 2;
+    }
+    return 1;
+}
+
 /* waitall(requests, rtype, yielding) -> bool
 
    True: every request was a null one or a staged op of *rtype*, and all are done
@@ -1683,12 +1705,14 @@ static PyObject *fp_waitall(PyObject *mod, PyObject *const *args, Py_ssize_t nar
     PyObject **items = PySequence_Fast_ITEMS(seq);
     PyObject *result = NULL;
     Py_ssize_t room = n + live_recvs + 1;
-    Staged **ops = PyMem_Malloc(room * sizeof(Staged *));
-    MPI_Request *reqs = PyMem_Malloc(room * sizeof(MPI_Request));
-    int *idx = PyMem_Malloc(room * sizeof(int));
-    MPI_Status *sts = PyMem_Malloc(room * sizeof(MPI_Status));
+    /* a wait on a few requests claims them into `few` (the common case) */
+    Staged *few[FEW_WAITED];
+    Staged **ops = n <= FEW_WAITED ? few : PyMem_Malloc(n * sizeof(Staged *));
+    MPI_Request *reqs = NULL;
+    int *idx = NULL;
+    MPI_Status *sts = NULL;
     Py_ssize_t k, m = 0, total = 0;
-    if (!ops || !reqs || !idx || !sts) {
+    if (ops == NULL) {
         PyErr_NoMemory();
         goto out;
     }
@@ -1698,6 +1722,38 @@ static PyObject *fp_waitall(PyObject *mod, PyObject *const *args, Py_ssize_t nar
         if (claimed == 0) result = Py_False;
         goto out;
     }
+    if (engine_waits()) {     /* the Python path waits */
+        result = Py_False;
+        goto out;
+    }
+    int quick = completed_at_once(ops, m);
+    if (quick != 0) {
+        for (k = 0; k < m; k++) settled(ops[k]);
+        if (quick < 0) {
+            raise_mpi(-quick);
+            goto out;
+        }
+        if (quick == 2) {   /* the engine acts on it */
+            result = Py_False;
+            goto out;
+        }
+        if (null_requests(items, n, args[1]) < 0) goto out;
+        result = Py_True;
+        goto out;
+    }
+    /* some wait: the other live receives are polled too, in a list of all */
+    Staged **all = PyMem_Malloc(room * sizeof(Staged *));
+    reqs = PyMem_Malloc(room * sizeof(MPI_Request));
+    idx = PyMem_Malloc(room * sizeof(int));
+    sts = PyMem_Malloc(room * sizeof(MPI_Status));
+    if (!all || !reqs || !idx || !sts) {
+        PyMem_Free(all);
+        PyErr_NoMemory();
+        goto out;
+    }
+    memcpy(all, ops, m * sizeof(Staged *));
+    if (ops != few) PyMem_Free(ops);
+    ops = all;
     for (k = 0; k < m; k++) reqs[k] = ops[k]->req;     /* MPI_REQUEST_NULL once done */
     /* the other live receives (a send needs nothing of this rank): an arrived
        one first goes to the engine */
@@ -1712,10 +1768,6 @@ static PyObject *fp_waitall(PyObject *mod, PyObject *const *args, Py_ssize_t nar
         ops[total] = s;
         reqs[total] = s->req;
         total++;
-    }
-    if (engine_waits()) {     /* the Python path waits */
-        result = Py_False;
-        goto out;
     }
     int rc;
     Py_BEGIN_ALLOW_THREADS
@@ -1733,8 +1785,8 @@ static PyObject *fp_waitall(PyObject *mod, PyObject *const *args, Py_ssize_t nar
     if (null_requests(items, n, args[1]) < 0) goto out;
     result = Py_True;
 out:
-    let_go(ops, total);
-    PyMem_Free(ops);
+    if (ops != NULL) let_go(ops, total);
+    if (ops != few) PyMem_Free(ops);
     PyMem_Free(reqs);
     PyMem_Free(idx);
     PyMem_Free(sts);

@@ -348,6 +348,41 @@ def test_both_directions_many_windows(comm, MPI):
             assert (rbuf == peer + 1).all()
 
 
+@pytest.mark.parametrize("lowercase", [False, True])
+def test_deep_windows_waited_one_at_a_time(comm, MPI, lowercase):
+    """Hundreds of receives posted at once, each waited for alone, beside others
+    still live that complete later: every message lands in its own receive (a
+    wait that completes at once tests no other receive, one that must wait
+    progresses them all)."""
+    rank = comm.Get_rank()
+    if rank > 1:
+        return
+    peer, n = 1 - rank, 300
+    if rank == 0:
+        comm.Recv(bytearray(1), peer, 21)     # once every receive is posted
+        for i in range(n):
+            if lowercase:
+                comm.send({"i": i}, peer, 19)
+            else:
+                comm.Send(np.full(8, i % 256, np.uint8), peer, 19)
+        comm.Send(np.arange(8, dtype=np.uint8), peer, 20)   # for the receive posted first
+        return
+    late = np.zeros(8, np.uint8)
+    first = comm.Irecv(late, peer, 20)
+    bufs = [np.zeros(8, np.uint8) for _ in range(n)]
+    reqs = [comm.irecv(source=peer, tag=19) if lowercase else comm.Irecv(bufs[i], peer, 19)
+            for i in range(n)]
+    comm.Send(bytearray(1), peer, 21)
+    for i, req in enumerate(reqs):
+        if lowercase:
+            assert req.wait() == {"i": i}
+        else:
+            req.Wait()
+            assert (bufs[i] == i % 256).all(), i
+    first.Wait()
+    assert (late == np.arange(8, dtype=np.uint8)).all()
+
+
 @pytest.mark.parametrize("wait", ["Wait", "Wait-status", "Waitall-status", "Cancel"])
 def test_a_completed_receive_lets_go_of_its_buffer(comm, MPI, wait):
     """Once a receive has completed, however (a status or Cancel takes the op

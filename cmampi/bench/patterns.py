@@ -111,14 +111,16 @@ def _pingpong(ctx: Context, form: str, nbytes: int) -> Result:
 
 
 # -- windows -----------------------------------------------------------------------------------
-def _stream(ctx: Context, nbytes: int, form: str = "numpy") -> Result:
+def _stream(ctx: Context, nbytes: int, form: str = "numpy", each: bool = False) -> Result:
+    """The stream of `WINDOW` messages into one buffer; *each*: every request of a
+    window waited for alone, in turn (``for r in reqs: r.Wait()``), not by ``Waitall``."""
     rank = ctx.rank
 
     def impl(name: str, c: Any) -> Impl:
         MPI = _namespace(name, ctx)
         b = _Buffers(form, nbytes, MPI)
         ack = bytearray(4)
-        waitall = MPI.Request.Waitall
+        waitall = _wait_each if each else MPI.Request.Waitall
         where = f"{name}, {format_size(nbytes)} stream of {WINDOW} into one buffer, rank {rank}"
 
         def run(iters: int) -> float:
@@ -143,9 +145,15 @@ def _stream(ctx: Context, nbytes: int, form: str = "numpy") -> Result:
         return Impl(name, run, verify)
 
     label = "stream" if form == "numpy" else f"stream {form}"
+    label += " waited each" if each else ""
     return measure(ctx, [impl(n, c) for n, c in _comms(ctx).items()], per_iter=WINDOW,
                    bench="patterns", op=f"{label} {WINDOW} x one buffer",
                    case=format_size(nbytes), nbytes=nbytes, sized=True)
+
+
+def _wait_each(requests: list) -> None:
+    for req in requests:
+        req.Wait()
 
 
 def _both_ways(ctx: Context, nbytes: int, op: str, per_iter: int,
@@ -211,6 +219,7 @@ def plan(ctx: Context) -> list[Case]:
     both = _functools.partial
     streams = (("stream", _stream),
                ("stream spec", _functools.partial(_stream, form="spec")),
+               ("stream waited each", _functools.partial(_stream, each=True)),
                ("bidirectional", both(_both_ways, op=f"bidirectional {WINDOW}+{WINDOW}",
                                       per_iter=WINDOW, body=_windows_both_ways)),
                ("exchange Sendrecv", both(_both_ways, op="exchange Sendrecv", per_iter=1,
@@ -229,7 +238,8 @@ def describe(ctx: Context) -> str:
             f"starts {SHIFTED[1] - SHIFTED[0]} bytes further into its page than the send "
             f"buffer (shifted); a stream of {WINDOW} Isend of one "
             f"buffer into {WINDOW} Irecv of one buffer, then a 4-byte ack (per message), of "
-            "numpy arrays and of [numpy, n, MPI.BYTE] specs; "
+            "numpy arrays and of [numpy, n, MPI.BYTE] specs, and of numpy arrays whose "
+            "requests are waited for one at a time (waited each); "
             f"both directions at once, {WINDOW} Irecv + {WINDOW} Isend per rank (per message "
             "pair); exchanges by Sendrecv and by Irecv + Isend + Waitall (per exchange). "
             "The alternative: plain mpi4py (on the socket channel cmampi runs alone).")
