@@ -1628,8 +1628,10 @@ static PyObject *staged_of(PyObject *req, PyObject *rtype) {
    one in *ops* (a reference of ours, marked busy; *m* of them); 0 if one is not
    for this path (another kind of request, an op the engine took over or must act
    on, one another wait holds or listed twice); -1 with an error set. The ops
-   claimed so far are in *ops* whatever the outcome, for `let_go`. */
-static int claim(PyObject **items, Py_ssize_t n, PyObject *rtype, Staged **ops, Py_ssize_t *m) {
+   claimed so far are in *ops* whatever the outcome, for `let_go`; `claim_at` puts
+   the index of each one's request in *where*. */
+static int claim_at(PyObject **items, Py_ssize_t n, PyObject *rtype, Staged **ops,
+                    Py_ssize_t *where, Py_ssize_t *m) {
     *m = 0;
     for (Py_ssize_t k = 0; k < n; k++) {
         PyObject *f = staged_of(items[k], rtype);
@@ -1644,9 +1646,14 @@ static int claim(PyObject **items, Py_ssize_t n, PyObject *rtype, Staged **ops, 
             return 0;
         }
         s->busy = 1;
+        if (where != NULL) where[*m] = k;
         ops[(*m)++] = s;
     }
     return 1;
+}
+
+static int claim(PyObject **items, Py_ssize_t n, PyObject *rtype, Staged **ops, Py_ssize_t *m) {
+    return claim_at(items, n, rtype, ops, NULL, m);
 }
 
 static void let_go(Staged **ops, Py_ssize_t m) {
@@ -1662,6 +1669,93 @@ static int null_requests(PyObject **items, Py_ssize_t n, PyObject *rtype) {
         if ((PyObject *)Py_TYPE(items[k]) == rtype && PyObject_SetAttr(items[k], str_fast, Py_None) < 0)
             return -1;
     return 0;
+}
+
+/* Append the other live receives (not busy: neither the caller's nor another
+   wait's) to *ops* and their requests to *reqs*, from *total* on, each a reference
+   of ours marked busy (for `let_go`); the arrays have room for every live
+   receive. -1 if one has arrived already: its message goes to the engine first. */
+static int gather_others(Staged **ops, MPI_Request *reqs, Py_ssize_t *total) {
+    for (Staged *s = live_heads[1].next; s != &live_heads[1]; s = s->next) {
+        if (s->busy) continue;
+        if (s->state == ARRIVED) return -1;
+        Py_INCREF(s);
+        s->busy = 1;
+        ops[*total] = s;
+        reqs[*total] = s->req;
+        (*total)++;
+    }
+    return 0;
+}
+
+/* Test every other live receive once, as a test that finds its own requests not
+   done must (their senders may wait for this rank to act on a message): 1 if a
+   message for the engine arrived among them, 0 if none did, -1 with an error set. */
+static int progress_others(void) {
+    Py_ssize_t room = live_recvs, total = 0;
+    if (room == 0) return 0;
+    Staged **ops = PyMem_Malloc(room * sizeof(Staged *));
+    MPI_Request *reqs = PyMem_Malloc(room * sizeof(MPI_Request));
+    int *idx = PyMem_Malloc(room * sizeof(int));
+    MPI_Status *sts = PyMem_Malloc(room * sizeof(MPI_Status));
+    int got = 0;
+    if (!ops || !reqs || !idx || !sts) {
+        PyErr_NoMemory();
+        got = -1;
+    } else if (gather_others(ops, reqs, &total) < 0) {
+        got = 1;
+    } else if (total > 0) {
+        int out = 0;
+        int rc = MPI_Testsome((int)total, reqs, &out, idx, sts);
+        if (rc != MPI_SUCCESS && rc != MPI_ERR_IN_STATUS) {
+            raise_mpi(rc);
+            got = -1;
+        }
+        for (int j = 0; got >= 0 && out != MPI_UNDEFINED && j < out; j++) {
+            Staged *o = ops[idx[j]];
+            record(o, &sts[j], rc == MPI_ERR_IN_STATUS ? sts[j].MPI_ERROR : MPI_SUCCESS);
+            got |= o->state == ARRIVED;
+        }
+        for (Py_ssize_t k = 0; k < total; k++) settled(ops[k]);
+    }
+    if (ops != NULL) let_go(ops, total);
+    PyMem_Free(ops);
+    PyMem_Free(reqs);
+    PyMem_Free(idx);
+    PyMem_Free(sts);
+    return got;
+}
+
+/* As `poll_ops`, until any one of the first *m* ops is done (0), or an op arrived
+   for the engine (1), or on an MPI error (-rc); the other live ops after them are
+   tested every few polls. */
+static int poll_any(Staged **ops, MPI_Request *reqs, Py_ssize_t m, Py_ssize_t total,
+                    int *idx, MPI_Status *sts, int yielding) {
+    unsigned polls = 0;
+    for (;;) {
+        int index = MPI_UNDEFINED, flag = 0;
+        MPI_Status st;
+        int rc = MPI_Testany((int)m, reqs, &index, &flag, &st);
+        if (flag && index != MPI_UNDEFINED) {
+            record(ops[index], &st, rc);    /* the request's error is the call's code */
+            return ops[index]->state == ARRIVED;
+        }
+        if (rc != MPI_SUCCESS) return -rc;
+        if (flag) return 0;     /* every one null: nothing to wait for */
+        if ((++polls & 15) == 0 && total > m) {
+            int out = 0;
+            rc = MPI_Testsome((int)(total - m), reqs + m, &out, idx, sts);
+            if (rc != MPI_SUCCESS && rc != MPI_ERR_IN_STATUS) return -rc;
+            int arrived = 0;
+            for (int j = 0; j < out && out != MPI_UNDEFINED; j++) {
+                Staged *o = ops[m + idx[j]];
+                record(o, &sts[j], rc == MPI_ERR_IN_STATUS ? sts[j].MPI_ERROR : MPI_SUCCESS);
+                arrived |= o->state == ARRIVED;
+            }
+            if (arrived) return 1;
+        }
+        if (yielding) sched_yield();
+    }
 }
 
 /* Requests a wait claims without an allocation of its own. */
@@ -1684,6 +1778,22 @@ static int completed_at_once(Staged **ops, Py_ssize_t m) {
         if (s->state == ARRIVED) return 2;
     }
     return 1;
+}
+
+/* Test each of the *m* claimed ops still posted, once: 0, or 2 if one arrived
+   (for the engine), or -rc on an MPI error. */
+static int test_each(Staged **ops, Py_ssize_t m) {
+    for (Py_ssize_t k = 0; k < m; k++) {
+        Staged *s = ops[k];
+        if (s->state != POSTED) continue;
+        int flag = 0;
+        MPI_Status st;
+        int rc = MPI_Test(&s->req, &flag, &st);
+        if (!flag && rc != MPI_SUCCESS) return -rc;
+        if (flag) record(s, &st, rc);
+        if (s->state == ARRIVED) return 2;
+    }
+    return 0;
 }
 
 /* waitall(requests, rtype, yielding) -> bool
@@ -1757,17 +1867,9 @@ static PyObject *fp_waitall(PyObject *mod, PyObject *const *args, Py_ssize_t nar
     for (k = 0; k < m; k++) reqs[k] = ops[k]->req;     /* MPI_REQUEST_NULL once done */
     /* the other live receives (a send needs nothing of this rank): an arrived
        one first goes to the engine */
-    for (Staged *s = live_heads[1].next; s != &live_heads[1]; s = s->next) {
-        if (s->busy) continue;
-        if (s->state == ARRIVED) {
-            result = Py_False;
-            goto out;
-        }
-        Py_INCREF(s);
-        s->busy = 1;
-        ops[total] = s;
-        reqs[total] = s->req;
-        total++;
+    if (gather_others(ops, reqs, &total) < 0) {
+        result = Py_False;
+        goto out;
     }
     int rc;
     Py_BEGIN_ALLOW_THREADS
@@ -1796,8 +1898,9 @@ out:
 }
 
 /* testall(requests, rtype) -> True (all done and null now), False (not all done
-   yet), None (the Python path decides, as for waitall, and whenever other
-   receives are live: a test progresses them too). */
+   yet; the other live receives were tested too, as a test must progress them),
+   None (the Python path decides, as for waitall, or a message among the other
+   live receives is for the engine). */
 static PyObject *fp_testall(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 2) {
         PyErr_SetString(PyExc_TypeError, "testall(requests, rtype)");
@@ -1805,7 +1908,7 @@ static PyObject *fp_testall(PyObject *mod, PyObject *const *args, Py_ssize_t nar
     }
     PyObject *seq = PySequence_Tuple(args[0]);   /* as in waitall */
     if (seq == NULL) return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq), k, m = 0, posted = 0;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq), k, m = 0;
     PyObject **items = PySequence_Fast_ITEMS(seq);
     PyObject *result = NULL;
     Staged **ops = PyMem_Malloc((n + 1) * sizeof(Staged *));
@@ -1816,11 +1919,6 @@ static PyObject *fp_testall(PyObject *mod, PyObject *const *args, Py_ssize_t nar
     int claimed = claim(items, n, args[1], ops, &m);
     if (claimed <= 0) {
         if (claimed == 0) result = Py_None;
-        goto out;
-    }
-    for (k = 0; k < m; k++) posted += ops[k]->state == POSTED && ops[k]->is_recv;
-    if (posted != live_recvs) {     /* other receives are live: a test progresses them too */
-        result = Py_None;
         goto out;
     }
     int all_done = 1;
@@ -1844,6 +1942,13 @@ static PyObject *fp_testall(PyObject *mod, PyObject *const *args, Py_ssize_t nar
         }
         all_done &= s->state == DONE;
     }
+    if (!all_done) {    /* a test that finds them not done progresses the others */
+        int others = progress_others();
+        if (others != 0) {
+            if (others > 0) result = Py_None;
+            goto out;
+        }
+    }
     if (all_done && null_requests(items, n, args[1]) < 0) goto out;
     result = all_done ? Py_True : Py_False;
 out:
@@ -1851,6 +1956,128 @@ out:
     PyMem_Free(ops);
     Py_DECREF(seq);
     Py_XINCREF(result);
+    return result;
+}
+
+/* The kinds of `some`: Testany, Waitany, Testsome, Waitsome. */
+enum { TEST_ANY = 0, WAIT_ANY = 1, TEST_SOME = 2, WAIT_SOME = 3 };
+
+/* some(requests, rtype, how, yielding, status) -> int | list | False | None
+
+   Testany, Waitany, Testsome or Waitsome (*how*) of *requests*, as waitall waits
+   and testall tests: an index (-1: none done, for Testany; -2: every request
+   null), or for the some kinds the list of the indices done (False: every one
+   null); each request reported is null now. *status* (an mpi4py Status, or None)
+   takes the status of an any kind's request done. None: the Python path decides
+   (as for waitall). */
+static PyObject *fp_some(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "some(requests, rtype, how, yielding, status)");
+        return NULL;
+    }
+    int how = (int)PyLong_AsLong(args[2]);
+    if (how == -1 && PyErr_Occurred()) return NULL;
+    int blocking = how == WAIT_ANY || how == WAIT_SOME, some = how >= TEST_SOME;
+    PyObject *status = args[4];
+    if (status != Py_None && (some || !PyObject_TypeCheck(status, &PyMPIStatus_Type)))
+        Py_RETURN_NONE;
+    PyObject *seq = PySequence_Tuple(args[0]);   /* as in waitall */
+    if (seq == NULL) return NULL;
+    int yielding = PyObject_IsTrue(args[3]);
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq), k, m = 0, total = 0;
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    PyObject *result = NULL;    /* a new reference */
+    Py_ssize_t room = n + live_recvs + 1;
+    Staged **ops = PyMem_Malloc(room * sizeof(Staged *));
+    Py_ssize_t *where = PyMem_Malloc((n + 1) * sizeof(Py_ssize_t));
+    MPI_Request *reqs = NULL;
+    int *idx = NULL;
+    MPI_Status *sts = NULL;
+    if (ops == NULL || where == NULL) {
+        PyErr_NoMemory();
+        goto out;
+    }
+    int claimed = claim_at(items, n, args[1], ops, where, &m);
+    total = m;
+    if (claimed < 0) goto out;
+    if (claimed == 0 || engine_waits() || (m == 0 && status != Py_None)) {
+        result = Py_NewRef(Py_None);    /* (an empty status: the Python path's too) */
+        goto out;
+    }
+    if (m == 0) {       /* every request null */
+        result = some ? Py_NewRef(Py_False) : PyLong_FromLong(-2);
+        goto out;
+    }
+    /* 0, or 2: one arrived for the engine, < 0: -rc */
+    int rc = test_each(ops, m), any = 0;
+    for (k = 0; k < m; k++) any |= ops[k]->state == DONE;
+    if (rc == 0 && !any) {
+        if (!blocking) {    /* a test that finds none done progresses the others */
+            int others = progress_others();
+            if (others != 0) {
+                if (others > 0) result = Py_NewRef(Py_None);
+                goto out;
+            }
+        } else {
+            reqs = PyMem_Malloc(room * sizeof(MPI_Request));
+            idx = PyMem_Malloc(room * sizeof(int));
+            sts = PyMem_Malloc(room * sizeof(MPI_Status));
+            if (!reqs || !idx || !sts) {
+                PyErr_NoMemory();
+                goto out;
+            }
+            for (k = 0; k < m; k++) reqs[k] = ops[k]->req;
+            if (gather_others(ops, reqs, &total) < 0) {
+                result = Py_NewRef(Py_None);
+                goto out;
+            }
+            Py_BEGIN_ALLOW_THREADS
+            rc = poll_any(ops, reqs, m, total, idx, sts, yielding);   /* 0, 1 or -rc */
+            Py_END_ALLOW_THREADS
+            if (rc == 1) rc = 2;
+        }
+    }
+    for (k = 0; k < total; k++) settled(ops[k]);
+    if (rc < 0) {
+        raise_mpi(-rc);
+        goto out;
+    }
+    if (rc == 2) {      /* the engine acts on it first */
+        result = Py_NewRef(Py_None);
+        goto out;
+    }
+    result = some ? PyList_New(0) : NULL;
+    if (some && result == NULL) goto out;
+    for (k = 0; k < m; k++) {
+        Staged *s = ops[k];
+        if (s->state != DONE) continue;
+        PyObject *i = PyLong_FromSsize_t(where[k]);
+        if (i == NULL || PyObject_SetAttr(items[where[k]], str_fast, Py_None) < 0) {
+            Py_XDECREF(i);
+            Py_CLEAR(result);
+            goto out;
+        }
+        if (!some) {
+            if (status != Py_None) *PyMPIStatus_Get(status) = s->st;
+            result = i;
+            break;
+        }
+        int appended = PyList_Append(result, i);
+        Py_DECREF(i);
+        if (appended < 0) {
+            Py_CLEAR(result);
+            goto out;
+        }
+    }
+    if (result == NULL) result = PyLong_FromLong(-1);   /* none done (a test) */
+out:
+    if (ops != NULL) let_go(ops, total);
+    PyMem_Free(ops);
+    PyMem_Free(where);
+    PyMem_Free(reqs);
+    PyMem_Free(idx);
+    PyMem_Free(sts);
+    Py_DECREF(seq);
     return result;
 }
 
@@ -2240,6 +2467,8 @@ static PyMethodDef methods[] = {
      "waitall(requests, rtype, yielding) -> bool"},
     {"testall", (PyCFunction)(void (*)(void))fp_testall, METH_FASTCALL,
      "testall(requests, rtype) -> True, False or None"},
+    {"some", (PyCFunction)(void (*)(void))fp_some, METH_FASTCALL,
+     "some(requests, rtype, how, yielding, status) -> int, list, False or None"},
     {"configure", fp_configure, METH_VARARGS,
      "configure(limit, band, cma_min, cma_min_busy, guarded, rtype, ndarray, mmap, byte, "
      "pending, detached)"},

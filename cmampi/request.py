@@ -358,6 +358,9 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ()), metaclass=StandIn): 
 
         Wait for any previously initiated request to complete; its index or ``UNDEFINED``.
         """
+        got = _some_fast(requests, _WAIT_ANY, status)
+        if got is not None:
+            return got if got >= 0 else _NAMES.UNDEFINED
         return _wait_any_index(requests, status)[0]
 
     @classmethod
@@ -366,6 +369,9 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ()), metaclass=StandIn): 
 
         Test for completion of any previously initiated request: (index, flag).
         """
+        got = _some_fast(requests, _TEST_ANY, status)
+        if got is not None:
+            return (got, True) if got >= 0 else (_NAMES.UNDEFINED, got == _ALL_NULL)
         index, flag, _ = _test_any_index(requests, status)
         return index, flag
 
@@ -378,6 +384,10 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ()), metaclass=StandIn): 
 
         Returns their indices, or None if all are null.
         """
+        if statuses is None:
+            got = _some_fast(requests, _WAIT_SOME, None)
+            if got is not None:
+                return got or None
         return _some(requests, statuses, True)[0]
 
     @classmethod
@@ -389,6 +399,10 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ()), metaclass=StandIn): 
 
         Returns their indices (maybe empty), or None if all are null.
         """
+        if statuses is None:
+            got = _some_fast(requests, _TEST_SOME, None)
+            if got is not None:
+                return got if got is not False else None
         return _some(requests, statuses, False)[0]
 
     @classmethod
@@ -615,8 +629,9 @@ class StagedRequest(Request):
 
     def Test(self, status=None) -> bool:
         """Test for the completion of a send or receive."""
-        if status is None and self._fast is not None:
-            done = _tested_fast((self,))
+        if status is None and self._fast is not None and len(_THREADS) < 2 \
+                and not _PENDING and (not _DETACHED or _undetached()):
+            done = _FAST[0].testall((self,), StagedRequest)
             if done is not None:
                 return done
         return super().Test(status)
@@ -690,6 +705,19 @@ def _waited_fast(requests: Sequence[Any]) -> bool:
     one null or a compiled op's); False leaves them to the Python path."""
     return bool(_FAST) and _fast_waits() and \
         _FAST[0].waitall(requests, StagedRequest, _p2p._FAST_YIELDS[0])
+
+
+#: The kinds of `_fastpath.some`, and what its any kinds give when every request is null.
+_TEST_ANY, _WAIT_ANY, _TEST_SOME, _WAIT_SOME = range(4)
+_ALL_NULL = -2
+
+
+def _some_fast(requests: Sequence[Any], how: int, status: Any) -> Any:
+    """The compiled path's Testany, Waitany, Testsome or Waitsome (*how*) of
+    *requests* (see `_fastpath.some`), or None: the Python path's."""
+    if not (_FAST and _fast_waits()):
+        return None
+    return _FAST[0].some(requests, StagedRequest, how, _p2p._FAST_YIELDS[0], status)
 
 
 def _tested_fast(requests: Sequence[Any]) -> bool | None:
