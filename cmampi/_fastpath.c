@@ -1758,6 +1758,32 @@ static int poll_any(Staged **ops, MPI_Request *reqs, Py_ssize_t m, Py_ssize_t to
     }
 }
 
+/* Whether *statuses* is a form the compiled waits and tests fill: None, an mpi4py
+   Status (a call on one request), or a list of exactly *n* of them. */
+static int statuses_form(PyObject *statuses, Py_ssize_t n) {
+    if (statuses == Py_None) return 1;
+    if (PyObject_TypeCheck(statuses, &PyMPIStatus_Type)) return n == 1;
+    if (!PyList_CheckExact(statuses) || PyList_GET_SIZE(statuses) != n) return 0;
+    for (Py_ssize_t k = 0; k < n; k++)
+        if (!PyObject_TypeCheck(PyList_GET_ITEM(statuses, k), &PyMPIStatus_Type)) return 0;
+    return 1;
+}
+
+/* Fill *statuses* (`statuses_form`, of as many requests as *m*) with the statuses
+   MPI gave the done ops *ops*: 1, or 0 if they are not of that form any more (the
+   Python path fills them). */
+static int filled_statuses(PyObject *statuses, Staged **ops, Py_ssize_t m) {
+    if (statuses == Py_None) return 1;
+    if (!statuses_form(statuses, m)) return 0;
+    if (PyObject_TypeCheck(statuses, &PyMPIStatus_Type)) {
+        *PyMPIStatus_Get(statuses) = ops[0]->st;
+        return 1;
+    }
+    for (Py_ssize_t k = 0; k < m; k++)
+        *PyMPIStatus_Get(PyList_GET_ITEM(statuses, k)) = ops[k]->st;
+    return 1;
+}
+
 /* Requests a wait claims without an allocation of its own. */
 #define FEW_WAITED 8
 
@@ -1796,17 +1822,19 @@ static int test_each(Staged **ops, Py_ssize_t m) {
     return 0;
 }
 
-/* waitall(requests, rtype, yielding) -> bool
+/* waitall(requests, rtype, yielding, statuses=None) -> bool
 
    True: every request was a null one or a staged op of *rtype*, and all are done
-   and null now. False: the Python path finishes (a request of another kind, one
-   the engine took over, a message the engine acts on); nothing is lost, done ops
-   stay done. *yielding*: poll and give the core away (oversubscribed ranks). */
+   and null now, with *statuses* filled as MPI gave them (`statuses_form`). False:
+   the Python path finishes (a request of another kind, one the engine took over, a
+   message the engine acts on, statuses of null requests); nothing is lost, done
+   ops stay done. *yielding*: poll and give the core away (oversubscribed ranks). */
 static PyObject *fp_waitall(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "waitall(requests, rtype, yielding)");
+    if (nargs != 3 && nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "waitall(requests, rtype, yielding, statuses=None)");
         return NULL;
     }
+    PyObject *statuses = nargs == 4 ? args[3] : Py_None;
     /* a tuple of our own: a list may change while the GIL is released */
     PyObject *seq = PySequence_Tuple(args[0]);
     if (seq == NULL) return NULL;
@@ -1832,7 +1860,8 @@ static PyObject *fp_waitall(PyObject *mod, PyObject *const *args, Py_ssize_t nar
         if (claimed == 0) result = Py_False;
         goto out;
     }
-    if (engine_waits()) {     /* the Python path waits */
+    /* the Python path waits: for the engine, or statuses of null requests */
+    if (engine_waits() || (statuses != Py_None && (m != n || !statuses_form(statuses, n)))) {
         result = Py_False;
         goto out;
     }
@@ -1843,7 +1872,8 @@ static PyObject *fp_waitall(PyObject *mod, PyObject *const *args, Py_ssize_t nar
             raise_mpi(-quick);
             goto out;
         }
-        if (quick == 2) {   /* the engine acts on it */
+        /* the engine acts on it; or the Python path fills the statuses */
+        if (quick == 2 || !filled_statuses(statuses, ops, m)) {
             result = Py_False;
             goto out;
         }
@@ -1880,7 +1910,8 @@ static PyObject *fp_waitall(PyObject *mod, PyObject *const *args, Py_ssize_t nar
         raise_mpi(-rc);
         goto out;
     }
-    if (rc > 0) {           /* the engine acts on it before anything else */
+    /* the engine acts on it before anything else; or the Python path fills them */
+    if (rc > 0 || !filled_statuses(statuses, ops, m)) {
         result = Py_False;
         goto out;
     }
@@ -1897,15 +1928,17 @@ out:
     return result;
 }
 
-/* testall(requests, rtype) -> True (all done and null now), False (not all done
+/* testall(requests, rtype, statuses=None) -> True (all done and null now, their
+   statuses filled as waitall fills them), False (not all done
    yet; the other live receives were tested too, as a test must progress them),
    None (the Python path decides, as for waitall, or a message among the other
    live receives is for the engine). */
 static PyObject *fp_testall(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "testall(requests, rtype)");
+    if (nargs != 2 && nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "testall(requests, rtype, statuses=None)");
         return NULL;
     }
+    PyObject *statuses = nargs == 3 ? args[2] : Py_None;
     PyObject *seq = PySequence_Tuple(args[0]);   /* as in waitall */
     if (seq == NULL) return NULL;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq), k, m = 0;
@@ -1917,8 +1950,8 @@ static PyObject *fp_testall(PyObject *mod, PyObject *const *args, Py_ssize_t nar
         goto out;
     }
     int claimed = claim(items, n, args[1], ops, &m);
-    if (claimed <= 0) {
-        if (claimed == 0) result = Py_None;
+    if (claimed <= 0 || (statuses != Py_None && (m != n || !statuses_form(statuses, n)))) {
+        if (claimed >= 0) result = Py_None;     /* (statuses of null requests: Python's) */
         goto out;
     }
     int all_done = 1;
@@ -1948,6 +1981,10 @@ static PyObject *fp_testall(PyObject *mod, PyObject *const *args, Py_ssize_t nar
             if (others > 0) result = Py_None;
             goto out;
         }
+    }
+    if (all_done && !filled_statuses(statuses, ops, m)) {
+        result = Py_None;
+        goto out;
     }
     if (all_done && null_requests(items, n, args[1]) < 0) goto out;
     result = all_done ? Py_True : Py_False;
@@ -2464,9 +2501,9 @@ static PyMethodDef methods[] = {
     {"send", (PyCFunction)(void (*)(void))fp_send, METH_FASTCALL,
      "send(comm, spec, dest, tag): whether it sent the message"},
     {"waitall", (PyCFunction)(void (*)(void))fp_waitall, METH_FASTCALL,
-     "waitall(requests, rtype, yielding) -> bool"},
+     "waitall(requests, rtype, yielding, statuses=None) -> bool"},
     {"testall", (PyCFunction)(void (*)(void))fp_testall, METH_FASTCALL,
-     "testall(requests, rtype) -> True, False or None"},
+     "testall(requests, rtype, statuses=None) -> True, False or None"},
     {"some", (PyCFunction)(void (*)(void))fp_some, METH_FASTCALL,
      "some(requests, rtype, how, yielding, status) -> int, list, False or None"},
     {"configure", fp_configure, METH_VARARGS,

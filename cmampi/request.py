@@ -330,7 +330,7 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ()), metaclass=StandIn): 
 
         Wait for all previously initiated requests to complete.
         """
-        if statuses is None and _waited_fast(requests):
+        if _waited_fast(requests, statuses):
             return True
         _wait_all(requests)
         _finish_all(requests, statuses, range(len(requests)))
@@ -342,10 +342,9 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ()), metaclass=StandIn): 
 
         Test for completion of all previously initiated requests.
         """
-        if statuses is None:
-            done = _tested_fast(requests)
-            if done is not None:
-                return done
+        done = _tested_fast(requests, statuses)
+        if done is not None:
+            return done
         _p2p.progress()
         if not all([_test_quiet(req) for req in requests]):  # noqa: C419 (test every one: each test makes progress)
             return False
@@ -621,17 +620,17 @@ class StagedRequest(Request):
     # (2-3% of an object exchange).
     def Wait(self, status=None) -> bool:
         """Wait for a send or receive to complete."""
-        if status is None and self._fast is not None and len(_THREADS) < 2 \
+        if self._fast is not None and len(_THREADS) < 2 \
                 and not _PENDING and (not _DETACHED or _undetached()) \
-                and _FAST[0].waitall((self,), StagedRequest, _YIELDS[0]):
+                and _FAST[0].waitall((self,), StagedRequest, _YIELDS[0], status):
             return True
         return super().Wait(status)
 
     def Test(self, status=None) -> bool:
         """Test for the completion of a send or receive."""
-        if status is None and self._fast is not None and len(_THREADS) < 2 \
+        if self._fast is not None and len(_THREADS) < 2 \
                 and not _PENDING and (not _DETACHED or _undetached()):
-            done = _FAST[0].testall((self,), StagedRequest)
+            done = _FAST[0].testall((self,), StagedRequest, status)
             if done is not None:
                 return done
         return super().Test(status)
@@ -640,16 +639,16 @@ class StagedRequest(Request):
     # no object, as mpi4py's give none for them.
     def wait(self, status=None) -> Any:
         """Wait for a send or receive to complete; None (no object is received)."""
-        if status is None and self._fast is not None and len(_THREADS) < 2 \
+        if self._fast is not None and len(_THREADS) < 2 \
                 and not _PENDING and (not _DETACHED or _undetached()) \
-                and _FAST[0].waitall((self,), StagedRequest, _YIELDS[0]):
+                and _FAST[0].waitall((self,), StagedRequest, _YIELDS[0], status):
             return None
         return super().wait(status)
 
     def test(self, status=None) -> tuple[bool, Any]:
         """Test for the completion of a send or receive: (flag, None)."""
-        if status is None and self._fast is not None:
-            done = _tested_fast((self,))
+        if self._fast is not None:
+            done = _tested_fast((self,), status)
             if done is not None:
                 return done, None
         return super().test(status)
@@ -700,11 +699,12 @@ class StagedObjectRequest(StagedRequest):
 _fastpath.register_objects(StagedObjectRequest)
 
 
-def _waited_fast(requests: Sequence[Any]) -> bool:
+def _waited_fast(requests: Sequence[Any], statuses: Any = None) -> bool:
     """Whether the compiled path waited for *requests* and made them null (each
-    one null or a compiled op's); False leaves them to the Python path."""
+    one null or a compiled op's), their *statuses* filled; False leaves them to
+    the Python path."""
     return bool(_FAST) and _fast_waits() and \
-        _FAST[0].waitall(requests, StagedRequest, _p2p._FAST_YIELDS[0])
+        _FAST[0].waitall(requests, StagedRequest, _p2p._FAST_YIELDS[0], statuses)
 
 
 #: The kinds of `_fastpath.some`, and what its any kinds give when every request is null.
@@ -720,9 +720,11 @@ def _some_fast(requests: Sequence[Any], how: int, status: Any) -> Any:
     return _FAST[0].some(requests, StagedRequest, how, _p2p._FAST_YIELDS[0], status)
 
 
-def _tested_fast(requests: Sequence[Any]) -> bool | None:
-    """The compiled path's Testall of *requests*, or None: the Python path's."""
-    return _FAST[0].testall(requests, StagedRequest) if _FAST and _fast_waits() else None
+def _tested_fast(requests: Sequence[Any], statuses: Any = None) -> bool | None:
+    """The compiled path's Testall of *requests* (filling *statuses*), or None:
+    the Python path's."""
+    return _FAST[0].testall(requests, StagedRequest, statuses) \
+        if _FAST and _fast_waits() else None
 
 
 def new_request(op: _p2p.Op | None, parts: Sequence[_p2p.Op] = ()) -> Request:

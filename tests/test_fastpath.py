@@ -196,6 +196,54 @@ def test_statuses_of_a_window(comm, MPI):
     assert [s.Get_count(MPI.BYTE) for s in statuses] == [1, 2, 3, 4]
 
 
+@pytest.mark.parametrize("how", ["Wait", "Test", "wait", "test", "Waitall", "Testall",
+                                 "Waitall-null"])
+@pytest.mark.parametrize("n", [0, 8, LIMIT + CTRL_MAX, 65536])
+def test_statuses_of_compiled_requests(comm, MPI, how, n, monkeypatch):
+    """Statuses of receives and sends, filled by each kind of wait and test, are
+    MPI's (a null request's is empty); on cmampi the compiled path fills them."""
+    from cmampi import p2p
+
+    rank = comm.Get_rank()
+    if rank > 1:
+        return
+    peer = 1 - rank
+    promoted: list = []     # ops handed to the engine
+    monkeypatch.setattr(p2p, "promote", lambda staged, f=p2p.promote: promoted.append(f(staged))
+                        or promoted[-1])
+    rbuf = np.zeros(n + 8, np.uint8)
+    rreq = comm.Irecv(rbuf, MPI.ANY_SOURCE, MPI.ANY_TAG)
+    sreq = comm.Isend(np.full(n, 7, np.uint8), peer, 30 + rank)
+    reqs = [rreq, sreq] + ([MPI.REQUEST_NULL] if how == "Waitall-null" else [])
+    statuses = [MPI.Status() for _ in reqs]
+    for st in statuses:
+        st.Set_source(-5)
+    if how in ("Wait", "wait"):
+        for req, st in zip(reqs, statuses):
+            getattr(req, how)(st)
+    elif how in ("Test", "test"):
+        for req, st in zip(reqs, statuses):
+            while not (req.Test(st) if how == "Test" else req.test(st)[0]):
+                pass
+    elif how == "Testall":
+        while not MPI.Request.Testall(reqs, statuses):
+            pass
+    else:
+        MPI.Request.Waitall(reqs, statuses)
+    got = statuses[0]
+    assert (got.Get_source(), got.Get_tag(), got.Get_count(MPI.BYTE), got.Get_error(),
+            got.Is_cancelled()) == (peer, 30 + peer, n, 0, False)
+    assert not statuses[1].Is_cancelled() and statuses[1].Get_error() == 0
+    if how == "Waitall-null":
+        null = statuses[2]
+        assert (null.Get_source(), null.Get_tag(), null.Get_count(MPI.BYTE)) == \
+            (MPI.ANY_SOURCE, MPI.ANY_TAG, 0)
+    elif _staged(rreq) and _staged(sreq):   # the compiled path filled them
+        assert not promoted
+    assert (rbuf[:n] == 7).all() and not rbuf[n:].any()
+    assert not any(reqs)
+
+
 def test_any_source_from_every_rank(comm, MPI):
     rank, size = comm.Get_rank(), comm.Get_size()
     if rank == 0:
