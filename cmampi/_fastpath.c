@@ -1611,10 +1611,10 @@ static void raise_mpi(int code) {
     }
 }
 
-/* The staged op of a request of *rtype* (Py_None for a null one), or NULL: not
-   such a request, or an error (set). */
+/* The staged op of a request of *rtype* or a subclass (Py_None for a null one), or
+   NULL: not such a request, or an error (set). */
 static PyObject *staged_of(PyObject *req, PyObject *rtype) {
-    if ((PyObject *)Py_TYPE(req) != rtype) return NULL;
+    if (!PyType_Check(rtype) || !PyObject_TypeCheck(req, (PyTypeObject *)rtype)) return NULL;
     PyObject *f = PyObject_GetAttr(req, str_fast);
     if (f == NULL) return NULL;
     if (f != Py_None && Py_TYPE(f) != &StagedType) {
@@ -1663,10 +1663,12 @@ static void let_go(Staged **ops, Py_ssize_t m) {
     }
 }
 
-/* Make every request of *rtype* among *items* null (its ops are done); -1 on error. */
+/* Make every request of *rtype* (or a subclass) among *items* null (its ops are
+   done); -1 on error. */
 static int null_requests(PyObject **items, Py_ssize_t n, PyObject *rtype) {
     for (Py_ssize_t k = 0; k < n; k++)
-        if ((PyObject *)Py_TYPE(items[k]) == rtype && PyObject_SetAttr(items[k], str_fast, Py_None) < 0)
+        if (PyObject_TypeCheck(items[k], (PyTypeObject *)rtype) &&
+                PyObject_SetAttr(items[k], str_fast, Py_None) < 0)
             return -1;
     return 0;
 }
@@ -1996,22 +1998,29 @@ out:
     return result;
 }
 
+static PyObject *unpickled(Staged *s, PyObject *loads);
+
 /* The kinds of `some`: Testany, Waitany, Testsome, Waitsome. */
 enum { TEST_ANY = 0, WAIT_ANY = 1, TEST_SOME = 2, WAIT_SOME = 3 };
 
-/* some(requests, rtype, how, yielding, status) -> int | list | False | None
+/* some(requests, rtype, how, yielding, status, loads=None) -> int | list | False
+   | tuple | None
 
    Testany, Waitany, Testsome or Waitsome (*how*) of *requests*, as waitall waits
    and testall tests: an index (-1: none done, for Testany; -2: every request
    null), or for the some kinds the list of the indices done (False: every one
    null); each request reported is null now. *status* (an mpi4py Status, or None)
-   takes the status of an any kind's request done. None: the Python path decides
-   (as for waitall). */
+   takes the status of an any kind's request done. With *loads* (the lowercase
+   calls), also the objects: (index, object) and (indices, objects), an object
+   receive's unpickled with *loads*, None for any other request. None: the Python
+   path decides (as for waitall). */
 static PyObject *fp_some(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 5) {
-        PyErr_SetString(PyExc_TypeError, "some(requests, rtype, how, yielding, status)");
+    if (nargs != 5 && nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "some(requests, rtype, how, yielding, status, loads=None)");
         return NULL;
     }
+    PyObject *loads = nargs == 6 ? args[5] : Py_None;
+    PyObject *objects = NULL;   /* with loads: a new reference */
     int how = (int)PyLong_AsLong(args[2]);
     if (how == -1 && PyErr_Occurred()) return NULL;
     int blocking = how == WAIT_ANY || how == WAIT_SOME, some = how >= TEST_SOME;
@@ -2043,6 +2052,8 @@ static PyObject *fp_some(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
     }
     if (m == 0) {       /* every request null */
         result = some ? Py_NewRef(Py_False) : PyLong_FromLong(-2);
+        if (result != NULL && !some && loads != Py_None)
+            result = Py_BuildValue("(NO)", result, Py_None);
         goto out;
     }
     /* 0, or 2: one arrived for the engine, < 0: -rc */
@@ -2085,6 +2096,7 @@ static PyObject *fp_some(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
     }
     result = some ? PyList_New(0) : NULL;
     if (some && result == NULL) goto out;
+    if (loads != Py_None && (objects = PyList_New(0)) == NULL) goto out;
     for (k = 0; k < m; k++) {
         Staged *s = ops[k];
         if (s->state != DONE) continue;
@@ -2093,6 +2105,16 @@ static PyObject *fp_some(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
             Py_XDECREF(i);
             Py_CLEAR(result);
             goto out;
+        }
+        if (objects != NULL) {
+            PyObject *obj = s->whole ? unpickled(s, loads) : Py_NewRef(Py_None);
+            int appended = obj != NULL ? PyList_Append(objects, obj) : -1;
+            Py_XDECREF(obj);
+            if (appended < 0) {
+                Py_DECREF(i);
+                Py_CLEAR(result);
+                goto out;
+            }
         }
         if (!some) {
             if (status != Py_None) *PyMPIStatus_Get(status) = s->st;
@@ -2107,7 +2129,14 @@ static PyObject *fp_some(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
         }
     }
     if (result == NULL) result = PyLong_FromLong(-1);   /* none done (a test) */
+    if (result != NULL && objects != NULL) {
+        PyObject *pair = !some ? Py_BuildValue("(NO)", result,
+                                               PyList_GET_SIZE(objects) ? PyList_GET_ITEM(objects, 0) : Py_None)
+                               : Py_BuildValue("(NO)", result, objects);
+        result = pair;  /* "N" took result's reference */
+    }
 out:
+    Py_XDECREF(objects);
     if (ops != NULL) let_go(ops, total);
     PyMem_Free(ops);
     PyMem_Free(where);
@@ -2505,7 +2534,7 @@ static PyMethodDef methods[] = {
     {"testall", (PyCFunction)(void (*)(void))fp_testall, METH_FASTCALL,
      "testall(requests, rtype, statuses=None) -> True, False or None"},
     {"some", (PyCFunction)(void (*)(void))fp_some, METH_FASTCALL,
-     "some(requests, rtype, how, yielding, status) -> int, list, False or None"},
+     "some(requests, rtype, how, yielding, status, loads=None) -> int, list, False, tuple or None"},
     {"configure", fp_configure, METH_VARARGS,
      "configure(limit, band, cma_min, cma_min_busy, guarded, rtype, ndarray, mmap, byte, "
      "pending, detached)"},

@@ -483,6 +483,10 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ()), metaclass=StandIn): 
 
         Wait for all previously initiated requests to complete; their objects.
         """
+        ops = _compiled_ops(requests)
+        if ops is not None and \
+                _FAST[0].waitall(requests, StagedRequest, _p2p._FAST_YIELDS[0], statuses):
+            return _objects_in(ops)
         _wait_all(requests)
         return _finish_all(requests, statuses, range(len(requests)))
 
@@ -493,6 +497,11 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ()), metaclass=StandIn): 
 
         Test for completion of all previously initiated requests: (flag, objects).
         """
+        ops = _compiled_ops(requests)
+        if ops is not None:
+            done = _FAST[0].testall(requests, StagedRequest, statuses)
+            if done is not None:
+                return (True, _objects_in(ops)) if done else (False, None)
         _p2p.progress()
         if not all([_test_quiet(req) for req in requests]):  # noqa: C419 (test every one: each test makes progress)
             return False, None
@@ -504,6 +513,9 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ()), metaclass=StandIn): 
 
         Wait for any previously initiated request to complete: (index, object).
         """
+        got = _some_fast(requests, _WAIT_ANY, status, _loads)
+        if got is not None:
+            return got if got[0] >= 0 else (_NAMES.UNDEFINED, None)
         return _wait_any_index(requests, status)
 
     @classmethod
@@ -512,6 +524,11 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ()), metaclass=StandIn): 
 
         Test for completion of any previously initiated request: (index, flag, object).
         """
+        got = _some_fast(requests, _TEST_ANY, status, _loads)
+        if got is not None:
+            index, obj = got
+            return (index, True, obj) if index >= 0 else \
+                (_NAMES.UNDEFINED, index == _ALL_NULL, None)
         return _test_any_index(requests, status)
 
     @classmethod
@@ -521,6 +538,9 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ()), metaclass=StandIn): 
 
         Wait for some previously initiated requests to complete: (indices, objects).
         """
+        got = _some_fast(requests, _WAIT_SOME, None, _loads) if statuses is None else None
+        if got is not None:
+            return got if got is not False else (None, None)
         return _some(requests, statuses, True)
 
     @classmethod
@@ -530,6 +550,9 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ()), metaclass=StandIn): 
 
         Test for completion of some previously initiated requests: (indices, objects).
         """
+        got = _some_fast(requests, _TEST_SOME, None, _loads) if statuses is None else None
+        if got is not None:
+            return got if got is not False else (None, None)
         return _some(requests, statuses, False)
 
 
@@ -712,12 +735,38 @@ _TEST_ANY, _WAIT_ANY, _TEST_SOME, _WAIT_SOME = range(4)
 _ALL_NULL = -2
 
 
-def _some_fast(requests: Sequence[Any], how: int, status: Any) -> Any:
+def _some_fast(requests: Sequence[Any], how: int, status: Any, loads: Any = None) -> Any:
     """The compiled path's Testany, Waitany, Testsome or Waitsome (*how*) of
-    *requests* (see `_fastpath.some`), or None: the Python path's."""
+    *requests* (see `_fastpath.some`; with *loads*, the objects too), or None:
+    the Python path's."""
     if not (_FAST and _fast_waits()):
         return None
-    return _FAST[0].some(requests, StagedRequest, how, _p2p._FAST_YIELDS[0], status)
+    return _FAST[0].some(requests, StagedRequest, how, _p2p._FAST_YIELDS[0], status, loads)
+
+
+def _compiled_ops(requests: Sequence[Any]) -> list[Any] | None:
+    """For a lowercase completion on the compiled path: the op of each object
+    receive among *requests* (None for every other request), or None if a
+    request is not the compiled path's or it may not complete them now."""
+    if not (_FAST and _fast_waits()):
+        return None
+    ops = []
+    for req in requests:
+        kind = type(req)
+        if kind is StagedObjectRequest:
+            ops.append(req._fast)
+        elif kind is StagedRequest:
+            ops.append(None)
+        else:
+            return None
+    return ops
+
+
+def _objects_in(ops: Sequence[Any]) -> list[Any]:
+    """The objects of completed compiled requests, whose ops `_compiled_ops` took
+    (None for a send, or a request already null then)."""
+    object_in = _FAST[0].object_in
+    return [None if op is None else object_in(op, _loads) for op in ops]
 
 
 def _tested_fast(requests: Sequence[Any], statuses: Any = None) -> bool | None:

@@ -431,6 +431,68 @@ def test_deep_windows_waited_one_at_a_time(comm, MPI, lowercase):
     assert (late == np.arange(8, dtype=np.uint8)).all()
 
 
+@pytest.mark.parametrize("how", ["waitall", "waitall-statuses", "testall", "waitany",
+                                 "testany", "waitsome", "testsome"])
+def test_lowercase_completions_of_a_window(comm, MPI, how, monkeypatch):
+    """Lowercase waitall, testall, waitany, testany, waitsome and testsome over
+    sends and receives of short objects give each object once, at its index, and
+    leave every request null; on cmampi the compiled path completes them."""
+    from cmampi import p2p
+
+    rank = comm.Get_rank()
+    if rank > 1:
+        return
+    peer, count = 1 - rank, 16
+    promoted: list = []
+    monkeypatch.setattr(p2p, "promote", lambda staged, f=p2p.promote: promoted.append(f(staged))
+                        or promoted[-1])
+    Request = MPI.Request
+    reqs = [comm.irecv(source=peer, tag=23) for _ in range(count)]
+    reqs += [comm.isend({"from": rank, "i": i}, peer, 23) for i in range(count)]
+    want = [{"from": peer, "i": i} for i in range(count)] + [None] * count
+    got: dict[int, object] = {}
+    if how.startswith("waitall"):
+        statuses = [MPI.Status() for _ in reqs] if how == "waitall-statuses" else None
+        got = dict(enumerate(Request.waitall(reqs, statuses)))
+        if statuses is not None:
+            assert [(st.Get_source(), st.Get_tag()) for st in statuses[:count]] == \
+                [(peer, 23)] * count
+    elif how == "testall":
+        while True:
+            flag, objs = Request.testall(reqs)
+            if flag:
+                got = dict(enumerate(objs))
+                break
+            assert objs is None
+    status = MPI.Status()
+    while len(got) < len(reqs):
+        if how == "waitany":
+            index, obj = Request.waitany(reqs, status)
+            done = [(index, obj)]
+        elif how == "testany":
+            index, flag, obj = Request.testany(reqs, status)
+            assert flag == (index != MPI.UNDEFINED)
+            done = [(index, obj)] if flag else []
+        else:
+            indices, objs = getattr(Request, how)(reqs)
+            assert len(indices) == len(objs)
+            done = list(zip(indices, objs))
+        for index, obj in done:
+            assert index not in got and not reqs[index]
+            if how.endswith("any") and index < count:
+                assert (status.Get_source(), status.Get_tag()) == (peer, 23)
+            got[index] = obj
+    assert [got[i] for i in range(len(reqs))] == want
+    assert not any(reqs)
+    if how in ("waitany", "testany"):
+        assert getattr(Request, how)(reqs)[:2] == \
+            ((MPI.UNDEFINED, None) if how == "waitany" else (MPI.UNDEFINED, True))
+    elif how in ("waitsome", "testsome"):
+        assert getattr(Request, how)(reqs) == (None, None)
+    if all(_staged(r) or type(r).__name__ == "StagedObjectRequest" for r in reqs):
+        assert not promoted
+
+
 @pytest.mark.parametrize("wait", ["Wait", "Wait-status", "Waitall-status", "Cancel"])
 def test_a_completed_receive_lets_go_of_its_buffer(comm, MPI, wait):
     """Once a receive has completed, however (a status or Cancel takes the op
