@@ -1694,7 +1694,8 @@ static int gather_others(Staged **ops, MPI_Request *reqs, Py_ssize_t *total) {
    done must (their senders may wait for this rank to act on a message): 1 if a
    message for the engine arrived among them, 0 if none did, -1 with an error set. */
 static int progress_others(void) {
-    Py_ssize_t room = live_recvs, total = 0;
+    Py_ssize_t room = 0, total = 0;
+    for (Staged *s = live_heads[1].next; s != &live_heads[1]; s = s->next) room += !s->busy;
     if (room == 0) return 0;
     Staged **ops = PyMem_Malloc(room * sizeof(Staged *));
     MPI_Request *reqs = PyMem_Malloc(room * sizeof(MPI_Request));
@@ -1743,7 +1744,7 @@ static int poll_any(Staged **ops, MPI_Request *reqs, Py_ssize_t m, Py_ssize_t to
             return ops[index]->state == ARRIVED;
         }
         if (rc != MPI_SUCCESS) return -rc;
-        if (flag) return 0;     /* every one null: nothing to wait for */
+        if (flag) return 0;     /* every one null (callers poll only posted ops) */
         if ((++polls & 15) == 0 && total > m) {
             int out = 0;
             rc = MPI_Testsome((int)(total - m), reqs + m, &out, idx, sts);
@@ -1868,8 +1869,8 @@ static PyObject *fp_waitall(PyObject *mod, PyObject *const *args, Py_ssize_t nar
         goto out;
     }
     int quick = completed_at_once(ops, m);
+    for (k = 0; k < m; k++) settled(ops[k]);    /* those done leave the live list now */
     if (quick != 0) {
-        for (k = 0; k < m; k++) settled(ops[k]);
         if (quick < 0) {
             raise_mpi(-quick);
             goto out;
@@ -1908,6 +1909,8 @@ static PyObject *fp_waitall(PyObject *mod, PyObject *const *args, Py_ssize_t nar
     rc = poll_ops(ops, reqs, m, total, idx, sts, yielding);
     Py_END_ALLOW_THREADS
     for (k = 0; k < total; k++) settled(ops[k]);
+    let_go(ops + m, total - m);     /* the others, before anything allocates */
+    total = m;
     if (rc < 0) {
         raise_mpi(-rc);
         goto out;
@@ -1952,7 +1955,8 @@ static PyObject *fp_testall(PyObject *mod, PyObject *const *args, Py_ssize_t nar
         goto out;
     }
     int claimed = claim(items, n, args[1], ops, &m);
-    if (claimed <= 0 || (statuses != Py_None && (m != n || !statuses_form(statuses, n)))) {
+    if (claimed <= 0 || engine_waits() ||
+            (statuses != Py_None && (m != n || !statuses_form(statuses, n)))) {
         if (claimed >= 0) result = Py_None;     /* (statuses of null requests: Python's) */
         goto out;
     }
@@ -2086,6 +2090,9 @@ static PyObject *fp_some(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
         }
     }
     for (k = 0; k < total; k++) settled(ops[k]);
+    /* the others, before anything allocates (a finalizer may promote one) */
+    let_go(ops + m, total - m);
+    total = m;
     if (rc < 0) {
         raise_mpi(-rc);
         goto out;
@@ -2096,7 +2103,10 @@ static PyObject *fp_some(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
     }
     result = some ? PyList_New(0) : NULL;
     if (some && result == NULL) goto out;
-    if (loads != Py_None && (objects = PyList_New(0)) == NULL) goto out;
+    if (loads != Py_None && (objects = PyList_New(0)) == NULL) {
+        Py_CLEAR(result);
+        goto out;
+    }
     for (k = 0; k < m; k++) {
         Staged *s = ops[k];
         if (s->state != DONE) continue;

@@ -330,7 +330,7 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ()), metaclass=StandIn): 
 
         Wait for all previously initiated requests to complete.
         """
-        if _waited_fast(requests, statuses):
+        if (statuses is None or type(statuses) is list) and _waited_fast(requests, statuses):
             return True
         _wait_all(requests)
         _finish_all(requests, statuses, range(len(requests)))
@@ -342,7 +342,8 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ()), metaclass=StandIn): 
 
         Test for completion of all previously initiated requests.
         """
-        done = _tested_fast(requests, statuses)
+        done = _tested_fast(requests, statuses) \
+            if statuses is None or type(statuses) is list else None
         if done is not None:
             return done
         _p2p.progress()
@@ -483,7 +484,7 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ()), metaclass=StandIn): 
 
         Wait for all previously initiated requests to complete; their objects.
         """
-        ops = _compiled_ops(requests)
+        ops = _compiled_ops(requests) if statuses is None or type(statuses) is list else None
         if ops is not None and \
                 _FAST[0].waitall(requests, StagedRequest, _p2p._FAST_YIELDS[0], statuses):
             return _objects_in(ops)
@@ -497,7 +498,7 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ()), metaclass=StandIn): 
 
         Test for completion of all previously initiated requests: (flag, objects).
         """
-        ops = _compiled_ops(requests)
+        ops = _compiled_ops(requests) if statuses is None or type(statuses) is list else None
         if ops is not None:
             done = _FAST[0].testall(requests, StagedRequest, statuses)
             if done is not None:
@@ -712,8 +713,8 @@ class StagedObjectRequest(StagedRequest):
     def test(self, status=None) -> tuple[bool, Any]:
         """Test for the completion of the receive: (flag, the object or None)."""
         staged = self._fast
-        if status is None and staged is not None and _FAST and _fast_waits():
-            done = _FAST[0].testall((self,), StagedObjectRequest)
+        if staged is not None and _FAST and _fast_waits():
+            done = _FAST[0].testall((self,), StagedObjectRequest, status)
             if done is not None:
                 return (True, _FAST[0].object_in(staged, _pickle.loads)) if done else (False, None)
         return Request.test(self, status)

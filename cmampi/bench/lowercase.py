@@ -2,7 +2,8 @@
 
 Every rank has one small object (a dict of three items). Ranks 0 and 1
 exchange theirs (``irecv`` + ``isend``, each waited for; ``isend``, a blocking
-``recv``, then the send waited for; or ``sendrecv``);
+``recv``, then the send waited for; ``sendrecv``; or a window of `WINDOW` of
+each, completed by one ``waitall``);
 the collectives run on every rank (root 0, ``SUM`` of ints for the
 reductions). Time per call on rank 0. Every result is checked once per
 implementation. Implementations: cmampi against mpi4py on the MPI channel;
@@ -20,8 +21,10 @@ from ._timing import Impl, measure, repeated
 
 __all__ = ["CALLS", "describe", "plan"]
 
+#: Messages each way of the exchange by a window.
+WINDOW = 16
 #: The exchanges between ranks 0 and 1, then the collectives.
-EXCHANGES = ("isend+irecv", "isend+recv", "sendrecv")
+EXCHANGES = ("isend+irecv", "isend+recv", "sendrecv", f"window of {WINDOW}")
 CALLS = (*EXCHANGES, "bcast", "gather", "scatter", "allgather", "alltoall",
          "reduce", "allreduce", "scan")
 
@@ -30,8 +33,9 @@ def _small(key: int) -> dict:
     return {"rank": key, "x": 2.5, "tag": "small"}
 
 
-def _call(comm: Any, name: str, rank: int, size: int) -> Callable[[], Any]:
-    """One call *name* on *comm*: a function returning what this rank gets."""
+def _call(comm: Any, MPI: Any, name: str, rank: int, size: int) -> Callable[[], Any]:
+    """One call *name* on *comm* (of namespace *MPI*): a function returning what
+    this rank gets."""
     mine = _small(rank)
     if name in EXCHANGES:
         if rank > 1:
@@ -39,6 +43,15 @@ def _call(comm: Any, name: str, rank: int, size: int) -> Callable[[], Any]:
         peer = 1 - rank
         if name == "sendrecv":
             return lambda: comm.sendrecv(mine, peer, TAG, None, peer, TAG)
+        if name.startswith("window"):
+            waitall = MPI.Request.waitall
+
+            def window() -> Any:
+                reqs = [comm.irecv(source=peer, tag=TAG) for _ in range(WINDOW)]
+                reqs += [comm.isend(mine, peer, TAG) for _ in range(WINDOW)]
+                got = waitall(reqs)     # WINDOW objects, then None for each send
+                return got[0] if got == [got[0]] * WINDOW + [None] * WINDOW else got
+            return window
         if name == "isend+recv":
             def send_first() -> Any:
                 req = comm.isend(mine, peer, TAG)
@@ -87,7 +100,11 @@ def _case(ctx: Context, name: str) -> Result:
     want = _expected(name, rank, size)
 
     def impl(impl_name: str, comm: Any) -> Impl:
-        call = _call(comm, name, rank, size)
+        if impl_name == CMAMPI:
+            MPI = ctx.MPI
+        else:
+            from mpi4py import MPI
+        call = _call(comm, MPI, name, rank, size)
 
         def verify() -> None:
             got = call()
@@ -110,5 +127,6 @@ def describe(ctx: Context) -> str:
     vs = "cmampi vs mpi4py" if ctx.raw is not None else "cmampi alone (no MPI to compare with)"
     return (f"Lowercase calls of one small object (a dict of 3 items) per rank on "
             f"{ctx.size} ranks, {vs}: ranks 0 and 1 exchanging (irecv + isend, each "
-            f"waited for; isend, recv, wait; sendrecv), collectives of every rank "
+            f"waited for; isend, recv, wait; sendrecv; {WINDOW} irecv + {WINDOW} isend "
+            f"and one waitall, per window), collectives of every rank "
             f"(root 0; reductions: SUM of ints); time per call on rank 0.")

@@ -111,16 +111,52 @@ def _pingpong(ctx: Context, form: str, nbytes: int) -> Result:
 
 
 # -- windows -----------------------------------------------------------------------------------
-def _stream(ctx: Context, nbytes: int, form: str = "numpy", each: bool = False) -> Result:
-    """The stream of `WINDOW` messages into one buffer; *each*: every request of a
-    window waited for alone, in turn (``for r in reqs: r.Wait()``), not by ``Waitall``."""
+#: How a stream's windows complete, besides ``Waitall`` (`_completion`).
+COMPLETIONS = ("Wait each", "Waitall statuses", "Waitany", "Testsome")
+
+
+def _completion(MPI: Any, comm: Any, how: str) -> Callable[[list], None]:
+    """A function completing a window's requests of *comm* as *how* names it:
+    ``Waitall``; ``Wait`` of each in turn; ``Waitall`` with a list of statuses;
+    ``Waitany`` until all are done; ``Testsome`` until all are done."""
+    Request = MPI.Request
+    if how == "Waitall":
+        return Request.Waitall
+    if how == "Wait each":
+        def wait_each(requests: list) -> None:
+            for req in requests:
+                req.Wait()
+        return wait_each
+    if how == "Waitall statuses":
+        # the statuses of the communicator's own names (a socket channel's, beside
+        # the MPI channel in one process, are not the MPI library's)
+        engine = getattr(comm, "_engine", None)
+        Status = engine.names.Status if engine is not None else MPI.Status
+        statuses = [Status() for _ in range(WINDOW)]
+        return lambda requests: Request.Waitall(requests, statuses)
+    if how == "Waitany":
+        def wait_any(requests: list) -> None:
+            for _ in requests:
+                Request.Waitany(requests)
+        return wait_any
+
+    def test_some(requests: list) -> None:
+        done = 0
+        while done < len(requests):
+            done += len(Request.Testsome(requests) or ())
+    return test_some
+
+
+def _stream(ctx: Context, nbytes: int, form: str = "numpy", how: str = "Waitall") -> Result:
+    """The stream of `WINDOW` messages into one buffer, each window completed on
+    both ranks as *how* names it (`_completion`)."""
     rank = ctx.rank
 
     def impl(name: str, c: Any) -> Impl:
         MPI = _namespace(name, ctx)
         b = _Buffers(form, nbytes, MPI)
         ack = bytearray(4)
-        waitall = _wait_each if each else MPI.Request.Waitall
+        waitall = _completion(MPI, c, how)
         where = f"{name}, {format_size(nbytes)} stream of {WINDOW} into one buffer, rank {rank}"
 
         def run(iters: int) -> float:
@@ -145,15 +181,10 @@ def _stream(ctx: Context, nbytes: int, form: str = "numpy", each: bool = False) 
         return Impl(name, run, verify)
 
     label = "stream" if form == "numpy" else f"stream {form}"
-    label += " waited each" if each else ""
+    label += f" {how}" if how != "Waitall" else ""
     return measure(ctx, [impl(n, c) for n, c in _comms(ctx).items()], per_iter=WINDOW,
                    bench="patterns", op=f"{label} {WINDOW} x one buffer",
                    case=format_size(nbytes), nbytes=nbytes, sized=True)
-
-
-def _wait_each(requests: list) -> None:
-    for req in requests:
-        req.Wait()
 
 
 def _both_ways(ctx: Context, nbytes: int, op: str, per_iter: int,
@@ -217,9 +248,10 @@ def plan(ctx: Context) -> list[Case]:
         cases += [Case(f"patterns pingpong {form} {format_size(n)}",
                        _functools.partial(_pingpong, ctx, form, n)) for n in sizes]
     both = _functools.partial
-    streams = (("stream", _stream),
+    streams: tuple[tuple[str, Callable[[Context, int], Result]], ...] = (
+               ("stream", _stream),
                ("stream spec", _functools.partial(_stream, form="spec")),
-               ("stream waited each", _functools.partial(_stream, each=True)),
+               *((f"stream {how}", _functools.partial(_stream, how=how)) for how in COMPLETIONS),
                ("bidirectional", both(_both_ways, op=f"bidirectional {WINDOW}+{WINDOW}",
                                       per_iter=WINDOW, body=_windows_both_ways)),
                ("exchange Sendrecv", both(_both_ways, op="exchange Sendrecv", per_iter=1,
@@ -239,7 +271,8 @@ def describe(ctx: Context) -> str:
             f"buffer (shifted); a stream of {WINDOW} Isend of one "
             f"buffer into {WINDOW} Irecv of one buffer, then a 4-byte ack (per message), of "
             "numpy arrays and of [numpy, n, MPI.BYTE] specs, and of numpy arrays whose "
-            "requests are waited for one at a time (waited each); "
+            "windows complete otherwise than by Waitall (Wait of each request in turn, "
+            "Waitall with statuses, Waitany or Testsome until all are done); "
             f"both directions at once, {WINDOW} Irecv + {WINDOW} Isend per rank (per message "
             "pair); exchanges by Sendrecv and by Irecv + Isend + Waitall (per exchange). "
             "The alternative: plain mpi4py (on the socket channel cmampi runs alone).")
