@@ -1628,10 +1628,10 @@ static PyObject *staged_of(PyObject *req, PyObject *rtype) {
    one in *ops* (a reference of ours, marked busy; *m* of them); 0 if one is not
    for this path (another kind of request, an op the engine took over or must act
    on, one another wait holds or listed twice); -1 with an error set. The ops
-   claimed so far are in *ops* whatever the outcome, for `let_go`; `claim_at` puts
-   the index of each one's request in *where*. */
-static int claim_at(PyObject **items, Py_ssize_t n, PyObject *rtype, Staged **ops,
-                    Py_ssize_t *where, Py_ssize_t *m) {
+   claimed so far are in *ops* whatever the outcome, for `let_go`; the index of
+   each one's request goes in *where*. */
+static int claim(PyObject **items, Py_ssize_t n, PyObject *rtype, Staged **ops,
+                 Py_ssize_t *where, Py_ssize_t *m) {
     *m = 0;
     for (Py_ssize_t k = 0; k < n; k++) {
         PyObject *f = staged_of(items[k], rtype);
@@ -1646,14 +1646,10 @@ static int claim_at(PyObject **items, Py_ssize_t n, PyObject *rtype, Staged **op
             return 0;
         }
         s->busy = 1;
-        if (where != NULL) where[*m] = k;
+        where[*m] = k;
         ops[(*m)++] = s;
     }
     return 1;
-}
-
-static int claim(PyObject **items, Py_ssize_t n, PyObject *rtype, Staged **ops, Py_ssize_t *m) {
-    return claim_at(items, n, rtype, ops, NULL, m);
 }
 
 static void let_go(Staged **ops, Py_ssize_t m) {
@@ -1825,19 +1821,44 @@ static int test_each(Staged **ops, Py_ssize_t m) {
     return 0;
 }
 
-/* waitall(requests, rtype, yielding, statuses=None) -> bool
+static PyObject *unpickled(Staged *s, PyObject *loads);
+
+/* The objects of *n* requests whose *m* done ops are *ops* (at the indices
+   *where*): an object receive's unpickled with *loads*, None for every other
+   request (a send, a null one); a new list, or NULL with an error set. */
+static PyObject *objects_of(Staged **ops, const Py_ssize_t *where, Py_ssize_t m, Py_ssize_t n,
+                            PyObject *loads) {
+    PyObject *out = PyList_New(n);
+    if (out == NULL) return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) PyList_SET_ITEM(out, i, Py_NewRef(Py_None));
+    for (Py_ssize_t k = 0; k < m; k++) {
+        if (!ops[k]->whole) continue;
+        PyObject *obj = unpickled(ops[k], loads);
+        if (obj == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SetItem(out, where[k], obj);     /* steals it, drops the None */
+    }
+    return out;
+}
+
+/* waitall(requests, rtype, yielding, statuses=None, loads=None) -> bool | list
 
    True: every request was a null one or a staged op of *rtype*, and all are done
-   and null now, with *statuses* filled as MPI gave them (`statuses_form`). False:
+   and null now, with *statuses* filled as MPI gave them (`statuses_form`); with
+   *loads* (a lowercase waitall), their objects instead (`objects_of`). False:
    the Python path finishes (a request of another kind, one the engine took over, a
    message the engine acts on, statuses of null requests); nothing is lost, done
    ops stay done. *yielding*: poll and give the core away (oversubscribed ranks). */
 static PyObject *fp_waitall(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 3 && nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "waitall(requests, rtype, yielding, statuses=None)");
+    if (nargs < 3 || nargs > 5) {
+        PyErr_SetString(PyExc_TypeError,
+                        "waitall(requests, rtype, yielding, statuses=None, loads=None)");
         return NULL;
     }
-    PyObject *statuses = nargs == 4 ? args[3] : Py_None;
+    PyObject *statuses = nargs >= 4 ? args[3] : Py_None, *loads = nargs == 5 ? args[4] : Py_None;
+    int owned = 0;      /* whether result is a new reference (objects) */
     /* a tuple of our own: a list may change while the GIL is released */
     PyObject *seq = PySequence_Tuple(args[0]);
     if (seq == NULL) return NULL;
@@ -1848,16 +1869,18 @@ static PyObject *fp_waitall(PyObject *mod, PyObject *const *args, Py_ssize_t nar
     Py_ssize_t room = n + live_recvs + 1;
     /* a wait on a few requests claims them into `few` (the common case) */
     Staged *few[FEW_WAITED];
+    Py_ssize_t few_where[FEW_WAITED];
     Staged **ops = n <= FEW_WAITED ? few : PyMem_Malloc(n * sizeof(Staged *));
+    Py_ssize_t *where = n <= FEW_WAITED ? few_where : PyMem_Malloc(n * sizeof(Py_ssize_t));
     MPI_Request *reqs = NULL;
     int *idx = NULL;
     MPI_Status *sts = NULL;
     Py_ssize_t k, m = 0, total = 0;
-    if (ops == NULL) {
+    if (ops == NULL || where == NULL) {
         PyErr_NoMemory();
         goto out;
     }
-    int claimed = claim(items, n, args[1], ops, &m);
+    int claimed = claim(items, n, args[1], ops, where, &m);
     total = m;
     if (claimed <= 0) {
         if (claimed == 0) result = Py_False;
@@ -1881,6 +1904,11 @@ static PyObject *fp_waitall(PyObject *mod, PyObject *const *args, Py_ssize_t nar
             goto out;
         }
         if (null_requests(items, n, args[1]) < 0) goto out;
+        if (loads != Py_None) {
+            result = objects_of(ops, where, m, n, loads);
+            owned = 1;
+            goto out;
+        }
         result = Py_True;
         goto out;
     }
@@ -1921,40 +1949,49 @@ static PyObject *fp_waitall(PyObject *mod, PyObject *const *args, Py_ssize_t nar
         goto out;
     }
     if (null_requests(items, n, args[1]) < 0) goto out;
+    if (loads != Py_None) {
+        result = objects_of(ops, where, m, n, loads);
+        owned = 1;
+        goto out;
+    }
     result = Py_True;
 out:
     if (ops != NULL) let_go(ops, total);
     if (ops != few) PyMem_Free(ops);
+    if (where != few_where) PyMem_Free(where);
     PyMem_Free(reqs);
     PyMem_Free(idx);
     PyMem_Free(sts);
     Py_DECREF(seq);
-    Py_XINCREF(result);
+    if (!owned) Py_XINCREF(result);
     return result;
 }
 
-/* testall(requests, rtype, statuses=None) -> True (all done and null now, their
-   statuses filled as waitall fills them), False (not all done
+/* testall(requests, rtype, statuses=None, loads=None) -> True (all done and null
+   now, their statuses filled as waitall fills them; with *loads*, a list of their
+   objects instead, as waitall gives it), False (not all done
    yet; the other live receives were tested too, as a test must progress them),
    None (the Python path decides, as for waitall, or a message among the other
    live receives is for the engine). */
 static PyObject *fp_testall(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2 && nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "testall(requests, rtype, statuses=None)");
+    if (nargs < 2 || nargs > 4) {
+        PyErr_SetString(PyExc_TypeError, "testall(requests, rtype, statuses=None, loads=None)");
         return NULL;
     }
-    PyObject *statuses = nargs == 3 ? args[2] : Py_None;
+    PyObject *statuses = nargs >= 3 ? args[2] : Py_None, *loads = nargs == 4 ? args[3] : Py_None;
+    int owned = 0;      /* whether result is a new reference (objects) */
     PyObject *seq = PySequence_Tuple(args[0]);   /* as in waitall */
     if (seq == NULL) return NULL;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq), k, m = 0;
     PyObject **items = PySequence_Fast_ITEMS(seq);
     PyObject *result = NULL;
     Staged **ops = PyMem_Malloc((n + 1) * sizeof(Staged *));
-    if (ops == NULL) {
+    Py_ssize_t *where = PyMem_Malloc((n + 1) * sizeof(Py_ssize_t));
+    if (ops == NULL || where == NULL) {
         PyErr_NoMemory();
         goto out;
     }
-    int claimed = claim(items, n, args[1], ops, &m);
+    int claimed = claim(items, n, args[1], ops, where, &m);
     if (claimed <= 0 || engine_waits() ||
             (statuses != Py_None && (m != n || !statuses_form(statuses, n)))) {
         if (claimed >= 0) result = Py_None;     /* (statuses of null requests: Python's) */
@@ -1993,16 +2030,20 @@ static PyObject *fp_testall(PyObject *mod, PyObject *const *args, Py_ssize_t nar
         goto out;
     }
     if (all_done && null_requests(items, n, args[1]) < 0) goto out;
+    if (all_done && loads != Py_None) {
+        result = objects_of(ops, where, m, n, loads);
+        owned = 1;
+        goto out;
+    }
     result = all_done ? Py_True : Py_False;
 out:
     if (ops != NULL) let_go(ops, m);
     PyMem_Free(ops);
+    PyMem_Free(where);
     Py_DECREF(seq);
-    Py_XINCREF(result);
+    if (!owned) Py_XINCREF(result);
     return result;
 }
-
-static PyObject *unpickled(Staged *s, PyObject *loads);
 
 /* The kinds of `some`: Testany, Waitany, Testsome, Waitsome. */
 enum { TEST_ANY = 0, WAIT_ANY = 1, TEST_SOME = 2, WAIT_SOME = 3 };
@@ -2047,7 +2088,7 @@ static PyObject *fp_some(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
         PyErr_NoMemory();
         goto out;
     }
-    int claimed = claim_at(items, n, args[1], ops, where, &m);
+    int claimed = claim(items, n, args[1], ops, where, &m);
     total = m;
     if (claimed < 0) goto out;
     if (claimed == 0 || engine_waits() || (m == 0 && status != Py_None)) {
@@ -2540,9 +2581,9 @@ static PyMethodDef methods[] = {
     {"send", (PyCFunction)(void (*)(void))fp_send, METH_FASTCALL,
      "send(comm, spec, dest, tag): whether it sent the message"},
     {"waitall", (PyCFunction)(void (*)(void))fp_waitall, METH_FASTCALL,
-     "waitall(requests, rtype, yielding, statuses=None) -> bool"},
+     "waitall(requests, rtype, yielding, statuses=None, loads=None) -> bool or list"},
     {"testall", (PyCFunction)(void (*)(void))fp_testall, METH_FASTCALL,
-     "testall(requests, rtype, statuses=None) -> True, False or None"},
+     "testall(requests, rtype, statuses=None, loads=None) -> True, list, False or None"},
     {"some", (PyCFunction)(void (*)(void))fp_some, METH_FASTCALL,
      "some(requests, rtype, how, yielding, status, loads=None) -> int, list, False, tuple or None"},
     {"configure", fp_configure, METH_VARARGS,

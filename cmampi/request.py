@@ -484,10 +484,11 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ()), metaclass=StandIn): 
 
         Wait for all previously initiated requests to complete; their objects.
         """
-        ops = _compiled_ops(requests) if statuses is None or type(statuses) is list else None
-        if ops is not None and \
-                _FAST[0].waitall(requests, StagedRequest, _p2p._FAST_YIELDS[0], statuses):
-            return _objects_in(ops)
+        if (statuses is None or type(statuses) is list) and _FAST and _fast_waits():
+            objs = _FAST[0].waitall(requests, StagedRequest, _p2p._FAST_YIELDS[0], statuses,
+                                    _loads)
+            if objs is not False:
+                return objs
         _wait_all(requests)
         return _finish_all(requests, statuses, range(len(requests)))
 
@@ -498,11 +499,10 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ()), metaclass=StandIn): 
 
         Test for completion of all previously initiated requests: (flag, objects).
         """
-        ops = _compiled_ops(requests) if statuses is None or type(statuses) is list else None
-        if ops is not None:
-            done = _FAST[0].testall(requests, StagedRequest, statuses)
-            if done is not None:
-                return (True, _objects_in(ops)) if done else (False, None)
+        if (statuses is None or type(statuses) is list) and _FAST and _fast_waits():
+            objs = _FAST[0].testall(requests, StagedRequest, statuses, _loads)
+            if objs is not None:
+                return (True, objs) if objs is not False else (False, None)
         _p2p.progress()
         if not all([_test_quiet(req) for req in requests]):  # noqa: C419 (test every one: each test makes progress)
             return False, None
@@ -743,31 +743,6 @@ def _some_fast(requests: Sequence[Any], how: int, status: Any, loads: Any = None
     if not (_FAST and _fast_waits()):
         return None
     return _FAST[0].some(requests, StagedRequest, how, _p2p._FAST_YIELDS[0], status, loads)
-
-
-def _compiled_ops(requests: Sequence[Any]) -> list[Any] | None:
-    """For a lowercase completion on the compiled path: the op of each object
-    receive among *requests* (None for every other request), or None if a
-    request is not the compiled path's or it may not complete them now."""
-    if not (_FAST and _fast_waits()):
-        return None
-    ops = []
-    for req in requests:
-        kind = type(req)
-        if kind is StagedObjectRequest:
-            ops.append(req._fast)
-        elif kind is StagedRequest:
-            ops.append(None)
-        else:
-            return None
-    return ops
-
-
-def _objects_in(ops: Sequence[Any]) -> list[Any]:
-    """The objects of completed compiled requests, whose ops `_compiled_ops` took
-    (None for a send, or a request already null then)."""
-    object_in = _FAST[0].object_in
-    return [None if op is None else object_in(op, _loads) for op in ops]
 
 
 def _tested_fast(requests: Sequence[Any], statuses: Any = None) -> bool | None:
