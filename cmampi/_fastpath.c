@@ -1340,6 +1340,24 @@ static void settled(Staged *s) {
     }
 }
 
+/* MPI_Testsome over the *count* requests *reqs* of the ops *ops*, recording each
+   op done (its index into *idx*, its status into *sts*): 1 if one arrived for the
+   engine, 0 if none did, -rc on an MPI error. *mine*, if not NULL, is decreased
+   by those done among the first *first* ops. */
+static int tested_some(Staged **ops, MPI_Request *reqs, Py_ssize_t count, int *idx,
+                       MPI_Status *sts, Py_ssize_t first, Py_ssize_t *mine) {
+    int out = 0, arrived = 0;
+    int rc = MPI_Testsome((int)count, reqs, &out, idx, sts);
+    if (rc != MPI_SUCCESS && rc != MPI_ERR_IN_STATUS) return -rc;
+    for (int j = 0; j < out && out != MPI_UNDEFINED; j++) {
+        Staged *s = ops[idx[j]];
+        record(s, &sts[j], rc == MPI_ERR_IN_STATUS ? sts[j].MPI_ERROR : MPI_SUCCESS);
+        arrived |= s->state == ARRIVED;
+        if (mine != NULL) *mine -= idx[j] < first;
+    }
+    return arrived;
+}
+
 /* Complete the posted ops among the first *m* of *ops* (their requests in
    *reqs*) until all are done or an op has arrived, without the GIL: 1 if one
    arrived, -rc on an MPI error. The *total* - *m* ops after them are the other
@@ -1367,17 +1385,8 @@ static int poll_ops(Staged **ops, MPI_Request *reqs, Py_ssize_t m, Py_ssize_t to
             continue;
         }
         if ((++polls & 15) == 0 && (left > 1 || total > m)) {
-            int out = 0;
-            rc = MPI_Testsome((int)(total - lo), reqs + lo, &out, idx, sts);
-            if (rc != MPI_SUCCESS && rc != MPI_ERR_IN_STATUS) return -rc;
-            int arrived = 0;
-            for (int j = 0; j < out && out != MPI_UNDEFINED; j++) {
-                Staged *s = ops[lo + idx[j]];
-                record(s, &sts[j], rc == MPI_ERR_IN_STATUS ? sts[j].MPI_ERROR : MPI_SUCCESS);
-                arrived |= s->state == ARRIVED;
-                left -= lo + idx[j] < m;
-            }
-            if (arrived) return 1;
+            rc = tested_some(ops + lo, reqs + lo, total - lo, idx, sts, m - lo, &left);
+            if (rc != 0) return rc;
         }
         if (yielding) sched_yield();
     }
@@ -1697,31 +1706,27 @@ static int progress_others(void) {
     MPI_Request *reqs = PyMem_Malloc(room * sizeof(MPI_Request));
     int *idx = PyMem_Malloc(room * sizeof(int));
     MPI_Status *sts = PyMem_Malloc(room * sizeof(MPI_Status));
-    int got = 0;
-    if (!ops || !reqs || !idx || !sts) {
-        PyErr_NoMemory();
-        got = -1;
-    } else if (gather_others(ops, reqs, &total) < 0) {
-        got = 1;
-    } else if (total > 0) {
-        int out = 0;
-        int rc = MPI_Testsome((int)total, reqs, &out, idx, sts);
-        if (rc != MPI_SUCCESS && rc != MPI_ERR_IN_STATUS) {
-            raise_mpi(rc);
-            got = -1;
-        }
-        for (int j = 0; got >= 0 && out != MPI_UNDEFINED && j < out; j++) {
-            Staged *o = ops[idx[j]];
-            record(o, &sts[j], rc == MPI_ERR_IN_STATUS ? sts[j].MPI_ERROR : MPI_SUCCESS);
-            got |= o->state == ARRIVED;
-        }
+    int got = 0, ok = ops && reqs && idx && sts;
+    if (ok) {
+        if (gather_others(ops, reqs, &total) < 0)
+            got = 1;
+        else if (total > 0)
+            got = tested_some(ops, reqs, total, idx, sts, 0, NULL);
         for (Py_ssize_t k = 0; k < total; k++) settled(ops[k]);
+        let_go(ops, total);     /* before anything allocates */
     }
-    if (ops != NULL) let_go(ops, total);
     PyMem_Free(ops);
     PyMem_Free(reqs);
     PyMem_Free(idx);
     PyMem_Free(sts);
+    if (!ok) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    if (got < 0) {
+        raise_mpi(-got);
+        return -1;
+    }
     return got;
 }
 
@@ -1742,16 +1747,8 @@ static int poll_any(Staged **ops, MPI_Request *reqs, Py_ssize_t m, Py_ssize_t to
         if (rc != MPI_SUCCESS) return -rc;
         if (flag) return 0;     /* every one null (callers poll only posted ops) */
         if ((++polls & 15) == 0 && total > m) {
-            int out = 0;
-            rc = MPI_Testsome((int)(total - m), reqs + m, &out, idx, sts);
-            if (rc != MPI_SUCCESS && rc != MPI_ERR_IN_STATUS) return -rc;
-            int arrived = 0;
-            for (int j = 0; j < out && out != MPI_UNDEFINED; j++) {
-                Staged *o = ops[m + idx[j]];
-                record(o, &sts[j], rc == MPI_ERR_IN_STATUS ? sts[j].MPI_ERROR : MPI_SUCCESS);
-                arrived |= o->state == ARRIVED;
-            }
-            if (arrived) return 1;
+            rc = tested_some(ops + m, reqs + m, total - m, idx, sts, 0, NULL);
+            if (rc != 0) return rc;
         }
         if (yielding) sched_yield();
     }
@@ -1786,39 +1783,30 @@ static int filled_statuses(PyObject *statuses, Staged **ops, Py_ssize_t m) {
 /* Requests a wait claims without an allocation of its own. */
 #define FEW_WAITED 8
 
-/* Test each of the *m* claimed ops still posted, in turn, while they complete:
-   1 if all are done now (a wait then needs no other receive progressed, as
-   `poll_ops` progresses none when the first test completes them); 0 at the
-   first one not complete yet; 2 if one arrived (a message for the engine, or
-   its error: the Python path acts on it or raises it); -rc on an MPI error. */
-static int completed_at_once(Staged **ops, Py_ssize_t m) {
+/* Test the *m* claimed ops still posted, in turn, once each: 2 if one arrived (a
+   message for the engine, or its error: the Python path acts on it or raises
+   it), -rc on an MPI error; else 1 if all are done now, 0 if not. *until_pending*
+   (a wait): stop at the first one not complete yet; a wait whose ops all complete
+   so needs no other receive progressed, as `poll_ops` progresses none when its
+   first tests complete them. */
+static int tested(Staged **ops, Py_ssize_t m, int until_pending) {
+    int all = 1;
     for (Py_ssize_t k = 0; k < m; k++) {
         Staged *s = ops[k];
         if (s->state != POSTED) continue;
         int flag = 0;
         MPI_Status st;
         int rc = MPI_Test(&s->req, &flag, &st);
-        if (!flag) return rc == MPI_SUCCESS ? 0 : -rc;
+        if (!flag) {
+            if (rc != MPI_SUCCESS) return -rc;
+            all = 0;
+            if (until_pending) return 0;
+            continue;
+        }
         record(s, &st, rc);     /* MPI_Test reports the request's error in its code */
         if (s->state == ARRIVED) return 2;
     }
-    return 1;
-}
-
-/* Test each of the *m* claimed ops still posted, once: 0, or 2 if one arrived
-   (for the engine), or -rc on an MPI error. */
-static int test_each(Staged **ops, Py_ssize_t m) {
-    for (Py_ssize_t k = 0; k < m; k++) {
-        Staged *s = ops[k];
-        if (s->state != POSTED) continue;
-        int flag = 0;
-        MPI_Status st;
-        int rc = MPI_Test(&s->req, &flag, &st);
-        if (!flag && rc != MPI_SUCCESS) return -rc;
-        if (flag) record(s, &st, rc);
-        if (s->state == ARRIVED) return 2;
-    }
-    return 0;
+    return all;
 }
 
 static PyObject *unpickled(Staged *s, PyObject *loads);
@@ -1891,60 +1879,44 @@ static PyObject *fp_waitall(PyObject *mod, PyObject *const *args, Py_ssize_t nar
         result = Py_False;
         goto out;
     }
-    int quick = completed_at_once(ops, m);
+    /* 1: all done at once, 0: some wait, 2: one arrived for the engine, < 0: -rc */
+    int rc = tested(ops, m, 1);
     for (k = 0; k < m; k++) settled(ops[k]);    /* those done leave the live list now */
-    if (quick != 0) {
-        if (quick < 0) {
-            raise_mpi(-quick);
+    if (rc == 0) {
+        /* some wait: the other live receives are polled too, in a list of all */
+        Staged **all = PyMem_Malloc(room * sizeof(Staged *));
+        reqs = PyMem_Malloc(room * sizeof(MPI_Request));
+        idx = PyMem_Malloc(room * sizeof(int));
+        sts = PyMem_Malloc(room * sizeof(MPI_Status));
+        if (!all || !reqs || !idx || !sts) {
+            PyMem_Free(all);
+            PyErr_NoMemory();
             goto out;
         }
-        /* the engine acts on it; or the Python path fills the statuses */
-        if (quick == 2 || !filled_statuses(statuses, ops, m)) {
+        memcpy(all, ops, m * sizeof(Staged *));
+        if (ops != few) PyMem_Free(ops);
+        ops = all;
+        for (k = 0; k < m; k++) reqs[k] = ops[k]->req;     /* MPI_REQUEST_NULL once done */
+        /* the other live receives (a send needs nothing of this rank): an arrived
+           one first goes to the engine */
+        if (gather_others(ops, reqs, &total) < 0) {
             result = Py_False;
             goto out;
         }
-        if (null_requests(items, n, args[1]) < 0) goto out;
-        if (loads != Py_None) {
-            result = objects_of(ops, where, m, n, loads);
-            owned = 1;
-            goto out;
-        }
-        result = Py_True;
-        goto out;
+        Py_BEGIN_ALLOW_THREADS
+        rc = poll_ops(ops, reqs, m, total, idx, sts, yielding);
+        Py_END_ALLOW_THREADS
+        for (k = 0; k < total; k++) settled(ops[k]);
+        let_go(ops + m, total - m);     /* the others, before anything allocates */
+        total = m;
+        rc = rc == 0 ? 1 : rc == 1 ? 2 : rc;
     }
-    /* some wait: the other live receives are polled too, in a list of all */
-    Staged **all = PyMem_Malloc(room * sizeof(Staged *));
-    reqs = PyMem_Malloc(room * sizeof(MPI_Request));
-    idx = PyMem_Malloc(room * sizeof(int));
-    sts = PyMem_Malloc(room * sizeof(MPI_Status));
-    if (!all || !reqs || !idx || !sts) {
-        PyMem_Free(all);
-        PyErr_NoMemory();
-        goto out;
-    }
-    memcpy(all, ops, m * sizeof(Staged *));
-    if (ops != few) PyMem_Free(ops);
-    ops = all;
-    for (k = 0; k < m; k++) reqs[k] = ops[k]->req;     /* MPI_REQUEST_NULL once done */
-    /* the other live receives (a send needs nothing of this rank): an arrived
-       one first goes to the engine */
-    if (gather_others(ops, reqs, &total) < 0) {
-        result = Py_False;
-        goto out;
-    }
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = poll_ops(ops, reqs, m, total, idx, sts, yielding);
-    Py_END_ALLOW_THREADS
-    for (k = 0; k < total; k++) settled(ops[k]);
-    let_go(ops + m, total - m);     /* the others, before anything allocates */
-    total = m;
     if (rc < 0) {
         raise_mpi(-rc);
         goto out;
     }
     /* the engine acts on it before anything else; or the Python path fills them */
-    if (rc > 0 || !filled_statuses(statuses, ops, m)) {
+    if (rc == 2 || !filled_statuses(statuses, ops, m)) {
         result = Py_False;
         goto out;
     }
@@ -2101,8 +2073,9 @@ static PyObject *fp_some(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
             result = Py_BuildValue("(NO)", result, Py_None);
         goto out;
     }
-    /* 0, or 2: one arrived for the engine, < 0: -rc */
-    int rc = test_each(ops, m), any = 0;
+    /* 0 (1: all done), or 2: one arrived for the engine, < 0: -rc */
+    int rc = tested(ops, m, 0), any = 0;
+    if (rc == 1) rc = 0;
     for (k = 0; k < m; k++) any |= ops[k]->state == DONE;
     if (rc == 0 && !any) {
         if (!blocking) {    /* a test that finds none done progresses the others */
