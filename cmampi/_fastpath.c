@@ -1680,12 +1680,15 @@ static int null_requests(PyObject **items, Py_ssize_t n, PyObject *rtype) {
 
 /* Append the other live receives (not busy: neither the caller's nor another
    wait's) to *ops* and their requests to *reqs*, from *total* on, each a reference
-   of ours marked busy (for `let_go`); the arrays have room for every live
-   receive. -1 if one has arrived already: its message goes to the engine first. */
-static int gather_others(Staged **ops, MPI_Request *reqs, Py_ssize_t *total) {
+   of ours marked busy (for `let_go`), within the arrays' *room*. -1 if one has
+   arrived already (its message goes to the engine first), or if there are more
+   than the arrays hold (a finalizer run since they were sized posted more): the
+   Python path waits then. */
+static int gather_others(Staged **ops, MPI_Request *reqs, Py_ssize_t *total,
+                         Py_ssize_t room) {
     for (Staged *s = live_heads[1].next; s != &live_heads[1]; s = s->next) {
         if (s->busy) continue;
-        if (s->state == ARRIVED) return -1;
+        if (s->state == ARRIVED || *total >= room) return -1;
         Py_INCREF(s);
         s->busy = 1;
         ops[*total] = s;
@@ -1708,7 +1711,7 @@ static int progress_others(void) {
     MPI_Status *sts = PyMem_Malloc(room * sizeof(MPI_Status));
     int got = 0, ok = ops && reqs && idx && sts;
     if (ok) {
-        if (gather_others(ops, reqs, &total) < 0)
+        if (gather_others(ops, reqs, &total, room) < 0)
             got = 1;
         else if (total > 0)
             got = tested_some(ops, reqs, total, idx, sts, 0, NULL);
@@ -1899,7 +1902,7 @@ static PyObject *fp_waitall(PyObject *mod, PyObject *const *args, Py_ssize_t nar
         for (k = 0; k < m; k++) reqs[k] = ops[k]->req;     /* MPI_REQUEST_NULL once done */
         /* the other live receives (a send needs nothing of this rank): an arrived
            one first goes to the engine */
-        if (gather_others(ops, reqs, &total) < 0) {
+        if (engine_waits() || gather_others(ops, reqs, &total, room) < 0) {
             result = Py_False;
             goto out;
         }
@@ -2093,7 +2096,7 @@ static PyObject *fp_some(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
                 goto out;
             }
             for (k = 0; k < m; k++) reqs[k] = ops[k]->req;
-            if (gather_others(ops, reqs, &total) < 0) {
+            if (engine_waits() || gather_others(ops, reqs, &total, room) < 0) {
                 result = Py_NewRef(Py_None);
                 goto out;
             }
