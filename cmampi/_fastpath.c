@@ -1698,40 +1698,6 @@ static int gather_others(Staged **ops, MPI_Request *reqs, Py_ssize_t *total,
     return 0;
 }
 
-/* Test every other live receive once, as a test that finds its own requests not
-   done must (their senders may wait for this rank to act on a message): 1 if a
-   message for the engine arrived among them, 0 if none did, -1 with an error set. */
-static int progress_others(void) {
-    Py_ssize_t room = 0, total = 0;
-    for (Staged *s = live_heads[1].next; s != &live_heads[1]; s = s->next) room += !s->busy;
-    if (room == 0) return 0;
-    Staged **ops = PyMem_Malloc(room * sizeof(Staged *));
-    MPI_Request *reqs = PyMem_Malloc(room * sizeof(MPI_Request));
-    int *idx = PyMem_Malloc(room * sizeof(int));
-    MPI_Status *sts = PyMem_Malloc(room * sizeof(MPI_Status));
-    int got = 0, ok = ops && reqs && idx && sts;
-    if (ok) {
-        if (gather_others(ops, reqs, &total, room) < 0)
-            got = 1;
-        else if (total > 0)
-            got = tested_some(ops, reqs, total, idx, sts, 0, NULL);
-        for (Py_ssize_t k = 0; k < total; k++) settled(ops[k]);
-        let_go(ops, total);     /* before anything allocates */
-    }
-    PyMem_Free(ops);
-    PyMem_Free(reqs);
-    PyMem_Free(idx);
-    PyMem_Free(sts);
-    if (!ok) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    if (got < 0) {
-        raise_mpi(-got);
-        return -1;
-    }
-    return got;
-}
 
 /* As `poll_ops`, until any one of the first *m* ops is done (0), or an op arrived
    for the engine (1), or on an MPI error (-rc); the other live ops after them are
@@ -1757,11 +1723,11 @@ static int poll_any(Staged **ops, MPI_Request *reqs, Py_ssize_t m, Py_ssize_t to
     }
 }
 
-/* Whether *statuses* is a form the compiled waits and tests fill: None, an mpi4py
-   Status (a call on one request), or a list of exactly *n* of them. */
+/* Whether *statuses* is a form the compiled waits and tests fill: None, or a list
+   of exactly *n* mpi4py Statuses (anything else: the Python path, which refuses
+   what mpi4py refuses). */
 static int statuses_form(PyObject *statuses, Py_ssize_t n) {
     if (statuses == Py_None) return 1;
-    if (PyObject_TypeCheck(statuses, &PyMPIStatus_Type)) return n == 1;
     if (!PyList_CheckExact(statuses) || PyList_GET_SIZE(statuses) != n) return 0;
     for (Py_ssize_t k = 0; k < n; k++)
         if (!PyObject_TypeCheck(PyList_GET_ITEM(statuses, k), &PyMPIStatus_Type)) return 0;
@@ -1774,13 +1740,76 @@ static int statuses_form(PyObject *statuses, Py_ssize_t n) {
 static int filled_statuses(PyObject *statuses, Staged **ops, Py_ssize_t m) {
     if (statuses == Py_None) return 1;
     if (!statuses_form(statuses, m)) return 0;
-    if (PyObject_TypeCheck(statuses, &PyMPIStatus_Type)) {
-        *PyMPIStatus_Get(statuses) = ops[0]->st;
-        return 1;
-    }
     for (Py_ssize_t k = 0; k < m; k++)
         *PyMPIStatus_Get(PyList_GET_ITEM(statuses, k)) = ops[k]->st;
     return 1;
+}
+
+/* `poll_ops` or `poll_any`. */
+typedef int (*PollFn)(Staged **, MPI_Request *, Py_ssize_t, Py_ssize_t, int *, MPI_Status *,
+                      int);
+
+/* Poll the *m* claimed ops *ops* with *poll*, the GIL released, together with every
+   other live receive (`gather_others`: *ops* has room for *room* ops), then settle
+   them all and let the others go again: 0 once *poll* is satisfied; 1 if the
+   engine acts first (a message arrived, or the engine has work: the Python path
+   waits); -1 with an error set (memory, or MPI's, raised once the others are let
+   go). */
+static int polled_with_others(Staged **ops, Py_ssize_t m, Py_ssize_t room, PollFn poll,
+                              int yielding) {
+    Py_ssize_t total = m;
+    MPI_Request *reqs = PyMem_Malloc(room * sizeof(MPI_Request));
+    int *idx = PyMem_Malloc(room * sizeof(int));
+    MPI_Status *sts = PyMem_Malloc(room * sizeof(MPI_Status));
+    int rc = 1;
+    if (reqs && idx && sts) {
+        for (Py_ssize_t k = 0; k < m; k++) reqs[k] = ops[k]->req;  /* null once done */
+        if (!engine_waits() && gather_others(ops, reqs, &total, room) == 0) {
+            Py_BEGIN_ALLOW_THREADS
+            rc = poll(ops, reqs, m, total, idx, sts, yielding);
+            Py_END_ALLOW_THREADS
+        }
+        for (Py_ssize_t k = 0; k < total; k++) settled(ops[k]);
+        let_go(ops + m, total - m);     /* the others, before anything allocates */
+    }
+    int ok = reqs && idx && sts;
+    PyMem_Free(reqs);
+    PyMem_Free(idx);
+    PyMem_Free(sts);
+    if (!ok) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    if (rc < 0) {
+        raise_mpi(-rc);
+        return -1;
+    }
+    return rc;
+}
+
+/* A `PollFn` that tests the others once, with no op of the caller's (*m* is 0). */
+static int others_tested(Staged **ops, MPI_Request *reqs, Py_ssize_t m, Py_ssize_t total,
+                         int *idx, MPI_Status *sts, int yielding) {
+    (void)yielding;
+    return total > m ? tested_some(ops + m, reqs + m, total - m, idx, sts, 0, NULL) : 0;
+}
+
+/* Test every other live receive once, as a test that finds its own requests not
+   done must (their senders may wait for this rank to act on a message): 1 if a
+   message for the engine arrived among them (or the engine has work), 0 if none
+   did, -1 with an error set. */
+static int progress_others(void) {
+    Py_ssize_t room = 0;
+    for (Staged *s = live_heads[1].next; s != &live_heads[1]; s = s->next) room += !s->busy;
+    if (room == 0) return 0;
+    Staged **ops = PyMem_Malloc(room * sizeof(Staged *));
+    if (ops == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    int got = polled_with_others(ops, 0, room, others_tested, 0);
+    PyMem_Free(ops);
+    return got;
 }
 
 /* Requests a wait claims without an allocation of its own. */
@@ -1834,6 +1863,19 @@ static PyObject *objects_of(Staged **ops, const Py_ssize_t *where, Py_ssize_t m,
     return out;
 }
 
+/* What a wait or test of the *n* requests *items* gives once their *m* ops are
+   all done: their *statuses* filled, the requests made null, and True, or with
+   *loads* their objects (`objects_of`); *declined* (the Python path finishes) if
+   the statuses are not of a form filled here any more. A new reference, or NULL
+   with an error set. */
+static PyObject *all_done(PyObject **items, Py_ssize_t n, PyObject *rtype, Staged **ops,
+                          const Py_ssize_t *where, Py_ssize_t m, PyObject *statuses,
+                          PyObject *loads, PyObject *declined) {
+    if (!filled_statuses(statuses, ops, m)) return Py_NewRef(declined);
+    if (null_requests(items, n, rtype) < 0) return NULL;
+    return loads != Py_None ? objects_of(ops, where, m, n, loads) : Py_NewRef(Py_True);
+}
+
 /* waitall(requests, rtype, yielding, statuses=None, loads=None) -> bool | list
 
    True: every request was a null one or a staged op of *rtype*, and all are done
@@ -1863,16 +1905,12 @@ static PyObject *fp_waitall(PyObject *mod, PyObject *const *args, Py_ssize_t nar
     Py_ssize_t few_where[FEW_WAITED];
     Staged **ops = n <= FEW_WAITED ? few : PyMem_Malloc(n * sizeof(Staged *));
     Py_ssize_t *where = n <= FEW_WAITED ? few_where : PyMem_Malloc(n * sizeof(Py_ssize_t));
-    MPI_Request *reqs = NULL;
-    int *idx = NULL;
-    MPI_Status *sts = NULL;
-    Py_ssize_t k, m = 0, total = 0;
+    Py_ssize_t k, m = 0;
     if (ops == NULL || where == NULL) {
         PyErr_NoMemory();
         goto out;
     }
     int claimed = claim(items, n, args[1], ops, where, &m);
-    total = m;
     if (claimed <= 0) {
         if (claimed == 0) result = Py_False;
         goto out;
@@ -1888,55 +1926,31 @@ static PyObject *fp_waitall(PyObject *mod, PyObject *const *args, Py_ssize_t nar
     if (rc == 0) {
         /* some wait: the other live receives are polled too, in a list of all */
         Staged **all = PyMem_Malloc(room * sizeof(Staged *));
-        reqs = PyMem_Malloc(room * sizeof(MPI_Request));
-        idx = PyMem_Malloc(room * sizeof(int));
-        sts = PyMem_Malloc(room * sizeof(MPI_Status));
-        if (!all || !reqs || !idx || !sts) {
-            PyMem_Free(all);
+        if (all == NULL) {
             PyErr_NoMemory();
             goto out;
         }
         memcpy(all, ops, m * sizeof(Staged *));
         if (ops != few) PyMem_Free(ops);
         ops = all;
-        for (k = 0; k < m; k++) reqs[k] = ops[k]->req;     /* MPI_REQUEST_NULL once done */
-        /* the other live receives (a send needs nothing of this rank): an arrived
-           one first goes to the engine */
-        if (engine_waits() || gather_others(ops, reqs, &total, room) < 0) {
-            result = Py_False;
-            goto out;
-        }
-        Py_BEGIN_ALLOW_THREADS
-        rc = poll_ops(ops, reqs, m, total, idx, sts, yielding);
-        Py_END_ALLOW_THREADS
-        for (k = 0; k < total; k++) settled(ops[k]);
-        let_go(ops + m, total - m);     /* the others, before anything allocates */
-        total = m;
-        rc = rc == 0 ? 1 : rc == 1 ? 2 : rc;
+        int polled = polled_with_others(ops, m, room, poll_ops, yielding);
+        if (polled < 0) goto out;
+        rc = polled ? 2 : 1;
     }
     if (rc < 0) {
         raise_mpi(-rc);
         goto out;
     }
-    /* the engine acts on it before anything else; or the Python path fills them */
-    if (rc == 2 || !filled_statuses(statuses, ops, m)) {
+    if (rc == 2) {      /* the engine acts on it before anything else */
         result = Py_False;
         goto out;
     }
-    if (null_requests(items, n, args[1]) < 0) goto out;
-    if (loads != Py_None) {
-        result = objects_of(ops, where, m, n, loads);
-        owned = 1;
-        goto out;
-    }
-    result = Py_True;
+    result = all_done(items, n, args[1], ops, where, m, statuses, loads, Py_False);
+    owned = 1;
 out:
-    if (ops != NULL) let_go(ops, total);
+    if (ops != NULL) let_go(ops, m);
     if (ops != few) PyMem_Free(ops);
     if (where != few_where) PyMem_Free(where);
-    PyMem_Free(reqs);
-    PyMem_Free(idx);
-    PyMem_Free(sts);
     Py_DECREF(seq);
     if (!owned) Py_XINCREF(result);
     return result;
@@ -1972,45 +1986,24 @@ static PyObject *fp_testall(PyObject *mod, PyObject *const *args, Py_ssize_t nar
         if (claimed >= 0) result = Py_None;     /* (statuses of null requests: Python's) */
         goto out;
     }
-    int all_done = 1;
-    for (k = 0; k < m; k++) {
-        Staged *s = ops[k];
-        if (s->state != POSTED) continue;
-        int flag = 0;
-        MPI_Status st;
-        int rc = MPI_Test(&s->req, &flag, &st);
-        if (!flag && rc != MPI_SUCCESS) {
-            raise_mpi(rc);
-            goto out;
-        }
-        if (flag) {
-            record(s, &st, rc);
-            settled(s);
-        }
-        if (s->state == ARRIVED) {
-            result = Py_None;
-            goto out;
-        }
-        all_done &= s->state == DONE;
+    /* 1: all done, 0: not all, 2: one arrived for the engine, < 0: -rc */
+    int rc = tested(ops, m, 0);
+    for (k = 0; k < m; k++) settled(ops[k]);
+    if (rc < 0) {
+        raise_mpi(-rc);
+        goto out;
     }
-    if (!all_done) {    /* a test that finds them not done progresses the others */
+    if (rc == 0) {      /* a test that finds them not done progresses the others */
         int others = progress_others();
-        if (others != 0) {
-            if (others > 0) result = Py_None;
-            goto out;
-        }
+        if (others >= 0) result = others > 0 ? Py_None : Py_False;
+        goto out;
     }
-    if (all_done && !filled_statuses(statuses, ops, m)) {
+    if (rc == 2) {      /* the engine acts on it */
         result = Py_None;
         goto out;
     }
-    if (all_done && null_requests(items, n, args[1]) < 0) goto out;
-    if (all_done && loads != Py_None) {
-        result = objects_of(ops, where, m, n, loads);
-        owned = 1;
-        goto out;
-    }
-    result = all_done ? Py_True : Py_False;
+    result = all_done(items, n, args[1], ops, where, m, statuses, loads, Py_None);
+    owned = 1;
 out:
     if (ops != NULL) let_go(ops, m);
     PyMem_Free(ops);
@@ -2050,21 +2043,17 @@ static PyObject *fp_some(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
     PyObject *seq = PySequence_Tuple(args[0]);   /* as in waitall */
     if (seq == NULL) return NULL;
     int yielding = PyObject_IsTrue(args[3]);
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq), k, m = 0, total = 0;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq), k, m = 0;
     PyObject **items = PySequence_Fast_ITEMS(seq);
     PyObject *result = NULL;    /* a new reference */
     Py_ssize_t room = n + live_recvs + 1;
     Staged **ops = PyMem_Malloc(room * sizeof(Staged *));
     Py_ssize_t *where = PyMem_Malloc((n + 1) * sizeof(Py_ssize_t));
-    MPI_Request *reqs = NULL;
-    int *idx = NULL;
-    MPI_Status *sts = NULL;
     if (ops == NULL || where == NULL) {
         PyErr_NoMemory();
         goto out;
     }
     int claimed = claim(items, n, args[1], ops, where, &m);
-    total = m;
     if (claimed < 0) goto out;
     if (claimed == 0 || engine_waits() || (m == 0 && status != Py_None)) {
         result = Py_NewRef(Py_None);    /* (an empty status: the Python path's too) */
@@ -2088,28 +2077,12 @@ static PyObject *fp_some(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
                 goto out;
             }
         } else {
-            reqs = PyMem_Malloc(room * sizeof(MPI_Request));
-            idx = PyMem_Malloc(room * sizeof(int));
-            sts = PyMem_Malloc(room * sizeof(MPI_Status));
-            if (!reqs || !idx || !sts) {
-                PyErr_NoMemory();
-                goto out;
-            }
-            for (k = 0; k < m; k++) reqs[k] = ops[k]->req;
-            if (engine_waits() || gather_others(ops, reqs, &total, room) < 0) {
-                result = Py_NewRef(Py_None);
-                goto out;
-            }
-            Py_BEGIN_ALLOW_THREADS
-            rc = poll_any(ops, reqs, m, total, idx, sts, yielding);   /* 0, 1 or -rc */
-            Py_END_ALLOW_THREADS
-            if (rc == 1) rc = 2;
+            int polled = polled_with_others(ops, m, room, poll_any, yielding);
+            if (polled < 0) goto out;
+            rc = polled ? 2 : 0;
         }
     }
-    for (k = 0; k < total; k++) settled(ops[k]);
-    /* the others, before anything allocates (a finalizer may promote one) */
-    let_go(ops + m, total - m);
-    total = m;
+    for (k = 0; k < m; k++) settled(ops[k]);
     if (rc < 0) {
         raise_mpi(-rc);
         goto out;
@@ -2164,12 +2137,9 @@ static PyObject *fp_some(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
     }
 out:
     Py_XDECREF(objects);
-    if (ops != NULL) let_go(ops, total);
+    if (ops != NULL) let_go(ops, m);
     PyMem_Free(ops);
     PyMem_Free(where);
-    PyMem_Free(reqs);
-    PyMem_Free(idx);
-    PyMem_Free(sts);
     Py_DECREF(seq);
     return result;
 }

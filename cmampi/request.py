@@ -330,7 +330,7 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ()), metaclass=StandIn): 
 
         Wait for all previously initiated requests to complete.
         """
-        if (statuses is None or type(statuses) is list) and _waited_fast(requests, statuses):
+        if _waited_fast(requests, statuses):
             return True
         _wait_all(requests)
         _finish_all(requests, statuses, range(len(requests)))
@@ -342,8 +342,7 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ()), metaclass=StandIn): 
 
         Test for completion of all previously initiated requests.
         """
-        done = _tested_fast(requests, statuses) \
-            if statuses is None or type(statuses) is list else None
+        done = _tested_fast(requests, statuses)
         if done is not None:
             return done
         _p2p.progress()
@@ -484,11 +483,9 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ()), metaclass=StandIn): 
 
         Wait for all previously initiated requests to complete; their objects.
         """
-        if (statuses is None or type(statuses) is list) and _FAST and _fast_waits():
-            objs = _FAST[0].waitall(requests, StagedRequest, _p2p._FAST_YIELDS[0], statuses,
-                                    _loads)
-            if objs is not False:
-                return objs
+        objs = _waited_fast(requests, statuses, _loads)
+        if objs is not False:
+            return objs
         _wait_all(requests)
         return _finish_all(requests, statuses, range(len(requests)))
 
@@ -499,10 +496,9 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ()), metaclass=StandIn): 
 
         Test for completion of all previously initiated requests: (flag, objects).
         """
-        if (statuses is None or type(statuses) is list) and _FAST and _fast_waits():
-            objs = _FAST[0].testall(requests, StagedRequest, statuses, _loads)
-            if objs is not None:
-                return (True, objs) if objs is not False else (False, None)
+        objs = _tested_fast(requests, statuses, _loads)
+        if objs is not None:
+            return (True, objs) if objs is not False else (False, None)
         _p2p.progress()
         if not all([_test_quiet(req) for req in requests]):  # noqa: C419 (test every one: each test makes progress)
             return False, None
@@ -641,12 +637,14 @@ class StagedRequest(Request):
         return Request, ()      # a null request, as any other
 
     # The waits check inline what `_fast_waits` checks: a call saved on every wait
-    # (2-3% of an object exchange).
+    # (2-3% of an object exchange). A request's own status goes to the compiled
+    # completions as the list of statuses of that one request.
     def Wait(self, status=None) -> bool:
         """Wait for a send or receive to complete."""
         if self._fast is not None and len(_THREADS) < 2 \
                 and not _PENDING and (not _DETACHED or _undetached()) \
-                and _FAST[0].waitall((self,), StagedRequest, _YIELDS[0], status):
+                and _FAST[0].waitall((self,), StagedRequest, _YIELDS[0],
+                                     None if status is None else [status]):
             return True
         return super().Wait(status)
 
@@ -654,7 +652,7 @@ class StagedRequest(Request):
         """Test for the completion of a send or receive."""
         if self._fast is not None and len(_THREADS) < 2 \
                 and not _PENDING and (not _DETACHED or _undetached()):
-            done = _FAST[0].testall((self,), StagedRequest, status)
+            done = _FAST[0].testall((self,), StagedRequest, None if status is None else [status])
             if done is not None:
                 return done
         return super().Test(status)
@@ -665,14 +663,15 @@ class StagedRequest(Request):
         """Wait for a send or receive to complete; None (no object is received)."""
         if self._fast is not None and len(_THREADS) < 2 \
                 and not _PENDING and (not _DETACHED or _undetached()) \
-                and _FAST[0].waitall((self,), StagedRequest, _YIELDS[0], status):
+                and _FAST[0].waitall((self,), StagedRequest, _YIELDS[0],
+                                     None if status is None else [status]):
             return None
         return super().wait(status)
 
     def test(self, status=None) -> tuple[bool, Any]:
         """Test for the completion of a send or receive: (flag, None)."""
         if self._fast is not None:
-            done = _tested_fast((self,), status)
+            done = _tested_fast((self,), None if status is None else [status])
             if done is not None:
                 return done, None
         return super().test(status)
@@ -712,23 +711,23 @@ class StagedObjectRequest(StagedRequest):
 
     def test(self, status=None) -> tuple[bool, Any]:
         """Test for the completion of the receive: (flag, the object or None)."""
-        staged = self._fast
-        if staged is not None and _FAST and _fast_waits():
-            done = _FAST[0].testall((self,), StagedObjectRequest, status)
-            if done is not None:
-                return (True, _FAST[0].object_in(staged, _pickle.loads)) if done else (False, None)
+        if self._fast is not None:
+            objs = _tested_fast((self,), None if status is None else [status], _loads)
+            if objs is not None:
+                return (True, objs[0]) if objs is not False else (False, None)
         return Request.test(self, status)
 
 
 _fastpath.register_objects(StagedObjectRequest)
 
 
-def _waited_fast(requests: Sequence[Any], statuses: Any = None) -> bool:
-    """Whether the compiled path waited for *requests* and made them null (each
-    one null or a compiled op's), their *statuses* filled; False leaves them to
-    the Python path."""
-    return bool(_FAST) and _fast_waits() and \
-        _FAST[0].waitall(requests, StagedRequest, _p2p._FAST_YIELDS[0], statuses)
+def _waited_fast(requests: Sequence[Any], statuses: Any = None, loads: Any = None) -> Any:
+    """True (with *loads*: the objects) if the compiled path waited for *requests*
+    and made them null (each one null or a compiled op's), their *statuses*
+    filled; False leaves them to the Python path."""
+    if not (_FAST and _fast_waits()):
+        return False
+    return _FAST[0].waitall(requests, StagedRequest, _p2p._FAST_YIELDS[0], statuses, loads)
 
 
 #: The kinds of `_fastpath.some`, and what its any kinds give when every request is null.
@@ -745,10 +744,10 @@ def _some_fast(requests: Sequence[Any], how: int, status: Any, loads: Any = None
     return _FAST[0].some(requests, StagedRequest, how, _p2p._FAST_YIELDS[0], status, loads)
 
 
-def _tested_fast(requests: Sequence[Any], statuses: Any = None) -> bool | None:
-    """The compiled path's Testall of *requests* (filling *statuses*), or None:
-    the Python path's."""
-    return _FAST[0].testall(requests, StagedRequest, statuses) \
+def _tested_fast(requests: Sequence[Any], statuses: Any = None, loads: Any = None) -> Any:
+    """The compiled path's Testall of *requests* (filling *statuses*; with *loads*
+    the objects, when all are done, instead of True), or None: the Python path's."""
+    return _FAST[0].testall(requests, StagedRequest, statuses, loads) \
         if _FAST and _fast_waits() else None
 
 
