@@ -1752,8 +1752,7 @@ typedef int (*PollFn)(Staged **, MPI_Request *, Py_ssize_t, Py_ssize_t, int *, M
 /* Poll the *m* claimed ops *ops* with *poll*, the GIL released, together with every
    other live receive (`gather_others`: *ops* has room for *room* ops), then settle
    them all and let the others go again: 0 once *poll* is satisfied; 1 if the
-   engine acts first (a message arrived, or the engine has work: the Python path
-   waits); -1 with an error set (memory, or MPI's, raised once the others are let
+   engine acts first (a message arrived: the Python path waits); -1 with an error set (memory, or MPI's, raised once the others are let
    go). */
 static int polled_with_others(Staged **ops, Py_ssize_t m, Py_ssize_t room, PollFn poll,
                               int yielding) {
@@ -1764,7 +1763,7 @@ static int polled_with_others(Staged **ops, Py_ssize_t m, Py_ssize_t room, PollF
     int rc = 1;
     if (reqs && idx && sts) {
         for (Py_ssize_t k = 0; k < m; k++) reqs[k] = ops[k]->req;  /* null once done */
-        if (!engine_waits() && gather_others(ops, reqs, &total, room) == 0) {
+        if (gather_others(ops, reqs, &total, room) == 0) {
             Py_BEGIN_ALLOW_THREADS
             rc = poll(ops, reqs, m, total, idx, sts, yielding);
             Py_END_ALLOW_THREADS
@@ -1796,8 +1795,8 @@ static int others_tested(Staged **ops, MPI_Request *reqs, Py_ssize_t m, Py_ssize
 
 /* Test every other live receive once, as a test that finds its own requests not
    done must (their senders may wait for this rank to act on a message): 1 if a
-   message for the engine arrived among them (or the engine has work), 0 if none
-   did, -1 with an error set. */
+   message for the engine arrived among them, 0 if none did, -1 with an error
+   set. */
 static int progress_others(void) {
     Py_ssize_t room = 0;
     for (Staged *s = live_heads[1].next; s != &live_heads[1]; s = s->next) room += !s->busy;
@@ -1933,7 +1932,7 @@ static PyObject *fp_waitall(PyObject *mod, PyObject *const *args, Py_ssize_t nar
         memcpy(all, ops, m * sizeof(Staged *));
         if (ops != few) PyMem_Free(ops);
         ops = all;
-        int polled = polled_with_others(ops, m, room, poll_ops, yielding);
+        int polled = engine_waits() ? 1 : polled_with_others(ops, m, room, poll_ops, yielding);
         if (polled < 0) goto out;
         rc = polled ? 2 : 1;
     }
@@ -2077,7 +2076,8 @@ static PyObject *fp_some(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
                 goto out;
             }
         } else {
-            int polled = polled_with_others(ops, m, room, poll_any, yielding);
+            int polled = engine_waits() ? 1
+                                        : polled_with_others(ops, m, room, poll_any, yielding);
             if (polled < 0) goto out;
             rc = polled ? 2 : 0;
         }
