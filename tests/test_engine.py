@@ -190,6 +190,28 @@ def test_nonblocking_receive_posted_first(engines):
         assert (buf == i + 1).all()
 
 
+def test_receives_into_one_buffer_read_their_control_messages_in_order(engines):
+    """Two receives into one buffer: the first lands in place, where its
+    control message (a pull's descriptor) sits until it is read. When the
+    channel has both messages and the second is advanced first (a channel that
+    takes several messages in one call, a test of a later request), the first
+    is read before the second's payload covers its head."""
+    e0, e1 = engines
+    n = e0.cma_min + 4096
+    out = np.zeros(n, np.uint8)
+    first, second = (e1.irecv(recv_buffer(out), 0, TAG) for _ in range(2))
+    assert e1.landing and first in e1.landing
+    data = [np.full(n, k, np.uint8) for k in (1, 2)]
+    sends = [e0.isend(send_buffer(d), 1, TAG, False) for d in data]
+    second.advance(e1.ch.test(second.handle))
+    p2p.wait_all([first, second])
+    assert first.error is None and second.error is None
+    assert (out == 2).all()             # the later message lands last
+    p2p.wait_all(sends)
+    for op in (first, second, *sends):
+        op.engine.complete(op)
+
+
 def test_object_record_received_by_a_buffer_receive_is_its_pickle(engines):
     """An object whose buffers stay with the sender travels as a RECORD control
     message; a buffer receive gets the object's in-band pickle instead."""
