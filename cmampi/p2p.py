@@ -62,6 +62,7 @@ __all__ = [
     "promote",
     "settle",
     "test",
+    "tested",
     "undelivered",
     "wait_all",
     "wait_any",
@@ -75,6 +76,9 @@ _sched_yield = getattr(_os, "sched_yield", lambda: None)
 #: keeps all of them moving: a peer may be blocked on one of them (waiting for
 #: our pull and reply), and that peer may be what the call itself waits for.
 _PENDING: dict[Op, None] = {}   # insertion-ordered set
+#: The pulled sends among `_PENDING`: their offer of help was withdrawn before
+#: they were done, so a request for it may be on its way (see `PullSendOp`).
+_OFFERED: dict[Op, None] = {}
 #: Operations whose requests were freed or dropped in flight: kept alive (with the
 #: memory the channel may still write to) and advanced by `progress` until done.
 _DETACHED: list[Op] = []
@@ -209,8 +213,10 @@ class PullSendOp(Op):
     buffer, tell it so, and still wait for its reply that it has stopped
     reading our buffer. A send that was not blocked when it started may still
     help: its *offer* word, whose address the descriptor carries, is 1 while a
-    wait that returns only once the send is done runs (`wait_all`); the
-    receiver reads it before it asks.
+    wait on it runs (`wait_all`, `wait_any`); the receiver reads it before it
+    asks. An offer withdrawn before the send is done may have been read: the
+    send is then progressed by every wait until done (`_OFFERED`), as the
+    receiver waits for our copy before it replies.
     """
 
     __slots__ = ("base", "buf", "dest", "helped", "notice", "offer", "reply", "xid")
@@ -266,6 +272,12 @@ class PullSendOp(Op):
         except OSError:
             self.helped = _wire.ACK_FAILED
         ch.send_payload(_wire.helped(self.helped, began, now()), self.dest, self.xid)
+
+    def finish(self, error: BaseException | None = None) -> None:
+        Op.finish(self, error)
+        if self in _OFFERED:
+            del _OFFERED[self]
+            _PENDING.pop(self, None)
 
 
 class RecvOp(Op):
@@ -627,7 +639,7 @@ class Engine:
         if n <= self.band or (announce and n > OBJECT_RAW_MAX):
             return False
         return n < self.cma_min or not self.cma[dest] or \
-            (n < self.cma_min_busy and bool(_PENDING or (_FAST and _FAST[0].receiving())))
+            (n < self.cma_min_busy and (_receiving() or bool(_FAST and _FAST[0].receiving())))
 
     def _isend(self, buf: Buffer, dest: int, tag: int, sync: bool, blocked: bool = False,
                announce: bool = False) -> Op:
@@ -1091,26 +1103,57 @@ class Engine:
             op.finish(self.truncated())
             return
         pid = ch.pids[source]
-        if buf.contiguous and remote.contiguous_run \
-                and (flags & _wire.F_HELP or (offer and _cma.peek_word(pid, offer))):
-            # Cooperative copy: the sender writes the tail while we read the head.
-            coop = CoopPull(self, source, xid, remote, buf.layout, buf.array, base=0)
-            op.wait_on(coop.notice, lambda info: op.finish(coop.finish(op.take_error())))
-            try:
-                op.error = coop.own_part()
-            except BaseException as exc:
-                # Our part may be partly read: the receive fails once the notice comes.
-                op.error = RuntimeError("cmampi: a pull was interrupted")
-                op.error.__cause__ = exc
-                raise
+        run = buf.contiguous and remote.contiguous_run
+        if run and (flags & _wire.F_HELP or (offer and _cma.peek_word(pid, offer))):
+            self._coop_pull(op, source, xid, remote, buf.layout, buf.array, 0)
             return
         code, err = _wire.ACK_OK, None
         try:
-            _pull.pull(pid, remote, buf.layout, buf.array, self.chunk)
+            if run and offer:
+                start = self._pull_until_offered(pid, remote, buf.layout, offer)
+                if start < n:
+                    self._coop_pull(op, source, xid, remote.window(start, n),
+                                    buf.layout.window(start, n), buf.array, start)
+                    return
+            else:
+                _pull.pull(pid, remote, buf.layout, buf.array, self.chunk)
         except OSError as exc:
             code, err = _wire.ACK_FAILED, exc
         ch.send_reply(bytes((code,)), source, xid)
         op.finish(err)
+
+    def _coop_pull(self, op: RecvOp, source: int, xid: int, remote, local, array,
+                   base: int) -> None:
+        """Pull the contiguous run *remote* into *local* with its sender's help:
+        it writes the tail while we read the head (see `CoopPull`); *base* is
+        where the run starts in the message."""
+        coop = CoopPull(self, source, xid, remote, local, array, base=base)
+        op.wait_on(coop.notice, lambda info: op.finish(coop.finish(op.take_error())))
+        try:
+            op.error = coop.own_part()
+        except BaseException as exc:
+            # Our part may be partly read: the receive fails once the notice comes.
+            op.error = RuntimeError("cmampi: a pull was interrupted")
+            op.error.__cause__ = exc
+            raise
+
+    def _pull_until_offered(self, pid: int, remote, local, offer: int) -> int:
+        """Pull the contiguous run *remote* into *local* alone, a piece at a
+        time, looking at its sender's *offer* word after each piece while what
+        is left is worth help: a sender completing a window one request at a
+        time (`Waitany`) is between two waits when it learns that the message
+        before is done, and offers again in the next. The bytes pulled: all,
+        or where the sender's help may start."""
+        n, piece = remote.nbytes, self.coop_min // 2
+        mine, theirs = local.addr + local.lo, remote.addr + remote.lo
+        done = 0
+        while n - done > self.coop_min:
+            _cma.read_into(pid, mine + done, theirs + done, piece)
+            done += piece
+            if _cma.peek_word(pid, offer):
+                return done
+        _cma.read_into(pid, mine + done, theirs + done, n - done)
+        return n
 
     @serialized
     def send_record(self, record: bytes, dest: int, tag: int, blocked: bool) -> Op:
@@ -1415,6 +1458,17 @@ def progress() -> None:
 def test(op: Op) -> bool:
     """Progress everything; True once *op* is done."""
     progress()
+    return _tested(op)
+
+
+@serialized
+def tested(op: Op) -> bool:
+    """Advance *op* alone, by its own handle (posted receives are advanced by
+    `progress`, which the caller ran); True once it is done."""
+    return _tested(op)
+
+
+def _tested(op: Op) -> bool:
     _ROUNDS[0] += 1
     while not op.done and op.handle is not None and op not in _PENDING:
         info = op.engine.ch.test(op.handle)
@@ -1425,10 +1479,18 @@ def test(op: Op) -> bool:
 
 
 def _wait_any(ops) -> None:
-    """Block until at least one of *ops* is done, progressing every posted receive."""
+    """Block until at least one of *ops* is done, progressing every posted
+    receive. Pulled sends among them offer help meanwhile (`_raise_offers`)."""
     settle()
-    while not any(op.done for op in ops):
-        _advance_some(ops)
+    if any(op.done for op in ops):
+        return
+    offered = _raise_offers(ops)
+    try:
+        while not any(op.done for op in ops):
+            _advance_some(ops)
+    finally:
+        if offered:
+            _withdraw_offers(offered)
 
 
 wait_any = serialized(_wait_any)
@@ -1567,19 +1629,11 @@ def wait_handles(ch, handles: Sequence[Any]) -> list[Any]:
 def wait_all(ops) -> None:
     """Block until every op of *ops* is done, progressing every posted receive.
 
-    Pulled sends among them offer help meanwhile (see `PullSendOp`): this wait
-    returns only once they are done, so it answers their receivers' requests.
-    Only a wait with no receive to see through offers: a rank that is pulling
-    messages itself has no core to spare (both directions at once ran 1.7x
-    slower with help).
+    Pulled sends among them offer help meanwhile (`_raise_offers`).
     """
     settle()
     todo = [op for op in ops if not op.done]
-    offers = []
-    if not _PENDING:
-        offers = [op.offer for op in todo if type(op) is PullSendOp and op.offer is not None]
-    for word in offers:
-        word[0] = 1
+    offered = _raise_offers(todo)
     try:
         while todo:
             if _PENDING or any(op.handle is not None for op in todo):
@@ -1589,8 +1643,40 @@ def wait_all(ops) -> None:
                 nap(1e-4)
             todo = [op for op in todo if not op.done]
     finally:
-        for word in offers:
+        if offered:
+            _withdraw_offers(offered)
+
+
+def _receiving() -> bool:
+    """Whether a receive (or a collective) of this rank waits for progress: more
+    than the sends whose withdrawn offers keep them progressed (`_OFFERED`)."""
+    return len(_PENDING) > len(_OFFERED)
+
+
+def _raise_offers(ops) -> list[PullSendOp]:
+    """Raise the offer of help of each pulled send of *ops* that has one (see
+    `PullSendOp`); the sends whose offer is raised. Only a rank with no receive
+    to see through offers: one that is pulling messages itself has no core to
+    spare (both directions at once ran 1.7x slower with help)."""
+    if _receiving():
+        return []
+    offered = [op for op in ops if type(op) is PullSendOp and op.offer is not None]
+    for op in offered:
+        op.offer[0] = 1     # type: ignore[index]  # checked above
+    return offered
+
+
+def _withdraw_offers(offered: list[PullSendOp]) -> None:
+    """Withdraw the offers `_raise_offers` raised. A receiver may have read one
+    just before and be asking for our copy: each send not done yet is progressed
+    by every wait and test until it is (`_OFFERED`)."""
+    for op in offered:
+        word = op.offer
+        if word is not None:
             word[0] = 0
+        if not op.done and op not in _OFFERED:
+            _OFFERED[op] = None
+            progressed(op)
 
 
 def settle() -> None:

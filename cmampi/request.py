@@ -346,7 +346,7 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ()), metaclass=StandIn): 
         if done is not None:
             return done
         _p2p.progress()
-        if not all([_test_quiet(req) for req in requests]):  # noqa: C419 (test every one: each test makes progress)
+        if not all([_test_quiet(req) for req in requests]):  # noqa: C419 (test every one: each test advances its op)
             return False
         _finish_all(requests, statuses, range(len(requests)))
         return True
@@ -412,7 +412,7 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ()), metaclass=StandIn): 
         Non-destructive test for the completion of all requests.
         """
         _p2p.progress()
-        if not all([_test_quiet(req) for req in requests]):  # noqa: C419 (test every one: each test makes progress)
+        if not all([_test_quiet(req) for req in requests]):  # noqa: C419 (test every one: each test advances its op)
             return False
         for i, req in enumerate(requests):
             _peek_status(req, _status_at(statuses, i))
@@ -500,7 +500,7 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ()), metaclass=StandIn): 
         if objs is not None:
             return (True, objs) if objs is not False else (False, None)
         _p2p.progress()
-        if not all([_test_quiet(req) for req in requests]):  # noqa: C419 (test every one: each test makes progress)
+        if not all([_test_quiet(req) for req in requests]):  # noqa: C419 (test every one: each test advances its op)
             return False, None
         return True, _finish_all(requests, statuses, range(len(requests)))
 
@@ -818,9 +818,10 @@ def _wait_all(requests: Sequence[Any]) -> None:
 
 
 def _test_quiet(req) -> bool:
-    """Whether *req* is complete (or null), without completing it."""
+    """Whether *req* is complete (or null), without completing it. Callers run
+    `_p2p.progress` first: once for a whole list, not once for each request."""
     if is_ours(Request, req) and req._op is not None:
-        return all([_p2p.test(op) for op in req._ops()])  # noqa: C419 (test every one: each test makes progress)
+        return all([_p2p.tested(op) for op in req._ops()])  # noqa: C419 (test every one: each test advances its op)
     if _real_active(req):
         return bool(_REAL_REQUEST.Get_status(req))
     return True
@@ -894,15 +895,31 @@ def _in_status(exc: BaseException) -> BaseException:
 
 
 def _wait_any_index(requests: Sequence[Any], status) -> tuple[int, Any]:
-    live = [(i, req) for i, req in enumerate(requests) if _active(req)]
-    if not live:
-        _empty_status(status)
-        return _NAMES.UNDEFINED, None
+    """(index, object) of the first request of *requests* found complete,
+    waiting for one. One pass a round finds a request done and gathers the ops
+    to wait on: a window completed one request at a time costs a pass in
+    Python per completion, not a test of each request (`_p2p.wait_any`
+    advances whatever has completed in one call of the library)."""
     while True:
-        for i, req in live:
-            if _test_quiet(req):
-                return i, _finish(req, status)
-        ops = _ops_to_wait_on(live)
+        ops: list[_p2p.Op] = []
+        live = False
+        for i, req in enumerate(requests):
+            if is_ours(Request, req) and req._op is not None:
+                live = True
+                mine = [op for op in req._ops() if not op.done]
+                if not mine:
+                    return i, _finish(req, status)
+                ops += mine
+            elif _real_active(req):
+                live = True
+                if _REAL_REQUEST.Get_status(req):
+                    return i, _finish(req, status)
+                op = _op_of(req)
+                if op is not None:
+                    ops.append(op)
+        if not live:
+            _empty_status(status)
+            return _NAMES.UNDEFINED, None
         if ops:
             _p2p.wait_any(ops)
 

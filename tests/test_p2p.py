@@ -923,13 +923,13 @@ def test_split_receives_of_more_than_2_gib_have_a_datatype(cmcomm):
 
 
 @pytest.mark.parametrize("wait", ["Waitall", "Waitall beside a receive", "Waitany"])
-def test_a_window_of_sends_helps_copy_while_it_waits_for_all(cmcomm, MPI, monkeypatch, wait):
+def test_a_window_of_sends_helps_copy_while_it_waits(cmcomm, MPI, monkeypatch, wait):
     """Nonblocking sends of large messages help their receiver copy them (a
-    cooperative copy) once their sender waits for all of them with nothing to
-    receive; a sender in a wait that may return first (Waitany), or with a
-    receive of its own pending, is never asked. Every message arrives intact. The copies
-    of a window after its first run while one before is under way: a pipeline,
-    whose split is learned apart; none is under way once the window is done."""
+    cooperative copy) once their sender waits for them (all, or any one at a
+    time) with nothing to receive; a sender with a receive of its own pending
+    is never asked. Every message arrives intact. The copies of a window after
+    its first run while one before is under way: a pipeline, whose split is
+    learned apart; none is under way once the window is done."""
     from cmampi import p2p
 
     helped = []
@@ -963,12 +963,91 @@ def test_a_window_of_sends_helps_copy_while_it_waits_for_all(cmcomm, MPI, monkey
         if wait.endswith("receive"):
             cmcomm.Send(np.ones(1, np.uint8), 0, 23)
         assert all(np.array_equal(b, d) for b, d in zip(bufs, data))
-        if wait != "Waitall":
+        if wait.endswith("receive"):
             assert not helped
         elif cmcomm._engine.all_cma:     # pulled (not where CMA is refused), so helped
-            assert len(helped) == window
-            assert not helped[0] and any(helped[1:]), helped
+            # Between two of its Waitany calls the sender does not offer: a
+            # message may be pulled alone then.
+            assert len(helped) == window if wait == "Waitall" else helped
+            assert not helped[0] and (wait == "Waitany" or any(helped[1:])), helped
             assert cmcomm._engine.helping.get(0, 0) == 0
+
+
+def _counting_coop_pulls(monkeypatch) -> list[int]:
+    """Where each cooperative copy of this rank starts in its message, from now on."""
+    from cmampi import p2p
+
+    starts: list[int] = []
+
+    class Counted(p2p.CoopPull):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            starts.append(kwargs["base"])
+
+    monkeypatch.setattr(p2p, "CoopPull", Counted)
+    return starts
+
+
+def test_a_late_offer_helps_copy_the_rest(cmcomm, monkeypatch):
+    """A receiver that finds its sender not offering help pulls alone, a piece
+    at a time, and looks again after each: once the sender waits, it writes
+    what is left. The message lands intact, and only in the receive buffer."""
+    from cmampi import _cma
+
+    rank, engine = cmcomm.Get_rank(), cmcomm._engine
+    n = 3 * max(config.coop_min, engine.cma_min) + 4321
+    data = pattern(n, seed=7)
+    cmcomm.Barrier()
+    if rank == 0:
+        cmcomm.Isend(data, 1, 31).Wait()
+    elif rank == 1:
+        starts = _counting_coop_pulls(monkeypatch)
+        real, peeks = _cma.peek_word, []
+
+        def not_offered_at_first(pid: int, addr: int) -> int:
+            peeks.append(addr)
+            return 0 if len(peeks) == 1 else real(pid, addr)
+
+        monkeypatch.setattr(_cma, "peek_word", not_offered_at_first)
+        time.sleep(0.3)     # the sender waits by now
+        whole = np.full(n + 8195, 0xEE, np.uint8)
+        buf = whole[4099 : 4099 + n]
+        cmcomm.Recv(buf, 0, 31)
+        assert np.array_equal(buf, data)
+        assert (whole[:4099] == 0xEE).all() and (whole[4099 + n :] == 0xEE).all()
+        if engine.all_cma:
+            assert len(peeks) == 2 and starts == [config.coop_min // 2]
+
+
+def test_a_withdrawn_offer_is_still_answered(cmcomm, MPI, monkeypatch):
+    """A receiver may read a sender's offer of help just before the sender's
+    ``Waitany`` returns and withdraws it. The sender then answers from any
+    blocking call: here a receive of what the receiver sends only once its
+    message is in. Every message arrives intact."""
+    from cmampi import _cma
+
+    rank, engine = cmcomm.Get_rank(), cmcomm._engine
+    n = 2 * max(config.coop_min, engine.cma_min)
+    data = [pattern(n, seed=k) for k in (1, 2)]
+    cmcomm.Barrier()
+    if rank == 0:
+        sends = [cmcomm.Isend(d, 1, 32) for d in data]
+        first = MPI.Request.Waitany(sends)
+        ack = np.zeros(1, np.uint8)
+        cmcomm.Recv(ack, 1, 33)     # the second message is pulled meanwhile
+        MPI.Request.Waitall(sends)
+        assert (first, ack[0]) == (0, 1)
+    elif rank == 1:
+        starts = _counting_coop_pulls(monkeypatch)
+        monkeypatch.setattr(_cma, "peek_word", lambda pid, addr: 1)   # read just in time
+        bufs = [np.zeros(n, np.uint8) for _ in data]
+        cmcomm.Recv(bufs[0], 0, 32)
+        time.sleep(0.3)     # the sender has left its Waitany for its Recv
+        cmcomm.Recv(bufs[1], 0, 32)
+        cmcomm.Send(np.ones(1, np.uint8), 0, 33)
+        assert all(np.array_equal(b, d) for b, d in zip(bufs, data))
+        if engine.all_cma:
+            assert starts == [0, 0]
 
 
 def _form(MPI, form: str, data: np.ndarray, writable: bool):
