@@ -177,6 +177,28 @@ def test_strided_receive_keeps_the_gaps(engines):
     p2p.wait_any([op])
 
 
+def test_a_receiver_stops_looking_for_offers_that_never_come(engines, monkeypatch):
+    """A receiver looks for a late offer of help once in a pull, after its
+    first piece. From a sender whose offers were not there `LATE_MISSES`
+    times in a row, it looks once in `LATE_RETRY` messages only."""
+    e0, e1 = engines
+    n = 2 * max(e0.coop_min, e0.cma_min)
+    data = np.arange(n, dtype=np.uint8)
+    looks = []
+    real = _cma.peek_word
+    monkeypatch.setattr(_cma, "peek_word", lambda pid, addr: looks.append(addr) or real(pid, addr))
+    count = p2p.LATE_MISSES + 2 * p2p.LATE_RETRY
+    for _ in range(count):
+        op = e0.isend(send_buffer(data), 1, TAG, False)    # not waited for: no offer
+        out = np.zeros(n, np.uint8)
+        e1.recv(out, 0, TAG)
+        assert (out == data).all()
+        p2p.wait_all([op])
+        e0.complete(op)
+    late = [i for i in range(count) if i < p2p.LATE_MISSES or i % p2p.LATE_RETRY == 0]
+    assert len(looks) == count + len(late)     # one at the descriptor, one late
+
+
 def test_nonblocking_receive_posted_first(engines):
     e0, e1 = engines
     sizes = _sizes(e0)

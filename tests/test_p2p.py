@@ -989,9 +989,9 @@ def _counting_coop_pulls(monkeypatch) -> list[int]:
 
 
 def test_a_late_offer_helps_copy_the_rest(cmcomm, monkeypatch):
-    """A receiver that finds its sender not offering help pulls alone, a piece
-    at a time, and looks again after each: once the sender waits, it writes
-    what is left. The message lands intact, and only in the receive buffer."""
+    """A receiver that finds its sender not offering help pulls a first piece
+    alone and looks again: the sender waits by then, and writes part of what
+    is left. The message lands intact, and only in the receive buffer."""
     from cmampi import _cma
 
     rank, engine = cmcomm.Get_rank(), cmcomm._engine
