@@ -22,8 +22,10 @@ with a user matching space, a side space, and completion of its handles.
 from __future__ import annotations
 
 import collections as _collections
+import functools as _functools
 import mmap
 import os as _os
+import time as _time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -36,7 +38,7 @@ from ._serial import ENGINE as _ENGINE
 from ._serial import THREADS as _THREADS
 from ._serial import nap, pause, serialized
 from ._serial import owned as _owned
-from ._tuning import OBJECT_RAW_MAX
+from ._tuning import OBJECT_RAW_MAX, OFFER_GRACE_NS
 from ._watch import site as _site
 from .channel import Channel, Completion, completion
 from .coop import SHARES, CoopPull, CopyShare, now
@@ -70,6 +72,8 @@ __all__ = [
 ]
 
 _sched_yield = getattr(_os, "sched_yield", lambda: None)
+#: CLOCK_MONOTONIC in ns: the same clock in every process of a host (offers of help)
+_now_ns = _functools.partial(_time.clock_gettime_ns, _time.CLOCK_MONOTONIC)
 
 
 #: Receives of every communicator that wait on a channel handle. A blocking call
@@ -78,7 +82,15 @@ _sched_yield = getattr(_os, "sched_yield", lambda: None)
 _PENDING: dict[Op, None] = {}   # insertion-ordered set
 #: The pulled sends among `_PENDING`: their offer of help was withdrawn before
 #: they were done, so a request for it may be on its way (see `PullSendOp`).
-_OFFERED: dict[Op, None] = {}
+_OFFERED: dict[PullSendOp, None] = {}
+#: An offer of help while a wait runs: until the end of time (see `PullSendOp`).
+_FOREVER = (1 << 64) - 1
+#: When the last `progress` ended (CLOCK_MONOTONIC ns), and whether the last
+#: one began within `OFFER_GRACE_NS` of the one before: the rank is polling.
+_PROGRESSED = [0]
+_POLLING = [False]
+#: Progresses this close to the one before are of the same call (a test runs several).
+_SAME_CALL_NS = 20_000
 #: Operations whose requests were freed or dropped in flight: kept alive (with the
 #: memory the channel may still write to) and advanced by `progress` until done.
 _DETACHED: list[Op] = []
@@ -219,14 +231,16 @@ class PullSendOp(Op):
     If the receiver asks for help, we copy the tail of the payload into its
     buffer, tell it so, and still wait for its reply that it has stopped
     reading our buffer. A send that was not blocked when it started may still
-    help: its *offer* word, whose address the descriptor carries, is 1 while a
-    wait on it runs (`wait_all`, `wait_any`); the receiver reads it before it
-    asks. An offer withdrawn before the send is done may have been read: the
-    send is then progressed by every wait until done (`_OFFERED`), as the
-    receiver waits for our copy before it replies.
+    help: its *offer* word, whose address the descriptor carries, holds the
+    time (CLOCK_MONOTONIC, ns) until which we answer: the end of time while a
+    wait on the send runs, `OFFER_GRACE_NS` past the return of a wait or test
+    of it (the next call of a loop comes soon). The receiver reads it before
+    it asks (`_offered`). A send whose offer was up is progressed by every
+    wait and test until done (`_OFFERED`): its receiver may be waiting for
+    our copy before it replies.
     """
 
-    __slots__ = ("base", "buf", "dest", "helped", "notice", "offer", "reply", "xid")
+    __slots__ = ("base", "buf", "dest", "helped", "notice", "offer", "reply", "tested", "xid")
     sends = True
 
     def __init__(self, engine: Engine, buf: Buffer | Packed, dest: int, xid: int,
@@ -234,6 +248,7 @@ class PullSendOp(Op):
                  offer: np.ndarray | None = None) -> None:
         super().__init__(engine)
         self.offer = offer
+        self.tested = 0     # when a test of it last ended (ns; see `_offer_a_while`)
         #: (channel handle, bytes) of the descriptor's send, if it was sent without
         #: blocking: completed once the reply shows the receiver has it
         self.notice = notice
@@ -1114,7 +1129,7 @@ class Engine:
             return
         pid = ch.pids[source]
         run = buf.contiguous and remote.contiguous_run
-        if run and (flags & _wire.F_HELP or (offer and _cma.peek_word(pid, offer))):
+        if run and (flags & _wire.F_HELP or (offer and _offered(pid, offer))):
             self._coop_pull(op, source, xid, remote, buf.layout, buf.array, 0)
             return
         code, err = _wire.ACK_OK, None
@@ -1167,7 +1182,7 @@ class Engine:
                 head = 0
             else:
                 _cma.read_into(pid, mine, theirs, head)
-                if _cma.peek_word(pid, offer):
+                if _offered(pid, offer):
                     self.late_misses[source] = 0
                     return head
         _cma.read_into(pid, mine + head, theirs + head, n - head)
@@ -1459,15 +1474,32 @@ def not_progressed(op: Op) -> None:
 
 @serialized
 def progress() -> None:
-    """Advance every posted receive whose handle has completed (and detached ops)."""
+    """Advance every posted receive whose handle has completed (and detached
+    ops). A rank polling (called again within `OFFER_GRACE_NS` of the last
+    call's end: a loop of tests) offers help for the sends of `_OFFERED`
+    meanwhile, and for `OFFER_GRACE_NS` after: the loop spends most of its
+    time here. A rank testing now and then between computations does not: its
+    receivers would wait for its next test."""
     settle()
     _ROUNDS[0] += 1
-    for op in list(_PENDING):
-        h = op.handle
-        if h is not None:
-            info = op.engine.ch.test(h)
-            if info is not None:
-                op.advance(info)
+    began = _now_ns()
+    gap = began - _PROGRESSED[0]
+    if gap > _SAME_CALL_NS:     # else a progress of the same call: as polling as it
+        _POLLING[0] = gap < OFFER_GRACE_NS
+    offering = _POLLING[0] and bool(_OFFERED) and not _receiving()
+    if offering:
+        _offers_last(_FOREVER)
+    try:
+        for op in list(_PENDING):
+            h = op.handle
+            if h is not None:
+                info = op.engine.ch.test(h)
+                if info is not None:
+                    op.advance(info)
+    finally:
+        ended = _PROGRESSED[0] = _now_ns()
+        if offering:
+            _offers_last(ended + OFFER_GRACE_NS)
     if _DETACHED:
         advance_detached()
 
@@ -1476,24 +1508,30 @@ def progress() -> None:
 def test(op: Op) -> bool:
     """Progress everything; True once *op* is done."""
     progress()
-    return _tested(op)
+    return _tested(op, False)
 
 
 @serialized
 def tested(op: Op) -> bool:
-    """Advance *op* alone, by its own handle (posted receives are advanced by
-    `progress`, which the caller ran); True once it is done."""
-    return _tested(op)
+    """Advance *op* alone, by its own handle, if it has completed; True once
+    it is done. For a pass over a list of requests after one `progress`: a
+    receive that progress tested before a later test took its message in
+    is seen done, as MPI's own calls on a list see it."""
+    return _tested(op, True)
 
 
-def _tested(op: Op) -> bool:
+def _tested(op: Op, pending: bool) -> bool:
+    """Advance *op* by its own handle (*pending*: even if `progress` advances it)."""
     _ROUNDS[0] += 1
-    while not op.done and op.handle is not None and op not in _PENDING:
+    while not op.done and op.handle is not None and (pending or op not in _PENDING):
         info = op.engine.ch.test(op.handle)
         if info is None:
             break
         op.advance(info)
-    return op.done
+    if op.done:
+        return True
+    _offer_a_while(op)
+    return False
 
 
 def _wait_any(ops) -> None:
@@ -1672,29 +1710,62 @@ def _receiving() -> bool:
 
 
 def _raise_offers(ops) -> list[PullSendOp]:
-    """Raise the offer of help of each pulled send of *ops* that has one (see
-    `PullSendOp`); the sends whose offer is raised. Only a rank with no receive
-    to see through offers: one that is pulling messages itself has no core to
-    spare (both directions at once ran 1.7x slower with help)."""
+    """Offer help for each pulled send of *ops* that has an offer word (see
+    `PullSendOp`) until the end of time; the sends offered. Only a rank with
+    no receive to see through offers: one that is pulling messages itself has
+    no core to spare (both directions at once ran 1.7x slower with help)."""
     if _receiving():
         return []
     offered = [op for op in ops if type(op) is PullSendOp and op.offer is not None]
     for op in offered:
-        op.offer[0] = 1     # type: ignore[index]  # checked above
+        op.offer[0] = _FOREVER     # type: ignore[index]  # checked above
     return offered
 
 
 def _withdraw_offers(offered: list[PullSendOp]) -> None:
-    """Withdraw the offers `_raise_offers` raised. A receiver may have read one
-    just before and be asking for our copy: each send not done yet is progressed
-    by every wait and test until it is (`_OFFERED`)."""
+    """End the offers `_raise_offers` made, `OFFER_GRACE_NS` from now (see
+    `_offer_a_while`)."""
+    until = _now_ns() + OFFER_GRACE_NS
     for op in offered:
+        _offer_until(op, until)
+
+
+def _offer_a_while(op: Op) -> None:
+    """After a test of *op*: if it is a pulled send not done that is polled
+    (tested again within `OFFER_GRACE_NS` of its last test), offer help for
+    `OFFER_GRACE_NS` more, as the loop of tests comes back soon. A send
+    tested now and then between computations does not offer: its receiver
+    would wait for the next test."""
+    if type(op) is PullSendOp and op.offer is not None:
+        now = _now_ns()
+        if now - op.tested < OFFER_GRACE_NS and not _receiving():
+            _offer_until(op, now + OFFER_GRACE_NS)
+        op.tested = now
+
+
+def _offer_until(op: PullSendOp, until: int) -> None:
+    """Offer help for *op* until *until* (ns). A receiver may ask for it up to
+    then and wait for our copy: the send, if not done, is progressed by every
+    wait and test until it is."""
+    word = op.offer
+    if word is not None:
+        word[0] = until
+    if not op.done and op not in _OFFERED:
+        _OFFERED[op] = None
+        progressed(op)
+
+
+def _offers_last(until: int) -> None:
+    """The offers of help of `_OFFERED` last until *until* (ns)."""
+    for op in _OFFERED:
         word = op.offer
         if word is not None:
-            word[0] = 0
-        if not op.done and op not in _OFFERED:
-            _OFFERED[op] = None
-            progressed(op)
+            word[0] = until
+
+
+def _offered(pid: int, offer: int) -> bool:
+    """Whether the sender *pid*, whose offer word is at address *offer*, offers help now."""
+    return _cma.peek_word(pid, offer) > _now_ns()
 
 
 def settle() -> None:
