@@ -23,7 +23,6 @@ __all__ = [
            "OBJECT_MEDIUM",
            "OBJECT_RAW_MAX",
            "OBJECT_SLOT",
-           "OFFER_GRACE_NS",
            "OOB_MIN",
            "P2P_OOB_MIN",
            "PIECE",
@@ -63,11 +62,6 @@ CMA_MIN_BUSY_GUARDED = 2 << 20
 #: From this size on a sender blocked in ``Send`` writes part of the payload itself
 #: while the receiver pulls the rest (``CMAMPI_COOP_MIN``).
 COOP_MIN = 1 << 20
-#: Nanoseconds a sender's offer of help stays up once a wait or test on its send
-#: has returned (see `p2p.PullSendOp`): a window completed one request at a
-#: time (``Waitany``, ``Testsome`` in a loop) calls again within tens of
-#: microseconds, and a receiver that asks meanwhile is answered then.
-OFFER_GRACE_NS = 300_000
 #: Payload bytes per pulled piece of a strided transfer staged through cache
 #: (``CMAMPI_CHUNK``).
 CHUNK = 2 << 20

@@ -22,10 +22,8 @@ with a user matching space, a side space, and completion of its handles.
 from __future__ import annotations
 
 import collections as _collections
-import functools as _functools
 import mmap
 import os as _os
-import time as _time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -38,7 +36,7 @@ from ._serial import ENGINE as _ENGINE
 from ._serial import THREADS as _THREADS
 from ._serial import nap, pause, serialized
 from ._serial import owned as _owned
-from ._tuning import OBJECT_RAW_MAX, OFFER_GRACE_NS
+from ._tuning import OBJECT_RAW_MAX
 from ._watch import site as _site
 from .channel import Channel, Completion, completion
 from .coop import SHARES, CoopPull, CopyShare, now
@@ -62,6 +60,7 @@ __all__ = [
     "fill_status",
     "progress",
     "promote",
+    "raise_offers",
     "settle",
     "test",
     "tested",
@@ -69,28 +68,16 @@ __all__ = [
     "wait_all",
     "wait_any",
     "wait_handles",
+    "withdraw_offers",
 ]
 
 _sched_yield = getattr(_os, "sched_yield", lambda: None)
-#: CLOCK_MONOTONIC in ns: the same clock in every process of a host (offers of help)
-_now_ns = _functools.partial(_time.clock_gettime_ns, _time.CLOCK_MONOTONIC)
 
 
 #: Receives of every communicator that wait on a channel handle. A blocking call
 #: keeps all of them moving: a peer may be blocked on one of them (waiting for
 #: our pull and reply), and that peer may be what the call itself waits for.
 _PENDING: dict[Op, None] = {}   # insertion-ordered set
-#: The pulled sends among `_PENDING`: their offer of help was withdrawn before
-#: they were done, so a request for it may be on its way (see `PullSendOp`).
-_OFFERED: dict[PullSendOp, None] = {}
-#: An offer of help while a wait runs: until the end of time (see `PullSendOp`).
-_FOREVER = (1 << 64) - 1
-#: When the last `progress` ended (CLOCK_MONOTONIC ns), and whether the last
-#: one began within `OFFER_GRACE_NS` of the one before: the rank is polling.
-_PROGRESSED = [0]
-_POLLING = [False]
-#: Progresses this close to the one before are of the same call (a test runs several).
-_SAME_CALL_NS = 20_000
 #: Operations whose requests were freed or dropped in flight: kept alive (with the
 #: memory the channel may still write to) and advanced by `progress` until done.
 _DETACHED: list[Op] = []
@@ -102,7 +89,7 @@ _SPARE_BYTES = 64 << 20
 #: found none, then once in `LATE_RETRY` messages: a 4 MiB stream whose sender
 #: never offers (it completes its sends by tests) ran 25% slower looking after
 #: every 512 KiB (process_vm_readv in pieces costs more than in one call).
-LATE_MISSES = 4
+LATE_MISSES = 8
 LATE_RETRY = 16
 #: The first engine made: it completes requests of the MPI library's own.
 _DEFAULT: list[Engine] = []
@@ -231,24 +218,23 @@ class PullSendOp(Op):
     If the receiver asks for help, we copy the tail of the payload into its
     buffer, tell it so, and still wait for its reply that it has stopped
     reading our buffer. A send that was not blocked when it started may still
-    help: its *offer* word, whose address the descriptor carries, holds the
-    time (CLOCK_MONOTONIC, ns) until which we answer: the end of time while a
-    wait on the send runs, `OFFER_GRACE_NS` past the return of a wait or test
-    of it (the next call of a loop comes soon). The receiver reads it before
-    it asks (`_offered`). A send whose offer was up is progressed by every
-    wait and test until done (`_OFFERED`): its receiver may be waiting for
-    our copy before it replies.
+    help: its *offer* word, whose address the descriptor carries, is 1 while a
+    wait on the send runs (`wait_all`, `wait_any`). A receiver that reads it
+    claims the offer first, in the word after it (`_claim_offer`), and a wait
+    that returns with the send not done withdraws its offer and answers a
+    claim it finds (`_withdraw_offers`): no receiver ever waits for our copy
+    while we are outside a call.
     """
 
-    __slots__ = ("base", "buf", "dest", "helped", "notice", "offer", "reply", "tested", "xid")
+    __slots__ = ("base", "buf", "dest", "helped", "notice", "offer", "reply", "xid")
     sends = True
 
     def __init__(self, engine: Engine, buf: Buffer | Packed, dest: int, xid: int,
                  base: int | None = None, notice: tuple | None = None,
                  offer: np.ndarray | None = None) -> None:
         super().__init__(engine)
+        #: [offer, claim]: the words the receiver reads and writes (see above)
         self.offer = offer
-        self.tested = 0     # when a test of it last ended (ns; see `_offer_a_while`)
         #: (channel handle, bytes) of the descriptor's send, if it was sent without
         #: blocking: completed once the reply shows the receiver has it
         self.notice = notice
@@ -294,12 +280,6 @@ class PullSendOp(Op):
         except OSError:
             self.helped = _wire.ACK_FAILED
         ch.send_payload(_wire.helped(self.helped, began, now()), self.dest, self.xid)
-
-    def finish(self, error: BaseException | None = None) -> None:
-        Op.finish(self, error)
-        if self in _OFFERED:
-            del _OFFERED[self]
-            _PENDING.pop(self, None)
 
 
 class RecvOp(Op):
@@ -664,7 +644,7 @@ class Engine:
         if n <= self.band or (announce and n > OBJECT_RAW_MAX):
             return False
         return n < self.cma_min or not self.cma[dest] or \
-            (n < self.cma_min_busy and (_receiving() or bool(_FAST and _FAST[0].receiving())))
+            (n < self.cma_min_busy and bool(_PENDING or (_FAST and _FAST[0].receiving())))
 
     def _isend(self, buf: Buffer, dest: int, tag: int, sync: bool, blocked: bool = False,
                announce: bool = False) -> Op:
@@ -721,7 +701,7 @@ class Engine:
                     flags |= _wire.F_HELP
                 else:
                     flags |= _wire.F_OFFER
-                    offer = np.zeros(1, np.uint64)
+                    offer = np.zeros(2, np.uint64)
             # The descriptor goes first, without blocking: the MPI library may
             # hold a message just above its eager limit until it is matched
             # (Open MPI does), and both ranks may be sending. The receiver's
@@ -1029,21 +1009,24 @@ class Engine:
         band = self.band
         return any(olo < hi and lo < min(olo + band, ohi) for olo, ohi in self.landing.values())
 
-    def _read_heads_first(self, op: RecvOp) -> None:
-        """Advance every receive in place whose head lies in *op*'s buffer and
-        whose message is in, before *op*'s payload lands there: that head may
-        hold a control message not read yet. Receives into one buffer (a
-        bandwidth test's window) meet this when the channel takes several
-        messages in one call, and a later receive is tested first."""
-        lo, hi = self._span(op.buf)  # type: ignore[arg-type]  # the caller checked it is contiguous
-        band = self.band
-        for other, (olo, ohi) in list(self.landing.items()):
-            if other is op or other.handle is None or not (olo < hi and lo < min(olo + band, ohi)):
+    def _read_heads_first(self, op: RecvOp, span: tuple[int, int]) -> BaseException | None:
+        """Advance every receive in place into *span*, *op*'s buffer, whose
+        message is in, before *op*'s payload lands there: its head may hold a
+        control message not read yet. Receives into one buffer (a bandwidth
+        test's window) meet this when the channel takes several messages in
+        one call and a later receive is advanced first. What one of them
+        raised, for *op*'s act to raise once it is done."""
+        for other, where in list(self.landing.items()):
+            if where != span or other is op or other.handle is None:
                 continue
             info = self.ch.test(other.handle)
             if info is not None:
                 _ROUNDS[0] += 1     # a wait's list of handles is stale now
-                other.advance(info)
+                try:
+                    other.advance(info)
+                except BaseException as exc:    # noqa: BLE001 - raised once op has its message
+                    return exc
+        return None
 
     @serialized
     def irecv_matched(self, buf: Buffer | None, hit,
@@ -1087,8 +1070,18 @@ class Engine:
 
     def act(self, op: RecvOp, head) -> None:
         """Act on the header of a matched control message: pull, or await the payload."""
+        raised = None
         if self.landing and op.buf is not None and op.buf.contiguous:
-            self._read_heads_first(op)
+            span = self._span(op.buf)
+            if self.spans.get(span, 0) > 1:     # another receive into this buffer
+                raised = self._read_heads_first(op, span)
+        try:
+            self._act(op, head)
+        finally:
+            if raised is not None:
+                raise raised
+
+    def _act(self, op: RecvOp, head) -> None:
         if op.buf is not None and op.landed is None and self.records is not None \
                 and _wire.flags(head) & _wire.F_RECORD:
             # A buffer receive, and an object's record comes behind.
@@ -1129,7 +1122,7 @@ class Engine:
             return
         pid = ch.pids[source]
         run = buf.contiguous and remote.contiguous_run
-        if run and (flags & _wire.F_HELP or (offer and _offered(pid, offer))):
+        if run and (flags & _wire.F_HELP or (offer and _claim_offer(pid, offer))):
             self._coop_pull(op, source, xid, remote, buf.layout, buf.array, 0)
             return
         code, err = _wire.ACK_OK, None
@@ -1182,7 +1175,7 @@ class Engine:
                 head = 0
             else:
                 _cma.read_into(pid, mine, theirs, head)
-                if _offered(pid, offer):
+                if _claim_offer(pid, offer):
                     self.late_misses[source] = 0
                     return head
         _cma.read_into(pid, mine + head, theirs + head, n - head)
@@ -1474,32 +1467,15 @@ def not_progressed(op: Op) -> None:
 
 @serialized
 def progress() -> None:
-    """Advance every posted receive whose handle has completed (and detached
-    ops). A rank polling (called again within `OFFER_GRACE_NS` of the last
-    call's end: a loop of tests) offers help for the sends of `_OFFERED`
-    meanwhile, and for `OFFER_GRACE_NS` after: the loop spends most of its
-    time here. A rank testing now and then between computations does not: its
-    receivers would wait for its next test."""
+    """Advance every posted receive whose handle has completed (and detached ops)."""
     settle()
     _ROUNDS[0] += 1
-    began = _now_ns()
-    gap = began - _PROGRESSED[0]
-    if gap > _SAME_CALL_NS:     # else a progress of the same call: as polling as it
-        _POLLING[0] = gap < OFFER_GRACE_NS
-    offering = _POLLING[0] and bool(_OFFERED) and not _receiving()
-    if offering:
-        _offers_last(_FOREVER)
-    try:
-        for op in list(_PENDING):
-            h = op.handle
-            if h is not None:
-                info = op.engine.ch.test(h)
-                if info is not None:
-                    op.advance(info)
-    finally:
-        ended = _PROGRESSED[0] = _now_ns()
-        if offering:
-            _offers_last(ended + OFFER_GRACE_NS)
+    for op in list(_PENDING):
+        h = op.handle
+        if h is not None:
+            info = op.engine.ch.test(h)
+            if info is not None:
+                op.advance(info)
     if _DETACHED:
         advance_detached()
 
@@ -1528,10 +1504,7 @@ def _tested(op: Op, pending: bool) -> bool:
         if info is None:
             break
         op.advance(info)
-    if op.done:
-        return True
-    _offer_a_while(op)
-    return False
+    return op.done
 
 
 def _wait_any(ops) -> None:
@@ -1703,69 +1676,87 @@ def wait_all(ops) -> None:
             _withdraw_offers(offered)
 
 
-def _receiving() -> bool:
-    """Whether a receive (or a collective) of this rank waits for progress: more
-    than the sends whose withdrawn offers keep them progressed (`_OFFERED`)."""
-    return len(_PENDING) > len(_OFFERED)
-
-
 def _raise_offers(ops) -> list[PullSendOp]:
     """Offer help for each pulled send of *ops* that has an offer word (see
-    `PullSendOp`) until the end of time; the sends offered. Only a rank with
-    no receive to see through offers: one that is pulling messages itself has
-    no core to spare (both directions at once ran 1.7x slower with help)."""
-    if _receiving():
+    `PullSendOp`); the sends offered. Only a rank with no receive to see
+    through offers: one that is pulling messages itself has no core to spare
+    (both directions at once ran 1.7x slower with help)."""
+    if _PENDING:
         return []
     offered = [op for op in ops if type(op) is PullSendOp and op.offer is not None]
     for op in offered:
-        op.offer[0] = _FOREVER     # type: ignore[index]  # checked above
+        op.offer[0] = 1     # type: ignore[index]  # checked above
     return offered
 
 
+def raise_offers(ops) -> list[PullSendOp]:
+    """Offer help for the pulled sends of *ops* while a test of them runs (a
+    loop of tests spends most of its time in them); end with `withdraw_offers`."""
+    return _raise_offers(ops)
+
+
 def _withdraw_offers(offered: list[PullSendOp]) -> None:
-    """End the offers `_raise_offers` made, `OFFER_GRACE_NS` from now (see
-    `_offer_a_while`)."""
-    until = _now_ns() + OFFER_GRACE_NS
+    """Withdraw the offers `_raise_offers` made; answer each claim of one whose
+    send is not done (a receiver that claimed it asks for our copy).
+
+    A handshake of two words (Dekker's): we clear the offer, then read the
+    claim; a receiver sets the claim, then reads the offer again. One of us
+    sees the other's write: either we see the claim and stay for the request
+    (or for the claim to be dropped), or the receiver sees no offer and pulls
+    alone. Our read of the claims comes after a system call that reads our
+    own memory: the kernel's locks order it after our stores."""
     for op in offered:
-        _offer_until(op, until)
-
-
-def _offer_a_while(op: Op) -> None:
-    """After a test of *op*: if it is a pulled send not done that is polled
-    (tested again within `OFFER_GRACE_NS` of its last test), offer help for
-    `OFFER_GRACE_NS` more, as the loop of tests comes back soon. A send
-    tested now and then between computations does not offer: its receiver
-    would wait for the next test."""
-    if type(op) is PullSendOp and op.offer is not None:
-        now = _now_ns()
-        if now - op.tested < OFFER_GRACE_NS and not _receiving():
-            _offer_until(op, now + OFFER_GRACE_NS)
-        op.tested = now
-
-
-def _offer_until(op: PullSendOp, until: int) -> None:
-    """Offer help for *op* until *until* (ns). A receiver may ask for it up to
-    then and wait for our copy: the send, if not done, is progressed by every
-    wait and test until it is."""
-    word = op.offer
-    if word is not None:
-        word[0] = until
-    if not op.done and op not in _OFFERED:
-        _OFFERED[op] = None
-        progressed(op)
-
-
-def _offers_last(until: int) -> None:
-    """The offers of help of `_OFFERED` last until *until* (ns)."""
-    for op in _OFFERED:
         word = op.offer
         if word is not None:
-            word[0] = until
+            word[0] = 0
+    live = [op for op in offered if not op.done and op.offer is not None]
+    if not live:
+        return
+    _cma.peek_word(_os.getpid(), live[0].offer.ctypes.data)  # type: ignore[union-attr]  # checked above
+    _answer_claims(live)
 
 
-def _offered(pid: int, offer: int) -> bool:
-    """Whether the sender *pid*, whose offer word is at address *offer*, offers help now."""
-    return _cma.peek_word(pid, offer) > _now_ns()
+def _claimed(ops: list[PullSendOp]) -> list[PullSendOp]:
+    """The sends of *ops* whose offer a receiver has claimed and not asked yet."""
+    return [op for op in ops if not op.done and op.offer is not None
+            and op.offer[1] and op.helped is None]
+
+
+def _answer_claims(ops: list[PullSendOp]) -> None:
+    """Answer the requests of the receivers that claimed the offers of *ops*
+    (or dropped their claim): they ask at once."""
+    claimed = _claimed(ops)
+    while claimed:
+        ch = claimed[0].engine.ch
+        hit = ch.testany([op.handle for op in claimed])
+        if hit is not None:
+            claimed[hit[0]].advance(hit[1])
+        else:
+            _pause_on(ch)
+        claimed = _claimed(claimed)
+
+
+withdraw_offers = serialized(_withdraw_offers)
+
+#: What a receiver writes into a sender's claim word (see `_claim_offer`).
+_CLAIM, _UNCLAIM = np.ones(1, np.uint64), np.zeros(1, np.uint64)
+
+
+def _claim_offer(pid: int, offer: int) -> bool:
+    """Whether the sender *pid* offers help for a send whose offer word is at
+    *offer*, claimed: once this is True, the sender answers our request
+    before its wait returns (see `_withdraw_offers`)."""
+    if not _cma.peek_word(pid, offer):
+        return False
+    claim = offer + 8
+    try:
+        _cma.writev(pid, [(_CLAIM.ctypes.data, 8)], [(claim, 8)])
+        if _cma.peek_word(pid, offer):
+            return True
+        _cma.writev(pid, [(_UNCLAIM.ctypes.data, 8)], [(claim, 8)])
+    except OSError:
+        pass
+    return False
 
 
 def settle() -> None:

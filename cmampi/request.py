@@ -193,7 +193,7 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ()), metaclass=StandIn): 
                 return _REAL_REQUEST.Test(self, status)
             _empty_status(status)
             return True
-        if all([_p2p.test(op) for op in self._ops()]):  # noqa: C419 (test every one: each test makes progress)
+        if _all_tested(self._ops()):
             self._complete(status)
             return True
         return False
@@ -251,7 +251,7 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ()), metaclass=StandIn): 
                 return _REAL_REQUEST.test(self, status)
             _empty_status(status)
             return True, None
-        if all([_p2p.test(op) for op in self._ops()]):  # noqa: C419 (test every one: each test makes progress)
+        if _all_tested(self._ops()):
             return True, self._complete(status)
         return False, None
 
@@ -345,8 +345,7 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ()), metaclass=StandIn): 
         done = _tested_fast(requests, statuses)
         if done is not None:
             return done
-        _p2p.progress()
-        if not all([_test_quiet(req) for req in requests]):  # noqa: C419 (test every one: each test advances its op)
+        if len(_tested_live(list(enumerate(requests)))) < len(requests):
             return False
         _finish_all(requests, statuses, range(len(requests)))
         return True
@@ -499,8 +498,7 @@ class Request(*((_REAL_REQUEST,) if _REAL_REQUEST else ()), metaclass=StandIn): 
         objs = _tested_fast(requests, statuses, _loads)
         if objs is not None:
             return (True, objs) if objs is not False else (False, None)
-        _p2p.progress()
-        if not all([_test_quiet(req) for req in requests]):  # noqa: C419 (test every one: each test advances its op)
+        if len(_tested_live(list(enumerate(requests)))) < len(requests):
             return False, None
         return True, _finish_all(requests, statuses, range(len(requests)))
 
@@ -784,6 +782,13 @@ def _op_of(req) -> _p2p.Op | None:
     return op
 
 
+def _completed_foreign(req) -> bool:
+    """Whether *req*, a request of mpi4py's own, was completed by one of our
+    waits (the library made it null then; its op holds the outcome)."""
+    op = _FOREIGN.get(id(req))
+    return op is not None and op.request is req and op.done
+
+
 def _live_ops(req) -> list[_p2p.Op]:
     if is_ours(Request, req) and req._op is not None:
         return [op for op in req._ops() if not op.done]
@@ -815,6 +820,38 @@ def _wait_all(requests: Sequence[Any]) -> None:
                 continue
         ops.extend(_live_ops(req))
     _p2p.wait_all(ops)
+
+
+def _all_tested(ops: list[_p2p.Op]) -> bool:
+    """Test each of *ops* (each test makes progress); whether all are done.
+    Pulled sends among them offer help meanwhile (`_p2p.raise_offers`)."""
+    offered = _p2p.raise_offers(ops)
+    try:
+        return all([_p2p.test(op) for op in ops])  # noqa: C419 (test every one: each test makes progress)
+    finally:
+        if offered:
+            _p2p.withdraw_offers(offered)
+
+
+def _tested_live(live: Sequence[tuple[int, Any]], first: bool = False) -> list[int]:
+    """The indices of the requests of *live* (index, request) found complete
+    by one progress and a test of each (only the first, with *first*). Pulled
+    sends among them offer help meanwhile (`_p2p.raise_offers`): a loop of
+    tests spends most of its time here."""
+    offered = _p2p.raise_offers([op for _, req in live if is_ours(Request, req)
+                                 and req._op is not None for op in req._ops()])
+    try:
+        _p2p.progress()
+        done = []
+        for i, req in live:
+            if _test_quiet(req):
+                done.append(i)
+                if first:
+                    break
+        return done
+    finally:
+        if offered:
+            _p2p.withdraw_offers(offered)
 
 
 def _test_quiet(req) -> bool:
@@ -917,6 +954,8 @@ def _wait_any_index(requests: Sequence[Any], status) -> tuple[int, Any]:
                 op = _op_of(req)
                 if op is not None:
                     ops.append(op)
+            elif _completed_foreign(req):   # by the wait of the round before: null now
+                return i, _finish(req, status)
         if not live:
             _empty_status(status)
             return _NAMES.UNDEFINED, None
@@ -929,10 +968,9 @@ def _test_any_index(requests: Sequence[Any], status) -> tuple[int, bool, Any]:
     if not live:
         _empty_status(status)
         return _NAMES.UNDEFINED, True, None
-    _p2p.progress()
-    for i, req in live:
-        if _test_quiet(req):
-            return i, True, _finish(req, status)
+    done = _tested_live(live, first=True)
+    if done:
+        return done[0], True, _finish(requests[done[0]], status)
     return _NAMES.UNDEFINED, False, None
 
 
@@ -943,8 +981,7 @@ def _some(requests: Sequence[Any], statuses, block: bool):
     if not live:
         return None, None
     while True:
-        _p2p.progress()
-        done = [i for i, req in live if _test_quiet(req)]
+        done = _tested_live(live)
         if done or not block:
             return done, _finish_all(requests, statuses, done)
         ops = _ops_to_wait_on(live)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import pickle
-import time
 
 import numpy as np
 import pytest
@@ -15,7 +14,6 @@ from loopback import LoopbackChannel, WouldBlock
 
 from cmampi import _cma, _config, _names, _wire, objects, p2p
 from cmampi._buffers import recv_buffer, send_buffer
-from cmampi._tuning import OFFER_GRACE_NS
 
 TAG = 7
 
@@ -127,13 +125,12 @@ def test_a_pull_descriptor_built_in_place_is_the_general_one(flags):
             assert offer == (0xDEADBEEF if flags & _wire.F_OFFER else 0)
 
 
-def test_a_nonblocking_pulled_send_offers_help_by_a_word_of_its_own(engines):
-    """The descriptor of a send that was not blocked names its offer word. It
-    reads 0 until the sender waits for the send or polls it (tests it again
-    within `OFFER_GRACE_NS`); a test of a polled send offers help for
-    `OFFER_GRACE_NS` more (the time, on the clock every process shares), and
-    from then on every call progresses the send until it is done: its
-    receiver may be waiting for our copy."""
+def test_a_nonblocking_pulled_send_offers_help_while_it_is_waited_for(engines, monkeypatch):
+    """The descriptor of a send that was not blocked names its offer word: 1
+    while a wait or test of the send runs. A receiver claims the offer in the
+    word after it, then reads the offer again (a claim of a withdrawn offer
+    is dropped); a wait that withdraws an offer someone claimed answers the
+    request for help before it returns. The message arrives intact."""
     e0, e1 = engines
     pid = os.getpid()
     n = max(e0.coop_min, e0.cma_min) + 4096
@@ -143,24 +140,28 @@ def test_a_nonblocking_pulled_send_offers_help_by_a_word_of_its_own(engines):
     flags, _, nbytes, layout, offer = _wire.parse_pull(_wire.header(memoryview(op.notice[1])))
     assert flags & _wire.F_OFFER and not flags & _wire.F_HELP
     assert (nbytes, layout.addr, offer) == (n, data.ctypes.data, op.offer.ctypes.data)
-    assert _cma.peek_word(pid, offer) == 0 and not p2p._offered(pid, offer)
-    assert not p2p.test(op)     # a first test: the send is not polled yet
-    time.sleep(2 * OFFER_GRACE_NS / 1e9)
-    assert not p2p.test(op)     # tested again later: a test between computations
-    assert _cma.peek_word(pid, offer) == 0 and op not in p2p._OFFERED
-    before = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-    assert not p2p.test(op)     # and again at once: polled
-    until = _cma.peek_word(pid, offer)      # read through CMA, as a receiver does
-    after = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-    assert before + OFFER_GRACE_NS <= until <= after + OFFER_GRACE_NS
-    assert op in p2p._OFFERED and op in p2p._PENDING
-    op.offer[0] = 0             # the offer is over: the receiver pulls alone
+    assert not p2p._claim_offer(pid, offer) and list(op.offer) == [0, 0]
+    offered = p2p.raise_offers([op])
+    assert offered == [op] and list(op.offer) == [1, 0]
+    real, looks = _cma.peek_word, []
+
+    def withdrawn_meanwhile(pid: int, addr: int) -> int:
+        looks.append(addr)
+        return 1 if len(looks) == 1 else 0
+
+    monkeypatch.setattr(_cma, "peek_word", withdrawn_meanwhile)
+    assert not p2p._claim_offer(pid, offer) and list(op.offer) == [1, 0]    # dropped
+    monkeypatch.setattr(_cma, "peek_word", real)
     out = np.zeros(n, np.uint8)
-    e1.recv(out, 0, TAG)
-    assert (out == data).all()
-    p2p.wait_all([op])
-    assert op.done and op.offer is None
-    assert op not in p2p._OFFERED and op not in p2p._PENDING
+    recv = e1.irecv(recv_buffer(out), 0, TAG)
+    p2p.progress()      # the receive acts: it claims the offer, asks, reads its part
+    assert list(op.offer) == [1, 1] and op.helped is None
+    p2p.withdraw_offers(offered)                # answers the request before it returns
+    assert op.offer[0] == 0 and op.helped == _wire.ACK_OK
+    p2p.wait_all([recv, op])
+    assert (out == data).all() and op.done
+    e1.complete(recv)
+    e0.complete(op)
 
 
 @pytest.mark.parametrize("kind", ["raw", "side", "pulled"])

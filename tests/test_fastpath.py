@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import time
 
 import numpy as np
 import pytest
@@ -300,6 +301,26 @@ def test_mixed_waits(comm, MPI):
              comm.Issend(np.full(8, 2, np.uint8), peer, 11)]
     MPI.Request.Waitall(reqs)
     assert (small == 2).all() and (large == 3).all()
+
+
+def test_waitany_completes_a_request_of_mpi4py_s_own(comm, MPI):
+    """Waitany over a request of the MPI library's own (made by mpi4py), whose
+    message comes while it waits: its index and status, then UNDEFINED."""
+    real = pytest.importorskip("mpi4py.MPI")
+    rank = comm.Get_rank()
+    if rank == 0:
+        buf = np.zeros(8, np.uint8)
+        req = real.COMM_WORLD.Irecv(buf, 1, 77)
+        comm.Barrier()
+        status = MPI.Status()
+        assert MPI.Request.Waitany([MPI.REQUEST_NULL, req], status) == 1
+        assert (status.Get_source(), status.Get_tag()) == (1, 77) and (buf == 5).all()
+        assert MPI.Request.Waitany([req]) == MPI.UNDEFINED
+    else:
+        comm.Barrier()
+        if rank == 1:
+            time.sleep(0.2)     # rank 0 waits by now
+            real.COMM_WORLD.Send(np.full(8, 5, np.uint8), 0, 77)
 
 
 def test_cancel_and_status_of_a_compiled_receive(comm, MPI):
