@@ -1027,6 +1027,20 @@ def test_a_late_offer_helps_copy_the_rest(cmcomm, monkeypatch):
             assert len(peeks) == 3 and starts == [config.coop_min // 2]   # a look, a claim
 
 
+def _complete_one(MPI, requests: list, how: str) -> int:
+    """Complete one of *requests* by ``Waitany``, a loop of ``Testany`` or a
+    ``Wait`` of the first; its index."""
+    if how == "Waitany":
+        return MPI.Request.Waitany(requests)
+    if how == "Testany":
+        index, flag = MPI.Request.Testany(requests)
+        while not flag:
+            index, flag = MPI.Request.Testany(requests)
+        return index
+    requests[0].Wait()
+    return 0
+
+
 @pytest.mark.parametrize("wait", ["Waitany", "Testany"])
 def test_an_offer_is_answered_after_its_wait(cmcomm, MPI, wait):
     """A receiver may claim a sender's offer of help just as the sender's
@@ -1040,12 +1054,7 @@ def test_an_offer_is_answered_after_its_wait(cmcomm, MPI, wait):
     cmcomm.Barrier()
     if rank == 0:
         sends = [cmcomm.Isend(d, 1, 32) for d in data]
-        if wait == "Waitany":
-            first = MPI.Request.Waitany(sends)
-        else:
-            first, flag = MPI.Request.Testany(sends)
-            while not flag:
-                first, flag = MPI.Request.Testany(sends)
+        first = _complete_one(MPI, sends, wait)
         ack = np.zeros(1, np.uint8)
         cmcomm.Recv(ack, 1, 33)     # the second message is pulled meanwhile
         MPI.Request.Waitall(sends)
@@ -1074,13 +1083,7 @@ def test_a_receiver_never_waits_for_a_sender_outside_cmampi(cmcomm, MPI, wait, t
     cmcomm.Barrier()
     if rank == 0:
         sends = [cmcomm.Isend(d, 1, 34) for d in data]
-        if wait == "Waitany":
-            MPI.Request.Waitany(sends)
-        elif wait == "Testany":
-            while not MPI.Request.Testany(sends)[1]:
-                pass
-        else:
-            sends[0].Wait()
+        _complete_one(MPI, sends, wait)
         while not os.path.exists(flag):     # outside cmampi
             time.sleep(0.001)
         MPI.Request.Waitall(sends)
