@@ -24,6 +24,7 @@ from __future__ import annotations
 import collections as _collections
 import mmap
 import os as _os
+import time as _time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -91,6 +92,9 @@ _SPARE_BYTES = 64 << 20
 #: every 512 KiB (process_vm_readv in pieces costs more than in one call).
 LATE_MISSES = 8
 LATE_RETRY = 16
+#: Seconds a sender whose offer was claimed waits for the request at most
+#: (see `_answer_claims`); a receiver asks right after it claims.
+CLAIM_SECONDS = 0.1
 #: The first engine made: it completes requests of the MPI library's own.
 _DEFAULT: list[Engine] = []
 #: The compiled path's module (see `_fastpath`), once an engine uses it: the
@@ -1073,7 +1077,8 @@ class Engine:
         raised = None
         if self.landing and op.buf is not None and op.buf.contiguous:
             span = self._span(op.buf)
-            if self.spans.get(span, 0) > 1:     # another receive into this buffer
+            # another receive into this buffer (op counts there once restaged)
+            if self.spans.get(span, 0) > (op in self.staged):
                 raised = self._read_heads_first(op, span)
         try:
             self._act(op, head)
@@ -1681,7 +1686,7 @@ def _raise_offers(ops) -> list[PullSendOp]:
     `PullSendOp`); the sends offered. Only a rank with no receive to see
     through offers: one that is pulling messages itself has no core to spare
     (both directions at once ran 1.7x slower with help)."""
-    if _PENDING:
+    if _PENDING or (_FAST and _FAST[0].receiving()):
         return []
     offered = [op for op in ops if type(op) is PullSendOp and op.offer is not None]
     for op in offered:
@@ -1689,6 +1694,7 @@ def _raise_offers(ops) -> list[PullSendOp]:
     return offered
 
 
+@serialized
 def raise_offers(ops) -> list[PullSendOp]:
     """Offer help for the pulled sends of *ops* while a test of them runs (a
     loop of tests spends most of its time in them); end with `withdraw_offers`."""
@@ -1704,7 +1710,8 @@ def _withdraw_offers(offered: list[PullSendOp]) -> None:
     sees the other's write: either we see the claim and stay for the request
     (or for the claim to be dropped), or the receiver sees no offer and pulls
     alone. Our read of the claims comes after a system call that reads our
-    own memory: the kernel's locks order it after our stores."""
+    own memory: the kernel orders it after our stores (on x86 the lock it
+    takes; on arm64 the fully ordered release of the page it pinned)."""
     for op in offered:
         word = op.offer
         if word is not None:
@@ -1724,9 +1731,12 @@ def _claimed(ops: list[PullSendOp]) -> list[PullSendOp]:
 
 def _answer_claims(ops: list[PullSendOp]) -> None:
     """Answer the requests of the receivers that claimed the offers of *ops*
-    (or dropped their claim): they ask at once."""
+    (or dropped their claim): they ask at once. A request that has not come
+    in `CLAIM_SECONDS` (its receiver was interrupted before it asked) is
+    answered by whatever call waits for its send next."""
     claimed = _claimed(ops)
-    while claimed:
+    end = _time.monotonic() + CLAIM_SECONDS
+    while claimed and _time.monotonic() < end:
         ch = claimed[0].engine.ch
         hit = ch.testany([op.handle for op in claimed])
         if hit is not None:
@@ -1751,12 +1761,23 @@ def _claim_offer(pid: int, offer: int) -> bool:
     claim = offer + 8
     try:
         _cma.writev(pid, [(_CLAIM.ctypes.data, 8)], [(claim, 8)])
+    except OSError:
+        return False
+    try:
         if _cma.peek_word(pid, offer):
             return True
+    except BaseException:   # interrupted: the sender must not wait for our request
+        _drop_claim(pid, claim)
+        raise
+    _drop_claim(pid, claim)
+    return False
+
+
+def _drop_claim(pid: int, claim: int) -> None:
+    try:
         _cma.writev(pid, [(_UNCLAIM.ctypes.data, 8)], [(claim, 8)])
     except OSError:
-        pass
-    return False
+        pass    # the sender is gone
 
 
 def settle() -> None:
