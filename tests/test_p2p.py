@@ -1077,6 +1077,8 @@ def test_a_receiver_never_waits_for_a_sender_outside_cmampi(cmcomm, MPI, wait, t
     import os
 
     rank, engine = cmcomm.Get_rank(), cmcomm._engine
+    if not engine.all_cma:
+        pytest.skip("payloads through the channel move only while their sender is in a call")
     flag = cmcomm.bcast(str(tmp_path / "both-in") if rank == 0 else None, 0)
     n = 2 * max(config.coop_min, engine.cma_min)
     data = [pattern(n, seed=k) for k in (3, 4)]
