@@ -51,6 +51,7 @@ __all__ = [
     "RECORDS",
     "Engine",
     "ForeignOp",
+    "Offering",
     "Op",
     "PullSendOp",
     "RecordReader",
@@ -61,7 +62,6 @@ __all__ = [
     "fill_status",
     "progress",
     "promote",
-    "raise_offers",
     "settle",
     "test",
     "tested",
@@ -69,7 +69,6 @@ __all__ = [
     "wait_all",
     "wait_any",
     "wait_handles",
-    "withdraw_offers",
 ]
 
 _sched_yield = getattr(_os, "sched_yield", lambda: None)
@@ -1514,17 +1513,13 @@ def _tested(op: Op, pending: bool) -> bool:
 
 def _wait_any(ops) -> None:
     """Block until at least one of *ops* is done, progressing every posted
-    receive. Pulled sends among them offer help meanwhile (`_raise_offers`)."""
+    receive. Pulled sends among them offer help meanwhile (`Offering`)."""
     settle()
     if any(op.done for op in ops):
         return
-    offered = _raise_offers(ops)
-    try:
+    with Offering(ops):
         while not any(op.done for op in ops):
             _advance_some(ops)
-    finally:
-        if offered:
-            _withdraw_offers(offered)
 
 
 wait_any = serialized(_wait_any)
@@ -1663,12 +1658,11 @@ def wait_handles(ch, handles: Sequence[Any]) -> list[Any]:
 def wait_all(ops) -> None:
     """Block until every op of *ops* is done, progressing every posted receive.
 
-    Pulled sends among them offer help meanwhile (`_raise_offers`).
+    Pulled sends among them offer help meanwhile (`Offering`).
     """
     settle()
     todo = [op for op in ops if not op.done]
-    offered = _raise_offers(todo)
-    try:
+    with Offering(todo):
         while todo:
             if _PENDING or any(op.handle is not None for op in todo):
                 _advance_some(todo, every=True)
@@ -1676,11 +1670,9 @@ def wait_all(ops) -> None:
                 progress()
                 nap(1e-4)
             todo = [op for op in todo if not op.done]
-    finally:
-        if offered:
-            _withdraw_offers(offered)
 
 
+@serialized
 def _raise_offers(ops) -> list[PullSendOp]:
     """Offer help for each pulled send of *ops* that has an offer word (see
     `PullSendOp`); the sends offered. Only a rank with no receive to see
@@ -1695,12 +1687,6 @@ def _raise_offers(ops) -> list[PullSendOp]:
 
 
 @serialized
-def raise_offers(ops) -> list[PullSendOp]:
-    """Offer help for the pulled sends of *ops* while a test of them runs (a
-    loop of tests spends most of its time in them); end with `withdraw_offers`."""
-    return _raise_offers(ops)
-
-
 def _withdraw_offers(offered: list[PullSendOp]) -> None:
     """Withdraw the offers `_raise_offers` made; answer each claim of one whose
     send is not done (a receiver that claimed it asks for our copy).
@@ -1746,7 +1732,23 @@ def _answer_claims(ops: list[PullSendOp]) -> None:
         claimed = _claimed(claimed)
 
 
-withdraw_offers = serialized(_withdraw_offers)
+class Offering:
+    """A block (a wait or a test of *ops*) during which their pulled sends
+    offer help (`_raise_offers`); at its end the offers are withdrawn and the
+    claims answered (`_withdraw_offers`)."""
+
+    __slots__ = ("offered",)
+
+    def __init__(self, ops) -> None:
+        self.offered = _raise_offers(ops)
+
+    def __enter__(self) -> None:
+        pass
+
+    def __exit__(self, *exc: object) -> None:
+        if self.offered:
+            _withdraw_offers(self.offered)
+
 
 #: What a receiver writes into a sender's claim word (see `_claim_offer`).
 _CLAIM, _UNCLAIM = np.ones(1, np.uint64), np.zeros(1, np.uint64)

@@ -824,34 +824,26 @@ def _wait_all(requests: Sequence[Any]) -> None:
 
 def _all_tested(ops: list[_p2p.Op]) -> bool:
     """Test each of *ops* (each test makes progress); whether all are done.
-    Pulled sends among them offer help meanwhile (`_p2p.raise_offers`)."""
-    offered = _p2p.raise_offers(ops)
-    try:
+    Pulled sends among them offer help meanwhile (`_p2p.Offering`)."""
+    with _p2p.Offering(ops):
         return all([_p2p.test(op) for op in ops])  # noqa: C419 (test every one: each test makes progress)
-    finally:
-        if offered:
-            _p2p.withdraw_offers(offered)
 
 
 def _tested_live(live: Sequence[tuple[int, Any]], first: bool = False) -> list[int]:
     """The indices of the requests of *live* (index, request) found complete
     by one progress and a test of each (only the first, with *first*). Pulled
-    sends among them offer help meanwhile (`_p2p.raise_offers`): a loop of
+    sends among them offer help meanwhile (`_p2p.Offering`): a loop of
     tests spends most of its time here."""
-    offered = _p2p.raise_offers([op for _, req in live if is_ours(Request, req)
-                                 and req._op is not None for op in req._ops()])
-    try:
+    done = []
+    with _p2p.Offering([op for _, req in live if is_ours(Request, req) and req._op is not None
+                        for op in req._ops()]):
         _p2p.progress()
-        done = []
         for i, req in live:
             if _test_quiet(req):
                 done.append(i)
                 if first:
                     break
-        return done
-    finally:
-        if offered:
-            _p2p.withdraw_offers(offered)
+    return done
 
 
 def _test_quiet(req) -> bool:

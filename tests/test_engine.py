@@ -141,22 +141,23 @@ def test_a_nonblocking_pulled_send_offers_help_while_it_is_waited_for(engines, m
     assert flags & _wire.F_OFFER and not flags & _wire.F_HELP
     assert (nbytes, layout.addr, offer) == (n, data.ctypes.data, op.offer.ctypes.data)
     assert not p2p._claim_offer(pid, offer) and list(op.offer) == [0, 0]
-    offered = p2p.raise_offers([op])
-    assert offered == [op] and list(op.offer) == [1, 0]
-    real, looks = _cma.peek_word, []
+    offering = p2p.Offering([op])   # a wait's or a test's
+    with offering:
+        assert offering.offered == [op] and list(op.offer) == [1, 0]
+        real, looks = _cma.peek_word, []
 
-    def withdrawn_meanwhile(pid: int, addr: int) -> int:
-        looks.append(addr)
-        return 1 if len(looks) == 1 else 0
+        def withdrawn_meanwhile(pid: int, addr: int) -> int:
+            looks.append(addr)
+            return 1 if len(looks) == 1 else 0
 
-    monkeypatch.setattr(_cma, "peek_word", withdrawn_meanwhile)
-    assert not p2p._claim_offer(pid, offer) and list(op.offer) == [1, 0]    # dropped
-    monkeypatch.setattr(_cma, "peek_word", real)
-    out = np.zeros(n, np.uint8)
-    recv = e1.irecv(recv_buffer(out), 0, TAG)
-    p2p.progress()      # the receive acts: it claims the offer, asks, reads its part
-    assert list(op.offer) == [1, 1] and op.helped is None
-    p2p.withdraw_offers(offered)                # answers the request before it returns
+        monkeypatch.setattr(_cma, "peek_word", withdrawn_meanwhile)
+        assert not p2p._claim_offer(pid, offer) and list(op.offer) == [1, 0]    # dropped
+        monkeypatch.setattr(_cma, "peek_word", real)
+        out = np.zeros(n, np.uint8)
+        recv = e1.irecv(recv_buffer(out), 0, TAG)
+        p2p.progress()      # the receive acts: it claims the offer, asks, reads its part
+        assert list(op.offer) == [1, 1] and op.helped is None
+    # the block's end withdrew the offer and answered the request
     assert op.offer[0] == 0 and op.helped == _wire.ACK_OK
     p2p.wait_all([recv, op])
     assert (out == data).all() and op.done
