@@ -41,10 +41,12 @@ def _real_active(req) -> bool:
 
 
 def _active(req) -> bool:
-    """Whether *req* has an operation to complete (a persistent request at rest has not)."""
+    """Whether *req* has an operation to complete (a persistent request at rest has
+    not). A request of mpi4py's own that one of our waits completed has: the
+    library made it null, but its outcome waits in `_FOREIGN`."""
     if is_ours(Request, req) and req._op is not None:
         return True
-    return _real_active(req)
+    return _real_active(req) or _completed_foreign(req)
 
 
 def _invalid() -> BaseException:
@@ -859,11 +861,15 @@ def _test_quiet(req) -> bool:
 def _peek_status(req, status) -> None:
     """Fill *status* from a request known to be done, leaving it as it is."""
     if status is not None:
-        if is_ours(Request, req) or not _real_active(req):
-            Request.Get_status(req, status) if is_ours(Request, req) else \
-                _empty_status(status)
-        else:
+        if is_ours(Request, req):
+            Request.Get_status(req, status)
+        elif _real_active(req):
             _REAL_REQUEST.Get_status(req, status)
+        elif _completed_foreign(req):
+            op = _FOREIGN[id(req)]
+            _p2p.fill_status(status, op.source, op.tag, op.nbytes, op.error, _NAMES)
+        else:
+            _empty_status(status)
 
 
 def _finish(req, status) -> Any:

@@ -323,6 +323,46 @@ def test_waitany_completes_a_request_of_mpi4py_s_own(comm, MPI):
             real.COMM_WORLD.Send(np.full(8, 5, np.uint8), 0, 77)
 
 
+@pytest.mark.parametrize("call", ["Testsome", "Waitsome", "Testany", "Testall", "Get_status_some"])
+def test_a_request_of_mpi4py_s_own_completed_in_an_earlier_wait_is_reported(cmcomm, MPI, call):
+    """A round of cmampi's waits can complete several requests of the library's
+    own at once (a ``Waitany`` returns one of them): the library makes the others
+    null, and a later test or wait of them still reports each, with its status."""
+    real = pytest.importorskip("mpi4py.MPI")
+    from cmampi import p2p, request
+    rank = cmcomm.Get_rank()
+    if rank == 0:
+        bufs = [np.zeros(8, np.uint8) for _ in range(2)]
+        reqs = [real.COMM_WORLD.Irecv(bufs[k], 1, 77 + k) for k in range(2)]
+        cmcomm.Barrier()
+        while not all(r.Get_status() for r in reqs):    # both messages are in
+            time.sleep(0.001)
+        # What a Waitany's round does: it waits on both, both complete.
+        p2p.wait_any([request._op_of(r) for r in reqs])
+        assert not any(reqs)    # null: the library completed both
+        statuses = [MPI.Status() for _ in range(2)]
+        if call == "Testany":
+            got = [MPI.Request.Testany(reqs, statuses[k]) for k in range(2)]
+            assert got == [(0, True), (1, True)]
+            assert MPI.Request.Testany(reqs) == (MPI.UNDEFINED, True)
+        elif call == "Testall":
+            assert MPI.Request.Testall(reqs, statuses)
+        elif call == "Get_status_some":
+            assert MPI.Request.Get_status_some(reqs, statuses) == [0, 1]
+            assert getattr(MPI.Request, "Waitsome")(reqs) == [0, 1]
+        else:
+            assert getattr(MPI.Request, call)(reqs, statuses) == [0, 1]
+        assert [(s.Get_source(), s.Get_tag(), s.Get_count(MPI.BYTE)) for s in statuses] == \
+            [(1, 77, 8), (1, 78, 8)]
+        assert [b[0] for b in bufs] == [5, 6]
+        assert MPI.Request.Testsome(reqs) is None and MPI.Request.Waitany(reqs) == MPI.UNDEFINED
+    else:
+        if rank == 1:
+            for k in range(2):
+                real.COMM_WORLD.Send(np.full(8, 5 + k, np.uint8), 0, 77 + k)
+        cmcomm.Barrier()
+
+
 def test_cancel_and_status_of_a_compiled_receive(comm, MPI):
     req = comm.Irecv(np.zeros(4, np.uint8), MPI.ANY_SOURCE, 998)
     assert not req.Get_status()
