@@ -698,11 +698,13 @@ class Engine:
             flags = kind
             offer = None
             # Helping means writing into the receiver: only if we may. A send
-            # not blocked now offers help for when it is (see `PullSendOp`).
+            # not blocked now offers help for when it is (see `PullSendOp`);
+            # an object's record is waited for inside its object's op, which
+            # offers nothing: its receiver must not look for offers.
             if n >= self.coop_min and buf.contiguous and self.helped[dest]:
                 if blocked:
                     flags |= _wire.F_HELP
-                else:
+                elif not record:
                     flags |= _wire.F_OFFER
                     offer = np.zeros(2, np.uint64)
             # The descriptor goes first, without blocking: the MPI library may
@@ -1081,9 +1083,13 @@ class Engine:
                 raised = self._read_heads_first(op, span)
         try:
             self._act(op, head)
-        finally:
-            if raised is not None:
-                raise raised
+        except BaseException as exc:
+            # This message's error (an interrupted pull) wins; the other's rides along.
+            if raised is not None and exc.__context__ is None:
+                exc.__context__ = raised
+            raise
+        if raised is not None:
+            raise raised
 
     def _act(self, op: RecvOp, head) -> None:
         if op.buf is not None and op.landed is None and self.records is not None \

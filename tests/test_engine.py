@@ -216,6 +216,48 @@ def test_a_receiver_stops_looking_for_offers_that_never_come(engines, monkeypatc
     assert len(looks) == count + len(late)     # one at the descriptor, one late
 
 
+def test_a_receiver_looks_for_no_offer_of_an_object_s_record(engines, monkeypatch):
+    """An object's record long enough to be pulled is waited for inside its
+    object's op, which offers no help: its receiver pulls it without looking
+    for offers (a look that always misses would make it stop looking at the
+    sender's buffers too, `LATE_MISSES`)."""
+    e0, e1 = engines
+    n = 2 * max(e0.coop_min, e0.cma_min)
+    obj = {"in band": bytes(range(256)) * (n // 256), "out": np.arange(n, dtype=np.uint8)}
+    looks = []
+    real = _cma.peek_word
+    monkeypatch.setattr(_cma, "peek_word", lambda pid, addr: looks.append(addr) or real(pid, addr))
+    op = objects.isend(e0, obj, 1, TAG, False, False)
+    got = objects.recv(e1, 0, TAG)
+    p2p.wait_all([op])
+    e0.complete(op)
+    assert got["in band"] == obj["in band"] and (got["out"] == obj["out"]).all()
+    assert looks == [] and e1.late_misses[0] == 0
+
+
+@pytest.mark.parametrize("now", [None, KeyboardInterrupt])
+def test_acting_on_a_message_raises_its_own_error_first(engines, monkeypatch, now):
+    """An error another receive into the same buffer raised while its head was
+    read first is raised once the message at hand has been acted on; if acting
+    on it raised too (an interrupted pull), that error is raised, the other's
+    as its context."""
+    e0, e1 = engines
+    earlier = RuntimeError("the other receive's")
+
+    def act(op, head):
+        if now is not None:
+            raise now("this message's")
+
+    monkeypatch.setattr(e1, "_act", act)
+    monkeypatch.setattr(e1, "_read_heads_first", lambda op, span: earlier)
+    out = np.zeros(e0.cma_min + 4096, np.uint8)
+    op = e1.irecv(recv_buffer(out), 0, TAG)
+    e1.irecv(recv_buffer(out), 0, TAG)
+    with pytest.raises(now or RuntimeError) as info:
+        e1.act(op, b"")
+    assert info.value is earlier or info.value.__context__ is earlier
+
+
 def test_nonblocking_receive_posted_first(engines):
     e0, e1 = engines
     sizes = _sizes(e0)
