@@ -31,6 +31,7 @@ __all__ = [
     "oserror",
     "peek_word",
     "pid_namespace",
+    "poke_word",
     "probe",
     "ptrace_scope",
     "ptracer_plan",
@@ -428,8 +429,8 @@ def read_into(pid: int, laddr: int, raddr: int, nbytes: int) -> None:
 
 
 class _WordRead:
-    """One 8-byte read's iovec pair, as four words, and its destination. Taken
-    for one read, as `_Pair` is (``_spare.word``)."""
+    """One 8-byte read's (or write's) iovec pair, as four words, and its local
+    word. Taken for one call, as `_Pair` is (``_spare.word``)."""
 
     __slots__ = ("iov", "lp", "rp", "word")
 
@@ -459,6 +460,32 @@ def peek_word(pid: int, raddr: int) -> int:
         return rd.word.value if _readv(pid, rd.lp, 1, rd.rp, 1, 0) == 8 else 0
     finally:
         _spare.word = rd
+
+
+def poke_word(pid: int, raddr: int, value: int) -> bool:
+    """Write the 8-byte *value* at *raddr* in process *pid*; whether it was written.
+
+    The words of a handshake (`p2p`'s claims of offers) at the cost of one
+    system call: `writev` in one, with no lists to parse, costs 2-3 times as
+    much. Guarded by the peer's pidfd, if held, before the call (as `writev`:
+    raises ``ProcessLookupError`` once the peer has exited).
+    """
+    if _writev is None:
+        return False
+    peer = _held.get(pid)
+    if peer is not None:
+        peer.check()
+    wr = getattr(_spare, "word", None)
+    if wr is None:
+        wr = _WordRead()
+    else:
+        _spare.word = None
+    wr.word.value = value
+    wr.iov[2] = raddr
+    try:
+        return _writev(pid, wr.lp, 1, wr.rp, 1, 0) == 8
+    finally:
+        _spare.word = wr
 
 
 def _namespace(kind: str, pid: int | str):

@@ -1756,10 +1756,6 @@ class Offering:
             _withdraw_offers(self.offered)
 
 
-#: What a receiver writes into a sender's claim word (see `_claim_offer`).
-_CLAIM, _UNCLAIM = np.ones(1, np.uint64), np.zeros(1, np.uint64)
-
-
 def _claim_offer(pid: int, offer: int) -> bool:
     """Whether the sender *pid* offers help for a send whose offer word is at
     *offer*, claimed: once this is True, the sender answers our request
@@ -1768,7 +1764,8 @@ def _claim_offer(pid: int, offer: int) -> bool:
         return False
     claim = offer + 8
     try:
-        _cma.writev(pid, [(_CLAIM.ctypes.data, 8)], [(claim, 8)])
+        if not _cma.poke_word(pid, claim, 1):
+            return False
     except OSError:
         return False
     try:
@@ -1783,7 +1780,7 @@ def _claim_offer(pid: int, offer: int) -> bool:
 
 def _drop_claim(pid: int, claim: int) -> None:
     try:
-        _cma.writev(pid, [(_UNCLAIM.ctypes.data, 8)], [(claim, 8)])
+        _cma.poke_word(pid, claim, 0)
     except OSError:
         pass    # the sender is gone
 

@@ -861,6 +861,7 @@ def test_peer_reports_exit_and_pulls_raise(spawn):
             "writev": lambda: _cma.writev(kid.pid, [(out.ctypes.data, 16)],
                                           [(kid.addr["a"], 16)]),
             "probe": lambda: _cma.probe(kid.pid),
+            "poke_word": lambda: _cma.poke_word(kid.pid, kid.addr["a"], 1),
         }
         for name, call in calls.items():
             with pytest.raises(ProcessLookupError) as exc:
@@ -871,6 +872,19 @@ def test_peer_reports_exit_and_pulls_raise(spawn):
     finally:
         _cma.release(peer)
     assert peer.fd == -1 and kid.pid not in _cma._held
+
+
+def test_a_word_is_poked_and_peeked_in_another_process(spawn):
+    """The handshake's words: one 8-byte write and read each, nothing beside them."""
+    kid = spawn(lambda: {"a": np.zeros(4, np.uint64)})
+    word = kid.addr["a"] + 8
+    assert _cma.poke_word(kid.pid, word, 0x0123456789ABCDEF)
+    assert _cma.peek_word(kid.pid, word) == 0x0123456789ABCDEF
+    out = np.zeros(4, np.uint64)
+    _cma.read_into(kid.pid, out.ctypes.data, kid.addr["a"], 32)
+    assert out.tolist() == [0, 0x0123456789ABCDEF, 0, 0]
+    assert not _cma.poke_word(kid.pid, 8, 1)    # unmapped: not written, no error
+    assert _cma.peek_word(kid.pid, 8) == 0
 
 
 def test_peer_exit_is_seen_before_it_is_reaped(spawn):
