@@ -128,6 +128,7 @@ class CoopPull:
         "local",
         "mid",
         "notice",
+        "offered",
         "pulled",
         "remote",
         "replied",
@@ -138,13 +139,16 @@ class CoopPull:
     )
 
     def __init__(self, engine: Engine, source: int, xid: int, remote, local, array,
-                 base: int) -> None:
+                 base: int, offered: bool = False) -> None:
         """Ask the sender for help. *remote* and *local* are the run's layouts;
         the sender counts the bytes it is asked for from *base* (0: offsets in
         its message; objects name addresses). While an earlier copy from the
         same sender is still under way, this one is part of a pipeline, whose
-        split is learned apart (see `finish`)."""
+        split is learned apart (see `finish`). *offered*: the sender offered
+        help from a wait (the reply that ends our reads may be held, see
+        `Engine.reply`)."""
         self.engine, self.source, self.xid = engine, source, xid
+        self.offered = offered
         self.remote, self.local = remote, local      # one-dimensional layouts
         self.array = array      # the memory the sender writes into: alive until its notice
         n = remote.nbytes
@@ -176,7 +180,10 @@ class CoopPull:
         except BaseException as exc:    # interrupted: the sender must not wait for us
             self._reply(exc)
             raise
-        self._reply(err)
+        if err is None:
+            self.engine.reply(_wire.ACK_OK, self.source, self.xid, self.offered)
+        else:
+            self._reply(err)
         self.replied = now()
         return err
 

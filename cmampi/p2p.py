@@ -1133,15 +1133,18 @@ class Engine:
         pid = ch.pids[source]
         run = buf.contiguous and remote.contiguous_run
         if run and (flags & _wire.F_HELP or (offer and _claim_offer(pid, offer))):
-            self._coop_pull(op, source, xid, remote, buf.layout, buf.array, 0)
+            self._coop_pull(op, source, xid, remote, buf.layout, buf.array, 0, bool(offer))
             return
+        # We pull alone: the replies held for senders that offered help go now,
+        # and their senders, back in a wait, may offer for what we look at next.
+        release_held()
         code, err = _wire.ACK_OK, None
         try:
             if run and offer:
                 start = self._pull_until_offered(pid, source, remote, buf.layout, offer)
                 if start < n:
                     self._coop_pull(op, source, xid, remote.window(start, n),
-                                    buf.layout.window(start, n), buf.array, start)
+                                    buf.layout.window(start, n), buf.array, start, True)
                     return
             else:
                 _pull.pull(pid, remote, buf.layout, buf.array, self.chunk)
@@ -1150,12 +1153,23 @@ class Engine:
         ch.send_reply(bytes((code,)), source, xid)
         op.finish(err)
 
+    def reply(self, code: int, source: int, xid: int, offered: bool) -> None:
+        """Send the reply that ends a pull from *source*: at once, or, if we
+        claimed its sender's offer of help (*offered*) and a `Holding` block
+        runs, at the block's end."""
+        held = _HELD[0]
+        if offered and held is not None:
+            held.append((self.ch, bytes((code,)), source, xid))
+        else:
+            self.ch.send_reply(bytes((code,)), source, xid)
+
     def _coop_pull(self, op: RecvOp, source: int, xid: int, remote, local, array,
-                   base: int) -> None:
+                   base: int, offered: bool = False) -> None:
         """Pull the contiguous run *remote* into *local* with its sender's help:
         it writes the tail while we read the head (see `CoopPull`); *base* is
-        where the run starts in the message."""
-        coop = CoopPull(self, source, xid, remote, local, array, base=base)
+        where the run starts in the message; *offered*: the sender offered
+        help (its reply may be held, `Engine.reply`)."""
+        coop = CoopPull(self, source, xid, remote, local, array, base=base, offered=offered)
         op.wait_on(coop.notice, lambda info: op.finish(coop.finish(op.take_error())))
         try:
             op.error = coop.own_part()
@@ -1480,12 +1494,13 @@ def progress() -> None:
     """Advance every posted receive whose handle has completed (and detached ops)."""
     settle()
     _ROUNDS[0] += 1
-    for op in list(_PENDING):
-        h = op.handle
-        if h is not None:
-            info = op.engine.ch.test(h)
-            if info is not None:
-                op.advance(info)
+    with Holding():
+        for op in list(_PENDING):
+            h = op.handle
+            if h is not None:
+                info = op.engine.ch.test(h)
+                if info is not None:
+                    op.advance(info)
     if _DETACHED:
         advance_detached()
 
@@ -1550,6 +1565,7 @@ def _first_done(ch, handles: Sequence[Any], polling: bool):
     channel; or, *polling* (several threads: never block holding the lock),
     tested, and None after a `pause` if none has completed."""
     if not polling:
+        release_held()      # a nested wait: the senders may wait for them
         return ch.waitany(handles)
     hit = ch.testany(handles)
     if hit is None:
@@ -1593,46 +1609,48 @@ def _advance_some(ops, every: bool = False) -> None:
     if hit is None:
         return
     i, info = hit
-    while True:
-        _ROUNDS[0] += 1
-        rounds = _ROUNDS[0]
-        handles[i] = null
-        op = owners[i]
-        op.advance(info)
-        if _ROUNDS[0] != rounds or _POSTED[0] != posted:
-            return
-        if every:
-            if op.done:
-                if op in mine:
-                    left -= 1
-                    if not left:
-                        return
-            elif op.handle is None:
+    with Holding():
+        while True:
+            _ROUNDS[0] += 1
+            rounds = _ROUNDS[0]
+            handles[i] = null
+            op = owners[i]
+            op.advance(info)
+            if _ROUNDS[0] != rounds or _POSTED[0] != posted:
                 return
-            else:
-                handles[i] = op.handle
-        # Messages mostly complete in the order their requests were posted: the
-        # next handle alone is cheaper to test than the whole list, and the
-        # library's calls on a list cost per handle, taken or not (1.3 us for
-        # 64, 2.1 for 128 with MPICH): they see it from its first live handle.
-        i += 1
-        if i < len(handles) and handles[i] is not null:
-            got = ch.test(handles[i])
-            if got is not None:
-                info = got
+            if every:
+                if op.done:
+                    if op in mine:
+                        left -= 1
+                        if not left:
+                            return
+                elif op.handle is None:
+                    return
+                else:
+                    handles[i] = op.handle
+            # Messages mostly complete in the order their requests were posted: the
+            # next handle alone is cheaper to test than the whole list, and the
+            # library's calls on a list cost per handle, taken or not (1.3 us for
+            # 64, 2.1 for 128 with MPICH): they see it from its first live handle.
+            i += 1
+            if i < len(handles) and handles[i] is not null:
+                got = ch.test(handles[i])
+                if got is not None:
+                    info = got
+                    continue
+            while handles[lo] is null and lo < last:
+                lo += 1
+            rest = handles[lo:] if lo else handles
+            if every and not polling:
+                release_held()      # before blocking: the senders may wait for them
+                i, info = ch.waitany(rest)
+                i += lo
                 continue
-        while handles[lo] is null and lo < last:
-            lo += 1
-        rest = handles[lo:] if lo else handles
-        if every and not polling:
-            i, info = ch.waitany(rest)
+            hit = ch.testany(rest)
+            if hit is None:
+                return
+            i, info = hit
             i += lo
-            continue
-        hit = ch.testany(rest)
-        if hit is None:
-            return
-        i, info = hit
-        i += lo
 
 
 @serialized
@@ -1736,6 +1754,55 @@ def _answer_claims(ops: list[PullSendOp]) -> None:
         else:
             _pause_on(ch)
         claimed = _claimed(claimed)
+
+
+#: The replies ending pulls whose senders offered help, held back while a
+#: wait or a test takes in the messages that are in, one after another
+#: (`Holding`); None outside such a block.
+_HELD: list[list[tuple] | None] = [None]
+
+
+class Holding:
+    """A block of a wait or a test that takes in, one after another, the
+    messages that are in: it holds back the replies that end the pulls of
+    senders that offered help (`Engine.reply`), and sends them at its end.
+    A sender completing its window one request at a time (``Waitany``,
+    ``Testsome``) stays in its call until then, offering: the next message's
+    claim finds the offer up (`_claim_offer`). Nothing blocks inside: a wait
+    that blocks sends them first (`release_held`)."""
+
+    __slots__ = ("outer",)
+
+    def __enter__(self) -> None:
+        self.outer = _HELD[0] is None
+        if self.outer:
+            _HELD[0] = []
+
+    def __exit__(self, *exc: object) -> None:
+        if self.outer:
+            held, _HELD[0] = _HELD[0], None
+            if held:
+                _send_held(held)
+
+
+def release_held() -> None:
+    """Send the replies a `Holding` block holds, now (before blocking)."""
+    held = _HELD[0]
+    if held:
+        _HELD[0] = []
+        _send_held(held)
+
+
+def _send_held(held: list[tuple]) -> None:
+    """Send every held reply, in order; then raise the first error, if any."""
+    first = None
+    for ch, data, dest, xid in held:
+        try:
+            ch.send_reply(data, dest, xid)
+        except BaseException as exc:  # noqa: BLE001 - the others are still owed
+            first = first or exc
+    if first is not None:
+        raise first
 
 
 class Offering:

@@ -165,6 +165,50 @@ def test_a_nonblocking_pulled_send_offers_help_while_it_is_waited_for(engines, m
     e0.complete(op)
 
 
+@pytest.mark.parametrize("last_offered", [True, False])
+def test_replies_to_senders_that_offer_are_held_while_the_messages_in_are_taken(
+        engines, monkeypatch, last_offered):
+    """A wait or a test taking in the messages that are in (`p2p.Holding`)
+    holds back the replies that end pulls whose senders offered help: a
+    sender completing its window one request at a time stays in its wait, and
+    the next message's claim finds its offer up. A pull whose sender does not
+    offer sends the held replies first; the block's end sends the rest. Every
+    message arrives intact."""
+    e0, e1 = engines
+    n = max(e0.coop_min, e0.cma_min) + 4096     # no late look
+    data = [np.full(n, k + 1, np.uint8) for k in range(3)]
+    sends = [e0.isend(send_buffer(d), 1, TAG, False) for d in data]
+    sent = []
+    real = e1.ch.send_reply
+
+    def logged(data, dest, xid):
+        sent.append((xid, "asks" if len(data) > 1 else "ends"))
+        real(data, dest, xid)
+
+    monkeypatch.setattr(e1.ch, "send_reply", logged)
+    outs = [np.zeros(n, np.uint8) for _ in data]
+    offering = p2p.Offering(sends if last_offered else sends[:2])   # the sender's wait
+    with offering:
+        recvs = [e1.irecv(recv_buffer(out), 0, TAG) for out in outs]
+        with p2p.Holding():
+            p2p.progress()
+            ends = [xid for xid, what in sent if what == "ends"]
+            assert len(ends) == (0 if last_offered else 3)
+    xids = [op.xid for op in sends]
+    if last_offered:
+        order = [(x, "asks") for x in xids] + [(x, "ends") for x in xids]
+    else:
+        order = [(xids[0], "asks"), (xids[1], "asks"), (xids[0], "ends"), (xids[1], "ends"),
+                 (xids[2], "ends")]
+    assert sent == order
+    p2p.wait_all(recvs + sends)
+    for op in recvs:
+        e1.complete(op)
+    for op in sends:
+        e0.complete(op)
+    assert all((out == d).all() for out, d in zip(outs, data, strict=True))
+
+
 @pytest.mark.parametrize("kind", ["raw", "side", "pulled"])
 def test_truncation_raises_on_the_receiver_and_writes_nothing_beyond(engines, kind):
     e0, e1 = engines
