@@ -94,6 +94,10 @@ LATE_RETRY = 16
 #: Seconds a sender whose offer was claimed waits for the request at most
 #: (see `_answer_claims`); a receiver asks right after it claims.
 CLAIM_SECONDS = 0.1
+#: A wait or test of pulled sends also offers help for this many more of the
+#: oldest sends in flight that offer (`_raise_offers`): a sender that waits
+#: for each request in turn (``Wait``) helps copy the next ones meanwhile.
+OFFER_AHEAD = 4
 #: The first engine made: it completes requests of the MPI library's own.
 _DEFAULT: list[Engine] = []
 #: The compiled path's module (see `_fastpath`), once an engine uses it: the
@@ -255,6 +259,7 @@ class PullSendOp(Op):
     def advance(self, info: Completion) -> None:
         if info.error is not None:   # no reply will come: the receiver is gone
             self.buf = self.offer = None
+            self.engine.offering.pop(self, None)
             self.finish(info.error)
             return
         code = self.reply[0]
@@ -267,6 +272,7 @@ class PullSendOp(Op):
                 self.handle = self.engine.ch.irecv_reply(self.reply, self.dest, self.xid)
                 return
             self.buf = self.offer = None
+            self.engine.offering.pop(self, None)
             if self.notice is not None:
                 self.engine.ch.waitany([self.notice[0]])
                 self.notice = None
@@ -450,6 +456,8 @@ class Engine:
         #: per source: its messages since a late offer of help was found
         #: (`_pull_until_offered`)
         self.late_misses = [0] * channel.size
+        #: the pulled sends in flight that can offer help, oldest first
+        self.offering: dict[PullSendOp, None] = {}
         if not _DEFAULT:
             _DEFAULT.append(self)
         self.rank = channel.rank
@@ -713,8 +721,11 @@ class Engine:
             # reply, which the op posts a receive for, waits in the channel if early.
             notice = _wire.pull_control(xid, flags, buf.layout,
                                         0 if offer is None else address(offer), self.limit)
-            return PullSendOp(self, buf, dest, xid, notice=(ch.isend(notice, dest, tag), notice),
-                              offer=offer)
+            op = PullSendOp(self, buf, dest, xid, notice=(ch.isend(notice, dest, tag), notice),
+                            offer=offer)
+            if offer is not None:
+                self.offering[op] = None
+            return op
         # The payload follows through the side space, straight into the receive
         # buffer. In synchronous mode the receiver replies once it has matched.
         data = buf.wire()
@@ -1538,9 +1549,9 @@ def _wait_any(ops) -> None:
     settle()
     if any(op.done for op in ops):
         return
-    with Offering(ops):
+    with Offering(ops) as offering:
         while not any(op.done for op in ops):
-            _advance_some(ops)
+            _advance_some(ops, also=offering.ahead)
 
 
 wait_any = serialized(_wait_any)
@@ -1573,11 +1584,11 @@ def _first_done(ch, handles: Sequence[Any], polling: bool):
     return hit
 
 
-def _waiting(ops) -> tuple[list[Op], list[Any]]:
-    """The ops of *ops*, then the posted receives, that wait on a handle, in
-    order and each once; and their handles."""
+def _waiting(ops, also: Sequence[Op] = ()) -> tuple[list[Op], list[Any]]:
+    """The ops of *ops*, then of *also*, then the posted receives, that wait
+    on a handle, in order and each once; and their handles."""
     live: dict[Op, None] = {}
-    for group in (ops, _PENDING):
+    for group in (ops, also, _PENDING):
         for op in group:
             if op.handle is not None:
                 live[op] = None
@@ -1586,7 +1597,7 @@ def _waiting(ops) -> tuple[list[Op], list[Any]]:
     return list(live), [op.handle for op in live]
 
 
-def _advance_some(ops, every: bool = False) -> None:
+def _advance_some(ops, every: bool = False, also: Sequence[Op] = ()) -> None:
     """Block until a handle of *ops* or of a posted receive completes; advance its
     op, and every other op whose handle has completed meanwhile; with *every*,
     go on until each op of *ops* that has a handle is done. One list serves
@@ -1597,7 +1608,7 @@ def _advance_some(ops, every: bool = False) -> None:
     With several threads it never blocks inside the channel while holding the
     lock (a thread that sends what this one waits for must get in): it tests,
     and if nothing has completed, `pause`s once and returns."""
-    owners, handles = _waiting(ops)
+    owners, handles = _waiting(ops, also)
     ch = owners[0].engine.ch
     polling = len(_THREADS) > 1
     null = ch.null_handle
@@ -1686,10 +1697,10 @@ def wait_all(ops) -> None:
     """
     settle()
     todo = [op for op in ops if not op.done]
-    with Offering(todo):
+    with Offering(todo) as offering:
         while todo:
             if _PENDING or any(op.handle is not None for op in todo):
-                _advance_some(todo, every=True)
+                _advance_some(todo, every=True, also=offering.ahead)
             else:   # only requests another thread completes (generalized ones): poll
                 progress()
                 nap(1e-4)
@@ -1697,17 +1708,28 @@ def wait_all(ops) -> None:
 
 
 @serialized
-def _raise_offers(ops) -> list[PullSendOp]:
+def _raise_offers(ops) -> tuple[list[PullSendOp], list[PullSendOp]]:
     """Offer help for each pulled send of *ops* that has an offer word (see
-    `PullSendOp`); the sends offered. Only a rank with no receive to see
-    through offers: one that is pulling messages itself has no core to spare
-    (both directions at once ran 1.7x slower with help)."""
+    `PullSendOp`), and if there is one, for up to `OFFER_AHEAD` more of its
+    engine's oldest sends in flight; (the sends offered, those of them not in
+    *ops*, whose requests for help the wait takes in too). Only a rank with no
+    receive to see through offers: one that is pulling messages itself has no
+    core to spare (both directions at once ran 1.7x slower with help)."""
     if _PENDING or (_FAST and _FAST[0].receiving()):
-        return []
+        return [], []
     offered = [op for op in ops if type(op) is PullSendOp and op.offer is not None]
+    ahead: list[PullSendOp] = []
+    if offered and OFFER_AHEAD:
+        waited = set(offered)
+        for op in offered[0].engine.offering:
+            if op not in waited and op.offer is not None:
+                ahead.append(op)
+                if len(ahead) == OFFER_AHEAD:
+                    break
+        offered += ahead
     for op in offered:
         op.offer[0] = 1     # type: ignore[index]  # checked above
-    return offered
+    return offered, ahead
 
 
 @serialized
@@ -1810,13 +1832,14 @@ class Offering:
     offer help (`_raise_offers`); at its end the offers are withdrawn and the
     claims answered (`_withdraw_offers`)."""
 
-    __slots__ = ("offered",)
+    __slots__ = ("ahead", "offered")
 
     def __init__(self, ops) -> None:
-        self.offered = _raise_offers(ops)
+        #: the sends offered; those of them not in *ops* (see `_raise_offers`)
+        self.offered, self.ahead = _raise_offers(ops)
 
-    def __enter__(self) -> None:
-        pass
+    def __enter__(self) -> Offering:
+        return self
 
     def __exit__(self, *exc: object) -> None:
         if self.offered:

@@ -186,6 +186,7 @@ def test_replies_to_senders_that_offer_are_held_while_the_messages_in_are_taken(
         real(data, dest, xid)
 
     monkeypatch.setattr(e1.ch, "send_reply", logged)
+    monkeypatch.setattr(p2p, "OFFER_AHEAD", 0)
     outs = [np.zeros(n, np.uint8) for _ in data]
     offering = p2p.Offering(sends if last_offered else sends[:2])   # the sender's wait
     with offering:
@@ -207,6 +208,33 @@ def test_replies_to_senders_that_offer_are_held_while_the_messages_in_are_taken(
     for op in sends:
         e0.complete(op)
     assert all((out == d).all() for out, d in zip(outs, data, strict=True))
+
+
+def test_a_wait_on_one_send_offers_help_for_the_next_ones_too(engines):
+    """A wait on one pulled send also offers help for the oldest others in
+    flight (`p2p.OFFER_AHEAD` of them): a sender waiting for each request in
+    turn helps copy the messages after it. Its receiver claims all of them."""
+    e0, e1 = engines
+    n = max(e0.coop_min, e0.cma_min) + 4096
+    count = p2p.OFFER_AHEAD + 2
+    data = [np.full(n, k + 1, np.uint8) for k in range(count)]
+    sends = [e0.isend(send_buffer(d), 1, TAG, False) for d in data]
+    assert list(e0.offering) == sends
+    outs = [np.zeros(n, np.uint8) for _ in data]
+    with p2p.Offering([sends[1]]) as offering:     # Wait on the second
+        assert offering.ahead == [sends[0], *sends[2:-1]]
+        assert [op.offer[0] for op in sends] == [1] * (count - 1) + [0]
+        recvs = [e1.irecv(recv_buffer(out), 0, TAG) for out in outs]
+        p2p.progress()      # claims, asks and reads its part of all but the last
+        assert [op.offer[1] for op in sends] == [1] * (count - 1) + [0]
+    assert [op.helped for op in sends] == [_wire.ACK_OK] * (count - 1) + [None]
+    p2p.wait_all(recvs + sends)
+    for op in recvs:
+        e1.complete(op)
+    for op in sends:
+        e0.complete(op)
+    assert all((out == d).all() for out, d in zip(outs, data, strict=True))
+    assert not e0.offering
 
 
 @pytest.mark.parametrize("kind", ["raw", "side", "pulled"])
