@@ -1743,7 +1743,12 @@ def _withdraw_offers(offered: list[PullSendOp]) -> None:
     (or for the claim to be dropped), or the receiver sees no offer and pulls
     alone. Our read of the claims comes after a system call that reads our
     own memory: the kernel orders it after our stores (on x86 the lock it
-    takes; on arm64 the fully ordered release of the page it pinned)."""
+    takes; on arm64 the fully ordered release of the page it pinned).
+
+    Claims made already are answered first, the offers still up: a receiver
+    that finishes its part of a message as we finish ours claims the next
+    message meanwhile, and that claim is answered too."""
+    _answer_claims(offered)
     for op in offered:
         word = op.offer
         if word is not None:

@@ -210,6 +210,37 @@ def test_replies_to_senders_that_offer_are_held_while_the_messages_in_are_taken(
     assert all((out == d).all() for out, d in zip(outs, data, strict=True))
 
 
+def test_a_wait_answers_the_claims_made_before_it_withdraws_its_offers(engines, monkeypatch):
+    """At a wait's end the claims already made are answered first, the offers
+    still up: a receiver that finishes its part as we finish ours finds the
+    next message's offer up. Claims made meanwhile are answered after the
+    offers are withdrawn."""
+    e0, e1 = engines
+    n = max(e0.coop_min, e0.cma_min) + 4096
+    data = [np.full(n, k + 1, np.uint8) for k in range(2)]
+    sends = [e0.isend(send_buffer(d), 1, TAG, False) for d in data]
+    seen = []
+    real = _cma.writev
+
+    def helping(pid, local, remote):    # the sender writes its part
+        seen.append([int(op.offer[0]) for op in sends])
+        return real(pid, local, remote)
+
+    monkeypatch.setattr(_cma, "writev", helping)
+    outs = [np.zeros(n, np.uint8) for _ in data]
+    with p2p.Offering(sends):
+        recvs = [e1.irecv(recv_buffer(out), 0, TAG) for out in outs]
+        p2p.progress()      # claims and asks for both
+        assert [op.helped for op in sends] == [None, None]
+    assert seen == [[1, 1], [1, 1]]
+    p2p.wait_all(recvs + sends)
+    for op in recvs:
+        e1.complete(op)
+    for op in sends:
+        e0.complete(op)
+    assert all((out == d).all() for out, d in zip(outs, data, strict=True))
+
+
 def test_a_wait_on_one_send_offers_help_for_the_next_ones_too(engines):
     """A wait on one pulled send also offers help for the oldest others in
     flight (`p2p.OFFER_AHEAD` of them): a sender waiting for each request in
