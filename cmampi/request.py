@@ -837,8 +837,7 @@ def _tested_live(live: Sequence[tuple[int, Any]], first: bool = False) -> list[i
     sends among them offer help meanwhile (`_p2p.Offering`): a loop of
     tests spends most of its time here."""
     done = []
-    with _p2p.Offering([op for _, req in live if is_ours(Request, req) and req._op is not None
-                        for op in req._ops()]):
+    with _p2p.Offering(_ops_of(live)):
         _p2p.progress()
         for i, req in live:
             if _test_quiet(req):
@@ -848,9 +847,25 @@ def _tested_live(live: Sequence[tuple[int, Any]], first: bool = False) -> list[i
     return done
 
 
+def _ops_of(live: Sequence[tuple[int, Any]]) -> list[_p2p.Op]:
+    """The ops of the requests of ours among *live* (index, request) pairs."""
+    ops: list[_p2p.Op] = []
+    for _, req in live:
+        if type(req) is Request and not req._parts:     # the common case, at once
+            if req._op is not None:
+                ops.append(req._op)
+        elif is_ours(Request, req) and req._op is not None:
+            ops += req._ops()
+    return ops
+
+
 def _test_quiet(req) -> bool:
     """Whether *req* is complete (or null), without completing it. Callers run
     `_p2p.progress` first: once for a whole list, not once for each request."""
+    if type(req) is Request and not req._parts:     # the common case, at once
+        op = req._op
+        if op is not None:
+            return op.done or _p2p.tested(op)
     if is_ours(Request, req) and req._op is not None:
         return all([_p2p.tested(op) for op in req._ops()])  # noqa: C419 (test every one: each test advances its op)
     if _real_active(req):
@@ -939,6 +954,14 @@ def _wait_any_index(requests: Sequence[Any], status) -> tuple[int, Any]:
         ops: list[_p2p.Op] = []
         live = False
         for i, req in enumerate(requests):
+            if type(req) is Request and not req._parts:     # the common case, at once
+                op = req._op
+                if op is not None:
+                    live = True
+                    if op.done:
+                        return i, _finish(req, status)
+                    ops.append(op)
+                    continue
             if is_ours(Request, req) and req._op is not None:
                 live = True
                 mine = [op for op in req._ops() if not op.done]
@@ -975,7 +998,8 @@ def _test_any_index(requests: Sequence[Any], status) -> tuple[int, bool, Any]:
 def _some(requests: Sequence[Any], statuses, block: bool):
     """(indices, objects) of the requests done now, waiting for one if *block*;
     (None, None) when every request is null."""
-    live = [(i, req) for i, req in enumerate(requests) if _active(req)]
+    live = [(i, req) for i, req in enumerate(requests)
+            if (type(req) is Request and req._op is not None) or _active(req)]
     if not live:
         return None, None
     while True:
