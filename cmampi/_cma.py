@@ -467,8 +467,9 @@ def poke_word(pid: int, raddr: int, value: int) -> bool:
 
     The words of a handshake (`p2p`'s claims of offers) at the cost of one
     system call: `writev` in one, with no lists to parse, costs 2-3 times as
-    much. Guarded by the peer's pidfd, if held, before the call (as `writev`:
-    raises ``ProcessLookupError`` once the peer has exited).
+    much. Guarded by the peer's pidfd, if held, before the call (as `writev`
+    is: raises ``ProcessLookupError`` once the peer has exited); a failed
+    call returns False, unchecked.
     """
     if _writev is None:
         return False

@@ -168,7 +168,9 @@ class CoopPull:
 
     def own_part(self, also: Sequence[Callable[[], None]] = ()) -> BaseException | None:
         """Read the head (then run *also*, more reads of ours), and tell the
-        sender our reads are over; the error of a read, if any."""
+        sender our reads are over (a reply that a `p2p.Holding` block may
+        hold back, when we claimed the sender's offer); the error of a read,
+        if any."""
         err = None
         try:
             self._read(0, self.mid)

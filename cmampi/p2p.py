@@ -226,7 +226,8 @@ class PullSendOp(Op):
     buffer, tell it so, and still wait for its reply that it has stopped
     reading our buffer. A send that was not blocked when it started may still
     help: its *offer* word, whose address the descriptor carries, is 1 while a
-    wait on the send runs (`wait_all`, `wait_any`). A receiver that reads it
+    wait or test of the send, or of an older send to the same rank, runs
+    (`Offering`). A receiver that reads it
     claims the offer first, in the word after it (`_claim_offer`), and a wait
     that returns with the send not done withdraws its offer and answers a
     claim it finds (`_withdraw_offers`): no receiver ever waits for our copy
@@ -1545,7 +1546,9 @@ def _tested(op: Op, pending: bool) -> bool:
 
 def _wait_any(ops) -> None:
     """Block until at least one of *ops* is done, progressing every posted
-    receive. Pulled sends among them offer help meanwhile (`Offering`)."""
+    receive. Pulled sends among them offer help meanwhile, as do a few older
+    ones to the same ranks, whose requests for help the wait takes in too
+    (`Offering`)."""
     settle()
     if any(op.done for op in ops):
         return
@@ -1711,8 +1714,9 @@ def wait_all(ops) -> None:
 def _raise_offers(ops) -> tuple[list[PullSendOp], list[PullSendOp]]:
     """Offer help for each pulled send of *ops* that has an offer word (see
     `PullSendOp`), and if there is one, for up to `OFFER_AHEAD` more of its
-    engine's oldest sends in flight; (the sends offered, those of them not in
-    *ops*, whose requests for help the wait takes in too). Only a rank with no
+    engine's oldest sends in flight to the same ranks, not helped yet; (the
+    sends offered, those of them not in *ops*, whose requests for help a wait
+    takes in too). Only a rank with no
     receive to see through offers: one that is pulling messages itself has no
     core to spare (both directions at once ran 1.7x slower with help)."""
     if _PENDING or (_FAST and _FAST[0].receiving()):
@@ -1721,8 +1725,11 @@ def _raise_offers(ops) -> tuple[list[PullSendOp], list[PullSendOp]]:
     ahead: list[PullSendOp] = []
     if offered and OFFER_AHEAD:
         waited = set(offered)
+        dests = {op.dest for op in offered}
         for op in offered[0].engine.offering:
-            if op not in waited and op.offer is not None:
+            # not helped yet (a helped send is not claimed again), to a rank we wait on
+            if op.helped is None and op.dest in dests and op not in waited \
+                    and op.offer is not None:
                 ahead.append(op)
                 if len(ahead) == OFFER_AHEAD:
                     break
@@ -1747,8 +1754,10 @@ def _withdraw_offers(offered: list[PullSendOp]) -> None:
 
     Claims made already are answered first, the offers still up: a receiver
     that finishes its part of a message as we finish ours claims the next
-    message meanwhile, and that claim is answered too."""
-    _answer_claims(offered)
+    message meanwhile, and that claim is answered too. Both answer within one
+    `CLAIM_SECONDS`."""
+    end = _time.monotonic() + CLAIM_SECONDS
+    _answer_claims(offered, end)
     for op in offered:
         word = op.offer
         if word is not None:
@@ -1757,7 +1766,7 @@ def _withdraw_offers(offered: list[PullSendOp]) -> None:
     if not live:
         return
     _cma.peek_word(_os.getpid(), live[0].offer.ctypes.data)  # type: ignore[union-attr]  # checked above
-    _answer_claims(live)
+    _answer_claims(live, end)
 
 
 def _claimed(ops: list[PullSendOp]) -> list[PullSendOp]:
@@ -1766,13 +1775,12 @@ def _claimed(ops: list[PullSendOp]) -> list[PullSendOp]:
             and op.offer[1] and op.helped is None]
 
 
-def _answer_claims(ops: list[PullSendOp]) -> None:
+def _answer_claims(ops: list[PullSendOp], end: float) -> None:
     """Answer the requests of the receivers that claimed the offers of *ops*
     (or dropped their claim): they ask at once. A request that has not come
-    in `CLAIM_SECONDS` (its receiver was interrupted before it asked) is
-    answered by whatever call waits for its send next."""
+    by *end* (``time.monotonic``; its receiver was interrupted before it
+    asked) is answered by whatever call waits for its send next."""
     claimed = _claimed(ops)
-    end = _time.monotonic() + CLAIM_SECONDS
     while claimed and _time.monotonic() < end:
         ch = claimed[0].engine.ch
         hit = ch.testany([op.handle for op in claimed])
@@ -1792,11 +1800,13 @@ _HELD: list[list[tuple] | None] = [None]
 class Holding:
     """A block of a wait or a test that takes in, one after another, the
     messages that are in: it holds back the replies that end the pulls of
-    senders that offered help (`Engine.reply`), and sends them at its end.
-    A sender completing its window one request at a time (``Waitany``,
-    ``Testsome``) stays in its call until then, offering: the next message's
-    claim finds the offer up (`_claim_offer`). Nothing blocks inside: a wait
-    that blocks sends them first (`release_held`)."""
+    senders whose offer of help we claimed (`Engine.reply`), and sends them
+    at its end. A sender completing its window one request at a time
+    (``Waitany``) stays in its call until then, offering: the next message's
+    claim finds the offer up (`_claim_offer`). A wait that blocks sends them
+    first (`release_held`), as does a pull without its sender's help; what
+    else waits inside (a descriptor's send, a full ring) the peer completes
+    from its own wait."""
 
     __slots__ = ("outer",)
 
@@ -1821,21 +1831,26 @@ def release_held() -> None:
 
 
 def _send_held(held: list[tuple]) -> None:
-    """Send every held reply, in order; then raise the first error, if any."""
-    first = None
+    """Send every held reply, in order. A reply that cannot go is dropped: its
+    sender is gone (the receive itself is complete), and the error must not
+    fail whatever unrelated message or wait releases it. An interrupt is
+    raised once the other replies have gone: their senders wait for them."""
+    interrupted = None
     for ch, data, dest, xid in held:
         try:
             ch.send_reply(data, dest, xid)
-        except BaseException as exc:  # noqa: BLE001 - the others are still owed
-            first = first or exc
-    if first is not None:
-        raise first
+        except Exception:   # noqa: BLE001 - see above
+            continue
+        except BaseException as exc:    # noqa: BLE001 - the others are still owed
+            interrupted = interrupted or exc
+    if interrupted is not None:
+        raise interrupted
 
 
 class Offering:
     """A block (a wait or a test of *ops*) during which their pulled sends
-    offer help (`_raise_offers`); at its end the offers are withdrawn and the
-    claims answered (`_withdraw_offers`)."""
+    offer help, and a few more (`ahead`, see `_raise_offers`); at its end the
+    offers are withdrawn and the claims answered (`_withdraw_offers`)."""
 
     __slots__ = ("ahead", "offered")
 
