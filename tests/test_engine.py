@@ -165,6 +165,15 @@ def test_a_nonblocking_pulled_send_offers_help_while_it_is_waited_for(engines, m
     e0.complete(op)
 
 
+def _complete_window(e0, e1, recvs, sends) -> None:
+    """Wait for a window of receives on *e1* and sends on *e0*, and complete each."""
+    p2p.wait_all(recvs + sends)
+    for op in recvs:
+        e1.complete(op)
+    for op in sends:
+        e0.complete(op)
+
+
 @pytest.mark.parametrize("last_offered", [True, False])
 def test_replies_to_senders_that_offer_are_held_while_the_messages_in_are_taken(
         engines, monkeypatch, last_offered):
@@ -199,11 +208,7 @@ def test_replies_to_senders_that_offer_are_held_while_the_messages_in_are_taken(
         order = [(xids[0], "asks"), (xids[1], "asks"), (xids[0], "ends"), (xids[1], "ends"),
                  (xids[2], "ends")]
     assert sent == order
-    p2p.wait_all(recvs + sends)
-    for op in recvs:
-        e1.complete(op)
-    for op in sends:
-        e0.complete(op)
+    _complete_window(e0, e1, recvs, sends)
     assert all((out == d).all() for out, d in zip(outs, data, strict=True))
 
 
@@ -230,11 +235,7 @@ def test_a_wait_answers_the_claims_made_before_it_withdraws_its_offers(engines, 
         p2p.progress()      # claims and asks for both
         assert [op.helped for op in sends] == [None, None]
     assert seen == [[1, 1], [1, 1]]
-    p2p.wait_all(recvs + sends)
-    for op in recvs:
-        e1.complete(op)
-    for op in sends:
-        e0.complete(op)
+    _complete_window(e0, e1, recvs, sends)
     assert all((out == d).all() for out, d in zip(outs, data, strict=True))
 
 
@@ -281,11 +282,7 @@ def test_a_wait_on_one_send_offers_help_for_the_next_ones_too(engines):
         p2p.progress()      # claims, asks and reads its part of all but the last
         assert [op.offer[1] for op in sends] == [1] * (count - 1) + [0]
     assert [op.helped for op in sends] == [_wire.ACK_OK] * (count - 1) + [None]
-    p2p.wait_all(recvs + sends)
-    for op in recvs:
-        e1.complete(op)
-    for op in sends:
-        e0.complete(op)
+    _complete_window(e0, e1, recvs, sends)
     assert all((out == d).all() for out, d in zip(outs, data, strict=True))
     assert not e0.offering
 
