@@ -1506,13 +1506,18 @@ def progress() -> None:
     """Advance every posted receive whose handle has completed (and detached ops)."""
     settle()
     _ROUNDS[0] += 1
-    with Holding():
-        for op in list(_PENDING):
-            h = op.handle
-            if h is not None:
-                info = op.engine.ch.test(h)
-                if info is not None:
-                    op.advance(info)
+    if _PENDING:
+        outer = hold()      # a `Holding` block, inline: progress runs in every test
+        try:
+            for op in list(_PENDING):
+                h = op.handle
+                if h is not None:
+                    info = op.engine.ch.test(h)
+                    if info is not None:
+                        op.advance(info)
+        finally:
+            if outer:
+                unhold()
     if _DETACHED:
         advance_detached()
 
@@ -1623,7 +1628,8 @@ def _advance_some(ops, every: bool = False, also: Sequence[Op] = ()) -> None:
     if hit is None:
         return
     i, info = hit
-    with Holding():
+    outer = hold()      # a `Holding` block, inline: a wait runs one per completion
+    try:
         while True:
             _ROUNDS[0] += 1
             rounds = _ROUNDS[0]
@@ -1665,6 +1671,9 @@ def _advance_some(ops, every: bool = False, also: Sequence[Op] = ()) -> None:
                 return
             i, info = hit
             i += lo
+    finally:
+        if outer:
+            unhold()
 
 
 @serialized
@@ -1811,15 +1820,26 @@ class Holding:
     __slots__ = ("outer",)
 
     def __enter__(self) -> None:
-        self.outer = _HELD[0] is None
-        if self.outer:
-            _HELD[0] = []
+        self.outer = hold()
 
     def __exit__(self, *exc: object) -> None:
         if self.outer:
-            held, _HELD[0] = _HELD[0], None
-            if held:
-                _send_held(held)
+            unhold()
+
+
+def hold() -> bool:
+    """Begin a `Holding` block; whether it is the outermost (only that one ends it)."""
+    if _HELD[0] is None:
+        _HELD[0] = []
+        return True
+    return False
+
+
+def unhold() -> None:
+    """End the outermost `Holding` block: send what it holds."""
+    held, _HELD[0] = _HELD[0], None
+    if held:
+        _send_held(held)
 
 
 def release_held() -> None:
